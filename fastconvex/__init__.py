@@ -1,0 +1,28 @@
+"""fastconvex: fast graph convexity of layer embeddings, and convexity-guided
+layer pruning of speech transformers.
+
+>>> import fastconvex as fc
+>>> result = fc.layer_scores(hidden_states, labels)   # doctest: +SKIP
+>>> result.best_layer                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from . import naive
+from ._backends import BACKENDS
+from ._core import graph_convexity, knn_graph, layer_scores
+from ._results import Convexity, KNNGraph, LayerScores
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "Convexity",
+    "KNNGraph",
+    "LayerScores",
+    "graph_convexity",
+    "knn_graph",
+    "layer_scores",
+    "naive",
+    "__version__",
+]

@@ -1,0 +1,122 @@
+"""Backend selection and the engines that run one layer's pipeline.
+
+An engine turns (embeddings, class codes, pair plan, k) into per-source path
+statistics; everything before (validation, sampling) and after (aggregation)
+is shared host code, so every backend scores the same pairs the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import numpy as np
+
+from ._inputs import is_torch_tensor, to_numpy
+from ._pairs import PairPlan, SourceStats, stats_from_class_sums, stats_from_pair_scores
+from ._results import KNNGraph
+
+BACKENDS = ("auto", "triton", "numba", "naive")
+ENV_VAR = "FASTCONVEX_BACKEND"
+
+
+class Engine(Protocol):
+    name: str
+
+    def knn(self, x: Any, k: int) -> KNNGraph: ...
+
+    def source_stats(self, x: Any, codes: np.ndarray, plan: PairPlan, k: int) -> SourceStats: ...
+
+
+class NumbaEngine:
+    """CPU: BLAS-blocked exact kNN, CSR union graph, parallel Dijkstra."""
+
+    name = "numba"
+
+    @staticmethod
+    def _host(x: Any) -> np.ndarray:
+        return to_numpy(x) if is_torch_tensor(x) else np.asarray(x)
+
+    def knn(self, x: Any, k: int) -> KNNGraph:
+        from .kernels.numba.knn import knn
+
+        indices, distances, _ = knn(self._host(x), k)
+        return KNNGraph(indices, distances, self.name)
+
+    def source_stats(self, x: Any, codes: np.ndarray, plan: PairPlan, k: int) -> SourceStats:
+        from .kernels.numba.graph import union_csr
+        from .kernels.numba.paths import class_sums, pair_scores
+
+        graph = self.knn(x, k)
+        indptr, nbr, w = union_csr(graph.indices, graph.distances)
+        if plan.class_mode:
+            return stats_from_class_sums(
+                plan, *class_sums(indptr, nbr, w, codes, plan.sources, plan.class_sizes)
+            )
+        scores, reachable = pair_scores(
+            indptr, nbr, w, codes, plan.sources, plan.target_ptr, plan.targets
+        )
+        return stats_from_pair_scores(plan, scores, reachable)
+
+
+def _wants_cuda(x: Any, device: Any) -> bool:
+    if device is not None:
+        return str(device).startswith("cuda")
+    return is_torch_tensor(x) and x.is_cuda
+
+
+def triton_unavailable_reason(device: Any = None) -> str | None:
+    """Why the Triton backend cannot run here (None if it can)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed (pip install 'fastconvex[gpu]')"
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return "torch is not installed"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    if not torch.cuda.is_available():
+        return (
+            "no CUDA device is visible to torch (set TRITON_INTERPRET=1 before importing "
+            "triton to run the kernels on the CPU through Triton's interpreter)"
+        )
+    if device is not None and not str(device).startswith("cuda"):
+        return f"device={device!r} is not a CUDA device"
+    return None
+
+
+def resolve_backend(backend: str, x: Any = None, device: Any = None) -> str:
+    """The concrete backend name for ``backend`` ("auto" resolved)."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR, "").strip()
+        if env:
+            if env not in BACKENDS:
+                raise ValueError(f"environment variable {ENV_VAR} must be one of {BACKENDS}, got {env!r}")
+            backend = env
+    if backend == "auto":
+        backend = "triton" if _wants_cuda(x, device) and triton_unavailable_reason(device) is None else "numba"
+    if backend == "triton":
+        reason = triton_unavailable_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"backend='triton' cannot run: {reason}")
+    if device is not None and backend in ("numba", "naive") and str(device).startswith("cuda"):
+        raise RuntimeError(f"backend={backend!r} runs on the CPU; it cannot use device={device!r}")
+    return backend
+
+
+def get_engine(name: str, device: Any = None) -> Engine:
+    if name == "numba":
+        return NumbaEngine()
+    if name == "naive":
+        from .naive import NaiveEngine
+
+        return NaiveEngine()
+    if name == "triton":
+        from ._triton_backend import TritonEngine
+
+        return TritonEngine(device)
+    raise ValueError(f"unknown backend {name!r}")  # pragma: no cover

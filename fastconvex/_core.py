@@ -1,0 +1,193 @@
+"""The public entry points: ``knn_graph``, ``graph_convexity``, ``layer_scores``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from ._backends import get_engine, resolve_backend
+from ._inputs import (
+    check_embeddings,
+    check_int,
+    check_k,
+    check_labels_length,
+    encode_labels,
+    labels_to_array,
+)
+from ._layers import prepare_layers
+from ._pairs import PairPlan, aggregate, plan_pairs, resolve_estimator
+from ._progress import Progress
+from ._results import Convexity, KNNGraph, LayerScores
+
+
+def knn_graph(x: Any, k: int = 10, *, backend: str = "auto", device: Any = None) -> KNNGraph:
+    """Exact k nearest *other* points of every row (Euclidean).
+
+    Parameters
+    ----------
+    x : (N, D) array or tensor
+        Embeddings, one per row.
+    k : int
+        Neighbours per point, 1 <= k < N.
+    backend : "auto" | "triton" | "numba" | "naive"
+    device : None, "cpu", "cuda", "cuda:1", torch.device
+
+    Returns
+    -------
+    KNNGraph
+        ``.indices`` (N, k) ascending by distance (ties: smaller index first);
+        ``.distances`` (N, k) Euclidean. An exact duplicate of a point is its
+        neighbour at distance 0; a point never neighbours itself.
+    """
+    x = check_embeddings(x)
+    k = check_k(k, int(x.shape[0]))
+    name = resolve_backend(backend, x, device)
+    return get_engine(name, device).knn(x, k)
+
+
+def _check_seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    return check_int("seed", seed, minimum=0)
+
+
+def _plan(codes: np.ndarray, n_classes: int, pairs, sources, exact, seed, min_class_size) -> PairPlan:
+    estimator, budget = resolve_estimator(pairs, sources, exact)
+    min_class_size = check_int("min_class_size", min_class_size, minimum=1)
+    return plan_pairs(
+        codes, n_classes, estimator=estimator, budget=budget, seed=seed,
+        min_class_size=min_class_size,
+    )
+
+
+def graph_convexity(
+    x: Any,
+    labels: Any,
+    *,
+    k: int = 10,
+    pairs: int | None = 5000,
+    sources: int | None = None,
+    exact: bool = False,
+    seed: int | None = 0,
+    min_class_size: int = 2,
+    backend: str = "auto",
+    device: Any = None,
+) -> Convexity:
+    """Graph convexity of one embedding (SPEC §1).
+
+    Parameters
+    ----------
+    x : (N, D) array or tensor
+        Embeddings (numpy or torch, any device).
+    labels : (N,) labels
+        Any hashable values: ints, strings, a numpy array or a torch tensor.
+    k : int
+        Neighbours in the kNN graph (default 10, the paper's).
+    pairs : int
+        Per class, score all ordered same-class pairs if there are at most
+        ``pairs``, else this many distinct pairs drawn uniformly (default 5000).
+    sources : int, optional
+        Instead: per class, ``min(sources, n_c)`` sources, every same-class
+        target of each (cheaper at large N).
+    exact : bool
+        Score every ordered same-class pair.
+    seed : int
+        Seed of the host-side pair sampling (same pairs on every backend).
+    min_class_size : int
+        Classes with fewer members are skipped (reported with 0 pairs).
+    backend, device
+        See :func:`knn_graph`.
+
+    Returns
+    -------
+    Convexity
+    """
+    x = check_embeddings(x)
+    n = int(x.shape[0])
+    k = check_k(k, n)
+    label_array = labels_to_array(labels)
+    if label_array.ndim != 1:
+        raise ValueError(f"labels must be 1-D (N,), got shape {label_array.shape}")
+    check_labels_length(label_array, n)
+    codes, classes = encode_labels(label_array)
+    seed = _check_seed(seed)
+    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size)
+    name = resolve_backend(backend, x, device)
+    engine = get_engine(name, device)
+    stats = engine.source_stats(x, codes, plan, k)
+    return aggregate(plan, stats, classes, k=k, n_points=n, backend=name, seed=seed)
+
+
+def layer_scores(
+    hidden_states: Any,
+    labels: Any,
+    *,
+    k: int = 10,
+    pairs: int | None = 5000,
+    sources: int | None = None,
+    exact: bool = False,
+    seed: int | None = 0,
+    min_class_size: int = 2,
+    backend: str = "auto",
+    device: Any = None,
+    attention_mask: Any = None,
+    lengths: Any = None,
+    progress: bool | None = None,
+) -> LayerScores:
+    """Graph convexity of every layer, all scored on the same pairs.
+
+    Parameters
+    ----------
+    hidden_states : sequence of L arrays/tensors, or one array/tensor
+        - per layer (N, D) with ``labels`` (N,);
+        - per layer (B, T, D) with ``labels`` (B,): mean over valid frames
+          (``attention_mask`` (B, T) or ``lengths`` (B,) in frames; neither:
+          all frames);
+        - per layer (B, T, D) with ``labels`` (B, T): frame-level scoring;
+          frames labelled -100 (and padding) are left out;
+        - one (L, N, D) array (layers first, as ``torch.stack`` gives) or one
+          (L, B, T, D) array.
+        The tuple a Hugging Face model returns with ``output_hidden_states=True``
+        is the first form: index 0 is the transformer's input, index i the
+        output of block i.
+    labels : see above; any hashable values.
+    attention_mask, lengths : which frames of (B, T, D) inputs are real.
+    progress : None (a bar on stderr only when it is a terminal), True, False.
+    Other parameters: as :func:`graph_convexity`.
+
+    Returns
+    -------
+    LayerScores
+        ``.scores`` (L,), ``.stderr`` (L,), ``.per_class`` (L, C),
+        ``.best_layer``, ``.layers``.
+    """
+    layers, label_array = prepare_layers(
+        hidden_states, labels, attention_mask=attention_mask, lengths=lengths
+    )
+    n = int(layers[0].shape[0])
+    k = check_k(k, n)
+    codes, classes = encode_labels(label_array)
+    seed = _check_seed(seed)
+    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size)
+    name = resolve_backend(backend, layers[0], device)
+    engine = get_engine(name, device)
+    results: list[Convexity] = []
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    with Progress(len(layers), "layers", enabled=show) as bar:
+        for layer in layers:
+            stats = engine.source_stats(layer, codes, plan, k)
+            results.append(aggregate(plan, stats, classes, k=k, n_points=n, backend=name, seed=seed))
+            bar.update()
+    return _stack(results, classes)
+
+
+def _stack(results: Sequence[Convexity], classes: list[Hashable]) -> LayerScores:
+    return LayerScores(
+        scores=np.array([r.score for r in results]),
+        stderr=np.array([r.stderr for r in results]),
+        classes=list(classes),
+        per_class=np.array([[r.per_class[c] for c in classes] for r in results]),
+        layers=list(results),
+    )

@@ -1,0 +1,170 @@
+"""Input validation and label encoding (host side, backend independent)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+IGNORE_INDEX = -100
+
+
+def is_torch_tensor(obj: Any) -> bool:
+    t = type(obj)
+    return t.__module__.startswith("torch") and t.__name__ in ("Tensor", "Parameter")
+
+
+def to_numpy(obj: Any) -> np.ndarray:
+    """Host numpy view of an array-like (torch tensors are detached and copied to CPU)."""
+    if is_torch_tensor(obj):
+        t = obj.detach()
+        if t.dtype.is_floating_point and t.dtype not in _TORCH_NUMPY_FLOATS():
+            t = t.float()  # bfloat16 / float16 have no exact numpy twin for BLAS
+        return t.cpu().numpy()
+    return np.asarray(obj)
+
+
+def _TORCH_NUMPY_FLOATS() -> tuple:
+    import torch
+
+    return (torch.float32, torch.float64)
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def describe(where: str | None) -> str:
+    return f" in {where}" if where else ""
+
+
+def check_embeddings(x: Any, *, name: str = "x", where: str | None = None) -> Any:
+    """Validate a (N, D) embedding matrix; returns it unchanged in kind (numpy
+    float32/float64 array, or torch tensor), floats only."""
+    if is_torch_tensor(x):
+        if x.ndim != 2:
+            raise ValueError(
+                f"{name}{describe(where)} must be 2-D (N, D), got shape {tuple(x.shape)}"
+            )
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"{name}{describe(where)} must be floating point, got {x.dtype}")
+        n, d = x.shape
+        if n == 0 or d == 0:
+            raise ValueError(f"{name}{describe(where)} is empty (shape {tuple(x.shape)})")
+        finite = x.isfinite().all(dim=1)
+        if not bool(finite.all()):
+            row = int((~finite).nonzero()[0, 0])
+            raise ValueError(
+                f"{name}{describe(where)} has a non-finite value (NaN or inf) in row {row}"
+            )
+        return x
+    if not isinstance(x, np.ndarray):
+        if isinstance(x, (str, bytes)) or not hasattr(x, "__len__") and not hasattr(
+            x, "__array__"
+        ):
+            raise TypeError(
+                f"{name}{describe(where)} must be an array or tensor, got {type(x).__name__}"
+            )
+        x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name}{describe(where)} must be 2-D (N, D), got shape {x.shape}")
+    if x.dtype.kind not in "fc" and x.dtype.kind not in "iub":
+        raise TypeError(f"{name}{describe(where)} must be numeric, got dtype {x.dtype}")
+    if x.dtype.kind == "c":
+        raise TypeError(f"{name}{describe(where)} must be real, got dtype {x.dtype}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name}{describe(where)} is empty (shape {x.shape})")
+    if x.dtype not in (np.float32, np.float64):
+        # integer / float16 data: the same numbers in a float type the kernels take
+        x = x.astype(np.float64 if x.dtype.kind in "iub" else np.float32)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise ValueError(
+            f"{name}{describe(where)} has a non-finite value (NaN or inf) in row {row}"
+        )
+    return x
+
+
+def check_k(k: Any, n: int, *, where: str | None = None) -> int:
+    k = check_int("k", k)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k >= n:
+        raise ValueError(
+            f"k must be < the number of points N={n}{describe(where)}, got k={k}"
+        )
+    return k
+
+
+def labels_to_array(labels: Any, *, name: str = "labels") -> np.ndarray:
+    """Labels of any hashable kind as a numpy array (object dtype for mixed)."""
+    if labels is None:
+        raise TypeError(f"{name} is required")
+    if is_torch_tensor(labels):
+        return labels.detach().cpu().numpy()
+    if isinstance(labels, np.ndarray):
+        return labels
+    if isinstance(labels, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of labels, got a single {type(labels).__name__}")
+    seq = list(labels)
+    arr = np.empty(len(seq), dtype=object)
+    arr[:] = seq
+    # homogeneous ints / strings become a typed array (faster unique, sortable)
+    if seq and all(isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, bool) for v in seq):
+        return np.asarray(seq, dtype=np.int64)
+    if seq and all(isinstance(v, str) for v in seq):
+        return np.asarray(seq, dtype=str)
+    return arr
+
+
+def encode_labels(labels: np.ndarray, *, name: str = "labels") -> tuple[np.ndarray, list[Hashable]]:
+    """Integer codes 0..C-1 and the class list (sorted where the labels sort,
+    else in order of first appearance).
+
+    Returns
+    -------
+    codes : (N,) int64
+    classes : list of C labels as plain Python values
+    """
+    if labels.ndim != 1:
+        raise ValueError(f"{name} must be 1-D here, got shape {labels.shape}")
+    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        row = int(np.flatnonzero(~np.isfinite(labels))[0])
+        raise ValueError(f"{name} has a non-finite label in row {row}")
+    if labels.dtype != object:
+        classes, codes = np.unique(labels, return_inverse=True)
+        return codes.astype(np.int64).ravel(), [c.item() if isinstance(c, np.generic) else c for c in classes]
+    for row, v in enumerate(labels):
+        try:
+            hash(v)
+        except TypeError:
+            raise TypeError(
+                f"{name}[{row}] is not hashable ({type(v).__name__}); labels must be hashable"
+            ) from None
+    plain = [v.item() if isinstance(v, np.generic) else v for v in labels]
+    try:
+        classes = sorted(set(plain))
+    except TypeError:
+        classes = list(dict.fromkeys(plain))
+    lookup = {c: i for i, c in enumerate(classes)}
+    codes = np.fromiter((lookup[v] for v in plain), dtype=np.int64, count=len(plain))
+    return codes, classes
+
+
+def check_labels_length(labels: np.ndarray, n: int, *, where: str | None = None) -> None:
+    if labels.shape[0] != n:
+        raise ValueError(
+            f"labels has {labels.shape[0]} entries but the embeddings{describe(where)} "
+            f"have N={n} rows"
+        )
+
+
+def ensure_sequence(obj: Any) -> bool:
+    return isinstance(obj, Sequence) and not isinstance(obj, (str, bytes))

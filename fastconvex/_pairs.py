@@ -1,0 +1,259 @@
+"""Which pairs are scored (host-side sampling shared by every backend) and how
+their path scores become a score with a standard error.
+
+Sampling draws from ``numpy.random.default_rng(seed)``, class by class in the
+order of the sorted class list, so every backend and device scores the same
+pairs, and :func:`fastconvex.layer_scores` reuses one plan for all layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Hashable
+
+import numpy as np
+
+from ._inputs import check_int
+from ._results import Convexity
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """The scored pairs, grouped by source.
+
+    Attributes
+    ----------
+    estimator : "pairs" | "sources" | "exact"
+    class_mode : bool
+        True: every other member of a source's class is a target (``sources``,
+        ``exact``, and ``pairs`` classes small enough to be scored whole);
+        False: explicit targets in ``target_ptr`` / ``targets``.
+    sources : (S,) int64 distinct source vertices, grouped by class
+    source_class : (S,) int64 class code of each source
+    target_ptr : (S + 1,) int64, explicit mode only (else None)
+    targets : (T,) int64, explicit mode only (else None)
+    class_sizes : (C,) int64 members per class code
+    scored : (C,) bool, classes that meet ``min_class_size``
+    population : (C,) int64 ordered same-class pairs per class (n_c (n_c - 1))
+    """
+
+    estimator: str
+    class_mode: bool
+    sources: np.ndarray
+    source_class: np.ndarray
+    target_ptr: np.ndarray | None
+    targets: np.ndarray | None
+    class_sizes: np.ndarray
+    scored: np.ndarray
+    population: np.ndarray
+
+    @property
+    def n_sources(self) -> int:
+        return int(self.sources.shape[0])
+
+    def pairs(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every scored (source, target) pair as two (P,) int64 arrays, grouped by
+        source in the order of ``sources`` (``codes``: the (N,) class codes)."""
+        if not self.class_mode:
+            return np.repeat(self.sources, np.diff(self.target_ptr)), self.targets.copy()
+        src_parts, tgt_parts = [], []
+        for s, c in zip(self.sources, self.source_class):
+            members = np.flatnonzero(codes == c)
+            members = members[members != s]
+            src_parts.append(np.full(members.shape[0], s, np.int64))
+            tgt_parts.append(members.astype(np.int64))
+        return np.concatenate(src_parts), np.concatenate(tgt_parts)
+
+
+def resolve_estimator(pairs: int | None, sources: int | None, exact: bool) -> tuple[str, int]:
+    """Which estimator the keywords ask for, validated."""
+    if not isinstance(exact, (bool, np.bool_)):
+        raise TypeError(f"exact must be True or False, got {exact!r}")
+    if exact:
+        if sources is not None:
+            raise ValueError("give either exact=True or sources=S, not both")
+        return "exact", 0
+    if sources is not None:
+        return "sources", check_int("sources", sources, minimum=1)
+    if pairs is None:
+        raise ValueError("pairs=None needs sources=S or exact=True")
+    return "pairs", check_int("pairs", pairs, minimum=1)
+
+
+def plan_pairs(
+    codes: np.ndarray,
+    n_classes: int,
+    *,
+    estimator: str,
+    budget: int,
+    seed: int,
+    min_class_size: int,
+) -> PairPlan:
+    """Draw the pairs to score.
+
+    Parameters
+    ----------
+    codes : (N,) int64 class codes in [0, n_classes)
+    estimator : "pairs" (``budget`` = P), "sources" (``budget`` = S) or "exact"
+    seed : seed of ``numpy.random.default_rng``
+    min_class_size : classes with fewer members are skipped (0 pairs)
+    """
+    rng = np.random.default_rng(seed)
+    class_sizes = np.bincount(codes, minlength=n_classes).astype(np.int64)
+    population = class_sizes * (class_sizes - 1)
+    scored = (class_sizes >= max(min_class_size, 2))
+    order = np.argsort(codes, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(class_sizes)])
+
+    whole = estimator == "exact" or (
+        estimator == "pairs" and bool(np.all(population[scored] <= budget))
+    )
+    src_parts: list[np.ndarray] = []
+    tgt_parts: list[np.ndarray] = []
+    cnt_parts: list[np.ndarray] = []
+    for c in range(n_classes):
+        if not scored[c]:
+            continue
+        members = order[starts[c] : starts[c + 1]]  # ascending vertex indices
+        n_c = members.shape[0]
+        if whole or estimator == "sources" and budget >= n_c:
+            src_parts.append(members)
+            continue
+        if estimator == "sources":
+            pick = np.sort(rng.choice(n_c, size=budget, replace=False))
+            src_parts.append(members[pick])
+            continue
+        # estimator == "pairs", explicit targets
+        m = int(population[c])
+        if m <= budget:
+            flat = np.arange(m, dtype=np.int64)
+        else:
+            flat = np.sort(rng.choice(m, size=budget, replace=False).astype(np.int64))
+        a = flat // (n_c - 1)
+        r = flat % (n_c - 1)
+        b = r + (r >= a)
+        src_local, counts = np.unique(a, return_counts=True)
+        src_parts.append(members[src_local])
+        tgt_parts.append(members[b])
+        cnt_parts.append(counts)
+
+    if not src_parts:
+        raise ValueError(
+            f"no class has at least min_class_size={max(min_class_size, 2)} members: "
+            f"nothing to score (class sizes {class_sizes.tolist()})"
+        )
+    sources = np.concatenate(src_parts).astype(np.int64)
+    if whole or estimator == "sources":
+        return PairPlan(estimator, True, sources, codes[sources], None, None,
+                        class_sizes, scored, population)
+    target_ptr = np.zeros(sources.shape[0] + 1, np.int64)
+    np.cumsum(np.concatenate(cnt_parts), out=target_ptr[1:])
+    return PairPlan(estimator, False, sources, codes[sources], target_ptr,
+                    np.concatenate(tgt_parts).astype(np.int64), class_sizes, scored,
+                    population)
+
+
+@dataclass(frozen=True)
+class SourceStats:
+    """Per-source sums of path scores, what every backend returns."""
+
+    sums: np.ndarray  # (S,) float64
+    sumsq: np.ndarray  # (S,) float64
+    n_targets: np.ndarray  # (S,) int64
+    n_unreachable: np.ndarray  # (S,) int64
+
+
+def stats_from_pair_scores(plan: PairPlan, scores: np.ndarray, reachable: np.ndarray) -> SourceStats:
+    """Reduce explicit per-pair scores (T,) to per-source sums."""
+    counts = np.diff(plan.target_ptr)
+    seg = plan.target_ptr[:-1]
+    return SourceStats(
+        np.add.reduceat(scores, seg) if scores.size else np.zeros(0),
+        np.add.reduceat(scores * scores, seg) if scores.size else np.zeros(0),
+        counts,
+        np.add.reduceat((~reachable).astype(np.int64), seg) if scores.size else np.zeros(0, np.int64),
+    )
+
+
+def stats_from_class_sums(plan: PairPlan, sums, sumsq, n_unreachable) -> SourceStats:
+    n_targets = plan.class_sizes[plan.source_class] - 1
+    return SourceStats(np.asarray(sums, np.float64), np.asarray(sumsq, np.float64),
+                       n_targets.astype(np.int64), np.asarray(n_unreachable, np.int64))
+
+
+def aggregate(
+    plan: PairPlan,
+    stats: SourceStats,
+    classes: list[Hashable],
+    *,
+    k: int,
+    n_points: int,
+    backend: str,
+    seed: int | None,
+) -> Convexity:
+    """Class scores, the pooled and macro scores, and their standard errors.
+
+    Standard errors: ``pairs`` — of the mean of a simple random sample without
+    replacement, with finite-population correction ``(1 - n/M)``, per class;
+    ``sources`` — clustered by source (source means as the sampled units, with
+    finite-population correction ``(1 - S/n_c)``); ``exact`` — 0. The pooled
+    score is the pair-weighted mean of class means, so its variance is
+    ``sum_c (n_c/n)^2 var_c``; the macro score's is ``sum_c var_c / C^2``.
+    """
+    n_classes = len(classes)
+    sc = plan.source_class
+    sums = np.bincount(sc, weights=stats.sums, minlength=n_classes)
+    sumsq = np.bincount(sc, weights=stats.sumsq, minlength=n_classes)
+    n_pairs = np.bincount(sc, weights=stats.n_targets, minlength=n_classes).astype(np.int64)
+    n_src = np.bincount(sc, minlength=n_classes)
+    unreach = int(stats.n_unreachable.sum())
+
+    mean = np.full(n_classes, np.nan)
+    var = np.full(n_classes, np.nan)
+    has = n_pairs > 0
+    mean[has] = sums[has] / n_pairs[has]
+    for c in np.flatnonzero(has):
+        n = int(n_pairs[c])
+        if plan.estimator == "exact" or (plan.class_mode and plan.estimator == "pairs"):
+            var[c] = 0.0
+        elif plan.estimator == "pairs":
+            m = int(plan.population[c])
+            if n >= m:
+                var[c] = 0.0
+            elif n < 2:
+                var[c] = np.nan
+            else:
+                s2 = max(sumsq[c] - n * mean[c] ** 2, 0.0) / (n - 1)
+                var[c] = s2 / n * (1.0 - n / m)
+        else:  # sources: cluster = source, equal cluster sizes within a class
+            s = int(n_src[c])
+            size = int(plan.class_sizes[c])
+            if s >= size:
+                var[c] = 0.0
+            elif s < 2:
+                var[c] = np.nan
+            else:
+                means = stats.sums[sc == c] / stats.n_targets[sc == c]
+                var[c] = means.var(ddof=1) / s * (1.0 - s / size)
+    total = int(n_pairs.sum())
+    weights = n_pairs[has] / total
+    score = float(sums[has].sum() / total)
+    stderr = float(math.sqrt(np.sum(weights**2 * var[has])))
+    macro = float(mean[has].mean())
+    macro_stderr = float(math.sqrt(np.sum(var[has]) / has.sum() ** 2))
+    return Convexity(
+        score=score,
+        stderr=stderr,
+        macro=macro,
+        macro_stderr=macro_stderr,
+        per_class={c: float(mean[i]) for i, c in enumerate(classes)},
+        per_class_stderr={c: float(math.sqrt(var[i])) if has[i] else math.nan for i, c in enumerate(classes)},
+        n_pairs={c: int(n_pairs[i]) for i, c in enumerate(classes)},
+        n_unreachable=unreach,
+        estimator=plan.estimator,
+        k=k,
+        n_points=n_points,
+        backend=backend,
+        seed=seed,
+    )

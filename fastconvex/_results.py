@@ -1,0 +1,194 @@
+"""Result types: small typed dataclasses with ``to_dict``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Hashable
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+
+def _plain(value: Any) -> Any:
+    """Numpy/torch scalars to plain Python (for dict keys and JSON)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _json_float(v: float) -> float | None:
+    return None if (v is None or (isinstance(v, float) and math.isnan(v))) else float(v)
+
+
+@dataclass(frozen=True)
+class KNNGraph:
+    """k nearest *other* points of every row.
+
+    Attributes
+    ----------
+    indices : (N, k) int64 array, ascending by distance (ties: smaller index first)
+    distances : (N, k) float array, Euclidean (not squared)
+    backend : name of the backend that computed it
+    """
+
+    indices: Any
+    distances: Any
+    backend: str = "numba"
+
+    @property
+    def k(self) -> int:
+        return int(self.indices.shape[1])
+
+    @property
+    def n_points(self) -> int:
+        return int(self.indices.shape[0])
+
+
+@dataclass(frozen=True)
+class Convexity:
+    """Graph convexity of one embedding (one layer).
+
+    Attributes
+    ----------
+    score : float
+        Mean path score over all scored pairs pooled across classes, in [0, 1].
+    stderr : float
+        Standard error of ``score`` (0 for ``exact``).
+    macro : float
+        Unweighted mean of the class scores.
+    macro_stderr : float
+        Standard error of ``macro``.
+    per_class : dict label -> float
+        Class score (NaN for classes skipped by ``min_class_size``).
+    per_class_stderr : dict label -> float
+    n_pairs : dict label -> int
+        Pairs scored per class (0 for skipped classes).
+    n_unreachable : int
+        Scored pairs whose target was unreachable (scored 0).
+    estimator : "pairs" | "sources" | "exact"
+    k, n_points, backend, seed : the settings that produced it.
+    """
+
+    score: float
+    stderr: float
+    macro: float
+    macro_stderr: float
+    per_class: dict[Hashable, float]
+    per_class_stderr: dict[Hashable, float]
+    n_pairs: dict[Hashable, int]
+    n_unreachable: int
+    estimator: str
+    k: int
+    n_points: int
+    backend: str
+    seed: int | None = None
+
+    @property
+    def total_pairs(self) -> int:
+        return int(sum(self.n_pairs.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (fractions in [0, 1]; class labels as strings
+        when they are not JSON scalars)."""
+
+        def key(label: Hashable) -> Any:
+            label = _plain(label)
+            return label if isinstance(label, (str, int, float, bool)) else str(label)
+
+        return {
+            "score": float(self.score),
+            "stderr": float(self.stderr),
+            "macro": float(self.macro),
+            "macro_stderr": float(self.macro_stderr),
+            "per_class": {str(key(c)): _json_float(v) for c, v in self.per_class.items()},
+            "per_class_stderr": {
+                str(key(c)): _json_float(v) for c, v in self.per_class_stderr.items()
+            },
+            "n_pairs": {str(key(c)): int(v) for c, v in self.n_pairs.items()},
+            "n_unreachable": int(self.n_unreachable),
+            "estimator": self.estimator,
+            "k": int(self.k),
+            "n_points": int(self.n_points),
+            "backend": self.backend,
+            "seed": self.seed,
+        }
+
+    def __str__(self) -> str:
+        return (
+            f"Convexity(score={100 * self.score:.2f}% ± {100 * self.stderr:.2f}, "
+            f"macro={100 * self.macro:.2f}%, pairs={self.total_pairs}, "
+            f"unreachable={self.n_unreachable}, estimator={self.estimator}, k={self.k})"
+        )
+
+
+@dataclass(frozen=True)
+class LayerScores:
+    """Graph convexity of every layer, scored on the same pairs.
+
+    Attributes
+    ----------
+    scores : (L,) float64 array, pooled score per layer
+    stderr : (L,) float64 array
+    classes : list of the class labels (columns of ``per_class``)
+    per_class : (L, C) float64 array (NaN for skipped classes)
+    layers : list of L :class:`Convexity`
+    """
+
+    scores: np.ndarray
+    stderr: np.ndarray
+    classes: list[Hashable]
+    per_class: np.ndarray
+    layers: list[Convexity] = field(repr=False)
+
+    @property
+    def best_layer(self) -> int:
+        """Index of the layer with the highest score (the first, on ties)."""
+        return int(np.argmax(self.scores))
+
+    @property
+    def macro(self) -> np.ndarray:
+        """(L,) unweighted mean of class scores per layer."""
+        return np.array([c.macro for c in self.layers])
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scores": [float(s) for s in self.scores],
+            "stderr": [float(s) for s in self.stderr],
+            "best_layer": self.best_layer,
+            "classes": [
+                c if isinstance(c, (str, int, float, bool)) else str(c)
+                for c in map(_plain, self.classes)
+            ],
+            "per_class": [[_json_float(float(v)) for v in row] for row in self.per_class],
+            "layers": [c.to_dict() for c in self.layers],
+        }
+
+    def to_json(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_dict` as JSON to ``path``."""
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2)
+            fh.write("\n")
+
+    def plot(self, *, cut: int | None = None, ax: Any = None) -> "Figure":
+        """Convexity per layer with standard-error bars (needs ``[plot]``).
+
+        Returns a matplotlib Figure; never calls ``show()``.
+        """
+        from .plot import plot_layer_scores
+
+        return plot_layer_scores(self, cut=cut, ax=ax)
+
+    def __str__(self) -> str:
+        rows = [f"{'layer':>5}  {'convexity %':>11}  {'± s.e.':>7}"]
+        for i, (s, e) in enumerate(zip(self.scores, self.stderr)):
+            mark = "  <- best" if i == self.best_layer else ""
+            rows.append(f"{i:>5}  {100 * s:>11.2f}  {100 * e:>7.2f}{mark}")
+        return "\n".join(rows)

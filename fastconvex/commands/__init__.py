@@ -1,0 +1,1 @@
+"""Subcommands of the ``fastconvex`` command line, one module each."""

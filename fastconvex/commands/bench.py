@@ -1,0 +1,42 @@
+"""``fastconvex bench``: fastconvex vs the naive scorer on the same data and pairs."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli import emit_json, log
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", default="1000,2000,5000",
+                        help="comma-separated numbers of points (default 1000,2000,5000)")
+    parser.add_argument("--dim", type=int, default=256, help="embedding dimension (default 256)")
+    parser.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+    parser.add_argument("--k", type=int, default=10, help="neighbours (default 10)")
+    parser.add_argument("--pairs", type=int, default=5000, help="pairs per class (default 5000)")
+    parser.add_argument("--naive-max", type=int, default=20000,
+                        help="largest N the naive scorer is run at (O(N^2) memory; default 20000)")
+    parser.add_argument("--repeat", type=int, default=1, help="best of this many runs (default 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._backends import resolve_backend
+    from .._bench import compare_to_naive, machine_info
+
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
+    if not sizes or min(sizes) <= args.k:
+        raise ValueError(f"--sizes must be integers larger than --k={args.k}, got {args.sizes!r}")
+    backend = resolve_backend(args.backend, None, args.device)
+    if backend == "naive":
+        raise ValueError("--backend naive is the baseline itself; choose numba, triton or auto")
+    log(args, f"fastconvex bench: {backend} vs naive, overlapping classes, same pairs")
+    rows = compare_to_naive(
+        sizes, dim=args.dim, n_classes=args.classes, k=args.k, pairs=args.pairs,
+        seed=args.seed, backend=backend, naive_max=args.naive_max, repeat=args.repeat,
+        log=lambda s: log(args, s),
+    )
+    emit_json({"machine": machine_info(), "backend": backend, "rows": rows}, args)
+    return 0 if all(r.get("agree", True) for r in rows) else 1

@@ -1,0 +1,71 @@
+"""Hugging Face speech models: layer embeddings, the cut, pruning (extra ``[hf]``).
+
+The paper's pipeline (Dorszewski, Tětková & Hansen, arXiv 2408.11858)::
+
+    import fastconvex as fc
+    from fastconvex import hf
+
+    states = hf.pooled_hidden_states(model, waveforms, feature_extractor=fe)  # one (N, D) per layer
+    scores = fc.layer_scores(states, labels)
+    keep = hf.choose_cut(scores)                  # hidden state h => keep blocks 0..h-1
+    hf.prune(model, keep)                         # in place; then fine-tune
+    hf.save_pruned(model, "pruned/", feature_extractor=fe, scores=scores, source=name)
+
+Importing this package is cheap: torch and transformers are imported on first
+use of a function, never by ``import fastconvex``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "AudioFiles",
+    "PooledHiddenStates",
+    "choose_cut",
+    "find_audio",
+    "load_audio",
+    "load_pruned",
+    "num_blocks",
+    "package_versions",
+    "pooled_hidden_states",
+    "prune",
+    "save_pruned",
+    "valid_frame_counts",
+]
+
+_WHERE = {
+    "PooledHiddenStates": "_pooling",
+    "pooled_hidden_states": "_pooling",
+    "valid_frame_counts": "_pooling",
+    "choose_cut": "_prune",
+    "prune": "_prune",
+    "save_pruned": "_prune",
+    "load_pruned": "_prune",
+    "package_versions": "_prune",
+    "num_blocks": "_models",
+    "AudioFiles": "_audio",
+    "find_audio": "_audio",
+    "load_audio": "_audio",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._audio import AudioFiles, find_audio, load_audio
+    from ._models import num_blocks
+    from ._pooling import PooledHiddenStates, pooled_hidden_states, valid_frame_counts
+    from ._prune import choose_cut, load_pruned, package_versions, prune, save_pruned
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastconvex.hf' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,115 @@
+"""The naive scorer: the published algorithm written plainly.
+
+Dense N x N float64 distance matrix, a full sort of every row for the kNN,
+the union graph as a scipy sparse matrix (zero-length edges kept as explicit
+entries, which scipy's csgraph treats as edges), ``scipy.sparse.csgraph.dijkstra``
+with predecessors from every distinct source, and a walk along each sampled path.
+
+It is the oracle of the test suite and the baseline of the benchmarks: keep it
+simple and obviously right, never optimise it. Memory is O(N^2) (and O(S N) for
+the predecessor matrix), so it stops at a few tens of thousands of points.
+
+Differences from the authors' ``nnconvexity`` 0.1.1, on purpose (SPEC §1): an
+exact duplicate of a point is its neighbour at distance 0 (the published code
+drops zero-distance edges), scores are fractions, and labels can be anything
+hashable. The pair sampling and aggregation are fastconvex's own, shared with
+every backend, so the naive scorer scores exactly the pairs the fast ones do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import dijkstra
+from scipy.spatial.distance import cdist
+
+from ._inputs import is_torch_tensor, to_numpy
+from ._pairs import PairPlan, SourceStats, stats_from_pair_scores
+from ._results import Convexity, KNNGraph
+
+__all__ = ["graph_convexity", "knn_graph", "NaiveEngine"]
+
+
+def _dense_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=np.float64)
+    dist = cdist(x, x)  # (N, N) float64
+    np.fill_diagonal(dist, np.inf)  # a point never neighbours itself
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]  # ties: smaller index
+    return order.astype(np.int64), np.take_along_axis(dist, order, axis=1)
+
+
+def _union_graph(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
+    n, k = indices.shape
+    rows = np.repeat(np.arange(n), k)
+    cols = indices.ravel()
+    a = np.minimum(rows, cols)
+    b = np.maximum(rows, cols)
+    edges, first = np.unique(np.stack([a, b], axis=1), axis=0, return_index=True)
+    w = distances.ravel()[first]
+    ii = np.concatenate([edges[:, 0], edges[:, 1]])
+    jj = np.concatenate([edges[:, 1], edges[:, 0]])
+    graph = sp.csr_matrix((np.concatenate([w, w]), (ii, jj)), shape=(n, n))
+    return graph  # explicit zeros (duplicates) stay as stored entries
+
+
+def _path_score(pred_row: np.ndarray, source: int, target: int, codes: np.ndarray) -> float | None:
+    """Score of the path source -> target read off a predecessor row; None if
+    the target is unreachable."""
+    if pred_row[target] < 0:
+        return None
+    path = [target]
+    while path[-1] != source:
+        path.append(int(pred_row[path[-1]]))
+    interior = path[1:-1]
+    if not interior:
+        return 1.0
+    return sum(codes[v] == codes[source] for v in interior) / len(interior)
+
+
+class NaiveEngine:
+    name = "naive"
+
+    def knn(self, x: Any, k: int) -> KNNGraph:
+        x = to_numpy(x) if is_torch_tensor(x) else x
+        return KNNGraph(*_dense_knn(x, k), backend=self.name)
+
+    def source_stats(self, x: Any, codes: np.ndarray, plan: PairPlan, k: int) -> SourceStats:
+        graph = self.knn(x, k)
+        adjacency = _union_graph(graph.indices, graph.distances)
+        src, tgt = plan.pairs(codes)
+        sources = np.unique(src)
+        _, pred = dijkstra(adjacency, directed=False, indices=sources, return_predecessors=True)
+        row_of = {int(s): r for r, s in enumerate(sources)}
+        scores = np.zeros(src.shape[0])
+        reachable = np.zeros(src.shape[0], dtype=bool)
+        for p, (s, t) in enumerate(zip(src, tgt)):
+            value = _path_score(pred[row_of[int(s)]], int(s), int(t), codes)
+            if value is not None:
+                scores[p] = value
+                reachable[p] = True
+        # pairs() lists each source's targets consecutively, in the plan's order
+        counts = plan.class_sizes[plan.source_class] - 1 if plan.class_mode else np.diff(plan.target_ptr)
+        ptr = np.zeros(plan.n_sources + 1, np.int64)
+        np.cumsum(counts, out=ptr[1:])
+        grouped = PairPlan(plan.estimator, False, plan.sources, plan.source_class, ptr, tgt,
+                           plan.class_sizes, plan.scored, plan.population)
+        return stats_from_pair_scores(grouped, scores, reachable)
+
+
+def graph_convexity(x: Any, labels: Any, **keywords: Any) -> Convexity:
+    """The naive scorer; same keywords and result as :func:`fastconvex.graph_convexity`."""
+    from ._core import graph_convexity as _graph_convexity
+
+    backend = keywords.pop("backend", "naive")
+    if backend not in ("naive", "auto"):
+        raise ValueError(f"fastconvex.naive.graph_convexity runs backend='naive', got {backend!r}")
+    return _graph_convexity(x, labels, backend="naive", **keywords)
+
+
+def knn_graph(x: Any, k: int = 10) -> KNNGraph:
+    """Dense-matrix kNN (full sort per row); see :func:`fastconvex.knn_graph`."""
+    from ._core import knn_graph as _knn_graph
+
+    return _knn_graph(x, k, backend="naive")

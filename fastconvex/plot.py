@@ -1,0 +1,72 @@
+"""Plots (extra ``[plot]``: matplotlib, imported lazily). Never calls ``show()``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from ._results import LayerScores
+
+
+def _figure() -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("plotting needs matplotlib: pip install 'fastconvex[plot]'") from exc
+    return Figure(figsize=(6.4, 3.8), layout="constrained")
+
+
+def plot_layer_scores(
+    scores: "LayerScores | Sequence[LayerScores]",
+    *,
+    cut: int | Sequence[int | None] | None = None,
+    labels: Sequence[str] | None = None,
+    ax: Any = None,
+) -> "Figure":
+    """Convexity (%) per layer with standard-error bars, one line per task.
+
+    Parameters
+    ----------
+    scores : LayerScores or a sequence of them (one per task)
+    cut : hidden-state index of the chosen cut (one per task, or one for all);
+        drawn as a dashed vertical line
+    labels : legend entries, one per task
+    ax : matplotlib Axes to draw into (default: a new Figure)
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from ._results import LayerScores
+
+    tasks = [scores] if isinstance(scores, LayerScores) else list(scores)
+    if not tasks:
+        raise ValueError("scores is empty: nothing to plot")
+    if labels is not None and len(labels) != len(tasks):
+        raise ValueError(f"labels has {len(labels)} entries for {len(tasks)} tasks")
+    cuts = list(cut) if isinstance(cut, (list, tuple)) else [cut] * len(tasks)
+    if len(cuts) != len(tasks):
+        raise ValueError(f"cut has {len(cuts)} entries for {len(tasks)} tasks")
+    if ax is None:
+        fig = _figure()
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    for i, task in enumerate(tasks):
+        layers = np.arange(len(task.scores))
+        name = labels[i] if labels is not None else (None if len(tasks) == 1 else f"task {i}")
+        line = ax.errorbar(layers, 100 * task.scores, yerr=100 * task.stderr, marker="o",
+                           ms=4, capsize=3, label=name)
+        if cuts[i] is not None:
+            ax.axvline(cuts[i], ls="--", color=line[0].get_color(), alpha=0.7,
+                       label=f"cut at {cuts[i]}" + (f" ({name})" if name else ""))
+    ax.set_xlabel("hidden state (0 = transformer input, i = output of block i)")
+    ax.set_ylabel("graph convexity (%)")
+    ax.grid(alpha=0.3)
+    if len(tasks) > 1 or any(c is not None for c in cuts):
+        ax.legend(fontsize="small")
+    return fig

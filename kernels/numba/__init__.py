@@ -1,0 +1,1 @@
+"""CPU kernels (Numba): exact blocked kNN, union graph, batched shortest-path statistics."""

@@ -1,0 +1,211 @@
+"""Exact k-nearest neighbours on the CPU: blocked float32 matrix products (BLAS),
+a running top-k' per row kept as array heaps, then an exact float64 re-rank with a
+rounding-error certificate; rows the certificate cannot vouch for are recomputed
+exactly against every point.
+
+No N x N array ever exists: peak memory is O(N * k' + block_rows * block_cols).
+
+Public entry point: :func:`knn`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_UNIT_ROUNDOFF_F32 = 2.0**-24
+
+
+@njit(cache=True, inline="always")
+def _sift_down(heap_d, heap_i, pos, size):
+    """Restore the max-heap property (root = worst candidate) from ``pos``."""
+    d = heap_d[pos]
+    idx = heap_i[pos]
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        if child + 1 < size and (
+            heap_d[child + 1] > heap_d[child]
+            or (heap_d[child + 1] == heap_d[child] and heap_i[child + 1] > heap_i[child])
+        ):
+            child += 1
+        if heap_d[child] > d or (heap_d[child] == d and heap_i[child] > idx):
+            heap_d[pos] = heap_d[child]
+            heap_i[pos] = heap_i[child]
+            pos = child
+        else:
+            break
+    heap_d[pos] = d
+    heap_i[pos] = idx
+
+
+@njit(parallel=True, cache=True)
+def _update_topk_from_gram(gram, sq_rows, sq_cols, row0, col0, heap_d, heap_i):
+    """Fold one tile of dot products into the per-row top-k' heaps.
+
+    gram    : (br, bc) float32, ``x[row0:row0+br] @ x[col0:col0+bc].T``
+    sq_rows : (br,) float64 squared norms of the tile's rows
+    sq_cols : (bc,) float64 squared norms of the tile's columns
+    heap_d  : (N, kc) float64 approximate squared distances, max-heap per row
+    heap_i  : (N, kc) int64 neighbour indices (-1 = empty slot, distance +inf)
+    """
+    br, bc = gram.shape
+    kc = heap_d.shape[1]
+    for r in prange(br):
+        i = row0 + r
+        hd = heap_d[i]
+        hi = heap_i[i]
+        worst = hd[0]
+        sr = sq_rows[r]
+        for c in range(bc):
+            d = sr + sq_cols[c] - 2.0 * gram[r, c]
+            if d < worst:
+                j = col0 + c
+                if j == i:
+                    continue
+                hd[0] = d
+                hi[0] = j
+                _sift_down(hd, hi, 0, kc)
+                worst = hd[0]
+
+
+@njit(cache=True, inline="always")
+def _sq_dist_f64(x, i, j):
+    s = 0.0
+    for t in range(x.shape[1]):
+        diff = np.float64(x[i, t]) - np.float64(x[j, t])
+        s += diff * diff
+    return s
+
+
+@njit(cache=True, inline="always")
+def _sort_by_dist_then_index(d, idx, n):
+    """Insertion sort of the first n entries by (distance, index)."""
+    for a in range(1, n):
+        dv = d[a]
+        iv = idx[a]
+        b = a - 1
+        while b >= 0 and (d[b] > dv or (d[b] == dv and idx[b] > iv)):
+            d[b + 1] = d[b]
+            idx[b + 1] = idx[b]
+            b -= 1
+        d[b + 1] = dv
+        idx[b + 1] = iv
+
+
+@njit(parallel=True, cache=True)
+def _rerank_exact(x, heap_d, heap_i, bound, k, out_i, out_d, certified):
+    """Exact float64 distances for the candidates, sorted by (distance, index).
+
+    A row is certified when the k-th exact squared distance is below the smallest
+    approximate squared distance a non-candidate can have minus the rounding bound.
+    """
+    n, kc = heap_i.shape
+    all_candidates = kc >= n - 1
+    for i in prange(n):
+        cd = np.empty(kc, np.float64)
+        ci = np.empty(kc, np.int64)
+        for t in range(kc):
+            j = heap_i[i, t]
+            ci[t] = j
+            cd[t] = _sq_dist_f64(x, i, j) if j >= 0 else np.inf
+        _sort_by_dist_then_index(cd, ci, kc)
+        for t in range(k):
+            out_i[i, t] = ci[t]
+            out_d[i, t] = math.sqrt(cd[t])
+        if all_candidates:
+            certified[i] = True
+        else:
+            # heap root = largest approximate distance kept; every non-candidate's
+            # approximate distance is >= it.
+            certified[i] = cd[k - 1] <= heap_d[i, 0] - bound[i]
+
+
+@njit(parallel=True, cache=True)
+def _exact_rows(x, rows, k, out_i, out_d):
+    """Brute-force float64 kNN for the given rows (the certificate's fallback)."""
+    n = x.shape[0]
+    for r in prange(rows.shape[0]):
+        i = rows[r]
+        hd = np.full(k, np.inf)
+        hi = np.full(k, -1, np.int64)
+        for j in range(n):
+            if j == i:
+                continue
+            d = _sq_dist_f64(x, i, j)
+            if d < hd[0] or (d == hd[0] and j < hi[0]):
+                hd[0] = d
+                hi[0] = j
+                _sift_down(hd, hi, 0, k)
+        _sort_by_dist_then_index(hd, hi, k)
+        for t in range(k):
+            out_i[i, t] = hi[t]
+            out_d[i, t] = math.sqrt(hd[t])
+
+
+def candidate_count(k: int, n: int) -> int:
+    """Number of approximate candidates kept per row before the exact re-rank."""
+    return min(n - 1, k + max(k, 16))
+
+
+def knn(
+    x: np.ndarray,
+    k: int,
+    *,
+    block_rows: int = 1024,
+    block_cols: int = 16384,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Exact k nearest other points of every row of ``x`` (Euclidean).
+
+    Parameters
+    ----------
+    x : (N, D) float32 or float64 array
+    k : int, 1 <= k <= N - 1
+    block_rows, block_cols : tile shape of the float32 matrix products.
+
+    Returns
+    -------
+    indices : (N, k) int64, ascending by distance, ties by the smaller index
+    distances : (N, k) float64 Euclidean distances, computed exactly in float64
+    n_fallback : int, rows recomputed by brute force because the float32
+        candidate pass could not certify them (near-ties, duplicates).
+    """
+    x = np.ascontiguousarray(x)
+    n, dim = x.shape
+    kc = candidate_count(k, n)
+    # Centre (in float64) before the float32 products: smaller norms, less cancellation.
+    mean = x.mean(axis=0, dtype=np.float64)
+    xf = np.ascontiguousarray((x - mean).astype(np.float32))
+    sq = np.einsum("ij,ij->i", xf, xf, dtype=np.float64)
+    norms = np.sqrt(sq)
+    max_norm = float(norms.max()) if n else 0.0
+    # Rounding bound on |approx - exact| squared distance: float32 dot products
+    # (gamma_D |x_i||x_j| twice) plus the float32 rounding of the centred inputs.
+    u = _UNIT_ROUNDOFF_F32
+    gamma = dim * u / (1.0 - dim * u) if dim * u < 0.5 else np.inf
+    bound = 1.01 * (
+        2.0 * gamma * norms * max_norm + 4.0 * u * (norms + max_norm) ** 2
+    ) + 1e-300
+
+    heap_d = np.full((n, kc), np.inf)
+    heap_i = np.full((n, kc), -1, np.int64)
+    for r0 in range(0, n, block_rows):
+        r1 = min(n, r0 + block_rows)
+        xr = xf[r0:r1]
+        for c0 in range(0, n, block_cols):
+            c1 = min(n, c0 + block_cols)
+            gram = xr @ xf[c0:c1].T
+            _update_topk_from_gram(gram, sq[r0:r1], sq[c0:c1], r0, c0, heap_d, heap_i)
+
+    out_i = np.empty((n, k), np.int64)
+    out_d = np.empty((n, k), np.float64)
+    certified = np.empty(n, np.bool_)
+    x64 = x if x.dtype == np.float64 else x.astype(np.float64)
+    _rerank_exact(x64, heap_d, heap_i, bound, k, out_i, out_d, certified)
+    rows = np.flatnonzero(~certified)
+    if rows.size:
+        _exact_rows(x64, rows.astype(np.int64), k, out_i, out_d)
+    return out_i, out_d, int(rows.size)

@@ -1,0 +1,259 @@
+"""Batched single-source shortest paths with path statistics (CPU).
+
+Dijkstra from each distinct source, in parallel over sources (``prange`` over
+chunks of sources, one workspace per chunk). Along the shortest-path tree each
+vertex carries its hop count and the number of *interior* vertices whose label
+equals the source's, so a path score needs no path reconstruction:
+
+    score(s, t) = 1                         if t is adjacent on the path (1 hop)
+                = same(t) / (hops(t) - 1)   otherwise
+                = 0                         if t is unreachable
+
+A source's search stops as soon as all of its targets are settled.
+
+Public entry points: :func:`pair_scores` (explicit targets per source) and
+:func:`class_sums` (every other member of the source's class is a target).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, inline="always")
+def _push(hk, hv, size, key, v):
+    """Push (key, v) on a 4-ary min-heap of keys ``hk`` / payload ``hv``."""
+    p = size
+    while p > 0:
+        parent = (p - 1) >> 2
+        pk = hk[parent]
+        if pk <= key:
+            break
+        hk[p] = pk
+        hv[p] = hv[parent]
+        p = parent
+    hk[p] = key
+    hv[p] = v
+
+
+@njit(cache=True, inline="always")
+def _pop_into_root(hk, hv, size):
+    """Remove the root of a 4-ary heap of ``size`` entries (returns the new size).
+    A 4-ary heap is shallower than a binary one; measured ~1.5x faster here."""
+    size -= 1
+    if size == 0:
+        return 0
+    key = hk[size]
+    v = hv[size]
+    p = 0
+    while True:
+        c = 4 * p + 1
+        if c >= size:
+            break
+        best = c
+        bk = hk[c]
+        end = min(c + 4, size)
+        for q in range(c + 1, end):
+            if hk[q] < bk:
+                bk = hk[q]
+                best = q
+        if bk >= key:
+            break
+        hk[p] = bk
+        hv[p] = hv[best]
+        p = best
+    hk[p] = key
+    hv[p] = v
+    return size
+
+
+@njit(cache=True)
+def _search(
+    src, class_mode, n_targets, stamp, codes, indptr, nbr, w,
+    dist, hops, same, state, hk, hv, touched, tstamp, out_v, out_s,
+):
+    """One Dijkstra search (4-ary heap with lazy deletion, capacity E + 1);
+    returns how many targets were settled (written to out_v / out_s as vertex,
+    score)."""
+    cs = codes[src]
+    n_touched = 0
+    dist[src] = 0.0
+    hops[src] = 0
+    same[src] = 0
+    state[src] = 1
+    touched[n_touched] = src
+    n_touched += 1
+    hk[0] = 0.0
+    hv[0] = src
+    size = 1
+    found = 0
+    while size > 0 and found < n_targets:
+        du = hk[0]
+        u = hv[0]
+        size = _pop_into_root(hk, hv, size)
+        if state[u] == 2 or du > dist[u]:
+            continue  # stale entry
+        state[u] = 2
+        if class_mode:
+            is_target = u != src and codes[u] == cs
+        else:
+            is_target = tstamp[u] == stamp
+        if is_target:
+            h = hops[u]
+            out_v[found] = u
+            out_s[found] = 1.0 if h == 1 else same[u] / (h - 1)
+            found += 1
+        add = 1 if (u != src and codes[u] == cs) else 0
+        hu = hops[u] + 1
+        su = same[u] + add
+        for e in range(indptr[u], indptr[u + 1]):
+            v = nbr[e]
+            nd = du + w[e]
+            if nd < dist[v]:
+                if state[v] == 0:
+                    state[v] = 1
+                    touched[n_touched] = v
+                    n_touched += 1
+                dist[v] = nd
+                hops[v] = hu
+                same[v] = su
+                _push(hk, hv, size, nd, v)
+                size += 1
+    for t in range(n_touched):
+        v = touched[t]
+        dist[v] = np.inf
+        state[v] = 0
+    return found
+
+
+@njit(parallel=True, cache=True)
+def _run(
+    class_mode, n_chunks, codes, indptr, nbr, w, sources, tgt_ptr, tgt_idx,
+    class_sizes, pair_out, reach_out, sums, sumsq, unreach,
+):
+    n = codes.shape[0]
+    n_src = sources.shape[0]
+    for c in prange(n_chunks):
+        lo = (c * n_src) // n_chunks
+        hi = ((c + 1) * n_src) // n_chunks
+        if lo >= hi:
+            continue
+        dist = np.full(n, np.inf)
+        hops = np.zeros(n, np.int32)
+        same = np.zeros(n, np.int32)
+        state = np.zeros(n, np.int8)
+        # lazy deletion pushes once per successful relaxation: at most E + 1
+        hk = np.empty(nbr.shape[0] + 1, np.float64)
+        hv = np.empty(nbr.shape[0] + 1, np.int64)
+        touched = np.empty(n, np.int64)
+        tstamp = np.zeros(n, np.int64)
+        tslot = np.empty(0 if class_mode else n, np.int64)
+        out_v = np.empty(n, np.int64)
+        out_s = np.empty(n, np.float64)
+        for s in range(lo, hi):
+            src = sources[s]
+            stamp = s + 1
+            if class_mode:
+                n_t = class_sizes[codes[src]] - 1
+            else:
+                a = tgt_ptr[s]
+                b = tgt_ptr[s + 1]
+                n_t = b - a
+                for p in range(a, b):
+                    tstamp[tgt_idx[p]] = stamp
+                    tslot[tgt_idx[p]] = p
+            found = _search(
+                src, class_mode, n_t, stamp, codes, indptr, nbr, w,
+                dist, hops, same, state, hk, hv, touched, tstamp, out_v, out_s,
+            )
+            if class_mode:
+                acc = 0.0
+                acc2 = 0.0
+                for f in range(found):
+                    acc += out_s[f]
+                    acc2 += out_s[f] * out_s[f]
+                sums[s] = acc
+                sumsq[s] = acc2
+                unreach[s] = n_t - found
+            else:
+                for f in range(found):
+                    p = tslot[out_v[f]]
+                    pair_out[p] = out_s[f]
+                    reach_out[p] = True
+
+
+def _chunks(n_sources: int) -> int:
+    return max(1, min(n_sources, 4 * numba.get_num_threads()))
+
+
+def pair_scores(
+    indptr: np.ndarray,
+    neighbours: np.ndarray,
+    weights: np.ndarray,
+    codes: np.ndarray,
+    sources: np.ndarray,
+    target_ptr: np.ndarray,
+    targets: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Path scores of explicit (source, target) pairs.
+
+    Parameters
+    ----------
+    indptr, neighbours, weights : CSR graph, (N + 1,), (E,), (E,)
+    codes : (N,) int64 class code of every vertex (any value for unlabelled ones)
+    sources : (S,) int64 distinct source vertices
+    target_ptr : (S + 1,) int64; targets of ``sources[s]`` are
+        ``targets[target_ptr[s]:target_ptr[s + 1]]`` (distinct, never the source)
+    targets : (T,) int64
+
+    Returns
+    -------
+    scores : (T,) float64 path scores (0 where unreachable)
+    reachable : (T,) bool
+    """
+    scores = np.zeros(targets.shape[0], np.float64)
+    reachable = np.zeros(targets.shape[0], np.bool_)
+    empty_f = np.empty(0, np.float64)
+    _run(
+        False, _chunks(len(sources)), codes, indptr, neighbours, weights, sources,
+        target_ptr, targets, np.empty(0, np.int64), scores, reachable,
+        empty_f, empty_f, np.empty(0, np.int64),
+    )
+    return scores, reachable
+
+
+def class_sums(
+    indptr: np.ndarray,
+    neighbours: np.ndarray,
+    weights: np.ndarray,
+    codes: np.ndarray,
+    sources: np.ndarray,
+    class_sizes: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum and sum of squares of the path scores from each source to every other
+    member of its class.
+
+    Parameters
+    ----------
+    indptr, neighbours, weights : CSR graph
+    codes : (N,) int64 class codes; vertices of code c are the class's members
+    sources : (S,) int64 distinct sources
+    class_sizes : (C,) int64 members per code (``codes`` must lie in [0, C))
+
+    Returns
+    -------
+    sums, sumsq : (S,) float64
+    n_unreachable : (S,) int64 targets of each source that cannot be reached
+    """
+    n_src = sources.shape[0]
+    sums = np.zeros(n_src, np.float64)
+    sumsq = np.zeros(n_src, np.float64)
+    unreach = np.zeros(n_src, np.int64)
+    _run(
+        True, _chunks(n_src), codes, indptr, neighbours, weights, sources,
+        np.zeros(1, np.int64), np.empty(0, np.int64), class_sizes,
+        np.empty(0, np.float64), np.empty(0, np.bool_), sums, sumsq, unreach,
+    )
+    return sums, sumsq, unreach

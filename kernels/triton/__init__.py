@@ -1,0 +1,1 @@
+"""GPU kernels (Triton): fused kNN and batched shortest-path statistics."""

@@ -1,0 +1,78 @@
+"""Reference implementations the tests compare against and the benchmarks
+time as baselines (benchmarks import them from here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import dijkstra
+from scipy.spatial.distance import cdist
+
+
+def bruteforce_knn_f64(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """float64 brute force: (N, k) indices (ties: smaller index) and distances."""
+    dist = cdist(np.asarray(x, np.float64), np.asarray(x, np.float64))
+    np.fill_diagonal(dist, np.inf)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(dist, order, axis=1)
+
+
+def assert_knn_equal_up_to_ties(
+    x: np.ndarray, indices: np.ndarray, distances: np.ndarray, k: int, rtol: float = 1e-6
+) -> None:
+    """faiss-style check: neighbour sets equal the float64 brute force except
+    where candidate distances tie within ``rtol``; distances match the indices."""
+    x64 = np.asarray(x, np.float64)
+    ref_i, ref_d = bruteforce_knn_f64(x64, k)
+    indices = np.asarray(indices)
+    distances = np.asarray(distances, np.float64)
+    assert indices.shape == ref_i.shape
+    # distances are the true distances of the returned indices, ascending
+    rows = np.arange(x64.shape[0])[:, None]
+    true_d = np.linalg.norm(x64[rows] - x64[indices], axis=-1)
+    np.testing.assert_allclose(distances, true_d, rtol=1e-5, atol=1e-6)
+    assert np.all(np.diff(distances, axis=1) >= -1e-9 * (1 + distances[:, 1:]))
+    assert not np.any(indices == rows), "a point neighbours itself"
+    np.testing.assert_allclose(distances, ref_d, rtol=rtol, atol=1e-9)
+    for i in range(x64.shape[0]):
+        got, ref = set(indices[i].tolist()), set(ref_i[i].tolist())
+        if got != ref:
+            # every disagreement sits at the k-th distance, within tie tolerance
+            kth = ref_d[i, -1]
+            for j in got ^ ref:
+                dj = np.linalg.norm(x64[i] - x64[j])
+                assert abs(dj - kth) <= rtol * max(kth, 1e-12) + 1e-12, (i, j, dj, kth)
+
+
+def scipy_shortest_distances(indptr, neighbours, weights, sources) -> np.ndarray:
+    """(S, N) shortest-path distances by scipy's Dijkstra (the paths baseline)."""
+    n = indptr.shape[0] - 1
+    graph = sp.csr_matrix((weights, neighbours, indptr), shape=(n, n))
+    return dijkstra(graph, directed=False, indices=sources)
+
+
+def nnconvexity_all_pairs(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, dict[int, float]]:
+    """The authors' package (nnconvexity 0.1.1) scoring every ordered pair,
+    unrounded fractions: its own graph construction and path walk, with the
+    pair budget set above the number of ordered pairs so nothing is sampled.
+
+    Labels must be 0..C-1 (the package's requirement)."""
+    import itertools
+
+    import pandas as pd
+    from igraph import Graph
+    from nnconvexity import graph as nng
+
+    dist = pd.DataFrame(cdist(x, x, metric="euclidean"))
+    nearest, _ = nng.get_nearest_neighbors(dist, k, 1)
+    adjacency = nearest.to_numpy().astype(float)
+    graph = Graph.Weighted_Adjacency(np.maximum(adjacency, adjacency.T))
+    pooled: list[float] = []
+    per_class: dict[int, float] = {}
+    for c in sorted(set(labels.tolist())):
+        ids = np.flatnonzero(labels == c)
+        n_pairs = len(list(itertools.permutations(ids, r=2)))
+        props = nng.compute_paths(graph, ids, n_pairs)
+        pooled.extend(props)
+        per_class[c] = float(np.mean(props))
+    return float(np.mean(pooled)), per_class

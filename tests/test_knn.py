@@ -1,0 +1,107 @@
+"""kNN: both CPU backends against float64 brute force, tie-aware (faiss style)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import fastconvex as fc
+from fastconvex.kernels.numba.knn import knn as numba_knn
+from oracles import assert_knn_equal_up_to_ties, bruteforce_knn_f64
+
+CPU_BACKENDS = ["numba", "naive"]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(
+    "n,d,k",
+    [(2, 1, 1), (7, 3, 6), (31, 1, 5), (101, 17, 10), (257, 1000, 4), (64, 5, 63)],
+)
+def test_knn_matches_bruteforce(backend, n, d, k):
+    x = np.random.default_rng(n * 1000 + d).normal(size=(n, d))
+    g = fc.knn_graph(x, k, backend=backend)
+    assert g.indices.shape == (n, k) and g.distances.shape == (n, k)
+    assert_knn_equal_up_to_ties(x, g.indices, g.distances, k)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_duplicates_are_neighbours_at_distance_zero(backend):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6))
+    x[10] = x[3]
+    x[20] = x[3]
+    g = fc.knn_graph(x, 3, backend=backend)
+    assert set(g.indices[3, :2].tolist()) == {10, 20}
+    np.testing.assert_array_equal(g.distances[3, :2], 0.0)
+    assert 3 not in g.indices[3]
+    # ties at distance 0 broken by the smaller index
+    assert g.indices[10, 0] == 3 and g.indices[10, 1] == 20
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_ties_broken_by_smaller_index(backend):
+    # points on a line at integer positions: neighbours of 5 at distance 1 are 4 and 6
+    x = np.arange(11, dtype=np.float64)[:, None]
+    g = fc.knn_graph(x, 3, backend=backend)
+    np.testing.assert_array_equal(g.indices[5], [4, 6, 3])
+    np.testing.assert_array_equal(g.distances[5], [1.0, 1.0, 2.0])
+
+
+def test_float32_and_torch_inputs_agree_with_float64():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(150, 20)).astype(np.float32)
+    g32 = fc.knn_graph(x, 7, backend="numba")
+    gt = fc.knn_graph(torch.from_numpy(x), 7, backend="numba")
+    np.testing.assert_array_equal(g32.indices, gt.indices)
+    assert_knn_equal_up_to_ties(x, g32.indices, g32.distances, 7)
+
+
+def test_certificate_fallback_on_clustered_near_ties():
+    # 60 copies of one point and 60 near it: more tied candidates than the
+    # float32 pass keeps, so rows must fall back to the exact scan, and be right.
+    rng = np.random.default_rng(5)
+    x = np.concatenate([np.ones((60, 32)), 1 + rng.normal(size=(60, 32)) * 1e-5,
+                        rng.normal(size=(60, 32))])
+    idx, dist, n_fallback = numba_knn(x, 5)
+    assert n_fallback > 0
+    assert_knn_equal_up_to_ties(x, idx, dist, 5)
+
+
+def test_large_offset_data_uses_centering():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(300, 64)) + 1e4
+    g = fc.knn_graph(x, 10, backend="numba")
+    assert_knn_equal_up_to_ties(x, g.indices, g.distances, 10)
+
+
+def test_knn_tiles_smaller_than_data():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(203, 9))
+    idx, dist, _ = numba_knn(x, 6, block_rows=16, block_cols=37)
+    ref_i, ref_d = bruteforce_knn_f64(x, 6)
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_allclose(dist, ref_d, rtol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays(np.float64, st.tuples(st.integers(2, 40), st.integers(1, 6)),
+           elements=st.floats(-100, 100, allow_nan=False, width=32)),
+    st.data(),
+)
+def test_knn_properties(x, data):
+    n = x.shape[0]
+    k = data.draw(st.integers(1, n - 1))
+    g = fc.knn_graph(x, k, backend="numba")
+    rows = np.arange(n)[:, None]
+    # rows ascending, distances recomputable from indices, never self
+    assert np.all(np.diff(g.distances, axis=1) >= 0)
+    np.testing.assert_allclose(g.distances, np.linalg.norm(x[rows] - x[g.indices], axis=-1),
+                               rtol=1e-12, atol=1e-12)
+    assert not np.any(g.indices == rows)
+    assert all(len(set(r)) == k for r in g.indices.tolist())
+    assert_knn_equal_up_to_ties(x, g.indices, g.distances, k)

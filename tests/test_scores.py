@@ -1,0 +1,267 @@
+"""Scores: the Numba backend against the naive scorer, hand-built cases with
+known answers, the authors' package, and properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconvex as fc
+from fastconvex.datasets import overlapping_classes
+from oracles import nnconvexity_all_pairs
+
+ESTIMATORS = [
+    pytest.param({"pairs": 5000}, id="pairs-census"),
+    pytest.param({"pairs": 37}, id="pairs-sampled"),
+    pytest.param({"sources": 3}, id="sources"),
+    pytest.param({"exact": True}, id="exact"),
+]
+
+
+def assert_same_result(a: fc.Convexity, b: fc.Convexity, tol: float = 1e-9) -> None:
+    assert a.n_pairs == b.n_pairs
+    assert a.n_unreachable == b.n_unreachable
+    assert math.isclose(a.score, b.score, abs_tol=tol)
+    assert math.isclose(a.macro, b.macro, abs_tol=tol)
+    assert math.isclose(a.stderr, b.stderr, abs_tol=tol)
+    assert a.per_class.keys() == b.per_class.keys()
+    for c in a.per_class:
+        va, vb = a.per_class[c], b.per_class[c]
+        assert (math.isnan(va) and math.isnan(vb)) or math.isclose(va, vb, abs_tol=tol)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize(
+    "n,d,k,classes",
+    [(11, 3, 1, 2), (57, 1, 4, 3), (101, 8, 10, 5), (40, 1000, 5, 4), (23, 6, 22, 3), (203, 16, 7, 7)],
+)
+def test_numba_equals_naive(estimator, n, d, k, classes):
+    x, y = overlapping_classes(n, d, classes, seed=n + d, dtype=np.float64)
+    fast = fc.graph_convexity(x, y, k=k, backend="numba", **estimator)
+    slow = fc.naive.graph_convexity(x, y, k=k, **estimator)
+    assert fast.backend == "numba" and slow.backend == "naive"
+    assert_same_result(fast, slow)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_label_types_give_the_same_score(estimator):
+    x, y = overlapping_classes(90, 5, 3, seed=2, dtype=np.float64)
+    # order-preserving relabelings: classes are sampled in sorted order, so the
+    # same pairs are drawn and the scores are identical
+    names = np.array(["cat", "dog", "owl"])[y]
+    spread = np.array([-4, 10, 77])[y]  # non-contiguous ints
+    ref = fc.graph_convexity(x, y, k=5, **estimator)
+    for labels in (names, list(names), spread, torch.from_numpy(spread), [int(v) for v in spread]):
+        got = fc.graph_convexity(x, labels, k=5, **estimator)
+        assert got.score == ref.score and got.stderr == ref.stderr
+        assert sorted(got.n_pairs.values()) == sorted(ref.n_pairs.values())
+    assert set(fc.graph_convexity(x, names, k=5, **estimator).per_class) == {"cat", "dog", "owl"}
+    naive = fc.naive.graph_convexity(x, names, k=5, **estimator)
+    assert math.isclose(naive.score, ref.score, abs_tol=1e-9)
+
+
+def test_torch_embeddings_equal_numpy():
+    x, y = overlapping_classes(80, 6, 4, seed=9)
+    a = fc.graph_convexity(x, y, k=4)
+    b = fc.graph_convexity(torch.from_numpy(x), torch.from_numpy(y), k=4)
+    assert a.score == b.score
+
+
+# ----------------------------------------------------------------------------------
+# hand-built cases
+
+
+@pytest.mark.parametrize("backend", ["numba", "naive"])
+def test_path_graph_known_answer(backend):
+    # 0-1-2-3-4 on a line, k=1 gives the path graph; labels A A B A A
+    x = np.arange(5, dtype=np.float64)[:, None]
+    labels = ["A", "A", "B", "A", "A"]
+    r = fc.graph_convexity(x, labels, k=1, exact=True, backend=backend)
+    # pairs of A: (0,1)=1, (0,3)=1/2, (0,4)=2/3, (1,3)=0, (1,4)=1/2, (3,4)=1; both orders
+    expected = (1 + 0.5 + 2 / 3 + 0 + 0.5 + 1) / 6
+    assert math.isclose(r.score, expected, rel_tol=1e-12)
+    assert r.n_pairs == {"A": 12, "B": 0}  # a class of one member: skipped, 0 pairs
+    assert math.isnan(r.per_class["B"])
+    assert r.stderr == 0.0 and r.n_unreachable == 0
+    assert math.isclose(r.macro, expected)
+
+
+@pytest.mark.parametrize("backend", ["numba", "naive"])
+def test_two_far_blobs_of_one_class_are_unreachable(backend):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(5, 3)), 1000 + rng.normal(size=(5, 3))])
+    labels = np.zeros(10, dtype=int)
+    r = fc.graph_convexity(x, labels, k=2, exact=True, backend=backend)
+    # 40 within-blob ordered pairs score 1 (only class members around), 50 cross pairs 0
+    assert r.n_pairs == {0: 90}
+    assert r.n_unreachable == 50
+    assert math.isclose(r.score, 40 / 90, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numba", "naive"])
+def test_duplicates_connect_through_zero_length_edges(backend):
+    # x = [0, 5, 5], k=1: 0-1 (length 5) and the duplicate edge 1-2 (length 0).
+    # The published code drops the zero-length edge and would leave 2 unreachable.
+    x = np.array([[0.0], [5.0], [5.0]])
+    r = fc.graph_convexity(x, ["A", "B", "A"], k=1, exact=True, backend=backend)
+    assert r.n_unreachable == 0
+    assert r.score == 0.0  # the path 0-1-2 runs through B
+    r2 = fc.graph_convexity(x, ["A", "A", "A"], k=1, exact=True, backend=backend)
+    assert r2.score == 1.0
+
+
+@pytest.mark.parametrize("backend", ["numba", "naive"])
+def test_interior_fraction_counts_only_same_label(backend):
+    # x = [0, 1, 1, 2], k=1: 0-1, 1-2 (0 length), 3-1 ; path 0->3 = 0-1-3 through B
+    x = np.array([[0.0], [1.0], [1.0], [2.0]])
+    r = fc.graph_convexity(x, ["A", "B", "C", "A"], k=1, exact=True, backend=backend)
+    assert r.per_class["A"] == 0.0
+    assert r.n_pairs == {"A": 2, "B": 0, "C": 0}
+
+
+def test_min_class_size_skips_small_classes():
+    x, y = overlapping_classes(60, 4, 3, seed=1)
+    y = y.copy()
+    y[:3] = 7  # a class of three
+    r = fc.graph_convexity(x, y, k=4, exact=True, min_class_size=4)
+    assert r.n_pairs[7] == 0 and math.isnan(r.per_class[7])
+    kept = fc.graph_convexity(x, y, k=4, exact=True, min_class_size=2)
+    assert kept.n_pairs[7] == 6
+
+
+# ----------------------------------------------------------------------------------
+# the authors' package
+
+
+@pytest.mark.parametrize("seed,n,d,k", [(0, 45, 4, 3), (1, 60, 12, 5), (2, 38, 2, 10)])
+def test_exact_agrees_with_nnconvexity(seed, n, d, k):
+    """nnconvexity 0.1.1 on tie-free, duplicate-free data, every ordered pair."""
+    x, y = overlapping_classes(n, d, 3, seed=seed, dtype=np.float64)
+    ref_score, ref_per_class = nnconvexity_all_pairs(x, y, k)
+    r = fc.graph_convexity(x, y, k=k, exact=True)
+    assert abs(r.score - ref_score) <= 1e-9
+    for c, v in ref_per_class.items():
+        assert abs(r.per_class[c] - v) <= 1e-9
+
+
+# ----------------------------------------------------------------------------------
+# estimators and standard errors
+
+
+def _all_pair_scores(x, y, k):
+    """Every ordered same-class pair's score, per class, via the naive engine."""
+    from fastconvex._pairs import plan_pairs
+    from fastconvex.naive import NaiveEngine, _dense_knn, _path_score, _union_graph
+    from scipy.sparse.csgraph import dijkstra
+
+    idx, dist = _dense_knn(x, k)
+    _, pred = dijkstra(_union_graph(idx, dist), directed=False, return_predecessors=True)
+    out = {}
+    for c in np.unique(y):
+        m = np.flatnonzero(y == c)
+        out[c] = [(_path_score(pred[a], a, b, y) or 0.0) for a in m for b in m if a != b]
+    return out
+
+
+def test_exact_is_the_mean_over_all_pairs_and_pairs_census_is_exact():
+    x, y = overlapping_classes(50, 5, 3, seed=4, dtype=np.float64)
+    per = _all_pair_scores(x, y, 4)
+    pooled = np.mean([s for v in per.values() for s in v])
+    exact = fc.graph_convexity(x, y, k=4, exact=True)
+    census = fc.graph_convexity(x, y, k=4, pairs=10_000)
+    everything = fc.graph_convexity(x, y, k=4, sources=1000)
+    for r in (exact, census, everything):
+        assert math.isclose(r.score, pooled, rel_tol=1e-12)
+        assert r.stderr == 0.0
+    assert math.isclose(exact.macro, np.mean([np.mean(v) for v in per.values()]), rel_tol=1e-12)
+
+
+def test_pairs_stderr_is_the_finite_population_formula():
+    x, y = overlapping_classes(60, 5, 2, seed=6, dtype=np.float64)
+    per = _all_pair_scores(x, y, 5)
+    r = fc.graph_convexity(x, y, k=5, pairs=300, seed=3)
+    # sampled scores are a subset of the population scores: recompute the
+    # stratified standard error from the sampled pairs the plan drew
+    from fastconvex._core import _plan
+    from fastconvex._inputs import encode_labels
+
+    codes, classes = encode_labels(y)
+    plan = _plan(codes, 2, 300, None, False, 3, 2)
+    src, tgt = plan.pairs(codes)
+    score_of = {}
+    for c in classes:
+        m = np.flatnonzero(y == c)
+        pairs = [(a, b) for a in m for b in m if a != b]
+        score_of.update(dict(zip(pairs, per[c])))
+    var = 0.0
+    total = len(src)
+    for c in classes:
+        s = np.array([score_of[(a, b)] for a, b in zip(src, tgt) if y[a] == c])
+        m_pop = np.sum(y == c) * (np.sum(y == c) - 1)
+        var += (len(s) / total) ** 2 * s.var(ddof=1) / len(s) * (1 - len(s) / m_pop)
+        assert math.isclose(r.per_class[c], s.mean(), rel_tol=1e-12)
+    assert math.isclose(r.stderr, math.sqrt(var), rel_tol=1e-9)
+    assert r.n_pairs == {0: 300, 1: 300}
+
+
+def test_sources_stderr_is_clustered_by_source():
+    x, y = overlapping_classes(60, 5, 2, seed=7, dtype=np.float64)
+    per_source = {}
+    from fastconvex._core import _plan
+    from fastconvex._inputs import encode_labels
+
+    codes, _ = encode_labels(y)
+    plan = _plan(codes, 2, None, 6, False, 0, 2)
+    per = _all_pair_scores(x, y, 5)
+    r = fc.graph_convexity(x, y, k=5, sources=6, seed=0)
+    var = 0.0
+    for c in (0, 1):
+        m = np.flatnonzero(y == c)
+        n_c = len(m)
+        scores = np.array(per[c]).reshape(n_c, n_c - 1)  # row a: a's targets
+        chosen = plan.sources[plan.source_class == c]
+        means = scores[np.searchsorted(m, chosen)].mean(axis=1)
+        var += 0.25 * means.var(ddof=1) / 6 * (1 - 6 / n_c)
+        assert math.isclose(r.per_class[c], means.mean(), rel_tol=1e-12)
+        per_source[c] = means
+    assert math.isclose(r.stderr, math.sqrt(var), rel_tol=1e-9)
+    assert r.n_pairs == {0: 6 * 29, 1: 6 * 29}
+
+
+def test_same_seed_same_pairs_other_seed_other_pairs():
+    from fastconvex._core import _plan
+
+    codes = np.repeat(np.arange(3), 40)
+    a = _plan(codes, 3, 100, None, False, 5, 2)
+    b = _plan(codes, 3, 100, None, False, 5, 2)
+    c = _plan(codes, 3, 100, None, False, 6, 2)
+    pa, pb, pc = a.pairs(codes), b.pairs(codes), c.pairs(codes)
+    np.testing.assert_array_equal(pa[0], pb[0])
+    np.testing.assert_array_equal(pa[1], pb[1])
+    assert not (np.array_equal(pa[0], pc[0]) and np.array_equal(pa[1], pc[1]))
+    # distinct ordered same-class pairs, never (a, a), P per class
+    pairs = set(zip(pa[0].tolist(), pa[1].tolist()))
+    assert len(pairs) == 300
+    assert all(s != t and codes[s] == codes[t] for s, t in pairs)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(4, 40), st.integers(1, 4), st.integers(1, 4), st.integers(0, 2**16),
+       st.sampled_from(["pairs", "sources", "exact"]))
+def test_scores_in_unit_interval_and_backends_agree(n, d, n_classes, seed, estimator):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    y = rng.integers(0, n_classes, size=n)
+    if np.bincount(y).max() < 2:
+        y[:2] = 0
+    k = int(rng.integers(1, n))
+    kw = {"pairs": {"pairs": 7}, "sources": {"sources": 2}, "exact": {"exact": True}}[estimator]
+    a = fc.graph_convexity(x, y, k=k, **kw)
+    b = fc.naive.graph_convexity(x, y, k=k, **kw)
+    assert 0.0 <= a.score <= 1.0 and 0.0 <= a.macro <= 1.0 and a.stderr >= 0.0
+    assert_same_result(a, b)

@@ -1,0 +1,132 @@
+"""Bad input gets a clear ValueError/TypeError naming the argument, layer and row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fastconvex as fc
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(20, 4))
+Y = np.arange(20) % 2
+
+
+@pytest.mark.parametrize(
+    "x,labels,kw,exc,match",
+    [
+        (X[0], Y, {}, ValueError, r"x must be 2-D"),
+        (X[None], Y, {}, ValueError, r"x must be 2-D"),
+        (np.empty((0, 4)), [], {}, ValueError, r"x is empty"),
+        (np.empty((5, 0)), Y[:5], {}, ValueError, r"x is empty"),
+        (X, Y[:19], {}, ValueError, r"labels has 19 entries .* N=20"),
+        (X, Y, {"k": 0}, ValueError, r"k must be >= 1"),
+        (X, Y, {"k": 20}, ValueError, r"k must be < the number of points N=20"),
+        (X, Y, {"k": 2.5}, TypeError, r"k must be an integer"),
+        (X, Y, {"pairs": 0}, ValueError, r"pairs must be >= 1"),
+        (X, Y, {"pairs": -3}, ValueError, r"pairs must be >= 1"),
+        (X, Y, {"sources": 0}, ValueError, r"sources must be >= 1"),
+        (X, Y, {"exact": True, "sources": 3}, ValueError, r"exact=True or sources"),
+        (X, Y, {"exact": "yes"}, TypeError, r"exact must be True or False"),
+        (X, Y, {"seed": -1}, ValueError, r"seed must be >= 0"),
+        (X, Y, {"min_class_size": 0}, ValueError, r"min_class_size must be >= 1"),
+        (X, np.arange(20), {}, ValueError, r"no class has at least min_class_size=2"),
+        (X, Y, {"min_class_size": 11}, ValueError, r"nothing to score"),
+        (X, Y, {"backend": "cuda"}, ValueError, r"backend must be one of"),
+        (X, Y.reshape(4, 5), {}, ValueError, r"labels must be 1-D"),
+        (X.astype(complex), Y, {}, TypeError, r"must be real"),
+        (np.array([["a"] * 4] * 20), Y, {}, TypeError, r"must be numeric"),
+        (X, "abab", {}, TypeError, r"labels must be a sequence"),
+        (X, [[1], [2]] * 10, {}, TypeError, r"labels\[0\] is not hashable"),
+    ],
+)
+def test_graph_convexity_rejects(x, labels, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        fc.graph_convexity(x, labels, **kw)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_names_the_row(bad):
+    x = X.copy()
+    x[13, 2] = bad
+    with pytest.raises(ValueError, match=r"x has a non-finite value .* row 13"):
+        fc.graph_convexity(x, Y)
+    with pytest.raises(ValueError, match=r"row 13"):
+        fc.graph_convexity(torch.from_numpy(x), Y)
+    with pytest.raises(ValueError, match=r"row 13"):
+        fc.knn_graph(x, 3)
+
+
+def test_unhashable_labels_name_the_row():
+    labels = [1] * 10 + [{"a": 1}] + [2] * 9
+    with pytest.raises(TypeError, match=r"labels\[10\] is not hashable"):
+        fc.graph_convexity(X, labels)
+
+
+def test_knn_graph_rejects_bad_k():
+    with pytest.raises(ValueError, match="k must be < the number of points N=20"):
+        fc.knn_graph(X, 25)
+
+
+def test_layer_errors_name_the_layer_and_row():
+    layers = [X, X.copy(), X.copy()]
+    layers[2][7, 0] = np.nan
+    with pytest.raises(ValueError, match=r"hidden_states\[2\] has a non-finite value .* row 7"):
+        fc.layer_scores(layers, Y)
+    with pytest.raises(ValueError, match=r"hidden_states\[1\] has N = \(19,\)"):
+        fc.layer_scores([X, X[:19]], Y)
+    with pytest.raises(ValueError, match=r"hidden_states\[1\] has shape \(20,\)"):
+        fc.layer_scores([X, X[:, 0]], Y)
+    with pytest.raises(ValueError, match=r"hidden_states is empty"):
+        fc.layer_scores([], Y)
+    with pytest.raises(ValueError, match=r"labels must have shape \(N,\) = \(20,\)"):
+        fc.layer_scores([X], Y[:5])
+    with pytest.raises(ValueError, match=r"3-D \(L, N, D\) or 4-D"):
+        fc.layer_scores(X, Y)
+    with pytest.raises(TypeError, match=r"hidden_states must be a sequence"):
+        fc.layer_scores(3.0, Y)
+
+
+def test_pooling_errors():
+    h = RNG.normal(size=(2, 4, 5, 3))  # (L, B, T, D)
+    y = np.array([0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"lengths\[1\] is negative"):
+        fc.layer_scores(h, y, k=1, lengths=np.array([5, -1, 2, 3]))
+    with pytest.raises(ValueError, match=r"lengths\[0\] = 9 exceeds T = 5"):
+        fc.layer_scores(h, y, k=1, lengths=np.array([9, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"utterance 2 has no valid frames"):
+        fc.layer_scores(h, y, k=1, lengths=np.array([5, 1, 0, 3]))
+    with pytest.raises(ValueError, match=r"attention_mask must have shape"):
+        fc.layer_scores(h, y, k=1, attention_mask=np.ones((4, 6)))
+    with pytest.raises(ValueError, match=r"not both"):
+        fc.layer_scores(h, y, k=1, attention_mask=np.ones((4, 5)), lengths=np.array([5] * 4))
+    with pytest.raises(ValueError, match=r"B=4 utterances"):
+        fc.layer_scores(h, y[:3], k=1)
+    with pytest.raises(ValueError, match=r"frame labels must have shape \(B, T\)"):
+        fc.layer_scores(h, np.zeros((4, 6)), k=1)
+    with pytest.raises(ValueError, match=r"every frame is padding or labelled -100"):
+        fc.layer_scores(h, np.full((4, 5), -100), k=1)
+    with pytest.raises(ValueError, match=r"only apply|apply to \(B, T, D\)"):
+        fc.layer_scores([X], Y, lengths=np.array([1]))
+
+
+def test_env_backend_override(monkeypatch):
+    monkeypatch.setenv("FASTCONVEX_BACKEND", "naive")
+    assert fc.graph_convexity(X, Y, k=3).backend == "naive"
+    assert fc.graph_convexity(X, Y, k=3, backend="numba").backend == "numba"
+    monkeypatch.setenv("FASTCONVEX_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="FASTCONVEX_BACKEND must be one of"):
+        fc.graph_convexity(X, Y, k=3)
+
+
+def test_explicit_triton_without_cuda_or_interpreter_says_why(monkeypatch):
+    from fastconvex import _backends
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"backend='triton' cannot run: no CUDA device"):
+        _backends.resolve_backend("triton", X, None)
+    with pytest.raises(RuntimeError, match=r"runs on the CPU; it cannot use device='cuda'"):
+        _backends.resolve_backend("numba", X, "cuda")
+    assert _backends.resolve_backend("auto", X, None) == "numba"
