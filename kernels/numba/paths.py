@@ -11,6 +11,12 @@ equals the source's, so a path score needs no path reconstruction:
 
 A source's search stops as soon as all of its targets are settled.
 
+Two exact priority queues: Dinitz's buckets (width just under the smallest edge
+weight, so no heap is needed) when the edge weights lie within a factor
+``MAX_WEIGHT_SPREAD`` of each other — typical of kNN graphs of high-dimensional
+embeddings — else a 4-ary heap with lazy deletion (zero-length edges from
+duplicates, widely spread weights).
+
 Public entry points: :func:`pair_scores` (explicit targets per source) and
 :func:`class_sums` (every other member of the source's class is a target).
 """
@@ -72,19 +78,24 @@ def _pop_into_root(hk, hv, size):
 @njit(cache=True)
 def _search(
     src, class_mode, n_targets, stamp, codes, indptr, nbr, w,
-    dist, hops, same, state, hk, hv, touched, tstamp, out_v, out_s,
+    dist, hops, same, hk, hv, touched, tstamp, out_v, out_s,
 ):
     """One Dijkstra search (4-ary heap with lazy deletion, capacity E + 1);
     returns how many targets were settled (written to out_v / out_s as vertex,
-    score)."""
+    score).
+
+    A popped entry is stale iff its key exceeds ``dist`` of its vertex (a vertex
+    is pushed only on a strict decrease, so its live entry is the one whose key
+    equals ``dist``); a settled vertex is never improved again (non-negative
+    weights), so no "settled" array is needed. ``dist`` is inf outside the
+    vertices listed in ``touched``, which are reset on return.
+    """
     cs = codes[src]
-    n_touched = 0
     dist[src] = 0.0
     hops[src] = 0
     same[src] = 0
-    state[src] = 1
-    touched[n_touched] = src
-    n_touched += 1
+    touched[0] = src
+    n_touched = 1
     hk[0] = 0.0
     hv[0] = src
     size = 1
@@ -93,27 +104,26 @@ def _search(
         du = hk[0]
         u = hv[0]
         size = _pop_into_root(hk, hv, size)
-        if state[u] == 2 or du > dist[u]:
+        if du > dist[u]:
             continue  # stale entry
-        state[u] = 2
+        cu = codes[u]
         if class_mode:
-            is_target = u != src and codes[u] == cs
+            is_target = u != src and cu == cs
         else:
             is_target = tstamp[u] == stamp
+        h = hops[u]
         if is_target:
-            h = hops[u]
             out_v[found] = u
             out_s[found] = 1.0 if h == 1 else same[u] / (h - 1)
             found += 1
-        add = 1 if (u != src and codes[u] == cs) else 0
-        hu = hops[u] + 1
-        su = same[u] + add
+        hu = h + 1
+        su = same[u] + (1 if (u != src and cu == cs) else 0)
         for e in range(indptr[u], indptr[u + 1]):
             v = nbr[e]
             nd = du + w[e]
-            if nd < dist[v]:
-                if state[v] == 0:
-                    state[v] = 1
+            dv = dist[v]
+            if nd < dv:
+                if dv == np.inf:
                     touched[n_touched] = v
                     n_touched += 1
                 dist[v] = nd
@@ -122,16 +132,90 @@ def _search(
                 _push(hk, hv, size, nd, v)
                 size += 1
     for t in range(n_touched):
-        v = touched[t]
-        dist[v] = np.inf
-        state[v] = 0
+        dist[touched[t]] = np.inf
+    return found
+
+
+@njit(cache=True)
+def _search_buckets(
+    src, class_mode, n_targets, stamp, codes, indptr, nbr, w, inv_delta, n_slots,
+    dist, hops, same, head, nxt, pv, settled, touched, tstamp, out_v, out_s,
+):
+    """One search with Dinitz's buckets (Dial's algorithm with bucket width
+    delta <= the smallest edge weight): a vertex in the current bucket cannot
+    improve another vertex of the same bucket, so every vertex of the lowest
+    non-empty bucket already has its final distance and the bucket is settled in
+    any order — no heap at all. The buckets are linked lists in a ring of
+    ``n_slots`` > max weight / delta slots. Same outputs as :func:`_search`.
+    """
+    cs = codes[src]
+    dist[src] = 0.0
+    hops[src] = 0
+    same[src] = 0
+    touched[0] = src
+    n_touched = 1
+    for b in range(n_slots):
+        head[b] = -1
+    pv[0] = src
+    nxt[0] = -1
+    head[0] = 0
+    used = 1
+    pending = 1
+    cur = 0
+    found = 0
+    while pending > 0 and found < n_targets:
+        slot = cur % n_slots
+        e = head[slot]
+        head[slot] = -1
+        while e >= 0:
+            pending -= 1
+            u = pv[e]
+            e = nxt[e]
+            if settled[u] == stamp:
+                continue
+            du = dist[u]
+            if np.int64(du * inv_delta) != cur:
+                continue  # stale: u was improved into an earlier bucket since
+            settled[u] = stamp
+            cu = codes[u]
+            if class_mode:
+                is_target = u != src and cu == cs
+            else:
+                is_target = tstamp[u] == stamp
+            h = hops[u]
+            if is_target:
+                out_v[found] = u
+                out_s[found] = 1.0 if h == 1 else same[u] / (h - 1)
+                found += 1
+            hu = h + 1
+            su = same[u] + (1 if (u != src and cu == cs) else 0)
+            for q in range(indptr[u], indptr[u + 1]):
+                v = nbr[q]
+                nd = du + w[q]
+                dv = dist[v]
+                if nd < dv:
+                    if dv == np.inf:
+                        touched[n_touched] = v
+                        n_touched += 1
+                    dist[v] = nd
+                    hops[v] = hu
+                    same[v] = su
+                    bs = np.int64(nd * inv_delta) % n_slots
+                    pv[used] = v
+                    nxt[used] = head[bs]
+                    head[bs] = used
+                    used += 1
+                    pending += 1
+        cur += 1
+    for t in range(n_touched):
+        dist[touched[t]] = np.inf
     return found
 
 
 @njit(parallel=True, cache=True)
 def _run(
     class_mode, n_chunks, codes, indptr, nbr, w, sources, tgt_ptr, tgt_idx,
-    class_sizes, pair_out, reach_out, sums, sumsq, unreach,
+    class_sizes, inv_delta, n_slots, pair_out, reach_out, sums, sumsq, unreach,
 ):
     n = codes.shape[0]
     n_src = sources.shape[0]
@@ -143,7 +227,6 @@ def _run(
         dist = np.full(n, np.inf)
         hops = np.zeros(n, np.int32)
         same = np.zeros(n, np.int32)
-        state = np.zeros(n, np.int8)
         # lazy deletion pushes once per successful relaxation: at most E + 1
         hk = np.empty(nbr.shape[0] + 1, np.float64)
         hv = np.empty(nbr.shape[0] + 1, np.int64)
@@ -152,6 +235,9 @@ def _run(
         tslot = np.empty(0 if class_mode else n, np.int64)
         out_v = np.empty(n, np.int64)
         out_s = np.empty(n, np.float64)
+        head = np.empty(max(n_slots, 1), np.int64)
+        nxt = np.empty(nbr.shape[0] + 1 if n_slots > 0 else 0, np.int64)
+        settled = np.zeros(n if n_slots > 0 else 0, np.int64)
         for s in range(lo, hi):
             src = sources[s]
             stamp = s + 1
@@ -164,10 +250,17 @@ def _run(
                 for p in range(a, b):
                     tstamp[tgt_idx[p]] = stamp
                     tslot[tgt_idx[p]] = p
-            found = _search(
-                src, class_mode, n_t, stamp, codes, indptr, nbr, w,
-                dist, hops, same, state, hk, hv, touched, tstamp, out_v, out_s,
-            )
+            if n_slots > 0:
+                found = _search_buckets(
+                    src, class_mode, n_t, stamp, codes, indptr, nbr, w, inv_delta,
+                    n_slots, dist, hops, same, head, nxt, hv, settled, touched,
+                    tstamp, out_v, out_s,
+                )
+            else:
+                found = _search(
+                    src, class_mode, n_t, stamp, codes, indptr, nbr, w,
+                    dist, hops, same, hk, hv, touched, tstamp, out_v, out_s,
+                )
             if class_mode:
                 acc = 0.0
                 acc2 = 0.0
@@ -188,6 +281,26 @@ def _chunks(n_sources: int) -> int:
     return max(1, min(n_sources, 4 * numba.get_num_threads()))
 
 
+# Buckets pay when the ring is short: weights within this factor of each other.
+MAX_WEIGHT_SPREAD = 64.0
+
+
+def bucket_plan(weights: np.ndarray) -> tuple[float, int]:
+    """(1 / bucket width, ring slots) for Dinitz's buckets, or (0.0, 0) when the
+    heap is the better choice (zero-length edges, or weights spread over more
+    than ``MAX_WEIGHT_SPREAD``)."""
+    if weights.shape[0] == 0:
+        return 0.0, 0
+    w_min = float(weights.min())
+    w_max = float(weights.max())
+    if not w_min > 0.0 or w_max > MAX_WEIGHT_SPREAD * w_min:
+        return 0.0, 0
+    # a hair under the smallest weight, so float rounding can never put a
+    # relaxed vertex back into the bucket being settled
+    delta = w_min * (1.0 - 1e-7)
+    return 1.0 / delta, int(w_max / delta) + 2
+
+
 def pair_scores(
     indptr: np.ndarray,
     neighbours: np.ndarray,
@@ -196,6 +309,8 @@ def pair_scores(
     sources: np.ndarray,
     target_ptr: np.ndarray,
     targets: np.ndarray,
+    *,
+    buckets: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Path scores of explicit (source, target) pairs.
 
@@ -207,6 +322,8 @@ def pair_scores(
     target_ptr : (S + 1,) int64; targets of ``sources[s]`` are
         ``targets[target_ptr[s]:target_ptr[s + 1]]`` (distinct, never the source)
     targets : (T,) int64
+    buckets : use Dinitz's buckets when the weights allow (see
+        :func:`bucket_plan`); False forces the heap (same results).
 
     Returns
     -------
@@ -216,9 +333,10 @@ def pair_scores(
     scores = np.zeros(targets.shape[0], np.float64)
     reachable = np.zeros(targets.shape[0], np.bool_)
     empty_f = np.empty(0, np.float64)
+    inv_delta, n_slots = bucket_plan(weights) if buckets else (0.0, 0)
     _run(
         False, _chunks(len(sources)), codes, indptr, neighbours, weights, sources,
-        target_ptr, targets, np.empty(0, np.int64), scores, reachable,
+        target_ptr, targets, np.empty(0, np.int64), inv_delta, n_slots, scores, reachable,
         empty_f, empty_f, np.empty(0, np.int64),
     )
     return scores, reachable
@@ -231,6 +349,8 @@ def class_sums(
     codes: np.ndarray,
     sources: np.ndarray,
     class_sizes: np.ndarray,
+    *,
+    buckets: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sum and sum of squares of the path scores from each source to every other
     member of its class.
@@ -241,6 +361,7 @@ def class_sums(
     codes : (N,) int64 class codes; vertices of code c are the class's members
     sources : (S,) int64 distinct sources
     class_sizes : (C,) int64 members per code (``codes`` must lie in [0, C))
+    buckets : as in :func:`pair_scores`
 
     Returns
     -------
@@ -251,9 +372,10 @@ def class_sums(
     sums = np.zeros(n_src, np.float64)
     sumsq = np.zeros(n_src, np.float64)
     unreach = np.zeros(n_src, np.int64)
+    inv_delta, n_slots = bucket_plan(weights) if buckets else (0.0, 0)
     _run(
         True, _chunks(n_src), codes, indptr, neighbours, weights, sources,
-        np.zeros(1, np.int64), np.empty(0, np.int64), class_sizes,
+        np.zeros(1, np.int64), np.empty(0, np.int64), class_sizes, inv_delta, n_slots,
         np.empty(0, np.float64), np.empty(0, np.bool_), sums, sumsq, unreach,
     )
     return sums, sumsq, unreach
