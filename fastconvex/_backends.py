@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._inputs import is_torch_tensor, to_numpy
+from ._inputs import as_kernel_float, is_torch_tensor, to_numpy
 from ._pairs import PairPlan, SourceStats, stats_from_class_sums, stats_from_pair_scores
 from ._results import KNNGraph
 
@@ -35,7 +35,7 @@ class NumbaEngine:
 
     @staticmethod
     def _host(x: Any) -> np.ndarray:
-        return to_numpy(x) if is_torch_tensor(x) else np.asarray(x)
+        return as_kernel_float(to_numpy(x) if is_torch_tensor(x) else np.asarray(x))
 
     def knn(self, x: Any, k: int) -> KNNGraph:
         from .kernels.numba.knn import knn

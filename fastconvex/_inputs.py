@@ -44,9 +44,33 @@ def describe(where: str | None) -> str:
     return f" in {where}" if where else ""
 
 
-def check_embeddings(x: Any, *, name: str = "x", where: str | None = None) -> Any:
+def as_kernel_float(x: np.ndarray) -> np.ndarray:
+    """The same numbers in a float type the kernels take: float16 -> float32,
+    integers -> float64; float32/float64 unchanged (no copy)."""
+    if x.dtype in (np.float32, np.float64):
+        return x
+    return x.astype(np.float64 if x.dtype.kind in "iub" else np.float32)
+
+
+def _first_non_finite_row(x: np.ndarray, chunk_rows: int = 65536) -> int | None:
+    """First row holding NaN/inf, scanning in chunks (memory-mapped layers are
+    never loaded whole)."""
+    if x.dtype.kind in "iub":
+        return None
+    for start in range(0, x.shape[0], chunk_rows):
+        finite = np.isfinite(x[start : start + chunk_rows]).all(axis=1)
+        if not finite.all():
+            return start + int(np.flatnonzero(~finite)[0])
+    return None
+
+
+def check_embeddings(
+    x: Any, *, name: str = "x", where: str | None = None, convert: bool = True
+) -> Any:
     """Validate a (N, D) embedding matrix; returns it unchanged in kind (numpy
-    float32/float64 array, or torch tensor), floats only."""
+    array or torch tensor). With ``convert``, float16/integer arrays become
+    float32/float64 (``convert=False`` leaves that to :func:`as_kernel_float`,
+    so memory-mapped float16 layers are converted one at a time)."""
     if is_torch_tensor(x):
         if x.ndim != 2:
             raise ValueError(
@@ -80,15 +104,13 @@ def check_embeddings(x: Any, *, name: str = "x", where: str | None = None) -> An
         raise TypeError(f"{name}{describe(where)} must be real, got dtype {x.dtype}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name}{describe(where)} is empty (shape {x.shape})")
-    if x.dtype not in (np.float32, np.float64):
-        # integer / float16 data: the same numbers in a float type the kernels take
-        x = x.astype(np.float64 if x.dtype.kind in "iub" else np.float32)
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite)[0])
+    row = _first_non_finite_row(x)
+    if row is not None:
         raise ValueError(
             f"{name}{describe(where)} has a non-finite value (NaN or inf) in row {row}"
         )
+    if convert and x.dtype not in (np.float32, np.float64):
+        x = as_kernel_float(x)
     return x
 
 

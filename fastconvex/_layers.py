@@ -123,7 +123,10 @@ def prepare_layers(
                 f"labels must have shape (N,) = ({lead[0]},) for (N, D) layers, "
                 f"got {label_array.shape}"
             )
-        return [check_embeddings(x, name=f"hidden_states[{i}]") for i, x in enumerate(layers)], label_array
+        # validated here, converted to a kernel float type one layer at a time
+        # by the engines (memory-mapped float16 layers never all load at once)
+        return [check_embeddings(x, name=f"hidden_states[{i}]", convert=False)
+                for i, x in enumerate(layers)], label_array
 
     batch, frames = lead
     mask = _valid_frames(batch, frames, attention_mask, lengths)

@@ -128,3 +128,17 @@ def test_results_serialise_and_plot(tmp_path):
     c = r.layers[0]
     assert math.isclose(c.to_dict()["score"], c.score)
     assert "Convexity(score=" in str(c)
+
+
+def test_memory_mapped_float16_layers(tmp_path):
+    layers, y = _layers()
+    paths = []
+    for i, h in enumerate(layers):
+        m = np.lib.format.open_memmap(tmp_path / f"layer{i}.npy", mode="w+", dtype=np.float16, shape=h.shape)
+        m[:] = h
+        m.flush()
+        paths.append(tmp_path / f"layer{i}.npy")
+    mapped = [np.load(p, mmap_mode="r") for p in paths]
+    got = fc.layer_scores(mapped, y, k=4, pairs=40, progress=False)
+    ref = fc.layer_scores([m.astype(np.float32) for m in mapped], y, k=4, pairs=40, progress=False)
+    np.testing.assert_array_equal(got.scores, ref.scores)

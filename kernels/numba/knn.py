@@ -174,6 +174,8 @@ def knn(
         candidate pass could not certify them (near-ties, duplicates).
     """
     x = np.ascontiguousarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)
     n, dim = x.shape
     kc = candidate_count(k, n)
     # Centre (in float64) before the float32 products: smaller norms, less cancellation.
@@ -203,9 +205,10 @@ def knn(
     out_i = np.empty((n, k), np.int64)
     out_d = np.empty((n, k), np.float64)
     certified = np.empty(n, np.bool_)
-    x64 = x if x.dtype == np.float64 else x.astype(np.float64)
-    _rerank_exact(x64, heap_d, heap_i, bound, k, out_i, out_d, certified)
+    # exact distances read x in its own dtype and accumulate in float64
+    # (no float64 copy of the data)
+    _rerank_exact(x, heap_d, heap_i, bound, k, out_i, out_d, certified)
     rows = np.flatnonzero(~certified)
     if rows.size:
-        _exact_rows(x64, rows.astype(np.int64), k, out_i, out_d)
+        _exact_rows(x, rows.astype(np.int64), k, out_i, out_d)
     return out_i, out_d, int(rows.size)
