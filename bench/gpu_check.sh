@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One device call: install fastconvex (offline), then bench/gpu_check.py.
+#   bash bench/gpu_check.sh                      # on a CUDA machine (~8 min at most)
+#   GPU_CHECK_SMALL=1 bash bench/gpu_check.sh    # tiny sizes; CPU via TRITON_INTERPRET=1
+# GPU_CHECK_NO_INSTALL=1: never pip install (use the symlink tree on PYTHONPATH).
+# Writes $OUT/gpu_check.json and $OUT/gpu_check.log (OUT default ./gpu_check_out).
+set -u
+cd "$(dirname "$0")/.."
+export OUT="${OUT:-./gpu_check_out}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python}"
+
+if ! "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  if [ "${GPU_CHECK_SMALL:-0}" != "1" ]; then
+    echo "gpu_check: no CUDA device; run with GPU_CHECK_SMALL=1 (interpreter) instead" >&2
+    exit 2
+  fi
+  export TRITON_INTERPRET=1
+fi
+
+# fastconvex maps kernels/ to fastconvex.kernels (pyproject package-dir): it must be
+# installed (editable, offline) or assembled on PYTHONPATH from symlinks.
+can_import() { (cd / && "$PY" -c "import fastconvex, fastconvex.kernels.triton.knn; fastconvex.graph_convexity" 2>/dev/null); }
+if ! can_import && [ "${GPU_CHECK_NO_INSTALL:-0}" != "1" ]; then
+  "$PY" -m pip install --no-deps --no-build-isolation --no-index -q -e . >"$OUT/pip_install.log" 2>&1 \
+    || echo "gpu_check: pip install -e . failed (see $OUT/pip_install.log); using a PYTHONPATH tree" >&2
+fi
+if ! can_import; then
+  TREE="$(mktemp -d)/site"
+  mkdir -p "$TREE/fastconvex"
+  for f in "$PWD"/fastconvex/*; do ln -s "$f" "$TREE/fastconvex/"; done
+  ln -s "$PWD/kernels" "$TREE/fastconvex/kernels"
+  export PYTHONPATH="$TREE${PYTHONPATH:+:$PYTHONPATH}"
+fi
+echo "gpu_check: fastconvex from $(cd / && "$PY" -c 'import fastconvex; print(fastconvex.__file__)')"
+"$PY" -u bench/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log"
+exit "${PIPESTATUS[0]}"

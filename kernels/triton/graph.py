@@ -1,0 +1,80 @@
+"""Union symmetrization of a kNN list into an undirected CSR graph, on the device
+(torch ops: both directions concatenated, sorted by (row, col), deduplicated).
+
+Zero-length edges (exact duplicates) are kept, as on the CPU.
+
+Public entry points: :func:`union_csr`, :func:`rcm_order`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def union_csr(indices: torch.Tensor, distances: torch.Tensor):
+    """Undirected kNN graph in CSR form (same content as the CPU ``union_csr``).
+
+    Parameters
+    ----------
+    indices : (N, k) int64 tensor of neighbour indices
+    distances : (N, k) float64 tensor of distances matching ``indices``
+
+    Returns
+    -------
+    indptr : (N + 1,) int64 tensor
+    neighbours : (E,) int64 tensor, ascending within each row, no repeats
+    weights : (E,) float64 tensor of edge lengths (zero for duplicates)
+    """
+    n, k = indices.shape
+    device = indices.device
+    rows = torch.arange(n, device=device, dtype=torch.int64).repeat_interleave(k)
+    cols = indices.reshape(-1).to(torch.int64)
+    w = distances.reshape(-1).to(torch.float64)
+    src = torch.cat([rows, cols])
+    dst = torch.cat([cols, rows])
+    ww = torch.cat([w, w])
+    key = src * n + dst
+    key, order = torch.sort(key, stable=True)
+    ww = ww[order]
+    keep = torch.ones_like(key, dtype=torch.bool)
+    keep[1:] = key[1:] != key[:-1]
+    key = key[keep]
+    ww = ww[keep]
+    src = key // n
+    nbr = key - src * n
+    counts = torch.bincount(src, minlength=n)
+    indptr = torch.zeros(n + 1, dtype=torch.int64, device=device)
+    torch.cumsum(counts, 0, out=indptr[1:])
+    return indptr, nbr, ww
+
+
+def rcm_order(indptr: torch.Tensor, neighbours: torch.Tensor) -> np.ndarray:
+    """Reverse Cuthill-McKee vertex order (scipy, on the host): ``order[new] = old``."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+    ip = indptr.cpu().numpy()
+    nb = neighbours.cpu().numpy()
+    n = ip.shape[0] - 1
+    mat = csr_matrix((np.ones(nb.shape[0], np.int8), nb, ip), shape=(n, n))
+    return np.asarray(reverse_cuthill_mckee(mat, symmetric_mode=True), dtype=np.int64)
+
+
+def permute_csr(indptr: torch.Tensor, neighbours: torch.Tensor, weights: torch.Tensor,
+                order: torch.Tensor):
+    """The same graph with vertex ``order[new]`` renamed ``new`` (rows re-sorted)."""
+    n = indptr.shape[0] - 1
+    device = indptr.device
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(n, device=device, dtype=order.dtype)
+    deg = indptr[1:] - indptr[:-1]
+    rows_old = torch.arange(n, device=device).repeat_interleave(deg)
+    src = inv[rows_old]
+    dst = inv[neighbours]
+    key, p = torch.sort(src * n + dst)
+    new_src = key // n
+    counts = torch.bincount(new_src, minlength=n)
+    ip = torch.zeros(n + 1, dtype=torch.int64, device=device)
+    torch.cumsum(counts, 0, out=ip[1:])
+    return ip, key - new_src * n, weights[p], inv

@@ -1,0 +1,401 @@
+"""Exact k-nearest neighbours on the GPU (Triton), with a rounding-error certificate.
+
+Pipeline (:func:`knn`):
+
+1. **Fused candidate kernel** (``_knn_candidates_kernel``). One program owns
+   ``BLOCK_M`` query rows and streams over a segment of the database in
+   ``BLOCK_N``-row tiles. Each tile's squared distances come from ``tl.dot``
+   (TF32 / 3xTF32 tensor cores, or IEEE float32) on centred, power-of-two scaled
+   float32 data. The running top-``KP`` candidates of every query row stay in
+   registers; a tile is merged only when it holds a candidate better than the
+   row's current worst (one reduction per tile otherwise), by repeated
+   min-extraction. The N x N matrix never exists; memory is
+   O(queries_per_launch * n_split * KP).
+2. **Merge** the per-segment lists (``torch.topk``) into ``kc`` candidates per row.
+3. **Exact re-rank** on the device: float64 ``sum((x_i - x_j)^2)`` of the
+   candidates from the caller's data, sorted by (distance, index).
+4. **Certificate** as on the CPU: a row is exact when its k-th exact squared
+   distance is at most the smallest approximate squared distance any
+   non-candidate can have minus a rigorous rounding bound for the precision used.
+   Rows that fail are recomputed with the next, more precise tier (TF32 ->
+   3xTF32 -> IEEE float32 ...) and finally by float64 brute force (torch).
+
+Public entry point: :func:`knn`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_U32 = 2.0**-24
+# Bound on the relative error of one product a_t * b_t (inputs rounded to the
+# tensor-core format, possibly by truncation) for each ``tl.dot`` precision.
+_PRODUCT_ERROR = {
+    "ieee": 0.0,
+    "tf32x3": 2.0**-18,
+    "tf32": 2.0**-9,
+}
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _knn_candidates_kernel(
+    xq_ptr,  # (Nq_total, D) float32, centred + scaled, row stride = D
+    xk_ptr,  # (N, D) float32 database (same array as xq in practice)
+    sq_ptr,  # (N,) float32 squared norms of the database rows
+    qidx_ptr,  # (M,) int64 global row index of each query
+    out_d_ptr,  # (M, n_split, KP) float32 approximate squared distances
+    out_i_ptr,  # (M, n_split, KP) int32 neighbour indices (-1 = empty)
+    M,
+    N,
+    D,
+    keys_per_split,
+    n_split,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    KP: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # segment axis first: consecutive programs share a query block (its rows stay
+    # in L2 while the segments stream different keys)
+    pid_s = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    q = tl.load(qidx_ptr + rows, mask=row_ok, other=0)
+    sq_q = tl.load(sq_ptr + q, mask=row_ok, other=0.0)
+    cols_k = tl.arange(0, KP)
+    cols_n = tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+
+    run_d = tl.full((BLOCK_M, KP), float("inf"), tl.float32)
+    run_i = tl.full((BLOCK_M, KP), -1, tl.int32)
+    thr = tl.max(run_d, axis=1)
+
+    key_lo = pid_s * keys_per_split
+    key_hi = tl.minimum(key_lo + keys_per_split, N)
+    for n0 in range(key_lo, key_hi, BLOCK_N):
+        keys = n0 + cols_n
+        key_ok = keys < key_hi
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            kk = k0 + offs_k
+            k_ok = kk < D
+            a = tl.load(
+                xq_ptr + q[:, None] * D + kk[None, :],
+                mask=row_ok[:, None] & k_ok[None, :],
+                other=0.0,
+            )
+            b = tl.load(
+                xk_ptr + keys.to(tl.int64)[None, :] * D + kk[:, None],
+                mask=key_ok[None, :] & k_ok[:, None],
+                other=0.0,
+            )
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        sq_k = tl.load(sq_ptr + keys, mask=key_ok, other=0.0)
+        d = sq_q[:, None] + sq_k[None, :] - 2.0 * acc
+        bad = (~key_ok[None, :]) | (keys[None, :] == q[:, None]) | (~row_ok[:, None])
+        d = tl.where(bad, float("inf"), d)
+        d = tl.where(d < thr[:, None], d, float("inf"))
+        best = tl.min(d, axis=1)
+        n_better = tl.sum((best < thr).to(tl.int32), axis=0)
+        # Merge only when the tile holds a better candidate: one insertion per
+        # row per iteration (the tile's best replaces the row's current worst).
+        while n_better > 0:
+            arg = tl.argmin(d, axis=1)
+            worst = tl.argmax(run_d, axis=1)
+            ins = best < thr
+            slot = (cols_k[None, :] == worst[:, None]) & ins[:, None]
+            run_d = tl.where(slot, best[:, None], run_d)
+            run_i = tl.where(slot, (n0 + arg).to(tl.int32)[:, None], run_i)
+            d = tl.where(cols_n[None, :] == arg[:, None], float("inf"), d)
+            thr = tl.max(run_d, axis=1)
+            d = tl.where(d < thr[:, None], d, float("inf"))
+            best = tl.min(d, axis=1)
+            n_better = tl.sum((best < thr).to(tl.int32), axis=0)
+
+    base = (rows[:, None] * n_split + pid_s) * KP + cols_k[None, :]
+    tl.store(out_d_ptr + base, run_d, mask=row_ok[:, None])
+    tl.store(out_i_ptr + base, run_i, mask=row_ok[:, None])
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, int(v - 1).bit_length())
+
+
+def candidate_slots(k: int) -> int:
+    """Candidates kept per row and database segment (power of two >= k + max(k, 16))."""
+    return _next_pow2(k + max(k, 16))
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    return 1 << 30  # CPU / interpreter: a modest fixed budget
+
+
+def _n_programs_target(device: torch.device) -> int:
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def default_precisions(device: torch.device) -> tuple[str, ...]:
+    """Certificate tiers tried in order (the last tier's failures go to float64)."""
+    if device.type == "cuda" and not _interpreting():
+        return ("tf32", "tf32x3")
+    return ("ieee",)
+
+
+def _candidates(
+    xs, sq32, qidx, kp, precision, block_m, block_n, block_k, num_warps, num_stages,
+    query_chunk, n_programs=None, segments=None,
+):
+    """Approximate top-``kp`` lists for the queries ``qidx`` (one launch per chunk).
+
+    Returns (M, n_split * kp) float32 distances and int64 indices."""
+    device = xs.device
+    n, dim = xs.shape
+    m_all = qidx.shape[0]
+    outs_d, outs_i = [], []
+    for c0 in range(0, m_all, query_chunk):
+        q = qidx[c0 : c0 + query_chunk]
+        m = q.shape[0]
+        grid_m = triton.cdiv(m, block_m)
+        n_split = max(1, min(triton.cdiv(n, block_n), triton.cdiv(n_programs or _n_programs_target(device), grid_m)))
+        if segments is not None:
+            n_split = max(n_split, min(int(segments), triton.cdiv(n, block_n)))
+        per = triton.cdiv(triton.cdiv(n, n_split), block_n) * block_n
+        n_split = triton.cdiv(n, per)
+        out_d = torch.empty((m, n_split, kp), dtype=torch.float32, device=device)
+        out_i = torch.empty((m, n_split, kp), dtype=torch.int32, device=device)
+        extra = {} if _interpreting() else {"num_warps": num_warps, "num_stages": num_stages}
+        _knn_candidates_kernel[(n_split, grid_m)](
+            xs, xs, sq32, q, out_d, out_i, m, n, dim, per, n_split,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, KP=kp,
+            PRECISION=precision, **extra,
+        )
+        outs_d.append(out_d.reshape(m, n_split * kp))
+        outs_i.append(out_i.reshape(m, n_split * kp).long())
+    if len(outs_d) == 1:
+        return outs_d[0], outs_i[0]
+    width = max(o.shape[1] for o in outs_d)
+    pad_d = [torch.nn.functional.pad(o, (0, width - o.shape[1]), value=float("inf")) for o in outs_d]
+    pad_i = [torch.nn.functional.pad(o, (0, width - o.shape[1]), value=-1) for o in outs_i]
+    return torch.cat(pad_d), torch.cat(pad_i)
+
+
+def _sort_by_dist_then_index(d: torch.Tensor, i: torch.Tensor):
+    """Sort every row by (distance, index): stable sort on the index, then on distance."""
+    i_sorted, p = torch.sort(i, dim=1, stable=True)
+    d = torch.gather(d, 1, p)
+    d_sorted, p2 = torch.sort(d, dim=1, stable=True)
+    return d_sorted, torch.gather(i_sorted, 1, p2)
+
+
+def _exact_sqdist(x: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, row_budget: int):
+    """float64 sum((x_i - x_j)^2) for each row's candidates (inf where cand < 0)."""
+    m, kc = cand.shape
+    out = torch.empty((m, kc), dtype=torch.float64, device=x.device)
+    dim = x.shape[1]
+    step = max(1, row_budget // max(1, kc * dim * 8 * 3))
+    for r0 in range(0, m, step):
+        r = rows[r0 : r0 + step]
+        c = cand[r0 : r0 + step]
+        xi = x[r].to(torch.float64)
+        xj = x[c.clamp_min(0)].to(torch.float64)
+        diff = xj - xi[:, None, :]
+        d = (diff * diff).sum(-1)
+        out[r0 : r0 + step] = torch.where(c >= 0, d, torch.full_like(d, math.inf))
+    return out
+
+
+def _brute_force_f64(x: torch.Tensor, rows: torch.Tensor, k: int, row_budget: int, mean=None):
+    """Exact float64 kNN of ``rows`` against every point (the certificate's fallback).
+
+    Centred float64 Gram distances select, per row, every point within a
+    rounding bound of the k-th smallest (so exact ties are all kept); those are
+    recomputed as sum((x_i - x_j)^2) and sorted by (distance, index)."""
+    n, dim = x.shape
+    if mean is None:
+        mean = _chunked_mean(x)
+    out_i = torch.empty((rows.shape[0], k), dtype=torch.int64, device=x.device)
+    out_d = torch.empty((rows.shape[0], k), dtype=torch.float64, device=x.device)
+    col_step = max(1, min(n, row_budget // (8 * max(dim, 1) * 2)))
+    row_step = max(1, min(rows.shape[0], row_budget // (8 * max(n, 1) * 4)))
+    big = 0.0
+    for c0 in range(0, n, col_step):
+        big = max(big, float((x[c0 : c0 + col_step].to(torch.float64) - mean).norm(dim=1).max()))
+    eps = 2.0**-53
+    for r0 in range(0, rows.shape[0], row_step):
+        r = rows[r0 : r0 + row_step]
+        xr = x[r].to(torch.float64) - mean
+        sr = (xr * xr).sum(1)
+        dist = torch.empty((r.shape[0], n), dtype=torch.float64, device=x.device)
+        for c0 in range(0, n, col_step):
+            xc = x[c0 : c0 + col_step].to(torch.float64) - mean
+            sc = (xc * xc).sum(1)
+            dist[:, c0 : c0 + col_step] = sr[:, None] + sc[None, :] - 2.0 * (xr @ xc.T)
+        dist[torch.arange(r.shape[0], device=x.device), r] = math.inf
+        kth = torch.topk(dist, k, dim=1, largest=False).values[:, -1]
+        tol = 8.0 * (dim + 4) * eps * (sr.sqrt() + big) ** 2
+        width = int((dist <= (kth + tol)[:, None]).sum(1).max())
+        width = max(k, min(n - 1, width))
+        _, cand = torch.topk(dist, width, dim=1, largest=False)
+        del dist
+        d = _exact_sqdist(x, r, cand, row_budget)
+        d, cand = _sort_by_dist_then_index(d, cand)
+        out_i[r0 : r0 + row_step] = cand[:, :k]
+        out_d[r0 : r0 + row_step] = d[:, :k]
+    return out_i, out_d
+
+
+def knn(
+    x,
+    k: int,
+    *,
+    precisions: tuple[str, ...] | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    block_k: int | None = None,
+    num_warps: int = 8,
+    num_stages: int = 3,
+    query_chunk: int | None = None,
+    n_programs: int | None = None,
+    segments: int | None = None,
+    return_stats: bool = False,
+):
+    """Exact k nearest other points of every row of ``x`` (Euclidean).
+
+    Parameters
+    ----------
+    x : (N, D) torch tensor (float32/float64/bf16/fp16) on the kernel's device
+        (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+    k : 1 <= k <= N - 1 (up to 64 for the fused kernel; any k works, slower).
+    precisions : certificate tiers for ``tl.dot`` ("tf32", "tf32x3", "ieee"),
+        tried in order; rows no tier certifies are recomputed in float64.
+    block_m, block_n, block_k : tile shape (small blocks make the interpreter fast).
+    query_chunk : queries per launch (default 65536).
+    n_programs : programs to aim for per launch; the database is split into
+        segments (a second grid axis) when the queries alone give fewer
+        (default: 4 x the number of SMs; 1 under the interpreter).
+    segments : at least this many database segments per query block (more
+        candidate lists to merge, but concurrent programs then share query rows
+        in L2).
+
+    Returns
+    -------
+    indices : (N, k) int64 tensor, ascending by distance, ties by smaller index
+    distances : (N, k) float64 tensor, exact Euclidean distances
+    n_fallback : rows not certified by the first tier
+    (stats dict as a fourth element with ``return_stats=True``)
+    """
+    device = x.device
+    n, dim = x.shape
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"k must be in [1, N - 1] = [1, {n - 1}], got {k}")
+    if precisions is None:
+        precisions = default_precisions(device)
+    interp = _interpreting()
+    if block_m is None:
+        block_m = 32 if interp else 64
+    if block_n is None:
+        block_n = 128 if interp else 128
+    if block_k is None:
+        block_k = 32
+    kp = candidate_slots(k)
+    if not interp and kp > 64:
+        block_m = min(block_m, 32)
+    kc = min(n - 1, kp)
+    budget = max(64 << 20, _free_bytes(device) // 4)
+    if query_chunk is None:
+        # candidate lists are small (KP x 8 bytes per row and segment): one
+        # launch covers as many queries as memory allows (fewer partial waves)
+        query_chunk = max(block_m, min(n, budget // (kp * 8 * 8)))
+
+    # Centre in float64 and scale by a power of two (exact) before float32.
+    x64mean = x.to(torch.float64).mean(0) if n * dim * 8 <= budget else _chunked_mean(x)
+    xs = torch.empty((n, dim), dtype=torch.float32, device=device)
+    step = max(1, budget // (dim * 8 * 2))
+    norm_max = 0.0
+    for r0 in range(0, n, step):
+        xc = x[r0 : r0 + step].to(torch.float64) - x64mean
+        norm_max = max(norm_max, float(xc.norm(dim=1).max()))
+    scale = 2.0 ** (-math.frexp(norm_max)[1]) if norm_max > 0 else 1.0
+    for r0 in range(0, n, step):
+        xs[r0 : r0 + step] = ((x[r0 : r0 + step].to(torch.float64) - x64mean) * scale).to(torch.float32)
+    norms = xs.to(torch.float64).norm(dim=1) if n * dim * 8 <= budget else _chunked_norms(xs)
+    sq32 = (norms * norms).to(torch.float32)
+    big = float(norms.max())
+
+    out_i = torch.empty((n, k), dtype=torch.int64, device=device)
+    out_d = torch.empty((n, k), dtype=torch.float64, device=device)
+    pending = torch.arange(n, device=device)
+    stats = {"tiers": []}
+    n_fallback = 0
+    for t, prec in enumerate(precisions):
+        if pending.numel() == 0:
+            break
+        cd, ci = _candidates(
+            xs, sq32, pending, kp, prec, block_m, block_n, block_k, num_warps,
+            num_stages, query_chunk, n_programs, segments,
+        )
+        if ci.shape[1] > kc:
+            cd, sel = torch.topk(cd, kc, dim=1, largest=False)
+            ci = torch.gather(ci, 1, sel)
+        # smallest approximate distance any non-candidate can have (>= the kc-th kept)
+        thr = cd.max(dim=1).values.to(torch.float64)
+        ed = _exact_sqdist(x, pending, ci, budget)
+        ed, ci = _sort_by_dist_then_index(ed, ci)
+        if kc >= n - 1:
+            ok = torch.ones(pending.shape[0], dtype=torch.bool, device=device)
+        else:
+            u = _U32
+            gamma = dim * u / (1.0 - dim * u) if dim * u < 0.5 else math.inf
+            nrm = norms[pending]
+            bound = 1.01 * (
+                2.0 * (gamma + _PRODUCT_ERROR[prec] * (1 + 2 * u)) * nrm * big
+                + 7.0 * u * (nrm + big) ** 2
+            ) + 1e-300
+            # exact distances are of unscaled data; the bound is in scaled units
+            ok = ed[:, k - 1] * (scale * scale) * (1 + 1e-12) <= thr - bound
+        out_i[pending[ok]] = ci[ok, :k]
+        out_d[pending[ok]] = ed[ok, :k].sqrt()
+        stats["tiers"].append({"precision": prec, "rows": int(pending.numel()), "certified": int(ok.sum())})
+        if t == 0:
+            n_fallback = int((~ok).sum())
+        pending = pending[~ok]
+    if pending.numel():
+        bi, bd = _brute_force_f64(x, pending, k, budget, x64mean)
+        out_i[pending] = bi
+        out_d[pending] = bd.sqrt()
+        stats["brute_force_rows"] = int(pending.numel())
+    else:
+        stats["brute_force_rows"] = 0
+    if return_stats:
+        return out_i, out_d, n_fallback, stats
+    return out_i, out_d, n_fallback
+
+
+def _chunked_mean(x: torch.Tensor, step: int = 1 << 14) -> torch.Tensor:
+    acc = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for r0 in range(0, x.shape[0], step):
+        acc += x[r0 : r0 + step].to(torch.float64).sum(0)
+    return acc / x.shape[0]
+
+
+def _chunked_norms(x: torch.Tensor, step: int = 1 << 14) -> torch.Tensor:
+    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for r0 in range(0, x.shape[0], step):
+        out[r0 : r0 + step] = x[r0 : r0 + step].to(torch.float64).norm(dim=1)
+    return out

@@ -1,0 +1,291 @@
+"""Batched shortest paths with path statistics on the GPU (Triton).
+
+Pull-style Bellman-Ford over the CSR of the union graph for a batch of B sources
+at once. State is laid out (N, B) so a neighbour's row is one coalesced load:
+``dist`` float64, ``hops`` int32 and ``same`` int32 (interior vertices on the path
+whose label equals the source's). A vertex keeps the lexicographically smallest
+(dist, hops, -same) over all its neighbours' offers, so among exactly equal-length
+paths the one with fewest hops (then most same-label interior vertices) wins:
+deterministic whatever the scheduling (SPEC allows any equal-length path).
+
+Sweeps are Jacobi (read one buffer, write the other: no torn (dist, hops, same)
+triples). A (vertex block, source block) tile is recomputed only when one of its
+vertices' neighbours changed in the previous sweep (flags set by the changed
+vertex's program, push-style, one byte per tile); a skipped tile whose own
+vertices changed copies them across the buffers. Convergence: the host looks
+at the change flags every ``check_every`` sweeps only (no per-sweep sync).
+
+Public entry points: :func:`pair_scores`, :func:`class_sums` (same contract as the
+CPU versions in ``kernels/numba/paths.py``, on torch tensors) and
+:func:`shortest_path_batches` (the generic driver).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+import triton
+import triton.language as tl
+
+_NO_HOPS = 1 << 30  # "unreached" hop count (never overflows when incremented)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _relax_kernel(
+    indptr_ptr, nbr_ptr, w_ptr, codes_ptr,
+    scode_ptr, svert_ptr,  # (B,) class code and vertex of each source column
+    d_in, h_in, s_in, d_out, h_out, s_out,  # (N, B) state buffers
+    act_in, chg_in, act_out, chg_out,  # (n_vblocks * NBB,) int8 tile flags
+    count_ptr,  # (64,) int64 edge relaxations performed (edges x columns), spread
+    N, B, NBB,
+    BV: tl.constexpr,
+    BB: tl.constexpr,
+):
+    pid_v = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    tile = pid_v * NBB + pid_b
+    active = tl.load(act_in + tile)
+    own_changed = tl.load(chg_in + tile)
+    # Every per-vertex quantity is kept as a (BV, 1) column and every
+    # per-source one as a (1, BB) row, so all tensors share one 2-D layout:
+    # mixing 1-D vectors with 2-D tiles inside the edge loop makes Triton 3.6's
+    # layout passes fail to compile the kernel.
+    v = (pid_v * BV + tl.arange(0, BV))[:, None]  # (BV, 1)
+    vm = v < N
+    b = (pid_b * BB + tl.arange(0, BB))[None, :]  # (1, BB)
+    bm = b < B
+    m2 = vm & bm
+    offs = v.to(tl.int64) * B + b
+    if active != 0:
+        start = tl.load(indptr_ptr + v, mask=vm, other=0)
+        end = tl.load(indptr_ptr + v + 1, mask=vm, other=0)
+        deg = end - start  # (BV, 1)
+        max_deg = tl.max(tl.max(deg, axis=1), axis=0)
+        scode = tl.load(scode_ptr + b, mask=bm, other=-1)
+        svert = tl.load(svert_ptr + b, mask=bm, other=-1)
+        old_d = tl.load(d_in + offs, mask=m2, other=float("inf"))
+        old_h = tl.load(h_in + offs, mask=m2, other=0)
+        old_s = tl.load(s_in + offs, mask=m2, other=0)
+        cur_d = old_d
+        cur_h = old_h
+        cur_s = old_s
+        for e in range(0, max_deg):
+            em = vm & (e < deg)  # (BV, 1)
+            # unmasked loads at safe indices (edge 0, a real vertex); lanes off
+            # the edge list are ignored through ``um``
+            eidx = tl.where(em, start + e, 0)
+            u = tl.load(nbr_ptr + eidx)
+            wu = tl.load(w_ptr + eidx)
+            cu = tl.load(codes_ptr + u)
+            um = em & bm  # (BV, BB)
+            uoffs = u * B + b
+            du = tl.load(d_in + uoffs, mask=um, other=float("inf"))
+            hu = tl.load(h_in + uoffs, mask=um, other=0)
+            su = tl.load(s_in + uoffs, mask=um, other=0)
+            add = ((cu == scode) & (u != svert)).to(tl.int32)
+            cd = du + wu
+            ch = hu + 1
+            cs = su + add
+            better = (cd < cur_d) | (
+                (cd == cur_d) & ((ch < cur_h) | ((ch == cur_h) & (cs > cur_s)))
+            )
+            better = better & um & (du < float("inf"))
+            cur_d = tl.where(better, cd, cur_d)
+            cur_h = tl.where(better, ch, cur_h)
+            cur_s = tl.where(better, cs, cur_s)
+        tl.store(d_out + offs, cur_d, mask=m2)
+        tl.store(h_out + offs, cur_h, mask=m2)
+        tl.store(s_out + offs, cur_s, mask=m2)
+        n_cols = tl.sum(tl.sum(bm.to(tl.int64), axis=1), axis=0)
+        n_edges = tl.sum(tl.sum(deg.to(tl.int64), axis=1), axis=0)
+        tl.atomic_add(count_ptr + pid_v % 64, n_edges * n_cols)
+        changed = (cur_d != old_d) | (cur_h != old_h) | (cur_s != old_s)
+        vchg = tl.max(changed.to(tl.int32), axis=1, keep_dims=True) > 0  # (BV, 1)
+        any_chg = tl.sum(tl.sum(vchg.to(tl.int32), axis=1), axis=0) > 0
+        if any_chg:
+            tl.store(chg_out + tile, 1)
+            for e in range(0, max_deg):
+                em = vm & (e < deg) & vchg
+                eidx = tl.where(em, start + e, 0)
+                u = tl.load(nbr_ptr + eidx)
+                tl.store(act_out + (u // BV) * NBB + pid_b, tl.full(u.shape, 1, tl.int8), mask=em)
+    elif own_changed != 0:
+        tl.store(d_out + offs, tl.load(d_in + offs, mask=m2), mask=m2)
+        tl.store(h_out + offs, tl.load(h_in + offs, mask=m2), mask=m2)
+        tl.store(s_out + offs, tl.load(s_in + offs, mask=m2), mask=m2)
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    return 1 << 30
+
+
+def batch_width(n: int, device: torch.device, block_b: int, max_batch: int | None = None) -> int:
+    """Sources per batch from free device memory: two (N, B) state buffers of
+    16 bytes per entry plus ~3 float64 (N, B) temporaries for the scores."""
+    per_col = n * (2 * 16 + 3 * 8) + 64
+    b = max(1, (_free_bytes(device) // 3) // per_col)
+    b = max(block_b, (b // block_b) * block_b)
+    b = min(b, 4096)
+    if max_batch is not None:
+        b = min(b, max(1, max_batch))
+    return b
+
+
+def shortest_path_batches(
+    indptr: torch.Tensor,
+    neighbours: torch.Tensor,
+    weights: torch.Tensor,
+    codes: torch.Tensor,
+    sources: torch.Tensor,
+    *,
+    block_v: int | None = None,
+    block_b: int | None = None,
+    max_batch: int | None = None,
+    check_every: int = 8,
+    num_warps: int = 4,
+    stats: dict | None = None,
+    time_limit: float | None = None,
+):
+    """Yield ``(s0, s1, dist, hops, same)`` for consecutive batches of sources:
+    the converged (N, s1 - s0) state of ``sources[s0:s1]``.
+
+    ``stats`` (a dict), if given, accumulates ``sweeps``, ``relaxations``, ``batches``.
+    ``time_limit`` (seconds): raise ``TimeoutError`` when exceeded (checked at
+    the convergence checks; for benchmarks).
+    """
+    t_start = time.perf_counter()
+    device = indptr.device
+    n = indptr.shape[0] - 1
+    interp = _interpreting()
+    if block_v is None:
+        block_v = 64 if interp else 32
+    if block_b is None:
+        block_b = 64 if interp else 32
+    nvb = triton.cdiv(n, block_v)
+    width = batch_width(n, device, block_b, max_batch)
+    counter = torch.zeros(64, dtype=torch.int64, device=device)
+    total_sweeps = 0
+    n_batches = 0
+    extra = {} if interp else {"num_warps": num_warps}
+    deg = indptr[1:] - indptr[:-1]
+    for s0 in range(0, sources.shape[0], width):
+        s1 = min(sources.shape[0], s0 + width)
+        bsz = s1 - s0
+        nbb = triton.cdiv(bsz, block_b)
+        src = sources[s0:s1]
+        scode = codes[src].contiguous()
+        cols = torch.arange(bsz, device=device)
+        bufs = []
+        for _ in range(2):
+            d = torch.full((n, bsz), float("inf"), dtype=torch.float64, device=device)
+            h = torch.full((n, bsz), _NO_HOPS, dtype=torch.int32, device=device)
+            s = torch.zeros((n, bsz), dtype=torch.int32, device=device)
+            d[src, cols] = 0.0
+            h[src, cols] = 0
+            bufs.append((d, h, s))
+        act = torch.zeros(nvb * nbb, dtype=torch.int8, device=device)
+        # tiles holding a neighbour of a source start active
+        nb_cnt = deg[src]
+        nb_col = cols.repeat_interleave(nb_cnt)
+        starts = indptr[src].repeat_interleave(nb_cnt)
+        within = torch.arange(nb_col.shape[0], device=device) - torch.repeat_interleave(
+            torch.cumsum(nb_cnt, 0) - nb_cnt, nb_cnt
+        )
+        nb_v = neighbours[starts + within]
+        act[(nb_v // block_v) * nbb + nb_col // block_b] = 1
+        chg = torch.zeros_like(act)
+        act_next = torch.zeros_like(act)
+        chg_next = torch.zeros_like(act)
+        cur, nxt = 0, 1
+        sweeps = 0
+        while True:
+            act_next.zero_()
+            chg_next.zero_()
+            d_in, h_in, s_in = bufs[cur]
+            d_out, h_out, s_out = bufs[nxt]
+            _relax_kernel[(nvb, nbb)](
+                indptr, neighbours, weights, codes, scode, src,
+                d_in, h_in, s_in, d_out, h_out, s_out,
+                act, chg, act_next, chg_next, counter,
+                n, bsz, nbb, BV=block_v, BB=block_b, **extra,
+            )
+            act, act_next = act_next, act
+            chg, chg_next = chg_next, chg
+            cur, nxt = nxt, cur
+            sweeps += 1
+            if sweeps % check_every == 0 or sweeps > n + 1:
+                if not bool(chg.any()):
+                    break
+                if time_limit is not None and time.perf_counter() - t_start > time_limit:
+                    raise TimeoutError(
+                        f"shortest paths: time limit {time_limit:.0f}s hit in batch "
+                        f"{n_batches + 1} (sources {s0}..{s1} of {sources.shape[0]}) "
+                        f"after {sweeps} sweeps"
+                    )
+                if sweeps > 2 * n + 2:  # cannot happen (Bellman-Ford bound)
+                    raise RuntimeError("shortest paths did not converge")
+        total_sweeps += sweeps
+        n_batches += 1
+        d, h, s = bufs[cur]
+        yield s0, s1, d, h, s
+    if stats is not None:
+        stats["sweeps"] = stats.get("sweeps", 0) + total_sweeps
+        stats["batches"] = stats.get("batches", 0) + n_batches
+        stats["relaxations"] = stats.get("relaxations", 0) + int(counter.sum().item())
+
+
+def _scores(d, h, s):
+    hf = h.to(torch.float64)
+    sc = torch.where(h == 1, torch.ones_like(hf), s.to(torch.float64) / (hf - 1).clamp_min(1))
+    reach = torch.isfinite(d)
+    return torch.where(reach, sc, torch.zeros_like(sc)), reach
+
+
+def pair_scores(indptr, neighbours, weights, codes, sources, target_ptr, targets, **kw):
+    """Path scores of explicit (source, target) pairs (torch tensors on the device).
+
+    Returns scores (T,) float64 and reachable (T,) bool tensors."""
+    device = indptr.device
+    scores = torch.zeros(targets.shape[0], dtype=torch.float64, device=device)
+    reachable = torch.zeros(targets.shape[0], dtype=torch.bool, device=device)
+    counts = target_ptr[1:] - target_ptr[:-1]
+    for s0, s1, d, h, s in shortest_path_batches(indptr, neighbours, weights, codes, sources, **kw):
+        a, b = int(target_ptr[s0]), int(target_ptr[s1])
+        if a == b:
+            continue
+        col = torch.arange(s1 - s0, device=device).repeat_interleave(counts[s0:s1])
+        t = targets[a:b]
+        sc, re = _scores(d[t, col], h[t, col], s[t, col])
+        scores[a:b] = sc
+        reachable[a:b] = re
+    return scores, reachable
+
+
+def class_sums(indptr, neighbours, weights, codes, sources, class_sizes, **kw):
+    """Sum and sum of squares of the path scores from each source to every other
+    member of its class, and the number of unreachable ones (torch tensors)."""
+    device = indptr.device
+    n_src = sources.shape[0]
+    sums = torch.zeros(n_src, dtype=torch.float64, device=device)
+    sumsq = torch.zeros(n_src, dtype=torch.float64, device=device)
+    unreach = torch.zeros(n_src, dtype=torch.int64, device=device)
+    n = codes.shape[0]
+    vid = torch.arange(n, device=device)
+    for s0, s1, d, h, s in shortest_path_batches(indptr, neighbours, weights, codes, sources, **kw):
+        src = sources[s0:s1]
+        target = (codes[:, None] == codes[src][None, :]) & (vid[:, None] != src[None, :])
+        sc, re = _scores(d, h, s)
+        sc = torch.where(target, sc, torch.zeros_like(sc))
+        sums[s0:s1] = sc.sum(0)
+        sumsq[s0:s1] = (sc * sc).sum(0)
+        unreach[s0:s1] = (target & ~re).sum(0)
+    return sums, sumsq, unreach

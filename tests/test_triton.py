@@ -1,0 +1,213 @@
+"""Triton backend: the same kernels on CPU tensors under TRITON_INTERPRET=1
+(tests/conftest.py switches the interpreter on when no CUDA device is present)
+and on CUDA when one is. Compared against the Numba backend and float64 brute
+force. Sizes are small: the interpreter runs every program in Python."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import torch  # noqa: E402
+import triton  # noqa: E402,F401  (the [test] extra installs it)
+
+import fastconvex as fc  # noqa: E402
+from oracles import assert_knn_equal_up_to_ties  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+_INTERP = os.environ.get("TRITON_INTERPRET") == "1"
+# One file for CPU CI and a GPU (pytorch_cluster style): the interpreter is
+# process-wide, so a run exercises either CPU tensors through the interpreter or
+# CUDA tensors on the device — only the device list that can run is generated.
+DEVICES = ["cpu"] if _INTERP else [pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _clustered(n, d, n_classes, seed, spread=0.6):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_classes, d)) * 2.0
+    labels = rng.integers(0, n_classes, n)
+    x = centres[labels] + spread * rng.standard_normal((n, d))
+    return x.astype(np.float32), labels
+
+
+def _assert_same_scores(a, b, tol=1e-6):
+    assert a.n_pairs == b.n_pairs
+    assert a.n_unreachable == b.n_unreachable
+    assert abs(a.score - b.score) <= tol
+    assert abs(a.macro - b.macro) <= tol
+    for c in a.per_class:
+        pa, pb = a.per_class[c], b.per_class[c]
+        assert (np.isnan(pa) and np.isnan(pb)) or abs(pa - pb) <= tol, (c, pa, pb)
+    sa, sb = a.stderr, b.stderr
+    assert (np.isnan(sa) and np.isnan(sb)) or abs(sa - sb) <= 1e-6
+
+
+# ---------------------------------------------------------------- kNN --------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n,d,k", [(37, 5, 3), (150, 33, 10), (101, 70, 20)])
+def test_knn_matches_bruteforce(device, n, d, k):
+    rng = np.random.default_rng(n + d)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    g = fc.knn_graph(x, k, backend="triton", device=device)
+    assert g.backend == "triton"
+    assert_knn_equal_up_to_ties(x, g.indices, g.distances, k)
+    ref = fc.knn_graph(x, k, backend="numba")
+    np.testing.assert_allclose(g.distances, ref.distances, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_knn_duplicates_ties_and_fallback(device):
+    """Many exact duplicates (more than the candidate slots) defeat the
+    certificate; those rows go to the float64 fallback; ties by smaller index."""
+    from fastconvex.kernels.triton.knn import knn
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((90, 6)).astype(np.float64)
+    x[10:50] = x[10]  # 40 copies
+    x[60] = x[61]
+    grid = np.array([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1], [1, 1]], np.float64)  # ties
+    x[70:76, :2] = grid + 50.0
+    x[70:76, 2:] = 0.0
+    k = 4
+    idx, dist, n_fb, stats = knn(torch.from_numpy(x).to(device), k, return_stats=True)
+    idx, dist = idx.cpu().numpy(), dist.cpu().numpy()
+    assert n_fb > 0 and stats["brute_force_rows"] > 0
+    assert_knn_equal_up_to_ties(x, idx, dist, k)
+    ref_i, ref_d, _ = __import__("fastconvex.kernels.numba.knn", fromlist=["knn"]).knn(x, k)
+    np.testing.assert_array_equal(idx[10:50], ref_i[10:50])  # exact zero ties: smaller index
+    np.testing.assert_array_equal(dist[10:50], 0.0)
+    assert idx[60, 0] == 61 and dist[60, 0] == 0.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_knn_tiers_chunks_and_segments(device):
+    """Every precision tier, several query chunks and database segments, odd tiles."""
+    from fastconvex.kernels.triton.knn import knn
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((77, 19)).astype(np.float32) + 100.0  # offset: centring matters
+    xt = torch.from_numpy(x).to(device)
+    idx, dist, _ = knn(
+        xt, 6, precisions=("tf32", "ieee"), block_m=16, block_n=32, block_k=16,
+        query_chunk=40, n_programs=8, segments=3,
+    )
+    assert_knn_equal_up_to_ties(x, idx.cpu().numpy(), dist.cpu().numpy(), 6)
+
+
+# ------------------------------------------------------------- graph ---------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_union_csr_matches_numba(device):
+    from fastconvex.kernels.numba.graph import union_csr as cpu_union
+    from fastconvex.kernels.numba.knn import knn as cpu_knn
+    from fastconvex.kernels.triton.graph import union_csr
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((63, 4))
+    x[3] = x[4]
+    i, d, _ = cpu_knn(x, 5)
+    ref = cpu_union(i, d)
+    got = union_csr(torch.from_numpy(i).to(device), torch.from_numpy(d).to(device))
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a.cpu().numpy(), b)
+
+
+# ------------------------------------------------------------- paths ---------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_path_kernels_match_numba_on_the_same_graph(device):
+    """Disconnected graph (two far clusters), duplicates, one-member classes,
+    several source batches and source blocks."""
+    from fastconvex.kernels.numba.graph import union_csr
+    from fastconvex.kernels.numba.knn import knn
+    from fastconvex.kernels.numba import paths as cpu
+    from fastconvex.kernels.triton import paths as gpu
+
+    rng = np.random.default_rng(11)
+    x = np.concatenate([rng.standard_normal((50, 3)), rng.standard_normal((45, 3)) + 100.0])
+    x[7] = x[8]
+    codes = rng.integers(0, 4, x.shape[0]).astype(np.int64)
+    codes[20] = 4  # one-member class
+    i, d, _ = knn(x, 3)
+    indptr, nbr, w = union_csr(i, d)
+    sources = np.array([0, 5, 7, 8, 20, 33, 51, 60, 94, 3, 11], np.int64)
+    sizes = np.bincount(codes).astype(np.int64)
+    ref = cpu.class_sums(indptr, nbr, w, codes, sources, sizes)
+    T = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    stats: dict = {}
+    got = gpu.class_sums(
+        T(indptr), T(nbr), T(w), T(codes), T(sources), T(sizes),
+        block_v=32, block_b=4, max_batch=8, check_every=3, stats=stats,
+    )
+    assert stats["batches"] == 2 and stats["relaxations"] > 0
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g.cpu().numpy(), r, rtol=0, atol=1e-9)
+    assert ref[2].sum() > 0  # the clusters are disconnected: some targets unreachable
+
+    tgt_ptr = np.array([0, 3, 3, 7, 9, 10, 12, 12, 14, 15, 16, 18], np.int64)
+    targets = rng.integers(0, x.shape[0], tgt_ptr[-1]).astype(np.int64)
+    targets = np.where(targets == np.repeat(sources, np.diff(tgt_ptr)), (targets + 1) % x.shape[0], targets)
+    ref_s, ref_r = cpu.pair_scores(indptr, nbr, w, codes, sources, tgt_ptr, targets)
+    got_s, got_r = gpu.pair_scores(
+        T(indptr), T(nbr), T(w), T(codes), T(sources), T(tgt_ptr), T(targets),
+        block_v=32, block_b=8, max_batch=8,
+    )
+    np.testing.assert_allclose(got_s.cpu().numpy(), ref_s, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(got_r.cpu().numpy(), ref_r)
+
+
+# ------------------------------------------------------- end to end ---------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "estimator", [dict(exact=True), dict(sources=4), dict(pairs=60)], ids=["exact", "sources", "pairs"]
+)
+def test_scores_match_numba(device, estimator):
+    x, labels = _clustered(113, 12, 5, seed=7)
+    names = np.array(["alpha", "beta", "gamma", "delta", "eps"], dtype=object)[labels]
+    names[17] = "singleton"  # one-member class: skipped, 0 pairs
+    a = fc.graph_convexity(x, names, k=6, backend="triton", device=device, **estimator)
+    b = fc.graph_convexity(x, names, k=6, backend="numba", **estimator)
+    assert a.backend == "triton"
+    _assert_same_scores(a, b)
+    assert a.n_pairs["singleton"] == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scores_disconnected_duplicates_and_rcm(device):
+    from fastconvex._pairs import plan_pairs
+    from fastconvex._backends import NumbaEngine
+    from fastconvex._triton_backend import TritonEngine
+
+    rng = np.random.default_rng(21)
+    x = np.concatenate([rng.standard_normal((40, 5)), rng.standard_normal((41, 5)) + 40.0])
+    x[5] = x[6]
+    x[50] = x[51] = x[52]
+    codes = rng.integers(0, 3, x.shape[0]).astype(np.int64)
+    codes[5] = codes[6]
+    codes[50] = codes[51] = codes[52]
+    plan = plan_pairs(codes, 3, estimator="exact", budget=0, seed=0, min_class_size=2)
+    ref = NumbaEngine().source_stats(x, codes, plan, 4)
+    for reorder in (None, "rcm"):
+        got = TritonEngine(device, reorder=reorder).source_stats(x, codes, plan, 4)
+        np.testing.assert_array_equal(got.n_unreachable, ref.n_unreachable)
+        np.testing.assert_allclose(got.sums, ref.sums, atol=1e-9)
+        np.testing.assert_allclose(got.sumsq, ref.sumsq, atol=1e-9)
+    assert ref.n_unreachable.sum() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_input_and_layer_scores(device):
+    x, labels = _clustered(64, 8, 3, seed=9)
+    layers = torch.from_numpy(np.stack([x, x[:, ::-1].copy() * 2.0]))
+    a = fc.layer_scores(layers, labels, k=5, sources=3, backend="triton", device=device)
+    b = fc.layer_scores(layers.numpy(), labels, k=5, sources=3, backend="numba")
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
