@@ -1,0 +1,109 @@
+"""``fastconvex env``: versions, available backends and devices, as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+__all__ = ["add_arguments", "run", "environment"]
+
+PACKAGES = ("fastconvex", "numpy", "scipy", "numba", "torch", "triton", "transformers", "soundfile", "matplotlib")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``fastconvex env`` takes only the common options."""
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _numba() -> dict[str, Any]:
+    try:
+        import numba
+    except ImportError as exc:
+        return {"available": False, "reason": f"numba cannot be imported: {exc}"}
+    return {"available": True, "threads": int(numba.config.NUMBA_NUM_THREADS)}
+
+
+def _triton() -> dict[str, Any]:
+    from fastconvex._backends import triton_unavailable_reason
+
+    reason = triton_unavailable_reason()
+    info: dict[str, Any] = {"available": reason is None}
+    if reason is not None:
+        info["reason"] = reason
+    else:
+        info["interpreter"] = os.environ.get("TRITON_INTERPRET") == "1"
+    return info
+
+
+def _devices() -> dict[str, Any]:
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a core dependency
+        return {"cuda_available": False, "reason": str(exc), "cuda": []}
+    cuda = bool(torch.cuda.is_available())
+    devices = []
+    if cuda:
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            devices.append(
+                {
+                    "index": i,
+                    "name": props.name,
+                    "memory_gib": round(props.total_memory / 2**30, 2),
+                    "capability": f"{props.major}.{props.minor}",
+                }
+            )
+    return {
+        "cuda_available": cuda,
+        "torch_cuda": torch.version.cuda,
+        "cuda": devices,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def environment() -> dict[str, Any]:
+    """Versions of Python and the packages, the backends that can run here, and devices.
+
+    Returns
+    -------
+    dict
+        ``{"python", "platform", "packages": {name: version or None},
+        "backends": {"numba": {...}, "triton": {...}, "naive": {...}, "auto": name},
+        "devices": {...}, "environment": {FASTCONVEX_BACKEND, TRITON_INTERPRET}}``.
+    """
+    from fastconvex._backends import ENV_VAR, resolve_backend
+
+    backends: dict[str, Any] = {"numba": _numba(), "triton": _triton(), "naive": {"available": True}}
+    try:
+        backends["auto"] = resolve_backend("auto")
+    except (ValueError, RuntimeError) as exc:
+        backends["auto"] = None
+        backends["auto_error"] = str(exc)
+    return {
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "backends": backends,
+        "devices": _devices(),
+        "environment": {name: os.environ.get(name) for name in (ENV_VAR, "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print :func:`environment` as JSON (stdout or ``--out``)."""
+    from fastconvex.cli import emit_json
+
+    emit_json(environment(), args)
+    return 0

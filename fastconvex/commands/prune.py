@@ -1,0 +1,228 @@
+"""``fastconvex prune MODEL --audio DIR --out DIR``: score a speech model's layers and cut it.
+
+1. load MODEL (local path or Hugging Face hub id) and its feature extractor;
+2. read the labelled audio (``DIR/<label>/*.wav|flac|ogg``, or a CSV of path,label);
+3. pool every hidden state per utterance (:func:`fastconvex.hf.pooled_hidden_states`);
+4. score the layers (:func:`fastconvex.layer_scores`) and choose the cut
+   (:func:`fastconvex.hf.choose_cut`, or ``--keep``);
+5. prune and write the model (+ feature extractor + ``fastconvex_pruning.json``),
+   ``report.json`` and ``convexity.png`` to ``--out``; the report also goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .score import add_scoring_arguments, save_plot, scoring_kwargs
+
+__all__ = ["add_arguments", "run", "load_model"]
+
+REPORT_FILE = "report.json"
+PLOT_FILE = "convexity.png"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``fastconvex prune`` (``--out DIR`` is the output directory here)."""
+    parser.add_argument("model", metavar="MODEL", help="local model directory or Hugging Face hub id")
+    parser.add_argument(
+        "--audio", required=True, metavar="DIR|CSV",
+        help="DIR/<label>/*.wav|flac|ogg (Speech Commands layout; _* dirs skipped) or a CSV of path,label",
+    )
+    parser.add_argument("--sampling-rate", type=int, default=None, help="Hz (default: the feature extractor's, else 16000)")
+    parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default 8)")
+    parser.add_argument(
+        "--max-per-class", type=int, default=None,
+        help="use at most this many files per label (drawn with --seed)",
+    )
+    parser.add_argument(
+        "--mix-lengths", action="store_true",
+        help="batch utterances of different lengths even for padding-sensitive models (faster, inexact)",
+    )
+    parser.add_argument(
+        "--embeddings-dir", default=None, metavar="DIR",
+        help="stream pooled hidden states to DIR/layer_XXX.npy (for data larger than RAM; reusable by 'score')",
+    )
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of --embeddings-dir")
+    add_scoring_arguments(parser)
+    cut = parser.add_argument_group("the cut")
+    cut.add_argument("--rule", default="argmax", choices=["argmax", "1se"], help="how to choose the cut (default argmax)")
+    cut.add_argument("--keep", type=int, default=None, help="keep this many blocks instead of choosing")
+    cut.add_argument(
+        "--final-norm", default="keep", choices=["keep", "identity"],
+        help="pre-LN models (stable-layer-norm, Whisper): keep the final LayerNorm or drop it (default keep)",
+    )
+    parser.add_argument("--model-class", default=None, help="transformers class to load MODEL with (default: from its config)")
+    parser.add_argument("--no-plot", action="store_true", help="do not write convexity.png")
+
+
+def load_model(name: str, model_class: str | None = None, device: str | None = None) -> tuple[Any, Any]:
+    """Load a model and its feature extractor from a local path or the hub.
+
+    The class is ``model_class`` if given, else the first of ``config.architectures``
+    that transformers knows, else ``AutoModel``.  The feature extractor is the
+    model's own (``AutoFeatureExtractor``), or None when it has none.
+    """
+    import transformers
+
+    local = Path(name)
+    if name.startswith((".", "/", "~")) or local.exists():
+        local = local.expanduser()
+        if not local.is_dir():
+            raise FileNotFoundError(f"MODEL {name!r} is not a model directory")
+        name = str(local)
+    try:
+        config = transformers.AutoConfig.from_pretrained(name)
+    except OSError as exc:
+        raise FileNotFoundError(f"MODEL {name!r}: cannot load its config: {exc}") from exc
+    if model_class is not None:
+        cls = getattr(transformers, model_class, None)
+        if cls is None:
+            raise ValueError(f"--model-class {model_class!r} is not a transformers class")
+    else:
+        from fastconvex.hf._models import resolve_model_class
+
+        cls = resolve_model_class(config)
+    model = cls.from_pretrained(name)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    try:
+        fe = transformers.AutoFeatureExtractor.from_pretrained(name)
+    except (OSError, ValueError):
+        fe = None
+    return model, fe
+
+
+def _subsample(labels: list[str], per_class: int, seed: int) -> np.ndarray:
+    if per_class < 1:
+        raise ValueError(f"--max-per-class must be positive, got {per_class}")
+    rng = np.random.default_rng(seed)
+    lab = np.asarray(labels)
+    keep = []
+    for cls in dict.fromkeys(labels):
+        idx = np.flatnonzero(lab == cls)
+        if idx.shape[0] > per_class:
+            idx = np.sort(rng.choice(idx, size=per_class, replace=False))
+        keep.append(idx)
+    return np.sort(np.concatenate(keep))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score, cut, prune and save; the report goes to ``--out``/report.json and stdout."""
+    if not args.quiet:
+        return _run(args)
+    import transformers
+
+    tlog = transformers.utils.logging
+    verbosity, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        return _run(args)
+    finally:
+        tlog.set_verbosity(verbosity)
+        if bars:
+            tlog.enable_progress_bar()
+
+
+def _run(args: argparse.Namespace) -> int:
+    import fastconvex as fc
+    from fastconvex import hf
+    from fastconvex.cli import emit_json, log
+
+    if args.out is None:
+        raise ValueError("prune needs --out DIR, the directory for the pruned model and its report")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {str(out_dir)!r} exists and is not a directory")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.keep is not None and args.keep < 1:
+        raise ValueError(f"--keep must be at least 1, got {args.keep}")
+    score_kwargs = scoring_kwargs(args)
+
+    paths, labels = hf.find_audio(args.audio)
+    if args.max_per_class is not None:
+        idx = _subsample(labels, args.max_per_class, args.seed)
+        paths = [paths[i] for i in idx]
+        labels = [labels[i] for i in idx]
+    n_classes = len(set(labels))
+    log(args, f"{len(paths)} audio files in {n_classes} classes from {args.audio}")
+
+    log(args, f"loading {args.model}")
+    model, fe = load_model(args.model, args.model_class, args.device)
+    n_blocks = hf.num_blocks(model)
+    if args.keep is not None and args.keep > n_blocks:
+        raise ValueError(f"--keep {args.keep} exceeds the model's {n_blocks} transformer blocks")
+    rate = args.sampling_rate or int(getattr(fe, "sampling_rate", None) or 16000)
+    audio = hf.AudioFiles(paths, sampling_rate=rate)
+    lengths = audio.lengths()
+
+    log(args, f"pooling {n_blocks + 1} hidden states of {type(model).__name__}")
+    states = hf.pooled_hidden_states(
+        model,
+        audio,
+        sampling_rate=rate,
+        batch_size=args.batch_size,
+        feature_extractor=fe,
+        out_dir=args.embeddings_dir,
+        dtype=args.dtype,
+        lengths=lengths,
+        mix_lengths=args.mix_lengths,
+        progress=False if args.quiet else None,
+    )
+    log(args, "scoring the layers")
+    scores = fc.layer_scores(list(states), np.asarray(labels), **score_kwargs)
+    if args.keep is not None:
+        keep, rule = int(args.keep), "given"
+    else:
+        keep, rule = hf.choose_cut(scores, args.rule), args.rule
+    log(args, f"best layer {scores.best_layer}; keeping {keep} of {n_blocks} blocks ({rule})")
+
+    hf.prune(model, keep, final_norm=args.final_norm)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf.save_pruned(
+        model,
+        out_dir,
+        feature_extractor=fe,
+        scores=scores,
+        source=args.model,
+        seed=args.seed,
+        original_layers=n_blocks,
+        extra={"rule": rule, "audio": str(args.audio), "n_utterances": len(paths)},
+    )
+    plot_path = None
+    if not args.no_plot:
+        try:
+            plot_path = save_plot(scores, out_dir / PLOT_FILE, cut=keep, title=f"{args.model}: keep {keep} of {n_blocks}")
+        except ImportError as exc:
+            log(args, f"no plot: {exc}")
+    report = {
+        "source": args.model,
+        "model_class": type(model).__name__,
+        "audio": str(args.audio),
+        "n_utterances": len(paths),
+        "n_classes": n_classes,
+        "sampling_rate": rate,
+        "original_layers": n_blocks,
+        "best_layer": scores.best_layer,
+        "rule": rule,
+        "keep": keep,
+        "final_norm": model.fastconvex_pruning["final_norm"],
+        "model_dir": str(out_dir),
+        "plot": None if plot_path is None else str(plot_path),
+        "seed": args.seed,
+        "scores": scores.to_dict(),
+    }
+    from fastconvex.hf._prune import jsonable
+
+    report = jsonable(report)
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    log(args, f"wrote the pruned model and {REPORT_FILE} to {out_dir}")
+    emit_json(report, argparse.Namespace(**{**vars(args), "out": None}))
+    return 0

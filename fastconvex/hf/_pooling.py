@@ -1,0 +1,535 @@
+"""Per-layer embeddings of a Hugging Face speech model: mean over valid frames."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._models import is_whisper, model_device, speech_encoder
+
+__all__ = ["PooledHiddenStates", "pooled_hidden_states", "valid_frame_counts"]
+
+
+class PooledHiddenStates(list):
+    """One array per hidden state, as returned by :func:`pooled_hidden_states`.
+
+    A plain ``list`` of arrays (so it can be passed straight to
+    ``fastconvex.layer_scores``) with extra attributes.
+
+    Attributes
+    ----------
+    layers : list of int
+        Hidden-state index of each entry (0 = the transformer's input, i = output of block i).
+    n_frames : numpy.ndarray, shape (N,)
+        Valid encoder frames of each utterance (from the model's own output-length rule).
+    labels : numpy.ndarray or None, shape (frames,)
+        With ``frame_labels``: the label of each returned row (ignored frames, -100,
+        removed).  ``None`` for utterance-level pooling.
+    utterance : numpy.ndarray or None, shape (frames,)
+        With ``frame_labels``: the utterance index of each returned row.
+    paths : list of pathlib.Path or None
+        With ``out_dir``: the ``.npy`` file of each entry.
+    """
+
+    layers: list[int]
+    n_frames: np.ndarray
+    labels: np.ndarray | None
+    utterance: np.ndarray | None
+    paths: list[Path] | None
+
+
+def _as_waveform(x: Any, i: int) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu").numpy()
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"waveforms[{i}] must be a 1-D array of samples, got {type(x).__name__}") from exc
+    if arr.ndim != 1:
+        raise ValueError(
+            f"waveforms[{i}] must be 1-D (mono samples), got shape {arr.shape}; downmix multi-channel audio first"
+        )
+    if arr.shape[0] == 0:
+        raise ValueError(f"waveforms[{i}] is empty")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"waveforms[{i}] contains NaN or inf")
+    return arr
+
+
+def _whisper_frame_stride(model: nn.Module, feature_extractor: Any) -> tuple[int, int]:
+    """(samples per encoder frame, max encoder frames) of a Whisper encoder."""
+    enc = speech_encoder(model)
+    hop = int(getattr(feature_extractor, "hop_length", 160))
+    stride = 1
+    for name in ("conv1", "conv2"):
+        conv = getattr(enc, name, None)
+        if isinstance(conv, nn.Conv1d):
+            stride *= int(conv.stride[0])
+    max_frames = int(getattr(enc.config, "max_source_positions", 1500))
+    return hop * stride, max_frames
+
+
+def _output_lengths(enc: nn.Module, lengths: np.ndarray) -> np.ndarray:
+    fn = getattr(enc, "_get_feat_extract_output_lengths")
+    t = torch.as_tensor(lengths, dtype=torch.long)
+    try:
+        out = fn(t, add_adapter=False)  # hidden_states come from the encoder, before any adapter
+    except TypeError:
+        out = fn(t)
+    return np.asarray(torch.as_tensor(out).to("cpu"), dtype=np.int64).reshape(-1)
+
+
+def valid_frame_counts(model: nn.Module, lengths: Sequence[int], *, feature_extractor: Any = None) -> np.ndarray:
+    """Encoder frames that cover real audio, per utterance.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A wav2vec2-family model (uses its own ``_get_feat_extract_output_lengths``)
+        or a Whisper model/encoder (``ceil(n_samples / (hop_length * 2))``, i.e.
+        ``ceil(n / 320)`` at 50 Hz, capped at ``max_source_positions``).
+    lengths : sequence of int, shape (N,)
+        Raw waveform lengths in samples.
+    feature_extractor : optional
+        Whisper only: its ``hop_length`` (default 160).
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (N,)
+    """
+    lengths_arr = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if is_whisper(model):
+        per_frame, max_frames = _whisper_frame_stride(model, feature_extractor)
+        return np.minimum(-(-lengths_arr // per_frame), max_frames).astype(np.int64)
+    enc = speech_encoder(model)
+    if not hasattr(enc, "_get_feat_extract_output_lengths"):
+        raise TypeError(
+            f"model: {type(model).__name__} has no _get_feat_extract_output_lengths; "
+            "valid frame counts are unknown for it"
+        )
+    return _output_lengths(enc, lengths_arr)
+
+
+def _default_feature_extractor(model: nn.Module, sampling_rate: int) -> Any:
+    import transformers
+
+    if is_whisper(model):
+        enc = speech_encoder(model)
+        mel = int(getattr(enc.config, "num_mel_bins", 80))
+        max_frames = int(getattr(enc.config, "max_source_positions", 1500))
+        n_samples = max_frames * 2 * 160
+        if n_samples % sampling_rate:
+            raise ValueError(
+                "feature_extractor: cannot build a default WhisperFeatureExtractor for "
+                f"max_source_positions={max_frames} at sampling_rate={sampling_rate}; pass the model's own"
+            )
+        return transformers.WhisperFeatureExtractor(
+            feature_size=mel, sampling_rate=sampling_rate, hop_length=160, chunk_length=n_samples // sampling_rate
+        )
+    takes_mask = getattr(model.config, "feat_extract_norm", "layer") != "group"
+    return transformers.Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=sampling_rate,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=takes_mask,
+    )
+
+
+def _takes_attention_mask(model: nn.Module, feature_extractor: Any) -> bool:
+    norm = getattr(model.config, "feat_extract_norm", None)
+    if norm is not None:
+        return norm != "group"
+    flag = getattr(feature_extractor, "return_attention_mask", None)
+    return True if flag is None else bool(flag)
+
+
+def _progress(total: int, enabled: bool | None) -> Any:
+    from .._progress import Progress
+
+    show = sys.stderr.isatty() if enabled is None else bool(enabled)
+    return Progress(total, "batches", enabled=show)
+
+
+def pooled_hidden_states(
+    model: nn.Module,
+    waveforms: Sequence[Any] | np.ndarray | torch.Tensor,
+    *,
+    sampling_rate: int = 16000,
+    batch_size: int = 8,
+    feature_extractor: Any = None,
+    layers: Sequence[int] | None = None,
+    frame_labels: Sequence[Any] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    dtype: str | np.dtype = "float32",
+    lengths: Sequence[int] | None = None,
+    mix_lengths: bool = False,
+    progress: bool | None = None,
+) -> PooledHiddenStates:
+    """Per-layer embeddings of a speech model: one (N, D) array per hidden state.
+
+    The model runs in ``eval()`` mode under ``torch.inference_mode()`` on its own
+    device.  Utterances are sorted by length and batched (so padding stays small);
+    each utterance is featurised on its own (so normalisation never sees padding)
+    and padded to the batch's longest.  Padding never changes an embedding: models
+    whose output depends on padding -- those that take no attention mask, and
+    Data2VecAudio, whose stacked positional convolutions see padded frames -- only
+    batch utterances of equal length (equal frame count for Data2VecAudio) unless
+    ``mix_lengths=True``.  Valid frames come from the raw lengths via
+    the model's own output-length rule (``_get_feat_extract_output_lengths``; for
+    Whisper ``ceil(n_samples / 320)``, the 50 Hz frames that cover real audio), never
+    from a padded mask alone.  Models with group-norm feature encoders
+    (``config.feat_extract_norm == "group"``, e.g. wav2vec2-base) get no
+    attention mask, as Hugging Face prescribes; the others do.  The mean over
+    valid frames is taken per batch, so full frame tensors are never kept.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        Wav2Vec2, HuBERT, WavLM, Data2VecAudio (any head, or the base model), or a
+        Whisper model / ``WhisperEncoder``.
+    waveforms : sequence of array-like, or array of shape (N, T)
+        Mono waveforms, shapes (T_i,), at ``sampling_rate``.  Any indexable sequence
+        works (e.g. one that loads files lazily; pass ``lengths`` then so nothing is
+        loaded twice).
+    sampling_rate : int
+        Sampling rate of the waveforms; must match the feature extractor's.
+    batch_size : int
+        Utterances per forward pass.
+    feature_extractor : transformers feature extractor, optional
+        The model's own (``AutoFeatureExtractor.from_pretrained(name)``).  Default:
+        ``Wav2Vec2FeatureExtractor(do_normalize=True)`` or a
+        ``WhisperFeatureExtractor`` sized to the config.
+    layers : sequence of int, optional
+        Hidden-state indices to keep (negative counts from the end).  Default: all
+        ``num_blocks + 1``.
+    frame_labels : sequence of array-like, optional
+        Per-utterance frame labels, shapes (n_frames_i,) where ``n_frames_i`` is the
+        model's valid frame count (see :func:`valid_frame_counts`); -100 marks
+        ignored frames.  Switches to frame-level output: one (frames, D) array per
+        layer, labels in ``result.labels``.
+    out_dir : path, optional
+        Stream each layer into ``out_dir/layer_XXX.npy`` (a ``np.lib.format.open_memmap``
+        of ``dtype``), so datasets larger than RAM work; the returned arrays are those
+        memmaps.  The directory can be passed to ``fastconvex score`` as is.
+    dtype : {"float32", "float16"}
+        Storage dtype of the result (pooling itself is done in float32).
+    lengths : sequence of int, optional
+        Sample counts of ``waveforms`` if known without loading them; checked against
+        the loaded audio.
+    mix_lengths : bool
+        Batch utterances of different lengths together even for padding-sensitive
+        models (faster on variable-length data; the embeddings then differ slightly
+        from one-by-one processing).  Speech Commands clips are mostly exactly 1 s, so
+        the default costs little there.
+    progress : bool or None
+        Progress bar over batches on stderr (None: only when stderr is a terminal).
+
+    Returns
+    -------
+    PooledHiddenStates
+        A list with one array per selected hidden state, shape (N, D), or (frames, D)
+        with ``frame_labels``, plus ``.layers``, ``.n_frames``, ``.labels``,
+        ``.utterance`` and ``.paths``.
+
+    Raises
+    ------
+    ValueError
+        Empty or non-1-D waveforms, NaN/inf samples, a waveform too short to give a
+        frame, a sampling-rate mismatch, frame-label counts that differ from the
+        model's frame counts, layer indices out of range, bad ``batch_size``/``dtype``.
+    TypeError
+        A model that returns no ``hidden_states``.
+    """
+    # ---- arguments ------------------------------------------------------------------------
+    enc = speech_encoder(model)  # checks that model is a transformers model
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)
+    out_dtype = np.dtype(dtype)
+    if out_dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
+        raise ValueError(f"dtype must be float32 or float16, got {out_dtype}")
+    if isinstance(waveforms, (np.ndarray, torch.Tensor)):
+        if waveforms.ndim != 2:
+            raise ValueError(
+                f"waveforms as one array must have shape (N, T), got shape {tuple(waveforms.shape)}; "
+                "pass a list of 1-D arrays for utterances of different lengths"
+            )
+        waveforms = list(waveforms)
+    if isinstance(waveforms, (str, bytes)) or not hasattr(waveforms, "__len__") or not hasattr(waveforms, "__getitem__"):
+        raise TypeError(f"waveforms must be a sequence of 1-D arrays, got {type(waveforms).__name__}")
+    n_utt = len(waveforms)
+    if n_utt == 0:
+        raise ValueError("waveforms is empty")
+    if lengths is None:
+        loaded: list[np.ndarray] | None = [_as_waveform(waveforms[i], i) for i in range(n_utt)]
+        raw_lengths = np.array([w.shape[0] for w in loaded], dtype=np.int64)
+    else:
+        loaded = None
+        raw_lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+        if raw_lengths.shape[0] != n_utt:
+            raise ValueError(f"lengths has {raw_lengths.shape[0]} entries but waveforms has {n_utt}")
+        if np.any(raw_lengths < 1):
+            raise ValueError(f"lengths must be positive, got {int(raw_lengths.min())} at index {int(raw_lengths.argmin())}")
+
+    whisper = is_whisper(model)
+    if feature_extractor is None:
+        feature_extractor = _default_feature_extractor(model, sampling_rate)
+    fe_rate = getattr(feature_extractor, "sampling_rate", None)
+    if fe_rate is not None and int(fe_rate) != int(sampling_rate):
+        raise ValueError(
+            f"sampling_rate={sampling_rate} but the feature extractor expects {fe_rate} Hz; resample the audio first"
+        )
+    generic = not whisper and not hasattr(enc, "_get_feat_extract_output_lengths")
+    if generic:
+        if frame_labels is not None:
+            raise ValueError(
+                f"frame_labels: frame-level pooling needs the model's output-length rule, "
+                f"which {type(model).__name__} lacks"
+            )
+        n_frames = np.zeros(n_utt, dtype=np.int64)  # filled per batch
+    else:
+        n_frames = valid_frame_counts(model, raw_lengths, feature_extractor=feature_extractor)
+        if np.any(n_frames < 1):
+            bad = int(np.argmin(n_frames))
+            raise ValueError(
+                f"waveforms[{bad}] has {int(raw_lengths[bad])} samples, too short for one frame of "
+                f"{type(model).__name__}"
+            )
+    if whisper:
+        per_frame, max_frames = _whisper_frame_stride(model, feature_extractor)
+        n_max = int(getattr(feature_extractor, "n_samples", per_frame * max_frames))
+        if np.any(raw_lengths > n_max):
+            warnings.warn(
+                f"{int(np.sum(raw_lengths > n_max))} waveform(s) are longer than the Whisper window "
+                f"({n_max} samples); only the first {n_max} samples are encoded",
+                stacklevel=2,
+            )
+
+    # ---- frame labels -------------------------------------------------------------------------
+    frame_keep: list[np.ndarray] | None = None
+    all_labels: np.ndarray | None = None
+    utt_of_row: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+    if frame_labels is not None:
+        if len(frame_labels) != n_utt:
+            raise ValueError(f"frame_labels has {len(frame_labels)} entries but waveforms has {n_utt}")
+        frame_keep = []
+        kept_labels = []
+        for i in range(n_utt):
+            fl = frame_labels[i]
+            if isinstance(fl, torch.Tensor):
+                fl = fl.detach().to("cpu").numpy()
+            fl = np.asarray(fl)
+            if fl.ndim != 1 or fl.shape[0] != n_frames[i]:
+                raise ValueError(
+                    f"frame_labels[{i}] has shape {fl.shape} but utterance {i} has {int(n_frames[i])} valid frames "
+                    f"({int(raw_lengths[i])} samples) under {type(model).__name__}'s output-length rule"
+                )
+            keep = fl != -100 if fl.dtype.kind in "iuf" else np.ones(fl.shape[0], dtype=bool)
+            frame_keep.append(keep)
+            kept_labels.append(fl[keep])
+        counts = np.array([int(k.sum()) for k in frame_keep], dtype=np.int64)
+        if counts.sum() == 0:
+            raise ValueError("frame_labels: every frame is -100 (ignored); nothing to pool")
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        all_labels = np.concatenate(kept_labels)
+        utt_of_row = np.repeat(np.arange(n_utt), counts)
+        n_rows = int(offsets[-1])
+    else:
+        n_rows = n_utt
+
+    out_path = Path(out_dir) if out_dir is not None else None
+    if out_path is not None:
+        out_path.mkdir(parents=True, exist_ok=True)
+
+    # ---- forward passes -----------------------------------------------------------------------
+    order = np.argsort(-raw_lengths, kind="stable")
+    takes_mask = (not whisper) and _takes_attention_mask(model, feature_extractor)
+    bucket_key: np.ndarray | None = None
+    if not mix_lengths and not whisper:
+        if not takes_mask or generic:
+            bucket_key = raw_lengths
+        elif _pos_conv_sees_padding(model):
+            bucket_key = n_frames
+    batches = _make_batches(order, batch_size, None if bucket_key is None else bucket_key[order])
+    device = model_device(enc)
+    float_dtype = next((p.dtype for p in enc.parameters() if p.is_floating_point()), torch.float32)
+    selected: list[int] | None = None
+    outputs: list[np.ndarray] = []
+    paths: list[Path] | None = None
+    was_training = model.training
+    model.eval()
+    bar = _progress(len(batches), progress)
+    bar.__enter__()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                waves = []
+                for i in batch:
+                    w = loaded[i] if loaded is not None else _as_waveform(waveforms[int(i)], int(i))
+                    if w.shape[0] != raw_lengths[i]:
+                        raise ValueError(f"lengths[{int(i)}] = {int(raw_lengths[i])} but waveforms[{int(i)}] has {w.shape[0]} samples")
+                    waves.append(w)
+                inputs, frames = _featurise(model, enc, feature_extractor, waves, sampling_rate, takes_mask, whisper, generic)
+                inputs = {
+                    k: v.to(device=device, dtype=float_dtype) if v.is_floating_point() else v.to(device)
+                    for k, v in inputs.items()
+                }
+                out = enc(**inputs, output_hidden_states=True, return_dict=True)
+                hidden = getattr(out, "hidden_states", None)
+                if hidden is None:
+                    raise TypeError(f"model: {type(model).__name__} returned no hidden_states")
+                if selected is None:
+                    selected = _select_layers(layers, len(hidden))
+                    dim = int(hidden[0].shape[-1])
+                    if out_path is not None:
+                        paths = [out_path / f"layer_{li:03d}.npy" for li in selected]
+                        outputs = [
+                            np.lib.format.open_memmap(p, mode="w+", dtype=out_dtype, shape=(n_rows, dim)) for p in paths
+                        ]
+                    else:
+                        outputs = [np.empty((n_rows, dim), dtype=out_dtype) for _ in selected]
+                if generic:
+                    frames = _generic_frames(enc, inputs, frames, hidden[0].shape[1])
+                    n_frames[batch] = frames
+                else:
+                    frames = n_frames[batch]
+                t_out = int(hidden[0].shape[1])
+                if int(frames.max()) > t_out:
+                    raise ValueError(
+                        f"model: {type(model).__name__} returned {t_out} frames, fewer than the {int(frames.max())} "
+                        "valid frames its output-length rule gives"
+                    )
+                frames_t = torch.as_tensor(frames, device=hidden[0].device)
+                mask = torch.arange(t_out, device=hidden[0].device)[None, :] < frames_t[:, None]
+                for slot, li in enumerate(selected):
+                    h = hidden[li].float()
+                    if frame_keep is None:
+                        pooled = (h * mask[..., None]).sum(dim=1) / frames_t[:, None].to(h.dtype)
+                        outputs[slot][batch] = pooled.to("cpu").numpy().astype(out_dtype, copy=False)
+                    else:
+                        assert offsets is not None
+                        for b, i in enumerate(batch):
+                            rows = h[b, : int(frames[b])][torch.as_tensor(frame_keep[i], device=h.device)]
+                            outputs[slot][offsets[i] : offsets[i + 1]] = rows.to("cpu").numpy().astype(out_dtype, copy=False)
+                bar.update(1)
+    finally:
+        bar.__exit__(None, None, None)
+        if was_training:
+            model.train()
+    for arr in outputs:
+        if isinstance(arr, np.memmap):
+            arr.flush()
+
+    result = PooledHiddenStates(outputs)
+    result.layers = list(selected or [])
+    result.n_frames = n_frames
+    result.labels = all_labels
+    result.utterance = utt_of_row
+    result.paths = paths
+    return result
+
+
+def _pos_conv_sees_padding(model: nn.Module) -> bool:
+    """Data2VecAudio stacks positional convolutions: padded frames leak into valid ones."""
+    cfg = model.config
+    return getattr(cfg, "model_type", None) == "data2vec-audio" and int(getattr(cfg, "num_conv_pos_embeddings", 1)) > 1
+
+
+def _make_batches(order: np.ndarray, batch_size: int, keys: np.ndarray | None) -> list[np.ndarray]:
+    """Consecutive chunks of ``order``; with ``keys`` (aligned with ``order``) never mixing keys."""
+    if keys is None:
+        segments = [order]
+    else:
+        cuts = np.flatnonzero(np.diff(keys)) + 1
+        segments = np.split(order, cuts)
+    return [seg[s : s + batch_size] for seg in segments for s in range(0, len(seg), batch_size)]
+
+
+def _select_layers(layers: Sequence[int] | None, n_hidden: int) -> list[int]:
+    if layers is None:
+        return list(range(n_hidden))
+    if isinstance(layers, (int, np.integer)):
+        layers = [int(layers)]
+    out = []
+    for li in layers:
+        if isinstance(li, bool) or not isinstance(li, (int, np.integer)):
+            raise TypeError(f"layers must be integers, got {li!r}")
+        if not -n_hidden <= int(li) < n_hidden:
+            raise ValueError(f"layers: index {int(li)} out of range for {n_hidden} hidden states")
+        out.append(int(li) % n_hidden)
+    if not out:
+        raise ValueError("layers is empty")
+    if len(set(out)) != len(out):
+        raise ValueError(f"layers has duplicates: {list(layers)}")
+    return out
+
+
+def _featurise(
+    model: nn.Module,
+    enc: nn.Module,
+    fe: Any,
+    waves: list[np.ndarray],
+    sampling_rate: int,
+    takes_mask: bool,
+    whisper: bool,
+    generic: bool,
+) -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
+    """Model inputs for one batch (+ per-utterance feature lengths on the generic path)."""
+    if whisper:
+        feats = fe(waves, sampling_rate=sampling_rate, return_tensors="np")
+        return {"input_features": torch.as_tensor(np.asarray(feats["input_features"], dtype=np.float32))}, None
+    if generic:
+        feats = fe(waves, sampling_rate=sampling_rate, padding=True, return_attention_mask=True, return_tensors="pt")
+        name = getattr(enc, "main_input_name", "input_values")
+        inputs = {name: feats[name]}
+        mask = feats.get("attention_mask")
+        if mask is not None and takes_mask:
+            inputs["attention_mask"] = mask
+        lengths = None if mask is None else mask.sum(-1).to("cpu").numpy()
+        return inputs, lengths
+    # raw-waveform models: featurise each utterance alone so normalisation never sees padding
+    rows = []
+    for w in waves:
+        fv = fe(w, sampling_rate=sampling_rate, return_tensors="np")
+        rows.append(np.asarray(fv["input_values"], dtype=np.float32).reshape(-1))
+    t_max = max(r.shape[0] for r in rows)
+    pad = float(getattr(fe, "padding_value", 0.0))
+    values = np.full((len(rows), t_max), pad, dtype=np.float32)
+    mask = np.zeros((len(rows), t_max), dtype=np.int64)
+    for b, r in enumerate(rows):
+        values[b, : r.shape[0]] = r
+        mask[b, : r.shape[0]] = 1
+    inputs = {"input_values": torch.from_numpy(values)}
+    if takes_mask:
+        inputs["attention_mask"] = torch.from_numpy(mask)
+    return inputs, None
+
+
+_warned_generic = False
+
+
+def _generic_frames(enc: nn.Module, inputs: dict[str, torch.Tensor], feat_lengths: np.ndarray | None, t_out: int) -> np.ndarray:
+    global _warned_generic
+    batch = next(iter(inputs.values())).shape[0]
+    if feat_lengths is None or batch == 1:
+        return np.full(batch, t_out, dtype=np.int64)
+    t_in = next(iter(inputs.values())).shape[-1] if "input_values" in inputs else next(iter(inputs.values())).shape[1]
+    if t_in == t_out:
+        return np.asarray(feat_lengths, dtype=np.int64)
+    if not _warned_generic:
+        warnings.warn(
+            f"{type(enc).__name__}: no output-length rule; padded frames are pooled too (use batch_size=1 to avoid it)",
+            stacklevel=3,
+        )
+        _warned_generic = True
+    return np.full(batch, t_out, dtype=np.int64)
