@@ -75,6 +75,23 @@ def _pop_into_root(hk, hv, size):
     return size
 
 
+@njit(cache=True, inline="always")
+def _settle(u, src, cs, class_mode, stamp, codes, tstamp, hops, same, out_v, out_s, found):
+    """Vertex ``u`` is settled: record its path score if it is a target, and
+    return (targets found, hops and same-label count it offers its neighbours)."""
+    cu = codes[u]
+    if class_mode:
+        is_target = u != src and cu == cs
+    else:
+        is_target = tstamp[u] == stamp
+    h = hops[u]
+    if is_target:
+        out_v[found] = u
+        out_s[found] = 1.0 if h == 1 else same[u] / (h - 1)
+        found += 1
+    return found, h + 1, same[u] + (1 if (u != src and cu == cs) else 0)
+
+
 @njit(cache=True)
 def _search(
     src, class_mode, n_targets, stamp, codes, indptr, nbr, w,
@@ -106,18 +123,8 @@ def _search(
         size = _pop_into_root(hk, hv, size)
         if du > dist[u]:
             continue  # stale entry
-        cu = codes[u]
-        if class_mode:
-            is_target = u != src and cu == cs
-        else:
-            is_target = tstamp[u] == stamp
-        h = hops[u]
-        if is_target:
-            out_v[found] = u
-            out_s[found] = 1.0 if h == 1 else same[u] / (h - 1)
-            found += 1
-        hu = h + 1
-        su = same[u] + (1 if (u != src and cu == cs) else 0)
+        found, hu, su = _settle(u, src, cs, class_mode, stamp, codes, tstamp, hops, same,
+                                out_v, out_s, found)
         for e in range(indptr[u], indptr[u + 1]):
             v = nbr[e]
             nd = du + w[e]
@@ -177,18 +184,8 @@ def _search_buckets(
             if np.int64(du * inv_delta) != cur:
                 continue  # stale: u was improved into an earlier bucket since
             settled[u] = stamp
-            cu = codes[u]
-            if class_mode:
-                is_target = u != src and cu == cs
-            else:
-                is_target = tstamp[u] == stamp
-            h = hops[u]
-            if is_target:
-                out_v[found] = u
-                out_s[found] = 1.0 if h == 1 else same[u] / (h - 1)
-                found += 1
-            hu = h + 1
-            su = same[u] + (1 if (u != src and cu == cs) else 0)
+            found, hu, su = _settle(u, src, cs, class_mode, stamp, codes, tstamp, hops,
+                                    same, out_v, out_s, found)
             for q in range(indptr[u], indptr[u + 1]):
                 v = nbr[q]
                 nd = du + w[q]
