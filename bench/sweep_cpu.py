@@ -65,20 +65,29 @@ def knn_and_paths(n: int, n_sources: int, results: dict) -> None:
 
 
 MEMORY_SNIPPET = """
-import fastconvex as fc, resource, sys
+import fastconvex as fc
 from fastconvex.datasets import overlapping_classes
 x, y = overlapping_classes({n}, 256, 10)
 r = fc.graph_convexity(x, y)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, r.score)
+# VmHWM: this process image's peak RSS (ru_maxrss would also count the parent's
+# pages at fork time, which Linux carries across exec)
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(int(hwm) / 1024.0, r.score)
 """
 
 
 def peak_memory(n: int, results: dict) -> None:
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", MEMORY_SNIPPET.format(n=n)], check=True,
-                         capture_output=True, text=True).stdout.split()
-    results["memory"] = {"n": n, "dim": 256, "peak_rss_mb": float(out[0]), "score": float(out[1]),
-                         "wall_s": time.perf_counter() - t0}
+    """Peak RSS of a fresh process scoring N points (default estimator), after
+    this process has compiled the kernels into Numba's on-disk cache (a user's
+    second and later runs)."""
+    runs = []
+    for _ in range(1):
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", MEMORY_SNIPPET.format(n=n)], check=True,
+                             capture_output=True, text=True).stdout.split()
+        runs.append({"peak_rss_mb": float(out[0]), "score": float(out[1]),
+                     "wall_s": time.perf_counter() - t0})
+    results["memory"] = {"n": n, "dim": 256, **runs[0]}
 
 
 def main() -> None:

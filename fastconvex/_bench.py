@@ -121,9 +121,3 @@ def _format_row(row: dict[str, Any], backend: str) -> str:
     )
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB (Linux ru_maxrss is in KiB)."""
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024.0 if sys.platform != "darwin" else rss / 2**20
