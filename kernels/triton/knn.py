@@ -7,9 +7,11 @@ Pipeline (:func:`knn`):
    ``BLOCK_N``-row tiles. Each tile's squared distances come from ``tl.dot``
    (TF32 / 3xTF32 tensor cores, or IEEE float32) on centred, power-of-two scaled
    float32 data. The running top-``KP`` candidates of every query row stay in
-   registers; a tile is merged only when it holds a candidate better than the
-   row's current worst (one reduction per tile otherwise), by repeated
-   min-extraction. The N x N matrix never exists; memory is
+   registers; distances are packed with their tile column into int32 keys
+   (float bits, low mantissa bits = column), so one ``tl.min`` gives a row's
+   best candidate and its column. A tile is merged only when some row's minimum
+   beats that row's current worst (one reduction per tile otherwise), by
+   repeated min-extraction. The N x N matrix never exists; memory is
    O(queries_per_launch * n_split * KP).
 2. **Merge** the per-segment lists (``torch.topk``) into ``kc`` candidates per row.
 3. **Exact re-rank** on the device: float64 ``sum((x_i - x_j)^2)`` of the
@@ -46,85 +48,95 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@triton.jit
+_KEY_EMPTY = 0x7FFFFFFF  # int32 key of an empty / excluded entry (above every packed float)
+
+
+@triton.jit(do_not_specialize=["M", "N", "keys_per_split", "n_split"])
 def _knn_candidates_kernel(
-    xq_ptr,  # (Nq_total, D) float32, centred + scaled, row stride = D
-    xk_ptr,  # (N, D) float32 database (same array as xq in practice)
-    sq_ptr,  # (N,) float32 squared norms of the database rows
-    qidx_ptr,  # (M,) int64 global row index of each query
-    out_d_ptr,  # (M, n_split, KP) float32 approximate squared distances
+    xq_ptr,  # (>= cdiv(M, BLOCK_M) * BLOCK_M, DP) float32 query rows (centred,
+    #          scaled, zero-padded rows and columns), row stride DP
+    xk_ptr,  # (>= cdiv(N, BLOCK_N) * BLOCK_N, DP) float32 database, zero-padded
+    sq_ptr,  # (>= cdiv(N, BLOCK_N) * BLOCK_N,) float32 squared norms of the database rows
+    qidx_ptr,  # (M,) int64 global row index of each query (self-exclusion, norm)
+    out_d_ptr,  # (M, n_split, KP) float32 approximate squared distances (truncated)
     out_i_ptr,  # (M, n_split, KP) int32 neighbour indices (-1 = empty)
     M,
     N,
-    D,
     keys_per_split,
     n_split,
+    DP: tl.constexpr,  # padded dimension, a multiple of BLOCK_K
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     KP: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    # segment axis first: consecutive programs share a query block (its rows stay
-    # in L2 while the segments stream different keys)
-    pid_s = tl.program_id(0)
+    # Integer arguments are not specialized (do_not_specialize): every launch of
+    # one (DP, block, KP, precision) configuration reuses one compiled kernel
+    # (a value of 1 or a multiple of 16 would otherwise trigger a new JIT
+    # compile, e.g. n_split == 1 inside a timed call).
+    #
+    # Candidates are packed int32 keys: the bits of the (non-negative) float32
+    # distance with its low log2(BLOCK_N) mantissa bits replaced by the tile
+    # column. Integer order = distance order (ties by column), so a row's best
+    # candidate and its column come from one tl.min. The stored distance is the
+    # packed value with the column bits cleared, i.e. rounded down: a valid
+    # lower bound for the certificate (see knn()).
+    pid_s = tl.program_id(0)  # segment axis first: neighbouring programs share queries in L2
     pid_m = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     q = tl.load(qidx_ptr + rows, mask=row_ok, other=0)
-    sq_q = tl.load(sq_ptr + q, mask=row_ok, other=0.0)
+    sq_q = tl.load(sq_ptr + q)
     cols_k = tl.arange(0, KP)
     cols_n = tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
+    # xq / xk rows are zero-padded to whole tiles: scalar tile base + constant
+    # int32 offsets, no masks and no per-row 64-bit pointers in the K loop
+    a_base = xq_ptr + pid_m.to(tl.int64) * (BLOCK_M * DP)
+    a_offs = tl.arange(0, BLOCK_M)[:, None] * DP + offs_k[None, :]
+    b_offs = cols_n[None, :] * DP + offs_k[:, None]
 
-    run_d = tl.full((BLOCK_M, KP), float("inf"), tl.float32)
+    run_key = tl.full((BLOCK_M, KP), 0x7FFFFFFF, tl.int32)
     run_i = tl.full((BLOCK_M, KP), -1, tl.int32)
-    thr = tl.max(run_d, axis=1)
+    thr = tl.max(run_key, axis=1)
 
     key_lo = pid_s * keys_per_split
     key_hi = tl.minimum(key_lo + keys_per_split, N)
+    b_base = xk_ptr + key_lo.to(tl.int64) * DP
     for n0 in range(key_lo, key_hi, BLOCK_N):
         keys = n0 + cols_n
-        key_ok = keys < key_hi
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            kk = k0 + offs_k
-            k_ok = kk < D
-            a = tl.load(
-                xq_ptr + q[:, None] * D + kk[None, :],
-                mask=row_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            b = tl.load(
-                xk_ptr + keys.to(tl.int64)[None, :] * D + kk[:, None],
-                mask=key_ok[None, :] & k_ok[:, None],
-                other=0.0,
-            )
+        for k0 in range(0, DP, BLOCK_K):
+            a = tl.load(a_base + (a_offs + k0))
+            b = tl.load(b_base + (b_offs + k0))
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        sq_k = tl.load(sq_ptr + keys, mask=key_ok, other=0.0)
-        d = sq_q[:, None] + sq_k[None, :] - 2.0 * acc
-        bad = (~key_ok[None, :]) | (keys[None, :] == q[:, None]) | (~row_ok[:, None])
-        d = tl.where(bad, float("inf"), d)
-        d = tl.where(d < thr[:, None], d, float("inf"))
-        best = tl.min(d, axis=1)
-        n_better = tl.sum((best < thr).to(tl.int32), axis=0)
-        # Merge only when the tile holds a better candidate: one insertion per
-        # row per iteration (the tile's best replaces the row's current worst).
+        b_base += BLOCK_N * DP
+        sq_k = tl.load(sq_ptr + keys)
+        d = tl.maximum(sq_q[:, None] + sq_k[None, :] - 2.0 * acc, 0.0)
+        key = (d.to(tl.int32, bitcast=True) & (-BLOCK_N)) | cols_n[None, :]
+        bad = (keys[None, :] >= key_hi) | (keys[None, :] == q[:, None])
+        key = tl.where(bad, 0x7FFFFFFF, key)
+        best = tl.min(key, axis=1)
+        n_better = tl.max((best < thr).to(tl.int32), axis=0)
+        # Merge only when some row's tile minimum beats its current worst; one
+        # insertion per row per step (the best replaces the worst). No re-filter
+        # of the tile is needed: once a row's minimum fails, everything fails.
         while n_better > 0:
-            arg = tl.argmin(d, axis=1)
-            worst = tl.argmax(run_d, axis=1)
+            worst = tl.argmax(run_key, axis=1)
             ins = best < thr
             slot = (cols_k[None, :] == worst[:, None]) & ins[:, None]
-            run_d = tl.where(slot, best[:, None], run_d)
-            run_i = tl.where(slot, (n0 + arg).to(tl.int32)[:, None], run_i)
-            d = tl.where(cols_n[None, :] == arg[:, None], float("inf"), d)
-            thr = tl.max(run_d, axis=1)
-            d = tl.where(d < thr[:, None], d, float("inf"))
-            best = tl.min(d, axis=1)
-            n_better = tl.sum((best < thr).to(tl.int32), axis=0)
+            run_key = tl.where(slot, best[:, None], run_key)
+            run_i = tl.where(slot, (n0 + (best & (BLOCK_N - 1)))[:, None], run_i)
+            key = tl.where(key == best[:, None], 0x7FFFFFFF, key)
+            thr = tl.max(run_key, axis=1)
+            best = tl.min(key, axis=1)
+            n_better = tl.max((best < thr).to(tl.int32), axis=0)
 
-    base = (rows[:, None] * n_split + pid_s) * KP + cols_k[None, :]
-    tl.store(out_d_ptr + base, run_d, mask=row_ok[:, None])
+    out_d = (run_key & (-BLOCK_N)).to(tl.float32, bitcast=True)
+    out_d = tl.where(run_key == 0x7FFFFFFF, float("inf"), out_d)
+    base = (rows[:, None].to(tl.int64) * n_split + pid_s) * KP + cols_k[None, :]
+    tl.store(out_d_ptr + base, out_d, mask=row_ok[:, None])
     tl.store(out_i_ptr + base, run_i, mask=row_ok[:, None])
 
 
@@ -157,32 +169,56 @@ def default_precisions(device: torch.device) -> tuple[str, ...]:
     return ("ieee",)
 
 
+def _auto_segments(n, m, block_m, block_n, n_programs, device):
+    """Database segments per query block (the grid's first axis).
+
+    Enough programs to fill the GPU (``n_programs``, default 4 x SMs), and up to
+    8 segments of >= 64 tiles each even when the query blocks alone would fill
+    it: programs launched together then share 8x fewer query blocks (which
+    otherwise, ~400 KB each, overflow L2) and each segment's key tiles are
+    streamed by many programs at once."""
+    n_tiles = triton.cdiv(n, block_n)
+    grid_m = triton.cdiv(m, block_m)
+    target = n_programs or _n_programs_target(device)
+    fill = triton.cdiv(target, grid_m)
+    locality = min(8, n_tiles // 64) if device.type == "cuda" else 1
+    return max(1, min(n_tiles, max(fill, locality)))
+
+
 def _candidates(
     xs, sq32, qidx, kp, precision, block_m, block_n, block_k, num_warps, num_stages,
-    query_chunk, n_programs=None, segments=None,
+    query_chunk, n_programs=None, segments=None, contiguous=False, n_real=None,
 ):
     """Approximate top-``kp`` lists for the queries ``qidx`` (one launch per chunk).
 
-    Returns (M, n_split * kp) float32 distances and int64 indices."""
+    ``xs`` is (N_pad, DP): DP a multiple of ``block_k``, N_pad >= N a multiple of
+    ``block_m`` and ``block_n`` (zero padding); ``sq32`` likewise (N_pad,).
+    ``contiguous``: ``qidx`` is ``arange(M)`` (query rows are a view of ``xs``).
+    Returns (M, n_split * kp) float32 distances (rounded down) and int64 indices."""
     device = xs.device
-    n, dim = xs.shape
+    n, dim_p = (xs.shape[0] if n_real is None else n_real), xs.shape[1]
     m_all = qidx.shape[0]
     outs_d, outs_i = [], []
     for c0 in range(0, m_all, query_chunk):
         q = qidx[c0 : c0 + query_chunk]
         m = q.shape[0]
         grid_m = triton.cdiv(m, block_m)
-        n_split = max(1, min(triton.cdiv(n, block_n), triton.cdiv(n_programs or _n_programs_target(device), grid_m)))
+        if contiguous:  # c0 is a multiple of block_m: whole padded tiles lie inside xs
+            xq = xs[c0 : c0 + grid_m * block_m]
+        else:
+            xq = torch.zeros((grid_m * block_m, dim_p), dtype=xs.dtype, device=device)
+            xq[:m] = xs.index_select(0, q)
+        n_split = _auto_segments(n, m, block_m, block_n, n_programs, device)
         if segments is not None:
-            n_split = max(n_split, min(int(segments), triton.cdiv(n, block_n)))
+            n_split = max(1, min(int(segments), triton.cdiv(n, block_n)))
         per = triton.cdiv(triton.cdiv(n, n_split), block_n) * block_n
         n_split = triton.cdiv(n, per)
         out_d = torch.empty((m, n_split, kp), dtype=torch.float32, device=device)
         out_i = torch.empty((m, n_split, kp), dtype=torch.int32, device=device)
         extra = {} if _interpreting() else {"num_warps": num_warps, "num_stages": num_stages}
         _knn_candidates_kernel[(n_split, grid_m)](
-            xs, xs, sq32, q, out_d, out_i, m, n, dim, per, n_split,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, KP=kp,
+            xq, xs, sq32, q, out_d, out_i, m, n, per, n_split,
+            DP=dim_p, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, KP=kp,
             PRECISION=precision, **extra,
         )
         outs_d.append(out_d.reshape(m, n_split * kp))
@@ -284,14 +320,17 @@ def knn(
     k : 1 <= k <= N - 1 (up to 64 for the fused kernel; any k works, slower).
     precisions : certificate tiers for ``tl.dot`` ("tf32", "tf32x3", "ieee"),
         tried in order; rows no tier certifies are recomputed in float64.
-    block_m, block_n, block_k : tile shape (small blocks make the interpreter fast).
-    query_chunk : queries per launch (default 65536).
+    block_m, block_n, block_k : tile shape (default 128, 128, 32 on the GPU;
+        small blocks make the interpreter fast); powers of two.
+    num_warps, num_stages : launch settings (default 8, 3).
+    query_chunk : queries per launch (default: as many as memory allows).
     n_programs : programs to aim for per launch; the database is split into
         segments (a second grid axis) when the queries alone give fewer
-        (default: 4 x the number of SMs; 1 under the interpreter).
-    segments : at least this many database segments per query block (more
-        candidate lists to merge, but concurrent programs then share query rows
-        in L2).
+        (default: 4 x the number of SMs; 1 under the interpreter). On CUDA the
+        default also uses up to 8 segments of >= 64 tiles for L2 locality.
+    segments : exactly this many database segments per query block (overrides
+        the automatic choice; more candidate lists to merge, but concurrent
+        programs then share query rows in L2).
 
     Returns
     -------
@@ -307,25 +346,34 @@ def knn(
     if precisions is None:
         precisions = default_precisions(device)
     interp = _interpreting()
+    # Defaults for Hopper-class GPUs at large N: 128 x 128 tiles (32 flop per
+    # byte of operand traffic vs 21 for 64 x 128), K step 32, 8 warps, 3 stages.
     if block_m is None:
-        block_m = 32 if interp else 64
+        block_m = 32 if interp else 128
     if block_n is None:
-        block_n = 128 if interp else 128
+        block_n = 128
     if block_k is None:
         block_k = 32
     kp = candidate_slots(k)
     if not interp and kp > 64:
-        block_m = min(block_m, 32)
+        block_m = min(block_m, 64)
     kc = min(n - 1, kp)
+    # zero-padded columns (exact: they add 0 to every dot product and norm) make
+    # the row stride a multiple of BLOCK_K, so the kernel's K loop needs no masks
+    dim_p = triton.cdiv(max(dim, 1), block_k) * block_k
     budget = max(64 << 20, _free_bytes(device) // 4)
     if query_chunk is None:
-        # candidate lists are small (KP x 8 bytes per row and segment): one
-        # launch covers as many queries as memory allows (fewer partial waves)
-        query_chunk = max(block_m, min(n, budget // (kp * 8 * 8)))
+        # candidate lists are small (KP x 16 bytes per row and segment, up to ~8
+        # segments): one launch covers as many queries as memory allows
+        query_chunk = min(n, budget // (kp * 16 * 8 + dim_p * 4))
+    query_chunk = max(block_m, query_chunk // block_m * block_m)
 
     # Centre in float64 and scale by a power of two (exact) before float32.
     x64mean = x.to(torch.float64).mean(0) if n * dim * 8 <= budget else _chunked_mean(x)
-    xs = torch.empty((n, dim), dtype=torch.float32, device=device)
+    # rows padded to whole tiles (zero rows are never reported: keys >= N are
+    # excluded in the kernel, query rows >= M are not stored)
+    n_pad = triton.cdiv(n, max(block_m, block_n)) * max(block_m, block_n)
+    xs = torch.zeros((n_pad, dim_p), dtype=torch.float32, device=device)
     step = max(1, budget // (dim * 8 * 2))
     norm_max = 0.0
     for r0 in range(0, n, step):
@@ -333,9 +381,10 @@ def knn(
         norm_max = max(norm_max, float(xc.norm(dim=1).max()))
     scale = 2.0 ** (-math.frexp(norm_max)[1]) if norm_max > 0 else 1.0
     for r0 in range(0, n, step):
-        xs[r0 : r0 + step] = ((x[r0 : r0 + step].to(torch.float64) - x64mean) * scale).to(torch.float32)
-    norms = xs.to(torch.float64).norm(dim=1) if n * dim * 8 <= budget else _chunked_norms(xs)
-    sq32 = (norms * norms).to(torch.float32)
+        xs[r0 : min(n, r0 + step), :dim] = ((x[r0 : r0 + step].to(torch.float64) - x64mean) * scale).to(torch.float32)
+    norms = xs[:n].to(torch.float64).norm(dim=1) if n * dim * 8 <= budget else _chunked_norms(xs[:n])
+    sq32 = torch.zeros(n_pad, dtype=torch.float32, device=device)
+    sq32[:n] = (norms * norms).to(torch.float32)
     big = float(norms.max())
 
     out_i = torch.empty((n, k), dtype=torch.int64, device=device)
@@ -348,12 +397,14 @@ def knn(
             break
         cd, ci = _candidates(
             xs, sq32, pending, kp, prec, block_m, block_n, block_k, num_warps,
-            num_stages, query_chunk, n_programs, segments,
+            num_stages, query_chunk, n_programs, segments, contiguous=(t == 0), n_real=n,
         )
         if ci.shape[1] > kc:
             cd, sel = torch.topk(cd, kc, dim=1, largest=False)
             ci = torch.gather(ci, 1, sel)
-        # smallest approximate distance any non-candidate can have (>= the kc-th kept)
+        # smallest approximate distance any non-candidate can have (>= the kc-th
+        # kept; the kernel's distances are clamped at 0 and rounded down, so this
+        # stays a lower bound of every non-candidate's computed distance)
         thr = cd.max(dim=1).values.to(torch.float64)
         ed = _exact_sqdist(x, pending, ci, budget)
         ed, ci = _sort_by_dist_then_index(ed, ci)
@@ -361,7 +412,7 @@ def knn(
             ok = torch.ones(pending.shape[0], dtype=torch.bool, device=device)
         else:
             u = _U32
-            gamma = dim * u / (1.0 - dim * u) if dim * u < 0.5 else math.inf
+            gamma = dim_p * u / (1.0 - dim_p * u) if dim_p * u < 0.5 else math.inf
             nrm = norms[pending]
             bound = 1.01 * (
                 2.0 * (gamma + _PRODUCT_ERROR[prec] * (1 + 2 * u)) * nrm * big
