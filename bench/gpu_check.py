@@ -506,6 +506,8 @@ def main() -> int:
         BEST_CFG.update(json.loads(os.environ["GPU_CHECK_KNN_CONFIG"]))
         RESULT["best_knn_config"] = dict(BEST_CFG)
     skip_knn = os.environ.get("GPU_CHECK_SKIP_KNN_TIMING") == "1"
+    # GPU_CHECK_SKIP=paths,exact skips those stages (layer, paths, exact)
+    skip = set(filter(None, os.environ.get("GPU_CHECK_SKIP", "").split(",")))
     configs_small = [{}]
     # kNN configurations timed at N = 1e5 (keep bench/triton_compile_check.py's
     # CONFIGS in sync). {} = the launcher's defaults: 128 x 128 x 32 tiles, 8 warps,
@@ -528,13 +530,13 @@ def main() -> int:
         del x
         if CUDA:
             torch.cuda.empty_cache()
-    st_paths()
-    if CUDA:
-        torch.cuda.empty_cache()
-    st_layer()
-    if CUDA:
-        torch.cuda.empty_cache()
-    st_exact()
+    for name, fn in (("paths", st_paths), ("layer", st_layer), ("exact", st_exact)):
+        if name in skip:
+            RESULT["stages"][name] = {"status": "skipped: GPU_CHECK_SKIP"}
+            continue
+        fn()
+        if CUDA:
+            torch.cuda.empty_cache()
     RESULT["total_wall_s"] = elapsed()
     save()
     summary()
