@@ -96,3 +96,17 @@ def test_bucket_plan_choice():
     assert bucket_plan(np.array([1e-3, 1.0])) == (0.0, 0)  # spread over 64x: heap
     inv, slots = bucket_plan(np.array([2.0, 3.0, 7.9]))
     assert slots == int(7.9 * inv) + 2 and 1 / inv < 2.0
+
+
+@pytest.mark.parametrize("buckets", [True, False])
+def test_a_target_listed_twice_gets_its_score_twice(buckets):
+    x, codes = overlapping_classes(120, 16, 3, seed=4, dtype=np.float64)
+    codes = codes.astype(np.int64)
+    indptr, nbr, w = _graph(x, 5)
+    sources = np.array([0, 7], dtype=np.int64)
+    single = pair_scores(indptr, nbr, w, codes, sources, np.array([0, 3, 5]),
+                         np.array([9, 40, 77, 3, 50]), buckets=buckets)
+    double = pair_scores(indptr, nbr, w, codes, sources, np.array([0, 5, 8]),
+                         np.array([9, 40, 9, 77, 40, 3, 50, 3]), buckets=buckets)
+    np.testing.assert_array_equal(double[0], single[0][[0, 1, 0, 2, 1, 3, 4, 3]])
+    np.testing.assert_array_equal(double[1], single[1][[0, 1, 0, 2, 1, 3, 4, 3]])

@@ -56,34 +56,21 @@ def tiny_config(
         vocab_size=12,
         **_CONV,
     )
-    if family == "wav2vec2":
-        cfg = transformers.Wav2Vec2Config(
+    if family in ("wav2vec2", "hubert", "wavlm"):
+        config_class = {
+            "wav2vec2": transformers.Wav2Vec2Config,
+            "hubert": transformers.HubertConfig,
+            "wavlm": transformers.WavLMConfig,
+        }[family]
+        extra = {"num_buckets": 16, "max_bucket_distance": 64} if family == "wavlm" else {}
+        cfg = config_class(
             **common,
             num_conv_pos_embeddings=8,
             num_conv_pos_embedding_groups=2,
             feat_extract_norm=feat_extract_norm,
             do_stable_layer_norm=stable_layer_norm,
             conv_bias=True,
-        )
-    elif family == "hubert":
-        cfg = transformers.HubertConfig(
-            **common,
-            num_conv_pos_embeddings=8,
-            num_conv_pos_embedding_groups=2,
-            feat_extract_norm=feat_extract_norm,
-            do_stable_layer_norm=stable_layer_norm,
-            conv_bias=True,
-        )
-    elif family == "wavlm":
-        cfg = transformers.WavLMConfig(
-            **common,
-            num_conv_pos_embeddings=8,
-            num_conv_pos_embedding_groups=2,
-            feat_extract_norm=feat_extract_norm,
-            do_stable_layer_norm=stable_layer_norm,
-            conv_bias=True,
-            num_buckets=16,
-            max_bucket_distance=64,
+            **extra,
         )
     elif family == "data2vec-audio":
         cfg = transformers.Data2VecAudioConfig(

@@ -229,7 +229,8 @@ def _run(
         hv = np.empty(nbr.shape[0] + 1, np.int64)
         touched = np.empty(n, np.int64)
         tstamp = np.zeros(n, np.int64)
-        tslot = np.empty(0 if class_mode else n, np.int64)
+        vscore = np.empty(0 if class_mode else n, np.float64)
+        vstamp = np.zeros(0 if class_mode else n, np.int64)
         out_v = np.empty(n, np.int64)
         out_s = np.empty(n, np.float64)
         head = np.empty(max(n_slots, 1), np.int64)
@@ -243,10 +244,12 @@ def _run(
             else:
                 a = tgt_ptr[s]
                 b = tgt_ptr[s + 1]
-                n_t = b - a
+                n_t = 0  # distinct targets (a target may be listed twice)
                 for p in range(a, b):
-                    tstamp[tgt_idx[p]] = stamp
-                    tslot[tgt_idx[p]] = p
+                    t = tgt_idx[p]
+                    if tstamp[t] != stamp:
+                        tstamp[t] = stamp
+                        n_t += 1
             if n_slots > 0:
                 found = _search_buckets(
                     src, class_mode, n_t, stamp, codes, indptr, nbr, w, inv_delta,
@@ -269,9 +272,13 @@ def _run(
                 unreach[s] = n_t - found
             else:
                 for f in range(found):
-                    p = tslot[out_v[f]]
-                    pair_out[p] = out_s[f]
-                    reach_out[p] = True
+                    vscore[out_v[f]] = out_s[f]
+                    vstamp[out_v[f]] = stamp
+                for p in range(tgt_ptr[s], tgt_ptr[s + 1]):
+                    t = tgt_idx[p]
+                    if vstamp[t] == stamp:
+                        pair_out[p] = vscore[t]
+                        reach_out[p] = True
 
 
 def _chunks(n_sources: int) -> int:
@@ -317,7 +324,8 @@ def pair_scores(
     codes : (N,) int64 class code of every vertex (any value for unlabelled ones)
     sources : (S,) int64 distinct source vertices
     target_ptr : (S + 1,) int64; targets of ``sources[s]`` are
-        ``targets[target_ptr[s]:target_ptr[s + 1]]`` (distinct, never the source)
+        ``targets[target_ptr[s]:target_ptr[s + 1]]`` (never the source; a target
+        listed twice gets the same score twice)
     targets : (T,) int64
     buckets : use Dinitz's buckets when the weights allow (see
         :func:`bucket_plan`); False forces the heap (same results).
