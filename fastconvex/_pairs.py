@@ -8,7 +8,6 @@ pairs, and :func:`fastconvex.layer_scores` reuses one plan for all layers.
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass
 from typing import Hashable
@@ -105,33 +104,11 @@ def orient_pairs(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, np.n
     -------
     source, target : (P,) int64 oriented pairs (in the order drawn)
     """
+    from .kernels.numba.cover import greedy_pair_cover
+
     a = np.asarray(a, np.int64)
     b = np.asarray(b, np.int64)
-    source = np.full(a.shape[0], -1, np.int64)
-    open_pairs = np.flatnonzero(source < 0)
-    if open_pairs.size:
-        incident: list[list[int]] = [[] for _ in range(n)]
-        for p in open_pairs.tolist():
-            incident[a[p]].append(p)
-            incident[b[p]].append(p)
-        degree = np.zeros(n, np.int64)
-        for v in range(n):
-            degree[v] = len(incident[v])
-        heap = [(-int(degree[v]), v) for v in np.flatnonzero(degree).tolist()]
-        heapq.heapify(heap)
-        while heap:
-            d, v = heapq.heappop(heap)
-            if degree[v] == 0:
-                continue
-            if -d != degree[v]:  # stale entry: re-queue with the current degree
-                heapq.heappush(heap, (-int(degree[v]), v))
-                continue
-            for p in incident[v]:
-                if source[p] < 0:
-                    source[p] = v
-                    other = a[p] + b[p] - v
-                    degree[other] -= 1
-            degree[v] = 0
+    source = greedy_pair_cover(a, b, n)
     target = a + b - source
     return source, target
 
