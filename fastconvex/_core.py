@@ -155,7 +155,9 @@ def layer_scores(
     labels : see above; any hashable values.
     attention_mask, lengths : which frames of (B, T, D) inputs are real.
     progress : None (a bar on stderr only when it is a terminal), True, False.
-    Other parameters: as :func:`graph_convexity`.
+    k, pairs, sources, exact, seed, min_class_size, backend, device
+        As in :func:`graph_convexity`; the pairs are drawn once and reused for
+        every layer.
 
     Returns
     -------
