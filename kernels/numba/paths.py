@@ -186,6 +186,9 @@ def _search_buckets(
             settled[u] = stamp
             found, hu, su = _settle(u, src, cs, class_mode, stamp, codes, tstamp, hops,
                                     same, out_v, out_s, found)
+            # (the relaxation is written out in both searches on purpose: moving
+            # it into an inlined helper made `fastconvex bench --sizes 2000`
+            # 0.65 s instead of 0.46 s on the 2-core machine)
             for q in range(indptr[u], indptr[u + 1]):
                 v = nbr[q]
                 nd = du + w[q]
