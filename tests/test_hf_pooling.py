@@ -140,6 +140,24 @@ def test_whisper_pools_only_frames_that_cover_audio(waves):
             np.testing.assert_allclose(res[layer][i], h.mean(axis=0), rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("family,kw,warns", [
+    ("whisper", {}, True),
+    ("wav2vec2", {"stable_layer_norm": True}, True),
+    ("wav2vec2", {}, False),
+])
+def test_pre_ln_encoders_warn_about_the_final_layer_norm(family, kw, warns):
+    import warnings as _w
+
+    model, fe = tiny_model(family, **kw)
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        hf.pooled_hidden_states(model, [np.ones(8000, np.float32)], feature_extractor=fe, progress=False)
+    said = [str(c.message) for c in caught if "pre-LN encoder" in str(c.message)]
+    assert len(said) == (1 if warns else 0)
+    if warns:
+        assert "final_norm='identity'" in said[0]
+
+
 def test_whisper_warns_about_audio_beyond_the_window():
     model, fe = tiny_model("whisper")
     with pytest.warns(UserWarning, match="longer than the Whisper window"):

@@ -281,6 +281,15 @@ def pooled_hidden_states(
             raise ValueError(f"lengths must be positive, got {int(raw_lengths.min())} at index {int(raw_lengths.argmin())}")
 
     whisper = is_whisper(model)
+    if whisper or getattr(getattr(model, "config", None), "do_stable_layer_norm", False):
+        warnings.warn(
+            f"{type(model).__name__} is a pre-LN encoder: it applies a final LayerNorm after its "
+            "last block, so the last hidden state has it and the earlier ones do not (SPEC §2). "
+            "Hidden state h equals the output of the model cut to h blocks only with "
+            "prune(model, h, final_norm='identity'); with the default final_norm='keep' the "
+            "pruned model outputs LayerNorm(hidden state h).",
+            stacklevel=2,
+        )
     if feature_extractor is None:
         feature_extractor = _default_feature_extractor(model, sampling_rate)
     fe_rate = getattr(feature_extractor, "sampling_rate", None)
