@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable
 
 import numpy as np
 
@@ -187,6 +187,3 @@ def check_labels_length(labels: np.ndarray, n: int, *, where: str | None = None)
             f"have N={n} rows"
         )
 
-
-def ensure_sequence(obj: Any) -> bool:
-    return isinstance(obj, Sequence) and not isinstance(obj, (str, bytes))

@@ -7,6 +7,50 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, inline="always")
+def _before(d1, v1, d2, v2):
+    """Heap order: the larger degree first, then the smaller vertex."""
+    return d1 > d2 or (d1 == d2 and v1 < v2)
+
+
+@njit(cache=True, inline="always")
+def _push(hd, hv, size, d, v):
+    p = size
+    while p > 0:
+        q = (p - 1) >> 1
+        if not _before(d, v, hd[q], hv[q]):
+            break
+        hd[p] = hd[q]
+        hv[p] = hv[q]
+        p = q
+    hd[p] = d
+    hv[p] = v
+    return size + 1
+
+
+@njit(cache=True, inline="always")
+def _pop(hd, hv, size):
+    """Remove the root (read hd[0], hv[0] first); returns the new size."""
+    size -= 1
+    kd = hd[size]
+    kv = hv[size]
+    p = 0
+    while True:
+        c = 2 * p + 1
+        if c >= size:
+            break
+        if c + 1 < size and _before(hd[c + 1], hv[c + 1], hd[c], hv[c]):
+            c += 1
+        if not _before(hd[c], hv[c], kd, kv):
+            break
+        hd[p] = hd[c]
+        hv[p] = hv[c]
+        p = c
+    hd[p] = kd
+    hv[p] = kv
+    return size
+
+
 @njit(cache=True)
 def _cover(a, b, n):
     n_pairs = a.shape[0]
@@ -25,63 +69,23 @@ def _cover(a, b, n):
         incident[fill[b[p]]] = p
         fill[b[p]] += 1
     source = np.full(n_pairs, -1, np.int64)
-    # lazy max-heap of (degree, -vertex): the larger degree first, then the
-    # smaller vertex; a popped entry whose degree is out of date is re-pushed
+    # lazy max-heap of (degree, vertex); a popped entry whose degree is out of
+    # date is pushed again with the current one
     cap = n + n_pairs + 1
     hd = np.empty(cap, np.int64)
     hv = np.empty(cap, np.int64)
     size = 0
     for v in range(n):
         if degree[v] > 0:
-            # push (degree[v], v)
-            p = size
-            size += 1
-            while p > 0:
-                q = (p - 1) >> 1
-                if hd[q] > degree[v] or (hd[q] == degree[v] and hv[q] < v):
-                    break
-                hd[p] = hd[q]
-                hv[p] = hv[q]
-                p = q
-            hd[p] = degree[v]
-            hv[p] = v
+            size = _push(hd, hv, size, degree[v], v)
     while size > 0:
         d = hd[0]
         v = hv[0]
-        # pop the root
-        size -= 1
-        kd = hd[size]
-        kv = hv[size]
-        p = 0
-        while True:
-            c = 2 * p + 1
-            if c >= size:
-                break
-            if c + 1 < size and (hd[c + 1] > hd[c] or (hd[c + 1] == hd[c] and hv[c + 1] < hv[c])):
-                c += 1
-            if hd[c] > kd or (hd[c] == kd and hv[c] < kv):
-                hd[p] = hd[c]
-                hv[p] = hv[c]
-                p = c
-            else:
-                break
-        hd[p] = kd
-        hv[p] = kv
+        size = _pop(hd, hv, size)
         if degree[v] == 0:
             continue
-        if d != degree[v]:  # out of date: re-push with the current degree
-            p = size
-            size += 1
-            dv = degree[v]
-            while p > 0:
-                q = (p - 1) >> 1
-                if hd[q] > dv or (hd[q] == dv and hv[q] < v):
-                    break
-                hd[p] = hd[q]
-                hv[p] = hv[q]
-                p = q
-            hd[p] = dv
-            hv[p] = v
+        if d != degree[v]:
+            size = _push(hd, hv, size, degree[v], v)
             continue
         for i in range(ptr[v], ptr[v + 1]):
             q = incident[i]
