@@ -361,7 +361,7 @@ def knn_timing(n: int, configs: list[dict] | None = None):
 @stage("paths_vs_numba", 30)
 def st_paths(rec):
     from fastconvex.kernels.numba.paths import class_sums as cpu_class_sums
-    from fastconvex.kernels.triton.graph import permute_csr, rcm_order, union_csr
+    from fastconvex.kernels.triton.graph import VERTEX_ORDERS, reorder_graph, union_csr
     from fastconvex.kernels.triton.knn import knn
     from fastconvex.kernels.triton.paths import class_sums
 
@@ -384,17 +384,12 @@ def st_paths(rec):
     cpu_class_sums(*[a[:50] if i == 4 else a for i, a in enumerate(h)])  # numba JIT warm-up
     ref, t_cpu = timed(lambda: cpu_class_sums(*h))
     rec["numba_seconds"] = t_cpu
-    for reorder in ("none", "rcm"):
-        t_re = 0.0
-        ip, nb, ww, cd, src = indptr, nbr, w, codes, sources
-        if reorder == "rcm":
-            t0 = time.perf_counter()
-            order = torch.as_tensor(rcm_order(indptr, nbr), device=DEV)
-            ip, nb, ww, inv = permute_csr(indptr, nbr, w, order)
-            cd = codes[order]
-            src = inv[sources]
-            sync()
-            t_re = time.perf_counter() - t0
+    for reorder in VERTEX_ORDERS:
+        t0 = time.perf_counter()
+        ip, nb, ww, order, inv = reorder_graph(indptr, nbr, w, reorder)
+        cd, src = (codes, sources) if order is None else (codes[order], inv[sources])
+        sync()
+        t_re = time.perf_counter() - t0
         st: dict = {}
         got, t = timed(lambda: class_sums(ip, nb, ww, cd, src, sizes, stats=st))
         err = max(float(np.abs(g_.cpu().numpy() - r).max()) for g_, r in zip(got, ref))
@@ -402,7 +397,8 @@ def st_paths(rec):
         rec[reorder] = {
             "seconds": t, "reorder_seconds": t_re, "max_abs_diff_vs_numba": err, "correct": ok,
             "sweeps": st.get("sweeps"), "batches": st.get("batches"),
-            "relaxations": st.get("relaxations"),
+            "relaxations": st.get("relaxations"), "edge_slots": st.get("edge_slots"),
+            "busy_lanes": st.get("relaxations", 0) / max(1, st.get("edge_slots", 0)),
             "relaxations_per_s": st.get("relaxations", 0) / t if ok else None,
             "speedup_vs_numba": t_cpu / t if ok else None,
         }
@@ -417,20 +413,33 @@ def st_layer(rec):
     lab = labels.cpu().numpy()
     codes = lab.astype(np.int64)
     plan = plan_pairs(codes, N_CLASSES, estimator="sources", budget=SRC_LAYER, seed=0, min_class_size=2)
-    eng = TritonEngine(DEV, knn_options=dict(BEST_CFG),
-                       path_options={"time_limit": max(10.0, left() - 45)})
-    sync()
-    t0 = time.perf_counter()
-    st = eng.source_stats(x, codes, plan, K)
-    res = aggregate(plan, st, list(range(N_CLASSES)), k=K, n_points=n, backend="triton", seed=0)
-    sync()
-    t = time.perf_counter() - t0
-    rec.update(N=n, D=D_BENCH, classes=N_CLASSES, sources=plan.n_sources, seconds=t,
-               score=res.score, stderr=res.stderr, n_unreachable=res.n_unreachable,
-               breakdown=eng.last_stats)
-    p = eng.last_stats.get("paths", {})
-    if p.get("seconds"):
-        rec["relaxations_per_s"] = p["relaxations"] / p["seconds"]
+    rec.update(N=n, D=D_BENCH, classes=N_CLASSES, sources=plan.n_sources)
+    # the default vertex order first (its figures are the stage's), then the
+    # others named in GPU_CHECK_LAYER_ORDERS while the budget allows one more run
+    orders = os.environ.get("GPU_CHECK_LAYER_ORDERS", "degree,none").split(",")
+    for i, reorder in enumerate(orders):
+        if i > 0 and left() < 1.5 * rec["seconds"] + 30:
+            rec[reorder] = {"status": "skipped: budget"}
+            continue
+        eng = TritonEngine(DEV, knn_options=dict(BEST_CFG), reorder=reorder,
+                           path_options={"time_limit": max(10.0, left() - 45)})
+        sync()
+        t0 = time.perf_counter()
+        st = eng.source_stats(x, codes, plan, K)
+        res = aggregate(plan, st, list(range(N_CLASSES)), k=K, n_points=n, backend="triton", seed=0)
+        sync()
+        t = time.perf_counter() - t0
+        run = dict(seconds=t, score=res.score, stderr=res.stderr, n_unreachable=res.n_unreachable,
+                   breakdown=eng.last_stats)
+        p = eng.last_stats.get("paths", {})
+        if p.get("seconds"):
+            run["relaxations_per_s"] = p["relaxations"] / p["seconds"]
+            run["busy_lanes"] = p["relaxations"] / max(1, p.get("edge_slots", 0))
+        if i == 0:
+            rec.update(run, order=reorder)
+        else:
+            run["same_score_as_first"] = abs(res.score - rec["score"]) <= 1e-9
+            rec[reorder] = run
     # sanity: recall of the layer's kNN on sampled rows is checked in knn_N1e6
     log(json.dumps(rec, default=str))
 
@@ -479,15 +488,22 @@ def summary() -> None:
                      f"{f(r.get('ratio_vs_tf32_matmul'), '{:.2f}'):>10}"
                      f"{f(r.get('speedup_vs_cdist_topk'), '{:.2f}'):>10}  {r.get('status')}")
     p = s.get("paths_vs_numba", {})
-    for key in ("none", "rcm"):
+    for key in ("none", "degree", "rcm"):
         q = p.get(key, {})
         lines.append(f"paths N={N_PATHS} S={p.get('sources')} order={key}: triton {f(q.get('seconds'))}s "
                      f"numba {f(p.get('numba_seconds'))}s speedup {f(q.get('speedup_vs_numba'), '{:.2f}')} "
-                     f"relax/s {f(q.get('relaxations_per_s'), '{:.3g}')} correct={q.get('correct')} "
+                     f"relax/s {f(q.get('relaxations_per_s'), '{:.3g}')} "
+                     f"busy lanes {f(q.get('busy_lanes'), '{:.2f}')} correct={q.get('correct')} "
                      f"[{p.get('status')}]")
     lay = s.get("layer_N1e6_sources64", {})
-    lines.append(f"layer N={N_LAYER} C={N_CLASSES} sources={SRC_LAYER}: {f(lay.get('seconds'))}s "
+    lines.append(f"layer N={N_LAYER} C={N_CLASSES} sources={SRC_LAYER} order={lay.get('order')}: "
+                 f"{f(lay.get('seconds'))}s busy lanes {f(lay.get('busy_lanes'), '{:.2f}')} "
                  f"[{lay.get('status')}]")
+    for key in ("none", "degree", "rcm"):
+        if key != lay.get("order") and key in lay:
+            q = lay[key]
+            lines.append(f"  same layer, order={key}: {f(q.get('seconds'))}s "
+                         f"busy lanes {f(q.get('busy_lanes'), '{:.2f}')} {q.get('status', '')}")
     ex = s.get("exact_N1e5", {})
     lines.append(f"exact N={N_EXACT}: {f(ex.get('seconds'))}s pairs={ex.get('pairs')} [{ex.get('status')}]")
     lines.append(f"total wall {elapsed():.1f}s; JSON: {os.path.join(OUT, 'gpu_check.json')}")

@@ -15,6 +15,11 @@ install) over
 
 The full divisibility cross product is run for the k = 10 TF32 case (the hot
 path); the other (KP, precision) pairs use "none" and "all" divisible.
+It also compiles ``kernels/triton/paths.py``'s ``_relax_kernel`` (the path
+sweep) for every divisibility of its integer arguments (N, B, NBB), the tile
+shapes 32 x 32 (the launcher's default), 64 x 32 and 32 x 64, and num_warps 4
+and 8: Triton 3.6 once failed to compile an earlier version of it.
+
 Exit status 1 if anything fails.  ``--quick`` checks only the defaults.
 """
 
@@ -23,7 +28,10 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 
 import triton
@@ -46,12 +54,84 @@ PTRS = {"xq_ptr": "*fp32", "xk_ptr": "*fp32", "sq_ptr": "*fp32", "qidx_ptr": "*i
         "out_d_ptr": "*fp32", "out_i_ptr": "*i32"}
 
 
-def load_kernel():
+def load_module(name):
     spec = importlib.util.spec_from_file_location(
-        "fc_knn_kernel", os.path.join(ROOT, "kernels", "triton", "knn.py"))
+        f"fc_{name}_kernels", os.path.join(ROOT, "kernels", "triton", f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod._knn_candidates_kernel
+    return mod
+
+
+def load_kernel():
+    return load_module("knn")._knn_candidates_kernel
+
+
+def resource_usage(kernel) -> str:
+    """Registers per thread and local (spill) memory of a compiled kernel, read
+    from its cubin with the cuobjdump that ships with Triton, plus the programs
+    one SM can hold on that register budget (64 K registers, 64 warps)."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        try:
+            out = subprocess.run([tool, "--dump-resource-usage", f.name],
+                                 capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"(cuobjdump unavailable: {e})"
+    m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", out)
+    if not m:
+        return "(no resource usage in cuobjdump output)"
+    regs, local = int(m.group(1)), int(m.group(2))
+    nw = kernel.metadata.num_warps
+    per_warp = -(-regs * 32 // 256) * 256  # allocation granularity: 256 registers per warp
+    programs = min(65536 // (per_warp * nw), 64 // nw)
+    return f"{regs} registers/thread, {local} B local, {programs} programs/SM"
+
+
+PATH_INTS = ["N", "B", "NBB"]
+PATH_PTRS = {
+    "indptr_ptr": "*i64", "nbr_ptr": "*i64", "w_ptr": "*fp64", "codes_ptr": "*i64",
+    "scode_ptr": "*i64", "svert_ptr": "*i64",
+    "d_in": "*fp64", "h_in": "*i32", "s_in": "*i32", "d_out": "*fp64", "h_out": "*i32", "s_out": "*i32",
+    "act_in": "*i8", "chg_in": "*i8", "act_out": "*i8", "chg_out": "*i8", "count_ptr": "*i64",
+}
+
+
+def compile_relax(fn, bv, bb, div, nw):
+    sig, attrs = {}, {}
+    for i, n in enumerate(fn.arg_names):
+        if n in PATH_PTRS:
+            sig[n] = PATH_PTRS[n]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif n in ("BV", "BB"):
+            sig[n] = "constexpr"
+        else:
+            sig[n] = "i32"
+            if div[PATH_INTS.index(n)]:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=sig, constexprs={"BV": bv, "BB": bb}, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": nw})
+
+
+def check_paths(quick: bool) -> tuple[int, int]:
+    fn = load_module("paths")._relax_kernel
+    all_div = list(itertools.product([False, True], repeat=len(PATH_INTS)))
+    shapes = [(32, 32)] if quick else [(32, 32), (64, 32), (32, 64)]
+    ok = bad = 0
+    for (bv, bb), div, nw in itertools.product(shapes, all_div, (4, 8)):
+        try:
+            k = compile_relax(fn, bv, bb, div, nw)
+            ok += 1
+            if all(div):
+                print(f"  ok paths BV={bv} BB={bb} nw={nw}: {resource_usage(k)}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            bad += 1
+            msg = str(e).strip().splitlines()
+            print(f"FAIL paths BV={bv} BB={bb} div={div} nw={nw}: {msg[-1][:160] if msg else e!r}",
+                  flush=True)
+    print(f"paths kernel: {ok} compiled, {bad} failed", flush=True)
+    return ok, bad
 
 
 def compile_one(fn, cfg, kp, prec, div, nw, dp=768):
@@ -108,13 +188,15 @@ def main() -> int:
             md = k.metadata
             if (div == all_div[0] and nw == cfg["num_warps"] and prec == "tf32"):
                 print(f"  ok {cfg} KP={kp} {prec} nw={nw}: shared memory "
-                      f"{getattr(md, 'shared', '?')} B, wgmma {'wgmma' in k.asm.get('ptx', '')}",
-                      flush=True)
+                      f"{getattr(md, 'shared', '?')} B, wgmma {'wgmma' in k.asm.get('ptx', '')}, "
+                      f"{resource_usage(k)}", flush=True)
         except Exception as e:  # noqa: BLE001
             bad += 1
             msg = str(e).strip().splitlines()
             print(f"FAIL {cfg} KP={kp} {prec} div={div} nw={nw}: {msg[-1][:160] if msg else e!r}",
                   flush=True)
+    p_ok, p_bad = check_paths(quick)
+    ok, bad = ok + p_ok, bad + p_bad
     print(f"triton {triton.__version__}: {ok} compiled, {bad} failed ({time.time() - t0:.0f}s)")
     return 1 if bad else 0
 

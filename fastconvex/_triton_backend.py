@@ -48,8 +48,12 @@ class TritonEngine:
         available, else the CPU (only under ``TRITON_INTERPRET=1``).
     options : keyword arguments forwarded to the kernels' launchers
         (``knn_options`` for :func:`fastconvex.kernels.triton.knn.knn`,
-        ``path_options`` for the shortest-path driver, ``reorder`` = "rcm" to
-        renumber vertices by reverse Cuthill-McKee before the path search).
+        ``path_options`` for the shortest-path driver).
+    reorder : {"degree", "rcm", "none"} or None
+        How to renumber the graph's vertices before the path search: "degree"
+        (the default; groups vertices of similar degree so the kernel's edge
+        loops are not held up by hubs), "rcm" (reverse Cuthill-McKee, on the
+        host) or "none". None reads ``FASTCONVEX_TRITON_REORDER``, else "degree".
     """
 
     name = "triton"
@@ -59,7 +63,14 @@ class TritonEngine:
         self._device_arg = device
         self.knn_options = dict(knn_options or {})
         self.path_options = dict(path_options or {})
-        self.reorder = reorder if reorder is not None else os.environ.get("FASTCONVEX_TRITON_REORDER") or None
+        from .kernels.triton.graph import VERTEX_ORDERS
+
+        self.reorder = reorder or os.environ.get("FASTCONVEX_TRITON_REORDER") or "degree"
+        if self.reorder not in VERTEX_ORDERS:
+            raise ValueError(
+                f"reorder must be one of {VERTEX_ORDERS}, got {self.reorder!r}"
+                + ("" if reorder else " (from FASTCONVEX_TRITON_REORDER)")
+            )
         self.last_stats: dict = {}
 
     def _device_for(self, x: Any):
@@ -105,7 +116,7 @@ class TritonEngine:
     def source_stats(self, x: Any, codes: np.ndarray, plan: PairPlan, k: int) -> SourceStats:
         import torch
 
-        from .kernels.triton.graph import permute_csr, rcm_order, union_csr
+        from .kernels.triton.graph import reorder_graph, union_csr
         from .kernels.triton.paths import class_sums, pair_scores
 
         xt, idx, dist = self._knn_device(x, k)
@@ -117,15 +128,12 @@ class TritonEngine:
         codes_t = torch.as_tensor(np.asarray(codes, np.int64), device=dev)
         sources = torch.as_tensor(plan.sources, device=dev)
         targets = None if plan.class_mode else torch.as_tensor(plan.targets, device=dev)
-        if self.reorder == "rcm":
-            order = torch.as_tensor(rcm_order(indptr, nbr), device=dev)
-            indptr, nbr, w, inv = permute_csr(indptr, nbr, w, order)
+        indptr, nbr, w, order, inv = reorder_graph(indptr, nbr, w, self.reorder)
+        if order is not None:
             codes_t = codes_t[order]
             sources = inv[sources]
             if targets is not None:
                 targets = inv[targets]
-        elif self.reorder not in (None, "", "none"):
-            raise ValueError(f"reorder must be None or 'rcm', got {self.reorder!r}")
         _sync(dev)
         self.last_stats["graph"] = {"seconds": _now() - t0, "edges": int(nbr.shape[0]),
                                     "reorder": self.reorder}

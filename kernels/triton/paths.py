@@ -42,7 +42,8 @@ def _relax_kernel(
     scode_ptr, svert_ptr,  # (B,) class code and vertex of each source column
     d_in, h_in, s_in, d_out, h_out, s_out,  # (N, B) state buffers
     act_in, chg_in, act_out, chg_out,  # (n_vblocks * NBB,) int8 tile flags
-    count_ptr,  # (64,) int64 edge relaxations performed (edges x columns), spread
+    count_ptr,  # (128,) int64: [0:64] edge relaxations performed (edges x columns),
+    # [64:128] edge-loop slots run (block's max degree x BV x columns); spread
     N, B, NBB,
     BV: tl.constexpr,
     BB: tl.constexpr,
@@ -69,12 +70,12 @@ def _relax_kernel(
         max_deg = tl.max(tl.max(deg, axis=1), axis=0)
         scode = tl.load(scode_ptr + b, mask=bm, other=-1)
         svert = tl.load(svert_ptr + b, mask=bm, other=-1)
-        old_d = tl.load(d_in + offs, mask=m2, other=float("inf"))
-        old_h = tl.load(h_in + offs, mask=m2, other=0)
-        old_s = tl.load(s_in + offs, mask=m2, other=0)
-        cur_d = old_d
-        cur_h = old_h
-        cur_s = old_s
+        cur_d = tl.load(d_in + offs, mask=m2, other=float("inf"))
+        cur_h = tl.load(h_in + offs, mask=m2, other=0)
+        cur_s = tl.load(s_in + offs, mask=m2, other=0)
+        # an entry changed iff some offer beat it (strictly): no copy of the old
+        # state is kept, which saves registers (occupancy of a latency-bound loop)
+        changed = tl.zeros((BV, BB), dtype=tl.int1)
         for e in range(0, max_deg):
             em = vm & (e < deg)  # (BV, 1)
             # unmasked loads at safe indices (edge 0, a real vertex); lanes off
@@ -99,13 +100,14 @@ def _relax_kernel(
             cur_d = tl.where(better, cd, cur_d)
             cur_h = tl.where(better, ch, cur_h)
             cur_s = tl.where(better, cs, cur_s)
+            changed = changed | better
         tl.store(d_out + offs, cur_d, mask=m2)
         tl.store(h_out + offs, cur_h, mask=m2)
         tl.store(s_out + offs, cur_s, mask=m2)
         n_cols = tl.sum(tl.sum(bm.to(tl.int64), axis=1), axis=0)
         n_edges = tl.sum(tl.sum(deg.to(tl.int64), axis=1), axis=0)
         tl.atomic_add(count_ptr + pid_v % 64, n_edges * n_cols)
-        changed = (cur_d != old_d) | (cur_h != old_h) | (cur_s != old_s)
+        tl.atomic_add(count_ptr + 64 + pid_v % 64, max_deg.to(tl.int64) * BV * n_cols)
         vchg = tl.max(changed.to(tl.int32), axis=1, keep_dims=True) > 0  # (BV, 1)
         any_chg = tl.sum(tl.sum(vchg.to(tl.int32), axis=1), axis=0) > 0
         if any_chg:
@@ -158,7 +160,10 @@ def shortest_path_batches(
     """Yield ``(s0, s1, dist, hops, same)`` for consecutive batches of sources:
     the converged (N, s1 - s0) state of ``sources[s0:s1]``.
 
-    ``stats`` (a dict), if given, accumulates ``sweeps``, ``relaxations``, ``batches``.
+    ``stats`` (a dict), if given, accumulates ``sweeps``, ``batches``,
+    ``relaxations`` (edges x columns relaxed) and ``edge_slots`` (edge-loop
+    iterations x lanes run: each program loops to its block's largest degree;
+    ``relaxations / edge_slots`` is the share of lanes doing work).
     ``time_limit`` (seconds): raise ``TimeoutError`` when exceeded (checked at
     the convergence checks; for benchmarks).
     """
@@ -172,7 +177,7 @@ def shortest_path_batches(
         block_b = 64 if interp else 32
     nvb = triton.cdiv(n, block_v)
     width = batch_width(n, device, block_b, max_batch)
-    counter = torch.zeros(64, dtype=torch.int64, device=device)
+    counter = torch.zeros(128, dtype=torch.int64, device=device)
     total_sweeps = 0
     n_batches = 0
     extra = {} if interp else {"num_warps": num_warps}
@@ -240,7 +245,8 @@ def shortest_path_batches(
     if stats is not None:
         stats["sweeps"] = stats.get("sweeps", 0) + total_sweeps
         stats["batches"] = stats.get("batches", 0) + n_batches
-        stats["relaxations"] = stats.get("relaxations", 0) + int(counter.sum().item())
+        stats["relaxations"] = stats.get("relaxations", 0) + int(counter[:64].sum().item())
+        stats["edge_slots"] = stats.get("edge_slots", 0) + int(counter[64:].sum().item())
 
 
 def _scores(d, h, s):
