@@ -273,6 +273,43 @@ def test_prune_end_to_end(speech, capsys, tmp_path):
 
 
 @pytest.mark.hf
+@pytest.mark.parametrize("final_norm", ["keep", "identity"])
+def test_prune_pre_ln_model_scores_what_the_pruned_model_outputs(speech, capsys, tmp_path, final_norm):
+    import warnings
+
+    from fastconvex import hf
+    from fastconvex.hf.testing import tiny_model
+
+    root, _, fe = speech
+    model, _ = tiny_model("wav2vec2", layers=3, seed=1, stable_layer_norm=True)
+    model.save_pretrained(tmp_path / "model")
+    fe.save_pretrained(tmp_path / "model")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = _run(
+            capsys,
+            ["prune", tmp_path / "model", "--audio", root / "audio", "--out", tmp_path / "m", "--k", "3",
+             "--no-plot", "--final-norm", final_norm],
+        )
+    assert code == 0, err
+    report = json.loads(out)
+    paths, labels = hf.find_audio(root / "audio")
+    waves = [hf.load_audio(p) for p in paths]
+    pooled = "apply" if final_norm == "keep" else "raw"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        states = hf.pooled_hidden_states(model, waves, feature_extractor=fe, progress=False, final_norm=pooled)
+    scores = fc.layer_scores(list(states), np.asarray(labels), k=3)
+    assert report["scores"] == json.loads(json.dumps(scores.to_dict()))
+    assert report["scored_states"] == ("through the final LayerNorm" if final_norm == "keep" else "raw hidden states")
+    assert report["final_norm"] == final_norm
+    said = [str(c.message) for c in caught if "LayerNorm" in str(c.message)]
+    if final_norm == "keep":  # the scored states are the pruned model's outputs: nothing to warn of
+        assert said == []
+    assert "through its final LayerNorm" in err if final_norm == "keep" else "through" not in err
+
+
+@pytest.mark.hf
 def test_prune_with_csv_keep_and_embeddings_dir(speech, capsys, tmp_path):
     root, _, _ = speech
     rows = ["path,label"] + [f"{p.as_posix()},{p.parent.name}" for p in sorted((root / "audio").glob("class*/*"))]

@@ -310,3 +310,76 @@ def test_half_precision_models_get_inputs_in_their_dtype(waves):
     for a, b in zip(res, ref):
         assert a.dtype == np.float32
         np.testing.assert_allclose(a, b, rtol=0, atol=0.05)
+
+
+def _pruned_output_mean(model, fe, wave, keep, family):
+    """Oracle: mean over valid frames of what the model cut to ``keep`` blocks
+    (final LayerNorm kept, hf.prune's default) outputs for the utterance alone."""
+    import copy
+    import warnings as _w
+
+    cut = copy.deepcopy(model)
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        hf.prune(cut, keep)
+    with torch.inference_mode():
+        if family == "whisper":
+            feats = torch.as_tensor(fe(wave, sampling_rate=16000, return_tensors="np")["input_features"])
+            last = cut(input_features=feats).last_hidden_state
+            valid = int(np.ceil(wave.shape[0] / 320))
+        else:
+            values = torch.as_tensor(fe(wave, sampling_rate=16000, return_tensors="np")["input_values"])
+            last = cut(input_values=values).last_hidden_state
+            valid = last.shape[1]
+    return last[0, :valid].mean(0).numpy()
+
+
+@pytest.mark.parametrize("family,kw", [
+    ("whisper", {}),
+    ("wav2vec2", {"stable_layer_norm": True}),
+    ("wavlm", {"stable_layer_norm": True}),
+])
+def test_final_norm_apply_scores_what_the_pruned_model_outputs(waves, family, kw):
+    import warnings as _w
+
+    model, fe = tiny_model(family, **kw)
+    data = waves[:3]
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        res = hf.pooled_hidden_states(model, data, feature_extractor=fe, batch_size=2,
+                                      final_norm="apply", progress=False)
+    assert not [c for c in caught if "pre-LN encoder" in str(c.message)]  # handled, not warned
+    raw = hf.pooled_hidden_states(model, data, feature_extractor=fe, batch_size=2, progress=False)
+    n_blocks = hf.num_blocks(model)
+    assert len(res) == n_blocks + 1
+    norm = model.layer_norm if family == "whisper" else model.encoder.layer_norm
+    for i, w in enumerate(data):
+        for keep in range(1, n_blocks + 1):
+            np.testing.assert_allclose(res[keep][i], _pruned_output_mean(model, fe, w, keep, family),
+                                       rtol=0, atol=ATOL)
+        # state 0 (no block run): the LayerNorm of the input frames, then the mean
+        states, _ = _one_by_one(model, fe, w, family=family)
+        with torch.inference_mode():
+            expected0 = norm(torch.as_tensor(states[0])).mean(0).numpy()
+        np.testing.assert_allclose(res[0][i], expected0, rtol=0, atol=ATOL)
+    # the raw states differ from the normalised ones below the last block
+    assert not np.allclose(res[1], raw[1], atol=1e-3)
+
+
+def test_final_norm_apply_needs_a_final_layer_norm(waves):
+    import warnings as _w
+
+    model, fe = tiny_model("wav2vec2")  # post-LN: no final LayerNorm
+    with pytest.raises(ValueError, match='final_norm="apply": Wav2Vec2Model has no final LayerNorm'):
+        hf.pooled_hidden_states(model, waves[:1], feature_extractor=fe, final_norm="apply", progress=False)
+    with pytest.raises(ValueError, match='final_norm must be "raw" or "apply"'):
+        hf.pooled_hidden_states(model, waves[:1], feature_extractor=fe, final_norm="keep", progress=False)
+    # a pre-LN model pruned with final_norm="identity" has no final LayerNorm left
+    pre_ln, fe2 = tiny_model("wav2vec2", stable_layer_norm=True)
+    hf.prune(pre_ln, 1, final_norm="identity")
+    with pytest.raises(ValueError, match="nn.Identity"):
+        hf.pooled_hidden_states(pre_ln, waves[:1], feature_extractor=fe2, final_norm="apply", progress=False)
+    with _w.catch_warnings(record=True) as caught:  # and nothing to warn of with "raw"
+        _w.simplefilter("always")
+        hf.pooled_hidden_states(pre_ln, waves[:1], feature_extractor=fe2, progress=False)
+    assert not [c for c in caught if "pre-LN encoder" in str(c.message)]

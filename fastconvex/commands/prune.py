@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cut.add_argument("--keep", type=int, default=None, help="keep this many blocks instead of choosing")
     cut.add_argument(
         "--final-norm", default="keep", choices=["keep", "identity"],
-        help="pre-LN models (stable-layer-norm, Whisper): keep the final LayerNorm or drop it (default keep)",
+        help="pre-LN models (stable-layer-norm, Whisper): keep the final LayerNorm or drop it (default keep). "
+        "The hidden states are scored as the pruned model will output them: through the final LayerNorm "
+        "with 'keep', raw with 'identity'",
     )
     parser.add_argument("--model-class", default=None, help="transformers class to load MODEL with (default: from its config)")
     parser.add_argument("--no-plot", action="store_true", help="do not write convexity.png")
@@ -163,7 +166,14 @@ def _run(args: argparse.Namespace) -> int:
     audio = hf.AudioFiles(paths, sampling_rate=rate)
     lengths = audio.lengths()
 
-    log(args, f"pooling {n_blocks + 1} hidden states of {type(model).__name__}")
+    # score what the pruned model will output: with the final LayerNorm kept, hidden
+    # state h of a pre-LN encoder is seen through it (SPEC §2)
+    from fastconvex.hf._models import final_layer_norm
+
+    has_norm = final_layer_norm(model) is not None
+    pooled_norm = "apply" if has_norm and args.final_norm == "keep" else "raw"
+    log(args, f"pooling {n_blocks + 1} hidden states of {type(model).__name__}"
+        + (" through its final LayerNorm" if pooled_norm == "apply" else ""))
     states = hf.pooled_hidden_states(
         model,
         audio,
@@ -175,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
         lengths=lengths,
         mix_lengths=args.mix_lengths,
         progress=False if args.quiet else None,
+        final_norm=pooled_norm,
     )
     log(args, "scoring the layers")
     scores = fc.layer_scores(list(states), np.asarray(labels), **score_kwargs)
@@ -184,7 +195,10 @@ def _run(args: argparse.Namespace) -> int:
         keep, rule = hf.choose_cut(scores, args.rule), args.rule
     log(args, f"best layer {scores.best_layer}; keeping {keep} of {n_blocks} blocks ({rule})")
 
-    hf.prune(model, keep, final_norm=args.final_norm)
+    with warnings.catch_warnings():
+        if pooled_norm == "apply":  # the states were scored through the LayerNorm: nothing to warn of
+            warnings.filterwarnings("ignore", message=".*applies a final LayerNorm after its last block.*")
+        hf.prune(model, keep, final_norm=args.final_norm)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf.save_pruned(
         model,
@@ -214,6 +228,7 @@ def _run(args: argparse.Namespace) -> int:
         "rule": rule,
         "keep": keep,
         "final_norm": model.fastconvex_pruning["final_norm"],
+        "scored_states": "through the final LayerNorm" if pooled_norm == "apply" else "raw hidden states",
         "model_dir": str(out_dir),
         "plot": None if plot_path is None else str(plot_path),
         "seed": args.seed,

@@ -21,6 +21,7 @@ __all__ = [
     "num_blocks",
     "is_whisper",
     "final_norm_module",
+    "final_layer_norm",
     "ties_last_hidden_state",
     "distinct_configs",
     "layer_count_key",
@@ -120,6 +121,16 @@ def final_norm_module(model: nn.Module) -> tuple[nn.Module, str] | None:
         if isinstance(norm, (nn.LayerNorm, nn.Identity)):
             return owner, "layer_norm"
     return None
+
+
+def final_layer_norm(model: nn.Module) -> nn.Module | None:
+    """The encoder's final LayerNorm (see :func:`final_norm_module`), or None when it
+    has none or a pruned model had it replaced by ``nn.Identity``."""
+    site = final_norm_module(model)
+    if site is None:
+        return None
+    norm = getattr(*site)
+    return None if isinstance(norm, nn.Identity) else norm
 
 
 def ties_last_hidden_state(model: nn.Module) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._models import is_whisper, model_device, speech_encoder
+from ._models import final_layer_norm, is_whisper, model_device, speech_encoder, ties_last_hidden_state
 
 __all__ = ["PooledHiddenStates", "pooled_hidden_states", "valid_frame_counts"]
 
@@ -173,6 +173,7 @@ def pooled_hidden_states(
     lengths: Sequence[int] | None = None,
     mix_lengths: bool = False,
     progress: bool | None = None,
+    final_norm: str = "raw",
 ) -> PooledHiddenStates:
     """Per-layer embeddings of a speech model: one (N, D) array per hidden state.
 
@@ -232,6 +233,15 @@ def pooled_hidden_states(
         the default costs little there.
     progress : bool or None
         Progress bar over batches on stderr (None: only when stderr is a terminal).
+    final_norm : {"raw", "apply"}
+        Pre-LN encoders (Whisper; stable-layer-norm "large" wav2vec2-family models)
+        apply a final LayerNorm after their last block, so only their last hidden
+        state carries it.  ``"raw"`` (default) keeps transformers' hidden states as
+        they are (and warns for such models); ``"apply"`` passes every state that
+        lacks it through the encoder's final LayerNorm, frame by frame before
+        pooling, so state h equals the output of the model cut to h blocks by
+        :func:`fastconvex.hf.prune` with its default ``final_norm="keep"``.
+        ``"apply"`` on a model without a final LayerNorm is an error.
 
     Returns
     -------
@@ -245,7 +255,8 @@ def pooled_hidden_states(
     ValueError
         Empty or non-1-D waveforms, NaN/inf samples, a waveform too short to give a
         frame, a sampling-rate mismatch, frame-label counts that differ from the
-        model's frame counts, layer indices out of range, bad ``batch_size``/``dtype``.
+        model's frame counts, layer indices out of range, bad ``batch_size``/``dtype``,
+        ``final_norm="apply"`` on a model without a final LayerNorm.
     TypeError
         A model that returns no ``hidden_states``.
     """
@@ -281,13 +292,27 @@ def pooled_hidden_states(
             raise ValueError(f"lengths must be positive, got {int(raw_lengths.min())} at index {int(raw_lengths.argmin())}")
 
     whisper = is_whisper(model)
-    if whisper or getattr(getattr(model, "config", None), "do_stable_layer_norm", False):
+    if final_norm not in ("raw", "apply"):
+        raise ValueError(f'final_norm must be "raw" or "apply", got {final_norm!r}')
+    norm_layer = final_layer_norm(model)
+    if final_norm == "apply":
+        if norm_layer is None:
+            raise ValueError(
+                f'final_norm="apply": {type(model).__name__} has no final LayerNorm after its last block '
+                "(post-LN models normalise inside each block; a pruned model may have had it replaced by "
+                'nn.Identity); use final_norm="raw"'
+            )
+        last_has_norm = ties_last_hidden_state(model)
+    elif norm_layer is not None:
+        norm_layer = None  # "raw": warn, do not apply
+        carried = "only the last hidden state carries it" if ties_last_hidden_state(model) else "no hidden state carries it"
         warnings.warn(
             f"{type(model).__name__} is a pre-LN encoder: it applies a final LayerNorm after its "
-            "last block, so the last hidden state has it and the earlier ones do not (SPEC §2). "
+            f"last block, and {carried} (SPEC §2). "
             "Hidden state h equals the output of the model cut to h blocks only with "
             "prune(model, h, final_norm='identity'); with the default final_norm='keep' the "
-            "pruned model outputs LayerNorm(hidden state h).",
+            "pruned model outputs LayerNorm(hidden state h), which pooled_hidden_states(..., "
+            'final_norm="apply") scores.',
             stacklevel=2,
         )
     if feature_extractor is None:
@@ -421,7 +446,10 @@ def pooled_hidden_states(
                 frames_t = torch.as_tensor(frames, device=hidden[0].device)
                 mask = torch.arange(t_out, device=hidden[0].device)[None, :] < frames_t[:, None]
                 for slot, li in enumerate(selected):
-                    h = hidden[li].float()
+                    h = hidden[li]
+                    if norm_layer is not None and not (last_has_norm and li == len(hidden) - 1):
+                        h = norm_layer(h)
+                    h = h.float()
                     if frame_keep is None:
                         pooled = (h * mask[..., None]).sum(dim=1) / frames_t[:, None].to(h.dtype)
                         outputs[slot][batch] = pooled.to("cpu").numpy().astype(out_dtype, copy=False)
