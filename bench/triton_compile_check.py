@@ -17,8 +17,9 @@ The full divisibility cross product is run for the k = 10 TF32 case (the hot
 path); the other (KP, precision) pairs use "none" and "all" divisible.
 It also compiles ``kernels/triton/paths.py``'s ``_relax_kernel`` (the path
 sweep) for every divisibility of its integer arguments (N, B, NBB), the tile
-shapes 32 x 32 (the launcher's default), 64 x 32 and 32 x 64, and num_warps 4
-and 8: Triton 3.6 once failed to compile an earlier version of it.
+shapes 32 x 32 (the launcher's default), 64 x 32 and 32 x 64, num_warps 4
+and 8, and both state layouts (packed, wide): Triton 3.6 once failed to compile
+an earlier version of it.
 
 Exit status 1 if anything fails.  ``--quick`` checks only the defaults.
 """
@@ -98,20 +99,23 @@ PATH_PTRS = {
 }
 
 
-def compile_relax(fn, bv, bb, div, nw):
+def compile_relax(fn, bv, bb, div, nw, packed=True, maxnreg=None):
     sig, attrs = {}, {}
     for i, n in enumerate(fn.arg_names):
         if n in PATH_PTRS:
             sig[n] = PATH_PTRS[n]
             attrs[(i,)] = [["tt.divisibility", 16]]
-        elif n in ("BV", "BB"):
+        elif n in ("BV", "BB", "PACKED"):
             sig[n] = "constexpr"
         else:
             sig[n] = "i32"
             if div[PATH_INTS.index(n)]:
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=fn, signature=sig, constexprs={"BV": bv, "BB": bb}, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": nw})
+    src = ASTSource(fn=fn, signature=sig, constexprs={"BV": bv, "BB": bb, "PACKED": packed}, attrs=attrs)
+    options = {"num_warps": nw}
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def check_paths(quick: bool) -> tuple[int, int]:
@@ -119,17 +123,27 @@ def check_paths(quick: bool) -> tuple[int, int]:
     all_div = list(itertools.product([False, True], repeat=len(PATH_INTS)))
     shapes = [(32, 32)] if quick else [(32, 32), (64, 32), (32, 64)]
     ok = bad = 0
-    for (bv, bb), div, nw in itertools.product(shapes, all_div, (4, 8)):
+    for (bv, bb), div, nw, packed in itertools.product(shapes, all_div, (4, 8), (True, False)):
+        name = f"paths {'packed' if packed else 'wide'} BV={bv} BB={bb}"
         try:
-            k = compile_relax(fn, bv, bb, div, nw)
+            k = compile_relax(fn, bv, bb, div, nw, packed)
             ok += 1
             if all(div):
-                print(f"  ok paths BV={bv} BB={bb} nw={nw}: {resource_usage(k)}", flush=True)
+                print(f"  ok {name} nw={nw}: {resource_usage(k)}", flush=True)
         except Exception as e:  # noqa: BLE001
             bad += 1
             msg = str(e).strip().splitlines()
-            print(f"FAIL paths BV={bv} BB={bb} div={div} nw={nw}: {msg[-1][:160] if msg else e!r}",
-                  flush=True)
+            print(f"FAIL {name} div={div} nw={nw}: {msg[-1][:160] if msg else e!r}", flush=True)
+    # the register caps gpu_check times (max_registers=), default tile and warps
+    for cap in (128, 96, 64):
+        name = f"paths packed BV=32 BB=32 nw=4 maxnreg={cap}"
+        try:
+            k = compile_relax(fn, 32, 32, (True,) * len(PATH_INTS), 4, True, cap)
+            ok += 1
+            print(f"  ok {name}: {resource_usage(k)}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            bad += 1
+            print(f"FAIL {name}: {str(e).strip().splitlines()[-1][:160]}", flush=True)
     print(f"paths kernel: {ok} compiled, {bad} failed", flush=True)
     return ok, bad
 

@@ -162,9 +162,10 @@ def test_degree_order_groups_degrees_and_keeps_input_order_in_a_bin(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_path_kernels_match_numba_on_the_same_graph(device):
+@pytest.mark.parametrize("state", ["packed", "wide"])
+def test_path_kernels_match_numba_on_the_same_graph(device, state):
     """Disconnected graph (two far clusters), duplicates, one-member classes,
-    several source batches and source blocks."""
+    several source batches and source blocks; both state layouts."""
     from fastconvex.kernels.numba.graph import union_csr
     from fastconvex.kernels.numba.knn import knn
     from fastconvex.kernels.numba import paths as cpu
@@ -184,9 +185,9 @@ def test_path_kernels_match_numba_on_the_same_graph(device):
     stats: dict = {}
     got = gpu.class_sums(
         T(indptr), T(nbr), T(w), T(codes), T(sources), T(sizes),
-        block_v=32, block_b=4, max_batch=8, check_every=3, stats=stats,
+        block_v=32, block_b=4, max_batch=8, check_every=3, stats=stats, state=state,
     )
-    assert stats["batches"] == 2 and stats["relaxations"] > 0
+    assert stats["batches"] == 2 and stats["relaxations"] > 0 and stats["wide_reruns"] == 0
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g.cpu().numpy(), r, rtol=0, atol=1e-9)
     assert ref[2].sum() > 0  # the clusters are disconnected: some targets unreachable
@@ -197,10 +198,54 @@ def test_path_kernels_match_numba_on_the_same_graph(device):
     ref_s, ref_r = cpu.pair_scores(indptr, nbr, w, codes, sources, tgt_ptr, targets)
     got_s, got_r = gpu.pair_scores(
         T(indptr), T(nbr), T(w), T(codes), T(sources), T(tgt_ptr), T(targets),
-        block_v=32, block_b=8, max_batch=8,
+        block_v=32, block_b=8, max_batch=8, state=state,
     )
     np.testing.assert_allclose(got_s.cpu().numpy(), ref_s, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(got_r.cpu().numpy(), ref_r)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_packed_state_redoes_a_batch_wide_when_hops_could_overflow(device):
+    """A path graph (hop counts up to N - 1) with the packed sweep limit lowered
+    below the hops needed: the batch is redone with the wide state, and hops and
+    same-label counts equal the hand-computed ones (and the Numba kernel's)."""
+    from fastconvex.kernels.numba import paths as cpu
+    from fastconvex.kernels.triton.paths import shortest_path_batches
+
+    n = 23
+    indptr = np.concatenate([[0], np.cumsum([1] + [2] * (n - 2) + [1])]).astype(np.int64)
+    nbr = np.concatenate([[1]] + [[i - 1, i + 1] for i in range(1, n - 1)] + [[n - 2]]).astype(np.int64)
+    w = np.full(nbr.shape[0], 0.5)
+    codes = (np.arange(n) % 3 == 0).astype(np.int64)  # vertices 0, 3, 6, ... share label 1
+    sources = np.array([0, 11], np.int64)
+    T = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    for limit, reruns in ((8, 1), (64, 0)):
+        stats: dict = {}
+        ((_, _, d, h, s),) = shortest_path_batches(
+            T(indptr), T(nbr), T(w), T(codes), T(sources), block_v=8, block_b=2,
+            check_every=4, stats=stats, packed_sweep_limit=limit,
+        )
+        assert stats["wide_reruns"] == reruns
+        for col, src in enumerate(sources):
+            hops = np.abs(np.arange(n) - src)
+            lo, hi = np.minimum(np.arange(n), src), np.maximum(np.arange(n), src)
+            # same-label interior vertices strictly between source and target
+            same = np.array([sum(codes[j] == codes[src] for j in range(a + 1, b)) for a, b in zip(lo, hi)])
+            np.testing.assert_array_equal(h[:, col].cpu().numpy(), hops)
+            np.testing.assert_array_equal(s[:, col].cpu().numpy(), same)
+            np.testing.assert_allclose(d[:, col].cpu().numpy(), 0.5 * hops)
+    sizes = np.bincount(codes).astype(np.int64)
+    ref = cpu.class_sums(indptr, nbr, w, codes, sources, sizes)
+    from fastconvex.kernels.triton.paths import class_sums
+
+    got = class_sums(T(indptr), T(nbr), T(w), T(codes), T(sources), T(sizes), block_v=8,
+                     block_b=2, packed_sweep_limit=8)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g.cpu().numpy(), r, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="state must be one of"):
+        next(shortest_path_batches(T(indptr), T(nbr), T(w), T(codes), T(sources), state="half"))
+    with pytest.raises(ValueError, match="packed_sweep_limit must be in"):
+        next(shortest_path_batches(T(indptr), T(nbr), T(w), T(codes), T(sources), packed_sweep_limit=1 << 15))
 
 
 # ------------------------------------------------------- end to end ---------

@@ -2,11 +2,15 @@
 
 Pull-style Bellman-Ford over the CSR of the union graph for a batch of B sources
 at once. State is laid out (N, B) so a neighbour's row is one coalesced load:
-``dist`` float64, ``hops`` int32 and ``same`` int32 (interior vertices on the path
-whose label equals the source's). A vertex keeps the lexicographically smallest
-(dist, hops, -same) over all its neighbours' offers, so among exactly equal-length
-paths the one with fewest hops (then most same-label interior vertices) wins:
-deterministic whatever the scheduling (SPEC allows any equal-length path).
+``dist`` float64 and, per entry, ``hops`` and ``same`` (interior vertices on the
+path whose label equals the source's) -- packed by default into one int32 key
+``hops * 2**16 + (2**16 - 1 - same)`` (12 bytes per entry and offer), or as two
+int32 arrays (``state="wide"``, 16 bytes; used when a batch would need 2**15
+sweeps, since hops after t sweeps are at most t). A vertex keeps the
+lexicographically smallest (dist, hops, -same) over all its neighbours' offers,
+so among exactly equal-length paths the one with fewest hops (then most
+same-label interior vertices) wins: deterministic whatever the scheduling (SPEC
+allows any equal-length path).
 
 Sweeps are Jacobi (read one buffer, write the other: no torn (dist, hops, same)
 triples). A (vertex block, source block) tile is recomputed only when one of its
@@ -40,13 +44,14 @@ def _interpreting() -> bool:
 def _relax_kernel(
     indptr_ptr, nbr_ptr, w_ptr, codes_ptr,
     scode_ptr, svert_ptr,  # (B,) class code and vertex of each source column
-    d_in, h_in, s_in, d_out, h_out, s_out,  # (N, B) state buffers
+    d_in, h_in, s_in, d_out, h_out, s_out,  # (N, B) state buffers (PACKED: h = key, s unused)
     act_in, chg_in, act_out, chg_out,  # (n_vblocks * NBB,) int8 tile flags
     count_ptr,  # (128,) int64: [0:64] edge relaxations performed (edges x columns),
     # [64:128] edge-loop slots run (block's max degree x BV x columns); spread
     N, B, NBB,
     BV: tl.constexpr,
     BB: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     pid_v = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -71,39 +76,58 @@ def _relax_kernel(
         scode = tl.load(scode_ptr + b, mask=bm, other=-1)
         svert = tl.load(svert_ptr + b, mask=bm, other=-1)
         cur_d = tl.load(d_in + offs, mask=m2, other=float("inf"))
+        # PACKED: one int32 key = hops * 2**16 + (2**16 - 1 - same), so the
+        # tie-break (fewest hops, then most same) is one integer comparison and
+        # an offer costs 12 bytes instead of 16. Hops after t Jacobi sweeps are
+        # at most t, so the key cannot overflow while the host keeps the sweep
+        # count under 2**15 (it redoes the batch with the wide state past that).
         cur_h = tl.load(h_in + offs, mask=m2, other=0)
-        cur_s = tl.load(s_in + offs, mask=m2, other=0)
+        if not PACKED:
+            cur_s = tl.load(s_in + offs, mask=m2, other=0)
         # an entry changed iff some offer beat it (strictly): no copy of the old
         # state is kept, which saves registers (occupancy of a latency-bound loop)
         changed = tl.zeros((BV, BB), dtype=tl.int1)
+        # Edge e's neighbour and weight are fetched one iteration ahead, so the
+        # gathers of u's row need no dependent load first: one memory latency
+        # per iteration instead of two. Loads are unmasked at safe indices (edge
+        # 0, a real vertex); lanes off the edge list are ignored through ``um``.
+        eidx = tl.where(vm & (deg > 0), start, 0)
+        u = tl.load(nbr_ptr + eidx)
+        wu = tl.load(w_ptr + eidx)
         for e in range(0, max_deg):
             em = vm & (e < deg)  # (BV, 1)
-            # unmasked loads at safe indices (edge 0, a real vertex); lanes off
-            # the edge list are ignored through ``um``
-            eidx = tl.where(em, start + e, 0)
-            u = tl.load(nbr_ptr + eidx)
-            wu = tl.load(w_ptr + eidx)
-            cu = tl.load(codes_ptr + u)
             um = em & bm  # (BV, BB)
             uoffs = u * B + b
             du = tl.load(d_in + uoffs, mask=um, other=float("inf"))
             hu = tl.load(h_in + uoffs, mask=um, other=0)
-            su = tl.load(s_in + uoffs, mask=um, other=0)
+            cu = tl.load(codes_ptr + u)
+            nidx = tl.where(vm & (e + 1 < deg), start + e + 1, 0)
+            u_next = tl.load(nbr_ptr + nidx)
+            w_next = tl.load(w_ptr + nidx)
             add = ((cu == scode) & (u != svert)).to(tl.int32)
             cd = du + wu
-            ch = hu + 1
-            cs = su + add
-            better = (cd < cur_d) | (
-                (cd == cur_d) & ((ch < cur_h) | ((ch == cur_h) & (cs > cur_s)))
-            )
-            better = better & um & (du < float("inf"))
+            if PACKED:
+                ch = hu + (65536 - add)
+                better = (cd < cur_d) | ((cd == cur_d) & (ch < cur_h))
+                better = better & um & (du < float("inf"))
+            else:
+                su = tl.load(s_in + uoffs, mask=um, other=0)
+                ch = hu + 1
+                cs = su + add
+                better = (cd < cur_d) | (
+                    (cd == cur_d) & ((ch < cur_h) | ((ch == cur_h) & (cs > cur_s)))
+                )
+                better = better & um & (du < float("inf"))
+                cur_s = tl.where(better, cs, cur_s)
             cur_d = tl.where(better, cd, cur_d)
             cur_h = tl.where(better, ch, cur_h)
-            cur_s = tl.where(better, cs, cur_s)
             changed = changed | better
+            u = u_next
+            wu = w_next
         tl.store(d_out + offs, cur_d, mask=m2)
         tl.store(h_out + offs, cur_h, mask=m2)
-        tl.store(s_out + offs, cur_s, mask=m2)
+        if not PACKED:
+            tl.store(s_out + offs, cur_s, mask=m2)
         n_cols = tl.sum(tl.sum(bm.to(tl.int64), axis=1), axis=0)
         n_edges = tl.sum(tl.sum(deg.to(tl.int64), axis=1), axis=0)
         tl.atomic_add(count_ptr + pid_v % 64, n_edges * n_cols)
@@ -120,7 +144,8 @@ def _relax_kernel(
     elif own_changed != 0:
         tl.store(d_out + offs, tl.load(d_in + offs, mask=m2), mask=m2)
         tl.store(h_out + offs, tl.load(h_in + offs, mask=m2), mask=m2)
-        tl.store(s_out + offs, tl.load(s_in + offs, mask=m2), mask=m2)
+        if not PACKED:
+            tl.store(s_out + offs, tl.load(s_in + offs, mask=m2), mask=m2)
 
 
 def _free_bytes(device: torch.device) -> int:
@@ -130,16 +155,96 @@ def _free_bytes(device: torch.device) -> int:
     return 1 << 30
 
 
-def batch_width(n: int, device: torch.device, block_b: int, max_batch: int | None = None) -> int:
+STATES = ("packed", "wide")
+# Packed keys hold hop counts below 2**15; hops after t sweeps are at most t.
+PACKED_SWEEP_LIMIT = (1 << 15) - 1
+
+
+def batch_width(n: int, device: torch.device, block_b: int, max_batch: int | None = None,
+                entry_bytes: int = 16) -> int:
     """Sources per batch from free device memory: two (N, B) state buffers of
-    16 bytes per entry plus ~3 float64 (N, B) temporaries for the scores."""
-    per_col = n * (2 * 16 + 3 * 8) + 64
+    ``entry_bytes`` per entry (12 packed, 16 wide), the decoded hop and
+    same-label counts (8 bytes) and ~3 float64 (N, B) temporaries for the scores."""
+    per_col = n * (2 * entry_bytes + 8 + 3 * 8) + 64
     b = max(1, (_free_bytes(device) // 3) // per_col)
     b = max(block_b, (b // block_b) * block_b)
     b = min(b, 4096)
     if max_batch is not None:
         b = min(b, max(1, max_batch))
     return b
+
+
+def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, block_v,
+              block_b, check_every, counter, extra, time_check):
+    """Bellman-Ford for the sources ``src`` (one batch) to convergence.
+
+    Returns ``(dist, hops, same, sweeps)``, or None when the packed state would
+    need ``sweep_limit`` sweeps or more (its hop field could overflow)."""
+    device = indptr.device
+    n = indptr.shape[0] - 1
+    bsz = src.shape[0]
+    nvb = triton.cdiv(n, block_v)
+    nbb = triton.cdiv(bsz, block_b)
+    scode = codes[src].contiguous()
+    cols = torch.arange(bsz, device=device)
+    bufs = []
+    for _ in range(2):
+        d = torch.full((n, bsz), float("inf"), dtype=torch.float64, device=device)
+        d[src, cols] = 0.0
+        if packed:
+            h = torch.full((n, bsz), 0x7FFFFFFF, dtype=torch.int32, device=device)
+            h[src, cols] = 0xFFFF  # hops 0, same 0
+            s = h  # unused by the packed kernel
+        else:
+            h = torch.full((n, bsz), _NO_HOPS, dtype=torch.int32, device=device)
+            h[src, cols] = 0
+            s = torch.zeros((n, bsz), dtype=torch.int32, device=device)
+        bufs.append((d, h, s))
+    act = torch.zeros(nvb * nbb, dtype=torch.int8, device=device)
+    # tiles holding a neighbour of a source start active
+    deg = indptr[1:] - indptr[:-1]
+    nb_cnt = deg[src]
+    nb_col = cols.repeat_interleave(nb_cnt)
+    starts = indptr[src].repeat_interleave(nb_cnt)
+    within = torch.arange(nb_col.shape[0], device=device) - torch.repeat_interleave(
+        torch.cumsum(nb_cnt, 0) - nb_cnt, nb_cnt
+    )
+    nb_v = neighbours[starts + within]
+    act[(nb_v // block_v) * nbb + nb_col // block_b] = 1
+    chg = torch.zeros_like(act)
+    act_next = torch.zeros_like(act)
+    chg_next = torch.zeros_like(act)
+    cur, nxt = 0, 1
+    sweeps = 0
+    while True:
+        act_next.zero_()
+        chg_next.zero_()
+        d_in, h_in, s_in = bufs[cur]
+        d_out, h_out, s_out = bufs[nxt]
+        _relax_kernel[(nvb, nbb)](
+            indptr, neighbours, weights, codes, scode, src,
+            d_in, h_in, s_in, d_out, h_out, s_out,
+            act, chg, act_next, chg_next, counter,
+            n, bsz, nbb, BV=block_v, BB=block_b, PACKED=packed, **extra,
+        )
+        act, act_next = act_next, act
+        chg, chg_next = chg_next, chg
+        cur, nxt = nxt, cur
+        sweeps += 1
+        if sweeps % check_every == 0 or sweeps > n + 1 or (packed and sweeps >= sweep_limit):
+            if not bool(chg.any()):
+                break
+            if packed and sweeps >= sweep_limit:
+                return None
+            time_check(sweeps)
+            if sweeps > 2 * n + 2:  # cannot happen (Bellman-Ford bound)
+                raise RuntimeError("shortest paths did not converge")
+    d, h, s = bufs[cur]
+    if packed:
+        del bufs
+        s = 0xFFFF - (h & 0xFFFF)
+        h = torch.where(torch.isfinite(d), h >> 16, torch.full_like(h, _NO_HOPS))
+    return d, h, s, sweeps
 
 
 def shortest_path_batches(
@@ -149,6 +254,7 @@ def shortest_path_batches(
     codes: torch.Tensor,
     sources: torch.Tensor,
     *,
+    state: str = "packed",
     block_v: int | None = None,
     block_b: int | None = None,
     max_batch: int | None = None,
@@ -156,17 +262,33 @@ def shortest_path_batches(
     num_warps: int = 4,
     stats: dict | None = None,
     time_limit: float | None = None,
+    packed_sweep_limit: int = PACKED_SWEEP_LIMIT,
+    max_registers: int | None = None,
 ):
     """Yield ``(s0, s1, dist, hops, same)`` for consecutive batches of sources:
     the converged (N, s1 - s0) state of ``sources[s0:s1]``.
 
+    ``state``: "packed" (hop and same-label counts in one int32 key, 12 bytes
+    per entry; a batch that would need 2**15 sweeps or more is redone with the
+    wide state) or "wide" (two int32 arrays, 16 bytes per entry).
     ``stats`` (a dict), if given, accumulates ``sweeps``, ``batches``,
-    ``relaxations`` (edges x columns relaxed) and ``edge_slots`` (edge-loop
+    ``relaxations`` (edges x columns relaxed), ``edge_slots`` (edge-loop
     iterations x lanes run: each program loops to its block's largest degree;
-    ``relaxations / edge_slots`` is the share of lanes doing work).
+    ``relaxations / edge_slots`` is the share of lanes doing work) and
+    ``wide_reruns`` (packed batches redone wide).
     ``time_limit`` (seconds): raise ``TimeoutError`` when exceeded (checked at
     the convergence checks; for benchmarks).
+    ``max_registers``: cap on registers per thread (Triton's ``maxnreg``): more
+    programs per SM for the latency-bound gathers, fewer loads in flight per
+    thread (CUDA only; None: the compiler's choice).
     """
+    if state not in STATES:
+        raise ValueError(f"state must be one of {STATES}, got {state!r}")
+    if not 1 <= packed_sweep_limit <= PACKED_SWEEP_LIMIT:
+        raise ValueError(
+            f"packed_sweep_limit must be in [1, {PACKED_SWEEP_LIMIT}] (the packed key holds "
+            f"hop counts below 2**15), got {packed_sweep_limit}"
+        )
     t_start = time.perf_counter()
     device = indptr.device
     n = indptr.shape[0] - 1
@@ -175,76 +297,38 @@ def shortest_path_batches(
         block_v = 64 if interp else 32
     if block_b is None:
         block_b = 64 if interp else 32
-    nvb = triton.cdiv(n, block_v)
-    width = batch_width(n, device, block_b, max_batch)
+    width = batch_width(n, device, block_b, max_batch, 12 if state == "packed" else 16)
     counter = torch.zeros(128, dtype=torch.int64, device=device)
-    total_sweeps = 0
-    n_batches = 0
     extra = {} if interp else {"num_warps": num_warps}
-    deg = indptr[1:] - indptr[:-1]
+    if max_registers is not None and not interp:
+        extra["maxnreg"] = int(max_registers)
+    totals = {"sweeps": 0, "batches": 0, "wide_reruns": 0}
     for s0 in range(0, sources.shape[0], width):
         s1 = min(sources.shape[0], s0 + width)
-        bsz = s1 - s0
-        nbb = triton.cdiv(bsz, block_b)
-        src = sources[s0:s1]
-        scode = codes[src].contiguous()
-        cols = torch.arange(bsz, device=device)
-        bufs = []
-        for _ in range(2):
-            d = torch.full((n, bsz), float("inf"), dtype=torch.float64, device=device)
-            h = torch.full((n, bsz), _NO_HOPS, dtype=torch.int32, device=device)
-            s = torch.zeros((n, bsz), dtype=torch.int32, device=device)
-            d[src, cols] = 0.0
-            h[src, cols] = 0
-            bufs.append((d, h, s))
-        act = torch.zeros(nvb * nbb, dtype=torch.int8, device=device)
-        # tiles holding a neighbour of a source start active
-        nb_cnt = deg[src]
-        nb_col = cols.repeat_interleave(nb_cnt)
-        starts = indptr[src].repeat_interleave(nb_cnt)
-        within = torch.arange(nb_col.shape[0], device=device) - torch.repeat_interleave(
-            torch.cumsum(nb_cnt, 0) - nb_cnt, nb_cnt
-        )
-        nb_v = neighbours[starts + within]
-        act[(nb_v // block_v) * nbb + nb_col // block_b] = 1
-        chg = torch.zeros_like(act)
-        act_next = torch.zeros_like(act)
-        chg_next = torch.zeros_like(act)
-        cur, nxt = 0, 1
-        sweeps = 0
-        while True:
-            act_next.zero_()
-            chg_next.zero_()
-            d_in, h_in, s_in = bufs[cur]
-            d_out, h_out, s_out = bufs[nxt]
-            _relax_kernel[(nvb, nbb)](
-                indptr, neighbours, weights, codes, scode, src,
-                d_in, h_in, s_in, d_out, h_out, s_out,
-                act, chg, act_next, chg_next, counter,
-                n, bsz, nbb, BV=block_v, BB=block_b, **extra,
-            )
-            act, act_next = act_next, act
-            chg, chg_next = chg_next, chg
-            cur, nxt = nxt, cur
-            sweeps += 1
-            if sweeps % check_every == 0 or sweeps > n + 1:
-                if not bool(chg.any()):
-                    break
-                if time_limit is not None and time.perf_counter() - t_start > time_limit:
-                    raise TimeoutError(
-                        f"shortest paths: time limit {time_limit:.0f}s hit in batch "
-                        f"{n_batches + 1} (sources {s0}..{s1} of {sources.shape[0]}) "
-                        f"after {sweeps} sweeps"
-                    )
-                if sweeps > 2 * n + 2:  # cannot happen (Bellman-Ford bound)
-                    raise RuntimeError("shortest paths did not converge")
-        total_sweeps += sweeps
-        n_batches += 1
-        d, h, s = bufs[cur]
+
+        def time_check(sweeps, s0=s0, s1=s1):
+            if time_limit is not None and time.perf_counter() - t_start > time_limit:
+                raise TimeoutError(
+                    f"shortest paths: time limit {time_limit:.0f}s hit in batch "
+                    f"{totals['batches'] + 1} (sources {s0}..{s1} of {sources.shape[0]}) "
+                    f"after {sweeps} sweeps"
+                )
+
+        args = (indptr, neighbours, weights, codes, sources[s0:s1])
+        kw = dict(block_v=block_v, block_b=block_b, check_every=check_every, counter=counter,
+                  extra=extra, time_check=time_check)
+        out = _converge(*args, state == "packed", packed_sweep_limit, **kw)
+        if out is None:
+            totals["sweeps"] += packed_sweep_limit
+            totals["wide_reruns"] += 1
+            out = _converge(*args, False, packed_sweep_limit, **kw)
+        d, h, s, sweeps = out
+        totals["sweeps"] += sweeps
+        totals["batches"] += 1
         yield s0, s1, d, h, s
     if stats is not None:
-        stats["sweeps"] = stats.get("sweeps", 0) + total_sweeps
-        stats["batches"] = stats.get("batches", 0) + n_batches
+        for key, value in totals.items():
+            stats[key] = stats.get(key, 0) + value
         stats["relaxations"] = stats.get("relaxations", 0) + int(counter[:64].sum().item())
         stats["edge_slots"] = stats.get("edge_slots", 0) + int(counter[64:].sum().item())
 
