@@ -40,6 +40,7 @@ from fastconvex._pairs import aggregate, plan_pairs  # noqa: E402
 from fastconvex._triton_backend import TritonEngine  # noqa: E402
 
 RESULT: dict = {"small": SMALL, "budget_s": BUDGET, "stages": {}}
+TF32_FIRST = {"precisions": ["tf32", "tf32x3"]}  # the kNN tiers of runs 1-4
 RECALL_MIN = 0.9999
 BEST_CFG: dict = {}
 SCORE_TOL = 1e-6
@@ -199,7 +200,7 @@ def st_warmup(rec):
     """Compile the kernels once (small problem) so later timings exclude JIT."""
     x, labels = make_data(300 if not SMALL else 100, D_BENCH, 4, seed=3)
     t0 = time.perf_counter()
-    for prec in (("tf32",), ("tf32x3",), ("ieee",)) if CUDA else (("ieee",),):
+    for prec in (("fp16",), ("tf32",), ("tf32x3",), ("ieee",)) if CUDA else (("ieee",),):
         TritonEngine(DEV, knn_options={"precisions": prec}).knn(x, K)
     fc.graph_convexity(x, labels.cpu().numpy(), k=K, sources=4, backend="triton", device=DEV)
     sync()
@@ -547,15 +548,24 @@ def main() -> int:
     # kNN configurations timed at N = 1e5 (keep bench/triton_compile_check.py's
     # CONFIGS in sync). {} = the launcher's defaults: 128 x 128 x 32 tiles, 8 warps,
     # 3 stages, automatic segments (8 at N >= 1e5 for L2 locality).
+    # {} uses the default tiers (fp16, then tf32x3); TF32_FIRST is the tier
+    # order of runs 1-4, timed beside it in the same run.
     configs_tune = [
         {},
         {"block_m": 64, "block_n": 128, "block_k": 32, "num_warps": 8, "num_stages": 3},
         {"block_m": 128, "block_n": 256, "block_k": 32, "num_warps": 8, "num_stages": 3},
         {"block_m": 128, "block_n": 128, "block_k": 32, "num_warps": 8, "num_stages": 4},
         {"segments": 1},
-    ] if CUDA else [{}, {"block_m": 16, "block_n": 64, "block_k": 16}]
+        dict(TF32_FIRST),
+        {"segments": 1, **TF32_FIRST},
+    ] if CUDA else [{}, {"block_m": 16, "block_n": 64, "block_k": 16}, dict(TF32_FIRST)]
+
+    def both_tier_orders(cfg):
+        base = {k: v for k, v in cfg.items() if k != "precisions"}
+        return [base, {**base, **TF32_FIRST}]
+
     for i, n in enumerate([] if skip_knn else N_BENCH):
-        cfgs = configs_tune if i == 1 else ([BEST_CFG] if i > 1 else configs_small)
+        cfgs = configs_tune if i == 1 else (both_tier_orders(BEST_CFG) if i > 1 else configs_small)
         x = knn_timing(n, cfgs)()
         rec = RESULT["stages"].get(f"knn_N{n}", {})
         if i == 1 and rec.get("triton_config") is not None:
@@ -565,9 +575,10 @@ def main() -> int:
         del x
         if CUDA:
             torch.cuda.empty_cache()
-    for name, fn in (("paths", st_paths), ("layer", st_layer), ("exact", st_exact)):
+    for name, key, fn in (("paths", "paths_vs_numba", st_paths), ("layer", "layer_N1e6_sources64", st_layer),
+                          ("exact", "exact_N1e5", st_exact)):
         if name in skip:
-            RESULT["stages"][name] = {"status": "skipped: GPU_CHECK_SKIP"}
+            RESULT["stages"][key] = {"status": "skipped: GPU_CHECK_SKIP"}
             continue
         fn()
         if CUDA:

@@ -11,10 +11,12 @@ install) over
   so all are checked;
 * the block configurations of ``bench/gpu_check.py``'s ``configs_tune`` plus the
   launcher's defaults, num_warps 4 and 8, the candidate slots of k = 10, 20, 64
-  (KP = 32, 64, 128) and the input precisions tf32, tf32x3, ieee.
+  (KP = 32, 64, 128) and the precision tiers fp16 (float16 operands), tf32,
+  tf32x3, ieee.
 
-The full divisibility cross product is run for the k = 10 TF32 case (the hot
-path); the other (KP, precision) pairs use "none" and "all" divisible.
+The full divisibility cross product is run for the k = 10 fp16 and TF32 cases
+(the default tiers); the other (KP, precision) pairs use "none" and "all"
+divisible.
 It also compiles ``kernels/triton/paths.py``'s ``_relax_kernel`` (the path
 sweep) for every divisibility of its integer arguments (N, B, NBB), the tile
 shapes 32 x 32 (the launcher's default), 64 x 32 and 32 x 64, num_warps 4
@@ -154,7 +156,9 @@ def compile_one(fn, cfg, kp, prec, div, nw, dp=768):
              "BLOCK_K": cfg["block_k"], "KP": kp, "PRECISION": prec}
     sig = {}
     for n in names:
-        if n in PTRS:
+        if n in ("xq_ptr", "xk_ptr") and prec == "fp16":
+            sig[n] = "*fp16"
+        elif n in PTRS:
             sig[n] = PTRS[n]
         elif n in const:
             sig[n] = "constexpr"
@@ -176,10 +180,10 @@ def main() -> int:
     all_div = list(itertools.product([False, True], repeat=len(INTS)))
     jobs = []
     for cfg in ([DEFAULT] if quick else CONFIGS):
-        for kp, prec in itertools.product((32, 64, 128), ("tf32", "tf32x3", "ieee")):
-            if quick and (kp, prec) != (32, "tf32"):
+        for kp, prec in itertools.product((32, 64, 128), ("fp16", "tf32", "tf32x3", "ieee")):
+            hot = kp == 32 and prec in ("fp16", "tf32")  # the default tiers at k = 10
+            if quick and not hot:
                 continue
-            hot = (kp, prec) == (32, "tf32")
             divs = all_div if hot else [all_div[0], all_div[-1]]
             # the launcher caps block_m at 64 when KP > 64 (register lists)
             c = dict(cfg, block_m=min(cfg["block_m"], 64)) if kp > 64 else cfg
@@ -200,7 +204,7 @@ def main() -> int:
             k = compile_one(fn, cfg, kp, prec, div, nw)
             ok += 1
             md = k.metadata
-            if (div == all_div[0] and nw == cfg["num_warps"] and prec == "tf32"):
+            if (div == all_div[0] and nw == cfg["num_warps"] and prec in ("fp16", "tf32")):
                 print(f"  ok {cfg} KP={kp} {prec} nw={nw}: shared memory "
                       f"{getattr(md, 'shared', '?')} B, wgmma {'wgmma' in k.asm.get('ptx', '')}, "
                       f"{resource_usage(k)}", flush=True)

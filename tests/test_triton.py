@@ -92,11 +92,74 @@ def test_knn_tiers_chunks_and_segments(device):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((77, 19)).astype(np.float32) + 100.0  # offset: centring matters
     xt = torch.from_numpy(x).to(device)
-    idx, dist, _ = knn(
-        xt, 6, precisions=("tf32", "ieee"), block_m=16, block_n=32, block_k=16,
-        query_chunk=40, n_programs=8, segments=3,
-    )
-    assert_knn_equal_up_to_ties(x, idx.cpu().numpy(), dist.cpu().numpy(), 6)
+    for precisions in (("tf32", "ieee"), ("fp16", "ieee")):
+        idx, dist, _, stats = knn(
+            xt, 6, precisions=precisions, block_m=16, block_n=32, block_k=16,
+            query_chunk=40, n_programs=8, segments=3, return_stats=True,
+        )
+        assert_knn_equal_up_to_ties(x, idx.cpu().numpy(), dist.cpu().numpy(), 6)
+        assert stats["tiers"][0]["precision"] == precisions[0]
+        assert stats["tiers"][0]["certified"] > 0
+    with pytest.raises(ValueError, match="precisions must be a non-empty sequence of"):
+        knn(xt, 6, precisions=("fp8",))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_knn_fp16_tier_with_subnormal_coordinates(device):
+    """Coordinates far below float16's normal range (they round to subnormals
+    or zero) beside ordinary ones: the float16 tier certifies only rows its
+    bound covers, and every row is exact."""
+    from fastconvex.kernels.triton.knn import knn
+
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((70, 24))
+    x[:, 12:] *= 1e-7  # after scaling ~1e-8: float16 subnormals / zero
+    x[40:] *= 1e-6  # a cluster that lives mostly in the subnormal range
+    idx, dist, _, stats = knn(torch.from_numpy(x).to(device), 5, precisions=("fp16",),
+                              block_m=16, block_n=32, block_k=16, return_stats=True)
+    assert_knn_equal_up_to_ties(x, idx.cpu().numpy(), dist.cpu().numpy(), 5)
+    assert 0 < stats["tiers"][0]["certified"] < 70  # some rows certified, the tiny cluster not
+    assert stats["brute_force_rows"] == 70 - stats["tiers"][0]["certified"]
+
+
+def _round_fp16(a):
+    return a.astype(np.float16).astype(np.float32)
+
+
+def _truncate_tf32(a):
+    """float32 -> TF32 by truncation (the worst case the bound allows for)."""
+    bits = a.astype(np.float32).view(np.int32) & np.int32(~0x1FFF)
+    return bits.view(np.float32)
+
+
+@pytest.mark.parametrize("precision,to_format", [("fp16", _round_fp16), ("tf32", _truncate_tf32)])
+@pytest.mark.parametrize("dim", [37, 768])
+def test_certificate_bound_covers_the_rounding_it_claims_to(precision, to_format, dim):
+    """Oracle: float64 squared distances of the scaled float32 data against the
+    kernel's formula in float32 with inputs rounded to the tier's format. Every
+    pair's error is within certificate_bound, and the bound is not vacuous
+    (well below the distances it separates). Data: Gaussian rows, some with
+    coordinates in float16's subnormal range, a few near-duplicates."""
+    from fastconvex.kernels.triton.knn import certificate_bound
+
+    rng = np.random.default_rng(dim)
+    x = rng.standard_normal((300, dim))
+    x[:, : dim // 3] *= 1e-6  # float16 subnormals after scaling
+    x[250:] = x[:50] + 1e-4 * rng.standard_normal((50, dim))
+    x -= x.mean(0)
+    x *= 2.0 ** -np.frexp(np.linalg.norm(x, axis=1).max())[1]  # norms < 1, as in knn()
+    xs = x.astype(np.float32)
+    x64 = xs.astype(np.float64)
+    exact = ((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1)
+    sq = (np.linalg.norm(x64, axis=1) ** 2).astype(np.float32)
+    r = to_format(xs)
+    approx = np.maximum(sq[:, None] + sq[None, :] - np.float32(2.0) * (r @ r.T), np.float32(0.0))
+    norms = np.linalg.norm(x64, axis=1)
+    bound = certificate_bound(precision, dim, norms[:, None], float(norms.max()))
+    err = np.abs(approx.astype(np.float64) - exact)
+    assert np.all(err <= bound), float((err / bound).max())
+    assert err.max() > 0.05 * bound.min()  # the rounding is real, not emulated away
+    assert bound.max() < 0.01 * np.median(exact)
 
 
 # ------------------------------------------------------------- graph ---------

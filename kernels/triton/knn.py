@@ -5,7 +5,8 @@ Pipeline (:func:`knn`):
 1. **Fused candidate kernel** (``_knn_candidates_kernel``). One program owns
    ``BLOCK_M`` query rows and streams over a segment of the database in
    ``BLOCK_N``-row tiles. Each tile's squared distances come from ``tl.dot``
-   (TF32 / 3xTF32 tensor cores, or IEEE float32) on centred, power-of-two scaled
+   (float16 operands with float32 accumulation, TF32 / 3xTF32 tensor cores, or
+   IEEE float32) on centred, power-of-two scaled
    float32 data. The running top-``KP`` candidates of every query row stay in
    registers; distances are packed with their tile column into int32 keys
    (float bits, low mantissa bits = column), so one ``tl.min`` gives a row's
@@ -19,8 +20,15 @@ Pipeline (:func:`knn`):
 4. **Certificate** as on the CPU: a row is exact when its k-th exact squared
    distance is at most the smallest approximate squared distance any
    non-candidate can have minus a rigorous rounding bound for the precision used.
-   Rows that fail are recomputed with the next, more precise tier (TF32 ->
-   3xTF32 -> IEEE float32 ...) and finally by float64 brute force (torch).
+   Rows that fail are recomputed with the next, more precise tier (by default
+   float16 -> 3xTF32 on CUDA) and finally by float64 brute force (torch).
+   The float16 tier: after centring and scaling every coordinate is below 1
+   in magnitude, so float16 keeps TF32's 10-bit mantissa (rounded to nearest,
+   not truncated); its subnormals add an absolute error term to the bound
+   (:func:`certificate_bound`). It halves the operand bytes per flop (the
+   128 x 128 tile reads 32 flop per byte of float32 operands, likely more
+   than the L2 cache can feed at tensor-core speed) and runs at twice TF32's
+   rate.
 
 Public entry point: :func:`knn`.
 """
@@ -36,12 +44,39 @@ import triton.language as tl
 
 _U32 = 2.0**-24
 # Bound on the relative error of one product a_t * b_t (inputs rounded to the
-# tensor-core format, possibly by truncation) for each ``tl.dot`` precision.
+# tensor-core format, possibly by truncation) for each precision tier.
 _PRODUCT_ERROR = {
     "ieee": 0.0,
     "tf32x3": 2.0**-18,
     "tf32": 2.0**-9,
+    # float16 copies of the (centred, scaled: |x_t| < 1) data, rounded to
+    # nearest: |da| <= 2**-11 |a| in the normal range -- TF32's 10-bit mantissa
+    # at half the bytes per operand and twice the tensor-core rate
+    "fp16": (1.0 + 2.0**-11) ** 2 - 1.0,
 }
+# Absolute rounding error of one input where the format's subnormals lose
+# relative precision (float16: half the subnormal spacing, 2**-25).
+_INPUT_ABS_ERROR = {"fp16": 2.0**-25}
+PRECISIONS = tuple(_PRODUCT_ERROR)
+
+
+def certificate_bound(precision: str, dim: int, norms, big: float):
+    """Bound on |computed - exact| squared distance between a row of norm
+    ``norms`` and any database row (norms <= ``big``), in the kernel's scaled
+    units, for rows of ``dim`` (padded) coordinates and one precision tier.
+
+    Terms: fp32 accumulation of ``dim`` products (gamma), the inputs' rounding
+    to the tier's format (relative, plus absolute for float16 subnormals:
+    sum |a_t| <= sqrt(dim) |a|), and the float32 rounding of the norms and the
+    final sum (7u (|a| + |b|)^2); 1 % slack."""
+    u = _U32
+    gamma = dim * u / (1.0 - dim * u) if dim * u < 0.5 else math.inf
+    e_abs = _INPUT_ABS_ERROR.get(precision, 0.0)
+    dot_abs = e_abs * (1.0 + 2.0**-11) * math.sqrt(dim) * (norms + big) + dim * e_abs * e_abs
+    return 1.01 * (
+        2.0 * ((gamma + _PRODUCT_ERROR[precision] * (1 + 2 * u)) * norms * big + dot_abs)
+        + 7.0 * u * (norms + big) ** 2
+    ) + 1e-300
 
 
 def _interpreting() -> bool:
@@ -53,9 +88,10 @@ _KEY_EMPTY = 0x7FFFFFFF  # int32 key of an empty / excluded entry (above every p
 
 @triton.jit(do_not_specialize=["M", "N", "keys_per_split", "n_split"])
 def _knn_candidates_kernel(
-    xq_ptr,  # (>= cdiv(M, BLOCK_M) * BLOCK_M, DP) float32 query rows (centred,
-    #          scaled, zero-padded rows and columns), row stride DP
-    xk_ptr,  # (>= cdiv(N, BLOCK_N) * BLOCK_N, DP) float32 database, zero-padded
+    xq_ptr,  # (>= cdiv(M, BLOCK_M) * BLOCK_M, DP) query rows (centred, scaled,
+    #          zero-padded rows and columns), row stride DP; float32, or float16
+    #          when PRECISION is "fp16"
+    xk_ptr,  # (>= cdiv(N, BLOCK_N) * BLOCK_N, DP) database, zero-padded, same dtype
     sq_ptr,  # (>= cdiv(N, BLOCK_N) * BLOCK_N,) float32 squared norms of the database rows
     qidx_ptr,  # (M,) int64 global row index of each query (self-exclusion, norm)
     out_d_ptr,  # (M, n_split, KP) float32 approximate squared distances (truncated)
@@ -110,7 +146,10 @@ def _knn_candidates_kernel(
         for k0 in range(0, DP, BLOCK_K):
             a = tl.load(a_base + (a_offs + k0))
             b = tl.load(b_base + (b_offs + k0))
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            if PRECISION == "fp16":  # float16 operands (xq, xk), float32 accumulation
+                acc = tl.dot(a, b, acc)
+            else:
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
         b_base += BLOCK_N * DP
         sq_k = tl.load(sq_ptr + keys)
         d = tl.maximum(sq_q[:, None] + sq_k[None, :] - 2.0 * acc, 0.0)
@@ -165,7 +204,7 @@ def _n_programs_target(device: torch.device) -> int:
 def default_precisions(device: torch.device) -> tuple[str, ...]:
     """Certificate tiers tried in order (the last tier's failures go to float64)."""
     if device.type == "cuda" and not _interpreting():
-        return ("tf32", "tf32x3")
+        return ("fp16", "tf32x3")
     return ("ieee",)
 
 
@@ -318,8 +357,10 @@ def knn(
     x : (N, D) torch tensor (float32/float64/bf16/fp16) on the kernel's device
         (CUDA, or CPU under ``TRITON_INTERPRET=1``).
     k : 1 <= k <= N - 1 (up to 64 for the fused kernel; any k works, slower).
-    precisions : certificate tiers for ``tl.dot`` ("tf32", "tf32x3", "ieee"),
-        tried in order; rows no tier certifies are recomputed in float64.
+    precisions : certificate tiers, tried in order ("fp16": float16 copies of
+        the centred, scaled data; "tf32", "tf32x3", "ieee": ``tl.dot`` input
+        precisions on float32); rows no tier certifies are recomputed in
+        float64. Default on CUDA ("fp16", "tf32x3"); under the interpreter ("ieee",).
     block_m, block_n, block_k : tile shape (default 128, 128, 32 on the GPU;
         small blocks make the interpreter fast); powers of two.
     num_warps, num_stages : launch settings (default 8, 3).
@@ -345,6 +386,10 @@ def knn(
         raise ValueError(f"k must be in [1, N - 1] = [1, {n - 1}], got {k}")
     if precisions is None:
         precisions = default_precisions(device)
+    precisions = tuple(precisions)
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise ValueError(f"precisions must be a non-empty sequence of {PRECISIONS}, got {precisions!r}")
     interp = _interpreting()
     # Defaults for Hopper-class GPUs at large N: 128 x 128 tiles (32 flop per
     # byte of operand traffic vs 21 for 64 x 128), K step 32, 8 warps, 3 stages.
@@ -386,6 +431,8 @@ def knn(
     sq32 = torch.zeros(n_pad, dtype=torch.float32, device=device)
     sq32[:n] = (norms * norms).to(torch.float32)
     big = float(norms.max())
+    # float16 operands for the "fp16" tier (|x_t| < 1 after scaling: no overflow)
+    xs16 = xs.to(torch.float16) if "fp16" in precisions else None
 
     out_i = torch.empty((n, k), dtype=torch.int64, device=device)
     out_d = torch.empty((n, k), dtype=torch.float64, device=device)
@@ -396,7 +443,7 @@ def knn(
         if pending.numel() == 0:
             break
         cd, ci = _candidates(
-            xs, sq32, pending, kp, prec, block_m, block_n, block_k, num_warps,
+            xs16 if prec == "fp16" else xs, sq32, pending, kp, prec, block_m, block_n, block_k, num_warps,
             num_stages, query_chunk, n_programs, segments, contiguous=(t == 0), n_real=n,
         )
         if ci.shape[1] > kc:
@@ -411,13 +458,7 @@ def knn(
         if kc >= n - 1:
             ok = torch.ones(pending.shape[0], dtype=torch.bool, device=device)
         else:
-            u = _U32
-            gamma = dim_p * u / (1.0 - dim_p * u) if dim_p * u < 0.5 else math.inf
-            nrm = norms[pending]
-            bound = 1.01 * (
-                2.0 * (gamma + _PRODUCT_ERROR[prec] * (1 + 2 * u)) * nrm * big
-                + 7.0 * u * (nrm + big) ** 2
-            ) + 1e-300
+            bound = certificate_bound(prec, dim_p, norms[pending], big)
             # exact distances are of unscaled data; the bound is in scaled units
             ok = ed[:, k - 1] * (scale * scale) * (1 + 1e-12) <= thr - bound
         out_i[pending[ok]] = ci[ok, :k]
