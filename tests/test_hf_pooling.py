@@ -334,15 +334,37 @@ def _pruned_output_mean(model, fe, wave, keep, family):
     return last[0, :valid].mean(0).numpy()
 
 
+def _append_output_as_last_state(module, args, output):
+    """Forward hook: hidden_states[-1] := last_hidden_state, as transformers 4
+    encoders return them (after the final LayerNorm)."""
+    if output.hidden_states is not None:
+        output.hidden_states = tuple(output.hidden_states[:-1]) + (output.last_hidden_state,)
+    return output
+
+
 @pytest.mark.parametrize("family,kw", [
     ("whisper", {}),
     ("wav2vec2", {"stable_layer_norm": True}),
     ("wavlm", {"stable_layer_norm": True}),
 ])
-def test_final_norm_apply_scores_what_the_pruned_model_outputs(waves, family, kw):
+@pytest.mark.parametrize("last_state", ["as_returned", "normalised"])
+def test_final_norm_apply_scores_what_the_pruned_model_outputs(waves, family, kw, last_state):
+    """Whatever the encoder returns as its last hidden state (transformers 5
+    wav2vec2-family: before the LayerNorm; Whisper and transformers 4: after
+    it), ``final_norm="apply"`` normalises each state exactly once. The
+    LayerNorm gets random weights so that applying it twice would show."""
     import warnings as _w
 
+    from fastconvex.hf._models import speech_encoder
+
     model, fe = tiny_model(family, **kw)
+    norm = model.layer_norm if family == "whisper" else model.encoder.layer_norm
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        norm.weight.copy_(1.0 + 0.5 * torch.randn(norm.weight.shape, generator=gen))
+        norm.bias.copy_(0.5 * torch.randn(norm.bias.shape, generator=gen))
+    if last_state == "normalised":
+        speech_encoder(model).register_forward_hook(_append_output_as_last_state)
     data = waves[:3]
     with _w.catch_warnings(record=True) as caught:
         _w.simplefilter("always")
@@ -352,7 +374,6 @@ def test_final_norm_apply_scores_what_the_pruned_model_outputs(waves, family, kw
     raw = hf.pooled_hidden_states(model, data, feature_extractor=fe, batch_size=2, progress=False)
     n_blocks = hf.num_blocks(model)
     assert len(res) == n_blocks + 1
-    norm = model.layer_norm if family == "whisper" else model.encoder.layer_norm
     for i, w in enumerate(data):
         for keep in range(1, n_blocks + 1):
             np.testing.assert_allclose(res[keep][i], _pruned_output_mean(model, fe, w, keep, family),

@@ -106,6 +106,23 @@ def test_prune_pre_ln_final_norm_options(family, kw, keep):
     assert torch.equal(_run(ident, inputs).last_hidden_state, original.hidden_states[keep])
 
 
+@pytest.mark.parametrize("family", ["wav2vec2", "wavlm"])
+def test_tied_last_hidden_state_without_the_transformers5_decorator(family, monkeypatch):
+    """transformers 4 encoders have no ``capture_outputs`` decorator and append
+    their output (after the final LayerNorm) as the last hidden state: an
+    encoder whose ``forward`` carries no such decorator counts as tied; a
+    ``config.tie_last_hidden_states`` setting overrides both."""
+    from fastconvex.hf._models import speech_encoder, ties_last_hidden_state
+
+    model, _ = tiny_model(family, layers=LAYERS, stable_layer_norm=True)
+    enc = speech_encoder(model)
+    assert not ties_last_hidden_state(model)  # transformers 5: read from the decorator
+    monkeypatch.setattr(type(enc), "forward", lambda self, *args, **kwargs: None)  # undecorated
+    assert ties_last_hidden_state(model)
+    monkeypatch.setattr(enc.config, "tie_last_hidden_states", False, raising=False)
+    assert not ties_last_hidden_state(model)
+
+
 @pytest.mark.parametrize(
     "family,kw", POST_LN + PRE_LN, ids=_ids(POST_LN + PRE_LN)
 )

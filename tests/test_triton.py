@@ -282,7 +282,9 @@ def test_packed_state_redoes_a_batch_wide_when_hops_could_overflow(device):
     codes = (np.arange(n) % 3 == 0).astype(np.int64)  # vertices 0, 3, 6, ... share label 1
     sources = np.array([0, 11], np.int64)
     T = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    for limit, reruns in ((8, 1), (64, 0)):
+    # the farthest vertex is 22 hops from source 0: 22 sweeps still change it,
+    # the 23rd finds nothing to change
+    for limit, reruns in ((8, 1), (22, 1), (23, 0), (64, 0)):
         stats: dict = {}
         ((_, _, d, h, s),) = shortest_path_batches(
             T(indptr), T(nbr), T(w), T(codes), T(sources), block_v=8, block_b=2,
@@ -309,6 +311,9 @@ def test_packed_state_redoes_a_batch_wide_when_hops_could_overflow(device):
         next(shortest_path_batches(T(indptr), T(nbr), T(w), T(codes), T(sources), state="half"))
     with pytest.raises(ValueError, match="packed_sweep_limit must be in"):
         next(shortest_path_batches(T(indptr), T(nbr), T(w), T(codes), T(sources), packed_sweep_limit=1 << 15))
+    for bad in (0, 256, 64.0, True):
+        with pytest.raises(ValueError, match="max_registers must be an integer"):
+            next(shortest_path_batches(T(indptr), T(nbr), T(w), T(codes), T(sources), max_registers=bad))
 
 
 # ------------------------------------------------------- end to end ---------
@@ -353,13 +358,14 @@ def test_scores_disconnected_duplicates_and_rcm(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_degree_order_runs_fewer_idle_lanes_for_the_same_scores(device):
+def test_degree_order_runs_fewer_idle_lanes_for_the_same_scores(device, monkeypatch):
     """On a graph with hubs the default vertex order runs fewer edge-loop slots
     than the input order (the work measure the kernel counts), same scores."""
     from fastconvex._pairs import plan_pairs
     from fastconvex._backends import NumbaEngine
     from fastconvex._triton_backend import TritonEngine
 
+    monkeypatch.delenv("FASTCONVEX_TRITON_REORDER", raising=False)
     x, _ = _hub_graph(n=200, d=64, seed=8)
     codes = np.random.default_rng(8).integers(0, 3, x.shape[0]).astype(np.int64)
     plan = plan_pairs(codes, 3, estimator="sources", budget=3, seed=0, min_class_size=2)

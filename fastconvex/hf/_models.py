@@ -140,8 +140,9 @@ def ties_last_hidden_state(model: nn.Module) -> bool:
     encoders (Whisper) then replace the last entry by ``last_hidden_state``
     (after the final LayerNorm), others (wav2vec2 family) do not.  The answer
     comes from ``config.tie_last_hidden_states`` when set, else from the
-    ``capture_outputs`` decorator of the encoder's ``forward``, else from the
-    family (Whisper: yes; others: no).
+    ``capture_outputs`` decorator of the encoder's ``forward``.  Without that
+    decorator (transformers 4), every encoder appends its output -- after the
+    final LayerNorm, if it has one -- as the last hidden state: yes.
     """
     enc = speech_encoder(model)
     override = getattr(enc.config, "tie_last_hidden_states", None)
@@ -157,7 +158,7 @@ def ties_last_hidden_state(model: nn.Module) -> bool:
             if isinstance(value, bool):
                 return value
         fn = getattr(fn, "__wrapped__", None)
-    return is_whisper(model)
+    return True
 
 
 def distinct_configs(model: nn.Module) -> list[Any]:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._models import final_layer_norm, is_whisper, model_device, speech_encoder, ties_last_hidden_state
+from ._models import final_layer_norm, is_whisper, model_device, speech_encoder
 
 __all__ = ["PooledHiddenStates", "pooled_hidden_states", "valid_frame_counts"]
 
@@ -302,13 +302,11 @@ def pooled_hidden_states(
                 "(post-LN models normalise inside each block; a pruned model may have had it replaced by "
                 'nn.Identity); use final_norm="raw"'
             )
-        last_has_norm = ties_last_hidden_state(model)
     elif norm_layer is not None:
         norm_layer = None  # "raw": warn, do not apply
-        carried = "only the last hidden state carries it" if ties_last_hidden_state(model) else "no hidden state carries it"
         warnings.warn(
             f"{type(model).__name__} is a pre-LN encoder: it applies a final LayerNorm after its "
-            f"last block, and {carried} (SPEC §2). "
+            "last block, which the hidden states below the last lack (SPEC §2). "
             "Hidden state h equals the output of the model cut to h blocks only with "
             "prune(model, h, final_norm='identity'); with the default final_norm='keep' the "
             "pruned model outputs LayerNorm(hidden state h), which pooled_hidden_states(..., "
@@ -402,6 +400,14 @@ def pooled_hidden_states(
     paths: list[Path] | None = None
     was_training = model.training
     model.eval()
+    # Whether hidden_states[-1] already went through the final LayerNorm differs
+    # between encoders and transformers versions: seen on the first batch, by
+    # comparing it with what the LayerNorm itself returned.
+    norm_outputs: list[torch.Tensor] = []
+    last_has_norm: bool | None = None
+    norm_hook = None
+    if norm_layer is not None:
+        norm_hook = norm_layer.register_forward_hook(lambda module, args, output: norm_outputs.append(output))
     bar = _progress(len(batches), progress)
     bar.__enter__()
     try:
@@ -422,6 +428,13 @@ def pooled_hidden_states(
                 hidden = getattr(out, "hidden_states", None)
                 if hidden is None:
                     raise TypeError(f"model: {type(model).__name__} returned no hidden_states")
+                if norm_hook is not None:
+                    last_has_norm = any(
+                        o.shape == hidden[-1].shape and torch.equal(o, hidden[-1]) for o in norm_outputs
+                    )
+                    norm_hook.remove()
+                    norm_hook = None
+                    norm_outputs.clear()
                 if selected is None:
                     selected = _select_layers(layers, len(hidden))
                     dim = int(hidden[0].shape[-1])
@@ -460,6 +473,8 @@ def pooled_hidden_states(
                             outputs[slot][offsets[i] : offsets[i + 1]] = rows.to("cpu").numpy().astype(out_dtype, copy=False)
                 bar.update(1)
     finally:
+        if norm_hook is not None:
+            norm_hook.remove()
         bar.__exit__(None, None, None)
         if was_training:
             model.train()

@@ -109,7 +109,6 @@ def _relax_kernel(
             if PACKED:
                 ch = hu + (65536 - add)
                 better = (cd < cur_d) | ((cd == cur_d) & (ch < cur_h))
-                better = better & um & (du < float("inf"))
             else:
                 su = tl.load(s_in + uoffs, mask=um, other=0)
                 ch = hu + 1
@@ -117,7 +116,8 @@ def _relax_kernel(
                 better = (cd < cur_d) | (
                     (cd == cur_d) & ((ch < cur_h) | ((ch == cur_h) & (cs > cur_s)))
                 )
-                better = better & um & (du < float("inf"))
+            better = better & um & (du < float("inf"))
+            if not PACKED:
                 cur_s = tl.where(better, cs, cur_s)
             cur_d = tl.where(better, cd, cur_d)
             cur_h = tl.where(better, ch, cur_h)
@@ -241,7 +241,8 @@ def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, b
                 raise RuntimeError("shortest paths did not converge")
     d, h, s = bufs[cur]
     if packed:
-        del bufs
+        # free the other buffer before the decoded counts are allocated
+        del bufs, d_in, h_in, s_in, d_out, h_out, s_out
         s = 0xFFFF - (h & 0xFFFF)
         h = torch.where(torch.isfinite(d), h >> 16, torch.full_like(h, _NO_HOPS))
     return d, h, s, sweeps
@@ -284,6 +285,10 @@ def shortest_path_batches(
     """
     if state not in STATES:
         raise ValueError(f"state must be one of {STATES}, got {state!r}")
+    if max_registers is not None and (
+        isinstance(max_registers, bool) or not isinstance(max_registers, int) or not 16 <= max_registers <= 255
+    ):
+        raise ValueError(f"max_registers must be an integer in [16, 255] or None, got {max_registers!r}")
     if not 1 <= packed_sweep_limit <= PACKED_SWEEP_LIMIT:
         raise ValueError(
             f"packed_sweep_limit must be in [1, {PACKED_SWEEP_LIMIT}] (the packed key holds "
@@ -318,14 +323,24 @@ def shortest_path_batches(
         kw = dict(block_v=block_v, block_b=block_b, check_every=check_every, counter=counter,
                   extra=extra, time_check=time_check)
         out = _converge(*args, state == "packed", packed_sweep_limit, **kw)
-        if out is None:
-            totals["sweeps"] += packed_sweep_limit
-            totals["wide_reruns"] += 1
-            out = _converge(*args, False, packed_sweep_limit, **kw)
-        d, h, s, sweeps = out
-        totals["sweeps"] += sweeps
-        totals["batches"] += 1
-        yield s0, s1, d, h, s
+        if out is not None:
+            d, h, s, sweeps = out
+            totals["sweeps"] += sweeps
+            totals["batches"] += 1
+            yield s0, s1, d, h, s
+            continue
+        # redo the batch wide (from the start), in sub-batches that fit memory
+        # at the wide state's 16 bytes per entry
+        totals["sweeps"] += packed_sweep_limit
+        totals["wide_reruns"] += 1
+        wide = batch_width(n, device, block_b, max_batch, 16)
+        for r0 in range(s0, s1, wide):
+            r1 = min(s1, r0 + wide)
+            d, h, s, sweeps = _converge(indptr, neighbours, weights, codes, sources[r0:r1], False,
+                                        packed_sweep_limit, **kw)
+            totals["sweeps"] += sweeps
+            totals["batches"] += 1
+            yield r0, r1, d, h, s
     if stats is not None:
         for key, value in totals.items():
             stats[key] = stats.get(key, 0) + value
