@@ -520,6 +520,12 @@ def summary() -> None:
                      f"relax/s {f(q.get('relaxations_per_s'), '{:.3g}')} "
                      f"busy lanes {f(q.get('busy_lanes'), '{:.2f}')} correct={q.get('correct')} "
                      f"[{p.get('status')}]")
+    timed_ok = {k: v for k, v in p.items() if isinstance(v, dict) and v.get("correct") and v.get("seconds")}
+    if timed_ok and "none+state=wide" in timed_ok:
+        fastest = min(timed_ok, key=lambda k: timed_ok[k]["seconds"])
+        lines.append(f"  fastest correct path variant: {fastest}, "
+                     f"{timed_ok['none+state=wide']['seconds'] / timed_ok[fastest]['seconds']:.2f}x "
+                     "the run-4 settings (none+state=wide) in this run")
     lay = s.get("layer_N1e6_sources64", {})
     lines.append(f"layer N={N_LAYER} C={N_CLASSES} sources={SRC_LAYER} order={lay.get('order')}: "
                  f"{f(lay.get('seconds'))}s busy lanes {f(lay.get('busy_lanes'), '{:.2f}')} "
