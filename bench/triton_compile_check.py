@@ -101,76 +101,69 @@ PATH_PTRS = {
 }
 
 
-def compile_relax(fn, bv, bb, div, nw, packed=True, maxnreg=None):
+def compile_for_sm90(fn, pointers, ints, divisible, constexprs, options):
+    """Compile ``fn`` for sm_90: ``pointers`` maps pointer arguments to their
+    types (all 16-byte aligned), the integer arguments named in ``ints`` are
+    i32 and marked divisible by 16 where ``divisible`` says so, and every
+    other argument is a constexpr from ``constexprs``."""
     sig, attrs = {}, {}
     for i, n in enumerate(fn.arg_names):
-        if n in PATH_PTRS:
-            sig[n] = PATH_PTRS[n]
+        if n in pointers:
+            sig[n] = pointers[n]
             attrs[(i,)] = [["tt.divisibility", 16]]
-        elif n in ("BV", "BB", "PACKED"):
+        elif n in constexprs:
             sig[n] = "constexpr"
         else:
             sig[n] = "i32"
-            if div[PATH_INTS.index(n)]:
+            if divisible[ints.index(n)]:
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=fn, signature=sig, constexprs={"BV": bv, "BB": bb, "PACKED": packed}, attrs=attrs)
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def failure(e: Exception) -> str:
+    """The last line of a compiler error, shortened."""
+    msg = str(e).strip().splitlines()
+    return msg[-1][:160] if msg else repr(e)
+
+
+def compile_relax(fn, bv, bb, div, nw, packed=True, maxnreg=None):
     options = {"num_warps": nw}
     if maxnreg is not None:
         options["maxnreg"] = maxnreg
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    return compile_for_sm90(fn, PATH_PTRS, PATH_INTS, div, {"BV": bv, "BB": bb, "PACKED": packed}, options)
 
 
 def check_paths(quick: bool) -> tuple[int, int]:
     fn = load_module("paths")._relax_kernel
     all_div = list(itertools.product([False, True], repeat=len(PATH_INTS)))
     shapes = [(32, 32)] if quick else [(32, 32), (64, 32), (32, 64)]
+    jobs = [(bv, bb, div, nw, packed, None)
+            for (bv, bb), div, nw, packed in itertools.product(shapes, all_div, (4, 8), (True, False))]
+    # the register caps gpu_check times (max_registers=), default tile and warps
+    jobs += [(32, 32, all_div[-1], 4, True, cap) for cap in (128, 96, 64)]
     ok = bad = 0
-    for (bv, bb), div, nw, packed in itertools.product(shapes, all_div, (4, 8), (True, False)):
+    for bv, bb, div, nw, packed, cap in jobs:
         name = f"paths {'packed' if packed else 'wide'} BV={bv} BB={bb}"
         try:
-            k = compile_relax(fn, bv, bb, div, nw, packed)
+            k = compile_relax(fn, bv, bb, div, nw, packed, cap)
             ok += 1
             if all(div):
-                print(f"  ok {name} nw={nw}: {resource_usage(k)}", flush=True)
+                print(f"  ok {name} nw={nw}{'' if cap is None else f' maxnreg={cap}'}: "
+                      f"{resource_usage(k)}", flush=True)
         except Exception as e:  # noqa: BLE001
             bad += 1
-            msg = str(e).strip().splitlines()
-            print(f"FAIL {name} div={div} nw={nw}: {msg[-1][:160] if msg else e!r}", flush=True)
-    # the register caps gpu_check times (max_registers=), default tile and warps
-    for cap in (128, 96, 64):
-        name = f"paths packed BV=32 BB=32 nw=4 maxnreg={cap}"
-        try:
-            k = compile_relax(fn, 32, 32, (True,) * len(PATH_INTS), 4, True, cap)
-            ok += 1
-            print(f"  ok {name}: {resource_usage(k)}", flush=True)
-        except Exception as e:  # noqa: BLE001
-            bad += 1
-            print(f"FAIL {name}: {str(e).strip().splitlines()[-1][:160]}", flush=True)
+            print(f"FAIL {name} div={div} nw={nw} maxnreg={cap}: {failure(e)}", flush=True)
     print(f"paths kernel: {ok} compiled, {bad} failed", flush=True)
     return ok, bad
 
 
 def compile_one(fn, cfg, kp, prec, div, nw, dp=768):
-    names = fn.arg_names
     const = {"DP": dp, "BLOCK_M": cfg["block_m"], "BLOCK_N": cfg["block_n"],
              "BLOCK_K": cfg["block_k"], "KP": kp, "PRECISION": prec}
-    sig = {}
-    for n in names:
-        if n in ("xq_ptr", "xk_ptr") and prec == "fp16":
-            sig[n] = "*fp16"
-        elif n in PTRS:
-            sig[n] = PTRS[n]
-        elif n in const:
-            sig[n] = "constexpr"
-        else:
-            sig[n] = "i32"
-    attrs = {}
-    for i, n in enumerate(names):
-        if n in PTRS or (n in INTS and div[INTS.index(n)]):
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": nw, "num_stages": cfg["num_stages"]})
+    pointers = dict(PTRS, **({"xq_ptr": "*fp16", "xk_ptr": "*fp16"} if prec == "fp16" else {}))
+    return compile_for_sm90(fn, pointers, INTS, div, const,
+                            {"num_warps": nw, "num_stages": cfg["num_stages"]})
 
 
 def main() -> int:
@@ -210,9 +203,7 @@ def main() -> int:
                       f"{resource_usage(k)}", flush=True)
         except Exception as e:  # noqa: BLE001
             bad += 1
-            msg = str(e).strip().splitlines()
-            print(f"FAIL {cfg} KP={kp} {prec} div={div} nw={nw}: {msg[-1][:160] if msg else e!r}",
-                  flush=True)
+            print(f"FAIL {cfg} KP={kp} {prec} div={div} nw={nw}: {failure(e)}", flush=True)
     p_ok, p_bad = check_paths(quick)
     ok, bad = ok + p_ok, bad + p_bad
     print(f"triton {triton.__version__}: {ok} compiled, {bad} failed ({time.time() - t0:.0f}s)")

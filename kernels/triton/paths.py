@@ -174,7 +174,7 @@ def batch_width(n: int, device: torch.device, block_b: int, max_batch: int | Non
     return b
 
 
-def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, block_v,
+def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, deg, block_v,
               block_b, check_every, counter, extra, time_check):
     """Bellman-Ford for the sources ``src`` (one batch) to convergence.
 
@@ -202,7 +202,6 @@ def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, b
         bufs.append((d, h, s))
     act = torch.zeros(nvb * nbb, dtype=torch.int8, device=device)
     # tiles holding a neighbour of a source start active
-    deg = indptr[1:] - indptr[:-1]
     nb_cnt = deg[src]
     nb_col = cols.repeat_interleave(nb_cnt)
     starts = indptr[src].repeat_interleave(nb_cnt)
@@ -308,6 +307,7 @@ def shortest_path_batches(
     if max_registers is not None and not interp:
         extra["maxnreg"] = int(max_registers)
     totals = {"sweeps": 0, "batches": 0, "wide_reruns": 0}
+    deg = indptr[1:] - indptr[:-1]
     for s0 in range(0, sources.shape[0], width):
         s1 = min(sources.shape[0], s0 + width)
 
@@ -320,7 +320,7 @@ def shortest_path_batches(
                 )
 
         args = (indptr, neighbours, weights, codes, sources[s0:s1])
-        kw = dict(block_v=block_v, block_b=block_b, check_every=check_every, counter=counter,
+        kw = dict(deg=deg, block_v=block_v, block_b=block_b, check_every=check_every, counter=counter,
                   extra=extra, time_check=time_check)
         out = _converge(*args, state == "packed", packed_sweep_limit, **kw)
         if out is not None:
