@@ -5,7 +5,8 @@ and loops to the block's largest degree, so a lane is busy for
 ``deg(v) / max(deg in block)`` of the loop. This computes that share on the
 union kNN graph of the benchmark data (40 overlapping Gaussian classes, D = 768,
 k = 10, as in ``bench/gpu_check.py``), built on the CPU by the Numba backend,
-for the input order, the degree order (the default) and RCM. No GPU needed.
+for the input order, the degree order (the default), an exact sort by degree
+(for comparison) and RCM. No GPU needed.
 
     python bench/busy_lanes.py 20000 60000
 """
@@ -44,6 +45,7 @@ def main(sizes: list[int]) -> None:
         orders = {
             "none": np.arange(n),
             "degree": degree_order(torch.from_numpy(indptr)).numpy(),
+            "exact degree sort": np.argsort(deg, kind="stable"),  # for comparison with the bins
             "rcm": rcm_order(torch.from_numpy(indptr), torch.from_numpy(nbr)),
         }
         shares = ", ".join(f"{k} {busy_share(deg, o):.1%}" for k, o in orders.items())
