@@ -5,6 +5,7 @@ Bellman-Ford path statistics — all on the device (CUDA, or CPU tensors under
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -26,6 +27,15 @@ def _sync(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _current_device(device):
+    """Make ``device`` CUDA's current device for the block: Triton launches on
+    the current device and its current stream, not on its arguments' device
+    (inputs on cuda:1 would otherwise be read by a kernel running on cuda:0)."""
+    import torch
+
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _resolve_device(device: Any):
@@ -110,10 +120,15 @@ class TritonEngine:
         return xt, idx, dist
 
     def knn(self, x: Any, k: int) -> KNNGraph:
-        _, idx, dist = self._knn_device(x, k)
+        with _current_device(self._device_for(x)):
+            _, idx, dist = self._knn_device(x, k)
         return KNNGraph(idx.cpu().numpy(), dist.cpu().numpy(), self.name)
 
     def source_stats(self, x: Any, codes: np.ndarray, plan: PairPlan, k: int) -> SourceStats:
+        with _current_device(self._device_for(x)):
+            return self._source_stats(x, codes, plan, k)
+
+    def _source_stats(self, x: Any, codes: np.ndarray, plan: PairPlan, k: int) -> SourceStats:
         import torch
 
         from .kernels.triton.graph import reorder_graph, union_csr

@@ -105,6 +105,69 @@ def test_knn_tiers_chunks_and_segments(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", ["fp16", "ieee"])
+def test_knn_flat_loop_gives_the_same_candidates(device, precision):
+    """The flat (tile, K step) loop does the nested loops' work in the same
+    order: identical candidate lists, over segments whose last tile is partial
+    and a query chunk whose last block is partial; and the same exact kNN."""
+    from fastconvex.kernels.triton.knn import _candidates, knn
+
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((101, 40)).astype(np.float32)
+    x[30] = x[31]  # a duplicate: distance 0
+    xt = torch.from_numpy(x).to(device)
+    dp, n_pad = 48, 128
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    xs = torch.zeros((n_pad, dp), dtype=torch.float32, device=device)
+    xs[:101, :40] = xt / (2 * float(xt.norm(dim=1).max()))
+    sq = torch.zeros(n_pad, dtype=torch.float32, device=device)
+    sq[:101] = (xs[:101].double() ** 2).sum(1).float()
+    qidx = torch.arange(3, 101, 2, device=device)  # 49 queries: a partial last block
+    common = dict(block_m=16, block_n=32, block_k=16, num_warps=4, num_stages=2, query_chunk=32,
+                  n_programs=1, segments=2, n_real=101)
+    nd, ni = _candidates(xs.to(dtype), sq, qidx, 16, precision, **common)
+    fd, fi = _candidates(xs.to(dtype), sq, qidx, 16, precision, flat_loop=True, **common)
+    assert torch.equal(ni, fi) and torch.equal(nd, fd)
+    assert (ni >= 0).all() and not (ni == qidx[:, None]).any()  # filled, never the query itself
+    a = knn(xt, 7, precisions=(precision,), block_m=16, block_n=32, block_k=16, segments=3)
+    b = knn(xt, 7, precisions=(precision,), block_m=16, block_n=32, block_k=16, segments=3, flat_loop=True)
+    assert all(torch.equal(u, v) for u, v in zip(a[:2], b[:2])) and a[2] == b[2]
+    assert_knn_equal_up_to_ties(x, b[0].cpu().numpy(), b[1].cpu().numpy(), 7)
+
+
+def test_query_chunk_size_balances_launches_within_the_grid_limit():
+    """Hand-computed cases: memory for every query -> one launch of whole
+    blocks (not N rounded down plus a sliver); a smaller budget -> balanced
+    launches; never more than 65 535 query blocks per launch."""
+    from fastconvex.kernels.triton.knn import query_chunk_size
+
+    assert query_chunk_size(1_000_000, 128, 100, 10**12) == 1_000_064  # 7813 blocks
+    c = query_chunk_size(1_000_000, 128, 100, 300_000 * 100)  # 300 000 queries fit
+    assert c == 250_112 and -(-1_000_000 // c) == 4 and 1_000_000 - 3 * c == 249_664
+    c = query_chunk_size(10**7, 64, 1, 10**12)  # memory for all, but 156 250 blocks > 65 535
+    assert c == 3_333_376 and c // 64 <= 65535 and -(-10**7 // c) == 3
+    assert query_chunk_size(101, 16, 1, 0, query_chunk=48) == 48  # 48 + 48 + 5
+    assert query_chunk_size(101, 16, 1, 0, query_chunk=1) == 16  # at least one block
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_knn_many_programs_and_a_small_last_chunk(device):
+    """A last launch of 5 queries asks for as many database segments as there
+    are tiles; its candidates are cut to the same width as the others' and the
+    result is the exact kNN, equal to the one-launch result."""
+    from fastconvex.kernels.triton.knn import knn
+
+    rng = np.random.default_rng(29)
+    x = rng.standard_normal((101, 12)).astype(np.float32)
+    xt = torch.from_numpy(x).to(device)
+    common = dict(precisions=("ieee",), block_m=16, block_n=32, block_k=16)
+    one = knn(xt, 5, **common)
+    many = knn(xt, 5, query_chunk=48, n_programs=64, **common)
+    assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
+    assert_knn_equal_up_to_ties(x, many[0].cpu().numpy(), many[1].cpu().numpy(), 5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_knn_fp16_tier_with_subnormal_coordinates(device):
     """Coordinates far below float16's normal range (they round to subnormals
     or zero) beside ordinary ones: the float16 tier certifies only rows its
@@ -160,6 +223,59 @@ def test_certificate_bound_covers_the_rounding_it_claims_to(precision, to_format
     assert np.all(err <= bound), float((err / bound).max())
     assert err.max() > 0.05 * bound.min()  # the rounding is real, not emulated away
     assert bound.max() < 0.01 * np.median(exact)
+
+
+def _tensor_core_dot(a, b, block=8):
+    """a @ b.T as tensor cores accumulate (a model after Fasi et al. 2021): exact
+    products, each block of ``block`` products aligned with the float32
+    accumulator to the largest exponent among them and truncated to 24 bits
+    below it (no guard bits), summed, and the sum truncated to float32."""
+    def trunc(v, e):
+        return np.trunc(v / 2.0 ** (e - 23)) * 2.0 ** (e - 23)
+
+    def exponent(v):
+        return np.floor(np.log2(np.where(v > 0, v, 1.0)))
+
+    acc = np.zeros((a.shape[0], b.shape[0]))
+    for k0 in range(0, a.shape[1], block):
+        terms = a[:, None, k0 : k0 + block].astype(np.float64) * b[None, :, k0 : k0 + block]
+        terms = np.concatenate([acc[:, :, None], terms], axis=2)
+        s = trunc(terms, exponent(np.abs(terms).max(axis=2))[:, :, None]).sum(axis=2)
+        acc = trunc(s, exponent(np.abs(s)))
+    return acc
+
+
+@pytest.mark.parametrize("precision,to_format", [("fp16", _round_fp16), ("tf32x3", lambda a: a)])
+def test_certificate_bound_covers_truncating_tensor_core_accumulation(precision, to_format):
+    """Near neighbours whose coordinate products all share a sign (two clusters
+    along the all-ones direction, so the truncation errors of the accumulation
+    add up instead of cancelling): every computed distance stays within
+    certificate_bound of the float64 one, for accumulation blocks of 4 to 16."""
+    from fastconvex.kernels.triton.knn import certificate_bound
+
+    dim = 768
+    rng = np.random.default_rng(9)
+    x = np.where(rng.random((160, 1)) < 0.5, 1.0, -1.0) + 1e-3 * rng.standard_normal((160, dim))
+    x -= x.mean(0)
+    x *= 2.0 ** -np.frexp(np.linalg.norm(x, axis=1).max())[1]
+    xs = x.astype(np.float32)
+    x64 = xs.astype(np.float64)
+    rows = np.arange(24)
+    exact = ((x64[rows, None, :] - x64[None, :, :]) ** 2).sum(-1)
+    sq = (np.linalg.norm(x64, axis=1) ** 2).astype(np.float32)
+    norms = np.linalg.norm(x64, axis=1)
+    bound = certificate_bound(precision, dim, norms[rows, None], float(norms.max()))
+    r = to_format(xs)
+    for block in (4, 8, 16):
+        dot = _tensor_core_dot(r[rows], r, block).astype(np.float32)
+        approx = np.maximum(sq[rows, None] + sq[None, :] - np.float32(2.0) * dot, np.float32(0.0))
+        err = np.abs(approx.astype(np.float64) - exact)
+        assert np.all(err <= bound), (block, float((err / bound).max()))
+        # the emulated accumulation really loses: a quarter of the IEEE
+        # gamma = dim * 2**-24 on |a| |b| or more, on top of the inputs' rounding
+        r64 = r.astype(np.float64)
+        lost = np.abs(dot - r64[rows] @ r64.T) / np.outer(norms[rows], norms)
+        assert lost.max() > 0.25 * dim * 2.0**-24
 
 
 # ------------------------------------------------------------- graph ---------

@@ -42,6 +42,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .memory import free_bytes
+
 _U32 = 2.0**-24
 # Bound on the relative error of one product a_t * b_t (inputs rounded to the
 # tensor-core format, possibly by truncation) for each precision tier.
@@ -68,9 +70,17 @@ def certificate_bound(precision: str, dim: int, norms, big: float):
     Terms: fp32 accumulation of ``dim`` products (gamma), the inputs' rounding
     to the tier's format (relative, plus absolute for float16 subnormals:
     sum |a_t| <= sqrt(dim) |a|), and the float32 rounding of the norms and the
-    final sum (7u (|a| + |b|)^2); 1 % slack."""
+    final sum (7u (|a| + |b|)^2); 1 % slack.
+
+    Tensor cores do not round each addition to nearest: they align a block of
+    products to the largest exponent and truncate (Fasi et al. 2021), and for
+    near neighbours the products mostly share a sign, so the truncation errors
+    add up in one direction. The tensor-core tiers (fp16, tf32, tf32x3)
+    therefore take gamma with twice the unit roundoff, 2**-23; "ieee" (FMA
+    chains, round to nearest) keeps 2**-24."""
     u = _U32
-    gamma = dim * u / (1.0 - dim * u) if dim * u < 0.5 else math.inf
+    u_acc = u if precision == "ieee" else 2.0 * u
+    gamma = dim * u_acc / (1.0 - dim * u_acc) if dim * u_acc < 0.5 else math.inf
     e_abs = _INPUT_ABS_ERROR.get(precision, 0.0)
     dot_abs = e_abs * (1.0 + 2.0**-11) * math.sqrt(dim) * (norms + big) + dim * e_abs * e_abs
     return 1.01 * (
@@ -84,6 +94,37 @@ def _interpreting() -> bool:
 
 
 _KEY_EMPTY = 0x7FFFFFFF  # int32 key of an empty / excluded entry (above every packed float)
+
+
+@triton.jit
+def _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
+                BLOCK_N: tl.constexpr, KP: tl.constexpr):
+    """Fold one (BLOCK_M, BLOCK_N) tile of dot products (database rows n0 ...)
+    into the rows' running top-KP keys; returns (run_key, run_i, thr)."""
+    cols_n = tl.arange(0, BLOCK_N)
+    cols_k = tl.arange(0, KP)
+    keys = n0 + cols_n
+    sq_k = tl.load(sq_ptr + keys)
+    d = tl.maximum(sq_q[:, None] + sq_k[None, :] - 2.0 * acc, 0.0)
+    key = (d.to(tl.int32, bitcast=True) & (-BLOCK_N)) | cols_n[None, :]
+    bad = (keys[None, :] >= key_hi) | (keys[None, :] == q[:, None])
+    key = tl.where(bad, 0x7FFFFFFF, key)
+    best = tl.min(key, axis=1)
+    n_better = tl.max((best < thr).to(tl.int32), axis=0)
+    # Merge only when some row's tile minimum beats its current worst; one
+    # insertion per row per step (the best replaces the worst). No re-filter
+    # of the tile is needed: once a row's minimum fails, everything fails.
+    while n_better > 0:
+        worst = tl.argmax(run_key, axis=1)
+        ins = best < thr
+        slot = (cols_k[None, :] == worst[:, None]) & ins[:, None]
+        run_key = tl.where(slot, best[:, None], run_key)
+        run_i = tl.where(slot, (n0 + (best & (BLOCK_N - 1)))[:, None], run_i)
+        key = tl.where(key == best[:, None], 0x7FFFFFFF, key)
+        thr = tl.max(run_key, axis=1)
+        best = tl.min(key, axis=1)
+        n_better = tl.max((best < thr).to(tl.int32), axis=0)
+    return run_key, run_i, thr
 
 
 @triton.jit(do_not_specialize=["M", "N", "keys_per_split", "n_split"])
@@ -106,6 +147,7 @@ def _knn_candidates_kernel(
     BLOCK_K: tl.constexpr,
     KP: tl.constexpr,
     PRECISION: tl.constexpr,
+    FLAT: tl.constexpr = False,  # one loop over (tile, K step) instead of two nested
 ):
     # Integer arguments are not specialized (do_not_specialize): every launch of
     # one (DP, block, KP, precision) configuration reuses one compiled kernel
@@ -139,38 +181,41 @@ def _knn_candidates_kernel(
 
     key_lo = pid_s * keys_per_split
     key_hi = tl.minimum(key_lo + keys_per_split, N)
-    b_base = xk_ptr + key_lo.to(tl.int64) * DP
-    for n0 in range(key_lo, key_hi, BLOCK_N):
-        keys = n0 + cols_n
+    if FLAT:
+        # One loop over (tile, K step): the software pipeliner then keeps the
+        # next tile's first operand slices in flight during this tile's merge,
+        # instead of draining and refilling its stages at every tile.
+        KS: tl.constexpr = DP // BLOCK_K
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k0 in range(0, DP, BLOCK_K):
+        n_steps = tl.cdiv(key_hi - key_lo, BLOCK_N) * KS
+        for t in range(0, n_steps):
+            tile = t // KS
+            k0 = (t - tile * KS) * BLOCK_K
+            n0 = key_lo + tile * BLOCK_N
             a = tl.load(a_base + (a_offs + k0))
-            b = tl.load(b_base + (b_offs + k0))
-            if PRECISION == "fp16":  # float16 operands (xq, xk), float32 accumulation
+            b = tl.load(xk_ptr + n0.to(tl.int64) * DP + (b_offs + k0))
+            if PRECISION == "fp16":
                 acc = tl.dot(a, b, acc)
             else:
                 acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        b_base += BLOCK_N * DP
-        sq_k = tl.load(sq_ptr + keys)
-        d = tl.maximum(sq_q[:, None] + sq_k[None, :] - 2.0 * acc, 0.0)
-        key = (d.to(tl.int32, bitcast=True) & (-BLOCK_N)) | cols_n[None, :]
-        bad = (keys[None, :] >= key_hi) | (keys[None, :] == q[:, None])
-        key = tl.where(bad, 0x7FFFFFFF, key)
-        best = tl.min(key, axis=1)
-        n_better = tl.max((best < thr).to(tl.int32), axis=0)
-        # Merge only when some row's tile minimum beats its current worst; one
-        # insertion per row per step (the best replaces the worst). No re-filter
-        # of the tile is needed: once a row's minimum fails, everything fails.
-        while n_better > 0:
-            worst = tl.argmax(run_key, axis=1)
-            ins = best < thr
-            slot = (cols_k[None, :] == worst[:, None]) & ins[:, None]
-            run_key = tl.where(slot, best[:, None], run_key)
-            run_i = tl.where(slot, (n0 + (best & (BLOCK_N - 1)))[:, None], run_i)
-            key = tl.where(key == best[:, None], 0x7FFFFFFF, key)
-            thr = tl.max(run_key, axis=1)
-            best = tl.min(key, axis=1)
-            n_better = tl.max((best < thr).to(tl.int32), axis=0)
+            if k0 == DP - BLOCK_K:
+                run_key, run_i, thr = _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
+                                                  BLOCK_N, KP)
+                acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    else:
+        b_base = xk_ptr + key_lo.to(tl.int64) * DP
+        for n0 in range(key_lo, key_hi, BLOCK_N):
+            acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+            for k0 in range(0, DP, BLOCK_K):
+                a = tl.load(a_base + (a_offs + k0))
+                b = tl.load(b_base + (b_offs + k0))
+                if PRECISION == "fp16":  # float16 operands (xq, xk), float32 accumulation
+                    acc = tl.dot(a, b, acc)
+                else:
+                    acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            b_base += BLOCK_N * DP
+            run_key, run_i, thr = _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
+                                              BLOCK_N, KP)
 
     out_d = (run_key & (-BLOCK_N)).to(tl.float32, bitcast=True)
     out_d = tl.where(run_key == 0x7FFFFFFF, float("inf"), out_d)
@@ -186,13 +231,6 @@ def _next_pow2(v: int) -> int:
 def candidate_slots(k: int) -> int:
     """Candidates kept per row and database segment (power of two >= k + max(k, 16))."""
     return _next_pow2(k + max(k, 16))
-
-
-def _free_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    return 1 << 30  # CPU / interpreter: a modest fixed budget
 
 
 def _n_programs_target(device: torch.device) -> int:
@@ -226,18 +264,28 @@ def _auto_segments(n, m, block_m, block_n, n_programs, device):
 
 def _candidates(
     xs, sq32, qidx, kp, precision, block_m, block_n, block_k, num_warps, num_stages,
-    query_chunk, n_programs=None, segments=None, contiguous=False, n_real=None,
+    query_chunk, n_programs=None, segments=None, contiguous=False, n_real=None, flat_loop=False,
+    keep=None,
 ):
-    """Approximate top-``kp`` lists for the queries ``qidx`` (one launch per chunk).
+    """Approximate top-``keep`` candidates for the queries ``qidx`` (one launch
+    per chunk of ``query_chunk`` queries, a multiple of ``block_m``).
 
     ``xs`` is (N_pad, DP): DP a multiple of ``block_k``, N_pad >= N a multiple of
     ``block_m`` and ``block_n`` (zero padding); ``sq32`` likewise (N_pad,).
     ``contiguous``: ``qidx`` is ``arange(M)`` (query rows are a view of ``xs``).
-    Returns (M, n_split * kp) float32 distances (rounded down) and int64 indices."""
+    Each chunk's per-segment lists (``n_split`` x ``kp`` per row) are cut to
+    their ``keep`` (default ``kp``) smallest at once, so memory holds one
+    chunk's lists plus (M, keep) results, however many segments a chunk used.
+    Every non-candidate's approximate distance is >= the largest kept one (a
+    segment's lists hold ``kp`` >= ``keep`` entries).
+    Returns (M, keep) float32 distances (rounded down; inf where empty) and
+    int64 indices (-1 where empty)."""
     device = xs.device
     n, dim_p = (xs.shape[0] if n_real is None else n_real), xs.shape[1]
     m_all = qidx.shape[0]
-    outs_d, outs_i = [], []
+    keep = kp if keep is None else keep
+    res_d = torch.empty((m_all, keep), dtype=torch.float32, device=device)
+    res_i = torch.empty((m_all, keep), dtype=torch.int64, device=device)
     for c0 in range(0, m_all, query_chunk):
         q = qidx[c0 : c0 + query_chunk]
         m = q.shape[0]
@@ -258,16 +306,30 @@ def _candidates(
         _knn_candidates_kernel[(n_split, grid_m)](
             xq, xs, sq32, q, out_d, out_i, m, n, per, n_split,
             DP=dim_p, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, KP=kp,
-            PRECISION=precision, **extra,
+            PRECISION=precision, FLAT=bool(flat_loop), **extra,
         )
-        outs_d.append(out_d.reshape(m, n_split * kp))
-        outs_i.append(out_i.reshape(m, n_split * kp).long())
-    if len(outs_d) == 1:
-        return outs_d[0], outs_i[0]
-    width = max(o.shape[1] for o in outs_d)
-    pad_d = [torch.nn.functional.pad(o, (0, width - o.shape[1]), value=float("inf")) for o in outs_d]
-    pad_i = [torch.nn.functional.pad(o, (0, width - o.shape[1]), value=-1) for o in outs_i]
-    return torch.cat(pad_d), torch.cat(pad_i)
+        cd = out_d.reshape(m, n_split * kp)
+        ci = out_i.reshape(m, n_split * kp)
+        if cd.shape[1] > keep:
+            cd, sel = torch.topk(cd, keep, dim=1, largest=False)
+            ci = torch.gather(ci, 1, sel)
+        res_d[c0 : c0 + m] = cd
+        res_i[c0 : c0 + m] = ci
+        del out_d, out_i, cd, ci
+    return res_d, res_i
+
+
+def query_chunk_size(n: int, block_m: int, per_query_bytes: int, budget: int,
+                     query_chunk: int | None = None) -> int:
+    """Queries per launch: as many as ``budget`` allows (or ``query_chunk``), at
+    most 65 535 query blocks (CUDA's limit on the grid's second axis), balanced
+    over the launches and rounded up to whole ``block_m`` blocks, so no launch
+    is a sliver of a few rows (a one-block launch would split the database into
+    hundreds of segments)."""
+    want = budget // max(1, per_query_bytes) if query_chunk is None else int(query_chunk)
+    want = max(block_m, min(want, 65535 * block_m))
+    n_launches = triton.cdiv(n, want)
+    return triton.cdiv(triton.cdiv(n, n_launches), block_m) * block_m
 
 
 def _sort_by_dist_then_index(d: torch.Tensor, i: torch.Tensor):
@@ -348,6 +410,7 @@ def knn(
     query_chunk: int | None = None,
     n_programs: int | None = None,
     segments: int | None = None,
+    flat_loop: bool = False,
     return_stats: bool = False,
 ):
     """Exact k nearest other points of every row of ``x`` (Euclidean).
@@ -372,6 +435,13 @@ def knn(
     segments : exactly this many database segments per query block (overrides
         the automatic choice; more candidate lists to merge, but concurrent
         programs then share query rows in L2).
+    flat_loop : one loop over (database tile, K step) instead of a K loop
+        nested in a tile loop. Compiled for sm_90 (Triton 3.6), the flat loop
+        keeps the operand pipeline full across tiles: the next tile's first K
+        slices are loaded while this tile is merged, where the nested loop
+        drains its stages and refills them at every tile. It also holds more
+        registers (234 against 203 per thread, still one 8-warp program per
+        SM). Same results; which is faster is measured by ``bench/gpu_check.py``.
 
     Returns
     -------
@@ -406,12 +476,10 @@ def knn(
     # zero-padded columns (exact: they add 0 to every dot product and norm) make
     # the row stride a multiple of BLOCK_K, so the kernel's K loop needs no masks
     dim_p = triton.cdiv(max(dim, 1), block_k) * block_k
-    budget = max(64 << 20, _free_bytes(device) // 4)
-    if query_chunk is None:
-        # candidate lists are small (KP x 16 bytes per row and segment, up to ~8
-        # segments): one launch covers as many queries as memory allows
-        query_chunk = min(n, budget // (kp * 16 * 8 + dim_p * 4))
-    query_chunk = max(block_m, query_chunk // block_m * block_m)
+    budget = max(64 << 20, free_bytes(device) // 4)
+    # candidate lists are small (KP x 8 bytes per row and segment, up to ~8
+    # segments, plus the top-kc cut): one launch covers as many queries as memory allows
+    query_chunk = query_chunk_size(n, block_m, kp * 16 * 8 + dim_p * 4, budget, query_chunk)
 
     # Centre in float64 and scale by a power of two (exact) before float32.
     x64mean = x.to(torch.float64).mean(0) if n * dim * 8 <= budget else _chunked_mean(x)
@@ -445,10 +513,8 @@ def knn(
         cd, ci = _candidates(
             xs16 if prec == "fp16" else xs, sq32, pending, kp, prec, block_m, block_n, block_k, num_warps,
             num_stages, query_chunk, n_programs, segments, contiguous=(t == 0), n_real=n,
+            flat_loop=flat_loop, keep=kc,
         )
-        if ci.shape[1] > kc:
-            cd, sel = torch.topk(cd, kc, dim=1, largest=False)
-            ci = torch.gather(ci, 1, sel)
         # smallest approximate distance any non-candidate can have (>= the kc-th
         # kept; the kernel's distances are clamped at 0 and rounded down, so this
         # stays a lower bound of every non-candidate's computed distance)

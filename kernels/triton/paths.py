@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .memory import free_bytes
+
 _NO_HOPS = 1 << 30  # "unreached" hop count (never overflows when incremented)
 
 
@@ -148,13 +150,6 @@ def _relax_kernel(
             tl.store(s_out + offs, tl.load(s_in + offs, mask=m2), mask=m2)
 
 
-def _free_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    return 1 << 30
-
-
 STATES = ("packed", "wide")
 # Packed keys hold hop counts below 2**15; hops after t sweeps are at most t.
 PACKED_SWEEP_LIMIT = (1 << 15) - 1
@@ -166,7 +161,7 @@ def batch_width(n: int, device: torch.device, block_b: int, max_batch: int | Non
     ``entry_bytes`` per entry (12 packed, 16 wide), the decoded hop and
     same-label counts (8 bytes) and ~3 float64 (N, B) temporaries for the scores."""
     per_col = n * (2 * entry_bytes + 8 + 3 * 8) + 64
-    b = max(1, (_free_bytes(device) // 3) // per_col)
+    b = max(1, (free_bytes(device) // 3) // per_col)
     b = max(block_b, (b // block_b) * block_b)
     b = min(b, 4096)
     if max_batch is not None:
@@ -296,6 +291,9 @@ def shortest_path_batches(
     t_start = time.perf_counter()
     device = indptr.device
     n = indptr.shape[0] - 1
+    # the kernel's offsets (vertex * B + column) come from these dtypes: int64
+    # keeps them exact past 2**31 entries (N = 10**6 and B > 2147)
+    indptr, neighbours, codes = indptr.long(), neighbours.long(), codes.long()
     interp = _interpreting()
     if block_v is None:
         block_v = 64 if interp else 32
