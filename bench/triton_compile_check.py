@@ -51,6 +51,9 @@ CONFIGS = [
     {"block_m": 64, "block_n": 128, "block_k": 32, "num_warps": 8, "num_stages": 3},
     {"block_m": 128, "block_n": 256, "block_k": 32, "num_warps": 8, "num_stages": 3},
     {"block_m": 128, "block_n": 128, "block_k": 32, "num_warps": 8, "num_stages": 4},
+    dict(DEFAULT, flat_loop=True),
+    dict(DEFAULT, block_k=64),
+    dict(DEFAULT, block_k=64, flat_loop=True),
 ]
 INTS = ["M", "N", "keys_per_split", "n_split"]
 PTRS = {"xq_ptr": "*fp32", "xk_ptr": "*fp32", "sq_ptr": "*fp32", "qidx_ptr": "*i64",
@@ -58,11 +61,17 @@ PTRS = {"xq_ptr": "*fp32", "xk_ptr": "*fp32", "sq_ptr": "*fp32", "qidx_ptr": "*i
 
 
 def load_module(name):
-    spec = importlib.util.spec_from_file_location(
-        f"fc_{name}_kernels", os.path.join(ROOT, "kernels", "triton", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """``kernels/triton/<name>.py`` of this checkout (not an installed copy), as a
+    submodule of a stand-in package so its relative imports resolve."""
+    pkg = "fc_triton_kernels"
+    if pkg not in sys.modules:
+        where = os.path.join(ROOT, "kernels", "triton")
+        spec = importlib.util.spec_from_file_location(
+            pkg, os.path.join(where, "__init__.py"), submodule_search_locations=[where])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[pkg] = mod
+        spec.loader.exec_module(mod)
+    return importlib.import_module(f"{pkg}.{name}")
 
 
 def load_kernel():
@@ -160,7 +169,8 @@ def check_paths(quick: bool) -> tuple[int, int]:
 
 def compile_one(fn, cfg, kp, prec, div, nw, dp=768):
     const = {"DP": dp, "BLOCK_M": cfg["block_m"], "BLOCK_N": cfg["block_n"],
-             "BLOCK_K": cfg["block_k"], "KP": kp, "PRECISION": prec}
+             "BLOCK_K": cfg["block_k"], "KP": kp, "PRECISION": prec,
+             "FLAT": bool(cfg.get("flat_loop", False))}
     pointers = dict(PTRS, **({"xq_ptr": "*fp16", "xk_ptr": "*fp16"} if prec == "fp16" else {}))
     return compile_for_sm90(fn, pointers, INTS, div, const,
                             {"num_warps": nw, "num_stages": cfg["num_stages"]})
