@@ -87,10 +87,27 @@ def triton_unavailable_reason(device: Any = None) -> str | None:
     return None
 
 
+def check_device(device: Any) -> None:
+    """``device``: None, "cpu", "cuda", "cuda:N" or a torch.device of those types."""
+    if device is None:
+        return
+    if is_torch_tensor(device) or not isinstance(device, str) and type(device).__name__ != "device":
+        raise TypeError(f"device must be None, a string such as 'cuda:0', or a torch.device; got {device!r}")
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r} is not a device torch knows") from None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: fastconvex runs on 'cpu' or 'cuda' devices, not {kind!r}")
+
+
 def resolve_backend(backend: str, x: Any = None, device: Any = None) -> str:
     """The concrete backend name for ``backend`` ("auto" resolved)."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_device(device)
     if backend == "auto":
         env = os.environ.get(ENV_VAR, "").strip()
         if env:
@@ -98,7 +115,13 @@ def resolve_backend(backend: str, x: Any = None, device: Any = None) -> str:
                 raise ValueError(f"environment variable {ENV_VAR} must be one of {BACKENDS}, got {env!r}")
             backend = env
     if backend == "auto":
-        backend = "triton" if _wants_cuda(x, device) and triton_unavailable_reason(device) is None else "numba"
+        wants_cuda = _wants_cuda(x, device)
+        reason = triton_unavailable_reason(device) if wants_cuda else None
+        if wants_cuda and device is not None and reason is not None:
+            # the caller named a CUDA device: running on the CPU instead would
+            # silently answer a different request
+            raise RuntimeError(f"device={device!r} was requested, but the GPU backend cannot run: {reason}")
+        backend = "triton" if wants_cuda and reason is None else "numba"
     if backend == "triton":
         reason = triton_unavailable_reason(device)
         if reason is not None:

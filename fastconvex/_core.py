@@ -15,6 +15,7 @@ from ._inputs import (
     check_labels_length,
     encode_labels,
     labels_to_array,
+    rescaled_for_range,
 )
 from ._layers import prepare_layers
 from ._pairs import PairPlan, aggregate, plan_pairs, resolve_estimator
@@ -44,7 +45,11 @@ def knn_graph(x: Any, k: int = 10, *, backend: str = "auto", device: Any = None)
     x = check_embeddings(x)
     k = check_k(k, int(x.shape[0]))
     name = resolve_backend(backend, x, device)
-    return get_engine(name, device).knn(x, k)
+    scaled, exponent = rescaled_for_range(x)
+    graph = get_engine(name, device).knn(scaled, k)
+    if exponent == 0:
+        return graph
+    return KNNGraph(graph.indices, np.ldexp(graph.distances, exponent), graph.backend)
 
 
 def _check_seed(seed: Any) -> int | None:
@@ -116,7 +121,7 @@ def graph_convexity(
     plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size)
     name = resolve_backend(backend, x, device)
     engine = get_engine(name, device)
-    stats = engine.source_stats(x, codes, plan, k)
+    stats = engine.source_stats(rescaled_for_range(x)[0], codes, plan, k)
     return aggregate(plan, stats, classes, k=k, n_points=n, backend=name, seed=seed)
 
 
@@ -179,7 +184,7 @@ def layer_scores(
     show = sys.stderr.isatty() if progress is None else bool(progress)
     with Progress(len(layers), "layers", enabled=show) as bar:
         for layer in layers:
-            stats = engine.source_stats(layer, codes, plan, k)
+            stats = engine.source_stats(rescaled_for_range(layer)[0], codes, plan, k)
             results.append(aggregate(plan, stats, classes, k=k, n_points=n, backend=name, seed=seed))
             bar.update()
     return _stack(results, classes)

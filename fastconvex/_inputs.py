@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Hashable
 
@@ -62,6 +63,56 @@ def _first_non_finite_row(x: np.ndarray, chunk_rows: int = 65536) -> int | None:
         if not finite.all():
             return start + int(np.flatnonzero(~finite)[0])
     return None
+
+
+# float64 data with coordinates beyond these magnitudes is scaled by a power of
+# two before scoring: squared distances of coordinates near 1e154 overflow
+# float64 and those near 1e-162 underflow to 0.
+_SAFE_RANGE = (1e-100, 1e100)
+
+
+def rescaled_for_range(x: Any, chunk_rows: int = 65536) -> tuple[Any, int]:
+    """``(x * 2**-e, e)`` for float64 data whose largest |coordinate| lies
+    outside [1e-100, 1e100] (``e`` its binary exponent, so the result is about
+    1), else ``(x, 0)`` (no copy). Scaling by a power of two is exact, so the
+    kNN graph, every tie and every path score are those of ``x`` itself; kNN
+    distances are multiplied by ``2**e`` afterwards. Only float64 data can
+    leave the range (float32 squares stay within float64's)."""
+    if is_torch_tensor(x):
+        if x.dtype != _torch().float64:
+            return x, 0
+        amax = float(x.abs().max())
+    else:
+        if x.dtype != np.float64:
+            return x, 0
+        amax = 0.0
+        for start in range(0, x.shape[0], chunk_rows):
+            block = x[start : start + chunk_rows]
+            amax = max(amax, float(block.max()), -float(block.min()))
+    if amax == 0.0 or _SAFE_RANGE[0] <= amax <= _SAFE_RANGE[1]:
+        return x, 0
+    e = math.frexp(amax)[1]
+    if is_torch_tensor(x):
+        return _torch().ldexp(x, _torch().tensor(-e, device=x.device)), e
+    return np.ldexp(x, -e), e  # exact, also for subnormal inputs
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def check_frame_dtype(x: Any, *, name: str) -> None:
+    """The element type of (B, T, D) hidden states: real numbers."""
+    if is_torch_tensor(x):
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"{name} must be floating point, got {x.dtype}")
+        return
+    if x.dtype.kind == "c":
+        raise TypeError(f"{name} must be real, got dtype {x.dtype}")
+    if x.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be numeric, got dtype {x.dtype}")
 
 
 def check_embeddings(
@@ -135,7 +186,17 @@ def labels_to_array(labels: Any, *, name: str = "labels") -> np.ndarray:
         return labels
     if isinstance(labels, (str, bytes)):
         raise TypeError(f"{name} must be a sequence of labels, got a single {type(labels).__name__}")
-    seq = list(labels)
+    if isinstance(labels, (dict, set, frozenset)):
+        raise TypeError(
+            f"{name} must be a sequence with one label per row, got a {type(labels).__name__} "
+            "(pass list(d.values()) for a dict)"
+        )
+    try:
+        seq = list(labels)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a sequence with one label per row, got {type(labels).__name__}"
+        ) from None
     arr = np.empty(len(seq), dtype=object)
     arr[:] = seq
     # homogeneous ints / strings become a typed array (faster unique, sortable)
@@ -171,6 +232,10 @@ def encode_labels(labels: np.ndarray, *, name: str = "labels") -> tuple[np.ndarr
                 f"{name}[{row}] is not hashable ({type(v).__name__}); labels must be hashable"
             ) from None
     plain = [v.item() if isinstance(v, np.generic) else v for v in labels]
+    for row, v in enumerate(plain):
+        # NaN != NaN: every NaN would become a one-member class of its own
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{name} has a non-finite label in row {row}")
     try:
         classes = sorted(set(plain))
     except TypeError:

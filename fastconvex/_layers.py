@@ -9,6 +9,7 @@ import numpy as np
 from ._inputs import (
     IGNORE_INDEX,
     check_embeddings,
+    check_frame_dtype,
     is_torch_tensor,
     labels_to_array,
     to_numpy,
@@ -73,20 +74,61 @@ def _ignored(labels: np.ndarray) -> np.ndarray:
     if labels.dtype.kind in "iuf":
         return labels == IGNORE_INDEX
     if labels.dtype == object:
-        return np.vectorize(lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v == IGNORE_INDEX, otypes=[bool])(labels)
+        return np.vectorize(
+            lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            and v == IGNORE_INDEX,
+            otypes=[bool],
+        )(labels)
     return np.zeros(labels.shape, dtype=bool)
 
 
-def _pool(layer: Any, mask: np.ndarray) -> Any:
-    """Mean over valid frames of (B, T, D) -> (B, D), in the layer's own library."""
+def _non_finite_frame(layer: Any, mask: np.ndarray, name: str) -> None:
+    """Raise for the first NaN/inf in a *valid* frame of (B, T, D) ``layer``,
+    naming the utterance and frame (padding frames may hold anything)."""
     if is_torch_tensor(layer):
         import torch
 
-        m = torch.as_tensor(mask, device=layer.device, dtype=torch.float32)
-        x = layer.float()
-        return (x * m[:, :, None]).sum(1) / m.sum(1, keepdim=True)
+        bad = ~torch.isfinite(layer).all(dim=-1).cpu().numpy() & mask
+    else:  # in blocks of utterances: memory-mapped layers never load whole
+        step = max(1, (1 << 16) // max(1, layer.shape[1]))
+        bad = np.zeros(mask.shape, dtype=bool)
+        for b0 in range(0, layer.shape[0], step):
+            bad[b0 : b0 + step] = ~np.isfinite(layer[b0 : b0 + step]).all(axis=-1)
+            bad[b0 : b0 + step] &= mask[b0 : b0 + step]
+            if bad[b0 : b0 + step].any():
+                break
+    if bad.any():
+        b, t = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{name} has a non-finite value (NaN or inf) in utterance {int(b)}, frame {int(t)}"
+        )
+
+
+def _pool(layer: Any, mask: np.ndarray, name: str) -> Any:
+    """Mean over valid frames of (B, T, D) -> (B, D), in the layer's own library
+    (float64 layers in float64). NaN/inf in padding frames is ignored; in a
+    valid frame it raises, naming the utterance and frame."""
+    if is_torch_tensor(layer):
+        import torch
+
+        dtype = torch.float64 if layer.dtype == torch.float64 else torch.float32
+        m = torch.as_tensor(mask, device=layer.device, dtype=dtype)
+        x = layer.to(dtype)
+        pooled = (x * m[:, :, None]).sum(1) / m.sum(1, keepdim=True)
+        rows = (~torch.isfinite(pooled).all(dim=1)).cpu().numpy()
+        if rows.any():
+            _non_finite_frame(layer, mask, name)
+            keep = torch.as_tensor(mask, device=layer.device)[:, :, None]
+            for b in np.flatnonzero(rows):  # non-finite only in padding
+                pooled[b] = torch.where(keep[b], x[b], 0).sum(0) / m[b].sum()
+        return pooled
     m = mask.astype(np.float64)
     pooled = np.einsum("btd,bt->bd", layer, m, dtype=np.float64) / m.sum(1, keepdims=True)
+    rows = ~np.isfinite(pooled).all(axis=1)
+    if rows.any():
+        _non_finite_frame(layer, mask, name)
+        for b in np.flatnonzero(rows):  # non-finite only in padding
+            pooled[b] = np.asarray(layer[b][mask[b]], dtype=np.float64).mean(axis=0)
     return pooled.astype(layer.dtype if layer.dtype in (np.float32, np.float64) else np.float64)
 
 
@@ -140,8 +182,8 @@ def prepare_layers(
             raise ValueError(f"utterance {int(np.flatnonzero(empty)[0])} has no valid frames")
         out = []
         for i, layer in enumerate(layers):
-            check_embeddings(layer.reshape(batch * frames, -1), name=f"hidden_states[{i}] (flattened B*T frames)")
-            out.append(_pool(layer, mask))
+            check_frame_dtype(layer, name=f"hidden_states[{i}]")
+            out.append(_pool(layer, mask, f"hidden_states[{i}]"))
         return out, label_array
     if label_array.shape != (batch, frames):
         raise ValueError(
@@ -160,5 +202,7 @@ def prepare_layers(
             sel = frames_2d[torch.as_tensor(flat, device=layer.device)]
         else:
             sel = frames_2d[flat]
+        check_frame_dtype(layer, name=f"hidden_states[{i}]")
+        _non_finite_frame(layer, keep, f"hidden_states[{i}]")
         out.append(check_embeddings(sel, name=f"hidden_states[{i}] (selected frames)"))
     return out, label_array.reshape(-1)[flat]

@@ -70,6 +70,8 @@ def resolve_estimator(pairs: int | None, sources: int | None, exact: bool) -> tu
     """Which estimator the keywords ask for, validated."""
     if not isinstance(exact, (bool, np.bool_)):
         raise TypeError(f"exact must be True or False, got {exact!r}")
+    if pairs is not None:  # validated even where sources/exact take precedence
+        pairs = check_int("pairs", pairs, minimum=1)
     if exact:
         if sources is not None:
             raise ValueError("give either exact=True or sources=S, not both")
@@ -78,7 +80,7 @@ def resolve_estimator(pairs: int | None, sources: int | None, exact: bool) -> tu
         return "sources", check_int("sources", sources, minimum=1)
     if pairs is None:
         raise ValueError("pairs=None needs sources=S or exact=True")
-    return "pairs", check_int("pairs", pairs, minimum=1)
+    return "pairs", pairs
 
 
 def orient_pairs(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -233,9 +235,17 @@ def aggregate(
     Standard errors: ``pairs`` — of the mean of a simple random sample without
     replacement, with finite-population correction ``(1 - n/M)``, per class;
     ``sources`` — clustered by source (source means as the sampled units, with
-    finite-population correction ``(1 - S/n_c)``); ``exact`` — 0. The pooled
-    score is the pair-weighted mean of class means, so its variance is
-    ``sum_c (n_c/n)^2 var_c``; the macro score's is ``sum_c var_c / C^2``.
+    finite-population correction ``(1 - S/n_c)``); ``exact`` — 0.
+
+    The pooled score is the mean over every ordered same-class pair of the
+    scored classes: class means weighted by their *population* of pairs,
+    ``W_c = M_c / sum M`` with ``M_c = n_c (n_c - 1)`` (a stratified estimator).
+    When every pair is scored this is the plain mean over the scored pairs (as
+    the published package pools them); when classes are sampled, weighting by
+    the *sampled* counts instead would estimate a different value — close to
+    the macro score once every class is capped at the same budget — rather than
+    the population value ``exact=True`` computes. Its variance is
+    ``sum_c W_c^2 var_c``; the macro score's is ``sum_c var_c / C^2``.
     """
     n_classes = len(classes)
     sc = plan.source_class
@@ -272,9 +282,12 @@ def aggregate(
             else:
                 means = stats.sums[sc == c] / stats.n_targets[sc == c]
                 var[c] = means.var(ddof=1) / s * (1.0 - s / size)
-    total = int(n_pairs.sum())
-    weights = n_pairs[has] / total
-    score = float(sums[has].sum() / total)
+    population = plan.population[has].astype(np.float64)
+    weights = population / population.sum()
+    if bool(np.all(n_pairs[has] == plan.population[has])):  # every pair scored
+        score = float(sums[has].sum() / n_pairs[has].sum())
+    else:
+        score = float(np.sum(weights * mean[has]))
     stderr = float(math.sqrt(np.sum(weights**2 * var[has])))
     macro = float(mean[has].mean())
     macro_stderr = float(math.sqrt(np.sum(var[has]) / has.sum() ** 2))

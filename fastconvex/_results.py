@@ -22,7 +22,25 @@ def _plain(value: Any) -> Any:
 
 
 def _json_float(v: float) -> float | None:
-    return None if (v is None or (isinstance(v, float) and math.isnan(v))) else float(v)
+    """A float for JSON: NaN (e.g. a standard error that one sampled pair or
+    source cannot give) becomes null, since NaN is not valid JSON."""
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def label_keys(labels: list[Hashable]) -> list[str]:
+    """JSON object keys for class labels: ``str`` of the label, or, when two
+    labels would share a key (``1`` and ``"1"``, ``None`` and ``"None"``),
+    ``repr`` of every label (``1`` and ``'1'``), so no class is lost."""
+    plain = [_plain(c) for c in labels]
+    keys = [str(c) for c in plain]
+    if len(set(keys)) < len(keys):
+        keys = [repr(c) for c in plain]
+        if len(set(keys)) < len(keys):
+            raise ValueError(f"class labels {labels!r} have no distinct string form for JSON")
+    return keys
 
 
 @dataclass(frozen=True)
@@ -93,23 +111,17 @@ class Convexity:
         return int(sum(self.n_pairs.values()))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (fractions in [0, 1]; class labels as strings
-        when they are not JSON scalars)."""
-
-        def key(label: Hashable) -> Any:
-            label = _plain(label)
-            return label if isinstance(label, (str, int, float, bool)) else str(label)
-
+        """JSON-ready dictionary: fractions in [0, 1], NaN as None, class
+        labels as string keys (see :func:`label_keys`)."""
+        keys = dict(zip(self.per_class, label_keys(list(self.per_class))))
         return {
-            "score": float(self.score),
-            "stderr": float(self.stderr),
-            "macro": float(self.macro),
-            "macro_stderr": float(self.macro_stderr),
-            "per_class": {str(key(c)): _json_float(v) for c, v in self.per_class.items()},
-            "per_class_stderr": {
-                str(key(c)): _json_float(v) for c, v in self.per_class_stderr.items()
-            },
-            "n_pairs": {str(key(c)): int(v) for c, v in self.n_pairs.items()},
+            "score": _json_float(self.score),
+            "stderr": _json_float(self.stderr),
+            "macro": _json_float(self.macro),
+            "macro_stderr": _json_float(self.macro_stderr),
+            "per_class": {keys[c]: _json_float(v) for c, v in self.per_class.items()},
+            "per_class_stderr": {keys[c]: _json_float(v) for c, v in self.per_class_stderr.items()},
+            "n_pairs": {keys[c]: int(v) for c, v in self.n_pairs.items()},
             "n_unreachable": int(self.n_unreachable),
             "estimator": self.estimator,
             "k": int(self.k),
@@ -160,13 +172,14 @@ class LayerScores:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "scores": [float(s) for s in self.scores],
-            "stderr": [float(s) for s in self.stderr],
+            "scores": [_json_float(s) for s in self.scores],
+            "stderr": [_json_float(s) for s in self.stderr],
             "best_layer": self.best_layer,
             "classes": [
                 c if isinstance(c, (str, int, float, bool)) else str(c)
                 for c in map(_plain, self.classes)
             ],
+            "class_keys": label_keys(list(self.classes)),
             "per_class": [[_json_float(float(v)) for v in row] for row in self.per_class],
             "layers": [c.to_dict() for c in self.layers],
         }
@@ -174,7 +187,7 @@ class LayerScores:
     def to_json(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`to_dict` as JSON to ``path``."""
         with open(path, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
+            json.dump(self.to_dict(), fh, indent=2, allow_nan=False)
             fh.write("\n")
 
     def plot(self, *, cut: int | None = None, ax: Any = None) -> "Figure":

@@ -60,6 +60,29 @@ def test_float32_and_torch_inputs_agree_with_float64():
     assert_knn_equal_up_to_ties(x, g32.indices, g32.distances, 7)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("scale,dtype", [(1e-310, np.float64), (1e-300, np.float64), (1e-30, np.float64),
+                                         (1e-25, np.float32), (1e170, np.float64), (1e300, np.float64)])
+def test_knn_and_scores_do_not_depend_on_the_scale(backend, scale, dtype):
+    """Oracle: the same data at scale 1 (a power of two apart would be exact;
+    here the data are rounded once by the multiplication). Float32 products of
+    data at 1e-25 underflow and float64 squares of data at 1e170 overflow: the
+    neighbour lists, distances / scale and scores must not notice."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(90, 6))
+    y = np.arange(90) % 3
+    small = (x * scale).astype(dtype)
+    ref_x = small.astype(np.float64) / scale  # what was scaled, at scale 1
+    ref = fc.knn_graph(ref_x, 4, backend=backend)
+    g = fc.knn_graph(small, 4, backend=backend)
+    np.testing.assert_array_equal(g.indices, ref.indices)
+    np.testing.assert_allclose(g.distances / scale, ref.distances, rtol=1e-6 if scale < 1e-305 else 1e-12)
+    assert_knn_equal_up_to_ties(ref_x, g.indices, g.distances / scale, 4)
+    a = fc.graph_convexity(small, y, k=4, exact=True, backend=backend)
+    b = fc.graph_convexity(ref_x, y, k=4, exact=True, backend="naive")
+    assert abs(a.score - b.score) <= 1e-12
+
+
 def test_certificate_fallback_on_clustered_near_ties():
     # 60 copies of one point and 60 near it: more tied candidates than the
     # float32 pass keeps, so rows must fall back to the exact scan, and be right.

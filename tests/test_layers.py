@@ -57,8 +57,17 @@ def test_pooling_with_lengths_and_mask_equals_manual_pooling():
     for kw in ({"lengths": lengths}, {"attention_mask": mask}, {"lengths": torch.from_numpy(lengths)}):
         got = fc.layer_scores(h, y, k=3, exact=True, progress=False, **kw)
         np.testing.assert_allclose(got.scores, ref.scores, rtol=0, atol=1e-12)
-    # list of per-layer (B, T, D) torch tensors, pooled in torch
+    # list of per-layer (B, T, D) torch tensors, pooled in torch: float64 in
+    # float64 (the same pooled vectors to rounding), float32 in float32
     got = fc.layer_scores([torch.from_numpy(a) for a in h], y, k=3, exact=True, progress=False,
+                          attention_mask=torch.from_numpy(mask))
+    np.testing.assert_allclose(got.scores, ref.scores, rtol=0, atol=1e-12)
+    from fastconvex._layers import prepare_layers
+
+    pooled, _ = prepare_layers([torch.from_numpy(a) for a in h], y, attention_mask=torch.from_numpy(mask))
+    assert pooled[0].dtype == torch.float64
+    np.testing.assert_allclose(pooled[0].numpy(), manual[0], rtol=1e-15, atol=1e-15)
+    got = fc.layer_scores([torch.from_numpy(a).float() for a in h], y, k=3, exact=True, progress=False,
                           attention_mask=torch.from_numpy(mask))
     np.testing.assert_allclose(got.scores, ref.scores, atol=1e-6)
     # no mask, no lengths: every frame counts
@@ -92,6 +101,12 @@ def test_string_frame_labels():
     r = fc.layer_scores(h, labels, k=3, pairs=10, progress=False)
     assert set(r.classes) == {"sil", "ah", "k"}
     assert r.layers[0].n_points == 24
+    # mixed labels (object array): -100, as int or float, is ignored as in a numeric array
+    mixed = labels.astype(object)
+    mixed[0, :3] = -100
+    mixed[1, :2] = -100.0
+    r = fc.layer_scores(h, mixed, k=3, pairs=10, progress=False)
+    assert set(r.classes) == {"sil", "ah", "k"} and r.layers[0].n_points == 24 - 5
 
 
 def test_progress_bar_goes_to_stderr(capsys):

@@ -168,6 +168,23 @@ def test_knn_many_programs_and_a_small_last_chunk(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale,dtype", [(1e-30, np.float64), (1e-25, np.float32), (1e170, np.float64)])
+def test_knn_and_scores_do_not_depend_on_the_scale(device, scale, dtype):
+    """Data whose float32 products underflow or whose float64 squares overflow:
+    the same neighbours, distances / scale and score as the Numba backend."""
+    rng = np.random.default_rng(13)
+    x = (rng.normal(size=(48, 5)) * scale).astype(dtype)
+    y = np.arange(48) % 3
+    g = fc.knn_graph(torch.from_numpy(x).to(device), 3, backend="triton", device=device)
+    ref = fc.knn_graph(x, 3, backend="numba")
+    np.testing.assert_array_equal(g.indices, ref.indices)
+    np.testing.assert_allclose(g.distances / scale, ref.distances / scale, rtol=1e-12)
+    a = fc.graph_convexity(torch.from_numpy(x).to(device), y, k=3, exact=True, backend="triton", device=device)
+    b = fc.graph_convexity(x, y, k=3, exact=True, backend="numba")
+    assert abs(a.score - b.score) <= 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_knn_fp16_tier_with_subnormal_coordinates(device):
     """Coordinates far below float16's normal range (they round to subnormals
     or zero) beside ordinary ones: the float16 tier certifies only rows its

@@ -27,6 +27,13 @@ Y = np.arange(20) % 2
         (X, Y, {"pairs": 0}, ValueError, r"pairs must be >= 1"),
         (X, Y, {"pairs": -3}, ValueError, r"pairs must be >= 1"),
         (X, Y, {"sources": 0}, ValueError, r"sources must be >= 1"),
+        (X, Y, {"pairs": -1, "sources": 3}, ValueError, r"pairs must be >= 1"),
+        (X, Y, {"pairs": -1, "exact": True}, ValueError, r"pairs must be >= 1"),
+        (X, Y, {"pairs": 2.5, "sources": 3}, TypeError, r"pairs must be an integer"),
+        (X, [float("nan") if i == 5 else i % 2 for i in range(20)], {}, ValueError,
+         r"labels has a non-finite label in row 5"),
+        (X, np.array([0, "a", np.nan] + [1] * 17, dtype=object), {}, ValueError,
+         r"labels has a non-finite label in row 2"),
         (X, Y, {"exact": True, "sources": 3}, ValueError, r"exact=True or sources"),
         (X, Y, {"exact": "yes"}, TypeError, r"exact must be True or False"),
         (X, Y, {"seed": -1}, ValueError, r"seed must be >= 0"),
@@ -39,6 +46,9 @@ Y = np.arange(20) % 2
         (np.array([["a"] * 4] * 20), Y, {}, TypeError, r"must be numeric"),
         (X, "abab", {}, TypeError, r"labels must be a sequence"),
         (X, [[1], [2]] * 10, {}, TypeError, r"labels\[0\] is not hashable"),
+        (X, 5, {}, TypeError, r"labels must be a sequence with one label per row, got int"),
+        (X, {i: i % 2 for i in range(20)}, {}, TypeError, r"labels must be a sequence .* got a dict"),
+        (X, set(range(20)), {}, TypeError, r"labels must be a sequence .* got a set"),
     ],
 )
 def test_graph_convexity_rejects(x, labels, kw, exc, match):
@@ -130,3 +140,46 @@ def test_explicit_triton_without_cuda_or_interpreter_says_why(monkeypatch):
     with pytest.raises(RuntimeError, match=r"runs on the CPU; it cannot use device='cuda'"):
         _backends.resolve_backend("numba", X, "cuda")
     assert _backends.resolve_backend("auto", X, None) == "numba"
+    # auto with a CUDA device named: no silent fallback to the CPU, and the
+    # message names the device the user asked for, not a backend they did not
+    with pytest.raises(RuntimeError, match=r"device='cuda:1' was requested, but the GPU backend cannot run"):
+        _backends.resolve_backend("auto", X, "cuda:1")
+
+
+@pytest.mark.parametrize("device,exc,match", [
+    ("gpu", ValueError, r"device='gpu' is not a device torch knows"),
+    ("mps", ValueError, r"device='mps': fastconvex runs on 'cpu' or 'cuda'"),
+    (5, TypeError, r"device must be None, a string"),
+])
+def test_unknown_devices_are_refused(device, exc, match):
+    with pytest.raises(exc, match=match):
+        fc.graph_convexity(X, Y, k=3, device=device)
+    with pytest.raises(exc, match=match):
+        fc.knn_graph(X, 3, device=device)
+    assert fc.graph_convexity(X, Y, k=3, device=torch.device("cpu")).backend == "numba"
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_non_finite_padding_is_ignored_and_valid_frames_are_named(lib):
+    """NaN/inf in padding frames does not matter (it never enters a score);
+    in a valid frame the error names the layer, utterance and frame, on the
+    pooled and the frame-level path alike."""
+    rng = np.random.default_rng(5)
+    h = [rng.normal(size=(6, 5, 3)) for _ in range(2)]
+    lengths = np.array([4, 5, 5, 3, 5, 5])
+    h[1][0, 4, 0] = np.nan  # padding of utterance 0
+    h[1][3, 3, 1] = np.inf  # padding of utterance 3
+    y = np.array([0, 0, 0, 1, 1, 1])
+    frames = np.tile(np.arange(5) % 2, (6, 1))
+    conv = (lambda a: torch.from_numpy(a)) if lib == "torch" else (lambda a: a)
+    lens = conv(lengths)
+    clean = [a.copy() for a in h]
+    clean[1][0, 4, 0] = clean[1][3, 3, 1] = 123.0  # other padding values: same scores
+    for labels in (y, frames):
+        got = fc.layer_scores([conv(a) for a in h], labels, k=2, exact=True, lengths=lens)
+        ref = fc.layer_scores([conv(a) for a in clean], labels, k=2, exact=True, lengths=lens)
+        np.testing.assert_array_equal(got.scores, ref.scores)
+    h[1][2, 1, 2] = np.nan  # a valid frame
+    for labels in (y, frames):
+        with pytest.raises(ValueError, match=r"hidden_states\[1\] has a non-finite value .* utterance 2, frame 1"):
+            fc.layer_scores([conv(a) for a in h], labels, k=2, exact=True, lengths=lens)

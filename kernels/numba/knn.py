@@ -73,10 +73,14 @@ def _update_topk_from_gram(gram, sq_rows, sq_cols, row0, col0, heap_d, heap_i):
 
 
 @njit(cache=True, inline="always")
-def _sq_dist_f64(x, i, j):
+def _sq_dist_f64(x, i, j, scale):
+    """Squared distance of rows i and j in float64, in units scaled by the
+    power of two ``scale`` (exact: the order of distances, and the distances
+    once unscaled, are those of the unscaled sum where it neither over- nor
+    underflows; scaled, it does neither for any finite data)."""
     s = 0.0
     for t in range(x.shape[1]):
-        diff = np.float64(x[i, t]) - np.float64(x[j, t])
+        diff = (np.float64(x[i, t]) - np.float64(x[j, t])) * scale
         s += diff * diff
     return s
 
@@ -97,11 +101,12 @@ def _sort_by_dist_then_index(d, idx, n):
 
 
 @njit(parallel=True, cache=True)
-def _rerank_exact(x, heap_d, heap_i, bound, k, out_i, out_d, certified):
+def _rerank_exact(x, scale, heap_d, heap_i, bound, k, out_i, out_d, certified):
     """Exact float64 distances for the candidates, sorted by (distance, index).
 
     A row is certified when the k-th exact squared distance is below the smallest
-    approximate squared distance a non-candidate can have minus the rounding bound.
+    approximate squared distance a non-candidate can have minus the rounding bound
+    (all in the units scaled by ``scale``).
     """
     n, kc = heap_i.shape
     all_candidates = kc >= n - 1
@@ -111,11 +116,11 @@ def _rerank_exact(x, heap_d, heap_i, bound, k, out_i, out_d, certified):
         for t in range(kc):
             j = heap_i[i, t]
             ci[t] = j
-            cd[t] = _sq_dist_f64(x, i, j) if j >= 0 else np.inf
+            cd[t] = _sq_dist_f64(x, i, j, scale) if j >= 0 else np.inf
         _sort_by_dist_then_index(cd, ci, kc)
         for t in range(k):
             out_i[i, t] = ci[t]
-            out_d[i, t] = math.sqrt(cd[t])
+            out_d[i, t] = math.sqrt(cd[t]) / scale
         if all_candidates:
             certified[i] = True
         else:
@@ -125,7 +130,7 @@ def _rerank_exact(x, heap_d, heap_i, bound, k, out_i, out_d, certified):
 
 
 @njit(parallel=True, cache=True)
-def _exact_rows(x, rows, k, out_i, out_d):
+def _exact_rows(x, scale, rows, k, out_i, out_d):
     """Brute-force float64 kNN for the given rows (the certificate's fallback)."""
     n = x.shape[0]
     for r in prange(rows.shape[0]):
@@ -135,15 +140,15 @@ def _exact_rows(x, rows, k, out_i, out_d):
         for j in range(n):
             if j == i:
                 continue
-            d = _sq_dist_f64(x, i, j)
-            if d < hd[0] or (d == hd[0] and j < hi[0]):
+            d = _sq_dist_f64(x, i, j, scale)
+            if d < hd[0] or (d == hd[0] and (j < hi[0] or hi[0] < 0)):
                 hd[0] = d
                 hi[0] = j
                 _sift_down(hd, hi, 0, k)
         _sort_by_dist_then_index(hd, hi, k)
         for t in range(k):
             out_i[i, t] = hi[t]
-            out_d[i, t] = math.sqrt(hd[t])
+            out_d[i, t] = math.sqrt(hd[t]) / scale
 
 
 def candidate_count(k: int, n: int) -> int:
@@ -178,19 +183,33 @@ def knn(
         x = x.astype(np.float32)
     n, dim = x.shape
     kc = candidate_count(k, n)
-    # Centre (in float64) before the float32 products: smaller norms, less cancellation.
+    # Centre (in float64) before the float32 products: smaller norms, less
+    # cancellation; then scale by a power of two (exact) so every norm is below
+    # 1: float32 products of data at 1e-25 would underflow to zero (an
+    # absolute error the relative bound below does not cover) and squares of
+    # data past 1e154 overflow float64.
     mean = x.mean(axis=0, dtype=np.float64)
-    xf = np.ascontiguousarray((x - mean).astype(np.float32))
+    centred = x - mean  # float64
+    # from the largest |coordinate| (squares of it could themselves over- or
+    # underflow): norms <= sqrt(D) max|x_t| < 1 after scaling
+    c_max = max(float(centred.max()), -float(centred.min())) if n else 0.0
+    scale = 2.0 ** (-math.frexp(c_max * math.sqrt(dim))[1]) if c_max > 0.0 else 1.0
+    centred *= scale
+    xf = np.ascontiguousarray(centred.astype(np.float32))
+    del centred
     sq = np.einsum("ij,ij->i", xf, xf, dtype=np.float64)
     norms = np.sqrt(sq)
     max_norm = float(norms.max()) if n else 0.0
-    # Rounding bound on |approx - exact| squared distance: float32 dot products
-    # (gamma_D |x_i||x_j| twice) plus the float32 rounding of the centred inputs.
+    # Rounding bound on |approx - exact| squared distance (scaled units):
+    # float32 dot products (gamma_D |x_i||x_j| twice), the float32 rounding of
+    # the centred inputs, and an absolute term for float32 subnormals (inputs
+    # off by <= 2**-150 each, products by <= 2**-150: coordinates far below the
+    # largest norm).
     u = _UNIT_ROUNDOFF_F32
     gamma = dim * u / (1.0 - dim * u) if dim * u < 0.5 else np.inf
     bound = 1.01 * (
         2.0 * gamma * norms * max_norm + 4.0 * u * (norms + max_norm) ** 2
-    ) + 1e-300
+    ) + 4.0 * dim * 2.0**-149 + 1e-300
 
     heap_d = np.full((n, kc), np.inf)
     heap_i = np.full((n, kc), -1, np.int64)
@@ -207,8 +226,8 @@ def knn(
     certified = np.empty(n, np.bool_)
     # exact distances read x in its own dtype and accumulate in float64
     # (no float64 copy of the data)
-    _rerank_exact(x, heap_d, heap_i, bound, k, out_i, out_d, certified)
+    _rerank_exact(x, scale, heap_d, heap_i, bound, k, out_i, out_d, certified)
     rows = np.flatnonzero(~certified)
     if rows.size:
-        _exact_rows(x, rows.astype(np.int64), k, out_i, out_d)
+        _exact_rows(x, scale, rows.astype(np.int64), k, out_i, out_d)
     return out_i, out_d, int(rows.size)
