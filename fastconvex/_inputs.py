@@ -127,8 +127,11 @@ def check_embeddings(
             raise ValueError(
                 f"{name}{describe(where)} must be 2-D (N, D), got shape {tuple(x.shape)}"
             )
+        if x.dtype.is_complex:
+            raise TypeError(f"{name}{describe(where)} must be real, got {x.dtype}")
         if not x.dtype.is_floating_point:
-            raise TypeError(f"{name}{describe(where)} must be floating point, got {x.dtype}")
+            # integers / booleans: the same numbers in float64, as for numpy input
+            x = x.to(_torch().float64)
         n, d = x.shape
         if n == 0 or d == 0:
             raise ValueError(f"{name}{describe(where)} is empty (shape {tuple(x.shape)})")

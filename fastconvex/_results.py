@@ -74,9 +74,13 @@ class Convexity:
     Attributes
     ----------
     score : float
-        Mean path score over all scored pairs pooled across classes, in [0, 1].
+        Mean path score over every ordered same-class pair of the scored
+        classes, in [0, 1]: exactly that for ``exact`` (and whenever every pair
+        is scored), else estimated from the sampled pairs, each class's mean
+        weighted by its number of pairs n_c (n_c - 1).
     stderr : float
-        Standard error of ``score`` (0 for ``exact``).
+        Standard error of ``score`` (0 for ``exact``; NaN where a class has a
+        single sampled pair or source, so no variance can be estimated).
     macro : float
         Unweighted mean of the class scores.
     macro_stderr : float

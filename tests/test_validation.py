@@ -183,3 +183,15 @@ def test_non_finite_padding_is_ignored_and_valid_frames_are_named(lib):
     for labels in (y, frames):
         with pytest.raises(ValueError, match=r"hidden_states\[1\] has a non-finite value .* utterance 2, frame 1"):
             fc.layer_scores([conv(a) for a in h], labels, k=2, exact=True, lengths=lens)
+
+
+def test_integer_tensors_are_scored_like_integer_arrays():
+    """Integer embeddings (exact in float64) give the same result from numpy
+    and from torch; complex tensors are refused."""
+    xi = np.random.default_rng(8).integers(-50, 50, size=(40, 3))
+    yi = np.arange(40) % 2
+    a = fc.graph_convexity(xi, yi, k=3, exact=True)
+    b = fc.graph_convexity(torch.from_numpy(xi), yi, k=3, exact=True)
+    assert a.score == b.score and a.n_pairs == b.n_pairs
+    with pytest.raises(TypeError, match=r"x must be real"):
+        fc.graph_convexity(torch.from_numpy(xi).to(torch.complex64), yi, k=3)
