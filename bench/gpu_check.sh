@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: install fastconvex (offline), then bench/gpu_check.py.
-#   bash bench/gpu_check.sh                      # on a CUDA machine (~8 min at most)
+#   bash bench/gpu_check.sh                      # on a CUDA machine (~9 min at most:
+#                                                # 420 s of checks, then up to 120 s of tests)
 #   GPU_CHECK_SMALL=1 bash bench/gpu_check.sh    # tiny sizes; CPU via TRITON_INTERPRET=1
 # GPU_CHECK_NO_INSTALL=1: never pip install (use the symlink tree on PYTHONPATH).
 # Writes $OUT/gpu_check.json and $OUT/gpu_check.log (OUT default ./gpu_check_out).
@@ -34,4 +35,11 @@ if ! can_import; then
 fi
 echo "gpu_check: fastconvex from $(cd / && "$PY" -c 'import fastconvex; print(fastconvex.__file__)')"
 "$PY" -u bench/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log"
-exit "${PIPESTATUS[0]}"
+rc="${PIPESTATUS[0]}"
+# Then the Triton tests on the device (odd sizes, ties, the flat loop, scales),
+# after the figures are saved; GPU_CHECK_PYTEST_S=0 skips them.
+if [ "${TRITON_INTERPRET:-0}" != "1" ] && [ "${GPU_CHECK_PYTEST_S:-120}" != "0" ]; then
+  timeout "${GPU_CHECK_PYTEST_S:-120}" "$PY" -m pytest -q -p no:cacheprovider -m triton tests/test_triton.py \
+    2>&1 | tail -n 30 | tee "$OUT/pytest_cuda.log"
+fi
+exit "$rc"
