@@ -3,11 +3,20 @@
 Dense N x N float64 distance matrix, a full sort of every row for the kNN,
 the union graph as a scipy sparse matrix (zero-length edges kept as explicit
 entries, which scipy's csgraph treats as edges), ``scipy.sparse.csgraph.dijkstra``
-with predecessors from every distinct source, and a walk along each sampled path.
+distances from every distinct source, a predecessor per vertex chosen by the tie
+rule below, and a walk along each sampled path.
+
+Ties (SPEC §1.4 allows any of several exactly equal-length shortest paths; all
+backends pick the same one so that they give the same scores): an edge u -> v is
+*tight* if ``dist[u] + w == dist[v]`` in float64 (scipy's Dijkstra sums
+source-outward in exactly this expression). Over tight edges a vertex takes the
+lexicographically smallest (hops, -same), where ``same`` counts the path's
+interior vertices labelled like the source: fewest hops, then most same-label
+interior vertices. Computed by plain Bellman-Ford rounds over the tight edges.
 
 It is the oracle of the test suite and the baseline of the benchmarks: keep it
 simple and obviously right, never optimise it. Memory is O(N^2) (and O(S N) for
-the predecessor matrix), so it stops at a few tens of thousands of points.
+the distances and predecessor rows), so it stops at a few tens of thousands of points.
 
 Differences from the authors' ``nnconvexity`` 0.1.1, on purpose (SPEC §1): an
 exact duplicate of a point is its neighbour at distance 0 (the published code
@@ -54,6 +63,37 @@ def _union_graph(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
     return graph  # explicit zeros (duplicates) stay as stored entries
 
 
+def _tie_predecessors(dist_row: np.ndarray, source: int, tail: np.ndarray, head: np.ndarray,
+                      w: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Predecessor row of the shortest paths from ``source`` under the tie rule
+    (fewest hops, then most same-label interior vertices, among the exactly
+    equal-length paths); -9999 where there is none, as scipy writes it.
+
+    Key of a vertex: hops * (N + 1) + (N - same), which orders like
+    (hops, -same) since 0 <= same <= N; a tight edge from u offers
+    key[u] + (N + 1) - [u != source and label(u) == label(source)].
+    """
+    n = dist_row.shape[0]
+    du = dist_row[tail]
+    tight = np.flatnonzero(du + w == dist_row[head])
+    tight = tight[np.isfinite(du[tight])]  # inf + w == inf: between unreached vertices
+    tu, tv = tail[tight], head[tight]
+    step = (n + 1) - ((tu != source) & (codes[tu] == codes[source])).astype(np.int64)
+    unreached = np.iinfo(np.int64).max // 4
+    key = np.full(n, unreached, np.int64)
+    key[source] = n  # hops 0, same 0
+    while True:  # Bellman-Ford rounds: one more than the most hops on a chosen path
+        new = key.copy()
+        np.minimum.at(new, tv, key[tu] + step)
+        if np.array_equal(new, key):
+            break
+        key = new
+    pred = np.full(n, -9999, np.int64)
+    best = (key[tu] + step == key[tv]) & (tv != source)
+    pred[tv[best]] = tu[best]  # any edge achieving the minimum: same hops and same
+    return pred
+
+
 def _path_score(pred_row: np.ndarray, source: int, target: int, codes: np.ndarray) -> float | None:
     """Score of the path source -> target read off a predecessor row; None if
     the target is unreachable."""
@@ -80,12 +120,15 @@ class NaiveEngine:
         adjacency = _union_graph(graph.indices, graph.distances)
         src, tgt = plan.pairs(codes)
         sources = np.unique(src)
-        _, pred = dijkstra(adjacency, directed=False, indices=sources, return_predecessors=True)
-        row_of = {int(s): r for r, s in enumerate(sources)}
+        dist = dijkstra(adjacency, directed=False, indices=sources)
+        coo = adjacency.tocoo()  # symmetric: both directions of every edge
+        tail, head = coo.row.astype(np.intp), coo.col.astype(np.intp)  # no per-use casts
+        pred = {int(s): _tie_predecessors(dist[r], int(s), tail, head, coo.data, codes)
+                for r, s in enumerate(sources)}
         scores = np.zeros(src.shape[0])
         reachable = np.zeros(src.shape[0], dtype=bool)
         for p, (s, t) in enumerate(zip(src, tgt)):
-            value = _path_score(pred[row_of[int(s)]], int(s), int(t), codes)
+            value = _path_score(pred[int(s)], int(s), int(t), codes)
             if value is not None:
                 scores[p] = value
                 reachable[p] = True

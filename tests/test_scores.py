@@ -299,3 +299,137 @@ def test_scores_in_unit_interval_and_backends_agree(n, d, n_classes, seed, estim
     b = fc.naive.graph_convexity(x, y, k=k, **kw)
     assert 0.0 <= a.score <= 1.0 and 0.0 <= a.macro <= 1.0 and a.stderr >= 0.0
     assert_same_result(a, b)
+
+
+# ----------------------------------------------------------------------------------
+# exactly equal-length shortest paths (tie-heavy data): every backend takes the
+# path with the fewest hops, then the most interior vertices labelled like the
+# source, so all of them give the same scores
+
+
+def _permuted(x, labels, perm):
+    return x[perm], [labels[i] for i in perm]
+
+
+TIE_KNOWN = [
+    # 1-D 0, 1, 2 (k=2: all three edges): 0-2 directly (1 hop) and 0-1-2 have
+    # the same length; the direct edge wins -> 1 (through B it would be 0)
+    pytest.param(np.array([[0.0], [1.0], [2.0]]), ["A", "B", "A"], 2, 1.0, id="1d-chord"),
+    # an exact duplicate of 0 labelled B: 0-2 directly and 0-1-2 (0 + 1): direct -> 1
+    pytest.param(np.array([[0.0], [0.0], [1.0]]), ["A", "B", "A"], 2, 1.0, id="duplicate-chord"),
+    # unit square (k=2: the four sides): the corner-to-corner pair has two 2-hop
+    # paths, through B at (1, 0) and through A at (0, 1); A wins -> every A pair 1
+    pytest.param(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]),
+                 ["A", "B", "A", "A"], 2, 1.0, id="square"),
+    # 0, 1 (B), 1 (A duplicate), 2 (k=2): 0 -> 2 through either copy of 1 (2 hops,
+    # length 2; the 3-hop paths over the zero-length edge lose): through A -> 1
+    pytest.param(np.array([[0.0], [1.0], [1.0], [2.0]]), ["A", "B", "A", "A"], 2, 1.0,
+                 id="duplicates-mixed-labels"),
+]
+
+
+@pytest.mark.parametrize("backend", ["numba", "naive"])
+@pytest.mark.parametrize("x,labels,k,expected", TIE_KNOWN)
+def test_equal_length_paths_known_answers(backend, x, labels, k, expected):
+    import itertools
+
+    # whatever the point order, i.e. whichever path a search meets first
+    for perm in itertools.permutations(range(len(x))):
+        xp, yp = _permuted(x, labels, list(perm))
+        r = fc.graph_convexity(xp, yp, k=k, exact=True, backend=backend)
+        assert r.per_class["A"] == expected, perm
+        assert r.n_unreachable == 0
+
+
+def _int_grid(rng):
+    x = np.stack(np.meshgrid(np.arange(8), np.arange(9)), -1).reshape(-1, 2).astype(np.float64)
+    return x, rng.integers(0, 3, len(x))
+
+
+def _int_duplicates(rng):
+    x = rng.integers(0, 4, (120, 2)).astype(np.float64)  # ~7 copies of each point
+    return x, rng.integers(0, 3, len(x))  # copies carry different labels
+
+
+def _one_dim(rng):
+    return rng.normal(size=(150, 1)), rng.integers(0, 4, 150)
+
+
+def _one_dim_int(rng):
+    return rng.integers(0, 40, (100, 1)).astype(np.float64), rng.integers(0, 3, 100)
+
+
+def _one_dim_float32(rng):
+    x, y = overlapping_classes(150, 1, 4, seed=int(rng.integers(1000)))
+    return x, y
+
+
+TIE_HEAVY = [
+    pytest.param(_int_grid, 4, id="grid-k4"),
+    pytest.param(_int_grid, 8, id="grid-k8"),
+    pytest.param(_int_duplicates, 5, id="duplicates"),
+    pytest.param(_one_dim, 4, id="1d"),
+    pytest.param(_one_dim_int, 3, id="1d-int"),
+    pytest.param(_one_dim_float32, 6, id="1d-float32"),
+]
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("make,k", TIE_HEAVY)
+def test_numba_equals_naive_on_tie_heavy_data(make, k, estimator):
+    x, y = make(np.random.default_rng(k))
+    fast = fc.graph_convexity(x, y, k=k, backend="numba", **estimator)
+    slow = fc.naive.graph_convexity(x, y, k=k, **estimator)
+    assert_same_result(fast, slow, tol=1e-12)
+
+
+def _triton_devices():
+    """As in tests/test_triton.py: CPU tensors through Triton's interpreter when
+    tests/conftest.py switched it on (no CUDA device), else the CUDA device."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return ["cpu"]
+    return [pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("device", _triton_devices())
+def test_triton_follows_the_same_rule_on_exact_ties(device):
+    """Ties whose distance sums are exact (integer weights, duplicates), and
+    ties that only float rounding makes (1-D float64 data; a grid with sqrt(2)
+    diagonals): Triton's Bellman-Ford gives the Numba backend's scores."""
+    rng = np.random.default_rng(3)
+    cases = [p.values for p in TIE_KNOWN]
+    x = rng.integers(0, 25, (55, 1)).astype(np.float64)  # 1-D, duplicates, mixed labels
+    cases.append((x, rng.integers(0, 3, 55), 4, None))
+    x = np.stack(np.meshgrid(np.arange(6), np.arange(7)), -1).reshape(-1, 2).astype(np.float64)
+    cases.append((x, rng.integers(0, 2, 42), 2, None))  # k=2 on a grid: unit edges only
+    cases.append((x, rng.integers(0, 2, 42), 8, None))  # k=8: sqrt(2) diagonals, rounded sums
+    for seed in (0, 1, 2):  # 1-D float64: collinear paths tie up to rounding
+        r = np.random.default_rng(seed)
+        cases.append((r.normal(size=(50, 1)), r.integers(0, 3, 50), 3, None))
+    for x, y, k, expected in cases:
+        a = fc.graph_convexity(x, y, k=k, exact=True, backend="triton", device=device)
+        b = fc.graph_convexity(x, y, k=k, exact=True, backend="numba")
+        assert a.backend == "triton"
+        assert_same_result(a, b, tol=1e-12)
+        if expected is not None:
+            assert a.per_class["A"] == expected
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("device", _triton_devices())
+def test_triton_rounding_tie_follows_the_rule(device):
+    """From 0.1: 0.1-0.7 (0.6000000000000001) then 0.7-1.1 (0.4) sums to 1.0, and
+    so does 0.1-0.2-0.7-1.1 (0.1 + 0.5 = 0.6 < 0.6000000000000001, + 0.4). The
+    shortest distance to 0.7 is 0.6, reached in 2 hops, so the rule takes the
+    3-hop path (interior 0.2 (A), 0.7 (B): 1/2). Triton's sweeps used to keep
+    the 2-hop offer of the first sweeps (interior 0.7: 0) because each vertex
+    started from its own state; now it is recomputed from its neighbours."""
+    x = np.array([1.0, 1.1, 0.2, 0.1, 0.7000000000000001])[:, None]
+    y = ["A", "A", "A", "A", "B"]
+    b = fc.graph_convexity(x, y, k=2, exact=True, backend="numba")
+    assert b.score == fc.naive.graph_convexity(x, y, k=2, exact=True).score
+    a = fc.graph_convexity(x, y, k=2, exact=True, backend="triton", device=device)
+    assert_same_result(a, b, tol=1e-12)

@@ -11,6 +11,15 @@ equals the source's, so a path score needs no path reconstruction:
 
 A source's search stops as soon as all of its targets are settled.
 
+Ties: among exactly equal-length shortest paths (float64 distances summed
+source-outward, ``dist_u + w``) a vertex keeps the lexicographically smallest
+``(dist, hops, -same)`` over its neighbours' offers ``(dist_u + w, hops_u + 1,
+same_u + [u != source and label(u) == label(source)])``: fewest hops, then most
+same-label interior vertices. This is the Triton backend's rule
+(``kernels/triton/paths.py``; docs/gpu.md §3 names one float-rounding case where
+its sweeps differ) and the naive scorer's, so the backends give the same scores
+on tie-heavy data (grids, duplicates, 1-D data).
+
 Two exact priority queues: Dinitz's buckets (width just under the smallest edge
 weight, so no heap is needed) when the edge weights lie within a factor
 ``MAX_WEIGHT_SPREAD`` of each other — typical of kNN graphs of high-dimensional
@@ -29,8 +38,15 @@ from numba import njit, prange
 
 
 @njit(cache=True, inline="always")
+def _tie_key(h, s):
+    """(hops, -same) as one int64 that orders the same way (0 <= same < 2**32)."""
+    return (np.int64(h) << 32) - s
+
+
+@njit(cache=True, inline="always")
 def _push(hk, hv, size, key, v):
-    """Push (key, v) on a 4-ary min-heap of keys ``hk`` / payload ``hv``."""
+    """Push (key, v) on a 4-ary min-heap of keys ``hk`` / payload ``hv`` (float64
+    distances, or int64 tie keys)."""
     p = size
     while p > 0:
         parent = (p - 1) >> 2
@@ -95,17 +111,36 @@ def _settle(u, src, cs, class_mode, stamp, codes, tstamp, hops, same, out_v, out
 @njit(cache=True)
 def _search(
     src, class_mode, n_targets, stamp, codes, indptr, nbr, w,
-    dist, hops, same, hk, hv, touched, tstamp, out_v, out_s,
+    dist, hops, same, hk, hv, tk, tv, touched, tstamp, out_v, out_s,
 ):
     """One Dijkstra search (4-ary heap with lazy deletion, capacity E + 1);
     returns how many targets were settled (written to out_v / out_s as vertex,
     score).
 
-    A popped entry is stale iff its key exceeds ``dist`` of its vertex (a vertex
-    is pushed only on a strict decrease, so its live entry is the one whose key
-    equals ``dist``); a settled vertex is never improved again (non-negative
-    weights), so no "settled" array is needed. ``dist`` is inf outside the
-    vertices listed in ``touched``, which are reset on return.
+    Vertices are settled in the order of the tuple (dist, hops, -same), not of
+    the distance alone: with zero-length edges (duplicates) a vertex at the same
+    distance but with fewer hops must be settled first, or its equal-distance
+    neighbours would settle with a worse tie-break. As tuples the edge weights
+    (w >= 0, +1 hop, ...) are strictly positive, so this Dijkstra settles every
+    vertex with its final tuple. Two queues do it: the distance heap (``hk``,
+    ``hv``) and, for the vertices at exactly the current distance, a tie heap
+    (``tk``, ``tv``) keyed by :func:`_tie_key`. When the popped distance is
+    shared by other queued entries, all of them move to the tie heap, and while
+    it is not empty every offer of that same distance goes there too. So the
+    distance heap keeps its plain float keys: one heap keyed by the tuple (a
+    parallel array of tie keys, compared on equal distances) made the heap
+    searches ~1.5x slower here (class_sums, N=2000, D=256, 2-core machine),
+    while the tie heap costs one comparison per pop when no distances tie.
+
+    Distance heap: a vertex is pushed only on a strict decrease, so a popped
+    entry is stale iff its key exceeds ``dist`` of its vertex; an equally short
+    offer with a better tie key for a later distance only updates hops and same
+    (the queued entry stands). Tie heap: pushed on any strict improvement, so an
+    entry is stale iff its key is not the vertex's current tie key. A settled
+    vertex is never improved again, so no "settled" array is needed. Each edge
+    is relaxed once (when its tail settles), so each heap holds at most E + 1
+    entries. ``dist`` is inf outside the vertices listed in ``touched``, which
+    are reset on return.
     """
     cs = codes[src]
     dist[src] = 0.0
@@ -116,28 +151,56 @@ def _search(
     hk[0] = 0.0
     hv[0] = src
     size = 1
+    n_tied = 0
+    du = 0.0  # distance being settled (the tie heap's entries all lie at it)
     found = 0
-    while size > 0 and found < n_targets:
-        du = hk[0]
-        u = hv[0]
-        size = _pop_into_root(hk, hv, size)
-        if du > dist[u]:
-            continue  # stale entry
+    while (size > 0 or n_tied > 0) and found < n_targets:
+        if n_tied > 0:
+            qu = tk[0]
+            u = tv[0]
+            n_tied = _pop_into_root(tk, tv, n_tied)
+            if qu != _tie_key(hops[u], same[u]):
+                continue  # stale: improved since the push
+        else:
+            du = hk[0]
+            u = hv[0]
+            size = _pop_into_root(hk, hv, size)
+            if du > dist[u]:
+                continue  # stale entry
+            if size > 0 and hk[0] == du:
+                # other entries at exactly this distance: settle them all in
+                # tie-key order (stale ones, now closer, are dropped here)
+                tk[0] = _tie_key(hops[u], same[u])
+                tv[0] = u
+                n_tied = 1
+                while size > 0 and hk[0] == du:
+                    v = hv[0]
+                    size = _pop_into_root(hk, hv, size)
+                    if dist[v] == du:
+                        _push(tk, tv, n_tied, _tie_key(hops[v], same[v]), v)
+                        n_tied += 1
+                continue
         found, hu, su = _settle(u, src, cs, class_mode, stamp, codes, tstamp, hops, same,
                                 out_v, out_s, found)
         for e in range(indptr[u], indptr[u + 1]):
             v = nbr[e]
             nd = du + w[e]
             dv = dist[v]
-            if nd < dv:
+            # strictly shorter, or exactly as long with fewer hops / as many
+            # hops and more same-label interior vertices (the tie rule)
+            if nd < dv or (nd == dv and (hu < hops[v] or (hu == hops[v] and su > same[v]))):
                 if dv == np.inf:
                     touched[n_touched] = v
                     n_touched += 1
                 dist[v] = nd
                 hops[v] = hu
                 same[v] = su
-                _push(hk, hv, size, nd, v)
-                size += 1
+                if nd == du:  # zero-length edge (or w below du's rounding)
+                    _push(tk, tv, n_tied, _tie_key(hu, su), v)
+                    n_tied += 1
+                elif nd < dv:
+                    _push(hk, hv, size, nd, v)
+                    size += 1
     for t in range(n_touched):
         dist[touched[t]] = np.inf
     return found
@@ -154,6 +217,12 @@ def _search_buckets(
     non-empty bucket already has its final distance and the bucket is settled in
     any order — no heap at all. The buckets are linked lists in a ring of
     ``n_slots`` > max weight / delta slots. Same outputs as :func:`_search`.
+
+    Ties need no tuple ordering here: every edge is longer than a bucket, so all
+    of a vertex's equal-distance predecessors lie in earlier buckets and have
+    offered before it settles; an offer of the same distance with a better
+    (hops, -same) only updates hops and same (the bucket, and so the queue entry,
+    is unchanged).
     """
     cs = codes[src]
     dist[src] = 0.0
@@ -206,6 +275,9 @@ def _search_buckets(
                     head[bs] = used
                     used += 1
                     pending += 1
+                elif nd == dv and (hu < hops[v] or (hu == hops[v] and su > same[v])):
+                    hops[v] = hu  # equally short, better tie-break: no push
+                    same[v] = su
         cur += 1
     for t in range(n_touched):
         dist[touched[t]] = np.inf
@@ -230,6 +302,8 @@ def _run(
         # lazy deletion pushes once per successful relaxation: at most E + 1
         hk = np.empty(nbr.shape[0] + 1, np.float64)
         hv = np.empty(nbr.shape[0] + 1, np.int64)
+        tk = np.empty(nbr.shape[0] + 1 if n_slots == 0 else 0, np.int64)
+        tv = np.empty(nbr.shape[0] + 1 if n_slots == 0 else 0, np.int64)
         touched = np.empty(n, np.int64)
         tstamp = np.zeros(n, np.int64)
         vscore = np.empty(0 if class_mode else n, np.float64)
@@ -262,7 +336,7 @@ def _run(
             else:
                 found = _search(
                     src, class_mode, n_t, stamp, codes, indptr, nbr, w,
-                    dist, hops, same, hk, hv, touched, tstamp, out_v, out_s,
+                    dist, hops, same, hk, hv, tk, tv, touched, tstamp, out_v, out_s,
                 )
             if class_mode:
                 acc = 0.0

@@ -54,6 +54,7 @@ def _relax_kernel(
     BV: tl.constexpr,
     BB: tl.constexpr,
     PACKED: tl.constexpr,
+    NO_HOPS: tl.constexpr = 1 << 30,  # hop count of an unreached entry (wide state; _NO_HOPS)
 ):
     pid_v = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -77,18 +78,24 @@ def _relax_kernel(
         max_deg = tl.max(tl.max(deg, axis=1), axis=0)
         scode = tl.load(scode_ptr + b, mask=bm, other=-1)
         svert = tl.load(svert_ptr + b, mask=bm, other=-1)
-        cur_d = tl.load(d_in + offs, mask=m2, other=float("inf"))
+        # Every vertex but the source is recomputed from its neighbours' current
+        # offers alone, not seeded with its own state: an offer made from a
+        # neighbour's superseded distance must not survive because its float sum
+        # happens to round to the final distance (the tie rule is over the
+        # neighbours' final states, as in the Numba and naive backends).
         # PACKED: one int32 key = hops * 2**16 + (2**16 - 1 - same), so the
         # tie-break (fewest hops, then most same) is one integer comparison and
         # an offer costs 12 bytes instead of 16. Hops after t Jacobi sweeps are
         # at most t, so the key cannot overflow while the host keeps the sweep
         # count under 2**15 (it redoes the batch with the wide state past that).
-        cur_h = tl.load(h_in + offs, mask=m2, other=0)
-        if not PACKED:
-            cur_s = tl.load(s_in + offs, mask=m2, other=0)
-        # an entry changed iff some offer beat it (strictly): no copy of the old
-        # state is kept, which saves registers (occupancy of a latency-bound loop)
-        changed = tl.zeros((BV, BB), dtype=tl.int1)
+        is_src = v == svert  # (BV, BB)
+        cur_d = tl.where(is_src, tl.zeros((BV, BB), tl.float64),
+                         tl.full((BV, BB), float("inf"), tl.float64))
+        if PACKED:
+            cur_h = tl.where(is_src, 0xFFFF, 0x7FFFFFFF)  # hops 0, same 0 / none
+        else:
+            cur_h = tl.where(is_src, 0, NO_HOPS)
+            cur_s = tl.zeros((BV, BB), dtype=tl.int32)
         # Edge e's neighbour and weight are fetched one iteration ahead, so the
         # gathers of u's row need no dependent load first: one memory latency
         # per iteration instead of two. Loads are unmasked at safe indices (edge
@@ -118,18 +125,23 @@ def _relax_kernel(
                 better = (cd < cur_d) | (
                     (cd == cur_d) & ((ch < cur_h) | ((ch == cur_h) & (cs > cur_s)))
                 )
-            better = better & um & (du < float("inf"))
+            better = better & um & (du < float("inf")) & ~is_src
             if not PACKED:
                 cur_s = tl.where(better, cs, cur_s)
             cur_d = tl.where(better, cd, cur_d)
             cur_h = tl.where(better, ch, cur_h)
-            changed = changed | better
             u = u_next
             wu = w_next
         tl.store(d_out + offs, cur_d, mask=m2)
         tl.store(h_out + offs, cur_h, mask=m2)
+        # changed = differs from the previous state, read only here, after the
+        # edge loop, so it holds no registers during it
+        changed = (cur_d != tl.load(d_in + offs, mask=m2, other=float("inf"))) | (
+            cur_h != tl.load(h_in + offs, mask=m2, other=0x7FFFFFFF if PACKED else NO_HOPS))
         if not PACKED:
             tl.store(s_out + offs, cur_s, mask=m2)
+            changed = changed | (cur_s != tl.load(s_in + offs, mask=m2, other=0))
+        changed = changed & m2
         n_cols = tl.sum(tl.sum(bm.to(tl.int64), axis=1), axis=0)
         n_edges = tl.sum(tl.sum(deg.to(tl.int64), axis=1), axis=0)
         tl.atomic_add(count_ptr + pid_v % 64, n_edges * n_cols)
@@ -219,7 +231,7 @@ def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, d
             indptr, neighbours, weights, codes, scode, src,
             d_in, h_in, s_in, d_out, h_out, s_out,
             act, chg, act_next, chg_next, counter,
-            n, bsz, nbb, BV=block_v, BB=block_b, PACKED=packed, **extra,
+            n, bsz, nbb, BV=block_v, BB=block_b, PACKED=packed, NO_HOPS=_NO_HOPS, **extra,
         )
         act, act_next = act_next, act
         chg, chg_next = chg_next, chg
