@@ -200,6 +200,14 @@ def labels_to_array(labels: Any, *, name: str = "labels") -> np.ndarray:
         raise TypeError(
             f"{name} must be a sequence with one label per row, got {type(labels).__name__}"
         ) from None
+    if seq and all(isinstance(v, list) for v in seq):
+        # nested lists: frame labels (B, T) (lists are never labels themselves;
+        # tuples are, so a list of tuples stays 1-D)
+        lengths = {len(v) for v in seq}
+        if len(lengths) != 1:
+            raise ValueError(f"{name} as nested lists must be rectangular (B, T), got row lengths {sorted(lengths)}")
+        return labels_to_array(np.asarray(seq, dtype=object).reshape(len(seq), -1).ravel().tolist(),
+                               name=name).reshape(len(seq), -1)
     arr = np.empty(len(seq), dtype=object)
     arr[:] = seq
     # homogeneous ints / strings become a typed array (faster unique, sortable)

@@ -101,6 +101,11 @@ def test_string_frame_labels():
     r = fc.layer_scores(h, labels, k=3, pairs=10, progress=False)
     assert set(r.classes) == {"sil", "ah", "k"}
     assert r.layers[0].n_points == 24
+    # nested Python lists are (B, T) frame labels, as the same array would be
+    nested = fc.layer_scores(h, labels.tolist(), k=3, pairs=10, progress=False)
+    np.testing.assert_array_equal(nested.scores, r.scores)
+    with pytest.raises(ValueError, match=r"nested lists must be rectangular"):
+        fc.layer_scores(h, [["sil"] * 8, ["ah"] * 7, ["k"] * 8], k=3)
     # mixed labels (object array): -100, as int or float, is ignored as in a numeric array
     mixed = labels.astype(object)
     mixed[0, :3] = -100
