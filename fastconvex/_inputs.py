@@ -103,16 +103,21 @@ def _torch():
     return torch
 
 
+def _check_real_numeric(x: np.ndarray, label: str) -> None:
+    """A numpy array's element type: real numbers (floats, integers, booleans)."""
+    if x.dtype.kind == "c":
+        raise TypeError(f"{label} must be real, got dtype {x.dtype}")
+    if x.dtype.kind not in "fiub":
+        raise TypeError(f"{label} must be numeric, got dtype {x.dtype}")
+
+
 def check_frame_dtype(x: Any, *, name: str) -> None:
     """The element type of (B, T, D) hidden states: real numbers."""
     if is_torch_tensor(x):
         if not x.dtype.is_floating_point:
             raise TypeError(f"{name} must be floating point, got {x.dtype}")
         return
-    if x.dtype.kind == "c":
-        raise TypeError(f"{name} must be real, got dtype {x.dtype}")
-    if x.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be numeric, got dtype {x.dtype}")
+    _check_real_numeric(x, name)
 
 
 def check_embeddings(
@@ -152,10 +157,7 @@ def check_embeddings(
         x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name}{describe(where)} must be 2-D (N, D), got shape {x.shape}")
-    if x.dtype.kind not in "fc" and x.dtype.kind not in "iub":
-        raise TypeError(f"{name}{describe(where)} must be numeric, got dtype {x.dtype}")
-    if x.dtype.kind == "c":
-        raise TypeError(f"{name}{describe(where)} must be real, got dtype {x.dtype}")
+    _check_real_numeric(x, f"{name}{describe(where)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name}{describe(where)} is empty (shape {x.shape})")
     row = _first_non_finite_row(x)

@@ -203,6 +203,11 @@ def prepare_layers(
         else:
             sel = frames_2d[flat]
         check_frame_dtype(layer, name=f"hidden_states[{i}]")
-        _non_finite_frame(layer, keep, f"hidden_states[{i}]")
-        out.append(check_embeddings(sel, name=f"hidden_states[{i}] (selected frames)"))
+        try:
+            out.append(check_embeddings(sel, name=f"hidden_states[{i}] (selected frames)"))
+        except ValueError:
+            # a row of the selection means nothing to the caller: name the
+            # utterance and frame instead (padding frames were not selected)
+            _non_finite_frame(layer, keep, f"hidden_states[{i}]")
+            raise
     return out, label_array.reshape(-1)[flat]
