@@ -98,6 +98,17 @@ _KEY_EMPTY = 0x7FFFFFFF  # int32 key of an empty / excluded entry (above every p
 
 
 @triton.jit
+def _dot(a, b, acc, PRECISION: tl.constexpr):
+    """acc + a @ b on tensor cores: float16 operands as they are ("fp16"), float32
+    ones at the tier's ``input_precision``; float32 accumulation."""
+    if PRECISION == "fp16":
+        out = tl.dot(a, b, acc)
+    else:
+        out = tl.dot(a, b, acc, input_precision=PRECISION)
+    return out
+
+
+@triton.jit
 def _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
                 BLOCK_N: tl.constexpr, KP: tl.constexpr):
     """Fold one (BLOCK_M, BLOCK_N) tile of dot products (database rows n0 ...)
@@ -195,10 +206,7 @@ def _knn_candidates_kernel(
             n0 = key_lo + tile * BLOCK_N
             a = tl.load(a_base + (a_offs + k0))
             b = tl.load(xk_ptr + n0.to(tl.int64) * DP + (b_offs + k0))
-            if PRECISION == "fp16":
-                acc = tl.dot(a, b, acc)
-            else:
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            acc = _dot(a, b, acc, PRECISION)
             if k0 == DP - BLOCK_K:
                 run_key, run_i, thr = _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
                                                   BLOCK_N, KP)
@@ -210,10 +218,7 @@ def _knn_candidates_kernel(
             for k0 in range(0, DP, BLOCK_K):
                 a = tl.load(a_base + (a_offs + k0))
                 b = tl.load(b_base + (b_offs + k0))
-                if PRECISION == "fp16":  # float16 operands (xq, xk), float32 accumulation
-                    acc = tl.dot(a, b, acc)
-                else:
-                    acc = tl.dot(a, b, acc, input_precision=PRECISION)
+                acc = _dot(a, b, acc, PRECISION)
             b_base += BLOCK_N * DP
             run_key, run_i, thr = _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
                                               BLOCK_N, KP)
@@ -478,8 +483,9 @@ def knn(
     # the row stride a multiple of BLOCK_K, so the kernel's K loop needs no masks
     dim_p = triton.cdiv(max(dim, 1), block_k) * block_k
     budget = max(64 << 20, free_bytes(device) // 4)
-    # candidate lists are small (KP x 8 bytes per row and segment, up to ~8
-    # segments, plus the top-kc cut): one launch covers as many queries as memory allows
+    # candidate lists are small (per row: KP x 8 bytes per segment from the
+    # kernel and about as much again for the top-kc cut, up to ~8 segments):
+    # one launch covers as many queries as memory allows
     query_chunk = query_chunk_size(n, block_m, kp * 16 * 8 + dim_p * 4, budget, query_chunk)
 
     # Centre in float64 and scale by a power of two (exact) before float32.
