@@ -38,9 +38,14 @@ class NumbaEngine:
         return as_kernel_float(to_numpy(x) if is_torch_tensor(x) else np.asarray(x))
 
     def knn(self, x: Any, k: int) -> KNNGraph:
+        from ._duplicates import knn_over_distinct_rows
         from .kernels.numba.knn import knn
 
-        indices, distances, _ = knn(self._host(x), k)
+        def distinct_knn(rows, kd):
+            indices, distances, _ = knn(rows, kd)
+            return indices, distances
+
+        indices, distances, _ = knn_over_distinct_rows(self._host(x), k, distinct_knn)
         return KNNGraph(indices, distances, self.name)
 
     def source_stats(self, x: Any, codes: np.ndarray, plan: PairPlan, k: int) -> SourceStats:

@@ -108,12 +108,19 @@ class TritonEngine:
         return t.to(dev).contiguous()
 
     def _knn_device(self, x: Any, k: int):
+        from ._duplicates import knn_over_distinct_rows
         from .kernels.triton.knn import knn
 
         t0 = _now()
         xt = self._to_device(x)
-        idx, dist, n_fallback, stats = knn(xt, k, return_stats=True, **self.knn_options)
-        stats["n_fallback"] = n_fallback
+        stats: dict = {}
+
+        def distinct_knn(rows, kd):
+            idx, dist, n_fallback, knn_stats = knn(rows, kd, return_stats=True, **self.knn_options)
+            stats.update(knn_stats, n_fallback=n_fallback)
+            return idx, dist
+
+        idx, dist, stats["distinct_rows"] = knn_over_distinct_rows(xt, k, distinct_knn)
         _sync(xt.device)
         stats["seconds"] = _now() - t0
         self.last_stats = {"knn": stats}
