@@ -118,15 +118,17 @@ def test_distinct_rows_are_not_grouped():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_hash_collisions_never_join_different_rows(backend, monkeypatch):
-    """Every row hashes alike: the row-by-row check must still separate the
-    points, and identical rows it leaves in different groups are still each
-    other's neighbours at distance 0, smallest index first."""
+@pytest.mark.parametrize("n_hash_values", [1, 3])
+def test_hash_collisions_never_join_different_rows(backend, n_hash_values, monkeypatch):
+    """Rows hash to 1 or 3 values at random: the row-by-row check must still
+    separate the points, and identical rows it leaves in different groups are
+    still each other's neighbours at distance 0, smallest index first."""
     import fastconvex.kernels.numba.duplicates as numba_dup
     import fastconvex.kernels.triton.duplicates as torch_dup
 
-    monkeypatch.setattr(numba_dup, "row_hashes", lambda x: np.zeros(x.shape[0], np.uint64))
-    monkeypatch.setattr(torch_dup, "row_hashes", lambda x: torch.zeros(x.shape[0], dtype=torch.int64, device=x.device))
+    fake = np.random.default_rng(n_hash_values).integers(0, n_hash_values, 50)
+    monkeypatch.setattr(numba_dup, "row_hashes", lambda x: fake.astype(np.uint64))
+    monkeypatch.setattr(torch_dup, "row_hashes", lambda x: torch.from_numpy(fake).to(x.device))
     x = _grid_with_duplicates(50, 2, 6, seed=9)
     inverse, first = dup.duplicate_groups(x)
     for tensor_x in (torch.from_numpy(x), _input(x, backend)):

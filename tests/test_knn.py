@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,44 @@ from fastconvex.kernels.numba.knn import knn as numba_knn
 from oracles import assert_knn_equal_up_to_ties, bruteforce_knn_f64
 
 CPU_BACKENDS = ["numba", "naive"]
+FAST_BACKENDS = ["numba", pytest.param("triton", marks=pytest.mark.triton)]
+_GPU = os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
+
+
+def _on_backend(x, backend):
+    return torch.from_numpy(x).cuda() if backend == "triton" and _GPU else x
+
+
+def _near_tie_grid(seed, n=60, d=3, duplicates=0):
+    """Grid points times 0.1 in float64: many squared distances one ulp apart
+    whose square roots are equal (so the order must come from the index)."""
+    rng = np.random.default_rng(seed)
+    x = np.unique(rng.integers(-3, 4, (n, d)), axis=0) * 0.1
+    rng.shuffle(x)
+    if duplicates:
+        x = np.concatenate([x, x[rng.integers(0, len(x), duplicates)]])
+    return x, rng.integers(0, 3, len(x))
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("seed,k,duplicates", [(0, 5, 0), (1, 7, 0), (2, 3, 0), (3, 6, 12), (4, 4, 30)])
+def test_ties_of_returned_distances_go_to_the_smaller_index(backend, seed, k, duplicates):
+    """Oracle: the naive scorer (cdist, stable sort). The lists and distances
+    must equal it bit for bit, duplicates or not; the exact scores to 1e-12
+    (they are sums taken in another order)."""
+    x, y = _near_tie_grid(seed, duplicates=duplicates)
+    g = fc.knn_graph(_on_backend(x, backend), k, backend=backend)
+    ref = fc.knn_graph(x, k, backend="naive")
+    np.testing.assert_array_equal(g.distances, ref.distances)
+    np.testing.assert_array_equal(g.indices, ref.indices)
+    tied = g.distances[:, 1:] == g.distances[:, :-1]
+    assert tied.any()
+    assert np.all(g.indices[:, 1:][tied] > g.indices[:, :-1][tied])
+    a = fc.graph_convexity(_on_backend(x, backend), y, k=k, exact=True, backend=backend)
+    b = fc.graph_convexity(x, y, k=k, exact=True, backend="naive")
+    assert abs(a.score - b.score) <= 1e-12
+    for c in b.per_class:
+        assert abs(a.per_class[c] - b.per_class[c]) <= 1e-12
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -128,3 +168,8 @@ def test_knn_properties(x, data):
     assert not np.any(g.indices == rows)
     assert all(len(set(r)) == k for r in g.indices.tolist())
     assert_knn_equal_up_to_ties(x, g.indices, g.distances, k)
+    # equal distances: smaller index first; a shorter list is a prefix
+    tied = g.distances[:, 1:] == g.distances[:, :-1]
+    assert np.all(g.indices[:, 1:][tied] > g.indices[:, :-1][tied])
+    k2 = data.draw(st.integers(1, k))
+    np.testing.assert_array_equal(fc.knn_graph(x, k2, backend="numba").indices, g.indices[:, :k2])

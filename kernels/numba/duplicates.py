@@ -90,7 +90,11 @@ def _take_block(groups, n_groups, group_ptr, group_rows, self_row, need, dist, o
         return count
     # several groups tie: at most need + 1 rows of each can be taken (one may
     # be self_row), merged by row index
-    pool = np.empty(n_groups * (need + 1), np.int64)
+    size = 0
+    for a in range(n_groups):
+        g = groups[a]
+        size += min(group_ptr[g + 1] - group_ptr[g], need + 1)
+    pool = np.empty(size, np.int64)
     m = 0
     for a in range(n_groups):
         g = groups[a]

@@ -104,9 +104,13 @@ def _sort_by_dist_then_index(d, idx, n):
 def _rerank_exact(x, scale, heap_d, heap_i, bound, k, out_i, out_d, certified):
     """Exact float64 distances for the candidates, sorted by (distance, index).
 
-    A row is certified when the k-th exact squared distance is below the smallest
-    approximate squared distance a non-candidate can have minus the rounding bound
-    (all in the units scaled by ``scale``).
+    The order is that of the distances as returned (square roots, correctly
+    rounded): two squared distances one ulp apart may share a square root, and
+    then the smaller index comes first, as in the float64 brute force. A row is
+    certified when the k-th distance lies strictly below the square root of
+    the smallest squared distance a non-candidate can have (its approximate
+    squared distance, at least the heap root, minus the rounding bound; all in
+    the units scaled by ``scale``).
     """
     n, kc = heap_i.shape
     all_candidates = kc >= n - 1
@@ -116,17 +120,18 @@ def _rerank_exact(x, scale, heap_d, heap_i, bound, k, out_i, out_d, certified):
         for t in range(kc):
             j = heap_i[i, t]
             ci[t] = j
-            cd[t] = _sq_dist_f64(x, i, j, scale) if j >= 0 else np.inf
+            cd[t] = math.sqrt(_sq_dist_f64(x, i, j, scale)) if j >= 0 else np.inf
         _sort_by_dist_then_index(cd, ci, kc)
         for t in range(k):
             out_i[i, t] = ci[t]
-            out_d[i, t] = math.sqrt(cd[t]) / scale
+            out_d[i, t] = cd[t] / scale
         if all_candidates:
             certified[i] = True
         else:
             # heap root = largest approximate distance kept; every non-candidate's
             # approximate distance is >= it.
-            certified[i] = cd[k - 1] <= heap_d[i, 0] - bound[i]
+            lower = heap_d[i, 0] - bound[i]
+            certified[i] = lower > 0.0 and cd[k - 1] < math.sqrt(lower)
 
 
 @njit(parallel=True, cache=True)
@@ -140,7 +145,7 @@ def _exact_rows(x, scale, rows, k, out_i, out_d):
         for j in range(n):
             if j == i:
                 continue
-            d = _sq_dist_f64(x, i, j, scale)
+            d = math.sqrt(_sq_dist_f64(x, i, j, scale))
             if d < hd[0] or (d == hd[0] and (j < hi[0] or hi[0] < 0)):
                 hd[0] = d
                 hi[0] = j
@@ -148,7 +153,7 @@ def _exact_rows(x, scale, rows, k, out_i, out_d):
         _sort_by_dist_then_index(hd, hi, k)
         for t in range(k):
             out_i[i, t] = hi[t]
-            out_d[i, t] = math.sqrt(hd[t]) / scale
+            out_d[i, t] = hd[t] / scale
 
 
 def candidate_count(k: int, n: int) -> int:
@@ -174,6 +179,7 @@ def knn(
     Returns
     -------
     indices : (N, k) int64, ascending by distance, ties by the smaller index
+        (ties of the distances as returned)
     distances : (N, k) float64 Euclidean distances, computed exactly in float64
     n_fallback : int, rows recomputed by brute force because the float32
         candidate pass could not certify them (near-ties, duplicates).

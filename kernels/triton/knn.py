@@ -368,7 +368,8 @@ def _brute_force_f64(x: torch.Tensor, rows: torch.Tensor, k: int, row_budget: in
 
     Centred float64 Gram distances select, per row, every point within a
     rounding bound of the k-th smallest (so exact ties are all kept); those are
-    recomputed as sum((x_i - x_j)^2) and sorted by (distance, index)."""
+    recomputed as sum((x_i - x_j)^2), and their square roots (the distances
+    returned) sorted by (distance, index)."""
     n, dim = x.shape
     if mean is None:
         mean = _chunked_mean(x)
@@ -396,7 +397,7 @@ def _brute_force_f64(x: torch.Tensor, rows: torch.Tensor, k: int, row_budget: in
         width = max(k, min(n - 1, width))
         _, cand = torch.topk(dist, width, dim=1, largest=False)
         del dist
-        d = _exact_sqdist(x, r, cand, row_budget)
+        d = _sqrt_rn(_exact_sqdist(x, r, cand, row_budget))
         d, cand = _sort_by_dist_then_index(d, cand)
         out_i[r0 : r0 + row_step] = cand[:, :k]
         out_d[r0 : r0 + row_step] = d[:, :k]
@@ -526,16 +527,23 @@ def knn(
         # kept; the kernel's distances are clamped at 0 and rounded down, so this
         # stays a lower bound of every non-candidate's computed distance)
         thr = cd.max(dim=1).values.to(torch.float64)
-        ed = _exact_sqdist(x, pending, ci, budget)
+        # sorted by the distances as returned (correctly rounded square roots):
+        # squared distances one ulp apart may share a root, and then the
+        # smaller index comes first, as in the float64 brute force
+        ed = _sqrt_rn(_exact_sqdist(x, pending, ci, budget))
         ed, ci = _sort_by_dist_then_index(ed, ci)
         if kc >= n - 1:
             ok = torch.ones(pending.shape[0], dtype=torch.bool, device=device)
         else:
             bound = certificate_bound(prec, dim_p, norms[pending], big)
-            # exact distances are of unscaled data; the bound is in scaled units
-            ok = ed[:, k - 1] * (scale * scale) * (1 + 1e-12) <= thr - bound
+            # the bound is in scaled units, the exact distances of unscaled data;
+            # the margin covers the rounding of the division and of the float64
+            # sums. Every non-candidate's distance is then >= the root of
+            # `lower`: certified where the k-th lies strictly below it
+            lower = (thr - bound) / (scale * scale) * (1 - 1e-12 - 2 * dim * 2.0**-53)
+            ok = ed[:, k - 1] < _sqrt_rn(lower.clamp_min(0.0))
         out_i[pending[ok]] = ci[ok, :k]
-        out_d[pending[ok]] = _sqrt_rn(ed[ok, :k])
+        out_d[pending[ok]] = ed[ok, :k]
         stats["tiers"].append({"precision": prec, "rows": int(pending.numel()), "certified": int(ok.sum())})
         if t == 0:
             n_fallback = int((~ok).sum())
@@ -543,7 +551,7 @@ def knn(
     if pending.numel():
         bi, bd = _brute_force_f64(x, pending, k, budget, x64mean)
         out_i[pending] = bi
-        out_d[pending] = _sqrt_rn(bd)
+        out_d[pending] = bd
         stats["brute_force_rows"] = int(pending.numel())
     else:
         stats["brute_force_rows"] = 0
