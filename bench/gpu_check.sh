@@ -39,7 +39,7 @@ rc="${PIPESTATUS[0]}"
 # Then the Triton tests on the device (odd sizes, ties, the flat loop, scales),
 # after the figures are saved; GPU_CHECK_PYTEST_S=0 skips them.
 if [ "${TRITON_INTERPRET:-0}" != "1" ] && [ "${GPU_CHECK_PYTEST_S:-120}" != "0" ]; then
-  timeout "${GPU_CHECK_PYTEST_S:-120}" "$PY" -m pytest -q -p no:cacheprovider -m triton tests/test_triton.py tests/test_duplicates.py \
+  timeout "${GPU_CHECK_PYTEST_S:-120}" "$PY" -m pytest -q -p no:cacheprovider -m triton tests/test_triton.py tests/test_duplicates.py tests/test_knn.py \
     2>&1 | tail -n 30 | tee "$OUT/pytest_cuda.log"
 fi
 exit "$rc"
