@@ -113,7 +113,8 @@ class TritonEngine:
 
         t0 = _now()
         xt = self._to_device(x)
-        stats: dict = {}
+        # (the defaults stand when every row is the same point: no search runs)
+        stats: dict = {"tiers": [], "brute_force_rows": 0, "n_fallback": 0}
 
         def distinct_knn(rows, kd):
             idx, dist, n_fallback, knn_stats = knn(rows, kd, return_stats=True, **self.knn_options)

@@ -183,3 +183,19 @@ def test_property_lists_equal_brute_force(n, d, n_points, data):
     same = (x[g.indices] == x[rows]).all(-1)
     np.testing.assert_array_equal(g.distances == 0.0, same)
     np.testing.assert_allclose(g.distances, ref_d, rtol=1e-12, atol=0)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("n_points,distinct_rows,searched", [(1, 1, False), (4, 4, True)])
+def test_triton_engine_reports_distinct_rows(n_points, distinct_rows, searched):
+    from fastconvex._triton_backend import TritonEngine
+
+    x = _grid_with_duplicates(30, 2, n_points, seed=1)
+    assert len(np.unique(x, axis=0)) == distinct_rows
+    eng = TritonEngine()
+    g = eng.knn(_input(x, "triton"), 5)
+    _assert_exact(x, g, 5)
+    st = eng.last_stats["knn"]
+    assert st["distinct_rows"] == distinct_rows
+    assert (len(st["tiers"]) > 0) == searched
+    assert st["n_fallback"] == 0 and st["brute_force_rows"] == 0
