@@ -343,6 +343,13 @@ def knn_timing(n: int, configs: list[dict] | None = None):
         rec["triton_seconds"] = best["seconds"]
         rec["triton_config"] = best["config"]
         rec["triton_tflops"] = best["tflops"]
+        # what every engine call adds before the kernel: the duplicate-row search
+        from fastconvex._duplicates import duplicate_groups
+
+        groups, t_dup = timed(lambda: duplicate_groups(x))
+        rec["duplicate_search"] = {"seconds": t_dup, "vs_knn": t_dup / best["seconds"],
+                                   "distinct_rows": n if groups is None else int(groups[1].shape[0])}
+        log(f"{name} duplicate-row search {t_dup:.4f}s ({t_dup / best['seconds']:.1%} of the kNN)")
         if CUDA:
             cap = min(30.0, max(2.0, left() / 8))
             for dt, label in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "tf32")):
