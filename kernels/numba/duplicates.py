@@ -118,26 +118,25 @@ def _expand(unique_idx, unique_dist, inverse, group_ptr, group_rows, k, out_i, o
     for row in prange(n):
         g = inverse[row]
         groups = np.empty(ku + 1, np.int64)
-        # the first block: the row's own group and every group at distance 0
+        # blocks of groups at one distance, in the order of the unique list;
+        # the first is the row's own group with every group at distance 0
         # (identical rows the grouping kept apart)
         groups[0] = g
         n_groups = 1
+        dist = 0.0
         t = 0
-        while t < ku and unique_dist[g, t] == 0.0:
-            groups[n_groups] = unique_idx[g, t]
-            n_groups += 1
-            t += 1
-        count = _take_block(groups, n_groups, group_ptr, group_rows, row, k, 0.0, out_i, out_d, row, 0)
-        # then one block per distinct distance, in the order of the unique list
-        while count < k and t < ku:
-            dist = unique_dist[g, t]
-            n_groups = 0
+        count = 0
+        while True:
             while t < ku and unique_dist[g, t] == dist:
                 groups[n_groups] = unique_idx[g, t]
                 n_groups += 1
                 t += 1
             count = _take_block(groups, n_groups, group_ptr, group_rows, row, k - count, dist,
                                 out_i, out_d, row, count)
+            if count >= k or t >= ku:
+                break
+            dist = unique_dist[g, t]
+            n_groups = 0
 
 
 def expand_knn(

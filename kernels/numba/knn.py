@@ -73,16 +73,17 @@ def _update_topk_from_gram(gram, sq_rows, sq_cols, row0, col0, heap_d, heap_i):
 
 
 @njit(cache=True, inline="always")
-def _sq_dist_f64(x, i, j, scale):
-    """Squared distance of rows i and j in float64, in units scaled by the
-    power of two ``scale`` (exact: the order of distances, and the distances
-    once unscaled, are those of the unscaled sum where it neither over- nor
-    underflows; scaled, it does neither for any finite data)."""
+def _dist_f64(x, i, j, scale):
+    """Distance of rows i and j in float64 (the correctly rounded root of the
+    sequential sum of squares), in units scaled by the power of two ``scale``
+    (exact: the order of distances, and the distances once unscaled, are those
+    of the unscaled computation where it neither over- nor underflows; scaled,
+    it does neither for any finite data)."""
     s = 0.0
     for t in range(x.shape[1]):
         diff = (np.float64(x[i, t]) - np.float64(x[j, t])) * scale
         s += diff * diff
-    return s
+    return math.sqrt(s)
 
 
 @njit(cache=True, inline="always")
@@ -120,7 +121,7 @@ def _rerank_exact(x, scale, heap_d, heap_i, bound, k, out_i, out_d, certified):
         for t in range(kc):
             j = heap_i[i, t]
             ci[t] = j
-            cd[t] = math.sqrt(_sq_dist_f64(x, i, j, scale)) if j >= 0 else np.inf
+            cd[t] = _dist_f64(x, i, j, scale) if j >= 0 else np.inf
         _sort_by_dist_then_index(cd, ci, kc)
         for t in range(k):
             out_i[i, t] = ci[t]
@@ -145,7 +146,7 @@ def _exact_rows(x, scale, rows, k, out_i, out_d):
         for j in range(n):
             if j == i:
                 continue
-            d = math.sqrt(_sq_dist_f64(x, i, j, scale))
+            d = _dist_f64(x, i, j, scale)
             if d < hd[0] or (d == hd[0] and (j < hi[0] or hi[0] < 0)):
                 hd[0] = d
                 hi[0] = j

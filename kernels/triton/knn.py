@@ -346,8 +346,9 @@ def _sort_by_dist_then_index(d: torch.Tensor, i: torch.Tensor):
     return d_sorted, torch.gather(i_sorted, 1, p2)
 
 
-def _exact_sqdist(x: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, row_budget: int):
-    """float64 sum((x_i - x_j)^2) for each row's candidates (inf where cand < 0)."""
+def _exact_dist(x: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, row_budget: int):
+    """float64 distance, the correctly rounded root of sum((x_i - x_j)^2), for
+    each row's candidates (inf where cand < 0)."""
     m, kc = cand.shape
     out = torch.empty((m, kc), dtype=torch.float64, device=x.device)
     dim = x.shape[1]
@@ -360,7 +361,7 @@ def _exact_sqdist(x: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, row_b
         diff = xj - xi[:, None, :]
         d = (diff * diff).sum(-1)
         out[r0 : r0 + step] = torch.where(c >= 0, d, torch.full_like(d, math.inf))
-    return out
+    return _sqrt_rn(out)
 
 
 def _brute_force_f64(x: torch.Tensor, rows: torch.Tensor, k: int, row_budget: int, mean=None):
@@ -397,7 +398,7 @@ def _brute_force_f64(x: torch.Tensor, rows: torch.Tensor, k: int, row_budget: in
         width = max(k, min(n - 1, width))
         _, cand = torch.topk(dist, width, dim=1, largest=False)
         del dist
-        d = _sqrt_rn(_exact_sqdist(x, r, cand, row_budget))
+        d = _exact_dist(x, r, cand, row_budget)
         d, cand = _sort_by_dist_then_index(d, cand)
         out_i[r0 : r0 + row_step] = cand[:, :k]
         out_d[r0 : r0 + row_step] = d[:, :k]
@@ -530,7 +531,7 @@ def knn(
         # sorted by the distances as returned (correctly rounded square roots):
         # squared distances one ulp apart may share a root, and then the
         # smaller index comes first, as in the float64 brute force
-        ed = _sqrt_rn(_exact_sqdist(x, pending, ci, budget))
+        ed = _exact_dist(x, pending, ci, budget)
         ed, ci = _sort_by_dist_then_index(ed, ci)
         if kc >= n - 1:
             ok = torch.ones(pending.shape[0], dtype=torch.bool, device=device)
