@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: install fastconvex (offline), then bench/gpu_check.py.
-#   bash bench/gpu_check.sh                      # on a CUDA machine (~9 min at most:
-#                                                # 420 s of checks, then up to 120 s of tests)
+#   bash bench/gpu_check.sh                      # on a CUDA machine (~10 min at most:
+#                                                # 420 s of checks, up to 60 s of kNN
+#                                                # profile, then up to 120 s of tests)
 #   GPU_CHECK_SMALL=1 bash bench/gpu_check.sh    # tiny sizes; CPU via TRITON_INTERPRET=1
 # GPU_CHECK_NO_INSTALL=1: never pip install (use the symlink tree on PYTHONPATH).
 # Writes $OUT/gpu_check.json and $OUT/gpu_check.log (OUT default ./gpu_check_out).
@@ -36,6 +37,10 @@ fi
 echo "gpu_check: fastconvex from $(cd / && "$PY" -c 'import fastconvex; print(fastconvex.__file__)')"
 "$PY" -u bench/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log"
 rc="${PIPESTATUS[0]}"
+# Where the kNN's time goes at N = 1e6 (phases, CUDA kernels): bench/knn_profile.py
+if [ "${TRITON_INTERPRET:-0}" != "1" ] && [ "${GPU_CHECK_PROFILE_S:-60}" != "0" ]; then
+  timeout "${GPU_CHECK_PROFILE_S:-60}" "$PY" -u bench/knn_profile.py 2>&1 | tail -n 45 | tee "$OUT/knn_profile.log"
+fi
 # Then the Triton tests on the device (odd sizes, ties, the flat loop, scales),
 # after the figures are saved; GPU_CHECK_PYTEST_S=0 skips them.
 if [ "${TRITON_INTERPRET:-0}" != "1" ] && [ "${GPU_CHECK_PYTEST_S:-120}" != "0" ]; then

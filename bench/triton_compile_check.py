@@ -23,6 +23,10 @@ shapes 32 x 32 (the launcher's default), 64 x 32 and 32 x 64, num_warps 4
 and 8, and both state layouts (packed, wide): Triton 3.6 once failed to compile
 an earlier version of it.
 
+It compiles ``_exact_sq_dist_kernel`` (the float64 re-rank) for float32,
+float64 and float16 data and checks that its PTX holds no fused multiply-add
+(``fma``): the distances must round as the CPU backends' loop does.
+
 Exit status 1 if anything fails.  ``--quick`` checks only the defaults.
 """
 
@@ -45,15 +49,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # keep in sync with configs_tune in bench/gpu_check.py main() (CUDA branch) and
 # the defaults of kernels/triton/knn.py's knn()
-DEFAULT = {"block_m": 128, "block_n": 128, "block_k": 32, "num_warps": 8, "num_stages": 3}
+DEFAULT = {"block_m": 128, "block_n": 256, "block_k": 32, "num_warps": 8, "num_stages": 3}
 CONFIGS = [
     DEFAULT,
-    {"block_m": 64, "block_n": 128, "block_k": 32, "num_warps": 8, "num_stages": 3},
-    {"block_m": 128, "block_n": 256, "block_k": 32, "num_warps": 8, "num_stages": 3},
-    {"block_m": 128, "block_n": 128, "block_k": 32, "num_warps": 8, "num_stages": 4},
-    dict(DEFAULT, flat_loop=True),
+    dict(DEFAULT, mask_every_tile=True),
+    dict(DEFAULT, block_n=128),
+    dict(DEFAULT, block_n=128, mask_every_tile=True),
+    dict(DEFAULT, num_stages=4),
     dict(DEFAULT, block_k=64),
-    dict(DEFAULT, block_k=64, flat_loop=True),
+    dict(DEFAULT, flat_loop=True),
 ]
 INTS = ["M", "N", "keys_per_split", "n_split"]
 PTRS = {"xq_ptr": "*fp32", "xk_ptr": "*fp32", "sq_ptr": "*fp32", "qidx_ptr": "*i64",
@@ -169,10 +173,34 @@ def check_paths(quick: bool) -> tuple[int, int]:
     return ok, bad
 
 
+def check_exact_dist() -> tuple[int, int]:
+    """The float64 re-rank kernel, for each data type; no fma in its PTX."""
+    fn = load_module("knn")._exact_sq_dist_kernel
+    ints = ["n_pairs", "KC", "D", "stride_row", "stride_col"]
+    ok = bad = 0
+    for dtype, div in itertools.product(("*fp32", "*fp64", "*fp16"), ([False] * 5, [True, True, True, True, False])):
+        name = f"exact_sq_dist x={dtype} divisible={div}"
+        try:
+            k = compile_for_sm90(fn, {"x_ptr": dtype, "rows_ptr": "*i64", "cand_ptr": "*i64", "out_ptr": "*fp64"},
+                                 ints, div, {"BLOCK_P": 128}, {"num_warps": 4, "enable_fp_fusion": False})
+            fused = len(re.findall(r"\bfma\.rn\.f64", k.asm["ptx"]))
+            if fused:
+                raise RuntimeError(f"{fused} fma.rn.f64 in the PTX (the sums would round differently)")
+            ok += 1
+            if not any(div):
+                print(f"  ok {name}: no fma, {resource_usage(k)}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            bad += 1
+            print(f"FAIL {name}: {failure(e)}", flush=True)
+    print(f"exact distance kernel: {ok} compiled, {bad} failed", flush=True)
+    return ok, bad
+
+
 def compile_one(fn, cfg, kp, prec, div, nw, dp=768):
     const = {"DP": dp, "BLOCK_M": cfg["block_m"], "BLOCK_N": cfg["block_n"],
              "BLOCK_K": cfg["block_k"], "KP": kp, "PRECISION": prec,
-             "FLAT": bool(cfg.get("flat_loop", False))}
+             "FLAT": bool(cfg.get("flat_loop", False)),
+             "MASK_EVERY_TILE": bool(cfg.get("mask_every_tile", False))}
     pointers = dict(PTRS, **({"xq_ptr": "*fp16", "xk_ptr": "*fp16"} if prec == "fp16" else {}))
     return compile_for_sm90(fn, pointers, INTS, div, const,
                             {"num_warps": nw, "num_stages": cfg["num_stages"]})
@@ -190,8 +218,10 @@ def main() -> int:
             if quick and not hot:
                 continue
             divs = all_div if hot else [all_div[0], all_div[-1]]
-            # the launcher caps block_m at 64 when KP > 64 (register lists)
-            c = dict(cfg, block_m=min(cfg["block_m"], 64)) if kp > 64 else cfg
+            # the launcher's defaults: block_n 256 only for KP <= 32, block_m
+            # capped at 64 when KP > 64 (register lists)
+            c = dict(cfg, block_n=min(cfg["block_n"], 128)) if kp > 32 else cfg
+            c = dict(c, block_m=min(c["block_m"], 64)) if kp > 64 else c
             for div in divs:
                 for nw in (4, 8):
                     jobs.append((c, kp, prec, div, nw))
@@ -217,7 +247,8 @@ def main() -> int:
             bad += 1
             print(f"FAIL {cfg} KP={kp} {prec} div={div} nw={nw}: {failure(e)}", flush=True)
     p_ok, p_bad = check_paths(quick)
-    ok, bad = ok + p_ok, bad + p_bad
+    e_ok, e_bad = check_exact_dist()
+    ok, bad = ok + p_ok + e_ok, bad + p_bad + e_bad
     print(f"triton {triton.__version__}: {ok} compiled, {bad} failed ({time.time() - t0:.0f}s)")
     return 1 if bad else 0
 

@@ -61,6 +61,31 @@ def test_knn_matches_bruteforce(device, n, d, k):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("d", [1, 7, 8, 19])
+def test_exact_distances_equal_the_sequential_float64_loop_bit_for_bit(device, dtype, d):
+    """Oracle: SciPy's cdist (float64, columns summed in order, as Numba's loop
+    and the naive scorer do) on the same values. Equal to the bit, on a CPU
+    and on a GPU: no fused multiply-add, no reordered sum. Candidates -1 give
+    inf; a strided (non-contiguous) view reads the same values."""
+    from scipy.spatial.distance import cdist
+
+    from fastconvex.kernels.triton.knn import _exact_dist
+
+    rng = np.random.default_rng(d)
+    n, kc = 45, 6
+    base = torch.from_numpy(rng.standard_normal((n, 2 * d)) * 3.0).to(dtype)
+    x = base[:, ::2]  # every other column: strides (2d, 2)
+    rows = torch.from_numpy(rng.permutation(n)[:30])
+    cand = torch.from_numpy(rng.integers(-1, n, (30, kc)))
+    got = _exact_dist(x.to(device), rows.to(device), cand.to(device)).cpu().numpy()
+    x64 = x.to(torch.float64).numpy()
+    ref = cdist(x64, x64)[rows.numpy()[:, None], np.maximum(cand.numpy(), 0)]
+    ref[cand.numpy() < 0] = np.inf
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_knn_duplicates_ties_and_fallback(device):
     """Many exact duplicates (more than the candidate slots) defeat the
     certificate; those rows go to the float64 fallback; ties by smaller index."""
@@ -106,10 +131,14 @@ def test_knn_tiers_chunks_and_segments(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision", ["fp16", "ieee"])
-def test_knn_flat_loop_gives_the_same_candidates(device, precision):
+@pytest.mark.parametrize("variant", [{"flat_loop": True}, {"mask_every_tile": True}])
+def test_knn_loop_variants_give_the_same_candidates(device, precision, variant):
     """The flat (tile, K step) loop does the nested loops' work in the same
-    order: identical candidate lists, over segments whose last tile is partial
-    and a query chunk whose last block is partial; and the same exact kNN."""
+    order, and masking every tile (runs 1-5) excludes what masking only the
+    tiles that hold a query's own key or the segment's end does: identical
+    candidate lists, over segments whose last tile is partial, scattered
+    queries and a query chunk whose last block is partial; and the same exact
+    kNN."""
     from fastconvex.kernels.triton.knn import _candidates, knn
 
     rng = np.random.default_rng(23)
@@ -126,11 +155,11 @@ def test_knn_flat_loop_gives_the_same_candidates(device, precision):
     common = dict(block_m=16, block_n=32, block_k=16, num_warps=4, num_stages=2, query_chunk=32,
                   n_programs=1, segments=2, n_real=101)
     nd, ni = _candidates(xs.to(dtype), sq, qidx, 16, precision, **common)
-    fd, fi = _candidates(xs.to(dtype), sq, qidx, 16, precision, flat_loop=True, **common)
+    fd, fi = _candidates(xs.to(dtype), sq, qidx, 16, precision, **variant, **common)
     assert torch.equal(ni, fi) and torch.equal(nd, fd)
     assert (ni >= 0).all() and not (ni == qidx[:, None]).any()  # filled, never the query itself
     a = knn(xt, 7, precisions=(precision,), block_m=16, block_n=32, block_k=16, segments=3)
-    b = knn(xt, 7, precisions=(precision,), block_m=16, block_n=32, block_k=16, segments=3, flat_loop=True)
+    b = knn(xt, 7, precisions=(precision,), block_m=16, block_n=32, block_k=16, segments=3, **variant)
     assert all(torch.equal(u, v) for u, v in zip(a[:2], b[:2])) and a[2] == b[2]
     assert_knn_equal_up_to_ties(x, b[0].cpu().numpy(), b[1].cpu().numpy(), 7)
 
@@ -339,7 +368,8 @@ def test_degree_order_groups_degrees_and_keeps_input_order_in_a_bin(device):
     order, inv = order.cpu().numpy(), inv.cpu().numpy()
     assert np.array_equal(np.sort(order), np.arange(deg.size))
     assert np.array_equal(inv[order], np.arange(deg.size))
-    bins = np.floor(DEGREE_BINS_PER_OCTAVE * np.log2(deg[order])).astype(int)
+    # floor(4 log2 deg) = floor(log2 deg**4), exactly, in Python integers
+    bins = np.array([(int(v) ** DEGREE_BINS_PER_OCTAVE).bit_length() - 1 for v in deg[order]])
     assert np.all(np.diff(bins) >= 0)  # grouped by degree bin ...
     for b in np.unique(bins):
         assert np.all(np.diff(order[bins == b]) > 0)  # ... input order inside a bin
@@ -352,6 +382,21 @@ def test_degree_order_groups_degrees_and_keeps_input_order_in_a_bin(device):
     assert np.array_equal(np.diff(ip), deg[order])
     with pytest.raises(ValueError, match="vertex order must be one of"):
         reorder_graph(T(indptr), T(nbr), T(w), "random")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_degree_bins_are_exact_at_powers_of_two_and_at_every_degree(device):
+    """Oracle: floor(4 log2 d) = bit_length(d**4) - 1 in Python integers, for
+    every degree up to 5000, the powers of two (where a float log2 one ulp low
+    drops a bin) up to 2**40 and their neighbours; degree 0 counts as 1."""
+    from fastconvex.kernels.triton.graph import degree_bins
+
+    powers = [2**e + o for e in range(1, 41) for o in (-1, 0, 1)]
+    deg = np.array([0] + list(range(1, 5001)) + powers, dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(deg)])
+    got = degree_bins(torch.from_numpy(indptr).to(device)).cpu().numpy()
+    want = [(max(int(v), 1) ** 4).bit_length() - 1 for v in deg]
+    np.testing.assert_array_equal(got, want)
 
 
 # ------------------------------------------------------------- paths ---------

@@ -75,9 +75,30 @@ def degree_order(indptr: torch.Tensor) -> torch.Tensor:
     steps of 2**(1/4) and vertices keep their input order inside a bin, so
     consecutive frames of one utterance stay close where they share a bin.
     """
+    return torch.sort(degree_bins(indptr), stable=True).indices
+
+
+# 2**(j / 4), j = 1, 2, 3: the bin edges inside an octave (float64, rounded)
+_OCTAVE_EDGES = tuple(2.0 ** (j / DEGREE_BINS_PER_OCTAVE) for j in range(1, DEGREE_BINS_PER_OCTAVE))
+
+
+def degree_bins(indptr: torch.Tensor) -> torch.Tensor:
+    """floor(4 log2(degree)) of every vertex (degree 0 counts as 1), exactly.
+
+    ``torch.log2`` is not exact on every device (on CUDA log2(8) can round
+    below 3, moving degree 8 to the bin below), so the octave comes from the
+    float's exponent and the quarter from comparisons of the mantissa with the
+    edges 2**(j/4): an integer degree's mantissa (exact below 2**53) never
+    equals an edge's rounded value, so each comparison is that of the exact
+    real numbers.
+    """
     deg = (indptr[1:] - indptr[:-1]).clamp_min(1).to(torch.float64)
-    key = torch.floor(DEGREE_BINS_PER_OCTAVE * torch.log2(deg)).to(torch.int64)
-    return torch.sort(key, stable=True).indices
+    mantissa, exponent = torch.frexp(deg)  # deg = mantissa * 2**exponent, mantissa in [0.5, 1)
+    frac = 2.0 * mantissa  # in [1, 2): deg / 2**(exponent - 1)
+    key = DEGREE_BINS_PER_OCTAVE * (exponent.to(torch.int64) - 1)
+    for edge in _OCTAVE_EDGES:
+        key = key + (frac >= edge).to(torch.int64)
+    return key
 
 
 def permute_csr(indptr: torch.Tensor, neighbours: torch.Tensor, weights: torch.Tensor,

@@ -15,8 +15,10 @@ Pipeline (:func:`knn`):
    repeated min-extraction. The N x N matrix never exists; memory is
    O(queries_per_launch * n_split * KP).
 2. **Merge** the per-segment lists (``torch.topk``) into ``kc`` candidates per row.
-3. **Exact re-rank** on the device: float64 ``sum((x_i - x_j)^2)`` of the
-   candidates from the caller's data, sorted by (distance, index).
+3. **Exact re-rank** on the device (``_exact_sq_dist_kernel``): float64
+   ``sum((x_i - x_j)^2)`` of the candidates from the caller's data, summed in
+   the CPU backends' order (so distances agree to the bit), their correctly
+   rounded roots sorted by (distance, index).
 4. **Certificate** as on the CPU: a row is exact when its k-th exact squared
    distance is at most the smallest approximate squared distance any
    non-candidate can have minus a rigorous rounding bound for the precision used.
@@ -110,7 +112,7 @@ def _dot(a, b, acc, PRECISION: tl.constexpr):
 
 @triton.jit
 def _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
-                BLOCK_N: tl.constexpr, KP: tl.constexpr):
+                BLOCK_N: tl.constexpr, KP: tl.constexpr, MASK_EVERY_TILE: tl.constexpr):
     """Fold one (BLOCK_M, BLOCK_N) tile of dot products (database rows n0 ...)
     into the rows' running top-KP keys; returns (run_key, run_i, thr)."""
     cols_n = tl.arange(0, BLOCK_N)
@@ -119,8 +121,17 @@ def _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
     sq_k = tl.load(sq_ptr + keys)
     d = tl.maximum(sq_q[:, None] + sq_k[None, :] - 2.0 * acc, 0.0)
     key = (d.to(tl.int32, bitcast=True) & (-BLOCK_N)) | cols_n[None, :]
-    bad = (keys[None, :] >= key_hi) | (keys[None, :] == q[:, None])
-    key = tl.where(bad, 0x7FFFFFFF, key)
+    # Keys past the segment (the last tile) and a query row's own key (the
+    # tile that holds it) are excluded. Most tiles hold neither: the (BLOCK_M,
+    # BLOCK_N) masks then cost nothing, only this (BLOCK_M,) test per tile.
+    if MASK_EVERY_TILE:  # the epilogue of runs 1-5, kept for bench/gpu_check.py
+        bad = (keys[None, :] >= key_hi) | (keys[None, :] == q[:, None])
+        key = tl.where(bad, 0x7FFFFFFF, key)
+    else:
+        own = tl.max(((q >= n0) & (q < n0 + BLOCK_N)).to(tl.int32), axis=0)
+        if (own > 0) | (n0 + BLOCK_N > key_hi):
+            bad = (keys[None, :] >= key_hi) | (keys[None, :] == q[:, None])
+            key = tl.where(bad, 0x7FFFFFFF, key)
     best = tl.min(key, axis=1)
     n_better = tl.max((best < thr).to(tl.int32), axis=0)
     # Merge only when some row's tile minimum beats its current worst; one
@@ -160,6 +171,7 @@ def _knn_candidates_kernel(
     KP: tl.constexpr,
     PRECISION: tl.constexpr,
     FLAT: tl.constexpr = False,  # one loop over (tile, K step) instead of two nested
+    MASK_EVERY_TILE: tl.constexpr = False,  # exclusion masks on every tile (runs 1-5)
 ):
     # Integer arguments are not specialized (do_not_specialize): every launch of
     # one (DP, block, KP, precision) configuration reuses one compiled kernel
@@ -209,7 +221,7 @@ def _knn_candidates_kernel(
             acc = _dot(a, b, acc, PRECISION)
             if k0 == DP - BLOCK_K:
                 run_key, run_i, thr = _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
-                                                  BLOCK_N, KP)
+                                                  BLOCK_N, KP, MASK_EVERY_TILE)
                 acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     else:
         b_base = xk_ptr + key_lo.to(tl.int64) * DP
@@ -221,7 +233,7 @@ def _knn_candidates_kernel(
                 acc = _dot(a, b, acc, PRECISION)
             b_base += BLOCK_N * DP
             run_key, run_i, thr = _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
-                                              BLOCK_N, KP)
+                                              BLOCK_N, KP, MASK_EVERY_TILE)
 
     out_d = (run_key & (-BLOCK_N)).to(tl.float32, bitcast=True)
     out_d = tl.where(run_key == 0x7FFFFFFF, float("inf"), out_d)
@@ -271,7 +283,7 @@ def _auto_segments(n, m, block_m, block_n, n_programs, device):
 def _candidates(
     xs, sq32, qidx, kp, precision, block_m, block_n, block_k, num_warps, num_stages,
     query_chunk, n_programs=None, segments=None, contiguous=False, n_real=None, flat_loop=False,
-    keep=None,
+    keep=None, mask_every_tile=False,
 ):
     """Approximate top-``keep`` candidates for the queries ``qidx`` (one launch
     per chunk of ``query_chunk`` queries, a multiple of ``block_m``).
@@ -312,7 +324,7 @@ def _candidates(
         _knn_candidates_kernel[(n_split, grid_m)](
             xq, xs, sq32, q, out_d, out_i, m, n, per, n_split,
             DP=dim_p, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, KP=kp,
-            PRECISION=precision, FLAT=bool(flat_loop), **extra,
+            PRECISION=precision, FLAT=bool(flat_loop), MASK_EVERY_TILE=bool(mask_every_tile), **extra,
         )
         cd = out_d.reshape(m, n_split * kp)
         ci = out_i.reshape(m, n_split * kp)
@@ -346,21 +358,82 @@ def _sort_by_dist_then_index(d: torch.Tensor, i: torch.Tensor):
     return d_sorted, torch.gather(i_sorted, 1, p2)
 
 
-def _exact_dist(x: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, row_budget: int):
-    """float64 distance, the correctly rounded root of sum((x_i - x_j)^2), for
-    each row's candidates (inf where cand < 0)."""
+@triton.jit
+def _add_squares_in_order(s, d, BLOCK_P: tl.constexpr):
+    """s + d[:, 0]**2 + d[:, 1]**2 + ... + d[:, 7]**2, added one column at a
+    time, left to right (the order of a sequential loop over the columns)."""
+    sq = d * d
+    e0, e1 = tl.split(tl.reshape(sq, [BLOCK_P, 2, 2, 2]))  # columns 4a+2b, 4a+2b+1
+    e00, e01 = tl.split(e0)  # 4a, 4a+2
+    e10, e11 = tl.split(e1)  # 4a+1, 4a+3
+    c0, c4 = tl.split(e00)
+    c2, c6 = tl.split(e01)
+    c1, c5 = tl.split(e10)
+    c3, c7 = tl.split(e11)
+    s = s + c0
+    s = s + c1
+    s = s + c2
+    s = s + c3
+    s = s + c4
+    s = s + c5
+    s = s + c6
+    s = s + c7
+    return s
+
+
+@triton.jit(do_not_specialize=["n_pairs"])
+def _exact_sq_dist_kernel(
+    x_ptr,  # (N, D) data as the caller gave it (any float dtype), strides below
+    rows_ptr,  # (M,) int64 query row of each list
+    cand_ptr,  # (M, KC) int64 candidate rows, contiguous (-1 = none)
+    out_ptr,  # (M, KC) float64 squared distances (inf where the candidate is -1)
+    n_pairs,  # M * KC
+    KC,
+    D,
+    stride_row,
+    stride_col,
+    BLOCK_P: tl.constexpr,
+):
+    # sum_t (x[i, t] - x[j, t])**2 in float64, t ascending, one rounding per
+    # subtraction, square and addition (launched with enable_fp_fusion=False:
+    # no fused multiply-add). That is the CPU backends' loop (Numba, and
+    # SciPy's cdist in the naive scorer), so the distances agree to the bit
+    # across backends and devices, and so do the ties they decide.
+    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = p < n_pairs
+    c = tl.load(cand_ptr + p, mask=p_ok, other=-1)
+    ok = p_ok & (c >= 0)
+    r = tl.load(rows_ptr + p // KC, mask=p_ok, other=0)
+    a_row = x_ptr + r * stride_row
+    b_row = x_ptr + tl.where(ok, c, 0) * stride_row
+    cols = tl.arange(0, 8)
+    s = tl.zeros((BLOCK_P,), tl.float64)
+    for t0 in range(0, D, 8):
+        t = t0 + cols
+        m = ok[:, None] & (t < D)[None, :]
+        a = tl.load(a_row[:, None] + t[None, :] * stride_col, mask=m, other=0.0).to(tl.float64)
+        b = tl.load(b_row[:, None] + t[None, :] * stride_col, mask=m, other=0.0).to(tl.float64)
+        # padded columns add +0.0, which leaves every sum (>= 0) unchanged
+        s = _add_squares_in_order(s, a - b, BLOCK_P)
+    s = tl.where(ok, s, float("inf"))
+    tl.store(out_ptr + p, s, mask=p_ok)
+
+
+def _exact_dist(x: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, row_budget: int | None = None):
+    """float64 distance, the correctly rounded root of sum((x_i - x_j)^2) summed
+    over the columns in order, for each row's candidates (inf where cand < 0):
+    bit for bit the CPU backends' distances (``_exact_sq_dist_kernel``).
+    ``row_budget`` is unused (the kernel holds no (rows, KC, D) temporaries)."""
     m, kc = cand.shape
     out = torch.empty((m, kc), dtype=torch.float64, device=x.device)
-    dim = x.shape[1]
-    step = max(1, row_budget // max(1, kc * dim * 8 * 3))
-    for r0 in range(0, m, step):
-        r = rows[r0 : r0 + step]
-        c = cand[r0 : r0 + step]
-        xi = x[r].to(torch.float64)
-        xj = x[c.clamp_min(0)].to(torch.float64)
-        diff = xj - xi[:, None, :]
-        d = (diff * diff).sum(-1)
-        out[r0 : r0 + step] = torch.where(c >= 0, d, torch.full_like(d, math.inf))
+    n_pairs = m * kc
+    if n_pairs:
+        block_p = 64 if _interpreting() else 128
+        extra = {} if _interpreting() else {"num_warps": 4}
+        _exact_sq_dist_kernel[(triton.cdiv(n_pairs, block_p),)](
+            x, rows.to(torch.int64).contiguous(), cand.to(torch.int64).contiguous(), out, n_pairs, kc,
+            x.shape[1], x.stride(0), x.stride(1), BLOCK_P=block_p, enable_fp_fusion=False, **extra,
+        )
     return _sqrt_rn(out)
 
 
@@ -419,6 +492,7 @@ def knn(
     n_programs: int | None = None,
     segments: int | None = None,
     flat_loop: bool = False,
+    mask_every_tile: bool = False,
     return_stats: bool = False,
 ):
     """Exact k nearest other points of every row of ``x`` (Euclidean).
@@ -432,8 +506,9 @@ def knn(
         the centred, scaled data; "tf32", "tf32x3", "ieee": ``tl.dot`` input
         precisions on float32); rows no tier certifies are recomputed in
         float64. Default on CUDA ("fp16", "tf32x3"); under the interpreter ("ieee",).
-    block_m, block_n, block_k : tile shape (default 128, 128, 32 on the GPU;
-        small blocks make the interpreter fast); powers of two.
+    block_m, block_n, block_k : tile shape (default on the GPU 128, 256, 32
+        for the fp16 tier at k <= 16, else 128, 128, 32; small blocks make
+        the interpreter fast); powers of two.
     num_warps, num_stages : launch settings (default 8, 3).
     query_chunk : queries per launch (default: as many as memory allows).
     n_programs : programs to aim for per launch; the database is split into
@@ -450,6 +525,10 @@ def knn(
         drains its stages and refills them at every tile. It also holds more
         registers (215 against 210 per thread, still one 8-warp program per
         SM). Same results; which is faster is measured by ``bench/gpu_check.py``.
+    mask_every_tile : apply the exclusion masks (keys past the segment, the
+        query row itself) to every tile, as runs 1-5 did, instead of only to
+        the tiles that can hold such keys. Same results; kept so that
+        ``bench/gpu_check.py`` times both epilogues in one run.
 
     Returns
     -------
@@ -469,15 +548,20 @@ def knn(
     if unknown or not precisions:
         raise ValueError(f"precisions must be a non-empty sequence of {PRECISIONS}, got {precisions!r}")
     interp = _interpreting()
-    # Defaults for Hopper-class GPUs at large N: 128 x 128 tiles (32 flop per
-    # byte of operand traffic vs 21 for 64 x 128), K step 32, 8 warps, 3 stages.
+    kp = candidate_slots(k)
+    # Defaults for Hopper-class GPUs at large N: 128 x 256 tiles for the fp16
+    # tier where the candidate lists are short (KP <= 32, k <= 16: 43 flop per
+    # byte of operand traffic; on an H200, run 5, 1.24x the rate of 128 x 128
+    # at N = 1e5), else 128 x 128 (registers; and the float32 tiers' operand
+    # stages, 160 KiB of shared memory at 128 x 256, would not fit GPUs with
+    # 100 KiB); K step 32, 8 warps, 3 stages.
     if block_m is None:
         block_m = 32 if interp else 128
-    if block_n is None:
-        block_n = 128
+    tier_block_n = {p: block_n if block_n is not None else
+                    (256 if not interp and kp <= 32 and p == "fp16" else 128) for p in precisions}
+    block_n = max(tier_block_n.values())  # rows are padded to whole tiles of every tier
     if block_k is None:
         block_k = 32
-    kp = candidate_slots(k)
     if not interp and kp > 64:
         block_m = min(block_m, 64)
     kc = min(n - 1, kp)
@@ -520,9 +604,9 @@ def knn(
         if pending.numel() == 0:
             break
         cd, ci = _candidates(
-            xs16 if prec == "fp16" else xs, sq32, pending, kp, prec, block_m, block_n, block_k, num_warps,
+            xs16 if prec == "fp16" else xs, sq32, pending, kp, prec, block_m, tier_block_n[prec], block_k, num_warps,
             num_stages, query_chunk, n_programs, segments, contiguous=(t == 0), n_real=n,
-            flat_loop=flat_loop, keep=kc,
+            flat_loop=flat_loop, keep=kc, mask_every_tile=mask_every_tile,
         )
         # smallest approximate distance any non-candidate can have (>= the kc-th
         # kept; the kernel's distances are clamped at 0 and rounded down, so this

@@ -1,0 +1,96 @@
+"""Where the Triton kNN's time goes: wall time per phase (each phase's function
+wrapped with a device sync) and the CUDA kernels' own time (torch.profiler).
+
+    python bench/knn_profile.py            # N = 1e6, D = 768, k = 10 on a GPU
+    KNN_PROFILE_N=2000 KNN_PROFILE_D=24 TRITON_INTERPRET=1 python bench/knn_profile.py
+
+Writes $OUT/knn_profile.json (OUT default ./gpu_check_out). Phases: the
+candidate kernel with its segment merge (``_candidates``), the exact float64
+re-rank of the candidates (``_exact_dist``), their sort; the rest is the
+preparation (centring, scaling, norms, float16 copy) and the certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+
+CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import fastconvex.kernels.triton.knn as knn_mod  # noqa: E402
+
+N = int(os.environ.get("KNN_PROFILE_N", "1000000" if CUDA else "2000"))
+D = int(os.environ.get("KNN_PROFILE_D", "768" if CUDA else "24"))
+K = 10
+OUT = os.environ.get("OUT") or "./gpu_check_out"
+DEV = torch.device("cuda" if CUDA else "cpu")
+PHASES = ("_candidates", "_exact_dist", "_sort_by_dist_then_index", "_brute_force_f64")
+
+
+def sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    # the data of bench/gpu_check.py's kNN timings (make_data, seed N % 1000 + 5)
+    g = torch.Generator(device=DEV).manual_seed(N % 1000 + 5)
+    centres = torch.randn(40, D, generator=g, device=DEV) * (3.0 / D**0.5)
+    labels = torch.randint(0, 40, (N,), generator=g, device=DEV)
+    x = (centres[labels] + torch.randn(N, D, generator=g, device=DEV)).float().contiguous()
+    knn_mod.knn(x, K)  # compile every tier this data needs, warm the caches
+    spent = {p: 0.0 for p in PHASES}
+    originals = {p: getattr(knn_mod, p) for p in PHASES}
+
+    def wrapped(name):
+        fn = originals[name]
+
+        def run(*a, **kw):
+            sync()
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            sync()
+            spent[name] += time.perf_counter() - t0
+            return out
+
+        return run
+
+    for p in PHASES:
+        setattr(knn_mod, p, wrapped(p))
+    try:
+        sync()
+        t0 = time.perf_counter()
+        _, _, _, stats = knn_mod.knn(x, K, return_stats=True)
+        sync()
+        total = time.perf_counter() - t0
+    finally:
+        for p in PHASES:
+            setattr(knn_mod, p, originals[p])
+    rec = {"device": torch.cuda.get_device_name() if CUDA else "cpu (interpreter)", "N": N, "D": D,
+           "k": K, "total_s": total, "phases_s": spent,
+           "rest_s": total - sum(spent.values()), "stats": stats}
+    print(json.dumps(rec, indent=1), flush=True)
+    if CUDA:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            knn_mod.knn(x, K)
+            sync()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+        print(table, flush=True)
+        rec["kernels"] = [
+            {"name": e.key[:120], "cuda_s": e.device_time_total / 1e6, "calls": e.count}
+            for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:25]
+        ]
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "knn_profile.json"), "w") as f:
+        json.dump(rec, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
