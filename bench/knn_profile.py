@@ -4,6 +4,10 @@ wrapped with a device sync) and the CUDA kernels' own time (torch.profiler).
     python bench/knn_profile.py            # N = 1e6, D = 768, k = 10 on a GPU
     KNN_PROFILE_N=2000 KNN_PROFILE_D=24 TRITON_INTERPRET=1 python bench/knn_profile.py
 
+On a GPU it also times, in the same run, the defaults twice, 8 database
+segments (run 6's split) and the same-shape float16 matmul of
+``bench/gpu_check.py`` (the kNN target's floor).
+
 Writes $OUT/knn_profile.json (OUT default ./gpu_check_out). Phases: the
 candidate kernel with its segment merge (``_candidates``), the exact float64
 re-rank of the candidates (``_exact_dist``), their sort; the rest is the
@@ -74,6 +78,22 @@ def main() -> None:
     rec = {"device": torch.cuda.get_device_name() if CUDA else "cpu (interpreter)", "N": N, "D": D,
            "k": K, "total_s": total, "phases_s": spent,
            "rest_s": total - sum(spent.values()), "stats": stats}
+    if CUDA:
+        # in the same run: run 6's split of the database (8 segments), and the
+        # floor of bench/gpu_check.py (same-shape float16 matmul, 4096-row chunks)
+        from gpu_check import knn_floor
+
+        knn_mod.knn(x, K, segments=8)
+        for label, kw in (("defaults", {}), ("segments=8", {"segments": 8}), ("defaults again", {})):
+            sync()
+            t0 = time.perf_counter()
+            knn_mod.knn(x, K, **kw)
+            sync()
+            rec.setdefault("knn_s", {})[label] = time.perf_counter() - t0
+        rows, t = knn_floor(x, torch.float16, 4096, 30.0)
+        rec["matmul_fp16_s"] = t * N / rows
+        best = min(rec["knn_s"]["defaults"], rec["knn_s"]["defaults again"])
+        rec["defaults_vs_fp16_matmul"] = best / rec["matmul_fp16_s"]
     print(json.dumps(rec, indent=1), flush=True)
     if CUDA:
         from torch.profiler import ProfilerActivity, profile
