@@ -61,8 +61,8 @@ def test_knn_matches_bruteforce(device, n, d, k):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-@pytest.mark.parametrize("d", [1, 7, 8, 19])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [1, 7, 8, 19, 32])
 def test_exact_distances_equal_the_sequential_float64_loop_bit_for_bit(device, dtype, d):
     """Oracle: SciPy's cdist (float64, columns summed in order, as Numba's loop
     and the naive scorer do) on the same values. Equal to the bit, on a CPU
@@ -74,12 +74,13 @@ def test_exact_distances_equal_the_sequential_float64_loop_bit_for_bit(device, d
 
     rng = np.random.default_rng(d)
     n, kc = 45, 6
-    base = torch.from_numpy(rng.standard_normal((n, 2 * d)) * 3.0).to(dtype)
-    x = base[:, ::2]  # every other column: strides (2d, 2)
+    base = torch.from_numpy(rng.standard_normal((n, 2 * d)) * 3.0).to(dtype).to(device)
+    x = base[:, ::2]  # every other column, on the device: strides (2d, 2)
+    assert x.stride() == (2 * d, 2)
     rows = torch.from_numpy(rng.permutation(n)[:30])
     cand = torch.from_numpy(rng.integers(-1, n, (30, kc)))
-    got = _exact_dist(x.to(device), rows.to(device), cand.to(device)).cpu().numpy()
-    x64 = x.to(torch.float64).numpy()
+    got = _exact_dist(x, rows.to(device), cand.to(device)).cpu().numpy()
+    x64 = x.cpu().to(torch.float64).numpy()
     ref = cdist(x64, x64)[rows.numpy()[:, None], np.maximum(cand.numpy(), 0)]
     ref[cand.numpy() < 0] = np.inf
     np.testing.assert_array_equal(got, ref)

@@ -88,7 +88,7 @@ def degree_bins(indptr: torch.Tensor) -> torch.Tensor:
     ``torch.log2`` is not exact on every device (on CUDA log2(8) can round
     below 3, moving degree 8 to the bin below), so the octave comes from the
     float's exponent and the quarter from comparisons of the mantissa with the
-    edges 2**(j/4): an integer degree's mantissa (exact below 2**53) never
+    edges 2**(j/4): an integer degree's mantissa (any degree below 2**52) never
     equals an edge's rounded value, so each comparison is that of the exact
     real numbers.
     """

@@ -269,10 +269,10 @@ def _auto_segments(n, m, block_m, block_n, n_programs, device):
     programs to fill the GPU (``n_programs``, default 4 x SMs).
 
     Splitting further, for L2 locality (up to 8 segments of >= 64 tiles, the
-    default of runs 1-6), made the kernel slower on an H200 in run 6: one
-    segment took 0.042 s at N = 1e5 against 0.052 s for the automatic 6, and
-    3.23 s at N = 1e6 against 3.66 s for 8 (D = 768, k = 10); every extra
-    segment also adds a candidate list to merge."""
+    default of runs 1-6), made the kernel slower on an H200 (D = 768, k = 10):
+    one segment took 0.042 s at N = 1e5 against 0.052 s for the automatic 6
+    (run 6), and 3.21 s at N = 1e6 against 3.64 s for 8 (run 7, same
+    process); every extra segment also adds a candidate list to merge."""
     n_tiles = triton.cdiv(n, block_n)
     grid_m = triton.cdiv(m, block_m)
     target = n_programs or _n_programs_target(device)
@@ -381,7 +381,7 @@ def _add_squares_in_order(s, d, BLOCK_P: tl.constexpr):
     return s
 
 
-@triton.jit(do_not_specialize=["n_pairs"])
+@triton.jit(do_not_specialize=["n_pairs", "KC"])  # KC varies in the brute-force fallback
 def _exact_sq_dist_kernel(
     x_ptr,  # (N, D) data as the caller gave it (any float dtype), strides below
     rows_ptr,  # (M,) int64 query row of each list
@@ -398,7 +398,9 @@ def _exact_sq_dist_kernel(
     # subtraction, square and addition (launched with enable_fp_fusion=False:
     # no fused multiply-add). That is the CPU backends' loop (Numba, and
     # SciPy's cdist in the naive scorer), so the distances agree to the bit
-    # across backends and devices, and so do the ties they decide.
+    # across backends and devices, and so do the ties they decide. (Numba
+    # scales the differences by a power of two first: the same values
+    # wherever no squared difference underflows or overflows.)
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < n_pairs
     c = tl.load(cand_ptr + p, mask=p_ok, other=-1)
@@ -411,8 +413,9 @@ def _exact_sq_dist_kernel(
     for t0 in range(0, D, 8):
         t = t0 + cols
         m = ok[:, None] & (t < D)[None, :]
-        a = tl.load(a_row[:, None] + t[None, :] * stride_col, mask=m, other=0.0).to(tl.float64)
-        b = tl.load(b_row[:, None] + t[None, :] * stride_col, mask=m, other=0.0).to(tl.float64)
+        col = t[None, :].to(tl.int64) * stride_col  # int64: a column-major x can pass 2**31
+        a = tl.load(a_row[:, None] + col, mask=m, other=0.0).to(tl.float64)
+        b = tl.load(b_row[:, None] + col, mask=m, other=0.0).to(tl.float64)
         # padded columns add +0.0, which leaves every sum (>= 0) unchanged
         s = _add_squares_in_order(s, a - b, BLOCK_P)
     s = tl.where(ok, s, float("inf"))
@@ -422,7 +425,9 @@ def _exact_sq_dist_kernel(
 def _exact_dist(x: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, row_budget: int | None = None):
     """float64 distance, the correctly rounded root of sum((x_i - x_j)^2) summed
     over the columns in order, for each row's candidates (inf where cand < 0):
-    bit for bit the CPU backends' distances (``_exact_sq_dist_kernel``).
+    bit for bit the naive scorer's (SciPy's cdist), and the Numba backend's
+    wherever no squared difference underflows or overflows
+    (``_exact_sq_dist_kernel``).
     ``row_budget`` is unused (the kernel holds no (rows, KC, D) temporaries)."""
     m, kc = cand.shape
     out = torch.empty((m, kc), dtype=torch.float64, device=x.device)
@@ -549,9 +554,9 @@ def knn(
     interp = _interpreting()
     kp = candidate_slots(k)
     # Defaults for Hopper-class GPUs at large N: 128 x 256 tiles for the fp16
-    # tier where the candidate lists are short (KP <= 32, k <= 16: 43 flop per
-    # byte of operand traffic; on an H200, run 5, 1.24x the rate of 128 x 128
-    # at N = 1e5), else 128 x 128 (registers; and the float32 tiers' operand
+    # tier where the candidate lists are short (KP <= 32, k <= 16: 85 flop per
+    # byte of float16 operands against 64 for 128 x 128; on an H200, run 5,
+    # 1.24x the rate of 128 x 128 at N = 1e5, run 6 1.38x), else 128 x 128 (registers; and the float32 tiers' operand
     # stages, 160 KiB of shared memory at 128 x 256, would not fit GPUs with
     # 100 KiB); K step 32, 8 warps, 3 stages.
     if block_m is None:
