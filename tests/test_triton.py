@@ -108,6 +108,14 @@ def test_knn_duplicates_ties_and_fallback(device):
     np.testing.assert_array_equal(idx[10:50], ref_i[10:50])  # exact zero ties: smaller index
     np.testing.assert_array_equal(dist[10:50], 0.0)
     assert idx[60, 0] == 61 and dist[60, 0] == 0.0
+    # tiers of different tile widths (on CUDA the default: fp16 at 256, the
+    # float32 tiers at 128): rows are padded for both, the result is the same
+    xt = torch.from_numpy(x).to(device)
+    common = dict(precisions=("fp16", "ieee"), block_m=16, block_k=16, return_stats=True)
+    a = knn(xt, k, block_n={"fp16": 64, "ieee": 32}, **common)
+    b = knn(xt, k, block_n=32, **common)
+    assert a[3]["tiers"][1]["rows"] > 0  # the second tier did run
+    assert all(torch.equal(u, v) for u, v in zip(a[:2], b[:2])) and a[2:] == b[2:]
 
 
 @pytest.mark.parametrize("device", DEVICES)

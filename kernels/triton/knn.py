@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -489,7 +490,7 @@ def knn(
     *,
     precisions: tuple[str, ...] | None = None,
     block_m: int | None = None,
-    block_n: int | None = None,
+    block_n: int | Mapping[str, int] | None = None,
     block_k: int | None = None,
     num_warps: int = 8,
     num_stages: int = 3,
@@ -513,7 +514,8 @@ def knn(
         float64. Default on CUDA ("fp16", "tf32x3"); under the interpreter ("ieee",).
     block_m, block_n, block_k : tile shape (default on the GPU 128, 256, 32
         for the fp16 tier at k <= 16, else 128, 128, 32; small blocks make
-        the interpreter fast); powers of two.
+        the interpreter fast); powers of two. ``block_n`` may also map tier
+        names to widths (tiers left out get the default).
     num_warps, num_stages : launch settings (default 8, 3).
     query_chunk : queries per launch (default: as many as memory allows).
     n_programs : programs to aim for per launch; the database is split into
@@ -561,7 +563,8 @@ def knn(
     # 100 KiB); K step 32, 8 warps, 3 stages.
     if block_m is None:
         block_m = 32 if interp else 128
-    tier_block_n = {p: block_n if block_n is not None else
+    given = block_n if isinstance(block_n, Mapping) else {p: block_n for p in precisions}
+    tier_block_n = {p: given[p] if given.get(p) is not None else
                     (256 if not interp and kp <= 32 and p == "fp16" else 128) for p in precisions}
     block_n = max(tier_block_n.values())  # rows are padded to whole tiles of every tier
     if block_k is None:
