@@ -22,9 +22,9 @@ import time
 
 import torch
 
-CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
-if not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
+# gpu_check switches the interpreter on before triton is imported when there is
+# no CUDA device; its data, timing and floor are the ones reused here
+from gpu_check import CUDA, knn_floor, make_data, sync, timed  # noqa: E402
 
 import fastconvex.kernels.triton.knn as knn_mod  # noqa: E402
 
@@ -32,21 +32,11 @@ N = int(os.environ.get("KNN_PROFILE_N", "1000000" if CUDA else "2000"))
 D = int(os.environ.get("KNN_PROFILE_D", "768" if CUDA else "24"))
 K = 10
 OUT = os.environ.get("OUT") or "./gpu_check_out"
-DEV = torch.device("cuda" if CUDA else "cpu")
 PHASES = ("_candidates", "_exact_dist", "_sort_by_dist_then_index", "_brute_force_f64")
 
 
-def sync() -> None:
-    if CUDA:
-        torch.cuda.synchronize()
-
-
 def main() -> None:
-    # the data of bench/gpu_check.py's kNN timings (make_data, seed N % 1000 + 5)
-    g = torch.Generator(device=DEV).manual_seed(N % 1000 + 5)
-    centres = torch.randn(40, D, generator=g, device=DEV) * (3.0 / D**0.5)
-    labels = torch.randint(0, 40, (N,), generator=g, device=DEV)
-    x = (centres[labels] + torch.randn(N, D, generator=g, device=DEV)).float().contiguous()
+    x, _ = make_data(N, D, 40, seed=N % 1000 + 5)  # the data of gpu_check's kNN timings
     knn_mod.knn(x, K)  # compile every tier this data needs, warm the caches
     spent = {p: 0.0 for p in PHASES}
     originals = {p: getattr(knn_mod, p) for p in PHASES}
@@ -73,11 +63,7 @@ def main() -> None:
     for p in PHASES:
         setattr(knn_mod, p, wrapped(p))
     try:
-        sync()
-        t0 = time.perf_counter()
-        _, _, _, stats = knn_mod.knn(x, K, return_stats=True)
-        sync()
-        total = time.perf_counter() - t0
+        (_, _, _, stats), total = timed(lambda: knn_mod.knn(x, K, return_stats=True))
     finally:
         for p in PHASES:
             setattr(knn_mod, p, originals[p])
@@ -87,15 +73,9 @@ def main() -> None:
     if CUDA:
         # in the same run: run 6's split of the database (8 segments), and the
         # floor of bench/gpu_check.py (same-shape float16 matmul, 4096-row chunks)
-        from gpu_check import knn_floor
-
         knn_mod.knn(x, K, segments=8)
         for label, kw in (("defaults", {}), ("segments=8", {"segments": 8}), ("defaults again", {})):
-            sync()
-            t0 = time.perf_counter()
-            knn_mod.knn(x, K, **kw)
-            sync()
-            rec.setdefault("knn_s", {})[label] = time.perf_counter() - t0
+            rec.setdefault("knn_s", {})[label] = timed(lambda: knn_mod.knn(x, K, **kw))[1]
         rows, t = knn_floor(x, torch.float16, 4096, 30.0)
         rec["matmul_fp16_s"] = t * N / rows
         best = min(rec["knn_s"]["defaults"], rec["knn_s"]["defaults again"])

@@ -64,18 +64,24 @@ def group_rows(
     return np.searchsorted(first, rep).astype(np.int64), first.astype(np.int64)
 
 
+def _transfers(x: Any) -> tuple[Callable[[np.ndarray], Any], Callable[[Any], np.ndarray]]:
+    """``(to_x, to_host)``: numpy array -> the kind of ``x`` (a tensor on its
+    device, or an array), and back."""
+    if is_torch_tensor(x):
+        import torch
+
+        return (lambda a: torch.from_numpy(a).to(x.device)), (lambda t: t.cpu().numpy())
+    return np.asarray, np.asarray
+
+
 def duplicate_groups(x: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """:func:`group_rows` of a (N, D) float array (Numba) or tensor (torch, on
     its device)."""
     if is_torch_tensor(x):
-        import torch
-
         from .kernels.triton.duplicates import row_hashes, rows_equal
 
-        def equal(a, b):
-            return rows_equal(x, torch.from_numpy(a).to(x.device), torch.from_numpy(b).to(x.device)).cpu().numpy()
-
-        return group_rows(row_hashes(x).cpu().numpy(), equal)
+        to_x, to_host = _transfers(x)
+        return group_rows(to_host(row_hashes(x)), lambda a, b: to_host(rows_equal(x, to_x(a), to_x(b))))
     from .kernels.numba.duplicates import row_hashes, rows_equal
 
     x = np.ascontiguousarray(x)
@@ -109,16 +115,7 @@ def knn_over_distinct_rows(
     inverse, first = groups
     n_groups = int(first.shape[0])
     ku = min(k, n_groups - 1)
-    if is_torch_tensor(x):
-        import torch
-
-        def to_x(a):
-            return torch.from_numpy(a).to(x.device)
-
-        def to_host(t):
-            return t.cpu().numpy()
-    else:
-        to_x = to_host = np.asarray
+    to_x, to_host = _transfers(x)
     if ku > 0:
         u_idx, u_dist = (to_host(t) for t in knn(x[to_x(first)], ku))
     else:  # every row is the same point

@@ -365,9 +365,17 @@ def _hub_graph(n=400, d=64, seed=5):
     return x, cpu_union(i, dist)
 
 
+def _exact_degree_bin(degree) -> int:
+    """floor(4 log2 d) = floor(log2 d**4) = bit_length(d**4) - 1, exactly, in
+    Python integers (the oracle of the degree bins)."""
+    from fastconvex.kernels.triton.graph import DEGREE_BINS_PER_OCTAVE
+
+    return (int(degree) ** DEGREE_BINS_PER_OCTAVE).bit_length() - 1
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_degree_order_groups_degrees_and_keeps_input_order_in_a_bin(device):
-    from fastconvex.kernels.triton.graph import DEGREE_BINS_PER_OCTAVE, reorder_graph
+    from fastconvex.kernels.triton.graph import reorder_graph
 
     _, (indptr, nbr, w) = _hub_graph()
     deg = np.diff(indptr)
@@ -377,8 +385,7 @@ def test_degree_order_groups_degrees_and_keeps_input_order_in_a_bin(device):
     order, inv = order.cpu().numpy(), inv.cpu().numpy()
     assert np.array_equal(np.sort(order), np.arange(deg.size))
     assert np.array_equal(inv[order], np.arange(deg.size))
-    # floor(4 log2 deg) = floor(log2 deg**4), exactly, in Python integers
-    bins = np.array([(int(v) ** DEGREE_BINS_PER_OCTAVE).bit_length() - 1 for v in deg[order]])
+    bins = np.array([_exact_degree_bin(v) for v in deg[order]])
     assert np.all(np.diff(bins) >= 0)  # grouped by degree bin ...
     for b in np.unique(bins):
         assert np.all(np.diff(order[bins == b]) > 0)  # ... input order inside a bin
@@ -404,7 +411,7 @@ def test_degree_bins_are_exact_at_powers_of_two_and_at_every_degree(device):
     deg = np.array([0] + list(range(1, 5001)) + powers, dtype=np.int64)
     indptr = np.concatenate([[0], np.cumsum(deg)])
     got = degree_bins(torch.from_numpy(indptr).to(device)).cpu().numpy()
-    want = [(max(int(v), 1) ** 4).bit_length() - 1 for v in deg]
+    want = [_exact_degree_bin(max(int(v), 1)) for v in deg]
     np.testing.assert_array_equal(got, want)
 
 

@@ -19,9 +19,10 @@ Pipeline (:func:`knn`):
    ``sum((x_i - x_j)^2)`` of the candidates from the caller's data, summed in
    the CPU backends' order (so distances agree to the bit), their correctly
    rounded roots sorted by (distance, index).
-4. **Certificate** as on the CPU: a row is exact when its k-th exact squared
-   distance is at most the smallest approximate squared distance any
-   non-candidate can have minus a rigorous rounding bound for the precision used.
+4. **Certificate** as on the CPU: a row is exact when its k-th exact distance
+   lies strictly below the root of the smallest approximate squared distance
+   any non-candidate can have minus a rigorous rounding bound for the
+   precision used.
    Rows that fail are recomputed with the next, more precise tier (by default
    float16 -> 3xTF32 on CUDA) and finally by float64 brute force (torch).
    The float16 tier: after centring and scaling every coordinate is below 1
@@ -126,13 +127,13 @@ def _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
     # tile that holds it) are excluded. Most tiles hold neither: the (BLOCK_M,
     # BLOCK_N) masks then cost nothing, only this (BLOCK_M,) test per tile.
     if MASK_EVERY_TILE:  # the epilogue of runs 1-5, kept for bench/gpu_check.py
-        bad = (keys[None, :] >= key_hi) | (keys[None, :] == q[:, None])
-        key = tl.where(bad, 0x7FFFFFFF, key)
+        needs_mask = True
     else:
         own = tl.max(((q >= n0) & (q < n0 + BLOCK_N)).to(tl.int32), axis=0)
-        if (own > 0) | (n0 + BLOCK_N > key_hi):
-            bad = (keys[None, :] >= key_hi) | (keys[None, :] == q[:, None])
-            key = tl.where(bad, 0x7FFFFFFF, key)
+        needs_mask = (own > 0) | (n0 + BLOCK_N > key_hi)
+    if needs_mask:
+        bad = (keys[None, :] >= key_hi) | (keys[None, :] == q[:, None])
+        key = tl.where(bad, 0x7FFFFFFF, key)
     best = tl.min(key, axis=1)
     n_better = tl.max((best < thr).to(tl.int32), axis=0)
     # Merge only when some row's tile minimum beats its current worst; one
@@ -423,13 +424,12 @@ def _exact_sq_dist_kernel(
     tl.store(out_ptr + p, s, mask=p_ok)
 
 
-def _exact_dist(x: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, row_budget: int | None = None):
+def _exact_dist(x: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor):
     """float64 distance, the correctly rounded root of sum((x_i - x_j)^2) summed
     over the columns in order, for each row's candidates (inf where cand < 0):
     bit for bit the naive scorer's (SciPy's cdist), and the Numba backend's
     wherever no squared difference underflows or overflows
-    (``_exact_sq_dist_kernel``).
-    ``row_budget`` is unused (the kernel holds no (rows, KC, D) temporaries)."""
+    (``_exact_sq_dist_kernel``; no (rows, KC, D) temporaries)."""
     m, kc = cand.shape
     out = torch.empty((m, kc), dtype=torch.float64, device=x.device)
     n_pairs = m * kc
@@ -477,7 +477,7 @@ def _brute_force_f64(x: torch.Tensor, rows: torch.Tensor, k: int, row_budget: in
         width = max(k, min(n - 1, width))
         _, cand = torch.topk(dist, width, dim=1, largest=False)
         del dist
-        d = _exact_dist(x, r, cand, row_budget)
+        d = _exact_dist(x, r, cand)
         d, cand = _sort_by_dist_then_index(d, cand)
         out_i[r0 : r0 + row_step] = cand[:, :k]
         out_d[r0 : r0 + row_step] = d[:, :k]
@@ -558,9 +558,10 @@ def knn(
     # Defaults for Hopper-class GPUs at large N: 128 x 256 tiles for the fp16
     # tier where the candidate lists are short (KP <= 32, k <= 16: 85 flop per
     # byte of float16 operands against 64 for 128 x 128; on an H200, run 5,
-    # 1.24x the rate of 128 x 128 at N = 1e5, run 6 1.38x), else 128 x 128 (registers; and the float32 tiers' operand
-    # stages, 160 KiB of shared memory at 128 x 256, would not fit GPUs with
-    # 100 KiB); K step 32, 8 warps, 3 stages.
+    # 1.24x the rate of 128 x 128 at N = 1e5, run 6 1.38x), else 128 x 128
+    # (registers; and the float32 tiers' operand stages, 160 KiB of shared
+    # memory at 128 x 256, would not fit GPUs with 100 KiB); K step 32,
+    # 8 warps, 3 stages.
     if block_m is None:
         block_m = 32 if interp else 128
     given = block_n if isinstance(block_n, Mapping) else {p: block_n for p in precisions}
@@ -622,7 +623,7 @@ def knn(
         # sorted by the distances as returned (correctly rounded square roots):
         # squared distances one ulp apart may share a root, and then the
         # smaller index comes first, as in the float64 brute force
-        ed = _exact_dist(x, pending, ci, budget)
+        ed = _exact_dist(x, pending, ci)
         ed, ci = _sort_by_dist_then_index(ed, ci)
         if kc >= n - 1:
             ok = torch.ones(pending.shape[0], dtype=torch.bool, device=device)
