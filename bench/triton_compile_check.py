@@ -111,7 +111,10 @@ PATH_PTRS = {
     "scode_ptr": "*i64", "svert_ptr": "*i64",
     "d_in": "*fp64", "h_in": "*i32", "s_in": "*i32", "d_out": "*fp64", "h_out": "*i32", "s_out": "*i32",
     "act_in": "*i8", "chg_in": "*i8", "act_out": "*i8", "chg_out": "*i8", "count_ptr": "*i64",
+    "bound_ptr": "*fp64",
 }
+ADMIT_PTRS = {"indptr_ptr": "*i64", "nbr_ptr": "*i64", "d_ptr": "*fp64", "act_out": "*i8",
+              "range_ptr": "*fp64"}
 
 
 def compile_for_sm90(fn, pointers, ints, divisible, constexprs, options):
@@ -140,28 +143,31 @@ def failure(e: Exception) -> str:
     return msg[-1][:160] if msg else repr(e)
 
 
-def compile_relax(fn, bv, bb, div, nw, packed=True, maxnreg=None):
+def compile_relax(fn, bv, bb, div, nw, packed=True, maxnreg=None, gated=False):
     options = {"num_warps": nw}
     if maxnreg is not None:
         options["maxnreg"] = maxnreg
     no_hops = load_module("paths")._NO_HOPS
     return compile_for_sm90(fn, PATH_PTRS, PATH_INTS, div,
-                            {"BV": bv, "BB": bb, "PACKED": packed, "NO_HOPS": no_hops}, options)
+                            {"BV": bv, "BB": bb, "PACKED": packed, "NO_HOPS": no_hops, "GATED": gated},
+                            options)
 
 
 def check_paths(quick: bool) -> tuple[int, int]:
     fn = load_module("paths")._relax_kernel
     all_div = list(itertools.product([False, True], repeat=len(PATH_INTS)))
     shapes = [(32, 32)] if quick else [(32, 32), (64, 32), (32, 64)]
-    jobs = [(bv, bb, div, nw, packed, None)
+    jobs = [(bv, bb, div, nw, packed, None, False)
             for (bv, bb), div, nw, packed in itertools.product(shapes, all_div, (4, 8), (True, False))]
     # the register caps gpu_check times (max_registers=), default tile and warps
-    jobs += [(32, 32, all_div[-1], 4, True, cap) for cap in (96, 64)]
+    jobs += [(32, 32, all_div[-1], 4, True, cap, False) for cap in (96, 64)]
+    # the near-far schedule's gated sweep (path option near_far=), every divisibility
+    jobs += [(32, 32, div, 4, packed, None, True) for div in all_div for packed in (True, False)]
     ok = bad = 0
-    for bv, bb, div, nw, packed, cap in jobs:
-        name = f"paths {'packed' if packed else 'wide'} BV={bv} BB={bb}"
+    for bv, bb, div, nw, packed, cap, gated in jobs:
+        name = f"paths {'packed' if packed else 'wide'}{' gated' if gated else ''} BV={bv} BB={bb}"
         try:
-            k = compile_relax(fn, bv, bb, div, nw, packed, cap)
+            k = compile_relax(fn, bv, bb, div, nw, packed, cap, gated)
             ok += 1
             if all(div):
                 print(f"  ok {name} nw={nw}{'' if cap is None else f' maxnreg={cap}'}: "
@@ -169,7 +175,15 @@ def check_paths(quick: bool) -> tuple[int, int]:
         except Exception as e:  # noqa: BLE001
             bad += 1
             print(f"FAIL {name} div={div} nw={nw} maxnreg={cap}: {failure(e)}", flush=True)
-    print(f"paths kernel: {ok} compiled, {bad} failed", flush=True)
+    admit = load_module("paths")._admit_kernel
+    for div in all_div:
+        try:
+            compile_for_sm90(admit, ADMIT_PTRS, PATH_INTS, div, {"BV": 32, "BB": 32}, {"num_warps": 4})
+            ok += 1
+        except Exception as e:  # noqa: BLE001
+            bad += 1
+            print(f"FAIL admit div={div}: {failure(e)}", flush=True)
+    print(f"paths kernels: {ok} compiled, {bad} failed", flush=True)
     return ok, bad
 
 
