@@ -12,7 +12,7 @@ Environment: ``GPU_STUDY_LAYERS`` (default 13), ``GPU_STUDY_N`` (default 10⁶),
 ``GPU_STUDY_CHECK_LAYERS`` (layers of the Numba check, default 4).
 
 When ``gpu_check.json`` (same ``$OUT``) shows a path option of its layer stage
-(``near_far=``, ``block_b=``, ...) faster than the defaults with the same score, the study is run a
+(``block_v=``, ...) faster than the defaults with the same score, the study is run a
 second time with that option, so both figures come from this run.
 
 What it reports, per layer: the wall time of the engine's call and its phases as

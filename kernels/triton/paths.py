@@ -43,17 +43,6 @@ def _interpreting() -> bool:
 
 
 @triton.jit
-def _mark_neighbours(vmark, start, deg, max_deg, vm, nbr_ptr, act_out, pid_b, NBB, BV: tl.constexpr):
-    """Set the activity flag of every (vertex block, ``pid_b``) tile that holds a
-    neighbour of a vertex marked in the (BV, 1) column ``vmark``."""
-    for e in range(0, max_deg):
-        em = vm & (e < deg) & vmark
-        eidx = tl.where(em, start + e, 0)
-        u = tl.load(nbr_ptr + eidx)
-        tl.store(act_out + (u // BV) * NBB + pid_b, tl.full(u.shape, 1, tl.int8), mask=em)
-
-
-@triton.jit
 def _relax_kernel(
     indptr_ptr, nbr_ptr, w_ptr, codes_ptr,
     scode_ptr, svert_ptr,  # (B,) class code and vertex of each source column
@@ -61,13 +50,11 @@ def _relax_kernel(
     act_in, chg_in, act_out, chg_out,  # (n_vblocks * NBB,) int8 tile flags
     count_ptr,  # (128,) int64: [0:64] edge relaxations performed (edges x columns),
     # [64:128] edge-loop slots run (block's max degree x BV x columns); spread
-    bound_ptr,  # (1,) float64: GATED, only neighbours at distance <= bound make offers
     N, B, NBB,
     BV: tl.constexpr,
     BB: tl.constexpr,
     PACKED: tl.constexpr,
     NO_HOPS: tl.constexpr = 1 << 30,  # hop count of an unreached entry (wide state; _NO_HOPS)
-    GATED: tl.constexpr = False,  # near-far: offers gated by the bound (see _converge)
 ):
     pid_v = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -91,8 +78,6 @@ def _relax_kernel(
         max_deg = tl.max(tl.max(deg, axis=1), axis=0)
         scode = tl.load(scode_ptr + b, mask=bm, other=-1)
         svert = tl.load(svert_ptr + b, mask=bm, other=-1)
-        if GATED:
-            bound = tl.load(bound_ptr)
         # Every vertex but the source is recomputed from its neighbours' current
         # offers alone, not seeded with its own state: an offer made from a
         # neighbour's superseded distance must not survive because its float sum
@@ -141,8 +126,6 @@ def _relax_kernel(
                     (cd == cur_d) & ((ch < cur_h) | ((ch == cur_h) & (cs > cur_s)))
                 )
             better = better & um & (du < float("inf")) & ~is_src
-            if GATED:
-                better = better & (du <= bound)
             if not PACKED:
                 cur_s = tl.where(better, cs, cur_s)
             cur_d = tl.where(better, cd, cur_d)
@@ -167,51 +150,16 @@ def _relax_kernel(
         any_chg = tl.sum(tl.sum(vchg.to(tl.int32), axis=1), axis=0) > 0
         if any_chg:
             tl.store(chg_out + tile, 1)
-            if GATED:  # a change beyond the bound offers nothing yet
-                vchg = tl.max((changed & (cur_d <= bound)).to(tl.int32), axis=1, keep_dims=True) > 0
-            _mark_neighbours(vchg, start, deg, max_deg, vm, nbr_ptr, act_out, pid_b, NBB, BV)
+            for e in range(0, max_deg):
+                em = vm & (e < deg) & vchg
+                eidx = tl.where(em, start + e, 0)
+                u = tl.load(nbr_ptr + eidx)
+                tl.store(act_out + (u // BV) * NBB + pid_b, tl.full(u.shape, 1, tl.int8), mask=em)
     elif own_changed != 0:
         tl.store(d_out + offs, tl.load(d_in + offs, mask=m2), mask=m2)
         tl.store(h_out + offs, tl.load(h_in + offs, mask=m2), mask=m2)
         if not PACKED:
             tl.store(s_out + offs, tl.load(s_in + offs, mask=m2), mask=m2)
-
-
-@triton.jit
-def _admit_kernel(indptr_ptr, nbr_ptr, d_ptr, act_out, range_ptr, N, B, NBB,
-                  BV: tl.constexpr, BB: tl.constexpr):
-    """Near-far: the bound rises from range[0] to range[1]; every entry whose
-    distance lies in (range[0], range[1]] starts making offers, so the tiles of
-    its vertex's neighbours are marked active for the next sweep."""
-    pid_v = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    v = (pid_v * BV + tl.arange(0, BV))[:, None]
-    vm = v < N
-    b = (pid_b * BB + tl.arange(0, BB))[None, :]
-    m2 = vm & (b < B)
-    lo = tl.load(range_ptr)
-    hi = tl.load(range_ptr + 1)
-    d = tl.load(d_ptr + v.to(tl.int64) * B + b, mask=m2, other=float("inf"))
-    admitted = (d > lo) & (d <= hi) & m2
-    vnew = tl.max(admitted.to(tl.int32), axis=1, keep_dims=True) > 0
-    if tl.sum(tl.sum(vnew.to(tl.int32), axis=1), axis=0) > 0:
-        start = tl.load(indptr_ptr + v, mask=vm, other=0)
-        deg = tl.load(indptr_ptr + v + 1, mask=vm, other=0) - start
-        max_deg = tl.max(tl.max(deg, axis=1), axis=0)
-        _mark_neighbours(vnew, start, deg, max_deg, vm, nbr_ptr, act_out, pid_b, NBB, BV)
-
-
-def _next_bound(d: torch.Tensor, bound: float, band: float, rows: int = 1 << 16) -> float | None:
-    """The bound after ``bound``: ``bound + band``, or the smallest finite
-    distance above ``bound`` if that is farther; None when no finite distance
-    lies above ``bound`` (every reached entry is final)."""
-    nearest = float("inf")
-    for r0 in range(0, d.shape[0], rows):
-        chunk = d[r0 : r0 + rows]
-        nearest = min(nearest, float(torch.where(chunk > bound, chunk, float("inf")).min()))
-    if nearest == float("inf"):
-        return None
-    return max(bound + band, nearest)
 
 
 STATES = ("packed", "wide")
@@ -234,17 +182,8 @@ def batch_width(n: int, device: torch.device, block_b: int, max_batch: int | Non
 
 
 def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, deg, block_v,
-              block_b, check_every, counter, extra, time_check, band=None, bands=None):
+              block_b, check_every, counter, extra, time_check):
     """Bellman-Ford for the sources ``src`` (one batch) to convergence.
-
-    ``band`` (near-far; None: plain Bellman-Ford): only entries at distance <=
-    a bound make offers. The bound starts at ``band``; whenever the sweeps
-    converge under it, it rises (:func:`_next_bound`) and the newly admitted
-    entries wake their neighbours (:func:`_admit_kernel`), until no finite
-    distance lies above it. Offers only grow more numerous and distances only
-    fall, so the state ends at the same fixpoint as plain Bellman-Ford (the
-    unique lexicographic minimum): the bound decides the work, never the result.
-    ``bands`` (a one-element list), if given, counts the rises.
 
     Returns ``(dist, hops, same, sweeps)``, or None when the packed state would
     need ``sweep_limit`` sweeps or more (its hop field could overflow)."""
@@ -282,9 +221,7 @@ def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, d
     act_next = torch.zeros_like(act)
     chg_next = torch.zeros_like(act)
     cur, nxt = 0, 1
-    sweeps = band_sweeps = 0
-    gated = band is not None
-    bound = torch.full((1,), band if gated else float("inf"), dtype=torch.float64, device=device)
+    sweeps = 0
     while True:
         act_next.zero_()
         chg_next.zero_()
@@ -293,36 +230,20 @@ def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, d
         _relax_kernel[(nvb, nbb)](
             indptr, neighbours, weights, codes, scode, src,
             d_in, h_in, s_in, d_out, h_out, s_out,
-            act, chg, act_next, chg_next, counter, bound,
-            n, bsz, nbb, BV=block_v, BB=block_b, PACKED=packed, NO_HOPS=_NO_HOPS, GATED=gated, **extra,
+            act, chg, act_next, chg_next, counter,
+            n, bsz, nbb, BV=block_v, BB=block_b, PACKED=packed, NO_HOPS=_NO_HOPS, **extra,
         )
         act, act_next = act_next, act
         chg, chg_next = chg_next, chg
         cur, nxt = nxt, cur
         sweeps += 1
-        band_sweeps += 1
-        if sweeps % check_every == 0 or band_sweeps > n + 1 or (packed and sweeps >= sweep_limit):
+        if sweeps % check_every == 0 or sweeps > n + 1 or (packed and sweeps >= sweep_limit):
             if not bool(chg.any()):
-                if not gated:
-                    break
-                lo = float(bound[0])
-                hi = _next_bound(bufs[cur][0], lo, band)
-                if hi is None:
-                    break
-                _admit_kernel[(nvb, nbb)](
-                    indptr, neighbours, bufs[cur][0], act,
-                    torch.tensor([lo, hi], dtype=torch.float64, device=device),
-                    n, bsz, nbb, BV=block_v, BB=block_b, **extra,
-                )
-                bound.fill_(hi)
-                band_sweeps = 0
-                if bands is not None:
-                    bands[0] += 1
-                continue
+                break
             if packed and sweeps >= sweep_limit:
                 return None
             time_check(sweeps)
-            if band_sweeps > 2 * n + 2:  # cannot happen (Bellman-Ford bound)
+            if sweeps > 2 * n + 2:  # cannot happen (Bellman-Ford bound)
                 raise RuntimeError("shortest paths did not converge")
     d, h, s = bufs[cur]
     if packed:
@@ -350,7 +271,6 @@ def shortest_path_batches(
     time_limit: float | None = None,
     packed_sweep_limit: int = PACKED_SWEEP_LIMIT,
     max_registers: int | None = None,
-    near_far: float | None = None,
 ):
     """Yield ``(s0, s1, dist, hops, same)`` for consecutive batches of sources:
     the converged (N, s1 - s0) state of ``sources[s0:s1]``.
@@ -368,10 +288,6 @@ def shortest_path_batches(
     ``max_registers``: cap on registers per thread (Triton's ``maxnreg``): more
     programs per SM for the latency-bound gathers, fewer loads in flight per
     thread (CUDA only; None: the compiler's choice).
-    ``near_far``: None (plain Bellman-Ford), or the band width of the near-far
-    schedule in mean edge weights (only entries within the current distance
-    bound make offers; see :func:`_converge`). Same results, other work; the
-    stats count the bound's rises as ``bands``.
     """
     if state not in STATES:
         raise ValueError(f"state must be one of {STATES}, got {state!r}")
@@ -384,10 +300,6 @@ def shortest_path_batches(
             f"packed_sweep_limit must be in [1, {PACKED_SWEEP_LIMIT}] (the packed key holds "
             f"hop counts below 2**15), got {packed_sweep_limit}"
         )
-    if near_far is not None and (
-        isinstance(near_far, bool) or not isinstance(near_far, (int, float)) or not 0 < near_far < float("inf")
-    ):
-        raise ValueError(f"near_far must be a positive number of mean edge weights or None, got {near_far!r}")
     t_start = time.perf_counter()
     device = indptr.device
     n = indptr.shape[0] - 1
@@ -396,7 +308,10 @@ def shortest_path_batches(
     indptr, neighbours, codes = indptr.long(), neighbours.long(), codes.long()
     interp = _interpreting()
     if block_v is None:
-        block_v = 64 if interp else 32
+        # 8 x 32 tiles, 4 warps on CUDA: the fastest of bench/paths_tune.py's grid
+        # (block_v 8/16/32 x block_b 16/32/64 x 2/4 warps) at N = 1e6 on an
+        # H200, run 9: 1.36 s against 2.13 s for the former 32 x 32
+        block_v = 64 if interp else 8
     if block_b is None:
         block_b = 64 if interp else 32
     width = batch_width(n, device, block_b, max_batch, 12 if state == "packed" else 16)
@@ -406,12 +321,6 @@ def shortest_path_batches(
         extra["maxnreg"] = int(max_registers)
     totals = {"sweeps": 0, "batches": 0, "wide_reruns": 0}
     deg = indptr[1:] - indptr[:-1]
-    band, bands = None, [0]
-    if near_far is not None:
-        # a graph without positive weights (all duplicates) needs no schedule
-        mean_w = float(weights.mean()) if weights.numel() else 0.0
-        band = near_far * mean_w if mean_w > 0 else None
-        totals["bands"] = 0
     for s0 in range(0, sources.shape[0], width):
         s1 = min(sources.shape[0], s0 + width)
 
@@ -425,7 +334,7 @@ def shortest_path_batches(
 
         args = (indptr, neighbours, weights, codes, sources[s0:s1])
         kw = dict(deg=deg, block_v=block_v, block_b=block_b, check_every=check_every, counter=counter,
-                  extra=extra, time_check=time_check, band=band, bands=bands)
+                  extra=extra, time_check=time_check)
         out = _converge(*args, state == "packed", packed_sweep_limit, **kw)
         if out is not None:
             d, h, s, sweeps = out
@@ -445,8 +354,6 @@ def shortest_path_batches(
             totals["sweeps"] += sweeps
             totals["batches"] += 1
             yield r0, r1, d, h, s
-    if "bands" in totals:
-        totals["bands"] = bands[0]
     if stats is not None:
         for key, value in totals.items():
             stats[key] = stats.get(key, 0) + value
