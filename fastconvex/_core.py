@@ -18,7 +18,7 @@ from ._inputs import (
     rescaled_for_range,
 )
 from ._layers import prepare_layers
-from ._pairs import PairPlan, aggregate, plan_pairs, resolve_estimator
+from ._pairs import DEFAULT_PAIRS, PairPlan, aggregate, plan_pairs, resolve_estimator
 from ._progress import Progress
 from ._results import Convexity, KNNGraph, LayerScores
 
@@ -72,7 +72,7 @@ def graph_convexity(
     labels: Any,
     *,
     k: int = 10,
-    pairs: int | None = 5000,
+    pairs: int | None = DEFAULT_PAIRS,
     sources: int | None = None,
     exact: bool = False,
     seed: int | None = 0,
@@ -98,6 +98,8 @@ def graph_convexity(
         target of each (cheaper at large N).
     exact : bool
         Score every ordered same-class pair.
+        Give one estimator: ``pairs=`` given explicitly together with
+        ``sources=`` or ``exact=True`` raises ``ValueError``.
     seed : int
         Seed of the host-side pair sampling (same pairs on every backend).
     min_class_size : int
@@ -130,7 +132,7 @@ def layer_scores(
     labels: Any,
     *,
     k: int = 10,
-    pairs: int | None = 5000,
+    pairs: int | None = DEFAULT_PAIRS,
     sources: int | None = None,
     exact: bool = False,
     seed: int | None = 0,
