@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any, Hashable, Sequence
 
 import numpy as np
@@ -58,13 +59,29 @@ def _check_seed(seed: Any) -> int | None:
     return check_int("seed", seed, minimum=0)
 
 
-def _plan(codes: np.ndarray, n_classes: int, pairs, sources, exact, seed, min_class_size) -> PairPlan:
+# exact=True at more single-source searches than this warns of its cost
+EXACT_WARN_SEARCHES = 20_000
+
+
+def _plan(codes: np.ndarray, n_classes: int, pairs, sources, exact, seed, min_class_size,
+          n_layers: int = 1) -> PairPlan:
     estimator, budget = resolve_estimator(pairs, sources, exact)
     min_class_size = check_int("min_class_size", min_class_size, minimum=1)
-    return plan_pairs(
+    plan = plan_pairs(
         codes, n_classes, estimator=estimator, budget=budget, seed=seed,
         min_class_size=min_class_size,
     )
+    if estimator == "exact" and plan.n_sources > EXACT_WARN_SEARCHES:
+        per_layer = "" if n_layers == 1 else f" in each of {n_layers} layers ({plan.n_sources * n_layers:,} in all)"
+        warnings.warn(
+            f"exact=True runs {plan.n_sources:,} single-source shortest-path searches{per_layer}, one "
+            f"per point of a scored class, each over the whole {codes.shape[0]:,}-point graph; "
+            "sources=S (for example 1000) estimates the same score from S searches per class, "
+            "with a standard error",
+            UserWarning,
+            stacklevel=3,
+        )
+    return plan
 
 
 def graph_convexity(
@@ -179,7 +196,7 @@ def layer_scores(
     k = check_k(k, n)
     codes, classes = encode_labels(label_array)
     seed = _check_seed(seed)
-    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size)
+    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size, len(layers))
     name = resolve_backend(backend, layers[0], device)
     engine = get_engine(name, device)
     results: list[Convexity] = []
