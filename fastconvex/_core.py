@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Any, Hashable, Sequence
 
@@ -20,7 +19,7 @@ from ._inputs import (
 )
 from ._layers import prepare_layers
 from ._pairs import DEFAULT_PAIRS, PairPlan, aggregate, plan_pairs, resolve_estimator
-from ._progress import Progress
+from ._progress import Progress, show_progress
 from ._results import Convexity, KNNGraph, LayerScores
 
 
@@ -178,7 +177,10 @@ def layer_scores(
         output of block i.
     labels : see above; any hashable values.
     attention_mask, lengths : which frames of (B, T, D) inputs are real.
-    progress : None (a bar on stderr only when it is a terminal), True, False.
+    progress : None (progress on stderr only when it is a terminal), True, False.
+        tqdm bars over layers and, for layers of 20 000 points or more, inside
+        each layer (kNN rows, path searches); where stderr is not a terminal
+        (a log, CI) a plain line every 30 s instead of a redrawn bar.
     k, pairs, sources, exact, seed, min_class_size, backend, device
         As in :func:`graph_convexity`; the pairs are drawn once and reused for
         every layer.
@@ -198,10 +200,10 @@ def layer_scores(
     seed = _check_seed(seed)
     plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size, len(layers))
     name = resolve_backend(backend, layers[0], device)
-    engine = get_engine(name, device)
+    show = show_progress(progress)
+    engine = get_engine(name, device, progress=show)
     results: list[Convexity] = []
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    with Progress(len(layers), "layers", enabled=show) as bar:
+    with Progress(len(layers), "layers", desc="layers", enabled=show) as bar:
         for layer in layers:
             stats = engine.source_stats(rescaled_for_range(layer)[0], codes, plan, k)
             results.append(aggregate(plan, stats, classes, k=k, n_points=n, backend=name, seed=seed))

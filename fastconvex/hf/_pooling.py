@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -163,9 +162,9 @@ def _takes_attention_mask(model: nn.Module, feature_extractor: Any) -> bool:
 
 
 def _progress(total: int, enabled: bool | None) -> Any:
-    from .._progress import Progress
+    from .._progress import Progress, show_progress
 
-    show = sys.stderr.isatty() if enabled is None else bool(enabled)
+    show = show_progress(enabled)
     return Progress(total, "batches", enabled=show)
 
 

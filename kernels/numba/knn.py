@@ -11,6 +11,7 @@ Public entry point: :func:`knn`.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 from numba import njit, prange
@@ -168,6 +169,7 @@ def knn(
     *,
     block_rows: int = 1024,
     block_cols: int = 16384,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Exact k nearest other points of every row of ``x`` (Euclidean).
 
@@ -176,6 +178,10 @@ def knn(
     x : (N, D) float32 or float64 array
     k : int, 1 <= k <= N - 1
     block_rows, block_cols : tile shape of the float32 matrix products.
+    progress : optional ``progress(done, total)``, called after every block of
+        rows, and of rows recomputed exactly (``total`` grows by those rows
+        once the certificate has named them). The results are the same with
+        or without it.
 
     Returns
     -------
@@ -227,6 +233,8 @@ def knn(
             c1 = min(n, c0 + block_cols)
             gram = xr @ xf[c0:c1].T
             _update_topk_from_gram(gram, sq[r0:r1], sq[c0:c1], r0, c0, heap_d, heap_i)
+        if progress is not None:
+            progress(r1, n)
 
     out_i = np.empty((n, k), np.int64)
     out_d = np.empty((n, k), np.float64)
@@ -234,7 +242,12 @@ def knn(
     # exact distances read x in its own dtype and accumulate in float64
     # (no float64 copy of the data)
     _rerank_exact(x, scale, heap_d, heap_i, bound, k, out_i, out_d, certified)
-    rows = np.flatnonzero(~certified)
-    if rows.size:
-        _exact_rows(x, scale, rows.astype(np.int64), k, out_i, out_d)
+    rows = np.flatnonzero(~certified).astype(np.int64)
+    if rows.size and progress is None:
+        _exact_rows(x, scale, rows, k, out_i, out_d)
+    elif rows.size:  # in batches, to report them (each row is computed alone)
+        step = max(4096, -(-rows.size // 20))
+        for b0 in range(0, rows.size, step):
+            _exact_rows(x, scale, rows[b0 : b0 + step], k, out_i, out_d)
+            progress(n + min(rows.size, b0 + step), n + rows.size)
     return out_i, out_d, int(rows.size)
