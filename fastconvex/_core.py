@@ -96,7 +96,7 @@ def graph_convexity(
     backend: str = "auto",
     device: Any = None,
 ) -> Convexity:
-    """Graph convexity of one embedding (SPEC §1).
+    """Graph convexity of one embedding (how it is defined and computed: docs/score.md).
 
     Parameters
     ----------

@@ -6,7 +6,7 @@ entries, which scipy's csgraph treats as edges), ``scipy.sparse.csgraph.dijkstra
 distances from every distinct source, a predecessor per vertex chosen by the tie
 rule below, and a walk along each sampled path.
 
-Ties (SPEC §1.4 allows any of several exactly equal-length shortest paths; all
+Ties (docs/score.md, step 4: any of several exactly equal-length shortest paths may be used; all
 backends pick the same one so that they give the same scores): an edge u -> v is
 *tight* if ``dist[u] + w == dist[v]`` in float64 (scipy's Dijkstra sums
 source-outward in exactly this expression). Over tight edges a vertex takes the
@@ -20,7 +20,8 @@ the distances and predecessor rows), so it stops at a few tens of thousands of p
 it refuses, naming the fast backends, when its estimate of that memory
 (:func:`naive_memory_bytes`) exceeds what the machine has available.
 
-Differences from the authors' ``nnconvexity`` 0.1.1, on purpose (SPEC §1): an
+Differences from the authors' ``nnconvexity`` 0.1.1, on purpose (docs/score.md,
+"Differences from nnconvexity 0.1.1"): an
 exact duplicate of a point is its neighbour at distance 0 (the published code
 drops zero-distance edges), scores are fractions, and labels can be anything
 hashable. The pair sampling and aggregation are fastconvex's own, shared with

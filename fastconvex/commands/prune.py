@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     lengths = audio.lengths()
 
     # score what the pruned model will output: with the final LayerNorm kept, hidden
-    # state h of a pre-LN encoder is seen through it (SPEC §2)
+    # state h of a pre-LN encoder is seen through it (docs/pipeline.md, the final LayerNorm)
     from fastconvex.hf._models import final_layer_norm
 
     has_norm = final_layer_norm(model) is not None

@@ -317,7 +317,8 @@ def pooled_hidden_states(
         norm_layer = None  # "raw": warn, do not apply
         warnings.warn(
             f"{type(model).__name__} is a pre-LN encoder: it applies a final LayerNorm after its "
-            "last block, which the hidden states below the last lack (SPEC §2). "
+            "last block, which the hidden states below the last lack (see docs/pipeline.md, "
+            "\"Large\" models and Whisper: the final LayerNorm). "
             "Hidden state h equals the output of the model cut to h blocks only with "
             "prune(model, h, final_norm='identity'); with the default final_norm='keep' the "
             "pruned model outputs LayerNorm(hidden state h), which pooled_hidden_states(..., "
