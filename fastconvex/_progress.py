@@ -21,7 +21,8 @@ import sys
 from types import TracebackType
 from typing import Any, Callable
 
-__all__ = ["Progress", "progress_bar", "show_progress", "announce_compilation", "LOG_EVERY_S"]
+__all__ = ["Progress", "progress_bar", "show_progress", "announce_compilation",
+           "quiet_compilation_notice", "LOG_EVERY_S"]
 
 # seconds between log lines when stderr is not a terminal
 LOG_EVERY_S = 30.0
@@ -134,6 +135,12 @@ class Progress:
 
 
 _ANNOUNCED = False
+
+
+def quiet_compilation_notice() -> None:
+    """No "compiling CPU kernels" line in this process (``--quiet``)."""
+    global _ANNOUNCED
+    _ANNOUNCED = True
 
 
 def announce_compilation(dispatchers: list[Any], *, enabled: bool = True) -> bool:

@@ -121,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_import_error", None) is not None:
         print(f"{prefix}: unavailable: {_one_line(args._import_error)}", file=sys.stderr)
         return 2
+    if getattr(args, "quiet", False):
+        from ._progress import quiet_compilation_notice
+
+        quiet_compilation_notice()
     try:
         module = importlib.import_module(args._module)
         return int(module.run(args) or 0)

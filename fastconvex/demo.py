@@ -920,13 +920,26 @@ def run_demo(cfg: DemoConfig) -> dict:
         "torch_threads": torch.get_num_threads(),
         "versions": _versions(),
     }
-    png = plot_report(report, cfg.out_dir / "demo.png")
-    report["png"] = str(png) if png else None
+    from .commands._output import write_text_atomic
+
     report["json"] = str(cfg.out_dir / "report.json")
-    report["timings"]["total_s"] = time.perf_counter() - t_start
-    with open(cfg.out_dir / "report.json", "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2, default=_json_default)
-        fh.write("\n")
+    report["png"] = None
+
+    def save_report() -> None:
+        report["timings"]["total_s"] = time.perf_counter() - t_start
+        write_text_atomic(cfg.out_dir / "report.json",
+                          json.dumps(report, indent=2, default=_json_default) + "\n")
+
+    save_report()  # before the plot: a plot that fails never loses the results
+    try:
+        png = plot_report(report, cfg.out_dir / "demo.png")
+    except Exception as exc:  # noqa: BLE001 - keep the report; say why there is no plot
+        log(f"no demo.png: {exc}; the results are in {report['json']}")
+        png = None
+    if png is None and "matplotlib" not in sys.modules:
+        log("no demo.png: matplotlib is not installed (pip install 'fastconvex[demo]')")
+    report["png"] = str(png) if png else None
+    save_report()
     return report
 
 
