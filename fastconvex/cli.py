@@ -17,6 +17,7 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from typing import Any, NoReturn, Sequence
 
 COMMANDS = {
@@ -127,7 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_compilation_notice()
     try:
         module = importlib.import_module(args._module)
-        return int(module.run(args) or 0)
+        with warnings.catch_warnings():
+            if not args.debug:  # a warning is one line too, not a file:line and source echo
+                warnings.showwarning = lambda message, category, *rest, **kw: print(
+                    f"{prefix}: warning: {_one_line(message)}", file=sys.stderr, flush=True)
+            return int(module.run(args) or 0)
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -260,3 +260,16 @@ def test_audio_errors_name_the_file(clips):
     with pytest.raises(ValueError) as info:
         hf.pooled_hidden_states(model, audio, sampling_rate=16000, feature_extractor=fe, progress=False)
     assert f"audio file {str(clips / 'clips' / 'tiny.wav')!r} (waveforms[2]) has 10 samples, too short" in str(info.value)
+
+
+def test_warnings_are_one_line_too(files, capsys):
+    """A long double .npy scores in float64, and the CLI says so in one line."""
+    x = np.load(files / "emb.npy").astype(np.longdouble)
+    x[0, 3, 1] += np.longdouble(2.0) ** -60 if np.finfo(np.longdouble).nmant > 52 else 0
+    np.save(files / "long.npy", x)
+    code, out, err = _run(capsys, ["score", files / "long.npy", "--labels", files / "y.npy", "--json"])
+    assert code == 0 and json.loads(out)["layers"][0]["n_points"] == 60
+    if np.finfo(np.longdouble).nmant > 52:
+        warning = [line for line in err.splitlines() if "warning" in line]
+        assert len(warning) == 1, err
+        assert warning[0].startswith("fastconvex score: warning: hidden_states[0] has dtype float128: 1 value(s)")
