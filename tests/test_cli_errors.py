@@ -273,3 +273,24 @@ def test_warnings_are_one_line_too(files, capsys):
         warning = [line for line in err.splitlines() if "warning" in line]
         assert len(warning) == 1, err
         assert warning[0].startswith("fastconvex score: warning: hidden_states[0] has dtype float128: 1 value(s)")
+
+
+def test_table_json_and_progress_lines(files, capsys):
+    """Default: the table on stdout, progress as log lines on stderr (not a
+    terminal); --json or --out - : JSON on stdout; --quiet: nothing on stderr."""
+    code, out, err = _run(capsys, _score(files, "--pairs", "40"))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("graph convexity of 2 layer(s): N=60, k=10, estimator pairs, 120 pairs per layer")
+    result = fc.layer_scores(list(np.load(files / "emb.npy")), np.load(files / "y.npy"), pairs=40)
+    row = lines[3 + result.best_layer].split()
+    assert row[-2:] == ["<-", "best"]
+    assert row[2] == f"{100 * result.scores[result.best_layer]:.2f}"  # rounded for display only
+    lo, hi = result.intervals()[result.best_layer]
+    assert f"{100 * lo:6.2f}-{100 * hi:6.2f}".strip() in lines[3 + result.best_layer]
+    assert "layers: 100%" in err and "2/2 layers" in err and "\r" not in err
+    for flag in (["--json"], ["--out", "-"]):
+        code, out, _ = _run(capsys, _score(files, "--pairs", "40", *flag))
+        assert code == 0 and json.loads(out) == json.loads(json.dumps(result.to_dict()))
+    code, out, err = _run(capsys, _score(files, "--pairs", "40", "--quiet"))
+    assert code == 0 and err == "" and out.startswith("graph convexity")

@@ -198,21 +198,26 @@ def _run(args: argparse.Namespace) -> int:
     pooled_norm = "apply" if has_norm and args.final_norm == "keep" else "raw"
     log(args, f"pooling {n_blocks + 1} hidden states of {type(model).__name__}"
         + (" through its final LayerNorm" if pooled_norm == "apply" else ""))
-    states = hf.pooled_hidden_states(
-        model,
-        audio,
-        sampling_rate=rate,
-        batch_size=args.batch_size,
-        feature_extractor=fe,
-        out_dir=args.embeddings_dir,
-        dtype=args.dtype,
-        lengths=lengths,
-        mix_lengths=args.mix_lengths,
-        progress=False if args.quiet else None,
-        final_norm=pooled_norm,
-    )
-    log(args, "scoring the layers")
-    scores = fc.layer_scores(list(states), np.asarray(labels), **score_kwargs)
+    from ._output import DataError
+
+    try:  # from here on, what fails is the audio or its embeddings: exit status 1
+        states = hf.pooled_hidden_states(
+            model,
+            audio,
+            sampling_rate=rate,
+            batch_size=args.batch_size,
+            feature_extractor=fe,
+            out_dir=args.embeddings_dir,
+            dtype=args.dtype,
+            lengths=lengths,
+            mix_lengths=args.mix_lengths,
+            progress=not args.quiet,
+            final_norm=pooled_norm,
+        )
+        log(args, "scoring the layers")
+        scores = fc.layer_scores(list(states), np.asarray(labels), **score_kwargs)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
     if args.keep is not None:
         keep, rule = int(args.keep), "given"
     else:

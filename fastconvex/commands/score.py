@@ -253,7 +253,8 @@ def scoring_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "backend": args.backend,
         "device": args.device,
-        "progress": False if args.quiet else None,
+        # shown unless --quiet: a bar on a terminal, a log line every 30 s in a log file
+        "progress": not args.quiet,
     }
     if args.exact:
         if args.pairs is not None or args.sources is not None:
@@ -344,9 +345,10 @@ def run(args: argparse.Namespace) -> int:
         result = fc.layer_scores(layers, labels, **kwargs)
     except (ValueError, TypeError) as exc:  # the data cannot be scored as asked
         raise DataError(str(exc)) from exc
-    if args.json or args.out not in (None, "-"):
+    as_json = args.json or args.out == "-"  # --out - : the JSON on stdout, as --json
+    if as_json or args.out is not None:
         emit_json(result.to_dict(), args)  # before the plot: a failed plot never loses it
-    if not args.json:
+    if not as_json:
         print(format_table(result, names), flush=True)
     if plot_path is not None:
         cut = result.best_layer if result.best_layer > 0 else None
