@@ -201,11 +201,13 @@ def _float64_tier(x, mean, scale, rows, k, kc, block_rows, block_cols, out_i, ou
             r1 = min(m, r0 + block_rows)
             gram = xr[r0:r1] @ xc.T
             _update_topk_from_gram(gram, sq_r[r0:r1], sq_c, r0, rows[r0:r1], c0, heap_d, heap_i)
-    # |approx - exact| squared distance: the float64 norms and products
-    # (gamma (|a| + |b|)^2) and the rounding of the centred inputs
-    # (2 u (|a| + |b|)^2, doubled); float64 subnormals are far below 1e-300
+    # |approx - exact| squared distance, with |a| the row's and |b| the largest
+    # column norm: the float64 norms and products, gamma (|a| + |b|)^2; the sum
+    # sq_a + sq_b - 2 g, 2 u (|a| + |b|)^2; the rounding of the centred
+    # inputs, 2 u (|a| + |b|)^2. Doubled for margin (it costs nothing at
+    # float64's scale); float64 subnormals lie far below the 1e-300 floor
     reach = (np.sqrt(sq_r) + col_norm_max) ** 2
-    bound = 1.01 * (gamma + 4.0 * u) * reach + 1e-300
+    bound = 2.0 * (gamma + 4.0 * u) * reach + 1e-300
     certified = np.empty(m, np.bool_)
     _rerank_exact(x, scale, rows, heap_d, heap_i, bound, k, out_i, out_d, certified)
     return rows[~certified]
