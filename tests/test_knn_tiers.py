@@ -62,3 +62,37 @@ def test_scores_on_far_clusters_match_the_naive_scorer():
     a = fc.graph_convexity(x, y, k=6, exact=True, backend="numba")
     b = fc.graph_convexity(x, y, k=6, exact=True, backend="naive")
     assert abs(a.score - b.score) <= 1e-12
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(30, 300),
+    d=st.integers(1, 12),
+    k=st.integers(1, 12),
+    spread=st.sampled_from([0.0, 1.0, 30.0, 1e3, 1e6]),
+    grid=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_tier_never_changes_a_list(n, d, k, spread, grid, seed):
+    """Property: with the tier run on every uncertified row, lists and
+    distances equal the exact scan's bit for bit (clusters at any spread,
+    near-tie grids, any k)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(5, d)) * spread
+    x = centres[rng.integers(0, 5, n)] + (rng.integers(-3, 4, (n, d)) * 0.1 if grid else rng.normal(size=(n, d)))
+    k = min(k, n - 1)
+    saved = numba_knn_module.SECOND_TIER_MIN_ROWS
+    try:
+        numba_knn_module.SECOND_TIER_MIN_ROWS = 1
+        tiered = knn(x, k)
+        numba_knn_module.SECOND_TIER_MIN_ROWS = 10**12
+        scanned = knn(x, k)
+    finally:
+        numba_knn_module.SECOND_TIER_MIN_ROWS = saved
+    np.testing.assert_array_equal(tiered[0], scanned[0])
+    np.testing.assert_array_equal(tiered[1], scanned[1])
+    assert tiered[2] <= scanned[2]
