@@ -215,7 +215,7 @@ def st_correctness(rec):
     x, labels = make_data(n, d, N_CLASSES, seed=11)
     # duplicates and exact ties must survive too
     # (same labels: duplicates with different labels make equal-length paths whose
-    # scores differ, and SPEC lets each backend pick any of them)
+    # scores differ, and docs/score.md, step 4, lets each backend pick any of them)
     x[5] = x[6]
     labels[5] = labels[6]
     x[100:104] = x[99]

@@ -28,39 +28,75 @@ class Engine(Protocol):
     def source_stats(self, x: Any, codes: np.ndarray, plan: PairPlan, k: int) -> SourceStats: ...
 
 
+# layers with at least this many points get progress bars inside the layer
+# (kNN rows, searches): below it a layer takes a few seconds at most
+INNER_PROGRESS_MIN_POINTS = 20_000
+
+
+def _announce_numba_compilation() -> None:
+    """On a cold Numba cache (a fresh install), say once that the kernels compile."""
+    from ._progress import announce_compilation
+    from .kernels.numba import cover, graph, knn, paths
+
+    announce_compilation([knn._update_topk_from_gram, knn._rerank_exact, graph.union_csr,
+                          paths._run, cover.greedy_pair_cover])
+
+
 class NumbaEngine:
-    """CPU: BLAS-blocked exact kNN, CSR union graph, parallel Dijkstra."""
+    """CPU: BLAS-blocked exact kNN, CSR union graph, parallel Dijkstra.
+
+    ``progress=True`` shows bars inside the layer (kNN rows, then searches)
+    for layers of at least :data:`INNER_PROGRESS_MIN_POINTS` points.
+    """
 
     name = "numba"
+
+    def __init__(self, progress: bool = False) -> None:
+        self.progress = progress
+        _announce_numba_compilation()
 
     @staticmethod
     def _host(x: Any) -> np.ndarray:
         return as_kernel_float(to_numpy(x) if is_torch_tensor(x) else np.asarray(x))
 
+    def _inner(self, n: int) -> bool:
+        return bool(self.progress) and n >= INNER_PROGRESS_MIN_POINTS
+
     def knn(self, x: Any, k: int) -> KNNGraph:
         from ._duplicates import knn_over_distinct_rows
+        from ._progress import Progress
         from .kernels.numba.knn import knn
 
-        def distinct_knn(rows, kd):
-            indices, distances, _ = knn(rows, kd)
-            return indices, distances
+        host = self._host(x)
+        with Progress(host.shape[0], "rows", desc="kNN", leave=False,
+                      enabled=self._inner(host.shape[0])) as bar:
 
-        indices, distances, _ = knn_over_distinct_rows(self._host(x), k, distinct_knn)
+            def distinct_knn(rows, kd):
+                indices, distances, _ = knn(rows, kd, progress=bar.set if bar.enabled else None)
+                return indices, distances
+
+            indices, distances, _ = knn_over_distinct_rows(host, k, distinct_knn)
         return KNNGraph(indices, distances, self.name)
 
     def source_stats(self, x: Any, codes: np.ndarray, plan: PairPlan, k: int) -> SourceStats:
+        from ._progress import Progress
         from .kernels.numba.graph import union_csr
         from .kernels.numba.paths import class_sums, pair_scores
 
         graph = self.knn(x, k)
         indptr, nbr, w = union_csr(graph.indices, graph.distances)
-        if plan.class_mode:
-            return stats_from_class_sums(
-                plan, *class_sums(indptr, nbr, w, codes, plan.sources, plan.class_sizes)
+        with Progress(plan.n_sources, "sources", desc="paths", leave=False,
+                      enabled=self._inner(graph.n_points)) as bar:
+            report = bar.update if bar.enabled else None
+            if plan.class_mode:
+                return stats_from_class_sums(
+                    plan, *class_sums(indptr, nbr, w, codes, plan.sources, plan.class_sizes,
+                                      progress=report)
+                )
+            scores, reachable = pair_scores(
+                indptr, nbr, w, codes, plan.sources, plan.target_ptr, plan.targets,
+                progress=report,
             )
-        scores, reachable = pair_scores(
-            indptr, nbr, w, codes, plan.sources, plan.target_ptr, plan.targets
-        )
         return stats_from_pair_scores(plan, scores, reachable)
 
 
@@ -136,9 +172,10 @@ def resolve_backend(backend: str, x: Any = None, device: Any = None) -> str:
     return backend
 
 
-def get_engine(name: str, device: Any = None) -> Engine:
+def get_engine(name: str, device: Any = None, *, progress: bool = False) -> Engine:
+    """The engine of backend ``name``; ``progress``: bars inside a layer (Numba)."""
     if name == "numba":
-        return NumbaEngine()
+        return NumbaEngine(progress=progress)
     if name == "naive":
         from .naive import NaiveEngine
 

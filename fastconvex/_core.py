@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import warnings
 from typing import Any, Hashable, Sequence
 
 import numpy as np
@@ -18,8 +18,8 @@ from ._inputs import (
     rescaled_for_range,
 )
 from ._layers import prepare_layers
-from ._pairs import PairPlan, aggregate, plan_pairs, resolve_estimator
-from ._progress import Progress
+from ._pairs import DEFAULT_PAIRS, PairPlan, aggregate, plan_pairs, resolve_estimator
+from ._progress import Progress, show_progress
 from ._results import Convexity, KNNGraph, LayerScores
 
 
@@ -58,13 +58,29 @@ def _check_seed(seed: Any) -> int | None:
     return check_int("seed", seed, minimum=0)
 
 
-def _plan(codes: np.ndarray, n_classes: int, pairs, sources, exact, seed, min_class_size) -> PairPlan:
+# exact=True at more single-source searches than this warns of its cost
+EXACT_WARN_SEARCHES = 20_000
+
+
+def _plan(codes: np.ndarray, n_classes: int, pairs, sources, exact, seed, min_class_size,
+          n_layers: int = 1) -> PairPlan:
     estimator, budget = resolve_estimator(pairs, sources, exact)
     min_class_size = check_int("min_class_size", min_class_size, minimum=1)
-    return plan_pairs(
+    plan = plan_pairs(
         codes, n_classes, estimator=estimator, budget=budget, seed=seed,
         min_class_size=min_class_size,
     )
+    if estimator == "exact" and plan.n_sources > EXACT_WARN_SEARCHES:
+        per_layer = "" if n_layers == 1 else f" in each of {n_layers} layers ({plan.n_sources * n_layers:,} in all)"
+        warnings.warn(
+            f"exact=True runs {plan.n_sources:,} single-source shortest-path searches{per_layer}, one "
+            f"per point of a scored class, each over the whole {codes.shape[0]:,}-point graph; "
+            "sources=S (for example 1000) estimates the same score from S searches per class, "
+            "with a standard error",
+            UserWarning,
+            stacklevel=3,
+        )
+    return plan
 
 
 def graph_convexity(
@@ -72,7 +88,7 @@ def graph_convexity(
     labels: Any,
     *,
     k: int = 10,
-    pairs: int | None = 5000,
+    pairs: int | None = DEFAULT_PAIRS,
     sources: int | None = None,
     exact: bool = False,
     seed: int | None = 0,
@@ -80,7 +96,7 @@ def graph_convexity(
     backend: str = "auto",
     device: Any = None,
 ) -> Convexity:
-    """Graph convexity of one embedding (SPEC §1).
+    """Graph convexity of one embedding (how it is defined and computed: docs/score.md).
 
     Parameters
     ----------
@@ -98,6 +114,8 @@ def graph_convexity(
         target of each (cheaper at large N).
     exact : bool
         Score every ordered same-class pair.
+        Give one estimator: ``pairs=`` given explicitly together with
+        ``sources=`` or ``exact=True`` raises ``ValueError``.
     seed : int
         Seed of the host-side pair sampling (same pairs on every backend).
     min_class_size : int
@@ -130,7 +148,7 @@ def layer_scores(
     labels: Any,
     *,
     k: int = 10,
-    pairs: int | None = 5000,
+    pairs: int | None = DEFAULT_PAIRS,
     sources: int | None = None,
     exact: bool = False,
     seed: int | None = 0,
@@ -159,7 +177,10 @@ def layer_scores(
         output of block i.
     labels : see above; any hashable values.
     attention_mask, lengths : which frames of (B, T, D) inputs are real.
-    progress : None (a bar on stderr only when it is a terminal), True, False.
+    progress : None (progress on stderr only when it is a terminal), True, False.
+        tqdm bars over layers and, for layers of 20 000 points or more, inside
+        each layer (kNN rows, path searches); where stderr is not a terminal
+        (a log, CI) a plain line every 30 s instead of a redrawn bar.
     k, pairs, sources, exact, seed, min_class_size, backend, device
         As in :func:`graph_convexity`; the pairs are drawn once and reused for
         every layer.
@@ -177,12 +198,12 @@ def layer_scores(
     k = check_k(k, n)
     codes, classes = encode_labels(label_array)
     seed = _check_seed(seed)
-    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size)
+    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size, len(layers))
     name = resolve_backend(backend, layers[0], device)
-    engine = get_engine(name, device)
+    show = show_progress(progress)
+    engine = get_engine(name, device, progress=show)
     results: list[Convexity] = []
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    with Progress(len(layers), "layers", enabled=show) as bar:
+    with Progress(len(layers), "layers", desc="layers", enabled=show) as bar:
         for layer in layers:
             stats = engine.source_stats(rescaled_for_range(layer)[0], codes, plan, k)
             results.append(aggregate(plan, stats, classes, k=k, n_points=n, backend=name, seed=seed))

@@ -9,8 +9,8 @@ int32 arrays (``state="wide"``, 16 bytes; used when a batch would need 2**15
 sweeps, since hops after t sweeps are at most t). A vertex keeps the
 lexicographically smallest (dist, hops, -same) over all its neighbours' offers,
 so among exactly equal-length paths the one with fewest hops (then most
-same-label interior vertices) wins: deterministic whatever the scheduling (SPEC
-allows any equal-length path).
+same-label interior vertices) wins: deterministic whatever the scheduling (the
+score allows any equal-length path: docs/score.md, step 4).
 
 Sweeps are Jacobi (read one buffer, write the other: no torn (dist, hops, same)
 triples). A (vertex block, source block) tile is recomputed only when one of its
