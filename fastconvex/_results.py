@@ -69,7 +69,7 @@ class KNNGraph:
 
 @dataclass(frozen=True)
 class Convexity:
-    """Graph convexity of one embedding (one layer).
+    """Graph or Euclidean convexity of one embedding (one layer).
 
     Attributes
     ----------
@@ -93,7 +93,13 @@ class Convexity:
     n_unreachable : int
         Scored pairs whose target was unreachable (scored 0).
     estimator : "pairs" | "sources" | "exact"
-    k, n_points, backend, seed : the settings that produced it.
+    k, n_points, backend, seed : the settings that produced it (``k`` is None
+        for the Euclidean measure, which builds no graph).
+    measure : "graph" | "euclidean"
+        Which convexity: graph convexity (SPEC §1) or Euclidean convexity
+        (:func:`fastconvex.euclidean_convexity`, scored on unordered pairs).
+    n_sampled : int or None
+        Euclidean measure only: points sampled on each segment.
     """
 
     score: float
@@ -105,10 +111,12 @@ class Convexity:
     n_pairs: dict[Hashable, int]
     n_unreachable: int
     estimator: str
-    k: int
+    k: int | None
     n_points: int
     backend: str
     seed: int | None = None
+    measure: str = "graph"
+    n_sampled: int | None = None
 
     @property
     def total_pairs(self) -> int:
@@ -128,13 +136,21 @@ class Convexity:
             "n_pairs": {keys[c]: int(v) for c, v in self.n_pairs.items()},
             "n_unreachable": int(self.n_unreachable),
             "estimator": self.estimator,
-            "k": int(self.k),
+            "k": None if self.k is None else int(self.k),
             "n_points": int(self.n_points),
             "backend": self.backend,
             "seed": self.seed,
+            "measure": self.measure,
+            "n_sampled": self.n_sampled,
         }
 
     def __str__(self) -> str:
+        if self.measure == "euclidean":
+            return (
+                f"Convexity(measure=euclidean, score={100 * self.score:.2f}% ± {100 * self.stderr:.2f}, "
+                f"macro={100 * self.macro:.2f}%, pairs={self.total_pairs}, "
+                f"estimator={self.estimator}, n_sampled={self.n_sampled})"
+            )
         return (
             f"Convexity(score={100 * self.score:.2f}% ± {100 * self.stderr:.2f}, "
             f"macro={100 * self.macro:.2f}%, pairs={self.total_pairs}, "
@@ -144,7 +160,7 @@ class Convexity:
 
 @dataclass(frozen=True)
 class LayerScores:
-    """Graph convexity of every layer, scored on the same pairs.
+    """Convexity (graph or Euclidean) of every layer, scored on the same pairs.
 
     Attributes
     ----------
