@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "AudioFiles",
+    "LayerPredictor",
     "PooledHiddenStates",
     "choose_cut",
     "find_audio",
@@ -29,6 +30,7 @@ __all__ = [
     "num_blocks",
     "package_versions",
     "pooled_hidden_states",
+    "predict_from_layer",
     "prune",
     "save_pruned",
     "valid_frame_counts",
@@ -45,6 +47,8 @@ _WHERE = {
     "package_versions": "_prune",
     "num_blocks": "_models",
     "AudioFiles": "_audio",
+    "LayerPredictor": "_predict",
+    "predict_from_layer": "_predict",
     "find_audio": "_audio",
     "load_audio": "_audio",
 }
@@ -53,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._audio import AudioFiles, find_audio, load_audio
     from ._models import num_blocks
     from ._pooling import PooledHiddenStates, pooled_hidden_states, valid_frame_counts
+    from ._predict import LayerPredictor, predict_from_layer
     from ._prune import choose_cut, load_pruned, package_versions, prune, save_pruned
 
 
