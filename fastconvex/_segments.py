@@ -179,7 +179,8 @@ class SegmentScorer:
             if is_torch_tensor(x):
                 x = x.detach() if device is None else x.detach().to(device)
             else:
-                x = torch.as_tensor(np.ascontiguousarray(x), device=device)
+                host = np.ascontiguousarray(x) if x.flags.writeable else np.array(x)  # read-only memmaps
+                x = torch.as_tensor(host, device=device)
             self.backend = f"torch:{x.device}"
             self.mask = None if mask is None else torch.as_tensor(mask, device=x.device)
             if self.mask is not None:  # padding frames count as zeros of their item

@@ -6,6 +6,9 @@ files (each (N, D), memory-mapped, in natural order: ``layer_2`` before
 ``layer_10``).  LABELS is a ``.npy`` (N,), a ``.txt`` with one label per line, or
 a ``.csv`` with a header row (``--label-column``, default ``label``).  The
 result, ``LayerScores.to_dict()``, goes to stdout or ``--out``.
+
+``--measure euclidean --model DIR`` scores Euclidean convexity instead, through
+the classifier's own remaining layers (``fastconvex.commands._euclidean``).
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CSV column holding the labels (default: 'label', or the only column)",
     )
     add_scoring_arguments(parser)
+    from ._euclidean import add_measure_arguments
+
+    add_measure_arguments(parser)
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="also save the per-layer plot here")
 
 
@@ -244,6 +250,11 @@ def run(args: argparse.Namespace) -> int:
     import fastconvex as fc
     from fastconvex.cli import emit_json, log
 
+    from ._euclidean import check_graph_only, run_score
+
+    if args.measure == "euclidean":
+        return run_score(args)
+    check_graph_only(args)
     kwargs = scoring_kwargs(args)
     layers, names = load_embeddings(args.embeddings)
     labels = load_labels(args.labels, column=args.label_column)
