@@ -328,3 +328,22 @@ def test_property_equals_the_one_pair_at_a_time_oracle(n, c, n_sampled, seed):
     assert {k: v for k, v in r.per_class.items() if not math.isnan(v)}.keys() == per_class.keys()
     for k, v in per_class.items():
         assert math.isclose(r.per_class[k], v, abs_tol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_give_the_cpu_numbers():
+    """A predictor on the GPU gets its batches built there (numpy input moved
+    once), with the numbers the host computes."""
+    x, y, w = _data(17, 45, 6, 3)
+    wt = torch.as_tensor(w, device="cuda")
+    devices = set()
+
+    def predict(batch):
+        devices.add(batch.device.type)
+        return (batch @ wt).argmax(dim=1)
+
+    predict.device = torch.device("cuda")
+    got = fc.euclidean_convexity(x, y, predict, exact=True, batch_size=100)
+    ref = fc.euclidean_convexity(x, y, _linear(w), exact=True)
+    assert devices == {"cuda"} and got.backend.startswith("torch:cuda")
+    assert got.score == ref.score and got.per_class == ref.per_class

@@ -166,3 +166,19 @@ def test_layer_euclidean_scores_of_a_classifier_match_nnconvexity():
     # a one-layer predictor carries the model's device into euclidean_convexity
     one = fc.euclidean_convexity(out.hidden_states[2], labels, predictor.at(2), exact=True)
     assert one == scores.layers[2] and one.backend == "torch:cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family,kw", [("wavlm", {}), ("wav2vec2", {"stable_layer_norm": True}), ("whisper", {})],
+                         ids=["wavlm", "wav2vec2-large", "whisper"])
+def test_classifier_on_the_gpu(family, kw):
+    """The predictor runs where the model lives; numpy batches go there."""
+    model, fe = _classifier(family, **kw)
+    out, frames = _run(model, fe, family, masked=family != "whisper")  # on the CPU
+    model.to("cuda")
+    predictor = hf.predict_from_layer(model)
+    assert predictor.device.type == "cuda"
+    for layer, state in enumerate(out.hidden_states):
+        logits = predictor.logits(layer, state.numpy(), None if frames is None else frames.numpy())
+        assert logits.device.type == "cuda"
+        torch.testing.assert_close(logits.cpu(), out.logits, rtol=1e-3, atol=1e-3)
