@@ -182,3 +182,33 @@ def test_classifier_on_the_gpu(family, kw):
         logits = predictor.logits(layer, state.numpy(), None if frames is None else frames.numpy())
         assert logits.device.type == "cuda"
         torch.testing.assert_close(logits.cpu(), out.logits, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("family,kw", [("wav2vec2", {}), ("wav2vec2", {"feat_extract_norm": "group"}),
+                                       ("data2vec-audio", {}), ("whisper", {})],
+                         ids=["wav2vec2", "wav2vec2-group", "data2vec-audio", "whisper"])
+def test_hidden_state_sequences_are_each_utterance_alone(family, kw):
+    """Batched and padded, every utterance's frames equal its own forward pass;
+    through the predictor they give the model's own prediction for it alone."""
+    model, fe = _classifier(family, **kw)
+    rng = np.random.default_rng(4)
+    waves = [(np.sin(np.arange(m) * rng.uniform(0.05, 1.5)) + rng.normal(size=m)).astype(np.float32)
+             for m in (2400, 1500, 2400, 1999, 3100)]
+    states, n_frames = hf.hidden_state_sequences(model, waves, batch_size=3, feature_extractor=fe, progress=False)
+    assert len(states) == 4 and all(s.shape[:2] == states[0].shape[:2] for s in states)
+    predictor = hf.predict_from_layer(model)
+    mask = None if n_frames is None else np.arange(states[0].shape[1])[None, :] < n_frames[:, None]
+    for i, w in enumerate(waves):
+        inputs = fe(w, sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            alone = model(**inputs, output_hidden_states=True)
+        f = alone.hidden_states[0].shape[1]
+        if n_frames is not None:
+            assert n_frames[i] == f
+            assert not states[1][i, f:].any()  # zeros after the utterance's frames
+        for layer in range(4):
+            np.testing.assert_allclose(states[layer][i, :f], alone.hidden_states[layer][0].numpy(), atol=2e-5)
+        want = NAMES[int(alone.logits.argmax())]
+        for layer in range(4):
+            m = None if mask is None else mask[i : i + 1]
+            assert predictor(layer, states[layer][i : i + 1], m).tolist() == [want]

@@ -25,6 +25,7 @@ __all__ = [
     "PooledHiddenStates",
     "choose_cut",
     "find_audio",
+    "hidden_state_sequences",
     "load_audio",
     "load_pruned",
     "num_blocks",
@@ -47,6 +48,7 @@ _WHERE = {
     "package_versions": "_prune",
     "num_blocks": "_models",
     "AudioFiles": "_audio",
+    "hidden_state_sequences": "_sequences",
     "LayerPredictor": "_predict",
     "predict_from_layer": "_predict",
     "find_audio": "_audio",
@@ -58,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._models import num_blocks
     from ._pooling import PooledHiddenStates, pooled_hidden_states, valid_frame_counts
     from ._predict import LayerPredictor, predict_from_layer
+    from ._sequences import hidden_state_sequences
     from ._prune import choose_cut, load_pruned, package_versions, prune, save_pruned
 
 
