@@ -101,3 +101,62 @@ def test_score_euclidean_needs_every_hidden_state_as_sequences(classifier_files,
     assert "EMBEDDINGS has 3 layers but Wav2Vec2ForSequenceClassification has 4 hidden states" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "pooled.npy"), *base]) == 2
     assert "needs every hidden state as frame sequences, (L, N, T, D)" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def classifier_audio(tmp_path_factory):
+    """A saved tiny wav2vec2 classifier whose labels are the audio folders'
+    names, and 3 x 6 tone clips of different lengths."""
+    sf = pytest.importorskip("soundfile")
+    root = tmp_path_factory.mktemp("clfaudio")
+    model, fe = tiny_model("wav2vec2", head="sequence", weighted_layer_sum=False, seed=5)
+    model.config.id2label = {0: "class0", 1: "class1", 2: "class2"}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    with torch.no_grad():
+        model.classifier.weight.mul_(40.0)
+    model.save_pretrained(root / "model")
+    fe.save_pretrained(root / "model")
+    rng = np.random.default_rng(1)
+    for c, freq in enumerate((400, 900, 2000)):
+        (root / "audio" / f"class{c}").mkdir(parents=True)
+        for j in range(6):
+            n = int(rng.integers(1600, 3200))
+            t = np.arange(n) / 16000
+            x = 0.5 * np.sin(2 * np.pi * freq * t) + 0.2 * rng.standard_normal(n)
+            sf.write(root / "audio" / f"class{c}" / f"u{j}.wav", x.astype(np.float32), 16000)
+    return root, model, fe
+
+
+def test_prune_euclidean_matches_the_library(classifier_audio, capsys, tmp_path):
+    root, model, fe = classifier_audio
+    out_dir = tmp_path / "cut"
+    code = main(["prune", str(root / "model"), "--audio", str(root / "audio"), "--out", str(out_dir),
+                 "--measure", "euclidean", "--pairs", "10", "--n-sampled", "4", "--batch-size", "4",
+                 "--keep", "2", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    report = json.loads(out)
+    paths, labels = hf.find_audio(root / "audio")
+    waves = [hf.load_audio(p) for p in paths]
+    states, n_frames = hf.hidden_state_sequences(model, waves, feature_extractor=fe, progress=False)
+    want = fc.layer_euclidean_scores(states, np.asarray(labels), hf.predict_from_layer(model), lengths=n_frames,
+                                     pairs=10, n_sampled=4, progress=False)
+    assert report["scores"] == json.loads(json.dumps(want.to_dict()))
+    assert report["measure"] == "euclidean" and report["keep"] == 2 and report["best_layer"] == want.best_layer
+    pruned = type(model).from_pretrained(out_dir)
+    assert pruned.config.num_hidden_layers == 2
+
+
+def test_prune_euclidean_needs_a_classifier(classifier_audio, capsys, tmp_path):
+    root = classifier_audio[0]
+    base, fe = tiny_model("wav2vec2")
+    base.save_pretrained(tmp_path / "base")
+    fe.save_pretrained(tmp_path / "base")
+    code = main(["prune", str(tmp_path / "base"), "--audio", str(root / "audio"), "--out", str(tmp_path / "o"),
+                 "--measure", "euclidean", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Wav2Vec2Model is not a supported audio classifier" in err
+    assert not (tmp_path / "o").exists()  # nothing written
+    code = main(["prune", str(root / "model"), "--audio", str(root / "audio"), "--out", str(tmp_path / "o"),
+                 "--measure", "euclidean", "--embeddings-dir", str(tmp_path / "e"), "--quiet"])
+    assert code == 2 and "--embeddings-dir and --mix-lengths apply to graph" in capsys.readouterr().err

@@ -16,30 +16,35 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["add_measure_arguments", "check_graph_only", "load_sequence_layers", "run_score"]
+__all__ = ["add_measure_arguments", "check_graph_only", "load_sequence_layers", "run_score", "prune_scores"]
 
 
-def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--measure``, ``--model`` and the Euclidean options."""
+def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = True) -> None:
+    """``--measure`` and the Euclidean options. ``score`` (``for_files``) also
+    takes ``--model`` (the classifier) and ``--lengths`` (its EMBEDDINGS come
+    padded); in ``prune`` MODEL is the classifier and the audio gives the frames."""
     group = parser.add_argument_group("measure")
     group.add_argument(
         "--measure", default="graph", choices=["graph", "euclidean"],
-        help="graph convexity (default) or Euclidean convexity through --model's remaining layers",
+        help="graph convexity (default) or Euclidean convexity through the classifier's remaining layers"
+        + ("" if for_files else " (MODEL must be a *ForSequenceClassification or WhisperForAudioClassification)"),
     )
-    group.add_argument(
-        "--model", default=None, metavar="DIR",
-        help="euclidean: the audio classifier (a *ForSequenceClassification or WhisperForAudioClassification "
-        "directory or hub id) whose blocks after each layer, and head, label the sampled points",
-    )
+    if for_files:
+        group.add_argument(
+            "--model", default=None, metavar="DIR",
+            help="euclidean: the audio classifier (a *ForSequenceClassification or WhisperForAudioClassification "
+            "directory or hub id) whose blocks after each layer, and head, label the sampled points",
+        )
     group.add_argument("--n-sampled", type=int, default=10, help="euclidean: points per segment (default 10)")
     group.add_argument(
         "--predict-batch", type=int, default=256, metavar="B",
         help="euclidean: sampled points per forward pass (default 256)",
     )
-    group.add_argument(
-        "--lengths", default=None, metavar="FILE.npy",
-        help="euclidean: real frames of each item (N,) when sequences are padded",
-    )
+    if for_files:
+        group.add_argument(
+            "--lengths", default=None, metavar="FILE.npy",
+            help="euclidean: real frames of each item (N,) when sequences are padded",
+        )
 
 
 def check_graph_only(args: argparse.Namespace) -> None:
@@ -49,8 +54,8 @@ def check_graph_only(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} applies to --measure euclidean only")
 
 
-def _euclidean_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    if args.model is None:
+def _euclidean_kwargs(args: argparse.Namespace, *, needs_model: bool = True) -> dict[str, Any]:
+    if needs_model and args.model is None:
         raise ValueError("--measure euclidean needs --model DIR, the classifier that labels the sampled points")
     if args.sources is not None:
         raise ValueError("--sources applies to graph convexity; Euclidean convexity samples --pairs per class")
@@ -147,3 +152,25 @@ def run_score(args: argparse.Namespace) -> int:
         log(args, f"wrote {save_plot(result, args.plot, cut=cut)}")
     emit_json(result.to_dict(), args)
     return 0
+
+
+
+def prune_scores(args: argparse.Namespace, model: Any, fe: Any, audio: Any, labels: list[Any], rate: int) -> Any:
+    """``prune --measure euclidean``: Euclidean convexity per layer of MODEL (a
+    classifier) on the audio, every hidden state as frame sequences
+    (``hf.hidden_state_sequences``) sent through its own remaining layers."""
+    import fastconvex as fc
+    from fastconvex import hf
+    from fastconvex.cli import log
+
+    kwargs = _euclidean_kwargs(args, needs_model=False)
+    if args.embeddings_dir is not None or args.mix_lengths:
+        raise ValueError("--embeddings-dir and --mix-lengths apply to graph convexity's pooled states")
+    predictor = hf.predict_from_layer(model)
+    log(args, f"frame sequences of {predictor.num_layers} hidden states of {type(model).__name__}")
+    states, n_frames = hf.hidden_state_sequences(
+        model, audio, sampling_rate=rate, batch_size=args.batch_size, feature_extractor=fe,
+        progress=False if args.quiet else None,
+    )
+    log(args, "Euclidean convexity of the layers")
+    return fc.layer_euclidean_scores(states, np.asarray(labels), predictor, lengths=n_frames, **kwargs)
