@@ -15,7 +15,9 @@ through ``fastconvex.hf.predict_from_layer(model)``:
 - nnconvexity: ``compute_euclidean_convexity(states, labels, predict_from_middle,
   layer, n_pairs=all)`` per layer (one forward pass of 10 points per pair).
 
-The two are timed alternately, ``--repeat`` times each (best taken), and the
+The two are timed alternately, ``--repeat`` times each (``speedup``: best over
+best; ``paired_ratios``: each nnconvexity run over the fastconvex run just
+before it, which a machine shared with other work disturbs less), and the
 numbers must agree after nnconvexity's rounding to 2 decimals (the script
 exits 1 otherwise). Prints one JSON object (also to ``--json``).
 """
@@ -126,6 +128,8 @@ def main(argv=None) -> int:
         "fastconvex_s": min(fast_t),
         "nnconvexity_s": min(slow_t),
         "speedup": min(slow_t) / min(fast_t),
+        "paired_ratios": [s / f for s, f in zip(slow_t, fast_t)],
+        "median_paired_ratio": float(np.median([s / f for s, f in zip(slow_t, fast_t)])),
         "all_times": {"fastconvex": fast_t, "nnconvexity": slow_t},
         "same_numbers": bool(same),
         "scores_percent": {"fastconvex": [f[0] for f in fast], "nnconvexity": [float(s[0]) for s in slow]},

@@ -10,6 +10,7 @@ import numpy as np
 from ._core import _check_seed, _stack
 from ._inputs import check_int
 from ._layers import _split_layers
+from ._pairs import PairPlan
 from ._progress import Progress
 from ._results import Convexity, LayerScores
 from ._segments import (
@@ -24,6 +25,21 @@ from ._segments import (
 )
 
 __all__ = ["euclidean_convexity", "layer_euclidean_scores"]
+
+
+def _setup(x: Any, name: str, labels: Any, predict: Any, predict_name: str, n_sampled: Any, pairs: Any,
+           exact: Any, batch_size: Any, seed: Any, min_class_size: Any, attention_mask: Any,
+           lengths: Any) -> tuple[list[Hashable], PairPlan, np.ndarray | None, int, int, int | None]:
+    """Validate the settings shared by both entry points and draw the pairs."""
+    codes, classes = encode_item_labels(labels, int(x.shape[0]))
+    n_sampled, budget, exact, batch_size = check_settings(n_sampled, pairs, exact, batch_size)
+    seed = _check_seed(seed)
+    mask = check_frame_mask(x, attention_mask, lengths, name=name)
+    if not callable(predict):
+        raise TypeError(f"{predict_name} must be callable, got {type(predict).__name__}")
+    plan = plan_segments(codes, len(classes), exact=exact, budget=budget, seed=seed,
+                         min_class_size=check_int("min_class_size", min_class_size, minimum=1))
+    return classes, plan, mask, n_sampled, batch_size, seed
 
 
 def euclidean_convexity(
@@ -100,17 +116,12 @@ def euclidean_convexity(
         ``stderr`` with finite-population correction (0 when every pair is scored).
     """
     x = check_items(x)
-    n = int(x.shape[0])
-    codes, classes = encode_item_labels(labels, n)
-    n_sampled, budget, exact, batch_size = check_settings(n_sampled, pairs, exact, batch_size)
-    seed = _check_seed(seed)
-    mask = check_frame_mask(x, attention_mask, lengths)
-    if not callable(predict):
-        raise TypeError(f"predict must be callable, got {type(predict).__name__}")
+    classes, plan, mask, n_sampled, batch_size, seed = _setup(
+        x, "x", labels, predict, "predict", n_sampled, pairs, exact, batch_size, seed, min_class_size,
+        attention_mask, lengths,
+    )
     if mask is not None:
         _takes_mask(predict)
-    plan = plan_segments(codes, len(classes), exact=exact, budget=budget, seed=seed,
-                         min_class_size=check_int("min_class_size", min_class_size, minimum=1))
     return euclidean_from_plan(
         x, mask, plan, classes, predict, n_sampled=n_sampled, batch_size=batch_size, device=device,
         known_labels=known_labels, seed=seed, progress=show_progress(progress),
@@ -185,15 +196,10 @@ def layer_euclidean_scores(
                 f"hidden_states[{i}] has shape {tuple(h.shape)}, but hidden_states[0] has "
                 f"{tuple(layers[0].shape)}: every layer must hold the same items (and frames)"
             )
-    n = lead[0]
-    codes, classes = encode_item_labels(labels, n)
-    n_sampled, budget, exact, batch_size = check_settings(n_sampled, pairs, exact, batch_size)
-    seed = _check_seed(seed)
-    mask = check_frame_mask(layers[0], attention_mask, lengths, name="hidden_states[0]")
-    if not callable(predict_from_layer):
-        raise TypeError(f"predict_from_layer must be callable, got {type(predict_from_layer).__name__}")
-    plan = plan_segments(codes, len(classes), exact=exact, budget=budget, seed=seed,
-                         min_class_size=check_int("min_class_size", min_class_size, minimum=1))
+    classes, plan, mask, n_sampled, batch_size, seed = _setup(
+        layers[0], "hidden_states[0]", labels, predict_from_layer, "predict_from_layer", n_sampled, pairs, exact,
+        batch_size, seed, min_class_size, attention_mask, lengths,
+    )
     results: list[Convexity] = []
     with Progress(len(layers), "layers", enabled=show_progress(progress)) as bar:
         for i, h in enumerate(layers):

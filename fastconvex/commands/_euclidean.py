@@ -67,19 +67,11 @@ def _euclidean_kwargs(args: argparse.Namespace, *, needs_model: bool = True) -> 
         raise ValueError(f"--n-sampled must be positive, got {args.n_sampled}")
     if args.predict_batch < 1:
         raise ValueError(f"--predict-batch must be positive, got {args.predict_batch}")
-    kwargs: dict[str, Any] = {
-        "n_sampled": args.n_sampled,
-        "batch_size": args.predict_batch,
-        "seed": args.seed,
-        "min_class_size": args.min_class_size,
-        "progress": False if args.quiet else None,
-    }
-    if args.exact:
-        if args.pairs is not None:
-            raise ValueError("--exact scores every pair; do not combine it with --pairs")
-        kwargs.update(exact=True, pairs=None)
-    else:
-        kwargs["pairs"] = 5000 if args.pairs is None else args.pairs
+    from .score import scoring_kwargs
+
+    graph_only = ("k", "backend", "device")  # checked above; the model's device serves
+    kwargs = {key: v for key, v in scoring_kwargs(args).items() if key not in graph_only}
+    kwargs.update(n_sampled=args.n_sampled, batch_size=args.predict_batch)
     return kwargs
 
 

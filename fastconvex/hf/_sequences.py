@@ -13,7 +13,7 @@ from torch import nn
 from ._models import is_whisper, model_device, speech_encoder
 from ._pooling import (
     _as_waveform,
-    _default_feature_extractor,
+    _feature_extractor_for,
     _featurise,
     _make_batches,
     _pos_conv_sees_padding,
@@ -69,13 +69,7 @@ def hidden_state_sequences(
     waves = [_as_waveform(waveforms[i], i) for i in range(n_utt)]
     raw = np.array([w.shape[0] for w in waves], dtype=np.int64)
     whisper = is_whisper(model)
-    if feature_extractor is None:
-        feature_extractor = _default_feature_extractor(model, sampling_rate)
-    fe_rate = getattr(feature_extractor, "sampling_rate", None)
-    if fe_rate is not None and int(fe_rate) != int(sampling_rate):
-        raise ValueError(
-            f"sampling_rate={sampling_rate} but the feature extractor expects {fe_rate} Hz; resample the audio first"
-        )
+    feature_extractor = _feature_extractor_for(model, feature_extractor, sampling_rate)
     if not whisper and not hasattr(enc, "_get_feat_extract_output_lengths"):
         raise TypeError(f"model: {type(model).__name__} has no output-length rule; frame sequences are unknown for it")
     n_frames = None if whisper else valid_frame_counts(model, raw)
