@@ -77,16 +77,13 @@ def _euclidean_kwargs(args: argparse.Namespace, *, needs_model: bool = True) -> 
 
 def load_sequence_layers(path: str | Path) -> list[np.ndarray]:
     """Per-layer (N, T, D) arrays (memory-mapped where the format allows)."""
-    from .score import _load_npy, natural_key
+    from .score import _load_npy, natural_key, npy_files
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"EMBEDDINGS {str(p)!r} does not exist")
     if p.is_dir():
-        files = sorted((f for f in p.iterdir() if f.is_file() and f.suffix == ".npy"), key=lambda f: natural_key(f.name))
-        if not files:
-            raise ValueError(f"EMBEDDINGS: directory {str(p)!r} holds no .npy files")
-        layers = [(_load_npy(f), f.name) for f in files]
+        layers = [(_load_npy(f), f.name) for f in npy_files(p)]
     elif p.suffix.lower() == ".npy":
         arr = _load_npy(p)
         if arr.ndim != 4:

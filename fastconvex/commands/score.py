@@ -100,9 +100,7 @@ def load_embeddings(path: str | Path) -> tuple[list[np.ndarray], list[str]]:
     if not p.exists():
         raise FileNotFoundError(f"EMBEDDINGS {str(p)!r} does not exist")
     if p.is_dir():
-        files = sorted((f for f in p.iterdir() if f.is_file() and f.suffix == ".npy"), key=lambda f: natural_key(f.name))
-        if not files:
-            raise ValueError(f"EMBEDDINGS: directory {str(p)!r} holds no .npy files")
+        files = npy_files(p)
         layers = []
         for f in files:
             arr = _load_npy(f)
@@ -133,6 +131,14 @@ def load_embeddings(path: str | Path) -> tuple[list[np.ndarray], list[str]]:
             _check_layer(arrays[key], f"{p.name}[{key!r}]")
         return [arrays[k] for k in keys], keys
     raise ValueError(f"EMBEDDINGS: {p.name} must be a .npy or .npz file, or a directory of .npy files")
+
+
+def npy_files(p: Path) -> list[Path]:
+    """The ``.npy`` files of directory ``p``, in natural order (at least one)."""
+    files = sorted((f for f in p.iterdir() if f.is_file() and f.suffix == ".npy"), key=lambda f: natural_key(f.name))
+    if not files:
+        raise ValueError(f"EMBEDDINGS: directory {str(p)!r} holds no .npy files")
+    return files
 
 
 def _load_npy(p: Path) -> np.ndarray:
