@@ -300,6 +300,12 @@ def test_layer_scores_reuse_the_pairs_for_every_layer():
     assert r.best_layer == int(np.argmax(r.scores))
     d = r.to_dict()
     assert d["layers"][0]["measure"] == "euclidean" and d["layers"][0]["k"] is None
+    from fastconvex.plot import plot_layer_scores
+
+    assert r.plot().axes[0].get_ylabel() == "euclidean convexity (%)"
+    graph = fc.layer_scores(layers, y, k=5, pairs=40, progress=False)
+    both = plot_layer_scores([graph, r], labels=["graph", "euclidean"])
+    assert both.axes[0].get_ylabel() == "convexity (%)" and len(both.axes[0].get_legend().get_texts()) == 2
     # one (L, N, D) array is the same as the list
     assert fc.layer_euclidean_scores(np.stack(layers), y, predict_from_layer, pairs=40, seed=2).layers == r.layers
 
