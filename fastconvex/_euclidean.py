@@ -57,7 +57,7 @@ def euclidean_convexity(
     attention_mask: Any = None,
     lengths: Any = None,
     known_labels: Iterable[Hashable] | None = None,
-    progress: bool | None = False,
+    progress: bool | None = None,
 ) -> Convexity:
     """Euclidean convexity of one representation (docs/score.md).
 
