@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import naive
 from ._backends import BACKENDS
 from ._core import graph_convexity, knn_graph, layer_scores
+from ._euclidean import euclidean_convexity, layer_euclidean_scores
 from ._results import Convexity, KNNGraph, LayerScores
 
 __version__ = "0.1.0"
@@ -20,8 +21,10 @@ __all__ = [
     "Convexity",
     "KNNGraph",
     "LayerScores",
+    "euclidean_convexity",
     "graph_convexity",
     "knn_graph",
+    "layer_euclidean_scores",
     "layer_scores",
     "naive",
     "__version__",

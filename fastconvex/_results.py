@@ -84,7 +84,7 @@ class KNNGraph:
 
 @dataclass(frozen=True)
 class Convexity:
-    """Graph convexity of one embedding (one layer).
+    """Graph or Euclidean convexity of one embedding (one layer).
 
     Attributes
     ----------
@@ -108,7 +108,13 @@ class Convexity:
     n_unreachable : int
         Scored pairs whose target was unreachable (scored 0).
     estimator : "pairs" | "sources" | "exact"
-    k, n_points, backend, seed : the settings that produced it.
+    k, n_points, backend, seed : the settings that produced it (``k`` is None
+        for the Euclidean measure, which builds no graph).
+    measure : "graph" | "euclidean"
+        Which convexity: graph convexity (docs/score.md) or Euclidean convexity
+        (:func:`fastconvex.euclidean_convexity`, scored on unordered pairs).
+    n_sampled : int or None
+        Euclidean measure only: points sampled on each segment.
     df : float
         Degrees of freedom of :meth:`interval` (Student's t): the fewest
         sampled units (pairs, or sources) minus one over the classes whose
@@ -125,11 +131,13 @@ class Convexity:
     n_pairs: dict[Hashable, int]
     n_unreachable: int
     estimator: str
-    k: int
+    k: int | None
     n_points: int
     backend: str
     seed: int | None = None
     df: float = math.inf
+    measure: str = "graph"
+    n_sampled: int | None = None
 
     def interval(self, level: float = 0.95, *, macro: bool = False) -> tuple[float, float]:
         """Confidence interval of ``score`` (or ``macro``): ``score ± t * stderr``
@@ -157,16 +165,24 @@ class Convexity:
             "n_pairs": {keys[c]: int(v) for c, v in self.n_pairs.items()},
             "n_unreachable": int(self.n_unreachable),
             "estimator": self.estimator,
-            "k": int(self.k),
+            "k": None if self.k is None else int(self.k),
             "n_points": int(self.n_points),
             "backend": self.backend,
             "seed": self.seed,
             # null: nothing sampled (the interval is the score itself)
             "df": None if math.isinf(self.df) else _json_float(self.df),
             "interval95": [_json_float(v) for v in self.interval(0.95)],
+            "measure": self.measure,
+            "n_sampled": self.n_sampled,
         }
 
     def __str__(self) -> str:
+        if self.measure == "euclidean":
+            return (
+                f"Convexity(measure=euclidean, score={100 * self.score:.2f}% ± {100 * self.stderr:.2f}, "
+                f"macro={100 * self.macro:.2f}%, pairs={self.total_pairs}, "
+                f"estimator={self.estimator}, n_sampled={self.n_sampled})"
+            )
         return (
             f"Convexity(score={100 * self.score:.2f}% ± {100 * self.stderr:.2f}, "
             f"macro={100 * self.macro:.2f}%, pairs={self.total_pairs}, "
@@ -176,7 +192,7 @@ class Convexity:
 
 @dataclass(frozen=True)
 class LayerScores:
-    """Graph convexity of every layer, scored on the same pairs.
+    """Convexity (graph or Euclidean) of every layer, scored on the same pairs.
 
     Attributes
     ----------

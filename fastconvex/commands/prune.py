@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of --embeddings-dir")
     add_scoring_arguments(parser)
+    from ._euclidean import add_measure_arguments
+
+    add_measure_arguments(parser, for_files=False)
     cut = parser.add_argument_group("the cut")
     cut.add_argument("--rule", default="argmax", choices=["argmax", "1se"], help="how to choose the cut (default argmax)")
     cut.add_argument("--keep", type=int, default=None, help="keep this many blocks instead of choosing")
@@ -190,32 +193,40 @@ def _run(args: argparse.Namespace) -> int:
     audio = hf.AudioFiles(paths, sampling_rate=rate)
     lengths = audio.lengths()
 
-    # score what the pruned model will output: with the final LayerNorm kept, hidden
-    # state h of a pre-LN encoder is seen through it (docs/pipeline.md, the final LayerNorm)
-    from fastconvex.hf._models import final_layer_norm
-
-    has_norm = final_layer_norm(model) is not None
-    pooled_norm = "apply" if has_norm and args.final_norm == "keep" else "raw"
-    log(args, f"pooling {n_blocks + 1} hidden states of {type(model).__name__}"
-        + (" through its final LayerNorm" if pooled_norm == "apply" else ""))
-    from ._output import DataError
+    from ._output import DataError, UsageError
 
     try:  # from here on, what fails is the audio or its embeddings: exit status 1
-        states = hf.pooled_hidden_states(
-            model,
-            audio,
-            sampling_rate=rate,
-            batch_size=args.batch_size,
-            feature_extractor=fe,
-            out_dir=args.embeddings_dir,
-            dtype=args.dtype,
-            lengths=lengths,
-            mix_lengths=args.mix_lengths,
-            progress=not args.quiet,
-            final_norm=pooled_norm,
-        )
-        log(args, "scoring the layers")
-        scores = fc.layer_scores(list(states), np.asarray(labels), **score_kwargs)
+        if args.measure == "euclidean":  # MODEL's own remaining layers label the segments
+            from ._euclidean import prune_scores
+
+            scores = prune_scores(args, model, fe, audio, labels, rate)
+            pooled_norm = "raw"
+        else:
+            # score what the pruned model will output: with the final LayerNorm kept, hidden
+            # state h of a pre-LN encoder is seen through it (docs/pipeline.md, the final LayerNorm)
+            from fastconvex.hf._models import final_layer_norm
+
+            has_norm = final_layer_norm(model) is not None
+            pooled_norm = "apply" if has_norm and args.final_norm == "keep" else "raw"
+            log(args, f"pooling {n_blocks + 1} hidden states of {type(model).__name__}"
+                + (" through its final LayerNorm" if pooled_norm == "apply" else ""))
+            states = hf.pooled_hidden_states(
+                model,
+                audio,
+                sampling_rate=rate,
+                batch_size=args.batch_size,
+                feature_extractor=fe,
+                out_dir=args.embeddings_dir,
+                dtype=args.dtype,
+                lengths=lengths,
+                mix_lengths=args.mix_lengths,
+                progress=not args.quiet,
+                final_norm=pooled_norm,
+            )
+            log(args, "scoring the layers")
+            scores = fc.layer_scores(list(states), np.asarray(labels), **score_kwargs)
+    except (UsageError, DataError):
+        raise
     except ValueError as exc:
         raise DataError(str(exc)) from exc
     if args.keep is not None:
@@ -252,7 +263,9 @@ def _run(args: argparse.Namespace) -> int:
         "rule": rule,
         "keep": keep,
         "final_norm": model.fastconvex_pruning["final_norm"],
-        "scored_states": "through the final LayerNorm" if pooled_norm == "apply" else "raw hidden states",
+        "measure": args.measure,
+        "scored_states": "frame sequences through MODEL's remaining layers" if args.measure == "euclidean"
+        else "through the final LayerNorm" if pooled_norm == "apply" else "raw hidden states",
         "model_dir": str(out_dir),
         "plot": None if planned_plot is None else str(planned_plot),
         "seed": args.seed,

@@ -8,6 +8,9 @@ a ``.csv`` with a header row (``--label-column``, default ``label``).  A
 per-layer table goes to stdout; the result, ``LayerScores.to_dict()``, as JSON
 to stdout with ``--json`` or to ``--out FILE``. ``--out`` and ``--plot`` are
 checked before any scoring, and the JSON is written before the plot.
+
+``--measure euclidean --model DIR`` scores Euclidean convexity instead, through
+the classifier's own remaining layers (``fastconvex.commands._euclidean``).
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CSV column holding the labels (default: 'label', or the only column)",
     )
     add_scoring_arguments(parser)
+    from ._euclidean import add_measure_arguments
+
+    add_measure_arguments(parser)
     parser.add_argument(
         "--plot", default=None, metavar="FILE.png",
         help="also save the per-layer plot here (.png if no suffix; any format matplotlib writes)",
@@ -108,9 +114,7 @@ def load_embeddings(path: str | Path) -> tuple[list[np.ndarray], list[str]]:
     if not p.exists():
         raise FileNotFoundError(f"EMBEDDINGS {str(p)!r} does not exist")
     if p.is_dir():
-        files = sorted((f for f in p.iterdir() if f.is_file() and f.suffix == ".npy"), key=lambda f: natural_key(f.name))
-        if not files:
-            raise ValueError(f"EMBEDDINGS: directory {str(p)!r} holds no .npy files")
+        files = npy_files(p)
         layers = []
         for f in files:
             arr = _load_npy(f)
@@ -145,6 +149,14 @@ def load_embeddings(path: str | Path) -> tuple[list[np.ndarray], list[str]]:
             _check_layer(arrays[key], f"{p.name}[{key!r}]")
         return [arrays[k] for k in keys], keys
     raise UsageError(f"EMBEDDINGS: {p.name} must be a .npy or .npz file, or a directory of .npy files")
+
+
+def npy_files(p: Path) -> list[Path]:
+    """The ``.npy`` files of directory ``p``, in natural order (at least one)."""
+    files = sorted((f for f in p.iterdir() if f.is_file() and f.suffix == ".npy"), key=lambda f: natural_key(f.name))
+    if not files:
+        raise ValueError(f"EMBEDDINGS: directory {str(p)!r} holds no .npy files")
+    return files
 
 
 def _load_npy(p: Path, what: str = "EMBEDDINGS", mmap: bool = True) -> np.ndarray:
@@ -294,9 +306,12 @@ def format_table(result: Any, names: list[str] | None = None) -> str:
     width = max([5] + [len(n) for n in names])
     head = (f"{'layer':>5}  {'source':<{width}}  {'convexity %':>11}  {'± s.e.':>6}  "
             f"{'95% interval':>15}  {'macro %':>7}")
+    graph = first.measure == "graph"
     lines = [
-        f"graph convexity of {len(result)} layer(s): N={first.n_points}, k={first.k}, "
-        f"estimator {first.estimator}, {first.total_pairs} pairs per layer, backend {first.backend}",
+        f"{first.measure} convexity of {len(result)} layer(s): N={first.n_points}, "
+        + (f"k={first.k}, " if graph else f"{first.n_sampled} points per segment, ")
+        + f"estimator {first.estimator}, {first.total_pairs} pairs per layer"
+        + (f", backend {first.backend}" if graph else ""),
         head,
         "-" * len(head),
     ]
@@ -318,13 +333,16 @@ def run(args: argparse.Namespace) -> int:
     """Score every layer of EMBEDDINGS against LABELS: a table on stdout, JSON
     with ``--json`` or to ``--out``; outputs are checked before the scoring."""
     import fastconvex as fc
-    from fastconvex.cli import emit_json, log
+    from fastconvex.cli import log
 
-    kwargs = scoring_kwargs(args)
+    from ._euclidean import check_graph_only, run_score
+
     # every output path first: a result is never computed only to be lost
-    if args.out not in (None, "-"):
-        check_output_file(args.out, "--out")
-    plot_path = check_plot_file(args.plot) if args.plot else None
+    plot_path = check_outputs(args)
+    if args.measure == "euclidean":
+        return run_score(args, plot_path)
+    check_graph_only(args)
+    kwargs = scoring_kwargs(args)
     try:
         layers, names = load_embeddings(args.embeddings)
         labels = load_labels(args.labels, column=args.label_column)
@@ -345,6 +363,21 @@ def run(args: argparse.Namespace) -> int:
         result = fc.layer_scores(layers, labels, **kwargs)
     except (ValueError, TypeError) as exc:  # the data cannot be scored as asked
         raise DataError(str(exc)) from exc
+    return emit_result(args, result, names, plot_path)
+
+
+def check_outputs(args: argparse.Namespace) -> Path | None:
+    """Check ``--out`` and ``--plot`` before any work; the plot's path (or None)."""
+    if args.out not in (None, "-"):
+        check_output_file(args.out, "--out")
+    return check_plot_file(args.plot) if args.plot else None
+
+
+def emit_result(args: argparse.Namespace, result: Any, names: list[str], plot_path: Path | None) -> int:
+    """The table on stdout, or the JSON (``--json``, ``--out``), then the plot:
+    the JSON is written first, so a plot that fails never loses the scores."""
+    from fastconvex.cli import emit_json, log
+
     as_json = args.json or args.out == "-"  # --out - : the JSON on stdout, as --json
     if as_json or args.out is not None:
         emit_json(result.to_dict(), args)  # before the plot: a failed plot never loses it

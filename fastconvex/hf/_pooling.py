@@ -153,6 +153,19 @@ def _default_feature_extractor(model: nn.Module, sampling_rate: int) -> Any:
     )
 
 
+def _feature_extractor_for(model: nn.Module, feature_extractor: Any, sampling_rate: int) -> Any:
+    """``feature_extractor`` (default: :func:`_default_feature_extractor`), checked
+    to expect ``sampling_rate``."""
+    if feature_extractor is None:
+        feature_extractor = _default_feature_extractor(model, sampling_rate)
+    fe_rate = getattr(feature_extractor, "sampling_rate", None)
+    if fe_rate is not None and int(fe_rate) != int(sampling_rate):
+        raise ValueError(
+            f"sampling_rate={sampling_rate} but the feature extractor expects {fe_rate} Hz; resample the audio first"
+        )
+    return feature_extractor
+
+
 def _takes_attention_mask(model: nn.Module, feature_extractor: Any) -> bool:
     norm = getattr(model.config, "feat_extract_norm", None)
     if norm is not None:
@@ -325,13 +338,7 @@ def pooled_hidden_states(
             'final_norm="apply") scores.',
             stacklevel=2,
         )
-    if feature_extractor is None:
-        feature_extractor = _default_feature_extractor(model, sampling_rate)
-    fe_rate = getattr(feature_extractor, "sampling_rate", None)
-    if fe_rate is not None and int(fe_rate) != int(sampling_rate):
-        raise ValueError(
-            f"sampling_rate={sampling_rate} but the feature extractor expects {fe_rate} Hz; resample the audio first"
-        )
+    feature_extractor = _feature_extractor_for(model, feature_extractor, sampling_rate)
     generic = not whisper and not hasattr(enc, "_get_feat_extract_output_lengths")
     if generic:
         if frame_labels is not None:
