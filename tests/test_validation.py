@@ -132,6 +132,13 @@ def test_env_backend_override(monkeypatch):
 
 
 def test_explicit_triton_without_cuda_or_interpreter_says_why(monkeypatch):
+    # Import triton while the interpreter is still on (conftest): triton reads
+    # TRITON_INTERPRET when it is first imported, and a first import below, with
+    # the variable removed, left its language functions compiled-only, so every
+    # interpreted kernel of a later test failed ("Cannot call @triton.jit'd
+    # outside of the scope of a kernel") when this file ran first.
+    import triton  # noqa: F401
+
     from fastconvex import _backends
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
