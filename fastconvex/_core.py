@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any, Hashable, Sequence
 
 import numpy as np
@@ -67,6 +68,55 @@ def _plan(codes: np.ndarray, n_classes: int, pairs, sources, exact, seed, min_cl
     )
 
 
+@dataclass(frozen=True)
+class ScoringPlan:
+    """What every layer of one dataset is scored with: the labels' class codes,
+    the class list, the pair plan (drawn once from the labels and the seed), k
+    and the seed. Made by :func:`plan_scoring`; used by :func:`score_layer`."""
+
+    codes: np.ndarray
+    classes: list[Hashable]
+    pairs: PairPlan
+    k: int
+    seed: int | None
+
+    @property
+    def n_points(self) -> int:
+        return int(self.codes.shape[0])
+
+
+def plan_scoring(
+    labels: Any,
+    *,
+    k: int = 10,
+    pairs: int | None = 5000,
+    sources: int | None = None,
+    exact: bool = False,
+    seed: int | None = 0,
+    min_class_size: int = 2,
+) -> ScoringPlan:
+    """Encode (N,) ``labels`` and draw the pairs, exactly as ``layer_scores`` does."""
+    label_array = labels_to_array(labels)
+    if label_array.ndim != 1:
+        raise ValueError(f"labels must be 1-D (N,), got shape {label_array.shape}")
+    k = check_k(k, int(label_array.shape[0]))
+    codes, classes = encode_labels(label_array)
+    seed = _check_seed(seed)
+    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size)
+    return ScoringPlan(codes, classes, plan, k, seed)
+
+
+def score_layer(x: Any, plan: ScoringPlan, *, backend: str = "auto", device: Any = None) -> Convexity:
+    """Graph convexity of one validated (N, D) layer on ``plan``'s pairs: the one
+    per-layer computation behind ``graph_convexity``, ``layer_scores`` and ``sweep``."""
+    check_labels_length(plan.codes, int(x.shape[0]))
+    name = resolve_backend(backend, x, device)
+    engine = get_engine(name, device)
+    stats = engine.source_stats(rescaled_for_range(x)[0], plan.codes, plan.pairs, plan.k)
+    return aggregate(plan.pairs, stats, plan.classes, k=plan.k, n_points=plan.n_points,
+                     backend=name, seed=plan.seed)
+
+
 def graph_convexity(
     x: Any,
     labels: Any,
@@ -116,13 +166,9 @@ def graph_convexity(
     if label_array.ndim != 1:
         raise ValueError(f"labels must be 1-D (N,), got shape {label_array.shape}")
     check_labels_length(label_array, n)
-    codes, classes = encode_labels(label_array)
-    seed = _check_seed(seed)
-    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size)
-    name = resolve_backend(backend, x, device)
-    engine = get_engine(name, device)
-    stats = engine.source_stats(rescaled_for_range(x)[0], codes, plan, k)
-    return aggregate(plan, stats, classes, k=k, n_points=n, backend=name, seed=seed)
+    plan = plan_scoring(label_array, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
+                        min_class_size=min_class_size)
+    return score_layer(x, plan, backend=backend, device=device)
 
 
 def layer_scores(
@@ -173,24 +219,21 @@ def layer_scores(
     layers, label_array = prepare_layers(
         hidden_states, labels, attention_mask=attention_mask, lengths=lengths
     )
-    n = int(layers[0].shape[0])
-    k = check_k(k, n)
-    codes, classes = encode_labels(label_array)
-    seed = _check_seed(seed)
-    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size)
+    k = check_k(k, int(layers[0].shape[0]))
+    plan = plan_scoring(label_array, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
+                        min_class_size=min_class_size)
     name = resolve_backend(backend, layers[0], device)
-    engine = get_engine(name, device)
     results: list[Convexity] = []
     show = sys.stderr.isatty() if progress is None else bool(progress)
     with Progress(len(layers), "layers", enabled=show) as bar:
         for layer in layers:
-            stats = engine.source_stats(rescaled_for_range(layer)[0], codes, plan, k)
-            results.append(aggregate(plan, stats, classes, k=k, n_points=n, backend=name, seed=seed))
+            results.append(score_layer(layer, plan, backend=name, device=device))
             bar.update()
-    return _stack(results, classes)
+    return stack_layers(results, plan.classes)
 
 
-def _stack(results: Sequence[Convexity], classes: list[Hashable]) -> LayerScores:
+def stack_layers(results: Sequence[Convexity], classes: list[Hashable]) -> LayerScores:
+    """Per-layer :class:`Convexity` results (same classes) as one :class:`LayerScores`."""
     return LayerScores(
         scores=np.array([r.score for r in results]),
         stderr=np.array([r.stderr for r in results]),
