@@ -12,6 +12,8 @@ from . import naive
 from ._backends import BACKENDS
 from ._core import graph_convexity, knn_graph, layer_scores
 from ._results import Convexity, KNNGraph, LayerScores
+from ._sweep import sweep
+from .store import LayerStore, open_store, save_store
 
 __version__ = "0.1.0"
 
@@ -20,9 +22,13 @@ __all__ = [
     "Convexity",
     "KNNGraph",
     "LayerScores",
+    "LayerStore",
     "graph_convexity",
     "knn_graph",
     "layer_scores",
     "naive",
+    "open_store",
+    "save_store",
+    "sweep",
     "__version__",
 ]
