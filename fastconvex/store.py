@@ -373,7 +373,8 @@ def save_store(
         if isinstance(layers, np.ndarray) or is_torch_tensor(layers):
             if layers.ndim != 3:
                 raise ValueError(f"layers as one array must be 3-D (L, N, D), got shape {tuple(layers.shape)}")
-            layers = (layers[i] for i in range(layers.shape[0]))
+            stacked = layers
+            layers = (stacked[i] for i in range(stacked.shape[0]))
         elif isinstance(layers, (str, bytes, dict)) or not hasattr(layers, "__iter__"):
             raise TypeError(f"layers must be an iterable of (N, D) arrays, got {type(layers).__name__}")
         for layer in layers:
