@@ -348,7 +348,7 @@ def _write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, li
         "seconds": seconds,
         "stores": {
             s.name: {"path": str(s.path), "fingerprint": s.fingerprint, "meta": s.meta,
-                     "layers": selections[s.name], **merged[s.name].to_dict(),
+                     "layer_indices": selections[s.name], **merged[s.name].to_dict(),
                      "best_layer_index": selections[s.name][merged[s.name].best_layer]}
             for s in stores
         },

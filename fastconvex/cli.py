@@ -1,4 +1,4 @@
-"""``fastconvex score | prune | bench | demo | env``.
+"""``fastconvex score | prune | sweep | bench | demo | env``.
 
 Results go to stdout as JSON (or to ``--out``); logs and progress go to stderr.
 Each subcommand lives in ``fastconvex.commands.<name>`` with
@@ -16,6 +16,7 @@ from typing import Any, Sequence
 COMMANDS = {
     "score": "score per-layer embeddings from files (.npy/.npz/directory)",
     "prune": "score a Hugging Face speech model's layers on labelled audio and cut it",
+    "sweep": "score every layer of layer stores, resumable, locally or on a Ray cluster",
     "bench": "time fastconvex against the naive scorer on the same pairs",
     "demo": "the whole pipeline offline on Whisper tiny.en and real speech",
     "env": "versions, available backends and devices",
