@@ -1,0 +1,59 @@
+"""fastconvex.sweep on a local Ray (``ray.init(num_cpus=2)``): the same numbers
+as ``layer_scores``, and a worker that dies is retried. Few and small: one Ray
+for the whole module, shut down after it."""
+
+from __future__ import annotations
+
+import pytest
+
+ray = pytest.importorskip("ray")  # in the [test] extra; the rest of fastconvex never needs it
+
+import fastconvex as fc  # noqa: E402
+from fastconvex._ray import CRASH_ENV  # noqa: E402
+
+from test_sweep import ESTIMATORS, assert_same, make_stores  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    crash_dir = tmp_path_factory.mktemp("crash")
+    if ray.is_initialized():  # pragma: no cover - another module left one running
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {CRASH_ENV: str(crash_dir)}})
+    yield crash_dir
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    return make_stores(tmp_path_factory.mktemp("stores"))
+
+
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+def test_ray_sweep_equals_layer_scores(local_ray, stores, tmp_path, estimator):
+    kw = dict(k=4, seed=3, **ESTIMATORS[estimator])
+    result = fc.sweep(stores, out_dir=tmp_path / "out", engine="ray", verbose=False, plot=False, **kw)
+    for s in stores:
+        assert_same(result[s.name], fc.layer_scores(s.layers, s.labels, **kw))
+    assert ray.is_initialized()  # a Ray the caller started is left running
+
+
+def test_worker_that_exits_is_retried(local_ray, stores, tmp_path, capsys):
+    marker = local_ray / "crash_store1_2"
+    marker.write_text("exit on the first try")
+    result = fc.sweep(stores, out_dir=tmp_path / "out", engine="ray", pairs=30, plot=False)
+    assert not marker.exists()  # the worker scoring store1 layer 2 did exit once
+    for s in stores:
+        assert_same(result[s.name], fc.layer_scores(s.layers, s.labels, pairs=30))
+    # and a rerun on Ray reuses every result
+    capsys.readouterr()
+    fc.sweep(stores, out_dir=tmp_path / "out", engine="ray", pairs=30, plot=False)
+    assert "reusing 9 finished result(s)" in capsys.readouterr().err
+
+
+def test_task_that_exits_every_time_fails_the_sweep_clearly(local_ray, stores, tmp_path):
+    (local_ray / "crash_store0_1").write_text("no retry allowed")
+    with pytest.raises(RuntimeError, match=r"1 of 3 sweep task.*a rerun resumes.*store0.*layer 1: The worker died"):
+        fc.sweep(stores[:1], out_dir=tmp_path / "out", engine="ray", pairs=30, retries=0, plot=False,
+                 verbose=False)
