@@ -169,9 +169,12 @@ class _Reporter:
         show = self.tty if progress is None else bool(progress)
         self.bar = None
         if show and verbose:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=reused, unit="task", desc="sweep", file=sys.stderr)
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # without tqdm: the log lines below
+                self.tty = False
+            else:
+                self.bar = tqdm(total=total, initial=reused, unit="task", desc="sweep", file=sys.stderr)
 
     def running(self, n: int) -> None:
         if self.bar is not None:

@@ -166,3 +166,11 @@ def test_cli_sweep(tmp_path, capsys, monkeypatch):
     assert main(["sweep", *paths, "--out-dir", str(tmp_path / "o"), "--engine", "ray"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install" in err
+
+
+def test_progress_bar_over_tasks(tmp_path, capsys):
+    stores = make_stores(tmp_path)
+    fc.sweep(stores, out_dir=tmp_path / "out", pairs=30, plot=False, progress=True, layers=[1])
+    err = capsys.readouterr().err
+    assert "sweep: 100%" in err and "3/3" in err and "failed=0" in err
+    assert "store1 layer 1: score" not in err  # the bar replaces the per-task lines
