@@ -109,6 +109,13 @@ def _array_sha256(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def _labels_digest(labels: np.ndarray) -> str:
+    if labels.dtype.kind == "O":
+        text = json.dumps([_encode_label(v, i) for i, v in enumerate(labels)])
+        return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(labels.dtype.str.encode() + np.ascontiguousarray(labels).tobytes()).hexdigest()
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -206,6 +213,7 @@ class StoreWriter:
         utterance: Any = None,
         overwrite: bool = False,
         resume: bool = False,
+        job: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.overwrite = bool(overwrite)
@@ -225,12 +233,29 @@ class StoreWriter:
             self.utterance = u.astype(np.int64, copy=False)
         suffix = "partial" if resume else f"tmp-{uuid.uuid4().hex[:8]}"
         self.tmp = self.path.parent / f".{self.path.name}.{suffix}"
-        if not resume and self.tmp.exists():  # pragma: no cover - uuid collision
-            shutil.rmtree(self.tmp)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(exist_ok=True)
         self.layers: list[dict[str, Any]] = []
-        self._progress_file = self.tmp / "progress.json"
+        job_file = self.tmp / "job.json"
+        signature = json.loads(json.dumps(
+            {"job": job, "n_points": self.n_points, "labels": _labels_digest(self.labels),
+             "utterance": None if self.utterance is None else _array_sha256(self.utterance)}, default=str))
+        if self.tmp.exists():
+            try:
+                with open(job_file, encoding="utf-8") as fh:
+                    old = json.load(fh)
+            except (OSError, ValueError):
+                old = None
+            if old != signature:
+                raise ValueError(
+                    f"{self.tmp} holds an interrupted write of a different job (model, audio, labels or "
+                    "options differ, see its job.json); remove it to start over"
+                )
+            if (self.tmp / "info.json").is_file():
+                with open(self.tmp / "info.json", encoding="utf-8") as fh:
+                    self.meta = {**json.load(fh), **self.meta}
+        else:
+            self.tmp.mkdir()
+            write_json_atomic(job_file, signature)
 
     # -- whole layers
     def layer(self, layer: Any) -> None:
@@ -271,19 +296,40 @@ class StoreWriter:
             out.append(arr)
         return out
 
-    def done_blocks(self) -> set[int]:
-        """Blocks marked finished by :meth:`mark_done` (kept across a resume)."""
-        if not self._progress_file.is_file():
-            return set()
-        with open(self._progress_file, encoding="utf-8") as fh:
-            return set(json.load(fh)["done"])
+    def done_blocks(self) -> dict[int, Any]:
+        """Blocks marked finished by :meth:`mark_done` (kept across a resume),
+        with the payload each was marked with."""
+        folder = self.tmp / "done"
+        if not folder.is_dir():
+            return {}
+        out = {}
+        for f in folder.glob("block_*.json"):
+            with open(f, encoding="utf-8") as fh:
+                out[int(f.stem.split("_")[1])] = json.load(fh)
+        return out
 
-    def mark_done(self, block: int, arrays: Iterable[np.memmap] = ()) -> None:
-        """Record ``block`` as written (after flushing ``arrays``), atomically."""
+    def mark_done(self, block: int, arrays: Iterable[np.memmap] = (), payload: Any = None) -> None:
+        """Record ``block`` as written (after flushing ``arrays``): one small
+        file per block, written atomically, so concurrent writers of disjoint
+        blocks never race."""
         for arr in arrays:
             arr.flush()
-        done = self.done_blocks() | {int(block)}
-        write_json_atomic(self._progress_file, {"done": sorted(done)})
+        (self.tmp / "done").mkdir(exist_ok=True)
+        write_json_atomic(self.tmp / "done" / f"block_{int(block):06d}.json", payload)
+
+    def set_info(self, **info: Any) -> None:
+        """Store metadata learnt while writing (kept across a resume)."""
+        self.meta.update(info)
+        write_json_atomic(self.tmp / "info.json", self.meta)
+
+    def reopen_layers(self) -> list[Any]:
+        """After a resume that had nothing left to compute: register the layer
+        files already in the partial directory; returns ``meta["hidden_states"]``."""
+        for file in sorted(self.tmp.glob("layer_*.npy")):
+            arr = np.load(file, mmap_mode="r", allow_pickle=False)
+            self.layers.append({"file": file.name, "shape": list(arr.shape), "dtype": arr.dtype.name})
+            del arr
+        return list(self.meta.get("hidden_states", range(len(self.layers))))
 
     # -- the end
     def finish(self) -> "LayerStore":
@@ -322,7 +368,12 @@ class StoreWriter:
             arr = np.load(self.tmp / entry["file"], mmap_mode="r", allow_pickle=False)
             manifest["layers"].append({**entry, "sha256": _array_sha256(arr)})
             del arr
-        self._progress_file.unlink(missing_ok=True)
+        for leftover in ("done", "job.json", "info.json"):
+            target = self.tmp / leftover
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
         write_json_atomic(self.tmp / MANIFEST, manifest)
         _check_target(self.path, self.overwrite)
         if self.path.exists():

@@ -46,8 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--embeddings-dir", default=None, metavar="DIR",
-        help="stream pooled hidden states to DIR/layer_XXX.npy (for data larger than RAM; reusable by 'score')",
+        help="stream pooled hidden states into a layer store at DIR (for data larger than RAM; "
+        "reusable by 'sweep' and 'score'; an interrupted run resumes)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --embeddings-dir store")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of --embeddings-dir")
     add_scoring_arguments(parser)
     cut = parser.add_argument_group("the cut")
@@ -181,6 +183,9 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         feature_extractor=fe,
         out_dir=args.embeddings_dir,
+        labels=None if args.embeddings_dir is None else labels,
+        meta=None if args.embeddings_dir is None else {"model": str(args.model), "audio": str(args.audio)},
+        overwrite=args.overwrite,
         dtype=args.dtype,
         lengths=lengths,
         mix_lengths=args.mix_lengths,
