@@ -194,6 +194,15 @@ def _check_target(path: Path, overwrite: bool) -> None:
         )
 
 
+def mark_block_done(partial_dir: str | os.PathLike[str], block: int, payload: Any = None) -> None:
+    """Record row block ``block`` of a partial store as written (its data
+    flushed first): one small file per block, written atomically, so writers
+    of disjoint blocks (Ray workers) never race."""
+    folder = Path(partial_dir) / "done"
+    folder.mkdir(exist_ok=True)
+    write_json_atomic(folder / f"block_{int(block):06d}.json", payload)
+
+
 class StoreWriter:
     """Write a store row block by row block (memory bounded by one block).
 
@@ -309,13 +318,11 @@ class StoreWriter:
         return out
 
     def mark_done(self, block: int, arrays: Iterable[np.memmap] = (), payload: Any = None) -> None:
-        """Record ``block`` as written (after flushing ``arrays``): one small
-        file per block, written atomically, so concurrent writers of disjoint
-        blocks never race."""
+        """Record ``block`` as written (after flushing ``arrays``); see
+        :func:`mark_block_done`."""
         for arr in arrays:
             arr.flush()
-        (self.tmp / "done").mkdir(exist_ok=True)
-        write_json_atomic(self.tmp / "done" / f"block_{int(block):06d}.json", payload)
+        mark_block_done(self.tmp, block, payload)
 
     def set_info(self, **info: Any) -> None:
         """Store metadata learnt while writing (kept across a resume)."""

@@ -11,6 +11,8 @@ ray = pytest.importorskip("ray")  # in the [test] extra; the rest of fastconvex 
 import fastconvex as fc  # noqa: E402
 from fastconvex._ray import CRASH_ENV  # noqa: E402
 
+import numpy as np  # noqa: E402
+from test_cli_score_prune import speech  # noqa: E402,F401  (tiny model and labelled audio)
 from test_sweep import ESTIMATORS, assert_same, make_stores  # noqa: E402
 
 
@@ -57,3 +59,18 @@ def test_task_that_exits_every_time_fails_the_sweep_clearly(local_ray, stores, t
     with pytest.raises(RuntimeError, match=r"1 of 3 sweep task.*a rerun resumes.*store0.*layer 1: The worker died"):
         fc.sweep(stores[:1], out_dir=tmp_path / "out", engine="ray", pairs=30, retries=0, plot=False,
                  verbose=False)
+
+
+@pytest.mark.hf
+def test_embed_on_ray_equals_one_process(local_ray, speech, tmp_path, capsys):  # noqa: F811
+    from fastconvex.cli import main
+
+    root, _, _ = speech
+    common = [str(root / "model"), "--audio", str(root / "audio"), "--batch-size", "4", "--quiet"]
+    assert main(["embed", *common, "--out-dir", str(tmp_path / "one")]) == 0
+    assert main(["embed", *common, "--out-dir", str(tmp_path / "ray"), "--engine", "ray", "--chunk-size", "7"]) == 0
+    one, distributed = fc.open_store(tmp_path / "one"), fc.open_store(tmp_path / "ray")
+    assert distributed.labels.tolist() == one.labels.tolist() and len(distributed) == len(one) == 4
+    for a, b in zip(distributed.layers, one.layers):  # same rows, same order
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "ray"]  # no partial directory left
