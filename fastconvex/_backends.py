@@ -29,7 +29,13 @@ class Engine(Protocol):
 
 
 class NumbaEngine:
-    """CPU: BLAS-blocked exact kNN, CSR union graph, parallel Dijkstra."""
+    """CPU: BLAS-blocked exact kNN, CSR union graph, parallel Dijkstra.
+
+    The kNN of the distinct rows (:meth:`distinct_knn`) and the per-source path
+    sums (:meth:`source_parts`) are the two steps the Ray engine
+    (:class:`fastconvex._ray.ShardedEngine`) splits over workers; both split
+    exactly (query rows, sources), so its results equal this engine's.
+    """
 
     name = "numba"
 
@@ -37,31 +43,61 @@ class NumbaEngine:
     def _host(x: Any) -> np.ndarray:
         return as_kernel_float(to_numpy(x) if is_torch_tensor(x) else np.asarray(x))
 
-    def knn(self, x: Any, k: int) -> KNNGraph:
-        from ._duplicates import knn_over_distinct_rows
+    def distinct_knn(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact kNN of every row of ``rows`` (no duplicate rows)."""
         from .kernels.numba.knn import knn
 
-        def distinct_knn(rows, kd):
-            indices, distances, _ = knn(rows, kd)
-            return indices, distances
+        indices, distances, _ = knn(rows, k)
+        return indices, distances
 
-        indices, distances, _ = knn_over_distinct_rows(self._host(x), k, distinct_knn)
+    def knn(self, x: Any, k: int) -> KNNGraph:
+        from ._duplicates import knn_over_distinct_rows
+
+        indices, distances, _ = knn_over_distinct_rows(self._host(x), k, self.distinct_knn)
         return KNNGraph(indices, distances, self.name)
+
+    def source_parts(self, csr: tuple[np.ndarray, np.ndarray, np.ndarray], codes: np.ndarray,
+                     plan: PairPlan) -> list[tuple[np.ndarray, ...]]:
+        """Path sums of every source, as one part (see :func:`source_sums`)."""
+        return [source_sums(csr, codes, plan, 0, plan.n_sources)]
 
     def source_stats(self, x: Any, codes: np.ndarray, plan: PairPlan, k: int) -> SourceStats:
         from .kernels.numba.graph import union_csr
-        from .kernels.numba.paths import class_sums, pair_scores
 
         graph = self.knn(x, k)
-        indptr, nbr, w = union_csr(graph.indices, graph.distances)
-        if plan.class_mode:
-            return stats_from_class_sums(
-                plan, *class_sums(indptr, nbr, w, codes, plan.sources, plan.class_sizes)
-            )
-        scores, reachable = pair_scores(
-            indptr, nbr, w, codes, plan.sources, plan.target_ptr, plan.targets
-        )
-        return stats_from_pair_scores(plan, scores, reachable)
+        csr = union_csr(graph.indices, graph.distances)
+        return stats_from_parts(plan, self.source_parts(csr, codes, plan))
+
+
+def source_sums(csr: tuple[np.ndarray, np.ndarray, np.ndarray], codes: np.ndarray, plan: PairPlan,
+                s0: int, s1: int) -> tuple[np.ndarray, ...]:
+    """Shortest-path sums of sources ``plan.sources[s0:s1]`` on the union graph
+    ``csr`` (indptr, neighbours, weights). Each source is independent, so parts
+    over consecutive source ranges concatenate to the whole.
+
+    Returns
+    -------
+    class mode: (sums, sumsq, n_unreachable), each (s1 - s0,)
+    explicit targets: (scores, reachable), each of the ranges' pairs
+    """
+    from .kernels.numba.paths import class_sums, pair_scores
+
+    indptr, nbr, w = csr
+    sources = plan.sources[s0:s1]
+    if plan.class_mode:
+        return tuple(np.asarray(a) for a in class_sums(indptr, nbr, w, codes, sources, plan.class_sizes))
+    t0, t1 = int(plan.target_ptr[s0]), int(plan.target_ptr[s1])
+    ptr = plan.target_ptr[s0 : s1 + 1] - t0
+    scores, reachable = pair_scores(indptr, nbr, w, codes, sources, ptr, plan.targets[t0:t1])
+    return np.asarray(scores), np.asarray(reachable)
+
+
+def stats_from_parts(plan: PairPlan, parts: list[tuple[np.ndarray, ...]]) -> SourceStats:
+    """Concatenate :func:`source_sums` parts (in source order) into SourceStats."""
+    joined = [np.concatenate(column) for column in zip(*parts)]
+    if plan.class_mode:
+        return stats_from_class_sums(plan, *joined)
+    return stats_from_pair_scores(plan, *joined)
 
 
 def _wants_cuda(x: Any, device: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from typing import Any, Hashable, Sequence
@@ -106,13 +107,62 @@ def plan_scoring(
     return ScoringPlan(codes, classes, plan, k, seed)
 
 
-def score_layer(x: Any, plan: ScoringPlan, *, backend: str = "auto", device: Any = None) -> Convexity:
+ENGINES = ("local", "ray")
+
+
+def check_engine(engine: Any, shards: Any) -> int | None:
+    """Validate ``engine`` ("local" | "ray") and ``shards`` (Ray only)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if shards is None:
+        return None
+    if engine != "ray":
+        raise ValueError("shards=S splits one layer over Ray workers: it needs engine='ray'")
+    return check_int("shards", shards, minimum=1)
+
+
+def _session(engine: str, address: Any) -> Any:
+    if engine == "ray":
+        from ._ray import ray_session
+
+        return ray_session(address)
+    if address is not None:
+        raise ValueError("address is a Ray cluster address: it needs engine='ray'")
+    return contextlib.nullcontext()
+
+
+def score_layer(
+    x: Any,
+    plan: ScoringPlan,
+    *,
+    backend: str = "auto",
+    device: Any = None,
+    engine: str = "local",
+    shards: int | None = None,
+    address: str | None = None,
+) -> Convexity:
     """Graph convexity of one validated (N, D) layer on ``plan``'s pairs: the one
-    per-layer computation behind ``graph_convexity``, ``layer_scores`` and ``sweep``."""
+    per-layer computation behind ``graph_convexity``, ``layer_scores`` and ``sweep``.
+
+    ``engine="ray"`` splits the exact kNN (query blocks) and the shortest paths
+    (sources) of the Numba backend over ``shards`` Ray tasks (default: one per
+    CPU of the cluster); the result equals the one-process result bit for bit.
+    """
     check_labels_length(plan.codes, int(x.shape[0]))
+    shards = check_engine(engine, shards)
     name = resolve_backend(backend, x, device)
-    engine = get_engine(name, device)
-    stats = engine.source_stats(rescaled_for_range(x)[0], plan.codes, plan.pairs, plan.k)
+    with _session(engine, address) as ray:
+        if engine == "ray":
+            if name != "numba":
+                raise ValueError(f"engine='ray' shards the Numba kernels: backend={backend!r} resolved to "
+                                 f"{name!r}; use backend='numba' (or 'auto' on CPU data)")
+            from ._ray import ShardedEngine
+
+            n_shards = shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            kernels: Any = ShardedEngine(ray, n_shards)
+        else:
+            kernels = get_engine(name, device)
+        stats = kernels.source_stats(rescaled_for_range(x)[0], plan.codes, plan.pairs, plan.k)
     return aggregate(plan.pairs, stats, plan.classes, k=plan.k, n_points=plan.n_points,
                      backend=name, seed=plan.seed)
 
@@ -129,6 +179,9 @@ def graph_convexity(
     min_class_size: int = 2,
     backend: str = "auto",
     device: Any = None,
+    engine: str = "local",
+    shards: int | None = None,
+    address: str | None = None,
 ) -> Convexity:
     """Graph convexity of one embedding (SPEC §1).
 
@@ -154,6 +207,14 @@ def graph_convexity(
         Classes with fewer members are skipped (reported with 0 pairs).
     backend, device
         See :func:`knn_graph`.
+    engine : "local" | "ray"
+        "ray" splits the exact kNN into query blocks and the shortest paths by
+        source over ``shards`` Ray tasks (Numba kernels; extra ``[ray]``): the
+        result is identical to one process.
+    shards : int, optional
+        Ray tasks per step (default: the cluster's CPU count); ``engine="ray"`` only.
+    address : Ray address (default: the running Ray, ``RAY_ADDRESS``, or a new
+        local one); ``engine="ray"`` only.
 
     Returns
     -------
@@ -168,7 +229,7 @@ def graph_convexity(
     check_labels_length(label_array, n)
     plan = plan_scoring(label_array, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
                         min_class_size=min_class_size)
-    return score_layer(x, plan, backend=backend, device=device)
+    return score_layer(x, plan, backend=backend, device=device, engine=engine, shards=shards, address=address)
 
 
 def layer_scores(
@@ -186,6 +247,9 @@ def layer_scores(
     attention_mask: Any = None,
     lengths: Any = None,
     progress: bool | None = None,
+    engine: str = "local",
+    shards: int | None = None,
+    address: str | None = None,
 ) -> LayerScores:
     """Graph convexity of every layer, all scored on the same pairs.
 
@@ -206,6 +270,8 @@ def layer_scores(
     labels : see above; any hashable values.
     attention_mask, lengths : which frames of (B, T, D) inputs are real.
     progress : None (a bar on stderr only when it is a terminal), True, False.
+    engine, shards, address
+        As in :func:`graph_convexity` (one Ray connection for all layers).
     k, pairs, sources, exact, seed, min_class_size, backend, device
         As in :func:`graph_convexity`; the pairs are drawn once and reused for
         every layer.
@@ -225,9 +291,10 @@ def layer_scores(
     name = resolve_backend(backend, layers[0], device)
     results: list[Convexity] = []
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    with Progress(len(layers), "layers", enabled=show) as bar:
+    shards = check_engine(engine, shards)
+    with _session(engine, address), Progress(len(layers), "layers", enabled=show) as bar:
         for layer in layers:
-            results.append(score_layer(layer, plan, backend=name, device=device))
+            results.append(score_layer(layer, plan, backend=name, device=device, engine=engine, shards=shards))
             bar.update()
     return stack_layers(results, plan.classes)
 

@@ -90,18 +90,13 @@ def probe_layers(model: Any, fe: Any, wave: np.ndarray, *, sampling_rate: int, l
 def embed_on_ray(job: EmbedJob, writer: Any, lengths: np.ndarray, *, chunk_size: int, address: str | None,
                  retries: int, verbose: bool) -> tuple[int, int]:
     """Run the chunks not yet done as Ray tasks; returns (chunks run, chunks reused)."""
-    from ._ray import require_ray, task_resources
+    from ._ray import ray_session, task_resources
 
-    ray = require_ray()
     n = int(lengths.shape[0])
     chunks = [np.arange(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     done = writer.done_blocks()
     todo = [c for c in range(len(chunks)) if c not in done]
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, include_dashboard=False)
-        started = True
-    try:
+    with ray_session(address) as ray:
         remote = ray.remote(embed_chunk).options(max_retries=retries, **task_resources(ray))
         job_ref = ray.put(job)
         pending = {remote.remote(job_ref, c, chunks[c].tolist(), lengths[chunks[c]].tolist()): c for c in todo}
@@ -114,7 +109,4 @@ def embed_on_ray(job: EmbedJob, writer: Any, lengths: np.ndarray, *, chunk_size:
                 finished += 1
                 if verbose:
                     print(f"embed: chunk {c} done ({finished}/{len(chunks)})", file=sys.stderr, flush=True)
-    finally:
-        if started:
-            ray.shutdown()
     return len(todo), len(done)

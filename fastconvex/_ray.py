@@ -4,8 +4,13 @@ wrapped by ``ray.remote``; Ray does the scheduling, retries and placement."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+
+from ._backends import NumbaEngine, source_sums
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._core import ScoringPlan
@@ -29,7 +34,65 @@ def require_ray() -> Any:
     return ray
 
 
-def ray_layer_task(task: "LayerTask", plan: "ScoringPlan", backend: str, device: Any) -> "Convexity":
+@contextlib.contextmanager
+def ray_session(address: str | None = None) -> Iterator[Any]:
+    """The running Ray (inside a Ray task, or one the caller started), else a
+    connection to ``address`` (None: ``RAY_ADDRESS`` or a new local Ray) that
+    is shut down again on exit."""
+    ray = require_ray()
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def knn_block(x: np.ndarray, k: int, q0: int, q1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact kNN of query rows q0..q1-1 of ``x`` against all of ``x`` (a shard's task)."""
+    from .kernels.numba.knn import knn
+
+    indices, distances, _ = knn(x, k, rows=(q0, q1))
+    return indices, distances
+
+
+def _blocks(n: int, shards: int) -> list[tuple[int, int]]:
+    bounds = np.linspace(0, n, min(shards, n) + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+class ShardedEngine(NumbaEngine):
+    """The Numba engine with its two heavy steps split over Ray tasks: the
+    exact kNN by query rows (each block against the whole database, which is
+    put into the object store once) and the shortest paths by sources (the
+    union graph put into the object store once). Both splits are exact, so the
+    result is the one-process result, bit for bit."""
+
+    def __init__(self, ray: Any, shards: int) -> None:
+        self.ray = ray
+        self.shards = shards
+        self.opts = task_resources(ray, gpu=False)
+
+    def distinct_knn(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ray = self.ray
+        ref = ray.put(np.ascontiguousarray(rows))
+        task = ray.remote(knn_block).options(**self.opts)
+        parts = ray.get([task.remote(ref, k, a, b) for a, b in _blocks(int(rows.shape[0]), self.shards)])
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def source_parts(self, csr, codes, plan):  # type: ignore[no-untyped-def]
+        ray = self.ray
+        csr_ref, codes_ref, plan_ref = ray.put(csr), ray.put(codes), ray.put(plan)
+        task = ray.remote(source_sums).options(**self.opts)
+        return ray.get([task.remote(csr_ref, codes_ref, plan_ref, a, b)
+                        for a, b in _blocks(plan.n_sources, self.shards)])
+
+
+def ray_layer_task(task: "LayerTask", plan: "ScoringPlan", backend: str, device: Any,
+                   shards: int | None = None) -> "Convexity":
     """The remote task: :func:`run_layer_task` (plus the test suite's fault hook)."""
     from ._sweep import run_layer_task
 
@@ -39,12 +102,12 @@ def ray_layer_task(task: "LayerTask", plan: "ScoringPlan", backend: str, device:
         if os.path.exists(marker):
             os.remove(marker)
             os._exit(1)
-    return run_layer_task(task, plan, backend, device)
+    return run_layer_task(task, plan, backend, device, shards)
 
 
-def task_resources(ray: Any) -> dict[str, Any]:
-    """One GPU per task when the cluster has GPUs, else one CPU."""
-    if ray.cluster_resources().get("GPU", 0) >= 1:
+def task_resources(ray: Any, gpu: bool = True) -> dict[str, Any]:
+    """One GPU per task when the cluster has GPUs (and ``gpu``), else one CPU."""
+    if gpu and ray.cluster_resources().get("GPU", 0) >= 1:
         return {"num_gpus": 1}
     return {"num_cpus": 1}
 
@@ -55,6 +118,7 @@ def run_on_ray(
     *,
     backend: str,
     device: Any,
+    shards: int | None,
     address: str | None,
     retries: int,
     report: Any,
@@ -63,18 +127,13 @@ def run_on_ray(
     """Run ``tasks`` as Ray tasks; returns the (task, error) of those that failed
     after ``retries`` reruns. Connects to ``address`` (or the running Ray, or
     starts a local one, which it shuts down again)."""
-    ray = require_ray()
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, include_dashboard=False)
-        started = True
     failures: list[tuple[LayerTask, BaseException]] = []
-    try:
-        if not tasks:
-            return failures
+    if not tasks:
+        return failures
+    with ray_session(address) as ray:
         remote = ray.remote(ray_layer_task).options(max_retries=retries, **task_resources(ray))
         plan_refs = {name: ray.put(plan) for name, plan in plans.items()}  # once per store
-        pending = {remote.remote(t, plan_refs[t.store_name], backend, device): t for t in tasks}
+        pending = {remote.remote(t, plan_refs[t.store_name], backend, device, shards): t for t in tasks}
         while pending:
             report.running(len(pending))
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -89,7 +148,4 @@ def run_on_ray(
                     continue
                 on_done(task, result)
                 report.finished(task, result)
-    finally:
-        if started:
-            ray.shutdown()
     return failures

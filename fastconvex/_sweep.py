@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Sequence
 
-from ._core import ScoringPlan, plan_scoring, score_layer, stack_layers
+from ._core import ScoringPlan, check_engine, plan_scoring, score_layer, stack_layers
 from ._inputs import check_embeddings
 from ._pairs import resolve_estimator
 from ._results import Convexity, LayerScores, label_keys
 from .store import LayerStore, open_store, write_json_atomic
 
-ENGINES = ("local", "ray")
 RESULT_FORMAT = "fastconvex-sweep-task"
 
 __all__ = ["LayerTask", "run_layer_task", "sweep"]
@@ -56,11 +55,13 @@ class LayerTask:
     record: dict[str, Any]
 
 
-def run_layer_task(task: LayerTask, plan: ScoringPlan, backend: str = "auto", device: Any = None) -> Convexity:
+def run_layer_task(task: LayerTask, plan: ScoringPlan, backend: str = "auto", device: Any = None,
+                   shards: int | None = None) -> Convexity:
     """Score one layer of one store and write the result (the body of every
     sweep task, local or remote): open the store, read the layer (a memmap),
-    check it as ``layer_scores`` does, score it with :func:`score_layer`, write
-    ``{record, result}`` to ``task.result_path`` via a temporary file."""
+    check it as ``layer_scores`` does, score it with :func:`score_layer` (split
+    over ``shards`` Ray tasks when given), write ``{record, result}`` to
+    ``task.result_path`` via a temporary file."""
     store = open_store(task.store_path)
     if store.fingerprint != task.fingerprint:
         raise ValueError(
@@ -69,7 +70,8 @@ def run_layer_task(task: LayerTask, plan: ScoringPlan, backend: str = "auto", de
         )
     x = check_embeddings(store.layer(task.layer), name=f"store {task.store_name!r} layer {task.layer}",
                          convert=False)
-    result = score_layer(x, plan, backend=backend, device=device)
+    result = score_layer(x, plan, backend=backend, device=device, engine="local" if shards is None else "ray",
+                         shards=shards)
     write_json_atomic(task.result_path, {**task.record, "format": RESULT_FORMAT, "result": result.to_dict()})
     return result
 
@@ -227,6 +229,7 @@ def sweep(
     min_class_size: int = 2,
     backend: str = "auto",
     device: Any = None,
+    shards: int | None = None,
     retries: int = 3,
     progress: bool | None = None,
     verbose: bool = True,
@@ -250,6 +253,8 @@ def sweep(
     layers : layer indices to score in every store (default: all).
     k, pairs, sources, exact, seed, min_class_size, backend, device
         As in :func:`fastconvex.layer_scores`.
+    shards : split each layer's kNN and shortest paths over this many Ray tasks
+        (for layers too big for one worker; ``engine="ray"`` only; same numbers).
     retries : times Ray reruns a task whose worker or node died.
     progress : tqdm bar over tasks (None: when stderr is a terminal); when stderr
         is not a terminal, a log line per finished task instead.
@@ -262,8 +267,7 @@ def sweep(
         Row i of each is the i-th scored layer (``layers`` order); equal bit for
         bit to ``layer_scores([store.layer(i) for i in layers], store.labels, ...)``.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    shards = check_engine(engine, shards)
     if address is not None and engine != "ray":
         raise ValueError("address is a Ray cluster address: it needs engine='ray'")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -315,11 +319,11 @@ def sweep(
     start = time.perf_counter()
     try:
         if engine == "local":
-            failures = _run_local(pending, plans, backend, device, report, on_done)
+            failures = _run_local(pending, plans, backend, device, report, on_done)  # shards is None here
         else:
             from ._ray import run_on_ray
 
-            failures = run_on_ray(pending, plans, backend=backend, device=device, address=address,
+            failures = run_on_ray(pending, plans, backend=backend, device=device, shards=shards, address=address,
                                   retries=retries, report=report, on_done=on_done)
     finally:
         report.close()

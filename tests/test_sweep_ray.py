@@ -74,3 +74,30 @@ def test_embed_on_ray_equals_one_process(local_ray, speech, tmp_path, capsys):  
     for a, b in zip(distributed.layers, one.layers):  # same rows, same order
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "ray"]  # no partial directory left
+
+
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+def test_sharded_equals_one_process(local_ray, estimator):
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 4, (157, 3)).astype(np.float32)  # ties and duplicate rows
+    x[:40] = rng.standard_normal((40, 3))
+    labels = np.array(["s", "t", "u", "v"])[rng.integers(0, 4, 157)]
+    kw = dict(k=5, seed=2, **ESTIMATORS[estimator])
+    one = fc.graph_convexity(x, labels, **kw)
+    assert fc.graph_convexity(x, labels, engine="ray", shards=3, **kw).to_dict() == one.to_dict()
+    if estimator == "pairs":  # more shards than CPUs, and the layer_scores path
+        assert fc.graph_convexity(x, labels, engine="ray", shards=7, **kw).to_dict() == one.to_dict()
+        layers = [x, rng.standard_normal((157, 4))]
+        assert_same(fc.layer_scores(layers, labels, engine="ray", shards=2, **kw),
+                    fc.layer_scores(layers, labels, **kw))
+
+
+def test_sharded_sweep(local_ray, stores, tmp_path):
+    result = fc.sweep(stores[:2], out_dir=tmp_path / "out", engine="ray", shards=2, pairs=30, verbose=False,
+                      plot=False)
+    for s in stores[:2]:
+        assert_same(result[s.name], fc.layer_scores(s.layers, s.labels, pairs=30))
+    with pytest.raises(ValueError, match="needs engine='ray'"):
+        fc.sweep(stores, out_dir=tmp_path / "o", shards=2)
+    with pytest.raises(ValueError, match="shards the Numba kernels"):
+        fc.graph_convexity(stores[0].layers[0], stores[0].labels, engine="ray", shards=2, backend="naive")

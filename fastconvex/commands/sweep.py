@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster address (default: RAY_ADDRESS or a new local Ray); with --engine ray")
     parser.add_argument("--layers", type=_layer_list, default=None, metavar="I,J,...",
                         help="only these layer indices of every store")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="split each layer's kNN and shortest paths over this many Ray tasks (with --engine ray)")
     parser.add_argument("--retries", type=int, default=3, help="reruns of a task whose worker died (default 3)")
     parser.add_argument("--no-plot", action="store_true", help="do not write sweep.png")
     parser.add_argument("--json", action="store_true", help="print the merged JSON on stdout instead of a table")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--out: directory {str(Path(args.out).parent)!r} does not exist")
     try:
         result = sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
-                       layers=args.layers, retries=args.retries, plot=not args.no_plot,
+                       layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
                        verbose=not args.quiet, **kwargs)
     except ImportError as exc:
         print(f"fastconvex sweep: error: {exc}", file=sys.stderr)

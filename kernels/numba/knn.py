@@ -43,21 +43,22 @@ def _sift_down(heap_d, heap_i, pos, size):
 
 
 @njit(parallel=True, cache=True)
-def _update_topk_from_gram(gram, sq_rows, sq_cols, row0, col0, heap_d, heap_i):
+def _update_topk_from_gram(gram, sq_rows, sq_cols, row0, col0, heap0, heap_d, heap_i):
     """Fold one tile of dot products into the per-row top-k' heaps.
 
     gram    : (br, bc) float32, ``x[row0:row0+br] @ x[col0:col0+bc].T``
     sq_rows : (br,) float64 squared norms of the tile's rows
     sq_cols : (bc,) float64 squared norms of the tile's columns
-    heap_d  : (N, kc) float64 approximate squared distances, max-heap per row
-    heap_i  : (N, kc) int64 neighbour indices (-1 = empty slot, distance +inf)
+    heap0   : row of x held in heap row 0 (0 unless only a block of query rows is computed)
+    heap_d  : (M, kc) float64 approximate squared distances, max-heap per row
+    heap_i  : (M, kc) int64 neighbour indices (-1 = empty slot, distance +inf)
     """
     br, bc = gram.shape
     kc = heap_d.shape[1]
     for r in prange(br):
         i = row0 + r
-        hd = heap_d[i]
-        hi = heap_i[i]
+        hd = heap_d[i - heap0]
+        hi = heap_i[i - heap0]
         worst = hd[0]
         sr = sq_rows[r]
         for c in range(bc):
@@ -102,7 +103,7 @@ def _sort_by_dist_then_index(d, idx, n):
 
 
 @njit(parallel=True, cache=True)
-def _rerank_exact(x, scale, heap_d, heap_i, bound, k, out_i, out_d, certified):
+def _rerank_exact(x, scale, heap_d, heap_i, bound, k, row0, out_i, out_d, certified):
     """Exact float64 distances for the candidates, sorted by (distance, index).
 
     The order is that of the distances as returned (square roots, correctly
@@ -111,33 +112,35 @@ def _rerank_exact(x, scale, heap_d, heap_i, bound, k, out_i, out_d, certified):
     certified when the k-th distance lies strictly below the square root of
     the smallest squared distance a non-candidate can have (its approximate
     squared distance, at least the heap root, minus the rounding bound; all in
-    the units scaled by ``scale``).
+    the units scaled by ``scale``). Heap and output row r hold row ``row0 + r`` of x.
     """
-    n, kc = heap_i.shape
-    all_candidates = kc >= n - 1
-    for i in prange(n):
+    m, kc = heap_i.shape
+    all_candidates = kc >= x.shape[0] - 1
+    for r in prange(m):
+        i = row0 + r
         cd = np.empty(kc, np.float64)
         ci = np.empty(kc, np.int64)
         for t in range(kc):
-            j = heap_i[i, t]
+            j = heap_i[r, t]
             ci[t] = j
             cd[t] = _dist_f64(x, i, j, scale) if j >= 0 else np.inf
         _sort_by_dist_then_index(cd, ci, kc)
         for t in range(k):
-            out_i[i, t] = ci[t]
-            out_d[i, t] = cd[t] / scale
+            out_i[r, t] = ci[t]
+            out_d[r, t] = cd[t] / scale
         if all_candidates:
-            certified[i] = True
+            certified[r] = True
         else:
             # heap root = largest approximate distance kept; every non-candidate's
             # approximate distance is >= it.
-            lower = heap_d[i, 0] - bound[i]
-            certified[i] = lower > 0.0 and cd[k - 1] < math.sqrt(lower)
+            lower = heap_d[r, 0] - bound[r]
+            certified[r] = lower > 0.0 and cd[k - 1] < math.sqrt(lower)
 
 
 @njit(parallel=True, cache=True)
-def _exact_rows(x, scale, rows, k, out_i, out_d):
-    """Brute-force float64 kNN for the given rows (the certificate's fallback)."""
+def _exact_rows(x, scale, rows, k, row0, out_i, out_d):
+    """Brute-force float64 kNN for the given rows of x (the certificate's
+    fallback); output row i - row0 holds row i."""
     n = x.shape[0]
     for r in prange(rows.shape[0]):
         i = rows[r]
@@ -153,8 +156,8 @@ def _exact_rows(x, scale, rows, k, out_i, out_d):
                 _sift_down(hd, hi, 0, k)
         _sort_by_dist_then_index(hd, hi, k)
         for t in range(k):
-            out_i[i, t] = hi[t]
-            out_d[i, t] = hd[t] / scale
+            out_i[i - row0, t] = hi[t]
+            out_d[i - row0, t] = hd[t] / scale
 
 
 def candidate_count(k: int, n: int) -> int:
@@ -168,6 +171,7 @@ def knn(
     *,
     block_rows: int = 1024,
     block_cols: int = 16384,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Exact k nearest other points of every row of ``x`` (Euclidean).
 
@@ -176,12 +180,16 @@ def knn(
     x : (N, D) float32 or float64 array
     k : int, 1 <= k <= N - 1
     block_rows, block_cols : tile shape of the float32 matrix products.
+    rows : (q0, q1), optional
+        Only the neighbours of query rows q0..q1-1 (against every row of ``x``):
+        exactly rows q0..q1-1 of the full result, so query blocks can be
+        computed apart (by different workers) and stacked.
 
     Returns
     -------
-    indices : (N, k) int64, ascending by distance, ties by the smaller index
-        (ties of the distances as returned)
-    distances : (N, k) float64 Euclidean distances, computed exactly in float64
+    indices : (M, k) int64 (M = N, or q1 - q0), ascending by distance, ties by
+        the smaller index (ties of the distances as returned)
+    distances : (M, k) float64 Euclidean distances, computed exactly in float64
     n_fallback : int, rows recomputed by brute force because the float32
         candidate pass could not certify them (near-ties, duplicates).
     """
@@ -218,23 +226,27 @@ def knn(
         2.0 * gamma * norms * max_norm + 4.0 * u * (norms + max_norm) ** 2
     ) + 4.0 * dim * 2.0**-149 + 1e-300
 
-    heap_d = np.full((n, kc), np.inf)
-    heap_i = np.full((n, kc), -1, np.int64)
-    for r0 in range(0, n, block_rows):
-        r1 = min(n, r0 + block_rows)
+    q0, q1 = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= q0 < q1 <= n:
+        raise ValueError(f"rows must be (q0, q1) with 0 <= q0 < q1 <= N={n}, got {rows!r}")
+    m = q1 - q0
+    heap_d = np.full((m, kc), np.inf)
+    heap_i = np.full((m, kc), -1, np.int64)
+    for r0 in range(q0, q1, block_rows):
+        r1 = min(q1, r0 + block_rows)
         xr = xf[r0:r1]
         for c0 in range(0, n, block_cols):
             c1 = min(n, c0 + block_cols)
             gram = xr @ xf[c0:c1].T
-            _update_topk_from_gram(gram, sq[r0:r1], sq[c0:c1], r0, c0, heap_d, heap_i)
+            _update_topk_from_gram(gram, sq[r0:r1], sq[c0:c1], r0, c0, q0, heap_d, heap_i)
 
-    out_i = np.empty((n, k), np.int64)
-    out_d = np.empty((n, k), np.float64)
-    certified = np.empty(n, np.bool_)
+    out_i = np.empty((m, k), np.int64)
+    out_d = np.empty((m, k), np.float64)
+    certified = np.empty(m, np.bool_)
     # exact distances read x in its own dtype and accumulate in float64
     # (no float64 copy of the data)
-    _rerank_exact(x, scale, heap_d, heap_i, bound, k, out_i, out_d, certified)
-    rows = np.flatnonzero(~certified)
-    if rows.size:
-        _exact_rows(x, scale, rows.astype(np.int64), k, out_i, out_d)
-    return out_i, out_d, int(rows.size)
+    _rerank_exact(x, scale, heap_d, heap_i, bound[q0:q1], k, q0, out_i, out_d, certified)
+    fallback = np.flatnonzero(~certified) + q0
+    if fallback.size:
+        _exact_rows(x, scale, fallback.astype(np.int64), k, q0, out_i, out_d)
+    return out_i, out_d, int(fallback.size)
