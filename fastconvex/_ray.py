@@ -93,8 +93,15 @@ class ShardedEngine(NumbaEngine):
 
 def ray_layer_task(task: "LayerTask", plan: "ScoringPlan", backend: str, device: Any,
                    shards: int | None = None) -> "Convexity":
-    """The remote task: :func:`run_layer_task` (plus the test suite's fault hook)."""
+    """The remote task: :func:`run_layer_task` (plus the test suite's fault hook).
+    A task given a GPU (``num_gpus=1``) scores on it: ``device="cuda"`` (the
+    GPU Ray assigned) unless a device was named."""
+    import ray
+
     from ._sweep import run_layer_task
+
+    if device is None and backend in ("auto", "triton") and ray.get_gpu_ids():
+        device = "cuda"
 
     crash_dir = os.environ.get(CRASH_ENV)
     if crash_dir:

@@ -137,15 +137,18 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def _versions() -> dict[str, str]:
+    """Versions of the libraries that made the store (read from the installed
+    metadata: nothing heavy is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     from . import __version__
 
     out = {"fastconvex": __version__, "numpy": np.__version__}
-    for name in ("torch", "transformers"):
+    for name in ("torch", "transformers", "numba"):
         try:
-            module = __import__(name)
-        except ImportError:
+            out[name] = version(name)
+        except PackageNotFoundError:
             continue
-        out[name] = str(getattr(module, "__version__", "unknown"))
     return out
 
 
