@@ -4,6 +4,7 @@ the driver's peak memory as the number of layers grows.
     python bench/bench_sweep.py                      # CPU: 16-layer store, N=3e4, D=256
     python bench/bench_sweep.py --n 3000 --layers 4  # quick
     python bench/bench_sweep.py --gpu                # CUDA machine: num_gpus=1 tasks vs layer_scores
+    python bench/bench_sweep.py --shard-bench --n 20000  # one layer: one process vs Ray shards
 
 CPU mode, in one run: writes a 16-layer and a 2-layer store of the same data,
 then, each in a fresh process (so peak memory is that run's alone):
@@ -146,6 +147,28 @@ def gpu_bench(args: argparse.Namespace, root: Path) -> dict:
     }
 
 
+def shard_bench(args: argparse.Namespace) -> dict:
+    """One layer: one process against engine="ray" with ``--workers`` shards."""
+    import ray
+
+    import fastconvex as fc
+
+    x = next(make_layers(args.n, args.d, 1, 10, 1))
+    labels = _labels(args.n)
+    fc.graph_convexity(x[:2000], labels[:2000])  # compile
+    t0 = time.perf_counter()
+    one = fc.graph_convexity(x, labels)
+    one_s = time.perf_counter() - t0
+    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    fc.graph_convexity(x[:2000], labels[:2000], engine="ray", shards=args.workers)  # workers compile
+    t0 = time.perf_counter()
+    sharded = fc.graph_convexity(x, labels, engine="ray", shards=args.workers)
+    sharded_s = time.perf_counter() - t0
+    ray.shutdown()
+    return {"one_process_s": one_s, "sharded_s": sharded_s, "shards": args.workers,
+            "ratio_sharded_over_one": sharded_s / one_s, "identical": sharded.to_dict() == one.to_dict()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=30000)
@@ -153,6 +176,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--shard-bench", action="store_true", help="one layer, one process vs engine='ray' shards")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
@@ -171,7 +195,10 @@ def main() -> None:
                         "fastconvex": fc.__version__},
             "n": args.n, "d": args.d, "layers": args.layers, "workers": args.workers, "estimator": "pairs=5000, k=10",
         }
-        report.update(gpu_bench(args, Path(tmp)) if args.gpu else cpu_bench(args, Path(tmp)))
+        if args.shard_bench:
+            report.update(shard_bench(args))
+        else:
+            report.update(gpu_bench(args, Path(tmp)) if args.gpu else cpu_bench(args, Path(tmp)))
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -301,7 +301,8 @@ def sweep(
             record = {"settings": settings, "store": s.name, "fingerprint": s.fingerprint, "layer": i}
             key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
             path = folder / f"layer_{i:03d}.{key}.json"
-            task = LayerTask(str(s.path), s.name, s.fingerprint, i, str(path), record)
+            # absolute paths: workers elsewhere (another cwd, another node) open them
+            task = LayerTask(str(s.path.resolve()), s.name, s.fingerprint, i, str(path.resolve()), record)
             old = _reusable(path, record, plans[s.name].classes)
             if old is not None:
                 results[(s.name, i)] = old

@@ -59,3 +59,8 @@ def test_embed_bad_inputs(speech, capsys, tmp_path):  # noqa: F811
                          "--address", "auto")
     assert code == 2 and "--address needs --engine ray" in err
     assert not (tmp_path / "s").exists()
+    (tmp_path / "emb").mkdir()
+    code = main(["prune", str(root / "model"), "--audio", str(root / "audio"), "--out", str(tmp_path / "m"),
+                 "--embeddings-dir", str(tmp_path / "emb")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--embeddings-dir" in err and "--overwrite" in err and not (tmp_path / "m").exists()

@@ -254,6 +254,10 @@ def test_out_dir_resumes_an_interrupted_run(waves, tmp_path):
         (tmp_path / "emb").mkdir()
         fc.open_store(tmp_path / "emb")
     (tmp_path / "emb").rmdir()
+    flaky.fail_at = int(np.argmin(lengths))
+    with pytest.raises(OSError, match="disk went away"):  # not resumable: nothing left behind
+        hf.pooled_hidden_states(model, flaky, out_dir=tmp_path / "other", resume=False, **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".emb.partial"]
     first = len(flaky.loads)
     res = hf.pooled_hidden_states(model, flaky, out_dir=tmp_path / "emb", **kw)
     assert len(flaky.loads) - first <= 2  # only the unfinished batch ran again

@@ -150,6 +150,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.keep is not None and args.keep < 1:
         raise ValueError(f"--keep must be at least 1, got {args.keep}")
     score_kwargs = scoring_kwargs(args)
+    if args.embeddings_dir is not None and Path(args.embeddings_dir).exists() and not args.overwrite:
+        raise ValueError(f"--embeddings-dir {str(args.embeddings_dir)!r} already exists (pass --overwrite to replace it)")
 
     paths, labels = hf.find_audio(args.audio)
     if args.max_per_class is not None:

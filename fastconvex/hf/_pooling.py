@@ -504,6 +504,10 @@ def pooled_hidden_states(
                 if writer is not None:
                     writer.mark_done(batch_index, outputs, [int(f) for f in frames])
                 bar.update(1)
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # a resumable (.partial) write stays for the rerun
+        raise
     finally:
         if norm_hook is not None:
             norm_hook.remove()
