@@ -77,6 +77,18 @@ def embed_chunk(job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequenc
     return len(rows)
 
 
+def ray_embed_chunk(job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequence[int]) -> int:
+    """The remote task: :func:`embed_chunk`, on the task's GPU when Ray gave it
+    one (``num_gpus=1``) and no device was named."""
+    import dataclasses
+
+    import ray
+
+    if job.device is None and ray.get_gpu_ids():
+        job = dataclasses.replace(job, device="cuda")
+    return embed_chunk(job, chunk, rows, lengths)
+
+
 def probe_layers(model: Any, fe: Any, wave: np.ndarray, *, sampling_rate: int, layers: Sequence[int] | None,
                  final_norm: str) -> tuple[list[int], int]:
     """(hidden-state indices, D) that the job will write, from one utterance."""
@@ -97,7 +109,7 @@ def embed_on_ray(job: EmbedJob, writer: Any, lengths: np.ndarray, *, chunk_size:
     done = writer.done_blocks()
     todo = [c for c in range(len(chunks)) if c not in done]
     with ray_session(address) as ray:
-        remote = ray.remote(embed_chunk).options(max_retries=retries, **task_resources(ray))
+        remote = ray.remote(ray_embed_chunk).options(max_retries=retries, **task_resources(ray))
         job_ref = ray.put(job)
         pending = {remote.remote(job_ref, c, chunks[c].tolist(), lengths[chunks[c]].tolist()): c for c in todo}
         finished = len(done)
