@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One device call: install fastconvex (offline), then bench/gpu_check.py.
-#   bash bench/gpu_check.sh                      # on a CUDA machine (~10 min at most:
-#                                                # 420 s of checks, up to 60 s of kNN
-#                                                # profile, then up to 120 s of tests)
+#   bash bench/gpu_check.sh                      # on a CUDA machine (420 s of checks,
+#                                                # up to 300 s of 13-layer study, 60 s of
+#                                                # kNN profile, then up to 120 s of tests;
+#                                                # GPU_CHECK_SKIP_KNN_TIMING=1, GPU_CHECK_SKIP=
+#                                                # exact and GPU_CHECK_PROFILE_S=0 shorten it)
 #   GPU_CHECK_SMALL=1 bash bench/gpu_check.sh    # tiny sizes; CPU via TRITON_INTERPRET=1
 # GPU_CHECK_NO_INSTALL=1: never pip install (use the symlink tree on PYTHONPATH).
 # Writes $OUT/gpu_check.json and $OUT/gpu_check.log (OUT default ./gpu_check_out).
@@ -40,6 +42,13 @@ fi
 echo "gpu_check: fastconvex from $(cd / && "$PY" -c 'import fastconvex; print(fastconvex.__file__)')"
 "$PY" -u bench/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log"
 rc="${PIPESTATUS[0]}"
+# The 13-layer study at N = 1e6 (issue 15): layer_scores timed end to end and per
+# phase, checked against Numba on a subsample; GPU_CHECK_STUDY_S=0 skips it.
+if [ "${GPU_CHECK_STUDY_S:-300}" != "0" ]; then
+  timeout "${GPU_CHECK_STUDY_S:-300}" "$PY" -u bench/gpu_study.py 2>&1 | tee "$OUT/gpu_study.log"
+  study_rc="${PIPESTATUS[0]}"
+  [ "$study_rc" = 0 ] || rc="$study_rc"
+fi
 # Where the kNN's time goes at N = 1e6 (phases, CUDA kernels): bench/knn_profile.py
 if [ "${TRITON_INTERPRET:-0}" != "1" ] && [ "${GPU_CHECK_PROFILE_S:-60}" != "0" ]; then
   timeout "${GPU_CHECK_PROFILE_S:-60}" "$PY" -u bench/knn_profile.py 2>&1 | tail -n 45 | tee "$OUT/knn_profile.log"

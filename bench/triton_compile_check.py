@@ -19,7 +19,8 @@ The full divisibility cross product is run for the k = 10 fp16 and TF32 cases
 divisible.
 It also compiles ``kernels/triton/paths.py``'s ``_relax_kernel`` (the path
 sweep) for every divisibility of its integer arguments (N, B, NBB), the tile
-shapes 32 x 32 (the launcher's default), 64 x 32 and 32 x 64, num_warps 4
+shapes 8 x 32 (the launcher's default on CUDA since run 9), 16 x 32, 32 x 32
+(the default before), 64 x 32 and 32 x 64, num_warps 4
 and 8, and both state layouts (packed, wide): Triton 3.6 once failed to compile
 an earlier version of it.
 
@@ -152,11 +153,11 @@ def compile_relax(fn, bv, bb, div, nw, packed=True, maxnreg=None):
 def check_paths(quick: bool) -> tuple[int, int]:
     fn = load_module("paths")._relax_kernel
     all_div = list(itertools.product([False, True], repeat=len(PATH_INTS)))
-    shapes = [(32, 32)] if quick else [(32, 32), (64, 32), (32, 64)]
+    shapes = [(8, 32)] if quick else [(8, 32), (16, 32), (32, 32), (64, 32), (32, 64)]
     jobs = [(bv, bb, div, nw, packed, None)
             for (bv, bb), div, nw, packed in itertools.product(shapes, all_div, (4, 8), (True, False))]
     # the register caps gpu_check times (max_registers=), default tile and warps
-    jobs += [(32, 32, all_div[-1], 4, True, cap) for cap in (96, 64)]
+    jobs += [(8, 32, all_div[-1], 4, True, cap) for cap in (96, 64)]
     ok = bad = 0
     for bv, bb, div, nw, packed, cap in jobs:
         name = f"paths {'packed' if packed else 'wide'} BV={bv} BB={bb}"

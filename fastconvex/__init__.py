@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import naive
 from ._backends import BACKENDS
 from ._core import graph_convexity, knn_graph, layer_scores
+from ._euclidean import euclidean_convexity, layer_euclidean_scores
 from ._results import Convexity, KNNGraph, LayerScores
 from ._sweep import sweep
 from .store import LayerStore, open_store, save_store
@@ -23,8 +24,10 @@ __all__ = [
     "KNNGraph",
     "LayerScores",
     "LayerStore",
+    "euclidean_convexity",
     "graph_convexity",
     "knn_graph",
+    "layer_euclidean_scores",
     "layer_scores",
     "naive",
     "open_store",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any, Hashable, Sequence
 
@@ -20,8 +20,8 @@ from ._inputs import (
     rescaled_for_range,
 )
 from ._layers import prepare_layers
-from ._pairs import PairPlan, aggregate, plan_pairs, resolve_estimator
-from ._progress import Progress
+from ._pairs import DEFAULT_PAIRS, PairPlan, aggregate, plan_pairs, resolve_estimator
+from ._progress import Progress, show_progress
 from ._results import Convexity, KNNGraph, LayerScores
 
 
@@ -60,13 +60,29 @@ def _check_seed(seed: Any) -> int | None:
     return check_int("seed", seed, minimum=0)
 
 
-def _plan(codes: np.ndarray, n_classes: int, pairs, sources, exact, seed, min_class_size) -> PairPlan:
+# exact=True at more single-source searches than this warns of its cost
+EXACT_WARN_SEARCHES = 20_000
+
+
+def _plan(codes: np.ndarray, n_classes: int, pairs, sources, exact, seed, min_class_size,
+          n_layers: int = 1) -> PairPlan:
     estimator, budget = resolve_estimator(pairs, sources, exact)
     min_class_size = check_int("min_class_size", min_class_size, minimum=1)
-    return plan_pairs(
+    plan = plan_pairs(
         codes, n_classes, estimator=estimator, budget=budget, seed=seed,
         min_class_size=min_class_size,
     )
+    if estimator == "exact" and plan.n_sources > EXACT_WARN_SEARCHES:
+        per_layer = "" if n_layers == 1 else f" in each of {n_layers} layers ({plan.n_sources * n_layers:,} in all)"
+        warnings.warn(
+            f"exact=True runs {plan.n_sources:,} single-source shortest-path searches{per_layer}, one "
+            f"per point of a scored class, each over the whole {codes.shape[0]:,}-point graph; "
+            "sources=S (for example 1000) estimates the same score from S searches per class, "
+            "with a standard error",
+            UserWarning,
+            stacklevel=3,
+        )
+    return plan
 
 
 @dataclass(frozen=True)
@@ -90,20 +106,22 @@ def plan_scoring(
     labels: Any,
     *,
     k: int = 10,
-    pairs: int | None = 5000,
+    pairs: int | None = DEFAULT_PAIRS,
     sources: int | None = None,
     exact: bool = False,
     seed: int | None = 0,
     min_class_size: int = 2,
+    n_layers: int = 1,
 ) -> ScoringPlan:
-    """Encode (N,) ``labels`` and draw the pairs, exactly as ``layer_scores`` does."""
+    """Encode (N,) ``labels`` and draw the pairs, exactly as ``layer_scores`` does
+    (``n_layers``: how many layers will be scored on them, for the cost warning)."""
     label_array = labels_to_array(labels)
     if label_array.ndim != 1:
         raise ValueError(f"labels must be 1-D (N,), got shape {label_array.shape}")
     k = check_k(k, int(label_array.shape[0]))
     codes, classes = encode_labels(label_array)
     seed = _check_seed(seed)
-    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size)
+    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size, n_layers)
     return ScoringPlan(codes, classes, plan, k, seed)
 
 
@@ -140,6 +158,7 @@ def score_layer(
     engine: str = "local",
     shards: int | None = None,
     address: str | None = None,
+    progress: bool = False,
 ) -> Convexity:
     """Graph convexity of one validated (N, D) layer on ``plan``'s pairs: the one
     per-layer computation behind ``graph_convexity``, ``layer_scores`` and ``sweep``.
@@ -161,7 +180,7 @@ def score_layer(
             n_shards = shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
             kernels: Any = ShardedEngine(ray, n_shards)
         else:
-            kernels = get_engine(name, device)
+            kernels = get_engine(name, device, progress=progress)
         stats = kernels.source_stats(rescaled_for_range(x)[0], plan.codes, plan.pairs, plan.k)
     return aggregate(plan.pairs, stats, plan.classes, k=plan.k, n_points=plan.n_points,
                      backend=name, seed=plan.seed)
@@ -172,7 +191,7 @@ def graph_convexity(
     labels: Any,
     *,
     k: int = 10,
-    pairs: int | None = 5000,
+    pairs: int | None = DEFAULT_PAIRS,
     sources: int | None = None,
     exact: bool = False,
     seed: int | None = 0,
@@ -183,7 +202,7 @@ def graph_convexity(
     shards: int | None = None,
     address: str | None = None,
 ) -> Convexity:
-    """Graph convexity of one embedding (SPEC §1).
+    """Graph convexity of one embedding (how it is defined and computed: docs/score.md).
 
     Parameters
     ----------
@@ -201,6 +220,8 @@ def graph_convexity(
         target of each (cheaper at large N).
     exact : bool
         Score every ordered same-class pair.
+        Give one estimator: ``pairs=`` given explicitly together with
+        ``sources=`` or ``exact=True`` raises ``ValueError``.
     seed : int
         Seed of the host-side pair sampling (same pairs on every backend).
     min_class_size : int
@@ -237,7 +258,7 @@ def layer_scores(
     labels: Any,
     *,
     k: int = 10,
-    pairs: int | None = 5000,
+    pairs: int | None = DEFAULT_PAIRS,
     sources: int | None = None,
     exact: bool = False,
     seed: int | None = 0,
@@ -269,7 +290,10 @@ def layer_scores(
         output of block i.
     labels : see above; any hashable values.
     attention_mask, lengths : which frames of (B, T, D) inputs are real.
-    progress : None (a bar on stderr only when it is a terminal), True, False.
+    progress : None (progress on stderr only when it is a terminal), True, False.
+        tqdm bars over layers and, for layers of 20 000 points or more, inside
+        each layer (kNN rows, path searches); where stderr is not a terminal
+        (a log, CI) a plain line every 30 s instead of a redrawn bar.
     engine, shards, address
         As in :func:`graph_convexity` (one Ray connection for all layers).
     k, pairs, sources, exact, seed, min_class_size, backend, device
@@ -287,14 +311,15 @@ def layer_scores(
     )
     k = check_k(k, int(layers[0].shape[0]))
     plan = plan_scoring(label_array, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
-                        min_class_size=min_class_size)
+                        min_class_size=min_class_size, n_layers=len(layers))
     name = resolve_backend(backend, layers[0], device)
-    results: list[Convexity] = []
-    show = sys.stderr.isatty() if progress is None else bool(progress)
+    show = show_progress(progress)
     shards = check_engine(engine, shards)
-    with _session(engine, address), Progress(len(layers), "layers", enabled=show) as bar:
+    results: list[Convexity] = []
+    with _session(engine, address), Progress(len(layers), "layers", desc="layers", enabled=show) as bar:
         for layer in layers:
-            results.append(score_layer(layer, plan, backend=name, device=device, engine=engine, shards=shards))
+            results.append(score_layer(layer, plan, backend=name, device=device, engine=engine, shards=shards,
+                                       progress=show))
             bar.update()
     return stack_layers(results, plan.classes)
 

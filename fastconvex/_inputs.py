@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any, Hashable
 
 import numpy as np
 
 IGNORE_INDEX = -100
+
+# float64 holds every integer of magnitude up to 2**53 exactly, and not all beyond
+EXACT_INT_LIMIT = 2**53
+
+
+class PrecisionWarning(UserWarning):
+    """Input values that change when converted to float64, the precision
+    fastconvex computes distances in (long double floats, integers beyond
+    2**53): the scores are those of the rounded values."""
 
 
 def is_torch_tensor(obj: Any) -> bool:
@@ -46,11 +56,62 @@ def describe(where: str | None) -> str:
 
 
 def as_kernel_float(x: np.ndarray) -> np.ndarray:
-    """The same numbers in a float type the kernels take: float16 -> float32,
-    integers -> float64; float32/float64 unchanged (no copy)."""
+    """The array in a float type the kernels take: float16 -> float32 (exact),
+    integers and long double -> float64; float32/float64 unchanged (no copy).
+    Integers beyond 2**53 and long double values round in float64:
+    :func:`check_embeddings` warns of that (:class:`PrecisionWarning`)."""
     if x.dtype in (np.float32, np.float64):
         return x
-    return x.astype(np.float64 if x.dtype.kind in "iub" else np.float32)
+    if x.dtype.kind == "f" and x.dtype.itemsize <= 4:
+        return x.astype(np.float32)
+    return x.astype(np.float64)
+
+
+def _float64_losses(x: Any, chunk_rows: int = 65536) -> tuple[int, int | None]:
+    """How many values of ``x`` float64 cannot hold exactly, and the first row
+    holding one: long double values that change when rounded to float64 (or
+    overflow it), and 64-bit integers of magnitude beyond 2**53. Scans in
+    chunks (memory-mapped layers are never loaded whole)."""
+    if is_torch_tensor(x):
+        if x.dtype.is_floating_point or x.dtype.itemsize < 8:
+            return 0, None
+        bad = ((x > EXACT_INT_LIMIT) | (x < -EXACT_INT_LIMIT)).any(dim=1).cpu().numpy()
+        count = int(((x > EXACT_INT_LIMIT) | (x < -EXACT_INT_LIMIT)).sum())
+        return count, (int(np.flatnonzero(bad)[0]) if count else None)
+    kind, size = x.dtype.kind, x.dtype.itemsize
+    if not (kind in "iu" and size >= 8 or kind == "f" and size > 8):
+        return 0, None
+    count, first = 0, None
+    for start in range(0, x.shape[0], chunk_rows):
+        block = np.asarray(x[start : start + chunk_rows])
+        if kind == "f":
+            with np.errstate(over="ignore"):
+                lost = block.astype(np.float64).astype(block.dtype) != block
+        else:
+            lost = (block > EXACT_INT_LIMIT) | (block < -EXACT_INT_LIMIT) if kind == "i" else block > EXACT_INT_LIMIT
+        n_lost = int(lost.sum())
+        if n_lost and first is None:
+            first = start + int(np.flatnonzero(lost.any(axis=1))[0])
+        count += n_lost
+    return count, first
+
+
+def warn_float64_losses(x: Any, label: str) -> None:
+    """Warn (:class:`PrecisionWarning`) when converting ``x`` to float64 changes
+    any value; exact conversions (float16/32, integers within 2**53) say nothing."""
+    count, row = _float64_losses(x)
+    if not count:
+        return
+    integers = not x.dtype.is_floating_point if is_torch_tensor(x) else x.dtype.kind in "iu"
+    kind = "integers beyond 2**53" if integers else "long double values"
+    warnings.warn(
+        f"{label} has dtype {x.dtype}: {count} value(s) ({kind}, the first in row {row}) that "
+        "float64, the precision fastconvex computes in, does not hold exactly; the scores are "
+        "those of the values rounded to float64 (convert or rescale the data yourself to "
+        "silence this)",
+        PrecisionWarning,
+        stacklevel=4,
+    )
 
 
 def _first_non_finite_row(x: np.ndarray, chunk_rows: int = 65536) -> int | None:
@@ -136,6 +197,7 @@ def check_embeddings(
             raise TypeError(f"{name}{describe(where)} must be real, got {x.dtype}")
         if not x.dtype.is_floating_point:
             # integers / booleans: the same numbers in float64, as for numpy input
+            warn_float64_losses(x, f"{name}{describe(where)}")
             x = x.to(_torch().float64)
         n, d = x.shape
         if n == 0 or d == 0:
@@ -165,6 +227,7 @@ def check_embeddings(
         raise ValueError(
             f"{name}{describe(where)} has a non-finite value (NaN or inf) in row {row}"
         )
+    warn_float64_losses(x, f"{name}{describe(where)}")
     if convert and x.dtype not in (np.float32, np.float64):
         x = as_kernel_float(x)
     return x

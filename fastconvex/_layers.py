@@ -1,4 +1,5 @@
-"""The input forms of ``layer_scores`` (SPEC §2) turned into L matrices (N, D)."""
+"""The input forms of ``layer_scores`` (docs/api.md, "Input forms of layer_scores")
+turned into L matrices (N, D)."""
 
 from __future__ import annotations
 

@@ -72,18 +72,19 @@ class ShardedEngine(NumbaEngine):
     result is the one-process result, bit for bit."""
 
     def __init__(self, ray: Any, shards: int) -> None:
+        super().__init__(progress=False)  # the work is in Ray tasks: no bars inside the layer
         self.ray = ray
         self.shards = shards
         self.opts = task_resources(ray, gpu=False)
 
-    def distinct_knn(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def distinct_knn(self, rows: np.ndarray, k: int, progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
         ray = self.ray
         ref = ray.put(np.ascontiguousarray(rows))
         task = ray.remote(knn_block).options(**self.opts)
         parts = ray.get([task.remote(ref, k, a, b) for a, b in _blocks(int(rows.shape[0]), self.shards)])
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def source_parts(self, csr, codes, plan):  # type: ignore[no-untyped-def]
+    def source_parts(self, csr, codes, plan, progress=None):  # type: ignore[no-untyped-def]
         ray = self.ray
         csr_ref, codes_ref, plan_ref = ray.put(csr), ray.put(codes), ray.put(plan)
         task = ray.remote(source_sums).options(**self.opts)

@@ -43,6 +43,21 @@ def label_keys(labels: list[Hashable]) -> list[str]:
     return keys
 
 
+def t_interval(center: float, stderr: float, df: float, level: float = 0.95) -> tuple[float, float]:
+    """``center ± q * stderr`` clipped to [0, 1], ``q`` Student's t quantile
+    at ``df`` degrees of freedom (the normal quantile when ``df`` is inf)."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie strictly between 0 and 1, got {level!r}")
+    if math.isnan(stderr) or math.isnan(df):
+        return math.nan, math.nan
+    if stderr == 0.0:
+        return center, center
+    from scipy.stats import norm, t
+
+    q = float(norm.ppf(0.5 + level / 2) if math.isinf(df) else t.ppf(0.5 + level / 2, df))
+    return max(0.0, center - q * stderr), min(1.0, center + q * stderr)
+
+
 @dataclass(frozen=True)
 class KNNGraph:
     """k nearest *other* points of every row.
@@ -69,7 +84,7 @@ class KNNGraph:
 
 @dataclass(frozen=True)
 class Convexity:
-    """Graph convexity of one embedding (one layer).
+    """Graph or Euclidean convexity of one embedding (one layer).
 
     Attributes
     ----------
@@ -93,7 +108,18 @@ class Convexity:
     n_unreachable : int
         Scored pairs whose target was unreachable (scored 0).
     estimator : "pairs" | "sources" | "exact"
-    k, n_points, backend, seed : the settings that produced it.
+    k, n_points, backend, seed : the settings that produced it (``k`` is None
+        for the Euclidean measure, which builds no graph).
+    measure : "graph" | "euclidean"
+        Which convexity: graph convexity (docs/score.md) or Euclidean convexity
+        (:func:`fastconvex.euclidean_convexity`, scored on unordered pairs).
+    n_sampled : int or None
+        Euclidean measure only: points sampled on each segment.
+    df : float
+        Degrees of freedom of :meth:`interval` (Student's t): the fewest
+        sampled units (pairs, or sources) minus one over the classes whose
+        variance is estimated; ``inf`` when nothing was sampled (``exact``, or
+        every pair scored), NaN where ``stderr`` is NaN.
     """
 
     score: float
@@ -105,10 +131,21 @@ class Convexity:
     n_pairs: dict[Hashable, int]
     n_unreachable: int
     estimator: str
-    k: int
+    k: int | None
     n_points: int
     backend: str
     seed: int | None = None
+    df: float = math.inf
+    measure: str = "graph"
+    n_sampled: int | None = None
+
+    def interval(self, level: float = 0.95, *, macro: bool = False) -> tuple[float, float]:
+        """Confidence interval of ``score`` (or ``macro``): ``score ± t * stderr``
+        with Student's t quantile at :attr:`df` degrees of freedom, clipped to
+        [0, 1]. ``(score, score)`` when nothing was sampled; NaN ends where the
+        standard error is NaN. See docs/score.md, "Uncertainty"."""
+        return t_interval(self.macro if macro else self.score,
+                          self.macro_stderr if macro else self.stderr, self.df, level)
 
     @property
     def total_pairs(self) -> int:
@@ -128,13 +165,24 @@ class Convexity:
             "n_pairs": {keys[c]: int(v) for c, v in self.n_pairs.items()},
             "n_unreachable": int(self.n_unreachable),
             "estimator": self.estimator,
-            "k": int(self.k),
+            "k": None if self.k is None else int(self.k),
             "n_points": int(self.n_points),
             "backend": self.backend,
             "seed": self.seed,
+            # null: nothing sampled (the interval is the score itself)
+            "df": None if math.isinf(self.df) else _json_float(self.df),
+            "interval95": [_json_float(v) for v in self.interval(0.95)],
+            "measure": self.measure,
+            "n_sampled": self.n_sampled,
         }
 
     def __str__(self) -> str:
+        if self.measure == "euclidean":
+            return (
+                f"Convexity(measure=euclidean, score={100 * self.score:.2f}% ± {100 * self.stderr:.2f}, "
+                f"macro={100 * self.macro:.2f}%, pairs={self.total_pairs}, "
+                f"estimator={self.estimator}, n_sampled={self.n_sampled})"
+            )
         return (
             f"Convexity(score={100 * self.score:.2f}% ± {100 * self.stderr:.2f}, "
             f"macro={100 * self.macro:.2f}%, pairs={self.total_pairs}, "
@@ -144,7 +192,7 @@ class Convexity:
 
 @dataclass(frozen=True)
 class LayerScores:
-    """Graph convexity of every layer, scored on the same pairs.
+    """Convexity (graph or Euclidean) of every layer, scored on the same pairs.
 
     Attributes
     ----------
@@ -170,6 +218,16 @@ class LayerScores:
     def macro(self) -> np.ndarray:
         """(L,) unweighted mean of class scores per layer."""
         return np.array([c.macro for c in self.layers])
+
+    @property
+    def df(self) -> np.ndarray:
+        """(L,) degrees of freedom of each layer's interval (see :class:`Convexity`)."""
+        return np.array([c.df for c in self.layers], dtype=np.float64)
+
+    def intervals(self, level: float = 0.95) -> np.ndarray:
+        """(L, 2) confidence interval of every layer's score (Student's t; see
+        :meth:`Convexity.interval`)."""
+        return np.array([c.interval(level) for c in self.layers], dtype=np.float64).reshape(-1, 2)
 
     def __len__(self) -> int:
         return len(self.layers)

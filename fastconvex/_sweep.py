@@ -11,9 +11,9 @@ from the store itself: a sweep's numbers equal
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
-import math
 import os
 import re
 import sys
@@ -24,8 +24,8 @@ from typing import Any, Callable, Hashable, Sequence
 
 from ._core import ScoringPlan, check_engine, plan_scoring, score_layer, stack_layers
 from ._inputs import check_embeddings
-from ._pairs import resolve_estimator
-from ._results import Convexity, LayerScores, label_keys
+from ._pairs import DEFAULT_PAIRS, resolve_estimator
+from ._results import Convexity, LayerScores
 from .store import LayerStore, open_store, write_json_atomic
 
 RESULT_FORMAT = "fastconvex-sweep-task"
@@ -72,36 +72,33 @@ def run_layer_task(task: LayerTask, plan: ScoringPlan, backend: str = "auto", de
                          convert=False)
     result = score_layer(x, plan, backend=backend, device=device, engine="local" if shards is None else "ray",
                          shards=shards)
-    write_json_atomic(task.result_path, {**task.record, "format": RESULT_FORMAT, "result": result.to_dict()})
+    write_json_atomic(task.result_path, {**task.record, "format": RESULT_FORMAT, "result": result.to_dict(),
+                                         "fields": convexity_fields(result)})
     return result
 
 
-def convexity_from_dict(data: dict[str, Any], classes: Sequence[Hashable]) -> Convexity:
-    """Inverse of :meth:`Convexity.to_dict` given the class list (JSON keeps
-    floats exactly; null stands for NaN)."""
-    keys = label_keys(list(classes))
-    for field_name in ("per_class", "per_class_stderr", "n_pairs"):
-        if list(data[field_name]) != keys:
-            raise ValueError(f"{field_name} has classes {list(data[field_name])}, expected {keys}")
+_PER_CLASS = ("per_class", "per_class_stderr", "n_pairs")
 
-    def num(v: Any) -> float:
-        return math.nan if v is None else float(v)
 
-    return Convexity(
-        score=num(data["score"]),
-        stderr=num(data["stderr"]),
-        macro=num(data["macro"]),
-        macro_stderr=num(data["macro_stderr"]),
-        per_class={c: num(data["per_class"][key]) for c, key in zip(classes, keys)},
-        per_class_stderr={c: num(data["per_class_stderr"][key]) for c, key in zip(classes, keys)},
-        n_pairs={c: int(data["n_pairs"][key]) for c, key in zip(classes, keys)},
-        n_unreachable=int(data["n_unreachable"]),
-        estimator=str(data["estimator"]),
-        k=int(data["k"]),
-        n_points=int(data["n_points"]),
-        backend=str(data["backend"]),
-        seed=data["seed"],
-    )
+def convexity_fields(result: Convexity) -> dict[str, Any]:
+    """Every field of ``result`` as JSON-ready values (per-class dicts as lists
+    in class order; NaN and inf kept, as Python's json writes and reads them),
+    so :func:`convexity_from_fields` rebuilds it exactly."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(Convexity):
+        value = getattr(result, f.name)
+        out[f.name] = list(value.values()) if f.name in _PER_CLASS else value
+    return json.loads(json.dumps(out, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+def convexity_from_fields(fields: dict[str, Any], classes: Sequence[Hashable]) -> Convexity:
+    """Inverse of :func:`convexity_fields` given the class list."""
+    values = dict(fields)
+    for name in _PER_CLASS:
+        if len(values[name]) != len(classes):
+            raise ValueError(f"{name} has {len(values[name])} classes, expected {len(classes)}")
+        values[name] = dict(zip(classes, values[name]))
+    return Convexity(**values)
 
 
 def _open_stores(stores: Any) -> list[LayerStore]:
@@ -155,7 +152,7 @@ def _reusable(path: Path, record: dict[str, Any], classes: Sequence[Hashable]) -
             data = json.load(fh)
         if data.get("format") != RESULT_FORMAT or any(data.get(k) != v for k, v in record.items()):
             return None
-        return convexity_from_dict(data["result"], classes)
+        return convexity_from_fields(data["fields"], classes)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -222,7 +219,7 @@ def sweep(
     address: str | None = None,
     layers: Sequence[int] | None = None,
     k: int = 10,
-    pairs: int | None = 5000,
+    pairs: int | None = DEFAULT_PAIRS,
     sources: int | None = None,
     exact: bool = False,
     seed: int | None = 0,

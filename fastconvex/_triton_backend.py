@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ._inputs import is_torch_tensor
+from ._inputs import as_kernel_float, is_torch_tensor
 from ._pairs import PairPlan, SourceStats, stats_from_class_sums, stats_from_pair_scores
 from ._results import KNNGraph
 
@@ -102,9 +102,10 @@ class TritonEngine:
         if is_torch_tensor(x):
             t = x.detach()
         else:
-            t = torch.from_numpy(np.ascontiguousarray(x))
+            t = torch.from_numpy(np.ascontiguousarray(as_kernel_float(np.asarray(x))))
         if t.dtype not in (torch.float32, torch.float64):
-            t = t.float()
+            # float16/bfloat16 -> float32 (exact); integers -> float64 as on the CPU
+            t = t.float() if t.dtype.is_floating_point else t.double()
         return t.to(dev).contiguous()
 
     def _knn_device(self, x: Any, k: int):

@@ -1,8 +1,14 @@
 """``fastconvex score | prune | sweep | embed | bench | demo | env``.
 
-Results go to stdout as JSON (or to ``--out``); logs and progress go to stderr.
+Results go to stdout (or to ``--out``); logs and progress go to stderr.
 Each subcommand lives in ``fastconvex.commands.<name>`` with
 ``add_arguments(parser)`` and ``run(args) -> int``.
+
+Errors are one line on stderr, never a traceback (``--debug`` shows it):
+exit status 2 for usage errors (bad options, output paths, missing input
+files, :class:`~fastconvex.commands._output.UsageError`), 1 for data errors
+(:class:`~fastconvex.commands._output.DataError`, runtime and I/O failures),
+130 when interrupted.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ import argparse
 import importlib
 import json
 import sys
-from typing import Any, Sequence
+import warnings
+from typing import Any, NoReturn, Sequence
 
 COMMANDS = {
     "score": "score per-layer embeddings from files (.npy/.npz/directory)",
@@ -32,8 +39,9 @@ def emit_json(obj: Any, args: argparse.Namespace) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        with open(out, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        from .commands._output import write_text_atomic
+
+        write_text_atomic(out, text)
         log(args, f"wrote {out}")
 
 
@@ -63,10 +71,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--out", default=None, help="write the JSON result here instead of stdout")
     group.add_argument("--quiet", action="store_true", help="no logs or progress on stderr")
+    group.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2): the usage text is one
+    ``--help`` away, not repeated above every mistake."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fastconvex",
         description="Graph convexity of layer embeddings, and convexity-guided pruning.",
     )
@@ -88,22 +105,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for bad input)."""
+    """Run the command line; returns the exit status (0 ok, 1 data error,
+    2 usage error, 130 interrupted)."""
+    from .commands._output import DataError, UsageError
+
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "_import_error", None) is not None:
-        print(f"fastconvex {args.command}: unavailable: {args._import_error}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(args._module)
     try:
-        return int(module.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as exc:
-        print(f"fastconvex {args.command}: error: {exc}", file=sys.stderr)
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    prefix = f"fastconvex {args.command}"
+    if getattr(args, "_import_error", None) is not None:
+        print(f"{prefix}: unavailable: {_one_line(args._import_error)}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        print(f"fastconvex {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    if getattr(args, "quiet", False):
+        from ._progress import quiet_compilation_notice
+
+        quiet_compilation_notice()
+    try:
+        module = importlib.import_module(args._module)
+        with warnings.catch_warnings():
+            if not args.debug:  # a warning is one line too, not a file:line and source echo
+                warnings.showwarning = lambda message, category, *rest, **kw: print(
+                    f"{prefix}: warning: {_one_line(message)}", file=sys.stderr, flush=True)
+            return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's one place that reports errors
+        if args.debug:
+            raise
+        if isinstance(exc, (UsageError, DataError)):
+            status = exc.exit_status
+        elif isinstance(exc, (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+            status = 2  # the arguments ask for something that cannot be done
+        elif isinstance(exc, ImportError):  # a missing optional dependency (the message names the extra)
+            status = 2
+        elif isinstance(exc, (RuntimeError, OSError, MemoryError)):
+            status = 1
+        else:  # a bug: still one line, and how to see more
+            print(f"{prefix}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+                  "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+            return 1
+        print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":  # pragma: no cover

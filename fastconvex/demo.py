@@ -702,17 +702,26 @@ def format_summary(report: dict) -> str:
 
 
 def plot_report(report: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
+    """Save :func:`report_figure` to ``path``; None without matplotlib or tasks."""
+    fig = report_figure(report)
+    if fig is None:
+        return None
+    fig.savefig(path, dpi=110)
+    return path
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+def report_figure(report: dict) -> Any:
+    """Convexity and probe accuracy per layer, one panel per task, the cut
+    marked; the legend sits below each panel, clear of the cut line."""
+    try:
+        from matplotlib.figure import Figure
     except ImportError:
         return None
     tasks = [t for t in report["tasks"] if "scores" in report["tasks"][t]]
     if not tasks:
         return None
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.0 * len(tasks), 3.9), squeeze=False)
+    fig = Figure(figsize=(5.0 * len(tasks), 5.0))
+    axes = fig.subplots(1, len(tasks), squeeze=False)
     for ax, t in zip(axes[0], tasks):
         r = report["tasks"][t]
         layers = np.arange(len(r["scores"]))
@@ -731,12 +740,11 @@ def plot_report(report: dict, path: Path) -> Path | None:
         ax.set_ylabel("%")
         ax.set_title(f"{t}: {len(r['classes'])} classes, N={r['n']} (test {r['split']['n_test']})", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=7.5)
+        # below the axes: inside them it covered the cut line or the curves
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7.5, frameon=False)
     fig.suptitle(f"{report['model']['name']}: convexity vs probe accuracy per encoder layer", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 # ============================================================================ main
@@ -912,13 +920,26 @@ def run_demo(cfg: DemoConfig) -> dict:
         "torch_threads": torch.get_num_threads(),
         "versions": _versions(),
     }
-    png = plot_report(report, cfg.out_dir / "demo.png")
-    report["png"] = str(png) if png else None
+    from .commands._output import write_text_atomic
+
     report["json"] = str(cfg.out_dir / "report.json")
-    report["timings"]["total_s"] = time.perf_counter() - t_start
-    with open(cfg.out_dir / "report.json", "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2, default=_json_default)
-        fh.write("\n")
+    report["png"] = None
+
+    def save_report() -> None:
+        report["timings"]["total_s"] = time.perf_counter() - t_start
+        write_text_atomic(cfg.out_dir / "report.json",
+                          json.dumps(report, indent=2, default=_json_default) + "\n")
+
+    save_report()  # before the plot: a plot that fails never loses the results
+    try:
+        png = plot_report(report, cfg.out_dir / "demo.png")
+    except Exception as exc:  # noqa: BLE001 - keep the report; say why there is no plot
+        log(f"no demo.png: {exc}; the results are in {report['json']}")
+        png = None
+    if png is None and "matplotlib" not in sys.modules:
+        log("no demo.png: matplotlib is not installed (pip install 'fastconvex[demo]')")
+    report["png"] = str(png) if png else None
+    save_report()
     return report
 
 

@@ -6,7 +6,7 @@ entries, which scipy's csgraph treats as edges), ``scipy.sparse.csgraph.dijkstra
 distances from every distinct source, a predecessor per vertex chosen by the tie
 rule below, and a walk along each sampled path.
 
-Ties (SPEC §1.4 allows any of several exactly equal-length shortest paths; all
+Ties (docs/score.md, step 4: any of several exactly equal-length shortest paths may be used; all
 backends pick the same one so that they give the same scores): an edge u -> v is
 *tight* if ``dist[u] + w == dist[v]`` in float64 (scipy's Dijkstra sums
 source-outward in exactly this expression). Over tight edges a vertex takes the
@@ -16,9 +16,12 @@ interior vertices. Computed by plain Bellman-Ford rounds over the tight edges.
 
 It is the oracle of the test suite and the baseline of the benchmarks: keep it
 simple and obviously right, never optimise it. Memory is O(N^2) (and O(S N) for
-the distances and predecessor rows), so it stops at a few tens of thousands of points.
+the distances and predecessor rows), so it stops at a few tens of thousands of points:
+it refuses, naming the fast backends, when its estimate of that memory
+(:func:`naive_memory_bytes`) exceeds what the machine has available.
 
-Differences from the authors' ``nnconvexity`` 0.1.1, on purpose (SPEC §1): an
+Differences from the authors' ``nnconvexity`` 0.1.1, on purpose (docs/score.md,
+"Differences from nnconvexity 0.1.1"): an
 exact duplicate of a point is its neighbour at distance 0 (the published code
 drops zero-distance edges), scores are fractions, and labels can be anything
 hashable. The pair sampling and aggregation are fastconvex's own, shared with
@@ -38,7 +41,51 @@ from ._inputs import is_torch_tensor, to_numpy
 from ._pairs import PairPlan, SourceStats, stats_from_pair_scores
 from ._results import Convexity, KNNGraph
 
-__all__ = ["graph_convexity", "knn_graph", "NaiveEngine"]
+__all__ = ["graph_convexity", "knn_graph", "NaiveEngine", "naive_memory_bytes"]
+
+
+def naive_memory_bytes(n_points: int, n_sources: int = 0) -> int:
+    """Peak memory the naive scorer needs, estimated: the dense (N, N) float64
+    distances and their (N, N) int64 argsort, then (S, N) float64 Dijkstra
+    distances and (S, N) int64 predecessor rows for S sources.
+    At N = 6000 and S = 0 that is 576 MB (the issue measured 742 MB)."""
+    return 16 * n_points * n_points + 16 * n_sources * n_points
+
+
+def available_memory_bytes() -> int | None:
+    """Memory available to a new allocation (Linux ``MemAvailable``); None
+    where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def check_naive_memory(n_points: int, n_sources: int = 0) -> None:
+    """Refuse (RuntimeError) a naive run that would need more than 80 % of the
+    memory available, before allocating any of it."""
+    need = naive_memory_bytes(n_points, n_sources)
+    have = available_memory_bytes()
+    if have is not None and need > 0.8 * have:
+        raise RuntimeError(
+            f"backend='naive' would need about {_size(need)} for N={n_points} points "
+            f"(O(N^2) dense distances{f' and {n_sources} Dijkstra rows' if n_sources else ''}), more "
+            f"than the {_size(have)} available; use backend='numba' (CPU) or backend='triton' "
+            "(GPU), which need O(N k) memory and score the same pairs"
+        )
 
 
 def _dense_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,10 +159,12 @@ class NaiveEngine:
     name = "naive"
 
     def knn(self, x: Any, k: int) -> KNNGraph:
+        check_naive_memory(int(x.shape[0]))
         x = to_numpy(x) if is_torch_tensor(x) else x
         return KNNGraph(*_dense_knn(x, k), backend=self.name)
 
     def source_stats(self, x: Any, codes: np.ndarray, plan: PairPlan, k: int) -> SourceStats:
+        check_naive_memory(int(x.shape[0]), plan.n_sources)
         graph = self.knn(x, k)
         adjacency = _union_graph(graph.indices, graph.distances)
         src, tgt = plan.pairs(codes)

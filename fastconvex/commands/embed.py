@@ -11,7 +11,6 @@ on storage every node sees. Score the store with ``fastconvex sweep``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,14 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Embed; a one-line summary (or JSON with ``--out``) on stdout."""
+    from ._output import UsageError
+
     try:
         return _run(args)
-    except FileExistsError as exc:
-        print(f"fastconvex embed: error: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:
-        print(f"fastconvex embed: error: {exc}", file=sys.stderr)
-        return 1
+    except FileExistsError as exc:  # an output path: a usage error
+        raise UsageError(str(exc)) from exc
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ._output import UsageError, write_text_atomic
 from .score import add_scoring_arguments, save_plot, scoring_kwargs
 
 __all__ = ["add_arguments", "run", "load_model"]
@@ -52,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --embeddings-dir store")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of --embeddings-dir")
     add_scoring_arguments(parser)
+    from ._euclidean import add_measure_arguments
+
+    add_measure_arguments(parser, for_files=False)
     cut = parser.add_argument_group("the cut")
     cut.add_argument("--rule", default="argmax", choices=["argmax", "1se"], help="how to choose the cut (default argmax)")
     cut.add_argument("--keep", type=int, default=None, help="keep this many blocks instead of choosing")
@@ -117,6 +121,21 @@ def _subsample(labels: list[str], per_class: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
+def _check_output_dir(out_dir: Path) -> None:
+    """``--out DIR`` can be created and written, checked before any work."""
+    import os
+
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent if str(existing.parent) else Path(".")
+        if existing == existing.parent:
+            break
+    if existing.exists() and not existing.is_dir():
+        raise UsageError(f"--out {str(out_dir)!r}: {str(existing)!r} is a file, so the directory cannot be made")
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {str(out_dir)!r}: directory {str(existing)!r} is not writable")
+
+
 def run(args: argparse.Namespace) -> int:
     """Score, cut, prune and save; the report goes to ``--out``/report.json and stdout."""
     if not args.quiet:
@@ -145,6 +164,14 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {str(out_dir)!r} exists and is not a directory")
+    _check_output_dir(out_dir)
+    plot_problem = None
+    if not args.no_plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:  # the model and report are still written
+            plot_problem = "matplotlib is not installed: pip install 'fastconvex[plot]' (or pass --no-plot)"
+            log(args, f"no {PLOT_FILE} will be written: {plot_problem}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if args.keep is not None and args.keep < 1:
@@ -170,32 +197,45 @@ def _run(args: argparse.Namespace) -> int:
     audio = hf.AudioFiles(paths, sampling_rate=rate)
     lengths = audio.lengths()
 
-    # score what the pruned model will output: with the final LayerNorm kept, hidden
-    # state h of a pre-LN encoder is seen through it (SPEC §2)
-    from fastconvex.hf._models import final_layer_norm
+    from ._output import DataError, UsageError
 
-    has_norm = final_layer_norm(model) is not None
-    pooled_norm = "apply" if has_norm and args.final_norm == "keep" else "raw"
-    log(args, f"pooling {n_blocks + 1} hidden states of {type(model).__name__}"
-        + (" through its final LayerNorm" if pooled_norm == "apply" else ""))
-    states = hf.pooled_hidden_states(
-        model,
-        audio,
-        sampling_rate=rate,
-        batch_size=args.batch_size,
-        feature_extractor=fe,
-        out_dir=args.embeddings_dir,
-        labels=None if args.embeddings_dir is None else labels,
-        meta=None if args.embeddings_dir is None else {"model": str(args.model), "audio": str(args.audio)},
-        overwrite=args.overwrite,
-        dtype=args.dtype,
-        lengths=lengths,
-        mix_lengths=args.mix_lengths,
-        progress=False if args.quiet else None,
-        final_norm=pooled_norm,
-    )
-    log(args, "scoring the layers")
-    scores = fc.layer_scores(list(states), np.asarray(labels), **score_kwargs)
+    try:  # from here on, what fails is the audio or its embeddings: exit status 1
+        if args.measure == "euclidean":  # MODEL's own remaining layers label the segments
+            from ._euclidean import prune_scores
+
+            scores = prune_scores(args, model, fe, audio, labels, rate)
+            pooled_norm = "raw"
+        else:
+            # score what the pruned model will output: with the final LayerNorm kept, hidden
+            # state h of a pre-LN encoder is seen through it (docs/pipeline.md, the final LayerNorm)
+            from fastconvex.hf._models import final_layer_norm
+
+            has_norm = final_layer_norm(model) is not None
+            pooled_norm = "apply" if has_norm and args.final_norm == "keep" else "raw"
+            log(args, f"pooling {n_blocks + 1} hidden states of {type(model).__name__}"
+                + (" through its final LayerNorm" if pooled_norm == "apply" else ""))
+            states = hf.pooled_hidden_states(
+                model,
+                audio,
+                sampling_rate=rate,
+                batch_size=args.batch_size,
+                feature_extractor=fe,
+                out_dir=args.embeddings_dir,
+                labels=None if args.embeddings_dir is None else labels,
+                meta=None if args.embeddings_dir is None else {"model": str(args.model), "audio": str(args.audio)},
+                overwrite=args.overwrite,
+                dtype=args.dtype,
+                lengths=lengths,
+                mix_lengths=args.mix_lengths,
+                progress=not args.quiet,
+                final_norm=pooled_norm,
+            )
+            log(args, "scoring the layers")
+            scores = fc.layer_scores(list(states), np.asarray(labels), **score_kwargs)
+    except (UsageError, DataError):
+        raise
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
     if args.keep is not None:
         keep, rule = int(args.keep), "given"
     else:
@@ -217,12 +257,7 @@ def _run(args: argparse.Namespace) -> int:
         original_layers=n_blocks,
         extra={"rule": rule, "audio": str(args.audio), "n_utterances": len(paths)},
     )
-    plot_path = None
-    if not args.no_plot:
-        try:
-            plot_path = save_plot(scores, out_dir / PLOT_FILE, cut=keep, title=f"{args.model}: keep {keep} of {n_blocks}")
-        except ImportError as exc:
-            log(args, f"no plot: {exc}")
+    planned_plot = None if args.no_plot or plot_problem else out_dir / PLOT_FILE
     report = {
         "source": args.model,
         "model_class": type(model).__name__,
@@ -235,16 +270,26 @@ def _run(args: argparse.Namespace) -> int:
         "rule": rule,
         "keep": keep,
         "final_norm": model.fastconvex_pruning["final_norm"],
-        "scored_states": "through the final LayerNorm" if pooled_norm == "apply" else "raw hidden states",
+        "measure": args.measure,
+        "scored_states": "frame sequences through MODEL's remaining layers" if args.measure == "euclidean"
+        else "through the final LayerNorm" if pooled_norm == "apply" else "raw hidden states",
         "model_dir": str(out_dir),
-        "plot": None if plot_path is None else str(plot_path),
+        "plot": None if planned_plot is None else str(planned_plot),
         "seed": args.seed,
         "scores": scores.to_dict(),
     }
     from fastconvex.hf._prune import jsonable
 
     report = jsonable(report)
-    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    # the report before the plot: a plot that fails never loses it
+    write_text_atomic(out_dir / REPORT_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    if planned_plot is not None:
+        try:
+            save_plot(scores, planned_plot, cut=keep, title=f"{args.model}: keep {keep} of {n_blocks}")
+        except Exception as exc:  # noqa: BLE001 - keep the model and report; say why there is no plot
+            log(args, f"no plot: {planned_plot} could not be written ({exc}); the report is in {out_dir / REPORT_FILE}")
+            report["plot"] = None
+            write_text_atomic(out_dir / REPORT_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
     log(args, f"wrote the pruned model and {REPORT_FILE} to {out_dir}")
     emit_json(report, argparse.Namespace(**{**vars(args), "out": None}))
     return 0

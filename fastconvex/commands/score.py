@@ -4,8 +4,13 @@ EMBEDDINGS is a ``.npy`` of shape (L, N, D) or (N, D), a ``.npz`` (one (N, D)
 array per key, or one (L, N, D) array), or a directory of per-layer ``.npy``
 files (each (N, D), memory-mapped, in natural order: ``layer_2`` before
 ``layer_10``).  LABELS is a ``.npy`` (N,), a ``.txt`` with one label per line, or
-a ``.csv`` with a header row (``--label-column``, default ``label``).  The
-result, ``LayerScores.to_dict()``, goes to stdout or ``--out``.
+a ``.csv`` with a header row (``--label-column``, default ``label``).  A
+per-layer table goes to stdout; the result, ``LayerScores.to_dict()``, as JSON
+to stdout with ``--json`` or to ``--out FILE``. ``--out`` and ``--plot`` are
+checked before any scoring, and the JSON is written before the plot.
+
+``--measure euclidean --model DIR`` scores Euclidean convexity instead, through
+the classifier's own remaining layers (``fastconvex.commands._euclidean``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["add_arguments", "run", "load_embeddings", "load_labels", "natural_key", "add_scoring_arguments"]
+from ._output import DataError, UsageError, check_output_file, check_plot_file, positive_int
+
+__all__ = [
+    "add_arguments", "run", "load_embeddings", "load_labels", "natural_key", "add_scoring_arguments",
+    "format_table",
+]
 
 
 def natural_key(text: str) -> list[Any]:
@@ -30,17 +40,17 @@ def natural_key(text: str) -> list[Any]:
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     """The estimator options shared by ``score`` and ``prune``."""
     group = parser.add_argument_group("scoring")
-    group.add_argument("--k", type=int, default=10, help="neighbours in the kNN graph (default 10)")
+    group.add_argument("--k", type=positive_int, default=10, help="neighbours in the kNN graph (default 10)")
     group.add_argument(
-        "--pairs", type=int, default=None, help="same-class ordered pairs sampled per class (default 5000)"
+        "--pairs", type=positive_int, default=None, help="same-class ordered pairs sampled per class (default 5000)"
     )
     group.add_argument(
-        "--sources", type=int, default=None,
+        "--sources", type=positive_int, default=None,
         help="instead of --pairs: sources per class, each scored against all its class (cheaper at large N)",
     )
     group.add_argument("--exact", action="store_true", help="score every same-class ordered pair")
     group.add_argument(
-        "--min-class-size", type=int, default=2, help="skip classes with fewer members (default 2)"
+        "--min-class-size", type=positive_int, default=2, help="skip classes with fewer members (default 2)"
     )
 
 
@@ -59,7 +69,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CSV column holding the labels (default: 'label', or the only column)",
     )
     add_scoring_arguments(parser)
-    parser.add_argument("--plot", default=None, metavar="FILE.png", help="also save the per-layer plot here")
+    from ._euclidean import add_measure_arguments
+
+    add_measure_arguments(parser)
+    parser.add_argument(
+        "--plot", default=None, metavar="FILE.png",
+        help="also save the per-layer plot here (.png if no suffix; any format matplotlib writes)",
+    )
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print the result as JSON on stdout instead of the table (--out FILE writes the JSON to a file)",
+    )
 
 
 def _check_layer(arr: Any, what: str) -> None:
@@ -94,9 +114,7 @@ def load_embeddings(path: str | Path) -> tuple[list[np.ndarray], list[str]]:
     if not p.exists():
         raise FileNotFoundError(f"EMBEDDINGS {str(p)!r} does not exist")
     if p.is_dir():
-        files = sorted((f for f in p.iterdir() if f.is_file() and f.suffix == ".npy"), key=lambda f: natural_key(f.name))
-        if not files:
-            raise ValueError(f"EMBEDDINGS: directory {str(p)!r} holds no .npy files")
+        files = npy_files(p)
         layers = []
         for f in files:
             arr = _load_npy(f)
@@ -107,6 +125,8 @@ def load_embeddings(path: str | Path) -> tuple[list[np.ndarray], list[str]]:
     if suffix == ".npy":
         arr = _load_npy(p)
         if arr.ndim == 3:
+            if arr.shape[0] == 0:
+                raise ValueError(f"EMBEDDINGS: {p.name} has shape {arr.shape}: no layer to score")
             return [arr[i] for i in range(arr.shape[0])], [f"{p.name}[{i}]" for i in range(arr.shape[0])]
         if arr.ndim == 2:
             return [arr], [p.name]
@@ -122,18 +142,50 @@ def load_embeddings(path: str | Path) -> tuple[list[np.ndarray], list[str]]:
             raise ValueError(f"EMBEDDINGS: {p.name} holds no arrays")
         if len(keys) == 1 and arrays[keys[0]].ndim == 3:
             arr = arrays[keys[0]]
+            if arr.shape[0] == 0:
+                raise ValueError(f"EMBEDDINGS: {p.name}[{keys[0]!r}] has shape {arr.shape}: no layer to score")
             return [arr[i] for i in range(arr.shape[0])], [f"{keys[0]}[{i}]" for i in range(arr.shape[0])]
         for key in keys:
             _check_layer(arrays[key], f"{p.name}[{key!r}]")
         return [arrays[k] for k in keys], keys
-    raise ValueError(f"EMBEDDINGS: {p.name} must be a .npy or .npz file, or a directory of .npy files")
+    raise UsageError(f"EMBEDDINGS: {p.name} must be a .npy or .npz file, or a directory of .npy files")
 
 
-def _load_npy(p: Path) -> np.ndarray:
+def npy_files(p: Path) -> list[Path]:
+    """The ``.npy`` files of directory ``p``, in natural order (at least one)."""
+    files = sorted((f for f in p.iterdir() if f.is_file() and f.suffix == ".npy"), key=lambda f: natural_key(f.name))
+    if not files:
+        raise ValueError(f"EMBEDDINGS: directory {str(p)!r} holds no .npy files")
+    return files
+
+
+def _load_npy(p: Path, what: str = "EMBEDDINGS", mmap: bool = True) -> np.ndarray:
     try:
-        return np.load(p, mmap_mode="r", allow_pickle=False)
+        return np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {str(p)!r} as a .npy array: {exc}") from exc
+        if "allow_pickle" in str(exc) and _has_npy_magic(p):
+            raise ValueError(
+                f"{what}: {str(p)!r} holds Python objects (dtype object, such as ragged lists), "
+                "which fastconvex does not unpickle; save one number or string per row "
+                "(a numeric or string numpy array, or a .txt with one label per line)"
+            ) from None
+        raise ValueError(f"{what}: cannot read {str(p)!r} as a .npy array: {exc}") from exc
+
+
+def _has_npy_magic(p: Path) -> bool:
+    with p.open("rb") as fh:
+        return fh.read(6) == b"\x93NUMPY"
+
+
+def _read_text(p: Path) -> str:
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = p.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"LABELS: {p.name} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 def load_labels(path: str | Path, *, column: str | None = None) -> np.ndarray:
@@ -155,20 +207,17 @@ def load_labels(path: str | Path, *, column: str | None = None) -> np.ndarray:
     if not p.exists():
         raise FileNotFoundError(f"LABELS {str(p)!r} does not exist")
     if p.is_dir():
-        raise ValueError(f"LABELS {str(p)!r} is a directory, expected a .npy, .txt or .csv file")
+        raise UsageError(f"LABELS {str(p)!r} is a directory, expected a .npy, .txt or .csv file")
     suffix = p.suffix.lower()
+    if column is not None and suffix != ".csv":
+        raise UsageError(f"--label-column applies to .csv labels only, not to {p.name}; leave it out")
     if suffix == ".npy":
-        try:
-            labels = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"LABELS: cannot read {str(p)!r} as a .npy array: {exc}") from exc
+        labels = _load_npy(p, "LABELS", mmap=False)
         if labels.ndim != 1:
             raise ValueError(f"LABELS: {p.name} has shape {labels.shape}, expected (N,)")
         return labels
-    if column is not None and suffix != ".csv":
-        raise ValueError("--label-column applies to .csv labels only")
     if suffix == ".txt":
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = _read_text(p).splitlines()
         while lines and not lines[-1].strip():
             lines.pop()
         for n, line in enumerate(lines, start=1):
@@ -178,8 +227,9 @@ def load_labels(path: str | Path, *, column: str | None = None) -> np.ndarray:
             raise ValueError(f"LABELS: {p.name} is empty")
         return np.array([line.strip() for line in lines])
     if suffix == ".csv":
-        with p.open(newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.reader(fh) if r]
+        import io
+
+        rows = [r for r in csv.reader(io.StringIO(_read_text(p), newline="")) if r]
         if len(rows) < 2:
             raise ValueError(f"LABELS: {p.name} needs a header row and at least one label")
         header = [c.strip() for c in rows[0]]
@@ -187,11 +237,16 @@ def load_labels(path: str | Path, *, column: str | None = None) -> np.ndarray:
             if "label" in header:
                 column = "label"
             elif len(header) == 1:
-                column = header[0]
+                # a header-less one-column file would lose its first label to the header
+                raise ValueError(
+                    f"LABELS: {p.name} has one column and its first row {header[0]!r} is not 'label': "
+                    f"if that row is a header, pass --label-column {header[0]!r}; if the file has no "
+                    "header, add the line 'label' at the top (or give the labels as a .txt, one per line)"
+                )
             else:
-                raise ValueError(f"LABELS: {p.name} has columns {header}; choose one with --label-column")
+                raise UsageError(f"LABELS: {p.name} has columns {header}; choose one with --label-column")
         if column not in header:
-            raise ValueError(f"LABELS: {p.name} has no column {column!r} (columns: {header})")
+            raise UsageError(f"LABELS: {p.name} has no column {column!r} (columns: {header})")
         ci = header.index(column)
         out = []
         for n, row in enumerate(rows[1:], start=2):
@@ -199,7 +254,7 @@ def load_labels(path: str | Path, *, column: str | None = None) -> np.ndarray:
                 raise ValueError(f"LABELS: {p.name} line {n} has no value in column {column!r}")
             out.append(row[ci].strip())
         return np.array(out)
-    raise ValueError(f"LABELS: {p.name} must be .npy, .txt or .csv")
+    raise UsageError(f"LABELS: {p.name} must be .npy, .txt or .csv")
 
 
 def scoring_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -210,15 +265,16 @@ def scoring_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "backend": args.backend,
         "device": args.device,
-        "progress": False if args.quiet else None,
+        # shown unless --quiet: a bar on a terminal, a log line every 30 s in a log file
+        "progress": not args.quiet,
     }
     if args.exact:
         if args.pairs is not None or args.sources is not None:
-            raise ValueError("--exact scores every pair; do not combine it with --pairs or --sources")
+            raise UsageError("--exact scores every pair; do not combine it with --pairs or --sources")
         kwargs.update(exact=True, pairs=None)
     elif args.sources is not None:
         if args.pairs is not None:
-            raise ValueError("choose one of --pairs and --sources")
+            raise UsageError("choose one of --pairs and --sources")
         kwargs.update(sources=args.sources, pairs=None)
     else:
         kwargs["pairs"] = 5000 if args.pairs is None else args.pairs
@@ -230,6 +286,8 @@ def save_plot(scores: Any, path: str | Path, *, cut: int | None, title: str | No
     from fastconvex.plot import plot_layer_scores
 
     out = Path(path)
+    if not out.suffix:  # what matplotlib would write: say so instead of guessing
+        out = out.with_name(out.name + ".png")
     if out.parent and not out.parent.exists():
         raise FileNotFoundError(f"--plot: directory {str(out.parent)!r} does not exist")
     fig = plot_layer_scores(scores, cut=cut)
@@ -239,26 +297,97 @@ def save_plot(scores: Any, path: str | Path, *, cut: int | None, title: str | No
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    """Score every layer of EMBEDDINGS against LABELS; JSON to stdout or ``--out``."""
-    import fastconvex as fc
-    from fastconvex.cli import emit_json, log
+def format_table(result: Any, names: list[str] | None = None) -> str:
+    """The per-layer table ``fastconvex score`` prints: convexity, standard
+    error, 95 % interval and macro score in percent (rounded for display only;
+    the JSON keeps every digit)."""
+    first = result.layers[0]
+    names = names if names is not None else [str(i) for i in range(len(result))]
+    width = max([5] + [len(n) for n in names])
+    head = (f"{'layer':>5}  {'source':<{width}}  {'convexity %':>11}  {'± s.e.':>6}  "
+            f"{'95% interval':>15}  {'macro %':>7}")
+    graph = first.measure == "graph"
+    lines = [
+        f"{first.measure} convexity of {len(result)} layer(s): N={first.n_points}, "
+        + (f"k={first.k}, " if graph else f"{first.n_sampled} points per segment, ")
+        + f"estimator {first.estimator}, {first.total_pairs} pairs per layer"
+        + (f", backend {first.backend}" if graph else ""),
+        head,
+        "-" * len(head),
+    ]
+    best = result.best_layer
+    intervals = result.intervals(0.95)
+    for i, (layer, name) in enumerate(zip(result.layers, names)):
+        lo, hi = intervals[i]
+        ci = "-" if np.isnan(lo) else f"{100 * lo:6.2f}-{100 * hi:6.2f}"
+        lines.append(
+            f"{i:>5}  {name:<{width}}  {100 * layer.score:>11.2f}  {100 * layer.stderr:>6.2f}  "
+            f"{ci:>15}  {100 * layer.macro:>7.2f}" + ("  <- best" if i == best else "")
+        )
+    if np.isfinite(result.df).any():
+        lines.append(f"(interval: Student's t, {first.df:g} degrees of freedom in layer 0; see docs/score.md)")
+    return "\n".join(lines)
 
+
+def run(args: argparse.Namespace) -> int:
+    """Score every layer of EMBEDDINGS against LABELS: a table on stdout, JSON
+    with ``--json`` or to ``--out``; outputs are checked before the scoring."""
+    import fastconvex as fc
+    from fastconvex.cli import log
+
+    from ._euclidean import check_graph_only, run_score
+
+    # every output path first: a result is never computed only to be lost
+    plot_path = check_outputs(args)
+    if args.measure == "euclidean":
+        return run_score(args, plot_path)
+    check_graph_only(args)
     kwargs = scoring_kwargs(args)
-    layers, names = load_embeddings(args.embeddings)
-    labels = load_labels(args.labels, column=args.label_column)
+    try:
+        layers, names = load_embeddings(args.embeddings)
+        labels = load_labels(args.labels, column=args.label_column)
+    except (FileNotFoundError, UsageError):
+        raise
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
     n = int(layers[0].shape[0])
     for name, layer in zip(names, layers):
         if int(layer.shape[0]) != n:
-            raise ValueError(
+            raise DataError(
                 f"EMBEDDINGS: {name} has {layer.shape[0]} rows but {names[0]} has {n}: every layer must embed the same points"
             )
     if labels.shape[0] != n:
-        raise ValueError(f"LABELS has {labels.shape[0]} labels but EMBEDDINGS has N = {n} rows per layer")
+        raise DataError(f"LABELS has {labels.shape[0]} labels but EMBEDDINGS has N = {n} rows per layer")
     log(args, f"scoring {len(layers)} layer(s) of {n} points, dimension {layers[0].shape[1]}")
-    result = fc.layer_scores(layers, labels, **kwargs)
-    if args.plot:
+    try:
+        result = fc.layer_scores(layers, labels, **kwargs)
+    except (ValueError, TypeError) as exc:  # the data cannot be scored as asked
+        raise DataError(str(exc)) from exc
+    return emit_result(args, result, names, plot_path)
+
+
+def check_outputs(args: argparse.Namespace) -> Path | None:
+    """Check ``--out`` and ``--plot`` before any work; the plot's path (or None)."""
+    if args.out not in (None, "-"):
+        check_output_file(args.out, "--out")
+    return check_plot_file(args.plot) if args.plot else None
+
+
+def emit_result(args: argparse.Namespace, result: Any, names: list[str], plot_path: Path | None) -> int:
+    """The table on stdout, or the JSON (``--json``, ``--out``), then the plot:
+    the JSON is written first, so a plot that fails never loses the scores."""
+    from fastconvex.cli import emit_json, log
+
+    as_json = args.json or args.out == "-"  # --out - : the JSON on stdout, as --json
+    if as_json or args.out is not None:
+        emit_json(result.to_dict(), args)  # before the plot: a failed plot never loses it
+    if not as_json:
+        print(format_table(result, names), flush=True)
+    if plot_path is not None:
         cut = result.best_layer if result.best_layer > 0 else None
-        log(args, f"wrote {save_plot(result, args.plot, cut=cut)}")
-    emit_json(result.to_dict(), args)
+        try:
+            log(args, f"wrote {save_plot(result, plot_path, cut=cut)}")
+        except Exception as exc:  # noqa: BLE001 - the scores are kept; say why there is no plot
+            kept = f"the scores are in {args.out}" if args.out not in (None, "-") else "the scores were printed"
+            raise DataError(f"--plot {str(plot_path)!r} could not be written ({exc}); {kept}") from exc
     return 0

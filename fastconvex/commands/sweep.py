@@ -46,26 +46,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the sweep; a table (or JSON) on stdout, logs and progress on stderr."""
     from fastconvex._sweep import format_table, sweep
+    from fastconvex.cli import emit_json
+
+    from ._output import check_output_file
 
     kwargs = scoring_kwargs(args)
     for store in args.stores:
         if not Path(store).exists():
             raise FileNotFoundError(f"STORE {store!r} does not exist")
-    if args.out is not None and args.out != "-" and not Path(args.out).parent.exists():
-        raise FileNotFoundError(f"--out: directory {str(Path(args.out).parent)!r} does not exist")
-    try:
-        result = sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
-                       layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
-                       verbose=not args.quiet, **kwargs)
-    except ImportError as exc:
-        print(f"fastconvex sweep: error: {exc}", file=sys.stderr)
-        return 1
+    as_json = args.json or args.out == "-"
+    if args.out not in (None, "-"):
+        check_output_file(args.out, "--out")  # before any work
+    result = sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
+                   layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
+                   verbose=not args.quiet, **kwargs)
     merged = json.loads((Path(args.out_dir) / "sweep.json").read_text(encoding="utf-8"))
-    if args.json or args.out is not None:
-        from fastconvex.cli import emit_json
-
+    if as_json or args.out is not None:
         emit_json(merged, args)
-    if not args.json:
+    if not as_json:
         indices = {name: merged["stores"][name]["layer_indices"] for name in result}
         sys.stdout.write(format_table(result, indices) + "\n")
     return 0

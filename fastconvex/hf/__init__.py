@@ -21,14 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "AudioFiles",
+    "LayerPredictor",
     "PooledHiddenStates",
     "choose_cut",
     "find_audio",
+    "hidden_state_sequences",
     "load_audio",
     "load_pruned",
     "num_blocks",
     "package_versions",
     "pooled_hidden_states",
+    "predict_from_layer",
     "prune",
     "save_pruned",
     "valid_frame_counts",
@@ -45,6 +48,9 @@ _WHERE = {
     "package_versions": "_prune",
     "num_blocks": "_models",
     "AudioFiles": "_audio",
+    "hidden_state_sequences": "_sequences",
+    "LayerPredictor": "_predict",
+    "predict_from_layer": "_predict",
     "find_audio": "_audio",
     "load_audio": "_audio",
 }
@@ -53,6 +59,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._audio import AudioFiles, find_audio, load_audio
     from ._models import num_blocks
     from ._pooling import PooledHiddenStates, pooled_hidden_states, valid_frame_counts
+    from ._predict import LayerPredictor, predict_from_layer
+    from ._sequences import hidden_state_sequences
     from ._prune import choose_cut, load_pruned, package_versions, prune, save_pruned
 
 

@@ -139,9 +139,10 @@ def find_audio(source: str | os.PathLike[str], *, label_column: str = "label", p
     Raises
     ------
     FileNotFoundError
-        ``source`` does not exist.
+        ``source`` does not exist, or a file the CSV lists does not (checked
+        here, before any model is loaded).
     ValueError
-        No audio found; a malformed CSV.
+        No audio found; a malformed CSV; a header row with other column names.
     """
     src = Path(source)
     if not src.exists():
@@ -189,6 +190,16 @@ def find_audio(source: str | os.PathLike[str], *, label_column: str = "label", p
         p = Path(row[pi].strip())
         if not p.is_absolute():
             p = src.parent / p
+        if not p.is_file():
+            if n == 1 and p.suffix.lower() not in AUDIO_SUFFIXES:
+                raise ValueError(
+                    f"audio source {str(src)!r}: line 1 {[c.strip() for c in row]} looks like a header "
+                    f"row but does not name the columns {path_column!r} and {label_column!r}: "
+                    "rename them so (or remove the header row)"
+                )
+            raise FileNotFoundError(
+                f"audio source {str(src)!r}: line {n} lists {str(p)!r}, which does not exist"
+            )
         label = row[li].strip()
         if not label:
             raise ValueError(f"audio source {str(src)!r}: line {n} has an empty label")

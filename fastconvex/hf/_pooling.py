@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,21 +45,31 @@ class PooledHiddenStates(list):
     paths: list[Path] | None
 
 
-def _as_waveform(x: Any, i: int) -> np.ndarray:
+def _waveform_name(waveforms: Any, i: int) -> str:
+    """How errors name utterance ``i``: its file for :class:`AudioFiles`
+    (``audio file 'a/b.wav' (waveforms[3])``), else ``waveforms[3]``."""
+    paths = getattr(waveforms, "paths", None)
+    if paths is not None and 0 <= i < len(paths):
+        return f"audio file {str(paths[i])!r} (waveforms[{i}])"
+    return f"waveforms[{i}]"
+
+
+def _as_waveform(x: Any, i: int, name: str | None = None) -> np.ndarray:
+    name = name or f"waveforms[{i}]"
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu").numpy()
     try:
         arr = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"waveforms[{i}] must be a 1-D array of samples, got {type(x).__name__}") from exc
+        raise TypeError(f"{name} must be a 1-D array of samples, got {type(x).__name__}") from exc
     if arr.ndim != 1:
         raise ValueError(
-            f"waveforms[{i}] must be 1-D (mono samples), got shape {arr.shape}; downmix multi-channel audio first"
+            f"{name} must be 1-D (mono samples), got shape {arr.shape}; downmix multi-channel audio first"
         )
     if arr.shape[0] == 0:
-        raise ValueError(f"waveforms[{i}] is empty")
+        raise ValueError(f"{name} is empty")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"waveforms[{i}] contains NaN or inf")
+        raise ValueError(f"{name} contains NaN or inf")
     return arr
 
 
@@ -144,6 +153,19 @@ def _default_feature_extractor(model: nn.Module, sampling_rate: int) -> Any:
     )
 
 
+def _feature_extractor_for(model: nn.Module, feature_extractor: Any, sampling_rate: int) -> Any:
+    """``feature_extractor`` (default: :func:`_default_feature_extractor`), checked
+    to expect ``sampling_rate``."""
+    if feature_extractor is None:
+        feature_extractor = _default_feature_extractor(model, sampling_rate)
+    fe_rate = getattr(feature_extractor, "sampling_rate", None)
+    if fe_rate is not None and int(fe_rate) != int(sampling_rate):
+        raise ValueError(
+            f"sampling_rate={sampling_rate} but the feature extractor expects {fe_rate} Hz; resample the audio first"
+        )
+    return feature_extractor
+
+
 def _takes_attention_mask(model: nn.Module, feature_extractor: Any) -> bool:
     norm = getattr(model.config, "feat_extract_norm", None)
     if norm is not None:
@@ -153,9 +175,9 @@ def _takes_attention_mask(model: nn.Module, feature_extractor: Any) -> bool:
 
 
 def _progress(total: int, enabled: bool | None) -> Any:
-    from .._progress import Progress
+    from .._progress import Progress, show_progress
 
-    show = sys.stderr.isatty() if enabled is None else bool(enabled)
+    show = show_progress(enabled)
     return Progress(total, "batches", enabled=show)
 
 
@@ -300,7 +322,9 @@ def pooled_hidden_states(
     if n_utt == 0:
         raise ValueError("waveforms is empty")
     if lengths is None:
-        loaded: list[np.ndarray] | None = [_as_waveform(waveforms[i], i) for i in range(n_utt)]
+        loaded: list[np.ndarray] | None = [
+            _as_waveform(waveforms[i], i, _waveform_name(waveforms, i)) for i in range(n_utt)
+        ]
         raw_lengths = np.array([w.shape[0] for w in loaded], dtype=np.int64)
     else:
         loaded = None
@@ -325,20 +349,15 @@ def pooled_hidden_states(
         norm_layer = None  # "raw": warn, do not apply
         warnings.warn(
             f"{type(model).__name__} is a pre-LN encoder: it applies a final LayerNorm after its "
-            "last block, which the hidden states below the last lack (SPEC §2). "
+            "last block, which the hidden states below the last lack (see docs/pipeline.md, "
+            "\"Large\" models and Whisper: the final LayerNorm). "
             "Hidden state h equals the output of the model cut to h blocks only with "
             "prune(model, h, final_norm='identity'); with the default final_norm='keep' the "
             "pruned model outputs LayerNorm(hidden state h), which pooled_hidden_states(..., "
             'final_norm="apply") scores.',
             stacklevel=2,
         )
-    if feature_extractor is None:
-        feature_extractor = _default_feature_extractor(model, sampling_rate)
-    fe_rate = getattr(feature_extractor, "sampling_rate", None)
-    if fe_rate is not None and int(fe_rate) != int(sampling_rate):
-        raise ValueError(
-            f"sampling_rate={sampling_rate} but the feature extractor expects {fe_rate} Hz; resample the audio first"
-        )
+    feature_extractor = _feature_extractor_for(model, feature_extractor, sampling_rate)
     generic = not whisper and not hasattr(enc, "_get_feat_extract_output_lengths")
     if generic:
         if frame_labels is not None:
@@ -352,7 +371,7 @@ def pooled_hidden_states(
         if np.any(n_frames < 1):
             bad = int(np.argmin(n_frames))
             raise ValueError(
-                f"waveforms[{bad}] has {int(raw_lengths[bad])} samples, too short for one frame of "
+                f"{_waveform_name(waveforms, bad)} has {int(raw_lengths[bad])} samples, too short for one frame of "
                 f"{type(model).__name__}"
             )
     if whisper:
@@ -447,9 +466,13 @@ def pooled_hidden_states(
                     continue
                 waves = []
                 for i in batch:
-                    w = loaded[i] if loaded is not None else _as_waveform(waveforms[int(i)], int(i))
+                    w = loaded[i] if loaded is not None else _as_waveform(
+                        waveforms[int(i)], int(i), _waveform_name(waveforms, int(i)))
                     if w.shape[0] != raw_lengths[i]:
-                        raise ValueError(f"lengths[{int(i)}] = {int(raw_lengths[i])} but waveforms[{int(i)}] has {w.shape[0]} samples")
+                        raise ValueError(
+                            f"lengths[{int(i)}] = {int(raw_lengths[i])} but "
+                            f"{_waveform_name(waveforms, int(i))} has {w.shape[0]} samples"
+                        )
                     waves.append(w)
                 inputs, frames = _featurise(model, enc, feature_extractor, waves, sampling_rate, takes_mask, whisper, generic)
                 inputs = {

@@ -124,6 +124,7 @@ def tiny_model(
     *,
     head: str | None = None,
     seed: int = 0,
+    weighted_layer_sum: bool = True,
     **config_kwargs: Any,
 ) -> tuple[Any, Any]:
     """A tiny model with random weights (eval mode) and its feature extractor.
@@ -139,6 +140,10 @@ def tiny_model(
         ``WhisperForConditionalGeneration``); "whisper-model": ``WhisperModel``.
     seed : int
         torch seed for the random weights.
+    weighted_layer_sum : bool
+        "sequence" head: ``config.use_weighted_layer_sum`` (default True);
+        False gives the head on the last hidden state alone, as
+        :func:`fastconvex.hf.predict_from_layer` needs.
     **config_kwargs
         Passed to :func:`tiny_config`.
 
@@ -158,7 +163,7 @@ def tiny_model(
         "whisper": "Whisper",
     }[family]
     if head == "sequence":
-        cfg.use_weighted_layer_sum = True
+        cfg.use_weighted_layer_sum = weighted_layer_sum
         cfg.num_labels = 3
         cls_name = "WhisperForAudioClassification" if family == "whisper" else f"{prefix}ForSequenceClassification"
     elif head == "ctc":

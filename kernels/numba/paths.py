@@ -32,6 +32,8 @@ Public entry points: :func:`pair_scores` (explicit targets per source) and
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -362,6 +364,16 @@ def _chunks(n_sources: int) -> int:
     return max(1, min(n_sources, 4 * numba.get_num_threads()))
 
 
+def _batches(n_sources: int, progress: Callable[[int], None] | None) -> list[tuple[int, int]]:
+    """Source ranges run one ``_run`` call each: one range, or about 20 when
+    progress is reported (every source's search is independent of the others,
+    so the results are the same)."""
+    if progress is None or n_sources == 0:
+        return [(0, n_sources)]
+    step = max(8 * _chunks(n_sources), -(-n_sources // 20))
+    return [(lo, min(n_sources, lo + step)) for lo in range(0, n_sources, step)]
+
+
 # Buckets pay when the ring is short: weights within this factor of each other.
 MAX_WEIGHT_SPREAD = 64.0
 
@@ -392,6 +404,7 @@ def pair_scores(
     targets: np.ndarray,
     *,
     buckets: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Path scores of explicit (source, target) pairs.
 
@@ -406,6 +419,8 @@ def pair_scores(
     targets : (T,) int64
     buckets : use Dinitz's buckets when the weights allow (see
         :func:`bucket_plan`); False forces the heap (same results).
+    progress : optional ``progress(n)``, called with the number of sources
+        searched after every batch (same results).
 
     Returns
     -------
@@ -416,11 +431,15 @@ def pair_scores(
     reachable = np.zeros(targets.shape[0], np.bool_)
     empty_f = np.empty(0, np.float64)
     inv_delta, n_slots = bucket_plan(weights) if buckets else (0.0, 0)
-    _run(
-        False, _chunks(len(sources)), codes, indptr, neighbours, weights, sources,
-        target_ptr, targets, np.empty(0, np.int64), inv_delta, n_slots, scores, reachable,
-        empty_f, empty_f, np.empty(0, np.int64),
-    )
+    for lo, hi in _batches(len(sources), progress):
+        # target_ptr holds absolute offsets into targets / scores: slice it, not them
+        _run(
+            False, _chunks(hi - lo), codes, indptr, neighbours, weights, sources[lo:hi],
+            target_ptr[lo : hi + 1], targets, np.empty(0, np.int64), inv_delta, n_slots, scores,
+            reachable, empty_f, empty_f, np.empty(0, np.int64),
+        )
+        if progress is not None:
+            progress(hi - lo)
     return scores, reachable
 
 
@@ -433,6 +452,7 @@ def class_sums(
     class_sizes: np.ndarray,
     *,
     buckets: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sum and sum of squares of the path scores from each source to every other
     member of its class.
@@ -443,7 +463,7 @@ def class_sums(
     codes : (N,) int64 class codes; vertices of code c are the class's members
     sources : (S,) int64 distinct sources
     class_sizes : (C,) int64 members per code (``codes`` must lie in [0, C))
-    buckets : as in :func:`pair_scores`
+    buckets, progress : as in :func:`pair_scores`
 
     Returns
     -------
@@ -455,9 +475,13 @@ def class_sums(
     sumsq = np.zeros(n_src, np.float64)
     unreach = np.zeros(n_src, np.int64)
     inv_delta, n_slots = bucket_plan(weights) if buckets else (0.0, 0)
-    _run(
-        True, _chunks(n_src), codes, indptr, neighbours, weights, sources,
-        np.zeros(1, np.int64), np.empty(0, np.int64), class_sizes, inv_delta, n_slots,
-        np.empty(0, np.float64), np.empty(0, np.bool_), sums, sumsq, unreach,
-    )
+    for lo, hi in _batches(n_src, progress):
+        _run(
+            True, _chunks(hi - lo), codes, indptr, neighbours, weights, sources[lo:hi],
+            np.zeros(1, np.int64), np.empty(0, np.int64), class_sizes, inv_delta, n_slots,
+            np.empty(0, np.float64), np.empty(0, np.bool_), sums[lo:hi], sumsq[lo:hi],
+            unreach[lo:hi],
+        )
+        if progress is not None:
+            progress(hi - lo)
     return sums, sumsq, unreach

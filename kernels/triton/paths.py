@@ -9,8 +9,8 @@ int32 arrays (``state="wide"``, 16 bytes; used when a batch would need 2**15
 sweeps, since hops after t sweeps are at most t). A vertex keeps the
 lexicographically smallest (dist, hops, -same) over all its neighbours' offers,
 so among exactly equal-length paths the one with fewest hops (then most
-same-label interior vertices) wins: deterministic whatever the scheduling (SPEC
-allows any equal-length path).
+same-label interior vertices) wins: deterministic whatever the scheduling (the
+score allows any equal-length path: docs/score.md, step 4).
 
 Sweeps are Jacobi (read one buffer, write the other: no torn (dist, hops, same)
 triples). A (vertex block, source block) tile is recomputed only when one of its
@@ -308,7 +308,10 @@ def shortest_path_batches(
     indptr, neighbours, codes = indptr.long(), neighbours.long(), codes.long()
     interp = _interpreting()
     if block_v is None:
-        block_v = 64 if interp else 32
+        # 8 x 32 tiles, 4 warps on CUDA: the fastest of bench/paths_tune.py's grid
+        # (block_v 8/16/32 x block_b 16/32/64 x 2/4 warps) at N = 1e6 on an
+        # H200, run 9: 1.36 s against 2.13 s for the former 32 x 32
+        block_v = 64 if interp else 8
     if block_b is None:
         block_b = 64 if interp else 32
     width = batch_width(n, device, block_b, max_batch, 12 if state == "packed" else 16)

@@ -1,0 +1,349 @@
+"""Euclidean convexity's machinery: which segments, the points sampled on
+them, and how ``predict`` output is matched to the classes (the public entry
+points are in ``fastconvex._euclidean``).
+
+The definition (docs/score.md, "Euclidean convexity"):
+
+- pairs: *unordered* same-class pairs {a, b}, a < b (a segment is the same both
+  ways); per class all of them when there are at most ``pairs``, else ``pairs``
+  distinct ones drawn uniformly from ``seed`` on the host; ``exact=True``: all;
+- sampled points: ``lam_i * x_a + (1 - lam_i) * x_b`` with
+  ``lam_i = i * (1 / (n_sampled + 1))``, i = 1..n_sampled (endpoints excluded;
+  the authors' ``nnconvexity`` formula, to the bit);
+- pair score: the fraction of its sampled points that ``predict`` labels with
+  the pair's class; pooled, macro and standard errors as for graph
+  convexity's ``pairs`` estimator (``fastconvex._pairs.aggregate``).
+
+Points of many pairs go through ``predict`` together, ``batch_size`` at a
+time; with a torch device (``device=``, or ``predict.device``) the endpoints
+are gathered and interpolated there, so only pair indices cross the bus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+from typing import Any, Callable, Hashable, Iterable
+
+import numpy as np
+
+from ._inputs import check_int, encode_labels, is_torch_tensor, labels_to_array, to_numpy
+from ._pairs import PairPlan, aggregate, stats_from_pair_scores
+from ._progress import Progress
+from ._results import Convexity
+
+__all__ = ["plan_segments", "SegmentScorer", "LabelMatcher", "score_plan", "euclidean_from_plan"]
+
+
+def plan_segments(
+    codes: np.ndarray,
+    n_classes: int,
+    *,
+    exact: bool,
+    budget: int,
+    seed: int | None,
+    min_class_size: int,
+) -> PairPlan:
+    """Draw the unordered same-class pairs {a, b}, a < b, to score.
+
+    Per class (in the order of the class codes) with n_c members and
+    M_c = n_c (n_c - 1) / 2 pairs: all of them when ``exact`` or M_c <= ``budget``,
+    else ``budget`` distinct pairs drawn uniformly without replacement by
+    ``numpy.random.default_rng(seed)``. Returned as a :class:`PairPlan` with
+    explicit targets, grouped by the smaller index ``a`` (``population`` holds
+    M_c, so :func:`fastconvex._pairs.aggregate` applies the finite-population
+    correction of unordered pairs).
+    """
+    rng = np.random.default_rng(seed)
+    class_sizes = np.bincount(codes, minlength=n_classes).astype(np.int64)
+    population = class_sizes * (class_sizes - 1) // 2
+    scored = class_sizes >= max(min_class_size, 2)
+    order = np.argsort(codes, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(class_sizes)])
+    src_parts: list[np.ndarray] = []
+    cnt_parts: list[np.ndarray] = []
+    tgt_parts: list[np.ndarray] = []
+    for c in range(n_classes):
+        if not scored[c]:
+            continue
+        members = order[starts[c] : starts[c + 1]]  # ascending vertex indices
+        n_c, m = int(members.shape[0]), int(population[c])
+        if exact or m <= budget:
+            flat = np.arange(m, dtype=np.int64)
+        else:
+            flat = np.sort(rng.choice(m, size=budget, replace=False).astype(np.int64))
+        # row a of the pair triangle starts at a (2 n_c - a - 1) / 2
+        row_start = np.arange(n_c, dtype=np.int64) * (2 * n_c - np.arange(n_c, dtype=np.int64) - 1) // 2
+        a = np.searchsorted(row_start, flat, side="right") - 1
+        b = a + 1 + (flat - row_start[a])
+        src_local, counts = np.unique(a, return_counts=True)
+        src_parts.append(members[src_local])
+        cnt_parts.append(counts)
+        tgt_parts.append(members[b])
+    if not src_parts:
+        raise ValueError(
+            f"no class has at least min_class_size={max(min_class_size, 2)} members: "
+            f"nothing to score (class sizes {class_sizes.tolist()})"
+        )
+    sources = np.concatenate(src_parts).astype(np.int64)
+    target_ptr = np.zeros(sources.shape[0] + 1, np.int64)
+    np.cumsum(np.concatenate(cnt_parts), out=target_ptr[1:])
+    return PairPlan("exact" if exact else "pairs", False, sources, codes[sources], target_ptr,
+                    np.concatenate(tgt_parts).astype(np.int64), class_sizes, scored, population)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(int(s) for s in x.shape)
+
+
+def check_items(x: Any, *, name: str = "x") -> Any:
+    """Validate representations (N, D) or (N, T, D): real, non-empty, finite."""
+    if is_torch_tensor(x):
+        if x.ndim not in (2, 3):
+            raise ValueError(f"{name} must be (N, D) vectors or (N, T, D) sequences, got shape {_shape(x)}")
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"{name} must be floating point, got {x.dtype}")
+        finite = _torch().isfinite(x).reshape(x.shape[0], -1).all(dim=1).cpu().numpy()
+    else:
+        if not isinstance(x, np.ndarray):
+            if isinstance(x, (str, bytes)) or not hasattr(x, "__len__"):
+                raise TypeError(f"{name} must be an array or tensor, got {type(x).__name__}")
+            x = np.asarray(x)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"{name} must be (N, D) vectors or (N, T, D) sequences, got shape {x.shape}")
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must be real numbers, got dtype {x.dtype}")
+        if x.dtype.kind != "f":
+            x = x.astype(np.float64)  # the same numbers: integers are exact in float64
+        finite = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+    if 0 in _shape(x):
+        raise ValueError(f"{name} is empty (shape {_shape(x)})")
+    if not finite.all():
+        raise ValueError(f"{name} has a non-finite value (NaN or inf) in item {int(np.flatnonzero(~finite)[0])}")
+    return x
+
+
+def check_frame_mask(x: Any, attention_mask: Any, lengths: Any, *, name: str = "x") -> np.ndarray | None:
+    """(N, T) bool mask of real frames of (N, T, D) items, or None (all frames)."""
+    if attention_mask is None and lengths is None:
+        return None
+    if x.ndim != 3:
+        raise ValueError(f"attention_mask/lengths apply to (N, T, D) sequences only; {name} has shape {_shape(x)}")
+    from ._layers import _valid_frames
+
+    mask = _valid_frames(int(x.shape[0]), int(x.shape[1]), attention_mask, lengths)
+    empty = ~mask.any(axis=1)
+    if empty.any():
+        raise ValueError(f"item {int(np.flatnonzero(empty)[0])} of {name} has no valid frames")
+    return mask
+
+
+def _takes_mask(predict: Callable[..., Any]) -> None:
+    """Fail early when a mask is to be passed but ``predict`` takes one argument."""
+    try:
+        params = inspect.signature(predict).parameters.values()
+    except (TypeError, ValueError):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not any(p.kind == p.VAR_POSITIONAL for p in params) and len(positional) < 2:
+        raise TypeError(
+            "predict must take (batch, mask) when attention_mask or lengths is given: "
+            "the mask (B, T) marks the real frames of each sampled sequence"
+        )
+
+
+class SegmentScorer:
+    """Per-pair scores of one plan on one representation; see the module docstring.
+
+    Parameters
+    ----------
+    x : (N, D) or (N, T, D) array or tensor (validated)
+    mask : (N, T) bool or None
+    device : torch device to interpolate on, or None (numpy batches; torch
+        batches on ``x.device`` for tensor input)
+    """
+
+    def __init__(self, x: Any, mask: np.ndarray | None, n_sampled: int, device: Any) -> None:
+        lam = np.arange(1, n_sampled + 1, dtype=np.float64) * (1.0 / (n_sampled + 1))
+        self.n_sampled = n_sampled
+        self.has_mask = mask is not None
+        if device is not None or is_torch_tensor(x):
+            torch = _torch()
+            if is_torch_tensor(x):
+                x = x.detach() if device is None else x.detach().to(device)
+            else:
+                host = np.ascontiguousarray(x) if x.flags.writeable else np.array(x)  # read-only memmaps
+                x = torch.as_tensor(host, device=device)
+            self.backend = f"torch:{x.device}"
+            self.mask = None if mask is None else torch.as_tensor(mask, device=x.device)
+            if self.mask is not None:  # padding frames count as zeros of their item
+                x = torch.where(self.mask[:, :, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+            self.w1 = torch.as_tensor(lam, device=x.device).to(x.dtype)
+            self.w0 = torch.as_tensor(1.0 - lam, device=x.device).to(x.dtype)
+            self.as_index = lambda idx: torch.as_tensor(idx, device=x.device)
+        else:
+            self.backend = "numpy"
+            self.mask = mask
+            if mask is not None:
+                x = np.where(mask[:, :, None], x, np.zeros((), x.dtype))
+            self.w1, self.w0 = lam.astype(x.dtype), (1.0 - lam).astype(x.dtype)
+            self.as_index = lambda idx: idx
+        self.x = x
+
+    def batch(self, a: np.ndarray, b: np.ndarray, step: np.ndarray) -> tuple[Any, Any]:
+        """Sampled points ``w1[step] * x[a] + w0[step] * x[b]`` (B, ...) and their
+        union mask (B, T) (None without a mask)."""
+        ia, ib, st = self.as_index(a), self.as_index(b), self.as_index(step)
+        shape = (-1,) + (1,) * (self.x.ndim - 1)
+        points = self.w1[st].reshape(shape) * self.x[ia] + self.w0[st].reshape(shape) * self.x[ib]
+        mask = None if self.mask is None else self.mask[ia] | self.mask[ib]
+        return points, mask
+
+
+class LabelMatcher:
+    """Turn ``predict`` output into class codes (-1: a known label that is no
+    class of the data), with clear errors for anything else."""
+
+    def __init__(self, classes: list[Hashable], known_labels: Iterable[Hashable] | None) -> None:
+        self.classes = classes
+        self.lookup = {c: i for i, c in enumerate(classes)}
+        self.known = None if known_labels is None else {
+            (v.item() if isinstance(v, np.generic) else v) for v in known_labels
+        }
+
+    def codes(self, out: Any, n: int) -> np.ndarray:
+        if is_torch_tensor(out) or isinstance(out, np.ndarray):
+            arr = to_numpy(out)
+        else:
+            if out is None or isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
+                raise TypeError(
+                    f"predict must return a sequence of {n} labels (array, tensor or list), got {type(out).__name__}"
+                )
+            arr = labels_to_array(list(out), name="predict output")
+        if arr.ndim != 1 or arr.shape[0] != n:
+            hint = " (scores per class? return the predicted labels, e.g. argmax)" if arr.ndim == 2 and arr.shape[0] == n else ""
+            raise ValueError(
+                f"predict returned shape {arr.shape} for a batch of {n} points: it must return "
+                f"{n} labels, one per point{hint}"
+            )
+        try:
+            uniq, inverse = np.unique(arr, return_inverse=True)
+        except TypeError:  # unorderable mixed labels
+            uniq = np.empty(0, dtype=object)
+            inverse = None
+        values = list(uniq) if inverse is not None else list(arr)
+        mapped = np.empty(len(values), np.int64)
+        for i, v in enumerate(values):
+            v = v.item() if isinstance(v, np.generic) else v
+            try:
+                code = self.lookup.get(v)
+            except TypeError:
+                raise TypeError(f"predict returned an unhashable label {v!r}") from None
+            if code is None:
+                if self.known is None or v not in self.known:
+                    raise ValueError(
+                        f"predict returned label {v!r}, which is no class of labels "
+                        f"(classes: {self.classes[:10]!r}{' ...' if len(self.classes) > 10 else ''}); "
+                        "predictions must be comparable with labels (the same kind: ids or names). "
+                        "If the model can predict classes absent from the data, pass known_labels="
+                    )
+                code = -1
+            mapped[i] = code
+        return mapped if inverse is None else mapped[inverse.reshape(-1)]
+
+
+def score_plan(
+    scorer: SegmentScorer,
+    plan: PairPlan,
+    predict: Callable[..., Any],
+    matcher: LabelMatcher,
+    *,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """(P,) fraction of each planned pair's sampled points predicted as its class."""
+    a = np.repeat(plan.sources, np.diff(plan.target_ptr))
+    b = plan.targets
+    pair_class = np.repeat(plan.source_class, np.diff(plan.target_ptr))
+    n_pairs, ns = int(a.shape[0]), scorer.n_sampled
+    hits = np.zeros(n_pairs, np.int64)
+    total = n_pairs * ns
+    for start in range(0, total, batch_size):
+        flat = np.arange(start, min(start + batch_size, total), dtype=np.int64)
+        pair, step = flat // ns, flat % ns
+        points, mask = scorer.batch(a[pair], b[pair], step)
+        out = predict(points) if mask is None else predict(points, mask)
+        codes = matcher.codes(out, int(flat.shape[0]))
+        np.add.at(hits, pair, codes == pair_class[pair])
+        if progress is not None:
+            progress.update(int(flat.shape[0]))
+    return hits / ns
+
+
+def target_device(x: Any, predict: Any, device: Any) -> Any:
+    """Where the sampled points are built: ``device``, else ``predict.device``,
+    else None (numpy input: numpy batches; tensor input: its own device)."""
+    if device is None:
+        device = getattr(predict, "device", None)
+    if device is None:
+        return None
+    return _torch().device(device)
+
+
+def euclidean_from_plan(
+    x: Any,
+    mask: np.ndarray | None,
+    plan: PairPlan,
+    classes: list[Hashable],
+    predict: Callable[..., Any],
+    *,
+    n_sampled: int,
+    batch_size: int,
+    device: Any,
+    known_labels: Iterable[Hashable] | None,
+    seed: int | None,
+    progress: bool,
+) -> Convexity:
+    """Score one representation on a drawn plan (shared by the single-layer and
+    per-layer entry points)."""
+    if known_labels is None:
+        known_labels = getattr(predict, "labels", None)
+    scorer = SegmentScorer(x, mask, n_sampled, target_device(x, predict, device))
+    matcher = LabelMatcher(classes, known_labels)
+    total = int(plan.targets.shape[0]) * n_sampled
+    with Progress(total, "points", enabled=progress) as bar:
+        scores = score_plan(scorer, plan, predict, matcher, batch_size=batch_size, progress=bar)
+    stats = stats_from_pair_scores(plan, scores, np.ones(scores.shape[0], bool))
+    result = aggregate(plan, stats, classes, k=0, n_points=int(x.shape[0]), backend=scorer.backend, seed=seed)
+    return dataclasses.replace(result, k=None, measure="euclidean", n_sampled=n_sampled)
+
+
+def show_progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else bool(progress)
+
+
+def check_settings(n_sampled: Any, pairs: Any, exact: Any, batch_size: Any) -> tuple[int, int, bool, int]:
+    n_sampled = check_int("n_sampled", n_sampled, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    if not isinstance(exact, (bool, np.bool_)):
+        raise TypeError(f"exact must be True or False, got {exact!r}")
+    if pairs is None and not exact:
+        raise ValueError("pairs=None needs exact=True")
+    budget = 0 if pairs is None else check_int("pairs", pairs, minimum=1)
+    return n_sampled, budget, bool(exact), batch_size
+
+
+def encode_item_labels(labels: Any, n: int) -> tuple[np.ndarray, list[Hashable]]:
+    label_array = labels_to_array(labels)
+    if label_array.ndim != 1:
+        raise ValueError(f"labels must be 1-D (N,), one per item, got shape {label_array.shape}")
+    if label_array.shape[0] != n:
+        raise ValueError(f"labels has {label_array.shape[0]} entries but there are N={n} items")
+    return encode_labels(label_array)

@@ -1,0 +1,121 @@
+"""What every subcommand shares about errors and output files.
+
+* :class:`UsageError` (exit status 2) and :class:`DataError` (exit status 1):
+  :func:`fastconvex.cli.main` prints either as one line on stderr.
+* Output paths are checked *before* any work (:func:`check_output_file`,
+  :func:`check_plot_file`), results are written atomically
+  (:func:`write_text_atomic`: a temporary file in the same directory, then a
+  rename, so an interrupted run never leaves half a file), and the JSON is
+  written before the plot.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = [
+    "UsageError",
+    "DataError",
+    "check_output_file",
+    "check_plot_file",
+    "write_text_atomic",
+    "positive_int",
+    "non_negative_int",
+]
+
+
+class UsageError(ValueError):
+    """A bad command line (option values, output paths): exit status 2."""
+
+    exit_status = 2
+
+
+class DataError(ValueError):
+    """Input files or data that cannot be scored as given: exit status 1."""
+
+    exit_status = 1
+
+
+def check_output_file(path: str | os.PathLike[str], option: str) -> Path:
+    """``path`` can be written as a file: not a directory, its directory exists
+    and is writable. Raises :class:`UsageError` naming ``option`` otherwise."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{option} {str(out)!r} is a directory; give a file name, such as {str(out / 'result.json')!r}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {str(out)!r}: directory {str(parent)!r} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {str(out)!r}: directory {str(parent)!r} is not writable")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise UsageError(f"{option} {str(out)!r} exists and is not writable")
+    return out
+
+
+def check_plot_file(path: str | os.PathLike[str], option: str = "--plot") -> Path:
+    """The file a plot will be written to, checked before any work.
+
+    No suffix: ``.png`` is added (and the returned path says so, for the log).
+    Raises :class:`UsageError` for a suffix matplotlib cannot write, when
+    matplotlib is missing, or for a path :func:`check_output_file` rejects.
+    """
+    out = Path(path)
+    if not out.suffix:
+        out = out.with_name(out.name + ".png")
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise UsageError(
+            f"{option} needs matplotlib, which is not installed: pip install 'fastconvex[plot]' "
+            f"(or leave out {option})"
+        ) from None
+    formats = FigureCanvasBase.get_supported_filetypes()
+    fmt = out.suffix[1:].lower()
+    if fmt not in formats:
+        raise UsageError(
+            f"{option} {str(path)!r}: matplotlib cannot write {out.suffix!r} files; use one of "
+            + ", ".join(f".{f}" for f in sorted(formats))
+        )
+    return check_output_file(out, option)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same
+    directory and a rename: readers see the old file or the whole new one."""
+    out = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return out
+
+
+def _int_at_least(text: str, minimum: int) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 1 (else a one-line usage error)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 0."""
+    return _int_at_least(text, 0)

@@ -1,0 +1,296 @@
+"""Issue 13: every CLI error is one line on stderr naming the argument or file,
+exit status 2 (usage) or 1 (data), no traceback (``--debug`` shows it); output
+paths are checked before the work; the JSON is written before the plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastconvex as fc
+from fastconvex.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(capsys, argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_line(err: str, prefix: str) -> str:
+    """The whole of stderr is one error line (logs aside) and no traceback."""
+    assert "Traceback" not in err
+    errors = [line for line in err.strip().splitlines() if "error" in line]
+    assert len(errors) == 1, err
+    assert errors[0].startswith(prefix), err
+    return errors[0]
+
+
+@pytest.fixture()
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    np.save(tmp_path / "emb.npy", (rng.normal(size=(2, 60, 4)) + y[:, None]).astype(np.float32))
+    np.save(tmp_path / "y.npy", y)
+    return tmp_path
+
+
+def _score(path, *extra):
+    return ["score", path / "emb.npy", "--labels", path / "y.npy", *extra]
+
+
+# ------------------------------------------------------------------ data errors (1)
+
+def test_empty_layer_stack_is_a_data_error(files, capsys):
+    np.save(files / "empty.npy", np.zeros((0, 60, 4), np.float32))
+    code, out, err = _run(capsys, ["score", files / "empty.npy", "--labels", files / "y.npy"])
+    assert code == 1 and out == ""
+    assert "empty.npy has shape (0, 60, 4): no layer to score" in _one_line(err, "fastconvex score: error:")
+
+
+def test_ragged_object_labels_are_named_not_a_numpy_message(files, capsys):
+    np.save(files / "ragged.npy", np.array([[1, 2], [3]], dtype=object), allow_pickle=True)
+    code, _, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "ragged.npy"])
+    line = _one_line(err, "fastconvex score: error: LABELS:")
+    assert code == 1
+    assert "holds Python objects (dtype object, such as ragged lists)" in line
+    assert "allow_pickle" not in line
+
+
+def test_non_utf8_label_text(files, capsys):
+    (files / "latin.txt").write_bytes(("a\n" * 30 + "caf\xe9\n" * 30).encode("latin-1"))
+    code, _, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "latin.txt"])
+    assert code == 1
+    assert "latin.txt is not UTF-8 text (byte 0xe9 on line 31)" in _one_line(err, "fastconvex score: error:")
+    (files / "latin.csv").write_bytes(("label\n" + "caf\xe9\n" * 60).encode("latin-1"))
+    code, _, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "latin.csv"])
+    assert code == 1 and "latin.csv is not UTF-8 text (byte 0xe9 on line 2)" in err
+
+
+def test_headerless_csv_does_not_lose_its_first_label(files, capsys):
+    (files / "plain.csv").write_text("".join(f"c{v}\n" for v in np.repeat(np.arange(3), 20)))
+    code, out, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "plain.csv"])
+    assert code == 1 and out == ""
+    line = _one_line(err, "fastconvex score: error: LABELS: plain.csv")
+    assert "its first row 'c0' is not 'label'" in line and "--label-column 'c0'" in line
+    # with a header line the same labels score (60 of them, none lost)
+    (files / "headed.csv").write_text("label\n" + (files / "plain.csv").read_text())
+    code, out, _ = _run(capsys, ["score", files / "emb.npy", "--labels", files / "headed.csv", "--json", "--quiet"])
+    assert code == 0 and json.loads(out)["layers"][0]["n_points"] == 60
+
+
+def test_k_too_large_for_the_data(files, capsys):
+    code, _, err = _run(capsys, _score(files, "--k", "60"))
+    assert code == 1 and "k must be < the number of points N=60" in _one_line(err, "fastconvex score: error:")
+
+
+# ------------------------------------------------------------------ usage errors (2)
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["bench", "--classes", "0"], "argument --classes: must be at least 1, got 0"),
+        (["bench", "--repeat", "0"], "argument --repeat: must be at least 1, got 0"),
+        (["bench", "--sizes", "20", "--classes", "15", "--k", "3"], "--classes 15 leaves fewer than 2 points per class"),
+        (["score", "x.npy"], "the following arguments are required: --labels"),
+        (["score", "x.npy", "--labels", "y.npy", "--k", "zero"], "argument --k: expected an integer, got 'zero'"),
+        (["score", "x.npy", "--labels", "y.npy", "--sources", "0"], "argument --sources: must be at least 1, got 0"),
+    ],
+)
+def test_usage_errors_are_one_line_with_status_2(capsys, argv, message):
+    code, out, err = _run(capsys, argv)
+    assert code == 2 and out == ""
+    assert message in _one_line(err, f"fastconvex {argv[0]}: error:")
+    assert len(err.strip().splitlines()) == 1  # no usage block above it
+
+
+def test_label_column_with_npy_labels_is_not_ignored(files, capsys):
+    code, _, err = _run(capsys, _score(files, "--label-column", "speaker"))
+    assert code == 2
+    assert "--label-column applies to .csv labels only, not to y.npy" in _one_line(err, "fastconvex score: error:")
+
+
+# ------------------------------------------------------------------ outputs checked first
+
+def _no_scoring(err):
+    assert "scoring" not in err  # the check came before the work
+
+
+def test_out_an_existing_directory_fails_before_scoring(files, capsys, monkeypatch):
+    called = []
+    monkeypatch.setattr(fc, "layer_scores", lambda *a, **k: called.append(1))
+    code, out, err = _run(capsys, _score(files, "--out", files))
+    assert code == 2 and out == "" and not called
+    assert f"--out {str(files)!r} is a directory; give a file name" in _one_line(err, "fastconvex score: error:")
+    _no_scoring(err)
+    code, _, err = _run(capsys, _score(files, "--out", files / "missing" / "r.json"))
+    assert code == 2 and "does not exist; create it first" in err and not called
+
+
+def test_plot_with_a_suffix_matplotlib_cannot_write_fails_before_scoring(files, capsys):
+    code, out, err = _run(capsys, _score(files, "--plot", files / "out.txt", "--out", files / "r.json"))
+    assert code == 2 and out == ""
+    assert "matplotlib cannot write '.txt' files; use one of" in _one_line(err, "fastconvex score: error:")
+    _no_scoring(err)
+    assert not (files / "r.json").exists()
+
+
+def test_plot_without_matplotlib_fails_before_scoring(files, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.backend_bases", None)
+    code, _, err = _run(capsys, _score(files, "--plot", files / "p.png"))
+    assert code == 2
+    assert "--plot needs matplotlib, which is not installed: pip install 'fastconvex[plot]'" in _one_line(
+        err, "fastconvex score: error:")
+    _no_scoring(err)
+
+
+def test_a_plot_that_fails_keeps_the_json_and_says_why(files, capsys, monkeypatch):
+    import fastconvex.plot
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the renderer ran out of ink")
+
+    monkeypatch.setattr(fastconvex.plot, "plot_layer_scores", broken)
+    code, out, err = _run(capsys, _score(files, "--out", files / "r.json", "--plot", files / "p.png"))
+    assert code == 1
+    line = _one_line(err, "fastconvex score: error: --plot")
+    assert "the renderer ran out of ink" in line and f"the scores are in {files / 'r.json'}" in line
+    expected = json.loads(json.dumps(fc.layer_scores(list(np.load(files / "emb.npy")), np.load(files / "y.npy")).to_dict()))
+    assert json.loads((files / "r.json").read_text()) == expected
+    assert "layer" in out  # the table was printed too
+    assert not (files / "p.png").exists()
+    assert [p.name for p in files.iterdir() if p.name.endswith(".tmp")] == []  # atomic write left nothing
+
+
+def test_plot_name_without_suffix_logs_the_file_written(files, capsys):
+    code, _, err = _run(capsys, _score(files, "--plot", files / "curve"))
+    assert code == 0
+    assert f"wrote {files / 'curve.png'}" in err
+    assert (files / "curve.png").read_bytes()[:4] == b"\x89PNG" and not (files / "curve").exists()
+
+
+# ------------------------------------------------------------------ tracebacks
+
+def test_internal_errors_are_one_line_and_debug_shows_the_traceback(files, capsys, monkeypatch):
+    def bug(*args, **kwargs):
+        raise KeyError("unexpected")
+
+    monkeypatch.setattr(fc, "layer_scores", bug)
+    code, _, err = _run(capsys, _score(files))
+    assert code == 1
+    line = _one_line(err, "fastconvex score: internal error: KeyError")
+    assert "rerun with --debug for the traceback" in line
+    with pytest.raises(KeyError):
+        main([str(a) for a in _score(files, "--debug")])
+
+
+def test_interrupt_is_one_line_with_status_130(files, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fc, "layer_scores", interrupted)
+    code, _, err = _run(capsys, _score(files))
+    assert code == 130 and err.strip().splitlines()[-1] == "fastconvex score: interrupted"
+
+
+@pytest.mark.parametrize(
+    "argv,status,message",
+    [
+        (["bench", "--repeat", "0"], 2, "fastconvex bench: error: argument --repeat"),
+        (["score", "{tmp}/empty.npy", "--labels", "{tmp}/y.npy"], 1, "no layer to score"),
+        (["score", "{tmp}/emb.npy", "--labels", "{tmp}/y.npy", "--out", "{tmp}"], 2, "is a directory"),
+    ],
+)
+def test_subprocess_exit_status_and_no_traceback(files, argv, status, message):
+    np.save(files / "empty.npy", np.zeros((0, 60, 4), np.float32))
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastconvex", *[a.format(tmp=files) for a in argv]],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+    )
+    assert proc.returncode == status, proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]
+
+
+# ------------------------------------------------------------------ prune: audio before the model
+
+@pytest.fixture()
+def clips(tmp_path):
+    sf = pytest.importorskip("soundfile")
+    (tmp_path / "clips").mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a.wav", "b.wav"):
+        sf.write(tmp_path / "clips" / name, (0.1 * rng.standard_normal(3200)).astype(np.float32), 16000)
+    sf.write(tmp_path / "clips" / "tiny.wav", np.zeros(10, np.float32), 16000)
+    return tmp_path
+
+
+def test_prune_csv_header_is_not_a_file_and_is_checked_before_the_model(clips, capsys):
+    (clips / "list.csv").write_text("file,speaker\nclips/a.wav,x\nclips/b.wav,y\n")
+    # MODEL does not exist either: the audio list is checked first
+    code, out, err = _run(capsys, ["prune", clips / "no_model", "--audio", clips / "list.csv", "--out", clips / "o"])
+    assert code == 2 and out == ""
+    line = _one_line(err, "fastconvex prune: error:")
+    assert "line 1 ['file', 'speaker'] looks like a header row but does not name the columns 'path' and 'label'" in line
+    assert "loading" not in err and not (clips / "o").exists()
+    (clips / "gone.csv").write_text("clips/a.wav,x\nclips/gone.wav,y\n")
+    code, _, err = _run(capsys, ["prune", clips / "no_model", "--audio", clips / "gone.csv", "--out", clips / "o"])
+    assert code == 2
+    assert "line 2 lists" in err and "gone.wav', which does not exist" in _one_line(err, "fastconvex prune: error:")
+
+
+@pytest.mark.hf
+def test_audio_errors_name_the_file(clips):
+    pytest.importorskip("transformers")
+    from fastconvex import hf
+    from fastconvex.hf.testing import tiny_model
+
+    model, fe = tiny_model("wav2vec2", layers=2, seed=0)
+    audio = hf.AudioFiles([clips / "clips" / n for n in ("a.wav", "b.wav", "tiny.wav")])
+    with pytest.raises(ValueError) as info:
+        hf.pooled_hidden_states(model, audio, sampling_rate=16000, feature_extractor=fe, progress=False)
+    assert f"audio file {str(clips / 'clips' / 'tiny.wav')!r} (waveforms[2]) has 10 samples, too short" in str(info.value)
+
+
+def test_warnings_are_one_line_too(files, capsys):
+    """A long double .npy scores in float64, and the CLI says so in one line."""
+    x = np.load(files / "emb.npy").astype(np.longdouble)
+    x[0, 3, 1] += np.longdouble(2.0) ** -60 if np.finfo(np.longdouble).nmant > 52 else 0
+    np.save(files / "long.npy", x)
+    code, out, err = _run(capsys, ["score", files / "long.npy", "--labels", files / "y.npy", "--json"])
+    assert code == 0 and json.loads(out)["layers"][0]["n_points"] == 60
+    if np.finfo(np.longdouble).nmant > 52:
+        warning = [line for line in err.splitlines() if "warning" in line]
+        assert len(warning) == 1, err
+        assert warning[0].startswith("fastconvex score: warning: hidden_states[0] has dtype float128: 1 value(s)")
+
+
+def test_table_json_and_progress_lines(files, capsys):
+    """Default: the table on stdout, progress as log lines on stderr (not a
+    terminal); --json or --out - : JSON on stdout; --quiet: nothing on stderr."""
+    code, out, err = _run(capsys, _score(files, "--pairs", "40"))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("graph convexity of 2 layer(s): N=60, k=10, estimator pairs, 120 pairs per layer")
+    result = fc.layer_scores(list(np.load(files / "emb.npy")), np.load(files / "y.npy"), pairs=40)
+    row = lines[3 + result.best_layer].split()
+    assert row[-2:] == ["<-", "best"]
+    assert row[2] == f"{100 * result.scores[result.best_layer]:.2f}"  # rounded for display only
+    lo, hi = result.intervals()[result.best_layer]
+    assert f"{100 * lo:6.2f}-{100 * hi:6.2f}".strip() in lines[3 + result.best_layer]
+    assert "layers: 100%" in err and "2/2 layers" in err and "\r" not in err
+    for flag in (["--json"], ["--out", "-"]):
+        code, out, _ = _run(capsys, _score(files, "--pairs", "40", *flag))
+        assert code == 0 and json.loads(out) == json.loads(json.dumps(result.to_dict()))
+    code, out, err = _run(capsys, _score(files, "--pairs", "40", "--quiet"))
+    assert code == 0 and err == "" and out.startswith("graph convexity")
