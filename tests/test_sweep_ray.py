@@ -54,7 +54,7 @@ def test_worker_that_exits_is_retried(local_ray, stores, tmp_path, capsys):
     assert "reusing 9 finished result(s)" in capsys.readouterr().err
 
 
-def test_task_that_exits_every_time_fails_the_sweep_clearly(local_ray, stores, tmp_path):
+def test_worker_exit_without_retries_fails_the_sweep_clearly(local_ray, stores, tmp_path):
     (local_ray / "crash_store0_1").write_text("no retry allowed")
     with pytest.raises(RuntimeError, match=r"1 of 3 sweep task.*a rerun resumes.*store0.*layer 1: The worker died"):
         fc.sweep(stores[:1], out_dir=tmp_path / "out", engine="ray", pairs=30, retries=0, plot=False,
