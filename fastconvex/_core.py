@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from dataclasses import dataclass
 from typing import Any, Hashable, Sequence
 
 import numpy as np
@@ -83,6 +85,107 @@ def _plan(codes: np.ndarray, n_classes: int, pairs, sources, exact, seed, min_cl
     return plan
 
 
+@dataclass(frozen=True)
+class ScoringPlan:
+    """What every layer of one dataset is scored with: the labels' class codes,
+    the class list, the pair plan (drawn once from the labels and the seed), k
+    and the seed. Made by :func:`plan_scoring`; used by :func:`score_layer`."""
+
+    codes: np.ndarray
+    classes: list[Hashable]
+    pairs: PairPlan
+    k: int
+    seed: int | None
+
+    @property
+    def n_points(self) -> int:
+        return int(self.codes.shape[0])
+
+
+def plan_scoring(
+    labels: Any,
+    *,
+    k: int = 10,
+    pairs: int | None = DEFAULT_PAIRS,
+    sources: int | None = None,
+    exact: bool = False,
+    seed: int | None = 0,
+    min_class_size: int = 2,
+    n_layers: int = 1,
+) -> ScoringPlan:
+    """Encode (N,) ``labels`` and draw the pairs, exactly as ``layer_scores`` does
+    (``n_layers``: how many layers will be scored on them, for the cost warning)."""
+    label_array = labels_to_array(labels)
+    if label_array.ndim != 1:
+        raise ValueError(f"labels must be 1-D (N,), got shape {label_array.shape}")
+    k = check_k(k, int(label_array.shape[0]))
+    codes, classes = encode_labels(label_array)
+    seed = _check_seed(seed)
+    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size, n_layers)
+    return ScoringPlan(codes, classes, plan, k, seed)
+
+
+ENGINES = ("local", "ray")
+
+
+def check_engine(engine: Any, shards: Any) -> int | None:
+    """Validate ``engine`` ("local" | "ray") and ``shards`` (Ray only)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if shards is None:
+        return None
+    if engine != "ray":
+        raise ValueError("shards=S splits one layer over Ray workers: it needs engine='ray'")
+    return check_int("shards", shards, minimum=1)
+
+
+def _session(engine: str, address: Any) -> Any:
+    if engine == "ray":
+        from ._ray import ray_session
+
+        return ray_session(address)
+    if address is not None:
+        raise ValueError("address is a Ray cluster address: it needs engine='ray'")
+    return contextlib.nullcontext()
+
+
+def score_layer(
+    x: Any,
+    plan: ScoringPlan,
+    *,
+    backend: str = "auto",
+    device: Any = None,
+    engine: str = "local",
+    shards: int | None = None,
+    address: str | None = None,
+    progress: bool = False,
+) -> Convexity:
+    """Graph convexity of one validated (N, D) layer on ``plan``'s pairs: the one
+    per-layer computation behind ``graph_convexity``, ``layer_scores`` and ``sweep``.
+
+    ``engine="ray"`` splits the exact kNN (query blocks) and the shortest paths
+    (sources) of the Numba backend over ``shards`` Ray tasks (default: one per
+    CPU of the cluster); the result equals the one-process result bit for bit.
+    """
+    check_labels_length(plan.codes, int(x.shape[0]))
+    shards = check_engine(engine, shards)
+    name = resolve_backend(backend, x, device)
+    with _session(engine, address) as ray:
+        if engine == "ray":
+            if name != "numba":
+                raise ValueError(f"engine='ray' shards the Numba kernels: backend={backend!r} resolved to "
+                                 f"{name!r}; use backend='numba' (or 'auto' on CPU data)")
+            from ._ray import ShardedEngine
+
+            n_shards = shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            kernels: Any = ShardedEngine(ray, n_shards)
+        else:
+            kernels = get_engine(name, device, progress=progress)
+        stats = kernels.source_stats(rescaled_for_range(x)[0], plan.codes, plan.pairs, plan.k)
+    return aggregate(plan.pairs, stats, plan.classes, k=plan.k, n_points=plan.n_points,
+                     backend=name, seed=plan.seed)
+
+
 def graph_convexity(
     x: Any,
     labels: Any,
@@ -95,6 +198,9 @@ def graph_convexity(
     min_class_size: int = 2,
     backend: str = "auto",
     device: Any = None,
+    engine: str = "local",
+    shards: int | None = None,
+    address: str | None = None,
 ) -> Convexity:
     """Graph convexity of one embedding (how it is defined and computed: docs/score.md).
 
@@ -122,6 +228,14 @@ def graph_convexity(
         Classes with fewer members are skipped (reported with 0 pairs).
     backend, device
         See :func:`knn_graph`.
+    engine : "local" | "ray"
+        "ray" splits the exact kNN into query blocks and the shortest paths by
+        source over ``shards`` Ray tasks (Numba kernels; extra ``[ray]``): the
+        result is identical to one process.
+    shards : int, optional
+        Ray tasks per step (default: the cluster's CPU count); ``engine="ray"`` only.
+    address : Ray address (default: the running Ray, ``RAY_ADDRESS``, or a new
+        local one); ``engine="ray"`` only.
 
     Returns
     -------
@@ -134,13 +248,9 @@ def graph_convexity(
     if label_array.ndim != 1:
         raise ValueError(f"labels must be 1-D (N,), got shape {label_array.shape}")
     check_labels_length(label_array, n)
-    codes, classes = encode_labels(label_array)
-    seed = _check_seed(seed)
-    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size)
-    name = resolve_backend(backend, x, device)
-    engine = get_engine(name, device)
-    stats = engine.source_stats(rescaled_for_range(x)[0], codes, plan, k)
-    return aggregate(plan, stats, classes, k=k, n_points=n, backend=name, seed=seed)
+    plan = plan_scoring(label_array, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
+                        min_class_size=min_class_size)
+    return score_layer(x, plan, backend=backend, device=device, engine=engine, shards=shards, address=address)
 
 
 def layer_scores(
@@ -158,6 +268,9 @@ def layer_scores(
     attention_mask: Any = None,
     lengths: Any = None,
     progress: bool | None = None,
+    engine: str = "local",
+    shards: int | None = None,
+    address: str | None = None,
 ) -> LayerScores:
     """Graph convexity of every layer, all scored on the same pairs.
 
@@ -181,6 +294,8 @@ def layer_scores(
         tqdm bars over layers and, for layers of 20 000 points or more, inside
         each layer (kNN rows, path searches); where stderr is not a terminal
         (a log, CI) a plain line every 30 s instead of a redrawn bar.
+    engine, shards, address
+        As in :func:`graph_convexity` (one Ray connection for all layers).
     k, pairs, sources, exact, seed, min_class_size, backend, device
         As in :func:`graph_convexity`; the pairs are drawn once and reused for
         every layer.
@@ -194,24 +309,23 @@ def layer_scores(
     layers, label_array = prepare_layers(
         hidden_states, labels, attention_mask=attention_mask, lengths=lengths
     )
-    n = int(layers[0].shape[0])
-    k = check_k(k, n)
-    codes, classes = encode_labels(label_array)
-    seed = _check_seed(seed)
-    plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size, len(layers))
+    k = check_k(k, int(layers[0].shape[0]))
+    plan = plan_scoring(label_array, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
+                        min_class_size=min_class_size, n_layers=len(layers))
     name = resolve_backend(backend, layers[0], device)
     show = show_progress(progress)
-    engine = get_engine(name, device, progress=show)
+    shards = check_engine(engine, shards)
     results: list[Convexity] = []
-    with Progress(len(layers), "layers", desc="layers", enabled=show) as bar:
+    with _session(engine, address), Progress(len(layers), "layers", desc="layers", enabled=show) as bar:
         for layer in layers:
-            stats = engine.source_stats(rescaled_for_range(layer)[0], codes, plan, k)
-            results.append(aggregate(plan, stats, classes, k=k, n_points=n, backend=name, seed=seed))
+            results.append(score_layer(layer, plan, backend=name, device=device, engine=engine, shards=shards,
+                                       progress=show))
             bar.update()
-    return _stack(results, classes)
+    return stack_layers(results, plan.classes)
 
 
-def _stack(results: Sequence[Convexity], classes: list[Hashable]) -> LayerScores:
+def stack_layers(results: Sequence[Convexity], classes: list[Hashable]) -> LayerScores:
+    """Per-layer :class:`Convexity` results (same classes) as one :class:`LayerScores`."""
     return LayerScores(
         scores=np.array([r.score for r in results]),
         stderr=np.array([r.stderr for r in results]),

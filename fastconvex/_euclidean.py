@@ -7,7 +7,7 @@ from typing import Any, Callable, Hashable, Iterable
 
 import numpy as np
 
-from ._core import _check_seed, _stack
+from ._core import _check_seed, stack_layers
 from ._inputs import check_int
 from ._layers import _split_layers
 from ._pairs import PairPlan
@@ -208,4 +208,4 @@ def layer_euclidean_scores(
                 batch_size=batch_size, device=device, known_labels=known_labels, seed=seed, progress=False,
             ))
             bar.update()
-    return _stack(results, classes)
+    return stack_layers(results, classes)

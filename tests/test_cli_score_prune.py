@@ -329,7 +329,10 @@ def test_prune_with_csv_keep_and_embeddings_dir(speech, capsys, tmp_path):
     report = json.loads(out)
     assert report["keep"] == 2 and report["rule"] == "given" and report["plot"] is None
     assert not (tmp_path / "m" / "convexity.png").exists()
-    assert sorted(p.name for p in (tmp_path / "emb").iterdir()) == [f"layer_00{i}.npy" for i in range(4)]
+    assert sorted(p.name for p in (tmp_path / "emb").iterdir()) == [
+        "labels", *(f"layer_00{i}.npy" for i in range(4)), "store.json"]
+    store = fc.open_store(tmp_path / "emb")  # a layer store, labels included
+    assert store.labels.tolist() == [r.split(",")[1] for r in rows[1:]] and len(store) == 4
     # the streamed embeddings score the same through `fastconvex score`
     labels = [r.split(",")[1] for r in rows[1:]]
     (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")

@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+import fastconvex as fc
 from fastconvex import hf  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
 
@@ -191,20 +192,78 @@ def test_frame_labels_give_frame_rows(waves, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_out_dir_streams_layers_into_npy_memmaps(waves, tmp_path, dtype):
+def test_out_dir_streams_layers_into_a_layer_store(waves, tmp_path, dtype):
     model, fe = tiny_model("hubert")
     ref = hf.pooled_hidden_states(model, waves, feature_extractor=fe, batch_size=3, progress=False)
+    labels = ["a", "b"] * (len(waves) // 2) + ["a"] * (len(waves) % 2)
     res = hf.pooled_hidden_states(
-        model, waves, feature_extractor=fe, batch_size=3, out_dir=tmp_path / "emb", dtype=dtype, progress=False
+        model, waves, feature_extractor=fe, batch_size=3, out_dir=tmp_path / "emb", dtype=dtype, progress=False,
+        labels=labels, meta={"checkpoint": "step-0"},
     )
     assert [p.name for p in res.paths] == ["layer_000.npy", "layer_001.npy", "layer_002.npy", "layer_003.npy"]
-    assert sorted(p.name for p in (tmp_path / "emb").iterdir()) == [p.name for p in res.paths]
+    assert sorted(p.name for p in (tmp_path / "emb").iterdir()) == sorted([p.name for p in res.paths] + ["labels", "store.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]  # no temporary directory left
+    store = fc.open_store(tmp_path / "emb")
+    assert store.labels.tolist() == labels and store.meta["checkpoint"] == "step-0"
+    assert store.meta["pooling"] == "mean over valid frames" and store.meta["hidden_states"] == [0, 1, 2, 3]
+    assert store.meta["model_class"] == type(model).__name__
     tol = 1e-6 if dtype == "float32" else 2e-3 * max(float(np.abs(r).max()) for r in ref)
     for path, arr, expected in zip(res.paths, res, ref):
         assert isinstance(arr, np.memmap)
         on_disk = np.load(path)
         assert on_disk.dtype == np.dtype(dtype) and on_disk.shape == (len(waves), 32)
         np.testing.assert_allclose(on_disk.astype(np.float32), expected, rtol=0, atol=tol)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        hf.pooled_hidden_states(model, waves, feature_extractor=fe, out_dir=tmp_path / "emb", labels=labels,
+                                progress=False)
+    with pytest.raises(ValueError, match="pass labels="):
+        hf.pooled_hidden_states(model, waves, feature_extractor=fe, out_dir=tmp_path / "e2", progress=False)
+    assert not (tmp_path / "e2").exists()
+
+
+def test_out_dir_resumes_an_interrupted_run(waves, tmp_path):
+    model, fe = tiny_model("wav2vec2")
+    lengths = [len(w) for w in waves]
+    labels = list(range(len(waves)))
+
+    class Flaky:
+        """Lazily loaded audio that fails once at utterance ``fail_at``."""
+
+        def __init__(self, fail_at):
+            self.fail_at, self.loads = fail_at, []
+
+        def __len__(self):
+            return len(waves)
+
+        def __getitem__(self, i):
+            if i == self.fail_at:
+                self.fail_at = None
+                raise OSError("disk went away")
+            self.loads.append(i)
+            return waves[i]
+
+    ref = hf.pooled_hidden_states(model, waves, feature_extractor=fe, batch_size=2, progress=False)
+    flaky = Flaky(fail_at=int(np.argmin(lengths)))  # the shortest: in the last batch
+    kw = dict(feature_extractor=fe, batch_size=2, lengths=lengths, labels=labels, progress=False)
+    with pytest.raises(OSError, match="disk went away"):
+        hf.pooled_hidden_states(model, flaky, out_dir=tmp_path / "emb", **kw)
+    assert not (tmp_path / "emb").exists()
+    with pytest.raises(ValueError, match="partial.*different job"):
+        hf.pooled_hidden_states(model, flaky, out_dir=tmp_path / "emb", **{**kw, "dtype": "float16"})
+    with pytest.raises(ValueError, match="unfinished write"):
+        (tmp_path / "emb").mkdir()
+        fc.open_store(tmp_path / "emb")
+    (tmp_path / "emb").rmdir()
+    flaky.fail_at = int(np.argmin(lengths))
+    with pytest.raises(OSError, match="disk went away"):  # not resumable: nothing left behind
+        hf.pooled_hidden_states(model, flaky, out_dir=tmp_path / "other", resume=False, **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".emb.partial"]
+    first = len(flaky.loads)
+    res = hf.pooled_hidden_states(model, flaky, out_dir=tmp_path / "emb", **kw)
+    assert len(flaky.loads) - first <= 2  # only the unfinished batch ran again
+    for arr, expected in zip(res, ref):
+        np.testing.assert_allclose(np.asarray(arr), expected, rtol=0, atol=1e-6)
+    assert fc.open_store(tmp_path / "emb").labels.tolist() == labels
 
 
 def test_lazy_sequence_with_lengths_and_2d_input(waves):

@@ -47,8 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--embeddings-dir", default=None, metavar="DIR",
-        help="stream pooled hidden states to DIR/layer_XXX.npy (for data larger than RAM; reusable by 'score')",
+        help="stream pooled hidden states into a layer store at DIR (for data larger than RAM; "
+        "reusable by 'sweep' and 'score'; an interrupted run resumes)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --embeddings-dir store")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of --embeddings-dir")
     add_scoring_arguments(parser)
     from ._euclidean import add_measure_arguments
@@ -175,6 +177,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.keep is not None and args.keep < 1:
         raise ValueError(f"--keep must be at least 1, got {args.keep}")
     score_kwargs = scoring_kwargs(args)
+    if args.embeddings_dir is not None and Path(args.embeddings_dir).exists() and not args.overwrite:
+        raise ValueError(f"--embeddings-dir {str(args.embeddings_dir)!r} already exists (pass --overwrite to replace it)")
 
     paths, labels = hf.find_audio(args.audio)
     if args.max_per_class is not None:
@@ -217,6 +221,9 @@ def _run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 feature_extractor=fe,
                 out_dir=args.embeddings_dir,
+                labels=None if args.embeddings_dir is None else labels,
+                meta=None if args.embeddings_dir is None else {"model": str(args.model), "audio": str(args.audio)},
+                overwrite=args.overwrite,
                 dtype=args.dtype,
                 lengths=lengths,
                 mix_lengths=args.mix_lengths,

@@ -196,6 +196,10 @@ def pooled_hidden_states(
     mix_lengths: bool = False,
     progress: bool | None = None,
     final_norm: str = "raw",
+    labels: Sequence[Any] | None = None,
+    meta: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = True,
 ) -> PooledHiddenStates:
     """Per-layer embeddings of a speech model: one (N, D) array per hidden state.
 
@@ -240,9 +244,24 @@ def pooled_hidden_states(
         ignored frames.  Switches to frame-level output: one (frames, D) array per
         layer, labels in ``result.labels``.
     out_dir : path, optional
-        Stream each layer into ``out_dir/layer_XXX.npy`` (a ``np.lib.format.open_memmap``
-        of ``dtype``), so datasets larger than RAM work; the returned arrays are those
-        memmaps.  The directory can be passed to ``fastconvex score`` as is.
+        Write a layer store there (see :mod:`fastconvex.store`; ``fastconvex.open_store``,
+        ``fastconvex.sweep``, ``fastconvex score DIR`` read it): each batch's rows are
+        streamed into ``layer_XXX.npy`` memmaps of ``dtype`` (memory bounded by one
+        batch), each finished batch is recorded, and the store appears atomically
+        when all are done.  An interrupted run resumes (``resume``) where it stopped;
+        an existing store is replaced only with ``overwrite=True``.  The returned
+        arrays are the store's read-only memmaps.
+    labels : sequence, optional
+        Utterance labels (N,), stored with ``out_dir`` (required there unless
+        ``frame_labels`` gives the rows' labels).
+    meta : dict, optional
+        Extra store metadata (model name, checkpoint ...), with ``out_dir``.
+    overwrite : bool
+        Replace an existing store at ``out_dir``.
+    resume : bool
+        Continue an interrupted ``out_dir`` write of the same job (same model
+        configuration, audio lengths, labels, layers, dtype, batching); a partial
+        write of a different job is an error.
     dtype : {"float32", "float16"}
         Storage dtype of the result (pooling itself is done in float32).
     lengths : sequence of int, optional
@@ -398,9 +417,18 @@ def pooled_hidden_states(
     else:
         n_rows = n_utt
 
-    out_path = Path(out_dir) if out_dir is not None else None
-    if out_path is not None:
-        out_path.mkdir(parents=True, exist_ok=True)
+    writer = None
+    if out_dir is not None:  # checked before any forward pass
+        from ._store_out import open_writer
+
+        writer = open_writer(
+            out_dir, model=model, labels=labels, frame_labels=all_labels, utterance=utt_of_row,
+            raw_lengths=raw_lengths, n_utt=n_utt, meta=meta, overwrite=overwrite, resume=resume,
+            job={"layers": None if layers is None else list(layers), "dtype": out_dtype.name,
+                 "batch_size": batch_size, "mix_lengths": bool(mix_lengths), "final_norm": final_norm,
+                 "sampling_rate": int(sampling_rate)},
+        )
+    done_batches = writer.done_blocks() if writer is not None else {}
 
     # ---- forward passes -----------------------------------------------------------------------
     order = np.argsort(-raw_lengths, kind="stable")
@@ -416,7 +444,6 @@ def pooled_hidden_states(
     float_dtype = next((p.dtype for p in enc.parameters() if p.is_floating_point()), torch.float32)
     selected: list[int] | None = None
     outputs: list[np.ndarray] = []
-    paths: list[Path] | None = None
     was_training = model.training
     model.eval()
     # Whether hidden_states[-1] already went through the final LayerNorm differs
@@ -431,7 +458,12 @@ def pooled_hidden_states(
     bar.__enter__()
     try:
         with torch.inference_mode():
-            for batch in batches:
+            for batch_index, batch in enumerate(batches):
+                if batch_index in done_batches:  # written by an interrupted run
+                    if generic:
+                        n_frames[batch] = done_batches[batch_index]
+                    bar.update(1)
+                    continue
                 waves = []
                 for i in batch:
                     w = loaded[i] if loaded is not None else _as_waveform(
@@ -461,11 +493,9 @@ def pooled_hidden_states(
                 if selected is None:
                     selected = _select_layers(layers, len(hidden))
                     dim = int(hidden[0].shape[-1])
-                    if out_path is not None:
-                        paths = [out_path / f"layer_{li:03d}.npy" for li in selected]
-                        outputs = [
-                            np.lib.format.open_memmap(p, mode="w+", dtype=out_dtype, shape=(n_rows, dim)) for p in paths
-                        ]
+                    if writer is not None:
+                        outputs = writer.allocate(dim, out_dtype, count=len(selected))
+                        writer.set_info(hidden_states=selected)
                     else:
                         outputs = [np.empty((n_rows, dim), dtype=out_dtype) for _ in selected]
                 if generic:
@@ -494,16 +524,27 @@ def pooled_hidden_states(
                         for b, i in enumerate(batch):
                             rows = h[b, : int(frames[b])][torch.as_tensor(frame_keep[i], device=h.device)]
                             outputs[slot][offsets[i] : offsets[i + 1]] = rows.to("cpu").numpy().astype(out_dtype, copy=False)
+                if writer is not None:
+                    writer.mark_done(batch_index, outputs, [int(f) for f in frames])
                 bar.update(1)
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # a resumable (.partial) write stays for the rerun
+        raise
     finally:
         if norm_hook is not None:
             norm_hook.remove()
         bar.__exit__(None, None, None)
         if was_training:
             model.train()
-    for arr in outputs:
-        if isinstance(arr, np.memmap):
-            arr.flush()
+    paths: list[Path] | None = None
+    if writer is not None:
+        if selected is None:  # every batch was written by an interrupted run
+            selected = writer.reopen_layers()
+        del outputs
+        store = writer.finish()
+        outputs = store.layers
+        paths = [store.path / entry["file"] for entry in store.manifest["layers"]]
 
     result = PooledHiddenStates(outputs)
     result.layers = list(selected or [])

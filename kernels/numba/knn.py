@@ -225,6 +225,7 @@ def knn(
     block_rows: int = 1024,
     block_cols: int = 16384,
     progress: Callable[[int, int], None] | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Exact k nearest other points of every row of ``x`` (Euclidean).
 
@@ -237,12 +238,16 @@ def knn(
         rows, and of rows recomputed exactly (``total`` grows by those rows
         once the certificate has named them). The results are the same with
         or without it.
+    rows : (q0, q1), optional
+        Only the neighbours of query rows q0..q1-1 (against every row of ``x``):
+        exactly rows q0..q1-1 of the full result, so query blocks can be
+        computed apart (by different workers) and stacked.
 
     Returns
     -------
-    indices : (N, k) int64, ascending by distance, ties by the smaller index
-        (ties of the distances as returned)
-    distances : (N, k) float64 Euclidean distances, computed exactly in float64
+    indices : (M, k) int64 (M = N, or q1 - q0), ascending by distance, ties by
+        the smaller index (ties of the distances as returned)
+    distances : (M, k) float64 Euclidean distances, computed exactly in float64
     n_fallback : int, rows recomputed by brute force because the float32
         candidate pass could not certify them (near-ties, duplicates).
     """
@@ -279,34 +284,43 @@ def knn(
         2.0 * gamma * norms * max_norm + 4.0 * u * (norms + max_norm) ** 2
     ) + 4.0 * dim * 2.0**-149 + 1e-300
 
-    heap_d = np.full((n, kc), np.inf)
-    heap_i = np.full((n, kc), -1, np.int64)
-    every_row = np.arange(n, dtype=np.int64)
-    for r0 in range(0, n, block_rows):
-        r1 = min(n, r0 + block_rows)
+    q0, q1 = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= q0 < q1 <= n:
+        raise ValueError(f"rows must be (q0, q1) with 0 <= q0 < q1 <= N={n}, got {rows!r}")
+    m = q1 - q0  # query rows: heap row h holds data row q0 + h
+    heap_d = np.full((m, kc), np.inf)
+    heap_i = np.full((m, kc), -1, np.int64)
+    query = np.arange(q0, q1, dtype=np.int64)
+    for r0 in range(q0, q1, block_rows):
+        r1 = min(q1, r0 + block_rows)
         xr = xf[r0:r1]
         for c0 in range(0, n, block_cols):
             c1 = min(n, c0 + block_cols)
             gram = xr @ xf[c0:c1].T
-            _update_topk_from_gram(gram, sq[r0:r1], sq[c0:c1], r0, every_row[r0:r1], c0, heap_d, heap_i)
+            _update_topk_from_gram(gram, sq[r0:r1], sq[c0:c1], r0 - q0, query[r0 - q0 : r1 - q0], c0,
+                                   heap_d, heap_i)
         if progress is not None:
-            progress(r1, n)
+            progress(r1 - q0, m)
 
+    # indexed by data row; with a query block only its rows are written (the
+    # pages of the others are never touched, so cost no memory)
     out_i = np.empty((n, k), np.int64)
     out_d = np.empty((n, k), np.float64)
-    certified = np.empty(n, np.bool_)
+    certified = np.empty(m, np.bool_)
     # exact distances read x in its own dtype and accumulate in float64
     # (no float64 copy of the data)
-    _rerank_exact(x, scale, every_row, heap_d, heap_i, bound, k, out_i, out_d, certified)
-    rows = np.flatnonzero(~certified).astype(np.int64)
+    _rerank_exact(x, scale, query, heap_d, heap_i, bound[q0:q1], k, out_i, out_d, certified)
+    left = query[~certified]
     del heap_d, heap_i
-    if rows.size >= SECOND_TIER_MIN_ROWS:
-        rows = _float64_tier(x, mean, scale, rows, k, kc, block_rows, block_cols, out_i, out_d)
-    if rows.size and progress is None:
-        _exact_rows(x, scale, rows, k, out_i, out_d)
-    elif rows.size:  # in batches, to report them (each row is computed alone)
-        step = max(4096, -(-rows.size // 20))
-        for b0 in range(0, rows.size, step):
-            _exact_rows(x, scale, rows[b0 : b0 + step], k, out_i, out_d)
-            progress(n + min(rows.size, b0 + step), n + rows.size)
-    return out_i, out_d, int(rows.size)
+    if left.size >= SECOND_TIER_MIN_ROWS:
+        left = _float64_tier(x, mean, scale, left, k, kc, block_rows, block_cols, out_i, out_d)
+    if left.size and progress is None:
+        _exact_rows(x, scale, left, k, out_i, out_d)
+    elif left.size:  # in batches, to report them (each row is computed alone)
+        step = max(4096, -(-left.size // 20))
+        for b0 in range(0, left.size, step):
+            _exact_rows(x, scale, left[b0 : b0 + step], k, out_i, out_d)
+            progress(m + min(left.size, b0 + step), m + left.size)
+    if rows is None:
+        return out_i, out_d, int(left.size)
+    return out_i[q0:q1].copy(), out_d[q0:q1].copy(), int(left.size)

@@ -1,0 +1,124 @@
+"""Embedding a labelled audio corpus into a layer store, in this process or
+split over Ray workers (``fastconvex embed --engine ray``).
+
+Both engines write the same store: the same rows in the same order. The Ray
+engine splits the utterances into contiguous chunks; each chunk is one plain
+Ray task (:func:`embed_chunk`, a thin wrapper's body) that loads the model
+once per worker process, pools its chunk with ``pooled_hidden_states`` and
+writes those rows into the store's (shared) partial directory, then marks the
+chunk done. Utterances are batched within a chunk rather than over the whole
+corpus, so models whose output depends on padding may differ from the one-
+process store by what batching allows (float rounding; exactly equal for
+models batched only by equal length, e.g. wav2vec2-base).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+_MODELS: dict[tuple[str, str | None, str | None], tuple[Any, Any]] = {}
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """What every chunk of an embedding run shares."""
+
+    model: str
+    model_class: str | None
+    device: str | None
+    paths: list[str]
+    sampling_rate: int
+    batch_size: int
+    dtype: str
+    layers: list[int] | None
+    final_norm: str
+    mix_lengths: bool
+    partial_dir: str
+    layer_files: list[str]
+
+
+def _model(job: EmbedJob) -> tuple[Any, Any]:
+    """The job's model and feature extractor, loaded once per worker process."""
+    key = (job.model, job.model_class, job.device)
+    if key not in _MODELS:
+        from .commands.prune import load_model
+
+        _MODELS.clear()
+        _MODELS[key] = load_model(job.model, job.model_class, job.device)
+    return _MODELS[key]
+
+
+def embed_chunk(job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequence[int]) -> int:
+    """Pool utterances ``rows`` and write them into the partial store; returns
+    the number of rows written."""
+    from . import hf
+
+    model, fe = _model(job)
+    audio = hf.AudioFiles([job.paths[i] for i in rows], sampling_rate=job.sampling_rate)
+    pooled = hf.pooled_hidden_states(
+        model, audio, sampling_rate=job.sampling_rate, batch_size=job.batch_size, feature_extractor=fe,
+        layers=job.layers, dtype=job.dtype, lengths=list(lengths), mix_lengths=job.mix_lengths,
+        progress=False, final_norm=job.final_norm,
+    )
+    part = Path(job.partial_dir)
+    for file, values in zip(job.layer_files, pooled):
+        out = np.load(part / file, mmap_mode="r+", allow_pickle=False)
+        out[rows[0] : rows[-1] + 1] = values
+        out.flush()
+        del out
+    from .store import mark_block_done
+
+    mark_block_done(part, chunk)
+    return len(rows)
+
+
+def ray_embed_chunk(job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequence[int]) -> int:
+    """The remote task: :func:`embed_chunk`, on the task's GPU when Ray gave it
+    one (``num_gpus=1``) and no device was named."""
+    import dataclasses
+
+    import ray
+
+    if job.device is None and ray.get_gpu_ids():
+        job = dataclasses.replace(job, device="cuda")
+    return embed_chunk(job, chunk, rows, lengths)
+
+
+def probe_layers(model: Any, fe: Any, wave: np.ndarray, *, sampling_rate: int, layers: Sequence[int] | None,
+                 final_norm: str) -> tuple[list[int], int]:
+    """(hidden-state indices, D) that the job will write, from one utterance."""
+    from . import hf
+
+    pooled = hf.pooled_hidden_states(model, [wave], sampling_rate=sampling_rate, feature_extractor=fe,
+                                     layers=layers, progress=False, final_norm=final_norm)
+    return list(pooled.layers), int(pooled[0].shape[1])
+
+
+def embed_on_ray(job: EmbedJob, writer: Any, lengths: np.ndarray, *, chunk_size: int, address: str | None,
+                 retries: int, verbose: bool) -> tuple[int, int]:
+    """Run the chunks not yet done as Ray tasks; returns (chunks run, chunks reused)."""
+    from ._ray import ray_session, task_resources
+
+    n = int(lengths.shape[0])
+    chunks = [np.arange(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    done = writer.done_blocks()
+    todo = [c for c in range(len(chunks)) if c not in done]
+    with ray_session(address) as ray:
+        remote = ray.remote(ray_embed_chunk).options(max_retries=retries, **task_resources(ray))
+        job_ref = ray.put(job)
+        pending = {remote.remote(job_ref, c, chunks[c].tolist(), lengths[chunks[c]].tolist()): c for c in todo}
+        finished = len(done)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                c = pending.pop(ref)
+                ray.get(ref)  # a chunk that failed on every retry raises here; done chunks stay done
+                finished += 1
+                if verbose:
+                    print(f"embed: chunk {c} done ({finished}/{len(chunks)})", file=sys.stderr, flush=True)
+    return len(todo), len(done)

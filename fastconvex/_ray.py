@@ -1,0 +1,159 @@
+"""The Ray engine (extra ``[ray]``, imported lazily): sweep tasks as Ray
+remote tasks. Each task is :func:`fastconvex._sweep.run_layer_task` itself,
+wrapped by ``ray.remote``; Ray does the scheduling, retries and placement."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+
+from ._backends import NumbaEngine, source_sums
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._core import ScoringPlan
+    from ._results import Convexity
+    from ._sweep import LayerTask
+
+INSTALL_HINT = 'engine="ray" needs Ray: pip install "fastconvex[ray]" (or pip install ray)'
+
+# Fault injection for the test suite only: "DIR" makes each task's worker exit
+# (os._exit) on its first attempt at a layer listed in DIR/crash_<store>_<layer>,
+# removing the file first so Ray's retry then succeeds.
+CRASH_ENV = "FASTCONVEX_TEST_CRASH_DIR"
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or an ImportError saying what to install."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None) -> Iterator[Any]:
+    """The running Ray (inside a Ray task, or one the caller started), else a
+    connection to ``address`` (None: ``RAY_ADDRESS`` or a new local Ray) that
+    is shut down again on exit."""
+    ray = require_ray()
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def knn_block(x: np.ndarray, k: int, q0: int, q1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact kNN of query rows q0..q1-1 of ``x`` against all of ``x`` (a shard's task)."""
+    from .kernels.numba.knn import knn
+
+    indices, distances, _ = knn(x, k, rows=(q0, q1))
+    return indices, distances
+
+
+def _blocks(n: int, shards: int) -> list[tuple[int, int]]:
+    bounds = np.linspace(0, n, min(shards, n) + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+class ShardedEngine(NumbaEngine):
+    """The Numba engine with its two heavy steps split over Ray tasks: the
+    exact kNN by query rows (each block against the whole database, which is
+    put into the object store once) and the shortest paths by sources (the
+    union graph put into the object store once). Both splits are exact, so the
+    result is the one-process result, bit for bit."""
+
+    def __init__(self, ray: Any, shards: int) -> None:
+        super().__init__(progress=False)  # the work is in Ray tasks: no bars inside the layer
+        self.ray = ray
+        self.shards = shards
+        self.opts = task_resources(ray, gpu=False)
+
+    def distinct_knn(self, rows: np.ndarray, k: int, progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        ray = self.ray
+        ref = ray.put(np.ascontiguousarray(rows))
+        task = ray.remote(knn_block).options(**self.opts)
+        parts = ray.get([task.remote(ref, k, a, b) for a, b in _blocks(int(rows.shape[0]), self.shards)])
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def source_parts(self, csr, codes, plan, progress=None):  # type: ignore[no-untyped-def]
+        ray = self.ray
+        csr_ref, codes_ref, plan_ref = ray.put(csr), ray.put(codes), ray.put(plan)
+        task = ray.remote(source_sums).options(**self.opts)
+        return ray.get([task.remote(csr_ref, codes_ref, plan_ref, a, b)
+                        for a, b in _blocks(plan.n_sources, self.shards)])
+
+
+def ray_layer_task(task: "LayerTask", plan: "ScoringPlan", backend: str, device: Any,
+                   shards: int | None = None) -> "Convexity":
+    """The remote task: :func:`run_layer_task` (plus the test suite's fault hook).
+    A task given a GPU (``num_gpus=1``) scores on it: ``device="cuda"`` (the
+    GPU Ray assigned) unless a device was named."""
+    import ray
+
+    from ._sweep import run_layer_task
+
+    if device is None and backend in ("auto", "triton") and ray.get_gpu_ids():
+        device = "cuda"
+
+    crash_dir = os.environ.get(CRASH_ENV)
+    if crash_dir:
+        marker = os.path.join(crash_dir, f"crash_{task.store_name}_{task.layer}")
+        if os.path.exists(marker):
+            os.remove(marker)
+            os._exit(1)
+    return run_layer_task(task, plan, backend, device, shards)
+
+
+def task_resources(ray: Any, gpu: bool = True) -> dict[str, Any]:
+    """One GPU per task when the cluster has GPUs (and ``gpu``), else one CPU."""
+    if gpu and ray.cluster_resources().get("GPU", 0) >= 1:
+        return {"num_gpus": 1}
+    return {"num_cpus": 1}
+
+
+def run_on_ray(
+    tasks: list["LayerTask"],
+    plans: dict[str, "ScoringPlan"],
+    *,
+    backend: str,
+    device: Any,
+    shards: int | None,
+    address: str | None,
+    retries: int,
+    report: Any,
+    on_done: Callable[["LayerTask", "Convexity"], None],
+) -> list[tuple["LayerTask", BaseException]]:
+    """Run ``tasks`` as Ray tasks; returns the (task, error) of those that failed
+    after ``retries`` reruns. Connects to ``address`` (or the running Ray, or
+    starts a local one, which it shuts down again)."""
+    failures: list[tuple[LayerTask, BaseException]] = []
+    if not tasks:
+        return failures
+    with ray_session(address) as ray:
+        remote = ray.remote(ray_layer_task).options(max_retries=retries, **task_resources(ray))
+        plan_refs = {name: ray.put(plan) for name, plan in plans.items()}  # once per store
+        pending = {remote.remote(t, plan_refs[t.store_name], backend, device, shards): t for t in tasks}
+        while pending:
+            report.running(len(pending))
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                task = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # a task error or a worker that died on every retry
+                    cause = getattr(exc, "cause", None)
+                    failures.append((task, cause if isinstance(cause, BaseException) else exc))
+                    report.finished(task, None, failures[-1][1])
+                    continue
+                on_done(task, result)
+                report.finished(task, result)
+    return failures

@@ -1,0 +1,405 @@
+"""``fastconvex.sweep``: every layer of every layer store, one task per
+(store, layer), each finished task written atomically so a rerun resumes.
+
+The pair plan of a store is made once, from its labels and the seed, by the
+same :func:`fastconvex._core.plan_scoring` that ``layer_scores`` uses, and each
+task runs the same :func:`fastconvex._core.score_layer` on the layer it reads
+from the store itself: a sweep's numbers equal
+``layer_scores(store.layers, store.labels)`` bit for bit, on either engine.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Hashable, Sequence
+
+from ._core import ScoringPlan, check_engine, plan_scoring, score_layer, stack_layers
+from ._inputs import check_embeddings
+from ._pairs import DEFAULT_PAIRS, resolve_estimator
+from ._results import Convexity, LayerScores
+from .store import LayerStore, open_store, write_json_atomic
+
+RESULT_FORMAT = "fastconvex-sweep-task"
+
+__all__ = ["LayerTask", "run_layer_task", "sweep"]
+
+
+@dataclass(frozen=True)
+class LayerTask:
+    """One (store, layer) unit of a sweep.
+
+    Attributes
+    ----------
+    store_path : the store's directory (workers open it themselves)
+    store_name : its name in the results
+    fingerprint : the store's content fingerprint when the sweep was planned
+    layer : layer index in the store
+    result_path : where the finished result is written (atomically)
+    record : settings, fingerprint and layer, written beside the result
+    """
+
+    store_path: str
+    store_name: str
+    fingerprint: str
+    layer: int
+    result_path: str
+    record: dict[str, Any]
+
+
+def run_layer_task(task: LayerTask, plan: ScoringPlan, backend: str = "auto", device: Any = None,
+                   shards: int | None = None) -> Convexity:
+    """Score one layer of one store and write the result (the body of every
+    sweep task, local or remote): open the store, read the layer (a memmap),
+    check it as ``layer_scores`` does, score it with :func:`score_layer` (split
+    over ``shards`` Ray tasks when given), write ``{record, result}`` to
+    ``task.result_path`` via a temporary file."""
+    store = open_store(task.store_path)
+    if store.fingerprint != task.fingerprint:
+        raise ValueError(
+            f"store {task.store_name!r} ({task.store_path}) changed while the sweep ran "
+            "(its content fingerprint differs); rerun the sweep"
+        )
+    x = check_embeddings(store.layer(task.layer), name=f"store {task.store_name!r} layer {task.layer}",
+                         convert=False)
+    result = score_layer(x, plan, backend=backend, device=device, engine="local" if shards is None else "ray",
+                         shards=shards)
+    write_json_atomic(task.result_path, {**task.record, "format": RESULT_FORMAT, "result": result.to_dict(),
+                                         "fields": convexity_fields(result)})
+    return result
+
+
+_PER_CLASS = ("per_class", "per_class_stderr", "n_pairs")
+
+
+def convexity_fields(result: Convexity) -> dict[str, Any]:
+    """Every field of ``result`` as JSON-ready values (per-class dicts as lists
+    in class order; NaN and inf kept, as Python's json writes and reads them),
+    so :func:`convexity_from_fields` rebuilds it exactly."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(Convexity):
+        value = getattr(result, f.name)
+        out[f.name] = list(value.values()) if f.name in _PER_CLASS else value
+    return json.loads(json.dumps(out, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+def convexity_from_fields(fields: dict[str, Any], classes: Sequence[Hashable]) -> Convexity:
+    """Inverse of :func:`convexity_fields` given the class list."""
+    values = dict(fields)
+    for name in _PER_CLASS:
+        if len(values[name]) != len(classes):
+            raise ValueError(f"{name} has {len(values[name])} classes, expected {len(classes)}")
+        values[name] = dict(zip(classes, values[name]))
+    return Convexity(**values)
+
+
+def _open_stores(stores: Any) -> list[LayerStore]:
+    if isinstance(stores, (str, os.PathLike, LayerStore)):
+        stores = [stores]
+    try:
+        items = list(stores)
+    except TypeError:
+        raise TypeError(f"stores must be a store path, a LayerStore, or a list of them; got {type(stores).__name__}") from None
+    if not items:
+        raise ValueError("stores is empty: nothing to sweep")
+    opened = [s if isinstance(s, LayerStore) else open_store(s) for s in items]
+    names = [s.name for s in opened]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"stores share the name(s) {dup}: give each store a distinct name (meta['name'] or directory)")
+    return opened
+
+
+def _layer_indices(layers: Any, store: LayerStore) -> list[int]:
+    if layers is None:
+        return list(range(store.n_layers))
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"layers must be None or a sequence of layer indices, got {layers!r}")
+    out = []
+    for i in layers:
+        if isinstance(i, bool) or not isinstance(i, (int,)) and not hasattr(i, "__index__"):
+            raise TypeError(f"layers must hold integers, got {i!r}")
+        i = int(i)
+        if not -store.n_layers <= i < store.n_layers:
+            raise ValueError(f"layers: store {store.name!r} has {store.n_layers} layers (0..{store.n_layers - 1}), no layer {i}")
+        out.append(i % store.n_layers)
+    if not out:
+        raise ValueError("layers is empty: nothing to sweep")
+    if len(set(out)) != len(out):
+        raise ValueError(f"layers repeats a layer: {list(layers)}")
+    return out
+
+
+def _safe(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    if safe != name or not safe:
+        safe = f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def _reusable(path: Path, record: dict[str, Any], classes: Sequence[Hashable]) -> Convexity | None:
+    """The finished result at ``path`` if it was made with exactly ``record``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        if data.get("format") != RESULT_FORMAT or any(data.get(k) != v for k, v in record.items()):
+            return None
+        return convexity_from_fields(data["fields"], classes)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class _Reporter:
+    """A tqdm bar over tasks (done, running, failed, ETA) on a terminal; a log
+    line per finished task otherwise."""
+
+    def __init__(self, total: int, reused: int, progress: bool | None, verbose: bool) -> None:
+        self.tty = sys.stderr.isatty()
+        self.verbose = verbose
+        self.total, self.done, self.failed = total, reused, 0
+        show = self.tty if progress is None else bool(progress)
+        self.bar = None
+        if show and verbose:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # without tqdm: the log lines below
+                self.tty = False
+            else:
+                self.bar = tqdm(total=total, initial=reused, unit="task", desc="sweep", file=sys.stderr)
+
+    def running(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(running=n, failed=self.failed, refresh=True)
+
+    def finished(self, task: LayerTask, result: Convexity | None, error: BaseException | None = None) -> None:
+        self.done += 1
+        if error is not None:
+            self.failed += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.verbose and not self.tty:
+            what = f"FAILED: {error}" if error is not None else f"score {result.score:.6f} ± {result.stderr:.6f}"
+            print(f"sweep: [{self.done}/{self.total}] {task.store_name} layer {task.layer}: {what}",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run_local(tasks: list[LayerTask], plans: dict[str, ScoringPlan], backend: str, device: Any,
+               report: _Reporter, on_done: Callable[[LayerTask, Convexity], None]) -> list[tuple[LayerTask, BaseException]]:
+    failures = []
+    for task in tasks:
+        report.running(1)
+        try:
+            result = run_layer_task(task, plans[task.store_name], backend, device)
+        except (ValueError, TypeError, RuntimeError, OSError) as exc:
+            failures.append((task, exc))
+            report.finished(task, None, exc)
+            continue
+        on_done(task, result)
+        report.finished(task, result)
+    return failures
+
+
+def sweep(
+    stores: Any,
+    *,
+    out_dir: str | os.PathLike[str],
+    engine: str = "local",
+    address: str | None = None,
+    layers: Sequence[int] | None = None,
+    k: int = 10,
+    pairs: int | None = DEFAULT_PAIRS,
+    sources: int | None = None,
+    exact: bool = False,
+    seed: int | None = 0,
+    min_class_size: int = 2,
+    backend: str = "auto",
+    device: Any = None,
+    shards: int | None = None,
+    retries: int = 3,
+    progress: bool | None = None,
+    verbose: bool = True,
+    plot: bool = True,
+) -> dict[str, LayerScores]:
+    """Score every layer of every store; resumable, on this machine or on Ray.
+
+    Parameters
+    ----------
+    stores : a store path or :class:`~fastconvex.store.LayerStore`, or a list of them
+        (distinct names).
+    out_dir : directory for the per-task results (``tasks/<store>/``) and the
+        merged ``sweep.json``, ``sweep.csv`` and ``sweep.png``. Finished tasks
+        there whose settings and store fingerprint match are reused.
+    engine : "local" (this process, one task after another) or "ray" (one remote
+        task per (store, layer): ``num_gpus=1`` when the cluster has GPUs, else
+        ``num_cpus=1``; the worker reads its layer from the store, so the store
+        must be on storage every node sees).
+    address : Ray address (``"auto"``, ``"ray://host:10001"``, ...); default: the
+        running Ray, ``RAY_ADDRESS``, or a new local one. Only with ``engine="ray"``.
+    layers : layer indices to score in every store (default: all).
+    k, pairs, sources, exact, seed, min_class_size, backend, device
+        As in :func:`fastconvex.layer_scores`.
+    shards : split each layer's kNN and shortest paths over this many Ray tasks
+        (for layers too big for one worker; ``engine="ray"`` only; same numbers).
+    retries : times Ray reruns a task whose worker or node died.
+    progress : tqdm bar over tasks (None: when stderr is a terminal); when stderr
+        is not a terminal, a log line per finished task instead.
+    verbose : log lines (reused results, per-task lines, written files) on stderr.
+    plot : also write ``sweep.png`` (needs matplotlib; written after the results).
+
+    Returns
+    -------
+    dict of store name -> LayerScores
+        Row i of each is the i-th scored layer (``layers`` order); equal bit for
+        bit to ``layer_scores([store.layer(i) for i in layers], store.labels, ...)``.
+    """
+    shards = check_engine(engine, shards)
+    if address is not None and engine != "ray":
+        raise ValueError("address is a Ray cluster address: it needs engine='ray'")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+    if engine == "ray":
+        from ._ray import require_ray
+
+        require_ray()
+    estimator, budget = resolve_estimator(pairs, sources, exact)
+    opened = _open_stores(stores)
+    selections = {s.name: _layer_indices(layers, s) for s in opened}
+    plans = {
+        s.name: plan_scoring(s.labels, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
+                             min_class_size=min_class_size)
+        for s in opened
+    }
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir {str(out)!r} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"k": int(k), "estimator": estimator, "budget": int(budget), "seed": plans[opened[0].name].seed,
+                "min_class_size": int(min_class_size), "backend": backend,
+                "device": None if device is None else str(device)}
+
+    results: dict[tuple[str, int], Convexity] = {}
+    pending: list[LayerTask] = []
+    for s in opened:
+        folder = out / "tasks" / _safe(s.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in selections[s.name]:
+            record = {"settings": settings, "store": s.name, "fingerprint": s.fingerprint, "layer": i}
+            key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+            path = folder / f"layer_{i:03d}.{key}.json"
+            # absolute paths: workers elsewhere (another cwd, another node) open them
+            task = LayerTask(str(s.path.resolve()), s.name, s.fingerprint, i, str(path.resolve()), record)
+            old = _reusable(path, record, plans[s.name].classes)
+            if old is not None:
+                results[(s.name, i)] = old
+            else:
+                pending.append(task)
+    total = len(results) + len(pending)
+    if verbose:
+        print(f"sweep: {total} task(s) over {len(opened)} store(s); reusing {len(results)} finished result(s) "
+              f"from {out}, computing {len(pending)} on engine {engine!r}", file=sys.stderr, flush=True)
+
+    def on_done(task: LayerTask, result: Convexity) -> None:
+        results[(task.store_name, task.layer)] = result
+
+    report = _Reporter(total, len(results), progress, verbose)
+    start = time.perf_counter()
+    try:
+        if engine == "local":
+            failures = _run_local(pending, plans, backend, device, report, on_done)  # shards is None here
+        else:
+            from ._ray import run_on_ray
+
+            failures = run_on_ray(pending, plans, backend=backend, device=device, shards=shards, address=address,
+                                  retries=retries, report=report, on_done=on_done)
+    finally:
+        report.close()
+    if failures:
+        task, exc = failures[0]
+        msg = (f"{len(failures)} of {len(pending)} sweep task(s) failed (finished ones are saved in {out}; "
+               f"a rerun resumes); first: store {task.store_name!r} layer {task.layer}: {exc}")
+        raise (type(exc) if isinstance(exc, (ValueError, TypeError)) else RuntimeError)(msg) from exc
+
+    merged = {s.name: stack_layers([results[(s.name, i)] for i in selections[s.name]], plans[s.name].classes)
+              for s in opened}
+    _write_outputs(out, opened, selections, merged, settings, reused=total - len(pending),
+                   computed=len(pending), seconds=time.perf_counter() - start, plot=plot, verbose=verbose)
+    return merged
+
+
+CSV_COLUMNS = ("store", "layer", "score", "stderr", "macro", "macro_stderr", "n_pairs", "n_unreachable",
+               "n_points", "estimator", "k", "seed", "backend", "best")
+
+
+def _write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, list[int]],
+                   merged: dict[str, LayerScores], settings: dict[str, Any], *, reused: int, computed: int,
+                   seconds: float, plot: bool, verbose: bool) -> None:
+    """sweep.json, then sweep.csv, then sweep.png (results before plots)."""
+    doc = {
+        "settings": settings,
+        "reused": reused,
+        "computed": computed,
+        "seconds": seconds,
+        "stores": {
+            s.name: {"path": str(s.path), "fingerprint": s.fingerprint, "meta": s.meta,
+                     "layer_indices": selections[s.name], **merged[s.name].to_dict(),
+                     "best_layer_index": selections[s.name][merged[s.name].best_layer]}
+            for s in stores
+        },
+    }
+    write_json_atomic(out / "sweep.json", json.loads(json.dumps(doc, default=str)))
+    tmp = out / f".sweep.csv.{os.getpid()}.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_COLUMNS)
+        for s in stores:
+            res = merged[s.name]
+            for row, (i, c) in enumerate(zip(selections[s.name], res.layers)):
+                writer.writerow([s.name, i, repr(c.score), repr(c.stderr), repr(c.macro), repr(c.macro_stderr),
+                                 c.total_pairs, c.n_unreachable, c.n_points, c.estimator, c.k, c.seed,
+                                 c.backend, int(row == res.best_layer)])
+    os.replace(tmp, out / "sweep.csv")
+    written = ["sweep.json", "sweep.csv"]
+    if plot:
+        try:
+            from .plot import plot_layer_scores
+
+            names = [s.name for s in stores]
+            fig = plot_layer_scores([merged[n] for n in names], labels=names if len(names) > 1 else None)
+            sel = selections[names[0]]
+            if any(selections[n] != list(range(len(sel))) for n in names):
+                if all(selections[n] == sel for n in names):
+                    fig.axes[0].set_xticks(range(len(sel)), [str(i) for i in sel])
+            fig.axes[0].set_title(f"graph convexity per layer (k={settings['k']}, {settings['estimator']})")
+            tmp_png = out / f".sweep.png.{os.getpid()}.tmp.png"
+            fig.savefig(tmp_png, dpi=120)
+            os.replace(tmp_png, out / "sweep.png")
+            written.append("sweep.png")
+        except ImportError as exc:
+            if verbose:
+                print(f"sweep: no plot ({exc})", file=sys.stderr, flush=True)
+    if verbose:
+        print(f"sweep: wrote {', '.join(str(out / w) for w in written)}", file=sys.stderr, flush=True)
+
+
+def format_table(merged: dict[str, LayerScores], layer_indices: dict[str, list[int]] | None = None) -> str:
+    """A readable table: store, layer, convexity % ± s.e., best marked."""
+    rows = [f"{'store':<24} {'layer':>5}  {'convexity %':>11}  {'± s.e.':>7}  {'macro %':>8}"]
+    for name, res in merged.items():
+        idx = layer_indices[name] if layer_indices else list(range(len(res)))
+        for row, (i, c) in enumerate(zip(idx, res.layers)):
+            mark = "  <- best" if row == res.best_layer else ""
+            rows.append(f"{name[:24]:<24} {i:>5}  {100 * c.score:>11.2f}  {100 * c.stderr:>7.2f}  "
+                        f"{100 * c.macro:>8.2f}{mark}")
+    return "\n".join(rows)

@@ -1,0 +1,141 @@
+"""``fastconvex embed MODEL --audio DIR|CSV --out-dir STORE``: labelled audio ->
+a layer store (every hidden state mean-pooled per utterance), no scoring.
+
+Streamed (memory bounded by one batch, or one chunk with ``--engine ray``);
+rerun the same command after an interruption and it resumes. ``--engine ray``
+splits the utterances over Ray workers (one task per chunk, one model per
+worker process), which write their rows of the same store; STORE must then be
+on storage every node sees. Score the store with ``fastconvex sweep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from .sweep import _layer_list
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``fastconvex embed``."""
+    parser.add_argument("model", metavar="MODEL", help="local model directory or Hugging Face hub id")
+    parser.add_argument("--audio", required=True, metavar="DIR|CSV",
+                        help="DIR/<label>/*.wav|flac|ogg (Speech Commands layout) or a CSV of path,label")
+    parser.add_argument("--out-dir", required=True, metavar="STORE", help="the layer store to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing store at STORE")
+    parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default 8)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of the stored layers")
+    parser.add_argument("--layers", type=_layer_list, default=None, metavar="I,J,...",
+                        help="hidden-state indices to keep (default all)")
+    parser.add_argument("--final-norm", default="raw", choices=["raw", "apply"],
+                        help="pre-LN models: store raw hidden states or pass them through the final LayerNorm")
+    parser.add_argument("--sampling-rate", type=int, default=None, help="resample audio to this rate (default: the model's)")
+    parser.add_argument("--max-per-class", type=int, default=None, help="at most this many files per label (drawn with --seed)")
+    parser.add_argument("--mix-lengths", action="store_true",
+                        help="batch utterances of different lengths even for padding-sensitive models (faster, inexact)")
+    parser.add_argument("--model-class", default=None, help="transformers class to load MODEL with")
+    parser.add_argument("--name", default=None, help="the store's name in sweeps (default: its directory name)")
+    parser.add_argument("--engine", default="local", choices=["local", "ray"], help="where to run (default local)")
+    parser.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address (with --engine ray)")
+    parser.add_argument("--chunk-size", type=int, default=256, help="utterances per Ray task (default 256)")
+    parser.add_argument("--retries", type=int, default=3, help="reruns of a Ray task whose worker died (default 3)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Embed; a one-line summary (or JSON with ``--out``) on stdout."""
+    from ._output import UsageError
+
+    try:
+        return _run(args)
+    except FileExistsError as exc:  # an output path: a usage error
+        raise UsageError(str(exc)) from exc
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fastconvex import hf
+    from fastconvex.cli import emit_json, log
+
+    from .prune import _subsample, load_model
+
+    if args.batch_size < 1 or args.chunk_size < 1:
+        raise ValueError("--batch-size and --chunk-size must be positive")
+    if args.address is not None and args.engine != "ray":
+        raise ValueError("--address needs --engine ray")
+    if args.engine == "ray":
+        from fastconvex._ray import require_ray
+
+        require_ray()
+    store_path = Path(args.out_dir)
+    if store_path.exists() and not args.overwrite:
+        raise FileExistsError(f"--out-dir {str(store_path)!r} already exists (pass --overwrite to replace it)")
+    paths, labels = hf.find_audio(args.audio)
+    if args.max_per_class is not None:
+        idx = _subsample(labels, args.max_per_class, args.seed)
+        paths, labels = [paths[i] for i in idx], [labels[i] for i in idx]
+    log(args, f"{len(paths)} audio files in {len(set(labels))} classes from {args.audio}; loading {args.model}")
+    model, fe = load_model(args.model, args.model_class, args.device)
+    rate = args.sampling_rate or int(getattr(fe, "sampling_rate", None) or 16000)
+    audio = hf.AudioFiles(paths, sampling_rate=rate)
+    lengths = audio.lengths()
+    meta = {"model": str(args.model), "audio": str(args.audio), "engine": args.engine}
+    if args.name:
+        meta["name"] = args.name
+    if args.engine == "local":
+        partial = store_path.parent / f".{store_path.name}.partial"
+        if partial.exists():
+            log(args, f"resuming the interrupted write in {partial}")
+        pooled = hf.pooled_hidden_states(
+            model, audio, sampling_rate=rate, batch_size=args.batch_size, feature_extractor=fe, layers=args.layers,
+            out_dir=store_path, dtype=args.dtype, lengths=lengths, mix_lengths=args.mix_lengths,
+            progress=False if args.quiet else None, final_norm=args.final_norm, labels=labels, meta=meta,
+            overwrite=args.overwrite,
+        )
+        del pooled
+    else:
+        _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_path)
+    import fastconvex as fc
+
+    store = fc.open_store(store_path)
+    summary = {"store": str(store.path), "name": store.name, "n_points": store.n_points, "n_layers": len(store),
+               "dim": int(store.manifest["layers"][0]["shape"][1]), "dtype": store.meta["dtype"],
+               "hidden_states": store.meta.get("hidden_states"), "fingerprint": store.fingerprint}
+    if args.out is not None:
+        emit_json(summary, args)
+    else:
+        print(f"wrote {store.path}: {store.n_points} utterances x {len(store)} layers x {summary['dim']} "
+              f"({summary['dtype']}), name {store.name!r}")
+    return 0
+
+
+def _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_path) -> None:
+    from fastconvex._embed import EmbedJob, embed_on_ray, probe_layers
+    from fastconvex.cli import log
+    from fastconvex.hf._store_out import open_writer
+
+    selected, dim = probe_layers(model, fe, audio[0], sampling_rate=rate, layers=args.layers,
+                                 final_norm=args.final_norm)
+    writer = open_writer(
+        store_path, model=model, labels=labels, frame_labels=None, utterance=None, raw_lengths=lengths,
+        n_utt=len(paths), meta=meta, overwrite=args.overwrite, resume=True,
+        job={"engine": "ray", "chunk_size": args.chunk_size, "layers": args.layers, "dtype": args.dtype,
+             "batch_size": args.batch_size, "mix_lengths": bool(args.mix_lengths), "final_norm": args.final_norm,
+             "sampling_rate": rate},
+    )
+    arrays = writer.allocate(dim, np.dtype(args.dtype), count=len(selected))
+    del arrays
+    writer.set_info(hidden_states=selected)
+    job = EmbedJob(
+        model=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+        model_class=args.model_class, device=args.device, paths=[str(Path(p).resolve()) for p in paths],
+        sampling_rate=rate, batch_size=args.batch_size, dtype=args.dtype, layers=args.layers,
+        final_norm=args.final_norm, mix_lengths=bool(args.mix_lengths), partial_dir=str(writer.tmp.resolve()),
+        layer_files=[entry["file"] for entry in writer.layers],
+    )
+    ran, reused = embed_on_ray(job, writer, np.asarray(lengths), chunk_size=args.chunk_size, address=args.address,
+                               retries=args.retries, verbose=not args.quiet)
+    log(args, f"embed: {ran} chunk(s) embedded on Ray, {reused} reused from an interrupted run")
+    writer.finish()

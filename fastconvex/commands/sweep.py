@@ -1,0 +1,69 @@
+"""``fastconvex sweep STORE... --out-dir DIR [--engine ray] [--address ADDR]``:
+every layer of every layer store, resumable, on this machine or a Ray cluster.
+
+Per-task results go to ``DIR/tasks/``; a rerun reuses those made with the same
+settings and store content. The merged ``sweep.json``, ``sweep.csv`` (long
+format) and ``sweep.png`` go to ``DIR``; a table goes to stdout (the merged JSON
+instead with ``--json``, or to ``--out FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .score import add_scoring_arguments, scoring_kwargs
+
+__all__ = ["add_arguments", "run"]
+
+
+def _layer_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layers must be comma-separated integers, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``fastconvex sweep``."""
+    parser.add_argument("stores", nargs="+", metavar="STORE", help="layer store directories (fastconvex embed, save_store)")
+    parser.add_argument("--out-dir", required=True, metavar="DIR", help="per-task results and merged outputs")
+    parser.add_argument("--engine", default="local", choices=["local", "ray"], help="where tasks run (default local)")
+    parser.add_argument("--address", default=None, metavar="ADDR",
+                        help="Ray cluster address (default: RAY_ADDRESS or a new local Ray); with --engine ray")
+    parser.add_argument("--layers", type=_layer_list, default=None, metavar="I,J,...",
+                        help="only these layer indices of every store")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="split each layer's kNN and shortest paths over this many Ray tasks (with --engine ray)")
+    parser.add_argument("--retries", type=int, default=3, help="reruns of a task whose worker died (default 3)")
+    parser.add_argument("--no-plot", action="store_true", help="do not write sweep.png")
+    parser.add_argument("--json", action="store_true", help="print the merged JSON on stdout instead of a table")
+    add_scoring_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep; a table (or JSON) on stdout, logs and progress on stderr."""
+    from fastconvex._sweep import format_table, sweep
+    from fastconvex.cli import emit_json
+
+    from ._output import check_output_file
+
+    kwargs = scoring_kwargs(args)
+    for store in args.stores:
+        if not Path(store).exists():
+            raise FileNotFoundError(f"STORE {store!r} does not exist")
+    as_json = args.json or args.out == "-"
+    if args.out not in (None, "-"):
+        check_output_file(args.out, "--out")  # before any work
+    result = sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
+                   layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
+                   verbose=not args.quiet, **kwargs)
+    merged = json.loads((Path(args.out_dir) / "sweep.json").read_text(encoding="utf-8"))
+    if as_json or args.out is not None:
+        emit_json(merged, args)
+    if not as_json:
+        indices = {name: merged["stores"][name]["layer_indices"] for name in result}
+        sys.stdout.write(format_table(result, indices) + "\n")
+    return 0

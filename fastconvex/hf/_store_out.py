@@ -1,0 +1,63 @@
+"""``pooled_hidden_states(out_dir=...)``: the layer store it streams into."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from torch import nn
+
+from ..store import StoreWriter
+
+
+def model_signature(model: nn.Module) -> dict[str, Any]:
+    """What identifies the model of a (resumable) embedding job: its class,
+    name or path, and a hash of its configuration."""
+    config = getattr(model, "config", None)
+    text = config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else repr(config)
+    return {
+        "model_class": type(model).__name__,
+        "model": str(getattr(config, "_name_or_path", "") or ""),
+        "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
+
+
+def open_writer(
+    out_dir: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    labels: Sequence[Any] | None,
+    frame_labels: np.ndarray | None,
+    utterance: np.ndarray | None,
+    raw_lengths: np.ndarray,
+    n_utt: int,
+    meta: dict[str, Any] | None,
+    overwrite: bool,
+    resume: bool,
+    job: dict[str, Any],
+) -> StoreWriter:
+    """A :class:`StoreWriter` for the rows ``pooled_hidden_states`` will write."""
+    if frame_labels is not None:
+        if labels is not None:
+            raise ValueError("labels: with frame_labels the rows' labels come from frame_labels; pass only one")
+        row_labels: Any = frame_labels
+        pooling = "frames"
+    else:
+        if labels is None:
+            raise ValueError(
+                "out_dir writes a layer store, which holds the labels: pass labels= (one per utterance)"
+            )
+        row_labels = labels
+        pooling = "mean over valid frames"
+        if len(row_labels) != n_utt:
+            raise ValueError(f"labels has {len(row_labels)} entries but waveforms has {n_utt}")
+    signature = model_signature(model)
+    full_meta = {**signature, "pooling": pooling, **(meta or {})}
+    job = {**job, **signature,
+           "lengths_sha256": hashlib.sha256(np.ascontiguousarray(raw_lengths, np.int64).tobytes()).hexdigest()}
+    json.dumps(job)  # plain values only
+    return StoreWriter(out_dir, row_labels, meta=full_meta, utterance=utterance, overwrite=overwrite,
+                       resume=resume, job=job)

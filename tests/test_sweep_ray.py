@@ -1,0 +1,103 @@
+"""fastconvex.sweep on a local Ray (``ray.init(num_cpus=2)``): the same numbers
+as ``layer_scores``, and a worker that dies is retried. Few and small: one Ray
+for the whole module, shut down after it."""
+
+from __future__ import annotations
+
+import pytest
+
+ray = pytest.importorskip("ray")  # in the [test] extra; the rest of fastconvex never needs it
+
+import fastconvex as fc  # noqa: E402
+from fastconvex._ray import CRASH_ENV  # noqa: E402
+
+import numpy as np  # noqa: E402
+from test_cli_score_prune import speech  # noqa: E402,F401  (tiny model and labelled audio)
+from test_sweep import ESTIMATORS, assert_same, make_stores  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    crash_dir = tmp_path_factory.mktemp("crash")
+    if ray.is_initialized():  # pragma: no cover - another module left one running
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {CRASH_ENV: str(crash_dir)}})
+    yield crash_dir
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    return make_stores(tmp_path_factory.mktemp("stores"))
+
+
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+def test_ray_sweep_equals_layer_scores(local_ray, stores, tmp_path, estimator):
+    kw = dict(k=4, seed=3, **ESTIMATORS[estimator])
+    result = fc.sweep(stores, out_dir=tmp_path / "out", engine="ray", verbose=False, plot=False, **kw)
+    for s in stores:
+        assert_same(result[s.name], fc.layer_scores(s.layers, s.labels, **kw))
+    assert ray.is_initialized()  # a Ray the caller started is left running
+
+
+def test_worker_that_exits_is_retried(local_ray, stores, tmp_path, capsys):
+    marker = local_ray / "crash_store1_2"
+    marker.write_text("exit on the first try")
+    result = fc.sweep(stores, out_dir=tmp_path / "out", engine="ray", pairs=30, plot=False)
+    assert not marker.exists()  # the worker scoring store1 layer 2 did exit once
+    for s in stores:
+        assert_same(result[s.name], fc.layer_scores(s.layers, s.labels, pairs=30))
+    # and a rerun on Ray reuses every result
+    capsys.readouterr()
+    fc.sweep(stores, out_dir=tmp_path / "out", engine="ray", pairs=30, plot=False)
+    assert "reusing 9 finished result(s)" in capsys.readouterr().err
+
+
+def test_worker_exit_without_retries_fails_the_sweep_clearly(local_ray, stores, tmp_path):
+    (local_ray / "crash_store0_1").write_text("no retry allowed")
+    with pytest.raises(RuntimeError, match=r"1 of 3 sweep task.*a rerun resumes.*store0.*layer 1: The worker died"):
+        fc.sweep(stores[:1], out_dir=tmp_path / "out", engine="ray", pairs=30, retries=0, plot=False,
+                 verbose=False)
+
+
+@pytest.mark.hf
+def test_embed_on_ray_equals_one_process(local_ray, speech, tmp_path, capsys):  # noqa: F811
+    from fastconvex.cli import main
+
+    root, _, _ = speech
+    common = [str(root / "model"), "--audio", str(root / "audio"), "--batch-size", "4", "--quiet"]
+    assert main(["embed", *common, "--out-dir", str(tmp_path / "one")]) == 0
+    assert main(["embed", *common, "--out-dir", str(tmp_path / "ray"), "--engine", "ray", "--chunk-size", "7"]) == 0
+    one, distributed = fc.open_store(tmp_path / "one"), fc.open_store(tmp_path / "ray")
+    assert distributed.labels.tolist() == one.labels.tolist() and len(distributed) == len(one) == 4
+    for a, b in zip(distributed.layers, one.layers):  # same rows, same order
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "ray"]  # no partial directory left
+
+
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+def test_sharded_equals_one_process(local_ray, estimator):
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 4, (157, 3)).astype(np.float32)  # ties and duplicate rows
+    x[:40] = rng.standard_normal((40, 3))
+    labels = np.array(["s", "t", "u", "v"])[rng.integers(0, 4, 157)]
+    kw = dict(k=5, seed=2, **ESTIMATORS[estimator])
+    one = fc.graph_convexity(x, labels, **kw)
+    assert fc.graph_convexity(x, labels, engine="ray", shards=3, **kw).to_dict() == one.to_dict()
+    if estimator == "pairs":  # more shards than CPUs, and the layer_scores path
+        assert fc.graph_convexity(x, labels, engine="ray", shards=7, **kw).to_dict() == one.to_dict()
+        layers = [x, rng.standard_normal((157, 4))]
+        assert_same(fc.layer_scores(layers, labels, engine="ray", shards=2, **kw),
+                    fc.layer_scores(layers, labels, **kw))
+
+
+def test_sharded_sweep(local_ray, stores, tmp_path):
+    result = fc.sweep(stores[:2], out_dir=tmp_path / "out", engine="ray", shards=2, pairs=30, verbose=False,
+                      plot=False)
+    for s in stores[:2]:
+        assert_same(result[s.name], fc.layer_scores(s.layers, s.labels, pairs=30))
+    with pytest.raises(ValueError, match="needs engine='ray'"):
+        fc.sweep(stores, out_dir=tmp_path / "o", shards=2)
+    with pytest.raises(ValueError, match="shards the Numba kernels"):
+        fc.graph_convexity(stores[0].layers[0], stores[0].labels, engine="ray", shards=2, backend="naive")
