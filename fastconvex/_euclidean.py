@@ -10,7 +10,7 @@ import numpy as np
 from ._core import _check_seed, stack_layers
 from ._inputs import check_int
 from ._layers import _split_layers
-from ._pairs import PairPlan
+from ._pairs import DEFAULT_PAIRS, PairPlan
 from ._progress import Progress
 from ._results import Convexity, LayerScores
 from ._segments import (
@@ -48,7 +48,7 @@ def euclidean_convexity(
     predict: Callable[..., Any],
     *,
     n_sampled: int = 10,
-    pairs: int | None = 5000,
+    pairs: int | None = DEFAULT_PAIRS,
     exact: bool = False,
     seed: int | None = 0,
     min_class_size: int = 2,
@@ -146,7 +146,7 @@ def layer_euclidean_scores(
     predict_from_layer: Callable[..., Any],
     *,
     n_sampled: int = 10,
-    pairs: int | None = 5000,
+    pairs: int | None = DEFAULT_PAIRS,
     exact: bool = False,
     seed: int | None = 0,
     min_class_size: int = 2,

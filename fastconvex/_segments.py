@@ -29,7 +29,7 @@ from typing import Any, Callable, Hashable, Iterable
 import numpy as np
 
 from ._inputs import check_int, encode_labels, is_torch_tensor, labels_to_array, to_numpy
-from ._pairs import PairPlan, aggregate, stats_from_pair_scores
+from ._pairs import PairPlan, aggregate, resolve_estimator, stats_from_pair_scores
 from ._progress import Progress
 from ._results import Convexity
 
@@ -332,12 +332,11 @@ def show_progress(progress: bool | None) -> bool:
 def check_settings(n_sampled: Any, pairs: Any, exact: Any, batch_size: Any) -> tuple[int, int, bool, int]:
     n_sampled = check_int("n_sampled", n_sampled, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    if not isinstance(exact, (bool, np.bool_)):
-        raise TypeError(f"exact must be True or False, got {exact!r}")
-    if pairs is None and not exact:
-        raise ValueError("pairs=None needs exact=True")
-    budget = 0 if pairs is None else check_int("pairs", pairs, minimum=1)
-    return n_sampled, budget, bool(exact), batch_size
+    if pairs is None and exact is False:
+        raise ValueError("pairs=None needs exact=True")  # (no sources= estimator here)
+    # one estimator, as for graph convexity: pairs= and exact=True together is an error
+    estimator, budget = resolve_estimator(pairs, None, exact)
+    return n_sampled, budget, estimator == "exact", batch_size
 
 
 def encode_item_labels(labels: Any, n: int) -> tuple[np.ndarray, list[Hashable]]:

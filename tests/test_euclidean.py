@@ -187,6 +187,8 @@ def test_bad_predict_output_gets_a_clear_error():
         ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
         ({"pairs": 0}, ValueError, "pairs must be >= 1"),
         ({"pairs": None}, ValueError, "pairs=None needs exact=True"),
+        ({"pairs": 100, "exact": True}, ValueError, "give either exact=True .* or pairs=100"),
+        ({"pairs": 5000, "exact": True}, ValueError, "give either exact=True .* or pairs=5000"),
         ({"exact": 1}, TypeError, "exact must be True or False"),
         ({"seed": -1}, ValueError, "seed must be >= 0"),
         ({"lengths": np.ones(20, int)}, ValueError, "apply to \\(N, T, D\\) sequences only"),
@@ -196,6 +198,9 @@ def test_bad_settings(kwargs, error, match):
     x, y, w = _data(10, 20, 4, 3)
     with pytest.raises(error, match=match):
         fc.euclidean_convexity(x, y, _linear(w), **kwargs)
+    if "pairs" in kwargs and kwargs.get("exact"):  # the same on every layer
+        with pytest.raises(error, match=match):
+            fc.layer_euclidean_scores([x, x], y, lambda layer, batch: _linear(w)(batch), **kwargs)
 
 
 def test_bad_inputs():
