@@ -28,7 +28,14 @@ from typing import Any, Callable, Hashable, Iterable
 
 import numpy as np
 
-from ._inputs import check_int, encode_labels, is_torch_tensor, labels_to_array, to_numpy
+from ._inputs import (
+    check_int,
+    encode_labels,
+    is_torch_tensor,
+    labels_to_array,
+    to_numpy,
+    warn_float64_losses,
+)
 from ._pairs import PairPlan, aggregate, resolve_estimator, stats_from_pair_scores
 from ._progress import Progress
 from ._results import Convexity
@@ -110,6 +117,8 @@ def check_items(x: Any, *, name: str = "x") -> Any:
             raise ValueError(f"{name} must be (N, D) vectors or (N, T, D) sequences, got shape {_shape(x)}")
         if not x.dtype.is_floating_point:
             raise TypeError(f"{name} must be floating point, got {x.dtype}")
+        if 0 in _shape(x):
+            raise ValueError(f"{name} is empty (shape {_shape(x)})")
         finite = _torch().isfinite(x).reshape(x.shape[0], -1).all(dim=1).cpu().numpy()
     else:
         if not isinstance(x, np.ndarray):
@@ -120,11 +129,12 @@ def check_items(x: Any, *, name: str = "x") -> Any:
             raise ValueError(f"{name} must be (N, D) vectors or (N, T, D) sequences, got shape {x.shape}")
         if x.dtype.kind not in "fiu":
             raise TypeError(f"{name} must be real numbers, got dtype {x.dtype}")
+        if 0 in _shape(x):
+            raise ValueError(f"{name} is empty (shape {_shape(x)})")
         if x.dtype.kind != "f":
-            x = x.astype(np.float64)  # the same numbers: integers are exact in float64
+            warn_float64_losses(x.reshape(x.shape[0], -1), name)  # integers beyond 2**53 round
+            x = x.astype(np.float64)
         finite = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
-    if 0 in _shape(x):
-        raise ValueError(f"{name} is empty (shape {_shape(x)})")
     if not finite.all():
         raise ValueError(f"{name} has a non-finite value (NaN or inf) in item {int(np.flatnonzero(~finite)[0])}")
     return x

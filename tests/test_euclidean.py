@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconvex as fc
+from fastconvex import _inputs as fc_inputs
 from fastconvex._segments import plan_segments
 from oracles import euclidean_one_pair_at_a_time, nnconvexity_euclidean_all_pairs
 
@@ -215,6 +217,23 @@ def test_bad_inputs():
         fc.euclidean_convexity(x[:, 0], y, _linear(w))
     with pytest.raises(ValueError, match="hidden_states\\[1\\] has shape"):
         fc.layer_euclidean_scores([x, x[:19]], y, lambda i, b: _linear(w)(b))
+    for empty in (np.zeros((0, 3)), np.zeros((4, 0)), torch.zeros((0, 3))):
+        with pytest.raises(ValueError, match=r"x is empty \(shape"):
+            fc.euclidean_convexity(empty, [0] * empty.shape[0], _linear(w))
+
+
+def test_integers_beyond_2_53_warn_and_exact_ones_do_not():
+    """int64 items are scored in float64: values that float64 cannot hold are
+    said (never a silent change), exact ones are not."""
+    y = np.array([0, 0, 1, 1])
+    always_zero = lambda b: np.zeros(len(b), dtype=int)  # noqa: E731
+    big = np.array([[2**60 + 1, 0], [2**60, 1], [0, 2], [1, 1]], dtype=np.int64)
+    with pytest.warns(fc_inputs.PrecisionWarning, match=r"2 value\(s\) \(integers beyond 2\*\*53, the first in row 0\)"):
+        fc.euclidean_convexity(big, y, always_zero, exact=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = fc.euclidean_convexity(big // 2**40, y, always_zero, exact=True)
+    assert small.per_class == {0: 1.0, 1: 0.0}
 
 
 def test_sampled_pairs_are_distinct_same_class_and_capped():
