@@ -76,8 +76,8 @@ class PhaseRecorder:
         self.path_options = dict(path_options or {})
 
     def __enter__(self):
-        def get_engine(name, device=None):
-            eng = self._orig(name, device)
+        def get_engine(name, device=None, **options):
+            eng = self._orig(name, device, **options)
             eng.path_options.update(self.path_options)
             inner = eng.source_stats
 
