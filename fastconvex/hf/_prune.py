@@ -194,6 +194,11 @@ def prune(model: nn.Module, keep: int, *, final_norm: Literal["keep", "identity"
     for cfg in distinct_configs(model):
         if is_whisper(model) or hasattr(cfg, count_key):
             setattr(cfg, count_key, keep)
+        if is_whisper(model) and "num_hidden_layers" not in getattr(cfg, "attribute_map", {}) \
+                and hasattr(cfg, "num_hidden_layers"):
+            # transformers 4's WhisperConfig keeps num_hidden_layers apart from
+            # encoder_layers (5 aliases the two); its classification head reads it
+            cfg.num_hidden_layers = keep
         if hasattr(cfg, "layerdrop"):
             cfg.layerdrop = 0.0
         if is_whisper(model) and hasattr(cfg, "encoder_layerdrop"):
