@@ -76,6 +76,50 @@ def test_embed_on_ray_equals_one_process(local_ray, speech, tmp_path, capsys):  
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "ray"]  # no partial directory left
 
 
+@pytest.mark.hf
+def test_embed_on_ray_resumes_after_its_driver_is_killed(local_ray, speech, tmp_path, capsys):  # noqa: F811
+    """A Ray embed whose driver is killed (SIGKILL) once some chunks are done
+    resumes on rerun: only the missing chunks are embedded, and the store
+    equals the one-process store."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fastconvex.cli import main
+
+    root, _, _ = speech
+    common = [str(root / "model"), "--audio", str(root / "audio"), "--batch-size", "1"]
+    ray_args = ["--engine", "ray", "--chunk-size", "1", "--address", ray.get_runtime_context().gcs_address]
+    out = tmp_path / "ray"
+    done = tmp_path / ".ray.partial" / "done"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "fastconvex", "embed", *common, "--quiet", "--out-dir", str(out), *ray_args],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (done.is_dir() and any(done.iterdir())):
+        assert driver.poll() is None, driver.stderr.read()  # still running: not finished, not failed
+        assert time.monotonic() < deadline, "no chunk finished in 240 s"
+        time.sleep(0.02)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started
+    driver.wait()
+    assert not out.exists()  # interrupted: no store yet, only the partial write
+    n_done = len(list(done.iterdir()))
+    capsys.readouterr()
+    assert main(["embed", *common, "--out-dir", str(out), *ray_args]) == 0
+    err = capsys.readouterr().err
+    ran, reused = (int(v) for v in re.search(r"embed: (\d+) chunk\(s\) embedded on Ray, (\d+) reused", err).groups())
+    assert reused >= n_done >= 1 and ran >= 1 and ran + reused == 24  # 24 utterances, one per chunk
+    assert main(["embed", *common, "--quiet", "--out-dir", str(tmp_path / "one")]) == 0
+    one, resumed = fc.open_store(tmp_path / "one"), fc.open_store(out)
+    assert resumed.labels.tolist() == one.labels.tolist()
+    for a, b in zip(resumed.layers, one.layers):  # same rows, same order
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("estimator", list(ESTIMATORS))
 def test_sharded_equals_one_process(local_ray, estimator):
     rng = np.random.default_rng(11)
