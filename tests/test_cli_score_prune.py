@@ -291,8 +291,10 @@ def test_prune_pre_ln_model_scores_what_the_pruned_model_outputs(speech, capsys,
         warnings.simplefilter("always")
         code, out, err = _run(
             capsys,
+            # --keep: the cut rule is not under test here (on another transformers
+            # version's random init the most convex state can be the input, which it refuses)
             ["prune", tmp_path / "model", "--audio", root / "audio", "--out", tmp_path / "m", "--k", "3",
-             "--no-plot", "--final-norm", final_norm],
+             "--no-plot", "--final-norm", final_norm, "--keep", "2"],
         )
     assert code == 0, err
     report = json.loads(out)

@@ -118,10 +118,14 @@ class LayerPredictor:
         for i in range(layer, len(self.blocks)):
             block = self.blocks[i]
             if self.position_bias:
-                out = block(h, attention_mask=attn, position_bias=bias, index=i)
+                # WavLM's post-LN block takes its index (transformers 4 and 5); the pre-LN one does not
+                extra = {"index": i} if _takes(block, "index") else {}
+                out = block(h, attention_mask=attn, position_bias=bias, **extra)
                 h, bias = out[0], out[1]
             elif self.whisper:
-                out = block(h, None)
+                # transformers 4's Whisper block requires a head mask argument; 5 has none
+                extra = {"layer_head_mask": None} if _takes(block, "layer_head_mask") else {}
+                out = block(h, None, **extra)
                 h = out[0] if isinstance(out, tuple) else out
             else:
                 out = block(h, attention_mask=attn)
@@ -201,3 +205,9 @@ def predict_from_layer(model: nn.Module, *, id2label: bool = True) -> LayerPredi
     ...                           attention_mask=frames)                    # doctest: +SKIP
     """
     return LayerPredictor(model, id2label=id2label)
+
+
+def _takes(module: Any, name: str) -> bool:
+    """Whether ``module``'s forward names the parameter ``name`` (the block
+    signatures differ between transformers versions)."""
+    return name in inspect.signature(type(module).forward).parameters
