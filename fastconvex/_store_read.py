@@ -1,0 +1,197 @@
+"""Reading layer stores: :func:`open_store` checks every file against the
+manifest and names the one that is missing, truncated or inconsistent
+(format: :mod:`fastconvex.store`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+from ._store_format import FORMAT, MANIFEST, VERSION, _array_sha256, _decode_label, _file_sha256
+
+
+def _fail(file: Path, why: str) -> ValueError:
+    return ValueError(f"layer store: {file}: {why}")
+
+
+def _npy_header(file: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of a .npy file, without reading the data."""
+    try:
+        with open(file, "rb") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            if major == 1:
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except (OSError, ValueError, EOFError) as exc:
+        raise _fail(file, f"not a readable .npy file ({exc})") from None
+    if fortran or dtype.hasobject:
+        raise _fail(file, "must be a C-ordered array without Python objects")
+    return tuple(int(s) for s in shape), dtype, offset
+
+
+def _check_npy(file: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if not file.is_file():
+        raise _fail(file, "is missing")
+    got_shape, got_dtype, offset = _npy_header(file)
+    if got_shape != shape:
+        raise _fail(file, f"has shape {got_shape}, the manifest says {shape}")
+    if got_dtype != dtype:
+        raise _fail(file, f"has dtype {got_dtype}, the manifest says {dtype}")
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    size = file.stat().st_size
+    if size != expected:
+        raise _fail(file, f"is {size} bytes, expected {expected} (truncated or half-written)")
+
+
+@dataclass
+class LayerStore:
+    """An opened layer store (see :func:`open_store`).
+
+    Attributes
+    ----------
+    path : the store's directory
+    name : ``meta["name"]`` if given, else the directory's name
+    labels : (N,) numpy array, exactly as saved (object dtype for mixed labels)
+    utterance : (N,) int64 utterance index of each row, or None
+    meta : the saved metadata plus ``dtype`` and ``versions``
+    fingerprint : sha256 of the content (every file's sha256 and shape)
+    """
+
+    path: Path
+    name: str
+    labels: np.ndarray
+    utterance: np.ndarray | None
+    meta: dict[str, Any]
+    fingerprint: str
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.manifest["layers"])
+
+    @property
+    def n_points(self) -> int:
+        return int(self.manifest["n_points"])
+
+    def __len__(self) -> int:
+        return self.n_layers
+
+    def layer(self, index: int) -> np.ndarray:
+        """Layer ``index`` as a read-only (N, D) memmap."""
+        if not isinstance(index, (int, np.integer)) or not -self.n_layers <= index < self.n_layers:
+            raise IndexError(f"store {self.name!r} has {self.n_layers} layers, no layer {index!r}")
+        entry = self.manifest["layers"][int(index)]
+        return np.load(self.path / entry["file"], mmap_mode="r", allow_pickle=False)
+
+    @property
+    def layers(self) -> list[np.ndarray]:
+        """Every layer as a read-only (N, D) memmap (nothing is loaded)."""
+        return [self.layer(i) for i in range(self.n_layers)]
+
+    def verify(self) -> None:
+        """Recompute every file's sha256 against the manifest (reads everything)."""
+        for entry in self.manifest["layers"]:
+            if _array_sha256(np.load(self.path / entry["file"], mmap_mode="r")) != entry["sha256"]:
+                raise _fail(self.path / entry["file"], "content differs from the manifest's sha256")
+        for key in ("labels", "utterance"):
+            entry = self.manifest.get(key)
+            if entry and _file_sha256(self.path / entry["file"]) != entry["sha256"]:
+                raise _fail(self.path / entry["file"], "content differs from the manifest's sha256")
+
+
+def _fingerprint(manifest: dict[str, Any]) -> str:
+    """sha256 over what the store holds (layer, label and utterance hashes and
+    shapes), not when or by what it was written."""
+    content = {key: manifest.get(key) for key in ("n_points", "layers", "labels", "utterance")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def open_store(path: str | os.PathLike[str]) -> LayerStore:
+    """Open a layer store, checking every file against the manifest.
+
+    Nothing is unpickled and no layer is read: layers are memory-mapped on access.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        Not a store, or a missing, truncated or inconsistent file (the message
+        names it).
+    """
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"layer store {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"layer store {str(root)!r} is not a directory")
+    mfile = root / MANIFEST
+    if not mfile.is_file():
+        partial = root.parent / f".{root.name}.partial"
+        hint = f" (an unfinished write is in {partial}; rerun it to resume)" if partial.exists() else ""
+        raise _fail(mfile, f"is missing: not a complete fastconvex layer store{hint}")
+    try:
+        raw = mfile.read_bytes()
+        manifest = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise _fail(mfile, f"is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise _fail(mfile, f"is not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise _fail(mfile, f"has format version {manifest.get('version')!r}; this fastconvex reads {VERSION}")
+    try:
+        n = int(manifest["n_points"])
+        entries = list(manifest["layers"])
+        label_entry = manifest["labels"]
+        meta = dict(manifest.get("meta") or {})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _fail(mfile, f"lacks a field ({exc})") from None
+    if not entries:
+        raise _fail(mfile, "lists no layers")
+    dtypes = set()
+    for i, entry in enumerate(entries):
+        file = root / entry["file"]
+        dtype = np.dtype(entry["dtype"])
+        shape = tuple(int(s) for s in entry["shape"])
+        if len(shape) != 2 or shape[0] != n:
+            raise _fail(mfile, f"layer {i} has shape {shape}, expected ({n}, D)")
+        _check_npy(file, shape, dtype)
+        dtypes.add(dtype.name)
+    lfile = root / label_entry["file"]
+    if not lfile.is_file():
+        raise _fail(lfile, "is missing")
+    if label_entry["kind"] == "npy":
+        try:
+            labels = np.load(lfile, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise _fail(lfile, f"is not a readable .npy array without pickled objects ({exc})") from None
+    else:
+        try:
+            with open(lfile, encoding="utf-8") as fh:
+                values = [_decode_label(v) for v in json.load(fh)]
+        except (OSError, ValueError, AttributeError) as exc:
+            raise _fail(lfile, f"is not a valid label list ({exc})") from None
+        labels = np.empty(len(values), dtype=object)
+        labels[:] = values
+    if labels.shape != (n,):
+        raise _fail(lfile, f"holds {labels.shape} labels, the layers have N={n} rows")
+    utterance = None
+    if manifest.get("utterance"):
+        ufile = root / manifest["utterance"]["file"]
+        _check_npy(ufile, (n,), np.dtype(np.int64))
+        utterance = np.load(ufile, allow_pickle=False)
+    name = str(meta.get("name") or root.resolve().name)
+    full_meta = {**meta, "dtype": sorted(dtypes)[0] if len(dtypes) == 1 else sorted(dtypes),
+                 "versions": manifest.get("versions", {})}
+    return LayerStore(
+        path=root, name=name, labels=labels, utterance=utterance, meta=full_meta,
+        fingerprint=_fingerprint(manifest), manifest=manifest,
+    )
