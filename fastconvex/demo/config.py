@@ -25,6 +25,30 @@ TASKS = ("words", "speakers")
 
 
 @dataclass
+class FinetuneSettings:
+    """One budget for every cut: the same epochs, learning rate, batch and seeds."""
+
+    seeds: tuple[int, ...] = (0,)
+    epochs: float = 6.0
+    lr: float = 5e-4
+    batch_size: int = 16
+    keeps: str = "all"  # "all", "spread" or a comma list of block counts
+    models: tuple[str, ...] = ("tiny.en",)  # Whisper models to fine-tune (see models.WHISPER_MODELS)
+    context_seconds: float | None = None  # None: the task's longest clip, rounded up
+    euclidean: bool = True
+    euclidean_pairs: int = 40  # pairs per class for the Euclidean measure
+    n_sampled: int = 10
+    latency_reps: int = 5
+    latency_batch: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("finetune: give at least one seed")
+        if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("finetune: epochs, lr and batch_size must be positive")
+
+
+@dataclass
 class DemoConfig:
     out_dir: Path = Path("demo-out")
     quick: bool = False
@@ -45,6 +69,7 @@ class DemoConfig:
     latency_reps: int | None = None
     quiet: bool = False
     log: Callable[[str], None] | None = None
+    finetune: FinetuneSettings | None = None  # None: no fine-tuning experiment
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -56,7 +81,7 @@ class DemoConfig:
             self.latency_reps = 3 if self.quick else 7
         bad = [t for t in self.tasks if t not in TASKS]
         if bad:
-            raise ValueError(f"tasks: unknown task(s) {bad}; choose from words, speakers")
+            raise ValueError(f"tasks: unknown task(s) {bad}; choose from {', '.join(TASKS)}")
         if self.final_norm not in ("apply", "raw"):
             raise ValueError(f"final_norm must be 'apply' or 'raw', got {self.final_norm!r}")
 
