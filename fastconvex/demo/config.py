@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,22 @@ class FinetuneSettings:
             raise ValueError("finetune: give at least one seed")
         if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("finetune: epochs, lr and batch_size must be positive")
+
+
+def finetune_settings(quick: bool, **given: Any) -> FinetuneSettings:
+    """The experiment's budget: quick (one model, one seed) or full (tiny.en and
+    base, three seeds); any setting given (not None) replaces the default."""
+    defaults: dict[str, Any] = (
+        {"models": ("tiny.en",), "seeds": (0,), "latency_reps": 3}
+        if quick else {"models": ("tiny.en", "base"), "seeds": (0, 1, 2)}
+    )
+    defaults.update({k: v for k, v in given.items() if v is not None})
+    models = defaults.get("models", ())
+    known = ("tiny.en", "base")
+    bad = [m for m in models if m not in known]
+    if bad or not models:
+        raise ValueError(f"--models: choose among {', '.join(known)}, got {', '.join(models) or 'none'}")
+    return FinetuneSettings(**defaults)
 
 
 @dataclass
