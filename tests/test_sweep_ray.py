@@ -14,6 +14,8 @@ from fastconvex._ray import CRASH_ENV  # noqa: E402
 import numpy as np  # noqa: E402
 from test_cli_score_prune import speech  # noqa: E402,F401  (tiny model and labelled audio)
 from test_sweep import ESTIMATORS, assert_same, make_stores  # noqa: E402
+from test_sweep_euclidean import KW, euclid  # noqa: E402,F401  (tiny classifier and its frame store)
+from test_sweep_euclidean import _reference as euclidean_reference  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,14 @@ def test_ray_sweep_equals_layer_scores(local_ray, stores, tmp_path, estimator):
     for s in stores:
         assert_same(result[s.name], fc.layer_scores(s.layers, s.labels, **kw))
     assert ray.is_initialized()  # a Ray the caller started is left running
+
+
+def test_ray_euclidean_sweep_equals_layer_euclidean_scores(local_ray, euclid, tmp_path):  # noqa: F811
+    root, model, _ = euclid
+    store = fc.open_store(root / "store")
+    result = fc.sweep(store, out_dir=tmp_path / "out", engine="ray", measure="euclidean", model=root / "model",
+                      verbose=False, plot=False, **KW)  # each worker loads the model from its directory
+    assert_same(result[store.name], euclidean_reference(store, model))
 
 
 def test_worker_that_exits_is_retried(local_ray, stores, tmp_path, capsys):

@@ -71,15 +71,15 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--batch-size and --chunk-size must be positive")
     if args.address is not None and args.engine != "ray":
         raise ValueError("--address needs --engine ray")
-    if args.engine == "ray":
-        from fastconvex._ray import require_ray
-
-        require_ray()
     if args.frames and args.engine != "local":
         raise UsageError("--frames writes with --engine local only (the Ray engine writes pooled rows)")
     if args.frames and args.final_norm != "raw":
         raise UsageError("--frames keeps the raw hidden states (what the classifier's remaining blocks take); "
                          "drop --final-norm apply")
+    if args.engine == "ray":
+        from fastconvex._ray import require_ray
+
+        require_ray()
     store_path = Path(args.out_dir)
     if store_path.exists() and not args.overwrite:
         raise FileExistsError(f"--out-dir {str(store_path)!r} already exists (pass --overwrite to replace it)")
