@@ -25,7 +25,14 @@ from ._core import ScoringPlan, check_engine, plan_scoring, score_layer, stack_l
 from ._inputs import check_embeddings
 from ._pairs import DEFAULT_PAIRS, resolve_estimator
 from ._results import Convexity, LayerScores
-from ._sweep_euclidean import EuclideanPlan, check_euclidean_options, model_fingerprint, plan_store, score_euclidean_task
+from ._sweep_euclidean import (
+    EuclideanPlan,
+    check_euclidean_options,
+    model_fingerprint,
+    plan_store,
+    release_predictors,
+    score_euclidean_task,
+)
 from ._sweep_out import Reporter, format_table, write_outputs
 from .store import LayerStore, open_store, write_json_atomic
 
@@ -326,6 +333,7 @@ def sweep(
                                   retries=retries, report=report, on_done=on_done)
     finally:
         report.close()
+        release_predictors()  # a model the local engine loaded is not kept after the sweep
     if failures:
         task, exc = failures[0]
         msg = (f"{len(failures)} of {len(pending)} sweep task(s) failed (finished ones are saved in {out}; "

@@ -179,6 +179,11 @@ def _predictor(plan: EuclideanPlan, device: Any) -> Callable[..., Any]:
     return cached[1]
 
 
+def release_predictors() -> None:
+    """Drop the models loaded in this process (the local engine, after a sweep)."""
+    _PREDICTORS.clear()
+
+
 def score_euclidean_task(store: LayerStore, layer: int, plan: EuclideanPlan, device: Any = None) -> Convexity:
     """Euclidean convexity of one store layer (the body of a Euclidean task)."""
     from ._euclidean import _AtLayer, euclidean_layer
