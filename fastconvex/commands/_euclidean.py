@@ -40,7 +40,8 @@ def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = 
         group.add_argument(
             "--model", default=None, metavar="DIR",
             help="euclidean: the audio classifier (a *ForSequenceClassification or WhisperForAudioClassification "
-            "directory or hub id) whose blocks after each layer, and head, label the sampled points",
+            + ("directory or hub id" if lengths else "directory every worker can read")
+            + ") whose blocks after each layer, and head, label the sampled points",
         )
     group.add_argument("--n-sampled", type=int, default=10, help="euclidean: points per segment (default 10)")
     group.add_argument(
