@@ -219,8 +219,9 @@ def test_cli_errors(euclid, tmp_path, capsys):
                                      "--model", root / "model", "--k", "4"]),
         (2, "--model applies to --measure euclidean", ["sweep", root / "store", "--out-dir", tmp_path / "o",
                                                        "--model", root / "model"]),
-        (2, "--frames writes with --engine local", ["embed", root / "model", "--audio", root / "audio",
-                                                    "--out-dir", tmp_path / "f", "--frames", "--engine", "ray"]),
+        (2, "--frames keeps the raw hidden states", ["embed", root / "model", "--audio", root / "audio",
+                                                     "--out-dir", tmp_path / "f", "--frames", "--final-norm",
+                                                     "apply"]),
     ]
     for status, message, argv in cases:
         code, _, err = _run(capsys, *argv)

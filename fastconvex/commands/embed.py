@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", action="store_true",
                         help="keep every valid frame instead of the mean (rows = frames in utterance order, "
                         "labels/utterance.npy; each frame carries its utterance's label): the frame store "
-                        "that `fastconvex sweep --measure euclidean` needs")
+                        "that `fastconvex sweep --measure euclidean` needs (both engines)")
     parser.add_argument("--engine", default="local", choices=["local", "ray"], help="where to run (default local)")
     parser.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address (with --engine ray)")
     parser.add_argument("--chunk-size", type=int, default=256, help="utterances per Ray task (default 256)")
@@ -71,8 +71,6 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--batch-size and --chunk-size must be positive")
     if args.address is not None and args.engine != "ray":
         raise ValueError("--address needs --engine ray")
-    if args.frames and args.engine != "local":
-        raise UsageError("--frames writes with --engine local only (the Ray engine writes pooled rows)")
     if args.frames and args.final_norm != "raw":
         raise UsageError("--frames keeps the raw hidden states (what the classifier's remaining blocks take); "
                          "drop --final-norm apply")
@@ -146,12 +144,19 @@ def _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_p
 
     selected, dim = probe_layers(model, fe, audio[0], sampling_rate=rate, layers=args.layers,
                                  final_norm=args.final_norm)
+    frame_labels = utterance = offsets = None
+    if args.frames:
+        per_utt = _frame_labels(model, fe, lengths, labels)
+        counts = [f.shape[0] for f in per_utt]
+        frame_labels, utterance = np.concatenate(per_utt), np.repeat(np.arange(len(paths)), counts)
+        offsets = [0, *np.cumsum(counts).tolist()]
     writer = open_writer(
-        store_path, model=model, labels=labels, frame_labels=None, utterance=None, raw_lengths=lengths,
-        n_utt=len(paths), meta=meta, overwrite=args.overwrite, resume=True,
+        store_path, model=model, labels=None if args.frames else labels, frame_labels=frame_labels,
+        utterance=utterance, raw_lengths=lengths, n_utt=len(paths), meta=meta, overwrite=args.overwrite, resume=True,
         job={"engine": "ray", "chunk_size": args.chunk_size, "layers": args.layers, "dtype": args.dtype,
              "batch_size": args.batch_size, "mix_lengths": bool(args.mix_lengths), "final_norm": args.final_norm,
-             "sampling_rate": rate},
+             "sampling_rate": rate, "frames": bool(args.frames)},
+        ignored_frames=0 if args.frames else None,
     )
     arrays = writer.allocate(dim, np.dtype(args.dtype), count=len(selected))
     del arrays
@@ -161,7 +166,7 @@ def _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_p
         model_class=args.model_class, device=args.device, paths=[str(Path(p).resolve()) for p in paths],
         sampling_rate=rate, batch_size=args.batch_size, dtype=args.dtype, layers=args.layers,
         final_norm=args.final_norm, mix_lengths=bool(args.mix_lengths), partial_dir=str(writer.tmp.resolve()),
-        layer_files=[entry["file"] for entry in writer.layers],
+        layer_files=[entry["file"] for entry in writer.layers], frames=bool(args.frames), row_offsets=offsets,
     )
     ran, reused = embed_on_ray(job, writer, np.asarray(lengths), chunk_size=args.chunk_size, address=args.address,
                                retries=args.retries, verbose=not args.quiet)
