@@ -91,9 +91,12 @@ def model_fingerprint(model: Any) -> str:
     if inner is not None and hasattr(inner, "state_dict") and hasattr(inner, "config"):
         digest = hashlib.sha256(type(inner).__name__.encode())
         digest.update(inner.config.to_json_string(use_diff=False).encode())
+        import torch
+
         for name, tensor in inner.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+            digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}".encode())
+            raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)  # any dtype, bfloat16 too
+            digest.update(raw.numpy().tobytes())
         return "weights:" + digest.hexdigest()
     raise ValueError(
         "model: a predict_from_layer callable without a model cannot be told apart from another, so its "
@@ -115,7 +118,7 @@ def _model_shape(model: Any) -> tuple[int | None, int | None]:
                             for a in arch):
             raise ValueError(f"model: {path} is a {arch[0]}, not an audio classifier "
                              "(*ForSequenceClassification or WhisperForAudioClassification)")
-        blocks = config.get("num_hidden_layers", config.get("encoder_layers"))
+        blocks = config.get("encoder_layers", config.get("num_hidden_layers"))  # Whisper: its encoder's
         return config.get("hidden_size", config.get("d_model")), None if blocks is None else int(blocks) + 1
     inner = getattr(model, "model", None)
     config = getattr(inner, "config", None)

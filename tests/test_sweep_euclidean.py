@@ -228,3 +228,20 @@ def test_cli_errors(euclid, tmp_path, capsys):
         assert code == status, (argv, err)
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o" / "sweep.json").exists()
+
+
+def test_a_model_that_changes_mid_sweep_is_refused(euclid, tmp_path):
+    from fastconvex._sweep_euclidean import model_fingerprint, plan_store, release_predictors, score_euclidean_task
+
+    root, model, _ = euclid
+    store = fc.open_store(root / "store")
+    copy = tmp_path / "model"
+    model.save_pretrained(copy)
+    assert model_fingerprint(copy) == model_fingerprint(root / "model")  # the content, not the path or mtime
+    plan = plan_store(store, [0], model=copy, fingerprint=model_fingerprint(copy), n_sampled=2, pairs=4,
+                      exact=False, batch_size=16, seed=0, min_class_size=2)
+    other, _ = _classifier(seed=3)
+    other.save_pretrained(copy)  # retrained weights written over it before a worker loads it
+    release_predictors()
+    with pytest.raises(ValueError, match="changed while the sweep ran"):
+        score_euclidean_task(store, 0, plan)
