@@ -64,6 +64,10 @@ class LayerStore:
     utterance : (N,) int64 utterance index of each row, or None
     meta : the saved metadata plus ``dtype`` and ``versions``
     fingerprint : sha256 of the content (every file's sha256 and shape)
+
+    Frame stores (rows are frames, ``utterance`` given) also read back per
+    utterance: :meth:`sequences` (a layer as padded (n_utt, T_max, D)
+    sequences and their lengths) and :meth:`utterance_labels`.
     """
 
     path: Path
