@@ -423,6 +423,7 @@ def pooled_hidden_states(
 
         writer = open_writer(
             out_dir, model=model, labels=labels, frame_labels=all_labels, utterance=utt_of_row,
+            ignored_frames=None if all_labels is None else int(n_frames.sum()) - n_rows,
             raw_lengths=raw_lengths, n_utt=n_utt, meta=meta, overwrite=overwrite, resume=resume,
             job={"layers": None if layers is None else list(layers), "dtype": out_dtype.name,
                  "batch_size": batch_size, "mix_lengths": bool(mix_lengths), "final_norm": final_norm,
