@@ -43,9 +43,9 @@ def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = 
             + ("directory or hub id" if lengths else "directory every worker can read")
             + ") whose blocks after each layer, and head, label the sampled points",
         )
-    group.add_argument("--n-sampled", type=int, default=10, help="euclidean: points per segment (default 10)")
+    group.add_argument("--n-sampled", type=int, default=None, help="euclidean: points per segment (default 10)")
     group.add_argument(
-        "--predict-batch", type=int, default=256, metavar="B",
+        "--predict-batch", type=int, default=None, metavar="B",
         help="euclidean: sampled points per forward pass (default 256)",
     )
     if lengths:
@@ -55,9 +55,13 @@ def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = 
         )
 
 
-def check_graph_only(args: argparse.Namespace) -> None:
-    """Graph measure: the Euclidean-only options must not be given."""
-    for flag, value in (("--model", args.model), ("--lengths", getattr(args, "lengths", None))):
+def check_graph_only(args: argparse.Namespace, *, model_option: bool = True) -> None:
+    """Graph measure: the Euclidean-only options must not be given (``prune``'s
+    MODEL is its positional argument, not the ``--model`` option)."""
+    given = (("--model", getattr(args, "model", None) if model_option else None),
+             ("--lengths", getattr(args, "lengths", None)),
+             ("--n-sampled", args.n_sampled), ("--predict-batch", args.predict_batch))
+    for flag, value in given:
         if value is not None:
             raise ValueError(f"{flag} applies to --measure euclidean only")
 
@@ -71,6 +75,8 @@ def euclidean_kwargs(args: argparse.Namespace, *, needs_model: bool = True) -> d
         raise ValueError("--k applies to graph convexity (the kNN graph); Euclidean convexity builds no graph")
     if args.backend != "auto":
         raise ValueError("--backend chooses the graph kernels; Euclidean convexity runs on --model's device")
+    args.n_sampled = 10 if args.n_sampled is None else args.n_sampled
+    args.predict_batch = 256 if args.predict_batch is None else args.predict_batch
     if args.n_sampled < 1:
         raise ValueError(f"--n-sampled must be positive, got {args.n_sampled}")
     if args.predict_batch < 1:

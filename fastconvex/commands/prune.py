@@ -165,6 +165,10 @@ def _run(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {str(out_dir)!r} exists and is not a directory")
     _check_output_dir(out_dir)
+    if args.measure != "euclidean":
+        from ._euclidean import check_graph_only
+
+        check_graph_only(args, model_option=False)
     plot_problem = None
     if not args.no_plot:
         try:
