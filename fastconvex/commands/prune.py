@@ -96,7 +96,9 @@ def load_model(name: str, model_class: str | None = None, device: str | None = N
         from fastconvex.hf._models import resolve_model_class
 
         cls = resolve_model_class(config)
-    model = cls.from_pretrained(name)
+    from fastconvex.hf._prune import restore_final_norm
+
+    model = restore_final_norm(cls.from_pretrained(name))  # a model pruned with final_norm="identity"
     if device is not None:
         model = model.to(device)
     model.eval()
