@@ -70,6 +70,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read, load, fine-tune, save; the result goes to stdout (and ``--out``)."""
+    if not args.quiet:
+        return _run(args)
+    from fastconvex.hf._quiet import quiet_transformers
+
+    with quiet_transformers():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from fastconvex import hf
     from fastconvex.cli import emit_json, log
 

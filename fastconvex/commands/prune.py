@@ -142,18 +142,10 @@ def run(args: argparse.Namespace) -> int:
     """Score, cut, prune and save; the report goes to ``--out``/report.json and stdout."""
     if not args.quiet:
         return _run(args)
-    import transformers
+    from fastconvex.hf._quiet import quiet_transformers
 
-    tlog = transformers.utils.logging
-    verbosity, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    try:
+    with quiet_transformers():
         return _run(args)
-    finally:
-        tlog.set_verbosity(verbosity)
-        if bars:
-            tlog.enable_progress_bar()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -392,5 +392,8 @@ def finetune(
     if out is not None:
         import json
 
-        _save_atomic(clf, fe, out, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
+        from ._quiet import quiet_transformers
+
+        with quiet_transformers():  # no "Writing model shards" bar
+            _save_atomic(clf, fe, out, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
     return result

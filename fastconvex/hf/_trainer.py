@@ -3,30 +3,17 @@ checkpoints, a fastconvex progress bar."""
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from ._quiet import quiet_transformers
+
 __all__ = ["train", "predict_logits"]
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """transformers' own logging at error level while training (restored after)."""
-    import transformers
-
-    tlog = transformers.utils.logging
-    verbosity = tlog.get_verbosity()
-    tlog.set_verbosity_error()
-    try:
-        yield
-    finally:
-        tlog.set_verbosity(verbosity)
 
 
 def _trainer(model: nn.Module, dataset: Any, collate: Callable[..., Any], output_dir: str, **settings: Any) -> Any:
@@ -79,7 +66,7 @@ def train(model: nn.Module, dataset: Any, collate: Callable[..., Any], *, epochs
           batch_size: int, seed: int, warmup_steps: int, weight_decay: float,
           progress: bool | None) -> tuple[float, int]:
     """Train ``model`` in place; returns (wall seconds of ``Trainer.train()``, optimiser steps)."""
-    with tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp, _quiet_transformers():
+    with tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp, quiet_transformers(progress_bars=True):
         trainer = _trainer(
             model, dataset, collate, tmp,
             num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch_size,
@@ -101,7 +88,7 @@ def train(model: nn.Module, dataset: Any, collate: Callable[..., Any], *, epochs
 def predict_logits(model: nn.Module, dataset: Any, collate: Callable[..., Any], *, batch_size: int,
                    seed: int) -> np.ndarray:
     """Logits (N, C) of ``dataset``, in its order (``Trainer.predict``)."""
-    with tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp, _quiet_transformers():
+    with tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp, quiet_transformers(progress_bars=True):
         trainer = _trainer(model, None, collate, tmp, per_device_eval_batch_size=batch_size, seed=seed)
         out = trainer.predict(dataset)
     logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
