@@ -278,3 +278,12 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_float16_source_trains_in_float32():
+    model, _ = tiny_model("hubert")
+    model.half()
+    clf = hf.classification_model(model, [0, 1])
+    assert {p.dtype for p in clf.parameters()} == {torch.float32}
+    source = {k: v.float() for k, v in speech_encoder(model).state_dict().items()}
+    assert_same_state(state(speech_encoder(clf)), source)

@@ -26,8 +26,9 @@ def classification_model(model: nn.Module, classes: Sequence[Any], *, seed: int 
     The encoder weights are copied in exactly (``load_state_dict(strict=True)``); the
     head (projector + classifier) is freshly initialised from ``seed``.  A Whisper
     model keeps only its encoder (a ``WhisperForConditionalGeneration`` loses its
-    decoder); its context (``max_source_positions``, possibly cut) is kept.  ``model``
-    itself is not changed.
+    decoder); its context (``max_source_positions``, possibly cut) is kept.  The new
+    model is float32 whatever ``model``'s dtype (float16 weights convert exactly).
+    ``model`` itself is not changed.
 
     Parameters
     ----------
@@ -58,6 +59,7 @@ def classification_model(model: nn.Module, classes: Sequence[Any], *, seed: int 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             new = transformers.AutoModelForAudioClassification.from_config(config)
+        new.to(torch.float32)  # a float16 checkpoint (config.dtype) trains in float32; the copy is exact
     except ValueError as exc:
         raise TypeError(
             f"model: transformers has no audio-classification head for {type(model).__name__} "
