@@ -287,3 +287,20 @@ def test_float16_source_trains_in_float32():
     assert {p.dtype for p in clf.parameters()} == {torch.float32}
     source = {k: v.float() for k, v in speech_encoder(model).state_dict().items()}
     assert_same_state(state(speech_encoder(clf)), source)
+
+
+def test_callers_random_state_is_left_alone():
+    import random
+
+    waves, labels = tones(n=10)
+    model, fe = tiny_model("wav2vec2")
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    hf.finetune(model, waves, labels, feature_extractor=fe, epochs=1, progress=False)
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ._output import DataError, UsageError, check_output_file, positive_int, write_text_atomic
+from ._output import (
+    DataError,
+    UsageError,
+    check_output_file,
+    positive_int,
+    run_with_hf_quiet,
+    write_text_atomic,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -70,12 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read, load, fine-tune, save; the result goes to stdout (and ``--out``)."""
-    if not args.quiet:
-        return _run(args)
-    from fastconvex.hf._quiet import quiet_transformers
-
-    with quiet_transformers():
-        return _run(args)
+    return run_with_hf_quiet(args, _run)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._output import UsageError, write_text_atomic
+from ._output import UsageError, run_with_hf_quiet, write_text_atomic
 from .score import add_scoring_arguments, save_plot, scoring_kwargs
 
 __all__ = ["add_arguments", "run", "load_model"]
@@ -140,12 +140,7 @@ def _check_output_dir(out_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score, cut, prune and save; the report goes to ``--out``/report.json and stdout."""
-    if not args.quiet:
-        return _run(args)
-    from fastconvex.hf._quiet import quiet_transformers
-
-    with quiet_transformers():
-        return _run(args)
+    return run_with_hf_quiet(args, _run)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,9 +289,7 @@ def finetune(
     TypeError
         Labels that are not strings or integers; an unsupported model.
     """
-    import transformers
-
-    enc = speech_encoder(model)  # checks it is a transformers model
+    speech_encoder(model)  # checks it is a transformers model
     whisper = is_whisper(model)
     epochs = _positive(epochs, "epochs")
     lr = _positive(lr, "lr")

@@ -3,9 +3,11 @@ checkpoints, a fastconvex progress bar."""
 
 from __future__ import annotations
 
+import contextlib
+import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,21 @@ from torch import nn
 from ._quiet import quiet_transformers
 
 __all__ = ["train", "predict_logits"]
+
+
+@contextlib.contextmanager
+def _keep_global_rngs() -> Iterator[None]:
+    """``Trainer`` seeds Python's, NumPy's and torch's global generators; give the
+    caller's states back afterwards."""
+    import torch
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def _trainer(model: nn.Module, dataset: Any, collate: Callable[..., Any], output_dir: str, **settings: Any) -> Any:
@@ -66,7 +83,8 @@ def train(model: nn.Module, dataset: Any, collate: Callable[..., Any], *, epochs
           batch_size: int, seed: int, warmup_steps: int, weight_decay: float,
           progress: bool | None) -> tuple[float, int]:
     """Train ``model`` in place; returns (wall seconds of ``Trainer.train()``, optimiser steps)."""
-    with tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp, quiet_transformers(progress_bars=True):
+    with tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp, \
+            quiet_transformers(progress_bars=True), _keep_global_rngs():
         trainer = _trainer(
             model, dataset, collate, tmp,
             num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch_size,
@@ -88,7 +106,8 @@ def train(model: nn.Module, dataset: Any, collate: Callable[..., Any], *, epochs
 def predict_logits(model: nn.Module, dataset: Any, collate: Callable[..., Any], *, batch_size: int,
                    seed: int) -> np.ndarray:
     """Logits (N, C) of ``dataset``, in its order (``Trainer.predict``)."""
-    with tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp, quiet_transformers(progress_bars=True):
+    with tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp, \
+            quiet_transformers(progress_bars=True), _keep_global_rngs():
         trainer = _trainer(model, None, collate, tmp, per_device_eval_batch_size=batch_size, seed=seed)
         out = trainer.predict(dataset)
     logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
