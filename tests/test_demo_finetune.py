@@ -40,7 +40,7 @@ def test_keeps_always_hold_the_full_model_and_the_rule_cut():
 
 def test_context_covers_the_longest_clip_or_refuses():
     ds = Dataset("t", [np.zeros(16000 * 2 + 1, np.float32), np.zeros(8000, np.float32)], ["a", "b"], ["1", "2"])
-    assert context_seconds_for(ds, None) == 2.5  # 2.0000625 s rounded up to 0.5 s
+    assert context_seconds_for(ds, None) == 3.0  # 2.0000625 s rounded up to whole seconds
     assert context_seconds_for(ds, 3.0) == 3.0
     with pytest.raises(ValueError, match="longer than the 2 s context"):
         context_seconds_for(ds, 2.0)

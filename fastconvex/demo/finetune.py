@@ -34,9 +34,10 @@ from .models import choose_keep, encode_pooled, encoder_latencies, prune_whisper
 
 def context_seconds_for(ds: Dataset, requested: float | None) -> float:
     """The encoder context for a task: ``requested``, or the longest clip rounded
-    up to 0.5 s. A clip longer than the context is an error, never cut silently."""
+    up to a whole second (Whisper's feature extractor pads to whole seconds). A
+    clip longer than the context is an error, never cut silently."""
     longest = max(len(a) for a in ds.audio) / SAMPLE_RATE
-    seconds = requested if requested is not None else math.ceil(longest * 2) / 2
+    seconds = requested if requested is not None else float(math.ceil(longest - 1e-9))
     if longest > seconds + 1e-9:
         raise ValueError(
             f"{ds.name}: the longest clip is {longest:.2f} s, longer than the {seconds:g} s context; "
@@ -65,10 +66,12 @@ def keeps_for(spec: str, n_blocks: int, rule_keep: int) -> list[int]:
 def context_model(model: Any, feature_extractor: Any, seconds: float) -> tuple[Any, Any]:
     """A copy of the Whisper model with its encoder context cut to ``seconds``, and
     the feature extractor that pads to it."""
-    from ..hf import cut_whisper_context, whisper_feature_extractor_for
+    import copy
 
-    cut = cut_whisper_context(model, seconds)
-    return cut, whisper_feature_extractor_for(cut, feature_extractor)
+    from ..hf import context_feature_extractor, cut_whisper_context
+
+    cut = cut_whisper_context(copy.deepcopy(model), seconds)
+    return cut, context_feature_extractor(cut, feature_extractor)
 
 
 def score_pretrained(
