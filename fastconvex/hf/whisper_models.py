@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .ct2_whisper import cache_root, find_whisper_ct2_dir, load_ct2_whisper
+from .ct2_whisper import cache_root, ct2_dir_from_env, find_whisper_ct2_dir, load_ct2_whisper
 
 __all__ = [
     "WHISPER_BASE_WHEELS",
@@ -159,12 +159,9 @@ def find_whisper_base_ct2_dir(cache_dir: str | os.PathLike | None = None) -> Pat
     ``cache_dir`` (default ``cache_root()/whisper-base-ct2``) by
     :func:`assemble_split_model`. ``FileNotFoundError`` says what to install.
     """
-    env = os.environ.get("FASTCONVEX_WHISPER_BASE_CT2")
-    if env:
-        p = Path(env)
-        if (p / "model.bin").is_file():
-            return p
-        raise FileNotFoundError(f"FASTCONVEX_WHISPER_BASE_CT2={env} has no model.bin")
+    p = ct2_dir_from_env("FASTCONVEX_WHISPER_BASE_CT2")
+    if p is not None:
+        return p
     part1 = _installed_file(WHISPER_BASE_WHEELS[0], "data/model.bin.part1")
     part2 = _installed_file(WHISPER_BASE_WHEELS[1], "data/model.bin.part2")
     if part1 is None or part2 is None:
