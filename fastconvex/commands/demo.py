@@ -60,6 +60,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-reps", type=int, default=None,
                         help="timed encoder runs per model for the latency (default 7, quick 3)")
     parser.add_argument("--no-save", action="store_true", help="do not save the pruned models")
+    ft = parser.add_argument_group("the fine-tuning experiment (--finetune)")
+    ft.add_argument("--finetune", action="store_true",
+                    help="also fine-tune the full model and every cut with the same budget and compare "
+                         "(quick: Whisper tiny.en, one seed; full: tiny.en and base, three seeds)")
+    ft.add_argument("--models", default=None, help="comma-separated Whisper models to fine-tune: tiny.en, base")
+    ft.add_argument("--seeds", default=None, help="comma-separated fine-tuning seeds (default quick 0; full 0,1,2)")
+    ft.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs for every cut")
+    ft.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate for every cut")
+    ft.add_argument("--finetune-batch-size", type=int, default=None, help="clips per training step")
+    ft.add_argument("--keeps", default=None,
+                    help="block counts to fine-tune: all (default), spread, or a list such as 1,2,4 "
+                         "(the full model and the convexity cut are always included)")
+    ft.add_argument("--context-seconds", type=float, default=None,
+                    help="the encoder context for fine-tuning and scoring (default: the longest clip, rounded up)")
+    ft.add_argument("--no-euclidean", action="store_true",
+                    help="skip graph vs Euclidean convexity of the fine-tuned classifier")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,8 +100,26 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(message)
         print(f"fastconvex demo: {message}; running the other tasks", file=sys.stderr, flush=True)
     from ..demo import DemoConfig, format_summary, run_demo
+    from ..demo.config import finetune_settings
 
     quiet = bool(getattr(args, "quiet", False))
+    finetune = None
+    if args.finetune:
+        try:
+            finetune = finetune_settings(
+                bool(args.quick), models=_names(args.models), seeds=_ints(args.seeds, "--seeds"),
+                epochs=args.epochs, lr=args.lr, batch_size=args.finetune_batch_size, keeps=args.keeps,
+                context_seconds=args.context_seconds, euclidean=False if args.no_euclidean else None,
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        given = [flag for flag, v in (("--models", args.models), ("--seeds", args.seeds), ("--epochs", args.epochs),
+                                      ("--lr", args.lr), ("--finetune-batch-size", args.finetune_batch_size),
+                                      ("--keeps", args.keeps), ("--context-seconds", args.context_seconds))
+                 if v is not None] + (["--no-euclidean"] if args.no_euclidean else [])
+        if given:
+            raise UsageError(f"{', '.join(given)} applies to --finetune only")
     cfg = DemoConfig(
         out_dir=args.out_dir,
         quick=bool(args.quick),
@@ -105,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         save_models=not args.no_save,
         latency_reps=args.latency_reps,
         quiet=quiet,
+        finetune=finetune,
     )
     try:
         report = run_demo(cfg)
@@ -127,6 +162,19 @@ def run(args: argparse.Namespace) -> int:
     for task, why in report.get("skipped", {}).items():
         print(f"fastconvex demo: {task} task skipped: {why}", file=sys.stderr)
     return 0
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"{flag}: expected integers like 0,1,2, got {text!r}") from None
 
 
 def main(argv=None) -> int:  # pragma: no cover - convenience: python -m fastconvex.commands.demo

