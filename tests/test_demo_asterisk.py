@@ -218,3 +218,10 @@ def test_unseen_speaker_language_task_holds_out_voices_and_prompts(tree, tmp_pat
     sp = da.load_asterisk_speaker(4, roots=[tree])
     a, b = da.asterisk_split(sp)
     assert set(np.asarray(sp.groups)[a]).isdisjoint(np.asarray(sp.groups)[b]) and len(a) + len(b) == len(sp)
+
+
+def test_task_registry_names_the_loaders(tree):
+    assert set(da.ASTERISK_TASKS) == {"asterisk-speaker", "asterisk-language", "asterisk-language-unseen"}
+    for name in ("asterisk-speaker", "asterisk-language"):
+        ds = da.ASTERISK_TASKS[name](2, 0, roots=[tree])
+        assert ds.name == name and len(ds) == 2 * len(set(ds.labels))

@@ -73,6 +73,7 @@ __all__ = [
     "load_asterisk_language_unseen",
     "UNSEEN_TRAIN_VOICES",
     "asterisk_split",
+    "ASTERISK_TASKS",
 ]
 
 
@@ -393,3 +394,11 @@ def asterisk_split(ds: Dataset, *, test_fraction: float = 0.3, seed: int = 0) ->
     from .probe import split_indices
 
     return split_indices(ds.labels, ds.groups, test_fraction=test_fraction, seed=seed)
+
+
+#: task name -> loader ``(n_per_class, seed, **kwargs) -> Dataset``; split each with :func:`asterisk_split`
+ASTERISK_TASKS: dict[str, Callable[..., Dataset]] = {
+    "asterisk-speaker": load_asterisk_speaker,
+    "asterisk-language": load_asterisk_language,
+    "asterisk-language-unseen": load_asterisk_language_unseen,
+}
