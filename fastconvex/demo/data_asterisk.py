@@ -1,35 +1,31 @@
-"""Real telephone prompts by credited human speakers: the ``asterisk-speaker`` and
-``asterisk-language`` tasks.
+"""Real telephone prompts by credited human speakers: the ``asterisk-speaker``,
+``asterisk-language`` and ``asterisk-language-unseen`` tasks (docs/demo-tasks.md).
 
 Debian ships the Asterisk PBX's voice prompts (8 kHz mono, the same prompt names,
 e.g. ``vm-goodbye`` or ``digits/7``, across languages) in these packages, fetched here
 with ``apt-get download`` + ``dpkg-deb -x`` into ``cache_root()/asterisk/<package>/``
-(nothing is installed). Who speaks is taken from each package's own credits file; the
-line quoted is the one :func:`credited_speaker` checks before any clip is used:
+(nothing is installed). Who speaks is taken from each package's own credits file;
+:func:`credited_speaker` checks the quoted text before any clip is used
+(``copyright`` is ``usr/share/doc/<package>/copyright``; sizes are the ``.deb``):
 
-================================  =============  ====  ===================  ===========================================
-package (``.deb`` size)           sound dir      lang  speaker label        credits (file: line)
-================================  =============  ====  ===================  ===========================================
-asterisk-core-sounds-en-wav 18 MB en_US_f_Allison en   allison-smith        ``copyright``: "Files: *" ... "Recorded by:
-                                                                            Allison Smith" (lines 6-10)
-asterisk-core-sounds-es-wav 24 MB es_MX_f_Allison es   allison-smith        the same ``Files: *`` stanza (no ``es-*``
-                                                                            stanza exists; the directory names Allison)
-asterisk-core-sounds-fr-wav 19 MB fr_CA_f_June    fr   june-wallack         ``copyright``: "Files: fr-*" ... "Recorded
-                                                                            by: June Wallack" (lines 17-22)
-asterisk-core-sounds-it-wav 18 MB it_IT_m_Carlo   it   carlo-flora          ``copyright``: "Files: it-*" ... "Recorded
-                                                                            by: Carlo Flora" (lines 42-46)
-asterisk-core-sounds-ru-wav 19 MB ru_RU_f_IvrvoiceRU ru ivrvoice-ru         ``copyright``: "Files: ru-*" ... "Provided
-                                                                            by: Maxim Topal ... www.ivrvoice.ru" (34-39):
-                                                                            the provider is credited, the voice is not
-                                                                            named; the directory says one female voice
-asterisk-prompt-it-menardi-wav    it_IT_f_Menardi it   menardi              ``copyright`` line 5: "Marco Menardi.e Paola
-19 MB                                                                       Dal Zot"; the LICENSE quote (line 19):
-                                                                            "fatti da me e mia moglie"; one female voice
-asterisk-prompt-es-co 1 MB (GSM)  es              es   july-jimenez         ``LEEME`` line 8: "Sonidos grabados por
-                                                                            Avatar Ltda. con la voz de July E. Jiménez"
-asterisk-prompt-fr-armelle 1.5 MB fr              fr   armelle-desjardins   ``copyright`` line 8: "Voice actor: Armelle
-(GSM)                                                                       Desjardins"
-================================  =============  ====  ===================  ===========================================
+- ``asterisk-core-sounds-en-wav`` (18.3 MB), ``en_US_f_Allison``, en, ``allison-smith``:
+  ``copyright`` lines 6-10, "Files: *" ... "Recorded by: Allison Smith".
+- ``asterisk-core-sounds-es-wav`` (23.8 MB), ``es_MX_f_Allison``, es, ``allison-smith``:
+  the same ``Files: *`` stanza (the file has no ``es-*`` stanza).
+- ``asterisk-core-sounds-fr-wav`` (18.5 MB), ``fr_CA_f_June``, fr, ``june-wallack``:
+  lines 17-22, "Files: fr-*" ... "Recorded by: June Wallack".
+- ``asterisk-core-sounds-it-wav`` (18.3 MB), ``it_IT_m_Carlo``, it, ``carlo-flora``:
+  lines 42-46, "Files: it-*" ... "Recorded by: Carlo Flora".
+- ``asterisk-core-sounds-ru-wav`` (18.8 MB), ``ru_RU_f_IvrvoiceRU``, ru, ``ivrvoice-ru``:
+  lines 34-39, "Files: ru-*" ... "Provided by: Maxim Topal ... www.ivrvoice.ru". The
+  provider is credited, the voice is not named; the directory says one female voice.
+- ``asterisk-prompt-it-menardi-wav`` (18.8 MB), ``it_IT_f_Menardi``, it, ``menardi``:
+  line 5, "Marco Menardi.e Paola Dal Zot"; line 19 quotes the LICENSE, "fatti da me e
+  mia moglie". One female voice (directory name).
+- ``asterisk-prompt-es-co`` (1.0 MB, raw GSM), ``es``, es, ``july-jimenez``: ``LEEME``
+  line 8 (Latin-1), "Sonidos grabados por Avatar Ltda. con la voz de July E. Jiménez".
+- ``asterisk-prompt-fr-armelle`` (1.5 MB, raw GSM), ``fr``, fr, ``armelle-desjardins``:
+  ``copyright`` line 8, "Voice actor: Armelle Desjardins".
 
 Seven persons, five languages; Allison Smith speaks English and Spanish, so speaker
 and language compete: the speaker task must put her English and Spanish clips in one
