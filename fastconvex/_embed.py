@@ -40,6 +40,8 @@ class EmbedJob:
     mix_lengths: bool
     partial_dir: str
     layer_files: list[str]
+    frames: bool = False  # every valid frame a row (``embed --frames``)
+    row_offsets: list[int] | None = None  # frames: first row of each utterance, and the total
 
 
 def _model(job: EmbedJob) -> tuple[Any, Any]:
@@ -60,15 +62,23 @@ def embed_chunk(job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequenc
 
     model, fe = _model(job)
     audio = hf.AudioFiles([job.paths[i] for i in rows], sampling_rate=job.sampling_rate)
+    start, stop, frame_labels = rows[0], rows[-1] + 1, None
+    if job.frames:  # every valid frame kept (any label but -100 keeps it; the store holds the real ones)
+        assert job.row_offsets is not None
+        start, stop = job.row_offsets[start], job.row_offsets[stop]
+        counts = hf.valid_frame_counts(model, list(lengths), feature_extractor=fe)
+        frame_labels = [np.zeros(int(c), np.int64) for c in counts]
     pooled = hf.pooled_hidden_states(
         model, audio, sampling_rate=job.sampling_rate, batch_size=job.batch_size, feature_extractor=fe,
         layers=job.layers, dtype=job.dtype, lengths=list(lengths), mix_lengths=job.mix_lengths,
-        progress=False, final_norm=job.final_norm,
+        progress=False, final_norm=job.final_norm, frame_labels=frame_labels,
     )
     part = Path(job.partial_dir)
     for file, values in zip(job.layer_files, pooled):
+        if values.shape[0] != stop - start:
+            raise ValueError(f"chunk {chunk}: {values.shape[0]} rows, but the store expects {stop - start}")
         out = np.load(part / file, mmap_mode="r+", allow_pickle=False)
-        out[rows[0] : rows[-1] + 1] = values
+        out[start:stop] = values
         out.flush()
         del out
     from .store import mark_block_done

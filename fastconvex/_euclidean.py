@@ -27,18 +27,32 @@ from ._segments import (
 __all__ = ["euclidean_convexity", "layer_euclidean_scores"]
 
 
+def plan_euclidean(labels: Any, n: int, *, n_sampled: Any, pairs: Any, exact: Any, batch_size: Any, seed: Any,
+                   min_class_size: Any) -> tuple[list[Hashable], PairPlan, int, int, int | None]:
+    """Validate the settings and draw the pairs of ``n`` items once: (classes,
+    plan, n_sampled, batch_size, seed). The one planning step of
+    ``layer_euclidean_scores`` and of Euclidean sweeps."""
+    codes, classes = encode_item_labels(labels, n)
+    n_sampled, budget, exact, batch_size = check_settings(n_sampled, pairs, exact, batch_size)
+    seed = _check_seed(seed)
+    min_class_size = check_int("min_class_size", min_class_size, minimum=1)
+    plan = plan_segments(codes, len(classes), exact=exact, budget=budget, seed=seed, min_class_size=min_class_size)
+    return classes, plan, n_sampled, batch_size, seed
+
+
 def _setup(x: Any, name: str, labels: Any, predict: Any, predict_name: str, n_sampled: Any, pairs: Any,
            exact: Any, batch_size: Any, seed: Any, min_class_size: Any, attention_mask: Any,
            lengths: Any) -> tuple[list[Hashable], PairPlan, np.ndarray | None, int, int, int | None]:
     """Validate the settings shared by both entry points and draw the pairs."""
-    codes, classes = encode_item_labels(labels, int(x.shape[0]))
-    n_sampled, budget, exact, batch_size = check_settings(n_sampled, pairs, exact, batch_size)
-    seed = _check_seed(seed)
+    encode_item_labels(labels, int(x.shape[0]))  # label errors before settings errors, as always
+    check_settings(n_sampled, pairs, exact, batch_size)
+    _check_seed(seed)
     mask = check_frame_mask(x, attention_mask, lengths, name=name)
     if not callable(predict):
         raise TypeError(f"{predict_name} must be callable, got {type(predict).__name__}")
-    plan = plan_segments(codes, len(classes), exact=exact, budget=budget, seed=seed,
-                         min_class_size=check_int("min_class_size", min_class_size, minimum=1))
+    classes, plan, n_sampled, batch_size, seed = plan_euclidean(
+        labels, int(x.shape[0]), n_sampled=n_sampled, pairs=pairs, exact=exact, batch_size=batch_size, seed=seed,
+        min_class_size=min_class_size)
     return classes, plan, mask, n_sampled, batch_size, seed
 
 
@@ -203,9 +217,17 @@ def layer_euclidean_scores(
     results: list[Convexity] = []
     with Progress(len(layers), "layers", enabled=show_progress(progress)) as bar:
         for i, h in enumerate(layers):
-            results.append(euclidean_from_plan(
-                h, mask, plan, classes, _AtLayer(predict_from_layer, i), n_sampled=n_sampled,
-                batch_size=batch_size, device=device, known_labels=known_labels, seed=seed, progress=False,
-            ))
+            results.append(euclidean_layer(h, mask, plan, classes, _AtLayer(predict_from_layer, i),
+                                           n_sampled=n_sampled, batch_size=batch_size, seed=seed, device=device,
+                                           known_labels=known_labels))
             bar.update()
     return stack_layers(results, classes)
+
+
+def euclidean_layer(h: Any, mask: np.ndarray | None, plan: PairPlan, classes: list[Hashable],
+                    predict: Callable[..., Any], *, n_sampled: int, batch_size: int, seed: int | None,
+                    device: Any = None, known_labels: Iterable[Hashable] | None = None) -> Convexity:
+    """One layer of ``layer_euclidean_scores`` (and one Euclidean sweep task):
+    ``h`` checked items, the plan drawn by :func:`plan_euclidean`."""
+    return euclidean_from_plan(h, mask, plan, classes, predict, n_sampled=n_sampled, batch_size=batch_size,
+                               device=device, known_labels=known_labels, seed=seed, progress=False)

@@ -64,6 +64,10 @@ class LayerStore:
     utterance : (N,) int64 utterance index of each row, or None
     meta : the saved metadata plus ``dtype`` and ``versions``
     fingerprint : sha256 of the content (every file's sha256 and shape)
+
+    Frame stores (rows are frames, ``utterance`` given) also read back per
+    utterance: :meth:`sequences` (a layer as padded (n_utt, T_max, D)
+    sequences and their lengths) and :meth:`utterance_labels`.
     """
 
     path: Path
@@ -96,6 +100,72 @@ class LayerStore:
     def layers(self) -> list[np.ndarray]:
         """Every layer as a read-only (N, D) memmap (nothing is loaded)."""
         return [self.layer(i) for i in range(self.n_layers)]
+
+    # -- frame stores: each utterance's rows as one sequence
+    def _utterance_runs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first row, row count) of each utterance, in row order."""
+        if self.utterance is None:
+            raise ValueError(
+                f"store {self.name!r} ({self.path}) holds one row per utterance (no labels/utterance.npy): "
+                "frame sequences need a frame store, e.g. `fastconvex embed MODEL --frames ...` or "
+                "hf.pooled_hidden_states(..., frame_labels=..., out_dir=...)"
+            )
+        ignored = int(self.meta.get("ignored_frames", 0) or 0)
+        if ignored:
+            raise ValueError(
+                f"store {self.name!r} ({self.path}) dropped {ignored} ignored frame(s) (-100 frame labels): "
+                "its utterances are no longer whole sequences; embed every frame (`fastconvex embed --frames`)"
+            )
+        u = self.utterance
+        starts = np.flatnonzero(np.concatenate([[True], u[1:] != u[:-1]]))
+        ids = u[starts]
+        values, runs = np.unique(ids, return_counts=True)
+        if (runs > 1).any():
+            bad = int(values[runs > 1][0])
+            raise _fail(self.path / "labels" / "utterance.npy",
+                        f"the rows of utterance {bad} are not contiguous (a frame store keeps each "
+                        "utterance's frames together, in time order)")
+        return starts, np.diff(np.append(starts, u.shape[0]))
+
+    def utterance_labels(self) -> np.ndarray:
+        """(n_utt,) the label of each utterance of a frame store, in row order.
+
+        Raises ValueError (naming the labels file) when the rows of one
+        utterance carry different labels, and for a store without an
+        utterance index."""
+        starts, counts = self._utterance_runs()
+        labels = self.labels
+        first = np.repeat(labels[starts], counts)
+        same = np.array([a == b for a, b in zip(labels, first)], bool) if labels.dtype.kind == "O" \
+            else labels == first
+        if not same.all():
+            row = int(np.flatnonzero(~same)[0])
+            raise _fail(self.path / self.manifest["labels"]["file"],
+                        f"the rows of utterance {int(self.utterance[row])} carry different labels "
+                        f"({first[row]!r}, and {labels[row]!r} at row {row}): sequence-level scores need "
+                        "one label per utterance")
+        return labels[starts]
+
+    def sequences(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layer ``index`` of a frame store as padded sequences.
+
+        Returns
+        -------
+        x : (n_utt, T_max, D) array of the layer's dtype
+            Utterance u's frames (rows of ``utterance == u``, in row order)
+            first, zeros after them; utterances in row order.
+        lengths : (n_utt,) int64
+            Real frames of each utterance.
+
+        Loads the layer (n_utt * T_max * D values); the labels of the
+        utterances are :meth:`utterance_labels`.
+        """
+        starts, counts = self._utterance_runs()
+        rows = self.layer(index)
+        x = np.zeros((starts.shape[0], int(counts.max()), rows.shape[1]), dtype=rows.dtype)
+        for u, (s, c) in enumerate(zip(starts, counts)):
+            x[u, :c] = rows[s : s + c]
+        return x, counts.astype(np.int64)
 
     def verify(self) -> None:
         """Recompute every file's sha256 against the manifest (reads everything)."""

@@ -10,7 +10,6 @@ from the store itself: a sweep's numbers equal
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -26,11 +25,20 @@ from ._core import ScoringPlan, check_engine, plan_scoring, score_layer, stack_l
 from ._inputs import check_embeddings
 from ._pairs import DEFAULT_PAIRS, resolve_estimator
 from ._results import Convexity, LayerScores
+from ._sweep_euclidean import (
+    EuclideanPlan,
+    check_euclidean_options,
+    model_fingerprint,
+    plan_store,
+    release_predictors,
+    score_euclidean_task,
+)
+from ._sweep_out import Reporter, format_table, write_outputs
 from .store import LayerStore, open_store, write_json_atomic
 
 RESULT_FORMAT = "fastconvex-sweep-task"
 
-__all__ = ["LayerTask", "run_layer_task", "sweep"]
+__all__ = ["LayerTask", "run_layer_task", "sweep", "format_table"]
 
 
 @dataclass(frozen=True)
@@ -55,23 +63,27 @@ class LayerTask:
     record: dict[str, Any]
 
 
-def run_layer_task(task: LayerTask, plan: ScoringPlan, backend: str = "auto", device: Any = None,
+def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: str = "auto", device: Any = None,
                    shards: int | None = None) -> Convexity:
     """Score one layer of one store and write the result (the body of every
     sweep task, local or remote): open the store, read the layer (a memmap),
     check it as ``layer_scores`` does, score it with :func:`score_layer` (split
-    over ``shards`` Ray tasks when given), write ``{record, result}`` to
-    ``task.result_path`` via a temporary file."""
+    over ``shards`` Ray tasks when given) -- or, with a Euclidean plan, read it
+    as sequences and score it as ``layer_euclidean_scores`` does -- and write
+    ``{record, result}`` to ``task.result_path`` via a temporary file."""
     store = open_store(task.store_path)
     if store.fingerprint != task.fingerprint:
         raise ValueError(
             f"store {task.store_name!r} ({task.store_path}) changed while the sweep ran "
             "(its content fingerprint differs); rerun the sweep"
         )
-    x = check_embeddings(store.layer(task.layer), name=f"store {task.store_name!r} layer {task.layer}",
-                         convert=False)
-    result = score_layer(x, plan, backend=backend, device=device, engine="local" if shards is None else "ray",
-                         shards=shards)
+    if isinstance(plan, EuclideanPlan):
+        result = score_euclidean_task(store, task.layer, plan, device)
+    else:
+        x = check_embeddings(store.layer(task.layer), name=f"store {task.store_name!r} layer {task.layer}",
+                             convert=False)
+        result = score_layer(x, plan, backend=backend, device=device, engine="local" if shards is None else "ray",
+                             shards=shards)
     write_json_atomic(task.result_path, {**task.record, "format": RESULT_FORMAT, "result": result.to_dict(),
                                          "fields": convexity_fields(result)})
     return result
@@ -157,46 +169,8 @@ def _reusable(path: Path, record: dict[str, Any], classes: Sequence[Hashable]) -
         return None
 
 
-class _Reporter:
-    """A tqdm bar over tasks (done, running, failed, ETA) on a terminal; a log
-    line per finished task otherwise."""
-
-    def __init__(self, total: int, reused: int, progress: bool | None, verbose: bool) -> None:
-        self.tty = sys.stderr.isatty()
-        self.verbose = verbose
-        self.total, self.done, self.failed = total, reused, 0
-        show = self.tty if progress is None else bool(progress)
-        self.bar = None
-        if show and verbose:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:  # without tqdm: the log lines below
-                self.tty = False
-            else:
-                self.bar = tqdm(total=total, initial=reused, unit="task", desc="sweep", file=sys.stderr)
-
-    def running(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(running=n, failed=self.failed, refresh=True)
-
-    def finished(self, task: LayerTask, result: Convexity | None, error: BaseException | None = None) -> None:
-        self.done += 1
-        if error is not None:
-            self.failed += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.verbose and not self.tty:
-            what = f"FAILED: {error}" if error is not None else f"score {result.score:.6f} ± {result.stderr:.6f}"
-            print(f"sweep: [{self.done}/{self.total}] {task.store_name} layer {task.layer}: {what}",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _run_local(tasks: list[LayerTask], plans: dict[str, ScoringPlan], backend: str, device: Any,
-               report: _Reporter, on_done: Callable[[LayerTask, Convexity], None]) -> list[tuple[LayerTask, BaseException]]:
+               report: Reporter, on_done: Callable[[LayerTask, Convexity], None]) -> list[tuple[LayerTask, BaseException]]:
     failures = []
     for task in tasks:
         report.running(1)
@@ -227,6 +201,10 @@ def sweep(
     backend: str = "auto",
     device: Any = None,
     shards: int | None = None,
+    measure: str = "graph",
+    model: Any = None,
+    n_sampled: int = 10,
+    batch_size: int = 1024,
     retries: int = 3,
     progress: bool | None = None,
     verbose: bool = True,
@@ -252,6 +230,17 @@ def sweep(
         As in :func:`fastconvex.layer_scores`.
     shards : split each layer's kNN and shortest paths over this many Ray tasks
         (for layers too big for one worker; ``engine="ray"`` only; same numbers).
+    measure : "graph" (default) or "euclidean": Euclidean convexity through
+        ``model``'s remaining layers, on frame stores (``fastconvex embed
+        --frames``; each layer read as padded sequences), the pairs drawn once
+        per store from the utterances' labels, so row i equals
+        ``layer_euclidean_scores`` of the store's sequences bit for bit.
+        ``k``, ``sources``, ``backend`` and ``shards`` are graph-only.
+    model : euclidean: the classifier -- a model directory (each worker loads
+        it; the only form on Ray) or a ``hf.predict_from_layer`` callable; its
+        fingerprint goes into each result (see :mod:`fastconvex._sweep_euclidean`).
+    n_sampled, batch_size : euclidean: as in :func:`fastconvex.layer_euclidean_scores`
+        (``device`` is where the worker loads the model).
     retries : times Ray reruns a task whose worker or node died.
     progress : tqdm bar over tasks (None: when stderr is a terminal); when stderr
         is not a terminal, a log line per finished task instead.
@@ -273,14 +262,28 @@ def sweep(
         from ._ray import require_ray
 
         require_ray()
+    if measure not in ("graph", "euclidean"):
+        raise ValueError(f'measure must be "graph" or "euclidean", got {measure!r}')
+    if measure == "euclidean":
+        check_euclidean_options(k=k, sources=sources, backend=backend, shards=shards, model=model, engine=engine)
+    elif model is not None:
+        raise ValueError('model applies to measure="euclidean" only')
     estimator, budget = resolve_estimator(pairs, sources, exact)
     opened = _open_stores(stores)
     selections = {s.name: _layer_indices(layers, s) for s in opened}
-    plans = {
-        s.name: plan_scoring(s.labels, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
-                             min_class_size=min_class_size)
-        for s in opened
-    }
+    plans: dict[str, Any]
+    if measure == "euclidean":
+        fingerprint = model_fingerprint(model)
+        plans = {s.name: plan_store(s, selections[s.name], model=model, fingerprint=fingerprint,
+                                    n_sampled=n_sampled, pairs=pairs, exact=exact, batch_size=batch_size, seed=seed,
+                                    min_class_size=min_class_size)
+                 for s in opened}
+    else:
+        plans = {
+            s.name: plan_scoring(s.labels, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
+                                 min_class_size=min_class_size)
+            for s in opened
+        }
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out_dir {str(out)!r} exists and is not a directory")
@@ -288,6 +291,11 @@ def sweep(
     settings = {"k": int(k), "estimator": estimator, "budget": int(budget), "seed": plans[opened[0].name].seed,
                 "min_class_size": int(min_class_size), "backend": backend,
                 "device": None if device is None else str(device)}
+    if measure == "euclidean":  # graph settings stay as they were, so finished graph sweeps stay reusable
+        first = plans[opened[0].name]
+        settings = {"measure": "euclidean", "model": first.fingerprint, "n_sampled": first.n_sampled,
+                    "batch_size": first.batch_size, **{key: settings[key] for key in (
+                        "estimator", "budget", "seed", "min_class_size", "device")}}
 
     results: dict[tuple[str, int], Convexity] = {}
     pending: list[LayerTask] = []
@@ -313,7 +321,7 @@ def sweep(
     def on_done(task: LayerTask, result: Convexity) -> None:
         results[(task.store_name, task.layer)] = result
 
-    report = _Reporter(total, len(results), progress, verbose)
+    report = Reporter(total, len(results), progress, verbose)
     start = time.perf_counter()
     try:
         if engine == "local":
@@ -325,6 +333,7 @@ def sweep(
                                   retries=retries, report=report, on_done=on_done)
     finally:
         report.close()
+        release_predictors()  # a model the local engine loaded is not kept after the sweep
     if failures:
         task, exc = failures[0]
         msg = (f"{len(failures)} of {len(pending)} sweep task(s) failed (finished ones are saved in {out}; "
@@ -333,73 +342,6 @@ def sweep(
 
     merged = {s.name: stack_layers([results[(s.name, i)] for i in selections[s.name]], plans[s.name].classes)
               for s in opened}
-    _write_outputs(out, opened, selections, merged, settings, reused=total - len(pending),
+    write_outputs(out, opened, selections, merged, settings, reused=total - len(pending),
                    computed=len(pending), seconds=time.perf_counter() - start, plot=plot, verbose=verbose)
     return merged
-
-
-CSV_COLUMNS = ("store", "layer", "score", "stderr", "macro", "macro_stderr", "n_pairs", "n_unreachable",
-               "n_points", "estimator", "k", "seed", "backend", "best")
-
-
-def _write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, list[int]],
-                   merged: dict[str, LayerScores], settings: dict[str, Any], *, reused: int, computed: int,
-                   seconds: float, plot: bool, verbose: bool) -> None:
-    """sweep.json, then sweep.csv, then sweep.png (results before plots)."""
-    doc = {
-        "settings": settings,
-        "reused": reused,
-        "computed": computed,
-        "seconds": seconds,
-        "stores": {
-            s.name: {"path": str(s.path), "fingerprint": s.fingerprint, "meta": s.meta,
-                     "layer_indices": selections[s.name], **merged[s.name].to_dict(),
-                     "best_layer_index": selections[s.name][merged[s.name].best_layer]}
-            for s in stores
-        },
-    }
-    write_json_atomic(out / "sweep.json", json.loads(json.dumps(doc, default=str)))
-    tmp = out / f".sweep.csv.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        for s in stores:
-            res = merged[s.name]
-            for row, (i, c) in enumerate(zip(selections[s.name], res.layers)):
-                writer.writerow([s.name, i, repr(c.score), repr(c.stderr), repr(c.macro), repr(c.macro_stderr),
-                                 c.total_pairs, c.n_unreachable, c.n_points, c.estimator, c.k, c.seed,
-                                 c.backend, int(row == res.best_layer)])
-    os.replace(tmp, out / "sweep.csv")
-    written = ["sweep.json", "sweep.csv"]
-    if plot:
-        try:
-            from .plot import plot_layer_scores
-
-            names = [s.name for s in stores]
-            fig = plot_layer_scores([merged[n] for n in names], labels=names if len(names) > 1 else None)
-            sel = selections[names[0]]
-            if any(selections[n] != list(range(len(sel))) for n in names):
-                if all(selections[n] == sel for n in names):
-                    fig.axes[0].set_xticks(range(len(sel)), [str(i) for i in sel])
-            fig.axes[0].set_title(f"graph convexity per layer (k={settings['k']}, {settings['estimator']})")
-            tmp_png = out / f".sweep.png.{os.getpid()}.tmp.png"
-            fig.savefig(tmp_png, dpi=120)
-            os.replace(tmp_png, out / "sweep.png")
-            written.append("sweep.png")
-        except ImportError as exc:
-            if verbose:
-                print(f"sweep: no plot ({exc})", file=sys.stderr, flush=True)
-    if verbose:
-        print(f"sweep: wrote {', '.join(str(out / w) for w in written)}", file=sys.stderr, flush=True)
-
-
-def format_table(merged: dict[str, LayerScores], layer_indices: dict[str, list[int]] | None = None) -> str:
-    """A readable table: store, layer, convexity % ± s.e., best marked."""
-    rows = [f"{'store':<24} {'layer':>5}  {'convexity %':>11}  {'± s.e.':>7}  {'macro %':>8}"]
-    for name, res in merged.items():
-        idx = layer_indices[name] if layer_indices else list(range(len(res)))
-        for row, (i, c) in enumerate(zip(idx, res.layers)):
-            mark = "  <- best" if row == res.best_layer else ""
-            rows.append(f"{name[:24]:<24} {i:>5}  {100 * c.score:>11.2f}  {100 * c.stderr:>7.2f}  "
-                        f"{100 * c.macro:>8.2f}{mark}")
-    return "\n".join(rows)

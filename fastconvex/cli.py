@@ -1,4 +1,4 @@
-"""``fastconvex score | prune | sweep | embed | bench | demo | env``.
+"""``fastconvex score | prune | sweep | embed | finetune | bench | demo | env``.
 
 Results go to stdout (or to ``--out``); logs and progress go to stderr.
 Each subcommand lives in ``fastconvex.commands.<name>`` with
@@ -25,6 +25,7 @@ COMMANDS = {
     "prune": "score a Hugging Face speech model's layers on labelled audio and cut it",
     "sweep": "score every layer of layer stores, resumable, locally or on a Ray cluster",
     "embed": "labelled audio -> a layer store of pooled hidden states (no scoring), resumable",
+    "finetune": "fine-tune a (pruned) speech model with a classification head on labelled audio",
     "bench": "time fastconvex against the naive scorer on the same pairs",
     "demo": "the whole pipeline offline on Whisper tiny.en and real speech",
     "env": "versions, available backends and devices",

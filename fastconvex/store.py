@@ -11,7 +11,7 @@ A store is a directory::
       labels/labels.json    ... or, for mixed or other hashable labels, a JSON list
                             with tagged values (tuples, bytes; no pickle, ever)
       labels/utterance.npy  optional (N,) int64: the utterance of each row when
-                            the rows are frames
+                            the rows are frames (a *frame store*)
 
 ``store.json`` holds ``format`` ("fastconvex-layer-store"), ``version`` (1),
 ``n_points``, one entry per layer (``file``, ``shape``, ``dtype``, ``sha256`` of
@@ -19,6 +19,15 @@ the array's bytes), the labels' and utterance index's file and ``sha256``,
 ``meta`` (the caller's metadata: model, checkpoint, pooling ...) and
 ``versions`` (library versions). The store's fingerprint is a sha256 over the
 files' hashes and shapes (the content, not when it was written).
+
+In a frame store each utterance's rows are contiguous and in time order, and
+``meta["ignored_frames"]`` counts valid frames left out (frame labels -100;
+``pooled_hidden_states`` records it). With none left out every utterance is a
+whole sequence: ``LayerStore.sequences(i)`` reads layer i as padded
+(n_utt, T_max, D) sequences plus (n_utt,) frame counts, and
+``LayerStore.utterance_labels()`` gives one label per utterance (refusing,
+naming the file, rows of one utterance with different labels). Euclidean
+sweeps (``fastconvex.sweep(measure="euclidean")``) read stores this way.
 
 Writes are atomic: everything goes to a hidden sibling directory that is renamed
 onto ``STORE`` once complete, so a store is either whole or absent. An existing

@@ -81,6 +81,8 @@ def test_score_euclidean_matches_the_library(classifier_files, capsys, tmp_path)
         (["--measure", "euclidean", "--model", "{model}", "--k", "4"], "--k applies to graph convexity"),
         (["--model", "{model}"], "--model applies to --measure euclidean only"),
         (["--measure", "euclidean", "--model", "{model}", "--n-sampled", "0"], "--n-sampled must be positive"),
+        (["--n-sampled", "5"], "--n-sampled applies to --measure euclidean only"),
+        (["--predict-batch", "64"], "--predict-batch applies to --measure euclidean only"),
     ],
 )
 def test_score_euclidean_usage_errors(classifier_files, capsys, extra, message):

@@ -10,10 +10,13 @@ ray = pytest.importorskip("ray")  # in the [test] extra; the rest of fastconvex 
 
 import fastconvex as fc  # noqa: E402
 from fastconvex._ray import CRASH_ENV  # noqa: E402
+from fastconvex.cli import main  # noqa: E402
 
 import numpy as np  # noqa: E402
 from test_cli_score_prune import speech  # noqa: E402,F401  (tiny model and labelled audio)
 from test_sweep import ESTIMATORS, assert_same, make_stores  # noqa: E402
+from test_sweep_euclidean import KW, euclid  # noqa: E402,F401  (tiny classifier and its frame store)
+from test_sweep_euclidean import _reference as euclidean_reference  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +42,24 @@ def test_ray_sweep_equals_layer_scores(local_ray, stores, tmp_path, estimator):
     for s in stores:
         assert_same(result[s.name], fc.layer_scores(s.layers, s.labels, **kw))
     assert ray.is_initialized()  # a Ray the caller started is left running
+
+
+def test_ray_euclidean_sweep_equals_layer_euclidean_scores(local_ray, euclid, tmp_path, capsys):  # noqa: F811
+    root, model, _ = euclid
+    store = fc.open_store(root / "store")  # embed --frames, one process
+    # embed --frames on Ray: the same frame store (rows, utterance index, labels; values to batching's rounding)
+    assert main(["embed", str(root / "model"), "--audio", str(root / "audio"), "--out-dir", str(tmp_path / "r"),
+                 "--frames", "--engine", "ray", "--chunk-size", "5", "--batch-size", "3", "--quiet"]) == 0, \
+        capsys.readouterr().err
+    on_ray = fc.open_store(tmp_path / "r")
+    assert on_ray.meta["pooling"] == "frames" and on_ray.meta["ignored_frames"] == 0
+    np.testing.assert_array_equal(on_ray.utterance, store.utterance)
+    np.testing.assert_array_equal(on_ray.labels, store.labels)
+    for i in range(store.n_layers):
+        np.testing.assert_allclose(on_ray.layer(i), store.layer(i), rtol=1e-5, atol=1e-6)
+    result = fc.sweep(store, out_dir=tmp_path / "out", engine="ray", measure="euclidean", model=root / "model",
+                      verbose=False, plot=False, **KW)  # each worker loads the model from its directory
+    assert_same(result[store.name], euclidean_reference(store, model))
 
 
 def test_worker_that_exits_is_retried(local_ray, stores, tmp_path, capsys):

@@ -18,13 +18,18 @@ import numpy as np
 
 from ._output import DataError, UsageError
 
-__all__ = ["add_measure_arguments", "check_graph_only", "load_sequence_layers", "run_score", "prune_scores"]
+__all__ = ["add_measure_arguments", "check_graph_only", "euclidean_kwargs", "load_sequence_layers", "prune_scores",
+           "run_score"]
 
 
-def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = True) -> None:
+def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = True,
+                          lengths: bool | None = None) -> None:
     """``--measure`` and the Euclidean options. ``score`` (``for_files``) also
     takes ``--model`` (the classifier) and ``--lengths`` (its EMBEDDINGS come
-    padded); in ``prune`` MODEL is the classifier and the audio gives the frames."""
+    padded); in ``prune`` MODEL is the classifier and the audio gives the frames;
+    ``sweep`` takes ``--model`` but no ``--lengths`` (``lengths=False``: frame
+    stores hold them)."""
+    lengths = for_files if lengths is None else lengths
     group = parser.add_argument_group("measure")
     group.add_argument(
         "--measure", default="graph", choices=["graph", "euclidean"],
@@ -35,28 +40,33 @@ def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = 
         group.add_argument(
             "--model", default=None, metavar="DIR",
             help="euclidean: the audio classifier (a *ForSequenceClassification or WhisperForAudioClassification "
-            "directory or hub id) whose blocks after each layer, and head, label the sampled points",
+            + ("directory or hub id" if lengths else "directory every worker can read")
+            + ") whose blocks after each layer, and head, label the sampled points",
         )
-    group.add_argument("--n-sampled", type=int, default=10, help="euclidean: points per segment (default 10)")
+    group.add_argument("--n-sampled", type=int, default=None, help="euclidean: points per segment (default 10)")
     group.add_argument(
-        "--predict-batch", type=int, default=256, metavar="B",
+        "--predict-batch", type=int, default=None, metavar="B",
         help="euclidean: sampled points per forward pass (default 256)",
     )
-    if for_files:
+    if lengths:
         group.add_argument(
             "--lengths", default=None, metavar="FILE.npy",
             help="euclidean: real frames of each item (N,) when sequences are padded",
         )
 
 
-def check_graph_only(args: argparse.Namespace) -> None:
-    """Graph measure: the Euclidean-only options must not be given."""
-    for flag, value in (("--model", args.model), ("--lengths", args.lengths)):
+def check_graph_only(args: argparse.Namespace, *, model_option: bool = True) -> None:
+    """Graph measure: the Euclidean-only options must not be given (``prune``'s
+    MODEL is its positional argument, not the ``--model`` option)."""
+    given = (("--model", getattr(args, "model", None) if model_option else None),
+             ("--lengths", getattr(args, "lengths", None)),
+             ("--n-sampled", args.n_sampled), ("--predict-batch", args.predict_batch))
+    for flag, value in given:
         if value is not None:
             raise ValueError(f"{flag} applies to --measure euclidean only")
 
 
-def _euclidean_kwargs(args: argparse.Namespace, *, needs_model: bool = True) -> dict[str, Any]:
+def euclidean_kwargs(args: argparse.Namespace, *, needs_model: bool = True) -> dict[str, Any]:
     if needs_model and args.model is None:
         raise ValueError("--measure euclidean needs --model DIR, the classifier that labels the sampled points")
     if args.sources is not None:
@@ -65,6 +75,8 @@ def _euclidean_kwargs(args: argparse.Namespace, *, needs_model: bool = True) -> 
         raise ValueError("--k applies to graph convexity (the kNN graph); Euclidean convexity builds no graph")
     if args.backend != "auto":
         raise ValueError("--backend chooses the graph kernels; Euclidean convexity runs on --model's device")
+    args.n_sampled = 10 if args.n_sampled is None else args.n_sampled
+    args.predict_batch = 256 if args.predict_batch is None else args.predict_batch
     if args.n_sampled < 1:
         raise ValueError(f"--n-sampled must be positive, got {args.n_sampled}")
     if args.predict_batch < 1:
@@ -122,7 +134,7 @@ def run_score(args: argparse.Namespace, plot_path: Path | None = None) -> int:
     from .prune import load_model
     from .score import emit_result, load_labels
 
-    kwargs = _euclidean_kwargs(args)
+    kwargs = euclidean_kwargs(args)
     try:
         layers, names = load_sequence_layers(args.embeddings, with_names=True)
         labels = load_labels(args.labels, column=args.label_column)
@@ -160,7 +172,7 @@ def prune_scores(args: argparse.Namespace, model: Any, fe: Any, audio: Any, labe
     from fastconvex import hf
     from fastconvex.cli import log
 
-    kwargs = _euclidean_kwargs(args, needs_model=False)
+    kwargs = euclidean_kwargs(args, needs_model=False)
     if args.embeddings_dir is not None or args.mix_lengths:
         raise UsageError("--embeddings-dir and --mix-lengths apply to graph convexity's pooled states")
     predictor = hf.predict_from_layer(model)

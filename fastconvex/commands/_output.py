@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 __all__ = [
     "UsageError",
@@ -23,6 +24,7 @@ __all__ = [
     "write_text_atomic",
     "positive_int",
     "non_negative_int",
+    "run_with_hf_quiet",
 ]
 
 
@@ -119,3 +121,14 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse ``type=``: an integer >= 0."""
     return _int_at_least(text, 0)
+
+
+def run_with_hf_quiet(args: Any, body: Callable[[Any], int]) -> int:
+    """``body(args)``; with ``--quiet``, transformers' logging and progress bars
+    ("Loading weights" ...) are silenced while it runs."""
+    if not getattr(args, "quiet", False):
+        return body(args)
+    from fastconvex.hf._quiet import quiet_transformers
+
+    with quiet_transformers():
+        return body(args)

@@ -1,5 +1,6 @@
 """``fastconvex embed MODEL --audio DIR|CSV --out-dir STORE``: labelled audio ->
-a layer store (every hidden state mean-pooled per utterance), no scoring.
+a layer store (every hidden state mean-pooled per utterance, or with
+``--frames`` every valid frame of it), no scoring.
 
 Streamed (memory bounded by one batch, or one chunk with ``--engine ray``);
 rerun the same command after an interruption and it resumes. ``--engine ray``
@@ -39,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch utterances of different lengths even for padding-sensitive models (faster, inexact)")
     parser.add_argument("--model-class", default=None, help="transformers class to load MODEL with")
     parser.add_argument("--name", default=None, help="the store's name in sweeps (default: its directory name)")
+    parser.add_argument("--frames", action="store_true",
+                        help="keep every valid frame instead of the mean (rows = frames in utterance order, "
+                        "labels/utterance.npy; each frame carries its utterance's label): the frame store "
+                        "that `fastconvex sweep --measure euclidean` needs (both engines)")
     parser.add_argument("--engine", default="local", choices=["local", "ray"], help="where to run (default local)")
     parser.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address (with --engine ray)")
     parser.add_argument("--chunk-size", type=int, default=256, help="utterances per Ray task (default 256)")
@@ -59,12 +64,16 @@ def _run(args: argparse.Namespace) -> int:
     from fastconvex import hf
     from fastconvex.cli import emit_json, log
 
+    from ._output import UsageError
     from .prune import _subsample, load_model
 
     if args.batch_size < 1 or args.chunk_size < 1:
         raise ValueError("--batch-size and --chunk-size must be positive")
     if args.address is not None and args.engine != "ray":
         raise ValueError("--address needs --engine ray")
+    if args.frames and args.final_norm != "raw":
+        raise UsageError("--frames keeps the raw hidden states (what the classifier's remaining blocks take); "
+                         "drop --final-norm apply")
     if args.engine == "ray":
         from fastconvex._ray import require_ray
 
@@ -88,11 +97,12 @@ def _run(args: argparse.Namespace) -> int:
         partial = store_path.parent / f".{store_path.name}.partial"
         if partial.exists():
             log(args, f"resuming the interrupted write in {partial}")
+        frame_labels = _frame_labels(model, fe, lengths, labels) if args.frames else None
         pooled = hf.pooled_hidden_states(
             model, audio, sampling_rate=rate, batch_size=args.batch_size, feature_extractor=fe, layers=args.layers,
             out_dir=store_path, dtype=args.dtype, lengths=lengths, mix_lengths=args.mix_lengths,
-            progress=False if args.quiet else None, final_norm=args.final_norm, labels=labels, meta=meta,
-            overwrite=args.overwrite,
+            progress=False if args.quiet else None, final_norm=args.final_norm,
+            labels=None if args.frames else labels, frame_labels=frame_labels, meta=meta, overwrite=args.overwrite,
         )
         del pooled
     else:
@@ -106,9 +116,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is not None:
         emit_json(summary, args)
     else:
-        print(f"wrote {store.path}: {store.n_points} utterances x {len(store)} layers x {summary['dim']} "
+        rows = "frames" if args.frames else "utterances"
+        print(f"wrote {store.path}: {store.n_points} {rows} x {len(store)} layers x {summary['dim']} "
               f"({summary['dtype']}), name {store.name!r}")
     return 0
+
+
+def _frame_labels(model, fe, lengths, labels) -> list:
+    """Every valid frame of utterance i labelled with ``labels[i]`` (nothing
+    ignored, so each utterance's rows are its whole sequence)."""
+    from fastconvex import hf
+    from fastconvex.hf._models import is_whisper
+
+    from ._output import UsageError
+
+    if is_whisper(model):
+        raise UsageError("--frames: a Whisper classifier attends to and pools its whole 30 s window, padding "
+                         "included, which a frame store of valid frames does not hold")
+    n_frames = hf.valid_frame_counts(model, lengths, feature_extractor=fe)
+    return [np.full(int(n), label) for n, label in zip(n_frames, labels)]
 
 
 def _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_path) -> None:
@@ -118,12 +144,19 @@ def _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_p
 
     selected, dim = probe_layers(model, fe, audio[0], sampling_rate=rate, layers=args.layers,
                                  final_norm=args.final_norm)
+    frame_labels = utterance = offsets = None
+    if args.frames:
+        per_utt = _frame_labels(model, fe, lengths, labels)
+        counts = [f.shape[0] for f in per_utt]
+        frame_labels, utterance = np.concatenate(per_utt), np.repeat(np.arange(len(paths)), counts)
+        offsets = [0, *np.cumsum(counts).tolist()]
     writer = open_writer(
-        store_path, model=model, labels=labels, frame_labels=None, utterance=None, raw_lengths=lengths,
-        n_utt=len(paths), meta=meta, overwrite=args.overwrite, resume=True,
+        store_path, model=model, labels=None if args.frames else labels, frame_labels=frame_labels,
+        utterance=utterance, raw_lengths=lengths, n_utt=len(paths), meta=meta, overwrite=args.overwrite, resume=True,
         job={"engine": "ray", "chunk_size": args.chunk_size, "layers": args.layers, "dtype": args.dtype,
              "batch_size": args.batch_size, "mix_lengths": bool(args.mix_lengths), "final_norm": args.final_norm,
-             "sampling_rate": rate},
+             "sampling_rate": rate, "frames": bool(args.frames)},
+        ignored_frames=0 if args.frames else None,
     )
     arrays = writer.allocate(dim, np.dtype(args.dtype), count=len(selected))
     del arrays
@@ -133,7 +166,7 @@ def _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_p
         model_class=args.model_class, device=args.device, paths=[str(Path(p).resolve()) for p in paths],
         sampling_rate=rate, batch_size=args.batch_size, dtype=args.dtype, layers=args.layers,
         final_norm=args.final_norm, mix_lengths=bool(args.mix_lengths), partial_dir=str(writer.tmp.resolve()),
-        layer_files=[entry["file"] for entry in writer.layers],
+        layer_files=[entry["file"] for entry in writer.layers], frames=bool(args.frames), row_offsets=offsets,
     )
     ran, reused = embed_on_ray(job, writer, np.asarray(lengths), chunk_size=args.chunk_size, address=args.address,
                                retries=args.retries, verbose=not args.quiet)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._output import UsageError, write_text_atomic
+from ._output import UsageError, run_with_hf_quiet, write_text_atomic
 from .score import add_scoring_arguments, save_plot, scoring_kwargs
 
 __all__ = ["add_arguments", "run", "load_model"]
@@ -96,7 +96,9 @@ def load_model(name: str, model_class: str | None = None, device: str | None = N
         from fastconvex.hf._models import resolve_model_class
 
         cls = resolve_model_class(config)
-    model = cls.from_pretrained(name)
+    from fastconvex.hf._prune import restore_final_norm
+
+    model = restore_final_norm(cls.from_pretrained(name))  # a model pruned with final_norm="identity"
     if device is not None:
         model = model.to(device)
     model.eval()
@@ -138,20 +140,7 @@ def _check_output_dir(out_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score, cut, prune and save; the report goes to ``--out``/report.json and stdout."""
-    if not args.quiet:
-        return _run(args)
-    import transformers
-
-    tlog = transformers.utils.logging
-    verbosity, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    try:
-        return _run(args)
-    finally:
-        tlog.set_verbosity(verbosity)
-        if bars:
-            tlog.enable_progress_bar()
+    return run_with_hf_quiet(args, _run)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -165,6 +154,10 @@ def _run(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {str(out_dir)!r} exists and is not a directory")
     _check_output_dir(out_dir)
+    if args.measure != "euclidean":
+        from ._euclidean import check_graph_only
+
+        check_graph_only(args, model_option=False)
     plot_problem = None
     if not args.no_plot:
         try:

@@ -1,6 +1,9 @@
 """``fastconvex sweep STORE... --out-dir DIR [--engine ray] [--address ADDR]``:
 every layer of every layer store, resumable, on this machine or a Ray cluster.
 
+``--measure euclidean --model DIR`` scores Euclidean convexity through the
+classifier in DIR instead, on frame stores (``fastconvex embed --frames``).
+
 Per-task results go to ``DIR/tasks/``; a rerun reuses those made with the same
 settings and store content. The merged ``sweep.json``, ``sweep.csv`` (long
 format) and ``sweep.png`` go to ``DIR``; a table goes to stdout (the merged JSON
@@ -14,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from ._euclidean import add_measure_arguments, check_graph_only, euclidean_kwargs
 from .score import add_scoring_arguments, scoring_kwargs
 
 __all__ = ["add_arguments", "run"]
@@ -41,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plot", action="store_true", help="do not write sweep.png")
     parser.add_argument("--json", action="store_true", help="print the merged JSON on stdout instead of a table")
     add_scoring_arguments(parser)
+    add_measure_arguments(parser, lengths=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,10 +55,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ._output import check_output_file
 
-    kwargs = scoring_kwargs(args)
+    if args.measure == "euclidean":
+        kwargs = {**euclidean_kwargs(args), "measure": "euclidean", "model": args.model, "device": args.device}
+    else:
+        check_graph_only(args)
+        kwargs = scoring_kwargs(args)
     for store in args.stores:
         if not Path(store).exists():
             raise FileNotFoundError(f"STORE {store!r} does not exist")
+    if args.measure == "euclidean":
+        _check_frame_stores(args)
     as_json = args.json or args.out == "-"
     if args.out not in (None, "-"):
         check_output_file(args.out, "--out")  # before any work
@@ -67,3 +78,23 @@ def run(args: argparse.Namespace) -> int:
         indices = {name: merged["stores"][name]["layer_indices"] for name in result}
         sys.stdout.write(format_table(result, indices) + "\n")
     return 0
+
+
+def _check_frame_stores(args: argparse.Namespace) -> None:
+    """``--measure euclidean``: every STORE a frame store that ``--model`` can
+    score (data errors, exit status 1, before any work)."""
+    import fastconvex as fc
+    from fastconvex._sweep_euclidean import check_store
+
+    from ._output import DataError
+
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"--model {args.model!r} is not a model directory")
+    for path in args.stores:
+        try:
+            store = fc.open_store(path)
+            layers = None if args.layers is None else [i % store.n_layers for i in args.layers
+                                                       if -store.n_layers <= i < store.n_layers]
+            check_store(store, layers, args.model)
+        except ValueError as exc:
+            raise DataError(str(exc)) from exc

@@ -10,6 +10,10 @@ The paper's pipeline (Dorszewski, Tětková & Hansen, arXiv 2408.11858)::
     keep = hf.choose_cut(scores)                  # hidden state h => keep blocks 0..h-1
     hf.prune(model, keep)                         # in place; then fine-tune
     hf.save_pruned(model, "pruned/", feature_extractor=fe, scores=scores, source=name)
+    result = hf.finetune(model, waveforms, labels, out_dir="finetuned/")  # Trainer; held-out accuracy
+
+Whisper pads every input to 30 s; ``hf.cut_whisper_context(model, 2)`` (or
+``finetune(..., context_seconds=2)``) cuts its encoder's window to the clips.
 
 Importing this package is cheap: torch and transformers are imported on first
 use of a function, never by ``import fastconvex``.
@@ -21,6 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "AudioFiles",
+    "FinetuneResult",
+    "classification_model",
+    "context_feature_extractor",
+    "cut_whisper_context",
+    "finetune",
     "LayerPredictor",
     "PooledHiddenStates",
     "choose_cut",
@@ -38,6 +47,11 @@ __all__ = [
 ]
 
 _WHERE = {
+    "FinetuneResult": "_finetune",
+    "finetune": "_finetune",
+    "classification_model": "_head",
+    "context_feature_extractor": "_context",
+    "cut_whisper_context": "_context",
     "PooledHiddenStates": "_pooling",
     "pooled_hidden_states": "_pooling",
     "valid_frame_counts": "_pooling",
@@ -57,6 +71,9 @@ _WHERE = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._audio import AudioFiles, find_audio, load_audio
+    from ._context import context_feature_extractor, cut_whisper_context
+    from ._finetune import FinetuneResult, finetune
+    from ._head import classification_model
     from ._models import num_blocks
     from ._pooling import PooledHiddenStates, pooled_hidden_states, valid_frame_counts
     from ._predict import LayerPredictor, predict_from_layer

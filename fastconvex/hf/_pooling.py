@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._context import context_feature_extractor, whisper_context_samples, whisper_frame_stride
 from ._models import final_layer_norm, is_whisper, model_device, speech_encoder
 
 __all__ = ["PooledHiddenStates", "pooled_hidden_states", "valid_frame_counts"]
@@ -73,19 +74,6 @@ def _as_waveform(x: Any, i: int, name: str | None = None) -> np.ndarray:
     return arr
 
 
-def _whisper_frame_stride(model: nn.Module, feature_extractor: Any) -> tuple[int, int]:
-    """(samples per encoder frame, max encoder frames) of a Whisper encoder."""
-    enc = speech_encoder(model)
-    hop = int(getattr(feature_extractor, "hop_length", 160))
-    stride = 1
-    for name in ("conv1", "conv2"):
-        conv = getattr(enc, name, None)
-        if isinstance(conv, nn.Conv1d):
-            stride *= int(conv.stride[0])
-    max_frames = int(getattr(enc.config, "max_source_positions", 1500))
-    return hop * stride, max_frames
-
-
 def _output_lengths(enc: nn.Module, lengths: np.ndarray) -> np.ndarray:
     fn = getattr(enc, "_get_feat_extract_output_lengths")
     t = torch.as_tensor(lengths, dtype=torch.long)
@@ -116,7 +104,7 @@ def valid_frame_counts(model: nn.Module, lengths: Sequence[int], *, feature_extr
     """
     lengths_arr = np.asarray(lengths, dtype=np.int64).reshape(-1)
     if is_whisper(model):
-        per_frame, max_frames = _whisper_frame_stride(model, feature_extractor)
+        per_frame, max_frames = whisper_frame_stride(model, feature_extractor)
         return np.minimum(-(-lengths_arr // per_frame), max_frames).astype(np.int64)
     enc = speech_encoder(model)
     if not hasattr(enc, "_get_feat_extract_output_lengths"):
@@ -131,18 +119,7 @@ def _default_feature_extractor(model: nn.Module, sampling_rate: int) -> Any:
     import transformers
 
     if is_whisper(model):
-        enc = speech_encoder(model)
-        mel = int(getattr(enc.config, "num_mel_bins", 80))
-        max_frames = int(getattr(enc.config, "max_source_positions", 1500))
-        n_samples = max_frames * 2 * 160
-        if n_samples % sampling_rate:
-            raise ValueError(
-                "feature_extractor: cannot build a default WhisperFeatureExtractor for "
-                f"max_source_positions={max_frames} at sampling_rate={sampling_rate}; pass the model's own"
-            )
-        return transformers.WhisperFeatureExtractor(
-            feature_size=mel, sampling_rate=sampling_rate, hop_length=160, chunk_length=n_samples // sampling_rate
-        )
+        return context_feature_extractor(model, None, sampling_rate=sampling_rate)
     takes_mask = getattr(model.config, "feat_extract_norm", "layer") != "group"
     return transformers.Wav2Vec2FeatureExtractor(
         feature_size=1,
@@ -222,7 +199,13 @@ def pooled_hidden_states(
     ----------
     model : transformers.PreTrainedModel
         Wav2Vec2, HuBERT, WavLM, Data2VecAudio (any head, or the base model), or a
-        Whisper model / ``WhisperEncoder``.
+        Whisper model / ``WhisperEncoder``.  Whisper inputs are padded (and
+        truncated, with a warning) to the model's own context,
+        ``config.max_source_positions`` encoder frames: 30 s, or less after
+        :func:`fastconvex.hf.cut_whisper_context`, whatever window the feature
+        extractor was made for.  The hidden states change with the context (the
+        encoder attends over the padding too), so score the layers in the
+        context that will be fine-tuned.
     waveforms : sequence of array-like, or array of shape (N, T)
         Mono waveforms, shapes (T_i,), at ``sampling_rate``.  Any indexable sequence
         works (e.g. one that loads files lazily; pass ``lengths`` then so nothing is
@@ -375,8 +358,7 @@ def pooled_hidden_states(
                 f"{type(model).__name__}"
             )
     if whisper:
-        per_frame, max_frames = _whisper_frame_stride(model, feature_extractor)
-        n_max = int(getattr(feature_extractor, "n_samples", per_frame * max_frames))
+        n_max = whisper_context_samples(model, feature_extractor)  # the model's context, cut or not
         if np.any(raw_lengths > n_max):
             warnings.warn(
                 f"{int(np.sum(raw_lengths > n_max))} waveform(s) are longer than the Whisper window "
@@ -423,6 +405,7 @@ def pooled_hidden_states(
 
         writer = open_writer(
             out_dir, model=model, labels=labels, frame_labels=all_labels, utterance=utt_of_row,
+            ignored_frames=None if all_labels is None else int(n_frames.sum()) - n_rows,
             raw_lengths=raw_lengths, n_utt=n_utt, meta=meta, overwrite=overwrite, resume=resume,
             job={"layers": None if layers is None else list(layers), "dtype": out_dtype.name,
                  "batch_size": batch_size, "mix_lengths": bool(mix_lengths), "final_norm": final_norm,
@@ -601,8 +584,10 @@ def _featurise(
     generic: bool,
 ) -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
     """Model inputs for one batch (+ per-utterance feature lengths on the generic path)."""
-    if whisper:
-        feats = fe(waves, sampling_rate=sampling_rate, return_tensors="np")
+    if whisper:  # padded (and truncated) to the model's context, which may be cut (hf.cut_whisper_context)
+        n_context = whisper_context_samples(model, fe)
+        feats = fe(waves, sampling_rate=sampling_rate, padding="max_length", max_length=n_context,
+                   truncation=True, return_tensors="np")
         return {"input_features": torch.as_tensor(np.asarray(feats["input_features"], dtype=np.float32))}, None
     if generic:
         feats = fe(waves, sampling_rate=sampling_rate, padding=True, return_attention_mask=True, return_tensors="pt")

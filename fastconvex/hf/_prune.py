@@ -356,6 +356,16 @@ def save_pruned(
     return prov
 
 
+def restore_final_norm(model: nn.Module) -> nn.Module:
+    """Replace the final LayerNorm by ``nn.Identity`` again when the config says the model was
+    pruned with ``final_norm="identity"`` (``from_pretrained`` re-creates a fresh LayerNorm)."""
+    if getattr(model.config, _FINAL_NORM_FLAG, None) == "identity":
+        norm = final_norm_module(model)
+        if norm is not None:
+            setattr(norm[0], norm[1], nn.Identity())
+    return model
+
+
 def load_pruned(path: str | os.PathLike[str], *, model_class: Any = None, **kwargs: Any) -> nn.Module:
     """Load a model written by :func:`save_pruned`, restoring ``final_norm="identity"``.
 
@@ -380,11 +390,7 @@ def load_pruned(path: str | os.PathLike[str], *, model_class: Any = None, **kwar
         raise FileNotFoundError(f"path {str(src)!r} is not a directory")
     if model_class is None:
         model_class = resolve_model_class(transformers.AutoConfig.from_pretrained(src))
-    model = model_class.from_pretrained(src, **kwargs)
-    if getattr(model.config, _FINAL_NORM_FLAG, None) == "identity":
-        norm = final_norm_module(model)
-        if norm is not None:
-            setattr(norm[0], norm[1], nn.Identity())
+    model = restore_final_norm(model_class.from_pretrained(src, **kwargs))
     blocks = len(encoder_blocks(model)[2])
     prov = src / PROVENANCE_FILE
     original = blocks

@@ -38,8 +38,13 @@ def open_writer(
     overwrite: bool,
     resume: bool,
     job: dict[str, Any],
+    ignored_frames: int | None = None,
 ) -> StoreWriter:
-    """A :class:`StoreWriter` for the rows ``pooled_hidden_states`` will write."""
+    """A :class:`StoreWriter` for the rows ``pooled_hidden_states`` will write.
+
+    A frame store's metadata records ``ignored_frames``, the valid frames left
+    out (-100 frame labels): with none, every utterance's rows are its whole
+    sequence (what ``LayerStore.sequences`` and Euclidean sweeps need)."""
     if frame_labels is not None:
         if labels is not None:
             raise ValueError("labels: with frame_labels the rows' labels come from frame_labels; pass only one")
@@ -56,6 +61,8 @@ def open_writer(
             raise ValueError(f"labels has {len(row_labels)} entries but waveforms has {n_utt}")
     signature = model_signature(model)
     full_meta = {**signature, "pooling": pooling, **(meta or {})}
+    if ignored_frames is not None:
+        full_meta["ignored_frames"] = int(ignored_frames)
     job = {**job, **signature,
            "lengths_sha256": hashlib.sha256(np.ascontiguousarray(raw_lengths, np.int64).tobytes()).hexdigest()}
     json.dumps(job)  # plain values only

@@ -1,0 +1,131 @@
+"""``fastconvex finetune`` end to end on wav files and tiny saved models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+sf = pytest.importorskip("soundfile")
+
+from fastconvex.cli import main  # noqa: E402
+from fastconvex.hf.testing import tiny_model  # noqa: E402
+
+pytestmark = pytest.mark.hf
+
+RATE = 16000
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """``audio/<low|high>/<speaker>_<i>.wav`` tones, a CSV with a speaker column, and a
+    saved tiny wav2vec2 and Whisper (2 s window)."""
+    root = tmp_path_factory.mktemp("finetune")
+    rng = np.random.default_rng(0)
+    t = np.arange(RATE // 4) / RATE
+    rows = ["path,label,speaker"]
+    for i in range(32):
+        label, freq = ("low", 300.0) if i % 2 == 0 else ("high", 3000.0)
+        wave = rng.uniform(0.3, 1) * np.sin(2 * np.pi * freq * t + rng.uniform(0, 6)) + 0.05 * rng.normal(size=t.size)
+        path = root / "audio" / label / f"s{i % 4}_{i:02d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, wave.astype(np.float32), RATE)
+        rows.append(f"{path.relative_to(root)},{label},s{i % 4}")
+    (root / "clips.csv").write_text("\n".join(rows) + "\n")
+    model, fe = tiny_model("wav2vec2", head="ctc")
+    model.save_pretrained(root / "w2v")
+    fe.save_pretrained(root / "w2v")
+    model, _ = tiny_model("whisper", head="ctc", max_source_positions=100)
+    model.save_pretrained(root / "whisper")
+    transformers.WhisperFeatureExtractor(feature_size=8, chunk_length=2).save_pretrained(root / "whisper")
+    return root
+
+
+def _run(capsys, argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_finetune_writes_the_model_and_json(data, capsys, tmp_path):
+    out = tmp_path / "ft"
+    code, stdout, err = _run(capsys, ["finetune", data / "w2v", "--audio", data / "audio", "--out-dir", out,
+                                      "--epochs", "5", "--lr", "3e-3", "--batch-size", "8", "--json",
+                                      "--out", tmp_path / "result.json"])
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report == json.loads((tmp_path / "result.json").read_text())
+    saved = json.loads((out / "fastconvex_finetune.json").read_text())
+    assert saved["accuracy"] == report["accuracy"] >= 0.9
+    assert (report["n_train"], report["n_eval"]) == (26, 6) or report["n_train"] + report["n_eval"] == 32
+    assert report["settings"]["lr"] == 3e-3 and report["settings"]["seed"] == 0
+    assert report["versions"]["transformers"] == transformers.__version__
+    assert report["model_class"] == "Wav2Vec2ForSequenceClassification"
+    back = transformers.AutoModelForAudioClassification.from_pretrained(out)
+    assert back.config.id2label == {0: "high", 1: "low"}
+    assert sum(p.numel() for p in back.parameters()) == report["params"]
+    assert "fine-tuning" in err  # the progress bar (or its log lines) on stderr
+
+
+def test_finetune_whisper_context_and_groups(data, capsys, tmp_path):
+    out = tmp_path / "ft"
+    code, stdout, err = _run(capsys, ["finetune", data / "whisper", "--audio", data / "clips.csv",
+                                      "--groups-column", "speaker", "--eval-split", "0.25",
+                                      "--context-seconds", "1", "--out-dir", out, "--epochs", "1", "--quiet"])
+    assert code == 0, err
+    assert err == "" and "held-out accuracy" in stdout
+    report = json.loads((out / "fastconvex_finetune.json").read_text())
+    assert report["n_eval"] == 8 and report["settings"]["groups"] is True
+    assert report["settings"]["context_seconds"] == 1.0
+    assert transformers.AutoConfig.from_pretrained(out).max_source_positions == 50
+    assert transformers.AutoFeatureExtractor.from_pretrained(out).n_samples == RATE
+
+
+def test_finetune_with_a_labels_file(data, capsys, tmp_path):
+    labels = ["even" if i % 4 < 2 else "odd" for i in range(32)]
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    code, _, err = _run(capsys, ["finetune", data / "w2v", "--audio", data / "audio", "--labels",
+                                 tmp_path / "labels.txt", "--out-dir", tmp_path / "ft", "--epochs", "1", "--quiet"])
+    assert code == 0, err
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "ft").id2label == {0: "even", 1: "odd"}
+
+
+@pytest.mark.parametrize(
+    "extra,status,message",
+    [
+        (["--audio", "missing_dir"], 2, "does not exist"),
+        (["--context-seconds", "1"], 2, "--context-seconds is for Whisper models"),
+        (["--groups-column", "speaker"], 2, "--groups-column needs --audio to be a CSV"),
+        (["--epochs", "0"], 2, "must be a positive number"),
+        (["--eval-split", "1"], 2, "--eval-split must be a fraction below 1"),
+        (["--labels", "LABELS3"], 1, "--labels has 3 labels but --audio lists 32 files"),
+        (["--out-dir", "TAKEN"], 2, "exists and is not empty"),
+        (["--out", "NODIR/result.json"], 2, "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line(data, capsys, tmp_path, extra, status, message):
+    (tmp_path / "labels3.txt").write_text("a\nb\na\n")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("keep")
+    subst = {"LABELS3": tmp_path / "labels3.txt", "TAKEN": tmp_path / "taken",
+             "NODIR/result.json": tmp_path / "nodir" / "result.json",
+             "missing_dir": tmp_path / "missing_dir"}
+    extra = [subst.get(a, a) for a in extra]
+    argv = ["finetune", data / "w2v", "--audio", data / "audio", "--out-dir", tmp_path / "out", "--epochs", "1", "--quiet",
+            *extra]
+    code, stdout, err = _run(capsys, argv)
+    assert code == status, err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert (tmp_path / "taken" / "x").read_text() == "keep"
