@@ -30,7 +30,10 @@ def _entry(scores, acc, rule_keep=2, n_blocks=4):
 
 def test_keeps_always_hold_the_full_model_and_the_rule_cut():
     assert keeps_for("all", 4, 2) == [4, 3, 2, 1]
-    assert keeps_for("spread", 6, 5) == [6, 5, 3, 1]
+    assert keeps_for("spread", 6, 5) == [6, 5, 4, 3, 1]
+    assert keeps_for("auto", 6, 2) == [6, 4, 3, 2, 1]
+    assert keeps_for("auto", 4, 2) == keeps_for("all", 4, 2)
+    assert keeps_for("spread", 2, 1) == [2, 1]
     assert keeps_for("1,3", 6, 2) == [6, 3, 2, 1]
     with pytest.raises(ValueError, match=r"\[7\] not in 1..6"):
         keeps_for("1,7", 6, 2)

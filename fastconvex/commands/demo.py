@@ -39,12 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for report.json, demo.png and the pruned models (default demo-out)")
     parser.add_argument("--quick", action="store_true",
                         help="smaller data sets (140 word clips, 100 speaker lines): about 1-2 minutes on 2 cores")
-    parser.add_argument("--tasks", default="words,speakers",
-                        help="comma-separated tasks among words, speakers (default both)")
+    parser.add_argument("--tasks", default=None,
+                        help="comma-separated tasks among words, speakers, asterisk-speaker, asterisk-language, "
+                             "asterisk-language-unseen (default words,speakers; with --finetune "
+                             "words,asterisk-language-unseen)")
     parser.add_argument("--voices", type=int, default=None,
                         help="synthetic espeak-ng voices for the words task, each says all 10 words (default 60, quick 14)")
     parser.add_argument("--clips", type=int, default=None,
                         help="lines per speaker for the speakers task (default 100, quick 25)")
+    parser.add_argument("--asterisk-clips", type=int, default=None,
+                        help="clips per class for the asterisk tasks (default 80, quick 30)")
     parser.add_argument("-k", type=int, default=10, help="neighbours of the kNN graph (default 10)")
     parser.add_argument("--pairs", type=int, default=5000, help="sampled same-class pairs per class (default 5000)")
     parser.add_argument("--keep", type=int, default=None, help="force the cut: encoder blocks to keep")
@@ -70,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ft.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate for every cut")
     ft.add_argument("--finetune-batch-size", type=int, default=None, help="clips per training step")
     ft.add_argument("--keeps", default=None,
-                    help="block counts to fine-tune: all (default), spread, or a list such as 1,2,4 "
+                    help="block counts to fine-tune: auto (default: all up to 4 blocks, else spread), all, "
+                         "spread (four from 1 to all), or a list such as 1,2,4 "
                          "(the full model and the convexity cut are always included)")
     ft.add_argument("--context-seconds", type=float, default=None,
                     help="the encoder context for fine-tuning and scoring (default: the longest clip, rounded up)")
@@ -81,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ._output import UsageError
 
+    if args.tasks is None:
+        args.tasks = "words,asterisk-language-unseen" if args.finetune else "words,speakers"
     tasks = tuple(t.strip() for t in str(args.tasks).split(",") if t.strip())
     missing = missing_demo_modules()
     if missing:  # before anything runs: say exactly what to install
@@ -127,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         tasks=tasks,
         words_voices=args.voices,
         speaker_clips=args.clips,
+        asterisk_clips=args.asterisk_clips,
         k=int(args.k),
         pairs=int(args.pairs),
         backend=getattr(args, "backend", "auto") or "auto",
@@ -142,7 +150,10 @@ def run(args: argparse.Namespace) -> int:
         finetune=finetune,
     )
     try:
-        report = run_demo(cfg)
+        from ..hf._quiet import quiet_transformers
+
+        with quiet_transformers():  # the demo logs its own steps; no "Loading weights" bars
+            report = run_demo(cfg)
     except ImportError as exc:  # a module the check above does not know of
         print(f"fastconvex demo: error: {exc}; install the extra: pip install 'fastconvex[demo]' "
               "(or run bash scripts/setup_demo.sh)", file=sys.stderr)

