@@ -210,3 +210,54 @@ def test_missing_pieces_are_reported_and_the_rest_runs(tmp_path, monkeypatch, ca
     assert main(["demo", "--out-dir", str(tmp_path / "o"), "--no-fetch", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "apt-get install espeak-ng sox" in err and "setup_demo.sh" in err
+
+
+def test_finetune_experiment_end_to_end_and_resume(tmp_path, monkeypatch):
+    """``run_demo`` with the fine-tuning experiment on a few clips with the real
+    model: every cut fine-tuned, rows in report.json, both measures on the
+    fine-tuned classifier, the figure, and a rerun that reuses the finished unit."""
+    from fastconvex.hf import ct2_whisper
+
+    try:
+        ct2_whisper.find_whisper_ct2_dir()
+    except FileNotFoundError as exc:
+        if REQUIRE:
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    root = _fake_fillets(tmp_path / "fillets", n=4)
+    monkeypatch.setattr(demo.data_fillets, "fillets_roots", lambda extra=(): [root])
+    from fastconvex.demo.config import DemoConfig, finetune_settings
+
+    def run(messages):
+        cfg = DemoConfig(out_dir=tmp_path / "out", tasks=("speakers",), speaker_clips=4, pairs=200, k=3,
+                         fetch=False, save_models=False, latency_reps=1, log=messages.append,
+                         finetune=finetune_settings(True, epochs=1.0, keeps="1", latency_reps=1))
+        return demo.run_demo(cfg)
+
+    first: list[str] = []
+    report = run(first)
+    t = report["tasks"]["speakers"]
+    entry = t["finetune_models"]["tiny.en"]
+    assert entry["context_seconds"] == 2.0  # 1.3 s clips, whole seconds
+    assert len(entry["scores"]) == 5 and len(entry["scores_full_context"]) == 5
+    keeps = sorted({r["keep"] for r in t["finetune"]})
+    assert keeps == sorted({1, 4, entry["rule_keep"]})
+    for r in t["finetune"]:
+        assert set(r) >= {"model", "keep", "accuracy", "train_seconds", "infer_ms", "params", "seed"}
+        assert r["model"] == "tiny.en" and r["seed"] == 0 and 0.0 <= r["accuracy"] <= 1.0
+        assert r["n_eval"] == t["split"]["n_test"] and r["n_train"] == t["split"]["n_train"]
+    params = {r["keep"]: r["params"] for r in t["finetune"]}
+    assert params[1] < params[4]
+    both = entry["finetuned_measures"]
+    assert len(both["graph"]) == len(both["euclidean"]) == 5
+    assert all(0.0 <= v <= 1.0 for v in both["graph"] + both["euclidean"])
+    s = entry["summary"]
+    assert s["full_vs_cut"]["keep"] == entry["rule_keep"] and s["n_cuts"] == len(keeps)
+    assert (tmp_path / "out" / "finetune.png").stat().st_size > 10_000
+    assert any("keep 1/4 seed 0" in m for m in first)
+
+    again: list[str] = []
+    report2 = run(again)
+    assert any("reusing the finished result" in m for m in again)
+    assert not any("seed 0: accuracy" in m for m in again)
+    assert report2["tasks"]["speakers"]["finetune"] == t["finetune"]

@@ -143,7 +143,7 @@ def finetune_figure(report: dict) -> Any:
             y = [100 * s["per_keep"][str(k)]["accuracy_mean"] for k in keeps]
             e = [100 * s["per_keep"][str(k)]["accuracy_sd"] for k in keeps]
             rho = "" if s["spearman"] is None else f", ρ={s['spearman']:+.2f}"
-            line = ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=f"{entry['model']}{rho}")
+            line = ax.errorbar(x, y, yerr=e, marker="o", ls=":", capsize=3, label=f"{entry['model']}{rho}")
             for k, xi, yi in zip(keeps, x, y):
                 star = "*" if k == entry["rule_keep"] else ""
                 ax.annotate(f"{k}{star}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8,
