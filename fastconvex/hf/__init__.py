@@ -77,8 +77,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._models import num_blocks
     from ._pooling import PooledHiddenStates, pooled_hidden_states, valid_frame_counts
     from ._predict import LayerPredictor, predict_from_layer
-    from ._sequences import hidden_state_sequences
     from ._prune import choose_cut, load_pruned, package_versions, prune, save_pruned
+    from ._sequences import hidden_state_sequences
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._context import context_feature_extractor, cut_whisper_context, whisper_context_samples
+from ._context import (
+    context_feature_extractor,
+    cut_whisper_context,
+    whisper_context_samples,
+)
 from ._head import classification_model, count_parameters, freeze_front_end
 from ._models import is_whisper, num_blocks, speech_encoder
 from ._pooling import (

@@ -12,7 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._context import context_feature_extractor, whisper_context_samples, whisper_frame_stride
+from ._context import (
+    context_feature_extractor,
+    whisper_context_samples,
+    whisper_frame_stride,
+)
 from ._models import final_layer_norm, is_whisper, model_device, speech_encoder
 
 __all__ = ["PooledHiddenStates", "pooled_hidden_states", "valid_frame_counts"]

@@ -10,7 +10,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._models import encoder_blocks, final_norm_module, is_whisper, model_device, ties_last_hidden_state
+from ._models import (
+    encoder_blocks,
+    final_norm_module,
+    is_whisper,
+    model_device,
+    ties_last_hidden_state,
+)
 
 __all__ = ["LayerPredictor", "predict_from_layer"]
 

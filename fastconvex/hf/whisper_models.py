@@ -30,7 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .ct2_whisper import cache_root, ct2_dir_from_env, find_whisper_ct2_dir, load_ct2_whisper
+from .ct2_whisper import (
+    cache_root,
+    ct2_dir_from_env,
+    find_whisper_ct2_dir,
+    load_ct2_whisper,
+)
 
 __all__ = [
     "WHISPER_BASE_WHEELS",
