@@ -18,9 +18,7 @@ from ._context import (
     cut_whisper_context,
     whisper_context_samples,
 )
-from ._head import classification_model, count_parameters, freeze_front_end
-from ._models import is_whisper, num_blocks, speech_encoder
-from ._pooling import (
+from ._featurise import (
     _as_waveform,
     _feature_extractor_for,
     _featurise,
@@ -28,6 +26,8 @@ from ._pooling import (
     _waveform_name,
     valid_frame_counts,
 )
+from ._head import classification_model, count_parameters, freeze_front_end
+from ._models import is_whisper, num_blocks, speech_encoder
 from ._splits import encode_labels, split_indices
 
 __all__ = ["FinetuneResult", "finetune", "RESULT_FILE"]

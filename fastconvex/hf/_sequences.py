@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._models import is_whisper, model_device, speech_encoder
-from ._pooling import (
+from ._featurise import (
     _as_waveform,
     _feature_extractor_for,
     _featurise,
@@ -21,6 +20,7 @@ from ._pooling import (
     _takes_attention_mask,
     valid_frame_counts,
 )
+from ._models import is_whisper, model_device, speech_encoder
 
 __all__ = ["hidden_state_sequences"]
 
