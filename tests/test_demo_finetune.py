@@ -109,6 +109,11 @@ def test_budget_defaults_and_bad_models():
         finetune_settings(True, models=("large",))
     with pytest.raises(ValueError, match="at least one seed"):
         finetune_settings(True, seeds=())
+    for keeps in ("1,x", "0,2", ""):
+        with pytest.raises(ValueError, match="--keeps: expected"):
+            finetune_settings(True, keeps=keeps)
+    with pytest.raises(ValueError, match="whole number of seconds"):
+        finetune_settings(True, context_seconds=2.5)
 
 
 def test_cli_refuses_finetune_flags_without_finetune(capsys):

@@ -47,6 +47,15 @@ class FinetuneSettings:
             raise ValueError("finetune: give at least one seed")
         if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("finetune: epochs, lr and batch_size must be positive")
+        if self.keeps not in ("auto", "all", "spread"):
+            try:
+                counts = [int(s) for s in self.keeps.split(",") if s.strip()]
+            except ValueError:
+                counts = []
+            if not counts or min(counts) < 1:
+                raise ValueError(f"--keeps: expected auto, all, spread or block counts like 1,2,4; got {self.keeps!r}")
+        if self.context_seconds is not None and (self.context_seconds <= 0 or self.context_seconds % 1):
+            raise ValueError(f"--context-seconds must be a whole number of seconds, got {self.context_seconds:g}")
 
 
 def finetune_settings(quick: bool, **given: Any) -> FinetuneSettings:

@@ -86,6 +86,11 @@ def run_demo(cfg: DemoConfig) -> dict:
             continue
         timings[f"{name}_data_s"] = time.perf_counter() - t0
         log(f"{name}: {len(datasets[-1])} clips ready in {timings[f'{name}_data_s']:.1f} s")
+    if cfg.finetune is not None:  # before any work: every clip must fit the fine-tuning context
+        from .finetune import context_seconds_for
+
+        for ds in datasets:
+            context_seconds_for(ds, cfg.finetune.context_seconds)
     if not datasets:
         raise RuntimeError("no task could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
 
