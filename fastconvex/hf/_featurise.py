@@ -227,3 +227,40 @@ def _generic_frames(enc: nn.Module, inputs: dict[str, torch.Tensor], feat_length
         )
         _warned_generic = True
     return np.full(batch, t_out, dtype=np.int64)
+
+
+def frame_label_rows(
+    frame_labels: Sequence[Any] | None, n_frames: np.ndarray, raw_lengths: np.ndarray, model_name: str,
+) -> tuple[list[np.ndarray] | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Per-frame labels checked against each utterance's valid frames.
+
+    Returns ``(keep, labels, utterance, offsets)``: per utterance the frames kept
+    (label != -100 for numeric labels), the kept frames' labels (rows,), the
+    utterance of each row, and each utterance's first row (n_utt + 1,); all None
+    without ``frame_labels``.
+    """
+    if frame_labels is None:
+        return None, None, None, None
+    n_utt = len(n_frames)
+    if len(frame_labels) != n_utt:
+        raise ValueError(f"frame_labels has {len(frame_labels)} entries but waveforms has {n_utt}")
+    frame_keep: list[np.ndarray] = []
+    kept_labels = []
+    for i in range(n_utt):
+        fl = frame_labels[i]
+        if isinstance(fl, torch.Tensor):
+            fl = fl.detach().to("cpu").numpy()
+        fl = np.asarray(fl)
+        if fl.ndim != 1 or fl.shape[0] != n_frames[i]:
+            raise ValueError(
+                f"frame_labels[{i}] has shape {fl.shape} but utterance {i} has {int(n_frames[i])} valid frames "
+                f"({int(raw_lengths[i])} samples) under {model_name}'s output-length rule"
+            )
+        keep = fl != -100 if fl.dtype.kind in "iuf" else np.ones(fl.shape[0], dtype=bool)
+        frame_keep.append(keep)
+        kept_labels.append(fl[keep])
+    counts = np.array([int(k.sum()) for k in frame_keep], dtype=np.int64)
+    if counts.sum() == 0:
+        raise ValueError("frame_labels: every frame is -100 (ignored); nothing to pool")
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    return frame_keep, np.concatenate(kept_labels), np.repeat(np.arange(n_utt), counts), offsets

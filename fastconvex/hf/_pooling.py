@@ -16,6 +16,7 @@ from ._context import (
     whisper_context_samples,
 )
 from ._featurise import (
+    frame_label_rows,
     _as_waveform,
     _feature_extractor_for,
     _featurise,
@@ -270,37 +271,9 @@ def pooled_hidden_states(
             )
 
     # ---- frame labels -------------------------------------------------------------------------
-    frame_keep: list[np.ndarray] | None = None
-    all_labels: np.ndarray | None = None
-    utt_of_row: np.ndarray | None = None
-    offsets: np.ndarray | None = None
-    if frame_labels is not None:
-        if len(frame_labels) != n_utt:
-            raise ValueError(f"frame_labels has {len(frame_labels)} entries but waveforms has {n_utt}")
-        frame_keep = []
-        kept_labels = []
-        for i in range(n_utt):
-            fl = frame_labels[i]
-            if isinstance(fl, torch.Tensor):
-                fl = fl.detach().to("cpu").numpy()
-            fl = np.asarray(fl)
-            if fl.ndim != 1 or fl.shape[0] != n_frames[i]:
-                raise ValueError(
-                    f"frame_labels[{i}] has shape {fl.shape} but utterance {i} has {int(n_frames[i])} valid frames "
-                    f"({int(raw_lengths[i])} samples) under {type(model).__name__}'s output-length rule"
-                )
-            keep = fl != -100 if fl.dtype.kind in "iuf" else np.ones(fl.shape[0], dtype=bool)
-            frame_keep.append(keep)
-            kept_labels.append(fl[keep])
-        counts = np.array([int(k.sum()) for k in frame_keep], dtype=np.int64)
-        if counts.sum() == 0:
-            raise ValueError("frame_labels: every frame is -100 (ignored); nothing to pool")
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        all_labels = np.concatenate(kept_labels)
-        utt_of_row = np.repeat(np.arange(n_utt), counts)
-        n_rows = int(offsets[-1])
-    else:
-        n_rows = n_utt
+    frame_keep, all_labels, utt_of_row, offsets = frame_label_rows(
+        frame_labels, n_frames, raw_lengths, type(model).__name__)
+    n_rows = n_utt if offsets is None else int(offsets[-1])
 
     writer = None
     if out_dir is not None:  # checked before any forward pass
