@@ -129,3 +129,11 @@ def test_bad_input_is_one_line(data, capsys, tmp_path, extra, status, message):
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
     assert (tmp_path / "taken" / "x").read_text() == "keep"
+
+
+def test_a_missing_model_directory_is_refused_before_reading_audio(data, capsys, tmp_path):
+    """Not quiet: the error is the only line, before any audio is listed."""
+    code, _, err = _run(capsys, ["finetune", tmp_path / "no_model", "--audio", data / "audio",
+                                 "--out-dir", tmp_path / "out"])
+    assert code == 2 and err.strip().splitlines() == [
+        f"fastconvex finetune: error: MODEL {str(tmp_path / 'no_model')!r} is not a model directory"]

@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     from fastconvex import hf
     from fastconvex.cli import emit_json, log
 
-    from .prune import _check_output_dir, load_model
+    from .prune import _check_output_dir, check_model_path, load_model
 
     # ---- outputs and options, before any work --------------------------------------------
     out_dir = Path(args.out_dir)
@@ -97,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
         check_output_file(args.out, "--out")
     if not args.eval_split < 1:
         raise UsageError(f"--eval-split must be a fraction below 1, got {args.eval_split}")
+
+    check_model_path(args.model)
 
     # ---- data -------------------------------------------------------------------------------
     csv_audio = Path(args.audio).is_file()

@@ -69,6 +69,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plot", action="store_true", help="do not write convexity.png")
 
 
+def check_model_path(name: str) -> str:
+    """A local MODEL path must be a directory (checked before any work); hub ids pass."""
+    local = Path(name)
+    if name.startswith((".", "/", "~")) or local.exists():
+        local = local.expanduser()
+        if not local.is_dir():
+            raise FileNotFoundError(f"MODEL {name!r} is not a model directory")
+        return str(local)
+    return name
+
+
 def load_model(name: str, model_class: str | None = None, device: str | None = None) -> tuple[Any, Any]:
     """Load a model and its feature extractor from a local path or the hub.
 
@@ -78,12 +89,7 @@ def load_model(name: str, model_class: str | None = None, device: str | None = N
     """
     import transformers
 
-    local = Path(name)
-    if name.startswith((".", "/", "~")) or local.exists():
-        local = local.expanduser()
-        if not local.is_dir():
-            raise FileNotFoundError(f"MODEL {name!r} is not a model directory")
-        name = str(local)
+    name = check_model_path(name)
     try:
         config = transformers.AutoConfig.from_pretrained(name)
     except OSError as exc:
