@@ -102,7 +102,7 @@ def load_model(name: str, model_class: str | None = None, device: str | None = N
         from fastconvex.hf._models import resolve_model_class
 
         cls = resolve_model_class(config)
-    from fastconvex.hf._prune import restore_final_norm
+    from fastconvex.hf._prune_io import restore_final_norm
 
     model = restore_final_norm(cls.from_pretrained(name))  # a model pruned with final_norm="identity"
     if device is not None:
@@ -277,7 +277,7 @@ def _run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "scores": scores.to_dict(),
     }
-    from fastconvex.hf._prune import jsonable
+    from fastconvex.hf._prune_io import jsonable
 
     report = jsonable(report)
     # the report before the plot: a plot that fails never loses it

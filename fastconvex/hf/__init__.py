@@ -57,9 +57,9 @@ _WHERE = {
     "valid_frame_counts": "_pooling",
     "choose_cut": "_prune",
     "prune": "_prune",
-    "save_pruned": "_prune",
-    "load_pruned": "_prune",
-    "package_versions": "_prune",
+    "save_pruned": "_prune_io",
+    "load_pruned": "_prune_io",
+    "package_versions": "_prune_io",
     "num_blocks": "_models",
     "AudioFiles": "_audio",
     "hidden_state_sequences": "_sequences",
@@ -77,7 +77,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._models import num_blocks
     from ._pooling import PooledHiddenStates, pooled_hidden_states, valid_frame_counts
     from ._predict import LayerPredictor, predict_from_layer
-    from ._prune import choose_cut, load_pruned, package_versions, prune, save_pruned
+    from ._prune import choose_cut, prune
+    from ._prune_io import load_pruned, package_versions, save_pruned
     from ._sequences import hidden_state_sequences
 
 

@@ -87,7 +87,7 @@ class FinetuneResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (everything but the model and the per-clip arrays), with versions."""
-        from ._prune import jsonable, package_versions
+        from ._prune_io import jsonable, package_versions
 
         versions = package_versions()
         for name in ("accelerate",):

@@ -16,7 +16,6 @@ from ._context import (
     whisper_context_samples,
 )
 from ._featurise import (
-    frame_label_rows,
     _as_waveform,
     _feature_extractor_for,
     _featurise,
@@ -27,6 +26,7 @@ from ._featurise import (
     _select_layers,
     _takes_attention_mask,
     _waveform_name,
+    frame_label_rows,
     valid_frame_counts,
 )
 from ._models import final_layer_norm, is_whisper, model_device, speech_encoder
