@@ -34,7 +34,7 @@ class FinetuneSettings:
     lr: float = 1e-4
     batch_size: int = 16
     keeps: str = "auto"  # "auto" (all up to 4 blocks, else spread), "all", "spread" or a comma list
-    models: tuple[str, ...] = ("tiny.en",)  # Whisper models to fine-tune (see models.WHISPER_MODELS)
+    models: tuple[str, ...] = ("tiny.en",)  # Whisper models to fine-tune (hf.whisper_models.WHISPER_MODELS)
     context_seconds: float | None = None  # None: the task's longest clip, rounded up
     euclidean: bool = True  # both measures on the first model's fine-tuned full classifier
     euclidean_pairs: int = 40  # pairs per class for the Euclidean measure
@@ -66,8 +66,10 @@ def finetune_settings(quick: bool, **given: Any) -> FinetuneSettings:
         if quick else {"models": ("tiny.en", "base"), "seeds": (0, 1, 2)}
     )
     defaults.update({k: v for k, v in given.items() if v is not None})
+    from ..hf.whisper_models import WHISPER_MODELS
+
     models = defaults.get("models", ())
-    known = ("tiny.en", "base")
+    known = tuple(WHISPER_MODELS)
     bad = [m for m in models if m not in known]
     if bad or not models:
         raise ValueError(f"--models: choose among {', '.join(known)}, got {', '.join(models) or 'none'}")

