@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ._atomic import write_json_atomic
 from ._inputs import is_torch_tensor, to_numpy
 from ._store_format import (
     _CHUNK_BYTES,
@@ -27,7 +28,6 @@ from ._store_format import (
     _labels_digest,
     _labels_for_store,
     _versions,
-    write_json_atomic,
 )
 from ._store_read import LayerStore, open_store
 

@@ -5,12 +5,14 @@ line per task), the merged ``sweep.json``, ``sweep.csv`` and ``sweep.png``
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._atomic import write_text_atomic
 from ._results import Convexity, LayerScores
 from .store import LayerStore, write_json_atomic
 
@@ -79,17 +81,16 @@ def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, lis
         },
     }
     write_json_atomic(out / "sweep.json", json.loads(json.dumps(doc, default=str)))
-    tmp = out / f".sweep.csv.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        for s in stores:
-            res = merged[s.name]
-            for row, (i, c) in enumerate(zip(selections[s.name], res.layers)):
-                writer.writerow([s.name, i, repr(c.score), repr(c.stderr), repr(c.macro), repr(c.macro_stderr),
-                                 c.total_pairs, c.n_unreachable, c.n_points, c.estimator, c.k, c.seed,
-                                 c.backend, int(row == res.best_layer)])
-    os.replace(tmp, out / "sweep.csv")
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(CSV_COLUMNS)
+    for s in stores:
+        res = merged[s.name]
+        for row, (i, c) in enumerate(zip(selections[s.name], res.layers)):
+            writer.writerow([s.name, i, repr(c.score), repr(c.stderr), repr(c.macro), repr(c.macro_stderr),
+                             c.total_pairs, c.n_unreachable, c.n_points, c.estimator, c.k, c.seed,
+                             c.backend, int(row == res.best_layer)])
+    write_text_atomic(out / "sweep.csv", table.getvalue())
     written = ["sweep.json", "sweep.csv"]
     if plot:
         try:

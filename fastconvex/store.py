@@ -38,7 +38,8 @@ missing, truncated or inconsistent.
 
 from __future__ import annotations
 
-from ._store_format import FORMAT, LAYER_DTYPES, MANIFEST, VERSION, write_json_atomic
+from ._atomic import write_json_atomic
+from ._store_format import FORMAT, LAYER_DTYPES, MANIFEST, VERSION
 from ._store_read import LayerStore, open_store
 from ._store_write import StoreWriter, mark_block_done, save_store
 

@@ -12,9 +12,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from .._atomic import write_text_atomic
 
 __all__ = [
     "UsageError",
@@ -81,24 +82,6 @@ def check_plot_file(path: str | os.PathLike[str], option: str = "--plot") -> Pat
             + ", ".join(f".{f}" for f in sorted(formats))
         )
     return check_output_file(out, option)
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same
-    directory and a rename: readers see the old file or the whole new one."""
-    out = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return out
 
 
 def _int_at_least(text: str, minimum: int) -> int:

@@ -217,7 +217,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "torch_threads": torch.get_num_threads(),
         "versions": _versions(),
     }
-    from ..commands._output import write_text_atomic
+    from .._atomic import write_text_atomic
 
     report["json"] = str(cfg.out_dir / "report.json")
     report["png"] = None

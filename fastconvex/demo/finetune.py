@@ -277,7 +277,7 @@ def run_experiment(
     import json
     from pathlib import Path
 
-    from .._store_format import write_json_atomic
+    from .._atomic import write_json_atomic
     from .finetune_report import summarize
     from .models import load_whisper
 
