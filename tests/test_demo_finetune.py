@@ -124,3 +124,12 @@ def test_cli_refuses_finetune_flags_without_finetune(capsys):
     assert len(err) == 1 and "--seeds, --epochs applies to --finetune only" in err[0]
     assert main(["demo", "--finetune", "--seeds", "0,x", "--no-fetch"]) == 2
     assert "--seeds: expected integers" in capsys.readouterr().err
+
+
+def test_cli_refuses_no_task_before_loading_anything(capsys):
+    from fastconvex.cli import main
+
+    assert main(["demo", "--tasks", " , ", "--no-fetch"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fastconvex demo: error: tasks: give at least one of words, speakers, asterisk-speaker, "
+                   "asterisk-language, asterisk-language-unseen"]

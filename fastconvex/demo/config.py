@@ -110,6 +110,8 @@ class DemoConfig:
             self.asterisk_clips = 30 if self.quick else 80
         if self.latency_reps is None:
             self.latency_reps = 3 if self.quick else 7
+        if not self.tasks:
+            raise ValueError(f"tasks: give at least one of {', '.join(TASKS)}")
         bad = [t for t in self.tasks if t not in TASKS]
         if bad:
             raise ValueError(f"tasks: unknown task(s) {bad}; choose from {', '.join(TASKS)}")
