@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_check import CUDA, DEV, K, OUT, SMALL, log, sync  # noqa: E402  (sets TRITON_INTERPRET)
+from _gpu_check_common import CUDA, DEV, K, OUT, SMALL, log, sync  # noqa: E402  (sets TRITON_INTERPRET)
 
 import torch  # noqa: E402
 
@@ -52,7 +52,7 @@ SCORE_TOL = 1e-12  # scores equal to Numba's up to the order of the host's float
 
 def make_layers(n: int, d: int, n_classes: int, n_layers: int, seed: int = 0):
     """``n_layers`` float32 (n, d) layers on DEV sharing one label vector: the
-    overlapping-classes recipe of ``gpu_check.make_data`` (centres with standard
+    overlapping-classes recipe of ``_gpu_check_common.make_data`` (centres with standard
     deviation s/sqrt(d), unit noise) with a separation s that rises to the middle
     layer and falls again, as convexity does through a speech model."""
     g = torch.Generator(device=DEV).manual_seed(seed)

@@ -22,9 +22,10 @@ import time
 
 import torch
 
-# gpu_check switches the interpreter on before triton is imported when there is
-# no CUDA device; its data, timing and floor are the ones reused here
-from gpu_check import CUDA, knn_floor, make_data, sync, timed  # noqa: E402
+# gpu_check's common module switches the interpreter on before triton is imported
+# when there is no CUDA device; gpu_check's data, timing and floor are reused here
+from _gpu_check_common import CUDA, make_data, sync, timed  # noqa: E402
+from _gpu_check_knn import knn_floor
 
 import fastconvex.kernels.triton.knn as knn_mod  # noqa: E402
 

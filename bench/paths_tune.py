@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_check import CUDA, DEV, K, OUT, SMALL, log, make_data, sync  # noqa: E402
+from _gpu_check_common import CUDA, DEV, K, OUT, SMALL, log, make_data, sync  # noqa: E402
 
 import torch  # noqa: E402
 

@@ -9,7 +9,7 @@ install) over
   (M, N, keys_per_split, n_split) -- the kernel marks them do_not_specialize,
   but layout-pass bugs in Triton 3.6 showed up only with some of them divisible,
   so all are checked;
-* the block configurations of ``bench/gpu_check.py``'s ``configs_tune`` plus the
+* the block configurations of ``bench/_gpu_check_knn.py``'s ``configs_tune`` plus the
   launcher's defaults, num_warps 4 and 8, the candidate slots of k = 10, 20, 64
   (KP = 32, 64, 128) and the precision tiers fp16 (float16 operands), tf32,
   tf32x3, ieee.
@@ -48,7 +48,7 @@ from triton.compiler import ASTSource
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# keep in sync with configs_tune in bench/gpu_check.py main() (CUDA branch) and
+# keep in sync with configs_tune in bench/_gpu_check_knn.py knn_timings() (CUDA branch) and
 # the defaults of kernels/triton/knn.py's knn()
 DEFAULT = {"block_m": 128, "block_n": 256, "block_k": 32, "num_warps": 8, "num_stages": 3}
 CONFIGS = [
