@@ -7,6 +7,9 @@
 #                                                # exact and GPU_CHECK_PROFILE_S=0 shorten it)
 #   GPU_CHECK_SMALL=1 bash bench/gpu_check.sh    # tiny sizes; CPU via TRITON_INTERPRET=1
 # GPU_CHECK_NO_INSTALL=1: never pip install (use the symlink tree on PYTHONPATH).
+# GPU_CHECK_SWEEP_S=150: also a Ray sweep with num_gpus=1 tasks (bench/gpu_sweep.sh,
+#   issue 18; Ray travels in .whl/, built here by bench/prepare_device_ray.sh; call
+#   the device with carry [".whl"]). Off by default.
 # Writes $OUT/gpu_check.json and $OUT/gpu_check.log (OUT default ./gpu_check_out).
 set -u
 cd "$(dirname "$0")/.."
@@ -48,6 +51,12 @@ if [ "${GPU_CHECK_STUDY_S:-300}" != "0" ]; then
   timeout "${GPU_CHECK_STUDY_S:-300}" "$PY" -u bench/gpu_study.py 2>&1 | tee "$OUT/gpu_study.log"
   study_rc="${PIPESTATUS[0]}"
   [ "$study_rc" = 0 ] || rc="$study_rc"
+fi
+# A sweep on Ray with num_gpus=1 tasks against layer_scores in one process (issue 18)
+if [ "${TRITON_INTERPRET:-0}" != "1" ] && [ "${GPU_CHECK_SWEEP_S:-0}" != "0" ]; then
+  timeout "${GPU_CHECK_SWEEP_S}" bash bench/gpu_sweep.sh
+  sweep_rc=$?
+  [ "$sweep_rc" = 0 ] || { echo "gpu_check: gpu_sweep.sh exited $sweep_rc" >&2; rc="$sweep_rc"; }
 fi
 # Where the kNN's time goes at N = 1e6 (phases, CUDA kernels): bench/knn_profile.py
 if [ "${TRITON_INTERPRET:-0}" != "1" ] && [ "${GPU_CHECK_PROFILE_S:-60}" != "0" ]; then
