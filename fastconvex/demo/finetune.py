@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import SAMPLE_RATE, Dataset, FinetuneSettings
+from .config import SAMPLE_RATE, Dataset, FinetuneSettings, parse_keeps
 from .models import choose_keep, encode_pooled, encoder_latencies, prune_whisper
 
 
@@ -50,20 +50,18 @@ def keeps_for(spec: str, n_blocks: int, rule_keep: int) -> list[int]:
     """Block counts to fine-tune, always with the full model and the convexity cut:
     ``"all"``; ``"spread"``, four evenly spread counts from 1 to ``n_blocks``;
     ``"auto"``, all up to 4 blocks, else the spread; or a comma list."""
-    if spec == "auto":
-        spec = "all" if n_blocks <= 4 else "spread"
-    if spec == "all":
+    parsed = parse_keeps(spec)
+    if parsed == "auto":
+        parsed = "all" if n_blocks <= 4 else "spread"
+    if parsed == "all":
         keeps = set(range(1, n_blocks + 1))
-    elif spec == "spread":
+    elif parsed == "spread":
         keeps = {int(k) for k in np.round(np.linspace(1, n_blocks, 4))}
     else:
-        try:
-            keeps = {int(s) for s in spec.split(",") if s.strip()}
-        except ValueError:
-            raise ValueError(f"keeps: expected 'all', 'spread' or block counts like 1,2,4; got {spec!r}") from None
-        bad = sorted(k for k in keeps if not 1 <= k <= n_blocks)
+        keeps = set(parsed)
+        bad = sorted(k for k in keeps if k > n_blocks)
         if bad:
-            raise ValueError(f"keeps: {bad} not in 1..{n_blocks}")
+            raise ValueError(f"--keeps: {bad} not in 1..{n_blocks}")
     return sorted(keeps | {n_blocks, rule_keep}, reverse=True)
 
 
