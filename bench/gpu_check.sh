@@ -7,6 +7,12 @@
 #                                                # exact and GPU_CHECK_PROFILE_S=0 shorten it)
 #   GPU_CHECK_SMALL=1 bash bench/gpu_check.sh    # tiny sizes; CPU via TRITON_INTERPRET=1
 # GPU_CHECK_NO_INSTALL=1: never pip install (use the symlink tree on PYTHONPATH).
+# One call for issues 15 and 18 within a device command's 600 s (carry [".whl"]):
+#   export PYTHON=python3 PYTHONUNBUFFERED=1 GPU_CHECK_SKIP_KNN_TIMING=1 GPU_CHECK_SKIP=exact \
+#     GPU_CHECK_PROFILE_S=0 GPU_CHECK_BUDGET=150 GPU_CHECK_STUDY_S=230 GPU_CHECK_PATHS_TUNE_S=60 \
+#     GPU_CHECK_SWEEP_S=120 GPU_CHECK_PYTEST_S=0; bash bench/gpu_check.sh
+#   then, if time is left, the device tests alone (GPU_CHECK_PYTEST_S=100 with the rest 0).
+# GPU_CHECK_PATHS_TUNE_S=60 (default): the path kernel's activity rules at N = 1e6.
 # GPU_CHECK_SWEEP_S=150: also a Ray sweep with num_gpus=1 tasks (bench/gpu_sweep.sh,
 #   issue 18; Ray travels in .whl/, built here by bench/prepare_device_ray.sh; call
 #   the device with carry [".whl"]). Off by default.
@@ -51,6 +57,11 @@ if [ "${GPU_CHECK_STUDY_S:-300}" != "0" ]; then
   timeout "${GPU_CHECK_STUDY_S:-300}" "$PY" -u bench/gpu_study.py 2>&1 | tee "$OUT/gpu_study.log"
   study_rc="${PIPESTATUS[0]}"
   [ "$study_rc" = 0 ] || rc="$study_rc"
+fi
+# Path kernel: the default "tile" activity rule against "vertex" (issue 15), N = 1e6,
+# interleaved, bit-for-bit checked: bench/paths_tune.py; GPU_CHECK_PATHS_TUNE_S=0 skips it
+if [ "${TRITON_INTERPRET:-0}" != "1" ] && [ "${GPU_CHECK_PATHS_TUNE_S:-60}" != "0" ]; then
+  PATHS_TUNE_GRID=activity timeout "${GPU_CHECK_PATHS_TUNE_S:-60}" "$PY" -u bench/paths_tune.py 2>&1 | tail -n 12
 fi
 # A sweep on Ray with num_gpus=1 tasks against layer_scores in one process (issue 18)
 if [ "${TRITON_INTERPRET:-0}" != "1" ] && [ "${GPU_CHECK_SWEEP_S:-0}" != "0" ]; then

@@ -5,7 +5,7 @@
 # bench/prepare_device_ray.sh (Ray is not on the device image).
 #   bash bench/gpu_sweep.sh            # N = 2e5, D = 768, 13 layers
 #   SWEEP_N=30000 SWEEP_D=256 SWEEP_LAYERS=4 bash bench/gpu_sweep.sh
-# Writes $OUT/gpu_sweep.json and $OUT/gpu_sweep.log. Called by bench/gpu_check.sh
+# Writes $OUT/gpu_sweep.json (the output's last lines go to stdout). Called by bench/gpu_check.sh
 # when GPU_CHECK_SWEEP_S is set (seconds), or on its own.
 set -u
 cd "$(dirname "$0")/.."
@@ -36,4 +36,4 @@ fi
 echo "gpu_sweep: ray $(cd / && "$PY" -c 'import ray; print(ray.__version__, ray.__file__)')" || exit 2
 set -o pipefail
 "$PY" -u bench/bench_sweep.py --gpu --n "${SWEEP_N:-200000}" --d "${SWEEP_D:-768}" \
-  --layers "${SWEEP_LAYERS:-13}" --tmp "${SWEEP_TMP:-/tmp}" --json "$OUT/gpu_sweep.json" 2>&1 | tee "$OUT/gpu_sweep.log"
+  --layers "${SWEEP_LAYERS:-13}" --tmp "${SWEEP_TMP:-/tmp}" --json "$OUT/gpu_sweep.json" 2>&1 | tail -n 40

@@ -4,6 +4,8 @@ run against the defaults, each checked bit for bit against the defaults' sums.
 
 ``python bench/paths_tune.py`` on a CUDA machine (``GPU_CHECK_SMALL=1``: tiny,
 on the CPU under the interpreter). Writes ``$OUT/paths_tune.json``.
+``PATHS_TUNE_GRID=activity``: only the defaults against the "vertex" activity
+rule (interleaved, three runs each) and its wider vertex blocks (~40 s at N = 10⁶).
 """
 
 from __future__ import annotations
@@ -41,8 +43,15 @@ def main() -> int:
     grid = [dict(block_v=bv, block_b=bb, num_warps=nw)
             for bv, bb, nw in itertools.product((8, 16, 32), (16, 32, 64), (2, 4))]
     grid += [dict(block_v=16, block_b=32, num_warps=4, check_every=ce) for ce in (4, 6)]
+    # the "vertex" activity rule (only vertices with a changed neighbour are
+    # recomputed): the defaults and it alternately, three times each, then
+    # wider vertex blocks, which it may favour (clean vertices cost no gathers)
+    vertex = [dict(activity="vertex", block_v=bv, block_b=32, num_warps=4) for bv in (8, 16, 32)]
+    activity_grid = [vertex[0], {}, vertex[0], {}, vertex[0]] + vertex[1:]
+    grid = activity_grid if os.environ.get("PATHS_TUNE_GRID") == "activity" else grid + activity_grid
     if SMALL:
         grid = [dict(block_v=bv, block_b=bb) for bv, bb in ((16, 16), (32, 16))]
+        grid += [dict(block_v=bv, block_b=16, activity="vertex") for bv in (16, 32)]
     result = {"N": N, "D": D, "classes": C, "sources": int(src.numel()),
               "device": torch.cuda.get_device_name(0) if CUDA else "cpu", "runs": []}
     ref = None

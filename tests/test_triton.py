@@ -419,8 +419,8 @@ def test_degree_bins_are_exact_at_powers_of_two_and_at_every_degree(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("state", ["packed", "wide"])
-def test_path_kernels_match_numba_on_the_same_graph(device, state):
+@pytest.mark.parametrize("state,activity", [("packed", "tile"), ("wide", "tile"), ("packed", "vertex"), ("wide", "vertex")])
+def test_path_kernels_match_numba_on_the_same_graph(device, state, activity):
     """Disconnected graph (two far clusters), duplicates, one-member classes,
     several source batches and source blocks; both state layouts."""
     from fastconvex.kernels.numba.graph import union_csr
@@ -442,7 +442,7 @@ def test_path_kernels_match_numba_on_the_same_graph(device, state):
     stats: dict = {}
     got = gpu.class_sums(
         T(indptr), T(nbr), T(w), T(codes), T(sources), T(sizes),
-        block_v=32, block_b=4, max_batch=8, check_every=3, stats=stats, state=state,
+        block_v=32, block_b=4, max_batch=8, check_every=3, stats=stats, state=state, activity=activity,
     )
     assert stats["batches"] == 2 and stats["relaxations"] > 0 and stats["wide_reruns"] == 0
     for g, r in zip(got, ref):
@@ -455,10 +455,85 @@ def test_path_kernels_match_numba_on_the_same_graph(device, state):
     ref_s, ref_r = cpu.pair_scores(indptr, nbr, w, codes, sources, tgt_ptr, targets)
     got_s, got_r = gpu.pair_scores(
         T(indptr), T(nbr), T(w), T(codes), T(sources), T(tgt_ptr), T(targets),
-        block_v=32, block_b=8, max_batch=8, state=state,
+        block_v=32, block_b=8, max_batch=8, state=state, activity=activity,
     )
     np.testing.assert_allclose(got_s.cpu().numpy(), ref_s, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(got_r.cpu().numpy(), ref_r)
+
+
+def _chain(n):
+    """A path graph 0 - 1 - ... - (n - 1), every edge 0.5 long (CSR)."""
+    indptr = np.concatenate([[0], np.cumsum([1] + [2] * (n - 2) + [1])]).astype(np.int64)
+    nbr = np.concatenate([[1]] + [[i - 1, i + 1] for i in range(1, n - 1)] + [[n - 2]]).astype(np.int64)
+    return indptr, nbr, np.full(nbr.shape[0], 0.5)
+
+
+def _chain_relaxations(n, sources, block_v):
+    """Hand count of both activity rules on a chain, one source block: in sweep
+    t a source's vertices at t hops change (one path each, so nothing changes
+    later); the vertices recomputed in sweep t are the neighbours of those that
+    changed in sweep t - 1 (the sources themselves "change" in sweep 0)."""
+    deg = np.array([1] + [2] * (n - 2) + [1])
+    tile_count = vertex_count = 0
+    for t in range(1, n + 1):
+        dirty = {u + du for s in sources for u in range(n) if abs(u - s) == t - 1
+                 for du in (-1, 1) if 0 <= u + du < n}
+        vertex_count += sum(deg[v] for v in dirty) * len(sources)
+        tiles = {v // block_v for v in dirty}
+        tile_count += sum(deg[b * block_v:(b + 1) * block_v].sum() for b in tiles) * len(sources)
+    return tile_count, vertex_count
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("state", ["packed", "wide"])
+def test_vertex_activity_recomputes_fewer_vertices_to_the_same_state(device, state):
+    """The "vertex" rule recomputes only vertices with a changed neighbour: the
+    relaxations both rules perform equal the hand count on a chain, and the
+    converged distances, hops and same-label counts are equal bit for bit (also
+    on a graph with duplicate points, ties and two components)."""
+    from fastconvex.kernels.triton.paths import shortest_path_batches
+
+    n = 23
+    indptr, nbr, w = _chain(n)
+    codes = (np.arange(n) % 3 == 0).astype(np.int64)
+    sources = np.array([0, 11], np.int64)
+    T = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    want = dict(zip(("tile", "vertex"), _chain_relaxations(n, sources, 8)))
+    assert want["vertex"] < want["tile"]
+    out = {}
+    for activity in ("tile", "vertex"):
+        stats: dict = {}
+        ((_, _, d, h, s),) = shortest_path_batches(T(indptr), T(nbr), T(w), T(codes), T(sources), block_v=8,
+                                                   block_b=2, check_every=4, stats=stats, state=state,
+                                                   activity=activity)
+        assert stats["relaxations"] == want[activity]
+        out[activity] = (d.cpu().numpy(), h.cpu().numpy(), s.cpu().numpy())
+    for a, b in zip(out["tile"], out["vertex"]):
+        np.testing.assert_array_equal(a, b)
+
+    from fastconvex.kernels.numba.graph import union_csr
+    from fastconvex.kernels.numba.knn import knn
+
+    rng = np.random.default_rng(5)
+    x = np.concatenate([np.round(rng.standard_normal((60, 2))), rng.standard_normal((30, 2)) + 50.0])
+    x[3] = x[4] = x[5]
+    i, dist, _ = knn(x, 4)
+    indptr, nbr, w = union_csr(i, dist)
+    codes = rng.integers(0, 3, x.shape[0]).astype(np.int64)
+    sources = np.array([0, 3, 4, 17, 42, 61, 89], np.int64)
+    runs = {}
+    for activity in ("tile", "vertex"):
+        stats = {}
+        runs[activity] = [tuple(a.cpu().numpy() for a in batch[2:]) for batch in shortest_path_batches(
+            T(indptr), T(nbr), T(w), T(codes), T(sources), block_v=16, block_b=4, max_batch=4,
+            check_every=2, stats=stats, state=state, activity=activity)]
+        runs[activity + "_relaxations"] = stats["relaxations"]
+    assert runs["vertex_relaxations"] < runs["tile_relaxations"]
+    for bt, bv in zip(runs["tile"], runs["vertex"], strict=True):
+        for a, b in zip(bt, bv):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="activity must be one of"):
+        next(shortest_path_batches(T(indptr), T(nbr), T(w), T(codes), T(sources), activity="entry"))
 
 
 @pytest.mark.parametrize("device", DEVICES)

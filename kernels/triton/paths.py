@@ -16,7 +16,9 @@ Sweeps are Jacobi (read one buffer, write the other: no torn (dist, hops, same)
 triples). A (vertex block, source block) tile is recomputed only when one of its
 vertices' neighbours changed in the previous sweep (flags set by the changed
 vertex's program, push-style, one byte per tile); a skipped tile whose own
-vertices changed copies them across the buffers. Convergence: the host looks
+vertices changed copies them across the buffers. With ``activity="vertex"``
+the flags are per vertex and source block, and only the flagged vertices of a
+tile gather their neighbours (the others keep their state). Convergence: the host looks
 at the change flags every ``check_every`` sweeps only (no per-sweep sync).
 
 Public entry points: :func:`pair_scores`, :func:`class_sums` (same contract as the
@@ -47,7 +49,8 @@ def _relax_kernel(
     indptr_ptr, nbr_ptr, w_ptr, codes_ptr,
     scode_ptr, svert_ptr,  # (B,) class code and vertex of each source column
     d_in, h_in, s_in, d_out, h_out, s_out,  # (N, B) state buffers (PACKED: h = key, s unused)
-    act_in, chg_in, act_out, chg_out,  # (n_vblocks * NBB,) int8 tile flags
+    act_in, chg_in, act_out, chg_out,  # int8 flags: act (n_vblocks * NBB,) per tile, or
+    # (N * NBB,) per vertex and source block (VERTEX_ACT); chg (n_vblocks * NBB,) per tile
     count_ptr,  # (128,) int64: [0:64] edge relaxations performed (edges x columns),
     # [64:128] edge-loop slots run (block's max degree x BV x columns); spread
     N, B, NBB,
@@ -55,11 +58,11 @@ def _relax_kernel(
     BB: tl.constexpr,
     PACKED: tl.constexpr,
     NO_HOPS: tl.constexpr = 1 << 30,  # hop count of an unreached entry (wide state; _NO_HOPS)
+    VERTEX_ACT: tl.constexpr = False,  # activity flags per vertex, not per tile ("vertex" rule)
 ):
     pid_v = tl.program_id(0)
     pid_b = tl.program_id(1)
     tile = pid_v * NBB + pid_b
-    active = tl.load(act_in + tile)
     own_changed = tl.load(chg_in + tile)
     # Every per-vertex quantity is kept as a (BV, 1) column and every
     # per-source one as a (1, BB) row, so all tensors share one 2-D layout:
@@ -67,6 +70,14 @@ def _relax_kernel(
     # layout passes fail to compile the kernel.
     v = (pid_v * BV + tl.arange(0, BV))[:, None]  # (BV, 1)
     vm = v < N
+    if VERTEX_ACT:
+        # a vertex is recomputed only when one of its own neighbours changed (for
+        # a source of this block); the tile's other vertices keep their state
+        vdirty = tl.load(act_in + v.to(tl.int64) * NBB + pid_b, mask=vm, other=0) != 0  # (BV, 1)
+        active = tl.max(tl.max(vdirty.to(tl.int32), axis=1), axis=0)
+    else:
+        vdirty = vm
+        active = tl.load(act_in + tile)
     b = (pid_b * BB + tl.arange(0, BB))[None, :]  # (1, BB)
     bm = b < B
     m2 = vm & bm
@@ -75,7 +86,7 @@ def _relax_kernel(
         start = tl.load(indptr_ptr + v, mask=vm, other=0)
         end = tl.load(indptr_ptr + v + 1, mask=vm, other=0)
         deg = end - start  # (BV, 1)
-        max_deg = tl.max(tl.max(deg, axis=1), axis=0)
+        max_deg = tl.max(tl.max(tl.where(vdirty, deg, 0), axis=1), axis=0)
         scode = tl.load(scode_ptr + b, mask=bm, other=-1)
         svert = tl.load(svert_ptr + b, mask=bm, other=-1)
         # Every vertex but the source is recomputed from its neighbours' current
@@ -104,7 +115,7 @@ def _relax_kernel(
         u = tl.load(nbr_ptr + eidx)
         wu = tl.load(w_ptr + eidx)
         for e in range(0, max_deg):
-            em = vm & (e < deg)  # (BV, 1)
+            em = vdirty & (e < deg)  # (BV, 1)
             um = em & bm  # (BV, BB)
             uoffs = u * B + b
             du = tl.load(d_in + uoffs, mask=um, other=float("inf"))
@@ -132,18 +143,26 @@ def _relax_kernel(
             cur_h = tl.where(better, ch, cur_h)
             u = u_next
             wu = w_next
+        # the previous state, read only here, after the edge loop, so it holds
+        # no registers during it: what "changed" compares with, and what a
+        # vertex not recomputed (VERTEX_ACT) keeps
+        old_d = tl.load(d_in + offs, mask=m2, other=float("inf"))
+        old_h = tl.load(h_in + offs, mask=m2, other=0x7FFFFFFF if PACKED else NO_HOPS)
+        if VERTEX_ACT:
+            cur_d = tl.where(vdirty, cur_d, old_d)
+            cur_h = tl.where(vdirty, cur_h, old_h)
         tl.store(d_out + offs, cur_d, mask=m2)
         tl.store(h_out + offs, cur_h, mask=m2)
-        # changed = differs from the previous state, read only here, after the
-        # edge loop, so it holds no registers during it
-        changed = (cur_d != tl.load(d_in + offs, mask=m2, other=float("inf"))) | (
-            cur_h != tl.load(h_in + offs, mask=m2, other=0x7FFFFFFF if PACKED else NO_HOPS))
+        changed = (cur_d != old_d) | (cur_h != old_h)
         if not PACKED:
+            old_s = tl.load(s_in + offs, mask=m2, other=0)
+            if VERTEX_ACT:
+                cur_s = tl.where(vdirty, cur_s, old_s)
             tl.store(s_out + offs, cur_s, mask=m2)
-            changed = changed | (cur_s != tl.load(s_in + offs, mask=m2, other=0))
+            changed = changed | (cur_s != old_s)
         changed = changed & m2
         n_cols = tl.sum(tl.sum(bm.to(tl.int64), axis=1), axis=0)
-        n_edges = tl.sum(tl.sum(deg.to(tl.int64), axis=1), axis=0)
+        n_edges = tl.sum(tl.sum(tl.where(vdirty, deg, 0).to(tl.int64), axis=1), axis=0)
         tl.atomic_add(count_ptr + pid_v % 64, n_edges * n_cols)
         tl.atomic_add(count_ptr + 64 + pid_v % 64, max_deg.to(tl.int64) * BV * n_cols)
         vchg = tl.max(changed.to(tl.int32), axis=1, keep_dims=True) > 0  # (BV, 1)
@@ -154,7 +173,11 @@ def _relax_kernel(
                 em = vm & (e < deg) & vchg
                 eidx = tl.where(em, start + e, 0)
                 u = tl.load(nbr_ptr + eidx)
-                tl.store(act_out + (u // BV) * NBB + pid_b, tl.full(u.shape, 1, tl.int8), mask=em)
+                if VERTEX_ACT:
+                    flag = act_out + u * NBB + pid_b
+                else:
+                    flag = act_out + (u // BV) * NBB + pid_b
+                tl.store(flag, tl.full(u.shape, 1, tl.int8), mask=em)
     elif own_changed != 0:
         tl.store(d_out + offs, tl.load(d_in + offs, mask=m2), mask=m2)
         tl.store(h_out + offs, tl.load(h_in + offs, mask=m2), mask=m2)
@@ -163,6 +186,7 @@ def _relax_kernel(
 
 
 STATES = ("packed", "wide")
+ACTIVITY_RULES = ("tile", "vertex")
 # Packed keys hold hop counts below 2**15; hops after t sweeps are at most t.
 PACKED_SWEEP_LIMIT = (1 << 15) - 1
 
@@ -182,7 +206,7 @@ def batch_width(n: int, device: torch.device, block_b: int, max_batch: int | Non
 
 
 def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, deg, block_v,
-              block_b, check_every, counter, extra, time_check):
+              block_b, check_every, counter, extra, time_check, activity="tile"):
     """Bellman-Ford for the sources ``src`` (one batch) to convergence.
 
     Returns ``(dist, hops, same, sweeps)``, or None when the packed state would
@@ -207,8 +231,10 @@ def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, d
             h[src, cols] = 0
             s = torch.zeros((n, bsz), dtype=torch.int32, device=device)
         bufs.append((d, h, s))
-    act = torch.zeros(nvb * nbb, dtype=torch.int8, device=device)
-    # tiles holding a neighbour of a source start active
+    per_vertex = activity == "vertex"
+    act = torch.zeros((n if per_vertex else nvb) * nbb, dtype=torch.int8, device=device)
+    chg = torch.zeros(nvb * nbb, dtype=torch.int8, device=device)
+    # tiles (vertices) holding a neighbour of a source start active
     nb_cnt = deg[src]
     nb_col = cols.repeat_interleave(nb_cnt)
     starts = indptr[src].repeat_interleave(nb_cnt)
@@ -216,8 +242,7 @@ def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, d
         torch.cumsum(nb_cnt, 0) - nb_cnt, nb_cnt
     )
     nb_v = neighbours[starts + within]
-    act[(nb_v // block_v) * nbb + nb_col // block_b] = 1
-    chg = torch.zeros_like(act)
+    act[(nb_v if per_vertex else nb_v // block_v) * nbb + nb_col // block_b] = 1
     act_next = torch.zeros_like(act)
     chg_next = torch.zeros_like(act)
     cur, nxt = 0, 1
@@ -231,7 +256,7 @@ def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, d
             indptr, neighbours, weights, codes, scode, src,
             d_in, h_in, s_in, d_out, h_out, s_out,
             act, chg, act_next, chg_next, counter,
-            n, bsz, nbb, BV=block_v, BB=block_b, PACKED=packed, NO_HOPS=_NO_HOPS, **extra,
+            n, bsz, nbb, BV=block_v, BB=block_b, PACKED=packed, NO_HOPS=_NO_HOPS, VERTEX_ACT=per_vertex, **extra,
         )
         act, act_next = act_next, act
         chg, chg_next = chg_next, chg
@@ -271,6 +296,7 @@ def shortest_path_batches(
     time_limit: float | None = None,
     packed_sweep_limit: int = PACKED_SWEEP_LIMIT,
     max_registers: int | None = None,
+    activity: str = "tile",
 ):
     """Yield ``(s0, s1, dist, hops, same)`` for consecutive batches of sources:
     the converged (N, s1 - s0) state of ``sources[s0:s1]``.
@@ -288,9 +314,18 @@ def shortest_path_batches(
     ``max_registers``: cap on registers per thread (Triton's ``maxnreg``): more
     programs per SM for the latency-bound gathers, fewer loads in flight per
     thread (CUDA only; None: the compiler's choice).
+    ``activity``: which entries a sweep recomputes. "tile": every vertex of a
+    (vertex block, source block) tile one of whose vertices has a neighbour
+    that changed in the previous sweep; "vertex": only those vertices (one flag
+    per vertex and source block instead of per tile; the others keep their
+    state). The same sweeps and results; "vertex" relaxes fewer edges
+    (``bench/paths_schedule_sim.py``: 13 % fewer at N = 1e5, D = 768) for N
+    flag bytes per source block instead of N / block_v.
     """
     if state not in STATES:
         raise ValueError(f"state must be one of {STATES}, got {state!r}")
+    if activity not in ACTIVITY_RULES:
+        raise ValueError(f"activity must be one of {ACTIVITY_RULES}, got {activity!r}")
     if max_registers is not None and (
         isinstance(max_registers, bool) or not isinstance(max_registers, int) or not 16 <= max_registers <= 255
     ):
@@ -334,7 +369,7 @@ def shortest_path_batches(
 
         args = (indptr, neighbours, weights, codes, sources[s0:s1])
         kw = dict(deg=deg, block_v=block_v, block_b=block_b, check_every=check_every, counter=counter,
-                  extra=extra, time_check=time_check)
+                  extra=extra, time_check=time_check, activity=activity)
         out = _converge(*args, state == "packed", packed_sweep_limit, **kw)
         if out is not None:
             d, h, s, sweeps = out
