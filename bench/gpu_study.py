@@ -12,8 +12,10 @@ Environment: ``GPU_STUDY_LAYERS`` (default 13), ``GPU_STUDY_N`` (default 10⁶),
 ``GPU_STUDY_CHECK_LAYERS`` (layers of the Numba check, default 4).
 
 When ``gpu_check.json`` (same ``$OUT``) shows a path option of its layer stage
-(``block_v=``, ...) faster than the defaults with the same score, the study is run a
-second time with that option, so both figures come from this run.
+(``block_v=``, ...) faster than the defaults with the same score, or this run's
+``paths_tune.json`` / ``knn_ab.json`` show the "vertex" activity rule or the
+symmetric kNN faster with identical results, the study is run a second time
+with those options, so both figures come from this run.
 
 What it reports, per layer: the wall time of the engine's call and its phases as
 the engine records them (kNN, union graph + vertex order, paths; the rest of the
@@ -68,17 +70,19 @@ def make_layers(n: int, d: int, n_classes: int, n_layers: int, seed: int = 0):
 class PhaseRecorder:
     """Wraps ``fastconvex._core.get_engine`` so every engine ``layer_scores``
     makes records, per ``source_stats`` call, its wall time and ``last_stats``
-    (and runs with ``path_options``, if given)."""
+    (and runs with ``path_options`` and ``knn_options``, if given)."""
 
-    def __init__(self, path_options: dict | None = None):
+    def __init__(self, path_options: dict | None = None, knn_options: dict | None = None):
         self.calls: list[dict] = []
         self._orig = core.get_engine
         self.path_options = dict(path_options or {})
+        self.knn_options = dict(knn_options or {})
 
     def __enter__(self):
         def get_engine(name, device=None, **options):
             eng = self._orig(name, device, **options)
             eng.path_options.update(self.path_options)
+            eng.knn_options.update(self.knn_options)
             inner = eng.source_stats
 
             def source_stats(*a, **kw):
@@ -163,8 +167,48 @@ def faster_path_option() -> dict | None:
     return None if best is None else best[0]
 
 
-def run_study(layers, labels, path_options: dict | None = None) -> dict:
-    with PhaseRecorder(path_options) as rec:
+def _median_seconds(runs: list[dict], options: dict) -> float | None:
+    times = [r["seconds"] for r in runs if r.get("options") == options and r.get("seconds")]
+    if not times or not all(r.get("bitwise_same_as_defaults") for r in runs if r.get("options") == options):
+        return None
+    return sorted(times)[len(times) // 2]
+
+
+def faster_kernel_options() -> tuple[dict, dict]:
+    """(path_options, knn_options) that this run's A/B scripts found faster than
+    the defaults by 3 % or more with identical results: the "vertex" activity
+    rule from ``paths_tune.json`` (PATHS_TUNE_GRID=activity) and the symmetric
+    kNN from ``knn_ab.json`` at its largest N; ({}, {}) when neither was."""
+    path_opts: dict = {}
+    knn_opts: dict = {}
+    try:
+        with open(os.path.join(OUT, "paths_tune.json")) as f:
+            runs = json.load(f)["runs"]
+        base = _median_seconds(runs, {})
+        cands = [(t, r["options"]) for r in runs if r.get("options", {}).get("activity") == "vertex"
+                 for t in [_median_seconds(runs, r["options"])] if t]
+        if base and cands and min(cands, key=lambda c: c[0])[0] <= 0.97 * base:
+            path_opts = {k: v for k, v in min(cands, key=lambda c: c[0])[1].items() if k != "num_warps"}
+    except (OSError, KeyError, ValueError, TypeError):
+        pass
+    try:
+        with open(os.path.join(OUT, "knn_ab.json")) as f:
+            sizes = json.load(f)["sizes"]
+        top = sizes[max(sizes, key=int)]["summary"]
+        best = max((v["speedup_vs_defaults"], name) for name, v in top.items()
+                   if name.startswith("symmetric") and v.get("identical") and v.get("speedup_vs_defaults"))
+        if best[0] >= 1.03:
+            knn_opts = {"symmetric": True}
+            for kv in best[1].split("+")[1:]:
+                key, value = kv.split("=", 1)
+                knn_opts[key] = _option(value)
+    except (OSError, KeyError, ValueError, TypeError):
+        pass
+    return path_opts, knn_opts
+
+
+def run_study(layers, labels, path_options: dict | None = None, knn_options: dict | None = None) -> dict:
+    with PhaseRecorder(path_options, knn_options) as rec:
         sync()
         t0 = time.perf_counter()
         scores = fc.layer_scores(layers, labels, k=K, sources=SOURCES, backend="triton", progress=False)
@@ -173,7 +217,7 @@ def run_study(layers, labels, path_options: dict | None = None) -> dict:
     phases = phase_table(rec.calls)
     engine_s = sum(p["wall_s"] for p in phases)
     return {
-        "path_options": dict(path_options or {}),
+        "path_options": dict(path_options or {}), "knn_options": dict(knn_options or {}),
         "seconds": total, "seconds_per_layer": total / LAYERS,
         "scores": scores.scores.tolist(), "stderr": scores.stderr.tolist(),
         "best_layer": scores.best_layer, "phases": phases,
@@ -185,7 +229,8 @@ def run_study(layers, labels, path_options: dict | None = None) -> dict:
 
 def study_line(study: dict) -> str:
     s = study["sum"]
-    return (f"  layer_scores {study['path_options'] or 'defaults'}: {study['seconds']:.2f} s "
+    opts = {**study["path_options"], **study.get("knn_options", {})}
+    return (f"  layer_scores {opts or 'defaults'}: {study['seconds']:.2f} s "
             f"({study['seconds_per_layer']:.2f} s a layer); kNN {s['knn_s']:.2f} s, graph "
             f"{s['graph_s']:.2f} s, paths {s['paths_s']:.2f} s, engine host stats "
             f"{s['host_stats_s']:.2f} s, outside the engine {study['outside_engine_s']:.2f} s")
@@ -227,14 +272,16 @@ def main() -> int:
     result["study"] = study = run_study(layers, labels)
     save()
     lines.append(study_line(study))
-    option = faster_path_option()
-    if option is not None:
-        log(f"second study with {option} (faster paths in gpu_check's layer stage)")
-        other = run_study(layers, labels, option)
+    option = faster_path_option() or {}
+    path_opts, knn_opts = faster_kernel_options()
+    option.update(path_opts)
+    if option or knn_opts:
+        log(f"second study with paths {option}, kNN {knn_opts} (faster in this run's A/B stages)")
+        other = run_study(layers, labels, option, knn_opts)
         other["same_scores_as_defaults"] = other["scores"] == study["scores"] and \
             other["stderr"] == study["stderr"]
         other["speedup_vs_defaults"] = study["seconds"] / other["seconds"]
-        result["study_" + "_".join(f"{k}={v}" for k, v in option.items())] = other
+        result["study_" + "_".join(f"{k}={v}" for k, v in {**option, **knn_opts}.items())] = other
         save()
         lines.append(study_line(other) + f"; same scores: {other['same_scores_as_defaults']}")
     best = min(v["seconds"] for k, v in result.items() if k.startswith("study") and v.get("seconds"))

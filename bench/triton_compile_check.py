@@ -24,6 +24,10 @@ shapes 8 x 32 (the launcher's default on CUDA since run 9), 16 x 32, 32 x 32
 and 8, and both state layouts (packed, wide): Triton 3.6 once failed to compile
 an earlier version of it.
 
+It compiles the symmetric candidate kernel (``_knn_candidates_sym_kernel``,
+``knn(..., symmetric=True)``) for its tile shapes and the fp16 and TF32x3 tiers,
+and the path kernel with its "vertex" activity rule too.
+
 It compiles ``_exact_sq_dist_kernel`` (the float64 re-rank) for float32,
 float64, float16 and bfloat16 data and checks that its PTX holds no fused multiply-add
 (``fma``): the distances must round as the CPU backends' loop does.
@@ -141,28 +145,30 @@ def failure(e: Exception) -> str:
     return msg[-1][:160] if msg else repr(e)
 
 
-def compile_relax(fn, bv, bb, div, nw, packed=True, maxnreg=None):
+def compile_relax(fn, bv, bb, div, nw, packed=True, maxnreg=None, vertex_act=False):
     options = {"num_warps": nw}
     if maxnreg is not None:
         options["maxnreg"] = maxnreg
     no_hops = load_module("paths")._NO_HOPS
     return compile_for_sm90(fn, PATH_PTRS, PATH_INTS, div,
-                            {"BV": bv, "BB": bb, "PACKED": packed, "NO_HOPS": no_hops}, options)
+                            {"BV": bv, "BB": bb, "PACKED": packed, "NO_HOPS": no_hops,
+                             "VERTEX_ACT": vertex_act}, options)
 
 
 def check_paths(quick: bool) -> tuple[int, int]:
     fn = load_module("paths")._relax_kernel
     all_div = list(itertools.product([False, True], repeat=len(PATH_INTS)))
     shapes = [(8, 32)] if quick else [(8, 32), (16, 32), (32, 32), (64, 32), (32, 64)]
-    jobs = [(bv, bb, div, nw, packed, None)
-            for (bv, bb), div, nw, packed in itertools.product(shapes, all_div, (4, 8), (True, False))]
+    jobs = [(bv, bb, div, nw, packed, None, va)
+            for (bv, bb), div, nw, packed, va in itertools.product(shapes, all_div, (4, 8), (True, False),
+                                                                   (False, True))]
     # the register caps gpu_check times (max_registers=), default tile and warps
-    jobs += [(8, 32, all_div[-1], 4, True, cap) for cap in (96, 64)]
+    jobs += [(8, 32, all_div[-1], 4, True, cap, False) for cap in (96, 64)]
     ok = bad = 0
-    for bv, bb, div, nw, packed, cap in jobs:
-        name = f"paths {'packed' if packed else 'wide'} BV={bv} BB={bb}"
+    for bv, bb, div, nw, packed, cap, va in jobs:
+        name = f"paths {'packed' if packed else 'wide'}{' vertex-activity' if va else ''} BV={bv} BB={bb}"
         try:
-            k = compile_relax(fn, bv, bb, div, nw, packed, cap)
+            k = compile_relax(fn, bv, bb, div, nw, packed, cap, va)
             ok += 1
             if all(div):
                 print(f"  ok {name} nw={nw}{'' if cap is None else f' maxnreg={cap}'}: "
@@ -171,6 +177,36 @@ def check_paths(quick: bool) -> tuple[int, int]:
             bad += 1
             print(f"FAIL {name} div={div} nw={nw} maxnreg={cap}: {failure(e)}", flush=True)
     print(f"paths kernel: {ok} compiled, {bad} failed", flush=True)
+    return ok, bad
+
+
+SYM_PTRS = {"xs_ptr": "*fp32", "sq_ptr": "*fp32", "row_d_ptr": "*fp32", "row_i_ptr": "*i32",
+            "col_key_ptr": "*i32", "col_i_ptr": "*i32", "col_thr_ptr": "*i32", "lock_ptr": "*i32"}
+
+
+def check_symmetric(quick: bool) -> tuple[int, int]:
+    """The symmetric candidate kernel (``knn(..., symmetric=True)``): the
+    default tile, and 128 x 128, for the fp16 and float32 tiers, N divisible
+    by 16 or not; registers and spills beside the one-sided kernel's."""
+    fn = load_module("knn")._knn_candidates_sym_kernel
+    shapes = [(128, 256, 8)] if quick else [(128, 256, 8), (128, 128, 8), (64, 256, 8), (128, 128, 4)]
+    ok = bad = 0
+    for (bm, bn, nw), prec, div in itertools.product(shapes, ("fp16", "tf32x3"), ([False], [True])):
+        if bn == 256 and prec != "fp16":
+            continue  # the launcher's float32 tiers use 128-wide tiles
+        name = f"symmetric BLOCK_M={bm} BLOCK_N={bn} {prec} nw={nw}"
+        const = {"DP": 768, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 32, "KP": 32, "PRECISION": prec}
+        ptrs = dict(SYM_PTRS, **({"xs_ptr": "*fp16"} if prec == "fp16" else {}))
+        try:
+            k = compile_for_sm90(fn, ptrs, ["N"], div, const, {"num_warps": nw, "num_stages": 3})
+            ok += 1
+            if not div[0]:
+                print(f"  ok {name}: shared memory {getattr(k.metadata, 'shared', '?')} B, "
+                      f"wgmma {'wgmma' in k.asm.get('ptx', '')}, {resource_usage(k)}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            bad += 1
+            print(f"FAIL {name} div={div}: {failure(e)}", flush=True)
+    print(f"symmetric kNN kernel: {ok} compiled, {bad} failed", flush=True)
     return ok, bad
 
 
@@ -250,7 +286,8 @@ def main() -> int:
             print(f"FAIL {cfg} KP={kp} {prec} div={div} nw={nw}: {failure(e)}", flush=True)
     p_ok, p_bad = check_paths(quick)
     e_ok, e_bad = check_exact_dist()
-    ok, bad = ok + p_ok + e_ok, bad + p_bad + e_bad
+    s_ok, s_bad = check_symmetric(quick)
+    ok, bad = ok + p_ok + e_ok + s_ok, bad + p_bad + e_bad + s_bad
     print(f"triton {triton.__version__}: {ok} compiled, {bad} failed ({time.time() - t0:.0f}s)")
     return 1 if bad else 0
 

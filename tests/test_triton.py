@@ -87,6 +87,72 @@ def test_exact_distances_equal_the_sequential_float64_loop_bit_for_bit(device, d
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "n,d,k,block_m,block_n,data",
+    [
+        (101, 12, 5, 16, 32, "normal"),  # odd N: a partial last block and tile
+        (64, 5, 3, 16, 16, "normal"),  # square tiles, N a whole number of blocks
+        (157, 20, 10, 16, 64, "normal"),  # four blocks per tile
+        (90, 3, 7, 16, 32, "ties"),  # integer grid: runs of exactly equal distances, duplicates
+        (40, 6, 20, 16, 32, "normal"),  # k = 20: 64 candidate slots
+        (20, 4, 19, 16, 32, "normal"),  # k = N - 1, N below one tile
+    ],
+)
+def test_symmetric_knn_equals_the_one_sided_kernel(device, n, d, k, block_m, block_n, data):
+    """Every pair computed once (rows' lists in registers, columns' lists under
+    a lock) gives the same neighbours and distances, bit for bit, as the
+    one-sided kernel, and the first tier certifies every row: the two lists
+    of each row together miss no candidate."""
+    from fastconvex.kernels.triton.knn import knn
+
+    rng = np.random.default_rng(n + k)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    if data == "ties":
+        x = np.round(x)
+        x[5] = x[6] = x[40]
+        x[70] = x[2]
+    xt = torch.from_numpy(x).to(device)
+    opts = {"block_m": block_m, "block_n": block_n, "block_k": 16, "return_stats": True}
+    one = knn(xt, k, **opts)
+    sym = knn(xt, k, symmetric=True, **opts)
+    assert torch.equal(sym[0], one[0]) and torch.equal(sym[1], one[1])
+    assert sym[2] == 0 and sym[3]["tiers"][0]["certified"] == n and sym[3]["brute_force_rows"] == 0
+    assert_knn_equal_up_to_ties(x, sym[0].cpu().numpy(), sym[1].cpu().numpy(), k)
+    with pytest.raises(ValueError, match="block_n a multiple of block_m"):
+        knn(xt, k, symmetric=True, block_m=32, block_n=16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_symmetric_candidates_hold_both_sides(device):
+    """The symmetric launcher's lists, by hand: the first block's rows have no
+    earlier block, so their candidates come from their own row lists alone;
+    the last block's rows see no later block, so their neighbours in earlier
+    blocks can only come through the column lists. Both must hold each row's
+    true nearest neighbours (float64 brute force)."""
+    from fastconvex.kernels.triton.knn import _candidates_symmetric, candidate_slots
+
+    rng = np.random.default_rng(3)
+    n, d, k = 70, 8, 4
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    kp = candidate_slots(k)
+    xs = torch.zeros((96, 16), dtype=torch.float32, device=device)
+    xs[:n, :d] = torch.from_numpy(x / 8.0).to(device)
+    sq = (xs.double() ** 2).sum(1).float()
+    cd, ci = _candidates_symmetric(xs, sq, kp, "ieee", 16, 32, 16, 4, 2, n, kp)
+    x64 = x.astype(np.float64)
+    dist = ((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    for r in range(n):
+        true = set(np.argsort(dist[r], kind="stable")[:k].tolist())
+        got = set(ci[r].cpu().numpy().tolist())
+        assert true <= got, (r, true - got)
+        assert -1 not in got  # 69 other rows fill every slot
+    # the last block (rows 64..69) has no later block: its nearest neighbours
+    # below row 64 came through the column lists
+    assert any(j < 64 for r in range(64, n) for j in np.argsort(dist[r])[:k])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_knn_duplicates_ties_and_fallback(device):
     """Many exact duplicates (more than the candidate slots) defeat the
     certificate; those rows go to the float64 fallback; ties by smaller index."""

@@ -339,6 +339,172 @@ def _candidates(
     return res_d, res_i
 
 
+# ---------------------------------------------------------------------------
+# Symmetric candidate search: every pair of rows computed once
+# ---------------------------------------------------------------------------
+
+
+@triton.jit
+def _merge_rows_keep(key, run_key, run_i, thr, n0, BLOCK_N: tl.constexpr, KP: tl.constexpr):
+    """Fold a (BLOCK_M, BLOCK_N) tile of packed keys into the rows' running
+    top-KP without modifying ``key`` (the next candidate of a row is its
+    smallest key above the one just taken: keys are distinct within a row)."""
+    cols_k = tl.arange(0, KP)
+    best = tl.min(key, axis=1)
+    n_better = tl.max((best < thr).to(tl.int32), axis=0)
+    while n_better > 0:
+        worst = tl.argmax(run_key, axis=1)
+        ins = best < thr
+        slot = (cols_k[None, :] == worst[:, None]) & ins[:, None]
+        run_key = tl.where(slot, best[:, None], run_key)
+        run_i = tl.where(slot, (n0 + (best & (BLOCK_N - 1)))[:, None], run_i)
+        thr = tl.max(run_key, axis=1)
+        best = tl.min(tl.where(key > best[:, None], key, 0x7FFFFFFF), axis=1)
+        n_better = tl.max((best < thr).to(tl.int32), axis=0)
+    return run_key, run_i, thr
+
+
+@triton.jit(do_not_specialize=["N"])
+def _knn_candidates_sym_kernel(
+    xs_ptr,  # (N_pad, DP) every row (queries and database), centred, scaled, zero-padded
+    sq_ptr,  # (N_pad,) float32 squared norms
+    row_d_ptr,  # (N, KP) float32 out: each row's candidates among columns >= its own block
+    row_i_ptr,  # (N, KP) int32 out
+    col_key_ptr,  # (N_pad, KP) int32 in/out: each row's candidates among earlier blocks (packed keys)
+    col_i_ptr,  # (N_pad, KP) int32 in/out
+    col_thr_ptr,  # (N_pad,) int32 in/out: the largest key of each column list
+    lock_ptr,  # (N_pad // BLOCK_N,) int32: one spin lock per column tile
+    N,
+    DP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    KP: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # Program p owns rows [p * BLOCK_M, (p + 1) * BLOCK_M) and streams over the
+    # database tiles from the one holding its own block to the end. A tile's
+    # distances serve twice: each row's running top-KP in registers (columns
+    # of its own block and later ones, as in _knn_candidates_kernel), and,
+    # for columns of later blocks, each column's list in global memory (rows
+    # of earlier blocks), merged under the column tile's lock. Every pair of
+    # distinct rows is computed once instead of twice. Column keys pack the
+    # row within the block in the low log2(BLOCK_N) bits (BLOCK_M <= BLOCK_N).
+    pid = tl.program_id(0)
+    rloc = tl.arange(0, BLOCK_M)
+    rows = pid * BLOCK_M + rloc
+    row_ok = rows < N
+    sq_q = tl.load(sq_ptr + rows)
+    cols_k = tl.arange(0, KP)
+    cols_n = tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_base = xs_ptr + pid.to(tl.int64) * (BLOCK_M * DP)
+    a_offs = rloc[:, None] * DP + offs_k[None, :]
+    b_offs = cols_n[None, :] * DP + offs_k[:, None]
+
+    run_key = tl.full((BLOCK_M, KP), 0x7FFFFFFF, tl.int32)
+    run_i = tl.full((BLOCK_M, KP), -1, tl.int32)
+    thr = tl.max(run_key, axis=1)
+    block_lo = pid * BLOCK_M
+    block_hi = block_lo + BLOCK_M
+    t_lo = (block_lo // BLOCK_N) * BLOCK_N
+    b_base = xs_ptr + t_lo.to(tl.int64) * DP
+    for n0 in range(t_lo, N, BLOCK_N):
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for k0 in range(0, DP, BLOCK_K):
+            a = tl.load(a_base + (a_offs + k0))
+            b = tl.load(b_base + (b_offs + k0))
+            acc = _dot(a, b, acc, PRECISION)
+        b_base += BLOCK_N * DP
+        keys = n0 + cols_n
+        sq_k = tl.load(sq_ptr + keys)
+        d = tl.maximum(sq_q[:, None] + sq_k[None, :] - 2.0 * acc, 0.0)
+        key = (d.to(tl.int32, bitcast=True) & (-BLOCK_N)) | cols_n[None, :]
+        # row side: columns of earlier blocks (first tile only), past N (last
+        # tile only) and the row itself are excluded
+        if (n0 == t_lo) | (n0 + BLOCK_N > N):
+            bad = (keys[None, :] < block_lo) | (keys[None, :] >= N) | (keys[None, :] == rows[:, None])
+            key = tl.where(bad, 0x7FFFFFFF, key)
+        # column side: columns of later blocks only, rows below N
+        col_ok = (keys >= block_hi) & (keys < N)
+        ckey = (key & (-BLOCK_N)) | rloc[:, None]
+        if block_hi > N:
+            ckey = tl.where(row_ok[:, None], ckey, 0x7FFFFFFF)
+        cbest = tl.where(col_ok, tl.min(ckey, axis=0), 0x7FFFFFFF)
+        # a stale threshold is never below the current one (they only fall),
+        # so no candidate is skipped here; the merge re-reads under the lock
+        cthr = tl.load(col_thr_ptr + keys, cache_modifier=".cg")
+        improving = cbest < cthr
+        if tl.max(improving.to(tl.int32), axis=0) > 0:
+            lock = lock_ptr + n0 // BLOCK_N
+            while tl.atomic_cas(lock, 0, 1) == 1:
+                pass
+            lst = keys[None, :].to(tl.int64) * KP + cols_k[:, None]  # (KP, BLOCK_N)
+            ck = tl.load(col_key_ptr + lst, mask=improving[None, :], other=0x7FFFFFFF, cache_modifier=".cg")
+            ci = tl.load(col_i_ptr + lst, mask=improving[None, :], other=-1, cache_modifier=".cg")
+            cthr = tl.max(ck, axis=0)
+            cbest = tl.where(improving, cbest, 0x7FFFFFFF)
+            n_better = tl.max((cbest < cthr).to(tl.int32), axis=0)
+            while n_better > 0:
+                worst = tl.argmax(ck, axis=0)
+                ins = cbest < cthr
+                slot = (cols_k[:, None] == worst[None, :]) & ins[None, :]
+                ck = tl.where(slot, cbest[None, :], ck)
+                ci = tl.where(slot, (block_lo + (cbest & (BLOCK_N - 1)))[None, :], ci)
+                cthr = tl.max(ck, axis=0)
+                nxt = tl.min(tl.where(ckey > cbest[None, :], ckey, 0x7FFFFFFF), axis=0)
+                cbest = tl.where(improving, nxt, 0x7FFFFFFF)
+                n_better = tl.max((cbest < cthr).to(tl.int32), axis=0)
+            tl.store(col_key_ptr + lst, ck, mask=improving[None, :])
+            tl.store(col_i_ptr + lst, ci, mask=improving[None, :])
+            tl.store(col_thr_ptr + keys, cthr, mask=improving)
+            # every thread's stores before the release (the atomic is one
+            # thread's; the loads above bypass L1 with .cg and read L2)
+            tl.debug_barrier()
+            tl.atomic_xchg(lock, 0)
+        run_key, run_i, thr = _merge_rows_keep(key, run_key, run_i, thr, n0, BLOCK_N, KP)
+
+    out_d = (run_key & (-BLOCK_N)).to(tl.float32, bitcast=True)
+    out_d = tl.where(run_key == 0x7FFFFFFF, float("inf"), out_d)
+    base = rows[:, None].to(tl.int64) * KP + cols_k[None, :]
+    tl.store(row_d_ptr + base, out_d, mask=row_ok[:, None])
+    tl.store(row_i_ptr + base, run_i, mask=row_ok[:, None])
+
+
+def _candidates_symmetric(xs, sq32, kp, precision, block_m, block_n, block_k, num_warps, num_stages,
+                          n_real, keep):
+    """The candidates of every row (queries = the whole database, ``xs`` padded
+    as for :func:`_candidates`) from one launch of the symmetric kernel: each
+    row's list among its own and later blocks and its list among earlier
+    blocks, cut to their ``keep`` smallest. Same contract as
+    :func:`_candidates` (every non-candidate's approximate distance is >= the
+    largest kept one: each of the two lists holds ``kp`` >= ``keep``)."""
+    if block_n % block_m:
+        raise ValueError(f"symmetric kNN needs block_n a multiple of block_m, got {block_m} and {block_n}")
+    device = xs.device
+    n = n_real
+    n_pad = xs.shape[0]
+    row_d = torch.empty((n, kp), dtype=torch.float32, device=device)
+    row_i = torch.empty((n, kp), dtype=torch.int32, device=device)
+    col_key = torch.full((n_pad, kp), _KEY_EMPTY, dtype=torch.int32, device=device)
+    col_i = torch.full((n_pad, kp), -1, dtype=torch.int32, device=device)
+    col_thr = torch.full((n_pad,), _KEY_EMPTY, dtype=torch.int32, device=device)
+    locks = torch.zeros(triton.cdiv(n_pad, block_n), dtype=torch.int32, device=device)
+    extra = {} if _interpreting() else {"num_warps": num_warps, "num_stages": num_stages}
+    _knn_candidates_sym_kernel[(triton.cdiv(n, block_m),)](
+        xs, sq32, row_d, row_i, col_key, col_i, col_thr, locks, n,
+        DP=xs.shape[1], BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, KP=kp, PRECISION=precision, **extra,
+    )
+    col_key = col_key[:n]
+    col_d = (col_key & -block_n).view(torch.float32)
+    col_d = torch.where(col_key == _KEY_EMPTY, torch.full_like(col_d, math.inf), col_d)
+    cd = torch.cat([row_d, col_d], dim=1)
+    ci = torch.cat([row_i, col_i[:n]], dim=1)
+    del row_d, row_i, col_key, col_d, col_thr
+    cd, sel = torch.topk(cd, keep, dim=1, largest=False)
+    return cd, torch.gather(ci, 1, sel).to(torch.int64)
+
+
 def query_chunk_size(n: int, block_m: int, per_query_bytes: int, budget: int,
                      query_chunk: int | None = None) -> int:
     """Queries per launch: as many as ``budget`` allows (or ``query_chunk``), at
@@ -499,6 +665,7 @@ def knn(
     segments: int | None = None,
     flat_loop: bool = False,
     mask_every_tile: bool = False,
+    symmetric: bool = False,
     return_stats: bool = False,
 ):
     """Exact k nearest other points of every row of ``x`` (Euclidean).
@@ -535,6 +702,14 @@ def knn(
         query row itself) to every tile, as runs 1-5 did, instead of only to
         the tiles that can hold such keys. Same results; kept so that
         ``bench/gpu_check.py`` times both epilogues in one run.
+    symmetric : the first tier computes every pair of rows once
+        (``_knn_candidates_sym_kernel``: a tile's distances feed its rows'
+        lists in registers and its columns' lists in global memory, under a
+        lock per column tile): half the matmul's flops, for a second merge per
+        tile and (N, KP) column lists (8 bytes per slot). Needs ``block_n`` a
+        multiple of ``block_m``; no query chunks and no database segments.
+        Same results (the certificate is unchanged); whether it is faster is
+        for ``bench/gpu_check.py`` to measure.
 
     Returns
     -------
@@ -608,14 +783,21 @@ def knn(
     pending = torch.arange(n, device=device)
     stats = {"tiers": []}
     n_fallback = 0
+    if symmetric and tier_block_n[precisions[0]] % block_m:
+        raise ValueError(f"symmetric=True needs block_n a multiple of block_m, got {block_m} and "
+                         f"{tier_block_n[precisions[0]]}")
     for t, prec in enumerate(precisions):
         if pending.numel() == 0:
             break
-        cd, ci = _candidates(
-            xs16 if prec == "fp16" else xs, sq32, pending, kp, prec, block_m, tier_block_n[prec], block_k, num_warps,
-            num_stages, query_chunk, n_programs, segments, contiguous=(t == 0), n_real=n,
-            flat_loop=flat_loop, keep=kc, mask_every_tile=mask_every_tile,
-        )
+        if t == 0 and symmetric:
+            cd, ci = _candidates_symmetric(xs16 if prec == "fp16" else xs, sq32, kp, prec, block_m,
+                                           tier_block_n[prec], block_k, num_warps, num_stages, n, kc)
+        else:
+            cd, ci = _candidates(
+                xs16 if prec == "fp16" else xs, sq32, pending, kp, prec, block_m, tier_block_n[prec], block_k,
+                num_warps, num_stages, query_chunk, n_programs, segments, contiguous=(t == 0), n_real=n,
+                flat_loop=flat_loop, keep=kc, mask_every_tile=mask_every_tile,
+            )
         # smallest approximate distance any non-candidate can have (>= the kc-th
         # kept; the kernel's distances are clamped at 0 and rounded down, so this
         # stays a lower bound of every non-candidate's computed distance)
