@@ -26,7 +26,8 @@ an earlier version of it.
 
 It compiles the symmetric candidate kernel (``_knn_candidates_sym_kernel``,
 ``knn(..., symmetric=True)``) for its tile shapes and the fp16 and TF32x3 tiers,
-and the path kernel with its "vertex" activity rule too.
+the path kernel with its "vertex" activity rule too, and the fused class-sum
+kernels.
 
 It compiles ``_exact_sq_dist_kernel`` (the float64 re-rank) for float32,
 float64, float16 and bfloat16 data and checks that its PTX holds no fused multiply-add
@@ -180,6 +181,33 @@ def check_paths(quick: bool) -> tuple[int, int]:
     return ok, bad
 
 
+def check_class_sums() -> tuple[int, int]:
+    """The fused class-sum kernels of ``kernels/triton/paths.py`` (both state layouts)."""
+    mod = load_module("paths")
+    ok = bad = 0
+    jobs = [(mod._class_sums_kernel, {"d_ptr": "*fp64", "h_ptr": "*i32", "s_ptr": "*i32", "codes_ptr": "*i64",
+                                      "scode_ptr": "*i64", "svert_ptr": "*i64", "psum_ptr": "*fp64",
+                                      "psq_ptr": "*fp64", "punr_ptr": "*i64"}, ["N", "B"],
+             {"CHUNK": mod._SUM_CHUNK, "RB": mod._SUM_ROWS, "BB": mod._SUM_COLS, "PACKED": packed})
+            for packed in (True, False)]
+    jobs.append((mod._sum_chunks_kernel, {"psum_ptr": "*fp64", "psq_ptr": "*fp64", "punr_ptr": "*i64",
+                                          "sum_ptr": "*fp64", "sq_ptr": "*fp64", "unr_ptr": "*i64"},
+                 ["n_chunks", "B"], {"BB": mod._SUM_COLS}))
+    for fn, ptrs, ints, const in jobs:
+        for div in itertools.product([False, True], repeat=len(ints)):
+            name = f"{fn.__name__} {const}"
+            try:
+                k = compile_for_sm90(fn, ptrs, ints, list(div), const, {"num_warps": 4})
+                ok += 1
+                if not any(div):
+                    print(f"  ok {name}: {resource_usage(k)}", flush=True)
+            except Exception as e:  # noqa: BLE001
+                bad += 1
+                print(f"FAIL {name} div={div}: {failure(e)}", flush=True)
+    print(f"class-sum kernels: {ok} compiled, {bad} failed", flush=True)
+    return ok, bad
+
+
 SYM_PTRS = {"xs_ptr": "*fp32", "sq_ptr": "*fp32", "row_d_ptr": "*fp32", "row_i_ptr": "*i32",
             "col_key_ptr": "*i32", "col_i_ptr": "*i32", "col_thr_ptr": "*i32", "lock_ptr": "*i32"}
 
@@ -287,7 +315,8 @@ def main() -> int:
     p_ok, p_bad = check_paths(quick)
     e_ok, e_bad = check_exact_dist()
     s_ok, s_bad = check_symmetric(quick)
-    ok, bad = ok + p_ok + e_ok + s_ok, bad + p_bad + e_bad + s_bad
+    c_ok, c_bad = check_class_sums()
+    ok, bad = ok + p_ok + e_ok + s_ok + c_ok, bad + p_bad + e_bad + s_bad + c_bad
     print(f"triton {triton.__version__}: {ok} compiled, {bad} failed ({time.time() - t0:.0f}s)")
     return 1 if bad else 0
 

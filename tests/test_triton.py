@@ -527,6 +527,49 @@ def test_path_kernels_match_numba_on_the_same_graph(device, state, activity):
     np.testing.assert_array_equal(got_r.cpu().numpy(), ref_r)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("state", ["packed", "wide"])
+def test_class_sums_do_not_depend_on_the_batch_width(device, state, monkeypatch):
+    """A source's sums are added in one fixed order whatever batch it is in, so
+    the batch width (set by free device memory) changes no bit of them; and
+    reading the state in place, class_sums fits more sources per batch in the
+    same memory than a caller of the decoded batches does."""
+    from fastconvex.kernels.numba import paths as cpu
+    from fastconvex.kernels.numba.graph import union_csr
+    from fastconvex.kernels.numba.knn import knn
+    from fastconvex.kernels.triton import paths as gpu
+
+    rng = np.random.default_rng(1)
+    n = 120
+    x = rng.standard_normal((n, 6))
+    x[10] = x[11]  # a zero-length edge
+    codes = rng.integers(0, 3, n).astype(np.int64)
+    i, d, _ = knn(x, 5)
+    indptr, nbr, w = union_csr(i, d)
+    sources = np.arange(0, n, 10).astype(np.int64)  # 12 sources
+    sizes = np.bincount(codes).astype(np.int64)
+    T = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    args = (T(indptr), T(nbr), T(w), T(codes), T(sources), T(sizes))
+    narrow, wide = (gpu.class_sums(*args, block_v=32, block_b=4, max_batch=width, state=state) for width in (4, 12))
+    for a, b in zip(narrow, wide):
+        assert torch.equal(a, b)
+    for g, r in zip(narrow, cpu.class_sums(indptr, nbr, w, codes, sources, sizes)):
+        np.testing.assert_allclose(g.cpu().numpy(), r, rtol=0, atol=1e-9)
+
+    entry = 12 if state == "packed" else 16
+    # memory for 8 columns of decoded batches (2 state buffers, the decoded
+    # counts and 3 float64 temporaries: 2 * entry + 32 bytes an entry): 16 of
+    # state read in place (packed: 24 bytes an entry), 12 wide (32 bytes)
+    free = 3 * 8 * (n * (2 * entry + 32) + 64)
+    monkeypatch.setattr(gpu, "free_bytes", lambda device: free)
+    decoded, in_place = {}, {}
+    for _ in gpu.shortest_path_batches(*args[:5], block_v=32, block_b=4, stats=decoded, state=state):
+        pass
+    gpu.class_sums(*args, block_v=32, block_b=4, stats=in_place, state=state)
+    assert decoded["batches"] == 2  # 12 sources, 8 a batch
+    assert in_place["batches"] == 1  # 16 (packed) or 12 (wide) a batch
+
+
 def _chain(n):
     """A path graph 0 - 1 - ... - (n - 1), every edge 0.5 long (CSR)."""
     indptr = np.concatenate([[0], np.cumsum([1] + [2] * (n - 2) + [1])]).astype(np.int64)

@@ -192,11 +192,13 @@ PACKED_SWEEP_LIMIT = (1 << 15) - 1
 
 
 def batch_width(n: int, device: torch.device, block_b: int, max_batch: int | None = None,
-                entry_bytes: int = 16) -> int:
+                entry_bytes: int = 16, extra_bytes: int = 8 + 3 * 8) -> int:
     """Sources per batch from free device memory: two (N, B) state buffers of
-    ``entry_bytes`` per entry (12 packed, 16 wide), the decoded hop and
-    same-label counts (8 bytes) and ~3 float64 (N, B) temporaries for the scores."""
-    per_col = n * (2 * entry_bytes + 8 + 3 * 8) + 64
+    ``entry_bytes`` per entry (12 packed, 16 wide) and ``extra_bytes`` per entry
+    for what the caller builds from them (default: the decoded hop and
+    same-label counts, 8 bytes, and ~3 float64 (N, B) temporaries; 0 for
+    :func:`class_sums` and :func:`pair_scores`, which read the state in place)."""
+    per_col = n * (2 * entry_bytes + extra_bytes) + 64
     b = max(1, (free_bytes(device) // 3) // per_col)
     b = max(block_b, (b // block_b) * block_b)
     b = min(b, 4096)
@@ -206,7 +208,7 @@ def batch_width(n: int, device: torch.device, block_b: int, max_batch: int | Non
 
 
 def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, deg, block_v,
-              block_b, check_every, counter, extra, time_check, activity="tile"):
+              block_b, check_every, counter, extra, time_check, activity="tile", decode=True):
     """Bellman-Ford for the sources ``src`` (one batch) to convergence.
 
     Returns ``(dist, hops, same, sweeps)``, or None when the packed state would
@@ -274,9 +276,15 @@ def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, d
     if packed:
         # free the other buffer before the decoded counts are allocated
         del bufs, d_in, h_in, s_in, d_out, h_out, s_out
-        s = 0xFFFF - (h & 0xFFFF)
-        h = torch.where(torch.isfinite(d), h >> 16, torch.full_like(h, _NO_HOPS))
+        if not decode:
+            return d, h, None, sweeps  # h holds the packed keys
+        h, s = _decode(d, h)
     return d, h, s, sweeps
+
+
+def _decode(d: torch.Tensor, key: torch.Tensor):
+    """Hop and same-label counts from packed keys (hops ``_NO_HOPS`` where unreached)."""
+    return torch.where(torch.isfinite(d), key >> 16, torch.full_like(key, _NO_HOPS)), 0xFFFF - (key & 0xFFFF)
 
 
 def shortest_path_batches(
@@ -297,9 +305,15 @@ def shortest_path_batches(
     packed_sweep_limit: int = PACKED_SWEEP_LIMIT,
     max_registers: int | None = None,
     activity: str = "tile",
+    decode: bool = True,
 ):
     """Yield ``(s0, s1, dist, hops, same)`` for consecutive batches of sources:
     the converged (N, s1 - s0) state of ``sources[s0:s1]``.
+
+    ``decode=False``: a batch of the packed state yields its packed keys as
+    ``hops`` and None as ``same`` (a wide batch yields both counts), and the
+    batch width leaves room for the two state buffers alone; for callers that
+    read the state in place (:func:`class_sums`, :func:`pair_scores`).
 
     ``state``: "packed" (hop and same-label counts in one int32 key, 12 bytes
     per entry; a batch that would need 2**15 sweeps or more is redone with the
@@ -349,7 +363,8 @@ def shortest_path_batches(
         block_v = 64 if interp else 8
     if block_b is None:
         block_b = 64 if interp else 32
-    width = batch_width(n, device, block_b, max_batch, 12 if state == "packed" else 16)
+    extra_bytes = {} if decode else {"extra_bytes": 0}
+    width = batch_width(n, device, block_b, max_batch, 12 if state == "packed" else 16, **extra_bytes)
     counter = torch.zeros(128, dtype=torch.int64, device=device)
     extra = {} if interp else {"num_warps": num_warps}
     if max_registers is not None and not interp:
@@ -370,7 +385,7 @@ def shortest_path_batches(
         args = (indptr, neighbours, weights, codes, sources[s0:s1])
         kw = dict(deg=deg, block_v=block_v, block_b=block_b, check_every=check_every, counter=counter,
                   extra=extra, time_check=time_check, activity=activity)
-        out = _converge(*args, state == "packed", packed_sweep_limit, **kw)
+        out = _converge(*args, state == "packed", packed_sweep_limit, decode=decode, **kw)
         if out is not None:
             d, h, s, sweeps = out
             totals["sweeps"] += sweeps
@@ -381,7 +396,7 @@ def shortest_path_batches(
         # at the wide state's 16 bytes per entry
         totals["sweeps"] += packed_sweep_limit
         totals["wide_reruns"] += 1
-        wide = batch_width(n, device, block_b, max_batch, 16)
+        wide = batch_width(n, device, block_b, max_batch, 16, **extra_bytes)
         for r0 in range(s0, s1, wide):
             r1 = min(s1, r0 + wide)
             d, h, s, sweeps = _converge(indptr, neighbours, weights, codes, sources[r0:r1], False,
@@ -411,34 +426,124 @@ def pair_scores(indptr, neighbours, weights, codes, sources, target_ptr, targets
     scores = torch.zeros(targets.shape[0], dtype=torch.float64, device=device)
     reachable = torch.zeros(targets.shape[0], dtype=torch.bool, device=device)
     counts = target_ptr[1:] - target_ptr[:-1]
-    for s0, s1, d, h, s in shortest_path_batches(indptr, neighbours, weights, codes, sources, **kw):
+    for s0, s1, d, h, s in shortest_path_batches(indptr, neighbours, weights, codes, sources, decode=False, **kw):
         a, b = int(target_ptr[s0]), int(target_ptr[s1])
         if a == b:
             continue
         col = torch.arange(s1 - s0, device=device).repeat_interleave(counts[s0:s1])
         t = targets[a:b]
-        sc, re = _scores(d[t, col], h[t, col], s[t, col])
+        dt = d[t, col]
+        ht, st = _decode(dt, h[t, col]) if s is None else (h[t, col], s[t, col])
+        sc, re = _scores(dt, ht, st)
         scores[a:b] = sc
         reachable[a:b] = re
     return scores, reachable
 
 
+# vertices per program of the class-sum kernel, and per step inside it: fixed,
+# so every column's sum runs in one order whatever the batch width
+_SUM_CHUNK = 4096
+_SUM_ROWS = 64
+_SUM_COLS = 32
+
+
+@triton.jit
+def _class_sums_kernel(
+    d_ptr, h_ptr, s_ptr,  # (N, B) converged state (PACKED: h holds the packed keys, s unused)
+    codes_ptr, scode_ptr, svert_ptr,  # (N,) class codes; (B,) class code and vertex of each source
+    psum_ptr, psq_ptr, punr_ptr,  # (n_chunks, B) per-chunk sum, sum of squares (float64), unreachable (int64)
+    N, B,
+    CHUNK: tl.constexpr, RB: tl.constexpr, BB: tl.constexpr, PACKED: tl.constexpr,
+):
+    # One program: CHUNK vertices x BB sources. A vertex is a target of a source
+    # when it shares the source's class and is not the source. Its score is 1
+    # for a direct edge (hops 1), else same / (hops - 1); 0 when unreachable.
+    pid_c = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    b = (pid_b * BB + tl.arange(0, BB))[None, :]  # (1, BB)
+    bm = b < B
+    scode = tl.load(scode_ptr + b, mask=bm, other=-1)
+    svert = tl.load(svert_ptr + b, mask=bm, other=-1)
+    acc = tl.zeros((1, BB), tl.float64)
+    acc2 = tl.zeros((1, BB), tl.float64)
+    unr = tl.zeros((1, BB), tl.int64)
+    for r0 in range(pid_c * CHUNK, pid_c * CHUNK + CHUNK, RB):
+        v = (r0 + tl.arange(0, RB))[:, None]  # (RB, 1)
+        vm = v < N
+        c = tl.load(codes_ptr + v, mask=vm, other=-2)
+        target = vm & bm & (c == scode) & (v != svert)
+        offs = v.to(tl.int64) * B + b
+        d = tl.load(d_ptr + offs, mask=target, other=float("inf"))
+        if PACKED:
+            key = tl.load(h_ptr + offs, mask=target, other=0)
+            h = key >> 16
+            same = 0xFFFF - (key & 0xFFFF)
+        else:
+            h = tl.load(h_ptr + offs, mask=target, other=0)
+            same = tl.load(s_ptr + offs, mask=target, other=0)
+        reach = d < float("inf")
+        hf = h.to(tl.float64)
+        sc = tl.where(h == 1, 1.0, same.to(tl.float64) / tl.maximum(hf - 1.0, 1.0))
+        sc = tl.where(target & reach, sc, 0.0)
+        acc += tl.sum(sc, axis=0, keep_dims=True)
+        acc2 += tl.sum(sc * sc, axis=0, keep_dims=True)
+        unr += tl.sum((target & ~reach).to(tl.int64), axis=0, keep_dims=True)
+    out = pid_c * B + b
+    tl.store(psum_ptr + out, acc, mask=bm)
+    tl.store(psq_ptr + out, acc2, mask=bm)
+    tl.store(punr_ptr + out, unr, mask=bm)
+
+
+@triton.jit
+def _sum_chunks_kernel(psum_ptr, psq_ptr, punr_ptr, sum_ptr, sq_ptr, unr_ptr, n_chunks, B, BB: tl.constexpr):
+    """Each column's per-chunk partial sums added chunk after chunk, in order."""
+    b = tl.program_id(0) * BB + tl.arange(0, BB)
+    bm = b < B
+    acc = tl.zeros((BB,), tl.float64)
+    acc2 = tl.zeros((BB,), tl.float64)
+    unr = tl.zeros((BB,), tl.int64)
+    for c in range(0, n_chunks):
+        acc += tl.load(psum_ptr + c * B + b, mask=bm, other=0.0)
+        acc2 += tl.load(psq_ptr + c * B + b, mask=bm, other=0.0)
+        unr += tl.load(punr_ptr + c * B + b, mask=bm, other=0)
+    tl.store(sum_ptr + b, acc, mask=bm)
+    tl.store(sq_ptr + b, acc2, mask=bm)
+    tl.store(unr_ptr + b, unr, mask=bm)
+
+
+def _class_sums_of_batch(d, h, s, codes, src):
+    """(sum, sum of squares, unreachable count) of one batch's scores over each
+    source's class, read from the state in place: no (N, B) temporaries, and
+    each column summed in one fixed order (chunks of ``_SUM_CHUNK`` vertices,
+    steps of ``_SUM_ROWS``), so a source's sums do not depend on the batch it
+    was in, nor on the device memory that set the batch width."""
+    n, bsz = d.shape
+    device = d.device
+    n_chunks = triton.cdiv(n, _SUM_CHUNK)
+    part = [torch.empty((n_chunks, bsz), dtype=dt, device=device)
+            for dt in (torch.float64, torch.float64, torch.int64)]
+    out = [torch.empty(bsz, dtype=dt, device=device) for dt in (torch.float64, torch.float64, torch.int64)]
+    scode = codes[src].contiguous()
+    packed = s is None
+    _class_sums_kernel[(n_chunks, triton.cdiv(bsz, _SUM_COLS))](
+        d, h, h if packed else s, codes, scode, src, *part, n, bsz,
+        CHUNK=_SUM_CHUNK, RB=_SUM_ROWS, BB=_SUM_COLS, PACKED=packed,
+    )
+    _sum_chunks_kernel[(triton.cdiv(bsz, _SUM_COLS),)](*part, *out, n_chunks, bsz, BB=_SUM_COLS)
+    return out
+
+
 def class_sums(indptr, neighbours, weights, codes, sources, class_sizes, **kw):
     """Sum and sum of squares of the path scores from each source to every other
-    member of its class, and the number of unreachable ones (torch tensors)."""
+    member of its class, and the number of unreachable ones (torch tensors).
+    Each source's sums come out the same whatever batch it was searched in."""
     device = indptr.device
     n_src = sources.shape[0]
     sums = torch.zeros(n_src, dtype=torch.float64, device=device)
     sumsq = torch.zeros(n_src, dtype=torch.float64, device=device)
     unreach = torch.zeros(n_src, dtype=torch.int64, device=device)
-    n = codes.shape[0]
-    vid = torch.arange(n, device=device)
-    for s0, s1, d, h, s in shortest_path_batches(indptr, neighbours, weights, codes, sources, **kw):
-        src = sources[s0:s1]
-        target = (codes[:, None] == codes[src][None, :]) & (vid[:, None] != src[None, :])
-        sc, re = _scores(d, h, s)
-        sc = torch.where(target, sc, torch.zeros_like(sc))
-        sums[s0:s1] = sc.sum(0)
-        sumsq[s0:s1] = (sc * sc).sum(0)
-        unreach[s0:s1] = (target & ~re).sum(0)
+    codes = codes.long().contiguous()
+    for s0, s1, d, h, s in shortest_path_batches(indptr, neighbours, weights, codes, sources, decode=False, **kw):
+        sums[s0:s1], sumsq[s0:s1], unreach[s0:s1] = _class_sums_of_batch(d, h, s, codes,
+                                                                         sources[s0:s1].long().contiguous())
     return sums, sumsq, unreach
