@@ -96,6 +96,8 @@ def test_exact_distances_equal_the_sequential_float64_loop_bit_for_bit(device, d
         (90, 3, 7, 16, 32, "ties"),  # integer grid: runs of exactly equal distances, duplicates
         (40, 6, 20, 16, 32, "normal"),  # k = 20: 64 candidate slots
         (20, 4, 19, 16, 32, "normal"),  # k = N - 1, N below one tile
+        (0, 32, 10, 128, 256, "many"),  # the launch defaults: N = 30 000 on CUDA (hundreds of
+        # programs contend for the column locks), 300 under the interpreter
     ],
 )
 def test_symmetric_knn_equals_the_one_sided_kernel(device, n, d, k, block_m, block_n, data):
@@ -105,6 +107,10 @@ def test_symmetric_knn_equals_the_one_sided_kernel(device, n, d, k, block_m, blo
     of each row together miss no candidate."""
     from fastconvex.kernels.triton.knn import knn
 
+    if data == "many":
+        n = 30_000 if device == "cuda" else 300
+        if device != "cuda":
+            block_m, block_n = 32, 64
     rng = np.random.default_rng(n + k)
     x = rng.standard_normal((n, d)).astype(np.float32)
     if data == "ties":
@@ -116,8 +122,12 @@ def test_symmetric_knn_equals_the_one_sided_kernel(device, n, d, k, block_m, blo
     one = knn(xt, k, **opts)
     sym = knn(xt, k, symmetric=True, **opts)
     assert torch.equal(sym[0], one[0]) and torch.equal(sym[1], one[1])
-    assert sym[2] == 0 and sym[3]["tiers"][0]["certified"] == n and sym[3]["brute_force_rows"] == 0
-    assert_knn_equal_up_to_ties(x, sym[0].cpu().numpy(), sym[1].cpu().numpy(), k)
+    if device == "cpu":  # the exact "ieee" tier: every row certified at once
+        assert sym[2] == 0 and sym[3]["tiers"][0]["certified"] == n and sym[3]["brute_force_rows"] == 0
+    else:  # float16 first: a row may need the next tier, but a missing side would fail most
+        assert sym[3]["tiers"][0]["certified"] >= one[3]["tiers"][0]["certified"] - max(1, n // 1000)
+    if n <= 2000:  # the dense float64 oracle; past that, the one-sided kernel is the reference
+        assert_knn_equal_up_to_ties(x, sym[0].cpu().numpy(), sym[1].cpu().numpy(), k)
     with pytest.raises(ValueError, match="block_n a multiple of block_m"):
         knn(xt, k, symmetric=True, block_m=32, block_n=16)
 
