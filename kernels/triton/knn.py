@@ -113,32 +113,27 @@ def _dot(a, b, acc, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
-                BLOCK_N: tl.constexpr, KP: tl.constexpr, MASK_EVERY_TILE: tl.constexpr):
-    """Fold one (BLOCK_M, BLOCK_N) tile of dot products (database rows n0 ...)
-    into the rows' running top-KP keys; returns (run_key, run_i, thr)."""
+def _tile_keys(acc, sq_q, sq_ptr, n0, BLOCK_N: tl.constexpr):
+    """The database rows ``n0 ...`` of a tile and its packed keys: the float
+    bits of each squared distance (clamped at 0) with the low log2(BLOCK_N)
+    bits replaced by the tile column."""
     cols_n = tl.arange(0, BLOCK_N)
-    cols_k = tl.arange(0, KP)
     keys = n0 + cols_n
     sq_k = tl.load(sq_ptr + keys)
     d = tl.maximum(sq_q[:, None] + sq_k[None, :] - 2.0 * acc, 0.0)
-    key = (d.to(tl.int32, bitcast=True) & (-BLOCK_N)) | cols_n[None, :]
-    # Keys past the segment (the last tile) and a query row's own key (the
-    # tile that holds it) are excluded. Most tiles hold neither: the (BLOCK_M,
-    # BLOCK_N) masks then cost nothing, only this (BLOCK_M,) test per tile.
-    if MASK_EVERY_TILE:  # the epilogue of runs 1-5, kept for bench/gpu_check.py
-        needs_mask = True
-    else:
-        own = tl.max(((q >= n0) & (q < n0 + BLOCK_N)).to(tl.int32), axis=0)
-        needs_mask = (own > 0) | (n0 + BLOCK_N > key_hi)
-    if needs_mask:
-        bad = (keys[None, :] >= key_hi) | (keys[None, :] == q[:, None])
-        key = tl.where(bad, 0x7FFFFFFF, key)
+    return keys, (d.to(tl.int32, bitcast=True) & (-BLOCK_N)) | cols_n[None, :]
+
+
+@triton.jit
+def _merge_rows(key, run_key, run_i, thr, n0, BLOCK_N: tl.constexpr, KP: tl.constexpr):
+    """Fold a (BLOCK_M, BLOCK_N) tile of packed keys into the rows' running
+    top-KP; returns (run_key, run_i, thr). Merge only when some row's tile
+    minimum beats its current worst; one insertion per row per step (the best
+    replaces the worst). No re-filter of the tile is needed: once a row's
+    minimum fails, everything fails."""
+    cols_k = tl.arange(0, KP)
     best = tl.min(key, axis=1)
     n_better = tl.max((best < thr).to(tl.int32), axis=0)
-    # Merge only when some row's tile minimum beats its current worst; one
-    # insertion per row per step (the best replaces the worst). No re-filter
-    # of the tile is needed: once a row's minimum fails, everything fails.
     while n_better > 0:
         worst = tl.argmax(run_key, axis=1)
         ins = best < thr
@@ -150,6 +145,26 @@ def _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
         best = tl.min(key, axis=1)
         n_better = tl.max((best < thr).to(tl.int32), axis=0)
     return run_key, run_i, thr
+
+
+@triton.jit
+def _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
+                BLOCK_N: tl.constexpr, KP: tl.constexpr, MASK_EVERY_TILE: tl.constexpr):
+    """Fold one (BLOCK_M, BLOCK_N) tile of dot products (database rows n0 ...)
+    into the rows' running top-KP keys; returns (run_key, run_i, thr)."""
+    keys, key = _tile_keys(acc, sq_q, sq_ptr, n0, BLOCK_N)
+    # Keys past the segment (the last tile) and a query row's own key (the
+    # tile that holds it) are excluded. Most tiles hold neither: the (BLOCK_M,
+    # BLOCK_N) masks then cost nothing, only this (BLOCK_M,) test per tile.
+    if MASK_EVERY_TILE:  # the epilogue of runs 1-5, kept for bench/gpu_check.py
+        needs_mask = True
+    else:
+        own = tl.max(((q >= n0) & (q < n0 + BLOCK_N)).to(tl.int32), axis=0)
+        needs_mask = (own > 0) | (n0 + BLOCK_N > key_hi)
+    if needs_mask:
+        bad = (keys[None, :] >= key_hi) | (keys[None, :] == q[:, None])
+        key = tl.where(bad, 0x7FFFFFFF, key)
+    return _merge_rows(key, run_key, run_i, thr, n0, BLOCK_N, KP)
 
 
 @triton.jit(do_not_specialize=["M", "N", "keys_per_split", "n_split"])
@@ -344,26 +359,6 @@ def _candidates(
 # ---------------------------------------------------------------------------
 
 
-@triton.jit
-def _merge_rows_keep(key, run_key, run_i, thr, n0, BLOCK_N: tl.constexpr, KP: tl.constexpr):
-    """Fold a (BLOCK_M, BLOCK_N) tile of packed keys into the rows' running
-    top-KP without modifying ``key`` (the next candidate of a row is its
-    smallest key above the one just taken: keys are distinct within a row)."""
-    cols_k = tl.arange(0, KP)
-    best = tl.min(key, axis=1)
-    n_better = tl.max((best < thr).to(tl.int32), axis=0)
-    while n_better > 0:
-        worst = tl.argmax(run_key, axis=1)
-        ins = best < thr
-        slot = (cols_k[None, :] == worst[:, None]) & ins[:, None]
-        run_key = tl.where(slot, best[:, None], run_key)
-        run_i = tl.where(slot, (n0 + (best & (BLOCK_N - 1)))[:, None], run_i)
-        thr = tl.max(run_key, axis=1)
-        best = tl.min(tl.where(key > best[:, None], key, 0x7FFFFFFF), axis=1)
-        n_better = tl.max((best < thr).to(tl.int32), axis=0)
-    return run_key, run_i, thr
-
-
 @triton.jit(do_not_specialize=["N"])
 def _knn_candidates_sym_kernel(
     xs_ptr,  # (N_pad, DP) every row (queries and database), centred, scaled, zero-padded
@@ -416,16 +411,14 @@ def _knn_candidates_sym_kernel(
             b = tl.load(b_base + (b_offs + k0))
             acc = _dot(a, b, acc, PRECISION)
         b_base += BLOCK_N * DP
-        keys = n0 + cols_n
-        sq_k = tl.load(sq_ptr + keys)
-        d = tl.maximum(sq_q[:, None] + sq_k[None, :] - 2.0 * acc, 0.0)
-        key = (d.to(tl.int32, bitcast=True) & (-BLOCK_N)) | cols_n[None, :]
+        keys, key = _tile_keys(acc, sq_q, sq_ptr, n0, BLOCK_N)
         # row side: columns of earlier blocks (first tile only), past N (last
         # tile only) and the row itself are excluded
         if (n0 == t_lo) | (n0 + BLOCK_N > N):
             bad = (keys[None, :] < block_lo) | (keys[None, :] >= N) | (keys[None, :] == rows[:, None])
             key = tl.where(bad, 0x7FFFFFFF, key)
-        # column side: columns of later blocks only, rows below N
+        # column side first (the row merge below consumes ``key``): columns of
+        # later blocks only, rows below N
         col_ok = (keys >= block_hi) & (keys < N)
         ckey = (key & (-BLOCK_N)) | rloc[:, None]
         if block_hi > N:
@@ -462,7 +455,7 @@ def _knn_candidates_sym_kernel(
             # thread's; the loads above bypass L1 with .cg and read L2)
             tl.debug_barrier()
             tl.atomic_xchg(lock, 0)
-        run_key, run_i, thr = _merge_rows_keep(key, run_key, run_i, thr, n0, BLOCK_N, KP)
+        run_key, run_i, thr = _merge_rows(key, run_key, run_i, thr, n0, BLOCK_N, KP)
 
     out_d = (run_key & (-BLOCK_N)).to(tl.float32, bitcast=True)
     out_d = tl.where(run_key == 0x7FFFFFFF, float("inf"), out_d)
