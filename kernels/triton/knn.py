@@ -113,6 +113,19 @@ def _dot(a, b, acc, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _tile_dot(a_base, a_offs, b_base, b_offs, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) dot products of a query tile and a database tile,
+    K step by K step (zero-padded rows and columns: no masks)."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, DP, BLOCK_K):
+        a = tl.load(a_base + (a_offs + k0))
+        b = tl.load(b_base + (b_offs + k0))
+        acc = _dot(a, b, acc, PRECISION)
+    return acc
+
+
+@triton.jit
 def _tile_keys(acc, sq_q, sq_ptr, n0, BLOCK_N: tl.constexpr):
     """The database rows ``n0 ...`` of a tile and its packed keys: the float
     bits of each squared distance (clamped at 0) with the low log2(BLOCK_N)
@@ -243,11 +256,7 @@ def _knn_candidates_kernel(
     else:
         b_base = xk_ptr + key_lo.to(tl.int64) * DP
         for n0 in range(key_lo, key_hi, BLOCK_N):
-            acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-            for k0 in range(0, DP, BLOCK_K):
-                a = tl.load(a_base + (a_offs + k0))
-                b = tl.load(b_base + (b_offs + k0))
-                acc = _dot(a, b, acc, PRECISION)
+            acc = _tile_dot(a_base, a_offs, b_base, b_offs, DP, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
             b_base += BLOCK_N * DP
             run_key, run_i, thr = _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
                                               BLOCK_N, KP, MASK_EVERY_TILE)
@@ -405,11 +414,7 @@ def _knn_candidates_sym_kernel(
     t_lo = (block_lo // BLOCK_N) * BLOCK_N
     b_base = xs_ptr + t_lo.to(tl.int64) * DP
     for n0 in range(t_lo, N, BLOCK_N):
-        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k0 in range(0, DP, BLOCK_K):
-            a = tl.load(a_base + (a_offs + k0))
-            b = tl.load(b_base + (b_offs + k0))
-            acc = _dot(a, b, acc, PRECISION)
+        acc = _tile_dot(a_base, a_offs, b_base, b_offs, DP, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
         b_base += BLOCK_N * DP
         keys, key = _tile_keys(acc, sq_q, sq_ptr, n0, BLOCK_N)
         # row side: columns of earlier blocks (first tile only), past N (last
