@@ -194,7 +194,15 @@ def check_class_sums() -> tuple[int, int]:
                                           "sum_ptr": "*fp64", "sq_ptr": "*fp64", "unr_ptr": "*i64"},
                  ["n_chunks", "B"], {"BB": mod._SUM_COLS}))
     for fn, ptrs, ints, const in jobs:
-        for div in itertools.product([False, True], repeat=len(ints)):
+        # the integer arguments are do_not_specialize: one compiled layout, so
+        # one summation order, whatever the batch width (a B divisible by 16
+        # would otherwise get another reduction layout)
+        missing = sorted(set(ints) - set(fn.do_not_specialize))
+        if missing:
+            bad += 1
+            print(f"FAIL {fn.__name__}: {missing} not in do_not_specialize", flush=True)
+            continue
+        for div in [(False,) * len(ints)]:
             name = f"{fn.__name__} {const}"
             try:
                 k = compile_for_sm90(fn, ptrs, ints, list(div), const, {"num_warps": 4})

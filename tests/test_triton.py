@@ -556,28 +556,31 @@ def test_class_sums_do_not_depend_on_the_batch_width(device, state, monkeypatch)
     codes = rng.integers(0, 3, n).astype(np.int64)
     i, d, _ = knn(x, 5)
     indptr, nbr, w = union_csr(i, d)
-    sources = np.arange(0, n, 10).astype(np.int64)  # 12 sources
+    sources = np.arange(0, n, 7)[:16].astype(np.int64)  # 16 sources
     sizes = np.bincount(codes).astype(np.int64)
     T = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
     args = (T(indptr), T(nbr), T(w), T(codes), T(sources), T(sizes))
-    narrow, wide = (gpu.class_sums(*args, block_v=32, block_b=4, max_batch=width, state=state) for width in (4, 12))
+    # widths 4 and 16: on CUDA a width divisible by 16 would have compiled the
+    # sum kernel with another reduction layout, had B been specialized
+    narrow, wide = (gpu.class_sums(*args, block_v=32, block_b=4, max_batch=width, state=state) for width in (4, 16))
     for a, b in zip(narrow, wide):
         assert torch.equal(a, b)
     for g, r in zip(narrow, cpu.class_sums(indptr, nbr, w, codes, sources, sizes)):
         np.testing.assert_allclose(g.cpu().numpy(), r, rtol=0, atol=1e-9)
 
     entry = 12 if state == "packed" else 16
-    # memory for 8 columns of decoded batches (2 state buffers, the decoded
-    # counts and 3 float64 temporaries: 2 * entry + 32 bytes an entry): 16 of
-    # state read in place (packed: 24 bytes an entry), 12 wide (32 bytes)
-    free = 3 * 8 * (n * (2 * entry + 32) + 64)
+    # memory for 6 columns of decoded batches (2 state buffers, the decoded
+    # counts and 3 float64 temporaries: 2 * entry + 32 bytes an entry), so 4
+    # (whole source blocks); 12 of state read in place packed (24 bytes an
+    # entry), 8 wide (32 bytes)
+    free = 3 * 6 * (n * (2 * entry + 32) + 64)
     monkeypatch.setattr(gpu, "free_bytes", lambda device: free)
     decoded, in_place = {}, {}
     for _ in gpu.shortest_path_batches(*args[:5], block_v=32, block_b=4, stats=decoded, state=state):
         pass
     gpu.class_sums(*args, block_v=32, block_b=4, stats=in_place, state=state)
-    assert decoded["batches"] == 2  # 12 sources, 8 a batch
-    assert in_place["batches"] == 1  # 16 (packed) or 12 (wide) a batch
+    assert decoded["batches"] == 4  # 16 sources, 4 a batch
+    assert in_place["batches"] == 2  # 12 (packed) or 8 (wide) a batch
 
 
 def _chain(n):

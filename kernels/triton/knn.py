@@ -424,18 +424,18 @@ def _knn_candidates_sym_kernel(
             key = tl.where(bad, 0x7FFFFFFF, key)
         # column side first (the row merge below consumes ``key``): columns of
         # later blocks only, rows below N
+        # (a block with rows past N is the last one: no column lies in a later block)
         col_ok = (keys >= block_hi) & (keys < N)
         ckey = (key & (-BLOCK_N)) | rloc[:, None]
-        if block_hi > N:
-            ckey = tl.where(row_ok[:, None], ckey, 0x7FFFFFFF)
         cbest = tl.where(col_ok, tl.min(ckey, axis=0), 0x7FFFFFFF)
         # a stale threshold is never below the current one (they only fall),
-        # so no candidate is skipped here; the merge re-reads under the lock
-        cthr = tl.load(col_thr_ptr + keys, cache_modifier=".cg")
+        # so no candidate is skipped here; the merge re-reads under the lock.
+        # Volatile load / relaxed atomic store: no data race with the writer.
+        cthr = tl.load(col_thr_ptr + keys, volatile=True)
         improving = cbest < cthr
         if tl.max(improving.to(tl.int32), axis=0) > 0:
             lock = lock_ptr + n0 // BLOCK_N
-            while tl.atomic_cas(lock, 0, 1) == 1:
+            while tl.atomic_cas(lock, 0, 1, sem="acquire") == 1:
                 pass
             lst = keys[None, :].to(tl.int64) * KP + cols_k[:, None]  # (KP, BLOCK_N)
             ck = tl.load(col_key_ptr + lst, mask=improving[None, :], other=0x7FFFFFFF, cache_modifier=".cg")
@@ -455,11 +455,11 @@ def _knn_candidates_sym_kernel(
                 n_better = tl.max((cbest < cthr).to(tl.int32), axis=0)
             tl.store(col_key_ptr + lst, ck, mask=improving[None, :])
             tl.store(col_i_ptr + lst, ci, mask=improving[None, :])
-            tl.store(col_thr_ptr + keys, cthr, mask=improving)
+            tl.atomic_xchg(col_thr_ptr + keys, cthr, mask=improving, sem="relaxed")
             # every thread's stores before the release (the atomic is one
             # thread's; the loads above bypass L1 with .cg and read L2)
             tl.debug_barrier()
-            tl.atomic_xchg(lock, 0)
+            tl.atomic_xchg(lock, 0, sem="release")
         run_key, run_i, thr = _merge_rows(key, run_key, run_i, thr, n0, BLOCK_N, KP)
 
     out_d = (run_key & (-BLOCK_N)).to(tl.float32, bitcast=True)
@@ -476,7 +476,13 @@ def _candidates_symmetric(xs, sq32, kp, precision, block_m, block_n, block_k, nu
     row's list among its own and later blocks and its list among earlier
     blocks, cut to their ``keep`` smallest. Same contract as
     :func:`_candidates` (every non-candidate's approximate distance is >= the
-    largest kept one: each of the two lists holds ``kp`` >= ``keep``)."""
+    largest kept one: each of the two lists holds ``kp`` >= ``keep``).
+
+    On a GPU the order in which programs take a column's lock decides between
+    candidates tied at that column's threshold, so the lists (and which rows
+    the first tier certifies) may vary from run to run; the neighbours knn()
+    returns cannot, since a row is certified only when its k nearest are
+    certain and every other row is recomputed."""
     if block_n % block_m:
         raise ValueError(f"symmetric kNN needs block_n a multiple of block_m, got {block_m} and {block_n}")
     device = xs.device

@@ -447,7 +447,7 @@ _SUM_ROWS = 64
 _SUM_COLS = 32
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "B"])  # one compiled layout, so one summation order, for every B
 def _class_sums_kernel(
     d_ptr, h_ptr, s_ptr,  # (N, B) converged state (PACKED: h holds the packed keys, s unused)
     codes_ptr, scode_ptr, svert_ptr,  # (N,) class codes; (B,) class code and vertex of each source
@@ -494,7 +494,7 @@ def _class_sums_kernel(
     tl.store(punr_ptr + out, unr, mask=bm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_chunks", "B"])
 def _sum_chunks_kernel(psum_ptr, psq_ptr, punr_ptr, sum_ptr, sq_ptr, unr_ptr, n_chunks, B, BB: tl.constexpr):
     """Each column's per-chunk partial sums added chunk after chunk, in order."""
     b = tl.program_id(0) * BB + tl.arange(0, BB)
