@@ -9,9 +9,10 @@
 # GPU_CHECK_NO_INSTALL=1: never pip install (use the symlink tree on PYTHONPATH).
 # Issues 15 and 18 in one device command (under its 600 s; carry [".whl"]):
 #   export PYTHON=python3 PYTHONUNBUFFERED=1 GPU_CHECK_SKIP_KNN_TIMING=1 GPU_CHECK_SKIP=exact,layer \
-#     GPU_CHECK_PROFILE_S=0 GPU_CHECK_BUDGET=90 GPU_CHECK_KNN_AB_S=100 GPU_CHECK_PATHS_TUNE_S=50 \
-#     GPU_CHECK_STUDY_S=200 GPU_CHECK_SWEEP_S=120 GPU_CHECK_PYTEST_S=0; bash bench/gpu_check.sh
-#   then, while the machine is warm, the device tests (GPU_CHECK_PYTEST_S=120, the rest 0).
+#     GPU_CHECK_PROFILE_S=0 GPU_CHECK_BUDGET=90 GPU_CHECK_KNN_AB_S=110 GPU_CHECK_PATHS_TUNE_S=50 \
+#     GPU_CHECK_STUDY_S=190 GPU_CHECK_SWEEP_S=120 GPU_CHECK_PYTEST_S=0; bash bench/gpu_check.sh
+#   then, while the machine is warm, the device tests: GPU_CHECK_PYTEST_S=120 with
+#   GPU_CHECK_BUDGET=0 and GPU_CHECK_{KNN_AB,PATHS_TUNE,STUDY,SWEEP,PROFILE}_S=0.
 # GPU_CHECK_KNN_AB_S=120, GPU_CHECK_PATHS_TUNE_S=60 (defaults): the A/B stages.
 # GPU_CHECK_SWEEP_S=150: also a Ray sweep with num_gpus=1 tasks (bench/gpu_sweep.sh,
 #   issue 18; Ray travels in .whl/, built here by bench/prepare_device_ray.sh; call

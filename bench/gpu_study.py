@@ -142,6 +142,8 @@ def check_against_numba(layers, labels) -> dict:
 
 
 def _option(text: str):
+    if text in ("True", "False"):
+        return text == "True"
     return float(text) if "." in text else int(text) if text.isdigit() else text
 
 

@@ -11,7 +11,7 @@ symmetric timing is reported only when its result was identical.
 ``python bench/knn_ab.py`` on a CUDA machine (``GPU_CHECK_SMALL=1``: tiny, on
 the CPU under the interpreter). Environment: ``KNN_AB_N`` (comma list),
 ``KNN_AB_REPEATS`` (default 3), ``KNN_AB_CONFIGS`` (JSON list of extra
-symmetric launch options, default ``[{}, {"block_n": 128}]``).
+symmetric launch options, default ``[{}, {"stagger": true}, {"block_n": 128}]``).
 Writes ``$OUT/knn_ab.json`` (read by ``bench/gpu_study.py``).
 """
 
@@ -35,7 +35,7 @@ D = 24 if SMALL else 768
 SIZES = [int(v) for v in os.environ.get("KNN_AB_N", "300" if SMALL else "100000,1000000").split(",")]
 REPEATS = int(os.environ.get("KNN_AB_REPEATS", "2" if SMALL else "3"))
 SMALL_BLOCKS = {"block_m": 16, "block_n": 32, "block_k": 16}
-CONFIGS = json.loads(os.environ.get("KNN_AB_CONFIGS", '[{}, {"block_n": 128}]'))
+CONFIGS = json.loads(os.environ.get("KNN_AB_CONFIGS", '[{}, {"stagger": true}, {"block_n": 128}]'))
 
 
 def timed_knn(x, opts):

@@ -225,13 +225,16 @@ def check_symmetric(quick: bool) -> tuple[int, int]:
     default tile, and 128 x 128, for the fp16 and float32 tiers, N divisible
     by 16 or not; registers and spills beside the one-sided kernel's."""
     fn = load_module("knn")._knn_candidates_sym_kernel
-    shapes = [(128, 256, 8)] if quick else [(128, 256, 8), (128, 128, 8), (64, 256, 8), (128, 128, 4)]
+    shapes = [(128, 256, 8, False), (128, 256, 8, True)]
+    if not quick:
+        shapes += [(128, 128, 8, False), (64, 256, 8, False), (64, 256, 8, True), (128, 128, 4, False)]
     ok = bad = 0
-    for (bm, bn, nw), prec, div in itertools.product(shapes, ("fp16", "tf32x3"), ([False], [True])):
+    for (bm, bn, nw, stagger), prec, div in itertools.product(shapes, ("fp16", "tf32x3"), ([False], [True])):
         if bn == 256 and prec != "fp16":
             continue  # the launcher's float32 tiers use 128-wide tiles
-        name = f"symmetric BLOCK_M={bm} BLOCK_N={bn} {prec} nw={nw}"
-        const = {"DP": 768, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 32, "KP": 32, "PRECISION": prec}
+        name = f"symmetric BLOCK_M={bm} BLOCK_N={bn}{' staggered' if stagger else ''} {prec} nw={nw}"
+        const = {"DP": 768, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 32, "KP": 32, "PRECISION": prec,
+                 "STAGGER": stagger}
         ptrs = dict(SYM_PTRS, **({"xs_ptr": "*fp16"} if prec == "fp16" else {}))
         try:
             k = compile_for_sm90(fn, ptrs, ["N"], div, const, {"num_warps": nw, "num_stages": 3})

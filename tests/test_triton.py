@@ -122,6 +122,9 @@ def test_symmetric_knn_equals_the_one_sided_kernel(device, n, d, k, block_m, blo
     one = knn(xt, k, **opts)
     sym = knn(xt, k, symmetric=True, **opts)
     assert torch.equal(sym[0], one[0]) and torch.equal(sym[1], one[1])
+    if block_n > block_m:  # programs sharing a first tile start apart: same results
+        staggered = knn(xt, k, symmetric=True, stagger=True, **opts)
+        assert torch.equal(staggered[0], one[0]) and torch.equal(staggered[1], one[1])
     if device == "cpu":  # the exact "ieee" tier: every row certified at once
         assert sym[2] == 0 and sym[3]["tiers"][0]["certified"] == n and sym[3]["brute_force_rows"] == 0
     else:  # float16 first: a row may need the next tier, but a missing side would fail most
@@ -130,6 +133,8 @@ def test_symmetric_knn_equals_the_one_sided_kernel(device, n, d, k, block_m, blo
         assert_knn_equal_up_to_ties(x, sym[0].cpu().numpy(), sym[1].cpu().numpy(), k)
     with pytest.raises(ValueError, match="block_n a multiple of block_m"):
         knn(xt, k, symmetric=True, block_m=32, block_n=16)
+    with pytest.raises(ValueError, match="stagger=True applies to the symmetric kernel only"):
+        knn(xt, k, stagger=True)
 
 
 @pytest.mark.parametrize("device", DEVICES)

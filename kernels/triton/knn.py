@@ -385,6 +385,7 @@ def _knn_candidates_sym_kernel(
     BLOCK_K: tl.constexpr,
     KP: tl.constexpr,
     PRECISION: tl.constexpr,
+    STAGGER: tl.constexpr = False,
 ):
     # Program p owns rows [p * BLOCK_M, (p + 1) * BLOCK_M) and streams over the
     # database tiles from the one holding its own block to the end. A tile's
@@ -412,10 +413,21 @@ def _knn_candidates_sym_kernel(
     block_lo = pid * BLOCK_M
     block_hi = block_lo + BLOCK_M
     t_lo = (block_lo // BLOCK_N) * BLOCK_N
-    b_base = xs_ptr + t_lo.to(tl.int64) * DP
-    for n0 in range(t_lo, N, BLOCK_N):
+    # STAGGER: the BLOCK_N // BLOCK_M programs that start at the same tile
+    # begin at evenly spaced tiles of their range instead (then wrap), so they
+    # do not queue for the same column lock tile after tile; the cost is less
+    # sharing of database tiles in L2. Which wins is for bench/knn_ab.py.
+    n_tiles = tl.cdiv(N - t_lo, BLOCK_N)
+    shift = (pid % (BLOCK_N // BLOCK_M)) * (n_tiles // (BLOCK_N // BLOCK_M)) if STAGGER else 0
+    for i in range(0, n_tiles):
+        if STAGGER:
+            j = i + shift
+            j = tl.where(j >= n_tiles, j - n_tiles, j)
+        else:
+            j = i
+        n0 = t_lo + j * BLOCK_N
+        b_base = xs_ptr + n0.to(tl.int64) * DP
         acc = _tile_dot(a_base, a_offs, b_base, b_offs, DP, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
-        b_base += BLOCK_N * DP
         keys, key = _tile_keys(acc, sq_q, sq_ptr, n0, BLOCK_N)
         # row side: columns of earlier blocks (first tile only), past N (last
         # tile only) and the row itself are excluded
@@ -470,7 +482,7 @@ def _knn_candidates_sym_kernel(
 
 
 def _candidates_symmetric(xs, sq32, kp, precision, block_m, block_n, block_k, num_warps, num_stages,
-                          n_real, keep):
+                          n_real, keep, stagger=False):
     """The candidates of every row (queries = the whole database, ``xs`` padded
     as for :func:`_candidates`) from one launch of the symmetric kernel: each
     row's list among its own and later blocks and its list among earlier
@@ -497,7 +509,8 @@ def _candidates_symmetric(xs, sq32, kp, precision, block_m, block_n, block_k, nu
     extra = {} if _interpreting() else {"num_warps": num_warps, "num_stages": num_stages}
     _knn_candidates_sym_kernel[(triton.cdiv(n, block_m),)](
         xs, sq32, row_d, row_i, col_key, col_i, col_thr, locks, n,
-        DP=xs.shape[1], BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, KP=kp, PRECISION=precision, **extra,
+        DP=xs.shape[1], BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, KP=kp, PRECISION=precision,
+        STAGGER=bool(stagger), **extra,
     )
     col_key = col_key[:n]
     col_d = (col_key & -block_n).view(torch.float32)
@@ -670,6 +683,7 @@ def knn(
     flat_loop: bool = False,
     mask_every_tile: bool = False,
     symmetric: bool = False,
+    stagger: bool = False,
     return_stats: bool = False,
 ):
     """Exact k nearest other points of every row of ``x`` (Euclidean).
@@ -713,7 +727,10 @@ def knn(
         tile and (N, KP) column lists (8 bytes per slot). Needs ``block_n`` a
         multiple of ``block_m``; no query chunks and no database segments.
         Same results (the certificate is unchanged); whether it is faster is
-        for ``bench/gpu_check.py`` to measure.
+        for ``bench/knn_ab.py`` to measure.
+    stagger : with ``symmetric``, the programs that start at the same
+        database tile begin at evenly spaced tiles instead (fewer waits on
+        the same column lock, less sharing of tiles in L2). Same results.
 
     Returns
     -------
@@ -787,6 +804,8 @@ def knn(
     pending = torch.arange(n, device=device)
     stats = {"tiers": []}
     n_fallback = 0
+    if stagger and not symmetric:
+        raise ValueError("stagger=True applies to the symmetric kernel only: pass symmetric=True too")
     if symmetric and tier_block_n[precisions[0]] % block_m:
         raise ValueError(f"symmetric=True needs block_n a multiple of block_m, got {block_m} and "
                          f"{tier_block_n[precisions[0]]}")
@@ -795,7 +814,7 @@ def knn(
             break
         if t == 0 and symmetric:
             cd, ci = _candidates_symmetric(xs16 if prec == "fp16" else xs, sq32, kp, prec, block_m,
-                                           tier_block_n[prec], block_k, num_warps, num_stages, n, kc)
+                                           tier_block_n[prec], block_k, num_warps, num_stages, n, kc, stagger)
         else:
             cd, ci = _candidates(
                 xs16 if prec == "fp16" else xs, sq32, pending, kp, prec, block_m, tier_block_n[prec], block_k,
