@@ -745,8 +745,13 @@ def test_scores_disconnected_duplicates_and_rcm(device):
     codes[50] = codes[51] = codes[52]
     plan = plan_pairs(codes, 3, estimator="exact", budget=0, seed=0, min_class_size=2)
     ref = NumbaEngine().source_stats(x, codes, plan, 4)
-    for reorder in ("none", "degree", "rcm"):
-        got = TritonEngine(device, reorder=reorder).source_stats(x, codes, plan, 4)
+    engines = [TritonEngine(device, reorder=reorder) for reorder in ("none", "degree", "rcm")]
+    # the options that wait for a GPU timing: the symmetric kNN (staggered too)
+    # and the vertex activity rule, through the whole engine
+    engines += [TritonEngine(device, knn_options={"symmetric": True, "block_m": 16, "block_n": 32, "stagger": st},
+                             path_options={"activity": "vertex"}) for st in (False, True)]
+    for engine in engines:
+        got = engine.source_stats(x, codes, plan, 4)
         np.testing.assert_array_equal(got.n_unreachable, ref.n_unreachable)
         np.testing.assert_allclose(got.sums, ref.sums, atol=1e-9)
         np.testing.assert_allclose(got.sumsq, ref.sumsq, atol=1e-9)
