@@ -32,24 +32,8 @@ if ! "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)
   export TRITON_INTERPRET=1
 fi
 
-# fastconvex maps kernels/{numba,triton} to fastconvex.kernels.{numba,triton} (pyproject
-# package-dir): it must be installed (editable, offline) or assembled on PYTHONPATH
-# from symlinks.
-can_import() { (cd / && "$PY" -c "import fastconvex, fastconvex.kernels.triton.knn; fastconvex.graph_convexity" 2>/dev/null); }
-if ! can_import && [ "${GPU_CHECK_NO_INSTALL:-0}" != "1" ]; then
-  "$PY" -m pip install --no-deps --no-build-isolation --no-index -q -e . >"$OUT/pip_install.log" 2>&1 \
-    || echo "gpu_check: pip install -e . failed (see $OUT/pip_install.log); using a PYTHONPATH tree" >&2
-fi
-if ! can_import; then
-  TREE="$(mktemp -d)/site"
-  mkdir -p "$TREE/fastconvex"
-  for f in "$PWD"/fastconvex/*; do [ "${f##*/}" = kernels ] || ln -s "$f" "$TREE/fastconvex/"; done
-  mkdir -p "$TREE/fastconvex/kernels"
-  ln -s "$PWD/fastconvex/kernels/__init__.py" "$TREE/fastconvex/kernels/"
-  for d in numba triton; do ln -s "$PWD/kernels/$d" "$TREE/fastconvex/kernels/$d"; done
-  export PYTHONPATH="$TREE${PYTHONPATH:+:$PYTHONPATH}"
-fi
-echo "gpu_check: fastconvex from $(cd / && "$PY" -c 'import fastconvex; print(fastconvex.__file__)')"
+. bench/_install_offline.sh
+ensure_fastconvex gpu_check
 "$PY" -u bench/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log"
 rc="${PIPESTATUS[0]}"
 # The A/B stages of issue 15 before the study (which reruns itself with what they

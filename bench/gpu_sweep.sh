@@ -19,11 +19,9 @@ if ! "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)
   exit 2
 fi
 
-# run alone (not from gpu_check.sh): install fastconvex as gpu_check.sh does, offline
-if ! (cd / && "$PY" -c "import fastconvex" 2>/dev/null); then
-  "$PY" -m pip install --no-deps --no-build-isolation --no-index -q -e . >"$OUT/pip_install.log" 2>&1 \
-    || { echo "gpu_sweep: pip install -e . failed (see $OUT/pip_install.log)" >&2; exit 2; }
-fi
+# run alone (not from gpu_check.sh): fastconvex installed as gpu_check.sh does, offline
+. bench/_install_offline.sh
+ensure_fastconvex gpu_sweep
 if ! (cd / && "$PY" -c "import ray" 2>/dev/null); then
   tarball=".whl/ray-site-$TAG.tar.xz"
   if [ ! -f "$tarball" ]; then

@@ -494,9 +494,8 @@ def _candidates_symmetric(xs, sq32, kp, precision, block_m, block_n, block_k, nu
     candidates tied at that column's threshold, so the lists (and which rows
     the first tier certifies) may vary from run to run; the neighbours knn()
     returns cannot, since a row is certified only when its k nearest are
-    certain and every other row is recomputed."""
-    if block_n % block_m:
-        raise ValueError(f"symmetric kNN needs block_n a multiple of block_m, got {block_m} and {block_n}")
+    certain and every other row is recomputed. ``block_n`` is a multiple of
+    ``block_m`` (:func:`knn` checks it)."""
     device = xs.device
     n = n_real
     n_pad = xs.shape[0]
