@@ -136,7 +136,9 @@ def gpu_bench(args: argparse.Namespace, root: Path) -> dict:
     swept = fc.sweep([store.path], out_dir=root / "out", engine="ray", verbose=False, plot=False)["gpu"]
     sweep_s = time.perf_counter() - t0
     ray.shutdown()
+    ran_on = [json.loads(p.read_text())["ran_on"] for p in sorted((root / "out").glob("tasks/*/*.json"))]
     return {
+        "tasks_ran_on": sorted({json.dumps({k: w[k] for k in ("gpu_ids", "device")}) for w in ran_on}),
         "gpu": torch.cuda.get_device_name(0), "ray_resources": {k: resources[k] for k in ("CPU", "GPU")},
         "layer_scores_cuda_s": direct_s, "sweep_ray_num_gpus_1_s": sweep_s,
         "per_layer_s": {"layer_scores": direct_s / args.layers, "sweep": sweep_s / args.layers},

@@ -101,8 +101,8 @@ def ray_layer_task(task: "LayerTask", plan: "ScoringPlan", backend: str, device:
 
     from ._sweep import run_layer_task
 
-    if device is None and backend in ("auto", "triton") and ray.get_gpu_ids():
-        device = "cuda"
+    gpu_ids = [int(g) if str(g).isdigit() else str(g) for g in ray.get_gpu_ids()]
+    device = task_device(backend, device, gpu_ids)
 
     crash_dir = os.environ.get(CRASH_ENV)
     if crash_dir:
@@ -110,7 +110,17 @@ def ray_layer_task(task: "LayerTask", plan: "ScoringPlan", backend: str, device:
         if os.path.exists(marker):
             os.remove(marker)
             os._exit(1)
-    return run_layer_task(task, plan, backend, device, shards)
+    ran_on = {"engine": "ray", "node": ray.get_runtime_context().get_node_id(), "gpu_ids": gpu_ids}
+    return run_layer_task(task, plan, backend, device, shards, ran_on=ran_on)
+
+
+def task_device(backend: str, device: Any, gpu_ids: list[Any]) -> Any:
+    """Where a Ray task scores: the device the caller named, else ``"cuda"``
+    (the GPU Ray assigned, the only one the task sees) when Ray gave it one and
+    the backend can use it, else None (the backend's own choice)."""
+    if device is None and backend in ("auto", "triton") and gpu_ids:
+        return "cuda"
+    return device
 
 
 def task_resources(ray: Any, gpu: bool = True) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -64,13 +65,15 @@ class LayerTask:
 
 
 def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: str = "auto", device: Any = None,
-                   shards: int | None = None) -> Convexity:
+                   shards: int | None = None, ran_on: dict[str, Any] | None = None) -> Convexity:
     """Score one layer of one store and write the result (the body of every
     sweep task, local or remote): open the store, read the layer (a memmap),
     check it as ``layer_scores`` does, score it with :func:`score_layer` (split
     over ``shards`` Ray tasks when given) -- or, with a Euclidean plan, read it
     as sequences and score it as ``layer_euclidean_scores`` does -- and write
-    ``{record, result}`` to ``task.result_path`` via a temporary file."""
+    ``{record, result}`` to ``task.result_path`` via a temporary file, with
+    ``ran_on``: where it ran (host, device, and from the Ray engine its engine,
+    node and GPU ids; provenance only, never part of the reuse key)."""
     store = open_store(task.store_path)
     if store.fingerprint != task.fingerprint:
         raise ValueError(
@@ -84,8 +87,10 @@ def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: 
                              convert=False)
         result = score_layer(x, plan, backend=backend, device=device, engine="local" if shards is None else "ray",
                              shards=shards)
+    where = {"engine": "local", "gpu_ids": None, **(ran_on or {}), "host": socket.gethostname(),
+             "device": None if device is None else str(device)}
     write_json_atomic(task.result_path, {**task.record, "format": RESULT_FORMAT, "result": result.to_dict(),
-                                         "fields": convexity_fields(result)})
+                                         "fields": convexity_fields(result), "ran_on": where})
     return result
 
 

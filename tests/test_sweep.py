@@ -49,6 +49,13 @@ def test_sweep_equals_layer_scores(tmp_path, estimator):
     for s in stores:
         assert_same(result[s.name], fc.layer_scores(s.layers, s.labels, **kw))
     assert result["store2"].classes == [("a", 1), "b", 7]  # labels keep their types
+    # each task's file says where it ran: this process's host, no Ray, no GPU
+    import socket
+
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "out" / "tasks").glob("*/*.json"))]
+    assert len(records) == 9
+    assert all(r["ran_on"] == {"engine": "local", "gpu_ids": None, "host": socket.gethostname(), "device": None}
+               for r in records)
 
 
 def test_outputs_json_csv_plot(tmp_path, capsys):

@@ -1,7 +1,9 @@
-"""A sweep on a simulated two-node Ray cluster survives losing a node mid-sweep."""
+"""Simulated multi-node Ray clusters: a sweep survives losing a node mid-sweep,
+and on a cluster with GPUs each task asks for one and is given it."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -12,6 +14,7 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import fastconvex as fc  # noqa: E402
+from fastconvex._ray import task_device  # noqa: E402
 
 from test_sweep import assert_same  # noqa: E402
 
@@ -56,3 +59,42 @@ def test_node_removed_mid_sweep(tmp_path):
     assert "error" not in box, box.get("error")
     assert 1 <= done_at_removal < N_LAYERS  # the node really went away mid-sweep
     assert_same(box["result"]["big"], fc.layer_scores(store.layers, store.labels, pairs=2000))
+
+
+def test_tasks_ask_for_a_gpu_when_the_cluster_has_one(tmp_path):
+    """A node that declares one GPU (Ray does not check that it exists) and two
+    CPUs: every task is given GPU 0 (so asked for ``num_gpus=1``), runs there,
+    and scores (numba) exactly as one process does."""
+    rng = np.random.default_rng(5)
+    labels = np.array(["x", "y", "z"])[rng.integers(0, 3, 90)]
+    store = fc.save_store(tmp_path / "s", [rng.standard_normal((90, 8)).astype(np.float32) for _ in range(3)],
+                          labels)
+    if ray.is_initialized():  # pragma: no cover
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    node = cluster.add_node(num_cpus=2, num_gpus=1)
+    out = tmp_path / "out"
+    try:
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        result = fc.sweep([store.path], out_dir=out, engine="ray", backend="numba", pairs=300, plot=False,
+                          verbose=False)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert_same(result["s"], fc.layer_scores(store.layers, store.labels, pairs=300))
+    ran_on = [json.loads(p.read_text())["ran_on"] for p in sorted(out.glob("tasks/*/*.json"))]
+    assert len(ran_on) == 3
+    for where in ran_on:
+        assert where["engine"] == "ray" and where["gpu_ids"] == [0] and where["node"] == node.node_id
+        assert where["device"] is None  # numba: the backend does not take the GPU
+
+
+@pytest.mark.parametrize("backend, device, gpu_ids, expected", [
+    ("auto", None, [0], "cuda"),  # the GPU Ray assigned is the only one the task sees
+    ("triton", None, [3], "cuda"),
+    ("numba", None, [0], None),  # a CPU backend keeps its own device
+    ("auto", "cpu", [0], "cpu"),  # a device the caller named is kept
+    ("auto", None, [], None),  # no GPU given: the backend chooses
+])
+def test_task_device(backend, device, gpu_ids, expected):
+    assert task_device(backend, device, gpu_ids) == expected
