@@ -178,6 +178,52 @@ def test_plot_name_without_suffix_logs_the_file_written(files, capsys):
     assert (files / "curve.png").read_bytes()[:4] == b"\x89PNG" and not (files / "curve").exists()
 
 
+def test_out_never_replaces_an_existing_file_without_overwrite(files, capsys, monkeypatch):
+    called = []
+    monkeypatch.setattr(fc, "layer_scores", lambda *a, **k: called.append(1))
+    labels_before = (files / "y.npy").read_bytes()
+    (files / "p.png").write_bytes(b"an earlier plot")
+    # --out naming an input file (or any existing file): refused before the work, the file intact
+    for target, option in ((files / "y.npy", "--out"), (files / "p.png", "--plot")):
+        code, out, err = _run(capsys, _score(files, option, target))
+        assert code == 2 and out == "" and not called
+        line = _one_line(err, "fastconvex score: error:")
+        assert f"{option} {str(target)!r} already exists" in line and "--overwrite" in line
+    assert (files / "y.npy").read_bytes() == labels_before
+    assert (files / "p.png").read_bytes() == b"an earlier plot"
+    (files / "r.json").write_text("precious")
+    for argv in (["env", "--out", files / "r.json"],
+                 ["bench", "--sizes", "30", "--dim", "2", "--classes", "2", "--out", files / "r.json"]):
+        code, out, err = _run(capsys, argv)
+        assert code == 2 and out == ""
+        assert f"--out {str(files / 'r.json')!r} already exists" in _one_line(err, f"fastconvex {argv[0]}: error:")
+    assert (files / "r.json").read_text() == "precious"
+    monkeypatch.undo()
+    code, _, err = _run(capsys, _score(files, "--out", files / "r.json", "--overwrite"))
+    assert code == 0, err
+    assert "scores" in json.loads((files / "r.json").read_text())
+
+
+def test_bench_out_is_checked_before_the_benchmark(files, capsys, monkeypatch):
+    import fastconvex._bench
+
+    monkeypatch.setattr(fastconvex._bench, "compare_to_naive", lambda *a, **k: pytest.fail("benchmark ran"))
+    code, out, err = _run(capsys, ["bench", "--sizes", "30", "--out", files / "missing" / "b.json"])
+    assert code == 2 and out == ""
+    assert "does not exist; create it first" in _one_line(err, "fastconvex bench: error:")
+
+
+def test_prune_refuses_a_non_empty_out_directory_before_the_model(tmp_path, capsys):
+    out_dir = tmp_path / "model"  # say, the model being pruned
+    out_dir.mkdir()
+    (out_dir / "config.json").write_text("{}")
+    code, out, err = _run(capsys, ["prune", out_dir, "--audio", tmp_path / "no_audio", "--out", out_dir])
+    assert code == 2 and out == ""
+    line = _one_line(err, "fastconvex prune: error:")
+    assert f"--out {str(out_dir)!r} exists and is not empty" in line and "--overwrite" in line
+    assert (out_dir / "config.json").read_text() == "{}"
+
+
 # ------------------------------------------------------------------ tracebacks
 
 def test_internal_errors_are_one_line_and_debug_shows_the_traceback(files, capsys, monkeypatch):

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stream pooled hidden states into a layer store at DIR (for data larger than RAM; "
         "reusable by 'sweep' and 'score'; an interrupted run resumes)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --embeddings-dir store")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --embeddings-dir store, and write into a non-empty --out directory")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of --embeddings-dir")
     add_scoring_arguments(parser)
     from ._euclidean import add_measure_arguments
@@ -159,6 +159,8 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {str(out_dir)!r} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
+        raise UsageError(f"--out {str(out_dir)!r} exists and is not empty (pass --overwrite to write into it)")
     _check_output_dir(out_dir)
     if args.measure != "euclidean":
         from ._euclidean import check_graph_only
@@ -196,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
     audio = hf.AudioFiles(paths, sampling_rate=rate)
     lengths = audio.lengths()
 
-    from ._output import DataError, UsageError
+    from ._output import DataError
 
     try:  # from here on, what fails is the audio or its embeddings: exit status 1
         if args.measure == "euclidean":  # MODEL's own remaining layers label the segments

@@ -369,8 +369,8 @@ def run(args: argparse.Namespace) -> int:
 def check_outputs(args: argparse.Namespace) -> Path | None:
     """Check ``--out`` and ``--plot`` before any work; the plot's path (or None)."""
     if args.out not in (None, "-"):
-        check_output_file(args.out, "--out")
-    return check_plot_file(args.plot) if args.plot else None
+        check_output_file(args.out, "--out", overwrite=args.overwrite)
+    return check_plot_file(args.plot, overwrite=args.overwrite) if args.plot else None
 
 
 def emit_result(args: argparse.Namespace, result: Any, names: list[str], plot_path: Path | None) -> int:
