@@ -65,6 +65,22 @@ def test_ragged_object_labels_are_named_not_a_numpy_message(files, capsys):
     assert "allow_pickle" not in line
 
 
+def test_a_non_npy_or_truncated_file_is_named_without_unpickling_advice(files, capsys):
+    (files / "notes.npy").write_bytes(b"hello, not an array")
+    whole = (files / "emb.npy").read_bytes()
+    (files / "half.npy").write_bytes(whole[: len(whole) // 2])
+    for argv, what, why in (
+        (["score", files / "notes.npy", "--labels", files / "y.npy"], "EMBEDDINGS", "is not a .npy file"),
+        (["score", files / "emb.npy", "--labels", files / "notes.npy"], "LABELS", "is not a .npy file"),
+        (["score", files / "half.npy", "--labels", files / "y.npy"], "EMBEDDINGS", "is truncated"),
+    ):
+        code, out, err = _run(capsys, argv)
+        line = _one_line(err, f"fastconvex score: error: {what}:")
+        assert code == 1 and out == ""
+        assert f"{str(argv[1] if what == 'EMBEDDINGS' else argv[3])!r} {why}" in line
+        assert "pickle" not in line and "mmap" not in line
+
+
 def test_non_utf8_label_text(files, capsys):
     (files / "latin.txt").write_bytes(("a\n" * 30 + "caf\xe9\n" * 30).encode("latin-1"))
     code, _, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "latin.txt"])
