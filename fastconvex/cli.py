@@ -63,8 +63,10 @@ def log(args: argparse.Namespace | None, message: str) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    from .commands._output import non_negative_int
+
     group = parser.add_argument_group("common options")
-    group.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (default 0)")
+    group.add_argument("--seed", type=non_negative_int, default=0, help="seed of the pair sampling (default 0)")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
     group.add_argument(
         "--backend", default="auto", choices=["auto", "triton", "numba", "naive"],

@@ -119,6 +119,8 @@ def test_k_too_large_for_the_data(files, capsys):
         (["score", "x.npy"], "the following arguments are required: --labels"),
         (["score", "x.npy", "--labels", "y.npy", "--k", "zero"], "argument --k: expected an integer, got 'zero'"),
         (["score", "x.npy", "--labels", "y.npy", "--sources", "0"], "argument --sources: must be at least 1, got 0"),
+        (["score", "x.npy", "--labels", "y.npy", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+        (["sweep", "s", "--out-dir", "o", "--seed", "-3"], "argument --seed: must be at least 0, got -3"),
     ],
 )
 def test_usage_errors_are_one_line_with_status_2(capsys, argv, message):
