@@ -217,3 +217,13 @@ def test_nothing_to_score_message_stays_short_with_many_classes():
     assert len(str(info.value)) < 200
     with pytest.raises(ValueError, match=r"class sizes \[10, 10\]"):  # few classes: still listed
         fc.graph_convexity(x[:20], np.repeat([0, 1], 10), min_class_size=11)
+
+
+def test_ragged_nested_lists_name_the_argument():
+    ragged = [[0.0, 1.0], [2.0], [3.0, 4.0]]
+    with pytest.raises(ValueError, match=r"^x is ragged"):
+        fc.graph_convexity(ragged, [0, 0, 1])
+    with pytest.raises(ValueError, match=r"^x is ragged"):
+        fc.knn_graph(ragged, 1)
+    with pytest.raises(ValueError, match=r"^hidden_states\[1\] is ragged"):
+        fc.layer_scores([[[0.0], [1.0], [2.0]], ragged], [0, 0, 1], k=1)
