@@ -121,6 +121,11 @@ def test_k_too_large_for_the_data(files, capsys):
         (["score", "x.npy", "--labels", "y.npy", "--sources", "0"], "argument --sources: must be at least 1, got 0"),
         (["score", "x.npy", "--labels", "y.npy", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
         (["sweep", "s", "--out-dir", "o", "--seed", "-3"], "argument --seed: must be at least 0, got -3"),
+        # --sampling-rate 0 was taken as "the model's rate" (ignored); -5 failed on "lengths" after loading
+        (["embed", "m", "--audio", "a", "--out-dir", "s", "--sampling-rate", "0"],
+         "argument --sampling-rate: must be at least 1, got 0"),
+        (["prune", "m", "--audio", "a", "--out", "o", "--sampling-rate", "-5"],
+         "argument --sampling-rate: must be at least 1, got -5"),
     ],
 )
 def test_usage_errors_are_one_line_with_status_2(capsys, argv, message):

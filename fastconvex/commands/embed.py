@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._output import positive_int
 from .sweep import _layer_list
 
 __all__ = ["add_arguments", "run"]
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hidden-state indices to keep (default all)")
     parser.add_argument("--final-norm", default="raw", choices=["raw", "apply"],
                         help="pre-LN models: store raw hidden states or pass them through the final LayerNorm")
-    parser.add_argument("--sampling-rate", type=int, default=None, help="resample audio to this rate (default: the model's)")
+    parser.add_argument("--sampling-rate", type=positive_int, default=None, help="resample audio to this rate (default: the model's)")
     parser.add_argument("--max-per-class", type=int, default=None, help="at most this many files per label (drawn with --seed)")
     parser.add_argument("--mix-lengths", action="store_true",
                         help="batch utterances of different lengths even for padding-sensitive models (faster, inexact)")

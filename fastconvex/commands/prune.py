@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._output import UsageError, run_with_hf_quiet, write_text_atomic
+from ._output import UsageError, positive_int, run_with_hf_quiet, write_text_atomic
 from .score import add_scoring_arguments, save_plot, scoring_kwargs
 
 __all__ = ["add_arguments", "run", "load_model"]
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--audio", required=True, metavar="DIR|CSV",
         help="DIR/<label>/*.wav|flac|ogg (Speech Commands layout; _* dirs skipped) or a CSV of path,label",
     )
-    parser.add_argument("--sampling-rate", type=int, default=None, help="Hz (default: the feature extractor's, else 16000)")
+    parser.add_argument("--sampling-rate", type=positive_int, default=None, help="Hz (default: the feature extractor's, else 16000)")
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default 8)")
     parser.add_argument(
         "--max-per-class", type=int, default=None,
