@@ -216,7 +216,7 @@ def check_embeddings(
             raise TypeError(
                 f"{name}{describe(where)} must be an array or tensor, got {type(x).__name__}"
             )
-        x = np.asarray(x)
+        x = as_rectangular(x, f"{name}{describe(where)}")
     if x.ndim != 2:
         raise ValueError(f"{name}{describe(where)} must be 2-D (N, D), got shape {x.shape}")
     _check_real_numeric(x, f"{name}{describe(where)}")
@@ -231,6 +231,15 @@ def check_embeddings(
     if convert and x.dtype not in (np.float32, np.float64):
         x = as_kernel_float(x)
     return x
+
+
+def as_rectangular(x: Any, label: str) -> np.ndarray:
+    """``np.asarray(x)``, with a ragged nested list named as ``label``'s fault
+    (numpy's message names no argument)."""
+    try:
+        return np.asarray(x)
+    except ValueError as exc:
+        raise ValueError(f"{label} is ragged (rows of different lengths?): {exc}") from None
 
 
 def check_k(k: Any, n: int, *, where: str | None = None) -> int:

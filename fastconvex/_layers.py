@@ -9,6 +9,7 @@ import numpy as np
 
 from ._inputs import (
     IGNORE_INDEX,
+    as_rectangular,
     check_embeddings,
     check_frame_dtype,
     is_torch_tensor,
@@ -37,7 +38,7 @@ def _split_layers(hidden_states: Any) -> list[Any]:
     layers = list(hidden_states)
     for i, layer in enumerate(layers):
         if not (is_torch_tensor(layer) or isinstance(layer, np.ndarray)):
-            layers[i] = np.asarray(layer)
+            layers[i] = as_rectangular(layer, f"hidden_states[{i}]")
     return layers
 
 

@@ -66,6 +66,15 @@ class PairPlan:
         return np.concatenate(src_parts), np.concatenate(tgt_parts)
 
 
+def sizes_text(class_sizes: np.ndarray) -> str:
+    """The class sizes for an error message: listed for up to 10 classes, else
+    summarised (one label per row must not make a message of N numbers)."""
+    sizes = [int(s) for s in class_sizes]
+    if len(sizes) <= 10:
+        return f"class sizes {sizes}"
+    return f"{len(sizes)} classes, the largest with {max(sizes)} member(s)"
+
+
 class _DefaultPairs(int):
     """The default ``pairs=5000``: an int that is told apart from a caller's
     explicit ``pairs=5000``, so that ``pairs`` given beside ``sources`` or
@@ -208,7 +217,7 @@ def plan_pairs(
     if not src_parts:
         raise ValueError(
             f"no class has at least min_class_size={max(min_class_size, 2)} members: "
-            f"nothing to score (class sizes {class_sizes.tolist()})"
+            f"nothing to score ({sizes_text(class_sizes)})"
         )
     sources = np.concatenate(src_parts).astype(np.int64)
     if whole or estimator == "sources":

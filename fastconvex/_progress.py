@@ -21,6 +21,8 @@ import sys
 from types import TracebackType
 from typing import Any, Callable
 
+import numpy as np
+
 __all__ = ["Progress", "progress_bar", "show_progress", "announce_compilation",
            "quiet_compilation_notice", "LOG_EVERY_S"]
 
@@ -32,10 +34,14 @@ _FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt}{unit} [{elapsed}<{remaining}, {rate
 
 
 def show_progress(progress: bool | None) -> bool:
-    """``progress`` resolved: None means "only when stderr is a terminal"."""
+    """``progress`` resolved: None means "only when stderr is a terminal".
+    Anything but None, True or False is a TypeError (``progress="no"`` would
+    otherwise be truthy and show the bars)."""
     if progress is None:
         isatty = getattr(sys.stderr, "isatty", None)
         return bool(isatty and isatty())
+    if not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"progress must be None, True or False, got {type(progress).__name__} {progress!r}")
     return bool(progress)
 
 

@@ -36,7 +36,13 @@ from ._inputs import (
     to_numpy,
     warn_float64_losses,
 )
-from ._pairs import PairPlan, aggregate, resolve_estimator, stats_from_pair_scores
+from ._pairs import (
+    PairPlan,
+    aggregate,
+    resolve_estimator,
+    sizes_text,
+    stats_from_pair_scores,
+)
 from ._progress import Progress
 from ._results import Convexity
 
@@ -91,7 +97,7 @@ def plan_segments(
     if not src_parts:
         raise ValueError(
             f"no class has at least min_class_size={max(min_class_size, 2)} members: "
-            f"nothing to score (class sizes {class_sizes.tolist()})"
+            f"nothing to score ({sizes_text(class_sizes)})"
         )
     sources = np.concatenate(src_parts).astype(np.int64)
     target_ptr = np.zeros(sources.shape[0] + 1, np.int64)

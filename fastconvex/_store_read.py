@@ -38,6 +38,17 @@ def _npy_header(file: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     return tuple(int(s) for s in shape), dtype, offset
 
 
+def _member(root: Path, name: Any) -> Path:
+    """A file the manifest names, which must lie inside the store (a relative
+    path without ``..``)."""
+    if not isinstance(name, str):
+        raise TypeError(f"a file name must be a string, got {type(name).__name__}")
+    rel = Path(name)
+    if not name or rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"file {name!r} is not a path inside the store")
+    return root / rel
+
+
 def _check_npy(file: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
     if not file.is_file():
         raise _fail(file, "is missing")
@@ -219,26 +230,40 @@ def open_store(path: str | os.PathLike[str]) -> LayerStore:
         raise _fail(mfile, f"has format version {manifest.get('version')!r}; this fastconvex reads {VERSION}")
     try:
         n = int(manifest["n_points"])
-        entries = list(manifest["layers"])
-        label_entry = manifest["labels"]
-        meta = dict(manifest.get("meta") or {})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _fail(mfile, f"lacks a field ({exc})") from None
+        entries, label_entry, meta = manifest["layers"], manifest["labels"], manifest.get("meta") or {}
+        for key, value, kind in (("layers", entries, list), ("labels", label_entry, dict), ("meta", meta, dict)):
+            if not isinstance(value, kind):
+                raise TypeError(f"{key!r} must be a JSON {'list' if kind is list else 'object'}, "
+                                f"got {type(value).__name__}")
+        if not all(isinstance(entry, dict) for entry in entries):
+            raise TypeError("'layers' must list JSON objects")
+        meta = dict(meta)
+    except KeyError as exc:
+        raise _fail(mfile, f"lacks the field {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise _fail(mfile, f"has a malformed field ({exc})") from None
     if not entries:
         raise _fail(mfile, "lists no layers")
     dtypes = set()
     for i, entry in enumerate(entries):
-        file = root / entry["file"]
-        dtype = np.dtype(entry["dtype"])
-        shape = tuple(int(s) for s in entry["shape"])
+        try:
+            file = _member(root, entry["file"])
+            dtype = np.dtype(entry["dtype"])
+            shape = tuple(int(s) for s in entry["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _fail(mfile, f"layer {i}'s entry is malformed ({type(exc).__name__}: {exc})") from None
         if len(shape) != 2 or shape[0] != n:
             raise _fail(mfile, f"layer {i} has shape {shape}, expected ({n}, D)")
         _check_npy(file, shape, dtype)
         dtypes.add(dtype.name)
-    lfile = root / label_entry["file"]
+    try:
+        lfile, label_kind = _member(root, label_entry["file"]), label_entry["kind"]
+        ufile = _member(root, manifest["utterance"]["file"]) if manifest.get("utterance") else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _fail(mfile, f"the labels or utterance entry is malformed ({type(exc).__name__}: {exc})") from None
     if not lfile.is_file():
         raise _fail(lfile, "is missing")
-    if label_entry["kind"] == "npy":
+    if label_kind == "npy":
         try:
             labels = np.load(lfile, allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -254,8 +279,7 @@ def open_store(path: str | os.PathLike[str]) -> LayerStore:
     if labels.shape != (n,):
         raise _fail(lfile, f"holds {labels.shape} labels, the layers have N={n} rows")
     utterance = None
-    if manifest.get("utterance"):
-        ufile = root / manifest["utterance"]["file"]
+    if ufile is not None:
         _check_npy(ufile, (n,), np.dtype(np.int64))
         utterance = np.load(ufile, allow_pickle=False)
     name = str(meta.get("name") or root.resolve().name)

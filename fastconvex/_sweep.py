@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Sequence
 
+from ._backends import BACKENDS
 from ._core import ScoringPlan, check_engine, plan_scoring, score_layer, stack_layers
 from ._inputs import check_embeddings
 from ._pairs import DEFAULT_PAIRS, resolve_estimator
@@ -273,6 +274,8 @@ def sweep(
         check_euclidean_options(k=k, sources=sources, backend=backend, shards=shards, model=model, engine=engine)
     elif model is not None:
         raise ValueError('model applies to measure="euclidean" only')
+    elif not isinstance(backend, str) or backend not in BACKENDS:  # before out_dir and any task
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     estimator, budget = resolve_estimator(pairs, sources, exact)
     opened = _open_stores(stores)
     selections = {s.name: _layer_indices(layers, s) for s in opened}

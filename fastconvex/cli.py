@@ -63,14 +63,18 @@ def log(args: argparse.Namespace | None, message: str) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    from .commands._output import non_negative_int
+
     group = parser.add_argument_group("common options")
-    group.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (default 0)")
+    group.add_argument("--seed", type=non_negative_int, default=0, help="seed of the pair sampling (default 0)")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
     group.add_argument(
         "--backend", default="auto", choices=["auto", "triton", "numba", "naive"],
         help="compute backend (default auto; env FASTCONVEX_BACKEND overrides auto)",
     )
     group.add_argument("--out", default=None, help="write the JSON result here instead of stdout")
+    if "--overwrite" not in parser._option_string_actions:  # prune, embed, finetune have their own
+        group.add_argument("--overwrite", action="store_true", help="replace an existing --out (or --plot) file")
     group.add_argument("--quiet", action="store_true", help="no logs or progress on stderr")
     group.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
 
@@ -111,6 +115,17 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _check_out_file(args: argparse.Namespace) -> None:
+    """``--out FILE`` checked before any work, for every command whose ``--out``
+    is a file (``prune``'s is a directory): writable, and not replaced without
+    ``--overwrite``."""
+    out = getattr(args, "out", None)
+    if args.command != "prune" and out not in (None, "-"):
+        from .commands._output import check_output_file
+
+        check_output_file(out, "--out", overwrite=getattr(args, "overwrite", False))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 data error,
     2 usage error, 130 interrupted)."""
@@ -130,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         quiet_compilation_notice()
     try:
+        _check_out_file(args)
         module = importlib.import_module(args._module)
         with warnings.catch_warnings():
             if not args.debug:  # a warning is one line too, not a file:line and source echo

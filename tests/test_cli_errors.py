@@ -65,6 +65,22 @@ def test_ragged_object_labels_are_named_not_a_numpy_message(files, capsys):
     assert "allow_pickle" not in line
 
 
+def test_a_non_npy_or_truncated_file_is_named_without_unpickling_advice(files, capsys):
+    (files / "notes.npy").write_bytes(b"hello, not an array")
+    whole = (files / "emb.npy").read_bytes()
+    (files / "half.npy").write_bytes(whole[: len(whole) // 2])
+    for argv, what, why in (
+        (["score", files / "notes.npy", "--labels", files / "y.npy"], "EMBEDDINGS", "is not a .npy file"),
+        (["score", files / "emb.npy", "--labels", files / "notes.npy"], "LABELS", "is not a .npy file"),
+        (["score", files / "half.npy", "--labels", files / "y.npy"], "EMBEDDINGS", "is truncated"),
+    ):
+        code, out, err = _run(capsys, argv)
+        line = _one_line(err, f"fastconvex score: error: {what}:")
+        assert code == 1 and out == ""
+        assert f"{str(argv[1] if what == 'EMBEDDINGS' else argv[3])!r} {why}" in line
+        assert "pickle" not in line and "mmap" not in line
+
+
 def test_non_utf8_label_text(files, capsys):
     (files / "latin.txt").write_bytes(("a\n" * 30 + "caf\xe9\n" * 30).encode("latin-1"))
     code, _, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "latin.txt"])
@@ -103,6 +119,13 @@ def test_k_too_large_for_the_data(files, capsys):
         (["score", "x.npy"], "the following arguments are required: --labels"),
         (["score", "x.npy", "--labels", "y.npy", "--k", "zero"], "argument --k: expected an integer, got 'zero'"),
         (["score", "x.npy", "--labels", "y.npy", "--sources", "0"], "argument --sources: must be at least 1, got 0"),
+        (["score", "x.npy", "--labels", "y.npy", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+        (["sweep", "s", "--out-dir", "o", "--seed", "-3"], "argument --seed: must be at least 0, got -3"),
+        # --sampling-rate 0 was taken as "the model's rate" (ignored); -5 failed on "lengths" after loading
+        (["embed", "m", "--audio", "a", "--out-dir", "s", "--sampling-rate", "0"],
+         "argument --sampling-rate: must be at least 1, got 0"),
+        (["prune", "m", "--audio", "a", "--out", "o", "--sampling-rate", "-5"],
+         "argument --sampling-rate: must be at least 1, got -5"),
     ],
 )
 def test_usage_errors_are_one_line_with_status_2(capsys, argv, message):
@@ -176,6 +199,52 @@ def test_plot_name_without_suffix_logs_the_file_written(files, capsys):
     assert code == 0
     assert f"wrote {files / 'curve.png'}" in err
     assert (files / "curve.png").read_bytes()[:4] == b"\x89PNG" and not (files / "curve").exists()
+
+
+def test_out_never_replaces_an_existing_file_without_overwrite(files, capsys, monkeypatch):
+    called = []
+    monkeypatch.setattr(fc, "layer_scores", lambda *a, **k: called.append(1))
+    labels_before = (files / "y.npy").read_bytes()
+    (files / "p.png").write_bytes(b"an earlier plot")
+    # --out naming an input file (or any existing file): refused before the work, the file intact
+    for target, option in ((files / "y.npy", "--out"), (files / "p.png", "--plot")):
+        code, out, err = _run(capsys, _score(files, option, target))
+        assert code == 2 and out == "" and not called
+        line = _one_line(err, "fastconvex score: error:")
+        assert f"{option} {str(target)!r} already exists" in line and "--overwrite" in line
+    assert (files / "y.npy").read_bytes() == labels_before
+    assert (files / "p.png").read_bytes() == b"an earlier plot"
+    (files / "r.json").write_text("precious")
+    for argv in (["env", "--out", files / "r.json"],
+                 ["bench", "--sizes", "30", "--dim", "2", "--classes", "2", "--out", files / "r.json"]):
+        code, out, err = _run(capsys, argv)
+        assert code == 2 and out == ""
+        assert f"--out {str(files / 'r.json')!r} already exists" in _one_line(err, f"fastconvex {argv[0]}: error:")
+    assert (files / "r.json").read_text() == "precious"
+    monkeypatch.undo()
+    code, _, err = _run(capsys, _score(files, "--out", files / "r.json", "--overwrite"))
+    assert code == 0, err
+    assert "scores" in json.loads((files / "r.json").read_text())
+
+
+def test_bench_out_is_checked_before_the_benchmark(files, capsys, monkeypatch):
+    import fastconvex._bench
+
+    monkeypatch.setattr(fastconvex._bench, "compare_to_naive", lambda *a, **k: pytest.fail("benchmark ran"))
+    code, out, err = _run(capsys, ["bench", "--sizes", "30", "--out", files / "missing" / "b.json"])
+    assert code == 2 and out == ""
+    assert "does not exist; create it first" in _one_line(err, "fastconvex bench: error:")
+
+
+def test_prune_refuses_a_non_empty_out_directory_before_the_model(tmp_path, capsys):
+    out_dir = tmp_path / "model"  # say, the model being pruned
+    out_dir.mkdir()
+    (out_dir / "config.json").write_text("{}")
+    code, out, err = _run(capsys, ["prune", out_dir, "--audio", tmp_path / "no_audio", "--out", out_dir])
+    assert code == 2 and out == ""
+    line = _one_line(err, "fastconvex prune: error:")
+    assert f"--out {str(out_dir)!r} exists and is not empty" in line and "--overwrite" in line
+    assert (out_dir / "config.json").read_text() == "{}"
 
 
 # ------------------------------------------------------------------ tracebacks

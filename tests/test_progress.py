@@ -115,3 +115,16 @@ def test_the_real_kernels_expose_their_cache_index():
 
     index = paths._run._cache._cache_file._index_path
     assert index.endswith(".nbi")
+
+
+@pytest.mark.parametrize("bad", ["no", "false", 0, 1, 0.0])
+def test_progress_must_be_none_or_a_bool(bad):
+    # progress="no" is truthy: it must not quietly turn the bars on
+    x, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+    with pytest.raises(TypeError, match=rf"progress must be None, True or False, got {type(bad).__name__} {bad!r}"):
+        fc.layer_scores([x, x], y, k=3, progress=bad)
+
+
+def test_progress_takes_numpy_booleans(capsys):
+    x, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+    assert fc.layer_scores([x], y, k=3, progress=np.False_).scores.shape == (1,)

@@ -158,6 +158,40 @@ def test_corrupt_store_refused_naming_the_file(tmp_path, how):
         fc.open_store(tmp_path / "s")
 
 
+def _edit(manifest, path, value):
+    *keys, last = path
+    for key in keys:
+        manifest = manifest[key]
+    if value is KeyError:
+        del manifest[last]
+    else:
+        manifest[last] = value
+
+
+@pytest.mark.parametrize("path, value, match", [
+    (["layers"], "layer_000.npy", r"has a malformed field \('layers' must be a JSON list, got str\)"),
+    (["layers"], ["layer_000.npy"], r"has a malformed field \('layers' must list JSON objects\)"),
+    (["meta"], 5, r"has a malformed field \('meta' must be a JSON object, got int\)"),
+    (["labels"], KeyError, r"lacks the field 'labels'"),
+    (["layers", 0, "dtype"], KeyError, r"layer 0's entry is malformed \(KeyError: 'dtype'\)"),
+    (["layers", 1, "dtype"], "float99", r"layer 1's entry is malformed \(TypeError: data type 'float99'"),
+    (["layers", 1, "shape"], ["x", 5], r"layer 1's entry is malformed \(ValueError"),
+    (["layers", 0, "file"], "/etc/passwd", r"layer 0's entry is malformed .*'/etc/passwd' is not a path inside"),
+    (["layers", 2, "file"], "../t/layer_000.npy", r"layer 2's entry .*'\.\./t/layer_000\.npy' is not a path inside"),
+    (["labels", "file"], None, r"the labels or utterance entry is malformed \(TypeError"),
+    (["labels", "kind"], KeyError, r"the labels or utterance entry is malformed \(KeyError: 'kind'\)"),
+])
+def test_malformed_manifest_entries_are_named(tmp_path, path, value, match):
+    # a hand-edited or damaged store.json: a ValueError naming the manifest and
+    # the entry, never a bare KeyError/TypeError, and no file outside the store read
+    fc.save_store(tmp_path / "t", _layers(), np.arange(30) % 2)
+    manifest = json.loads((tmp_path / "t" / MANIFEST).read_text())
+    _edit(manifest, path, value)
+    (tmp_path / "t" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=rf"{MANIFEST}: {match}"):
+        fc.open_store(tmp_path / "t")
+
+
 def test_verify_catches_changed_bytes(tmp_path):
     fc.save_store(tmp_path / "s", _layers(), np.arange(30) % 2)
     arr = np.load(tmp_path / "s" / "layer_000.npy", mmap_mode="r+")

@@ -137,6 +137,10 @@ def test_bad_arguments(tmp_path, monkeypatch):
         fc.sweep([stores[0], stores[0].path], out_dir=tmp_path / "o")
     with pytest.raises(ValueError, match="k must be < the number of points"):
         fc.sweep(stores, out_dir=tmp_path / "o", k=30)
+    # a misspelt backend is refused up front: no out_dir, no failing tasks
+    with pytest.raises(ValueError, match=r"^backend must be one of .*got 'nunba'"):
+        fc.sweep(stores, out_dir=tmp_path / "o", backend="nunba", verbose=False, plot=False)
+    assert not (tmp_path / "o").exists()
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r'pip install "fastconvex\[ray\]"'):
         fc.sweep(stores, out_dir=tmp_path / "o", engine="ray")

@@ -203,3 +203,27 @@ def test_integer_tensors_are_scored_like_integer_arrays():
     assert a.score == b.score and a.n_pairs == b.n_pairs
     with pytest.raises(TypeError, match=r"x must be real"):
         fc.graph_convexity(torch.from_numpy(xi).to(torch.complex64), yi, k=3)
+
+
+def test_nothing_to_score_message_stays_short_with_many_classes():
+    # one label per row (an utterance id passed as the class, say): the error
+    # summarises the class sizes instead of listing N of them on one line
+    x = RNG.normal(size=(500, 3))
+    with pytest.raises(ValueError, match=r"min_class_size=2 .*500 classes, the largest with 1 member") as info:
+        fc.graph_convexity(x, np.arange(500))
+    assert len(str(info.value)) < 200
+    with pytest.raises(ValueError, match=r"500 classes, the largest with 1 member") as info:
+        fc.euclidean_convexity(x, np.arange(500), lambda z: np.zeros(len(z), dtype=int))
+    assert len(str(info.value)) < 200
+    with pytest.raises(ValueError, match=r"class sizes \[10, 10\]"):  # few classes: still listed
+        fc.graph_convexity(x[:20], np.repeat([0, 1], 10), min_class_size=11)
+
+
+def test_ragged_nested_lists_name_the_argument():
+    ragged = [[0.0, 1.0], [2.0], [3.0, 4.0]]
+    with pytest.raises(ValueError, match=r"^x is ragged"):
+        fc.graph_convexity(ragged, [0, 0, 1])
+    with pytest.raises(ValueError, match=r"^x is ragged"):
+        fc.knn_graph(ragged, 1)
+    with pytest.raises(ValueError, match=r"^hidden_states\[1\] is ragged"):
+        fc.layer_scores([[[0.0], [1.0], [2.0]], ragged], [0, 0, 1], k=1)

@@ -41,9 +41,10 @@ class DataError(ValueError):
     exit_status = 1
 
 
-def check_output_file(path: str | os.PathLike[str], option: str) -> Path:
+def check_output_file(path: str | os.PathLike[str], option: str, *, overwrite: bool = False) -> Path:
     """``path`` can be written as a file: not a directory, its directory exists
-    and is writable. Raises :class:`UsageError` naming ``option`` otherwise."""
+    and is writable, and it does not exist yet unless ``overwrite``
+    (``--overwrite``). Raises :class:`UsageError` naming ``option`` otherwise."""
     out = Path(path)
     if out.is_dir():
         raise UsageError(f"{option} {str(out)!r} is a directory; give a file name, such as {str(out / 'result.json')!r}")
@@ -52,12 +53,14 @@ def check_output_file(path: str | os.PathLike[str], option: str) -> Path:
         raise UsageError(f"{option} {str(out)!r}: directory {str(parent)!r} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {str(out)!r}: directory {str(parent)!r} is not writable")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{option} {str(out)!r} already exists (pass --overwrite to replace it)")
     if out.exists() and not os.access(out, os.W_OK):
         raise UsageError(f"{option} {str(out)!r} exists and is not writable")
     return out
 
 
-def check_plot_file(path: str | os.PathLike[str], option: str = "--plot") -> Path:
+def check_plot_file(path: str | os.PathLike[str], option: str = "--plot", *, overwrite: bool = False) -> Path:
     """The file a plot will be written to, checked before any work.
 
     No suffix: ``.png`` is added (and the returned path says so, for the log).
@@ -81,7 +84,7 @@ def check_plot_file(path: str | os.PathLike[str], option: str = "--plot") -> Pat
             f"{option} {str(path)!r}: matplotlib cannot write {out.suffix!r} files; use one of "
             + ", ".join(f".{f}" for f in sorted(formats))
         )
-    return check_output_file(out, option)
+    return check_output_file(out, option, overwrite=overwrite)
 
 
 def _int_at_least(text: str, minimum: int) -> int:

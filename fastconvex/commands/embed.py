@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._output import positive_int
 from .sweep import _layer_list
 
 __all__ = ["add_arguments", "run"]
@@ -27,14 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio", required=True, metavar="DIR|CSV",
                         help="DIR/<label>/*.wav|flac|ogg (Speech Commands layout) or a CSV of path,label")
     parser.add_argument("--out-dir", required=True, metavar="STORE", help="the layer store to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing store at STORE")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing store at STORE (and an existing --out file)")
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default 8)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of the stored layers")
     parser.add_argument("--layers", type=_layer_list, default=None, metavar="I,J,...",
                         help="hidden-state indices to keep (default all)")
     parser.add_argument("--final-norm", default="raw", choices=["raw", "apply"],
                         help="pre-LN models: store raw hidden states or pass them through the final LayerNorm")
-    parser.add_argument("--sampling-rate", type=int, default=None, help="resample audio to this rate (default: the model's)")
+    parser.add_argument("--sampling-rate", type=positive_int, default=None, help="resample audio to this rate (default: the model's)")
     parser.add_argument("--max-per-class", type=int, default=None, help="at most this many files per label (drawn with --seed)")
     parser.add_argument("--mix-lengths", action="store_true",
                         help="batch utterances of different lengths even for padding-sensitive models (faster, inexact)")

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--groups-column", default=None, metavar="NAME",
                         help="column of the --audio CSV holding groups (speakers ...): whole groups are held out")
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="where the fine-tuned model is written")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out-dir")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out-dir (and an existing --out file)")
     parser.add_argument("--epochs", type=_positive_float, default=5.0, help="training epochs (default 5)")
     parser.add_argument("--lr", type=_positive_float, default=3e-5, help="peak learning rate (default 3e-5)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="clips per step (default 16)")
@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out-dir {str(out_dir)!r} exists and is not empty (pass --overwrite to replace it)")
     _check_output_dir(out_dir)
     if args.out not in (None, "-"):
-        check_output_file(args.out, "--out")
+        check_output_file(args.out, "--out", overwrite=args.overwrite)
     if not args.eval_split < 1:
         raise UsageError(f"--eval-split must be a fraction below 1, got {args.eval_split}")
 

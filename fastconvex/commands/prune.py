@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._output import UsageError, run_with_hf_quiet, write_text_atomic
+from ._output import UsageError, positive_int, run_with_hf_quiet, write_text_atomic
 from .score import add_scoring_arguments, save_plot, scoring_kwargs
 
 __all__ = ["add_arguments", "run", "load_model"]
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--audio", required=True, metavar="DIR|CSV",
         help="DIR/<label>/*.wav|flac|ogg (Speech Commands layout; _* dirs skipped) or a CSV of path,label",
     )
-    parser.add_argument("--sampling-rate", type=int, default=None, help="Hz (default: the feature extractor's, else 16000)")
+    parser.add_argument("--sampling-rate", type=positive_int, default=None, help="Hz (default: the feature extractor's, else 16000)")
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default 8)")
     parser.add_argument(
         "--max-per-class", type=int, default=None,
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stream pooled hidden states into a layer store at DIR (for data larger than RAM; "
         "reusable by 'sweep' and 'score'; an interrupted run resumes)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --embeddings-dir store")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --embeddings-dir store, and write into a non-empty --out directory")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of --embeddings-dir")
     add_scoring_arguments(parser)
     from ._euclidean import add_measure_arguments
@@ -159,6 +159,8 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {str(out_dir)!r} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
+        raise UsageError(f"--out {str(out_dir)!r} exists and is not empty (pass --overwrite to write into it)")
     _check_output_dir(out_dir)
     if args.measure != "euclidean":
         from ._euclidean import check_graph_only
@@ -196,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
     audio = hf.AudioFiles(paths, sampling_rate=rate)
     lengths = audio.lengths()
 
-    from ._output import DataError, UsageError
+    from ._output import DataError
 
     try:  # from here on, what fails is the audio or its embeddings: exit status 1
         if args.measure == "euclidean":  # MODEL's own remaining layers label the segments

@@ -163,7 +163,11 @@ def _load_npy(p: Path, what: str = "EMBEDDINGS", mmap: bool = True) -> np.ndarra
     try:
         return np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        if "allow_pickle" in str(exc) and _has_npy_magic(p):
+        if not _has_npy_magic(p):  # numpy would suggest unpickling it
+            raise ValueError(f"{what}: {str(p)!r} is not a .npy file (it lacks the NumPy header)") from None
+        if "mmap length is greater than file size" in str(exc):
+            raise ValueError(f"{what}: {str(p)!r} is truncated: shorter than its .npy header says") from None
+        if "allow_pickle" in str(exc):
             raise ValueError(
                 f"{what}: {str(p)!r} holds Python objects (dtype object, such as ragged lists), "
                 "which fastconvex does not unpickle; save one number or string per row "
@@ -369,8 +373,8 @@ def run(args: argparse.Namespace) -> int:
 def check_outputs(args: argparse.Namespace) -> Path | None:
     """Check ``--out`` and ``--plot`` before any work; the plot's path (or None)."""
     if args.out not in (None, "-"):
-        check_output_file(args.out, "--out")
-    return check_plot_file(args.plot) if args.plot else None
+        check_output_file(args.out, "--out", overwrite=args.overwrite)
+    return check_plot_file(args.plot, overwrite=args.overwrite) if args.plot else None
 
 
 def emit_result(args: argparse.Namespace, result: Any, names: list[str], plot_path: Path | None) -> int:

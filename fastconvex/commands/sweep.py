@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         _check_frame_stores(args)
     as_json = args.json or args.out == "-"
     if args.out not in (None, "-"):
-        check_output_file(args.out, "--out")  # before any work
+        check_output_file(args.out, "--out", overwrite=args.overwrite)  # before any work
     result = sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
                    layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
                    verbose=not args.quiet, **kwargs)
