@@ -253,6 +253,35 @@ def test_same_seed_same_pairs_other_seed_other_pairs():
     assert np.bincount(codes[pa[0]]).tolist() == [100, 100, 100]
 
 
+def test_sampled_pairs_and_sources_are_uniform():
+    """SPEC 1.6: P distinct pairs, or S distinct sources, drawn uniformly. Over
+    2000 seeds in a class of 7 (42 ordered pairs, 21 unordered), every
+    unordered pair is drawn about equally often (the plan may orient a pair
+    either way, so only the unordered pair is observable), every member is a
+    source about equally often: a chi-square test against the uniform counts."""
+    from collections import Counter
+
+    from scipy.stats import chisquare
+
+    from fastconvex._pairs import plan_pairs
+
+    codes = np.r_[np.zeros(7, np.int64), np.ones(3, np.int64)]  # class 1: 6 pairs, scored whole
+    pair_counts, source_counts = Counter(), Counter()
+    for seed in range(2000):
+        plan = plan_pairs(codes, 2, estimator="pairs", budget=12, seed=seed, min_class_size=2)
+        s, t = plan.pairs(codes)
+        drawn = [frozenset(p) for p in zip(s.tolist(), t.tolist()) if codes[p[0]] == 0]
+        assert len(drawn) == 12 and all(v <= 2 for v in Counter(drawn).values())
+        pair_counts.update(drawn)
+        plan = plan_pairs(codes, 2, estimator="sources", budget=3, seed=seed, min_class_size=2)
+        chosen = plan.sources[plan.source_class == 0].tolist()
+        assert len(set(chosen)) == 3
+        source_counts.update(chosen)
+    assert len(pair_counts) == 21 and len(source_counts) == 7
+    assert chisquare(list(pair_counts.values())).pvalue > 1e-3
+    assert chisquare(list(source_counts.values())).pvalue > 1e-3
+
+
 def test_orientation_keeps_the_drawn_pairs_and_saves_searches():
     from collections import Counter
 
