@@ -35,6 +35,7 @@ def assert_knn_equal_up_to_ties(
     np.testing.assert_allclose(distances, true_d, rtol=1e-5, atol=1e-6)
     assert np.all(np.diff(distances, axis=1) >= -1e-9 * (1 + distances[:, 1:]))
     assert not np.any(indices == rows), "a point neighbours itself"
+    assert all(len(set(r)) == k for r in indices.tolist()), "a neighbour listed twice"
     np.testing.assert_allclose(distances, ref_d, rtol=rtol, atol=1e-9)
     for i in range(x64.shape[0]):
         got, ref = set(indices[i].tolist()), set(ref_i[i].tolist())
