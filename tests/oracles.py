@@ -3,6 +3,8 @@ time as baselines (benchmarks import them from here)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import dijkstra
@@ -33,6 +35,7 @@ def assert_knn_equal_up_to_ties(
     np.testing.assert_allclose(distances, true_d, rtol=1e-5, atol=1e-6)
     assert np.all(np.diff(distances, axis=1) >= -1e-9 * (1 + distances[:, 1:]))
     assert not np.any(indices == rows), "a point neighbours itself"
+    assert all(len(set(r)) == k for r in indices.tolist()), "a neighbour listed twice"
     np.testing.assert_allclose(distances, ref_d, rtol=rtol, atol=1e-9)
     for i in range(x64.shape[0]):
         got, ref = set(indices[i].tolist()), set(ref_i[i].tolist())
@@ -49,6 +52,74 @@ def scipy_shortest_distances(indptr, neighbours, weights, sources) -> np.ndarray
     n = indptr.shape[0] - 1
     graph = sp.csr_matrix((weights, neighbours, indptr), shape=(n, n))
     return dijkstra(graph, directed=False, indices=sources)
+
+
+def reference_pair_scores(x, labels, k: int, min_class_size: int = 2) -> dict:
+    """Every ordered same-class pair's path score, the slow, plain way, from
+    SPEC.md section 1 alone (nothing from fastconvex): float64 brute-force kNN,
+    the union graph built from an explicit edge set, scipy's Dijkstra with
+    predecessors, and a walk back along each path.
+
+    Returns ``{label: [((a, b), score, reachable), ...]}`` with pairs in the
+    order ``a`` ascending, then ``b`` ascending (``a != b``), for every class
+    with at least ``max(min_class_size, 2)`` members; labels are compared with
+    Python ``==`` (any hashable). Valid only where shortest paths are unique
+    (no duplicate rows, no exactly equal-length paths: continuous data in two
+    or more dimensions), since scipy picks an arbitrary one among equals."""
+    x = np.asarray(x, np.float64)
+    labels = list(labels)
+    n = x.shape[0]
+    idx, dist = bruteforce_knn_f64(x, k)
+    assert np.all(dist > 0), "duplicate rows: zero-length edges are outside this oracle"
+    edges = {}
+    for i in range(n):
+        for j, d in zip(idx[i].tolist(), dist[i].tolist()):
+            edges[(min(i, j), max(i, j))] = d
+    a = np.array([e[0] for e in edges] + [e[1] for e in edges], np.int64)
+    b = np.array([e[1] for e in edges] + [e[0] for e in edges], np.int64)
+    w = np.array(list(edges.values()) * 2)
+    graph = sp.csr_matrix((w, (a, b)), shape=(n, n))
+    _, pred = dijkstra(graph, directed=False, return_predecessors=True)
+    out = {}
+    for c in dict.fromkeys(labels):
+        members = [i for i in range(n) if labels[i] == c]
+        if len(members) < max(min_class_size, 2):
+            continue
+        scored = []
+        for s in members:
+            for t in members:
+                if s == t:
+                    continue
+                if pred[s, t] < 0:
+                    scored.append(((s, t), 0.0, False))
+                    continue
+                path = [t]
+                while path[-1] != s:
+                    path.append(int(pred[s, path[-1]]))
+                inner = path[1:-1]
+                value = 1.0 if not inner else sum(labels[v] == c for v in inner) / len(inner)
+                scored.append(((s, t), value, True))
+        out[c] = scored
+    return out
+
+
+def reference_exact_convexity(x, labels, k: int, min_class_size: int = 2) -> dict:
+    """What ``exact=True`` must report, from :func:`reference_pair_scores`:
+    ``score`` (mean over every scored pair, pooled), ``macro`` (mean of the
+    class means), ``per_class`` (NaN for a skipped class), ``n_pairs`` (0 for a
+    skipped class) and ``n_unreachable``."""
+    labels = list(labels)
+    per = reference_pair_scores(x, labels, k, min_class_size)
+    classes = list(dict.fromkeys(labels))
+    pooled = [v for c in per for _, v, _ in per[c]]
+    return {
+        "score": float(np.mean(pooled)),
+        "macro": float(np.mean([np.mean([v for _, v, _ in per[c]]) for c in per])),
+        "per_class": {c: float(np.mean([v for _, v, _ in per[c]])) if c in per else math.nan
+                      for c in classes},
+        "n_pairs": {c: len(per.get(c, [])) for c in classes},
+        "n_unreachable": sum(not r for c in per for _, _, r in per[c]),
+    }
 
 
 def nnconvexity_all_pairs(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, dict[int, float]]:

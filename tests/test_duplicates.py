@@ -19,7 +19,7 @@ import fastconvex as fc
 import fastconvex._duplicates as dup
 from fastconvex.kernels.numba.duplicates import expand_knn
 from fastconvex.kernels.numba.knn import knn as numba_knn
-from oracles import bruteforce_knn_f64
+from oracles import assert_knn_equal_up_to_ties, bruteforce_knn_f64
 
 _GPU = os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
 BACKENDS = ["numba", pytest.param("triton", marks=pytest.mark.triton)]
@@ -178,6 +178,8 @@ def test_property_lists_equal_brute_force(n, d, n_points, data):
     ref_i, ref_d = bruteforce_knn_f64(x, k)
     if x.dtype == np.float32:
         np.testing.assert_array_equal(g.indices, ref_i)
+    else:  # rounded distances: the lists up to near-ties, distances those of the indices
+        assert_knn_equal_up_to_ties(x, g.indices, g.distances, k)
     # duplicates: distance exactly 0, and a row's own copies come first
     rows = np.arange(n)[:, None]
     same = (x[g.indices] == x[rows]).all(-1)

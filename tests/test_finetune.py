@@ -125,6 +125,7 @@ def test_split_properties():
     from fastconvex.hf._splits import split_indices
 
     rng = np.random.default_rng(1)
+    grouped = 0  # trials whose grouped split ran (the refusal below must not hide them all)
     for trial in range(30):
         n = int(rng.integers(12, 60))
         ids = rng.integers(0, 3, size=n)
@@ -135,12 +136,14 @@ def test_split_properties():
         except ValueError as exc:
             assert "no group can be held out" in str(exc)
             continue
+        grouped += 1
         assert not set(groups[train]) & set(groups[held])
         assert set(ids[train]) == set(ids)
         assert np.array_equal(np.sort(np.concatenate([train, held])), np.arange(n))
         train, held = split_indices(ids, 0.25, seed=trial)
         assert set(ids[train]) == set(ids)
         assert held.size == min(max(round(0.25 * n), 1), n - 3)
+    assert grouped >= 20, f"only {grouped} of 30 grouped splits ran"
 
 
 def test_deterministic_for_a_seed():

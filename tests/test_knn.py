@@ -56,6 +56,28 @@ def test_ties_of_returned_distances_go_to_the_smaller_index(backend, seed, k, du
         assert abs(a.per_class[c] - b.per_class[c]) <= 1e-12
 
 
+def test_the_tie_aware_oracle_rejects_wrong_lists():
+    """The oracle accepts a swap of tied neighbours and nothing else: a
+    neighbour repeated in place of a tied one, a farther point, a point as its
+    own neighbour, or distances that are not those of the indices."""
+    x = np.array([[0.0], [1.0], [-1.0], [5.0]])
+    good_i = np.array([[1, 2], [0, 2], [0, 1], [1, 0]])
+    good_d = np.array([[1.0, 1.0], [1.0, 2.0], [1.0, 2.0], [4.0, 5.0]])
+    assert_knn_equal_up_to_ties(x, good_i, good_d, 2)
+    swapped = good_i.copy()
+    swapped[0] = [2, 1]  # tied at distance 1: either order
+    assert_knn_equal_up_to_ties(x, swapped, good_d, 2)
+    bad = []
+    for row, idx, dist in [(0, [1, 1], [1.0, 1.0]), (1, [0, 3], [1.0, 4.0]), (2, [2, 0], [0.0, 1.0]),
+                           (3, [1, 0], [4.0, 4.0])]:
+        i, d = good_i.copy(), good_d.copy()
+        i[row], d[row] = idx, dist
+        bad.append((i, d))
+    for i, d in bad:
+        with pytest.raises(AssertionError):
+            assert_knn_equal_up_to_ties(x, i, d, 2)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize(
     "n,d,k",

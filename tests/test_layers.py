@@ -36,6 +36,31 @@ def test_forms_agree_with_per_layer_graph_convexity():
         assert r.per_class.shape == (3, 3)
 
 
+@pytest.mark.parametrize("estimator", [{"pairs": 50}, {"sources": 4}, {"exact": True}])
+@pytest.mark.parametrize("names", [["ah", "k", "sil"], ["k", 3, "ah"]], ids=["str", "mixed"])
+def test_string_labels_with_every_estimator(estimator, names):
+    """String (and mixed str/int) labels give, layer by layer, what the same
+    classes as integer codes give alone (the same pairs where the renaming
+    keeps the sorted order; exact is order-free); the class keys are the names."""
+    layers, y = _layers()
+    labels = [names[v] for v in y]
+    r = fc.layer_scores(layers, labels, k=4, seed=2, progress=False, **estimator)
+    sortable = names == sorted(names, key=str) and len({type(v) for v in names}) == 1
+    for got, h in zip(r.layers, layers):
+        ref = fc.graph_convexity(h, y, k=4, seed=2, **estimator)
+        if sortable or "exact" in estimator:
+            assert math.isclose(got.score, ref.score, rel_tol=0, abs_tol=1e-12)
+            assert got.n_pairs == {names[c]: n for c, n in ref.n_pairs.items()}
+            for c, v in ref.per_class.items():
+                assert math.isclose(got.per_class[names[c]], v, rel_tol=0, abs_tol=1e-12)
+        else:  # another class order: other sampled pairs, the same counts
+            assert sorted(got.n_pairs.values()) == sorted(ref.n_pairs.values())
+    assert set(r.classes) == set(names)
+    assert r.per_class.shape == (3, 3)
+    for i, c in enumerate(r.classes):
+        np.testing.assert_array_equal(r.per_class[:, i], [layer.per_class[c] for layer in r.layers])
+
+
 def test_same_pairs_for_every_layer():
     layers, y = _layers()
     # identical layers scored on common pairs give identical results

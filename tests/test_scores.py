@@ -13,7 +13,11 @@ from hypothesis import strategies as st
 
 import fastconvex as fc
 from fastconvex.datasets import overlapping_classes
-from oracles import nnconvexity_all_pairs
+from oracles import (
+    nnconvexity_all_pairs,
+    reference_exact_convexity,
+    reference_pair_scores,
+)
 
 ESTIMATORS = [
     pytest.param({"pairs": 5000}, id="pairs-census"),
@@ -154,18 +158,11 @@ def test_exact_agrees_with_nnconvexity(seed, n, d, k):
 
 
 def _all_pair_scores(x, y, k):
-    """Every ordered same-class pair's score, per class, via the naive engine."""
-    from fastconvex._pairs import plan_pairs
-    from fastconvex.naive import NaiveEngine, _dense_knn, _path_score, _union_graph
-    from scipy.sparse.csgraph import dijkstra
-
-    idx, dist = _dense_knn(x, k)
-    _, pred = dijkstra(_union_graph(idx, dist), directed=False, return_predecessors=True)
-    out = {}
-    for c in np.unique(y):
-        m = np.flatnonzero(y == c)
-        out[c] = [(_path_score(pred[a], a, b, y) or 0.0) for a in m for b in m if a != b]
-    return out
+    """Every ordered same-class pair's score, per class (pairs with a ascending,
+    then b), from the independent oracle (tests/oracles.py: scipy's Dijkstra,
+    nothing from fastconvex)."""
+    per = reference_pair_scores(x, y, k)
+    return {c: [v for _, v, _ in per[c]] for c in per}
 
 
 def test_exact_is_the_mean_over_all_pairs_and_pairs_census_is_exact():
@@ -256,6 +253,35 @@ def test_same_seed_same_pairs_other_seed_other_pairs():
     assert np.bincount(codes[pa[0]]).tolist() == [100, 100, 100]
 
 
+def test_sampled_pairs_and_sources_are_uniform():
+    """SPEC 1.6: P distinct pairs, or S distinct sources, drawn uniformly. Over
+    2000 seeds in a class of 7 (42 ordered pairs, 21 unordered), every
+    unordered pair is drawn about equally often (the plan may orient a pair
+    either way, so only the unordered pair is observable), every member is a
+    source about equally often: a chi-square test against the uniform counts."""
+    from collections import Counter
+
+    from scipy.stats import chisquare
+
+    from fastconvex._pairs import plan_pairs
+
+    codes = np.r_[np.zeros(7, np.int64), np.ones(3, np.int64)]  # class 1: 6 pairs, scored whole
+    pair_counts, source_counts = Counter(), Counter()
+    for seed in range(2000):
+        plan = plan_pairs(codes, 2, estimator="pairs", budget=12, seed=seed, min_class_size=2)
+        s, t = plan.pairs(codes)
+        drawn = [frozenset(p) for p in zip(s.tolist(), t.tolist()) if codes[p[0]] == 0]
+        assert len(drawn) == 12 and all(v <= 2 for v in Counter(drawn).values())
+        pair_counts.update(drawn)
+        plan = plan_pairs(codes, 2, estimator="sources", budget=3, seed=seed, min_class_size=2)
+        chosen = plan.sources[plan.source_class == 0].tolist()
+        assert len(set(chosen)) == 3
+        source_counts.update(chosen)
+    assert len(pair_counts) == 21 and len(source_counts) == 7
+    assert chisquare(list(pair_counts.values())).pvalue > 1e-3
+    assert chisquare(list(source_counts.values())).pvalue > 1e-3
+
+
 def test_orientation_keeps_the_drawn_pairs_and_saves_searches():
     from collections import Counter
 
@@ -299,6 +325,84 @@ def test_scores_in_unit_interval_and_backends_agree(n, d, n_classes, seed, estim
     b = fc.naive.graph_convexity(x, y, k=k, **kw)
     assert 0.0 <= a.score <= 1.0 and 0.0 <= a.macro <= 1.0 and a.stderr >= 0.0
     assert_same_result(a, b)
+
+
+# ----------------------------------------------------------------------------------
+# exact mode against the independent oracle (tests/oracles.py), and invariances
+
+
+LABEL_POOL = ["cat", "dog", 7, -3, "owl", 0]  # strings and ints mixed: an object array
+
+
+@st.composite
+def _tie_free_problem(draw):
+    """Continuous data in 2-4 dimensions (no duplicate rows, no equal-length
+    paths almost surely), one cluster or two far apart (k small: often two
+    components), labels from a mixed pool (one-member classes likely), any k."""
+    n = draw(st.integers(3, 28))
+    d = draw(st.integers(2, 4))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    if draw(st.booleans()):
+        x[: n // 2] += 1000.0
+    pool = LABEL_POOL[: draw(st.integers(1, len(LABEL_POOL)))]
+    labels = [pool[i] for i in rng.integers(0, len(pool), n)]
+    if max(labels.count(v) for v in pool) < 2:
+        labels[1] = labels[0]
+    k = draw(st.integers(1, n - 1))
+    return x, labels, k
+
+
+def _assert_matches_reference(r, ref, tol=1e-12):
+    assert r.n_pairs == ref["n_pairs"]
+    assert r.n_unreachable == ref["n_unreachable"]
+    assert abs(r.score - ref["score"]) <= tol
+    assert abs(r.macro - ref["macro"]) <= tol
+    assert r.per_class.keys() == ref["per_class"].keys()
+    for c, v in ref["per_class"].items():
+        assert (math.isnan(v) and math.isnan(r.per_class[c])) or abs(r.per_class[c] - v) <= tol, c
+    assert r.stderr == 0.0
+    assert 0.0 <= r.score <= 1.0 and 0.0 <= r.macro <= 1.0
+
+
+@pytest.mark.parametrize("backend", ["numba", "naive"])
+@settings(max_examples=40, deadline=None)
+@given(problem=_tie_free_problem())
+def test_exact_equals_the_independent_oracle(backend, problem):
+    """exact=True is the mean over every ordered same-class pair (SPEC 1.4-1.6):
+    string and int labels mixed, one-member classes (0 pairs, NaN), two
+    components (unreachable pairs score 0), any k."""
+    x, labels, k = problem
+    ref = reference_exact_convexity(x, labels, k)
+    r = fc.graph_convexity(x, labels, k=k, exact=True, backend=backend)
+    _assert_matches_reference(r, ref)
+    # every pair scored by the other two estimators too: the same population value
+    for kw in ({"pairs": 10**6}, {"sources": len(x)}):
+        assert abs(fc.graph_convexity(x, labels, k=k, backend=backend, **kw).score - ref["score"]) <= 1e-12
+
+
+@settings(max_examples=30, deadline=None)
+@given(problem=_tie_free_problem(), data=st.data())
+def test_exact_is_invariant_to_row_order_and_label_names(problem, data):
+    """Permuting the rows (labels along) and renaming the classes by any
+    bijection (not order-preserving, strings to ints and back) changes nothing
+    but the class keys."""
+    x, labels, k = problem
+    n = len(labels)
+    perm = data.draw(st.permutations(range(n)))
+    classes = list(dict.fromkeys(labels))
+    new_names = data.draw(st.permutations(["z", "a", 99, -5, "m", 3, "q"]))[: len(classes)]
+    rename = dict(zip(classes, new_names))
+    ref = fc.graph_convexity(x, labels, k=k, exact=True)
+    got = fc.graph_convexity(x[list(perm)], [rename[labels[i]] for i in perm], k=k, exact=True)
+    assert got.n_unreachable == ref.n_unreachable
+    assert math.isclose(got.score, ref.score, rel_tol=0, abs_tol=1e-12)
+    assert math.isclose(got.macro, ref.macro, rel_tol=0, abs_tol=1e-12)
+    assert got.n_pairs == {rename[c]: v for c, v in ref.n_pairs.items()}
+    for c, v in ref.per_class.items():
+        w = got.per_class[rename[c]]
+        assert (math.isnan(v) and math.isnan(w)) or math.isclose(w, v, rel_tol=0, abs_tol=1e-12)
 
 
 # ----------------------------------------------------------------------------------
