@@ -81,3 +81,14 @@ def test_unreadable_audio(tmp_path):
         AudioFiles([tmp_path / "bad.wav"]).lengths()
     with pytest.raises(FileNotFoundError):
         load_audio(tmp_path / "missing.wav")
+
+
+@pytest.mark.parametrize("rate,error", [(0, ValueError), (-8000, ValueError), (16000.5, TypeError), ("16000", TypeError)])
+def test_bad_sampling_rates_are_refused_not_truncated(tmp_path, rate, error):
+    """0 and negative rates failed inside scipy (or gave lengths 0 and -400); 16000.5
+    was truncated to 16000 and "16000" accepted."""
+    sf.write(tmp_path / "a.wav", _tone(800), 16000)
+    with pytest.raises(error, match="sampling_rate must be"):
+        load_audio(tmp_path / "a.wav", rate)
+    with pytest.raises(error, match="sampling_rate must be"):
+        AudioFiles([tmp_path / "a.wav"], rate)

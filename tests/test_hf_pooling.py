@@ -342,6 +342,45 @@ def test_bad_inputs_are_refused(waves):
         call(torch.nn.Linear(3, 3), waves)
 
 
+def test_hostile_audio_and_arguments_are_refused(waves):
+    """Each of these used to run: int16 samples went in unscaled, a complex array lost
+    its imaginary part, sampling_rate=0/16000.5 and float lengths were taken (Whisper:
+    ZeroDivisionError), labels=/meta= without out_dir were ignored, and a text model
+    failed with KeyError 'input_ids'."""
+    model, fe = tiny_model("wav2vec2")
+    call = hf.pooled_hidden_states
+    pcm = (waves[0] * 3000).astype(np.int16)
+    with pytest.raises(TypeError, match=r"waveforms\[1\] has dtype int16: pass float samples"):
+        call(model, [waves[0], pcm], feature_extractor=fe)
+    with pytest.raises(TypeError, match=r"waveforms\[0\] has dtype int16"):
+        call(model, torch.as_tensor(pcm)[None], feature_extractor=fe)
+    with pytest.raises(TypeError, match=r"waveforms\[0\] must be a 1-D array of real float samples"):
+        call(model, [waves[0] + 1j], feature_extractor=fe)
+    whisper, _ = tiny_model("whisper")
+    with pytest.raises(ValueError, match="sampling_rate must be positive, got 0"):
+        call(whisper, waves[:2], sampling_rate=0)
+    with pytest.raises(TypeError, match="sampling_rate must be an integer number of Hz"):
+        call(model, waves[:2], sampling_rate=16000.5)
+    with pytest.raises(TypeError, match="lengths must be integers"):
+        call(model, waves[:2], feature_extractor=fe, lengths=[LENGTHS[0] + 0.7, LENGTHS[1]])
+    with pytest.raises(ValueError, match="labels: stored with out_dir's layer store only"):
+        call(model, waves[:2], feature_extractor=fe, labels=["a", "b"])
+    with pytest.raises(ValueError, match="meta: stored with out_dir"):
+        call(model, waves[:2], feature_extractor=fe, meta={"model": "x"})
+    import transformers
+
+    bert = transformers.BertModel(transformers.BertConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=50))
+    with pytest.raises(TypeError, match="BertModel takes 'input_ids'.*not a speech model"):
+        call(bert, waves[:2])
+    # bfloat16 tensors (which numpy lacks) are widened exactly, not refused
+    bf16 = torch.as_tensor(waves[0]).to(torch.bfloat16)
+    got = call(model, [bf16], feature_extractor=fe, progress=False)
+    ref = call(model, [bf16.float().numpy()], feature_extractor=fe, progress=False)
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_default_feature_extractor_normalises_like_the_models_own(waves):
     model, fe = tiny_model("wav2vec2")
     a = hf.pooled_hidden_states(model, waves[:3], feature_extractor=fe, progress=False)

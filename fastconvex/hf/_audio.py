@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["AUDIO_SUFFIXES", "AudioFiles", "find_audio", "load_audio"]
+__all__ = ["AUDIO_SUFFIXES", "AudioFiles", "check_sampling_rate", "find_audio", "load_audio"]
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -21,6 +21,15 @@ def _soundfile():  # type: ignore[no-untyped-def]
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("reading audio needs soundfile: pip install 'fastconvex[hf]'") from exc
     return soundfile
+
+
+def check_sampling_rate(rate: object, name: str = "sampling_rate") -> int:
+    """``rate`` as a positive int (Hz); a float, string or bool is refused, never truncated."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer number of Hz, got {type(rate).__name__} {rate!r}")
+    if rate < 1:
+        raise ValueError(f"{name} must be positive, got {int(rate)}")
+    return int(rate)
 
 
 def _resampled_length(n: int, sr_in: int, sr_out: int) -> int:
@@ -48,6 +57,7 @@ def load_audio(path: str | os.PathLike[str], sampling_rate: int = 16000) -> np.n
     -------
     numpy.ndarray of float32, shape (T,)
     """
+    sampling_rate = check_sampling_rate(sampling_rate)
     sf = _soundfile()
     p = Path(path)
     if not p.is_file():
@@ -78,7 +88,7 @@ class AudioFiles(Sequence[np.ndarray]):
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]], sampling_rate: int = 16000) -> None:
         self.paths = [Path(p) for p in paths]
-        self.sampling_rate = int(sampling_rate)
+        self.sampling_rate = check_sampling_rate(sampling_rate)
 
     def __len__(self) -> int:
         return len(self.paths)

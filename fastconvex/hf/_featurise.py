@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._audio import check_sampling_rate
 from ._context import (
     context_feature_extractor,
     whisper_context_samples,
@@ -31,11 +32,22 @@ def _waveform_name(waveforms: Any, i: int) -> str:
 def _as_waveform(x: Any, i: int, name: str | None = None) -> np.ndarray:
     name = name or f"waveforms[{i}]"
     if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu").numpy()
+        x = x.detach().to("cpu")
+        if x.is_floating_point() and x.dtype not in (torch.float16, torch.float32, torch.float64):
+            x = x.float()  # bfloat16 and the like, which numpy lacks: exact in float32
+        x = x.numpy()
     try:
-        arr = np.asarray(x, dtype=np.float32)
+        arr = np.asarray(x)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be a 1-D array of samples, got {type(x).__name__}") from exc
+    if arr.dtype.kind in "iub":
+        raise TypeError(
+            f"{name} has dtype {arr.dtype}: pass float samples in [-1, 1] (int16 PCM: x / 32768); "
+            "integer audio is not rescaled silently"
+        )
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a 1-D array of real float samples, got dtype {arr.dtype}")
+    arr = arr.astype(np.float32, copy=False)
     if arr.ndim != 1:
         raise ValueError(
             f"{name} must be 1-D (mono samples), got shape {arr.shape}; downmix multi-channel audio first"
@@ -44,6 +56,20 @@ def _as_waveform(x: Any, i: int, name: str | None = None) -> np.ndarray:
         raise ValueError(f"{name} is empty")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def check_lengths(lengths: Any, n_utt: int) -> np.ndarray:
+    """``lengths`` (sample counts given with lazily loaded waveforms) as (N,) int64:
+    integers >= 1, one per utterance (a float is refused, never truncated)."""
+    arr = np.asarray(lengths).reshape(-1)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers (samples per waveform), got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.shape[0] != n_utt:
+        raise ValueError(f"lengths has {arr.shape[0]} entries but waveforms has {n_utt}")
+    if np.any(arr < 1):
+        raise ValueError(f"lengths must be positive, got {int(arr.min())} at index {int(arr.argmin())}")
     return arr
 
 
@@ -106,8 +132,17 @@ def _default_feature_extractor(model: nn.Module, sampling_rate: int) -> Any:
 def _feature_extractor_for(model: nn.Module, feature_extractor: Any, sampling_rate: int) -> Any:
     """``feature_extractor`` (default: :func:`_default_feature_extractor`), checked
     to expect ``sampling_rate``."""
+    check_sampling_rate(sampling_rate)
     if feature_extractor is None:
         feature_extractor = _default_feature_extractor(model, sampling_rate)
+    main = None if is_whisper(model) else getattr(speech_encoder(model), "main_input_name", None)
+    produced = getattr(feature_extractor, "model_input_names", None)
+    if isinstance(main, str) and produced and main not in produced:
+        raise TypeError(
+            f"model: {type(model).__name__} takes {main!r}, which the feature extractor "
+            f"({type(feature_extractor).__name__}) does not make from audio (it gives {list(produced)}); "
+            "not a speech model? (supported: Wav2Vec2, HuBERT, WavLM, Data2VecAudio, Whisper)"
+        )
     fe_rate = getattr(feature_extractor, "sampling_rate", None)
     if fe_rate is not None and int(fe_rate) != int(sampling_rate):
         raise ValueError(

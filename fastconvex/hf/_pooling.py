@@ -26,6 +26,7 @@ from ._featurise import (
     _select_layers,
     _takes_attention_mask,
     _waveform_name,
+    check_lengths,
     frame_label_rows,
     valid_frame_counts,
 )
@@ -215,11 +216,7 @@ def pooled_hidden_states(
         raw_lengths = np.array([w.shape[0] for w in loaded], dtype=np.int64)
     else:
         loaded = None
-        raw_lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-        if raw_lengths.shape[0] != n_utt:
-            raise ValueError(f"lengths has {raw_lengths.shape[0]} entries but waveforms has {n_utt}")
-        if np.any(raw_lengths < 1):
-            raise ValueError(f"lengths must be positive, got {int(raw_lengths.min())} at index {int(raw_lengths.argmin())}")
+        raw_lengths = check_lengths(lengths, n_utt)
 
     whisper = is_whisper(model)
     if final_norm not in ("raw", "apply"):
@@ -276,7 +273,7 @@ def pooled_hidden_states(
     n_rows = n_utt if offsets is None else int(offsets[-1])
 
     writer = None
-    if out_dir is not None:  # checked before any forward pass
+    if out_dir is not None or labels is not None or meta is not None:  # checked before any forward pass
         from ._store_out import open_writer
 
         writer = open_writer(

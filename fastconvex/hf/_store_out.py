@@ -26,7 +26,7 @@ def model_signature(model: nn.Module) -> dict[str, Any]:
 
 
 def open_writer(
-    out_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None,
     *,
     model: nn.Module,
     labels: Sequence[Any] | None,
@@ -44,7 +44,16 @@ def open_writer(
 
     A frame store's metadata records ``ignored_frames``, the valid frames left
     out (-100 frame labels): with none, every utterance's rows are its whole
-    sequence (what ``LayerStore.sequences`` and Euclidean sweeps need)."""
+    sequence (what ``LayerStore.sequences`` and Euclidean sweeps need).
+
+    ``out_dir=None`` with ``labels``/``meta`` is refused: they only go into the
+    store, and would otherwise be ignored."""
+    if out_dir is None:
+        given = " and ".join(n for n, v in (("labels", labels), ("meta", meta)) if v is not None)
+        raise ValueError(
+            f"{given}: stored with out_dir's layer store only, and no out_dir was given (they would be "
+            "ignored); pass out_dir=, or leave them out (the returned rows follow waveforms' order)"
+        )
     if frame_labels is not None:
         if labels is not None:
             raise ValueError("labels: with frame_labels the rows' labels come from frame_labels; pass only one")
