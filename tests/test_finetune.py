@@ -244,8 +244,12 @@ def test_overwrite_replaces_the_directory(tmp_path):
         (dict(context_seconds=1.0), ValueError, "context_seconds is for Whisper"),
         (dict(epochs=0), ValueError, "epochs must be a positive"),
         (dict(batch_size=2.5), ValueError, "batch_size must be a positive integer"),
-        (dict(audio=[np.zeros(5, np.float32)] * 10), ValueError, "too short for one frame"),
-        (dict(audio=[np.full(800, np.nan, np.float32)] * 10), ValueError, "contains NaN"),
+        (dict(audio=[np.zeros(5, np.float32)] * 10), ValueError, r"^audio\[0\] has 5 samples, too short for one frame"),
+        (dict(audio=[np.full(800, np.nan, np.float32)] * 10), ValueError, r"^audio\[0\] contains NaN"),
+        (dict(weight_decay=float("nan")), ValueError, "weight_decay must be >= 0 and finite, got nan"),
+        (dict(weight_decay=-0.1), ValueError, "weight_decay must be >= 0"),
+        (dict(sampling_rate=0), ValueError, "sampling_rate must be positive"),
+        (dict(audio=[np.zeros(800, np.int16)] * 10), TypeError, r"audio\[0\] has dtype int16"),
     ],
 )
 def test_bad_input_is_named(change, error, match):

@@ -57,6 +57,8 @@ def test_cut_slices_positions_and_sets_the_config():
             assert torch.equal(v, other[k]), k
     hf.cut_whisper_context(model, 0.5)  # ceil(0.5 * 50) = 25 frames; cutting again is fine
     assert model.config.max_source_positions == 25
+    hf.cut_whisper_context(model, np.float32(0.25))  # a numpy scalar is a number too: ceil(12.5)
+    assert model.config.max_source_positions == 13
 
 
 def test_cut_model_equals_a_manual_forward_at_that_context():

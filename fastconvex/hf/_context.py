@@ -22,6 +22,7 @@ import copy
 import math
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from ._models import distinct_configs, is_whisper, speech_encoder
@@ -103,8 +104,9 @@ def cut_whisper_context(model: nn.Module, seconds: float) -> nn.Module:
         (there are no positional embeddings beyond it).
     """
     _require_whisper(model, "cut_whisper_context")
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+    if isinstance(seconds, (bool, np.bool_)) or not isinstance(seconds, (int, float, np.integer, np.floating)):
         raise TypeError(f"seconds must be a number, got {type(seconds).__name__} {seconds!r}")
+    seconds = float(seconds)  # numpy scalars too (np.float32 was refused as "not a number")
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"seconds must be positive and finite, got {seconds!r}")
     enc = speech_encoder(model)

@@ -20,13 +20,13 @@ from ._context import (
 from ._models import is_whisper, speech_encoder
 
 
-def _waveform_name(waveforms: Any, i: int) -> str:
-    """How errors name utterance ``i``: its file for :class:`AudioFiles`
+def _waveform_name(waveforms: Any, i: int, arg: str = "waveforms") -> str:
+    """How errors name utterance ``i`` of argument ``arg``: its file for :class:`AudioFiles`
     (``audio file 'a/b.wav' (waveforms[3])``), else ``waveforms[3]``."""
     paths = getattr(waveforms, "paths", None)
     if paths is not None and 0 <= i < len(paths):
-        return f"audio file {str(paths[i])!r} (waveforms[{i}])"
-    return f"waveforms[{i}]"
+        return f"audio file {str(paths[i])!r} ({arg}[{i}])"
+    return f"{arg}[{i}]"
 
 
 def _as_waveform(x: Any, i: int, name: str | None = None) -> np.ndarray:

@@ -310,6 +310,8 @@ def finetune(
         raise ValueError(f"layerdrop must be in [0, 1) or None, got {layerdrop!r}")
     if not 0.0 <= float(warmup_ratio) < 1.0:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
+    if not 0.0 <= float(weight_decay) < math.inf:  # NaN trained to NaN weights without a word
+        raise ValueError(f"weight_decay must be >= 0 and finite, got {weight_decay!r}")
     out = _check_out_dir(out_dir, overwrite)
 
     # ---- audio, labels, split (all checked before training) --------------------------------
@@ -325,7 +327,7 @@ def finetune(
         raise ValueError(f"audio is loaded at {rate_of_files} Hz but sampling_rate={sampling_rate}")
     ids, classes = encode_labels(labels, len(audio))
     train_idx, eval_idx = split_indices(ids, eval_split, groups=groups, seed=int(seed), classes=classes)
-    waves = [_as_waveform(audio[i], i, _waveform_name(audio, i)) for i in range(len(audio))]
+    waves = [_as_waveform(audio[i], i, _waveform_name(audio, i, "audio")) for i in range(len(audio))]
     lengths = np.array([w.shape[0] for w in waves], dtype=np.int64)
 
     # ---- the model and its inputs -----------------------------------------------------------
@@ -340,7 +342,7 @@ def finetune(
         if long.size and not truncate:
             raise ValueError(
                 f"{long.size} clip(s) are longer than the Whisper context of {n_context} samples "
-                f"({n_context / sampling_rate:g} s), e.g. {_waveform_name(audio, int(long[0]))} with "
+                f"({n_context / sampling_rate:g} s), e.g. {_waveform_name(audio, int(long[0]), 'audio')} with "
                 f"{int(lengths[long[0]])}; pass truncate=True to cut them, or a longer context_seconds"
             )
         waves = [w[:n_context] for w in waves]
@@ -348,7 +350,7 @@ def finetune(
         frames = valid_frame_counts(clf, lengths)
         if np.any(frames < 1):
             bad = int(np.argmin(frames))
-            raise ValueError(f"{_waveform_name(audio, bad)} has {int(lengths[bad])} samples, too short for one frame")
+            raise ValueError(f"{_waveform_name(audio, bad, 'audio')} has {int(lengths[bad])} samples, too short for one frame")
     frozen = freeze_front_end(clf, freeze_feature_encoder)
     if layerdrop is not None:
         for cfg_key in ("layerdrop", "encoder_layerdrop"):
