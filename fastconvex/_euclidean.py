@@ -15,8 +15,10 @@ from ._progress import Progress
 from ._results import Convexity, LayerScores
 from ._segments import (
     _takes_mask,
+    check_euclidean_device,
     check_frame_mask,
     check_items,
+    check_known_labels,
     check_settings,
     encode_item_labels,
     euclidean_from_plan,
@@ -42,18 +44,25 @@ def plan_euclidean(labels: Any, n: int, *, n_sampled: Any, pairs: Any, exact: An
 
 def _setup(x: Any, name: str, labels: Any, predict: Any, predict_name: str, n_sampled: Any, pairs: Any,
            exact: Any, batch_size: Any, seed: Any, min_class_size: Any, attention_mask: Any,
-           lengths: Any) -> tuple[list[Hashable], PairPlan, np.ndarray | None, int, int, int | None]:
-    """Validate the settings shared by both entry points and draw the pairs."""
+           lengths: Any, device: Any, known_labels: Any) -> tuple[list[Hashable], PairPlan, np.ndarray | None, int,
+                                                                  int, int | None, list[Hashable] | None]:
+    """Validate the settings shared by both entry points (``predict`` called with
+    ``(layer, batch[, mask])`` when ``predict_name`` is predict_from_layer) and
+    draw the pairs. ``known_labels`` comes back as a list (a generator would be
+    used up by the first layer)."""
     encode_item_labels(labels, int(x.shape[0]))  # label errors before settings errors, as always
     check_settings(n_sampled, pairs, exact, batch_size)
     _check_seed(seed)
     mask = check_frame_mask(x, attention_mask, lengths, name=name)
     if not callable(predict):
         raise TypeError(f"{predict_name} must be callable, got {type(predict).__name__}")
+    _takes_mask(predict, name=predict_name, layer=predict_name == "predict_from_layer", mask=mask is not None)
+    check_euclidean_device(device)
+    check_known_labels(known_labels)
     classes, plan, n_sampled, batch_size, seed = plan_euclidean(
         labels, int(x.shape[0]), n_sampled=n_sampled, pairs=pairs, exact=exact, batch_size=batch_size, seed=seed,
         min_class_size=min_class_size)
-    return classes, plan, mask, n_sampled, batch_size, seed
+    return classes, plan, mask, n_sampled, batch_size, seed, None if known_labels is None else list(known_labels)
 
 
 def euclidean_convexity(
@@ -130,12 +139,10 @@ def euclidean_convexity(
         ``stderr`` with finite-population correction (0 when every pair is scored).
     """
     x = check_items(x)
-    classes, plan, mask, n_sampled, batch_size, seed = _setup(
+    classes, plan, mask, n_sampled, batch_size, seed, known_labels = _setup(
         x, "x", labels, predict, "predict", n_sampled, pairs, exact, batch_size, seed, min_class_size,
-        attention_mask, lengths,
+        attention_mask, lengths, device, known_labels,
     )
-    if mask is not None:
-        _takes_mask(predict)
     return euclidean_from_plan(
         x, mask, plan, classes, predict, n_sampled=n_sampled, batch_size=batch_size, device=device,
         known_labels=known_labels, seed=seed, progress=show_progress(progress),
@@ -210,9 +217,9 @@ def layer_euclidean_scores(
                 f"hidden_states[{i}] has shape {tuple(h.shape)}, but hidden_states[0] has "
                 f"{tuple(layers[0].shape)}: every layer must hold the same items (and frames)"
             )
-    classes, plan, mask, n_sampled, batch_size, seed = _setup(
+    classes, plan, mask, n_sampled, batch_size, seed, known_labels = _setup(
         layers[0], "hidden_states[0]", labels, predict_from_layer, "predict_from_layer", n_sampled, pairs, exact,
-        batch_size, seed, min_class_size, attention_mask, lengths,
+        batch_size, seed, min_class_size, attention_mask, lengths, device, known_labels,
     )
     results: list[Convexity] = []
     with Progress(len(layers), "layers", enabled=show_progress(progress)) as bar:

@@ -24,7 +24,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
-from typing import Any, Callable, Hashable, Iterable
+from collections.abc import Iterable
+from typing import Any, Callable, Hashable
 
 import numpy as np
 
@@ -161,18 +162,47 @@ def check_frame_mask(x: Any, attention_mask: Any, lengths: Any, *, name: str = "
     return mask
 
 
-def _takes_mask(predict: Callable[..., Any]) -> None:
-    """Fail early when a mask is to be passed but ``predict`` takes one argument."""
+def _takes_mask(predict: Callable[..., Any], *, name: str = "predict", layer: bool = False,
+                mask: bool = True) -> None:
+    """Fail early when ``predict`` cannot take its arguments: ``(batch)``, with
+    ``mask`` ``(batch, mask)``, with ``layer`` ``(layer, batch[, mask])``."""
     try:
         params = inspect.signature(predict).parameters.values()
     except (TypeError, ValueError):
         return
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if not any(p.kind == p.VAR_POSITIONAL for p in params) and len(positional) < 2:
+    required = [p for p in positional if p.default is p.empty]
+    wanted = ["layer"] * layer + ["batch"] + ["mask"] * mask
+    if len(positional) < len(wanted) or len(required) > len(wanted):
+        when = " when attention_mask or lengths is given" if mask else ""
         raise TypeError(
-            "predict must take (batch, mask) when attention_mask or lengths is given: "
-            "the mask (B, T) marks the real frames of each sampled sequence"
+            f"{name} must take ({', '.join(wanted)}){when}, but its signature is {inspect.signature(predict)}"
+            + (": the mask (B, T) marks the real frames of each sampled sequence" if mask else "")
         )
+
+
+def check_known_labels(known_labels: Any) -> None:
+    """``known_labels``: None or an iterable of hashable labels (a string is one label, not many)."""
+    if known_labels is None:
+        return
+    if isinstance(known_labels, (str, bytes)) or not isinstance(known_labels, Iterable):
+        raise TypeError(
+            f"known_labels must be an iterable of labels (a list, array, set), got {type(known_labels).__name__} "
+            f"{known_labels!r}" + (f"; for one label pass [{known_labels!r}]" if isinstance(known_labels, (str, int)) else "")
+        )
+
+
+def check_euclidean_device(device: Any) -> None:
+    """``device``: None, a CPU or a CUDA device that torch can use here."""
+    if device is None:
+        return
+    from ._backends import check_device
+
+    check_device(device)
+    if _torch().device(device).type == "cuda" and not _torch().cuda.is_available():
+        raise RuntimeError(f"device={device!r} was requested, but no CUDA device is visible to torch")
 
 
 class SegmentScorer:

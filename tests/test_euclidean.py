@@ -222,6 +222,35 @@ def test_bad_inputs():
             fc.euclidean_convexity(empty, [0] * empty.shape[0], _linear(w))
 
 
+def test_bad_predictors_devices_and_known_labels_are_named_before_scoring():
+    """A predict_from_layer taking one argument failed inside the first batch with
+    "<lambda>() takes 1 positional argument but 2 were given"; device="cuda"
+    without CUDA raised AssertionError, device=3 a RuntimeError; known_labels="7"
+    was read as the characters {"7"} and known_labels=7 failed with "'int' object
+    is not iterable"; a generator known_labels was used up by layer 0, so layer 1
+    then refused the very label it declared."""
+    x, y, w = _data(12, 20, 4, 3)
+    with pytest.raises(TypeError, match=r"predict_from_layer must take \(layer, batch\), but its signature is \(b\)"):
+        fc.layer_euclidean_scores([x, x], y, lambda b: _linear(w)(b))
+    with pytest.raises(TypeError, match=r"predict must take \(batch\), but its signature is \(\)"):
+        fc.euclidean_convexity(x, y, lambda: 0)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="device='cuda' was requested, but no CUDA device"):
+            fc.euclidean_convexity(x, y, _linear(w), device="cuda")
+    with pytest.raises(ValueError, match="device='bogus' is not a device torch knows"):
+        fc.euclidean_convexity(x, y, _linear(w), device="bogus")
+    with pytest.raises(TypeError, match="device must be None, a string"):
+        fc.euclidean_convexity(x, y, _linear(w), device=3)
+    def always_7(*a):
+        return np.full(len(a[-1]), 7)
+
+    for bad in ("7", 7):
+        with pytest.raises(TypeError, match=rf"known_labels must be an iterable of labels.*pass \[{bad!r}\]"):
+            fc.euclidean_convexity(x, y, always_7, known_labels=bad)
+    r = fc.layer_euclidean_scores([x, x, x], y, lambda layer, b: always_7(b), known_labels=(v for v in [7]))
+    assert r.scores.tolist() == [0.0, 0.0, 0.0]
+
+
 def test_integers_beyond_2_53_warn_and_exact_ones_do_not():
     """int64 items are scored in float64: values that float64 cannot hold are
     said (never a silent change), exact ones are not."""
