@@ -1,6 +1,7 @@
 """Writing a finished file atomically: a temporary file in the same directory,
 flushed to disk, then renamed over the target, so readers (and a rerun after a
-crash) see the old file or the whole new one, never a part."""
+crash) see the old file or the whole new one, never a part. And an output
+directory checked before any work, so nothing is replaced unasked."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_json_atomic", "write_text_atomic"]
+__all__ = ["check_output_dir", "write_json_atomic", "write_text_atomic"]
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
@@ -36,3 +37,22 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as JSON (indent 1, NaN allowed) to ``path`` atomically."""
     write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
+
+
+def check_output_dir(path: str | os.PathLike[str], name: str, overwrite: bool, *,
+                     action: str = "replace it") -> Path:
+    """``path`` as an output directory, checked before any work: not a file,
+    not a non-empty directory unless ``overwrite`` (the message says
+    ``pass overwrite=True to {action}``), and its nearest existing parent
+    writable. Raises ValueError naming ``name`` otherwise."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{name} {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{name} {str(out)!r} exists and is not empty (pass overwrite=True to {action})")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {str(out)!r}: directory {str(parent)!r} is not writable")
+    return out

@@ -51,6 +51,14 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool; anything but True/False (numpy's included) is a
+    TypeError (a string such as "no" would otherwise be truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def describe(where: str | None) -> str:
     return f" in {where}" if where else ""
 
@@ -292,6 +300,20 @@ def labels_to_array(labels: Any, *, name: str = "labels") -> np.ndarray:
     return arr
 
 
+def check_finite_labels(labels: np.ndarray, *, name: str = "labels") -> None:
+    """A NaN or inf label is refused, naming its row: NaN != NaN, so every NaN
+    would become a one-member class of its own."""
+    if labels.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(labels))
+    elif labels.dtype == object:
+        bad = [row for row, v in enumerate(labels)
+               if isinstance(v, (float, np.floating)) and not math.isfinite(v)]
+    else:
+        return
+    if len(bad):
+        raise ValueError(f"{name} has a non-finite label in row {int(bad[0])}")
+
+
 def encode_labels(labels: np.ndarray, *, name: str = "labels") -> tuple[np.ndarray, list[Hashable]]:
     """Integer codes 0..C-1 and the class list (sorted where the labels sort,
     else in order of first appearance).
@@ -303,9 +325,7 @@ def encode_labels(labels: np.ndarray, *, name: str = "labels") -> tuple[np.ndarr
     """
     if labels.ndim != 1:
         raise ValueError(f"{name} must be 1-D here, got shape {labels.shape}")
-    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
-        row = int(np.flatnonzero(~np.isfinite(labels))[0])
-        raise ValueError(f"{name} has a non-finite label in row {row}")
+    check_finite_labels(labels, name=name)
     if labels.dtype != object:
         classes, codes = np.unique(labels, return_inverse=True)
         return codes.astype(np.int64).ravel(), [c.item() if isinstance(c, np.generic) else c for c in classes]
@@ -317,10 +337,6 @@ def encode_labels(labels: np.ndarray, *, name: str = "labels") -> tuple[np.ndarr
                 f"{name}[{row}] is not hashable ({type(v).__name__}); labels must be hashable"
             ) from None
     plain = [v.item() if isinstance(v, np.generic) else v for v in labels]
-    for row, v in enumerate(plain):
-        # NaN != NaN: every NaN would become a one-member class of its own
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"{name} has a non-finite label in row {row}")
     try:
         classes = sorted(set(plain))
     except TypeError:

@@ -14,7 +14,7 @@ from typing import Hashable
 
 import numpy as np
 
-from ._inputs import check_int
+from ._inputs import check_bool, check_int
 from ._results import Convexity
 
 
@@ -96,8 +96,7 @@ def resolve_estimator(pairs: int | None, sources: int | None, exact: bool) -> tu
     silent choice; the default ``pairs`` (:data:`DEFAULT_PAIRS`) or
     ``pairs=None`` yields to the other one.
     """
-    if not isinstance(exact, (bool, np.bool_)):
-        raise TypeError(f"exact must be True or False, got {exact!r}")
+    check_bool("exact", exact)
     explicit_pairs = pairs is not None and pairs is not DEFAULT_PAIRS
     if pairs is not None:  # validated even where it is an error to combine
         pairs = check_int("pairs", pairs, minimum=1)

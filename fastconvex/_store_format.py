@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ._inputs import labels_to_array
+from ._inputs import check_finite_labels, labels_to_array
 
 FORMAT = "fastconvex-layer-store"
 VERSION = 1
@@ -60,6 +60,7 @@ def _labels_for_store(labels: Any) -> np.ndarray:
         raise ValueError(f"labels must be 1-D (N,), got shape {array.shape}")
     if array.dtype.kind not in "biufUSO":
         raise TypeError(f"labels of dtype {array.dtype} cannot be stored")
+    check_finite_labels(array)  # refused now, not after the layers are written
     return array
 
 

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ._atomic import write_json_atomic
-from ._inputs import is_torch_tensor, to_numpy
+from ._inputs import check_bool, is_torch_tensor, to_numpy
 from ._store_format import (
     _CHUNK_BYTES,
     FORMAT,
@@ -93,7 +93,7 @@ class StoreWriter:
         job: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
-        self.overwrite = bool(overwrite)
+        self.overwrite = check_bool("overwrite", overwrite)
         _check_target(self.path, self.overwrite)
         self.meta = _check_meta(meta)
         self.labels = _labels_for_store(labels)

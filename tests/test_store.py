@@ -77,6 +77,33 @@ def test_unstorable_label_names_the_row(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the temporary directory is gone too
 
 
+@pytest.mark.parametrize("labels", [
+    np.array([0.0, 1.0, np.nan, 1.0]),  # float array
+    [1, "a", float("nan"), 2],  # mixed, as an object array
+    np.array([1, "a", np.float64(np.inf), 2], dtype=object),
+])
+def test_non_finite_label_refused_before_anything_is_written(tmp_path, labels):
+    """NaN != NaN would make each NaN a class of its own: refused when the
+    store is written (naming the row), not when it is scored."""
+    calls = []
+
+    def layers():  # never reached: the labels are checked first
+        calls.append(1)
+        yield from _layers(n=4, count=1)
+
+    with pytest.raises(ValueError, match=r"labels has a non-finite label in row 2"):
+        fc.save_store(tmp_path / "s", layers(), labels)
+    assert calls == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["no", 0, None, "False"])
+def test_overwrite_must_be_a_bool(tmp_path, flag):
+    fc.save_store(tmp_path / "s", _layers(), np.arange(30) % 2)
+    with pytest.raises(TypeError, match=r"overwrite must be True or False"):
+        fc.save_store(tmp_path / "s", _layers(seed=5), np.arange(30) % 2, overwrite=flag)
+    np.testing.assert_array_equal(fc.open_store(tmp_path / "s").layers[0], _layers()[0])
+
+
 def test_from_generator_torch_and_3d(tmp_path):
     layers = _layers()
     gen = (torch.from_numpy(x) for x in layers)

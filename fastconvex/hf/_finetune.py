@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._atomic import check_output_dir
+from .._inputs import check_bool
 from ._context import (
     context_feature_extractor,
     cut_whisper_context,
@@ -133,22 +135,6 @@ class _Collator:
                                self.takes_mask, self.whisper, False)
         inputs["labels"] = torch.as_tensor(self.ids[clips], dtype=torch.long)
         return inputs
-
-
-def _check_out_dir(out_dir: Any, overwrite: bool) -> Path | None:
-    if out_dir is None:
-        return None
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"out_dir {str(out)!r} exists and is not empty (pass overwrite=True to replace it)")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"out_dir {str(out)!r}: directory {str(parent)!r} is not writable")
-    return out
 
 
 def _save_atomic(model: nn.Module, fe: Any, out: Path, result_json: str) -> None:
@@ -312,7 +298,7 @@ def finetune(
         raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
     if not 0.0 <= float(weight_decay) < math.inf:  # NaN trained to NaN weights without a word
         raise ValueError(f"weight_decay must be >= 0 and finite, got {weight_decay!r}")
-    out = _check_out_dir(out_dir, overwrite)
+    out = None if out_dir is None else check_output_dir(out_dir, "out_dir", check_bool("overwrite", overwrite))
 
     # ---- audio, labels, split (all checked before training) --------------------------------
     if isinstance(audio, (np.ndarray, torch.Tensor)):

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from .._atomic import check_output_dir
+from .._inputs import check_bool
 from ._models import encoder_blocks, final_norm_module, resolve_model_class
 
 __all__ = ["PROVENANCE_FILE", "jsonable", "load_pruned", "package_versions", "restore_final_norm", "save_pruned"]
@@ -97,13 +99,7 @@ def save_pruned(
     """
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}")
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"path {str(out)!r} exists and is not a directory")
-    if not isinstance(overwrite, bool):
-        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"path {str(out)!r} exists and is not empty (pass overwrite=True to write into it)")
+    out = check_output_dir(path, "path", check_bool("overwrite", overwrite), action="write into it")
     out.mkdir(parents=True, exist_ok=True)
     info = getattr(model, "fastconvex_pruning", None) or {}
     kept = len(encoder_blocks(model)[2])
