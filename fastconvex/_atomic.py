@@ -5,13 +5,16 @@ directory checked before any work, so nothing is replaced unasked."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_output_dir", "write_json_atomic", "write_text_atomic"]
+__all__ = ["check_output_dir", "staged_directory", "write_json_atomic", "write_text_atomic"]
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
@@ -56,3 +59,41 @@ def check_output_dir(path: str | os.PathLike[str], name: str, overwrite: bool, *
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{name} {str(out)!r}: directory {str(parent)!r} is not writable")
     return out
+
+
+@contextlib.contextmanager
+def staged_directory(out: str | os.PathLike[str], *, replace: bool) -> Iterator[Path]:
+    """A temporary sibling of ``out`` to write its files into. When the block
+    ends without an error, ``replace=True`` puts the whole directory in place
+    of ``out`` (an old ``out`` is moved aside first and removed only after);
+    ``replace=False`` moves its files into ``out`` one by one with
+    ``os.replace``, so each file is the old one or the whole new one. On an
+    error the temporary directory is removed and ``out`` is left as it was.
+    The directory gets the usual permissions (umask), not ``mkdtemp``'s 0700."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    old: Path | None = None
+    try:
+        yield tmp
+        if replace:
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+                os.replace(out, old / out.name)
+            os.replace(tmp, out)
+        else:
+            out.mkdir(exist_ok=True)
+            for item in sorted(tmp.iterdir()):
+                os.replace(item, out / item.name)
+            tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not out.exists():
+            os.replace(old / out.name, out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
 import warnings
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -320,3 +323,41 @@ def test_save_pruned_refuses_a_non_empty_directory_without_overwrite(tmp_path):
     hf.save_pruned(model, original, feature_extractor=fe, overwrite=True)
     assert transformers.AutoConfig.from_pretrained(original).num_hidden_layers == 1
     hf.save_pruned(model, tmp_path / "empty")  # a new (or empty) directory needs no overwrite
+
+
+def test_save_pruned_leaves_no_half_written_model(tmp_path, monkeypatch):
+    """The files are written beside the target and moved in whole: a save that
+    fails half-way leaves the directory as it was and no temporary behind."""
+    model, fe = tiny_model("wav2vec2", layers=LAYERS)
+    out = tmp_path / "cut"
+    hf.save_pruned(hf.prune(model, 2), out, feature_extractor=fe)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = type(model).save_pretrained
+
+    def dies_half_way(self, path, **kw):
+        real(self, path, **kw)
+        (Path(path) / "model.safetensors").write_bytes(b"half")  # a torn weights file
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(model), "save_pretrained", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        hf.save_pruned(hf.prune(model, 1), out, feature_extractor=fe, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut"]
+    assert transformers.AutoConfig.from_pretrained(out).num_hidden_layers == 2
+
+
+def test_saved_directories_get_the_umask_permissions(tmp_path):
+    from fastconvex._atomic import staged_directory
+
+    old = os.umask(0o022)
+    try:
+        for replace in (True, False):
+            with staged_directory(tmp_path / f"d{replace}", replace=replace) as tmp:
+                (tmp / "f").write_text("x")
+    finally:
+        os.umask(old)
+    for replace in (True, False):  # not mkdtemp's 0700: others on a cluster can read a model
+        assert stat.S_IMODE((tmp_path / f"d{replace}").stat().st_mode) == 0o755
+        assert (tmp_path / f"d{replace}" / "f").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dFalse", "dTrue"]

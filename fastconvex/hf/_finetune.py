@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._atomic import check_output_dir
+from .._atomic import check_output_dir, staged_directory
 from .._inputs import check_bool
 from ._context import (
     context_feature_extractor,
@@ -135,32 +135,6 @@ class _Collator:
                                self.takes_mask, self.whisper, False)
         inputs["labels"] = torch.as_tensor(self.ids[clips], dtype=torch.long)
         return inputs
-
-
-def _save_atomic(model: nn.Module, fe: Any, out: Path, result_json: str) -> None:
-    """Write into a temporary sibling directory, then rename it to ``out``."""
-    import shutil
-    import tempfile
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    old: Path | None = None
-    try:
-        model.save_pretrained(tmp)
-        fe.save_pretrained(tmp)
-        (tmp / RESULT_FILE).write_text(result_json, encoding="utf-8")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists():
-            os.replace(old / out.name, out)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _positive(value: Any, name: str, integer: bool = False) -> Any:
@@ -383,6 +357,9 @@ def finetune(
 
         from ._quiet import quiet_transformers
 
-        with quiet_transformers():  # no "Writing model shards" bar
-            _save_atomic(clf, fe, out, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
+        with quiet_transformers(), staged_directory(out, replace=True) as tmp:  # no "Writing model shards" bar
+            clf.save_pretrained(tmp)
+            fe.save_pretrained(tmp)
+            (tmp / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n",
+                                           encoding="utf-8")
     return result

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .._atomic import check_output_dir
+from .._atomic import check_output_dir, staged_directory
 from .._inputs import check_bool
 from ._models import encoder_blocks, final_norm_module, resolve_model_class
 
@@ -100,7 +100,6 @@ def save_pruned(
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}")
     out = check_output_dir(path, "path", check_bool("overwrite", overwrite), action="write into it")
-    out.mkdir(parents=True, exist_ok=True)
     info = getattr(model, "fastconvex_pruning", None) or {}
     kept = len(encoder_blocks(model)[2])
     if info.get("final_norm") == "identity":
@@ -109,9 +108,6 @@ def save_pruned(
             "(a plain from_pretrained re-creates a freshly initialised LayerNorm)",
             stacklevel=2,
         )
-    model.save_pretrained(out)
-    if feature_extractor is not None:
-        feature_extractor.save_pretrained(out)
     if scores is None:
         score_record = None
     elif hasattr(scores, "to_dict"):
@@ -132,9 +128,14 @@ def save_pruned(
     }
     if extra:
         record["extra"] = extra
-    prov = out / PROVENANCE_FILE
-    prov.write_text(json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return prov
+    # written beside ``out`` and moved in file by file: a crash leaves no half-written weights
+    with staged_directory(out, replace=False) as tmp:
+        model.save_pretrained(tmp)
+        if feature_extractor is not None:
+            feature_extractor.save_pretrained(tmp)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n",
+                                           encoding="utf-8")
+    return out / PROVENANCE_FILE
 
 
 def restore_final_norm(model: nn.Module) -> nn.Module:
