@@ -363,10 +363,12 @@ def test_hostile_audio_and_arguments_are_refused(waves):
         call(model, waves[:2], sampling_rate=16000.5)
     with pytest.raises(TypeError, match="lengths must be integers"):
         call(model, waves[:2], feature_extractor=fe, lengths=[LENGTHS[0] + 0.7, LENGTHS[1]])
-    with pytest.raises(ValueError, match="labels: stored with out_dir's layer store only"):
+    with pytest.raises(ValueError, match="labels: only for out_dir's layer store"):
         call(model, waves[:2], feature_extractor=fe, labels=["a", "b"])
-    with pytest.raises(ValueError, match="meta: stored with out_dir"):
+    with pytest.raises(ValueError, match="meta: only for out_dir"):
         call(model, waves[:2], feature_extractor=fe, meta={"model": "x"})
+    with pytest.raises(ValueError, match="overwrite: only for out_dir"):
+        call(model, waves[:2], feature_extractor=fe, overwrite=True)
     import transformers
 
     bert = transformers.BertModel(transformers.BertConfig(

@@ -224,7 +224,7 @@ def _run(args: argparse.Namespace) -> int:
                 out_dir=args.embeddings_dir,
                 labels=None if args.embeddings_dir is None else labels,
                 meta=None if args.embeddings_dir is None else {"model": str(args.model), "audio": str(args.audio)},
-                overwrite=args.overwrite,
+                overwrite=args.overwrite and args.embeddings_dir is not None,
                 dtype=args.dtype,
                 lengths=lengths,
                 mix_lengths=args.mix_lengths,

@@ -273,7 +273,7 @@ def pooled_hidden_states(
     n_rows = n_utt if offsets is None else int(offsets[-1])
 
     writer = None
-    if out_dir is not None or labels is not None or meta is not None:  # checked before any forward pass
+    if out_dir is not None or labels is not None or meta is not None or overwrite:  # before any forward pass
         from ._store_out import open_writer
 
         writer = open_writer(

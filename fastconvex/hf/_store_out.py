@@ -46,12 +46,13 @@ def open_writer(
     out (-100 frame labels): with none, every utterance's rows are its whole
     sequence (what ``LayerStore.sequences`` and Euclidean sweeps need).
 
-    ``out_dir=None`` with ``labels``/``meta`` is refused: they only go into the
-    store, and would otherwise be ignored."""
+    ``out_dir=None`` with ``labels``/``meta``/``overwrite=True`` is refused:
+    they only concern the store, and would otherwise be ignored."""
     if out_dir is None:
-        given = " and ".join(n for n, v in (("labels", labels), ("meta", meta)) if v is not None)
+        given = " and ".join(n for n, v in (("labels", labels), ("meta", meta), ("overwrite", overwrite or None))
+                             if v is not None)
         raise ValueError(
-            f"{given}: stored with out_dir's layer store only, and no out_dir was given (they would be "
+            f"{given}: only for out_dir's layer store, and no out_dir was given (they would be "
             "ignored); pass out_dir=, or leave them out (the returned rows follow waveforms' order)"
         )
     if frame_labels is not None:
