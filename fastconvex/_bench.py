@@ -103,12 +103,12 @@ def compare_to_naive(
                         "speedup": t_naive / t_fast if agree else None})
             if not agree:
                 row[f"{backend}_s"] = None  # never report the time of a wrong answer
-        log(_format_row(row, backend))
+        log(format_row(row, backend))
         rows.append(row)
     return rows
 
 
-def _format_row(row: dict[str, Any], backend: str) -> str:
+def format_row(row: dict[str, Any], backend: str) -> str:
     fast = row.get(f"{backend}_s")
     naive = row.get("naive_s")
     speed = row.get("speedup")

@@ -18,7 +18,7 @@ import importlib
 import json
 import sys
 import warnings
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 COMMANDS = {
     "score": "score per-layer embeddings from files (.npy/.npz/directory)",
@@ -32,10 +32,14 @@ COMMANDS = {
 }
 
 
-def emit_json(obj: Any, args: argparse.Namespace) -> None:
-    """Write ``obj`` as JSON to ``args.out`` (a path) or stdout."""
+_FROM_ARGS: Any = object()
+
+
+def emit_json(obj: Any, args: argparse.Namespace, out: Any = _FROM_ARGS) -> None:
+    """Write ``obj`` as JSON to ``out`` (default ``args.out``: a path, or
+    None / "-" for stdout); a file is written atomically."""
     text = json.dumps(obj, indent=2, default=_json_default) + "\n"
-    out = getattr(args, "out", None)
+    out = getattr(args, "out", None) if out is _FROM_ARGS else out
     if out in (None, "-"):
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -44,6 +48,23 @@ def emit_json(obj: Any, args: argparse.Namespace) -> None:
 
         write_text_atomic(out, text)
         log(args, f"wrote {out}")
+
+
+def emit_report(args: argparse.Namespace, obj: Any, table: Callable[[], str], *, out: Any = _FROM_ARGS) -> None:
+    """What every command prints: the readable ``table()`` on stdout, or with
+    ``--json`` (or ``--out -``) the JSON of ``obj`` instead. ``--out FILE``
+    (``out``, default ``args.out``; None where ``--out`` is not a report
+    file) also gets the JSON, written first, so a later step (a plot) that
+    fails never loses it."""
+    out = getattr(args, "out", None) if out is _FROM_ARGS else out
+    if out not in (None, "-"):
+        emit_json(obj, args, out)
+    if getattr(args, "json", False) or out == "-":
+        emit_json(obj, args, None)
+    else:
+        text = table()
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
 
 
 def _json_default(value: Any) -> Any:
@@ -72,7 +93,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--backend", default="auto", choices=["auto", "triton", "numba", "naive"],
         help="compute backend (default auto; env FASTCONVEX_BACKEND overrides auto)",
     )
-    group.add_argument("--out", default=None, help="write the JSON result here instead of stdout")
+    if "--json" not in parser._option_string_actions:  # score, sweep, finetune word their own
+        group.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the table")
+    if "--out" not in parser._option_string_actions:  # prune's --out is its output directory
+        group.add_argument("--out", default=None, help="also write the JSON report to this file ('-': stdout, as --json)")
     if "--overwrite" not in parser._option_string_actions:  # prune, embed, finetune have their own
         group.add_argument("--overwrite", action="store_true", help="replace an existing --out (or --plot) file")
     group.add_argument("--quiet", action="store_true", help="no logs or progress on stderr")

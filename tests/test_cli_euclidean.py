@@ -135,7 +135,7 @@ def test_prune_euclidean_matches_the_library(classifier_audio, capsys, tmp_path)
     out_dir = tmp_path / "cut"
     code = main(["prune", str(root / "model"), "--audio", str(root / "audio"), "--out", str(out_dir),
                  "--measure", "euclidean", "--pairs", "10", "--n-sampled", "4", "--batch-size", "4",
-                 "--keep", "2", "--quiet"])
+                 "--keep", "2", "--quiet", "--json"])
     out = capsys.readouterr().out
     assert code == 0
     report = json.loads(out)

@@ -191,7 +191,7 @@ def test_score_via_python_dash_m(data):
 
 
 def test_env(capsys, tmp_path):
-    code, out, _ = _run(capsys, ["env"])
+    code, out, _ = _run(capsys, ["env", "--json"])
     assert code == 0
     info = json.loads(out)
     import numpy
@@ -204,9 +204,14 @@ def test_env(capsys, tmp_path):
     assert isinstance(info["backends"]["triton"]["available"], bool)
     assert info["backends"]["auto"] in ("numba", "triton", "naive")
     assert "cuda_available" in info["devices"]
+    # without --json: a readable list on stdout (the same facts); --out FILE gets the JSON too
     code, out, _ = _run(capsys, ["env", "--out", tmp_path / "env.json"])
-    assert code == 0 and out == ""
-    assert json.loads((tmp_path / "env.json").read_text())["python"] == info["python"]
+    assert code == 0
+    lines = out.splitlines()
+    assert f"numpy         {numpy.__version__}" in lines and f"scipy         {scipy.__version__}" in lines
+    assert "backend numba  available (" + str(info["backends"]["numba"]["threads"]) + " threads)" in lines
+    assert f"backend auto   -> {info['backends']['auto']}" in lines
+    assert json.loads((tmp_path / "env.json").read_text())["packages"] == info["packages"]
 
 
 # ------------------------------------------------------------------------------ prune
@@ -248,8 +253,12 @@ def test_prune_end_to_end(speech, capsys, tmp_path):
         ["prune", root / "model", "--audio", root / "audio", "--out", out_dir, "--k", "3", "--batch-size", "4"],
     )
     assert code == 0, err
-    report = json.loads(out)
-    assert report == json.loads((out_dir / "report.json").read_text())
+    report = json.loads((out_dir / "report.json").read_text())
+    # stdout: the readable report (the per-layer table and the cut), not JSON
+    lines = out.splitlines()
+    assert lines[-1].startswith(f"kept {report['keep']} of {report['original_layers']} blocks")
+    assert str(out_dir) in lines[-1] and sum("<- best" in line for line in lines) == 1
+    assert any(line.split()[:1] == [str(report["best_layer"])] and "<- best" in line for line in lines)
     # oracle: the library pipeline by hand on the same files
     paths, labels = hf.find_audio(root / "audio")
     assert report["n_utterances"] == len(paths) == 24 and report["n_classes"] == 3
@@ -294,7 +303,7 @@ def test_prune_pre_ln_model_scores_what_the_pruned_model_outputs(speech, capsys,
             # --keep: the cut rule is not under test here (on another transformers
             # version's random init the most convex state can be the input, which it refuses)
             ["prune", tmp_path / "model", "--audio", root / "audio", "--out", tmp_path / "m", "--k", "3",
-             "--no-plot", "--final-norm", final_norm, "--keep", "2"],
+             "--no-plot", "--final-norm", final_norm, "--keep", "2", "--json"],
         )
     assert code == 0, err
     report = json.loads(out)
@@ -324,6 +333,7 @@ def test_prune_with_csv_keep_and_embeddings_dir(speech, capsys, tmp_path):
         [
             "prune", root / "model", "--audio", tmp_path / "list.csv", "--out", tmp_path / "m", "--keep", "2",
             "--k", "3", "--embeddings-dir", tmp_path / "emb", "--no-plot", "--final-norm", "identity", "--quiet",
+            "--json",
         ],
     )
     assert code == 0, err

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import emit_json, log
+from .._bench import format_row
+from ..cli import emit_report, log
 from ._output import UsageError, non_negative_int, positive_int
 
 
@@ -44,5 +45,6 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, backend=backend, naive_max=args.naive_max, repeat=args.repeat,
         log=lambda s: log(args, s),
     )
-    emit_json({"machine": machine_info(), "backend": backend, "rows": rows}, args)
+    report = {"machine": machine_info(), "backend": backend, "rows": rows}
+    emit_report(args, report, lambda: "\n".join(format_row(r, backend) for r in rows))
     return 0 if all(r.get("agree", True) for r in rows) else 1

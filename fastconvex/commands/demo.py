@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import shutil
 import sys
 
@@ -164,12 +163,9 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # no task could run
         print(f"fastconvex demo: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2  # the setup is missing a piece: the message says which
-    print(format_summary(report), flush=True)
-    out = getattr(args, "out", None)
-    if out not in (None, "-"):
-        with open(out, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2, default=str)
-            fh.write("\n")
+    from fastconvex.cli import emit_report
+
+    emit_report(args, report, lambda: format_summary(report))
     for task, why in report.get("skipped", {}).items():
         print(f"fastconvex demo: {task} task skipped: {why}", file=sys.stderr)
     return 0

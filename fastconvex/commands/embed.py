@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from fastconvex import hf
-    from fastconvex.cli import emit_json, log
+    from fastconvex.cli import emit_report, log
 
     from ._output import UsageError
     from .prune import _subsample, load_model
@@ -114,12 +114,9 @@ def _run(args: argparse.Namespace) -> int:
     summary = {"store": str(store.path), "name": store.name, "n_points": store.n_points, "n_layers": len(store),
                "dim": int(store.manifest["layers"][0]["shape"][1]), "dtype": store.meta["dtype"],
                "hidden_states": store.meta.get("hidden_states"), "fingerprint": store.fingerprint}
-    if args.out is not None:
-        emit_json(summary, args)
-    else:
-        rows = "frames" if args.frames else "utterances"
-        print(f"wrote {store.path}: {store.n_points} {rows} x {len(store)} layers x {summary['dim']} "
-              f"({summary['dtype']}), name {store.name!r}")
+    rows = "frames" if args.frames else "utterances"
+    emit_report(args, summary, lambda: f"wrote {store.path}: {store.n_points} {rows} x {len(store)} layers x "
+                f"{summary['dim']} ({summary['dtype']}), name {store.name!r}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``fastconvex env``: versions, available backends and devices, as JSON."""
+"""``fastconvex env``: versions, available backends and devices (a readable list, or JSON)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-__all__ = ["add_arguments", "run", "environment"]
+__all__ = ["add_arguments", "run", "environment", "format_environment"]
 
 PACKAGES = ("fastconvex", "numpy", "scipy", "numba", "torch", "triton", "transformers", "soundfile", "matplotlib")
 
@@ -101,9 +101,28 @@ def environment() -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    """Print :func:`environment` as JSON (stdout or ``--out``)."""
-    from fastconvex.cli import emit_json
+def format_environment(env: dict[str, Any]) -> str:
+    """The readable form of :func:`environment`: one line per item."""
+    lines = [f"python    {env['python']} ({env['executable']})", f"platform  {env['platform']}"]
+    lines += [f"{name:<13} {version or '- (not installed)'}" for name, version in env["packages"].items()]
+    for name, info in env["backends"].items():
+        if isinstance(info, dict):
+            extra = f" ({info['threads']} threads)" if "threads" in info else ""
+            state = f"available{extra}" if info["available"] else f"unavailable: {info.get('reason')}"
+            lines.append(f"backend {name:<6} {state}")
+    lines.append(f"backend auto   -> {env['backends']['auto']}")
+    devices = env["devices"]
+    gpus = "; ".join(f"cuda:{d['index']} {d['name']} ({d['memory_gib']} GiB, sm {d['capability']})"
+                     for d in devices.get("cuda") or []) or "none"
+    lines.append(f"devices   {devices.get('cpu_count')} CPUs ({devices.get('torch_threads')} torch threads); CUDA: {gpus}")
+    lines += [f"env {name}={value if value is not None else '(unset)'}" for name, value in env["environment"].items()]
+    return "\n".join(lines)
 
-    emit_json(environment(), args)
+
+def run(args: argparse.Namespace) -> int:
+    """Print :func:`environment`: readable, or as JSON (``--json``, ``--out``)."""
+    from fastconvex.cli import emit_report
+
+    env = environment()
+    emit_report(args, env, lambda: format_environment(env))
     return 0

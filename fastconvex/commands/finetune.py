@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,6 @@ from ._output import (
     check_output_file,
     positive_int,
     run_with_hf_quiet,
-    write_text_atomic,
 )
 
 __all__ = ["add_arguments", "run"]
@@ -82,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from fastconvex import hf
-    from fastconvex.cli import emit_json, log
+    from fastconvex.cli import emit_report, log
 
     from .prune import _check_output_dir, check_model_path, load_model
 
@@ -147,18 +145,10 @@ def _run(args: argparse.Namespace) -> int:
     report = {**result.to_dict(), "source": str(args.model), "audio": str(args.audio),
               "labels": None if args.labels is None else str(args.labels)}
     log(args, f"wrote the fine-tuned model to {out_dir}")
-    if args.out not in (None, "-"):
-        write_text_atomic(args.out, json.dumps(report, indent=2, allow_nan=False) + "\n")
-        log(args, f"wrote {args.out}")
-    if args.json or args.out == "-":
-        emit_json(report, argparse.Namespace(**{**vars(args), "out": None}))
-    else:
-        print(
-            f"fine-tuned {report['model_class']} ({result.settings['n_blocks']} blocks, {result.params:,} parameters) "
-            f"on {result.n_train} clips, {len(result.classes)} classes\n"
-            f"held-out accuracy {100 * result.accuracy:.2f} % on {result.n_eval} clips; "
-            f"training {result.train_seconds:.1f} s, {result.steps} steps\n"
-            f"model: {out_dir}",
-            flush=True,
-        )
+    emit_report(args, report, lambda: (
+        f"fine-tuned {report['model_class']} ({result.settings['n_blocks']} blocks, {result.params:,} parameters) "
+        f"on {result.n_train} clips, {len(result.classes)} classes\n"
+        f"held-out accuracy {100 * result.accuracy:.2f} % on {result.n_eval} clips; "
+        f"training {result.train_seconds:.1f} s, {result.steps} steps\n"
+        f"model: {out_dir}"))
     return 0

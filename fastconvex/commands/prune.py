@@ -31,6 +31,8 @@ PLOT_FILE = "convexity.png"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``fastconvex prune`` (``--out DIR`` is the output directory here)."""
     parser.add_argument("model", metavar="MODEL", help="local model directory or Hugging Face hub id")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="directory for the pruned model, report.json and the plot (required)")
     parser.add_argument(
         "--audio", required=True, metavar="DIR|CSV",
         help="DIR/<label>/*.wav|flac|ogg (Speech Commands layout; _* dirs skipped) or a CSV of path,label",
@@ -149,10 +151,23 @@ def run(args: argparse.Namespace) -> int:
     return run_with_hf_quiet(args, _run)
 
 
+def _summary(report: dict, scores: Any) -> str:
+    """The readable report: the per-layer table and the cut."""
+    from .score import format_table
+
+    return "\n".join([
+        f"{report['model_class']} ({report['source']}): {report['measure']} convexity of each hidden state on "
+        f"{report['n_utterances']} utterances, {report['n_classes']} classes",
+        format_table(scores),
+        f"kept {report['keep']} of {report['original_layers']} blocks (rule {report['rule']}, best layer "
+        f"{report['best_layer']}); the pruned model and {REPORT_FILE} are in {report['model_dir']}",
+    ])
+
+
 def _run(args: argparse.Namespace) -> int:
     import fastconvex as fc
     from fastconvex import hf
-    from fastconvex.cli import emit_json, log
+    from fastconvex.cli import emit_report, log
 
     if args.out is None:
         raise ValueError("prune needs --out DIR, the directory for the pruned model and its report")
@@ -293,5 +308,5 @@ def _run(args: argparse.Namespace) -> int:
             report["plot"] = None
             write_text_atomic(out_dir / REPORT_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
     log(args, f"wrote the pruned model and {REPORT_FILE} to {out_dir}")
-    emit_json(report, argparse.Namespace(**{**vars(args), "out": None}))
+    emit_report(args, report, lambda: _summary(report, scores), out=None)  # --out is the model's directory
     return 0

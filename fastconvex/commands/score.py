@@ -380,13 +380,9 @@ def check_outputs(args: argparse.Namespace) -> Path | None:
 def emit_result(args: argparse.Namespace, result: Any, names: list[str], plot_path: Path | None) -> int:
     """The table on stdout, or the JSON (``--json``, ``--out``), then the plot:
     the JSON is written first, so a plot that fails never loses the scores."""
-    from fastconvex.cli import emit_json, log
+    from fastconvex.cli import emit_report, log
 
-    as_json = args.json or args.out == "-"  # --out - : the JSON on stdout, as --json
-    if as_json or args.out is not None:
-        emit_json(result.to_dict(), args)  # before the plot: a failed plot never loses it
-    if not as_json:
-        print(format_table(result, names), flush=True)
+    emit_report(args, result.to_dict(), lambda: format_table(result, names))  # before the plot
     if plot_path is not None:
         cut = result.best_layer if result.best_layer > 0 else None
         try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ._euclidean import add_measure_arguments, check_graph_only, euclidean_kwargs
@@ -51,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the sweep; a table (or JSON) on stdout, logs and progress on stderr."""
     from fastconvex._sweep import format_table, sweep
-    from fastconvex.cli import emit_json
+    from fastconvex.cli import emit_report
 
     from ._output import check_output_file
 
@@ -65,18 +64,14 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"STORE {store!r} does not exist")
     if args.measure == "euclidean":
         _check_frame_stores(args)
-    as_json = args.json or args.out == "-"
     if args.out not in (None, "-"):
         check_output_file(args.out, "--out", overwrite=args.overwrite)  # before any work
     result = sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
                    layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
                    verbose=not args.quiet, **kwargs)
     merged = json.loads((Path(args.out_dir) / "sweep.json").read_text(encoding="utf-8"))
-    if as_json or args.out is not None:
-        emit_json(merged, args)
-    if not as_json:
-        indices = {name: merged["stores"][name]["layer_indices"] for name in result}
-        sys.stdout.write(format_table(result, indices) + "\n")
+    indices = {name: merged["stores"][name]["layer_indices"] for name in result}
+    emit_report(args, merged, lambda: format_table(result, indices))
     return 0
 
 
