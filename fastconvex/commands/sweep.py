@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         check_graph_only(args)
         kwargs = scoring_kwargs(args)
+    # the sweep's own rule: a bar over tasks on a terminal, a line per finished task
+    # in a log (scoring_kwargs' progress=True would force the bar into the log)
+    kwargs.pop("progress", None)
     for store in args.stores:
         if not Path(store).exists():
             raise FileNotFoundError(f"STORE {store!r} does not exist")
