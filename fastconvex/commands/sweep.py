@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from fastconvex._sweep import format_table, sweep
     from fastconvex.cli import emit_json
 
-    from ._output import check_output_file
+    from ._output import check_output_file, run_with_hf_quiet
 
     if args.measure == "euclidean":
         kwargs = {**euclidean_kwargs(args), "measure": "euclidean", "model": args.model, "device": args.device}
@@ -71,9 +71,13 @@ def run(args: argparse.Namespace) -> int:
     as_json = args.json or args.out == "-"
     if args.out not in (None, "-"):
         check_output_file(args.out, "--out", overwrite=args.overwrite)  # before any work
-    result = sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
-                   layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
-                   verbose=not args.quiet, **kwargs)
+    def run_sweep(args: argparse.Namespace) -> dict:
+        return sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
+                     layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
+                     verbose=not args.quiet, **kwargs)
+
+    # --measure euclidean loads the model here (local engine): with --quiet, no "Loading weights" bar
+    result = run_with_hf_quiet(args, run_sweep) if args.measure == "euclidean" else run_sweep(args)
     merged = json.loads((Path(args.out_dir) / "sweep.json").read_text(encoding="utf-8"))
     if as_json or args.out is not None:
         emit_json(merged, args)
