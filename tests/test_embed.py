@@ -64,3 +64,10 @@ def test_embed_bad_inputs(speech, capsys, tmp_path):  # noqa: F811
                  "--embeddings-dir", str(tmp_path / "emb")])
     err = capsys.readouterr().err
     assert code == 2 and "--embeddings-dir" in err and "--overwrite" in err and not (tmp_path / "m").exists()
+
+
+def test_embed_quiet_leaves_stderr_empty(speech, capsys, tmp_path):  # noqa: F811
+    # --quiet: "no logs or progress on stderr", transformers' "Loading weights" bar included
+    root, _, _ = speech
+    code, out, err = embed(capsys, root / "model", "--audio", root / "audio", "--out-dir", tmp_path / "s", "--quiet")
+    assert code == 0 and out.startswith("wrote ") and err == ""

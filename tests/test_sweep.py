@@ -185,3 +185,14 @@ def test_progress_bar_over_tasks(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "sweep: 100%" in err and "3/3" in err and "failed=0" in err
     assert "store1 layer 1: score" not in err  # the bar replaces the per-task lines
+
+
+def test_cli_sweep_logs_a_line_per_task_when_stderr_is_no_terminal(tmp_path, capsys):
+    # docs/scale.md: a tqdm bar when stderr is a terminal, else one log line per
+    # finished task (the command used to force the bar into logs)
+    stores = make_stores(tmp_path)
+    assert main(["sweep", *[str(s.path) for s in stores], "--out-dir", str(tmp_path / "out"), "--pairs", "30",
+                 "--layers", "1", "--no-plot"]) == 0
+    err = capsys.readouterr().err
+    assert "store1 layer 1: score" in err and "[3/3]" in err
+    assert "\r" not in err and "sweep: 100%" not in err

@@ -53,10 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Embed; a one-line summary (or JSON with ``--out``) on stdout."""
-    from ._output import UsageError
+    from ._output import UsageError, run_with_hf_quiet
 
     try:
-        return _run(args)
+        return run_with_hf_quiet(args, _run)  # --quiet: no "Loading weights" bar either
     except FileExistsError as exc:  # an output path: a usage error
         raise UsageError(str(exc)) from exc
 

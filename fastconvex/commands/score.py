@@ -340,11 +340,12 @@ def run(args: argparse.Namespace) -> int:
     from fastconvex.cli import log
 
     from ._euclidean import check_graph_only, run_score
+    from ._output import run_with_hf_quiet
 
     # every output path first: a result is never computed only to be lost
     plot_path = check_outputs(args)
     if args.measure == "euclidean":
-        return run_score(args, plot_path)
+        return run_with_hf_quiet(args, lambda a: run_score(a, plot_path))  # --quiet: no "Loading weights" bar
     check_graph_only(args)
     kwargs = scoring_kwargs(args)
     try:

@@ -52,13 +52,16 @@ def run(args: argparse.Namespace) -> int:
     from fastconvex._sweep import format_table, sweep
     from fastconvex.cli import emit_report
 
-    from ._output import check_output_file
+    from ._output import check_output_file, run_with_hf_quiet
 
     if args.measure == "euclidean":
         kwargs = {**euclidean_kwargs(args), "measure": "euclidean", "model": args.model, "device": args.device}
     else:
         check_graph_only(args)
         kwargs = scoring_kwargs(args)
+    # the sweep's own rule: a bar over tasks on a terminal, a line per finished task
+    # in a log (scoring_kwargs' progress=True would force the bar into the log)
+    kwargs.pop("progress", None)
     for store in args.stores:
         if not Path(store).exists():
             raise FileNotFoundError(f"STORE {store!r} does not exist")
@@ -66,9 +69,13 @@ def run(args: argparse.Namespace) -> int:
         _check_frame_stores(args)
     if args.out not in (None, "-"):
         check_output_file(args.out, "--out", overwrite=args.overwrite)  # before any work
-    result = sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
-                   layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
-                   verbose=not args.quiet, **kwargs)
+    def run_sweep(args: argparse.Namespace) -> dict:
+        return sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
+                     layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
+                     verbose=not args.quiet, **kwargs)
+
+    # --measure euclidean loads the model here (local engine): with --quiet, no "Loading weights" bar
+    result = run_with_hf_quiet(args, run_sweep) if args.measure == "euclidean" else run_sweep(args)
     merged = json.loads((Path(args.out_dir) / "sweep.json").read_text(encoding="utf-8"))
     indices = {name: merged["stores"][name]["layer_indices"] for name in result}
     emit_report(args, merged, lambda: format_table(result, indices))
