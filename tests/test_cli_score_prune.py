@@ -372,3 +372,19 @@ def test_prune_bad_inputs_exit_2(speech, capsys, tmp_path):
         assert out == ""
         assert re.search(message, err.strip().splitlines()[-1]), err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.hf
+def test_prune_when_no_cut_is_possible_is_a_data_error(speech, capsys, tmp_path, monkeypatch):
+    """choose_cut refuses when the input (hidden state 0) is the most convex:
+    exit status 1 (the data), one line, and no model written."""
+    from fastconvex import hf
+
+    real = hf.choose_cut
+    monkeypatch.setattr(hf, "choose_cut", lambda scores, rule: real(np.array([0.9, 0.5, 0.4, 0.3]), rule))
+    root, _, _ = speech
+    code, out, err = _run(capsys, ["prune", root / "model", "--audio", root / "audio", "--out", tmp_path / "m",
+                                   "--k", "3", "--quiet"])
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "most convex layer is 0" in err and "Traceback" not in err
+    assert not (tmp_path / "m" / "config.json").exists()

@@ -255,7 +255,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.keep is not None:
         keep, rule = int(args.keep), "given"
     else:
-        keep, rule = hf.choose_cut(scores, args.rule), args.rule
+        try:
+            keep, rule = hf.choose_cut(scores, args.rule), args.rule
+        except ValueError as exc:  # the scores allow no cut (layer 0 is the most convex): a data outcome
+            raise DataError(str(exc)) from exc
     log(args, f"best layer {scores.best_layer}; keeping {keep} of {n_blocks} blocks ({rule})")
 
     with warnings.catch_warnings():
