@@ -118,7 +118,7 @@ def embed_on_ray(job: EmbedJob, writer: Any, lengths: np.ndarray, *, chunk_size:
     chunks = [np.arange(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     done = writer.done_blocks()
     todo = [c for c in range(len(chunks)) if c not in done]
-    with ray_session(address) as ray:
+    with ray_session(address, quiet=not verbose) as ray:
         remote = ray.remote(ray_embed_chunk).options(max_retries=retries, **task_resources(ray))
         job_ref = ray.put(job)
         pending = {remote.remote(job_ref, c, chunks[c].tolist(), lengths[chunks[c]].tolist()): c for c in todo}

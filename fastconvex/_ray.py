@@ -35,14 +35,18 @@ def require_ray() -> Any:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None) -> Iterator[Any]:
+def ray_session(address: str | None = None, *, quiet: bool = False) -> Iterator[Any]:
     """The running Ray (inside a Ray task, or one the caller started), else a
     connection to ``address`` (None: ``RAY_ADDRESS`` or a new local Ray) that
-    is shut down again on exit."""
+    is shut down again on exit. ``quiet``: Ray's own log lines below ERROR
+    stay off stderr (``--quiet``)."""
     ray = require_ray()
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+        import logging
+
+        ray.init(address=address, log_to_driver=False, include_dashboard=False,
+                 logging_level=logging.ERROR if quiet else logging.INFO)
         started = True
     try:
         yield ray
@@ -148,7 +152,7 @@ def run_on_ray(
     failures: list[tuple[LayerTask, BaseException]] = []
     if not tasks:
         return failures
-    with ray_session(address) as ray:
+    with ray_session(address, quiet=not getattr(report, "verbose", True)) as ray:
         remote = ray.remote(ray_layer_task).options(max_retries=retries, **task_resources(ray))
         plan_refs = {name: ray.put(plan) for name, plan in plans.items()}  # once per store
         pending = {remote.remote(t, plan_refs[t.store_name], backend, device, shards): t for t in tasks}

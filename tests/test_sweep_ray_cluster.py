@@ -98,3 +98,20 @@ def test_tasks_ask_for_a_gpu_when_the_cluster_has_one(tmp_path):
 ])
 def test_task_device(backend, device, gpu_ids, expected):
     assert task_device(backend, device, gpu_ids) == expected
+
+
+def test_quiet_sweep_on_a_ray_it_starts_prints_nothing_on_stderr(tmp_path):
+    """--quiet keeps Ray's own log lines (start-up, token notice) off stderr
+    too. A separate process: pytest's log capture would hide them here."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(6)
+    store = fc.save_store(tmp_path / "q", [rng.standard_normal((60, 5)).astype(np.float32) for _ in range(2)],
+                          rng.integers(0, 3, 60))
+    run = subprocess.run([sys.executable, "-m", "fastconvex", "sweep", str(store.path), "--out-dir", str(tmp_path / "o"),
+                          "--engine", "ray", "--quiet", "--no-plot", "--pairs", "200", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    got = json.loads(run.stdout)["stores"]["q"]["scores"]
+    assert got == fc.layer_scores(store.layers, store.labels, pairs=200).scores.tolist()
