@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,50 +44,73 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def check_output_dir(path: str | os.PathLike[str], name: str, overwrite: bool, *,
-                     action: str = "replace it") -> Path:
+                     action: str = "replace it", whole: bool = True, hint: str = "overwrite=True") -> Path:
     """``path`` as an output directory, checked before any work: not a file,
     not a non-empty directory unless ``overwrite`` (the message says
-    ``pass overwrite=True to {action}``), and its nearest existing parent
-    writable. Raises ValueError naming ``name`` otherwise."""
+    ``pass overwrite=True to {action}``), and writable where the writer needs
+    it: an existing ``path`` itself when files are written into it
+    (``whole=False``), else its nearest existing parent (the directory is
+    made, or replaced whole, there). Raises ValueError naming ``name`` (and
+    ``hint``, how to allow replacing: ``overwrite=True``, or ``--overwrite``)."""
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
         raise ValueError(f"{name} {str(out)!r} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{name} {str(out)!r} exists and is not empty (pass overwrite=True to {action})")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{name} {str(out)!r}: directory {str(parent)!r} is not writable")
+        raise ValueError(f"{name} {str(out)!r} exists and is not empty (pass {hint} to {action})")
+    where = out if (out.is_dir() and not whole) else out.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise ValueError(f"{name} {str(out)!r}: {str(where)!r} is a file, so the directory cannot be made")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {str(out)!r}: directory {str(where)!r} is not writable")
     return out
 
 
+def _new_dir(parent: Path, prefix: str) -> Path:
+    """A new directory ``parent/prefix<random>`` with the umask's permissions
+    (``mkdtemp`` would make it 0700; reading the umask is not thread-safe)."""
+    while True:
+        candidate = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            os.mkdir(candidate, 0o777)
+        except FileExistsError:
+            continue
+        return candidate
+
+
 @contextlib.contextmanager
-def staged_directory(out: str | os.PathLike[str], *, replace: bool) -> Iterator[Path]:
-    """A temporary sibling of ``out`` to write its files into. When the block
-    ends without an error, ``replace=True`` puts the whole directory in place
-    of ``out`` (an old ``out`` is moved aside first and removed only after);
-    ``replace=False`` moves its files into ``out`` one by one with
-    ``os.replace``, so each file is the old one or the whole new one. On an
-    error the temporary directory is removed and ``out`` is left as it was.
-    The directory gets the usual permissions (umask), not ``mkdtemp``'s 0700."""
+def staged_directory(out: str | os.PathLike[str], *, replace: bool, last: Sequence[str] = ()) -> Iterator[Path]:
+    """A temporary directory to write ``out``'s files into; when the block
+    ends without an error they take their place, and on an error it is
+    removed and ``out`` is left as it was.
+
+    ``replace=True``: the directory is a sibling of ``out`` and replaces it
+    whole (an old ``out`` is moved aside first and removed only after).
+    ``replace=False``: the directory is made inside ``out`` (so on its file
+    system, whatever ``out`` links to or is mounted on), and its files are
+    moved into ``out`` one by one with ``os.replace``, the names in ``last``
+    last (e.g. the file that makes the directory loadable): each file is the
+    old one or the whole new one."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    if replace:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_dir(out.parent, f".{out.name}.")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = _new_dir(out, ".fastconvex-staging-")
     old: Path | None = None
     try:
         yield tmp
         if replace:
             if out.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+                old = _new_dir(out.parent, f".{out.name}.old.")
                 os.replace(out, old / out.name)
             os.replace(tmp, out)
         else:
-            out.mkdir(exist_ok=True)
-            for item in sorted(tmp.iterdir()):
+            order = sorted(tmp.iterdir(), key=lambda p: (p.name in last, last.index(p.name) if p.name in last else 0,
+                                                         p.name))
+            for item in order:
                 os.replace(item, out / item.name)
             tmp.rmdir()
     except BaseException:

@@ -11,7 +11,7 @@ from ._core import _check_seed, stack_layers
 from ._inputs import check_int
 from ._layers import _split_layers
 from ._pairs import DEFAULT_PAIRS, PairPlan
-from ._progress import Progress
+from ._progress import Progress, show_progress
 from ._results import Convexity, LayerScores
 from ._segments import (
     _takes_mask,
@@ -23,7 +23,6 @@ from ._segments import (
     encode_item_labels,
     euclidean_from_plan,
     plan_segments,
-    show_progress,
 )
 
 __all__ = ["euclidean_convexity", "layer_euclidean_scores"]

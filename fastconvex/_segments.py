@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import sys
 from collections.abc import Iterable
 from typing import Any, Callable, Hashable
 
@@ -369,10 +368,6 @@ def euclidean_from_plan(
     stats = stats_from_pair_scores(plan, scores, np.ones(scores.shape[0], bool))
     result = aggregate(plan, stats, classes, k=0, n_points=int(x.shape[0]), backend=scorer.backend, seed=seed)
     return dataclasses.replace(result, k=None, measure="euclidean", n_sampled=n_sampled)
-
-
-def show_progress(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else bool(progress)
 
 
 def check_settings(n_sampled: Any, pairs: Any, exact: Any, batch_size: Any) -> tuple[int, int, bool, int]:

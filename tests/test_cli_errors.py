@@ -363,3 +363,15 @@ def test_table_json_and_progress_lines(files, capsys):
         assert code == 0 and json.loads(out) == json.loads(json.dumps(result.to_dict()))
     code, out, err = _run(capsys, _score(files, "--pairs", "40", "--quiet"))
     assert code == 0 and err == "" and out.startswith("graph convexity")
+
+
+def test_empty_npy_and_out_equal_to_plot_are_one_line_errors(files, capsys):
+    """An empty .npy was an internal error (EOFError); --out and --plot naming
+    one file let the plot replace the JSON just written."""
+    (files / "empty.npy").write_bytes(b"")
+    code, out, err = _run(capsys, ["score", files / "empty.npy", "--labels", files / "y.npy"])
+    assert code == 1 and out == ""
+    assert "'" + str(files / "empty.npy") + "' is empty (0 bytes)" in _one_line(err, "fastconvex score: error:")
+    code, out, err = _run(capsys, _score(files, "--out", files / "r.png", "--plot", files / "r.png"))
+    assert code == 2 and out == "" and not (files / "r.png").exists()
+    assert "--out and --plot name the same file" in _one_line(err, "fastconvex score: error:")

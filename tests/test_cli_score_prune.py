@@ -214,6 +214,15 @@ def test_env(capsys, tmp_path):
     assert json.loads((tmp_path / "env.json").read_text())["packages"] == info["packages"]
 
 
+
+def test_env_says_why_auto_has_no_backend(capsys, monkeypatch):
+    monkeypatch.setenv("FASTCONVEX_BACKEND", "bogus")
+    code, out, _ = _run(capsys, ["env"])
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.startswith("backend auto"))
+    assert line.startswith("backend auto   -> None (") and "FASTCONVEX_BACKEND" in line and "'bogus'" in line
+
+
 # ------------------------------------------------------------------------------ prune
 
 

@@ -234,6 +234,8 @@ def test_bad_predictors_devices_and_known_labels_are_named_before_scoring():
         fc.layer_euclidean_scores([x, x], y, lambda b: _linear(w)(b))
     with pytest.raises(TypeError, match=r"predict must take \(batch\), but its signature is \(\)"):
         fc.euclidean_convexity(x, y, lambda: 0)
+    with pytest.raises(TypeError, match=r"progress must be None, True or False, got str 'no'"):
+        fc.euclidean_convexity(x, y, _linear(w), progress="no")  # 'no' is truthy: it showed the bar
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="device='cuda' was requested, but no CUDA device"):
             fc.euclidean_convexity(x, y, _linear(w), device="cuda")

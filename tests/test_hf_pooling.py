@@ -342,6 +342,16 @@ def test_bad_inputs_are_refused(waves):
         call(torch.nn.Linear(3, 3), waves)
 
 
+def test_progress_is_checked_before_a_store_is_opened(waves, tmp_path):
+    """progress='no' (truthy) is a TypeError, raised before out_dir's partial
+    store is made (it used to be left behind)."""
+    model, fe = tiny_model("wav2vec2")
+    with pytest.raises(TypeError, match=r"progress must be None, True or False, got str 'no'"):
+        hf.pooled_hidden_states(model, waves[:2], feature_extractor=fe, out_dir=tmp_path / "st",
+                                labels=["a", "b"], progress="no")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_hostile_audio_and_arguments_are_refused(waves):
     """Each of these used to run: int16 samples went in unscaled, a complex array lost
     its imaginary part, sampling_rate=0/16000.5 and float lengths were taken (Whisper:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import stat
+import tempfile
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -361,3 +363,45 @@ def test_saved_directories_get_the_umask_permissions(tmp_path):
         assert stat.S_IMODE((tmp_path / f"d{replace}").stat().st_mode) == 0o755
         assert (tmp_path / f"d{replace}" / "f").read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dFalse", "dTrue"]
+
+
+def test_save_pruned_through_a_link_to_another_file_system(tmp_path):
+    """The files are staged inside the target (so on its file system) and
+    moved in: a target that links to another disk works, and nothing is left
+    behind. /dev/shm (tmpfs) is another file system than tmp_path here."""
+    model, fe = tiny_model("wav2vec2", layers=LAYERS)
+    shm = Path("/dev/shm")
+    elsewhere = Path(tempfile.mkdtemp(dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else tmp_path))
+    try:
+        link = tmp_path / "link"
+        link.symlink_to(elsewhere, target_is_directory=True)
+        hf.save_pruned(hf.prune(model, 2), link, feature_extractor=fe)
+        assert {"config.json", "preprocessor_config.json", "fastconvex_pruning.json"} <= {p.name for p in elsewhere.iterdir()}
+        assert not [p for p in elsewhere.iterdir() if p.name.startswith(".")]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
+        assert transformers.AutoConfig.from_pretrained(link).num_hidden_layers == 2
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+
+
+def test_staged_files_move_in_with_the_named_ones_last_and_need_only_the_target_writable(tmp_path, monkeypatch):
+    from fastconvex import _atomic
+
+    out = tmp_path / "shared" / "mine"
+    out.mkdir(parents=True)
+    (out / "old.txt").write_text("kept")
+    denied = {tmp_path / "shared"}  # a read-only parent: writing into mine needs only mine
+    monkeypatch.setattr(_atomic.os, "access", lambda p, mode: Path(p) not in denied)
+    with pytest.raises(ValueError, match=r"directory '.*shared' is not writable"):
+        _atomic.check_output_dir(out, "out", True, whole=True)  # replacing it whole would need the parent
+    assert _atomic.check_output_dir(out, "out", True, whole=False) == out
+    moved = []
+    real = os.replace
+    monkeypatch.setattr(_atomic.os, "replace", lambda a, b: (moved.append(Path(b).name), real(a, b)))
+    monkeypatch.setattr(_atomic.os, "umask", lambda *a: pytest.fail("the umask is process-wide: never set it"))
+    with _atomic.staged_directory(out, replace=False, last=("config.json", "z.json")) as tmp:
+        assert tmp.parent == out  # staged on the target's own file system
+        for name in ("z.json", "config.json", "weights.bin", "a.json"):
+            (tmp / name).write_text(name)
+    assert moved == ["a.json", "weights.bin", "config.json", "z.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "config.json", "old.txt", "weights.bin", "z.json"]

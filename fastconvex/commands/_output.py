@@ -41,6 +41,18 @@ class DataError(ValueError):
     exit_status = 1
 
 
+def check_output_directory(path: str | os.PathLike[str], option: str, *, overwrite: bool, whole: bool,
+                           action: str) -> Path:
+    """:func:`fastconvex._atomic.check_output_dir` for a command-line option:
+    a :class:`UsageError` naming ``option`` and ``--overwrite``."""
+    from .._atomic import check_output_dir
+
+    try:
+        return check_output_dir(path, option, overwrite, action=action, whole=whole, hint="--overwrite")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def check_output_file(path: str | os.PathLike[str], option: str, *, overwrite: bool = False) -> Path:
     """``path`` can be written as a file: not a directory, its directory exists
     and is writable, and it does not exist yet unless ``overwrite``

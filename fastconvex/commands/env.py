@@ -110,7 +110,8 @@ def format_environment(env: dict[str, Any]) -> str:
             extra = f" ({info['threads']} threads)" if "threads" in info else ""
             state = f"available{extra}" if info["available"] else f"unavailable: {info.get('reason')}"
             lines.append(f"backend {name:<6} {state}")
-    lines.append(f"backend auto   -> {env['backends']['auto']}")
+    auto, why = env["backends"]["auto"], env["backends"].get("auto_error")
+    lines.append(f"backend auto   -> {auto}" + (f" ({why})" if auto is None and why else ""))
     devices = env["devices"]
     gpus = "; ".join(f"cuda:{d['index']} {d['name']} ({d['memory_gib']} GiB, sm {d['capability']})"
                      for d in devices.get("cuda") or []) or "none"

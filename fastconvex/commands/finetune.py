@@ -23,6 +23,7 @@ import numpy as np
 from ._output import (
     DataError,
     UsageError,
+    check_output_directory,
     check_output_file,
     positive_int,
     run_with_hf_quiet,
@@ -82,15 +83,12 @@ def _run(args: argparse.Namespace) -> int:
     from fastconvex import hf
     from fastconvex.cli import emit_report, log
 
-    from .prune import _check_output_dir, check_model_path, load_model
+    from .prune import check_model_path, load_model
 
     # ---- outputs and options, before any work --------------------------------------------
-    out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out-dir {str(out_dir)!r} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
-        raise UsageError(f"--out-dir {str(out_dir)!r} exists and is not empty (pass --overwrite to replace it)")
-    _check_output_dir(out_dir)
+    # replaced whole by finetune (whole=True): the directory that holds --out-dir must be writable
+    out_dir = check_output_directory(args.out_dir, "--out-dir", overwrite=args.overwrite, whole=True,
+                                     action="replace it")
     if args.out not in (None, "-"):
         check_output_file(args.out, "--out", overwrite=args.overwrite)
     if not args.eval_split < 1:

@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from ._output import UsageError, positive_int, run_with_hf_quiet, write_text_atomic
+from ._output import (
+    UsageError,
+    check_output_directory,
+    positive_int,
+    run_with_hf_quiet,
+    write_text_atomic,
+)
 from .score import add_scoring_arguments, save_plot, scoring_kwargs
 
 __all__ = ["add_arguments", "run", "load_model"]
@@ -131,21 +137,6 @@ def _subsample(labels: list[str], per_class: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def _check_output_dir(out_dir: Path) -> None:
-    """``--out DIR`` can be created and written, checked before any work."""
-    import os
-
-    existing = out_dir
-    while not existing.exists():
-        existing = existing.parent if str(existing.parent) else Path(".")
-        if existing == existing.parent:
-            break
-    if existing.exists() and not existing.is_dir():
-        raise UsageError(f"--out {str(out_dir)!r}: {str(existing)!r} is a file, so the directory cannot be made")
-    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {str(out_dir)!r}: directory {str(existing)!r} is not writable")
-
-
 def run(args: argparse.Namespace) -> int:
     """Score, cut, prune and save; the report goes to ``--out``/report.json and stdout."""
     return run_with_hf_quiet(args, _run)
@@ -171,12 +162,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.out is None:
         raise ValueError("prune needs --out DIR, the directory for the pruned model and its report")
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {str(out_dir)!r} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
-        raise UsageError(f"--out {str(out_dir)!r} exists and is not empty (pass --overwrite to write into it)")
-    _check_output_dir(out_dir)
+    # written into by save_pruned (whole=False): --out itself, or where it will be made, must be writable
+    out_dir = check_output_directory(args.out, "--out", overwrite=args.overwrite, whole=False, action="write into it")
     if args.measure != "euclidean":
         from ._euclidean import check_graph_only
 

@@ -162,7 +162,9 @@ def npy_files(p: Path) -> list[Path]:
 def _load_npy(p: Path, what: str = "EMBEDDINGS", mmap: bool = True) -> np.ndarray:
     try:
         return np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
+        if p.is_file() and p.stat().st_size == 0:
+            raise ValueError(f"{what}: {str(p)!r} is empty (0 bytes)") from None
         if not _has_npy_magic(p):  # numpy would suggest unpickling it
             raise ValueError(f"{what}: {str(p)!r} is not a .npy file (it lacks the NumPy header)") from None
         if "mmap length is greater than file size" in str(exc):
@@ -375,7 +377,10 @@ def check_outputs(args: argparse.Namespace) -> Path | None:
     """Check ``--out`` and ``--plot`` before any work; the plot's path (or None)."""
     if args.out not in (None, "-"):
         check_output_file(args.out, "--out", overwrite=args.overwrite)
-    return check_plot_file(args.plot, overwrite=args.overwrite) if args.plot else None
+    plot = check_plot_file(args.plot, overwrite=args.overwrite) if args.plot else None
+    if plot is not None and args.out not in (None, "-") and plot.resolve() == Path(args.out).resolve():
+        raise UsageError(f"--out and --plot name the same file, {str(plot)!r}: the plot would replace the JSON")
+    return plot
 
 
 def emit_result(args: argparse.Namespace, result: Any, names: list[str], plot_path: Path | None) -> int:

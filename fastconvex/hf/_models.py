@@ -10,6 +10,7 @@ classification/CTC heads on top of them.  Other models that return
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ __all__ = [
     "is_whisper",
     "final_norm_module",
     "final_layer_norm",
+    "pooled_final_norm",
     "ties_last_hidden_state",
     "distinct_configs",
     "layer_count_key",
@@ -131,6 +133,36 @@ def final_layer_norm(model: nn.Module) -> nn.Module | None:
         return None
     norm = getattr(*site)
     return None if isinstance(norm, nn.Identity) else norm
+
+
+def pooled_final_norm(model: nn.Module, final_norm: str) -> nn.Module | None:
+    """The LayerNorm ``pooled_hidden_states(..., final_norm=...)`` applies to
+    every hidden state: the final one with "apply" (an error when there is
+    none), None with "raw" (with a warning when the model has one, since the
+    hidden states below the last then lack it)."""
+    if final_norm not in ("raw", "apply"):
+        raise ValueError(f'final_norm must be "raw" or "apply", got {final_norm!r}')
+    norm_layer = final_layer_norm(model)
+    if final_norm == "apply":
+        if norm_layer is None:
+            raise ValueError(
+                f'final_norm="apply": {type(model).__name__} has no final LayerNorm after its last block '
+                "(post-LN models normalise inside each block; a pruned model may have had it replaced by "
+                'nn.Identity); use final_norm="raw"'
+            )
+        return norm_layer
+    if norm_layer is not None:
+        warnings.warn(
+            f"{type(model).__name__} is a pre-LN encoder: it applies a final LayerNorm after its "
+            "last block, which the hidden states below the last lack (see docs/pipeline.md, "
+            "\"Large\" models and Whisper: the final LayerNorm). "
+            "Hidden state h equals the output of the model cut to h blocks only with "
+            "prune(model, h, final_norm='identity'); with the default final_norm='keep' the "
+            "pruned model outputs LayerNorm(hidden state h), which pooled_hidden_states(..., "
+            'final_norm="apply") scores.',
+            stacklevel=3,  # the caller of pooled_hidden_states
+        )
+    return None
 
 
 def ties_last_hidden_state(model: nn.Module) -> bool:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._progress import show_progress
 from ._context import (
     whisper_context_samples,
 )
@@ -30,7 +31,7 @@ from ._featurise import (
     frame_label_rows,
     valid_frame_counts,
 )
-from ._models import final_layer_norm, is_whisper, model_device, speech_encoder
+from ._models import is_whisper, model_device, pooled_final_norm, speech_encoder
 
 __all__ = ["PooledHiddenStates", "pooled_hidden_states", "valid_frame_counts"]
 
@@ -194,6 +195,7 @@ def pooled_hidden_states(
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     batch_size = int(batch_size)
+    show_progress(progress)  # a TypeError now, before a store is opened, for anything but None/True/False
     out_dtype = np.dtype(dtype)
     if out_dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
         raise ValueError(f"dtype must be float32 or float16, got {out_dtype}")
@@ -219,28 +221,7 @@ def pooled_hidden_states(
         raw_lengths = check_lengths(lengths, n_utt)
 
     whisper = is_whisper(model)
-    if final_norm not in ("raw", "apply"):
-        raise ValueError(f'final_norm must be "raw" or "apply", got {final_norm!r}')
-    norm_layer = final_layer_norm(model)
-    if final_norm == "apply":
-        if norm_layer is None:
-            raise ValueError(
-                f'final_norm="apply": {type(model).__name__} has no final LayerNorm after its last block '
-                "(post-LN models normalise inside each block; a pruned model may have had it replaced by "
-                'nn.Identity); use final_norm="raw"'
-            )
-    elif norm_layer is not None:
-        norm_layer = None  # "raw": warn, do not apply
-        warnings.warn(
-            f"{type(model).__name__} is a pre-LN encoder: it applies a final LayerNorm after its "
-            "last block, which the hidden states below the last lack (see docs/pipeline.md, "
-            "\"Large\" models and Whisper: the final LayerNorm). "
-            "Hidden state h equals the output of the model cut to h blocks only with "
-            "prune(model, h, final_norm='identity'); with the default final_norm='keep' the "
-            "pruned model outputs LayerNorm(hidden state h), which pooled_hidden_states(..., "
-            'final_norm="apply") scores.',
-            stacklevel=2,
-        )
+    norm_layer = pooled_final_norm(model, final_norm)
     feature_extractor = _feature_extractor_for(model, feature_extractor, sampling_rate)
     generic = not whisper and not hasattr(enc, "_get_feat_extract_output_lengths")
     if generic:

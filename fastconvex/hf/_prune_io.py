@@ -99,7 +99,7 @@ def save_pruned(
     """
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}")
-    out = check_output_dir(path, "path", check_bool("overwrite", overwrite), action="write into it")
+    out = check_output_dir(path, "path", check_bool("overwrite", overwrite), action="write into it", whole=False)
     info = getattr(model, "fastconvex_pruning", None) or {}
     kept = len(encoder_blocks(model)[2])
     if info.get("final_norm") == "identity":
@@ -128,8 +128,8 @@ def save_pruned(
     }
     if extra:
         record["extra"] = extra
-    # written beside ``out`` and moved in file by file: a crash leaves no half-written weights
-    with staged_directory(out, replace=False) as tmp:
+    # staged inside ``out`` and moved in file by file, config.json last: no half-written weights
+    with staged_directory(out, replace=False, last=("config.json", PROVENANCE_FILE)) as tmp:
         model.save_pretrained(tmp)
         if feature_extractor is not None:
             feature_extractor.save_pretrained(tmp)
