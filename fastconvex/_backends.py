@@ -179,10 +179,16 @@ def check_device(device: Any) -> None:
         raise ValueError(f"device={device!r}: fastconvex runs on 'cpu' or 'cuda' devices, not {kind!r}")
 
 
-def resolve_backend(backend: str, x: Any = None, device: Any = None) -> str:
-    """The concrete backend name for ``backend`` ("auto" resolved)."""
+def check_backend_name(backend: Any) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`, else a ValueError."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def resolve_backend(backend: str, x: Any = None, device: Any = None) -> str:
+    """The concrete backend name for ``backend`` ("auto" resolved)."""
+    check_backend_name(backend)
     check_device(device)
     if backend == "auto":
         env = os.environ.get(ENV_VAR, "").strip()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Sequence
 
-from ._backends import BACKENDS
+from ._backends import check_backend_name
 from ._core import ScoringPlan, check_engine, plan_scoring, score_layer, stack_layers
 from ._inputs import check_embeddings
 from ._pairs import DEFAULT_PAIRS, resolve_estimator
@@ -274,8 +274,8 @@ def sweep(
         check_euclidean_options(k=k, sources=sources, backend=backend, shards=shards, model=model, engine=engine)
     elif model is not None:
         raise ValueError('model applies to measure="euclidean" only')
-    elif not isinstance(backend, str) or backend not in BACKENDS:  # before out_dir and any task
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    else:  # the name only (the workers resolve "auto" where they run), before out_dir and any task
+        check_backend_name(backend)
     estimator, budget = resolve_estimator(pairs, sources, exact)
     opened = _open_stores(stores)
     selections = {s.name: _layer_indices(layers, s) for s in opened}

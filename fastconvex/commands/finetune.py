@@ -24,7 +24,6 @@ from ._output import (
     DataError,
     UsageError,
     check_output_directory,
-    check_output_file,
     positive_int,
     run_with_hf_quiet,
 )
@@ -89,8 +88,6 @@ def _run(args: argparse.Namespace) -> int:
     # replaced whole by finetune (whole=True): the directory that holds --out-dir must be writable
     out_dir = check_output_directory(args.out_dir, "--out-dir", overwrite=args.overwrite, whole=True,
                                      action="replace it")
-    if args.out not in (None, "-"):
-        check_output_file(args.out, "--out", overwrite=args.overwrite)
     if not args.eval_split < 1:
         raise UsageError(f"--eval-split must be a fraction below 1, got {args.eval_split}")
 

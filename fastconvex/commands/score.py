@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._output import DataError, UsageError, check_output_file, check_plot_file, positive_int
+from ._output import DataError, UsageError, check_plot_file, positive_int
 
 __all__ = [
     "add_arguments", "run", "load_embeddings", "load_labels", "natural_key", "add_scoring_arguments",
@@ -374,9 +374,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_outputs(args: argparse.Namespace) -> Path | None:
-    """Check ``--out`` and ``--plot`` before any work; the plot's path (or None)."""
-    if args.out not in (None, "-"):
-        check_output_file(args.out, "--out", overwrite=args.overwrite)
+    """Check ``--plot`` (``--out`` was checked by ``cli.main``) before any work,
+    and that they differ; the plot's path (or None)."""
     plot = check_plot_file(args.plot, overwrite=args.overwrite) if args.plot else None
     if plot is not None and args.out not in (None, "-") and plot.resolve() == Path(args.out).resolve():
         raise UsageError(f"--out and --plot name the same file, {str(plot)!r}: the plot would replace the JSON")

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from fastconvex._sweep import format_table, sweep
     from fastconvex.cli import emit_report
 
-    from ._output import check_output_file, run_with_hf_quiet
+    from ._output import run_with_hf_quiet
 
     if args.measure == "euclidean":
         kwargs = {**euclidean_kwargs(args), "measure": "euclidean", "model": args.model, "device": args.device}
@@ -67,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"STORE {store!r} does not exist")
     if args.measure == "euclidean":
         _check_frame_stores(args)
-    if args.out not in (None, "-"):
-        check_output_file(args.out, "--out", overwrite=args.overwrite)  # before any work
     def run_sweep(args: argparse.Namespace) -> dict:
         return sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
                      layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
