@@ -108,8 +108,7 @@ def staged_directory(out: str | os.PathLike[str], *, replace: bool, last: Sequen
                 os.replace(out, old / out.name)
             os.replace(tmp, out)
         else:
-            order = sorted(tmp.iterdir(), key=lambda p: (p.name in last, last.index(p.name) if p.name in last else 0,
-                                                         p.name))
+            order = sorted(tmp.iterdir(), key=lambda p: (last.index(p.name) if p.name in last else -1, p.name))
             for item in order:
                 os.replace(item, out / item.name)
             tmp.rmdir()
