@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-_MODELS: dict[tuple[str, str | None, str | None], tuple[Any, Any]] = {}
+_MODELS: dict[tuple[str, str | None, str | None], tuple[Any, Any, str | None]] = {}
 
 
 @dataclass(frozen=True)
@@ -46,21 +46,26 @@ class EmbedJob:
 
 
 def _model(job: EmbedJob) -> tuple[Any, Any]:
-    """The job's model and feature extractor, loaded once per worker process."""
+    """The job's model and feature extractor, loaded once per worker process
+    (again if the job names other weights), and checked to be the weights the
+    driver hashed into the store's resume key."""
     key = (job.model, job.model_class, job.device)
-    if key not in _MODELS:
+    cached = _MODELS.get(key)
+    if cached is None or cached[2] != job.weights_sha256:
         from .commands.prune import load_model
 
         _MODELS.clear()
         model, fe = load_model(job.model, job.model_class, job.device)
+        sha = None
         if job.weights_sha256 is not None:
             from .hf._store_out import weights_sha256
 
-            if weights_sha256(model) != job.weights_sha256:
+            sha = weights_sha256(model)
+            if sha != job.weights_sha256:
                 raise ValueError(f"model {job.model!r}: its weights changed since the embedding run started "
                                  "(the store's rows would mix two models); rerun with --overwrite to start over")
-        _MODELS[key] = (model, fe)
-    return _MODELS[key]
+        _MODELS[key] = (model, fe, sha)
+    return _MODELS[key][0], _MODELS[key][1]
 
 
 def embed_chunk(job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequence[int]) -> int:

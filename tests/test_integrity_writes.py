@@ -285,3 +285,61 @@ def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
         fh.write("half")
         raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+@pytest.mark.hf
+def test_cli_embed_ray_resume_checks_audio_and_the_workers_weights(speech, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """``embed --engine ray``: chunks record their audio's hashes; a rerun after
+    one file changed (same length) is refused naming it, before any task
+    runs; a worker whose model folder holds other weights than the driver
+    hashed refuses to write. Ray itself is replaced by running the real chunk
+    function in this process (what each Ray task runs)."""
+    pytest.importorskip("ray")
+    sf = pytest.importorskip("soundfile")
+    torch = pytest.importorskip("torch")
+    import fastconvex._embed as embed_mod
+    from fastconvex import hf
+    from fastconvex.cli import main
+
+    root, model, _ = speech
+    model_dir, audio_dir = tmp_path / "model", tmp_path / "audio"
+    shutil.copytree(root / "model", model_dir)
+    shutil.copytree(root / "audio", audio_dir)
+    ran = []
+
+    def two_chunks_then_lost(job, writer, lengths, *, chunk_size, **kw):
+        for c in range(2):
+            rows = list(range(c * chunk_size, (c + 1) * chunk_size))
+            if c not in writer.done_blocks():
+                ran.append(c)
+                embed_mod.embed_chunk(job, c, rows, [int(n) for n in lengths[rows]])
+        raise RuntimeError("the cluster went away")
+
+    monkeypatch.setattr(embed_mod, "embed_on_ray", two_chunks_then_lost)
+    argv = ["embed", str(model_dir), "--audio", str(audio_dir), "--out-dir", str(tmp_path / "s"), "--quiet",
+            "--engine", "ray", "--chunk-size", "4"]
+    assert main(argv) == 1 and ran == [0, 1]
+    capsys.readouterr()
+    paths, _ = hf.find_audio(audio_dir)
+    first = next(p for p in paths[:8] if p.suffix == ".wav")  # in chunk 0 or 1, rewritten losslessly
+    wave, rate = sf.read(first, dtype="int16")
+    sf.write(first, -wave, rate, subtype="PCM_16")
+    assert main(argv) == 2 and ran == [0, 1]  # refused before any chunk ran
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and repr(str(first)) in err and "changed" in err and "--overwrite" in err
+    assert main([*argv, "--overwrite"]) == 1 and ran == [0, 1, 0, 1]  # started over
+    capsys.readouterr()
+
+    # the driver hashed these weights; the folder then changes before a worker loads it
+    job = embed_mod.EmbedJob(
+        model=str(model_dir), model_class=None, device=None, paths=[str(p) for p in paths], sampling_rate=16000,
+        batch_size=8, dtype="float32", layers=None, final_norm="raw", mix_lengths=False,
+        partial_dir=str(tmp_path / ".s.partial"), layer_files=["layer_000.npy"],
+        weights_sha256=hf._store_out.weights_sha256(model))
+    changed = type(model).from_pretrained(model_dir)
+    with torch.no_grad():
+        changed.encoder.layers[0].attention.k_proj.bias[0] += 0.25
+    changed.save_pretrained(model_dir)
+    embed_mod._MODELS.clear()
+    with pytest.raises(ValueError, match="weights changed since the embedding run started"):
+        embed_mod.embed_chunk(job, 2, [8, 9, 10, 11], [1600] * 4)
