@@ -217,8 +217,7 @@ class StoreWriter:
             self.utterance = u.astype(np.int64, copy=False)
         suffix = "partial" if resume else f"tmp-{uuid.uuid4().hex[:8]}"
         self.tmp = self.path.parent / f".{self.path.name}.{suffix}"
-        with writing(self.path.parent):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.layers: list[dict[str, Any]] = []
         self.created = False  # this writer made self.tmp (not a resumed partial write)
         job_file = self.tmp / "job.json"
@@ -433,6 +432,12 @@ def save_store(
     -------
     LayerStore
         The store, opened.
+
+    Raises
+    ------
+    fastconvex._atomic.WriteError
+        (an ``OSError``) a file could not be written (no space left, an I/O
+        error): the message names it, and nothing is left behind.
     """
     writer = StoreWriter(path, labels, meta=meta, utterance=utterance, overwrite=overwrite)
     try:

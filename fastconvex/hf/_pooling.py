@@ -193,6 +193,10 @@ def pooled_hidden_states(
         ``final_norm="apply"`` on a model without a final LayerNorm.
     TypeError
         A model that returns no ``hidden_states``.
+    fastconvex._atomic.WriteError
+        (an ``OSError``) ``out_dir``'s store could not be written (no space
+        left, an I/O error): the message names the file; a partial write with
+        no finished batch is removed, one with finished batches kept to resume.
     """
     # ---- arguments ------------------------------------------------------------------------
     enc = speech_encoder(model)  # checks that model is a transformers model
