@@ -1,40 +1,116 @@
 """Writing a finished file atomically: a temporary file in the same directory,
 flushed to disk, then renamed over the target, so readers (and a rerun after a
 crash) see the old file or the whole new one, never a part. And an output
-directory checked before any work, so nothing is replaced unasked."""
+directory checked before any work, so nothing is replaced unasked.
+
+Files and directories are made with the permissions the umask gives (files
+``0o666 & ~umask``, directories ``0o777 & ~umask``), as any other program's
+outputs, so others on a shared file system can read them where the umask
+allows: the kernel applies the umask to ``os.open(..., 0o666)`` and
+``os.mkdir(..., 0o777)``, so it is never read (``os.umask`` to read it is
+process-wide and not thread-safe). An I/O error while writing (a full disk,
+a lost mount) is a :class:`WriteError` naming the file, and the temporary
+file is removed."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["check_output_dir", "staged_directory", "write_json_atomic", "write_text_atomic"]
+__all__ = ["WriteError", "atomic_file", "check_output_dir", "new_dir", "staged_directory", "write_json_atomic",
+           "write_text_atomic", "writing"]
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8, written as given) to ``path`` atomically; the
-    temporary file is removed if anything fails."""
-    out = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+class WriteError(OSError):
+    """An output that could not be written (no space left, no permission, an
+    I/O error): one line naming the file and the reason; ``errno`` is the
+    original error's."""
+
+    def __str__(self) -> str:
+        where = f"{self.filename!r}" if self.filename is not None else "an output file"
+        return f"cannot write {where}: {self.strerror}"
+
+
+def as_write_error(exc: OSError, path: str | os.PathLike[str]) -> WriteError:
+    """``exc`` as a :class:`WriteError` naming ``path`` (or the file ``exc``
+    names itself)."""
+    if isinstance(exc, WriteError):
+        return exc
+    code = exc.errno if exc.errno is not None else errno.EIO
+    reason = exc.strerror or str(exc) or os.strerror(code)
+    return WriteError(code, reason, str(exc.filename if exc.filename is not None else path))
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an operating-system error (one with an ``errno``) raised inside the
+    block into a :class:`WriteError` naming ``path``; other errors (and
+    ``FileExistsError`` messages raised by the checks, which carry no errno)
+    pass as they are."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        yield
+    except WriteError:
+        raise
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise as_write_error(exc, path) from exc
+
+
+def _new_file(parent: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """A new file ``parent/prefix<random>suffix``, opened for writing, with the
+    umask's permissions (``mkstemp`` would make it 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        candidate = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            return os.open(candidate, flags, 0o666), candidate
+        except FileExistsError:
+            continue
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str | None = None,
+                newline: str | None = None) -> Iterator[IO[Any]]:
+    """An open file (``mode`` ``"wb"`` or ``"w"``) whose contents become
+    ``path`` when the block ends without an error: written to a temporary
+    file beside ``path``, flushed to disk, then renamed over it. On any
+    error (or an interrupt) the temporary file is removed and ``path`` is
+    left as it was; an I/O error is a :class:`WriteError` naming ``path``.
+    The only atomic file writer of fastconvex: every result, store file,
+    plot and JSON goes through it."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    out = Path(path)
+    with writing(out):
+        fd, tmp = _new_file(out.parent, f".{out.name}.", ".tmp")
+    try:
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, out)
-    except BaseException:
-        try:
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.errno is not None:
+            raise as_write_error(exc, out) from exc
         raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8, written as given) to ``path`` atomically (see
+    :func:`atomic_file`)."""
+    out = Path(path)
+    with atomic_file(out, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
     return out
 
 
@@ -67,9 +143,10 @@ def check_output_dir(path: str | os.PathLike[str], name: str, overwrite: bool, *
     return out
 
 
-def _new_dir(parent: Path, prefix: str) -> Path:
+def new_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
     """A new directory ``parent/prefix<random>`` with the umask's permissions
     (``mkdtemp`` would make it 0700; reading the umask is not thread-safe)."""
+    parent = Path(parent)
     while True:
         candidate = parent / f"{prefix}{secrets.token_hex(4)}"
         try:
@@ -95,16 +172,16 @@ def staged_directory(out: str | os.PathLike[str], *, replace: bool, last: Sequen
     out = Path(out)
     if replace:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_dir(out.parent, f".{out.name}.")
+        tmp = new_dir(out.parent, f".{out.name}.")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        tmp = _new_dir(out, ".fastconvex-staging-")
+        tmp = new_dir(out, ".fastconvex-staging-")
     old: Path | None = None
     try:
         yield tmp
         if replace:
             if out.exists():
-                old = _new_dir(out.parent, f".{out.name}.old.")
+                old = new_dir(out.parent, f".{out.name}.old.")
                 os.replace(out, old / out.name)
             os.replace(tmp, out)
         else:

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-_MODELS: dict[tuple[str, str | None, str | None], tuple[Any, Any]] = {}
+_MODELS: dict[tuple[str, str | None, str | None], tuple[Any, Any, str | None]] = {}
 
 
 @dataclass(frozen=True)
@@ -42,26 +42,41 @@ class EmbedJob:
     layer_files: list[str]
     frames: bool = False  # every valid frame a row (``embed --frames``)
     row_offsets: list[int] | None = None  # frames: first row of each utterance, and the total
+    weights_sha256: str | None = None  # the driver's model: a worker that loads other weights refuses
 
 
 def _model(job: EmbedJob) -> tuple[Any, Any]:
-    """The job's model and feature extractor, loaded once per worker process."""
+    """The job's model and feature extractor, loaded once per worker process
+    (again if the job names other weights), and checked to be the weights the
+    driver hashed into the store's resume key."""
     key = (job.model, job.model_class, job.device)
-    if key not in _MODELS:
+    cached = _MODELS.get(key)
+    if cached is None or cached[2] != job.weights_sha256:
         from .commands.prune import load_model
 
         _MODELS.clear()
-        _MODELS[key] = load_model(job.model, job.model_class, job.device)
-    return _MODELS[key]
+        model, fe = load_model(job.model, job.model_class, job.device)
+        sha = None
+        if job.weights_sha256 is not None:
+            from .hf._store_out import weights_sha256
+
+            sha = weights_sha256(model)
+            if sha != job.weights_sha256:
+                raise ValueError(f"model {job.model!r}: its weights changed since the embedding run started "
+                                 "(the store's rows would mix two models); rerun with --overwrite to start over")
+        _MODELS[key] = (model, fe, sha)
+    return _MODELS[key][0], _MODELS[key][1]
 
 
 def embed_chunk(job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequence[int]) -> int:
     """Pool utterances ``rows`` and write them into the partial store; returns
     the number of rows written."""
     from . import hf
+    from ._atomic import writing
+    from .hf._store_out import HashedWaveforms
 
     model, fe = _model(job)
-    audio = hf.AudioFiles([job.paths[i] for i in rows], sampling_rate=job.sampling_rate)
+    audio = HashedWaveforms(hf.AudioFiles([job.paths[i] for i in rows], sampling_rate=job.sampling_rate))
     start, stop, frame_labels = rows[0], rows[-1] + 1, None
     if job.frames:  # every valid frame kept (any label but -100 keeps it; the store holds the real ones)
         assert job.row_offsets is not None
@@ -77,13 +92,14 @@ def embed_chunk(job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequenc
     for file, values in zip(job.layer_files, pooled):
         if values.shape[0] != stop - start:
             raise ValueError(f"chunk {chunk}: {values.shape[0]} rows, but the store expects {stop - start}")
-        out = np.load(part / file, mmap_mode="r+", allow_pickle=False)
-        out[start:stop] = values
-        out.flush()
-        del out
+        with writing(part / file):  # reserved on disk by the driver (StoreWriter.allocate): no SIGBUS
+            out = np.load(part / file, mmap_mode="r+", allow_pickle=False)
+            out[start:stop] = values
+            out.flush()
+            del out
     from .store import mark_block_done
 
-    mark_block_done(part, chunk)
+    mark_block_done(part, chunk, {"audio_sha256": [audio.sha256[k] for k in range(len(rows))]})
     return len(rows)
 
 

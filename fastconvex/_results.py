@@ -247,10 +247,11 @@ class LayerScores:
         }
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`to_dict` as JSON to ``path``."""
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2, allow_nan=False)
-            fh.write("\n")
+        """Write :meth:`to_dict` as JSON to ``path``, atomically (the old file
+        or the whole new one, never a part; see :func:`fastconvex._atomic.atomic_file`)."""
+        from ._atomic import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
 
     def plot(self, *, cut: int | None = None, ax: Any = None) -> "Figure":
         """Convexity per layer with standard-error bars (needs ``[plot]``).

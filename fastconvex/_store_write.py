@@ -3,6 +3,8 @@ and the done markers of partial writes (format: :mod:`fastconvex.store`)."""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import shutil
@@ -13,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ._atomic import write_json_atomic
+from ._atomic import write_json_atomic, writing
 from ._inputs import check_bool, is_torch_tensor, to_numpy
 from ._store_format import (
     _CHUNK_BYTES,
@@ -49,6 +51,102 @@ def _layer_array(layer: Any, index: int) -> np.ndarray:
 
 
 
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The ``.npy`` header ``np.save`` and ``open_memmap`` write for a C-order array."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+    return buf.getvalue()
+
+
+def _reserve(fd: int, size: int, *, new: bool) -> None:
+    """Reserve ``size`` bytes of disk for the open file ``fd``, so that a full
+    disk is an ``OSError`` now rather than a SIGBUS when a memory-mapped page
+    is first written. ``posix_fallocate`` where there is one (glibc emulates
+    it by writing where the file system cannot allocate); elsewhere a new
+    file is filled with zeros explicitly."""
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+    if not new:
+        return  # an existing file's holes cannot be filled without overwriting its rows
+    end = os.fstat(fd).st_size
+    os.lseek(fd, end, os.SEEK_SET)
+    zeros = bytes(min(_CHUNK_BYTES, 1 << 20))
+    while end < size:
+        end += os.write(fd, zeros[: size - end])
+
+
+def _write_npy(file: Path, array: np.ndarray) -> None:
+    """Write ``array`` as ``.npy`` with plain file writes, block by block (no
+    memory map, so a full disk is an ``OSError``, never a SIGBUS); a partly
+    written file is removed."""
+    try:
+        with open(file, "wb") as fh:
+            fh.write(_npy_header(array.shape, array.dtype))
+            rows = max(1, _CHUNK_BYTES // max(1, array[:1].nbytes))
+            for start in range(0, array.shape[0], rows):
+                fh.write(np.ascontiguousarray(array[start : start + rows]).data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        file.unlink(missing_ok=True)
+        raise
+
+
+def _open_allocated(file: Path, shape: tuple[int, int], dtype: np.dtype) -> np.memmap:
+    """``file`` as a writable (N, D) ``.npy`` memmap whose blocks are reserved
+    on disk first (see :func:`_reserve`); an existing file (a resume) is
+    reopened, checked and reserved, never cleared. A file this call made is
+    removed if reserving it fails."""
+    new = not file.exists()
+    if not new:
+        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+        if arr.shape != shape or arr.dtype != dtype:
+            raise ValueError(f"{file}: shape {arr.shape} {arr.dtype} differs from {shape} {dtype}; "
+                             "remove the partial directory to start over")
+        del arr
+    header = _npy_header(shape, dtype)
+    size = len(header) + int(np.prod(shape)) * dtype.itemsize
+    try:
+        with writing(file):
+            fd = os.open(file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                if new:
+                    os.write(fd, header)
+                _reserve(fd, size, new=new)
+            finally:
+                os.close(fd)
+    except BaseException:
+        if new:
+            file.unlink(missing_ok=True)
+        raise
+    return np.load(file, mmap_mode="r+", allow_pickle=False)
+
+
+def _changed(old: Any, new: dict[str, Any]) -> str:
+    """What differs between the signature of an interrupted write (``old``,
+    from its job.json) and this job's, in words."""
+    if not isinstance(old, dict):
+        return "its job.json is missing or unreadable"
+    names = {"weights_sha256": "the model's weights", "config_sha256": "the model's configuration",
+             "model_class": "the model's class", "lengths_sha256": "the audio lengths", "labels": "the labels",
+             "utterance": "the utterance index", "n_points": "the number of rows"}
+    old_job, new_job = old.get("job") or {}, new.get("job") or {}
+    if isinstance(old_job, dict) and isinstance(new_job, dict):
+        if "weights_sha256" in new_job and "weights_sha256" not in old_job:
+            return "it was made by an older fastconvex, which did not record the model's weights"
+        diff = [names.get(k, k) for k in sorted(set(old_job) | set(new_job)) if old_job.get(k) != new_job.get(k)]
+    else:
+        diff = ["the job"]
+    diff += [names[k] for k in ("n_points", "labels", "utterance") if old.get(k) != new.get(k)]
+    return "it differs in " + ", ".join(dict.fromkeys(diff)) if diff else "it differs"
+
+
 def _check_target(path: Path, overwrite: bool) -> None:
     if not path.exists():
         return
@@ -67,7 +165,8 @@ def mark_block_done(partial_dir: str | os.PathLike[str], block: int, payload: An
     flushed first): one small file per block, written atomically, so writers
     of disjoint blocks (Ray workers) never race."""
     folder = Path(partial_dir) / "done"
-    folder.mkdir(exist_ok=True)
+    with writing(folder):
+        folder.mkdir(exist_ok=True)
     write_json_atomic(folder / f"block_{int(block):06d}.json", payload)
 
 
@@ -78,7 +177,14 @@ class StoreWriter:
     or :meth:`allocate` + :meth:`write_rows`, then :meth:`finish`. Everything
     lives in ``<parent>/.<name>.partial`` until :meth:`finish` renames it onto
     ``path``; with ``resume=True`` an existing partial directory from an
-    interrupted writer is reused (see :meth:`done_blocks`).
+    interrupted writer of the same job (``job``, labels, utterance index) is
+    reused (see :meth:`done_blocks`); one of another job is refused, saying
+    what differs, or removed and started over with ``overwrite=True``.
+
+    Layer files are written with plain file writes (:meth:`layer`) or
+    reserved on disk before they are memory-mapped (:meth:`allocate`), so a
+    full disk is a :class:`~fastconvex._atomic.WriteError` naming the file,
+    never a SIGBUS; :meth:`abort` removes what was written.
     """
 
     def __init__(
@@ -96,6 +202,7 @@ class StoreWriter:
         self.overwrite = check_bool("overwrite", overwrite)
         _check_target(self.path, self.overwrite)
         self.meta = _check_meta(meta)
+        self._given_meta = dict(self.meta)
         self.labels = _labels_for_store(labels)
         self.n_points = int(self.labels.shape[0])
         if self.n_points == 0:
@@ -112,6 +219,7 @@ class StoreWriter:
         self.tmp = self.path.parent / f".{self.path.name}.{suffix}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.layers: list[dict[str, Any]] = []
+        self.created = False  # this writer made self.tmp (not a resumed partial write)
         job_file = self.tmp / "job.json"
         signature = json.loads(json.dumps(
             {"job": job, "n_points": self.n_points, "labels": _labels_digest(self.labels),
@@ -123,16 +231,38 @@ class StoreWriter:
             except (OSError, ValueError):
                 old = None
             if old != signature:
-                raise ValueError(
-                    f"{self.tmp} holds an interrupted write of a different job (model, audio, labels or "
-                    "options differ, see its job.json); remove it to start over"
-                )
+                if not self.overwrite:
+                    raise ValueError(
+                        f"{self.tmp} holds an interrupted write of a different job ({_changed(old, signature)}; "
+                        "see its job.json): pass overwrite=True / --overwrite to start over, or remove it"
+                    )
+                shutil.rmtree(self.tmp)
+        self._signature = signature
+        if self.tmp.exists():
             if (self.tmp / "info.json").is_file():
                 with open(self.tmp / "info.json", encoding="utf-8") as fh:
                     self.meta = {**json.load(fh), **self.meta}
         else:
+            self._create()
+
+    def _create(self) -> None:
+        with writing(self.tmp):
             self.tmp.mkdir()
-            write_json_atomic(job_file, signature)
+        self.created = True
+        try:
+            write_json_atomic(self.tmp / "job.json", self._signature)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    def restart(self) -> None:
+        """Drop the interrupted write this writer resumed (before anything was
+        allocated) and start an empty one."""
+        if self.layers:
+            raise RuntimeError("restart() after layers were allocated")
+        shutil.rmtree(self.tmp)
+        self.meta = dict(self._given_meta)
+        self._create()
 
     # -- whole layers
     def layer(self, layer: Any) -> None:
@@ -143,17 +273,15 @@ class StoreWriter:
             raise ValueError(
                 f"layers[{index}] has N={array.shape[0]} rows but labels has {self.n_points} entries"
             )
-        out = self.allocate(array.shape[1], array.dtype)[0]
-        rows = max(1, _CHUNK_BYTES // max(1, array[:1].nbytes))
-        for start in range(0, array.shape[0], rows):
-            out[start : start + rows] = array[start : start + rows]
-        out.flush()
-        del out
+        name = f"layer_{index:03d}.npy"
+        with writing(self.tmp / name):
+            _write_npy(self.tmp / name, array)
+        self.layers.append({"file": name, "shape": list(array.shape), "dtype": array.dtype.name})
 
     # -- row blocks
     def allocate(self, dim: int, dtype: Any, count: int = 1) -> list[np.memmap]:
         """``count`` new (N, dim) layers as writable memmaps (reopened, not
-        cleared, when resuming)."""
+        cleared, when resuming), their disk space reserved first."""
         dtype = np.dtype(dtype)
         if dtype not in LAYER_DTYPES:
             raise TypeError(f"layer dtype must be float16, float32 or float64, got {dtype}")
@@ -162,13 +290,7 @@ class StoreWriter:
             name = f"layer_{len(self.layers):03d}.npy"
             file = self.tmp / name
             shape = (self.n_points, int(dim))
-            if file.exists():
-                arr = np.load(file, mmap_mode="r+", allow_pickle=False)
-                if arr.shape != shape or arr.dtype != dtype:
-                    raise ValueError(f"{file}: shape {arr.shape} {arr.dtype} differs from {shape} {dtype}; "
-                                     "remove the partial directory to start over")
-            else:
-                arr = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=shape)
+            arr = _open_allocated(file, shape, dtype)
             self.layers.append({"file": name, "shape": list(shape), "dtype": dtype.name})
             out.append(arr)
         return out
@@ -189,7 +311,8 @@ class StoreWriter:
         """Record ``block`` as written (after flushing ``arrays``); see
         :func:`mark_block_done`."""
         for arr in arrays:
-            arr.flush()
+            with writing(getattr(arr, "filename", None) or self.tmp):
+                arr.flush()
         mark_block_done(self.tmp, block, payload)
 
     def set_info(self, **info: Any) -> None:
@@ -212,16 +335,18 @@ class StoreWriter:
         if not self.layers:
             raise ValueError("no layer was written: a store needs at least one layer")
         labels_dir = self.tmp / "labels"
-        labels_dir.mkdir(exist_ok=True)
+        with writing(labels_dir):
+            labels_dir.mkdir(exist_ok=True)
         if self.labels.dtype.kind == "O":
             label_file = labels_dir / "labels.json"
             values = [_encode_label(v, i) for i, v in enumerate(self.labels)]
-            with open(label_file, "w", encoding="utf-8") as fh:
+            with writing(label_file), open(label_file, "w", encoding="utf-8") as fh:
                 json.dump(values, fh)
             kind = "json"
         else:
             label_file = labels_dir / "labels.npy"
-            np.save(label_file, self.labels, allow_pickle=False)
+            with writing(label_file):
+                _write_npy(label_file, self.labels)
             kind = "npy"
         manifest: dict[str, Any] = {
             "format": FORMAT,
@@ -237,33 +362,47 @@ class StoreWriter:
         }
         if self.utterance is not None:
             ufile = labels_dir / "utterance.npy"
-            np.save(ufile, self.utterance, allow_pickle=False)
+            with writing(ufile):
+                _write_npy(ufile, self.utterance)
             manifest["utterance"] = {"file": "labels/utterance.npy", "sha256": _file_sha256(ufile)}
         for entry in self.layers:
             arr = np.load(self.tmp / entry["file"], mmap_mode="r", allow_pickle=False)
             manifest["layers"].append({**entry, "sha256": _array_sha256(arr)})
             del arr
-        for leftover in ("done", "job.json", "info.json"):
+        # The manifest before the resume records go: a failed manifest write
+        # leaves a partial write that a rerun still resumes.
+        write_json_atomic(self.tmp / MANIFEST, manifest)
+        for leftover in ("done", "info.json", "job.json"):
             target = self.tmp / leftover
             if target.is_dir():
                 shutil.rmtree(target)
             else:
                 target.unlink(missing_ok=True)
-        write_json_atomic(self.tmp / MANIFEST, manifest)
         _check_target(self.path, self.overwrite)
-        if self.path.exists():
-            old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.path, old)
-            os.replace(self.tmp, self.path)
-            shutil.rmtree(old)
-        else:
-            os.replace(self.tmp, self.path)
+        with writing(self.path):
+            if self.path.exists():
+                old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(self.path, old)
+                os.replace(self.tmp, self.path)
+                shutil.rmtree(old)
+            else:
+                os.replace(self.tmp, self.path)
         return open_store(self.path)
 
     def abort(self) -> None:
-        """Remove the temporary directory (not the resumable ``.partial`` one)."""
-        if self.tmp.exists() and not self.tmp.name.endswith(".partial"):
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        """Remove the temporary directory; a resumable ``.partial`` one only
+        when this writer made it and no block of it was finished (nothing to
+        resume)."""
+        if not self.tmp.exists():
+            return
+        if self.tmp.name.endswith(".partial"):
+            try:
+                keep = not self.created or bool(self.done_blocks())
+            except (OSError, ValueError):
+                keep = True
+            if keep:
+                return
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def save_store(
@@ -293,6 +432,12 @@ def save_store(
     -------
     LayerStore
         The store, opened.
+
+    Raises
+    ------
+    fastconvex._atomic.WriteError
+        (an ``OSError``) a file could not be written (no space left, an I/O
+        error): the message names it, and nothing is left behind.
     """
     writer = StoreWriter(path, labels, meta=meta, utterance=utterance, overwrite=overwrite)
     try:

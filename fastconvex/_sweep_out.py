@@ -7,12 +7,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._atomic import write_text_atomic
+from ._atomic import atomic_file, write_text_atomic
 from ._results import Convexity, LayerScores
 from .store import LayerStore, write_json_atomic
 
@@ -107,9 +106,8 @@ def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, lis
             else:
                 title = f"graph convexity per layer (k={settings['k']}, {settings['estimator']})"
             fig.axes[0].set_title(title)
-            tmp_png = out / f".sweep.png.{os.getpid()}.tmp.png"
-            fig.savefig(tmp_png, dpi=120)
-            os.replace(tmp_png, out / "sweep.png")
+            with atomic_file(out / "sweep.png") as fh:
+                fig.savefig(fh, format="png", dpi=120)
             written.append("sweep.png")
         except ImportError as exc:
             if verbose:

@@ -156,6 +156,13 @@ def _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_p
              "sampling_rate": rate, "frames": bool(args.frames)},
         ignored_frames=0 if args.frames else None,
     )
+    from fastconvex.hf._featurise import _waveform_name
+    from fastconvex.hf._store_out import check_resumed_audio
+
+    n = len(paths)
+    chunks = {c: range(s, min(s + args.chunk_size, n)) for c, s in enumerate(range(0, n, args.chunk_size))}
+    check_resumed_audio(writer, chunks, lambda i: audio[i], lambda i: _waveform_name(audio, i),
+                        overwrite=args.overwrite)
     arrays = writer.allocate(dim, np.dtype(args.dtype), count=len(selected))
     del arrays
     writer.set_info(hidden_states=selected)
@@ -165,6 +172,7 @@ def _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_p
         sampling_rate=rate, batch_size=args.batch_size, dtype=args.dtype, layers=args.layers,
         final_norm=args.final_norm, mix_lengths=bool(args.mix_lengths), partial_dir=str(writer.tmp.resolve()),
         layer_files=[entry["file"] for entry in writer.layers], frames=bool(args.frames), row_offsets=offsets,
+        weights_sha256=writer.meta["weights_sha256"],
     )
     ran, reused = embed_on_ray(job, writer, np.asarray(lengths), chunk_size=args.chunk_size, address=args.address,
                                retries=args.retries, verbose=not args.quiet)

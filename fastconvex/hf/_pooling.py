@@ -146,11 +146,15 @@ def pooled_hidden_states(
     meta : dict, optional
         Extra store metadata (model name, checkpoint ...), with ``out_dir``.
     overwrite : bool
-        Replace an existing store at ``out_dir``.
+        Replace an existing store at ``out_dir`` (and start over an interrupted
+        write of another job).
     resume : bool
-        Continue an interrupted ``out_dir`` write of the same job (same model
-        configuration, audio lengths, labels, layers, dtype, batching); a partial
-        write of a different job is an error.
+        Continue an interrupted ``out_dir`` write of the same job: the same
+        model (class, configuration and weights, hashed), audio (lengths, and
+        the samples of every utterance already written, read again and
+        compared with hashes recorded as they were written), labels, layers,
+        dtype and batching. A partial write of a different job is an error
+        saying what differs; ``overwrite=True`` starts it over instead.
     dtype : {"float32", "float16"}
         Storage dtype of the result (pooling itself is done in float32).
     lengths : sequence of int, optional
@@ -189,6 +193,10 @@ def pooled_hidden_states(
         ``final_norm="apply"`` on a model without a final LayerNorm.
     TypeError
         A model that returns no ``hidden_states``.
+    fastconvex._atomic.WriteError
+        (an ``OSError``) ``out_dir``'s store could not be written (no space
+        left, an I/O error): the message names the file; a partial write with
+        no finished batch is removed, one with finished batches kept to resume.
     """
     # ---- arguments ------------------------------------------------------------------------
     enc = speech_encoder(model)  # checks that model is a transformers model
@@ -265,9 +273,8 @@ def pooled_hidden_states(
                  "batch_size": batch_size, "mix_lengths": bool(mix_lengths), "final_norm": final_norm,
                  "sampling_rate": int(sampling_rate)},
         )
-    done_batches = writer.done_blocks() if writer is not None else {}
 
-    # ---- forward passes -----------------------------------------------------------------------
+    # ---- batches ------------------------------------------------------------------------------
     order = np.argsort(-raw_lengths, kind="stable")
     takes_mask = (not whisper) and _takes_attention_mask(model, feature_extractor)
     bucket_key: np.ndarray | None = None
@@ -277,6 +284,26 @@ def pooled_hidden_states(
         elif _pos_conv_sees_padding(model):
             bucket_key = n_frames
     batches = _make_batches(order, batch_size, None if bucket_key is None else bucket_key[order])
+
+    def waveform(i: int) -> np.ndarray:
+        w = loaded[i] if loaded is not None else _as_waveform(waveforms[i], i, _waveform_name(waveforms, i))
+        if w.shape[0] != raw_lengths[i]:
+            raise ValueError(
+                f"lengths[{i}] = {int(raw_lengths[i])} but {_waveform_name(waveforms, i)} has {w.shape[0]} samples"
+            )
+        return w
+
+    done_batches: dict[int, Any] = {}
+    if writer is not None:
+        try:  # the audio of the batches an interrupted run finished, unchanged (read again, no forward pass)
+            from ._store_out import check_resumed_audio
+
+            done_batches = check_resumed_audio(
+                writer, {b: [int(i) for i in batch] for b, batch in enumerate(batches)}, waveform,
+                lambda i: _waveform_name(waveforms, i), overwrite=overwrite)
+        except BaseException:
+            writer.abort()
+            raise
     device = model_device(enc)
     float_dtype = next((p.dtype for p in enc.parameters() if p.is_floating_point()), torch.float32)
     selected: list[int] | None = None
@@ -296,21 +323,12 @@ def pooled_hidden_states(
     try:
         with torch.inference_mode():
             for batch_index, batch in enumerate(batches):
-                if batch_index in done_batches:  # written by an interrupted run
+                if batch_index in done_batches:  # written by an interrupted run (its audio checked above)
                     if generic:
-                        n_frames[batch] = done_batches[batch_index]
+                        n_frames[batch] = done_batches[batch_index]["frames"]
                     bar.update(1)
                     continue
-                waves = []
-                for i in batch:
-                    w = loaded[i] if loaded is not None else _as_waveform(
-                        waveforms[int(i)], int(i), _waveform_name(waveforms, int(i)))
-                    if w.shape[0] != raw_lengths[i]:
-                        raise ValueError(
-                            f"lengths[{int(i)}] = {int(raw_lengths[i])} but "
-                            f"{_waveform_name(waveforms, int(i))} has {w.shape[0]} samples"
-                        )
-                    waves.append(w)
+                waves = [waveform(int(i)) for i in batch]
                 inputs, frames = _featurise(model, enc, feature_extractor, waves, sampling_rate, takes_mask, whisper, generic)
                 inputs = {
                     k: v.to(device=device, dtype=float_dtype) if v.is_floating_point() else v.to(device)
@@ -362,7 +380,10 @@ def pooled_hidden_states(
                             rows = h[b, : int(frames[b])][torch.as_tensor(frame_keep[i], device=h.device)]
                             outputs[slot][offsets[i] : offsets[i + 1]] = rows.to("cpu").numpy().astype(out_dtype, copy=False)
                 if writer is not None:
-                    writer.mark_done(batch_index, outputs, [int(f) for f in frames])
+                    from ._store_out import clip_sha256
+
+                    writer.mark_done(batch_index, outputs, {"frames": [int(f) for f in frames],
+                                                            "audio_sha256": [clip_sha256(w) for w in waves]})
                 bar.update(1)
     except BaseException:
         if writer is not None:

