@@ -209,9 +209,12 @@ def test_trust_remote_code_is_false_on_every_load(tmp_path, monkeypatch):
 
     for owner in (transformers.AutoConfig, transformers.AutoFeatureExtractor, transformers.Wav2Vec2Model):
         recording("from_pretrained", owner)
-    load_model(str(path))
+    recording("from_config", transformers.AutoModelForAudioClassification)
+    loaded, _ = load_model(str(path))
     hf.load_pruned(path)
-    assert {name for name, _ in calls} == {"AutoConfig", "AutoFeatureExtractor", "Wav2Vec2Model"}
+    hf.classification_model(loaded, ["a", "b"])  # the new head of finetune
+    assert {name for name, _ in calls} == {"AutoConfig", "AutoFeatureExtractor", "Wav2Vec2Model",
+                                           "AutoModelForAudioClassification"}
     assert all(value is False for _, value in calls), calls
 
 
