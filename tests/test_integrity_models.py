@@ -95,6 +95,16 @@ def test_missing_encoder_tensors_are_an_error_naming_them(tmp_path, audio, capsy
         hf.save_pruned(model, tmp_path / "cut", feature_extractor=fe)
     back, _ = load_model(str(tmp_path / "cut"))
     assert isinstance(back.encoder.layer_norm, torch.nn.Identity)
+    # a checkpoint without SpecAugment's mask vector (used only in training) loads, its outputs exact
+    model, fe = tiny_model("wav2vec2", layers=2)
+    path = _save(tmp_path / "nomask", model, fe)
+    _edit_config(path, mask_time_prob=0.05)
+    back, _ = load_model(str(path))
+    assert hasattr(back, "masked_spec_embed")
+    wave = torch.randn(1, 1600)
+    with torch.no_grad():
+        torch.testing.assert_close(back(wave).last_hidden_state, model.eval()(wave).last_hidden_state,
+                                   rtol=0, atol=0)
 
 
 def test_unused_and_reshaped_tensors_are_errors(tmp_path):

@@ -12,7 +12,10 @@ Everything here turns those into one clear error before the model is used:
 - weights must match the model exactly: missing, unexpected or mismatched
   tensors are an error naming them, unless ``new_head=True`` allows exactly
   the tensors outside the speech encoder (a classification head that is new,
-  e.g. for fine-tuning, which replaces it anyway);
+  e.g. for fine-tuning, which replaces it anyway). Two absences are no
+  error, since no forward pass in eval mode reads them: SpecAugment's
+  ``masked_spec_embed`` (training only) and the final LayerNorm of a model
+  pruned with ``final_norm="identity"`` (restored as ``nn.Identity``);
 - ``.safetensors`` files are opened and their headers checked first, so a
   truncated file is named;
 - pickle weights (``pytorch_model.bin``) are read only with torch's
@@ -238,6 +241,9 @@ def load_checked(cls: Any, name: str | Path, *, new_head: bool = False, what: st
         raise
     missing, unexpected = set(info.get("missing_keys") or ()), set(info.get("unexpected_keys") or ())
     missing -= _identity_norm_keys(model)
+    # SpecAugment's mask vector: used only while training with mask_time_prob > 0, where a fresh one is
+    # what the recipes start from; many published checkpoints (facebook/wav2vec2-base-960h) lack it
+    missing = {k for k in missing if k.rsplit(".", 1)[-1] != "masked_spec_embed"}
     mismatched = {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()}
     if new_head:
         prefix, children = _encoder_part(model)
