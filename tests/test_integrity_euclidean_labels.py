@@ -285,8 +285,31 @@ def test_cli_prune_refuses_other_names_before_the_forward_passes(setup, capsys, 
         raise AssertionError("hidden states were computed before the labels were checked")
 
     monkeypatch.setattr(hf, "hidden_state_sequences", no_forward_passes)
+    # a bad --label-map file is said before the model is even loaded
+    (tmp_path / "bad.json").write_text("[]")
+    monkeypatch.setattr("fastconvex.commands.prune.load_model", no_forward_passes)
+    assert main(["prune", str(root / "named"), "--audio", str(tmp_path / "audio"), "--out", str(tmp_path / "cut"),
+                 "--measure", "euclidean", "--label-map", str(tmp_path / "bad.json"), "--quiet"]) == 2
+    assert "--label-map bad.json: expected a non-empty JSON object" in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.setattr(hf, "hidden_state_sequences", no_forward_passes)
     code = main(["prune", str(root / "named"), "--audio", str(tmp_path / "audio"), "--out", str(tmp_path / "cut"),
                  "--measure", "euclidean", "--keep", "1", "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "the data's classes ['down', 'left'] do not match the predictor's classes ['yes', 'no', 'up']" in err
+    # the same audio through the generic names, mapped: the numbers of a model named like the data
+    monkeypatch.undo()
+    _, model, *_ = setup
+    for names, folder in (((("down", "left", "up")), "dl"), (GENERIC, "generic")):
+        model.config.id2label = dict(enumerate(names))
+        model.save_pretrained(tmp_path / folder)
+    (tmp_path / "map.json").write_text(json.dumps({"down": 0, "left": 1}))
+    reports = []
+    for folder, extra in (("dl", []), ("generic", ["--label-map", str(tmp_path / "map.json")])):
+        capsys.readouterr()
+        assert main(["prune", str(tmp_path / folder), "--audio", str(tmp_path / "audio"), "--out",
+                     str(tmp_path / f"cut-{folder}"), "--measure", "euclidean", "--keep", "1", "--pairs", "3",
+                     "--n-sampled", "3", "--no-plot", "--quiet", "--json", *extra]) == 0
+        reports.append(json.loads(capsys.readouterr().out)["scores"])
+    assert reports[0] == reports[1]

@@ -175,6 +175,10 @@ def _run(args: argparse.Namespace) -> int:
         from ._euclidean import check_graph_only
 
         check_graph_only(args, model_option=False)
+    else:  # the Euclidean options (and the --label-map file) before the model and audio are loaded
+        from ._euclidean import euclidean_kwargs
+
+        euclidean_kwargs(args, needs_model=False)
     plot_problem = None
     if not args.no_plot:
         try:
