@@ -3,12 +3,12 @@ representation) and ``layer_euclidean_scores`` (every layer, the same pairs)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, Mapping
 
 import numpy as np
 
 from ._core import _check_seed, stack_layers
-from ._inputs import check_int
+from ._inputs import check_int, labels_to_array
 from ._layers import _split_layers
 from ._pairs import DEFAULT_PAIRS, PairPlan
 from ._progress import Progress, show_progress
@@ -22,6 +22,7 @@ from ._segments import (
     check_settings,
     encode_item_labels,
     euclidean_from_plan,
+    label_matcher,
     plan_segments,
 )
 
@@ -41,14 +42,28 @@ def plan_euclidean(labels: Any, n: int, *, n_sampled: Any, pairs: Any, exact: An
     return classes, plan, n_sampled, batch_size, seed
 
 
+def check_label_classes(labels: Any, predict: Any, *, min_class_size: Any = 2, label_map: Any = None,
+                        known_labels: Any = None) -> None:
+    """That ``labels`` map onto ``predict``'s classes (see ``label_map`` in
+    :func:`euclidean_convexity`), without drawing pairs: for callers that run
+    forward passes of their own before scoring (``prune``'s hidden states),
+    so that a mismatch is refused first."""
+    label_array = labels_to_array(labels)
+    codes, classes = encode_item_labels(label_array, int(label_array.shape[0]))
+    min_class_size = check_int("min_class_size", min_class_size, minimum=1)
+    scored = np.bincount(codes, minlength=len(classes)) >= max(min_class_size, 2)
+    label_matcher(classes, scored, predict, known_labels=known_labels, label_map=label_map)
+
+
 def _setup(x: Any, name: str, labels: Any, predict: Any, predict_name: str, n_sampled: Any, pairs: Any,
            exact: Any, batch_size: Any, seed: Any, min_class_size: Any, attention_mask: Any,
-           lengths: Any, device: Any, known_labels: Any) -> tuple[list[Hashable], PairPlan, np.ndarray | None, int,
+           lengths: Any, device: Any, known_labels: Any, label_map: Any) -> tuple[list[Hashable], PairPlan, np.ndarray | None, int,
                                                                   int, int | None, list[Hashable] | None]:
     """Validate the settings shared by both entry points (``predict`` called with
     ``(layer, batch[, mask])`` when ``predict_name`` is predict_from_layer) and
     draw the pairs. ``known_labels`` comes back as a list (a generator would be
-    used up by the first layer)."""
+    used up by the first layer). The labels are matched to ``predict``'s classes
+    here, so a mismatch is an error before any forward pass."""
     encode_item_labels(labels, int(x.shape[0]))  # label errors before settings errors, as always
     check_settings(n_sampled, pairs, exact, batch_size)
     _check_seed(seed)
@@ -61,7 +76,9 @@ def _setup(x: Any, name: str, labels: Any, predict: Any, predict_name: str, n_sa
     classes, plan, n_sampled, batch_size, seed = plan_euclidean(
         labels, int(x.shape[0]), n_sampled=n_sampled, pairs=pairs, exact=exact, batch_size=batch_size, seed=seed,
         min_class_size=min_class_size)
-    return classes, plan, mask, n_sampled, batch_size, seed, None if known_labels is None else list(known_labels)
+    known_labels = None if known_labels is None else list(known_labels)
+    label_matcher(classes, plan.scored, predict, known_labels=known_labels, label_map=label_map)
+    return classes, plan, mask, n_sampled, batch_size, seed, known_labels
 
 
 def euclidean_convexity(
@@ -80,6 +97,7 @@ def euclidean_convexity(
     lengths: Any = None,
     known_labels: Iterable[Hashable] | None = None,
     progress: bool | None = None,
+    label_map: Mapping[Hashable, int] | None = None,
 ) -> Convexity:
     """Euclidean convexity of one representation (docs/score.md).
 
@@ -101,7 +119,9 @@ def euclidean_convexity(
         ``attention_mask``/``lengths``, ``predict(batch, mask)`` with ``mask``
         (B, T) bool marking each sampled sequence's real frames. Optional
         attributes: ``predict.device`` (build batches there, e.g. the GPU of the
-        model) and ``predict.labels`` (every label it can return).
+        model) and ``predict.labels`` (every label it can return, class
+        index k's at position k: the data's labels are checked against them
+        before any forward pass).
     n_sampled : int
         Points per segment (default 10, the authors').
     pairs : int
@@ -130,6 +150,16 @@ def euclidean_convexity(
         count as wrong); default ``predict.labels``. Any other label raises.
     progress : bool or None
         A progress bar on stderr (None: when stderr is a terminal).
+    label_map : mapping, optional
+        ``{data label: class index}`` when the data's labels are not what
+        ``predict`` returns (e.g. a classifier's ``id2label`` names other than
+        the data's): class index k stands for the output ``predict.labels[k]``
+        when ``predict`` declares its labels, else for the output k itself.
+        Without it the labels are matched by value. Either way, every scored
+        class of ``labels`` must map onto a class of the predictor where its
+        classes are known (``predict.labels``, or ``label_map``): otherwise a
+        ValueError lists both, before any forward pass (such a class could
+        never score).
 
     Returns
     -------
@@ -140,11 +170,11 @@ def euclidean_convexity(
     x = check_items(x)
     classes, plan, mask, n_sampled, batch_size, seed, known_labels = _setup(
         x, "x", labels, predict, "predict", n_sampled, pairs, exact, batch_size, seed, min_class_size,
-        attention_mask, lengths, device, known_labels,
+        attention_mask, lengths, device, known_labels, label_map,
     )
     return euclidean_from_plan(
         x, mask, plan, classes, predict, n_sampled=n_sampled, batch_size=batch_size, device=device,
-        known_labels=known_labels, seed=seed, progress=show_progress(progress),
+        known_labels=known_labels, seed=seed, progress=show_progress(progress), label_map=label_map,
     )
 
 
@@ -176,6 +206,7 @@ def layer_euclidean_scores(
     lengths: Any = None,
     known_labels: Iterable[Hashable] | None = None,
     progress: bool | None = None,
+    label_map: Mapping[Hashable, int] | None = None,
 ) -> LayerScores:
     """Euclidean convexity of every layer, all scored on the same pairs.
 
@@ -195,8 +226,9 @@ def layer_euclidean_scores(
         :func:`fastconvex.hf.predict_from_layer` builds one for a Hugging Face
         audio classifier.
     n_sampled, pairs, exact, seed, min_class_size, batch_size, device,
-    attention_mask, lengths, known_labels, progress
-        As in :func:`euclidean_convexity`; the pairs are drawn once and reused
+    attention_mask, lengths, known_labels, progress, label_map
+        As in :func:`euclidean_convexity` (``predict_from_layer.labels`` are
+        the predictor's classes); the pairs are drawn once and reused
         for every layer (``progress`` counts layers).
 
     Returns
@@ -218,22 +250,24 @@ def layer_euclidean_scores(
             )
     classes, plan, mask, n_sampled, batch_size, seed, known_labels = _setup(
         layers[0], "hidden_states[0]", labels, predict_from_layer, "predict_from_layer", n_sampled, pairs, exact,
-        batch_size, seed, min_class_size, attention_mask, lengths, device, known_labels,
+        batch_size, seed, min_class_size, attention_mask, lengths, device, known_labels, label_map,
     )
     results: list[Convexity] = []
     with Progress(len(layers), "layers", enabled=show_progress(progress)) as bar:
         for i, h in enumerate(layers):
             results.append(euclidean_layer(h, mask, plan, classes, _AtLayer(predict_from_layer, i),
                                            n_sampled=n_sampled, batch_size=batch_size, seed=seed, device=device,
-                                           known_labels=known_labels))
+                                           known_labels=known_labels, label_map=label_map))
             bar.update()
     return stack_layers(results, classes)
 
 
 def euclidean_layer(h: Any, mask: np.ndarray | None, plan: PairPlan, classes: list[Hashable],
                     predict: Callable[..., Any], *, n_sampled: int, batch_size: int, seed: int | None,
-                    device: Any = None, known_labels: Iterable[Hashable] | None = None) -> Convexity:
+                    device: Any = None, known_labels: Iterable[Hashable] | None = None,
+                    label_map: Mapping[Hashable, int] | None = None) -> Convexity:
     """One layer of ``layer_euclidean_scores`` (and one Euclidean sweep task):
     ``h`` checked items, the plan drawn by :func:`plan_euclidean`."""
     return euclidean_from_plan(h, mask, plan, classes, predict, n_sampled=n_sampled, batch_size=batch_size,
-                               device=device, known_labels=known_labels, seed=seed, progress=False)
+                               device=device, known_labels=known_labels, seed=seed, progress=False,
+                               label_map=label_map)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Hashable
 
 import numpy as np
@@ -46,7 +46,7 @@ from ._pairs import (
 from ._progress import Progress
 from ._results import Convexity
 
-__all__ = ["plan_segments", "SegmentScorer", "LabelMatcher", "score_plan", "euclidean_from_plan"]
+__all__ = ["plan_segments", "SegmentScorer", "LabelMatcher", "label_matcher", "score_plan", "euclidean_from_plan"]
 
 
 def plan_segments(
@@ -254,14 +254,18 @@ class SegmentScorer:
 
 class LabelMatcher:
     """Turn ``predict`` output into class codes (-1: a known label that is no
-    class of the data), with clear errors for anything else."""
+    class of the data), with clear errors for anything else.
 
-    def __init__(self, classes: list[Hashable], known_labels: Iterable[Hashable] | None) -> None:
+    ``lookup`` maps each ``predict`` output to the class code it stands for
+    (default: every class by its own value, the labels matched by name).
+    """
+
+    def __init__(self, classes: list[Hashable], known_labels: Iterable[Hashable] | None,
+                 lookup: dict[Hashable, int] | None = None, *, mapped: bool = False) -> None:
         self.classes = classes
-        self.lookup = {c: i for i, c in enumerate(classes)}
-        self.known = None if known_labels is None else {
-            (v.item() if isinstance(v, np.generic) else v) for v in known_labels
-        }
+        self.lookup = {c: i for i, c in enumerate(classes)} if lookup is None else lookup
+        self.mapped = mapped
+        self.known = None if known_labels is None else {_plain(v) for v in known_labels}
 
     def codes(self, out: Any, n: int) -> np.ndarray:
         if is_torch_tensor(out) or isinstance(out, np.ndarray):
@@ -286,22 +290,121 @@ class LabelMatcher:
         values = list(uniq) if inverse is not None else list(arr)
         mapped = np.empty(len(values), np.int64)
         for i, v in enumerate(values):
-            v = v.item() if isinstance(v, np.generic) else v
+            v = _plain(v)
             try:
                 code = self.lookup.get(v)
             except TypeError:
                 raise TypeError(f"predict returned an unhashable label {v!r}") from None
             if code is None:
                 if self.known is None or v not in self.known:
+                    what = ("which label_map does not map to a class of labels" if self.mapped
+                            else f"which is no class of labels (classes: {_preview(self.classes)})")
                     raise ValueError(
-                        f"predict returned label {v!r}, which is no class of labels "
-                        f"(classes: {self.classes[:10]!r}{' ...' if len(self.classes) > 10 else ''}); "
-                        "predictions must be comparable with labels (the same kind: ids or names). "
-                        "If the model can predict classes absent from the data, pass known_labels="
+                        f"predict returned label {v!r}, {what}; predictions must be comparable with labels "
+                        "(the same kind: ids or names). If the model can predict classes absent from the data, "
+                        "pass known_labels="
                     )
                 code = -1
             mapped[i] = code
         return mapped if inverse is None else mapped[inverse.reshape(-1)]
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar as the Python value it holds (hashes and compares the same)."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _preview(values: list[Any], limit: int = 10) -> str:
+    """``values`` as a list for a message: the first ``limit`` and how many in all."""
+    values = list(values)
+    if len(values) <= limit:
+        return repr(values)
+    return repr(values[:limit])[:-1] + f", ... ({len(values)} in all)]"
+
+
+def predictor_classes(predict: Any) -> list[Hashable] | None:
+    """Every label ``predict`` can return, in class-index order (its
+    ``labels`` attribute: a :class:`fastconvex.hf.LayerPredictor` has its
+    model's ``id2label`` names, or the ids), or None when it declares none."""
+    labels = getattr(predict, "labels", None)
+    if labels is None:
+        return None
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
+        raise TypeError(f"predict.labels must be a sequence of the labels predict can return, got "
+                        f"{type(labels).__name__} {labels!r}")
+    return [_plain(v) for v in labels]
+
+
+def check_label_map(label_map: Any, n_classes: int | None) -> dict[Hashable, int]:
+    """``label_map`` {data label: class index} as a dict of plain values;
+    TypeError/ValueError naming the entry that is not one."""
+    if not isinstance(label_map, Mapping):
+        raise TypeError(f"label_map must be a mapping {{data label: class index}}, got {type(label_map).__name__}")
+    out: dict[Hashable, int] = {}
+    for key, index in label_map.items():
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"label_map[{key!r}] must be a class index (an int), got {type(index).__name__} {index!r}")
+        index = int(index)
+        if index < 0 or (n_classes is not None and index >= n_classes):
+            bound = "" if n_classes is None else f" < {n_classes}, the predictor's number of classes"
+            raise ValueError(f"label_map[{key!r}] = {index} is no class index (0 <= index{bound})")
+        out[_plain(key)] = index
+    return out
+
+
+def label_matcher(classes: list[Hashable], scored: np.ndarray, predict: Any, *,
+                  known_labels: Iterable[Hashable] | None, label_map: Any) -> LabelMatcher:
+    """How ``predict``'s output is matched to the data's classes, checked
+    before any forward pass.
+
+    Without ``label_map`` the labels are matched by value (a classifier's
+    ``id2label`` names, or its ids); with it, data label ``d`` is class index
+    ``label_map[d]``, whose output is ``predict.labels[index]`` when
+    ``predict`` declares its labels, else the index itself. Every scored class
+    (``scored``) must map onto a class the predictor can return when that is
+    known (``predict.labels``; with ``label_map`` always): otherwise its
+    segments could never score and every score would be silently 0, so a
+    ValueError lists the data's classes and the predictor's.
+    """
+    declared = predictor_classes(predict)
+    known = known_labels if known_labels is not None else declared
+    wanted = [c for c, s in zip(classes, scored) if s]
+    if label_map is None:
+        if declared is not None:
+            have = set(declared)
+            missing = [c for c in wanted if c not in have]
+            if missing:
+                ints = all(isinstance(c, int) for c in wanted) and not all(isinstance(c, int) for c in declared)
+                raise ValueError(
+                    f"labels: the data's classes {_preview(wanted)} do not match the predictor's classes "
+                    f"{_preview(declared)} (no class for {_preview(missing)}), so those segments could never score; "
+                    "name the data's labels as the predictor does, or pass label_map={data label: class index}"
+                    + (" (or predict_from_layer(model, id2label=False) when the labels are class ids)" if ints
+                       else "")
+                )
+        return LabelMatcher(classes, known)
+    mapping = check_label_map(label_map, None if declared is None else len(declared))
+    missing = [c for c in wanted if c not in mapping]
+    if missing:
+        raise ValueError(
+            f"label_map has no class index for the data's labels {_preview(missing)} (the data's classes: "
+            f"{_preview(wanted)}; label_map maps {_preview(list(mapping))}"
+            + ("" if declared is None else f"; the predictor's classes: {_preview(declared)}") + ")"
+        )
+    lookup: dict[Hashable, int] = {}
+    owner: dict[Hashable, Hashable] = {}
+    for code, c in enumerate(classes):
+        if c not in mapping:
+            continue
+        index = mapping[c]
+        value = index if declared is None else declared[index]
+        if value in lookup and lookup[value] != code:
+            raise ValueError(
+                f"label_map maps the data's labels {owner[value]!r} and {c!r} onto the same predictor output "
+                f"{value!r} (class index {index}): a prediction could not tell them apart"
+            )
+        lookup[value], owner[value] = code, c
+    return LabelMatcher(classes, known, lookup, mapped=True)
 
 
 def score_plan(
@@ -355,13 +458,12 @@ def euclidean_from_plan(
     known_labels: Iterable[Hashable] | None,
     seed: int | None,
     progress: bool,
+    label_map: Any = None,
 ) -> Convexity:
     """Score one representation on a drawn plan (shared by the single-layer and
     per-layer entry points)."""
-    if known_labels is None:
-        known_labels = getattr(predict, "labels", None)
+    matcher = label_matcher(classes, plan.scored, predict, known_labels=known_labels, label_map=label_map)
     scorer = SegmentScorer(x, mask, n_sampled, target_device(x, predict, device))
-    matcher = LabelMatcher(classes, known_labels)
     total = int(plan.targets.shape[0]) * n_sampled
     with Progress(total, "points", enabled=progress) as bar:
         scores = score_plan(scorer, plan, predict, matcher, batch_size=batch_size, progress=bar)

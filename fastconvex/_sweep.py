@@ -30,6 +30,7 @@ from ._results import Convexity, LayerScores
 from ._sweep_euclidean import (
     EuclideanPlan,
     check_euclidean_options,
+    label_map_setting,
     model_fingerprint,
     plan_store,
     release_predictors,
@@ -211,6 +212,7 @@ def sweep(
     model: Any = None,
     n_sampled: int = 10,
     batch_size: int = 1024,
+    label_map: Any = None,
     retries: int = 3,
     progress: bool | None = None,
     verbose: bool = True,
@@ -245,8 +247,10 @@ def sweep(
     model : euclidean: the classifier -- a model directory (each worker loads
         it; the only form on Ray) or a ``hf.predict_from_layer`` callable; its
         fingerprint goes into each result (see :mod:`fastconvex._sweep_euclidean`).
-    n_sampled, batch_size : euclidean: as in :func:`fastconvex.layer_euclidean_scores`
-        (``device`` is where the worker loads the model).
+    n_sampled, batch_size, label_map : euclidean: as in
+        :func:`fastconvex.layer_euclidean_scores` (``device`` is where the worker
+        loads the model); every store's labels are checked against the model's
+        classes (``config.id2label``) before any task runs.
     retries : times Ray reruns a task whose worker or node died.
     progress : tqdm bar over tasks (None: when stderr is a terminal); when stderr
         is not a terminal, a log line per finished task instead.
@@ -274,6 +278,8 @@ def sweep(
         check_euclidean_options(k=k, sources=sources, backend=backend, shards=shards, model=model, engine=engine)
     elif model is not None:
         raise ValueError('model applies to measure="euclidean" only')
+    elif label_map is not None:
+        raise ValueError('label_map applies to measure="euclidean" only')
     else:  # the name only (the workers resolve "auto" where they run), before out_dir and any task
         check_backend_name(backend)
     estimator, budget = resolve_estimator(pairs, sources, exact)
@@ -284,7 +290,7 @@ def sweep(
         fingerprint = model_fingerprint(model)
         plans = {s.name: plan_store(s, selections[s.name], model=model, fingerprint=fingerprint,
                                     n_sampled=n_sampled, pairs=pairs, exact=exact, batch_size=batch_size, seed=seed,
-                                    min_class_size=min_class_size)
+                                    min_class_size=min_class_size, label_map=label_map)
                  for s in opened}
     else:
         plans = {
@@ -304,6 +310,8 @@ def sweep(
         settings = {"measure": "euclidean", "model": first.fingerprint, "n_sampled": first.n_sampled,
                     "batch_size": first.batch_size, **{key: settings[key] for key in (
                         "estimator", "budget", "seed", "min_class_size", "device")}}
+        if first.label_map is not None:  # absent otherwise, so finished sweeps without one stay reusable
+            settings["label_map"] = label_map_setting(first.label_map)
 
     results: dict[tuple[str, int], Convexity] = {}
     pending: list[LayerTask] = []

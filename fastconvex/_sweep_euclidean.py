@@ -57,6 +57,7 @@ class EuclideanPlan:
     fingerprint : the model's fingerprint (see the module docstring)
     hidden_states : the model's hidden-state index of each store layer
     predictor : a ``predict_from_layer`` callable (local engine only)
+    label_map : {data label: class index} (checked), or None: labels matched by name
     """
 
     classes: list[Hashable]
@@ -68,6 +69,7 @@ class EuclideanPlan:
     fingerprint: str
     hidden_states: list[int]
     predictor: Any = None
+    label_map: dict[Hashable, int] | None = None
 
 
 def model_fingerprint(model: Any) -> str:
@@ -148,8 +150,41 @@ def check_store(store: LayerStore, layers: list[int] | None, model: Any) -> tupl
     return labels, hidden
 
 
+def model_classes(model: Any) -> Any:
+    """What the classifier predicts, as its ``predict_from_layer`` will (an
+    object whose ``labels`` are its classes in index order): a directory's
+    ``config.id2label`` (its config only: the driver never loads the weights,
+    and never the folder's code), or the callable itself."""
+    if isinstance(model, (str, os.PathLike)):
+        from types import SimpleNamespace
+
+        from .hf._load import load_config
+        from .hf._models import class_labels
+
+        return SimpleNamespace(labels=class_labels(load_config(model, "model")))
+    return model
+
+
+def check_labels(store: LayerStore, model: Any, *, label_map: Any = None, min_class_size: Any = 2,
+                 labels: Any = None) -> dict[Hashable, int] | None:
+    """The store's utterance labels (``labels``, else read) must map onto the
+    classifier's classes (by name, or through ``label_map``): a ValueError
+    naming the store before any task runs. Returns ``label_map`` checked, as
+    a plain dict (None without one)."""
+    from ._euclidean import check_label_classes
+    from ._segments import check_label_map
+
+    try:
+        check_label_classes(store.utterance_labels() if labels is None else labels, model_classes(model),
+                            min_class_size=min_class_size, label_map=label_map)
+    except ValueError as exc:
+        raise ValueError(f"store {store.name!r}: {exc}") from None
+    return None if label_map is None else check_label_map(label_map, None)
+
+
 def plan_store(store: LayerStore, layers: list[int], *, model: Any, fingerprint: str, n_sampled: Any,
-               pairs: Any, exact: Any, batch_size: Any, seed: Any, min_class_size: Any) -> EuclideanPlan:
+               pairs: Any, exact: Any, batch_size: Any, seed: Any, min_class_size: Any,
+               label_map: Any = None) -> EuclideanPlan:
     """Check ``store`` against the model and draw its pairs (once per store)."""
     from ._euclidean import plan_euclidean
 
@@ -157,9 +192,16 @@ def plan_store(store: LayerStore, layers: list[int], *, model: Any, fingerprint:
     classes, plan, n_sampled, batch_size, seed = plan_euclidean(
         labels, int(labels.shape[0]), n_sampled=n_sampled, pairs=pairs, exact=exact, batch_size=batch_size,
         seed=seed, min_class_size=min_class_size)
+    label_map = check_labels(store, model, label_map=label_map, min_class_size=min_class_size, labels=labels)
     directory = str(Path(model).resolve()) if isinstance(model, (str, os.PathLike)) else None
     return EuclideanPlan(classes, plan, n_sampled, batch_size, seed, directory, fingerprint, hidden,
-                         None if directory is not None else model)
+                         None if directory is not None else model, label_map)
+
+
+def label_map_setting(label_map: dict[Hashable, int] | None) -> list[list[Any]]:
+    """``label_map`` as it enters a result's settings (JSON: [label, index]
+    pairs, so integer and string labels stay apart)."""
+    return sorted(([k, int(v)] for k, v in (label_map or {}).items()), key=repr)
 
 
 def _predictor(plan: EuclideanPlan, device: Any) -> Callable[..., Any]:
@@ -199,7 +241,7 @@ def score_euclidean_task(store: LayerStore, layer: int, plan: EuclideanPlan, dev
     del lengths
     predict = _AtLayer(_predictor(plan, device), plan.hidden_states[layer])
     return euclidean_layer(x, mask, plan.pairs, plan.classes, predict, n_sampled=plan.n_sampled,
-                           batch_size=plan.batch_size, seed=plan.seed)
+                           batch_size=plan.batch_size, seed=plan.seed, label_map=plan.label_map)
 
 
 def check_euclidean_options(*, k: int, sources: Any, backend: str, shards: Any, model: Any, engine: str) -> None:

@@ -48,6 +48,11 @@ def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = 
         "--predict-batch", type=int, default=None, metavar="B",
         help="euclidean: sampled points per forward pass (default 256)",
     )
+    group.add_argument(
+        "--label-map", default=None, metavar="FILE.json",
+        help="euclidean: a JSON object {data label: class index} when the labels are not the classifier's "
+        "config.id2label names (keys are labels as text; a key of digits also matches an integer label)",
+    )
     if lengths:
         group.add_argument(
             "--lengths", default=None, metavar="FILE.npy",
@@ -60,7 +65,8 @@ def check_graph_only(args: argparse.Namespace, *, model_option: bool = True) -> 
     MODEL is its positional argument, not the ``--model`` option)."""
     given = (("--model", getattr(args, "model", None) if model_option else None),
              ("--lengths", getattr(args, "lengths", None)),
-             ("--n-sampled", args.n_sampled), ("--predict-batch", args.predict_batch))
+             ("--n-sampled", args.n_sampled), ("--predict-batch", args.predict_batch),
+             ("--label-map", getattr(args, "label_map", None)))
     for flag, value in given:
         if value is not None:
             raise ValueError(f"{flag} applies to --measure euclidean only")
@@ -86,7 +92,39 @@ def euclidean_kwargs(args: argparse.Namespace, *, needs_model: bool = True) -> d
     graph_only = ("k", "backend", "device")  # checked above; the model's device serves
     kwargs = {key: v for key, v in scoring_kwargs(args).items() if key not in graph_only}
     kwargs.update(n_sampled=args.n_sampled, batch_size=args.predict_batch)
+    if getattr(args, "label_map", None) is not None:
+        kwargs["label_map"] = load_label_map(args.label_map)
     return kwargs
+
+
+def load_label_map(path: str | Path) -> dict[Any, int]:
+    """``--label-map FILE.json``: a JSON object {data label: class index}.
+
+    JSON keys are text, so a key of digits ("3") is also entered as the
+    integer 3: it then matches integer labels (a ``.npy`` or a store) as well
+    as text ones; the key that matches no data label is never used."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--label-map {str(p)!r} is not a file")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"--label-map {p.name}: not a readable JSON file ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict) or not data:
+        raise UsageError(f"--label-map {p.name}: expected a non-empty JSON object {{data label: class index}}, "
+                         f"got {type(data).__name__}")
+    out: dict[Any, int] = {}
+    for key, index in data.items():
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise UsageError(f"--label-map {p.name}: the class index of {key!r} must be an integer >= 0, "
+                             f"got {index!r}")
+        out[key] = index
+        text = key.strip()
+        if text.lstrip("-").isdigit() and text.isascii():
+            out.setdefault(int(text), index)
+    return out
 
 
 def load_sequence_layers(path: str | Path, *, with_names: bool = False) -> Any:
@@ -176,6 +214,13 @@ def prune_scores(args: argparse.Namespace, model: Any, fe: Any, audio: Any, labe
     if args.embeddings_dir is not None or args.mix_lengths:
         raise UsageError("--embeddings-dir and --mix-lengths apply to graph convexity's pooled states")
     predictor = hf.predict_from_layer(model)
+    from fastconvex._euclidean import check_label_classes
+
+    try:  # the audio's labels must be the classifier's classes: said before the forward passes
+        check_label_classes(np.asarray(labels), predictor, min_class_size=kwargs["min_class_size"],
+                            label_map=kwargs.get("label_map"))
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
     log(args, f"frame sequences of {predictor.num_layers} hidden states of {type(model).__name__}")
     states, n_frames = hf.hidden_state_sequences(
         model, audio, sampling_rate=rate, batch_size=args.batch_size, feature_extractor=fe,

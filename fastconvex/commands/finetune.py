@@ -116,7 +116,8 @@ def _run(args: argparse.Namespace) -> int:
 
     # ---- model ------------------------------------------------------------------------------
     log(args, f"loading {args.model}")
-    model, fe = load_model(args.model, args.model_class, args.device)
+    # the model's own head, if any, is replaced by a new one: only its encoder must load exactly
+    model, fe = load_model(args.model, args.model_class, args.device, new_head=True)
     from fastconvex.hf._models import is_whisper
 
     if args.context_seconds is not None and not is_whisper(model):

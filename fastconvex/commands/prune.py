@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._output import (
+    DataError,
     UsageError,
     check_output_directory,
     positive_int,
@@ -88,38 +89,44 @@ def check_model_path(name: str) -> str:
     return name
 
 
-def load_model(name: str, model_class: str | None = None, device: str | None = None) -> tuple[Any, Any]:
+def load_model(name: str, model_class: str | None = None, device: str | None = None, *,
+               new_head: bool = False) -> tuple[Any, Any]:
     """Load a model and its feature extractor from a local path or the hub.
 
     The class is ``model_class`` if given, else the first of ``config.architectures``
     that transformers knows, else ``AutoModel``.  The feature extractor is the
-    model's own (``AutoFeatureExtractor``), or None when it has none.
+    model's own (``AutoFeatureExtractor``), or None when it has none.  The model
+    is loaded only as it claims to be (:mod:`fastconvex.hf._load`): never its own
+    code, and its weights must match it exactly -- ``new_head`` allows the
+    tensors outside the speech encoder to be new or unused (a head that is
+    replaced, as by finetune).  ``device`` is checked before anything is loaded.
     """
     import transformers
 
+    from fastconvex.hf._load import check_model_device, load_checked, load_config, load_feature_extractor
+
     name = check_model_path(name)
-    try:
-        config = transformers.AutoConfig.from_pretrained(name)
-    except OSError as exc:
-        raise FileNotFoundError(f"MODEL {name!r}: cannot load its config: {exc}") from exc
+    check_model_device(device)  # before minutes of loading; a usage error
     if model_class is not None:
         cls = getattr(transformers, model_class, None)
         if cls is None:
             raise ValueError(f"--model-class {model_class!r} is not a transformers class")
-    else:
-        from fastconvex.hf._models import resolve_model_class
-
-        cls = resolve_model_class(config)
     from fastconvex.hf._prune_io import restore_final_norm
 
-    model = restore_final_norm(cls.from_pretrained(name))  # a model pruned with final_norm="identity"
+    try:  # what the model folder holds: data errors (exit status 1)
+        config = load_config(name)
+        if model_class is None:
+            from fastconvex.hf._models import resolve_model_class
+
+            cls = resolve_model_class(config)
+        # a model pruned with final_norm="identity" gets its nn.Identity back
+        model = restore_final_norm(load_checked(cls, name, new_head=new_head))
+        fe = load_feature_extractor(name)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     if device is not None:
         model = model.to(device)
     model.eval()
-    try:
-        fe = transformers.AutoFeatureExtractor.from_pretrained(name)
-    except (OSError, ValueError):
-        fe = None
     return model, fe
 
 
@@ -168,6 +175,10 @@ def _run(args: argparse.Namespace) -> int:
         from ._euclidean import check_graph_only
 
         check_graph_only(args, model_option=False)
+    else:  # the Euclidean options (and the --label-map file) before the model and audio are loaded
+        from ._euclidean import euclidean_kwargs
+
+        euclidean_kwargs(args, needs_model=False)
     plot_problem = None
     if not args.no_plot:
         try:

@@ -84,7 +84,11 @@ def _check_frame_stores(args: argparse.Namespace) -> None:
     """``--measure euclidean``: every STORE a frame store that ``--model`` can
     score (data errors, exit status 1, before any work)."""
     import fastconvex as fc
-    from fastconvex._sweep_euclidean import check_store
+    from fastconvex._sweep_euclidean import check_labels, check_store
+
+    from ._euclidean import load_label_map
+
+    label_map = None if args.label_map is None else load_label_map(args.label_map)
 
     from ._output import DataError
 
@@ -96,5 +100,6 @@ def _check_frame_stores(args: argparse.Namespace) -> None:
             layers = None if args.layers is None else [i % store.n_layers for i in args.layers
                                                        if -store.n_layers <= i < store.n_layers]
             check_store(store, layers, args.model)
+            check_labels(store, args.model, label_map=label_map, min_class_size=args.min_class_size)
         except ValueError as exc:
             raise DataError(str(exc)) from exc

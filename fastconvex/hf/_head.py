@@ -58,7 +58,8 @@ def classification_model(model: nn.Module, classes: Sequence[Any], *, seed: int 
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            new = transformers.AutoModelForAudioClassification.from_config(config)
+            # never a model's own code (a config with auto_map would otherwise prompt to run it)
+            new = transformers.AutoModelForAudioClassification.from_config(config, trust_remote_code=False)
         new.to(torch.float32)  # a float16 checkpoint (config.dtype) trains in float32; the copy is exact
     except ValueError as exc:
         raise TypeError(

@@ -27,6 +27,7 @@ __all__ = [
     "ties_last_hidden_state",
     "distinct_configs",
     "layer_count_key",
+    "class_labels",
 ]
 
 
@@ -201,6 +202,19 @@ def distinct_configs(model: nn.Module) -> list[Any]:
         if cfg is not None and not isinstance(cfg, (dict, str)) and hasattr(cfg, "to_dict"):
             seen.setdefault(id(cfg), cfg)
     return list(seen.values())
+
+
+def class_labels(config: Any, *, id2label: bool = True) -> list[Any]:
+    """What a classifier with ``config`` predicts for class index k, at
+    position k: its ``config.id2label`` names (``id2label``), else the ids."""
+    n = int(config.num_labels)
+    if not id2label:
+        return list(range(n))
+    id2 = getattr(config, "id2label", None) or {}
+    missing = [i for i in range(n) if i not in id2 and str(i) not in id2]
+    if missing:
+        raise ValueError(f"model: config.id2label has no label for class id {missing[0]}")
+    return [id2[i] if i in id2 else id2[str(i)] for i in range(n)]
 
 
 def model_device(model: nn.Module) -> torch.device:

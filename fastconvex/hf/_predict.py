@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ._models import (
+    class_labels,
     encoder_blocks,
     final_norm_module,
     is_whisper,
@@ -67,17 +68,12 @@ class LayerPredictor:
         self.dtype = next((p.dtype for p in model.parameters()), torch.float32)
         first = self.blocks[0]
         self.position_bias = "position_bias" in inspect.signature(type(first).forward).parameters
-        n = int(model.config.num_labels)
-        id2 = getattr(model.config, "id2label", None) or {}
+        names = class_labels(model.config, id2label=id2label)
         if id2label:
-            missing = [i for i in range(n) if i not in id2 and str(i) not in id2]
-            if missing:
-                raise ValueError(f"model: config.id2label has no label for class id {missing[0]}")
-            names = [id2[i] if i in id2 else id2[str(i)] for i in range(n)]
-            self.label_array = np.empty(n, dtype=object)
+            self.label_array = np.empty(len(names), dtype=object)
             self.label_array[:] = names
         else:
-            self.label_array = np.arange(n, dtype=np.int64)
+            self.label_array = np.arange(len(names), dtype=np.int64)
         self.labels = self.label_array.tolist()
 
     def _check_layer(self, layer: Any) -> int:
@@ -194,7 +190,10 @@ def predict_from_layer(model: nn.Module, *, id2label: bool = True) -> LayerPredi
         (a head that mixes every layer has no prediction from one layer).
     id2label : bool
         Return ``config.id2label`` names (default), or the class ids (ints) when
-        the data's labels are ids.
+        the data's labels are ids. ``.labels`` lists them in class order: the
+        Euclidean scorers refuse data whose labels are not among them (before
+        any forward pass) unless ``label_map={data label: class index}`` maps
+        them.
 
     Returns
     -------

@@ -164,15 +164,22 @@ def load_pruned(path: str | os.PathLike[str], *, model_class: Any = None, **kwar
     Returns
     -------
     transformers.PreTrainedModel
-    """
-    import transformers
 
+    Raises
+    ------
+    ValueError
+        The folder needs its own Python code (never run), or its weights do
+        not match the model (missing, unexpected or reshaped tensors, named).
+    """
     src = Path(path)
     if not src.is_dir():
         raise FileNotFoundError(f"path {str(src)!r} is not a directory")
+    from ._load import load_checked, load_config
+
     if model_class is None:
-        model_class = resolve_model_class(transformers.AutoConfig.from_pretrained(src))
-    model = restore_final_norm(model_class.from_pretrained(src, **kwargs))
+        model_class = resolve_model_class(load_config(src, "path"))
+    # never the folder's own code, and its weights must match the model exactly
+    model = restore_final_norm(load_checked(model_class, src, what="path", **kwargs))
     blocks = len(encoder_blocks(model)[2])
     prov = src / PROVENANCE_FILE
     original = blocks

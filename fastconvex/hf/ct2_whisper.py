@@ -132,9 +132,9 @@ def load_ct2_whisper(
     dtype = dtype or torch.float32
     target = Path(cache_dir) if cache_dir is not None else cache_root() / f"whisper-ct2-{_dir_key(src)}"
     if use_cache and (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        model = WhisperForConditionalGeneration.from_pretrained(target).to(dtype)
+        model = WhisperForConditionalGeneration.from_pretrained(target, trust_remote_code=False).to(dtype)
         model.eval()
-        processor = WhisperProcessor.from_pretrained(target)
+        processor = WhisperProcessor.from_pretrained(target, trust_remote_code=False)
         return model, processor
 
     model = convert_ct2_whisper(src, dtype=dtype)

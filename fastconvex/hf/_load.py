@@ -1,0 +1,269 @@
+"""Loading a model folder so that it is used only as it claims to be.
+
+A Hugging Face model folder is input that fastconvex does not control: its
+config may point at Python code of its own (``auto_map``), its weights may
+not cover its config (transformers then fills the gaps with random values and
+only warns), be truncated, or be a pickle (which can run code when loaded).
+Everything here turns those into one clear error before the model is used:
+
+- custom code is never run: ``trust_remote_code=False`` on every load, and a
+  local folder whose configs have ``auto_map`` is refused up front, before
+  transformers could ask "run the custom code?";
+- weights must match the model exactly: missing, unexpected or mismatched
+  tensors are an error naming them, unless ``new_head=True`` allows exactly
+  the tensors outside the speech encoder (a classification head that is new,
+  e.g. for fine-tuning, which replaces it anyway). Two absences are no
+  error, since no forward pass in eval mode reads them: SpecAugment's
+  ``masked_spec_embed`` (training only) and the final LayerNorm of a model
+  pruned with ``final_norm="identity"`` (restored as ``nn.Identity``);
+- ``.safetensors`` files are opened and their headers checked first, so a
+  truncated file is named;
+- pickle weights (``pytorch_model.bin``) are read only with torch's
+  ``weights_only=True`` unpickler, which rebuilds tensors and plain containers
+  and cannot call arbitrary functions; a pickle that needs more is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["check_model_device", "load_checked", "load_config", "load_feature_extractor", "refuse_custom_code"]
+
+#: Shown per error: the first few tensor names, then how many in all.
+_SHOWN = 5
+
+
+def _names(keys: Iterable[Any]) -> str:
+    """The first few of ``keys`` (sorted) and how many there are."""
+    keys = sorted(str(k if isinstance(k, str) else k[0]) for k in keys)
+    shown = ", ".join(keys[:_SHOWN])
+    return f"{len(keys)} tensor{'s' if len(keys) != 1 else ''} ({shown}{', ...' if len(keys) > _SHOWN else ''})"
+
+
+def refuse_custom_code(path: str | Path, what: str = "MODEL") -> None:
+    """ValueError when a local model folder needs its own Python code.
+
+    Every ``*config.json`` at the top of the folder (``config.json``,
+    ``preprocessor_config.json``, ...) is read; one with an ``auto_map`` entry
+    names classes in the folder's own ``.py`` files, which transformers would
+    import (and run). fastconvex never runs a model folder's code, so such a
+    folder is refused here, before transformers is asked to load it.
+    A hub id (no local folder) is left to ``trust_remote_code=False``.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return
+    for config in sorted(root.glob("*config.json")):
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            if config.name == "config.json":
+                raise ValueError(f"{what} {str(root)!r}: {config.name} is not readable JSON ({exc})") from None
+            continue
+        auto_map = data.get("auto_map") if isinstance(data, dict) else None
+        if auto_map:
+            code = sorted(p.name for p in root.glob("*.py"))
+            names = sorted(auto_map) if isinstance(auto_map, dict) else [str(auto_map)]
+            raise ValueError(
+                f"{what} {str(root)!r} needs its own Python code ({config.name} has auto_map for "
+                f"{', '.join(names)}{'; code: ' + ', '.join(code[:5]) if code else ''}), and fastconvex never "
+                "runs a model folder's code (trust_remote_code=False); use a model whose architecture "
+                "transformers itself provides"
+            )
+
+
+def _custom_code_error(exc: BaseException) -> bool:
+    return "trust_remote_code" in str(exc) or "custom code" in str(exc)
+
+
+def load_config(name: str | Path, what: str = "MODEL") -> Any:
+    """``AutoConfig`` of a model folder or hub id, never running its code."""
+    import transformers
+
+    refuse_custom_code(name, what)
+    try:
+        return transformers.AutoConfig.from_pretrained(str(name), trust_remote_code=False)
+    except ValueError as exc:
+        if _custom_code_error(exc):
+            raise ValueError(f"{what} {str(name)!r} needs its own Python code, and fastconvex never runs a model's "
+                             "code (trust_remote_code=False)") from None
+        raise ValueError(f"{what} {str(name)!r}: cannot load its config: {exc}") from None
+    except OSError as exc:
+        raise FileNotFoundError(f"{what} {str(name)!r}: cannot load its config: {exc}") from None
+
+
+def load_feature_extractor(name: str | Path) -> Any:
+    """The model's own feature extractor, or None when it has none (never its code)."""
+    import transformers
+
+    refuse_custom_code(name)
+    try:
+        return transformers.AutoFeatureExtractor.from_pretrained(str(name), trust_remote_code=False)
+    except ValueError as exc:
+        if _custom_code_error(exc):
+            raise ValueError(f"MODEL {str(name)!r}: its feature extractor needs its own Python code, and "
+                             "fastconvex never runs a model's code (trust_remote_code=False)") from None
+        return None
+    except OSError:
+        return None
+
+
+def check_model_device(device: Any, what: str = "--device") -> None:
+    """``device`` (None, "cpu", "cuda", "cuda:N", a torch.device) must exist
+    here: a ValueError saying so before a model is loaded, not torch's
+    AssertionError ("Torch not compiled with CUDA enabled") after."""
+    if device is None:
+        return
+    import torch
+
+    from .._backends import check_device
+
+    check_device(device)
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ValueError(f"{what} {str(device)!r}: {why} (torch {torch.__version__}); use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{what} {str(device)!r}: there are {torch.cuda.device_count()} CUDA device(s) "
+                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+
+
+def _check_weight_files(root: Path, what: str) -> None:
+    """Open every ``.safetensors`` file's header (a truncated or corrupt file
+    is named here; transformers' error would not name it)."""
+    from safetensors import safe_open
+
+    for f in sorted(root.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # noqa: BLE001 - SafetensorError is no public class; any failure is the file
+            raise ValueError(f"{what} {str(root)!r}: {f.name} is not a complete safetensors file "
+                             f"({' '.join(str(exc).split())}); the weights are truncated or corrupt") from None
+
+
+def _encoder_part(model: Any) -> tuple[str, set[str]]:
+    """(state-dict prefix of the speech encoder, names directly under it):
+    what ``new_head`` must leave complete."""
+    from ._models import speech_encoder
+
+    enc = speech_encoder(model)
+    prefix = next((name for name, module in model.named_modules() if module is enc), "")
+    children = {name for name, _ in enc.named_children()}
+    children |= {name for name, _ in enc.named_parameters(recurse=False)}
+    children |= {name for name, _ in enc.named_buffers(recurse=False)}
+    return prefix, children
+
+
+def _in_encoder(key: str, prefix: str, children: set[str]) -> bool:
+    if prefix:
+        return key.startswith(prefix + ".")
+    return key.split(".", 1)[0] in children
+
+
+def _identity_norm_keys(model: Any) -> set[str]:
+    """The final LayerNorm's tensors of a model pruned with ``final_norm="identity"``:
+    saved without them (an ``nn.Identity`` has none), restored as ``nn.Identity``
+    by ``restore_final_norm``, so never random values."""
+    from ._models import final_norm_module
+    from ._prune_io import _FINAL_NORM_FLAG
+
+    if getattr(model.config, _FINAL_NORM_FLAG, None) != "identity":
+        return set()
+    site = final_norm_module(model)
+    if site is None:
+        return set()
+    norm = getattr(*site)
+    prefix = next((name for name, module in model.named_modules() if module is norm), None)
+    if prefix is None:
+        return set()
+    return {f"{prefix}.{name}" for name in norm.state_dict()}
+
+
+def load_checked(cls: Any, name: str | Path, *, new_head: bool = False, what: str = "MODEL",
+                 **kwargs: Any) -> Any:
+    """``cls.from_pretrained(name)`` that loads only what the folder claims.
+
+    Parameters
+    ----------
+    cls : a transformers model class
+    name : model folder (or hub id)
+    new_head : bool
+        Allow the tensors outside the speech encoder to be missing from the
+        weights (freshly initialised: a new head) or left unused (a head that
+        is dropped). The encoder itself must always load exactly.
+    what : how errors name the model ("MODEL", "--model")
+    **kwargs : further ``from_pretrained`` arguments
+
+    Raises
+    ------
+    ValueError
+        Custom code, a truncated ``.safetensors`` file, a pickle that needs more
+        than tensors, or weights that do not match the model (naming the tensors).
+    """
+    from ._quiet import quiet_transformers
+
+    refuse_custom_code(name, what)
+    root = Path(name)
+    local = root.is_dir()
+    if local:
+        _check_weight_files(root, what)
+    options = dict(trust_remote_code=False, weights_only=True, output_loading_info=True,
+                   ignore_mismatched_sizes=True)  # mismatches are reported by name below, never re-initialised
+    options.update(kwargs)
+    options.update(output_loading_info=True, trust_remote_code=False, weights_only=True)
+    try:
+        # transformers' own load report goes to the log; its content is checked (and raised) below
+        with quiet_transformers(progress_bars=True):
+            model, info = cls.from_pretrained(str(name), **options)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{what} {str(name)!r}: its pickle weights need more than tensors to load ({str(exc).splitlines()[0]}); "
+            "fastconvex reads pickle weights only with torch's weights_only=True, since loading a pickle can run "
+            "code: convert them to .safetensors where you trust them"
+        ) from None
+    except (EOFError, RuntimeError, OSError) as exc:
+        text = " ".join(str(exc).split())
+        if isinstance(exc, OSError) and not local:
+            raise FileNotFoundError(f"{what} {str(name)!r}: cannot load its weights: {text}") from None
+        raise ValueError(f"{what} {str(name)!r}: cannot load its weights ({type(exc).__name__}: {text}); "
+                         "are the weight files truncated or corrupt?") from None
+    except ValueError as exc:
+        if _custom_code_error(exc):
+            raise ValueError(f"{what} {str(name)!r} needs its own Python code, and fastconvex never runs a model's "
+                             "code (trust_remote_code=False)") from None
+        raise
+    missing, unexpected = set(info.get("missing_keys") or ()), set(info.get("unexpected_keys") or ())
+    missing -= _identity_norm_keys(model)
+    # SpecAugment's mask vector: used only while training with mask_time_prob > 0, where a fresh one is
+    # what the recipes start from; many published checkpoints (facebook/wav2vec2-base-960h) lack it
+    missing = {k for k in missing if k.rsplit(".", 1)[-1] != "masked_spec_embed"}
+    mismatched = {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()}
+    if new_head:
+        prefix, children = _encoder_part(model)
+        missing = {k for k in missing if _in_encoder(k, prefix, children)}
+        unexpected = {k for k in unexpected if _in_encoder(k, prefix, children)}
+        mismatched = {k for k in mismatched if _in_encoder(k, prefix, children)}
+    arch = type(model).__name__
+    problems = []
+    if missing:
+        problems.append(f"its weights lack {_names(missing)} of {arch}, which would be random values")
+    if mismatched:
+        problems.append(f"{_names(mismatched)} have other shapes in the weights than in its config")
+    if unexpected:
+        problems.append(f"its weights hold {_names(unexpected)} that {arch} does not use")
+    errors = [" ".join(str(e).split()) for e in info.get("error_msgs") or ()]
+    if errors:
+        problems.append(f"loading reported: {errors[0]}")
+    if problems:
+        raise ValueError(
+            f"{what} {str(name)!r}: " + "; ".join(problems) + ". The folder's weights do not match its config"
+            + ("" if new_head else " (a new classification head is allowed only where one is made, as by finetune)")
+        )
+    return model
