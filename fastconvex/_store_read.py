@@ -128,7 +128,7 @@ class LayerStore:
     def layer(self, index: int) -> np.ndarray:
         """Layer ``index`` as a read-only (N, D) memmap."""
         if not isinstance(index, (int, np.integer)) or not -self.n_layers <= index < self.n_layers:
-            raise IndexError(f"store {self.name!r} has {self.n_layers} layers, no layer {index!r}")
+            raise IndexError(f"store {self.name!r} ({self.path}) has {self.n_layers} layers, no layer {index!r}")
         entry = self.manifest["layers"][int(index)]
         return np.load(self.path / entry["file"], mmap_mode="r", allow_pickle=False)
 
@@ -210,9 +210,13 @@ class LayerStore:
     def verify_layer(self, index: int) -> None:
         """Hash layer ``index``'s array bytes (read in blocks) against the
         manifest's sha256; ValueError naming the file when they differ."""
+        array = self.layer(index)  # checks the index
         file = self.layer_file(index)
         _check_inside(self.path, file)
-        if _array_sha256(self.layer(index)) != self.manifest["layers"][int(index)].get("sha256"):
+        recorded = self.manifest["layers"][int(index)].get("sha256")
+        if not isinstance(recorded, str):
+            raise _fail(self.path / MANIFEST, f"layer {int(index)}'s entry has no sha256, so it cannot be verified")
+        if _array_sha256(array) != recorded:
             raise _changed(file)
 
     def verify(self) -> None:
@@ -327,14 +331,17 @@ def open_store(path: str | os.PathLike[str]) -> LayerStore:
         labels[:] = values
     if labels.shape != (n,):
         raise _fail(lfile, f"holds {labels.shape} labels, the layers have N={n} rows")
-    if hashlib.sha256(raw_labels).hexdigest() != label_entry.get("sha256"):
+    for key, entry in (("labels", label_entry), ("utterance", manifest.get("utterance"))):
+        if entry and not isinstance(entry.get("sha256"), str):
+            raise _fail(mfile, f"the {key} entry has no sha256, so the file cannot be verified")
+    if hashlib.sha256(raw_labels).hexdigest() != label_entry["sha256"]:
         raise _changed(lfile)
     utterance = None
     if ufile is not None:
         _check_inside(root, ufile)
         _check_npy(ufile, (n,), np.dtype(np.int64))
         raw_utterance = _read(ufile)
-        if hashlib.sha256(raw_utterance).hexdigest() != manifest["utterance"].get("sha256"):
+        if hashlib.sha256(raw_utterance).hexdigest() != manifest["utterance"]["sha256"]:
             raise _changed(ufile)
         utterance = np.load(io.BytesIO(raw_utterance), allow_pickle=False)
     name = str(meta.get("name") or root.resolve().name)

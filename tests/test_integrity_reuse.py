@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -169,8 +170,6 @@ def test_a_second_sweep_into_a_busy_out_dir_is_refused(tmp_path):
         for _ in range(1200):  # wait (at most 2 minutes) until the holder is inside its sweep
             if started.exists() or holder.poll() is not None:
                 break
-            import time
-
             time.sleep(0.1)
         assert started.exists(), "the first sweep never started"
         second = subprocess.run([sys.executable, "-m", "fastconvex", "sweep", str(store.path), "--out-dir", str(out),

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=None,
                         help="with --engine ray: reruns of a task whose worker died (default 3)")
     parser.add_argument("--no-plot", action="store_true", help="do not write sweep.png")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file, and sweep.json/csv/png in --out-dir written by a sweep "
+                             "with other settings")
     parser.add_argument("--json", action="store_true", help="print the merged JSON on stdout instead of a table")
     add_scoring_arguments(parser)
     add_measure_arguments(parser, lengths=False)
