@@ -20,6 +20,7 @@ import fastconvex as fc
 from fastconvex.cli import main
 
 from test_sweep import assert_same, make_stores
+from test_sweep_euclidean import euclid  # noqa: F401  (tiny classifier and its frame store)
 
 KW = dict(pairs=30, plot=False)
 
@@ -287,3 +288,14 @@ def test_errors_name_the_files(tmp_path):
     twin = fc.save_store(tmp_path / "t" / "s", [np.ones((4, 2), np.float32)], ["a", "a", "b", "b"])
     with pytest.raises(ValueError, match=rf"share the name\(s\) \['s'\] \({tmp_path / 's'}, {twin.path}\)"):
         fc.sweep([store.path, twin.path], out_dir=tmp_path / "out", verbose=False, **KW)
+
+
+def test_euclidean_store_errors_name_the_store(euclid, tmp_path, capsys):  # noqa: F811
+    root, _, _ = euclid
+    narrow = fc.save_store(tmp_path / "narrow", [np.zeros((4, 5), np.float32)], [1, 1, 2, 2], utterance=[0, 0, 1, 1])
+    assert main(["sweep", str(narrow.path), "--out-dir", str(tmp_path / "o"), "--measure", "euclidean",
+                 "--model", str(root / "model")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"STORE {narrow.path}: model: hidden size 32 differs" in err
+    with pytest.raises(ValueError, match=rf"store 'narrow' \({narrow.path}\): model: hidden size 32 differs"):
+        fc.sweep(narrow, out_dir=tmp_path / "o", measure="euclidean", model=root / "model", verbose=False)

@@ -101,5 +101,6 @@ def _check_frame_stores(args: argparse.Namespace) -> None:
             layers = None if args.layers is None else [i % store.n_layers for i in args.layers
                                                        if -store.n_layers <= i < store.n_layers]
             check_store(store, layers, args.model)
-        except ValueError as exc:
-            raise DataError(str(exc)) from exc
+        except ValueError as exc:  # named by the store it is about
+            text = str(exc)
+            raise DataError(text if str(Path(path)) in text else f"STORE {path}: {text}") from exc
