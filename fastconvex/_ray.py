@@ -207,6 +207,11 @@ def task_resources(ray: Any, gpu: bool = True) -> dict[str, Any]:
     return {"num_cpus": 1}
 
 
+def _resources(ray: Any) -> str:
+    found = ray.cluster_resources()
+    return ", ".join(f"{key} {found[key]:g}" for key in ("CPU", "GPU") if key in found) or "none"
+
+
 def run_on_ray(
     tasks: list["LayerTask"],
     plans: dict[str, "ScoringPlan"],
@@ -226,6 +231,9 @@ def run_on_ray(
     if not tasks:
         return failures
     with ray_session(address, quiet=not getattr(report, "verbose", True)) as ray:
+        if device is not None and str(device).startswith("cuda") and ray.cluster_resources().get("GPU", 0) < 1:
+            raise RuntimeError(f"device={str(device)!r} was requested, but the Ray cluster has no GPU "
+                               f"(resources: {_resources(ray)}); leave device unset to score on its CPUs")
         remote = ray.remote(ray_layer_task).options(max_retries=retries, **task_resources(ray))
         plan_refs = {name: ray.put(plan) for name, plan in plans.items()}  # once per store
         pending = {remote.remote(t, plan_refs[t.store_name], backend, device, shards): t for t in tasks}
