@@ -5,6 +5,7 @@ the driver's peak memory as the number of layers grows.
     python bench/bench_sweep.py --n 3000 --layers 4  # quick
     python bench/bench_sweep.py --gpu                # CUDA machine: num_gpus=1 tasks vs layer_scores
     python bench/bench_sweep.py --shard-bench --n 20000  # one layer: one process vs Ray shards
+    python bench/bench_sweep.py --verify-bench --layers 4  # integrity checks' share of a local sweep
 
 CPU mode, in one run: writes a 16-layer and a 2-layer store of the same data,
 then, each in a fresh process (so peak memory is that run's alone):
@@ -17,6 +18,13 @@ and reports wall times, their ratio, the driver's peak RSS (ru_maxrss) of 2 and
 one GPU, the sweep's num_gpus=1 Ray tasks against ``layer_scores(...,
 device="cuda")`` in one process, per-layer times and equality. JSON to stdout
 (and ``--json FILE``).
+
+Verify mode (``--verify-bench``), in one process on one store: the time to
+verify the store as a sweep does (open it, which hashes the labels, and hash
+every layer against store.json), a local sweep's time (which verifies each
+layer in its task), the same sweep with the layer check switched off, and a
+rerun that reuses every result (which verifies every layer again); the
+verification's share of the sweep is ``verify_s / sweep_s``.
 """
 
 from __future__ import annotations
@@ -112,6 +120,17 @@ def cpu_bench(args: argparse.Namespace, root: Path) -> dict:
     }
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return platform.processor()
+
+
 def _labels(n: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 10, n)
 
@@ -171,6 +190,41 @@ def shard_bench(args: argparse.Namespace) -> dict:
             "ratio_sharded_over_one": sharded_s / one_s, "identical": sharded.to_dict() == one.to_dict()}
 
 
+def verify_bench(args: argparse.Namespace, root: Path) -> dict:
+    """What verifying a store costs next to the sweep that needs it (one process)."""
+    import fastconvex as fc
+    from fastconvex.store import LayerStore
+
+    store = fc.save_store(root / "verify", make_layers(args.n, args.d, args.layers, 10, 0), _labels(args.n))
+    fc.layer_scores([store.layer(0)[:2000]], store.labels[:2000])  # compile, not timed
+    t0 = time.perf_counter()
+    opened = fc.open_store(store.path)
+    for i in range(opened.n_layers):
+        opened.verify_layer(i)
+    verify_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    swept = fc.sweep(store.path, out_dir=root / "out", verbose=False, plot=False)
+    sweep_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fc.sweep(store.path, out_dir=root / "out", verbose=False, plot=False)
+    reuse_s = time.perf_counter() - t0
+    checked = LayerStore.verify_layer
+    LayerStore.verify_layer = lambda self, index: None  # type: ignore[method-assign]
+    try:
+        t0 = time.perf_counter()
+        unchecked = fc.sweep(store.path, out_dir=root / "out_unchecked", verbose=False, plot=False)
+        unchecked_s = time.perf_counter() - t0
+    finally:
+        LayerStore.verify_layer = checked  # type: ignore[method-assign]
+    layer_mib = store.layer(0).nbytes / 2**20
+    return {"layer_file_mib": layer_mib, "verify_s": verify_s, "sweep_s": sweep_s,
+            "sweep_without_layer_check_s": unchecked_s, "rerun_reusing_all_s": reuse_s,
+            "verify_share_of_sweep": verify_s / sweep_s,
+            "sweep_over_unchecked_sweep": sweep_s / unchecked_s,
+            "verify_mib_per_s": layer_mib * args.layers / verify_s,
+            "same_numbers": all(a.to_dict() == b.to_dict() for a, b in zip(swept.values(), unchecked.values()))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=30000)
@@ -179,6 +233,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--shard-bench", action="store_true", help="one layer, one process vs engine='ray' shards")
+    parser.add_argument("--verify-bench", action="store_true", help="integrity checks' share of a local sweep")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
@@ -193,12 +248,15 @@ def main() -> None:
         import fastconvex as fc
 
         report = {
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "platform": platform.platform(),
+                        "python": platform.python_version(),
                         "fastconvex": fc.__version__},
             "n": args.n, "d": args.d, "layers": args.layers, "workers": args.workers, "estimator": "pairs=5000, k=10",
         }
         if args.shard_bench:
             report.update(shard_bench(args))
+        elif args.verify_bench:
+            report.update(verify_bench(args, Path(tmp)))
         else:
             report.update(gpu_bench(args, Path(tmp)) if args.gpu else cpu_bench(args, Path(tmp)))
     text = json.dumps(report, indent=2)

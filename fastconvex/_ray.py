@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
@@ -35,24 +37,95 @@ def require_ray() -> Any:
 
 
 @contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``SystemExit(143)`` in the main
+    thread (Python's default is to die on the spot), so the ``finally`` of
+    :func:`ray_session` shuts down the Ray this process started. A handler the
+    program installed itself is left alone, as is SIGTERM outside the main
+    thread (Python delivers signals there only)."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def unwind(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
 def ray_session(address: str | None = None, *, quiet: bool = False) -> Iterator[Any]:
     """The running Ray (inside a Ray task, or one the caller started), else a
     connection to ``address`` (None: ``RAY_ADDRESS`` or a new local Ray) that
     is shut down again on exit. ``quiet``: Ray's own log lines below ERROR
-    stay off stderr (``--quiet``)."""
-    ray = require_ray()
-    started = False
-    if not ray.is_initialized():
-        import logging
+    stay off stderr (``--quiet``).
 
-        ray.init(address=address, log_to_driver=False, include_dashboard=False,
-                 logging_level=logging.ERROR if quiet else logging.INFO)
-        started = True
-    try:
+    A Ray this call started is shut down however the block ends: normally,
+    on an error, on Ctrl-C (KeyboardInterrupt) and on SIGTERM, also when
+    either arrives while Ray is still starting. What ``kill -9`` of this
+    process leaves is in docs/scale.md."""
+    ray = require_ray()
+    if ray.is_initialized():
         yield ray
-    finally:
-        if started:
+        return
+    import logging
+
+    before = _children()
+    with _sigterm_unwinds():
+        started = False
+        try:
+            ray.init(address=address, log_to_driver=False, include_dashboard=False,
+                     logging_level=logging.ERROR if quiet else logging.INFO)
+            started = True
+            yield ray
+        finally:
             ray.shutdown()
+            if not started:
+                _stop_new_ray_processes(before)
+
+
+def _children() -> set[int]:
+    import psutil  # a dependency of Ray
+
+    try:
+        return {child.pid for child in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return set()
+
+
+def _stop_new_ray_processes(before: set[int]) -> None:
+    """Stop the Ray processes this process started since ``before`` (its
+    descendants then). ``ray.init`` interrupted before it has registered its
+    node leaves ``ray.shutdown`` nothing to stop: the head's own processes die
+    with this one (Ray starts them with the kernel's parent-death signal), but
+    the agents the raylet starts would poll for a minute before exiting."""
+    import psutil
+
+    try:
+        new = [child for child in psutil.Process().children(recursive=True) if child.pid not in before]
+    except psutil.Error:
+        return
+    mine = []
+    for child in new:
+        try:
+            if "ray" in " ".join(child.cmdline()):
+                mine.append(child)
+        except psutil.Error:  # already exiting: waited for below, not signalled
+            continue
+    for child in mine:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(new, timeout=5)
+    for child in alive:
+        if child in mine:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+    psutil.wait_procs(alive, timeout=2)
 
 
 def knn_block(x: np.ndarray, k: int, q0: int, q1: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +207,11 @@ def task_resources(ray: Any, gpu: bool = True) -> dict[str, Any]:
     return {"num_cpus": 1}
 
 
+def _resources(ray: Any) -> str:
+    found = ray.cluster_resources()
+    return ", ".join(f"{key} {found[key]:g}" for key in ("CPU", "GPU") if key in found) or "none"
+
+
 def run_on_ray(
     tasks: list["LayerTask"],
     plans: dict[str, "ScoringPlan"],
@@ -153,6 +231,9 @@ def run_on_ray(
     if not tasks:
         return failures
     with ray_session(address, quiet=not getattr(report, "verbose", True)) as ray:
+        if device is not None and str(device).startswith("cuda") and ray.cluster_resources().get("GPU", 0) < 1:
+            raise RuntimeError(f"device={str(device)!r} was requested, but the Ray cluster has no GPU "
+                               f"(resources: {_resources(ray)}); leave device unset to score on its CPUs")
         remote = ray.remote(ray_layer_task).options(max_retries=retries, **task_resources(ray))
         plan_refs = {name: ray.put(plan) for name, plan in plans.items()}  # once per store
         pending = {remote.remote(t, plan_refs[t.store_name], backend, device, shards): t for t in tasks}

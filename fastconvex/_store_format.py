@@ -85,6 +85,30 @@ def _labels_digest(labels: np.ndarray) -> str:
     return hashlib.sha256(labels.dtype.str.encode() + np.ascontiguousarray(labels).tobytes()).hexdigest()
 
 
+def json_sha256(obj: Any) -> str:
+    """sha256 of ``obj``'s canonical JSON (sorted keys, no spaces, NaN and inf
+    as Python writes them): the same for an object and its JSON read back."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def plan_sha256(plan: Any) -> str:
+    """sha256 of a pair plan (a dataclass of arrays and scalars): which pairs
+    are scored, so results of two draws are never taken for one."""
+    import dataclasses
+
+    digest = hashlib.sha256(type(plan).__name__.encode())
+    for f in dataclasses.fields(plan):
+        value = getattr(plan, f.name)
+        digest.update(f"\0{f.name}\0".encode())
+        if isinstance(value, np.ndarray):
+            digest.update(f"{value.dtype.str}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -1,10 +1,18 @@
 """Reading layer stores: :func:`open_store` checks every file against the
-manifest and names the one that is missing, truncated or inconsistent
-(format: :mod:`fastconvex.store`)."""
+manifest and names the one that is missing, truncated, changed or
+inconsistent (format: :mod:`fastconvex.store`).
+
+What is verified, and when: the labels and the utterance index are hashed
+against the manifest's sha256 whenever a store is opened (they are small and
+read whole anyway); a layer is hashed by :meth:`LayerStore.verify_layer`,
+which every sweep task calls before it scores the layer and a sweep calls
+before it reuses a finished result of it (a layer can be gigabytes: it is
+read in blocks, never loaded whole)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,6 +27,23 @@ from ._store_format import FORMAT, MANIFEST, VERSION, _array_sha256, _decode_lab
 
 def _fail(file: Path, why: str) -> ValueError:
     return ValueError(f"layer store: {file}: {why}")
+
+
+def _changed(file: Path) -> ValueError:
+    return _fail(file, f"content differs from {MANIFEST}'s sha256 (the file changed after the store was "
+                       "written); rerun embed/save_store to rewrite the store")
+
+
+def _check_inside(root: Path, file: Path) -> None:
+    """``file`` (a manifest entry) must not resolve outside the store: a link
+    to elsewhere would make the store's content something it does not hold."""
+    try:
+        target, base = file.resolve(), root.resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop
+        raise _fail(file, f"cannot be resolved ({exc})") from None
+    if not target.is_relative_to(base):
+        raise _fail(file, f"resolves to {target}, outside the store {base} (a symbolic link?): a store's "
+                          "files must lie inside its directory")
 
 
 def _npy_header(file: Path) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -103,7 +128,7 @@ class LayerStore:
     def layer(self, index: int) -> np.ndarray:
         """Layer ``index`` as a read-only (N, D) memmap."""
         if not isinstance(index, (int, np.integer)) or not -self.n_layers <= index < self.n_layers:
-            raise IndexError(f"store {self.name!r} has {self.n_layers} layers, no layer {index!r}")
+            raise IndexError(f"store {self.name!r} ({self.path}) has {self.n_layers} layers, no layer {index!r}")
         entry = self.manifest["layers"][int(index)]
         return np.load(self.path / entry["file"], mmap_mode="r", allow_pickle=False)
 
@@ -178,15 +203,37 @@ class LayerStore:
             x[u, :c] = rows[s : s + c]
         return x, counts.astype(np.int64)
 
+    def layer_file(self, index: int) -> Path:
+        """The .npy file of layer ``index``."""
+        return self.path / self.manifest["layers"][int(index)]["file"]
+
+    def verify_layer(self, index: int) -> None:
+        """Hash layer ``index``'s array bytes (read in blocks) against the
+        manifest's sha256; ValueError naming the file when they differ."""
+        array = self.layer(index)  # checks the index
+        file = self.layer_file(index)
+        _check_inside(self.path, file)
+        recorded = self.manifest["layers"][int(index)].get("sha256")
+        if not isinstance(recorded, str):
+            raise _fail(self.path / MANIFEST, f"layer {int(index)}'s entry has no sha256, so it cannot be verified")
+        if _array_sha256(array) != recorded:
+            raise _changed(file)
+
     def verify(self) -> None:
         """Recompute every file's sha256 against the manifest (reads everything)."""
-        for entry in self.manifest["layers"]:
-            if _array_sha256(np.load(self.path / entry["file"], mmap_mode="r")) != entry["sha256"]:
-                raise _fail(self.path / entry["file"], "content differs from the manifest's sha256")
+        for i in range(self.n_layers):
+            self.verify_layer(i)
         for key in ("labels", "utterance"):
             entry = self.manifest.get(key)
             if entry and _file_sha256(self.path / entry["file"]) != entry["sha256"]:
-                raise _fail(self.path / entry["file"], "content differs from the manifest's sha256")
+                raise _changed(self.path / entry["file"])
+
+
+def _read(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise _fail(file, f"cannot be read ({exc.strerror or exc})") from None
 
 
 def _fingerprint(manifest: dict[str, Any]) -> str:
@@ -199,15 +246,18 @@ def _fingerprint(manifest: dict[str, Any]) -> str:
 def open_store(path: str | os.PathLike[str]) -> LayerStore:
     """Open a layer store, checking every file against the manifest.
 
-    Nothing is unpickled and no layer is read: layers are memory-mapped on access.
+    Nothing is unpickled and no layer is read: layers are memory-mapped on
+    access (:meth:`LayerStore.verify_layer` hashes one). The labels and the
+    utterance index are read whole and must match the manifest's sha256, and
+    no file may resolve outside the store (a symbolic link to elsewhere).
 
     Raises
     ------
     FileNotFoundError
         ``path`` does not exist.
     ValueError
-        Not a store, or a missing, truncated or inconsistent file (the message
-        names it).
+        Not a store, or a missing, truncated, changed or inconsistent file,
+        or one outside the store (the message names it).
     """
     root = Path(path)
     if not root.exists():
@@ -254,6 +304,7 @@ def open_store(path: str | os.PathLike[str]) -> LayerStore:
             raise _fail(mfile, f"layer {i}'s entry is malformed ({type(exc).__name__}: {exc})") from None
         if len(shape) != 2 or shape[0] != n:
             raise _fail(mfile, f"layer {i} has shape {shape}, expected ({n}, D)")
+        _check_inside(root, file)
         _check_npy(file, shape, dtype)
         dtypes.add(dtype.name)
     try:
@@ -263,25 +314,36 @@ def open_store(path: str | os.PathLike[str]) -> LayerStore:
         raise _fail(mfile, f"the labels or utterance entry is malformed ({type(exc).__name__}: {exc})") from None
     if not lfile.is_file():
         raise _fail(lfile, "is missing")
+    _check_inside(root, lfile)
+    # read once: the bytes parsed are the bytes hashed
+    raw_labels = _read(lfile)
     if label_kind == "npy":
         try:
-            labels = np.load(lfile, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+            labels = np.load(io.BytesIO(raw_labels), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
             raise _fail(lfile, f"is not a readable .npy array without pickled objects ({exc})") from None
     else:
         try:
-            with open(lfile, encoding="utf-8") as fh:
-                values = [_decode_label(v) for v in json.load(fh)]
-        except (OSError, ValueError, AttributeError) as exc:
+            values = [_decode_label(v) for v in json.loads(raw_labels.decode("utf-8"))]
+        except (ValueError, TypeError, AttributeError) as exc:
             raise _fail(lfile, f"is not a valid label list ({exc})") from None
         labels = np.empty(len(values), dtype=object)
         labels[:] = values
     if labels.shape != (n,):
         raise _fail(lfile, f"holds {labels.shape} labels, the layers have N={n} rows")
+    for key, entry in (("labels", label_entry), ("utterance", manifest.get("utterance"))):
+        if entry and not isinstance(entry.get("sha256"), str):
+            raise _fail(mfile, f"the {key} entry has no sha256, so the file cannot be verified")
+    if hashlib.sha256(raw_labels).hexdigest() != label_entry["sha256"]:
+        raise _changed(lfile)
     utterance = None
     if ufile is not None:
+        _check_inside(root, ufile)
         _check_npy(ufile, (n,), np.dtype(np.int64))
-        utterance = np.load(ufile, allow_pickle=False)
+        raw_utterance = _read(ufile)
+        if hashlib.sha256(raw_utterance).hexdigest() != manifest["utterance"]["sha256"]:
+            raise _changed(ufile)
+        utterance = np.load(io.BytesIO(raw_utterance), allow_pickle=False)
     name = str(meta.get("name") or root.resolve().name)
     full_meta = {**meta, "dtype": sorted(dtypes)[0] if len(dtypes) == 1 else sorted(dtypes),
                  "versions": manifest.get("versions", {})}

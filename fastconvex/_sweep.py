@@ -6,6 +6,13 @@ same :func:`fastconvex._core.plan_scoring` that ``layer_scores`` uses, and each
 task runs the same :func:`fastconvex._core.score_layer` on the layer it reads
 from the store itself: a sweep's numbers equal
 ``layer_scores(store.layers, store.labels)`` bit for bit, on either engine.
+
+A finished result is reused only when everything it depends on is proven
+unchanged: its file's checksum verifies, its record (the store's content
+fingerprint, every scoring setting, the digest of the pair draw, the layer)
+equals the new task's, its format version is this code's, and the layer it
+came from still hashes to the manifest's sha256 (the labels are verified
+whenever a store is opened). See docs/scale.md.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import socket
 import sys
 import time
@@ -22,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Sequence
 
-from ._backends import check_backend_name
-from ._core import ScoringPlan, check_engine, plan_scoring, score_layer, stack_layers
+from ._backends import check_backend_name, check_device
+from ._core import ScoringPlan, _check_seed, check_engine, plan_scoring, score_layer, stack_layers
 from ._inputs import check_embeddings
 from ._pairs import DEFAULT_PAIRS, resolve_estimator
 from ._results import Convexity, LayerScores
@@ -36,12 +44,17 @@ from ._sweep_euclidean import (
     release_predictors,
     score_euclidean_task,
 )
-from ._sweep_out import Reporter, format_table, write_outputs
+from ._store_format import json_sha256, plan_sha256
+from ._sweep_out import Reporter, check_earlier_outputs, format_table, output_lock, write_outputs
 from .store import LayerStore, open_store, write_json_atomic
 
 RESULT_FORMAT = "fastconvex-sweep-task"
+# What a task result means. Bump it when a change would make the numbers of
+# earlier result files wrong (how a layer is scored, what a field holds), so
+# that they are recomputed rather than merged with new ones.
+RESULT_VERSION = 1
 
-__all__ = ["LayerTask", "run_layer_task", "sweep", "format_table"]
+__all__ = ["LayerTask", "run_layer_task", "run_sweep", "sweep", "format_table"]
 
 
 @dataclass(frozen=True)
@@ -76,24 +89,70 @@ def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: 
     ``{record, result}`` to ``task.result_path`` via a temporary file, with
     ``ran_on``: where it ran (host, device, and from the Ray engine its engine,
     node and GPU ids; provenance only, never part of the reuse key)."""
-    store = open_store(task.store_path)
+    store = open_store(task.store_path)  # the labels are verified against the manifest here
     if store.fingerprint != task.fingerprint:
         raise ValueError(
             f"store {task.store_name!r} ({task.store_path}) changed while the sweep ran "
-            "(its content fingerprint differs); rerun the sweep"
+            f"(its {store.path / 'store.json'} differs); rerun the sweep"
         )
+    # the layer's bytes against the manifest's sha256 before it is scored: a file
+    # changed in place since the store was written is refused, naming it
+    store.verify_layer(task.layer)
     if isinstance(plan, EuclideanPlan):
         result = score_euclidean_task(store, task.layer, plan, device)
     else:
-        x = check_embeddings(store.layer(task.layer), name=f"store {task.store_name!r} layer {task.layer}",
+        x = check_embeddings(store.layer(task.layer),
+                             name=f"store {task.store_name!r} layer {task.layer} ({store.layer_file(task.layer)})",
                              convert=False)
         result = score_layer(x, plan, backend=backend, device=device, engine="local" if shards is None else "ray",
                              shards=shards)
     where = {"engine": "local", "gpu_ids": None, **(ran_on or {}), "host": socket.gethostname(),
              "device": None if device is None else str(device)}
-    write_json_atomic(task.result_path, {**task.record, "format": RESULT_FORMAT, "result": result.to_dict(),
-                                         "fields": convexity_fields(result), "ran_on": where})
+    write_result(task.result_path, {**task.record, "format": RESULT_FORMAT, "version": RESULT_VERSION,
+                                    "result": result.to_dict(), "fields": convexity_fields(result),
+                                    "ran_on": where})
     return result
+
+
+def write_result(path: str | os.PathLike[str], content: dict[str, Any]) -> None:
+    """Write a task result atomically with ``sha256``, the checksum of the rest
+    (its canonical JSON), so an edited or damaged file is never reused."""
+    doc = json.loads(json.dumps(content, allow_nan=True))
+    doc["sha256"] = json_sha256(doc)
+    write_json_atomic(path, doc)
+
+
+def read_result(path: Path, record: dict[str, Any],
+                classes: Sequence[Hashable]) -> tuple[Convexity | None, str | None]:
+    """(the result at ``path``, None) if it verifies and was made with exactly
+    ``record`` by this result format; else (None, why not), or (None, None)
+    when there is no file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, f"cannot be read ({exc})"
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return None, f"is not valid JSON (truncated or edited: {exc})"
+    if not isinstance(data, dict):
+        return None, "is not a task result"
+    given = data.pop("sha256", None)
+    if given is None:
+        return None, "carries no checksum (written by an older fastconvex, or edited)"
+    if given != json_sha256(data):
+        return None, "does not match its sha256 checksum (edited or damaged)"
+    if data.get("format") != RESULT_FORMAT or data.get("version") != RESULT_VERSION:
+        return None, (f"has result format {data.get('format')!r} version {data.get('version')!r}; this fastconvex "
+                      f"writes {RESULT_FORMAT!r} version {RESULT_VERSION}")
+    if any(data.get(key) != value for key, value in record.items()):
+        return None, "was made with other settings, pairs or store content"
+    try:
+        return convexity_from_fields(data["fields"], classes), None
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, f"has malformed fields ({type(exc).__name__}: {exc})"
 
 
 _PER_CLASS = ("per_class", "per_class_stderr", "n_pairs")
@@ -129,11 +188,14 @@ def _open_stores(stores: Any) -> list[LayerStore]:
         raise TypeError(f"stores must be a store path, a LayerStore, or a list of them; got {type(stores).__name__}") from None
     if not items:
         raise ValueError("stores is empty: nothing to sweep")
-    opened = [s if isinstance(s, LayerStore) else open_store(s) for s in items]
+    # an opened LayerStore is opened again: its labels verified now, not when it was opened
+    opened = [open_store(s.path if isinstance(s, LayerStore) else s) for s in items]
     names = [s.name for s in opened]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"stores share the name(s) {dup}: give each store a distinct name (meta['name'] or directory)")
+        paths = [str(s.path) for s in opened if s.name in dup]
+        raise ValueError(f"stores share the name(s) {dup} ({', '.join(paths)}): give each store a distinct name "
+                         "(meta['name'] or directory)")
     return opened
 
 
@@ -148,7 +210,8 @@ def _layer_indices(layers: Any, store: LayerStore) -> list[int]:
             raise TypeError(f"layers must hold integers, got {i!r}")
         i = int(i)
         if not -store.n_layers <= i < store.n_layers:
-            raise ValueError(f"layers: store {store.name!r} has {store.n_layers} layers (0..{store.n_layers - 1}), no layer {i}")
+            raise ValueError(f"layers: store {store.name!r} ({store.path}) has {store.n_layers} layers "
+                             f"(0..{store.n_layers - 1}), no layer {i}")
         out.append(i % store.n_layers)
     if not out:
         raise ValueError("layers is empty: nothing to sweep")
@@ -162,18 +225,6 @@ def _safe(name: str) -> str:
     if safe != name or not safe:
         safe = f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     return safe
-
-
-def _reusable(path: Path, record: dict[str, Any], classes: Sequence[Hashable]) -> Convexity | None:
-    """The finished result at ``path`` if it was made with exactly ``record``."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        if data.get("format") != RESULT_FORMAT or any(data.get(k) != v for k, v in record.items()):
-            return None
-        return convexity_from_fields(data["fields"], classes)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _run_local(tasks: list[LayerTask], plans: dict[str, ScoringPlan], backend: str, device: Any,
@@ -213,7 +264,8 @@ def sweep(
     n_sampled: int = 10,
     batch_size: int = 1024,
     label_map: Any = None,
-    retries: int = 3,
+    retries: int | None = None,
+    overwrite: bool = False,
     progress: bool | None = None,
     verbose: bool = True,
     plot: bool = True,
@@ -223,10 +275,16 @@ def sweep(
     Parameters
     ----------
     stores : a store path or :class:`~fastconvex.store.LayerStore`, or a list of them
-        (distinct names).
+        (distinct names). Each is opened (again) here: its labels are verified
+        against its manifest.
     out_dir : directory for the per-task results (``tasks/<store>/``) and the
-        merged ``sweep.json``, ``sweep.csv`` and ``sweep.png``. Finished tasks
-        there whose settings and store fingerprint match are reused.
+        merged ``sweep.json``, ``sweep.csv`` and ``sweep.png``. A finished task
+        there is reused when its file's checksum verifies, it was made with the
+        same settings, pair draw and store content, and the layer it came from
+        still hashes to its manifest's sha256 (else it is recomputed, and the
+        log names the file). One sweep at a time writes into ``out_dir``: a
+        second is refused (:class:`~fastconvex._sweep_out.OutputDirectoryBusy`,
+        naming the holder's pid and host).
     engine : "local" (this process, one task after another) or "ray" (one remote
         task per (store, layer): ``num_gpus=1`` when the cluster has GPUs, else
         ``num_cpus=1``; the worker reads its layer from the store, so the store
@@ -235,7 +293,9 @@ def sweep(
         running Ray, ``RAY_ADDRESS``, or a new local one. Only with ``engine="ray"``.
     layers : layer indices to score in every store (default: all).
     k, pairs, sources, exact, seed, min_class_size, backend, device
-        As in :func:`fastconvex.layer_scores`.
+        As in :func:`fastconvex.layer_scores`. ``seed=None`` draws a seed, logs
+        it and records it in the results: every such run is a new draw, never
+        merged with another (pass the logged seed to resume one).
     shards : split each layer's kNN and shortest paths over this many Ray tasks
         (for layers too big for one worker; ``engine="ray"`` only; same numbers).
     measure : "graph" (default) or "euclidean": Euclidean convexity through
@@ -251,7 +311,12 @@ def sweep(
         :func:`fastconvex.layer_euclidean_scores` (``device`` is where the worker
         loads the model); every store's labels are checked against the model's
         classes (``config.id2label``) before any task runs.
-    retries : times Ray reruns a task whose worker or node died.
+    retries : ``engine="ray"`` only: times Ray reruns a task whose worker or
+        node died (default 3).
+    overwrite : replace merged outputs (``sweep.json``, ``sweep.csv``,
+        ``sweep.png``) in ``out_dir`` that a sweep with other settings, or over
+        other stores or layers, wrote; without it such a sweep is refused
+        before any work.
     progress : tqdm bar over tasks (None: when stderr is a terminal); when stderr
         is not a terminal, a log line per finished task instead.
     verbose : log lines (reused results, per-task lines, written files) on stderr.
@@ -263,15 +328,79 @@ def sweep(
         Row i of each is the i-th scored layer (``layers`` order); equal bit for
         bit to ``layer_scores([store.layer(i) for i in layers], store.labels, ...)``.
     """
+    return run_sweep(**locals())[0]
+
+
+def _check_device_here(device: Any) -> None:
+    """A device the local engine scores on must exist here: checked before any
+    work, not by the first task after the stores are read."""
+    check_device(device)
+    if device is None:
+        return
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was requested, but no CUDA device is visible to torch here")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device={device!r} was requested, but torch sees {torch.cuda.device_count()} CUDA "
+                           f"device(s) here (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+
+
+def _labels_file(store: LayerStore) -> Path:
+    return store.path / store.manifest["labels"]["file"]
+
+
+def run_sweep(
+    stores: Any,
+    *,
+    out_dir: str | os.PathLike[str],
+    engine: str = "local",
+    address: str | None = None,
+    layers: Sequence[int] | None = None,
+    k: int = 10,
+    pairs: int | None = DEFAULT_PAIRS,
+    sources: int | None = None,
+    exact: bool = False,
+    seed: int | None = 0,
+    min_class_size: int = 2,
+    backend: str = "auto",
+    device: Any = None,
+    shards: int | None = None,
+    measure: str = "graph",
+    model: Any = None,
+    n_sampled: int = 10,
+    batch_size: int = 1024,
+    label_map: Any = None,
+    retries: int | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    verbose: bool = True,
+    plot: bool = True,
+) -> tuple[dict[str, LayerScores], dict[str, Any]]:
+    """:func:`sweep`, returning also the document it wrote to ``sweep.json``
+    (the command reports it: what this run computed, never what another run
+    may have written there since)."""
     shards = check_engine(engine, shards)
     if address is not None and engine != "ray":
         raise ValueError("address is a Ray cluster address: it needs engine='ray'")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+    if retries is not None:
+        if engine != "ray":
+            raise ValueError("retries applies to engine='ray' (Ray reruns a task whose worker or node died); "
+                             "the local engine runs each task once, and a rerun resumes")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
     if engine == "ray":
         from ._ray import require_ray
 
         require_ray()
+        check_device(device)  # the workers' devices are checked where they run
+    else:
+        _check_device_here(device)
     if measure not in ("graph", "euclidean"):
         raise ValueError(f'measure must be "graph" or "euclidean", got {measure!r}')
     if measure == "euclidean":
@@ -283,56 +412,88 @@ def sweep(
     else:  # the name only (the workers resolve "auto" where they run), before out_dir and any task
         check_backend_name(backend)
     estimator, budget = resolve_estimator(pairs, sources, exact)
+    drawn = _check_seed(seed) is None
+    if drawn:  # recorded in every result and in sweep.json: this draw is never mixed with another
+        seed = secrets.randbits(63)
     opened = _open_stores(stores)
     selections = {s.name: _layer_indices(layers, s) for s in opened}
-    plans: dict[str, Any]
-    if measure == "euclidean":
-        fingerprint = model_fingerprint(model)
-        plans = {s.name: plan_store(s, selections[s.name], model=model, fingerprint=fingerprint,
-                                    n_sampled=n_sampled, pairs=pairs, exact=exact, batch_size=batch_size, seed=seed,
-                                    min_class_size=min_class_size, label_map=label_map)
-                 for s in opened}
-    else:
-        plans = {
-            s.name: plan_scoring(s.labels, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
-                                 min_class_size=min_class_size)
-            for s in opened
-        }
+    plans: dict[str, Any] = {}
+    fingerprint = model_fingerprint(model) if measure == "euclidean" else None
+    for s in opened:
+        try:
+            if measure == "euclidean":
+                plans[s.name] = plan_store(s, selections[s.name], model=model, fingerprint=fingerprint,
+                                           n_sampled=n_sampled, pairs=pairs, exact=exact, batch_size=batch_size,
+                                           seed=seed, min_class_size=min_class_size, label_map=label_map)
+            else:
+                plans[s.name] = plan_scoring(s.labels, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
+                                             min_class_size=min_class_size)
+        except (ValueError, TypeError) as exc:  # named by the file it is about: the labels, or the store
+            text = str(exc)
+            if str(s.path) in text:
+                raise
+            where = s.path if measure == "euclidean" else _labels_file(s)
+            raise type(exc)(f"store {s.name!r} ({where}): {text}") from exc
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out_dir {str(out)!r} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"k": int(k), "estimator": estimator, "budget": int(budget), "seed": plans[opened[0].name].seed,
+    with output_lock(out):
+        return _locked_sweep(out, opened, selections, plans, engine=engine, address=address, k=k,
+                             estimator=estimator, budget=budget, drawn=drawn, min_class_size=min_class_size,
+                             backend=backend, device=device, shards=shards, measure=measure, retries=retries,
+                             overwrite=overwrite, progress=progress, verbose=verbose, plot=plot)
+
+
+def _locked_sweep(out: Path, opened: list[LayerStore], selections: dict[str, list[int]], plans: dict[str, Any], *,
+                  engine: str, address: str | None, k: int, estimator: str, budget: int, drawn: bool,
+                  min_class_size: int, backend: str, device: Any, shards: int | None, measure: str,
+                  retries: int | None, overwrite: bool, progress: bool | None, verbose: bool,
+                  plot: bool) -> tuple[dict[str, LayerScores], dict[str, Any]]:
+    """The sweep proper, while this process holds ``out``'s lock."""
+    first = plans[opened[0].name]
+    settings = {"k": int(k), "estimator": estimator, "budget": int(budget), "seed": first.seed,
                 "min_class_size": int(min_class_size), "backend": backend,
                 "device": None if device is None else str(device)}
     if measure == "euclidean":  # graph settings stay as they were, so finished graph sweeps stay reusable
-        first = plans[opened[0].name]
         settings = {"measure": "euclidean", "model": first.fingerprint, "n_sampled": first.n_sampled,
                     "batch_size": first.batch_size, **{key: settings[key] for key in (
                         "estimator", "budget", "seed", "min_class_size", "device")}}
         if first.label_map is not None:  # absent otherwise, so finished sweeps without one stay reusable
             settings["label_map"] = label_map_setting(first.label_map)
+    check_earlier_outputs(out, settings, selections, overwrite, drawn=drawn)
+    if drawn and verbose:
+        print(f"sweep: seed=None drew seed {first.seed}: a new pair draw, never merged with another "
+              f"(seed={first.seed} resumes this sweep)", file=sys.stderr, flush=True)
+
+    def log(line: str) -> None:
+        if verbose:
+            print(f"sweep: {line}", file=sys.stderr, flush=True)
 
     results: dict[tuple[str, int], Convexity] = {}
     pending: list[LayerTask] = []
     for s in opened:
         folder = out / "tasks" / _safe(s.name)
         folder.mkdir(parents=True, exist_ok=True)
+        pair_digest = plan_sha256(plans[s.name].pairs)
         for i in selections[s.name]:
-            record = {"settings": settings, "store": s.name, "fingerprint": s.fingerprint, "layer": i}
+            record = {"settings": settings, "store": s.name, "fingerprint": s.fingerprint, "pairs": pair_digest,
+                      "layer": i}
             key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
             path = folder / f"layer_{i:03d}.{key}.json"
             # absolute paths: workers elsewhere (another cwd, another node) open them
             task = LayerTask(str(s.path.resolve()), s.name, s.fingerprint, i, str(path.resolve()), record)
-            old = _reusable(path, record, plans[s.name].classes)
+            old, why = read_result(path, record, plans[s.name].classes)
             if old is not None:
+                s.verify_layer(i)  # a result is reused only while the layer it came from is unchanged
                 results[(s.name, i)] = old
             else:
+                if why is not None:
+                    log(f"{path} {why}: recomputing it")
                 pending.append(task)
     total = len(results) + len(pending)
-    if verbose:
-        print(f"sweep: {total} task(s) over {len(opened)} store(s); reusing {len(results)} finished result(s) "
-              f"from {out}, computing {len(pending)} on engine {engine!r}", file=sys.stderr, flush=True)
+    log(f"{total} task(s) over {len(opened)} store(s); reusing {len(results)} finished result(s) "
+        f"from {out}, computing {len(pending)} on engine {engine!r}")
 
     def on_done(task: LayerTask, result: Convexity) -> None:
         results[(task.store_name, task.layer)] = result
@@ -346,7 +507,8 @@ def sweep(
             from ._ray import run_on_ray
 
             failures = run_on_ray(pending, plans, backend=backend, device=device, shards=shards, address=address,
-                                  retries=retries, report=report, on_done=on_done)
+                                  retries=3 if retries is None else retries,
+                                  report=report, on_done=on_done)
     finally:
         report.close()
         release_predictors()  # a model the local engine loaded is not kept after the sweep
@@ -358,6 +520,6 @@ def sweep(
 
     merged = {s.name: stack_layers([results[(s.name, i)] for i in selections[s.name]], plans[s.name].classes)
               for s in opened}
-    write_outputs(out, opened, selections, merged, settings, reused=total - len(pending),
-                   computed=len(pending), seconds=time.perf_counter() - start, plot=plot, verbose=verbose)
-    return merged
+    doc = write_outputs(out, opened, selections, merged, settings, reused=total - len(pending),
+                        computed=len(pending), seconds=time.perf_counter() - start, plot=plot, verbose=verbose)
+    return merged, doc

@@ -234,7 +234,7 @@ def score_euclidean_task(store: LayerStore, layer: int, plan: EuclideanPlan, dev
     from ._euclidean import _AtLayer, euclidean_layer
     from ._segments import check_frame_mask, check_items
 
-    name = f"store {store.name!r} layer {layer}"
+    name = f"store {store.name!r} layer {layer} ({store.layer_file(layer)})"
     x, lengths = store.sequences(layer)
     x = check_items(x, name=name)
     mask = check_frame_mask(x, None, lengths, name=name)

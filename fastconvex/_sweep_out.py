@@ -1,15 +1,22 @@
 """What a sweep shows and writes: the progress reporter (a tqdm bar, or a log
 line per task), the merged ``sweep.json``, ``sweep.csv`` and ``sweep.png``
-(results before plots, each written atomically) and the table on stdout."""
+(results before plots, each written atomically) and the table on stdout; and
+the guards of its output directory: one writer at a time (:func:`output_lock`)
+and no merged output of another sweep replaced unasked
+(:func:`check_earlier_outputs`)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+import socket
 import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ._atomic import atomic_file, write_text_atomic
 from ._results import Convexity, LayerScores
@@ -18,7 +25,93 @@ from .store import LayerStore, write_json_atomic
 if TYPE_CHECKING:  # pragma: no cover
     from ._sweep import LayerTask
 
-__all__ = ["Reporter", "write_outputs", "format_table", "CSV_COLUMNS"]
+__all__ = ["CSV_COLUMNS", "OUTPUTS", "OutputDirectoryBusy", "Reporter", "check_earlier_outputs", "format_table",
+           "output_lock", "write_outputs"]
+
+OUTPUTS = ("sweep.json", "sweep.csv", "sweep.png")
+LOCK_FILE = ".sweep.lock"
+HOLDER_FILE = ".sweep.lock.holder"
+
+
+class OutputDirectoryBusy(RuntimeError):
+    """Another sweep holds the output directory's lock."""
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock for the block: one sweep writes into a directory at a
+    time (two would replace each other's merged outputs, and each would report
+    a mix). A second sweep is refused at once, naming the holder (pid and host,
+    which the holder writes beside the lock). The lock is ``filelock``'s (an
+    ``flock`` on Linux): the kernel releases it when its holder dies, even
+    killed, so a stale holder file never blocks a rerun."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputDirectoryBusy(f"out_dir {str(out)!r} is in use by another sweep ({_holder(out)}); "
+                                  "wait for it to finish, or use another out_dir") from None
+    holder = out / HOLDER_FILE
+    try:
+        write_json_atomic(holder, {"pid": os.getpid(), "host": socket.gethostname(),
+                                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        yield
+    finally:
+        holder.unlink(missing_ok=True)  # before the lock is released: a next holder's file is its own
+        lock.release()
+
+
+def _holder(out: Path) -> str:
+    try:
+        info = json.loads((out / HOLDER_FILE).read_text(encoding="utf-8"))
+        return f"pid {int(info['pid'])} on host {info['host']}, since {info.get('since', '?')}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"holder unknown: {out / HOLDER_FILE} is not written yet or unreadable"
+
+
+def check_earlier_outputs(out: Path, settings: dict[str, Any], selections: dict[str, list[int]],
+                          overwrite: bool, *, drawn: bool = False) -> None:
+    """Refuse (ValueError, one line) to replace the merged outputs of another
+    sweep in ``out`` without ``overwrite``: a ``sweep.json`` made with other
+    settings (a seed=None sweep draws a new seed, so its settings differ), or
+    one covering a store or layer this sweep does not (its merged view would be
+    lost), or ``sweep.csv``/``sweep.png`` without the ``sweep.json`` that says
+    which sweep wrote them. The same sweep (rerun, resumed, or on stores
+    rewritten since) replaces them. ``drawn``: this run's seed was drawn
+    (seed=None), which the message then says."""
+    if overwrite:
+        return
+    hint = "pass overwrite=True (--overwrite) to replace sweep.json, sweep.csv and sweep.png, or use another out_dir"
+    earlier = out / "sweep.json"
+    if not earlier.exists():
+        present = [name for name in OUTPUTS[1:] if (out / name).exists()]
+        if present:
+            raise ValueError(f"out_dir {str(out)!r} holds {' and '.join(present)} but no sweep.json, so which "
+                             f"sweep wrote them is unknown; {hint}")
+        return
+    try:
+        doc = json.loads(earlier.read_text(encoding="utf-8"))
+        old_settings, old_stores = doc["settings"], doc["stores"]
+        old_layers = {name: list(entry["layer_indices"]) for name, entry in old_stores.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{earlier} is not a readable sweep result ({type(exc).__name__}: {exc}); {hint}") from None
+    new_settings = json.loads(json.dumps(settings))
+    if old_settings != new_settings:
+        keys = sorted(set(old_settings) | set(new_settings), key=str)
+        diff = [f"{key} {old_settings.get(key)!r} there, {new_settings.get(key)!r} now" for key in keys
+                if old_settings.get(key) != new_settings.get(key)]
+        why = "; ".join(diff) or "the settings differ"
+        if drawn and old_settings.get("seed") != new_settings.get("seed"):
+            why += (f"; seed=None drew a new seed, and seed={old_settings.get('seed')!r} resumes the earlier "
+                    "sweep")
+        raise ValueError(f"{earlier} was written by a sweep with other settings ({why}); {hint}")
+    for name, indices in old_layers.items():
+        missing = sorted(set(indices) - set(selections.get(name, [])))
+        if missing:
+            raise ValueError(f"{earlier} also holds store {name!r} layer(s) {missing}, which this sweep does not "
+                             f"score; {hint}")
 
 
 class Reporter:
@@ -65,8 +158,9 @@ CSV_COLUMNS = ("store", "layer", "score", "stderr", "macro", "macro_stderr", "n_
 
 def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, list[int]],
                    merged: dict[str, LayerScores], settings: dict[str, Any], *, reused: int, computed: int,
-                   seconds: float, plot: bool, verbose: bool) -> None:
-    """sweep.json, then sweep.csv, then sweep.png (results before plots)."""
+                   seconds: float, plot: bool, verbose: bool) -> dict[str, Any]:
+    """sweep.json, then sweep.csv, then sweep.png (results before plots);
+    returns the document written to sweep.json (what the command reports)."""
     doc = {
         "settings": settings,
         "reused": reused,
@@ -79,7 +173,8 @@ def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, lis
             for s in stores
         },
     }
-    write_json_atomic(out / "sweep.json", json.loads(json.dumps(doc, default=str)))
+    doc = json.loads(json.dumps(doc, default=str))
+    write_json_atomic(out / "sweep.json", doc)
     table = io.StringIO(newline="")
     writer = csv.writer(table)
     writer.writerow(CSV_COLUMNS)
@@ -114,6 +209,7 @@ def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, lis
                 print(f"sweep: no plot ({exc})", file=sys.stderr, flush=True)
     if verbose:
         print(f"sweep: wrote {', '.join(str(out / w) for w in written)}", file=sys.stderr, flush=True)
+    return doc
 
 
 def format_table(merged: dict[str, LayerScores], layer_indices: dict[str, list[int]] | None = None) -> str:

@@ -32,8 +32,11 @@ sweeps (``fastconvex.sweep(measure="euclidean")``) read stores this way.
 Writes are atomic: everything goes to a hidden sibling directory that is renamed
 onto ``STORE`` once complete, so a store is either whole or absent. An existing
 path is never replaced without ``overwrite=True``. ``open_store`` checks every
-file against the manifest (shapes, dtypes, sizes) and names the file that is
-missing, truncated or inconsistent.
+file against the manifest (shapes, dtypes, sizes; the labels' and utterance
+index's sha256; no file resolving outside the store) and names the file that
+is missing, truncated, changed or inconsistent; ``LayerStore.verify_layer(i)``
+hashes a layer against its sha256 (every sweep task does before it scores the
+layer, and a sweep before it reuses a result of it).
 """
 
 from __future__ import annotations

@@ -143,19 +143,22 @@ def test_resume_never_mixes_measures_or_models(euclid, tmp_path, capsys):
     assert "reusing 4 finished result(s)" in capsys.readouterr().err
     assert_same(again[store.name], first[store.name])
     # the same model in memory has another fingerprint kind: recomputed, same numbers
-    fc.sweep(store, out_dir=out, measure="euclidean", model=hf.predict_from_layer(model), plot=False, **KW)
+    fc.sweep(store, out_dir=out, measure="euclidean", model=hf.predict_from_layer(model), plot=False,
+             overwrite=True, **KW)  # overwrite: replaces the merged outputs of another sweep
     assert "reusing 0 finished" in capsys.readouterr().err
     # graph convexity of the same rows never reuses a Euclidean result, nor the reverse
-    graph = fc.sweep(store, out_dir=out, pairs=KW["pairs"], seed=KW["seed"], plot=False)
+    graph = fc.sweep(store, out_dir=out, pairs=KW["pairs"], seed=KW["seed"], plot=False, overwrite=True)
     assert "reusing 0 finished" in capsys.readouterr().err
     assert {c.measure for c in graph[store.name].layers} == {"graph"}
     # another model (other weights, same shapes), other n_sampled: recomputed
     other, fe = _classifier(seed=3)
     other.save_pretrained(tmp_path / "other")
-    changed = fc.sweep(store, out_dir=out, measure="euclidean", model=tmp_path / "other", plot=False, **KW)
+    changed = fc.sweep(store, out_dir=out, measure="euclidean", model=tmp_path / "other", plot=False,
+                       overwrite=True, **KW)
     assert "reusing 0 finished" in capsys.readouterr().err
     assert_same(changed[store.name], _reference(store, other))
-    fc.sweep(store, out_dir=out, measure="euclidean", model=root / "model", plot=False, **{**KW, "n_sampled": 2})
+    fc.sweep(store, out_dir=out, measure="euclidean", model=root / "model", plot=False, overwrite=True,
+             **{**KW, "n_sampled": 2})
     assert "reusing 0 finished" in capsys.readouterr().err
     doc = json.loads((out / "sweep.json").read_text())
     assert doc["settings"]["measure"] == "euclidean" and doc["settings"]["n_sampled"] == 2

@@ -82,6 +82,14 @@ def test_worker_exit_without_retries_fails_the_sweep_clearly(local_ray, stores, 
                  verbose=False)
 
 
+def test_cuda_on_a_cluster_without_gpus_fails_before_any_task(local_ray, stores, tmp_path):
+    no_gpu = r"device='cuda' was requested, but the Ray cluster has no GPU \(resources: CPU 2"
+    with pytest.raises(RuntimeError, match=no_gpu):
+        fc.sweep(stores[:1], out_dir=tmp_path / "out", engine="ray", pairs=30, device="cuda", plot=False,
+                 verbose=False)
+    assert not list((tmp_path / "out").rglob("*.json"))
+
+
 @pytest.mark.hf
 def test_embed_on_ray_equals_one_process(local_ray, speech, tmp_path, capsys):  # noqa: F811
     from fastconvex.cli import main

@@ -4,16 +4,18 @@ every layer of every layer store, resumable, on this machine or a Ray cluster.
 ``--measure euclidean --model DIR`` scores Euclidean convexity through the
 classifier in DIR instead, on frame stores (``fastconvex embed --frames``).
 
-Per-task results go to ``DIR/tasks/``; a rerun reuses those made with the same
-settings and store content. The merged ``sweep.json``, ``sweep.csv`` (long
-format) and ``sweep.png`` go to ``DIR``; a table goes to stdout (the merged JSON
-instead with ``--json``, or to ``--out FILE``).
+Per-task results go to ``DIR/tasks/``; a rerun reuses those that verify and
+were made with the same settings, pairs and store content. The merged
+``sweep.json``, ``sweep.csv`` (long format) and ``sweep.png`` go to ``DIR``
+(those of a sweep with other settings are replaced only with ``--overwrite``);
+a table goes to stdout (the merged JSON instead with ``--json``, or to
+``--out FILE``): what this run computed, never read back from ``DIR``, where
+only one sweep at a time may write.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ._euclidean import add_measure_arguments, check_graph_only, euclidean_kwargs
@@ -40,8 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these layer indices of every store")
     parser.add_argument("--shards", type=int, default=None,
                         help="split each layer's kNN and shortest paths over this many Ray tasks (with --engine ray)")
-    parser.add_argument("--retries", type=int, default=3, help="reruns of a task whose worker died (default 3)")
+    parser.add_argument("--retries", type=int, default=None,
+                        help="with --engine ray: reruns of a task whose worker died (default 3)")
     parser.add_argument("--no-plot", action="store_true", help="do not write sweep.png")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file, and sweep.json/csv/png in --out-dir written by a sweep "
+                             "with other settings")
     parser.add_argument("--json", action="store_true", help="print the merged JSON on stdout instead of a table")
     add_scoring_arguments(parser)
     add_measure_arguments(parser, lengths=False)
@@ -49,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep; a table (or JSON) on stdout, logs and progress on stderr."""
-    from fastconvex._sweep import format_table, sweep
+    from fastconvex._sweep import format_table, run_sweep
     from fastconvex.cli import emit_report
 
     from ._output import run_with_hf_quiet
@@ -67,16 +73,15 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"STORE {store!r} does not exist")
     if args.measure == "euclidean":
         _check_frame_stores(args)
-    def run_sweep(args: argparse.Namespace) -> dict:
-        return sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
-                     layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
-                     verbose=not args.quiet, **kwargs)
+    def run_it(args: argparse.Namespace) -> tuple:
+        return run_sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
+                         layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
+                         overwrite=args.overwrite, verbose=not args.quiet, **kwargs)
 
     # --measure euclidean loads the model here (local engine): with --quiet, no "Loading weights" bar
-    result = run_with_hf_quiet(args, run_sweep) if args.measure == "euclidean" else run_sweep(args)
-    merged = json.loads((Path(args.out_dir) / "sweep.json").read_text(encoding="utf-8"))
-    indices = {name: merged["stores"][name]["layer_indices"] for name in result}
-    emit_report(args, merged, lambda: format_table(result, indices))
+    result, doc = run_with_hf_quiet(args, run_it) if args.measure == "euclidean" else run_it(args)
+    indices = {name: doc["stores"][name]["layer_indices"] for name in result}
+    emit_report(args, doc, lambda: format_table(result, indices))
     return 0
 
 
@@ -101,5 +106,6 @@ def _check_frame_stores(args: argparse.Namespace) -> None:
                                                        if -store.n_layers <= i < store.n_layers]
             check_store(store, layers, args.model)
             check_labels(store, args.model, label_map=label_map, min_class_size=args.min_class_size)
-        except ValueError as exc:
-            raise DataError(str(exc)) from exc
+        except ValueError as exc:  # named by the store it is about
+            text = str(exc)
+            raise DataError(text if str(Path(path)) in text else f"STORE {path}: {text}") from exc

@@ -1,0 +1,301 @@
+"""Issue 24, reuse integrity: a sweep reuses only what is proven unchanged
+(store bytes, labels, settings, pair draw, result files), one sweep writes
+into an output directory at a time, the command reports what it computed,
+and the store and sweep errors name their files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastconvex as fc
+from fastconvex.cli import main
+
+from test_sweep import assert_same, make_stores
+from test_sweep_euclidean import euclid  # noqa: F401  (tiny classifier and its frame store)
+
+KW = dict(pairs=30, plot=False)
+
+
+def _task_files(out: Path) -> list[Path]:
+    return sorted((out / "tasks").rglob("*.json"))
+
+
+# ---- 1. store bytes verified before reuse and before scoring -----------------------------------
+
+
+def test_layer_replaced_after_a_sweep_is_never_reused(tmp_path):
+    stores = make_stores(tmp_path)
+    out = tmp_path / "out"
+    fc.sweep(stores, out_dir=out, verbose=False, **KW)
+    # another array of the same shape and dtype: open_store's shape and size checks pass
+    other = np.random.default_rng(5).standard_normal((37, 6)).astype(np.float32)
+    np.save(stores[1].path / "layer_001.npy", other)
+    pattern = r"store1/layer_001\.npy: content differs from store\.json's sha256.*rerun embed/save_store"
+    with pytest.raises(ValueError, match=pattern):
+        fc.sweep(stores, out_dir=out, verbose=False, **KW)  # the finished result of that layer
+    with pytest.raises(ValueError, match=r"1 of 9 sweep task\(s\) failed.*" + pattern):
+        fc.sweep(stores, out_dir=tmp_path / "fresh", verbose=False, **KW)  # scored afresh: refused first
+    assert len(_task_files(tmp_path / "fresh")) == 8  # no result of the changed layer
+
+
+def test_labels_rewritten_in_place_are_refused(tmp_path):
+    stores = make_stores(tmp_path)
+    out = tmp_path / "out"
+    fc.sweep(stores, out_dir=out, verbose=False, **KW)
+    labels = np.load(stores[1].path / "labels" / "labels.npy")
+    np.save(stores[1].path / "labels" / "labels.npy", labels[::-1].copy())  # same shape, same dtype
+    with pytest.raises(ValueError, match=r"store1/labels/labels\.npy: content differs from store\.json's sha256"):
+        fc.sweep(stores, out_dir=out, verbose=False, **KW)
+    with pytest.raises(ValueError, match=r"labels\.npy: content differs"):
+        fc.open_store(stores[1].path)
+
+
+def test_an_opened_store_is_verified_again_when_swept(tmp_path):
+    store = make_stores(tmp_path)[0]  # opened before its labels change
+    path = store.path / "labels" / "labels.npy"
+    np.save(path, np.load(path)[::-1].copy())
+    with pytest.raises(ValueError, match=r"labels\.npy: content differs"):
+        fc.sweep(store, out_dir=tmp_path / "out", verbose=False, **KW)
+
+
+# ---- 2. the pair draw is part of the key --------------------------------------------------------
+
+
+def test_result_records_the_pair_draw(tmp_path):
+    stores = make_stores(tmp_path)[:1]
+    fc.sweep(stores, out_dir=tmp_path / "out", verbose=False, **KW)
+    record = json.loads(_task_files(tmp_path / "out")[0].read_text())
+    assert len(record["pairs"]) == 64 and record["version"] == 1  # a sha256 of the plan, and the format
+
+
+# ---- 3. seed=None: a new draw, recorded, never merged --------------------------------------------
+
+
+def test_seed_none_records_its_draw_and_never_merges_two(tmp_path, capsys):
+    store = make_stores(tmp_path)[1]
+    out = tmp_path / "out"
+    first = fc.sweep(store, out_dir=out, seed=None, layers=[0, 1], **KW)
+    seed = json.loads((out / "sweep.json").read_text())["settings"]["seed"]
+    assert isinstance(seed, int) and first["store1"].layers[0].seed == seed
+    assert f"seed=None drew seed {seed}" in capsys.readouterr().err
+    assert_same(first["store1"], fc.layer_scores(store.layers[:2], store.labels, pairs=30, seed=seed))
+    # the same out_dir with seed=None again: refused, naming the recorded seed
+    with pytest.raises(ValueError, match=rf"other settings \(seed {seed} there, \d+ now.*seed={seed} resumes"):
+        fc.sweep(store, out_dir=out, seed=None, layers=[0, 1], **KW)
+    # a run killed before its merged outputs: nothing of it is merged into a new draw
+    for name in ("sweep.json", "sweep.csv"):
+        (out / name).unlink()
+    _task_files(out)[0].unlink()
+    capsys.readouterr()
+    again = fc.sweep(store, out_dir=out, seed=None, layers=[0, 1], **KW)
+    assert "reusing 0 finished result(s)" in capsys.readouterr().err
+    new_seed = again["store1"].layers[0].seed
+    assert new_seed != seed and again["store1"].layers[1].seed == new_seed
+    assert_same(again["store1"], fc.layer_scores(store.layers[:2], store.labels, pairs=30, seed=new_seed))
+    # the logged seed resumes that draw
+    capsys.readouterr()
+    fc.sweep(store, out_dir=out, seed=new_seed, layers=[0, 1], **KW)
+    assert "reusing 2 finished result(s)" in capsys.readouterr().err
+
+
+# ---- 4. result files carry a checksum -----------------------------------------------------------
+
+
+def test_edited_or_truncated_result_is_recomputed_and_named(tmp_path, capsys):
+    stores = make_stores(tmp_path)[:1]
+    out = tmp_path / "out"
+    first = fc.sweep(stores, out_dir=out, **KW)
+    edited, truncated = _task_files(out)[:2]
+    doc = json.loads(edited.read_text())
+    doc["fields"]["score"] = 0.999  # a plausible number, by hand
+    edited.write_text(json.dumps(doc))
+    truncated.write_text(truncated.read_text()[:-40])
+    capsys.readouterr()
+    again = fc.sweep(stores, out_dir=out, **KW)
+    err = capsys.readouterr().err
+    assert f"{edited} does not match its sha256 checksum (edited or damaged): recomputing it" in err
+    assert f"{truncated} is not valid JSON" in err and "reusing 1 finished result(s)" in err
+    assert_same(again["store0"], first["store0"])
+    assert json.loads(edited.read_text())["fields"]["score"] == first["store0"].layers[0].score
+
+
+def test_result_without_checksum_is_not_trusted(tmp_path, capsys):
+    stores = make_stores(tmp_path)[:1]
+    out = tmp_path / "out"
+    fc.sweep(stores, out_dir=out, layers=[0], **KW)
+    (path,) = _task_files(out)
+    doc = json.loads(path.read_text())
+    del doc["sha256"]
+    path.write_text(json.dumps(doc))
+    capsys.readouterr()
+    fc.sweep(stores, out_dir=out, layers=[0], **KW)
+    assert f"{path} carries no checksum" in capsys.readouterr().err
+
+
+# ---- 5. one writer per output directory ---------------------------------------------------------
+
+_HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import fastconvex as fc
+    import fastconvex._sweep as sw
+
+    store, out, started, go = sys.argv[1:5]
+    real = sw.run_layer_task
+
+    def held(*args, **kwargs):  # the sweep holds out_dir's lock until the test lets it go on
+        Path(started).touch()
+        while not Path(go).exists():
+            time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    sw.run_layer_task = held
+    fc.sweep(store, out_dir=out, pairs=30, plot=False, verbose=False, layers=[0])
+""")
+
+
+def test_a_second_sweep_into_a_busy_out_dir_is_refused(tmp_path):
+    store = make_stores(tmp_path)[0]
+    out, started, go = tmp_path / "out", tmp_path / "started", tmp_path / "go"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(store.path), str(out), str(started), str(go)])
+    try:
+        for _ in range(1200):  # wait (at most 2 minutes) until the holder is inside its sweep
+            if started.exists() or holder.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert started.exists(), "the first sweep never started"
+        second = subprocess.run([sys.executable, "-m", "fastconvex", "sweep", str(store.path), "--out-dir", str(out),
+                                 "--pairs", "30", "--no-plot", "--layers", "0"], capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 1
+        assert second.stderr.count("\n") == 1 and second.stdout == ""
+        assert f"out_dir {str(out)!r} is in use by another sweep (pid {holder.pid} on host" in second.stderr
+    finally:
+        go.touch()
+        assert holder.wait(timeout=120) == 0
+    assert not (out / ".sweep.lock.holder").exists()
+    fc.sweep(store, out_dir=out, layers=[0], verbose=False, **KW)  # free again once the holder finished
+
+
+# ---- 6. the command reports what it computed ----------------------------------------------------
+
+
+def test_command_reports_its_own_results_not_the_file(tmp_path, capsys, monkeypatch):
+    stores = make_stores(tmp_path)[:1]
+    import fastconvex._sweep_out as sweep_out
+
+    real = sweep_out.write_json_atomic
+
+    def then_another_run_writes(path, obj):  # another writer replaces sweep.json right after this run
+        real(path, obj)
+        if Path(path).name == "sweep.json":
+            real(path, {**obj, "computed": -1, "stores": {"store0": {**obj["stores"]["store0"], "scores": [0.5] * 3,
+                                                                     "layer_indices": [0, 1, 2]}}})
+
+    monkeypatch.setattr(sweep_out, "write_json_atomic", then_another_run_writes)
+    assert main(["sweep", str(stores[0].path), "--out-dir", str(tmp_path / "out"), "--pairs", "30", "--no-plot",
+                 "--json", "--quiet"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    ref = fc.layer_scores(stores[0].layers, stores[0].labels, pairs=30)
+    assert doc["computed"] == 3 and doc["stores"]["store0"]["scores"] == ref.scores.tolist()
+
+
+# ---- 7. links out of the store ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("member", ["layer_001.npy", "labels/labels.npy"])
+def test_symlink_out_of_the_store_is_refused(tmp_path, member):
+    store = make_stores(tmp_path)[0]
+    elsewhere = tmp_path / "elsewhere.npy"
+    os.replace(store.path / member, elsewhere)
+    os.symlink(elsewhere, store.path / member)
+    with pytest.raises(ValueError, match=rf"store0/{member}: resolves to {elsewhere}, outside the store"):
+        fc.open_store(store.path)
+    # a link inside the store is its own content
+    os.unlink(store.path / member)
+    os.replace(elsewhere, store.path / "kept.npy")
+    os.symlink(store.path / "kept.npy", store.path / member)
+    fc.open_store(store.path).verify()
+
+
+# ---- 8. merged outputs of other settings are not replaced unasked -------------------------------
+
+
+def test_outputs_of_other_settings_need_overwrite(tmp_path, capsys):
+    stores = make_stores(tmp_path)[:1]
+    out = tmp_path / "out"
+    paths = [str(stores[0].path), "--out-dir", str(out), "--no-plot"]
+    assert main(["sweep", *paths, "--pairs", "30"]) == 0
+    before = (out / "sweep.json").read_bytes()
+    capsys.readouterr()
+    assert main(["sweep", *paths, "--pairs", "31"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sweep.json was written by a sweep with other settings (budget 30 there, 31 now)" \
+        in err and "--overwrite" in err
+    assert (out / "sweep.json").read_bytes() == before and len(_task_files(out)) == 3  # nothing computed
+    # fewer layers than the earlier sweep would drop its merged rows
+    with pytest.raises(ValueError, match=r"also holds store 'store0' layer\(s\) \[2\]"):
+        fc.sweep(stores, out_dir=out, layers=[0, 1], **KW)
+    assert main(["sweep", *paths, "--pairs", "31", "--overwrite"]) == 0
+    assert json.loads((out / "sweep.json").read_text())["settings"]["budget"] == 31
+    # a sweep.csv that no sweep.json explains
+    (out / "sweep.json").unlink()
+    with pytest.raises(ValueError, match=r"holds sweep\.csv but no sweep\.json"):
+        fc.sweep(stores, out_dir=out, **KW)
+
+
+# ---- 9. options checked before any work ---------------------------------------------------------
+
+
+def test_cuda_without_cuda_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    store = make_stores(tmp_path)[0]
+    out = tmp_path / "out"
+    assert main(["sweep", str(store.path), "--out-dir", str(out), "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "device='cuda' was requested, but no CUDA device is visible" in err
+    assert not out.exists()
+
+
+def test_retries_only_with_ray(tmp_path, capsys):
+    store = make_stores(tmp_path)[0]
+    out = tmp_path / "out"
+    assert main(["sweep", str(store.path), "--out-dir", str(out), "--retries", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "retries applies to engine='ray'" in err and not out.exists()
+    with pytest.raises(ValueError, match="retries applies to engine='ray'"):
+        fc.sweep(store, out_dir=out, retries=2)
+
+
+# ---- 10. errors name their files ----------------------------------------------------------------
+
+
+def test_errors_name_the_files(tmp_path):
+    store = fc.save_store(tmp_path / "s", [np.ones((4, 2), np.float32)], ["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match=rf"store 's' \({tmp_path / 's' / 'labels' / 'labels.npy'}\): .*class"):
+        fc.sweep(store, out_dir=tmp_path / "out", verbose=False, k=2, **KW)
+    twin = fc.save_store(tmp_path / "t" / "s", [np.ones((4, 2), np.float32)], ["a", "a", "b", "b"])
+    with pytest.raises(ValueError, match=rf"share the name\(s\) \['s'\] \({tmp_path / 's'}, {twin.path}\)"):
+        fc.sweep([store.path, twin.path], out_dir=tmp_path / "out", verbose=False, **KW)
+
+
+def test_euclidean_store_errors_name_the_store(euclid, tmp_path, capsys):  # noqa: F811
+    root, _, _ = euclid
+    narrow = fc.save_store(tmp_path / "narrow", [np.zeros((4, 5), np.float32)], [1, 1, 2, 2], utterance=[0, 0, 1, 1])
+    assert main(["sweep", str(narrow.path), "--out-dir", str(tmp_path / "o"), "--measure", "euclidean",
+                 "--model", str(root / "model")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"STORE {narrow.path}: model: hidden size 32 differs" in err
+    with pytest.raises(ValueError, match=rf"store 'narrow' \({narrow.path}\): model: hidden size 32 differs"):
+        fc.sweep(narrow, out_dir=tmp_path / "o", measure="euclidean", model=root / "model", verbose=False)
