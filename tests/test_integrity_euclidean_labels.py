@@ -201,9 +201,13 @@ def test_sweep_refuses_other_names_and_follows_label_map(setup, tmp_path):
     named = fc.sweep(store, out_dir=tmp_path / "named", model=root / "named", **kw)["store"]
     mapped = fc.sweep(store, out_dir=tmp_path / "mapped", model=root / "generic", label_map=MAP, **kw)["store"]
     assert_same(mapped, named)
-    # the map is part of each result's settings: another map in the same directory is recomputed
+    # the map is part of each result's settings: another map in the same directory is refused
+    # unless overwrite=True, and then recomputed
+    with pytest.raises(ValueError, match="written by a sweep with other settings"):
+        fc.sweep(store, out_dir=tmp_path / "mapped", model=root / "generic",
+                 label_map={"yes": 1, "no": 2, "up": 0}, **kw)
     permuted = fc.sweep(store, out_dir=tmp_path / "mapped", model=root / "generic",
-                        label_map={"yes": 1, "no": 2, "up": 0}, **kw)["store"]
+                        label_map={"yes": 1, "no": 2, "up": 0}, overwrite=True, **kw)["store"]
     reference = fc.layer_euclidean_scores(list(states), labels, _predictor(model, GENERIC), lengths=n_frames,
                                           label_map={"yes": 1, "no": 2, "up": 0}, batch_size=1024, **KW)
     assert_same(permuted, reference)
