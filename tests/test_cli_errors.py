@@ -85,10 +85,10 @@ def test_non_utf8_label_text(files, capsys):
     (files / "latin.txt").write_bytes(("a\n" * 30 + "caf\xe9\n" * 30).encode("latin-1"))
     code, _, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "latin.txt"])
     assert code == 1
-    assert "latin.txt is not UTF-8 text (byte 0xe9 on line 31)" in _one_line(err, "fastconvex score: error:")
+    assert "latin.txt': byte 0xe9 at offset 63 (line 31) is not valid UTF-8" in _one_line(err, "fastconvex score: error:")
     (files / "latin.csv").write_bytes(("label\n" + "caf\xe9\n" * 60).encode("latin-1"))
     code, _, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "latin.csv"])
-    assert code == 1 and "latin.csv is not UTF-8 text (byte 0xe9 on line 2)" in err
+    assert code == 1 and "latin.csv': byte 0xe9 at offset 9 (line 2) is not valid UTF-8" in err
 
 
 def test_headerless_csv_does_not_lose_its_first_label(files, capsys):

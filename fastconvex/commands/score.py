@@ -184,14 +184,10 @@ def _has_npy_magic(p: Path) -> bool:
 
 
 def _read_text(p: Path) -> str:
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = p.read_bytes()[: exc.start].count(b"\n") + 1
-        raise ValueError(
-            f"LABELS: {p.name} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
-            "convert it, e.g. iconv -f latin1 -t utf-8"
-        ) from None
+    """A labels text file, decoded as every text input is (:mod:`fastconvex._text`)."""
+    from fastconvex._text import read_text_input
+
+    return read_text_input(p, f"LABELS {str(p)!r}")
 
 
 def load_labels(path: str | Path, *, column: str | None = None) -> np.ndarray:
@@ -223,7 +219,8 @@ def load_labels(path: str | Path, *, column: str | None = None) -> np.ndarray:
             raise ValueError(f"LABELS: {p.name} has shape {labels.shape}, expected (N,)")
         return labels
     if suffix == ".txt":
-        lines = _read_text(p).splitlines()
+        # split on line ends only: str.splitlines would also split a label at \x85 or \u2028
+        lines = _read_text(p).split("\n")
         while lines and not lines[-1].strip():
             lines.pop()
         for n, line in enumerate(lines, start=1):

@@ -1,0 +1,121 @@
+"""Issue 24, the command line's part: text inputs decoded one way (UTF-8 with
+or without a byte-order mark, UTF-16 with one, any line ends), output paths
+that would destroy an input refused, Ctrl-C as one line, options that would be
+ignored refused, late checks made first, big-integer labels, and label-file
+errors that name their file."""
+
+from __future__ import annotations
+
+import codecs
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastconvex._text import TextDecodeError, decode_text
+from fastconvex.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(capsys, argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_error_line(err: str) -> str:
+    """stderr holds exactly one line, the error, and no traceback."""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ------------------------------------------------------------------ text inputs
+
+LABELS = ["café", "naïve", "日本"] * 20  # non-ASCII, so a wrong decoding changes the classes
+
+ENCODINGS = {  # name -> (bytes of the byte-order mark, codec)
+    "utf-8": (b"", "utf-8"),
+    "utf-8-bom": (codecs.BOM_UTF8, "utf-8"),
+    "utf-16-le-bom": (codecs.BOM_UTF16_LE, "utf-16-le"),
+    "utf-16-be-bom": (codecs.BOM_UTF16_BE, "utf-16-be"),
+}
+
+
+def _encode(lines: list[str], encoding: str, newline: str) -> bytes:
+    bom, codec = ENCODINGS[encoding]
+    return bom + "".join(line + newline for line in lines).encode(codec)
+
+
+@pytest.fixture()
+def emb(tmp_path):
+    rng = np.random.default_rng(0)
+    codes = np.array([("café", "naïve", "日本").index(v) for v in LABELS])
+    np.save(tmp_path / "emb.npy", (rng.normal(size=(2, len(LABELS), 4)) + codes[:, None]).astype(np.float32))
+    return tmp_path
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".csv"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_labels_in_every_accepted_encoding_score_as_the_plain_file(emb, capsys, suffix, newline, encoding):
+    lines = (["label"] if suffix == ".csv" else []) + LABELS
+    (emb / f"plain{suffix}").write_bytes(_encode(lines, "utf-8", "\n"))
+    (emb / f"other{suffix}").write_bytes(_encode(lines, encoding, newline))
+    results = []
+    for name in ("plain", "other"):
+        code, out, err = _run(capsys, ["score", emb / "emb.npy", "--labels", emb / f"{name}{suffix}", "--json",
+                                       "--quiet"])
+        assert code == 0, err
+        results.append(json.loads(out))
+    assert results[1] == results[0]
+    assert sorted(results[0]["classes"]) == sorted(set(LABELS))  # no mark, no \r in a class name
+
+
+_label_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"), min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=st.lists(_label_text, min_size=1, max_size=6), encoding=st.sampled_from(list(ENCODINGS)),
+       newline=st.sampled_from(["\n", "\r\n", "\r"]))
+def test_decode_text_reads_the_same_lines_in_every_accepted_encoding(lines, encoding, newline):
+    text = decode_text(_encode(lines, encoding, newline), "LABELS 'x.txt'")
+    assert text.split("\n") == [*lines, ""]
+
+
+@pytest.mark.parametrize("data, offset, byte", [
+    ("a\nb\ncaf\xe9\n".encode("latin-1"), 7, 0xE9),  # Latin-1
+    ("a\nb\n".encode("utf-16-le"), 1, 0x00),  # UTF-16 without a mark: valid UTF-8, but NULs
+    (codecs.BOM_UTF16_LE + "ab".encode("utf-16-le") + b"\x00\xdc", 6, 0x00),  # a lone low surrogate
+])
+def test_other_encodings_are_one_line_naming_the_file_and_byte(emb, capsys, data, offset, byte):
+    (emb / "bad.txt").write_bytes(data)
+    code, out, err = _run(capsys, ["score", emb / "emb.npy", "--labels", emb / "bad.txt"])
+    line = _one_error_line(err)
+    assert code == 1 and out == ""
+    assert line.startswith(f"fastconvex score: error: LABELS {str(emb / 'bad.txt')!r}")
+    assert f"0x{byte:02x} at offset {offset}" in line
+
+
+def test_utf32_is_refused_naming_it():
+    with pytest.raises(TextDecodeError, match=r"LABELS 'y.txt' is UTF-32 text"):
+        decode_text(codecs.BOM_UTF32_LE + "a\n".encode("utf-32-le"), "LABELS 'y.txt'")
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_audio_csv_manifest_in_every_accepted_encoding(tmp_path, encoding):
+    from fastconvex.hf import find_audio
+
+    for name in ("a.wav", "b.wav"):
+        (tmp_path / name).write_bytes(b"")  # find_audio checks that the files exist, not their contents
+    lines = ["path,label", "a.wav,café", "b.wav,日本"]
+    (tmp_path / "plain.csv").write_bytes(_encode(lines, "utf-8", "\n"))
+    (tmp_path / "other.csv").write_bytes(_encode(lines, encoding, "\r\n"))
+    assert find_audio(tmp_path / "other.csv") == find_audio(tmp_path / "plain.csv")
+    assert find_audio(tmp_path / "plain.csv")[1] == ["café", "日本"]
