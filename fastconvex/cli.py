@@ -169,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         quiet_compilation_notice()
     try:
+        from .commands._paths import check_outputs_spare_inputs
+
+        # an output that would destroy an input first: "--out exists, pass --overwrite" would be bad advice
+        check_outputs_spare_inputs(args)
         _check_out_file(args)
         module = importlib.import_module(args._module)
         with warnings.catch_warnings():

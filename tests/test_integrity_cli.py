@@ -119,3 +119,119 @@ def test_audio_csv_manifest_in_every_accepted_encoding(tmp_path, encoding):
     (tmp_path / "other.csv").write_bytes(_encode(lines, encoding, "\r\n"))
     assert find_audio(tmp_path / "other.csv") == find_audio(tmp_path / "plain.csv")
     assert find_audio(tmp_path / "plain.csv")[1] == ["café", "日本"]
+
+
+# ------------------------------------------------------------------ outputs never destroy inputs
+
+@pytest.fixture()
+def inputs(tmp_path):
+    """Every kind of input, in ``tmp_path/in`` (so tmp_path itself is free for outputs)."""
+    root = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    (root / "embdir").mkdir(parents=True)
+    np.save(root / "emb.npy", (rng.normal(size=(2, 60, 4)) + y[:, None]).astype(np.float32))
+    np.save(root / "embdir" / "layer_0.npy", rng.normal(size=(60, 4)).astype(np.float32))
+    np.save(root / "y.npy", y)
+    (root / "model").mkdir()
+    (root / "model" / "config.json").write_text("{}")
+    (root / "audio" / "yes").mkdir(parents=True)
+    (root / "audio" / "yes" / "a.wav").write_bytes(b"RIFF")
+    (root / "clips").mkdir()
+    (root / "clips" / "b.wav").write_bytes(b"RIFF")
+    (root / "audio.csv").write_text("path,label\nclips/b.wav,no\n")
+    (root / "store").mkdir()
+    (root / "store" / "store.json").write_text("{}")
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _destroying_cases(r: Path) -> list[tuple[list, str, str]]:
+    """(argv, the error's start after 'error: ', the input it names)."""
+    model, audio, csv_ = r / "model", r / "audio", r / "audio.csv"
+    score = ["score", r / "emb.npy", "--labels", r / "y.npy"]
+    return [
+        ([*score, "--out", r / "emb.npy", "--overwrite"], f"--out {str(r / 'emb.npy')!r} is", "EMBEDDINGS"),
+        ([*score, "--out", r / "y.npy", "--overwrite"], f"--out {str(r / 'y.npy')!r} is", "LABELS"),
+        ([*score, "--plot", r / "emb.npy", "--overwrite"], f"--plot {str(r / 'emb.npy')!r} is", "EMBEDDINGS"),
+        (["score", r / "embdir", "--labels", r / "y.npy", "--out", r / "embdir" / "r.json"],
+         f"--out {str(r / 'embdir' / 'r.json')!r} lies inside", "EMBEDDINGS"),
+        ([*score, "--out", r, "--overwrite"], f"--out {str(r)!r} contains", "EMBEDDINGS"),
+        (["prune", model, "--audio", audio, "--out", model, "--overwrite"], f"--out {str(model)!r} is", "MODEL"),
+        (["prune", model, "--audio", audio, "--out", model / "cut"], f"--out {str(model / 'cut')!r} lies inside",
+         "MODEL"),
+        (["prune", model, "--audio", audio, "--out", r, "--overwrite"], f"--out {str(r)!r} contains", "MODEL"),
+        (["prune", model, "--audio", audio, "--out", r.parent / "cut", "--embeddings-dir", audio / "yes",
+          "--overwrite"], f"--embeddings-dir {str(audio / 'yes')!r} lies inside", "--audio"),
+        (["prune", model, "--audio", csv_, "--out", r / "clips", "--overwrite"], f"--out {str(r / 'clips')!r} contains",
+         f"file {str(r / 'clips' / 'b.wav')!r} (listed in --audio {str(csv_)!r})"),
+        (["sweep", r / "store", "--out-dir", r / "store"], f"--out-dir {str(r / 'store')!r} is", "STORE"),
+        (["sweep", r / "store", "--out-dir", r / "store" / "s"], f"--out-dir {str(r / 'store' / 's')!r} lies inside",
+         "STORE"),
+        (["sweep", r / "store", "--out-dir", r], f"--out-dir {str(r)!r} contains", "STORE"),
+        (["embed", model, "--audio", audio, "--out-dir", audio, "--overwrite"], f"--out-dir {str(audio)!r} is",
+         "--audio"),
+        (["embed", model, "--audio", audio, "--out-dir", model / "store"],
+         f"--out-dir {str(model / 'store')!r} lies inside", "MODEL"),
+        (["embed", model, "--audio", csv_, "--out-dir", r / "clips", "--overwrite"],
+         f"--out-dir {str(r / 'clips')!r} contains", "file"),
+        (["finetune", model, "--audio", audio, "--out-dir", model, "--overwrite"], f"--out-dir {str(model)!r} is",
+         "MODEL_DIR"),
+        (["finetune", model, "--audio", audio, "--out-dir", audio / "yes" / "m"],
+         f"--out-dir {str(audio / 'yes' / 'm')!r} lies inside", "--audio"),
+        (["finetune", model, "--audio", audio, "--out-dir", r, "--overwrite"], f"--out-dir {str(r)!r} contains",
+         "MODEL_DIR"),
+        (["finetune", model, "--audio", csv_, "--out-dir", r.parent / "ft", "--labels", r / "y.npy", "--out",
+          r / "y.npy", "--overwrite"], f"--out {str(r / 'y.npy')!r} is", "--labels"),
+        (["demo", "--model-dir", model, "--out-dir", model], f"--out-dir {str(model)!r} is", "--model-dir"),
+        (["demo", "--model-dir", model, "--out-dir", r], f"--out-dir {str(r)!r} contains", "--model-dir"),
+    ]
+
+
+def test_every_case_list_covers_every_command_with_inputs():
+    from fastconvex.commands._paths import INPUTS, OUTPUTS
+    from fastconvex.cli import COMMANDS
+
+    assert set(OUTPUTS) == set(INPUTS) == set(COMMANDS)
+    covered = {argv[0] for argv, _, _ in _destroying_cases(Path("/r"))}
+    assert covered == {c for c, names in INPUTS.items() if names}
+
+
+@pytest.mark.parametrize("case", range(len(_destroying_cases(Path("/r")))))
+def test_an_output_that_is_contains_or_lies_inside_an_input_is_refused(inputs, capsys, case):
+    argv, start, named = _destroying_cases(inputs)[case]
+    before = _snapshot(inputs)
+    code, out, err = _run(capsys, argv)
+    line = _one_error_line(err)
+    assert code == 2 and out == "", err
+    assert line.startswith(f"fastconvex {argv[0]}: error: {start} the input {named}"), line
+    assert "--overwrite or not" in line
+    assert _snapshot(inputs) == before
+
+
+def test_a_link_to_an_input_is_the_input(inputs, capsys):
+    (inputs.parent / "link.npy").symlink_to(inputs / "y.npy")
+    (inputs.parent / "hard.npy").hardlink_to(inputs / "emb.npy")
+    (inputs.parent / "dirlink").symlink_to(inputs / "model", target_is_directory=True)
+    before = _snapshot(inputs)
+    for argv, named in (
+        (["score", inputs / "emb.npy", "--labels", inputs / "y.npy", "--out", inputs.parent / "link.npy",
+          "--overwrite"], "LABELS"),
+        (["score", inputs / "emb.npy", "--labels", inputs / "y.npy", "--out", inputs.parent / "hard.npy",
+          "--overwrite"], "EMBEDDINGS"),
+        (["finetune", inputs / "model", "--audio", inputs / "audio", "--out-dir", inputs.parent / "dirlink" / "x"],
+         "MODEL_DIR"),
+    ):
+        code, _, err = _run(capsys, argv)
+        assert code == 2 and f"the input {named} " in _one_error_line(err), err
+    assert _snapshot(inputs) == before
+
+
+def test_outputs_beside_the_inputs_are_fine(inputs, capsys):
+    code, out, err = _run(capsys, ["score", inputs / "emb.npy", "--labels", inputs / "y.npy", "--out",
+                                   inputs / "emb.json", "--quiet"])
+    assert code == 0, err
+    assert json.loads((inputs / "emb.json").read_text())["best_layer"] in (0, 1)

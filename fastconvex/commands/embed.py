@@ -83,6 +83,9 @@ def _run(args: argparse.Namespace) -> int:
     if store_path.exists() and not args.overwrite:
         raise FileExistsError(f"--out-dir {str(store_path)!r} already exists (pass --overwrite to replace it)")
     paths, labels = hf.find_audio(args.audio)
+    from ._paths import check_listed_audio
+
+    check_listed_audio(args, paths)  # before the model is loaded
     if args.max_per_class is not None:
         idx = _subsample(labels, args.max_per_class, args.seed)
         paths, labels = [paths[i] for i in idx], [labels[i] for i in idx]

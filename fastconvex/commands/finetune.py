@@ -101,6 +101,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--label-column applies to a CSV (--labels FILE.csv or an --audio CSV)")
     audio_labels = {"label_column": args.label_column} if args.labels is None and args.label_column else {}
     paths, labels = hf.find_audio(args.audio, **audio_labels)
+    from ._paths import check_listed_audio
+
+    check_listed_audio(args, paths)  # before the model is loaded
     if args.labels is not None:
         from .score import load_labels
 

@@ -184,6 +184,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--embeddings-dir {str(args.embeddings_dir)!r} already exists (pass --overwrite to replace it)")
 
     paths, labels = hf.find_audio(args.audio)
+    from ._paths import check_listed_audio
+
+    check_listed_audio(args, paths)  # before the model is loaded
     if args.max_per_class is not None:
         idx = _subsample(labels, args.max_per_class, args.seed)
         paths = [paths[i] for i in idx]
