@@ -150,9 +150,26 @@ def _check_out_file(args: argparse.Namespace) -> None:
         check_output_file(out, "--out", overwrite=getattr(args, "overwrite", False))
 
 
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT (128 + 2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 data error,
-    2 usage error, 130 interrupted)."""
+    2 usage error, 130 interrupted).
+
+    Ctrl-C at any moment is one line on stderr and status 130: ``import
+    fastconvex`` loads nothing heavy, so the imports of numpy, numba, torch
+    and transformers (the parser imports every command) happen in here too."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the command is known (parsing, imports)
+        if "--debug" in (sys.argv[1:] if argv is None else argv):
+            raise
+        print("fastconvex: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from .commands._output import DataError, UsageError
 
     parser = build_parser()
@@ -183,8 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"{prefix}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{prefix}: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that reports errors
         if args.debug:
             raise

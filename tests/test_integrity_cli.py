@@ -235,3 +235,71 @@ def test_outputs_beside_the_inputs_are_fine(inputs, capsys):
                                    inputs / "emb.json", "--quiet"])
     assert code == 0, err
     assert json.loads((inputs / "emb.json").read_text())["best_layer"] in (0, 1)
+
+
+# ------------------------------------------------------------------ Ctrl-C at any moment
+
+# Runs the command line as the console script does (``from fastconvex.cli import main;
+# sys.exit(main())``) or as ``python -m fastconvex``, and sends itself SIGINT at a chosen
+# moment: when a module is first imported, or when a function is first called. The
+# moments are events, not delays, so the test is deterministic.
+_SIGINT_AT = r"""
+import os, runpy, signal, sys
+
+how, kind, target = sys.argv[1:4]
+del sys.argv[1:4]
+
+
+def interrupt():
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+if kind == "import":
+    class Trip:
+        def find_spec(self, name, path=None, target_module=None):
+            if name == target:
+                sys.meta_path.remove(self)
+                interrupt()
+            return None
+
+    sys.meta_path.insert(0, Trip())
+else:
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == target:
+            sys.setprofile(None)
+            interrupt()
+
+    sys.setprofile(profile)
+if how == "script":
+    from fastconvex.cli import main
+
+    sys.exit(main())
+sys.argv[0] = "fastconvex"
+runpy.run_module("fastconvex", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+@pytest.mark.parametrize("kind, target, line", [
+    ("import", "numpy", "fastconvex: interrupted"),  # start-up: the parser's imports
+    ("import", "numba", "fastconvex score: interrupted"),  # the kernels, once the command runs
+    ("import", "fastconvex.commands.prune", "fastconvex: interrupted"),
+    ("call", "parse_args", "fastconvex: interrupted"),
+    ("call", "load_labels", "fastconvex score: interrupted"),  # the work
+    ("call", "layer_scores", "fastconvex score: interrupted"),
+    ("call", "emit_report", "fastconvex score: interrupted"),
+])
+def test_ctrl_c_at_any_moment_is_one_line_and_status_130(emb, how, kind, target, line):
+    import os
+    import subprocess
+    import sys
+
+    (emb / "y.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGINT_AT, how, kind, target, "score", str(emb / "emb.npy"), "--labels",
+         str(emb / "y.txt"), "--quiet"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.stderr.splitlines() == [line], proc.stderr
+    assert proc.returncode == 130
