@@ -134,6 +134,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Common options (SPEC §4: accepted everywhere) that a command has no use for, and
+# why: a value other than the default is refused, never silently ignored.
+COMMON_DEFAULTS = {"seed": 0, "device": None, "backend": "auto"}
+UNUSED_COMMON = {
+    "env": {
+        "seed": "env draws nothing at random",
+        "device": "env lists every device torch sees",
+        "backend": "env lists every backend and what auto resolves to",
+    },
+    "embed": {"backend": "embed computes no convexity; pass it to the sweep that scores the store"},
+    "finetune": {"backend": "finetune computes no convexity; the backend runs the kNN graph kernels"},
+}
+
+
+def _refuse_unused_common(args: argparse.Namespace) -> None:
+    """A common option given to a command that would ignore it: a usage error saying why."""
+    from .commands._output import UsageError
+
+    for option, why in UNUSED_COMMON.get(args.command, {}).items():
+        value = getattr(args, option, COMMON_DEFAULTS[option])
+        if value != COMMON_DEFAULTS[option]:
+            raise UsageError(f"--{option} {value} has no effect on {args.command} ({why}); leave it out")
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
@@ -189,6 +213,7 @@ def _main(argv: Sequence[str] | None) -> int:
         from .commands._paths import check_outputs_spare_inputs
 
         # an output that would destroy an input first: "--out exists, pass --overwrite" would be bad advice
+        _refuse_unused_common(args)
         check_outputs_spare_inputs(args)
         _check_out_file(args)
         module = importlib.import_module(args._module)

@@ -303,3 +303,86 @@ def test_ctrl_c_at_any_moment_is_one_line_and_status_130(emb, how, kind, target,
     )
     assert proc.stderr.splitlines() == [line], proc.stderr
     assert proc.returncode == 130
+
+
+# ------------------------------------------------------------------ options never silently ignored
+
+@pytest.mark.parametrize("argv, message", [
+    (["env", "--seed", "3"], "--seed 3 has no effect on env (env draws nothing at random)"),
+    (["env", "--device", "cpu"], "--device cpu has no effect on env"),
+    (["env", "--backend", "numba"], "--backend numba has no effect on env"),
+    (["finetune", "M", "--audio", "A", "--out-dir", "O", "--backend", "numba"],
+     "--backend numba has no effect on finetune (finetune computes no convexity"),
+    (["embed", "M", "--audio", "A", "--out-dir", "O", "--backend", "triton"],
+     "--backend triton has no effect on embed (embed computes no convexity"),
+    (["embed", "M", "--audio", "A", "--out-dir", "O", "--seed", "4"],
+     "--seed draws the --max-per-class subsample"),
+    (["embed", "M", "--audio", "A", "--out-dir", "O", "--retries", "1"], "--retries applies to --engine ray only"),
+    (["embed", "M", "--audio", "A", "--out-dir", "O", "--chunk-size", "9", "--address", "auto"],
+     "--address, --chunk-size applies to --engine ray only"),
+    (["prune", "M", "--audio", "A", "--out", "O", "--keep", "2", "--rule", "1se"],
+     "--keep 2 sets the cut, so --rule 1se (how fastconvex chooses it) would be ignored"),
+    (["prune", "M", "--audio", "A", "--out", "O", "--dtype", "float16"],
+     "--dtype float16 is the dtype of the --embeddings-dir store"),
+    (["demo", "--out-dir", "O", "--keep", "2", "--rule", "1se"], "--keep 2 sets the cut, so --rule 1se"),
+    (["demo", "--out-dir", "O", "--keep", "0"], "--keep must be at least 1"),
+    (["demo", "--out-dir", "O", "--tasks", "speakers", "--voices", "3"],
+     "--voices applies to the words task, which --tasks speakers does not run"),
+    (["demo", "--out-dir", "O", "--tasks", "words", "--asterisk-clips", "3"],
+     "--asterisk-clips applies to the asterisk tasks"),
+])
+def test_an_option_that_would_be_ignored_is_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
+    import fastconvex.demo
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the demo started before its options were checked")
+
+    monkeypatch.setattr(fastconvex.demo, "run_demo", no_work)
+    monkeypatch.chdir(tmp_path)  # "O" is a fresh output path; "M" and "A" exist nowhere
+    code, out, err = _run(capsys, argv)
+    line = _one_error_line(err)
+    assert code == 2 and out == ""
+    assert line.startswith(f"fastconvex {argv[0]}: error: {message}"), line
+    assert not (tmp_path / "O").exists()
+
+
+def test_the_defaults_of_unused_options_are_accepted(capsys):
+    code, out, err = _run(capsys, ["env", "--seed", "0", "--backend", "auto", "--json"])
+    assert code == 0, err
+    assert "backends" in json.loads(out)
+
+
+def test_bench_runs_on_the_device_it_is_given(capsys, monkeypatch):
+    import fastconvex._bench as bench
+
+    devices = []
+    real = bench.graph_convexity
+
+    def recording(*args, **kwargs):
+        if kwargs.get("backend") != "naive":
+            devices.append(kwargs.get("device"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "graph_convexity", recording)
+    code, out, err = _run(capsys, ["bench", "--sizes", "40", "--dim", "3", "--classes", "2", "--k", "3",
+                                   "--pairs", "50", "--backend", "numba", "--device", "cpu", "--json"])
+    assert code == 0, err
+    assert devices and set(devices) == {"cpu"}
+    assert json.loads(out)["device"] == "cpu"
+
+
+# ------------------------------------------------------------------ checks before minutes of work
+
+def test_demo_keep_beyond_the_encoder_is_refused_before_any_data(tmp_path, capsys, monkeypatch):
+    """Whisper tiny.en has 4 encoder blocks: --keep 99 is refused once the model is loaded (seconds),
+    before any data set is made or encoded (minutes)."""
+    import fastconvex.demo.experiment as experiment
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was made before --keep was checked")
+
+    monkeypatch.setattr(experiment, "load_task", no_data)
+    code, out, err = _run(capsys, ["demo", "--out-dir", tmp_path / "o", "--keep", "99", "--tasks", "speakers",
+                                   "--quiet", "--no-fetch"])
+    assert code == 2 and out == ""
+    assert _one_error_line(err) == "fastconvex demo: error: --keep must be in 1..4 (the encoder's blocks), got 99"

@@ -179,6 +179,12 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if args.keep is not None and args.keep < 1:
         raise ValueError(f"--keep must be at least 1, got {args.keep}")
+    if args.keep is not None and args.rule != "argmax":
+        raise UsageError(f"--keep {args.keep} sets the cut, so --rule {args.rule} (how fastconvex chooses it) "
+                         "would be ignored; give one of them")
+    if args.dtype != "float32" and args.embeddings_dir is None:
+        raise UsageError(f"--dtype {args.dtype} is the dtype of the --embeddings-dir store; without "
+                         "--embeddings-dir the states are scored in memory as float32")
     score_kwargs = scoring_kwargs(args)
     if args.embeddings_dir is not None and Path(args.embeddings_dir).exists() and not args.overwrite:
         raise ValueError(f"--embeddings-dir {str(args.embeddings_dir)!r} already exists (pass --overwrite to replace it)")
