@@ -106,6 +106,7 @@ def test_finetune_with_a_labels_file(data, capsys, tmp_path):
     [
         (["--audio", "missing_dir"], 2, "does not exist"),
         (["--context-seconds", "1"], 2, "--context-seconds is for Whisper models"),
+        (["--truncate"], 2, "--truncate is for Whisper models"),
         (["--groups-column", "speaker"], 2, "--groups-column needs --audio to be a CSV"),
         (["--epochs", "0"], 2, "must be a positive number"),
         (["--eval-split", "1"], 2, "--eval-split must be a fraction below 1"),

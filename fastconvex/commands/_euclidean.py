@@ -18,8 +18,8 @@ import numpy as np
 
 from ._output import DataError, UsageError
 
-__all__ = ["add_measure_arguments", "check_graph_only", "euclidean_kwargs", "load_sequence_layers", "prune_scores",
-           "run_score"]
+__all__ = ["add_measure_arguments", "check_graph_only", "check_prune_euclidean", "euclidean_kwargs",
+           "load_sequence_layers", "prune_scores", "run_score"]
 
 
 def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = True,
@@ -164,6 +164,15 @@ def run_score(args: argparse.Namespace, plot_path: Path | None = None) -> int:
     return emit_result(args, result, names, plot_path)
 
 
+def check_prune_euclidean(args: argparse.Namespace) -> dict[str, Any]:
+    """``prune --measure euclidean``'s options, checked before any work; the
+    keyword arguments of ``layer_euclidean_scores``."""
+    kwargs = euclidean_kwargs(args, needs_model=False)
+    if args.embeddings_dir is not None or args.mix_lengths:
+        raise UsageError("--embeddings-dir and --mix-lengths apply to graph convexity's pooled states")
+    return kwargs
+
+
 def prune_scores(args: argparse.Namespace, model: Any, fe: Any, audio: Any, labels: list[Any], rate: int) -> Any:
     """``prune --measure euclidean``: Euclidean convexity per layer of MODEL (a
     classifier) on the audio, every hidden state as frame sequences
@@ -172,9 +181,7 @@ def prune_scores(args: argparse.Namespace, model: Any, fe: Any, audio: Any, labe
     from fastconvex import hf
     from fastconvex.cli import log
 
-    kwargs = euclidean_kwargs(args, needs_model=False)
-    if args.embeddings_dir is not None or args.mix_lengths:
-        raise UsageError("--embeddings-dir and --mix-lengths apply to graph convexity's pooled states")
+    kwargs = check_prune_euclidean(args)  # checked before the model was loaded; here for its result
     predictor = hf.predict_from_layer(model)
     log(args, f"frame sequences of {predictor.num_layers} hidden states of {type(model).__name__}")
     states, n_frames = hf.hidden_state_sequences(

@@ -124,6 +124,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.context_seconds is not None and not is_whisper(model):
         raise UsageError(f"--context-seconds is for Whisper models; {type(model).__name__} takes audio of any length")
+    if args.truncate and not is_whisper(model):
+        raise UsageError(f"--truncate is for Whisper models (clips longer than the context); "
+                         f"{type(model).__name__} takes audio of any length, so nothing would be cut")
     rate = args.sampling_rate or int(getattr(fe, "sampling_rate", None) or 16000)
     audio = hf.AudioFiles(paths, sampling_rate=rate)
 

@@ -168,6 +168,10 @@ def _run(args: argparse.Namespace) -> int:
         from ._euclidean import check_graph_only
 
         check_graph_only(args, model_option=False)
+    else:  # the Euclidean options, before the audio is listed and the model loaded
+        from ._euclidean import check_prune_euclidean
+
+        check_prune_euclidean(args)
     plot_problem = None
     if not args.no_plot:
         try:
