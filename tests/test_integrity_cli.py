@@ -390,3 +390,27 @@ def test_demo_keep_beyond_the_encoder_is_refused_before_any_data(tmp_path, capsy
                                    "--quiet", "--no-fetch"])
     assert code == 2 and out == ""
     assert _one_error_line(err) == "fastconvex demo: error: --keep must be in 1..4 (the encoder's blocks), got 99"
+
+
+# ------------------------------------------------------------------ integer labels beyond int64
+
+BIG = [-(2**80), 2**64 + 5, 2**70]  # increasing, so their codes are those of 0, 1, 2
+
+
+def test_integer_labels_beyond_int64_score_as_the_same_labels_remapped_to_small_ints(tmp_path):
+    import fastconvex as fc
+
+    rng = np.random.default_rng(0)
+    small = np.repeat([0, 1, 2], 20)
+    x = rng.normal(size=(60, 3)) + small[:, None]
+    big = [BIG[i] for i in small]
+    for kw in ({"pairs": 200}, {"exact": True, "pairs": None}):
+        ref = fc.graph_convexity(x, small.tolist(), k=4, **kw)
+        got = fc.graph_convexity(x, big, k=4, **kw)
+        assert got.score == ref.score and got.stderr == ref.stderr
+        assert got.per_class == {BIG[c]: v for c, v in ref.per_class.items()}
+    layers = fc.layer_scores([x, x[::-1].copy()], big, k=4, pairs=200)
+    np.testing.assert_array_equal(layers.scores, fc.layer_scores([x, x[::-1].copy()], small, k=4, pairs=200).scores)
+    assert layers.classes == BIG
+    fc.save_store(tmp_path / "s", [x], big)  # stored by value, every digit kept
+    assert list(fc.open_store(tmp_path / "s").labels) == big
