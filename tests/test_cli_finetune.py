@@ -110,7 +110,7 @@ def test_finetune_with_a_labels_file(data, capsys, tmp_path):
         (["--groups-column", "speaker"], 2, "--groups-column needs --audio to be a CSV"),
         (["--epochs", "0"], 2, "must be a positive number"),
         (["--eval-split", "1"], 2, "--eval-split must be a fraction below 1"),
-        (["--labels", "LABELS3"], 1, "--labels has 3 labels but --audio lists 32 files"),
+        (["--labels", "LABELS3"], 1, "labels3.txt' has 3 labels but --audio"),
         (["--out-dir", "TAKEN"], 2, "exists and is not empty"),
         (["--out", "NODIR/result.json"], 2, "does not exist"),
     ],

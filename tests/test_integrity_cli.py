@@ -414,3 +414,43 @@ def test_integer_labels_beyond_int64_score_as_the_same_labels_remapped_to_small_
     assert layers.classes == BIG
     fc.save_store(tmp_path / "s", [x], big)  # stored by value, every digit kept
     assert list(fc.open_store(tmp_path / "s").labels) == big
+
+
+# ------------------------------------------------------------------ label-file errors name the file
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "L.txt").write_text("a\nb\na\nb\na\n"),
+     "LABELS {L!r} has 5 labels but EMBEDDINGS {E!r} has N = 60 rows per layer"),
+    (lambda d: np.save(d / "L.npy", np.zeros(0, np.int64)), "LABELS: L.npy holds no labels (shape (0,))"),
+    (lambda d: np.save(d / "L.npy", np.where(np.arange(60) == 7, np.nan, np.arange(60) % 3)),
+     "LABELS: L.npy has a non-finite label in row 7"),
+])
+def test_label_file_errors_name_the_file(tmp_path, capsys, make, message):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "E.npy", rng.normal(size=(2, 60, 4)).astype(np.float32))
+    make(tmp_path)
+    labels = next(tmp_path.glob("L.*"))
+    code, out, err = _run(capsys, ["score", tmp_path / "E.npy", "--labels", labels])
+    assert code == 1 and out == ""
+    assert _one_error_line(err) == "fastconvex score: error: " + message.format(L=str(labels), E=str(tmp_path / "E.npy"))
+
+
+def test_euclidean_label_and_lengths_counts_name_their_files_before_the_model(tmp_path, capsys):
+    np.save(tmp_path / "E.npy", np.zeros((2, 6, 3, 4), np.float32))  # (L, N, T, D) frame sequences
+    (tmp_path / "L.txt").write_text("a\nb\n" * 3)
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    np.save(tmp_path / "len.npy", np.full(5, 3))
+    base = ["score", tmp_path / "E.npy", "--measure", "euclidean", "--model", tmp_path / "no_model"]
+    code, _, err = _run(capsys, [*base, "--labels", tmp_path / "short.txt"])
+    assert code == 1 and _one_error_line(err) == (
+        f"fastconvex score: error: LABELS {str(tmp_path / 'short.txt')!r} has 2 labels but EMBEDDINGS "
+        f"{str(tmp_path / 'E.npy')!r} has N = 6 items per layer")
+    code, _, err = _run(capsys, [*base, "--labels", tmp_path / "L.txt", "--lengths", tmp_path / "len.npy"])
+    assert code == 1 and _one_error_line(err) == (
+        f"fastconvex score: error: --lengths {str(tmp_path / 'len.npy')!r} has 5 frame counts but EMBEDDINGS "
+        f"{str(tmp_path / 'E.npy')!r} has N = 6 items per layer")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    code, _, err = _run(capsys, [*base, "--labels", tmp_path / "L.txt", "--lengths", tmp_path / "junk.npy"])
+    assert code == 1 and _one_error_line(err) == (
+        f"fastconvex score: error: --lengths: {str(tmp_path / 'junk.npy')!r} is not a .npy file (it lacks the "
+        "NumPy header)")

@@ -132,7 +132,7 @@ def run_score(args: argparse.Namespace, plot_path: Path | None = None) -> int:
     from fastconvex.cli import log
 
     from .prune import load_model
-    from .score import emit_result, load_labels
+    from .score import _load_npy, check_label_count, emit_result, load_labels
 
     kwargs = euclidean_kwargs(args)
     try:
@@ -140,14 +140,22 @@ def run_score(args: argparse.Namespace, plot_path: Path | None = None) -> int:
         labels = load_labels(args.labels, column=args.label_column)
         lengths = None
         if args.lengths is not None:
-            lengths = np.load(args.lengths, allow_pickle=False)
+            if not Path(args.lengths).is_file():
+                raise FileNotFoundError(f"--lengths {str(args.lengths)!r} does not exist")
+            lengths = _load_npy(Path(args.lengths), "--lengths", mmap=False)
             if lengths.ndim != 1:
-                raise ValueError(f"--lengths: expected (N,) frame counts, got shape {lengths.shape}")
+                raise ValueError(f"--lengths: {str(args.lengths)!r} has shape {lengths.shape}, expected (N,) "
+                                 "frame counts")
     except (FileNotFoundError, UsageError):
         raise
     except (OSError, ValueError) as exc:
         raise DataError(str(exc)) from exc
-    log(args, f"loading {args.model}")
+    n = int(layers[0].shape[0])
+    check_label_count(labels, n, args.labels, f"EMBEDDINGS {str(args.embeddings)!r} has N = {n} items per layer")
+    if lengths is not None and lengths.shape[0] != n:
+        raise DataError(f"--lengths {str(args.lengths)!r} has {lengths.shape[0]} frame counts but EMBEDDINGS "
+                        f"{str(args.embeddings)!r} has N = {n} items per layer")
+    log(args, f"loading {args.model}")  # after every file is checked: loading takes a while
     model, _ = load_model(args.model, None, args.device)
     predictor = hf.predict_from_layer(model)
     if len(layers) != predictor.num_layers:

@@ -107,9 +107,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.labels is not None:
         from .score import load_labels
 
-        labels = list(load_labels(args.labels, column=args.label_column))
+        try:
+            labels = list(load_labels(args.labels, column=args.label_column))
+        except (FileNotFoundError, UsageError):
+            raise
+        except ValueError as exc:  # the file's contents: a data error
+            raise DataError(str(exc)) from exc
         if len(labels) != len(paths):
-            raise DataError(f"--labels has {len(labels)} labels but --audio lists {len(paths)} files")
+            raise DataError(f"--labels {str(args.labels)!r} has {len(labels)} labels but --audio "
+                            f"{str(args.audio)!r} lists {len(paths)} files")
     groups = None
     if args.groups_column is not None:
         group_paths, groups = hf.find_audio(args.audio, label_column=args.groups_column)

@@ -217,6 +217,11 @@ def load_labels(path: str | Path, *, column: str | None = None) -> np.ndarray:
         labels = _load_npy(p, "LABELS", mmap=False)
         if labels.ndim != 1:
             raise ValueError(f"LABELS: {p.name} has shape {labels.shape}, expected (N,)")
+        if labels.shape[0] == 0:
+            raise ValueError(f"LABELS: {p.name} holds no labels (shape {labels.shape})")
+        from fastconvex._inputs import check_finite_labels
+
+        check_finite_labels(labels, name=f"LABELS: {p.name}")  # here, where the file can be named
         return labels
     if suffix == ".txt":
         # split on line ends only: str.splitlines would also split a label at \x85 or \u2028
@@ -258,6 +263,13 @@ def load_labels(path: str | Path, *, column: str | None = None) -> np.ndarray:
             out.append(row[ci].strip())
         return np.array(out)
     raise UsageError(f"LABELS: {p.name} must be .npy, .txt or .csv")
+
+
+def check_label_count(labels: Any, n: int, path: str | Path, rows: str) -> None:
+    """A :class:`DataError` naming the labels file when it does not hold one label per row;
+    ``rows`` says what the rows are, e.g. ``"EMBEDDINGS 'e.npy' has N = 60 rows per layer"``."""
+    if len(labels) != n:
+        raise DataError(f"LABELS {str(path)!r} has {len(labels)} labels but {rows}")
 
 
 def scoring_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -360,8 +372,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(
                 f"EMBEDDINGS: {name} has {layer.shape[0]} rows but {names[0]} has {n}: every layer must embed the same points"
             )
-    if labels.shape[0] != n:
-        raise DataError(f"LABELS has {labels.shape[0]} labels but EMBEDDINGS has N = {n} rows per layer")
+    check_label_count(labels, n, args.labels, f"EMBEDDINGS {str(args.embeddings)!r} has N = {n} rows per layer")
     log(args, f"scoring {len(layers)} layer(s) of {n} points, dimension {layers[0].shape[1]}")
     try:
         result = fc.layer_scores(layers, labels, **kwargs)
