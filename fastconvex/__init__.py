@@ -8,8 +8,8 @@ layer pruning of speech transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -42,13 +42,13 @@ if TYPE_CHECKING:
     from .store import LayerStore, open_store, save_store
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """A public name (or a submodule, as ``fastconvex.naive``), imported when first asked for."""
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        value = getattr(_importlib.import_module(_EXPORTS[name], __name__), name)
     elif not name.startswith("__"):
         try:
-            value = importlib.import_module(f".{name}", __name__)
+            value = _importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as exc:
             if exc.name != f"{__name__}.{name}":
                 raise
