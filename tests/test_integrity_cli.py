@@ -334,6 +334,7 @@ def test_ctrl_c_at_any_moment_is_one_line_and_status_130(emb, how, kind, target,
      "--voices applies to the words task, which --tasks speakers does not run"),
     (["demo", "--out-dir", "O", "--tasks", "words", "--asterisk-clips", "3"],
      "--asterisk-clips applies to the asterisk tasks"),
+    (["demo", "--out-dir", "O", "--tasks", "words", "--no-fetch"], "--no-fetch applies to the speakers and asterisk"),
 ])
 def test_an_option_that_would_be_ignored_is_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
     import fastconvex.demo
