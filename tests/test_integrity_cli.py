@@ -455,3 +455,16 @@ def test_euclidean_label_and_lengths_counts_name_their_files_before_the_model(tm
     assert code == 1 and _one_error_line(err) == (
         f"fastconvex score: error: --lengths: {str(tmp_path / 'junk.npy')!r} is not a .npy file (it lacks the "
         "NumPy header)")
+
+
+def test_demo_finetune_keeps_beyond_tiny_en_are_refused_before_any_data(tmp_path, capsys, monkeypatch):
+    import fastconvex.demo.experiment as experiment
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was made before --keeps was checked")
+
+    monkeypatch.setattr(experiment, "load_task", no_data)
+    code, out, err = _run(capsys, ["demo", "--out-dir", tmp_path / "o", "--finetune", "--quick", "--keeps", "1,9",
+                                   "--tasks", "speakers", "--quiet", "--no-fetch"])
+    assert code == 2 and out == ""
+    assert _one_error_line(err) == "fastconvex demo: error: --keeps: [9] not in 1..4 (Whisper tiny.en's encoder blocks)"

@@ -73,6 +73,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     n_blocks = len(encoder.layers)
     if cfg.keep is not None and not 1 <= cfg.keep <= n_blocks:  # before the data and encoding (minutes)
         raise ValueError(f"--keep must be in 1..{n_blocks} (the encoder's blocks), got {cfg.keep}")
+    if cfg.finetune is not None and cfg.model_dir is None and "tiny.en" in cfg.finetune.models:
+        from .config import parse_keeps
+
+        # this is the tiny.en the experiment fine-tunes: a cut it cannot make fails now, not after hours
+        keeps = parse_keeps(cfg.finetune.keeps)
+        bad = sorted(k for k in keeps if k > n_blocks) if isinstance(keeps, tuple) else []
+        if bad:
+            raise ValueError(f"--keeps: {bad} not in 1..{n_blocks} (Whisper tiny.en's encoder blocks)")
     timings["model_load_s"] = time.perf_counter() - t0
     log(f"model: Whisper tiny.en from {src} ({timings['model_load_s']:.1f} s, {n_blocks} encoder blocks)")
 
