@@ -212,8 +212,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         from .commands._paths import check_outputs_spare_inputs
 
-        # an output that would destroy an input first: "--out exists, pass --overwrite" would be bad advice
         _refuse_unused_common(args)
+        # an output that would destroy an input before "--out exists: pass --overwrite", which would be bad advice
         check_outputs_spare_inputs(args)
         _check_out_file(args)
         module = importlib.import_module(args._module)
