@@ -8,15 +8,60 @@ layer pruning of speech transformers.
 
 from __future__ import annotations
 
-from . import naive
-from ._backends import BACKENDS
-from ._core import graph_convexity, knn_graph, layer_scores
-from ._euclidean import euclidean_convexity, layer_euclidean_scores
-from ._results import Convexity, KNNGraph, LayerScores
-from ._sweep import sweep
-from .store import LayerStore, open_store, save_store
+import importlib as _importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# Public names are imported on first use (PEP 562): ``import fastconvex`` costs
+# nothing, so the command line (``fastconvex = fastconvex.cli:main``) is inside
+# its own error handling -- Ctrl-C included -- before numpy, scipy and numba load.
+_EXPORTS = {
+    "BACKENDS": "._backends",
+    "graph_convexity": "._core",
+    "knn_graph": "._core",
+    "layer_scores": "._core",
+    "euclidean_convexity": "._euclidean",
+    "layer_euclidean_scores": "._euclidean",
+    "Convexity": "._results",
+    "KNNGraph": "._results",
+    "LayerScores": "._results",
+    "sweep": "._sweep",
+    "LayerStore": ".store",
+    "open_store": ".store",
+    "save_store": ".store",
+}
+
+if TYPE_CHECKING:
+    from . import naive
+    from ._backends import BACKENDS
+    from ._core import graph_convexity, knn_graph, layer_scores
+    from ._euclidean import euclidean_convexity, layer_euclidean_scores
+    from ._results import Convexity, KNNGraph, LayerScores
+    from ._sweep import sweep
+    from .store import LayerStore, open_store, save_store
+
+
+def __getattr__(name: str) -> object:
+    """A public name (or a submodule, as ``fastconvex.naive``), imported when first asked for."""
+    if name in _EXPORTS:
+        value = getattr(_importlib.import_module(_EXPORTS[name], __name__), name)
+    elif not name.startswith("__"):
+        try:
+            value = _importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "BACKENDS",

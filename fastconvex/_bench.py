@@ -68,11 +68,11 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
     return best, out
 
 
-def warm_up(backend: str) -> None:
+def warm_up(backend: str, device: str | None = None) -> None:
     """Compile/load kernels on a tiny input so timings exclude JIT time."""
     x, y = overlapping_classes(64, 8, 4, seed=1)
     for kw in ({"pairs": 50}, {"sources": 2}):
-        graph_convexity(x, y, k=5, backend=backend, **kw)
+        graph_convexity(x, y, k=5, backend=backend, device=device, **kw)
 
 
 def compare_to_naive(
@@ -84,17 +84,19 @@ def compare_to_naive(
     pairs: int = 5000,
     seed: int = 0,
     backend: str = "numba",
+    device: str | None = None,
     naive_max: int = 20000,
     repeat: int = 1,
     log: Callable[[str], None] = lambda s: None,
 ) -> list[dict[str, Any]]:
-    """Naive vs ``backend`` on overlapping classes, same pairs; one row per size."""
-    warm_up(backend)
+    """Naive vs ``backend`` (on ``device``) on overlapping classes, same pairs; one row per size."""
+    warm_up(backend, device)
     rows = []
     for n in sizes:
         x, y = overlapping_classes(n, dim, n_classes, seed=seed)
         row: dict[str, Any] = {"n": n, "dim": dim, "classes": n_classes, "k": k, "pairs": pairs}
-        t_fast, fast = timed(lambda: graph_convexity(x, y, k=k, pairs=pairs, seed=seed, backend=backend), repeat)
+        t_fast, fast = timed(lambda: graph_convexity(x, y, k=k, pairs=pairs, seed=seed, backend=backend,
+                                                     device=device), repeat)
         row.update({f"{backend}_s": t_fast, "score": fast.score, "stderr": fast.stderr})
         if n <= naive_max:
             t_naive, ref = timed(lambda: graph_convexity(x, y, k=k, pairs=pairs, seed=seed, backend="naive"))

@@ -294,7 +294,11 @@ def labels_to_array(labels: Any, *, name: str = "labels") -> np.ndarray:
     arr[:] = seq
     # homogeneous ints / strings become a typed array (faster unique, sortable)
     if seq and all(isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, bool) for v in seq):
-        return np.asarray(seq, dtype=np.int64)
+        try:
+            return np.asarray(seq, dtype=np.int64)
+        except OverflowError:  # beyond int64: Python ints keep every digit (encoded by value, as any label)
+            arr[:] = [int(v) for v in seq]
+            return arr
     if seq and all(isinstance(v, str) for v in seq):
         return np.asarray(seq, dtype=str)
     return arr

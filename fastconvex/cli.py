@@ -134,6 +134,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Common options (SPEC §4: accepted everywhere) that a command has no use for, and
+# why: a value other than the default is refused, never silently ignored.
+COMMON_DEFAULTS = {"seed": 0, "device": None, "backend": "auto"}
+UNUSED_COMMON = {
+    "env": {
+        "seed": "env draws nothing at random",
+        "device": "env lists every device torch sees",
+        "backend": "env lists every backend and what auto resolves to",
+    },
+    "embed": {"backend": "embed computes no convexity; pass it to the sweep that scores the store"},
+    "finetune": {"backend": "finetune computes no convexity; the backend runs the kNN graph kernels"},
+}
+
+
+def _refuse_unused_common(args: argparse.Namespace) -> None:
+    """A common option given to a command that would ignore it: a usage error saying why."""
+    from .commands._output import UsageError
+
+    for option, why in UNUSED_COMMON.get(args.command, {}).items():
+        value = getattr(args, option, COMMON_DEFAULTS[option])
+        if value != COMMON_DEFAULTS[option]:
+            raise UsageError(f"--{option} {value} has no effect on {args.command} ({why}); leave it out")
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
@@ -150,9 +174,26 @@ def _check_out_file(args: argparse.Namespace) -> None:
         check_output_file(out, "--out", overwrite=getattr(args, "overwrite", False))
 
 
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT (128 + 2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 data error,
-    2 usage error, 130 interrupted)."""
+    2 usage error, 130 interrupted).
+
+    Ctrl-C at any moment is one line on stderr and status 130: ``import
+    fastconvex`` loads nothing heavy, so the imports of numpy, numba, torch
+    and transformers (the parser imports every command) happen in here too."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the command is known (parsing, imports)
+        if "--debug" in (sys.argv[1:] if argv is None else argv):
+            raise
+        print("fastconvex: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from .commands._output import DataError, UsageError
 
     parser = build_parser()
@@ -169,6 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         quiet_compilation_notice()
     try:
+        from .commands._paths import check_outputs_spare_inputs
+
+        _refuse_unused_common(args)
+        # an output that would destroy an input before "--out exists: pass --overwrite", which would be bad advice
+        check_outputs_spare_inputs(args)
         _check_out_file(args)
         module = importlib.import_module(args._module)
         with warnings.catch_warnings():
@@ -179,8 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"{prefix}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{prefix}: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that reports errors
         if args.debug:
             raise

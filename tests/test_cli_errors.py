@@ -85,10 +85,10 @@ def test_non_utf8_label_text(files, capsys):
     (files / "latin.txt").write_bytes(("a\n" * 30 + "caf\xe9\n" * 30).encode("latin-1"))
     code, _, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "latin.txt"])
     assert code == 1
-    assert "latin.txt is not UTF-8 text (byte 0xe9 on line 31)" in _one_line(err, "fastconvex score: error:")
+    assert "latin.txt': byte 0xe9 at offset 63 (line 31) is not valid UTF-8" in _one_line(err, "fastconvex score: error:")
     (files / "latin.csv").write_bytes(("label\n" + "caf\xe9\n" * 60).encode("latin-1"))
     code, _, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "latin.csv"])
-    assert code == 1 and "latin.csv is not UTF-8 text (byte 0xe9 on line 2)" in err
+    assert code == 1 and "latin.csv': byte 0xe9 at offset 9 (line 2) is not valid UTF-8" in err
 
 
 def test_headerless_csv_does_not_lose_its_first_label(files, capsys):
@@ -150,9 +150,10 @@ def _no_scoring(err):
 def test_out_an_existing_directory_fails_before_scoring(files, capsys, monkeypatch):
     called = []
     monkeypatch.setattr(fc, "layer_scores", lambda *a, **k: called.append(1))
-    code, out, err = _run(capsys, _score(files, "--out", files))
+    (files / "results").mkdir()  # not the directory of the inputs: that one is refused as holding them
+    code, out, err = _run(capsys, _score(files, "--out", files / "results"))
     assert code == 2 and out == "" and not called
-    assert f"--out {str(files)!r} is a directory; give a file name" in _one_line(err, "fastconvex score: error:")
+    assert f"--out {str(files / 'results')!r} is a directory; give a file name" in _one_line(err, "fastconvex score: error:")
     _no_scoring(err)
     code, _, err = _run(capsys, _score(files, "--out", files / "missing" / "r.json"))
     assert code == 2 and "does not exist; create it first" in err and not called
@@ -207,11 +208,12 @@ def test_out_never_replaces_an_existing_file_without_overwrite(files, capsys, mo
     labels_before = (files / "y.npy").read_bytes()
     (files / "p.png").write_bytes(b"an earlier plot")
     # --out naming an input file (or any existing file): refused before the work, the file intact
-    for target, option in ((files / "y.npy", "--out"), (files / "p.png", "--plot")):
+    for target, option, why in ((files / "y.npy", "--out", "is the input LABELS"),
+                                (files / "p.png", "--plot", "already exists")):
         code, out, err = _run(capsys, _score(files, option, target))
         assert code == 2 and out == "" and not called
         line = _one_line(err, "fastconvex score: error:")
-        assert f"{option} {str(target)!r} already exists" in line and "--overwrite" in line
+        assert f"{option} {str(target)!r} {why}" in line and "--overwrite" in line
     assert (files / "y.npy").read_bytes() == labels_before
     assert (files / "p.png").read_bytes() == b"an earlier plot"
     (files / "r.json").write_text("precious")
@@ -243,8 +245,12 @@ def test_prune_refuses_a_non_empty_out_directory_before_the_model(tmp_path, caps
     code, out, err = _run(capsys, ["prune", out_dir, "--audio", tmp_path / "no_audio", "--out", out_dir])
     assert code == 2 and out == ""
     line = _one_line(err, "fastconvex prune: error:")
-    assert f"--out {str(out_dir)!r} exists and is not empty" in line and "--overwrite" in line
+    assert f"--out {str(out_dir)!r} is the input MODEL" in line and "--overwrite or not" in line
     assert (out_dir / "config.json").read_text() == "{}"
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "old").write_text("")
+    code, out, err = _run(capsys, ["prune", out_dir, "--audio", tmp_path / "no_audio", "--out", tmp_path / "x"])
+    assert f"--out {str(tmp_path / 'x')!r} exists and is not empty" in _one_line(err, "fastconvex prune: error:")
 
 
 # ------------------------------------------------------------------ tracebacks
@@ -276,7 +282,7 @@ def test_interrupt_is_one_line_with_status_130(files, capsys, monkeypatch):
     [
         (["bench", "--repeat", "0"], 2, "fastconvex bench: error: argument --repeat"),
         (["score", "{tmp}/empty.npy", "--labels", "{tmp}/y.npy"], 1, "no layer to score"),
-        (["score", "{tmp}/emb.npy", "--labels", "{tmp}/y.npy", "--out", "{tmp}"], 2, "is a directory"),
+        (["score", "{tmp}/emb.npy", "--labels", "{tmp}/y.npy", "--out", "{tmp}"], 2, "contains the input EMBEDDINGS"),
     ],
 )
 def test_subprocess_exit_status_and_no_traceback(files, argv, status, message):

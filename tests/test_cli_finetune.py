@@ -106,10 +106,11 @@ def test_finetune_with_a_labels_file(data, capsys, tmp_path):
     [
         (["--audio", "missing_dir"], 2, "does not exist"),
         (["--context-seconds", "1"], 2, "--context-seconds is for Whisper models"),
+        (["--truncate"], 2, "--truncate is for Whisper models"),
         (["--groups-column", "speaker"], 2, "--groups-column needs --audio to be a CSV"),
         (["--epochs", "0"], 2, "must be a positive number"),
         (["--eval-split", "1"], 2, "--eval-split must be a fraction below 1"),
-        (["--labels", "LABELS3"], 1, "--labels has 3 labels but --audio lists 32 files"),
+        (["--labels", "LABELS3"], 1, "labels3.txt' has 3 labels but --audio"),
         (["--out-dir", "TAKEN"], 2, "exists and is not empty"),
         (["--out", "NODIR/result.json"], 2, "does not exist"),
     ],

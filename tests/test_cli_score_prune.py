@@ -141,7 +141,7 @@ BAD_SCORE = [
     (["missing.npy", "labels.npy"], "EMBEDDINGS '.*missing.npy' does not exist", 2),
     (["emb.npy", "missing.txt"], "LABELS '.*missing.txt' does not exist", 2),
     (["four_d.npy", "labels.npy"], r"four_d.npy has shape \(2, 3, 4, 5\), expected \(L, N, D\) or \(N, D\)", 1),
-    (["emb.npy", "short_labels.npy"], "LABELS has 5 labels but EMBEDDINGS has N = 60 rows", 1),
+    (["emb.npy", "short_labels.npy"], "short_labels.npy' has 5 labels but EMBEDDINGS", 1),
     (["emb.npy", "labels_2d.npy"], r"labels_2d.npy has shape \(60, 2\), expected \(N,\)", 1),
     (["garbage.npy", "labels.npy"], r"garbage.npy' is not a .npy file \(it lacks the NumPy header\)", 1),
     (["empty_dir", "labels.npy"], "holds no .npy files", 1),

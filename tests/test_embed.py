@@ -57,7 +57,7 @@ def test_embed_bad_inputs(speech, capsys, tmp_path):  # noqa: F811
     assert code == 2 and "does not exist" in err
     code, _, err = embed(capsys, root / "model", "--audio", root / "audio", "--out-dir", tmp_path / "s",
                          "--address", "auto")
-    assert code == 2 and "--address needs --engine ray" in err
+    assert code == 2 and "--address applies to --engine ray only" in err
     assert not (tmp_path / "s").exists()
     (tmp_path / "emb").mkdir()
     code = main(["prune", str(root / "model"), "--audio", str(root / "audio"), "--out", str(tmp_path / "m"),

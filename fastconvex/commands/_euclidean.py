@@ -18,8 +18,8 @@ import numpy as np
 
 from ._output import DataError, UsageError
 
-__all__ = ["add_measure_arguments", "check_graph_only", "euclidean_kwargs", "load_sequence_layers", "prune_scores",
-           "run_score"]
+__all__ = ["add_measure_arguments", "check_graph_only", "check_prune_euclidean", "euclidean_kwargs",
+           "load_sequence_layers", "prune_scores", "run_score"]
 
 
 def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = True,
@@ -170,7 +170,7 @@ def run_score(args: argparse.Namespace, plot_path: Path | None = None) -> int:
     from fastconvex.cli import log
 
     from .prune import load_model
-    from .score import emit_result, load_labels
+    from .score import _load_npy, check_label_count, emit_result, load_labels
 
     kwargs = euclidean_kwargs(args)
     try:
@@ -178,14 +178,22 @@ def run_score(args: argparse.Namespace, plot_path: Path | None = None) -> int:
         labels = load_labels(args.labels, column=args.label_column)
         lengths = None
         if args.lengths is not None:
-            lengths = np.load(args.lengths, allow_pickle=False)
+            if not Path(args.lengths).is_file():
+                raise FileNotFoundError(f"--lengths {str(args.lengths)!r} does not exist")
+            lengths = _load_npy(Path(args.lengths), "--lengths", mmap=False)
             if lengths.ndim != 1:
-                raise ValueError(f"--lengths: expected (N,) frame counts, got shape {lengths.shape}")
+                raise ValueError(f"--lengths: {str(args.lengths)!r} has shape {lengths.shape}, expected (N,) "
+                                 "frame counts")
     except (FileNotFoundError, UsageError):
         raise
     except (OSError, ValueError) as exc:
         raise DataError(str(exc)) from exc
-    log(args, f"loading {args.model}")
+    n = int(layers[0].shape[0])
+    check_label_count(labels, n, args.labels, f"EMBEDDINGS {str(args.embeddings)!r} has N = {n} items per layer")
+    if lengths is not None and lengths.shape[0] != n:
+        raise DataError(f"--lengths {str(args.lengths)!r} has {lengths.shape[0]} frame counts but EMBEDDINGS "
+                        f"{str(args.embeddings)!r} has N = {n} items per layer")
+    log(args, f"loading {args.model}")  # after every file is checked: loading takes a while
     model, _ = load_model(args.model, None, args.device)
     predictor = hf.predict_from_layer(model)
     if len(layers) != predictor.num_layers:
@@ -202,6 +210,15 @@ def run_score(args: argparse.Namespace, plot_path: Path | None = None) -> int:
     return emit_result(args, result, names, plot_path)
 
 
+def check_prune_euclidean(args: argparse.Namespace) -> dict[str, Any]:
+    """``prune --measure euclidean``'s options, checked before any work; the
+    keyword arguments of ``layer_euclidean_scores``."""
+    kwargs = euclidean_kwargs(args, needs_model=False)
+    if args.embeddings_dir is not None or args.mix_lengths:
+        raise UsageError("--embeddings-dir and --mix-lengths apply to graph convexity's pooled states")
+    return kwargs
+
+
 def prune_scores(args: argparse.Namespace, model: Any, fe: Any, audio: Any, labels: list[Any], rate: int) -> Any:
     """``prune --measure euclidean``: Euclidean convexity per layer of MODEL (a
     classifier) on the audio, every hidden state as frame sequences
@@ -210,9 +227,7 @@ def prune_scores(args: argparse.Namespace, model: Any, fe: Any, audio: Any, labe
     from fastconvex import hf
     from fastconvex.cli import log
 
-    kwargs = euclidean_kwargs(args, needs_model=False)
-    if args.embeddings_dir is not None or args.mix_lengths:
-        raise UsageError("--embeddings-dir and --mix-lengths apply to graph convexity's pooled states")
+    kwargs = check_prune_euclidean(args)  # checked before the model was loaded; here for its result
     predictor = hf.predict_from_layer(model)
     from fastconvex._euclidean import check_label_classes
 

@@ -42,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
     log(args, f"fastconvex bench: {backend} vs naive, overlapping classes, same pairs")
     rows = compare_to_naive(
         sizes, dim=args.dim, n_classes=args.classes, k=args.k, pairs=args.pairs,
-        seed=args.seed, backend=backend, naive_max=args.naive_max, repeat=args.repeat,
+        seed=args.seed, backend=backend, device=args.device, naive_max=args.naive_max, repeat=args.repeat,
         log=lambda s: log(args, s),
     )
-    report = {"machine": machine_info(), "backend": backend, "rows": rows}
+    report = {"machine": machine_info(), "backend": backend, "device": args.device, "rows": rows}
     emit_report(args, report, lambda: "\n".join(format_row(r, backend) for r in rows))
     return 0 if all(r.get("agree", True) for r in rows) else 1

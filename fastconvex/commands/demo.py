@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tasks is None:
         args.tasks = "words,asterisk-language-unseen" if args.finetune else "words,speakers"
     tasks = tuple(t.strip() for t in str(args.tasks).split(",") if t.strip())
+    _check_task_options(args, tasks)
     missing = missing_demo_modules()
     if missing:  # before anything runs: say exactly what to install
         raise UsageError(
@@ -169,6 +170,30 @@ def run(args: argparse.Namespace) -> int:
     for task, why in report.get("skipped", {}).items():
         print(f"fastconvex demo: {task} task skipped: {why}", file=sys.stderr)
     return 0
+
+
+def _check_task_options(args: argparse.Namespace, tasks: tuple[str, ...]) -> None:
+    """Options that would be ignored, or a cut that cannot be made, refused before any work
+    (the encoder's block count is checked as soon as the model is loaded)."""
+    from ..demo.config import TASKS
+    from ._output import UsageError
+
+    if args.keep is not None and args.keep < 1:
+        raise UsageError(f"--keep must be at least 1 (encoder blocks to keep), got {args.keep}")
+    if args.keep is not None and args.rule != "argmax":
+        raise UsageError(f"--keep {args.keep} sets the cut, so --rule {args.rule} (how the demo chooses it) "
+                         "would be ignored; give one of them")
+    if not tasks or not set(tasks) <= set(TASKS):
+        return  # no task, or an unknown one: DemoConfig says which
+    for flag, value, used_by in (("--voices", args.voices, ("words",)), ("--clips", args.clips, ("speakers",)),
+                                 ("--asterisk-clips", args.asterisk_clips,
+                                  tuple(t for t in tasks if t.startswith("asterisk")))):
+        if value is not None and not set(used_by) & set(tasks):
+            task = "the asterisk tasks" if flag == "--asterisk-clips" else f"the {used_by[0]} task"
+            raise UsageError(f"{flag} applies to {task}, which --tasks {','.join(tasks)} does not run")
+    if args.no_fetch and not any(t == "speakers" or t.startswith("asterisk") for t in tasks):
+        raise UsageError(f"--no-fetch applies to the speakers and asterisk tasks (their voice data), which "
+                         f"--tasks {','.join(tasks)} does not run")
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ._output import positive_int
+from ._output import non_negative_int, positive_int
 from .sweep import _layer_list
 
 __all__ = ["add_arguments", "run"]
+
+#: the Ray-only options' values when --engine ray leaves them out
+RAY_DEFAULTS = {"chunk_size": 256, "retries": 3}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "that `fastconvex sweep --measure euclidean` needs (both engines)")
     parser.add_argument("--engine", default="local", choices=["local", "ray"], help="where to run (default local)")
     parser.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address (with --engine ray)")
-    parser.add_argument("--chunk-size", type=int, default=256, help="utterances per Ray task (default 256)")
-    parser.add_argument("--retries", type=int, default=3, help="reruns of a Ray task whose worker died (default 3)")
+    parser.add_argument("--chunk-size", type=positive_int, default=None,
+                        help=f"utterances per Ray task (default {RAY_DEFAULTS['chunk_size']}; with --engine ray)")
+    parser.add_argument("--retries", type=non_negative_int, default=None,
+                        help=f"reruns of a Ray task whose worker died (default {RAY_DEFAULTS['retries']}; "
+                        "with --engine ray)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,10 +74,19 @@ def _run(args: argparse.Namespace) -> int:
     from ._output import UsageError
     from .prune import _subsample, load_model
 
-    if args.batch_size < 1 or args.chunk_size < 1:
-        raise ValueError("--batch-size and --chunk-size must be positive")
-    if args.address is not None and args.engine != "ray":
-        raise ValueError("--address needs --engine ray")
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be positive")
+    if args.engine != "ray":  # options of Ray's tasks: refused, not ignored, on this machine
+        given = [flag for flag, value in (("--address", args.address), ("--chunk-size", args.chunk_size),
+                                          ("--retries", args.retries)) if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} applies to --engine ray only")
+    for name, default in RAY_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.seed != 0 and args.max_per_class is None:
+        raise UsageError("--seed draws the --max-per-class subsample; without --max-per-class embed draws "
+                         "nothing at random (leave --seed out)")
     if args.frames and args.final_norm != "raw":
         raise UsageError("--frames keeps the raw hidden states (what the classifier's remaining blocks take); "
                          "drop --final-norm apply")
@@ -83,6 +98,9 @@ def _run(args: argparse.Namespace) -> int:
     if store_path.exists() and not args.overwrite:
         raise FileExistsError(f"--out-dir {str(store_path)!r} already exists (pass --overwrite to replace it)")
     paths, labels = hf.find_audio(args.audio)
+    from ._paths import check_listed_audio
+
+    check_listed_audio(args, paths)  # before the model is loaded
     if args.max_per_class is not None:
         idx = _subsample(labels, args.max_per_class, args.seed)
         paths, labels = [paths[i] for i in idx], [labels[i] for i in idx]

@@ -101,12 +101,21 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--label-column applies to a CSV (--labels FILE.csv or an --audio CSV)")
     audio_labels = {"label_column": args.label_column} if args.labels is None and args.label_column else {}
     paths, labels = hf.find_audio(args.audio, **audio_labels)
+    from ._paths import check_listed_audio
+
+    check_listed_audio(args, paths)  # before the model is loaded
     if args.labels is not None:
         from .score import load_labels
 
-        labels = list(load_labels(args.labels, column=args.label_column))
+        try:
+            labels = list(load_labels(args.labels, column=args.label_column))
+        except (FileNotFoundError, UsageError):
+            raise
+        except ValueError as exc:  # the file's contents: a data error
+            raise DataError(str(exc)) from exc
         if len(labels) != len(paths):
-            raise DataError(f"--labels has {len(labels)} labels but --audio lists {len(paths)} files")
+            raise DataError(f"--labels {str(args.labels)!r} has {len(labels)} labels but --audio "
+                            f"{str(args.audio)!r} lists {len(paths)} files")
     groups = None
     if args.groups_column is not None:
         group_paths, groups = hf.find_audio(args.audio, label_column=args.groups_column)
@@ -122,6 +131,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.context_seconds is not None and not is_whisper(model):
         raise UsageError(f"--context-seconds is for Whisper models; {type(model).__name__} takes audio of any length")
+    if args.truncate and not is_whisper(model):
+        raise UsageError(f"--truncate is for Whisper models (clips longer than the context); "
+                         f"{type(model).__name__} takes audio of any length, so nothing would be cut")
     rate = args.sampling_rate or int(getattr(fe, "sampling_rate", None) or 16000)
     audio = hf.AudioFiles(paths, sampling_rate=rate)
 

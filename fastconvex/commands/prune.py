@@ -175,10 +175,10 @@ def _run(args: argparse.Namespace) -> int:
         from ._euclidean import check_graph_only
 
         check_graph_only(args, model_option=False)
-    else:  # the Euclidean options (and the --label-map file) before the model and audio are loaded
-        from ._euclidean import euclidean_kwargs
+    else:  # the Euclidean options, with the --label-map file, before the audio is listed and the model loaded
+        from ._euclidean import check_prune_euclidean
 
-        euclidean_kwargs(args, needs_model=False)
+        check_prune_euclidean(args)
     plot_problem = None
     if not args.no_plot:
         try:
@@ -190,11 +190,20 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if args.keep is not None and args.keep < 1:
         raise ValueError(f"--keep must be at least 1, got {args.keep}")
+    if args.keep is not None and args.rule != "argmax":
+        raise UsageError(f"--keep {args.keep} sets the cut, so --rule {args.rule} (how fastconvex chooses it) "
+                         "would be ignored; give one of them")
+    if args.dtype != "float32" and args.embeddings_dir is None:
+        raise UsageError(f"--dtype {args.dtype} is the dtype of the --embeddings-dir store; without "
+                         "--embeddings-dir the states are scored in memory as float32")
     score_kwargs = scoring_kwargs(args)
     if args.embeddings_dir is not None and Path(args.embeddings_dir).exists() and not args.overwrite:
         raise ValueError(f"--embeddings-dir {str(args.embeddings_dir)!r} already exists (pass --overwrite to replace it)")
 
     paths, labels = hf.find_audio(args.audio)
+    from ._paths import check_listed_audio
+
+    check_listed_audio(args, paths)  # before the model is loaded
     if args.max_per_class is not None:
         idx = _subsample(labels, args.max_per_class, args.seed)
         paths = [paths[i] for i in idx]

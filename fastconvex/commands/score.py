@@ -184,14 +184,10 @@ def _has_npy_magic(p: Path) -> bool:
 
 
 def _read_text(p: Path) -> str:
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = p.read_bytes()[: exc.start].count(b"\n") + 1
-        raise ValueError(
-            f"LABELS: {p.name} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
-            "convert it, e.g. iconv -f latin1 -t utf-8"
-        ) from None
+    """A labels text file, decoded as every text input is (:mod:`fastconvex._text`)."""
+    from fastconvex._text import read_text_input
+
+    return read_text_input(p, f"LABELS {str(p)!r}")
 
 
 def load_labels(path: str | Path, *, column: str | None = None) -> np.ndarray:
@@ -221,9 +217,15 @@ def load_labels(path: str | Path, *, column: str | None = None) -> np.ndarray:
         labels = _load_npy(p, "LABELS", mmap=False)
         if labels.ndim != 1:
             raise ValueError(f"LABELS: {p.name} has shape {labels.shape}, expected (N,)")
+        if labels.shape[0] == 0:
+            raise ValueError(f"LABELS: {p.name} holds no labels (shape {labels.shape})")
+        from fastconvex._inputs import check_finite_labels
+
+        check_finite_labels(labels, name=f"LABELS: {p.name}")  # here, where the file can be named
         return labels
     if suffix == ".txt":
-        lines = _read_text(p).splitlines()
+        # split on line ends only: str.splitlines would also split a label at \x85 or \u2028
+        lines = _read_text(p).split("\n")
         while lines and not lines[-1].strip():
             lines.pop()
         for n, line in enumerate(lines, start=1):
@@ -261,6 +263,13 @@ def load_labels(path: str | Path, *, column: str | None = None) -> np.ndarray:
             out.append(row[ci].strip())
         return np.array(out)
     raise UsageError(f"LABELS: {p.name} must be .npy, .txt or .csv")
+
+
+def check_label_count(labels: Any, n: int, path: str | Path, rows: str) -> None:
+    """A :class:`DataError` naming the labels file when it does not hold one label per row;
+    ``rows`` says what the rows are, e.g. ``"EMBEDDINGS 'e.npy' has N = 60 rows per layer"``."""
+    if len(labels) != n:
+        raise DataError(f"LABELS {str(path)!r} has {len(labels)} labels but {rows}")
 
 
 def scoring_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -363,8 +372,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(
                 f"EMBEDDINGS: {name} has {layer.shape[0]} rows but {names[0]} has {n}: every layer must embed the same points"
             )
-    if labels.shape[0] != n:
-        raise DataError(f"LABELS has {labels.shape[0]} labels but EMBEDDINGS has N = {n} rows per layer")
+    check_label_count(labels, n, args.labels, f"EMBEDDINGS {str(args.embeddings)!r} has N = {n} rows per layer")
     log(args, f"scoring {len(layers)} layer(s) of {n} points, dimension {layers[0].shape[1]}")
     try:
         result = fc.layer_scores(layers, labels, **kwargs)

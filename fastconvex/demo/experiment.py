@@ -71,6 +71,16 @@ def run_demo(cfg: DemoConfig) -> dict:
     model.to(device)
     encoder = model.model.encoder
     n_blocks = len(encoder.layers)
+    if cfg.keep is not None and not 1 <= cfg.keep <= n_blocks:  # before the data and encoding (minutes)
+        raise ValueError(f"--keep must be in 1..{n_blocks} (the encoder's blocks), got {cfg.keep}")
+    if cfg.finetune is not None and cfg.model_dir is None and "tiny.en" in cfg.finetune.models:
+        from .config import parse_keeps
+
+        # this is the tiny.en the experiment fine-tunes: a cut it cannot make fails now, not after hours
+        keeps = parse_keeps(cfg.finetune.keeps)
+        bad = sorted(k for k in keeps if k > n_blocks) if isinstance(keeps, tuple) else []
+        if bad:
+            raise ValueError(f"--keeps: {bad} not in 1..{n_blocks} (Whisper tiny.en's encoder blocks)")
     timings["model_load_s"] = time.perf_counter() - t0
     log(f"model: Whisper tiny.en from {src} ({timings['model_load_s']:.1f} s, {n_blocks} encoder blocks)")
 
@@ -144,9 +154,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             full_context_scores[("tiny.en", ds.name)] = scores
         probe = [probe_accuracy(states[h], labels, train_idx, test_idx) for h in range(states.shape[0])]
         if cfg.keep is not None:
-            keep, note = int(cfg.keep), "set by --keep"
-            if not 1 <= keep <= n_blocks:
-                raise ValueError(f"--keep must be in 1..{n_blocks}, got {keep}")
+            keep, note = int(cfg.keep), "set by --keep"  # checked against n_blocks when the model loaded
         else:
             keep, note = choose_keep(scores, n_blocks, cfg.cut_rule)
         log(f"{ds.name}: convexity per layer " + " ".join(f"{100 * s:.1f}" for s in scores.scores)

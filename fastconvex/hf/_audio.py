@@ -176,8 +176,12 @@ def find_audio(source: str | os.PathLike[str], *, label_column: str = "label", p
                 f"audio source {str(src)!r}: no {'/'.join(AUDIO_SUFFIXES)} files in <label>/ subdirectories"
             )
         return paths, labels
-    with src.open(newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    import io
+
+    from .._text import read_text_input
+
+    text = read_text_input(src, f"audio source {str(src)!r}")
+    rows = [r for r in csv.reader(io.StringIO(text, newline="")) if r and any(c.strip() for c in r)]
     if not rows:
         raise ValueError(f"audio source {str(src)!r}: the CSV is empty")
     header = [c.strip() for c in rows[0]]
