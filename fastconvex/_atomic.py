@@ -89,8 +89,10 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
     out = Path(path)
-    with writing(out):
+    try:
         fd, tmp = _new_file(out.parent, f".{out.name}.", ".tmp")
+    except OSError as exc:
+        raise _naming(exc, out, None) from exc
     try:
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as fh:
             yield fh
@@ -101,8 +103,24 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.errno is not None:
-            raise as_write_error(exc, out) from exc
+            raise _naming(exc, out, tmp) from exc
         raise
+
+
+def _naming(exc: OSError, out: Path, tmp: Path | None) -> OSError:
+    """An error of :func:`atomic_file` as a :class:`WriteError` naming its
+    output ``out``, not the hidden temporary file (the user never asked for
+    that name); an error about another file (read inside the block) keeps
+    its own name."""
+    if exc.errno is None:
+        return exc
+    named = None if exc.filename is None else Path(exc.filename)
+    temporary = tmp if tmp is not None else out.parent / f".{out.name}."  # the name _new_file tried
+    own = named is None or named in (out, temporary) or (tmp is None and named.parent == out.parent
+                                                          and named.name.startswith(temporary.name))
+    if not own:
+        return as_write_error(exc, out)
+    return WriteError(exc.errno, exc.strerror or os.strerror(exc.errno), str(out))
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
