@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio", required=True, metavar="DIR|CSV",
                         help="DIR/<label>/*.wav|flac|ogg (Speech Commands layout) or a CSV of path,label")
     parser.add_argument("--out-dir", required=True, metavar="STORE", help="the layer store to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing store at STORE (and an existing --out file), and start over "
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing store at STORE (and an existing --out file), and start over "
                         "an interrupted write made with other settings, another model or other audio")
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default 8)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of the stored layers")
