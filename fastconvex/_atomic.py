@@ -24,8 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["WriteError", "atomic_file", "check_output_dir", "new_dir", "staged_directory", "write_json_atomic",
-           "write_text_atomic", "writing"]
+__all__ = ["WriteError", "as_output_error", "atomic_file", "check_output_dir", "new_dir", "staged_directory",
+           "write_json_atomic", "write_text_atomic", "writing"]
 
 
 class WriteError(OSError):
@@ -92,7 +92,9 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str
     try:
         fd, tmp = _new_file(out.parent, f".{out.name}.", ".tmp")
     except OSError as exc:
-        raise _naming(exc, out, None) from exc
+        if exc.errno is None:
+            raise
+        raise as_output_error(exc, out, None) from exc
     try:
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as fh:
             yield fh
@@ -103,15 +105,15 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.errno is not None:
-            raise _naming(exc, out, tmp) from exc
+            raise as_output_error(exc, out, tmp) from exc
         raise
 
 
-def _naming(exc: OSError, out: Path, tmp: Path | None) -> OSError:
-    """An error of :func:`atomic_file` as a :class:`WriteError` naming its
-    output ``out``, not the hidden temporary file (the user never asked for
-    that name); an error about another file (read inside the block) keeps
-    its own name."""
+def as_output_error(exc: OSError, out: Path, tmp: Path | None) -> OSError:
+    """An error while writing ``out`` through the temporary file ``tmp`` (None:
+    while making it) as a :class:`WriteError` naming ``out``, not the hidden
+    temporary file (the user never asked for that name); an error about
+    another file (read inside the block) keeps its own name."""
     if exc.errno is None:
         return exc
     named = None if exc.filename is None else Path(exc.filename)

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ._atomic import atomic_file, write_json_atomic, writing
+from ._atomic import WriteError, as_output_error, atomic_file, write_json_atomic, writing
 from ._inputs import check_bool, is_torch_tensor, to_numpy
 from ._store_format import (
     _CHUNK_BYTES,
@@ -139,17 +139,19 @@ def _open_allocated(file: Path, shape: tuple[int, int], dtype: np.dtype) -> np.m
     size = len(header) + int(np.prod(shape)) * dtype.itemsize
     staging = file.with_name(file.name + ".alloc")  # one left by a killed run is started again
     try:
-        with writing(file):
-            fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-                         | getattr(os, "O_BINARY", 0), 0o666)
-            try:
-                os.write(fd, header)
-                _reserve(fd, size, new=True)
-            finally:
-                os.close(fd)
-            os.replace(staging, file)
-    except BaseException:
+        fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            os.write(fd, header)
+            _reserve(fd, size, new=True)
+        finally:
+            os.close(fd)
+        os.replace(staging, file)
+    except BaseException as exc:
         staging.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.errno is not None:
+            # named as the layer file, not its staging name
+            raise as_output_error(exc, file, staging) from exc
         raise
     return np.load(file, mmap_mode="r+", allow_pickle=False)
 
