@@ -24,8 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["WriteError", "atomic_file", "check_output_dir", "new_dir", "staged_directory", "write_json_atomic",
-           "write_text_atomic", "writing"]
+__all__ = ["WriteError", "as_output_error", "atomic_file", "check_output_dir", "new_dir", "staged_directory",
+           "write_json_atomic", "write_text_atomic", "writing"]
 
 
 class WriteError(OSError):
@@ -89,8 +89,12 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
     out = Path(path)
-    with writing(out):
+    try:
         fd, tmp = _new_file(out.parent, f".{out.name}.", ".tmp")
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise as_output_error(exc, out, None) from exc
     try:
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as fh:
             yield fh
@@ -101,8 +105,24 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.errno is not None:
-            raise as_write_error(exc, out) from exc
+            raise as_output_error(exc, out, tmp) from exc
         raise
+
+
+def as_output_error(exc: OSError, out: Path, tmp: Path | None) -> OSError:
+    """An error while writing ``out`` through the temporary file ``tmp`` (None:
+    while making it) as a :class:`WriteError` naming ``out``, not the hidden
+    temporary file (the user never asked for that name); an error about
+    another file (read inside the block) keeps its own name."""
+    if exc.errno is None:
+        return exc
+    named = None if exc.filename is None else Path(exc.filename)
+    temporary = tmp if tmp is not None else out.parent / f".{out.name}."  # the name _new_file tried
+    own = named is None or named in (out, temporary) or (tmp is None and named.parent == out.parent
+                                                          and named.name.startswith(temporary.name))
+    if not own:
+        return as_write_error(exc, out)
+    return WriteError(exc.errno, exc.strerror or os.strerror(exc.errno), str(out))
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

@@ -21,7 +21,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-_MODELS: dict[tuple[str, str | None, str | None], tuple[Any, Any, str | None]] = {}
+_MODELS: dict[tuple[str, str | None, str | None], tuple[Any, Any, dict[str, str] | None]] = {}
+
+
+def chunk_rows(n: int, chunk_size: int) -> list[range]:
+    """The utterances of each chunk of a Ray embedding run (chunk ``c`` is
+    ``chunk_rows(n, chunk_size)[c]``): contiguous, ``chunk_size`` each, the
+    last one shorter. Part of the resume key (``chunk_size``): a chunk's done
+    marker records the audio of exactly these rows."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    return [range(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
 
 
 @dataclass(frozen=True)
@@ -42,29 +52,34 @@ class EmbedJob:
     layer_files: list[str]
     frames: bool = False  # every valid frame a row (``embed --frames``)
     row_offsets: list[int] | None = None  # frames: first row of each utterance, and the total
-    weights_sha256: str | None = None  # the driver's model: a worker that loads other weights refuses
+    # The driver's model (SIGNATURE_KEYS of its store's resume key: class, configuration,
+    # weights, feature extractor): a worker that loads anything else refuses to write.
+    signature: dict[str, str] | None = None
 
 
 def _model(job: EmbedJob) -> tuple[Any, Any]:
     """The job's model and feature extractor, loaded once per worker process
-    (again if the job names other weights), and checked to be the weights the
-    driver hashed into the store's resume key."""
+    (again if the job names another model), and checked to be the model the
+    driver hashed into the store's resume key: its class, configuration,
+    weights and feature extractor."""
     key = (job.model, job.model_class, job.device)
     cached = _MODELS.get(key)
-    if cached is None or cached[2] != job.weights_sha256:
+    if cached is None or cached[2] != job.signature:
         from .commands.prune import load_model
 
         _MODELS.clear()
         model, fe = load_model(job.model, job.model_class, job.device)
-        sha = None
-        if job.weights_sha256 is not None:
-            from .hf._store_out import weights_sha256
+        if job.signature is not None:
+            from .hf._featurise import _feature_extractor_for
+            from .hf._store_out import SIGNATURE_NAMES, model_signature
 
-            sha = weights_sha256(model)
-            if sha != job.weights_sha256:
-                raise ValueError(f"model {job.model!r}: its weights changed since the embedding run started "
-                                 "(the store's rows would mix two models); rerun with --overwrite to start over")
-        _MODELS[key] = (model, fe, sha)
+            mine = model_signature(model, _feature_extractor_for(model, fe, job.sampling_rate))
+            changed = [SIGNATURE_NAMES[k] for k in job.signature if mine.get(k) != job.signature[k]]
+            if changed:
+                raise ValueError(f"model {job.model!r}: {' and '.join(changed)} changed since the embedding run "
+                                 "started (the store's rows would mix two models); rerun with --overwrite to "
+                                 "start over")
+        _MODELS[key] = (model, fe, job.signature)
     return _MODELS[key][0], _MODELS[key][1]
 
 
@@ -130,14 +145,13 @@ def embed_on_ray(job: EmbedJob, writer: Any, lengths: np.ndarray, *, chunk_size:
     """Run the chunks not yet done as Ray tasks; returns (chunks run, chunks reused)."""
     from ._ray import ray_session, task_resources
 
-    n = int(lengths.shape[0])
-    chunks = [np.arange(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    chunks = chunk_rows(int(lengths.shape[0]), chunk_size)
     done = writer.done_blocks()
     todo = [c for c in range(len(chunks)) if c not in done]
     with ray_session(address, quiet=not verbose) as ray:
         remote = ray.remote(ray_embed_chunk).options(max_retries=retries, **task_resources(ray))
         job_ref = ray.put(job)
-        pending = {remote.remote(job_ref, c, chunks[c].tolist(), lengths[chunks[c]].tolist()): c for c in todo}
+        pending = {remote.remote(job_ref, c, list(chunks[c]), lengths[list(chunks[c])].tolist()): c for c in todo}
         finished = len(done)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ._atomic import write_json_atomic, writing
+from ._atomic import WriteError, as_output_error, atomic_file, write_json_atomic, writing
 from ._inputs import check_bool, is_torch_tensor, to_numpy
 from ._store_format import (
     _CHUNK_BYTES,
@@ -82,48 +82,76 @@ def _reserve(fd: int, size: int, *, new: bool) -> None:
 
 
 def _write_npy(file: Path, array: np.ndarray) -> None:
-    """Write ``array`` as ``.npy`` with plain file writes, block by block (no
-    memory map, so a full disk is an ``OSError``, never a SIGBUS); a partly
-    written file is removed."""
+    """Write ``array`` as ``.npy`` atomically (:func:`atomic_file`) with plain
+    file writes, block by block (no memory map, so a full disk is an
+    ``OSError``, never a SIGBUS)."""
+    with atomic_file(file) as fh:
+        fh.write(_npy_header(array.shape, array.dtype))
+        rows = max(1, _CHUNK_BYTES // max(1, array[:1].nbytes))
+        for start in range(0, array.shape[0], rows):
+            fh.write(np.ascontiguousarray(array[start : start + rows]).data)
+
+
+def _layer_file_error(file: Path) -> str | None:
+    """Why the ``.npy`` layer file ``file`` of a partial write cannot be
+    reopened (no complete header, or shorter than its header says), or None."""
     try:
-        with open(file, "wb") as fh:
-            fh.write(_npy_header(array.shape, array.dtype))
-            rows = max(1, _CHUNK_BYTES // max(1, array[:1].nbytes))
-            for start in range(0, array.shape[0], rows):
-                fh.write(np.ascontiguousarray(array[start : start + rows]).data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        file.unlink(missing_ok=True)
-        raise
+        with open(file, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+            need = fh.tell() + int(np.prod(shape)) * dtype.itemsize
+        size = file.stat().st_size
+    except (OSError, ValueError, EOFError) as exc:
+        return f"unreadable ({exc})"
+    if fortran or len(shape) != 2:
+        return f"not an (N, D) C-order array (shape {shape})"
+    if size < need:
+        return f"{size} bytes, shorter than the {need} its header says"
+    return None
 
 
 def _open_allocated(file: Path, shape: tuple[int, int], dtype: np.dtype) -> np.memmap:
     """``file`` as a writable (N, D) ``.npy`` memmap whose blocks are reserved
     on disk first (see :func:`_reserve`); an existing file (a resume) is
-    reopened, checked and reserved, never cleared. A file this call made is
-    removed if reserving it fails."""
-    new = not file.exists()
-    if not new:
+    reopened, checked and reserved, never cleared. A new file is made under a
+    temporary name (``<file>.alloc``) and takes its final name only once its
+    header is written and its space reserved, so a kill in between leaves
+    nothing a resume would reopen."""
+    if file.exists():
+        why = _layer_file_error(file)
+        if why is not None:
+            raise ValueError(f"{file}: {why}; remove {file.parent} (or pass overwrite=True / --overwrite) "
+                             "to start over")
         arr = np.load(file, mmap_mode="r", allow_pickle=False)
         if arr.shape != shape or arr.dtype != dtype:
             raise ValueError(f"{file}: shape {arr.shape} {arr.dtype} differs from {shape} {dtype}; "
-                             "remove the partial directory to start over")
+                             f"remove {file.parent} (or pass overwrite=True / --overwrite) to start over")
         del arr
-    header = _npy_header(shape, dtype)
-    size = len(header) + int(np.prod(shape)) * dtype.itemsize
-    try:
         with writing(file):
-            fd = os.open(file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            fd = os.open(file, os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
             try:
-                if new:
-                    os.write(fd, header)
-                _reserve(fd, size, new=new)
+                _reserve(fd, file.stat().st_size, new=False)
             finally:
                 os.close(fd)
-    except BaseException:
-        if new:
-            file.unlink(missing_ok=True)
+        return np.load(file, mmap_mode="r+", allow_pickle=False)
+    header = _npy_header(shape, dtype)
+    size = len(header) + int(np.prod(shape)) * dtype.itemsize
+    staging = file.with_name(file.name + ".alloc")  # one left by a killed run is started again
+    try:
+        fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            os.write(fd, header)
+            _reserve(fd, size, new=True)
+        finally:
+            os.close(fd)
+        os.replace(staging, file)
+    except BaseException as exc:
+        staging.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.errno is not None:
+            # named as the layer file, not its staging name
+            raise as_output_error(exc, file, staging) from exc
         raise
     return np.load(file, mmap_mode="r+", allow_pickle=False)
 
@@ -133,13 +161,15 @@ def _changed(old: Any, new: dict[str, Any]) -> str:
     from its job.json) and this job's, in words."""
     if not isinstance(old, dict):
         return "its job.json is missing or unreadable"
-    names = {"weights_sha256": "the model's weights", "config_sha256": "the model's configuration",
+    names = {"weights_sha256": "the model's weights", "feature_extractor_sha256": "the feature extractor",
+             "config_sha256": "the model's configuration",
              "model_class": "the model's class", "lengths_sha256": "the audio lengths", "labels": "the labels",
              "utterance": "the utterance index", "n_points": "the number of rows"}
     old_job, new_job = old.get("job") or {}, new.get("job") or {}
     if isinstance(old_job, dict) and isinstance(new_job, dict):
-        if "weights_sha256" in new_job and "weights_sha256" not in old_job:
-            return "it was made by an older fastconvex, which did not record the model's weights"
+        for key in ("weights_sha256", "feature_extractor_sha256"):
+            if key in new_job and key not in old_job:
+                return f"it was made by an older fastconvex, which did not record {names[key]}"
         diff = [names.get(k, k) for k in sorted(set(old_job) | set(new_job)) if old_job.get(k) != new_job.get(k)]
     else:
         diff = ["the job"]
@@ -237,6 +267,8 @@ class StoreWriter:
                         "see its job.json): pass overwrite=True / --overwrite to start over, or remove it"
                     )
                 shutil.rmtree(self.tmp)
+            else:
+                self._check_layer_files()
         self._signature = signature
         if self.tmp.exists():
             if (self.tmp / "info.json").is_file():
@@ -244,6 +276,24 @@ class StoreWriter:
                     self.meta = {**json.load(fh), **self.meta}
         else:
             self._create()
+
+    def _check_layer_files(self) -> None:
+        """The layer files of the interrupted write this writer resumes, each
+        checked to reopen (a file damaged outside fastconvex, or cut short by a
+        full disk): one that does not is refused, naming it, or with
+        ``overwrite=True`` the write is started over. Staging files of a
+        layer whose allocation was killed are removed."""
+        for leftover in self.tmp.glob("layer_*.npy.alloc"):
+            leftover.unlink(missing_ok=True)
+        for file in sorted(self.tmp.glob("layer_*.npy")):
+            why = _layer_file_error(file)
+            if why is None:
+                continue
+            if self.overwrite:
+                shutil.rmtree(self.tmp)
+                return
+            raise ValueError(f"{file}: {why}, so the interrupted write in {self.tmp} cannot be resumed; "
+                             "pass overwrite=True / --overwrite to start over, or remove it")
 
     def _create(self) -> None:
         with writing(self.tmp):
@@ -274,8 +324,7 @@ class StoreWriter:
                 f"layers[{index}] has N={array.shape[0]} rows but labels has {self.n_points} entries"
             )
         name = f"layer_{index:03d}.npy"
-        with writing(self.tmp / name):
-            _write_npy(self.tmp / name, array)
+        _write_npy(self.tmp / name, array)
         self.layers.append({"file": name, "shape": list(array.shape), "dtype": array.dtype.name})
 
     # -- row blocks
@@ -340,13 +389,12 @@ class StoreWriter:
         if self.labels.dtype.kind == "O":
             label_file = labels_dir / "labels.json"
             values = [_encode_label(v, i) for i, v in enumerate(self.labels)]
-            with writing(label_file), open(label_file, "w", encoding="utf-8") as fh:
+            with atomic_file(label_file, "w", encoding="utf-8") as fh:
                 json.dump(values, fh)
             kind = "json"
         else:
             label_file = labels_dir / "labels.npy"
-            with writing(label_file):
-                _write_npy(label_file, self.labels)
+            _write_npy(label_file, self.labels)
             kind = "npy"
         manifest: dict[str, Any] = {
             "format": FORMAT,
@@ -362,8 +410,7 @@ class StoreWriter:
         }
         if self.utterance is not None:
             ufile = labels_dir / "utterance.npy"
-            with writing(ufile):
-                _write_npy(ufile, self.utterance)
+            _write_npy(ufile, self.utterance)
             manifest["utterance"] = {"file": "labels/utterance.npy", "sha256": _file_sha256(ufile)}
         for entry in self.layers:
             arr = np.load(self.tmp / entry["file"], mmap_mode="r", allow_pickle=False)

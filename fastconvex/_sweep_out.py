@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ._atomic import atomic_file, write_text_atomic
+from ._atomic import write_text_atomic
+from ._plotfile import save_figure
 from ._results import Convexity, LayerScores
 from .store import LayerStore, write_json_atomic
 
@@ -201,8 +202,7 @@ def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, lis
             else:
                 title = f"graph convexity per layer (k={settings['k']}, {settings['estimator']})"
             fig.axes[0].set_title(title)
-            with atomic_file(out / "sweep.png") as fh:
-                fig.savefig(fh, format="png", dpi=120)
+            save_figure(fig, out / "sweep.png", dpi=120)
             written.append("sweep.png")
         except ImportError as exc:
             if verbose:

@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio", required=True, metavar="DIR|CSV",
                         help="DIR/<label>/*.wav|flac|ogg (Speech Commands layout) or a CSV of path,label")
     parser.add_argument("--out-dir", required=True, metavar="STORE", help="the layer store to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing store at STORE (and an existing --out file)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing store at STORE (and an existing --out file), and start over "
+                        "an interrupted write made with other settings, another model or other audio")
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default 8)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of the stored layers")
     parser.add_argument("--layers", type=_layer_list, default=None, metavar="I,J,...",
@@ -113,9 +115,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.name:
         meta["name"] = args.name
     if args.engine == "local":
-        partial = store_path.parent / f".{store_path.name}.partial"
-        if partial.exists():
-            log(args, f"resuming the interrupted write in {partial}")
         frame_labels = _frame_labels(model, fe, lengths, labels) if args.frames else None
         pooled = hf.pooled_hidden_states(
             model, audio, sampling_rate=rate, batch_size=args.batch_size, feature_extractor=fe, layers=args.layers,
@@ -154,9 +153,10 @@ def _frame_labels(model, fe, lengths, labels) -> list:
 
 
 def _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_path) -> None:
-    from fastconvex._embed import EmbedJob, embed_on_ray, probe_layers
+    from fastconvex._embed import EmbedJob, chunk_rows, embed_on_ray, probe_layers
     from fastconvex.cli import log
-    from fastconvex.hf._store_out import open_writer
+    from fastconvex.hf._featurise import _feature_extractor_for, _waveform_name
+    from fastconvex.hf._store_out import SIGNATURE_KEYS, check_resumed_audio, open_writer
 
     selected, dim = probe_layers(model, fe, audio[0], sampling_rate=rate, layers=args.layers,
                                  final_norm=args.final_norm)
@@ -167,32 +167,33 @@ def _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_p
         frame_labels, utterance = np.concatenate(per_utt), np.repeat(np.arange(len(paths)), counts)
         offsets = [0, *np.cumsum(counts).tolist()]
     writer = open_writer(
-        store_path, model=model, labels=None if args.frames else labels, frame_labels=frame_labels,
+        store_path, model=model, feature_extractor=_feature_extractor_for(model, fe, rate),
+        labels=None if args.frames else labels, frame_labels=frame_labels,
         utterance=utterance, raw_lengths=lengths, n_utt=len(paths), meta=meta, overwrite=args.overwrite, resume=True,
         job={"engine": "ray", "chunk_size": args.chunk_size, "layers": args.layers, "dtype": args.dtype,
              "batch_size": args.batch_size, "mix_lengths": bool(args.mix_lengths), "final_norm": args.final_norm,
              "sampling_rate": rate, "frames": bool(args.frames)},
         ignored_frames=0 if args.frames else None,
     )
-    from fastconvex.hf._featurise import _waveform_name
-    from fastconvex.hf._store_out import check_resumed_audio
-
-    n = len(paths)
-    chunks = {c: range(s, min(s + args.chunk_size, n)) for c, s in enumerate(range(0, n, args.chunk_size))}
-    check_resumed_audio(writer, chunks, lambda i: audio[i], lambda i: _waveform_name(audio, i),
-                        overwrite=args.overwrite)
-    arrays = writer.allocate(dim, np.dtype(args.dtype), count=len(selected))
-    del arrays
-    writer.set_info(hidden_states=selected)
-    job = EmbedJob(
-        model=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
-        model_class=args.model_class, device=args.device, paths=[str(Path(p).resolve()) for p in paths],
-        sampling_rate=rate, batch_size=args.batch_size, dtype=args.dtype, layers=args.layers,
-        final_norm=args.final_norm, mix_lengths=bool(args.mix_lengths), partial_dir=str(writer.tmp.resolve()),
-        layer_files=[entry["file"] for entry in writer.layers], frames=bool(args.frames), row_offsets=offsets,
-        weights_sha256=writer.meta["weights_sha256"],
-    )
-    ran, reused = embed_on_ray(job, writer, np.asarray(lengths), chunk_size=args.chunk_size, address=args.address,
-                               retries=args.retries, verbose=not args.quiet)
-    log(args, f"embed: {ran} chunk(s) embedded on Ray, {reused} reused from an interrupted run")
-    writer.finish()
+    try:  # a failure (a full disk, Ctrl-C) keeps a partial write only where a chunk finished
+        chunks = dict(enumerate(chunk_rows(len(paths), args.chunk_size)))
+        check_resumed_audio(writer, chunks, lambda i: audio[i], lambda i: _waveform_name(audio, i),
+                            overwrite=args.overwrite, log=lambda message: log(args, message))
+        arrays = writer.allocate(dim, np.dtype(args.dtype), count=len(selected))
+        del arrays
+        writer.set_info(hidden_states=selected)
+        job = EmbedJob(
+            model=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+            model_class=args.model_class, device=args.device, paths=[str(Path(p).resolve()) for p in paths],
+            sampling_rate=rate, batch_size=args.batch_size, dtype=args.dtype, layers=args.layers,
+            final_norm=args.final_norm, mix_lengths=bool(args.mix_lengths), partial_dir=str(writer.tmp.resolve()),
+            layer_files=[entry["file"] for entry in writer.layers], frames=bool(args.frames), row_offsets=offsets,
+            signature={k: writer.meta[k] for k in SIGNATURE_KEYS},
+        )
+        ran, reused = embed_on_ray(job, writer, np.asarray(lengths), chunk_size=args.chunk_size,
+                                   address=args.address, retries=args.retries, verbose=not args.quiet)
+        log(args, f"embed: {ran} chunk(s) embedded on Ray, {reused} reused from an interrupted run")
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise

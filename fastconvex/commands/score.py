@@ -298,6 +298,7 @@ def scoring_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def save_plot(scores: Any, path: str | Path, *, cut: int | None, title: str | None = None) -> Path:
     """Save the convexity-per-layer plot (standard-error bars, cut marked) as an image."""
+    from fastconvex._plotfile import save_figure
     from fastconvex.plot import plot_layer_scores
 
     out = Path(path)
@@ -308,8 +309,7 @@ def save_plot(scores: Any, path: str | Path, *, cut: int | None, title: str | No
     fig = plot_layer_scores(scores, cut=cut)
     if title:
         fig.axes[0].set_title(title)
-    fig.savefig(out, dpi=120)
-    return out
+    return save_figure(fig, out, dpi=120)
 
 
 def format_table(result: Any, names: list[str] | None = None) -> str:

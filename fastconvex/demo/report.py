@@ -76,7 +76,9 @@ def plot_report(report: dict, path: Path) -> Path | None:
     fig = report_figure(report)
     if fig is None:
         return None
-    fig.savefig(path, dpi=110)
+    from .._plotfile import save_figure
+
+    save_figure(fig, path, dpi=110)
     return path
 
 
@@ -87,7 +89,9 @@ def plot_finetune(report: dict, path: Path) -> str | None:
     fig = finetune_figure(report)
     if fig is None:
         return None
-    fig.savefig(path, dpi=110)
+    from .._plotfile import save_figure
+
+    save_figure(fig, path, dpi=110)
     return str(path)
 
 

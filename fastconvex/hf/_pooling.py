@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,10 @@ from ._featurise import (
 from ._models import is_whisper, model_device, pooled_final_norm, speech_encoder
 
 __all__ = ["PooledHiddenStates", "pooled_hidden_states", "valid_frame_counts"]
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 class PooledHiddenStates(list):
@@ -150,7 +155,8 @@ def pooled_hidden_states(
         write of another job).
     resume : bool
         Continue an interrupted ``out_dir`` write of the same job: the same
-        model (class, configuration and weights, hashed), audio (lengths, and
+        model (class, configuration and weights, hashed), feature extractor
+        (its settings, hashed), audio (lengths, and
         the samples of every utterance already written, read again and
         compared with hashes recorded as they were written), labels, layers,
         dtype and batching. A partial write of a different job is an error
@@ -167,6 +173,8 @@ def pooled_hidden_states(
         the default costs little there.
     progress : bool or None
         Progress bar over batches on stderr (None: only when stderr is a terminal).
+        With ``out_dir``, a resumed write also says on stderr what it checks
+        and reuses, unless ``progress=False``.
     final_norm : {"raw", "apply"}
         Pre-LN encoders (Whisper; stable-layer-norm "large" wav2vec2-family models)
         apply a final LayerNorm after their last block, so only their last hidden
@@ -266,7 +274,7 @@ def pooled_hidden_states(
         from ._store_out import open_writer
 
         writer = open_writer(
-            out_dir, model=model, labels=labels, frame_labels=all_labels, utterance=utt_of_row,
+            out_dir, model=model, feature_extractor=feature_extractor, labels=labels, frame_labels=all_labels, utterance=utt_of_row,
             ignored_frames=None if all_labels is None else int(n_frames.sum()) - n_rows,
             raw_lengths=raw_lengths, n_utt=n_utt, meta=meta, overwrite=overwrite, resume=resume,
             job={"layers": None if layers is None else list(layers), "dtype": out_dtype.name,
@@ -300,7 +308,8 @@ def pooled_hidden_states(
 
             done_batches = check_resumed_audio(
                 writer, {b: [int(i) for i in batch] for b, batch in enumerate(batches)}, waveform,
-                lambda i: _waveform_name(waveforms, i), overwrite=overwrite)
+                lambda i: _waveform_name(waveforms, i), overwrite=overwrite,
+                log=None if progress is False else _log)
         except BaseException:
             writer.abort()
             raise
