@@ -62,3 +62,107 @@ def test_utf16_decode_errors_get_a_utf16_hint_not_latin1():
     assert "latin1" not in message and "cut short or damaged" in message
     with pytest.raises(TextDecodeError, match="iconv -f latin1"):
         decode_text(b"caf\xe9\n", "LABELS 'y.txt'")
+
+
+# ------------------------------------------------------------------ directories written into
+
+def _path_check(argv):
+    """The command line's output-path check (cli.main runs it before any work)."""
+    from fastconvex.cli import build_parser
+    from fastconvex.commands._paths import check_outputs_spare_inputs
+
+    check_outputs_spare_inputs(build_parser().parse_args([str(a) for a in argv]))
+
+
+def _store(path: Path) -> Path:
+    import fastconvex as fc
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 12)
+    fc.save_store(path, [(rng.normal(size=(24, 3)) + 3 * y[:, None]).astype(np.float32) for _ in range(2)], y)
+    return path
+
+
+def test_sweep_into_the_directory_holding_its_store_runs_and_spares_the_store(tmp_path, capsys, monkeypatch):
+    stores = tmp_path / "stores"
+    _store(stores / "s2")
+    before = {p: p.read_bytes() for p in (stores / "s2").rglob("*") if p.is_file()}
+    monkeypatch.chdir(stores)  # cd stores; fastconvex sweep s2 --out-dir .
+    code, out, err = _run(capsys, ["sweep", "s2", "--out-dir", ".", "--k", "4", "--pairs", "100", "--quiet"])
+    assert code == 0, err
+    assert json.loads((stores / "sweep.json").read_text())["stores"]
+    assert {p: p.read_bytes() for p in (stores / "s2").rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("layout", [
+    lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs"],
+    lambda r: ["sweep", r / "runs" / "s1", "--measure", "euclidean", "--model", r / "runs" / "clf", "--label-map",
+               r / "runs" / "map.json", "--out-dir", r / "runs"],
+    lambda r: ["prune", r / "runs" / "clf", "--audio", r / "runs" / "audio", "--out", r / "runs"],
+    lambda r: ["demo", "--model-dir", r / "runs" / "tiny-ct2", "--out-dir", r / "runs"],
+])
+def test_an_input_beside_what_a_directory_command_writes_is_accepted(tmp_path, layout):
+    for d in ("s1", "clf", "audio", "tiny-ct2"):
+        (tmp_path / "runs" / d).mkdir(parents=True)
+    (tmp_path / "runs" / "map.json").write_text("{}")
+    _path_check(layout(tmp_path))  # no UsageError
+
+
+def test_prune_spares_listed_audio_inside_its_out_dir(tmp_path):
+    from fastconvex.cli import build_parser
+    from fastconvex.commands._paths import check_listed_audio
+
+    (tmp_path / "runs" / "clips").mkdir(parents=True)
+    (tmp_path / "runs" / "audio.csv").write_text("path,label\nclips/a.wav,x\n")
+    args = build_parser().parse_args(["prune", str(tmp_path / "m"), "--audio", str(tmp_path / "runs" / "audio.csv"),
+                                      "--out", str(tmp_path / "runs")])
+    check_listed_audio(args, [tmp_path / "runs" / "clips" / "a.wav"])  # no UsageError
+
+
+@pytest.mark.parametrize("argv, message", [
+    (lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs" / "s1"], "--out-dir '{runs}/s1' is the input STORE"),
+    (lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs" / "s1" / "o"], "/o' lies inside the input STORE"),
+    (lambda r: ["score", r / "runs" / "s1", "--labels", r / "runs" / "y.npy", "--out", r / "runs" / "s1" / "r.json"],
+     "/r.json' lies inside the input EMBEDDINGS"),
+    (lambda r: ["prune", r / "runs" / "clf", "--audio", r / "runs" / "audio", "--out", r / "runs" / "clf" / "cut"],
+     "/cut' lies inside the input MODEL"),
+    (lambda r: ["finetune", r / "runs" / "clf", "--audio", r / "runs" / "audio", "--out-dir", r / "runs",
+                "--overwrite"], "--out-dir '{runs}' contains the input MODEL_DIR"),  # replaced whole
+    (lambda r: ["embed", r / "runs" / "clf", "--audio", r / "runs" / "audio", "--out-dir", r / "runs",
+                "--overwrite"], "--out-dir '{runs}' contains the input MODEL"),  # replaced whole
+    (lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs" / "linked"],
+     "writes '{runs}/linked/tasks', a link to '{runs}/s1', which is the input STORE"),
+])
+def test_what_would_change_an_input_is_still_refused(tmp_path, capsys, argv, message):
+    runs = tmp_path / "runs"
+    for d in ("s1", "clf", "audio", "linked"):
+        (runs / d).mkdir(parents=True)
+    np.save(runs / "y.npy", np.zeros(3))
+    (runs / "linked" / "tasks").symlink_to(runs / "s1", target_is_directory=True)
+    argv = argv(tmp_path)
+    code, out, err = _run(capsys, argv)
+    assert code == 2 and out == ""
+    line = _one_error_line(err)
+    assert message.format(runs=str(runs)) in line, line
+    assert "--overwrite or not" in line
+
+
+def test_the_names_written_into_directories_are_those_the_writers_use():
+    import fnmatch
+
+    from fastconvex import _sweep_out
+    from fastconvex.commands import prune
+    from fastconvex.commands._paths import WRITTEN
+    from fastconvex.hf import _prune_io
+
+    def claimed(key, name):
+        return any(fnmatch.fnmatchcase(name, p) for p in WRITTEN[key])
+
+    for name in (*_sweep_out.OUTPUTS, _sweep_out.LOCK_FILE, _sweep_out.HOLDER_FILE, "tasks"):
+        assert claimed(("sweep", "--out-dir"), name), name
+    for name in (prune.REPORT_FILE, prune.PLOT_FILE, _prune_io.PROVENANCE_FILE, "config.json", "model.safetensors",
+                 "model-00001-of-00002.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "preprocessor_config.json", "generation_config.json", ".fastconvex-staging-1a2b3c4d"):
+        assert claimed(("prune", "--out"), name), name
+    for name in ("report.json", "demo.png", "finetune.png", "finetune", "whisper-tiny.en-words-keep2"):
+        assert claimed(("demo", "--out-dir"), name), name
