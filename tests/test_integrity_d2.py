@@ -166,3 +166,37 @@ def test_the_names_written_into_directories_are_those_the_writers_use():
         assert claimed(("prune", "--out"), name), name
     for name in ("report.json", "demo.png", "finetune.png", "finetune", "whisper-tiny.en-words-keep2"):
         assert claimed(("demo", "--out-dir"), name), name
+
+
+# ------------------------------------------------------------------ demo --finetune --keeps
+
+@pytest.mark.parametrize("models, keeps, message", [
+    ("base", "7", "--keeps: [7] not in 1..6 (Whisper base's encoder blocks)"),
+    ("tiny.en,base", "2,5", "--keeps: [5] not in 1..4 (Whisper tiny.en's encoder blocks)"),
+])
+def test_demo_finetune_keeps_beyond_any_models_blocks_are_refused_before_the_model_loads(
+        tmp_path, capsys, monkeypatch, models, keeps, message):
+    import fastconvex.demo.experiment as experiment
+    import fastconvex.hf.ct2_whisper as ct2
+    import fastconvex.hf.whisper_models  # noqa: F401  (imported now, it binds the real loader, not the patch)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before --keeps was checked")
+
+    monkeypatch.setattr(ct2, "load_ct2_whisper", no_model)
+    monkeypatch.setattr(experiment, "load_task", no_model)
+    code, out, err = _run(capsys, ["demo", "--out-dir", tmp_path / "o", "--finetune", "--quick", "--models", models,
+                                   "--keeps", keeps, "--tasks", "speakers", "--quiet", "--no-fetch"])
+    assert code == 2 and out == ""
+    assert _one_error_line(err) == f"fastconvex demo: error: {message}"
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_known_block_counts_are_the_models():
+    from fastconvex.demo.experiment import ENCODER_BLOCKS
+    from fastconvex.hf.whisper_models import WHISPER_MODELS, load_whisper
+
+    assert set(ENCODER_BLOCKS) == set(WHISPER_MODELS)
+    for name, n_blocks in ENCODER_BLOCKS.items():
+        model, _ = load_whisper(name)
+        assert len(model.model.encoder.layers) == n_blocks, name
