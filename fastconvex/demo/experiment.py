@@ -65,8 +65,8 @@ def check_finetune_keeps(models: Sequence[str], spec: str) -> None:
     if not isinstance(keeps, tuple):
         return
     for name in models:
-        n_blocks = ENCODER_BLOCKS[name]
-        bad = sorted(k for k in keeps if k > n_blocks)
+        n_blocks = ENCODER_BLOCKS.get(name)  # a model not listed is checked when it is fine-tuned
+        bad = sorted(k for k in keeps if n_blocks is not None and k > n_blocks)
         if bad:
             raise ValueError(f"--keeps: {bad} not in 1..{n_blocks} (Whisper {name}'s encoder blocks)")
 
