@@ -120,7 +120,8 @@ def test_prune_spares_listed_audio_inside_its_out_dir(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs" / "s1"], "--out-dir '{runs}/s1' is the input STORE"),
+    (lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs" / "s1"],
+     "--out-dir '{runs}/s1' is the input STORE"),
     (lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs" / "s1" / "o"], "/o' lies inside the input STORE"),
     (lambda r: ["score", r / "runs" / "s1", "--labels", r / "runs" / "y.npy", "--out", r / "runs" / "s1" / "r.json"],
      "/r.json' lies inside the input EMBEDDINGS"),

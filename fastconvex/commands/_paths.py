@@ -40,7 +40,8 @@ from pathlib import Path
 
 from ._output import UsageError
 
-__all__ = ["OUTPUTS", "INPUTS", "WRITTEN", "check_listed_audio", "check_outputs_spare_inputs", "check_outputs_spare_files",
+__all__ = ["OUTPUTS", "INPUTS", "WRITTEN", "check_listed_audio", "check_outputs_spare_inputs",
+           "check_outputs_spare_files",
            "output_paths"]
 
 #: command -> (attribute of the parsed arguments, how the error names it) of every output path
@@ -179,8 +180,9 @@ def _check(command: str, outputs: Sequence[tuple[str, str]], inputs: Iterable[tu
 
 
 def check_outputs_spare_inputs(args: argparse.Namespace) -> None:
-    """Before any work: no output path of the command line (:data:`OUTPUTS`) is, contains or lies
-    inside one of its input paths (:data:`INPUTS`). Raises :class:`UsageError` naming both."""
+    """Before any work: no output path of the command line (:data:`OUTPUTS`) would destroy one of
+    its input paths (:data:`INPUTS`; the rule is in the module docstring). Raises
+    :class:`UsageError` naming both."""
     outputs = output_paths(args)
     if outputs:
         _check(args.command, outputs, ((f"{name} {path!r}", _real(path)) for name, path in _input_paths(args)))
