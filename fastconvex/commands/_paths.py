@@ -41,8 +41,7 @@ from pathlib import Path
 from ._output import UsageError
 
 __all__ = ["OUTPUTS", "INPUTS", "WRITTEN", "check_listed_audio", "check_outputs_spare_inputs",
-           "check_outputs_spare_files",
-           "output_paths"]
+           "check_outputs_spare_files", "output_paths"]
 
 #: command -> (attribute of the parsed arguments, how the error names it) of every output path
 OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
