@@ -42,25 +42,29 @@ if TYPE_CHECKING:
     from .store import LayerStore, open_store, save_store
 
 
-def __getattr__(name: str) -> object:
-    """A public name (or a submodule, as ``fastconvex.naive``), imported when first asked for."""
-    if name in _EXPORTS:
-        value = getattr(_importlib.import_module(_EXPORTS[name], __name__), name)
-    elif not name.startswith("__"):
-        try:
-            value = _importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
+# Hidden from type checkers: a module-level __getattr__ would make every unknown
+# name (a typo such as ``fc.graph_convexty``) an ``object`` instead of an error.
+if not TYPE_CHECKING:
 
+    def __getattr__(name: str) -> object:
+        """A public name (or a submodule, as ``fastconvex.naive``), imported when first asked for."""
+        if name in _EXPORTS:
+            value = getattr(_importlib.import_module(_EXPORTS[name], __name__), name)
+        elif not name.startswith("__"):
+            try:
+                value = _importlib.import_module(f".{name}", __name__)
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{__name__}.{name}":
+                    raise
+                raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        globals()[name] = value
+        return value
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    def __dir__() -> list[str]:
+        """The public names and the module's dunders, not the helpers of the lazy import."""
+        return sorted(set(__all__) | {k for k in globals() if k.startswith("__") and k.endswith("__")})
 
 
 __all__ = [

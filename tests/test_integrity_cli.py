@@ -142,6 +142,11 @@ def inputs(tmp_path):
     (root / "audio.csv").write_text("path,label\nclips/b.wav,no\n")
     (root / "store").mkdir()
     (root / "store" / "store.json").write_text("{}")
+    (root / "map.json").write_text('{"0": 0}')
+    np.save(root / "len.npy", np.full(60, 4))
+    (root / "runs" / "tasks" / "s1").mkdir(parents=True)  # inputs where sweep --out-dir runs writes
+    (root / "runs" / "sweep.json").write_text('{"0": 0}')
+    (root / "whisper-ct2").mkdir()  # where demo --out-dir writes its saved cut models (whisper-*)
     return root
 
 
@@ -160,18 +165,31 @@ def _destroying_cases(r: Path) -> list[tuple[list, str, str]]:
         (["score", r / "embdir", "--labels", r / "y.npy", "--out", r / "embdir" / "r.json"],
          f"--out {str(r / 'embdir' / 'r.json')!r} lies inside", "EMBEDDINGS"),
         ([*score, "--out", r, "--overwrite"], f"--out {str(r)!r} contains", "EMBEDDINGS"),
+        ([*score, "--measure", "euclidean", "--model", model, "--out", model / "r.json"],
+         f"--out {str(model / 'r.json')!r} lies inside", "--model"),
+        ([*score, "--measure", "euclidean", "--model", model, "--lengths", r / "len.npy", "--out", r / "len.npy",
+          "--overwrite"], f"--out {str(r / 'len.npy')!r} is", "--lengths"),
+        ([*score, "--measure", "euclidean", "--model", model, "--label-map", r / "map.json", "--plot",
+          r / "map.json", "--overwrite"], f"--plot {str(r / 'map.json')!r} is", "--label-map"),
         (["prune", model, "--audio", audio, "--out", model, "--overwrite"], f"--out {str(model)!r} is", "MODEL"),
         (["prune", model, "--audio", audio, "--out", model / "cut"], f"--out {str(model / 'cut')!r} lies inside",
          "MODEL"),
-        (["prune", model, "--audio", audio, "--out", r, "--overwrite"], f"--out {str(r)!r} contains", "MODEL"),
+        (["prune", model, "--audio", audio, "--measure", "euclidean", "--label-map", r / "map.json", "--out", r,
+          "--overwrite"], f"--out {str(r)!r} writes {str(r / 'map.json')!r}, which is", "--label-map"),
         (["prune", model, "--audio", audio, "--out", r.parent / "cut", "--embeddings-dir", audio / "yes",
           "--overwrite"], f"--embeddings-dir {str(audio / 'yes')!r} lies inside", "--audio"),
-        (["prune", model, "--audio", csv_, "--out", r / "clips", "--overwrite"], f"--out {str(r / 'clips')!r} contains",
-         f"file {str(r / 'clips' / 'b.wav')!r} (listed in --audio {str(csv_)!r})"),
         (["sweep", r / "store", "--out-dir", r / "store"], f"--out-dir {str(r / 'store')!r} is", "STORE"),
         (["sweep", r / "store", "--out-dir", r / "store" / "s"], f"--out-dir {str(r / 'store' / 's')!r} lies inside",
          "STORE"),
-        (["sweep", r / "store", "--out-dir", r], f"--out-dir {str(r)!r} contains", "STORE"),
+        (["sweep", r / "runs" / "tasks" / "s1", "--out-dir", r / "runs"],
+         f"--out-dir {str(r / 'runs')!r} writes {str(r / 'runs' / 'tasks')!r}, which contains", "STORE"),
+        (["sweep", r / "runs" / "tasks", "--out-dir", r / "runs"],
+         f"--out-dir {str(r / 'runs')!r} writes {str(r / 'runs' / 'tasks')!r}, which is", "STORE"),
+        (["sweep", r / "store", "--measure", "euclidean", "--model", model, "--label-map", r / "runs" / "sweep.json",
+          "--out-dir", r / "runs"],
+         f"--out-dir {str(r / 'runs')!r} writes {str(r / 'runs' / 'sweep.json')!r}, which is", "--label-map"),
+        (["sweep", r / "store", "--measure", "euclidean", "--model", model, "--out-dir", model / "s"],
+         f"--out-dir {str(model / 's')!r} lies inside", "--model"),
         (["embed", model, "--audio", audio, "--out-dir", audio, "--overwrite"], f"--out-dir {str(audio)!r} is",
          "--audio"),
         (["embed", model, "--audio", audio, "--out-dir", model / "store"],
@@ -187,7 +205,10 @@ def _destroying_cases(r: Path) -> list[tuple[list, str, str]]:
         (["finetune", model, "--audio", csv_, "--out-dir", r.parent / "ft", "--labels", r / "y.npy", "--out",
           r / "y.npy", "--overwrite"], f"--out {str(r / 'y.npy')!r} is", "--labels"),
         (["demo", "--model-dir", model, "--out-dir", model], f"--out-dir {str(model)!r} is", "--model-dir"),
-        (["demo", "--model-dir", model, "--out-dir", r], f"--out-dir {str(r)!r} contains", "--model-dir"),
+        (["demo", "--model-dir", model, "--out-dir", model / "d"], f"--out-dir {str(model / 'd')!r} lies inside",
+         "--model-dir"),
+        (["demo", "--model-dir", r / "whisper-ct2", "--out-dir", r],
+         f"--out-dir {str(r)!r} writes {str(r / 'whisper-ct2')!r}, which is", "--model-dir"),
     ]
 
 
@@ -196,8 +217,10 @@ def test_every_case_list_covers_every_command_with_inputs():
     from fastconvex.cli import COMMANDS
 
     assert set(OUTPUTS) == set(INPUTS) == set(COMMANDS)
-    covered = {argv[0] for argv, _, _ in _destroying_cases(Path("/r"))}
-    assert covered == {c for c, names in INPUTS.items() if names}
+    # every input of every command (an --audio CSV's listed files count as --audio)
+    covered = {(argv[0], "--audio" if named.startswith("file") else named)
+               for argv, _, named in _destroying_cases(Path("/r"))}
+    assert covered == {(c, name) for c, names in INPUTS.items() for _, name in names}
 
 
 @pytest.mark.parametrize("case", range(len(_destroying_cases(Path("/r")))))

@@ -1,13 +1,27 @@
 """An output never destroys an input: every command's output paths checked
 against its input paths before any work, ``--overwrite`` or not.
 
-An output that *is* an input would replace it; one that *contains* an input
-(a directory) may be replaced whole or written into over it; one that *lies
-inside* an input directory (a model folder, a store, an audio folder) adds or
-replaces files there, so the input is no longer what it was. All three are
-refused in one line. Paths are compared after resolving symbolic links
-(``os.path.realpath``), and an existing output is also compared by inode
-(``os.path.samefile``), so neither a link nor a hard link slips through.
+Two kinds of output path are told apart:
+
+* an output the command **replaces whole** -- a file (``--out``, ``--plot``) or
+  a directory made or replaced as one (``embed --out-dir``, ``finetune
+  --out-dir``, ``prune --embeddings-dir``) -- must not *be* an input, *contain*
+  one (it would be replaced with it) or *lie inside* an input directory (it
+  would add or replace files there, so the input is no longer what it was);
+* a directory the command only **writes into** (``sweep --out-dir``, ``demo
+  --out-dir``, ``prune --out``) must not be an input or lie inside one either,
+  but it may contain inputs: what is checked there are the names the command
+  writes in it (:data:`WRITTEN`; ``sweep --out-dir`` writes ``tasks/``,
+  ``sweep.json``, ``sweep.csv``, ``sweep.png`` and its lock files), each of
+  which must not be, or contain, an input. So ``sweep runs/s1 --out-dir runs``
+  is fine, while ``sweep runs/tasks --out-dir runs`` is refused. Temporary
+  files are made under new, random names (never over an existing file), so
+  they cannot meet an input.
+
+Each refusal is one line naming the option, the path and the input. Paths are
+compared after resolving symbolic links (``os.path.realpath``), and an existing
+output is also compared by inode (``os.path.samefile``), so neither a link nor
+a hard link slips through.
 
 :data:`OUTPUTS` and :data:`INPUTS` name, per command, the options that hold
 such paths; :func:`fastconvex.cli.main` checks them before the command runs
@@ -19,14 +33,15 @@ paths later (the audio files a CSV lists) check those with
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ._output import UsageError
 
-__all__ = ["OUTPUTS", "INPUTS", "check_listed_audio", "check_outputs_spare_inputs", "check_outputs_spare_files",
-           "output_paths"]
+__all__ = ["OUTPUTS", "INPUTS", "WRITTEN", "check_listed_audio", "check_outputs_spare_inputs",
+           "check_outputs_spare_files", "output_paths"]
 
 #: command -> (attribute of the parsed arguments, how the error names it) of every output path
 OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -42,14 +57,28 @@ OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
 
 #: command -> the same for every input path (files or directories; a value may be a list)
 INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "score": (("embeddings", "EMBEDDINGS"), ("labels", "LABELS"), ("model", "--model"), ("lengths", "--lengths")),
-    "prune": (("model", "MODEL"), ("audio", "--audio")),
-    "sweep": (("stores", "STORE"), ("model", "--model")),
+    "score": (("embeddings", "EMBEDDINGS"), ("labels", "LABELS"), ("model", "--model"), ("lengths", "--lengths"),
+              ("label_map", "--label-map")),
+    "prune": (("model", "MODEL"), ("audio", "--audio"), ("label_map", "--label-map")),
+    "sweep": (("stores", "STORE"), ("model", "--model"), ("label_map", "--label-map")),
     "embed": (("model", "MODEL"), ("audio", "--audio")),
     "finetune": (("model", "MODEL_DIR"), ("audio", "--audio"), ("labels", "--labels")),
     "bench": (),
     "demo": (("model_dir", "--model-dir"),),
     "env": (),
+}
+
+#: (command, option) -> the names (``fnmatch`` patterns) a command writes into an output directory
+#: it does not replace whole; every other output path is replaced whole. Kept in step with the
+#: writers by tests: sweep's fastconvex._sweep_out (OUTPUTS, LOCK_FILE, HOLDER_FILE) and its
+#: ``tasks/`` folder; prune's save_pretrained files, REPORT_FILE, PLOT_FILE and staging folder;
+#: the demo's report, figures, ``finetune/`` results and saved cut models.
+WRITTEN: dict[tuple[str, str], tuple[str, ...]] = {
+    ("sweep", "--out-dir"): ("tasks", "sweep.json", "sweep.csv", "sweep.png", ".sweep.lock*"),
+    # transformers' save_pretrained names its files (sharded weights too), so prune claims every
+    # name of those kinds: a model or audio folder inside --out is spared, a .json input is not
+    ("prune", "--out"): ("*.json", "*.safetensors", "*.bin", "convexity.png", ".fastconvex-staging-*"),
+    ("demo", "--out-dir"): ("report.json", "demo.png", "finetune.png", "finetune", "whisper-*"),
 }
 
 
@@ -96,32 +125,66 @@ def _input_paths(args: argparse.Namespace) -> list[tuple[str, str]]:
     return ins
 
 
-def _check(outputs: Sequence[tuple[str, str]], inputs: Iterable[tuple[str, str, str]]) -> None:
-    """Raise :class:`UsageError` for the first output that is, contains or lies inside an input;
-    ``inputs`` are ``(how the error names it, resolved path)``."""
-    resolved = [(option, path, _real(path)) for option, path in outputs]
+def _written(real_input: str, out: str, patterns: tuple[str, ...]) -> str | None:
+    """The name directly inside ``out`` on the way to ``real_input`` (which lies inside ``out``)
+    when the command writes that name (``patterns``), else None."""
+    top = real_input[len(out.rstrip(os.sep)) + 1:].split(os.sep, 1)[0]
+    return top if any(fnmatch.fnmatchcase(top, p) for p in patterns) else None
+
+
+def _linked_written(path: str, patterns: tuple[str, ...]) -> list[str]:
+    """The names in directory ``path`` the command writes (``patterns``) that exist there as
+    symbolic links: writing through one writes where it leads, which may be an input."""
+    try:
+        with os.scandir(os.path.expanduser(path)) as entries:
+            return sorted(e.name for e in entries
+                          if e.is_symlink() and any(fnmatch.fnmatchcase(e.name, p) for p in patterns))
+    except OSError:  # not made yet, or not a directory (which the command's own check names)
+        return []
+
+
+def _check(command: str, outputs: Sequence[tuple[str, str]], inputs: Iterable[tuple[str, str]]) -> None:
+    """Raise :class:`UsageError` for the first output that would destroy an input (module
+    docstring); ``inputs`` are ``(how the error names it, resolved path)``."""
+    # (how the error names the output, its option, its path, resolved, the names written into it or None)
+    resolved: list[tuple[str, str, str, str, tuple[str, ...] | None]] = []
+    for option, path in outputs:
+        patterns = WRITTEN.get((command, option))
+        resolved.append((f"{option} {path!r}", option, path, _real(path), patterns))
+        for name in _linked_written(path, patterns) if patterns is not None else ():
+            written = os.path.join(path, name)
+            resolved.append((f"{option} {path!r} writes {written!r}, a link to {_real(written)!r}, which", option,
+                             written, _real(written), None))
     for what, real in inputs:
-        for option, path, out in resolved:
+        for named, option, path, out, patterns in resolved:
             if _same(out, real):
                 relation = "is"
             elif _inside(real, out):
-                relation = "contains"
+                if patterns is not None:  # a directory written into: only the names it writes matter
+                    name = _written(real, out, patterns)
+                    if name is None:
+                        continue
+                    inner = "is" if _same(os.path.join(out, name), real) else "contains"
+                    relation = f"writes {os.path.join(path, name)!r}, which {inner}"
+                else:
+                    relation = "contains"
             elif _inside(out, real):
                 relation = "lies inside"
             else:
                 continue
             raise UsageError(
-                f"{option} {path!r} {relation} the input {what}: fastconvex never writes over an "
+                f"{named} {relation} the input {what}: fastconvex never writes over an "
                 f"input (--overwrite or not); choose another {option}"
             )
 
 
 def check_outputs_spare_inputs(args: argparse.Namespace) -> None:
-    """Before any work: no output path of the command line (:data:`OUTPUTS`) is, contains or lies
-    inside one of its input paths (:data:`INPUTS`). Raises :class:`UsageError` naming both."""
+    """Before any work: no output path of the command line (:data:`OUTPUTS`) would destroy one of
+    its input paths (:data:`INPUTS`; the rule is in the module docstring). Raises
+    :class:`UsageError` naming both."""
     outputs = output_paths(args)
     if outputs:
-        _check(outputs, ((f"{name} {path!r}", _real(path)) for name, path in _input_paths(args)))
+        _check(args.command, outputs, ((f"{name} {path!r}", _real(path)) for name, path in _input_paths(args)))
 
 
 def check_outputs_spare_files(args: argparse.Namespace, paths: Sequence[str | os.PathLike[str]], source: str) -> None:
@@ -145,7 +208,7 @@ def check_outputs_spare_files(args: argparse.Namespace, paths: Sequence[str | os
                 parents[head] = _real(head or ".")
             yield what, os.path.join(parents[head], tail)
 
-    _check(outputs, resolved())
+    _check(args.command, outputs, resolved())
 
 
 def check_listed_audio(args: argparse.Namespace, paths: Sequence[str | os.PathLike[str]]) -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -49,6 +49,28 @@ def load_task(name: str, cfg: DemoConfig, log) -> Dataset:
     return ASTERISK_TASKS[name](cfg.asterisk_clips, cfg.seed, fetch=cfg.fetch, log=log)
 
 
+
+#: encoder blocks of the Whisper models the fine-tuning experiment knows (OpenAI's published
+#: architectures; the keys of fastconvex.hf.whisper_models.WHISPER_MODELS), so that --keeps is
+#: checked for every model before any model is loaded
+ENCODER_BLOCKS = {"tiny.en": 4, "base": 6}
+
+
+def check_finetune_keeps(models: Sequence[str], spec: str) -> None:
+    """``--keeps`` block counts beyond a fine-tuned model's encoder raise ValueError naming the
+    model (the rules ``auto``, ``all`` and ``spread`` fit every model)."""
+    from .config import parse_keeps
+
+    keeps = parse_keeps(spec)
+    if not isinstance(keeps, tuple):
+        return
+    for name in models:
+        n_blocks = ENCODER_BLOCKS.get(name)  # a model not listed is checked when it is fine-tuned
+        bad = sorted(k for k in keeps if n_blocks is not None and k > n_blocks)
+        if bad:
+            raise ValueError(f"--keeps: {bad} not in 1..{n_blocks} (Whisper {name}'s encoder blocks)")
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo; returns the report (also written to ``cfg.out_dir/report.json``)."""
     import torch
@@ -61,6 +83,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     log = cfg.log or (lambda msg: None if cfg.quiet else print(msg, file=sys.stderr, flush=True))
     timings: dict[str, float] = {}
     skipped: dict[str, str] = {}
+    if cfg.finetune is not None:  # a cut a fine-tuned model cannot make fails now, not after hours of work
+        check_finetune_keeps(cfg.finetune.models, cfg.finetune.keeps)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- model
@@ -73,14 +97,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     n_blocks = len(encoder.layers)
     if cfg.keep is not None and not 1 <= cfg.keep <= n_blocks:  # before the data and encoding (minutes)
         raise ValueError(f"--keep must be in 1..{n_blocks} (the encoder's blocks), got {cfg.keep}")
-    if cfg.finetune is not None and cfg.model_dir is None and "tiny.en" in cfg.finetune.models:
-        from .config import parse_keeps
-
-        # this is the tiny.en the experiment fine-tunes: a cut it cannot make fails now, not after hours
-        keeps = parse_keeps(cfg.finetune.keeps)
-        bad = sorted(k for k in keeps if k > n_blocks) if isinstance(keeps, tuple) else []
-        if bad:
-            raise ValueError(f"--keeps: {bad} not in 1..{n_blocks} (Whisper tiny.en's encoder blocks)")
     timings["model_load_s"] = time.perf_counter() - t0
     log(f"model: Whisper tiny.en from {src} ({timings['model_load_s']:.1f} s, {n_blocks} encoder blocks)")
 
