@@ -216,6 +216,47 @@ def test_sweep_refuses_other_names_and_follows_label_map(setup, tmp_path):
         fc.sweep(store, out_dir=tmp_path / "graph", label_map=MAP, verbose=False, plot=False)
 
 
+def test_sweep_loads_the_model_folder_once_before_its_output(setup, tmp_path, monkeypatch):
+    """The local engine loads the model folder once, before ``out_dir`` is
+    touched, into the cache its tasks use: a folder whose weights do not match
+    its config is one error naming it (a data error on the command line), not
+    one failure per task with the output directory left behind."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from fastconvex.hf import _load
+
+    root, model, states, n_frames, labels = setup
+    store = _frame_store(tmp_path / "store", states, n_frames, labels)
+    kw = dict(measure="euclidean", pairs=12, n_sampled=4, seed=3, verbose=False, plot=False)
+    loads = []
+    original = _load.load_checked
+
+    def counting(*args, **kwargs):
+        loads.append(args[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_load, "load_checked", counting)
+    fc.sweep(store, out_dir=tmp_path / "good", model=root / "named", **kw)
+    assert len(loads) == 1  # one load for the check and every task
+    broken = tmp_path / "broken"
+    shutil.copytree(root / "named", broken)
+    weights = load_file(broken / "model.safetensors")
+    del weights["classifier.weight"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    loads.clear()
+    with pytest.raises(ValueError) as err:
+        fc.sweep(store, out_dir=tmp_path / "out", model=broken, **kw)
+    assert str(err.value).startswith(f"model folder {str(broken)!r}: its weights lack 1 tensor (classifier.weight)")
+    assert "task" not in str(err.value)
+    assert len(loads) == 1 and not (tmp_path / "out").exists()
+    argv = ["sweep", str(tmp_path / "store"), "--measure", "euclidean", "--model", str(broken), "--out-dir",
+            str(tmp_path / "cli"), "--pairs", "12", "--n-sampled", "4", "--no-plot", "--quiet"]
+    assert main(argv) == 1
+    assert not (tmp_path / "cli").exists()
+
+
 # ---- the command line ----------------------------------------------------------------------------
 
 
