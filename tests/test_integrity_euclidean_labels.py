@@ -157,6 +157,25 @@ def test_bad_label_maps_are_named(setup):
     assert run({**MAP, "left": 1}).scores.shape == (len(states),)
 
 
+def test_label_map_keys_that_are_no_data_label_are_not_checked_against_the_classes(setup, tmp_path):
+    """A key that is no label of the data is never looked up, so its index
+    need not be one of the predictor's classes (its form, an integer >= 0,
+    is still checked); a key used by the data is checked."""
+    _, model, states, n_frames, labels = setup
+    predictor = _predictor(model, GENERIC)
+    run = dict(lengths=n_frames, **KW)
+    reference = fc.layer_euclidean_scores(list(states), labels, predictor, label_map=MAP, **run)
+    assert fc.layer_euclidean_scores(list(states), labels, predictor, label_map={**MAP, "left": 99},
+                                     **run).to_dict() == reference.to_dict()
+    with pytest.raises(ValueError, match=r"label_map\['left'\] = -1 is no class index"):
+        fc.layer_euclidean_scores(list(states), labels, predictor, label_map={**MAP, "left": -1}, **run)
+    # the command line's digit keys: an integer only when the whole key is one
+    from fastconvex.commands._euclidean import load_label_map
+
+    (tmp_path / "map.json").write_text(json.dumps({"--3": 0, "-4": 1, " 05 ": 2, "x1": 0}))
+    assert load_label_map(tmp_path / "map.json") == {"--3": 0, "-4": 1, -4: 1, " 05 ": 2, 5: 2, "x1": 0}
+
+
 def test_classes_the_predictor_lacks_are_named_and_long_lists_cut():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(60, 3))
@@ -288,6 +307,8 @@ def test_cli_score_refuses_other_names_and_takes_a_label_map(setup, capsys, tmp_
     ("{not json", "--label-map map.json: not a readable JSON file"),
     ('["yes", "no"]', "expected a non-empty JSON object {data label: class index}, got list"),
     ('{"yes": "LABEL_0"}', "the class index of 'yes' must be an integer >= 0, got 'LABEL_0'"),
+    ('{"yes": 0, "1": 0, "01": 2}', "keys '1' and '01' both mean the integer label 1 but give it class indices 0 "
+                                    "and 2"),
 ])
 def test_cli_bad_label_map_files_are_one_line(setup, capsys, tmp_path, content, message):
     root = setup[0]
