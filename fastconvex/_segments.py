@@ -40,6 +40,7 @@ from ._pairs import (
     PairPlan,
     aggregate,
     resolve_estimator,
+    scored_classes,
     sizes_text,
     stats_from_pair_scores,
 )
@@ -71,7 +72,7 @@ def plan_segments(
     rng = np.random.default_rng(seed)
     class_sizes = np.bincount(codes, minlength=n_classes).astype(np.int64)
     population = class_sizes * (class_sizes - 1) // 2
-    scored = class_sizes >= max(min_class_size, 2)
+    scored = scored_classes(class_sizes, min_class_size)
     order = np.argsort(codes, kind="stable")
     starts = np.concatenate([[0], np.cumsum(class_sizes)])
     src_parts: list[np.ndarray] = []

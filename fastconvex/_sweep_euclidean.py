@@ -116,9 +116,10 @@ def _model_shape(model: Any) -> tuple[int | None, int | None]:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ValueError(f"model: {path}: not a readable config ({exc})") from None
+        from .hf._models import is_audio_classifier  # here: torch only where a model is in play
+
         arch = config.get("architectures") or []
-        if arch and not any(a.endswith("ForSequenceClassification") or a == "WhisperForAudioClassification"
-                            for a in arch):
+        if arch and not any(is_audio_classifier(str(a)) for a in arch):
             raise ValueError(f"model: {path} is a {arch[0]}, not an audio classifier "
                              "(*ForSequenceClassification or WhisperForAudioClassification)")
         blocks = config.get("encoder_layers", config.get("num_hidden_layers"))  # Whisper: its encoder's

@@ -2,9 +2,9 @@
 by name (``config.id2label``) or through ``label_map`` {data label: class
 index}; anything else is a ValueError listing both, before any forward pass.
 
-Before this check, a classifier whose ``id2label`` names differed from the
-data's labels scored 0.0 for every layer, silently (its names were "known"
-labels that are no class of the data, so every sampled point counted as wrong).
+Why: a classifier whose ``id2label`` names differ from the data's labels
+returns only "known" labels that are no class of the data, so every sampled
+point would count as wrong and every layer would score 0.0 with no error.
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ def _counting(predictor):
 
 
 def test_other_id2label_names_are_refused_before_any_forward_pass(setup):
-    """Scored 0.0 for every layer before, with exit status 0 from the CLI."""
+    """Generic ``LABEL_k`` names against the data's names (or integer labels
+    against names) are refused, listing both, with no forward pass: scored,
+    every layer would be a silent 0.0."""
     _, model, states, n_frames, labels = setup
     predictor, calls = _counting(_predictor(model, GENERIC))
     with pytest.raises(ValueError) as err:

@@ -2,11 +2,11 @@
 do not match the config, custom code, truncated or pickled weights and a
 missing CUDA device are one clear error, before the model is used.
 
-Before: missing tensors were filled with random values (only transformers'
-load report warned, and ``--quiet`` hid it); a folder with ``auto_map``
-reached transformers' "run the custom code?" prompt, and answered ``y`` its
-code ran; ``--device cuda`` without CUDA, a truncated ``.safetensors`` and a
-pickle holding more than tensors were "internal error"s.
+Why each matters: transformers fills missing tensors with random values and
+only warns (``--quiet`` hides the warning), so the numbers would be silently
+wrong; a folder with ``auto_map`` makes transformers ask "run the custom
+code?" and, answered ``y``, runs it; the others would otherwise surface as an
+"internal error" or a traceback that names no file.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def test_missing_encoder_tensors_are_an_error_naming_them(tmp_path, audio, capsy
         load_model(str(path), new_head=True)  # a new head never excuses the encoder
     with pytest.raises(ValueError, match=r"weights lack 16 tensors"):
         hf.load_pruned(path)
-    # --quiet hid transformers' load report; now it is the command's one error line
+    # --quiet hides transformers' load report: the mismatch must be the command's one error line
     capsys.readouterr()
     assert main(_prune(path, audio, tmp_path / "out")) == 1
     assert "its weights lack 16 tensors (encoder.layers.2." in _one_line(capsys)
@@ -177,8 +177,9 @@ def _custom_code_folder(path, marker, *, config_file="config.json"):
 
 
 def test_custom_code_is_refused_without_a_prompt(tmp_path, audio):
-    """Run as a user would, stdin attached and answering "y": before, the
-    prompt appeared and the folder's code ran (the marker file)."""
+    """Run as a user would, stdin attached and answering "y": no prompt
+    appears, the folder's code never runs (no marker file), and the command
+    fails with one line naming the config with ``auto_map`` and the code."""
     marker = tmp_path / "MARKER"
     path = _custom_code_folder(tmp_path / "evil", marker)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
@@ -186,7 +187,7 @@ def test_custom_code_is_refused_without_a_prompt(tmp_path, audio):
                                           os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "fastconvex", *_prune(path, audio, tmp_path / "out")],
                           input="y\n", capture_output=True, text=True, env=env, timeout=300)
-    assert not marker.exists()  # before: the prompt read "y" and the folder's code ran
+    assert not marker.exists()  # the "y" on stdin was never read as consent: the folder's code did not run
     assert "custom code?" not in done.stdout + done.stderr
     assert done.returncode == 1, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
