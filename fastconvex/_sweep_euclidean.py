@@ -78,9 +78,10 @@ def model_fingerprint(model: Any) -> str:
     if isinstance(model, (str, os.PathLike)):
         root = Path(model)
         if not root.is_dir():
-            raise FileNotFoundError(f"model {str(model)!r} is not a model directory")
+            raise FileNotFoundError(f"model folder {str(model)!r} is not a directory")
         if not (root / "config.json").is_file():
-            raise FileNotFoundError(f"model {str(model)!r} has no config.json: not a Hugging Face model directory")
+            raise FileNotFoundError(f"model folder {str(model)!r} has no config.json: not a Hugging Face model "
+                                    "folder")
         files = sorted(f for f in root.iterdir()
                        if f.is_file() and (f.name == "config.json" or f.suffix in WEIGHT_SUFFIXES))
         digest = hashlib.sha256()
@@ -115,12 +116,12 @@ def _model_shape(model: Any) -> tuple[int | None, int | None]:
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ValueError(f"model: {path}: not a readable config ({exc})") from None
+            raise ValueError(f"model folder {str(model)!r}: {path.name} is not a readable config ({exc})") from None
         from .hf._models import is_audio_classifier  # here: torch only where a model is in play
 
         arch = config.get("architectures") or []
         if arch and not any(is_audio_classifier(str(a)) for a in arch):
-            raise ValueError(f"model: {path} is a {arch[0]}, not an audio classifier "
+            raise ValueError(f"model folder {str(model)!r}: {path.name} names a {arch[0]}, not an audio classifier "
                              "(*ForSequenceClassification or WhisperForAudioClassification)")
         blocks = config.get("encoder_layers", config.get("num_hidden_layers"))  # Whisper: its encoder's
         return config.get("hidden_size", config.get("d_model")), None if blocks is None else int(blocks) + 1
@@ -163,7 +164,7 @@ def model_classes(model: Any) -> Any:
         from .hf._load import load_config
         from .hf._models import class_labels
 
-        return SimpleNamespace(labels=class_labels(load_config(model, "model")))
+        return SimpleNamespace(labels=class_labels(load_config(model, "model folder")))
     return model
 
 
