@@ -276,6 +276,19 @@ def test_sweep_loads_the_model_folder_once_before_its_output(setup, tmp_path, mo
             str(tmp_path / "cli"), "--pairs", "12", "--n-sampled", "4", "--no-plot", "--quiet"]
     assert main(argv) == 1
     assert not (tmp_path / "cli").exists()
+    # a worker (Ray's, where nothing is loaded up front) tries a folder that fails once, then says it again
+    from fastconvex import _sweep_euclidean as se
+
+    plan = se.plan_store(store, [0, 1], model=broken, fingerprint=se.model_fingerprint(broken), n_sampled=4,
+                         pairs=12, exact=False, batch_size=64, seed=3, min_class_size=2)
+    loads.clear()
+    try:
+        for _ in range(3):
+            with pytest.raises(ValueError, match=r"model folder .*its weights lack 1 tensor \(classifier\.weight\)"):
+                se.score_euclidean_task(store, 0, plan)
+    finally:
+        se.release_predictors()
+    assert len(loads) == 1
 
 
 # ---- the command line ----------------------------------------------------------------------------
