@@ -7,8 +7,8 @@ only warns), be truncated, or be a pickle (which can run code when loaded).
 Everything here turns those into one clear error before the model is used:
 
 - custom code is never run: ``trust_remote_code=False`` on every load, and a
-  local folder whose configs have ``auto_map`` is refused up front, before
-  transformers could ask "run the custom code?";
+  local folder whose configs that the load reads have ``auto_map`` is
+  refused up front, before transformers could ask "run the custom code?";
 - weights must match the model exactly: missing, unexpected or mismatched
   tensors are an error naming them, unless ``new_head=True`` allows exactly
   the tensors outside the speech encoder (a classification head that is new,
@@ -16,18 +16,21 @@ Everything here turns those into one clear error before the model is used:
   error, since no forward pass in eval mode reads them: SpecAugment's
   ``masked_spec_embed`` (training only) and the final LayerNorm of a model
   pruned with ``final_norm="identity"`` (restored as ``nn.Identity``);
-- ``.safetensors`` files are opened and their headers checked first, so a
-  truncated file is named;
+- the weight files transformers will read (``model.safetensors``, or the
+  shards its index names) are opened and their headers checked first, so a
+  truncated file is named, and a folder with none says so;
 - pickle weights (``pytorch_model.bin``) are read only with torch's
   ``weights_only=True`` unpickler, which rebuilds tensors and plain containers
   and cannot call arbitrary functions; a pickle that needs more is refused.
+  transformers >= 4.46 takes ``weights_only`` as an argument; older versions
+  have none but call ``torch.load(weights_only=True)`` themselves.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import pickle
-import inspect
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -57,7 +60,8 @@ class FolderRefused(ValueError):
 
 
 def refuse_custom_code(path: str | Path, what: str = "MODEL", configs: Iterable[str] = MODEL_CONFIGS) -> None:
-    """ValueError when a local model folder needs its own Python code.
+    """:class:`FolderRefused` (a ValueError) when a local model folder needs
+    its own Python code, or its ``config.json`` is no JSON.
 
     Each of ``configs`` present at the top of the folder is read (only the
     configs that the load at hand reads: a ``tokenizer_config.json`` with
@@ -104,8 +108,8 @@ def _guarded(load: Callable[[], Any], name: str | Path, what: str, part: str, co
         return load()
     except ValueError as exc:
         if "trust_remote_code" in str(exc) or "custom code" in str(exc):
-            raise FolderRefused(f"{what} {str(name)!r}: {part} needs its own Python code, and fastconvex never runs "
-                             "a model's code (trust_remote_code=False)") from None
+            raise FolderRefused(f"{what} {str(name)!r}: {part} needs its own Python code, and fastconvex never "
+                                "runs a model's code (trust_remote_code=False)") from None
         raise
 
 
