@@ -10,7 +10,7 @@ import numpy as np
 from ._core import _check_seed, stack_layers
 from ._inputs import check_int, labels_to_array
 from ._layers import _split_layers
-from ._pairs import DEFAULT_PAIRS, PairPlan
+from ._pairs import DEFAULT_PAIRS, PairPlan, scored_classes
 from ._progress import Progress, show_progress
 from ._results import Convexity, LayerScores
 from ._segments import (
@@ -51,7 +51,7 @@ def check_label_classes(labels: Any, predict: Any, *, min_class_size: Any = 2, l
     label_array = labels_to_array(labels)
     codes, classes = encode_item_labels(label_array, int(label_array.shape[0]))
     min_class_size = check_int("min_class_size", min_class_size, minimum=1)
-    scored = np.bincount(codes, minlength=len(classes)) >= max(min_class_size, 2)
+    scored = scored_classes(np.bincount(codes, minlength=len(classes)), min_class_size)
     label_matcher(classes, scored, predict, known_labels=known_labels, label_map=label_map)
 
 

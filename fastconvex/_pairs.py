@@ -66,6 +66,13 @@ class PairPlan:
         return np.concatenate(src_parts), np.concatenate(tgt_parts)
 
 
+def scored_classes(class_sizes: np.ndarray, min_class_size: int) -> np.ndarray:
+    """(C,) bool: the classes that are scored -- those with at least
+    ``min_class_size`` members, and at least two (a pair needs two). The one
+    rule of graph and Euclidean convexity, and of the label checks before them."""
+    return np.asarray(class_sizes) >= max(int(min_class_size), 2)
+
+
 def sizes_text(class_sizes: np.ndarray) -> str:
     """The class sizes for an error message: listed for up to 10 classes, else
     summarised (one label per row must not make a message of N numbers)."""
@@ -173,7 +180,7 @@ def plan_pairs(
     rng = np.random.default_rng(seed)
     class_sizes = np.bincount(codes, minlength=n_classes).astype(np.int64)
     population = class_sizes * (class_sizes - 1)
-    scored = (class_sizes >= max(min_class_size, 2))
+    scored = scored_classes(class_sizes, min_class_size)
     order = np.argsort(codes, kind="stable")
     starts = np.concatenate([[0], np.cumsum(class_sizes)])
 

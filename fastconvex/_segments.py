@@ -40,6 +40,7 @@ from ._pairs import (
     PairPlan,
     aggregate,
     resolve_estimator,
+    scored_classes,
     sizes_text,
     stats_from_pair_scores,
 )
@@ -71,7 +72,7 @@ def plan_segments(
     rng = np.random.default_rng(seed)
     class_sizes = np.bincount(codes, minlength=n_classes).astype(np.int64)
     population = class_sizes * (class_sizes - 1) // 2
-    scored = class_sizes >= max(min_class_size, 2)
+    scored = scored_classes(class_sizes, min_class_size)
     order = np.argsort(codes, kind="stable")
     starts = np.concatenate([[0], np.cumsum(class_sizes)])
     src_parts: list[np.ndarray] = []
@@ -335,20 +336,26 @@ def predictor_classes(predict: Any) -> list[Hashable] | None:
     return [_plain(v) for v in labels]
 
 
-def check_label_map(label_map: Any, n_classes: int | None) -> dict[Hashable, int]:
+def check_label_map(label_map: Any, n_classes: int | None,
+                    used: Iterable[Hashable] | None = None) -> dict[Hashable, int]:
     """``label_map`` {data label: class index} as a dict of plain values;
-    TypeError/ValueError naming the entry that is not one."""
+    TypeError/ValueError naming the entry that is not one. Every entry must
+    be an integer >= 0; only the keys in ``used`` (the data's labels: the
+    others are never looked up) must also be below ``n_classes``."""
     if not isinstance(label_map, Mapping):
         raise TypeError(f"label_map must be a mapping {{data label: class index}}, got {type(label_map).__name__}")
+    used = None if used is None else set(used)
     out: dict[Hashable, int] = {}
     for key, index in label_map.items():
         if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"label_map[{key!r}] must be a class index (an int), got {type(index).__name__} {index!r}")
         index = int(index)
-        if index < 0 or (n_classes is not None and index >= n_classes):
+        key = _plain(key)
+        beyond = n_classes is not None and index >= n_classes and (used is None or key in used)
+        if index < 0 or beyond:
             bound = "" if n_classes is None else f" < {n_classes}, the predictor's number of classes"
             raise ValueError(f"label_map[{key!r}] = {index} is no class index (0 <= index{bound})")
-        out[_plain(key)] = index
+        out[key] = index
     return out
 
 
@@ -383,7 +390,7 @@ def label_matcher(classes: list[Hashable], scored: np.ndarray, predict: Any, *,
                        else "")
                 )
         return LabelMatcher(classes, known)
-    mapping = check_label_map(label_map, None if declared is None else len(declared))
+    mapping = check_label_map(label_map, None if declared is None else len(declared), used=classes)
     missing = [c for c in wanted if c not in mapping]
     if missing:
         raise ValueError(

@@ -41,6 +41,7 @@ from ._sweep_euclidean import (
     label_map_setting,
     model_fingerprint,
     plan_store,
+    preload_model,
     release_predictors,
     score_euclidean_task,
 )
@@ -434,6 +435,11 @@ def run_sweep(
                 raise
             where = s.path if measure == "euclidean" else _labels_file(s)
             raise type(exc)(f"store {s.name!r} ({where}): {text}") from exc
+    if measure == "euclidean" and engine == "local":
+        # the model folder loaded once, into the cache its tasks use, before out_dir is touched: a folder
+        # that cannot be used (weights not matching its config, its own code) is one error, not one per
+        # task. On Ray the driver may have no GPU (nor the workers' paths): each worker loads it, once.
+        preload_model(plans[opened[0].name], device)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out_dir {str(out)!r} exists and is not a directory")

@@ -40,7 +40,8 @@ from .store import LayerStore
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
-__all__ = ["EuclideanPlan", "check_store", "model_fingerprint", "plan_store", "score_euclidean_task"]
+__all__ = ["EuclideanPlan", "ModelFolderError", "check_store", "load_classifier", "model_fingerprint", "plan_store",
+           "preload_model", "score_euclidean_task"]
 
 _PREDICTORS: dict[tuple[str, str | None], tuple[str, Any]] = {}
 
@@ -77,9 +78,10 @@ def model_fingerprint(model: Any) -> str:
     if isinstance(model, (str, os.PathLike)):
         root = Path(model)
         if not root.is_dir():
-            raise FileNotFoundError(f"model {str(model)!r} is not a model directory")
+            raise FileNotFoundError(f"model folder {str(model)!r} is not a directory")
         if not (root / "config.json").is_file():
-            raise FileNotFoundError(f"model {str(model)!r} has no config.json: not a Hugging Face model directory")
+            raise FileNotFoundError(f"model folder {str(model)!r} has no config.json: not a Hugging Face model "
+                                    "folder")
         files = sorted(f for f in root.iterdir()
                        if f.is_file() and (f.name == "config.json" or f.suffix in WEIGHT_SUFFIXES))
         digest = hashlib.sha256()
@@ -114,11 +116,12 @@ def _model_shape(model: Any) -> tuple[int | None, int | None]:
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ValueError(f"model: {path}: not a readable config ({exc})") from None
+            raise ValueError(f"model folder {str(model)!r}: {path.name} is not a readable config ({exc})") from None
+        from .hf._models import is_audio_classifier  # here: torch only where a model is in play
+
         arch = config.get("architectures") or []
-        if arch and not any(a.endswith("ForSequenceClassification") or a == "WhisperForAudioClassification"
-                            for a in arch):
-            raise ValueError(f"model: {path} is a {arch[0]}, not an audio classifier "
+        if arch and not any(is_audio_classifier(str(a)) for a in arch):
+            raise ValueError(f"model folder {str(model)!r}: {path.name} names a {arch[0]}, not an audio classifier "
                              "(*ForSequenceClassification or WhisperForAudioClassification)")
         blocks = config.get("encoder_layers", config.get("num_hidden_layers"))  # Whisper: its encoder's
         return config.get("hidden_size", config.get("d_model")), None if blocks is None else int(blocks) + 1
@@ -161,7 +164,7 @@ def model_classes(model: Any) -> Any:
         from .hf._load import load_config
         from .hf._models import class_labels
 
-        return SimpleNamespace(labels=class_labels(load_config(model, "model")))
+        return SimpleNamespace(labels=class_labels(load_config(model, "model folder")))
     return model
 
 
@@ -204,24 +207,71 @@ def label_map_setting(label_map: dict[Hashable, int] | None) -> list[list[Any]]:
     return sorted(([k, int(v)] for k, v in (label_map or {}).items()), key=repr)
 
 
+def load_classifier(directory: str | os.PathLike[str], device: Any = None) -> Any:
+    """The audio classifier of a model folder, in eval mode on ``device``:
+    loaded only as it claims to be (:mod:`fastconvex.hf._load`: never its own
+    code, weights matching its config exactly); errors name it as "model
+    folder", which is ``--model`` on the command line and ``model=`` in the API."""
+    from .hf._load import check_model_device, load_checked, load_config
+    from .hf._models import resolve_model_class
+    from .hf._prune_io import restore_final_norm
+
+    check_model_device(device, "device")
+    config = load_config(directory, "model folder")
+    model = restore_final_norm(load_checked(resolve_model_class(config), directory, what="model folder"))
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
 def _predictor(plan: EuclideanPlan, device: Any) -> Callable[..., Any]:
     """The plan's ``predict_from_layer``: its callable, or its model directory
-    loaded once per process (checked against the fingerprint when loaded)."""
+    loaded once per process (checked against the fingerprint when loaded).
+    A model that fails to load fails once per process: the error is kept, so
+    the process's further tasks say it again without loading the model again."""
     if plan.model is None:
         return plan.predictor
     key = (plan.model, None if device is None else str(device))
     cached = _PREDICTORS.get(key)
     if cached is None or cached[0] != plan.fingerprint:
         from . import hf
-        from .commands.prune import load_model
 
         _PREDICTORS.clear()  # one model per worker process
         if model_fingerprint(plan.model) != plan.fingerprint:
-            raise ValueError(f"model {plan.model!r} changed while the sweep ran (its fingerprint differs); "
+            raise ValueError(f"model folder {plan.model!r} changed while the sweep ran (its fingerprint differs); "
                              "rerun the sweep")
-        model, _ = load_model(plan.model, None, None if device is None else str(device))
+        try:
+            model = load_classifier(plan.model, None if device is None else str(device))
+        except (ValueError, OSError) as exc:
+            _PREDICTORS[key] = (plan.fingerprint, exc)
+            raise
         _PREDICTORS[key] = cached = (plan.fingerprint, hf.predict_from_layer(model))
+    if isinstance(cached[1], BaseException):
+        failed = cached[1]
+        raise type(failed)(*failed.args)
     return cached[1]
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be used as the classifier (its weights do
+    not match its config, it needs its own code, ...): the data is at fault,
+    not the arguments (the command line's exit status 1)."""
+
+
+def preload_model(plan: EuclideanPlan, device: Any) -> None:
+    """Load the plan's model folder into this process's cache (the one its
+    tasks use, so it is loaded once): on the local engine, before the sweep
+    touches its output directory, so that a folder that cannot be used is one
+    error up front (a :class:`ModelFolderError`), not one per task. A failure
+    is not kept."""
+    try:
+        _predictor(plan, device)
+    except ValueError as exc:
+        release_predictors()
+        raise ModelFolderError(str(exc)) from exc
+    except BaseException:
+        release_predictors()
+        raise
 
 
 def release_predictors() -> None:

@@ -2,9 +2,9 @@
 by name (``config.id2label``) or through ``label_map`` {data label: class
 index}; anything else is a ValueError listing both, before any forward pass.
 
-Before this check, a classifier whose ``id2label`` names differed from the
-data's labels scored 0.0 for every layer, silently (its names were "known"
-labels that are no class of the data, so every sampled point counted as wrong).
+Why: a classifier whose ``id2label`` names differ from the data's labels
+returns only "known" labels that are no class of the data, so every sampled
+point would count as wrong and every layer would score 0.0 with no error.
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ def _counting(predictor):
 
 
 def test_other_id2label_names_are_refused_before_any_forward_pass(setup):
-    """Scored 0.0 for every layer before, with exit status 0 from the CLI."""
+    """Generic ``LABEL_k`` names against the data's names (or integer labels
+    against names) are refused, listing both, with no forward pass: scored,
+    every layer would be a silent 0.0."""
     _, model, states, n_frames, labels = setup
     predictor, calls = _counting(_predictor(model, GENERIC))
     with pytest.raises(ValueError) as err:
@@ -157,6 +159,25 @@ def test_bad_label_maps_are_named(setup):
     assert run({**MAP, "left": 1}).scores.shape == (len(states),)
 
 
+def test_label_map_keys_that_are_no_data_label_are_not_checked_against_the_classes(setup, tmp_path):
+    """A key that is no label of the data is never looked up, so its index
+    need not be one of the predictor's classes (its form, an integer >= 0,
+    is still checked); a key used by the data is checked."""
+    _, model, states, n_frames, labels = setup
+    predictor = _predictor(model, GENERIC)
+    run = dict(lengths=n_frames, **KW)
+    reference = fc.layer_euclidean_scores(list(states), labels, predictor, label_map=MAP, **run)
+    assert fc.layer_euclidean_scores(list(states), labels, predictor, label_map={**MAP, "left": 99},
+                                     **run).to_dict() == reference.to_dict()
+    with pytest.raises(ValueError, match=r"label_map\['left'\] = -1 is no class index"):
+        fc.layer_euclidean_scores(list(states), labels, predictor, label_map={**MAP, "left": -1}, **run)
+    # the command line's digit keys: an integer only when the whole key is one
+    from fastconvex.commands._euclidean import load_label_map
+
+    (tmp_path / "map.json").write_text(json.dumps({"--3": 0, "-4": 1, " 05 ": 2, "x1": 0}))
+    assert load_label_map(tmp_path / "map.json") == {"--3": 0, "-4": 1, -4: 1, " 05 ": 2, 5: 2, "x1": 0}
+
+
 def test_classes_the_predictor_lacks_are_named_and_long_lists_cut():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(60, 3))
@@ -216,6 +237,60 @@ def test_sweep_refuses_other_names_and_follows_label_map(setup, tmp_path):
         fc.sweep(store, out_dir=tmp_path / "graph", label_map=MAP, verbose=False, plot=False)
 
 
+def test_sweep_loads_the_model_folder_once_before_its_output(setup, tmp_path, monkeypatch):
+    """The local engine loads the model folder once, before ``out_dir`` is
+    touched, into the cache its tasks use: a folder whose weights do not match
+    its config is one error naming it (a data error on the command line), not
+    one failure per task with the output directory left behind."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from fastconvex.hf import _load
+
+    root, model, states, n_frames, labels = setup
+    store = _frame_store(tmp_path / "store", states, n_frames, labels)
+    kw = dict(measure="euclidean", pairs=12, n_sampled=4, seed=3, verbose=False, plot=False)
+    loads = []
+    original = _load.load_checked
+
+    def counting(*args, **kwargs):
+        loads.append(args[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_load, "load_checked", counting)
+    fc.sweep(store, out_dir=tmp_path / "good", model=root / "named", **kw)
+    assert len(loads) == 1  # one load for the check and every task
+    broken = tmp_path / "broken"
+    shutil.copytree(root / "named", broken)
+    weights = load_file(broken / "model.safetensors")
+    del weights["classifier.weight"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    loads.clear()
+    with pytest.raises(ValueError) as err:
+        fc.sweep(store, out_dir=tmp_path / "out", model=broken, **kw)
+    assert str(err.value).startswith(f"model folder {str(broken)!r}: its weights lack 1 tensor (classifier.weight)")
+    assert "task" not in str(err.value)
+    assert len(loads) == 1 and not (tmp_path / "out").exists()
+    argv = ["sweep", str(tmp_path / "store"), "--measure", "euclidean", "--model", str(broken), "--out-dir",
+            str(tmp_path / "cli"), "--pairs", "12", "--n-sampled", "4", "--no-plot", "--quiet"]
+    assert main(argv) == 1
+    assert not (tmp_path / "cli").exists()
+    # a worker (Ray's, where nothing is loaded up front) tries a folder that fails once, then says it again
+    from fastconvex import _sweep_euclidean as se
+
+    plan = se.plan_store(store, [0, 1], model=broken, fingerprint=se.model_fingerprint(broken), n_sampled=4,
+                         pairs=12, exact=False, batch_size=64, seed=3, min_class_size=2)
+    loads.clear()
+    try:
+        for _ in range(3):
+            with pytest.raises(ValueError, match=r"model folder .*its weights lack 1 tensor \(classifier\.weight\)"):
+                se.score_euclidean_task(store, 0, plan)
+    finally:
+        se.release_predictors()
+    assert len(loads) == 1
+
+
 # ---- the command line ----------------------------------------------------------------------------
 
 
@@ -247,6 +322,8 @@ def test_cli_score_refuses_other_names_and_takes_a_label_map(setup, capsys, tmp_
     ("{not json", "--label-map map.json: not a readable JSON file"),
     ('["yes", "no"]', "expected a non-empty JSON object {data label: class index}, got list"),
     ('{"yes": "LABEL_0"}', "the class index of 'yes' must be an integer >= 0, got 'LABEL_0'"),
+    ('{"yes": 0, "1": 0, "01": 2}', "keys '1' and '01' both mean the integer label 1 but give it class indices 0 "
+                                    "and 2"),
 ])
 def test_cli_bad_label_map_files_are_one_line(setup, capsys, tmp_path, content, message):
     root = setup[0]

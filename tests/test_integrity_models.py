@@ -2,11 +2,11 @@
 do not match the config, custom code, truncated or pickled weights and a
 missing CUDA device are one clear error, before the model is used.
 
-Before: missing tensors were filled with random values (only transformers'
-load report warned, and ``--quiet`` hid it); a folder with ``auto_map``
-reached transformers' "run the custom code?" prompt, and answered ``y`` its
-code ran; ``--device cuda`` without CUDA, a truncated ``.safetensors`` and a
-pickle holding more than tensors were "internal error"s.
+Why each matters: transformers fills missing tensors with random values and
+only warns (``--quiet`` hides the warning), so the numbers would be silently
+wrong; a folder with ``auto_map`` makes transformers ask "run the custom
+code?" and, answered ``y``, runs it; the others would otherwise surface as an
+"internal error" or a traceback that names no file.
 """
 
 from __future__ import annotations
@@ -79,11 +79,12 @@ def test_missing_encoder_tensors_are_an_error_naming_them(tmp_path, audio, capsy
     message = str(err.value)
     assert "its weights lack 16 tensors (encoder.layers.2.attention.k_proj.bias," in message
     assert "of Wav2Vec2Model, which would be random values" in message
+    assert "classification head" not in message  # the encoder's tensors: no head would excuse them
     with pytest.raises(ValueError, match=r"weights lack 16 tensors \(encoder\.layers\.2\."):
         load_model(str(path), new_head=True)  # a new head never excuses the encoder
     with pytest.raises(ValueError, match=r"weights lack 16 tensors"):
         hf.load_pruned(path)
-    # --quiet hid transformers' load report; now it is the command's one error line
+    # --quiet hides transformers' load report: the mismatch must be the command's one error line
     capsys.readouterr()
     assert main(_prune(path, audio, tmp_path / "out")) == 1
     assert "its weights lack 16 tensors (encoder.layers.2." in _one_line(capsys)
@@ -132,6 +133,7 @@ def test_a_new_head_only_where_one_is_made(tmp_path, audio, capsys, monkeypatch)
     err = _one_line(capsys)
     assert ("its weights lack 4 tensors (classifier.bias, classifier.weight, projector.bias, projector.weight) of "
             "Wav2Vec2ForSequenceClassification") in err
+    assert "a new classification head is allowed only where one is made, as by finetune" in err
     # the intended class loads it as it is
     capsys.readouterr()
     assert main(_prune(path, audio, tmp_path / "out2", "--model-class", "Wav2Vec2Model", "--no-plot", "--k", "2")) == 0
@@ -175,8 +177,9 @@ def _custom_code_folder(path, marker, *, config_file="config.json"):
 
 
 def test_custom_code_is_refused_without_a_prompt(tmp_path, audio):
-    """Run as a user would, stdin attached and answering "y": before, the
-    prompt appeared and the folder's code ran (the marker file)."""
+    """Run as a user would, stdin attached and answering "y": no prompt
+    appears, the folder's code never runs (no marker file), and the command
+    fails with one line naming the config with ``auto_map`` and the code."""
     marker = tmp_path / "MARKER"
     path = _custom_code_folder(tmp_path / "evil", marker)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
@@ -184,7 +187,7 @@ def test_custom_code_is_refused_without_a_prompt(tmp_path, audio):
                                           os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "fastconvex", *_prune(path, audio, tmp_path / "out")],
                           input="y\n", capture_output=True, text=True, env=env, timeout=300)
-    assert not marker.exists()  # before: the prompt read "y" and the folder's code ran
+    assert not marker.exists()  # the "y" on stdin was never read as consent: the folder's code did not run
     assert "custom code?" not in done.stdout + done.stderr
     assert done.returncode == 1, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -296,3 +299,69 @@ def test_an_absent_cuda_device_is_a_usage_error_before_loading(tmp_path, audio, 
         assert main(argv) == 2
         err = _one_line(capsys)
         assert f"--device {device!r}" in err and message in err and "internal error" not in err
+
+
+# ---- what is read, and only that -----------------------------------------------------------------
+
+
+def test_transformers_without_weights_only_argument_still_loads(tmp_path, monkeypatch):
+    """transformers before 4.46 has no ``weights_only`` argument of
+    ``from_pretrained`` (passed, it reaches the model's ``__init__``): it is
+    passed only where the loader takes it, and the weights load exactly."""
+    model, fe = tiny_model("wav2vec2", layers=2, seed=5)
+    path = _save(tmp_path / "m", model, fe)
+    original = transformers.Wav2Vec2Model.from_pretrained.__func__
+    seen = []
+
+    def old_from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        seen.append(sorted(kwargs))
+        if "weights_only" in kwargs:  # what transformers 4.40-4.45 does with it
+            raise TypeError("Wav2Vec2Model.__init__() got an unexpected keyword argument 'weights_only'")
+        return original(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    monkeypatch.setattr(transformers.Wav2Vec2Model, "from_pretrained", classmethod(old_from_pretrained))
+    back, _ = load_model(str(path))
+    assert seen and all("weights_only" not in kwargs for kwargs in seen)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_a_wrapped_pickle_refusal_says_pickle(tmp_path, monkeypatch):
+    """transformers may wrap torch's weights-only ``UnpicklingError`` in an
+    ``OSError`` ("Unable to load weights"): the error still says that the
+    pickle needs more than tensors, not that the file is corrupt."""
+    import pickle
+
+    model, fe = tiny_model("wav2vec2", layers=2)
+    path = _save(tmp_path / "m", model, fe)
+
+    def wrapping(cls, *args, **kwargs):
+        try:
+            raise pickle.UnpicklingError("Weights only load failed. Unsupported global: GLOBAL pathlib.Path.touch")
+        except pickle.UnpicklingError as exc:
+            raise OSError("Unable to load weights from pytorch checkpoint file") from exc
+
+    monkeypatch.setattr(transformers.Wav2Vec2Model, "from_pretrained", classmethod(wrapping))
+    with pytest.raises(ValueError) as err:
+        load_model(str(path))
+    assert "its pickle weights need more than tensors to load (Weights only load failed." in str(err.value)
+    assert "corrupt" not in str(err.value)
+
+
+def test_only_the_files_transformers_reads_are_checked(tmp_path):
+    """A corrupt ``adapter_model.safetensors`` and a ``tokenizer_config.json``
+    with ``auto_map`` are never read by a model load, so they do not refuse
+    the folder; a folder with no weights at all says so."""
+    model, fe = tiny_model("wav2vec2", layers=2, seed=6)
+    path = _save(tmp_path / "m", model, fe)
+    (path / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
+    (path / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["tok.Tok", None]}}))
+    back, _ = load_model(str(path))
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[name], tensor, rtol=0, atol=0)
+    (path / "model.safetensors").unlink()
+    with pytest.raises(ValueError) as err:
+        load_model(str(path))
+    assert ("has no weight files (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin, "
+            "pytorch_model.bin.index.json)") in str(err.value)
+    assert "corrupt" not in str(err.value)

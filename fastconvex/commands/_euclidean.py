@@ -100,10 +100,13 @@ def euclidean_kwargs(args: argparse.Namespace, *, needs_model: bool = True) -> d
 def load_label_map(path: str | Path) -> dict[Any, int]:
     """``--label-map FILE.json``: a JSON object {data label: class index}.
 
-    JSON keys are text, so a key of digits ("3") is also entered as the
-    integer 3: it then matches integer labels (a ``.npy`` or a store) as well
-    as text ones; the key that matches no data label is never used."""
+    JSON keys are text, so a key that is an integer written in digits ("3",
+    "-1", " 07 ") is also entered as that integer: it then matches integer
+    labels (a ``.npy`` or a store) as well as text ones. Two keys meaning the
+    same integer with different indices ("1" and "01") are refused, naming
+    both; a key that matches no data label is never used."""
     import json
+    import re
 
     p = Path(path)
     if not p.is_file():
@@ -116,14 +119,21 @@ def load_label_map(path: str | Path) -> dict[Any, int]:
         raise UsageError(f"--label-map {p.name}: expected a non-empty JSON object {{data label: class index}}, "
                          f"got {type(data).__name__}")
     out: dict[Any, int] = {}
+    integer_key: dict[int, str] = {}
     for key, index in data.items():
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise UsageError(f"--label-map {p.name}: the class index of {key!r} must be an integer >= 0, "
                              f"got {index!r}")
         out[key] = index
         text = key.strip()
-        if text.lstrip("-").isdigit() and text.isascii():
-            out.setdefault(int(text), index)
+        if re.fullmatch(r"-?[0-9]+", text):
+            value = int(text)
+            if value in integer_key and data[integer_key[value]] != index:
+                first = integer_key[value]
+                raise UsageError(f"--label-map {p.name}: keys {first!r} and {key!r} both mean the integer label "
+                                 f"{value} but give it class indices {data[first]} and {index}")
+            integer_key.setdefault(value, key)
+            out.setdefault(value, index)
     return out
 
 

@@ -79,7 +79,17 @@ def run(args: argparse.Namespace) -> int:
                          overwrite=args.overwrite, verbose=not args.quiet, **kwargs)
 
     # --measure euclidean loads the model here (local engine): with --quiet, no "Loading weights" bar
-    result, doc = run_with_hf_quiet(args, run_it) if args.measure == "euclidean" else run_it(args)
+    if args.measure == "euclidean":
+        from fastconvex._sweep_euclidean import ModelFolderError
+
+        from ._output import DataError
+
+        try:
+            result, doc = run_with_hf_quiet(args, run_it)
+        except ModelFolderError as exc:  # --model's folder is at fault: a data error
+            raise DataError(str(exc)) from exc
+    else:
+        result, doc = run_it(args)
     indices = {name: doc["stores"][name]["layer_indices"] for name in result}
     emit_report(args, doc, lambda: format_table(result, indices))
     return 0

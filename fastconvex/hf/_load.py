@@ -7,8 +7,8 @@ only warns), be truncated, or be a pickle (which can run code when loaded).
 Everything here turns those into one clear error before the model is used:
 
 - custom code is never run: ``trust_remote_code=False`` on every load, and a
-  local folder whose configs have ``auto_map`` is refused up front, before
-  transformers could ask "run the custom code?";
+  local folder whose configs that the load reads have ``auto_map`` is
+  refused up front, before transformers could ask "run the custom code?";
 - weights must match the model exactly: missing, unexpected or mismatched
   tensors are an error naming them, unless ``new_head=True`` allows exactly
   the tensors outside the speech encoder (a classification head that is new,
@@ -16,18 +16,22 @@ Everything here turns those into one clear error before the model is used:
   error, since no forward pass in eval mode reads them: SpecAugment's
   ``masked_spec_embed`` (training only) and the final LayerNorm of a model
   pruned with ``final_norm="identity"`` (restored as ``nn.Identity``);
-- ``.safetensors`` files are opened and their headers checked first, so a
-  truncated file is named;
+- the weight files transformers will read (``model.safetensors``, or the
+  shards its index names) are opened and their headers checked first, so a
+  truncated file is named, and a folder with none says so;
 - pickle weights (``pytorch_model.bin``) are read only with torch's
   ``weights_only=True`` unpickler, which rebuilds tensors and plain containers
   and cannot call arbitrary functions; a pickle that needs more is refused.
+  transformers >= 4.46 takes ``weights_only`` as an argument; older versions
+  have none but call ``torch.load(weights_only=True)`` themselves.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import pickle
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,31 +48,48 @@ def _names(keys: Iterable[Any]) -> str:
     return f"{len(keys)} tensor{'s' if len(keys) != 1 else ''} ({shown}{', ...' if len(keys) > _SHOWN else ''})"
 
 
-def refuse_custom_code(path: str | Path, what: str = "MODEL") -> None:
-    """ValueError when a local model folder needs its own Python code.
+#: The configs a model load reads (``AutoConfig`` and the model class).
+MODEL_CONFIGS = ("config.json",)
+#: The configs ``AutoFeatureExtractor`` reads (it falls back on ``config.json``).
+FEATURE_EXTRACTOR_CONFIGS = ("preprocessor_config.json", "config.json")
 
-    Every ``*config.json`` at the top of the folder (``config.json``,
-    ``preprocessor_config.json``, ...) is read; one with an ``auto_map`` entry
-    names classes in the folder's own ``.py`` files, which transformers would
-    import (and run). fastconvex never runs a model folder's code, so such a
-    folder is refused here, before transformers is asked to load it.
-    A hub id (no local folder) is left to ``trust_remote_code=False``.
+
+class FolderRefused(ValueError):
+    """A model folder refused as it stands (its own code, an unreadable
+    ``config.json``): the message is final, never wrapped again."""
+
+
+def refuse_custom_code(path: str | Path, what: str = "MODEL", configs: Iterable[str] = MODEL_CONFIGS) -> None:
+    """:class:`FolderRefused` (a ValueError) when a local model folder needs
+    its own Python code, or its ``config.json`` is no JSON.
+
+    Each of ``configs`` present at the top of the folder is read (only the
+    configs that the load at hand reads: a ``tokenizer_config.json`` with
+    ``auto_map`` does not matter where no tokenizer is loaded); one with an
+    ``auto_map`` entry names classes in the folder's own ``.py`` files, which
+    transformers would import (and run). fastconvex never runs a model
+    folder's code, so such a folder is refused here, before transformers is
+    asked to load it. A hub id (no local folder) is left to
+    ``trust_remote_code=False``.
     """
     root = Path(path)
     if not root.is_dir():
         return
-    for config in sorted(root.glob("*config.json")):
+    for name in configs:
+        config = root / name
+        if not config.is_file():
+            continue
         try:
             data = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             if config.name == "config.json":
-                raise ValueError(f"{what} {str(root)!r}: {config.name} is not readable JSON ({exc})") from None
+                raise FolderRefused(f"{what} {str(root)!r}: {config.name} is not readable JSON ({exc})") from None
             continue
         auto_map = data.get("auto_map") if isinstance(data, dict) else None
         if auto_map:
             code = sorted(p.name for p in root.glob("*.py"))
             names = sorted(auto_map) if isinstance(auto_map, dict) else [str(auto_map)]
-            raise ValueError(
+            raise FolderRefused(
                 f"{what} {str(root)!r} needs its own Python code ({config.name} has auto_map for "
                 f"{', '.join(names)}{'; code: ' + ', '.join(code[:5]) if code else ''}), and fastconvex never "
                 "runs a model folder's code (trust_remote_code=False); use a model whose architecture "
@@ -76,37 +97,47 @@ def refuse_custom_code(path: str | Path, what: str = "MODEL") -> None:
             )
 
 
-def _custom_code_error(exc: BaseException) -> bool:
-    return "trust_remote_code" in str(exc) or "custom code" in str(exc)
+def _guarded(load: Callable[[], Any], name: str | Path, what: str, part: str, configs: Iterable[str]) -> Any:
+    """``load()`` of a model folder's ``part`` (its config, feature extractor
+    or model) without running the folder's code: its ``configs`` checked for
+    ``auto_map`` first, and transformers' own refusal of custom code (a hub id,
+    ``trust_remote_code=False``) turned into the same one-line ValueError.
+    Other errors propagate."""
+    refuse_custom_code(name, what, configs)
+    try:
+        return load()
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+            raise FolderRefused(f"{what} {str(name)!r}: {part} needs its own Python code, and fastconvex never "
+                                "runs a model's code (trust_remote_code=False)") from None
+        raise
 
 
 def load_config(name: str | Path, what: str = "MODEL") -> Any:
     """``AutoConfig`` of a model folder or hub id, never running its code."""
     import transformers
 
-    refuse_custom_code(name, what)
     try:
-        return transformers.AutoConfig.from_pretrained(str(name), trust_remote_code=False)
+        return _guarded(lambda: transformers.AutoConfig.from_pretrained(str(name), trust_remote_code=False),
+                        name, what, "its config", MODEL_CONFIGS)
+    except FolderRefused:
+        raise
     except ValueError as exc:
-        if _custom_code_error(exc):
-            raise ValueError(f"{what} {str(name)!r} needs its own Python code, and fastconvex never runs a model's "
-                             "code (trust_remote_code=False)") from None
         raise ValueError(f"{what} {str(name)!r}: cannot load its config: {exc}") from None
     except OSError as exc:
         raise FileNotFoundError(f"{what} {str(name)!r}: cannot load its config: {exc}") from None
 
 
-def load_feature_extractor(name: str | Path) -> Any:
+def load_feature_extractor(name: str | Path, what: str = "MODEL") -> Any:
     """The model's own feature extractor, or None when it has none (never its code)."""
     import transformers
 
-    refuse_custom_code(name)
     try:
-        return transformers.AutoFeatureExtractor.from_pretrained(str(name), trust_remote_code=False)
-    except ValueError as exc:
-        if _custom_code_error(exc):
-            raise ValueError(f"MODEL {str(name)!r}: its feature extractor needs its own Python code, and "
-                             "fastconvex never runs a model's code (trust_remote_code=False)") from None
+        return _guarded(lambda: transformers.AutoFeatureExtractor.from_pretrained(str(name), trust_remote_code=False),
+                        name, what, "its feature extractor", FEATURE_EXTRACTOR_CONFIGS)
+    except FolderRefused:
+        raise
+    except ValueError:
         return None
     except OSError:
         return None
@@ -134,18 +165,70 @@ def check_model_device(device: Any, what: str = "--device") -> None:
                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
 
 
+#: The weight files ``from_pretrained`` reads from a local folder, in its order of preference.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
 def _check_weight_files(root: Path, what: str) -> None:
-    """Open every ``.safetensors`` file's header (a truncated or corrupt file
-    is named here; transformers' error would not name it)."""
+    """The folder must hold weights transformers loads (``WEIGHT_FILES``), and
+    each ``.safetensors`` file it will read -- ``model.safetensors``, or the
+    shards that ``model.safetensors.index.json`` names -- must open with a
+    complete header (a truncated or corrupt file is named here; transformers'
+    error would not name it). Other files (an adapter's, an optimizer's) are
+    never read, so never checked."""
     from safetensors import safe_open
 
-    for f in sorted(root.glob("*.safetensors")):
+    present = [name for name in WEIGHT_FILES if (root / name).is_file()]
+    if not present:
+        raise ValueError(f"{what} {str(root)!r} has no weight files (looked for {', '.join(WEIGHT_FILES)})")
+    if present[0] == "model.safetensors":
+        files = [root / "model.safetensors"]
+    elif present[0] == "model.safetensors.index.json":
+        index = root / "model.safetensors.index.json"
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = [root / name for name in sorted(set(weight_map.values()))]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{what} {str(root)!r}: {index.name} is not a readable shard index "
+                             f"({type(exc).__name__}: {exc})") from None
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise ValueError(f"{what} {str(root)!r}: {index.name} names shard(s) the folder lacks: "
+                             f"{', '.join(absent[:_SHOWN])}{', ...' if len(absent) > _SHOWN else ''}")
+    else:
+        return  # pickle weights: read with weights_only=True, their errors named in load_checked
+    for f in files:
         try:
             with safe_open(str(f), framework="pt") as handle:
                 handle.keys()
         except Exception as exc:  # noqa: BLE001 - SafetensorError is no public class; any failure is the file
             raise ValueError(f"{what} {str(root)!r}: {f.name} is not a complete safetensors file "
                              f"({' '.join(str(exc).split())}); the weights are truncated or corrupt") from None
+
+
+def _takes_weights_only(cls: Any) -> bool:
+    """Whether ``cls.from_pretrained`` has the ``weights_only`` argument
+    (transformers >= 4.46). Older versions have none -- passed, it would reach
+    the model's ``__init__`` and fail -- but already read pickle weights with
+    ``torch.load(weights_only=True)`` on the torch versions fastconvex needs."""
+    try:
+        return "weights_only" in inspect.signature(cls.from_pretrained).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _pickle_refused(exc: BaseException) -> pickle.UnpicklingError | None:
+    """The ``UnpicklingError`` of torch's weights-only unpickler behind ``exc``
+    (transformers may wrap it in an ``OSError`` "Unable to load weights"), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, pickle.UnpicklingError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _encoder_part(model: Any) -> tuple[str, set[str]]:
@@ -209,44 +292,54 @@ def load_checked(cls: Any, name: str | Path, *, new_head: bool = False, what: st
     """
     from ._quiet import quiet_transformers
 
-    refuse_custom_code(name, what)
     root = Path(name)
     local = root.is_dir()
     if local:
-        _check_weight_files(root, what)
-    options = dict(trust_remote_code=False, weights_only=True, output_loading_info=True,
+        refuse_custom_code(name, what)  # before the weight files, which are large
+        if not {"variant", "subfolder", "gguf_file", "use_safetensors", "state_dict"} & kwargs.keys():
+            _check_weight_files(root, what)  # (other file names then: transformers' own errors apply)
+    options = dict(trust_remote_code=False, output_loading_info=True,
                    ignore_mismatched_sizes=True)  # mismatches are reported by name below, never re-initialised
     options.update(kwargs)
-    options.update(output_loading_info=True, trust_remote_code=False, weights_only=True)
-    try:
+    options.update(output_loading_info=True, trust_remote_code=False)
+    if _takes_weights_only(cls):
+        options["weights_only"] = True
+
+    def load() -> Any:
         # transformers' own load report goes to the log; its content is checked (and raised) below
         with quiet_transformers(progress_bars=True):
-            model, info = cls.from_pretrained(str(name), **options)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"{what} {str(name)!r}: its pickle weights need more than tensors to load ({str(exc).splitlines()[0]}); "
-            "fastconvex reads pickle weights only with torch's weights_only=True, since loading a pickle can run "
-            "code: convert them to .safetensors where you trust them"
-        ) from None
-    except (EOFError, RuntimeError, OSError) as exc:
+            return cls.from_pretrained(str(name), **options)
+
+    try:
+        model, info = _guarded(load, name, what, "the model", ())  # a local folder is checked above
+    except FolderRefused:
+        raise
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as exc:
+        refused = _pickle_refused(exc)
+        if refused is not None:
+            raise ValueError(
+                f"{what} {str(name)!r}: its pickle weights need more than tensors to load "
+                f"({str(refused).splitlines()[0]}); fastconvex reads pickle weights only with torch's "
+                "weights_only=True, since loading a pickle can run code: convert them to .safetensors where "
+                "you trust them"
+            ) from None
+        if isinstance(exc, ValueError):
+            raise
         text = " ".join(str(exc).split())
         if isinstance(exc, OSError) and not local:
             raise FileNotFoundError(f"{what} {str(name)!r}: cannot load its weights: {text}") from None
         raise ValueError(f"{what} {str(name)!r}: cannot load its weights ({type(exc).__name__}: {text}); "
                          "are the weight files truncated or corrupt?") from None
-    except ValueError as exc:
-        if _custom_code_error(exc):
-            raise ValueError(f"{what} {str(name)!r} needs its own Python code, and fastconvex never runs a model's "
-                             "code (trust_remote_code=False)") from None
-        raise
     missing, unexpected = set(info.get("missing_keys") or ()), set(info.get("unexpected_keys") or ())
     missing -= _identity_norm_keys(model)
     # SpecAugment's mask vector: used only while training with mask_time_prob > 0, where a fresh one is
     # what the recipes start from; many published checkpoints (facebook/wav2vec2-base-960h) lack it
     missing = {k for k in missing if k.rsplit(".", 1)[-1] != "masked_spec_embed"}
     mismatched = {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()}
+    prefix, children = _encoder_part(model)
+    # the hint about a new head helps only where the tensors at fault are a head's (outside the encoder)
+    head_at_fault = any(not _in_encoder(k, prefix, children) for k in missing | unexpected)
     if new_head:
-        prefix, children = _encoder_part(model)
         missing = {k for k in missing if _in_encoder(k, prefix, children)}
         unexpected = {k for k in unexpected if _in_encoder(k, prefix, children)}
         mismatched = {k for k in mismatched if _in_encoder(k, prefix, children)}
@@ -264,6 +357,7 @@ def load_checked(cls: Any, name: str | Path, *, new_head: bool = False, what: st
     if problems:
         raise ValueError(
             f"{what} {str(name)!r}: " + "; ".join(problems) + ". The folder's weights do not match its config"
-            + ("" if new_head else " (a new classification head is allowed only where one is made, as by finetune)")
+            + (" (a new classification head is allowed only where one is made, as by finetune)"
+               if head_at_fault and not new_head else "")
         )
     return model

@@ -224,6 +224,14 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def is_audio_classifier(name: str) -> bool:
+    """Whether a model class name (``type(model).__name__``, or an entry of a
+    config's ``architectures``) is an audio classifier that
+    :func:`fastconvex.hf.predict_from_layer` serves: a
+    ``*ForSequenceClassification`` or ``WhisperForAudioClassification``."""
+    return name.endswith("ForSequenceClassification") or name == "WhisperForAudioClassification"
+
+
 def resolve_model_class(config: Any) -> Any:
     """The transformers class named in ``config.architectures`` (``AutoModel`` if none is found).
 

@@ -14,6 +14,7 @@ from ._models import (
     class_labels,
     encoder_blocks,
     final_norm_module,
+    is_audio_classifier,
     is_whisper,
     model_device,
     ties_last_hidden_state,
@@ -45,7 +46,7 @@ class LayerPredictor:
         if not isinstance(model, nn.Module) or not hasattr(model, "config"):
             raise TypeError(f"model must be a Hugging Face audio classifier, got {type(model).__name__}")
         name = type(model).__name__
-        if not (name.endswith("ForSequenceClassification") or name == "WhisperForAudioClassification") or not (
+        if not is_audio_classifier(name) or not (
             isinstance(getattr(model, "projector", None), nn.Module)
             and isinstance(getattr(model, "classifier", None), nn.Module)
         ):
