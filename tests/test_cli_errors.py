@@ -15,14 +15,9 @@ import pytest
 
 import fastconvex as fc
 from fastconvex.cli import main
+from cli_run import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(capsys, argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _one_line(err: str, prefix: str) -> str:
@@ -51,14 +46,14 @@ def _score(path, *extra):
 
 def test_empty_layer_stack_is_a_data_error(files, capsys):
     np.save(files / "empty.npy", np.zeros((0, 60, 4), np.float32))
-    code, out, err = _run(capsys, ["score", files / "empty.npy", "--labels", files / "y.npy"])
+    code, out, err = run_cli(capsys, ["score", files / "empty.npy", "--labels", files / "y.npy"])
     assert code == 1 and out == ""
     assert "empty.npy has shape (0, 60, 4): no layer to score" in _one_line(err, "fastconvex score: error:")
 
 
 def test_ragged_object_labels_are_named_not_a_numpy_message(files, capsys):
     np.save(files / "ragged.npy", np.array([[1, 2], [3]], dtype=object), allow_pickle=True)
-    code, _, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "ragged.npy"])
+    code, _, err = run_cli(capsys, ["score", files / "emb.npy", "--labels", files / "ragged.npy"])
     line = _one_line(err, "fastconvex score: error: LABELS:")
     assert code == 1
     assert "holds Python objects (dtype object, such as ragged lists)" in line
@@ -74,7 +69,7 @@ def test_a_non_npy_or_truncated_file_is_named_without_unpickling_advice(files, c
         (["score", files / "emb.npy", "--labels", files / "notes.npy"], "LABELS", "is not a .npy file"),
         (["score", files / "half.npy", "--labels", files / "y.npy"], "EMBEDDINGS", "is truncated"),
     ):
-        code, out, err = _run(capsys, argv)
+        code, out, err = run_cli(capsys, argv)
         line = _one_line(err, f"fastconvex score: error: {what}:")
         assert code == 1 and out == ""
         assert f"{str(argv[1] if what == 'EMBEDDINGS' else argv[3])!r} {why}" in line
@@ -83,28 +78,28 @@ def test_a_non_npy_or_truncated_file_is_named_without_unpickling_advice(files, c
 
 def test_non_utf8_label_text(files, capsys):
     (files / "latin.txt").write_bytes(("a\n" * 30 + "caf\xe9\n" * 30).encode("latin-1"))
-    code, _, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "latin.txt"])
+    code, _, err = run_cli(capsys, ["score", files / "emb.npy", "--labels", files / "latin.txt"])
     assert code == 1
     assert "latin.txt': byte 0xe9 at offset 63 (line 31) is not valid UTF-8" in _one_line(err, "fastconvex score: error:")
     (files / "latin.csv").write_bytes(("label\n" + "caf\xe9\n" * 60).encode("latin-1"))
-    code, _, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "latin.csv"])
+    code, _, err = run_cli(capsys, ["score", files / "emb.npy", "--labels", files / "latin.csv"])
     assert code == 1 and "latin.csv': byte 0xe9 at offset 9 (line 2) is not valid UTF-8" in err
 
 
 def test_headerless_csv_does_not_lose_its_first_label(files, capsys):
     (files / "plain.csv").write_text("".join(f"c{v}\n" for v in np.repeat(np.arange(3), 20)))
-    code, out, err = _run(capsys, ["score", files / "emb.npy", "--labels", files / "plain.csv"])
+    code, out, err = run_cli(capsys, ["score", files / "emb.npy", "--labels", files / "plain.csv"])
     assert code == 1 and out == ""
     line = _one_line(err, "fastconvex score: error: LABELS: plain.csv")
     assert "its first row 'c0' is not 'label'" in line and "--label-column 'c0'" in line
     # with a header line the same labels score (60 of them, none lost)
     (files / "headed.csv").write_text("label\n" + (files / "plain.csv").read_text())
-    code, out, _ = _run(capsys, ["score", files / "emb.npy", "--labels", files / "headed.csv", "--json", "--quiet"])
+    code, out, _ = run_cli(capsys, ["score", files / "emb.npy", "--labels", files / "headed.csv", "--json", "--quiet"])
     assert code == 0 and json.loads(out)["layers"][0]["n_points"] == 60
 
 
 def test_k_too_large_for_the_data(files, capsys):
-    code, _, err = _run(capsys, _score(files, "--k", "60"))
+    code, _, err = run_cli(capsys, _score(files, "--k", "60"))
     assert code == 1 and "k must be < the number of points N=60" in _one_line(err, "fastconvex score: error:")
 
 
@@ -129,14 +124,14 @@ def test_k_too_large_for_the_data(files, capsys):
     ],
 )
 def test_usage_errors_are_one_line_with_status_2(capsys, argv, message):
-    code, out, err = _run(capsys, argv)
+    code, out, err = run_cli(capsys, argv)
     assert code == 2 and out == ""
     assert message in _one_line(err, f"fastconvex {argv[0]}: error:")
     assert len(err.strip().splitlines()) == 1  # no usage block above it
 
 
 def test_label_column_with_npy_labels_is_not_ignored(files, capsys):
-    code, _, err = _run(capsys, _score(files, "--label-column", "speaker"))
+    code, _, err = run_cli(capsys, _score(files, "--label-column", "speaker"))
     assert code == 2
     assert "--label-column applies to .csv labels only, not to y.npy" in _one_line(err, "fastconvex score: error:")
 
@@ -151,16 +146,16 @@ def test_out_an_existing_directory_fails_before_scoring(files, capsys, monkeypat
     called = []
     monkeypatch.setattr(fc, "layer_scores", lambda *a, **k: called.append(1))
     (files / "results").mkdir()  # not the directory of the inputs: that one is refused as holding them
-    code, out, err = _run(capsys, _score(files, "--out", files / "results"))
+    code, out, err = run_cli(capsys, _score(files, "--out", files / "results"))
     assert code == 2 and out == "" and not called
     assert f"--out {str(files / 'results')!r} is a directory; give a file name" in _one_line(err, "fastconvex score: error:")
     _no_scoring(err)
-    code, _, err = _run(capsys, _score(files, "--out", files / "missing" / "r.json"))
+    code, _, err = run_cli(capsys, _score(files, "--out", files / "missing" / "r.json"))
     assert code == 2 and "does not exist; create it first" in err and not called
 
 
 def test_plot_with_a_suffix_matplotlib_cannot_write_fails_before_scoring(files, capsys):
-    code, out, err = _run(capsys, _score(files, "--plot", files / "out.txt", "--out", files / "r.json"))
+    code, out, err = run_cli(capsys, _score(files, "--plot", files / "out.txt", "--out", files / "r.json"))
     assert code == 2 and out == ""
     assert "matplotlib cannot write '.txt' files; use one of" in _one_line(err, "fastconvex score: error:")
     _no_scoring(err)
@@ -170,7 +165,7 @@ def test_plot_with_a_suffix_matplotlib_cannot_write_fails_before_scoring(files, 
 def test_plot_without_matplotlib_fails_before_scoring(files, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.backend_bases", None)
-    code, _, err = _run(capsys, _score(files, "--plot", files / "p.png"))
+    code, _, err = run_cli(capsys, _score(files, "--plot", files / "p.png"))
     assert code == 2
     assert "--plot needs matplotlib, which is not installed: pip install 'fastconvex[plot]'" in _one_line(
         err, "fastconvex score: error:")
@@ -184,7 +179,7 @@ def test_a_plot_that_fails_keeps_the_json_and_says_why(files, capsys, monkeypatc
         raise RuntimeError("the renderer ran out of ink")
 
     monkeypatch.setattr(fastconvex.plot, "plot_layer_scores", broken)
-    code, out, err = _run(capsys, _score(files, "--out", files / "r.json", "--plot", files / "p.png"))
+    code, out, err = run_cli(capsys, _score(files, "--out", files / "r.json", "--plot", files / "p.png"))
     assert code == 1
     line = _one_line(err, "fastconvex score: error: --plot")
     assert "the renderer ran out of ink" in line and f"the scores are in {files / 'r.json'}" in line
@@ -196,7 +191,7 @@ def test_a_plot_that_fails_keeps_the_json_and_says_why(files, capsys, monkeypatc
 
 
 def test_plot_name_without_suffix_logs_the_file_written(files, capsys):
-    code, _, err = _run(capsys, _score(files, "--plot", files / "curve"))
+    code, _, err = run_cli(capsys, _score(files, "--plot", files / "curve"))
     assert code == 0
     assert f"wrote {files / 'curve.png'}" in err
     assert (files / "curve.png").read_bytes()[:4] == b"\x89PNG" and not (files / "curve").exists()
@@ -210,7 +205,7 @@ def test_out_never_replaces_an_existing_file_without_overwrite(files, capsys, mo
     # --out naming an input file (or any existing file): refused before the work, the file intact
     for target, option, why in ((files / "y.npy", "--out", "is the input LABELS"),
                                 (files / "p.png", "--plot", "already exists")):
-        code, out, err = _run(capsys, _score(files, option, target))
+        code, out, err = run_cli(capsys, _score(files, option, target))
         assert code == 2 and out == "" and not called
         line = _one_line(err, "fastconvex score: error:")
         assert f"{option} {str(target)!r} {why}" in line and "--overwrite" in line
@@ -219,12 +214,12 @@ def test_out_never_replaces_an_existing_file_without_overwrite(files, capsys, mo
     (files / "r.json").write_text("precious")
     for argv in (["env", "--out", files / "r.json"],
                  ["bench", "--sizes", "30", "--dim", "2", "--classes", "2", "--out", files / "r.json"]):
-        code, out, err = _run(capsys, argv)
+        code, out, err = run_cli(capsys, argv)
         assert code == 2 and out == ""
         assert f"--out {str(files / 'r.json')!r} already exists" in _one_line(err, f"fastconvex {argv[0]}: error:")
     assert (files / "r.json").read_text() == "precious"
     monkeypatch.undo()
-    code, _, err = _run(capsys, _score(files, "--out", files / "r.json", "--overwrite"))
+    code, _, err = run_cli(capsys, _score(files, "--out", files / "r.json", "--overwrite"))
     assert code == 0, err
     assert "scores" in json.loads((files / "r.json").read_text())
 
@@ -233,7 +228,7 @@ def test_bench_out_is_checked_before_the_benchmark(files, capsys, monkeypatch):
     import fastconvex._bench
 
     monkeypatch.setattr(fastconvex._bench, "compare_to_naive", lambda *a, **k: pytest.fail("benchmark ran"))
-    code, out, err = _run(capsys, ["bench", "--sizes", "30", "--out", files / "missing" / "b.json"])
+    code, out, err = run_cli(capsys, ["bench", "--sizes", "30", "--out", files / "missing" / "b.json"])
     assert code == 2 and out == ""
     assert "does not exist; create it first" in _one_line(err, "fastconvex bench: error:")
 
@@ -242,14 +237,14 @@ def test_prune_refuses_a_non_empty_out_directory_before_the_model(tmp_path, caps
     out_dir = tmp_path / "model"  # say, the model being pruned
     out_dir.mkdir()
     (out_dir / "config.json").write_text("{}")
-    code, out, err = _run(capsys, ["prune", out_dir, "--audio", tmp_path / "no_audio", "--out", out_dir])
+    code, out, err = run_cli(capsys, ["prune", out_dir, "--audio", tmp_path / "no_audio", "--out", out_dir])
     assert code == 2 and out == ""
     line = _one_line(err, "fastconvex prune: error:")
     assert f"--out {str(out_dir)!r} is the input MODEL" in line and "--overwrite or not" in line
     assert (out_dir / "config.json").read_text() == "{}"
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "old").write_text("")
-    code, out, err = _run(capsys, ["prune", out_dir, "--audio", tmp_path / "no_audio", "--out", tmp_path / "x"])
+    code, out, err = run_cli(capsys, ["prune", out_dir, "--audio", tmp_path / "no_audio", "--out", tmp_path / "x"])
     assert f"--out {str(tmp_path / 'x')!r} exists and is not empty" in _one_line(err, "fastconvex prune: error:")
 
 
@@ -260,7 +255,7 @@ def test_internal_errors_are_one_line_and_debug_shows_the_traceback(files, capsy
         raise KeyError("unexpected")
 
     monkeypatch.setattr(fc, "layer_scores", bug)
-    code, _, err = _run(capsys, _score(files))
+    code, _, err = run_cli(capsys, _score(files))
     assert code == 1
     line = _one_line(err, "fastconvex score: internal error: KeyError")
     assert "rerun with --debug for the traceback" in line
@@ -273,7 +268,7 @@ def test_interrupt_is_one_line_with_status_130(files, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(fc, "layer_scores", interrupted)
-    code, _, err = _run(capsys, _score(files))
+    code, _, err = run_cli(capsys, _score(files))
     assert code == 130 and err.strip().splitlines()[-1] == "fastconvex score: interrupted"
 
 
@@ -313,13 +308,13 @@ def clips(tmp_path):
 def test_prune_csv_header_is_not_a_file_and_is_checked_before_the_model(clips, capsys):
     (clips / "list.csv").write_text("file,speaker\nclips/a.wav,x\nclips/b.wav,y\n")
     # MODEL does not exist either: the audio list is checked first
-    code, out, err = _run(capsys, ["prune", clips / "no_model", "--audio", clips / "list.csv", "--out", clips / "o"])
+    code, out, err = run_cli(capsys, ["prune", clips / "no_model", "--audio", clips / "list.csv", "--out", clips / "o"])
     assert code == 2 and out == ""
     line = _one_line(err, "fastconvex prune: error:")
     assert "line 1 ['file', 'speaker'] looks like a header row but does not name the columns 'path' and 'label'" in line
     assert "loading" not in err and not (clips / "o").exists()
     (clips / "gone.csv").write_text("clips/a.wav,x\nclips/gone.wav,y\n")
-    code, _, err = _run(capsys, ["prune", clips / "no_model", "--audio", clips / "gone.csv", "--out", clips / "o"])
+    code, _, err = run_cli(capsys, ["prune", clips / "no_model", "--audio", clips / "gone.csv", "--out", clips / "o"])
     assert code == 2
     assert "line 2 lists" in err and "gone.wav', which does not exist" in _one_line(err, "fastconvex prune: error:")
 
@@ -342,7 +337,7 @@ def test_warnings_are_one_line_too(files, capsys):
     x = np.load(files / "emb.npy").astype(np.longdouble)
     x[0, 3, 1] += np.longdouble(2.0) ** -60 if np.finfo(np.longdouble).nmant > 52 else 0
     np.save(files / "long.npy", x)
-    code, out, err = _run(capsys, ["score", files / "long.npy", "--labels", files / "y.npy", "--json"])
+    code, out, err = run_cli(capsys, ["score", files / "long.npy", "--labels", files / "y.npy", "--json"])
     assert code == 0 and json.loads(out)["layers"][0]["n_points"] == 60
     if np.finfo(np.longdouble).nmant > 52:
         warning = [line for line in err.splitlines() if "warning" in line]
@@ -353,7 +348,7 @@ def test_warnings_are_one_line_too(files, capsys):
 def test_table_json_and_progress_lines(files, capsys):
     """Default: the table on stdout, progress as log lines on stderr (not a
     terminal); --json or --out - : JSON on stdout; --quiet: nothing on stderr."""
-    code, out, err = _run(capsys, _score(files, "--pairs", "40"))
+    code, out, err = run_cli(capsys, _score(files, "--pairs", "40"))
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("graph convexity of 2 layer(s): N=60, k=10, estimator pairs, 120 pairs per layer")
@@ -365,9 +360,9 @@ def test_table_json_and_progress_lines(files, capsys):
     assert f"{100 * lo:6.2f}-{100 * hi:6.2f}".strip() in lines[3 + result.best_layer]
     assert "layers: 100%" in err and "2/2 layers" in err and "\r" not in err
     for flag in (["--json"], ["--out", "-"]):
-        code, out, _ = _run(capsys, _score(files, "--pairs", "40", *flag))
+        code, out, _ = run_cli(capsys, _score(files, "--pairs", "40", *flag))
         assert code == 0 and json.loads(out) == json.loads(json.dumps(result.to_dict()))
-    code, out, err = _run(capsys, _score(files, "--pairs", "40", "--quiet"))
+    code, out, err = run_cli(capsys, _score(files, "--pairs", "40", "--quiet"))
     assert code == 0 and err == "" and out.startswith("graph convexity")
 
 
@@ -375,9 +370,9 @@ def test_empty_npy_and_out_equal_to_plot_are_one_line_errors(files, capsys):
     """An empty .npy was an internal error (EOFError); --out and --plot naming
     one file let the plot replace the JSON just written."""
     (files / "empty.npy").write_bytes(b"")
-    code, out, err = _run(capsys, ["score", files / "empty.npy", "--labels", files / "y.npy"])
+    code, out, err = run_cli(capsys, ["score", files / "empty.npy", "--labels", files / "y.npy"])
     assert code == 1 and out == ""
     assert "'" + str(files / "empty.npy") + "' is empty (0 bytes)" in _one_line(err, "fastconvex score: error:")
-    code, out, err = _run(capsys, _score(files, "--out", files / "r.png", "--plot", files / "r.png"))
+    code, out, err = run_cli(capsys, _score(files, "--out", files / "r.png", "--plot", files / "r.png"))
     assert code == 2 and out == "" and not (files / "r.png").exists()
     assert "--out and --plot name the same file" in _one_line(err, "fastconvex score: error:")

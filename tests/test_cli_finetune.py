@@ -11,7 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 sf = pytest.importorskip("soundfile")
 
-from fastconvex.cli import main  # noqa: E402
+from cli_run import run_cli  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.hf
@@ -52,15 +52,9 @@ def data(tmp_path_factory):
     return root
 
 
-def _run(capsys, argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_finetune_writes_the_model_and_json(data, capsys, tmp_path):
     out = tmp_path / "ft"
-    code, stdout, err = _run(capsys, ["finetune", data / "w2v", "--audio", data / "audio", "--out-dir", out,
+    code, stdout, err = run_cli(capsys, ["finetune", data / "w2v", "--audio", data / "audio", "--out-dir", out,
                                       "--epochs", "5", "--lr", "3e-3", "--batch-size", "8", "--json",
                                       "--out", tmp_path / "result.json"])
     assert code == 0, err
@@ -80,7 +74,7 @@ def test_finetune_writes_the_model_and_json(data, capsys, tmp_path):
 
 def test_finetune_whisper_context_and_groups(data, capsys, tmp_path):
     out = tmp_path / "ft"
-    code, stdout, err = _run(capsys, ["finetune", data / "whisper", "--audio", data / "clips.csv",
+    code, stdout, err = run_cli(capsys, ["finetune", data / "whisper", "--audio", data / "clips.csv",
                                       "--groups-column", "speaker", "--eval-split", "0.25",
                                       "--context-seconds", "1", "--out-dir", out, "--epochs", "1", "--quiet"])
     assert code == 0, err
@@ -95,7 +89,7 @@ def test_finetune_whisper_context_and_groups(data, capsys, tmp_path):
 def test_finetune_with_a_labels_file(data, capsys, tmp_path):
     labels = ["even" if i % 4 < 2 else "odd" for i in range(32)]
     (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
-    code, _, err = _run(capsys, ["finetune", data / "w2v", "--audio", data / "audio", "--labels",
+    code, _, err = run_cli(capsys, ["finetune", data / "w2v", "--audio", data / "audio", "--labels",
                                  tmp_path / "labels.txt", "--out-dir", tmp_path / "ft", "--epochs", "1", "--quiet"])
     assert code == 0, err
     assert transformers.AutoConfig.from_pretrained(tmp_path / "ft").id2label == {0: "even", 1: "odd"}
@@ -125,7 +119,7 @@ def test_bad_input_is_one_line(data, capsys, tmp_path, extra, status, message):
     extra = [subst.get(a, a) for a in extra]
     argv = ["finetune", data / "w2v", "--audio", data / "audio", "--out-dir", tmp_path / "out", "--epochs", "1", "--quiet",
             *extra]
-    code, stdout, err = _run(capsys, argv)
+    code, stdout, err = run_cli(capsys, argv)
     assert code == status, err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
@@ -134,7 +128,7 @@ def test_bad_input_is_one_line(data, capsys, tmp_path, extra, status, message):
 
 def test_a_missing_model_directory_is_refused_before_reading_audio(data, capsys, tmp_path):
     """Not quiet: the error is the only line, before any audio is listed."""
-    code, _, err = _run(capsys, ["finetune", tmp_path / "no_model", "--audio", data / "audio",
+    code, _, err = run_cli(capsys, ["finetune", tmp_path / "no_model", "--audio", data / "audio",
                                  "--out-dir", tmp_path / "out"])
     assert code == 2 and err.strip().splitlines() == [
         f"fastconvex finetune: error: MODEL {str(tmp_path / 'no_model')!r} is not a model directory"]

@@ -12,16 +12,10 @@ import numpy as np
 import pytest
 
 import fastconvex as fc
-from fastconvex.cli import main
+from cli_run import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _run(capsys, argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _layers(n=60, d=5, seed=0):
@@ -52,7 +46,7 @@ def _expected(layers, labels, **kw):
 
 def test_score_npy_matches_the_library(data, capsys):
     path, layers, labels = data
-    code, out, err = _run(capsys, ["score", path / "emb.npy", "--labels", path / "labels.npy", "--json"])
+    code, out, err = run_cli(capsys, ["score", path / "emb.npy", "--labels", path / "labels.npy", "--json"])
     assert code == 0
     assert json.loads(out) == _expected(layers, labels)
     assert "scoring 3 layer(s) of 60 points" in err
@@ -68,7 +62,7 @@ def test_score_npy_matches_the_library(data, capsys):
 )
 def test_score_estimator_options(data, capsys, options, kw):
     path, layers, labels = data
-    code, out, _ = _run(capsys, ["score", path / "emb.npy", "--labels", path / "labels.npy", *options, "--quiet", "--json"])
+    code, out, _ = run_cli(capsys, ["score", path / "emb.npy", "--labels", path / "labels.npy", *options, "--quiet", "--json"])
     assert code == 0
     assert json.loads(out) == _expected(layers, labels, **kw)
 
@@ -78,12 +72,12 @@ def test_score_label_files_txt_and_csv(data, capsys):
     text_labels = np.array([f"c{v}" for v in labels])
     expected = _expected(layers, text_labels)
     for name in ("labels.txt", "labels.csv"):
-        code, out, _ = _run(capsys, ["score", path / "emb.npy", "--labels", path / name, "--quiet", "--json"])
+        code, out, _ = run_cli(capsys, ["score", path / "emb.npy", "--labels", path / name, "--quiet", "--json"])
         assert code == 0
         assert json.loads(out) == expected
         assert json.loads(out)["classes"] == ["c0", "c1", "c2"]
     (path / "other.csv").write_text("tag,y\n" + "".join(f"t,c{v}\n" for v in labels))
-    code, out, _ = _run(capsys, ["score", path / "emb.npy", "--labels", path / "other.csv", "--label-column", "y", "--json"])
+    code, out, _ = run_cli(capsys, ["score", path / "emb.npy", "--labels", path / "other.csv", "--label-column", "y", "--json"])
     assert code == 0 and json.loads(out) == expected
 
 
@@ -99,17 +93,17 @@ def test_score_npz_and_directory_in_natural_order(data, capsys):
     np.savez(path / "stacked.npz", hidden=layers)
     expected = _expected(layers, labels)
     for source in ("emb.npz", "dir", "stacked.npz"):
-        code, out, _ = _run(capsys, ["score", path / source, "--labels", path / "labels.npy", "--quiet", "--json"])
+        code, out, _ = run_cli(capsys, ["score", path / source, "--labels", path / "labels.npy", "--quiet", "--json"])
         assert code == 0, source
         assert json.loads(out) == expected, source
     np.save(path / "single.npy", layers[1])
-    code, out, _ = _run(capsys, ["score", path / "single.npy", "--labels", path / "labels.npy", "--quiet", "--json"])
+    code, out, _ = run_cli(capsys, ["score", path / "single.npy", "--labels", path / "labels.npy", "--quiet", "--json"])
     assert code == 0 and json.loads(out) == _expected(layers[1:2], labels)
 
 
 def test_score_out_and_plot(data, capsys):
     path, layers, labels = data
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys,
         ["score", path / "emb.npy", "--labels", path / "labels.npy", "--out", path / "r.json", "--plot", path / "p.png"],
     )
@@ -159,7 +153,7 @@ def test_score_bad_files_exit_with_a_clear_message(data, capsys, argv, message, 
     path, _, _ = data
     _bad(path)
     emb, labels, *rest = argv
-    code, out, err = _run(capsys, ["score", path / emb, "--labels", path / labels, *rest])
+    code, out, err = run_cli(capsys, ["score", path / emb, "--labels", path / labels, *rest])
     assert code == status
     assert out == ""
     lines = err.strip().splitlines()
@@ -191,7 +185,7 @@ def test_score_via_python_dash_m(data):
 
 
 def test_env(capsys, tmp_path):
-    code, out, _ = _run(capsys, ["env", "--json"])
+    code, out, _ = run_cli(capsys, ["env", "--json"])
     assert code == 0
     info = json.loads(out)
     import numpy
@@ -205,7 +199,7 @@ def test_env(capsys, tmp_path):
     assert info["backends"]["auto"] in ("numba", "triton", "naive")
     assert "cuda_available" in info["devices"]
     # without --json: a readable list on stdout (the same facts); --out FILE gets the JSON too
-    code, out, _ = _run(capsys, ["env", "--out", tmp_path / "env.json"])
+    code, out, _ = run_cli(capsys, ["env", "--out", tmp_path / "env.json"])
     assert code == 0
     lines = out.splitlines()
     assert f"numpy         {numpy.__version__}" in lines and f"scipy         {scipy.__version__}" in lines
@@ -217,7 +211,7 @@ def test_env(capsys, tmp_path):
 
 def test_env_says_why_auto_has_no_backend(capsys, monkeypatch):
     monkeypatch.setenv("FASTCONVEX_BACKEND", "bogus")
-    code, out, _ = _run(capsys, ["env"])
+    code, out, _ = run_cli(capsys, ["env"])
     assert code == 0
     line = next(line for line in out.splitlines() if line.startswith("backend auto"))
     assert line.startswith("backend auto   -> None (") and "FASTCONVEX_BACKEND" in line and "'bogus'" in line
@@ -257,7 +251,7 @@ def test_prune_end_to_end(speech, capsys, tmp_path):
 
     root, model, fe = speech
     out_dir = tmp_path / "pruned"
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys,
         ["prune", root / "model", "--audio", root / "audio", "--out", out_dir, "--k", "3", "--batch-size", "4"],
     )
@@ -307,7 +301,7 @@ def test_prune_pre_ln_model_scores_what_the_pruned_model_outputs(speech, capsys,
     fe.save_pretrained(tmp_path / "model")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code, out, err = _run(
+        code, out, err = run_cli(
             capsys,
             # --keep: the cut rule is not under test here (on another transformers
             # version's random init the most convex state can be the input, which it refuses)
@@ -337,7 +331,7 @@ def test_prune_with_csv_keep_and_embeddings_dir(speech, capsys, tmp_path):
     root, _, _ = speech
     rows = ["path,label"] + [f"{p.as_posix()},{p.parent.name}" for p in sorted((root / "audio").glob("class*/*"))]
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys,
         [
             "prune", root / "model", "--audio", tmp_path / "list.csv", "--out", tmp_path / "m", "--keep", "2",
@@ -357,7 +351,7 @@ def test_prune_with_csv_keep_and_embeddings_dir(speech, capsys, tmp_path):
     # the streamed embeddings score the same through `fastconvex score`
     labels = [r.split(",")[1] for r in rows[1:]]
     (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
-    code, out2, _ = _run(capsys, ["score", tmp_path / "emb", "--labels", tmp_path / "labels.txt", "--k", "3", "--json"])
+    code, out2, _ = run_cli(capsys, ["score", tmp_path / "emb", "--labels", tmp_path / "labels.txt", "--k", "3", "--json"])
     assert code == 0
     assert json.loads(out2) == report["scores"]
 
@@ -376,7 +370,7 @@ def test_prune_bad_inputs_exit_2(speech, capsys, tmp_path):
     import re
 
     for argv, message in cases:
-        code, out, err = _run(capsys, argv)
+        code, out, err = run_cli(capsys, argv)
         assert code == 2, (argv, err)
         assert out == ""
         assert re.search(message, err.strip().splitlines()[-1]), err
@@ -392,7 +386,7 @@ def test_prune_when_no_cut_is_possible_is_a_data_error(speech, capsys, tmp_path,
     real = hf.choose_cut
     monkeypatch.setattr(hf, "choose_cut", lambda scores, rule: real(np.array([0.9, 0.5, 0.4, 0.3]), rule))
     root, _, _ = speech
-    code, out, err = _run(capsys, ["prune", root / "model", "--audio", root / "audio", "--out", tmp_path / "m",
+    code, out, err = run_cli(capsys, ["prune", root / "model", "--audio", root / "audio", "--out", tmp_path / "m",
                                    "--k", "3", "--quiet"])
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "most convex layer is 0" in err and "Traceback" not in err

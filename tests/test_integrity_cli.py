@@ -16,23 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastconvex._text import TextDecodeError, decode_text
-from fastconvex.cli import main
+from cli_run import run_cli, one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(capsys, argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_error_line(err: str) -> str:
-    """stderr holds exactly one line, the error, and no traceback."""
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # ------------------------------------------------------------------ text inputs
@@ -69,7 +55,7 @@ def test_labels_in_every_accepted_encoding_score_as_the_plain_file(emb, capsys, 
     (emb / f"other{suffix}").write_bytes(_encode(lines, encoding, newline))
     results = []
     for name in ("plain", "other"):
-        code, out, err = _run(capsys, ["score", emb / "emb.npy", "--labels", emb / f"{name}{suffix}", "--json",
+        code, out, err = run_cli(capsys, ["score", emb / "emb.npy", "--labels", emb / f"{name}{suffix}", "--json",
                                        "--quiet"])
         assert code == 0, err
         results.append(json.loads(out))
@@ -96,8 +82,8 @@ def test_decode_text_reads_the_same_lines_in_every_accepted_encoding(lines, enco
 ])
 def test_other_encodings_are_one_line_naming_the_file_and_byte(emb, capsys, data, offset, byte):
     (emb / "bad.txt").write_bytes(data)
-    code, out, err = _run(capsys, ["score", emb / "emb.npy", "--labels", emb / "bad.txt"])
-    line = _one_error_line(err)
+    code, out, err = run_cli(capsys, ["score", emb / "emb.npy", "--labels", emb / "bad.txt"])
+    line = one_error_line(err)
     assert code == 1 and out == ""
     assert line.startswith(f"fastconvex score: error: LABELS {str(emb / 'bad.txt')!r}")
     assert f"0x{byte:02x} at offset {offset}" in line
@@ -227,8 +213,8 @@ def test_every_case_list_covers_every_command_with_inputs():
 def test_an_output_that_is_contains_or_lies_inside_an_input_is_refused(inputs, capsys, case):
     argv, start, named = _destroying_cases(inputs)[case]
     before = _snapshot(inputs)
-    code, out, err = _run(capsys, argv)
-    line = _one_error_line(err)
+    code, out, err = run_cli(capsys, argv)
+    line = one_error_line(err)
     assert code == 2 and out == "", err
     assert line.startswith(f"fastconvex {argv[0]}: error: {start} the input {named}"), line
     assert "--overwrite or not" in line
@@ -248,13 +234,13 @@ def test_a_link_to_an_input_is_the_input(inputs, capsys):
         (["finetune", inputs / "model", "--audio", inputs / "audio", "--out-dir", inputs.parent / "dirlink" / "x"],
          "MODEL_DIR"),
     ):
-        code, _, err = _run(capsys, argv)
-        assert code == 2 and f"the input {named} " in _one_error_line(err), err
+        code, _, err = run_cli(capsys, argv)
+        assert code == 2 and f"the input {named} " in one_error_line(err), err
     assert _snapshot(inputs) == before
 
 
 def test_outputs_beside_the_inputs_are_fine(inputs, capsys):
-    code, out, err = _run(capsys, ["score", inputs / "emb.npy", "--labels", inputs / "y.npy", "--out",
+    code, out, err = run_cli(capsys, ["score", inputs / "emb.npy", "--labels", inputs / "y.npy", "--out",
                                    inputs / "emb.json", "--quiet"])
     assert code == 0, err
     assert json.loads((inputs / "emb.json").read_text())["best_layer"] in (0, 1)
@@ -367,15 +353,15 @@ def test_an_option_that_would_be_ignored_is_refused_before_any_work(tmp_path, ca
 
     monkeypatch.setattr(fastconvex.demo, "run_demo", no_work)
     monkeypatch.chdir(tmp_path)  # "O" is a fresh output path; "M" and "A" exist nowhere
-    code, out, err = _run(capsys, argv)
-    line = _one_error_line(err)
+    code, out, err = run_cli(capsys, argv)
+    line = one_error_line(err)
     assert code == 2 and out == ""
     assert line.startswith(f"fastconvex {argv[0]}: error: {message}"), line
     assert not (tmp_path / "O").exists()
 
 
 def test_the_defaults_of_unused_options_are_accepted(capsys):
-    code, out, err = _run(capsys, ["env", "--seed", "0", "--backend", "auto", "--json"])
+    code, out, err = run_cli(capsys, ["env", "--seed", "0", "--backend", "auto", "--json"])
     assert code == 0, err
     assert "backends" in json.loads(out)
 
@@ -392,7 +378,7 @@ def test_bench_runs_on_the_device_it_is_given(capsys, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(bench, "graph_convexity", recording)
-    code, out, err = _run(capsys, ["bench", "--sizes", "40", "--dim", "3", "--classes", "2", "--k", "3",
+    code, out, err = run_cli(capsys, ["bench", "--sizes", "40", "--dim", "3", "--classes", "2", "--k", "3",
                                    "--pairs", "50", "--backend", "numba", "--device", "cpu", "--json"])
     assert code == 0, err
     assert devices and set(devices) == {"cpu"}
@@ -410,10 +396,10 @@ def test_demo_keep_beyond_the_encoder_is_refused_before_any_data(tmp_path, capsy
         raise AssertionError("the data was made before --keep was checked")
 
     monkeypatch.setattr(experiment, "load_task", no_data)
-    code, out, err = _run(capsys, ["demo", "--out-dir", tmp_path / "o", "--keep", "99", "--tasks", "speakers",
+    code, out, err = run_cli(capsys, ["demo", "--out-dir", tmp_path / "o", "--keep", "99", "--tasks", "speakers",
                                    "--quiet", "--no-fetch"])
     assert code == 2 and out == ""
-    assert _one_error_line(err) == "fastconvex demo: error: --keep must be in 1..4 (the encoder's blocks), got 99"
+    assert one_error_line(err) == "fastconvex demo: error: --keep must be in 1..4 (the encoder's blocks), got 99"
 
 
 # ------------------------------------------------------------------ integer labels beyond int64
@@ -454,9 +440,9 @@ def test_label_file_errors_name_the_file(tmp_path, capsys, make, message):
     np.save(tmp_path / "E.npy", rng.normal(size=(2, 60, 4)).astype(np.float32))
     make(tmp_path)
     labels = next(tmp_path.glob("L.*"))
-    code, out, err = _run(capsys, ["score", tmp_path / "E.npy", "--labels", labels])
+    code, out, err = run_cli(capsys, ["score", tmp_path / "E.npy", "--labels", labels])
     assert code == 1 and out == ""
-    assert _one_error_line(err) == "fastconvex score: error: " + message.format(L=str(labels), E=str(tmp_path / "E.npy"))
+    assert one_error_line(err) == "fastconvex score: error: " + message.format(L=str(labels), E=str(tmp_path / "E.npy"))
 
 
 def test_euclidean_label_and_lengths_counts_name_their_files_before_the_model(tmp_path, capsys):
@@ -465,17 +451,17 @@ def test_euclidean_label_and_lengths_counts_name_their_files_before_the_model(tm
     (tmp_path / "short.txt").write_text("a\nb\n")
     np.save(tmp_path / "len.npy", np.full(5, 3))
     base = ["score", tmp_path / "E.npy", "--measure", "euclidean", "--model", tmp_path / "no_model"]
-    code, _, err = _run(capsys, [*base, "--labels", tmp_path / "short.txt"])
-    assert code == 1 and _one_error_line(err) == (
+    code, _, err = run_cli(capsys, [*base, "--labels", tmp_path / "short.txt"])
+    assert code == 1 and one_error_line(err) == (
         f"fastconvex score: error: LABELS {str(tmp_path / 'short.txt')!r} has 2 labels but EMBEDDINGS "
         f"{str(tmp_path / 'E.npy')!r} has N = 6 items per layer")
-    code, _, err = _run(capsys, [*base, "--labels", tmp_path / "L.txt", "--lengths", tmp_path / "len.npy"])
-    assert code == 1 and _one_error_line(err) == (
+    code, _, err = run_cli(capsys, [*base, "--labels", tmp_path / "L.txt", "--lengths", tmp_path / "len.npy"])
+    assert code == 1 and one_error_line(err) == (
         f"fastconvex score: error: --lengths {str(tmp_path / 'len.npy')!r} has 5 frame counts but EMBEDDINGS "
         f"{str(tmp_path / 'E.npy')!r} has N = 6 items per layer")
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
-    code, _, err = _run(capsys, [*base, "--labels", tmp_path / "L.txt", "--lengths", tmp_path / "junk.npy"])
-    assert code == 1 and _one_error_line(err) == (
+    code, _, err = run_cli(capsys, [*base, "--labels", tmp_path / "L.txt", "--lengths", tmp_path / "junk.npy"])
+    assert code == 1 and one_error_line(err) == (
         f"fastconvex score: error: --lengths: {str(tmp_path / 'junk.npy')!r} is not a .npy file (it lacks the "
         "NumPy header)")
 
@@ -487,7 +473,7 @@ def test_demo_finetune_keeps_beyond_tiny_en_are_refused_before_any_data(tmp_path
         raise AssertionError("the data was made before --keeps was checked")
 
     monkeypatch.setattr(experiment, "load_task", no_data)
-    code, out, err = _run(capsys, ["demo", "--out-dir", tmp_path / "o", "--finetune", "--quick", "--keeps", "1,9",
+    code, out, err = run_cli(capsys, ["demo", "--out-dir", tmp_path / "o", "--finetune", "--quick", "--keeps", "1,9",
                                    "--tasks", "speakers", "--quiet", "--no-fetch"])
     assert code == 2 and out == ""
-    assert _one_error_line(err) == "fastconvex demo: error: --keeps: [9] not in 1..4 (Whisper tiny.en's encoder blocks)"
+    assert one_error_line(err) == "fastconvex demo: error: --keeps: [9] not in 1..4 (Whisper tiny.en's encoder blocks)"

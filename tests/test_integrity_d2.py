@@ -11,20 +11,7 @@ import numpy as np
 import pytest
 
 from fastconvex._text import TextDecodeError, decode_text
-from fastconvex.cli import main
-
-
-def _run(capsys, argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_error_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
+from cli_run import run_cli, one_error_line
 
 
 # ------------------------------------------------------------------ text inputs
@@ -36,8 +23,8 @@ def test_two_marked_label_files_joined_with_cat_are_refused_naming_the_line(tmp_
     a = bom + "yes\nno\n".encode(codec)
     b = bom + "yes\nno\n".encode(codec)
     (tmp_path / "y.txt").write_bytes(a + b)  # cat a.txt b.txt > y.txt
-    code, out, err = _run(capsys, ["score", tmp_path / "emb.npy", "--labels", tmp_path / "y.txt"])
-    line = _one_error_line(err)
+    code, out, err = run_cli(capsys, ["score", tmp_path / "emb.npy", "--labels", tmp_path / "y.txt"])
+    line = one_error_line(err)
     assert code == 1 and out == ""
     assert line.startswith(f"fastconvex score: error: LABELS {str(tmp_path / 'y.txt')!r}: a byte-order mark")
     assert "at line 3" in line and "cat" in line
@@ -88,7 +75,7 @@ def test_sweep_into_the_directory_holding_its_store_runs_and_spares_the_store(tm
     _store(stores / "s2")
     before = {p: p.read_bytes() for p in (stores / "s2").rglob("*") if p.is_file()}
     monkeypatch.chdir(stores)  # cd stores; fastconvex sweep s2 --out-dir .
-    code, out, err = _run(capsys, ["sweep", "s2", "--out-dir", ".", "--k", "4", "--pairs", "100", "--quiet"])
+    code, out, err = run_cli(capsys, ["sweep", "s2", "--out-dir", ".", "--k", "4", "--pairs", "100", "--quiet"])
     assert code == 0, err
     assert json.loads((stores / "sweep.json").read_text())["stores"]
     assert {p: p.read_bytes() for p in (stores / "s2").rglob("*") if p.is_file()} == before
@@ -141,9 +128,9 @@ def test_what_would_change_an_input_is_still_refused(tmp_path, capsys, argv, mes
     np.save(runs / "y.npy", np.zeros(3))
     (runs / "linked" / "tasks").symlink_to(runs / "s1", target_is_directory=True)
     argv = argv(tmp_path)
-    code, out, err = _run(capsys, argv)
+    code, out, err = run_cli(capsys, argv)
     assert code == 2 and out == ""
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert message.format(runs=str(runs)) in line, line
     assert "--overwrite or not" in line
 
@@ -186,10 +173,10 @@ def test_demo_finetune_keeps_beyond_any_models_blocks_are_refused_before_the_mod
 
     monkeypatch.setattr(ct2, "load_ct2_whisper", no_model)
     monkeypatch.setattr(experiment, "load_task", no_model)
-    code, out, err = _run(capsys, ["demo", "--out-dir", tmp_path / "o", "--finetune", "--quick", "--models", models,
+    code, out, err = run_cli(capsys, ["demo", "--out-dir", tmp_path / "o", "--finetune", "--quick", "--models", models,
                                    "--keeps", keeps, "--tasks", "speakers", "--quiet", "--no-fetch"])
     assert code == 2 and out == ""
-    assert _one_error_line(err) == f"fastconvex demo: error: {message}"
+    assert one_error_line(err) == f"fastconvex demo: error: {message}"
     assert not (tmp_path / "o").exists()
 
 

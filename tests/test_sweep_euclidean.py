@@ -18,6 +18,7 @@ sf = pytest.importorskip("soundfile")
 import fastconvex as fc  # noqa: E402
 from fastconvex import hf  # noqa: E402
 from fastconvex.cli import main  # noqa: E402
+from cli_run import run_cli  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
 from test_sweep import assert_same  # noqa: E402
 
@@ -186,9 +187,7 @@ def test_sweep_bad_arguments(euclid, tmp_path):
 
 
 def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(capsys, argv)
 
 
 def test_cli_sweep_euclidean_end_to_end(euclid, tmp_path, capsys):
