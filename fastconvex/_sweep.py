@@ -26,6 +26,7 @@ import secrets
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Sequence
@@ -95,17 +96,26 @@ def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: 
             f"store {task.store_name!r} ({task.store_path}) changed while the sweep ran "
             f"(its {store.path / 'store.json'} differs); rerun the sweep"
         )
-    # the layer's bytes against the manifest's sha256 before it is scored: a file
-    # changed in place since the store was written is refused, naming it
-    store.verify_layer(task.layer)
-    if isinstance(plan, EuclideanPlan):
-        result = score_euclidean_task(store, task.layer, plan, device)
-    else:
-        x = check_embeddings(store.layer(task.layer),
-                             name=f"store {task.store_name!r} layer {task.layer} ({store.layer_file(task.layer)})",
-                             convert=False)
-        result = score_layer(x, plan, backend=backend, device=device, engine="local" if shards is None else "ray",
-                             shards=shards)
+    # The layer's bytes are hashed against the manifest's sha256 on a thread of
+    # their own while the layer is scored, and the result is written only once
+    # they verify: a file changed since the store was written is refused, naming
+    # it, and on a GPU the hash (one pass over the file at sha256's speed on one
+    # core) hides behind the scoring instead of adding to it.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastconvex-verify") as pool:
+        verified = pool.submit(store.verify_layer, task.layer)
+        try:
+            if isinstance(plan, EuclideanPlan):
+                result = score_euclidean_task(store, task.layer, plan, device)
+            else:
+                x = check_embeddings(store.layer(task.layer), name=f"store {task.store_name!r} layer {task.layer} "
+                                     f"({store.layer_file(task.layer)})", convert=False)
+                result = score_layer(x, plan, backend=backend, device=device,
+                                     engine="local" if shards is None else "ray", shards=shards)
+        except BaseException:
+            if not verified.cancel():
+                verified.result()  # a changed file explains a failed scoring better than its own error
+            raise
+        verified.result()
     where = {"engine": "local", "gpu_ids": None, **(ran_on or {}), "host": socket.gethostname(),
              "device": None if device is None else str(device)}
     write_result(task.result_path, {**task.record, "format": RESULT_FORMAT, "version": RESULT_VERSION,
