@@ -1,0 +1,67 @@
+"""One writer per output directory: :func:`output_lock`, a real file lock
+(``filelock``) held for the whole run, with a holder file naming who holds it
+(foundations: used by ``sweep`` and by ``embed``/``pooled_hidden_states``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+from ._atomic import write_json_atomic
+
+__all__ = ["OutputDirectoryBusy", "output_lock"]
+
+
+class OutputDirectoryBusy(RuntimeError):
+    """Another run holds an output directory's lock (the message names the
+    directory and the holder's pid, host and start time). A RuntimeError:
+    the command line reports it as one line with exit status 1."""
+
+
+@contextlib.contextmanager
+def output_lock(directory: str | os.PathLike[str], what: str, *, name: str = ".fastconvex.lock",
+                label: str | None = None) -> Iterator[None]:
+    """Hold ``directory``'s lock for the block: one run writes into it at a
+    time (two would replace or mix each other's files). A second is refused at
+    once with :class:`OutputDirectoryBusy`, naming ``directory`` (as ``label``,
+    default its path), ``what`` holds it (e.g. "another sweep") and the
+    holder's pid and host, which the holder writes beside the lock
+    (``name + ".holder"``).
+
+    The lock is ``filelock``'s ``FileLock``: an ``flock`` on Linux and macOS,
+    which the kernel releases when its holder dies, even killed with
+    ``kill -9``, so a stale lock or holder file never blocks a rerun. Where
+    the file system has no ``flock`` (some network mounts) filelock falls back
+    to a ``SoftFileLock``, whose lock file outlives a killed holder (see
+    docs/scale.md). ``directory`` must exist."""
+    from filelock import FileLock, Timeout
+
+    out = Path(directory)
+    shown = label or f"{str(out)!r}"
+    lock = FileLock(str(out / name), timeout=0)
+    holder = out / f"{name}.holder"
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputDirectoryBusy(f"{shown} is in use by {what} ({_holder(holder)}); wait for it to finish, or "
+                                  "use another output directory") from None
+    try:
+        write_json_atomic(holder, {"pid": os.getpid(), "host": socket.gethostname(),
+                                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        yield
+    finally:
+        holder.unlink(missing_ok=True)  # before the lock is released: a next holder's file is its own
+        lock.release()
+
+
+def _holder(file: Path) -> str:
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+        return f"pid {int(info['pid'])} on host {info['host']}, since {info.get('since', '?')}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"holder unknown: {file} is not written yet or unreadable"
