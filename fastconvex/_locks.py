@@ -14,7 +14,7 @@ from typing import Iterator
 
 from ._atomic import write_json_atomic
 
-__all__ = ["OutputDirectoryBusy", "output_lock"]
+__all__ = ["OutputDirectoryBusy", "output_lock", "store_lock"]
 
 
 class OutputDirectoryBusy(RuntimeError):
@@ -25,7 +25,7 @@ class OutputDirectoryBusy(RuntimeError):
 
 @contextlib.contextmanager
 def output_lock(directory: str | os.PathLike[str], what: str, *, name: str = ".fastconvex.lock",
-                label: str | None = None) -> Iterator[None]:
+                label: str | None = None, remove: bool = False) -> Iterator[None]:
     """Hold ``directory``'s lock for the block: one run writes into it at a
     time (two would replace or mix each other's files). A second is refused at
     once with :class:`OutputDirectoryBusy`, naming ``directory`` (as ``label``,
@@ -38,25 +38,59 @@ def output_lock(directory: str | os.PathLike[str], what: str, *, name: str = ".f
     ``kill -9``, so a stale lock or holder file never blocks a rerun. Where
     the file system has no ``flock`` (some network mounts) filelock falls back
     to a ``SoftFileLock``, whose lock file outlives a killed holder (see
-    docs/scale.md). ``directory`` must exist."""
+    docs/scale.md). ``directory`` must exist.
+
+    ``remove``: delete the lock file when done (for a lock beside the user's
+    own files, e.g. next to a store), while still holding it. filelock keeps
+    the file so that waiters share one inode; a run here never waits, and one
+    that locked a file already removed (it opened it just before) finds the
+    path no longer names what it locked and is refused like any second run."""
     from filelock import FileLock, Timeout
 
     out = Path(directory)
     shown = label or f"{str(out)!r}"
     lock = FileLock(str(out / name), timeout=0)
     holder = out / f"{name}.holder"
+    busy = f"{shown} is in use by {what} ({{}}); wait for it to finish, or use another output directory"
     try:
         lock.acquire()
     except Timeout:
-        raise OutputDirectoryBusy(f"{shown} is in use by {what} ({_holder(holder)}); wait for it to finish, or "
-                                  "use another output directory") from None
+        raise OutputDirectoryBusy(busy.format(_holder(holder))) from None
+    if remove and not _still_named(lock, out / name):
+        lock.release()
+        raise OutputDirectoryBusy(busy.format("it finished just now; rerun"))
     try:
         write_json_atomic(holder, {"pid": os.getpid(), "host": socket.gethostname(),
                                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         yield
     finally:
         holder.unlink(missing_ok=True)  # before the lock is released: a next holder's file is its own
+        if remove:
+            (out / name).unlink(missing_ok=True)
         lock.release()
+
+
+def _still_named(lock: object, path: Path) -> bool:
+    """Whether ``path`` still names the file ``lock`` holds (filelock's held
+    descriptor; True where this filelock does not expose it)."""
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    if not isinstance(fd, int):
+        return True
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
+
+
+def store_lock(path: str | os.PathLike[str], what: str = "another embed") -> contextlib.AbstractContextManager[None]:
+    """The lock of the store written at ``path`` (``embed``,
+    ``pooled_hidden_states(out_dir=...)``): ``<parent>/.<name>.lock``, beside
+    the store and its ``.<name>.partial`` write, removed when done. Creates the
+    parent directory."""
+    store = Path(path)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    return output_lock(store.parent, what, name=f".{store.name}.lock", label=f"the store {str(store)!r}",
+                       remove=True)
 
 
 def _holder(file: Path) -> str:

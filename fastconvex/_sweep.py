@@ -349,7 +349,7 @@ def sweep(
         same settings, pair draw and store content, and the layer it came from
         still hashes to its manifest's sha256 (else it is recomputed, and the
         log names the file). One sweep at a time writes into ``out_dir``: a
-        second is refused (:class:`~fastconvex._sweep_out.OutputDirectoryBusy`,
+        second is refused (:class:`fastconvex.store.OutputDirectoryBusy`,
         naming the holder's pid and host).
     engine : "local" (this process, one task after another) or "ray" (one remote
         task per (store, layer): ``num_gpus=1`` when the cluster has GPUs, else

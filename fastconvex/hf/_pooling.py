@@ -69,6 +69,33 @@ class PooledHiddenStates(list):
     paths: list[Path] | None
 
 
+def _one_writer_per_store(function: Any) -> Any:
+    """With ``out_dir``: hold the store's lock (:func:`fastconvex._locks.store_lock`)
+    for the whole call, so a second write into the same store (which would
+    replace or resume the other's partial write) is refused in one line naming
+    the holder."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            out_dir = signature.bind(*args, **kwargs).arguments.get("out_dir")
+        except TypeError:
+            out_dir = None  # the call itself reports the bad arguments
+        if not isinstance(out_dir, (str, os.PathLike)):
+            return function(*args, **kwargs)
+        from .._locks import store_lock
+
+        with store_lock(out_dir):
+            return function(*args, **kwargs)
+
+    return locked
+
+
+@_one_writer_per_store
 def pooled_hidden_states(
     model: nn.Module,
     waveforms: Sequence[Any] | np.ndarray | torch.Tensor,
