@@ -5,9 +5,12 @@ inconsistent (format: :mod:`fastconvex.store`).
 What is verified, and when: the labels and the utterance index are hashed
 against the manifest's sha256 whenever a store is opened (they are small and
 read whole anyway); a layer is hashed by :meth:`LayerStore.verify_layer`,
-which every sweep task calls before it scores the layer and a sweep calls
-before it reuses a finished result of it (a layer can be gigabytes: it is
-read in blocks, never loaded whole)."""
+which every sweep task calls as it scores the layer (from the same open file:
+:meth:`LayerStore.hold_layer`) and a sweep calls before it reuses a finished
+result of it (a layer can be gigabytes: it is read with plain reads into one
+reused buffer, never loaded or mapped whole). A store whose content fails a
+check raises :class:`StoreError`, a ValueError the command line reports as a
+data error (exit status 1)."""
 
 from __future__ import annotations
 
