@@ -141,7 +141,18 @@ def _device_type(device: Any) -> str:
     return torch.device(device).type
 
 
-def ran_as(measure: str, backend: str, device: Any, ray: Any = None) -> dict[str, str]:
+def _model_device_type(model: Any, device: Any) -> str:
+    """The device type a Euclidean task's classifier runs on: that of an
+    ``hf.predict_from_layer`` callable's model (it runs where it is), else
+    ``device``'s (where a model directory is loaded)."""
+    inner = None if isinstance(model, (str, os.PathLike)) else getattr(model, "model", None)
+    if inner is not None and hasattr(inner, "parameters"):
+        for parameter in inner.parameters():
+            return str(parameter.device.type)
+    return _device_type(device)
+
+
+def ran_as(measure: str, backend: str, device: Any, ray: Any = None, model: Any = None) -> dict[str, str]:
     """What a task's numbers depend on beyond its settings: for the graph
     measure the backend that scores it (Triton's float32 kNN tiers and Numba's
     kernels agree to about 1e-6, not bit for bit: tests/test_triton.py), for the
@@ -157,7 +168,7 @@ def ran_as(measure: str, backend: str, device: Any, ray: Any = None) -> dict[str
         gpu = ray.cluster_resources().get("GPU", 0) >= 1
         device = task_device(backend, device, [0] if gpu else [])
     if measure == "euclidean":
-        return {"device": _device_type(device)}
+        return {"device": _model_device_type(model, device)}
     if ray is None:
         return {"backend": resolve_backend(backend, device=device)}
     if backend == "auto":  # the workers' choice, as resolve_backend makes it there
@@ -174,7 +185,8 @@ def _check_ran_as(task: LayerTask, plan: Any, result: Convexity, device: Any) ->
     expected = task.record.get("ran_as")
     if not expected:
         return
-    actual = {"device": _device_type(device)} if isinstance(plan, EuclideanPlan) else {"backend": result.backend}
+    actual = {"device": _model_device_type(plan.model or plan.predictor, device)} if isinstance(plan, EuclideanPlan) \
+        else {"backend": result.backend}
     if actual != expected:
         raise RuntimeError(f"store {task.store_name!r} layer {task.layer} was scored with {actual}, but the sweep "
                            f"resolved {expected} for its results on this engine; set device=/backend= explicitly")
@@ -522,7 +534,9 @@ def _locked_sweep(out: Path, opened: list[LayerStore], selections: dict[str, lis
 
             ray = stack.enter_context(ray_session(address, quiet=not verbose))
             check_cluster_device(ray, device)
-        return _run_tasks(out, opened, selections, plans, settings, ran_as(measure, backend, device, ray),
+        classifier = getattr(first, "model", None) or getattr(first, "predictor", None)  # Euclidean plans only
+        resolved = ran_as(measure, backend, device, ray, model=classifier)
+        return _run_tasks(out, opened, selections, plans, settings, resolved,
                           engine=engine, address=address, drawn=drawn, backend=backend, device=device,
                           shards=shards, retries=retries, progress=progress, verbose=verbose, plot=plot)
 

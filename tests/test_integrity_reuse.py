@@ -351,6 +351,13 @@ def test_ran_as_resolves_the_device_type_of_a_ray_cluster(monkeypatch):
     assert ran_as("graph", "auto", None, gpu) == {"backend": "triton"}
     assert ran_as("graph", "auto", None, cpu) == {"backend": "numba"}
     assert ran_as("graph", "numba", None, gpu) == {"backend": "numba"}
+    # an hf.predict_from_layer callable runs where its model is, whatever device= says
+    from types import SimpleNamespace
+
+    on_gpu = SimpleNamespace(model=SimpleNamespace(parameters=lambda: iter([SimpleNamespace(
+        device=SimpleNamespace(type="cuda"))])))
+    assert ran_as("euclidean", "auto", None, model=on_gpu) == {"device": "cuda"}
+    assert ran_as("euclidean", "auto", None, model="a/model/dir") == {"device": "cpu"}
 
 
 def test_a_task_that_ran_otherwise_than_its_key_says_writes_nothing(tmp_path):
