@@ -17,6 +17,8 @@ from fastconvex import hf  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
 from fastconvex.store import OutputDirectoryBusy  # noqa: E402
 
+from test_cli_score_prune import speech  # noqa: E402,F401  (the tiny model and labelled audio)
+
 
 class _Held:
     """Waveforms whose first read waits until the test lets it go: the first
@@ -71,3 +73,28 @@ def test_a_second_embed_into_the_same_store_is_refused_naming_the_holder(tmp_pat
     for i in range(store.n_layers):
         np.testing.assert_array_equal(store.layer(i), ref[i])  # the first write, whole and untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]  # the lock and its holder file removed
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_the_embed_command_is_refused_while_another_writes_the_store(speech, capsys, tmp_path, engine):  # noqa: F811
+    """Another embed (here this test, holding the store's lock as an embed
+    does) is writing the store: the command is one line, exit status 1, and
+    neither the partial write nor Ray is touched."""
+    from fastconvex._locks import store_lock
+    from fastconvex.cli import main
+
+    if engine == "ray":
+        pytest.importorskip("ray")
+    root, _, _ = speech
+    out = tmp_path / "s"
+    with store_lock(out):
+        code = main(["embed", str(root / "model"), "--audio", str(root / "audio"), "--out-dir", str(out),
+                     "--engine", engine, "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 1
+        assert err.count("\n") == 1 and f"the store {str(out)!r} is in use by another embed (pid {os.getpid()}" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".s.lock", ".s.lock.holder"]  # no partial write
+    if engine == "ray":
+        import ray
+
+        assert not ray.is_initialized()
