@@ -179,6 +179,30 @@ def check_device(device: Any) -> None:
         raise ValueError(f"device={device!r}: fastconvex runs on 'cpu' or 'cuda' devices, not {kind!r}")
 
 
+def check_device_here(device: Any, what: str = "device") -> None:
+    """``device`` (None, "cpu", "cuda", "cuda:N" or a torch.device) must be
+    valid and exist on this machine: a CUDA device without CUDA, or beyond the
+    devices torch sees, is a ValueError naming the argument ``what`` (a usage
+    error: the request cannot be met here), raised before any work rather than
+    by torch after it."""
+    check_device(device)
+    if device is None:
+        return
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return
+    asked = f"{what} {str(device)!r}" if what.startswith("--") else f"{what}={str(device)!r}"
+    if not torch.cuda.is_available():
+        why = " (this torch is built without CUDA)" if torch.version.cuda is None else ""
+        cpu = f"{what} cpu" if what.startswith("--") else f"{what}='cpu'"
+        raise ValueError(f"{asked} was requested, but no CUDA device is visible to torch here{why}; use {cpu}")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{asked} was requested, but torch sees {torch.cuda.device_count()} CUDA device(s) "
+                         f"here (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+
+
 def check_backend_name(backend: Any) -> str:
     """``backend`` if it is one of :data:`BACKENDS`, else a ValueError."""
     if not isinstance(backend, str) or backend not in BACKENDS:

@@ -36,26 +36,14 @@ def require_ray() -> Any:
     return ray
 
 
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """While the block runs, SIGTERM raises ``SystemExit(143)`` in the main
-    thread (Python's default is to die on the spot), so the ``finally`` of
-    :func:`ray_session` shuts down the Ray this process started. A handler the
-    program installed itself is left alone, as is SIGTERM outside the main
-    thread (Python delivers signals there only)."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
+def _unwind(signum: int, frame: Any) -> None:
+    """SIGTERM while fastconvex's Ray runs: one line, then ``SystemExit(143)``
+    raised in the main thread, so every ``finally`` runs (the one of
+    :func:`ray_session` stops the Ray this process started)."""
+    import sys
 
-    def unwind(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, unwind)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    print("fastconvex: terminated (SIGTERM): stopping the Ray it started", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
 
 
 @contextlib.contextmanager
@@ -67,26 +55,45 @@ def ray_session(address: str | None = None, *, quiet: bool = False) -> Iterator[
 
     A Ray this call started is shut down however the block ends: normally,
     on an error, on Ctrl-C (KeyboardInterrupt) and on SIGTERM, also when
-    either arrives while Ray is still starting. What ``kill -9`` of this
-    process leaves is in docs/scale.md."""
+    either arrives while Ray is still starting.
+
+    SIGTERM (in the main thread, the only one Python delivers signals to):
+    ``ray.init`` installs handlers of its own (``sys.exit``, and for a head it
+    starts, killing its processes first). While Ray starts those apply (the
+    process exits, its Ray stopped); once it has started, the handler the
+    program had is put back -- or, where it had none (Python's default, dying
+    on the spot), one that prints one line and raises ``SystemExit(143)`` so
+    that ``ray.shutdown`` runs. On exit the program's own handler is
+    restored, whatever Ray installed. What ``kill -9`` of this process leaves
+    is in docs/scale.md."""
     ray = require_ray()
     if ray.is_initialized():
         yield ray
         return
     import logging
 
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    during = _unwind if previous in (signal.SIG_DFL, None) else previous
     before = _children()
-    with _sigterm_unwinds():
-        started = False
+    started = False
+    try:
+        if main:
+            signal.signal(signal.SIGTERM, during)  # until ray.init replaces it
+        ray.init(address=address, log_to_driver=False, include_dashboard=False,
+                 logging_level=logging.ERROR if quiet else logging.INFO)
+        started = True
+        if main:
+            signal.signal(signal.SIGTERM, during)  # Ray's would exit 1 or 15 without a word
+        yield ray
+    finally:
         try:
-            ray.init(address=address, log_to_driver=False, include_dashboard=False,
-                     logging_level=logging.ERROR if quiet else logging.INFO)
-            started = True
-            yield ray
-        finally:
             ray.shutdown()
             if not started:
                 _stop_new_ray_processes(before)
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _children() -> set[int]:
@@ -207,6 +214,13 @@ def task_resources(ray: Any, gpu: bool = True) -> dict[str, Any]:
     return {"num_cpus": 1}
 
 
+def check_cluster_device(ray: Any, device: Any) -> None:
+    """A CUDA ``device`` needs a cluster with a GPU (RuntimeError otherwise)."""
+    if device is not None and str(device).startswith("cuda") and ray.cluster_resources().get("GPU", 0) < 1:
+        raise RuntimeError(f"device={str(device)!r} was requested, but the Ray cluster has no GPU "
+                           f"(resources: {_resources(ray)}); leave device unset to score on its CPUs")
+
+
 def _resources(ray: Any) -> str:
     found = ray.cluster_resources()
     return ", ".join(f"{key} {found[key]:g}" for key in ("CPU", "GPU") if key in found) or "none"
@@ -231,9 +245,7 @@ def run_on_ray(
     if not tasks:
         return failures
     with ray_session(address, quiet=not getattr(report, "verbose", True)) as ray:
-        if device is not None and str(device).startswith("cuda") and ray.cluster_resources().get("GPU", 0) < 1:
-            raise RuntimeError(f"device={str(device)!r} was requested, but the Ray cluster has no GPU "
-                               f"(resources: {_resources(ray)}); leave device unset to score on its CPUs")
+        check_cluster_device(ray, device)
         remote = ray.remote(ray_layer_task).options(max_retries=retries, **task_resources(ray))
         plan_refs = {name: ray.put(plan) for name, plan in plans.items()}  # once per store
         pending = {remote.remote(t, plan_refs[t.store_name], backend, device, shards): t for t in tasks}

@@ -196,13 +196,9 @@ def check_known_labels(known_labels: Any) -> None:
 
 def check_euclidean_device(device: Any) -> None:
     """``device``: None, a CPU or a CUDA device that torch can use here."""
-    if device is None:
-        return
-    from ._backends import check_device
+    from ._backends import check_device_here
 
-    check_device(device)
-    if _torch().device(device).type == "cuda" and not _torch().cuda.is_available():
-        raise RuntimeError(f"device={device!r} was requested, but no CUDA device is visible to torch")
+    check_device_here(device)
 
 
 class SegmentScorer:

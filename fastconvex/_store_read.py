@@ -5,16 +5,21 @@ inconsistent (format: :mod:`fastconvex.store`).
 What is verified, and when: the labels and the utterance index are hashed
 against the manifest's sha256 whenever a store is opened (they are small and
 read whole anyway); a layer is hashed by :meth:`LayerStore.verify_layer`,
-which every sweep task calls before it scores the layer and a sweep calls
-before it reuses a finished result of it (a layer can be gigabytes: it is
-read in blocks, never loaded whole)."""
+which every sweep task calls as it scores the layer (from the same open file:
+:meth:`LayerStore.hold_layer`) and a sweep calls before it reuses a finished
+result of it (a layer can be gigabytes: it is read with plain reads into one
+reused buffer, never loaded or mapped whole). A store whose content fails a
+check raises :class:`StoreError`, a ValueError the command line reports as a
+data error (exit status 1)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +27,24 @@ from typing import Any
 import numpy as np
 
 
-from ._store_format import FORMAT, MANIFEST, VERSION, _array_sha256, _decode_label, _file_sha256
+from ._store_format import FORMAT, MANIFEST, VERSION, _decode_label, _file_sha256
+
+__all__ = ["LayerStore", "StoreError", "open_store"]
 
 
-def _fail(file: Path, why: str) -> ValueError:
-    return ValueError(f"layer store: {file}: {why}")
+class StoreError(ValueError):
+    """A layer store's content is missing, malformed, inconsistent or changed
+    since it was written (the message names the file): a data error, which the
+    command line reports with exit status 1. A ValueError, as before."""
+
+    exit_status = 1
 
 
-def _changed(file: Path) -> ValueError:
+def _fail(file: Path, why: str) -> StoreError:
+    return StoreError(f"layer store: {file}: {why}")
+
+
+def _changed(file: Path) -> StoreError:
     return _fail(file, f"content differs from {MANIFEST}'s sha256 (the file changed after the store was "
                        "written); rerun embed/save_store to rewrite the store")
 
@@ -46,10 +61,11 @@ def _check_inside(root: Path, file: Path) -> None:
                           "files must lie inside its directory")
 
 
-def _npy_header(file: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, data offset) of a .npy file, without reading the data."""
+def _npy_header(file: Path, fh: Any = None) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of a .npy file, without reading the data
+    (from ``fh``, an open binary file at its start, when given)."""
     try:
-        with open(file, "rb") as fh:
+        with contextlib.nullcontext(fh) if fh is not None else open(file, "rb") as fh:
             major, _ = np.lib.format.read_magic(fh)
             if major == 1:
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
@@ -88,6 +104,73 @@ def _check_npy(file: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
         raise _fail(file, f"is {size} bytes, expected {expected} (truncated or half-written)")
 
 
+# One buffer per hashing thread, reused: hashing a layer allocates nothing
+# per block, and a block this size keeps sha256's per-call overhead negligible.
+_HASH_BLOCK = 16 << 20
+_buffers = threading.local()
+
+
+def _data_sha256(fd: int, offset: int, nbytes: int, file: Path) -> str:
+    """sha256 of ``nbytes`` bytes of the open file ``fd`` from ``offset``, read
+    with ``os.preadv`` into this thread's reused buffer: plain reads, so the
+    page cache holds the bytes and this process's memory does not grow by the
+    layer (hashing through a memmap maps every page of it), and the file
+    offset is never moved (another thread may use the same descriptor). For a
+    C-ordered .npy file from its data offset these are the array's C-order
+    bytes, so the digest equals ``_store_format._array_sha256`` of the array
+    (the manifest's)."""
+    buf = getattr(_buffers, "block", None)
+    if buf is None or len(buf) != _HASH_BLOCK:
+        buf = _buffers.block = bytearray(_HASH_BLOCK)
+    view = memoryview(buf)
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        while done < nbytes:
+            want = min(len(buf), nbytes - done)
+            got = os.preadv(fd, [view[:want]], offset + done)
+            if got <= 0:
+                raise _fail(file, f"ended after {done} of its {nbytes} data bytes (truncated while read)")
+            digest.update(view[:got])  # hashlib releases the GIL for large blocks: threads hash in parallel
+            done += got
+    except OSError as exc:
+        raise _fail(file, f"cannot be read ({exc.strerror or exc})") from None
+    return digest.hexdigest()
+
+
+class _LayerFile:
+    """One open layer file: the memmap that is scored and the hash that
+    verifies it come from the same open file (a file renamed over the path
+    meanwhile -- how every atomic writer replaces one -- changes neither)."""
+
+    def __init__(self, file: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.file = file
+        try:
+            self.fh = open(file, "rb")
+        except OSError as exc:
+            raise _fail(file, f"cannot be opened ({exc.strerror or exc})") from None
+        try:
+            got_shape, got_dtype, self.offset = _npy_header(file, self.fh)
+            if got_shape != shape or got_dtype != dtype:  # replaced since the store was opened
+                raise _fail(file, f"holds a {got_dtype} array of shape {got_shape}; the manifest says {dtype} "
+                                  f"{shape} (the file changed after the store was opened)")
+            self.nbytes = int(np.prod(shape)) * dtype.itemsize
+            size = os.fstat(self.fh.fileno()).st_size
+            if size != self.offset + self.nbytes:
+                raise _fail(file, f"is {size} bytes, expected {self.offset + self.nbytes} (truncated or "
+                                  "half-written)")
+            # np.memmap of the open file object: it maps this very file (its own
+            # duplicate of the descriptor), whatever the path names later
+            self.array = np.memmap(self.fh, dtype=dtype, mode="r", offset=self.offset, shape=shape, order="C") \
+                if self.nbytes else np.empty(shape, dtype)
+        except BaseException:
+            self.fh.close()
+            raise
+
+    def sha256(self) -> str:
+        return _data_sha256(self.fh.fileno(), self.offset, self.nbytes, self.file)
+
+
 @dataclass
 class LayerStore:
     """An opened layer store (see :func:`open_store`).
@@ -113,6 +196,7 @@ class LayerStore:
     meta: dict[str, Any]
     fingerprint: str
     manifest: dict[str, Any] = field(repr=False)
+    _held: dict[int, _LayerFile] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:
@@ -129,8 +213,29 @@ class LayerStore:
         """Layer ``index`` as a read-only (N, D) memmap."""
         if not isinstance(index, (int, np.integer)) or not -self.n_layers <= index < self.n_layers:
             raise IndexError(f"store {self.name!r} ({self.path}) has {self.n_layers} layers, no layer {index!r}")
+        held = self._held.get(int(index) % self.n_layers)
+        if held is not None:
+            return held.array
         entry = self.manifest["layers"][int(index)]
         return np.load(self.path / entry["file"], mmap_mode="r", allow_pickle=False)
+
+    def _open_layer_file(self, index: int) -> _LayerFile:
+        file = self.layer_file(index)
+        _check_inside(self.path, file)
+        entry = self.manifest["layers"][int(index)]
+        return _LayerFile(file, tuple(int(s) for s in entry["shape"]), np.dtype(entry["dtype"]))
+
+    def hold_layer(self, index: int) -> np.ndarray:
+        """Open layer ``index``'s file once and keep it open: from now on
+        :meth:`layer`, :meth:`sequences` and :meth:`verify_layer` of this
+        LayerStore read that one open file, so the bytes verified are the bytes
+        scored even if the path is replaced meanwhile. Returns the layer (a
+        read-only memmap)."""
+        self.layer(index)  # checks the index
+        index = int(index) % self.n_layers
+        if index not in self._held:
+            self._held[index] = self._open_layer_file(index)
+        return self._held[index].array
 
     @property
     def layers(self) -> list[np.ndarray]:
@@ -208,16 +313,24 @@ class LayerStore:
         return self.path / self.manifest["layers"][int(index)]["file"]
 
     def verify_layer(self, index: int) -> None:
-        """Hash layer ``index``'s array bytes (read in blocks) against the
-        manifest's sha256; ValueError naming the file when they differ."""
-        array = self.layer(index)  # checks the index
-        file = self.layer_file(index)
-        _check_inside(self.path, file)
-        recorded = self.manifest["layers"][int(index)].get("sha256")
+        """Hash layer ``index``'s array bytes against the manifest's sha256
+        (plain reads in blocks into one reused buffer: the layer is never
+        loaded or mapped whole); :class:`StoreError` naming the file when they
+        differ. A layer held by :meth:`hold_layer` is hashed from that open
+        file, the one it is scored from."""
+        self.layer(index)  # checks the index
+        index = int(index) % self.n_layers
+        recorded = self.manifest["layers"][index].get("sha256")
         if not isinstance(recorded, str):
-            raise _fail(self.path / MANIFEST, f"layer {int(index)}'s entry has no sha256, so it cannot be verified")
-        if _array_sha256(array) != recorded:
-            raise _changed(file)
+            raise _fail(self.path / MANIFEST, f"layer {index}'s entry has no sha256, so it cannot be verified")
+        held = self._held.get(index)
+        opened = held or self._open_layer_file(index)
+        try:
+            if opened.sha256() != recorded:
+                raise _changed(opened.file)
+        finally:
+            if held is None:
+                opened.fh.close()
 
     def verify(self) -> None:
         """Recompute every file's sha256 against the manifest (reads everything)."""

@@ -17,6 +17,7 @@ whenever a store is opened). See docs/scale.md.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,11 +27,12 @@ import secrets
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Sequence
 
-from ._backends import check_backend_name, check_device
+from ._backends import ENV_VAR, check_backend_name, check_device, check_device_here, resolve_backend
 from ._core import ScoringPlan, _check_seed, check_engine, plan_scoring, score_layer, stack_layers
 from ._inputs import check_embeddings
 from ._pairs import DEFAULT_PAIRS, resolve_estimator
@@ -47,6 +49,7 @@ from ._sweep_euclidean import (
 )
 from ._store_format import json_sha256, plan_sha256
 from ._sweep_out import Reporter, check_earlier_outputs, format_table, output_lock, write_outputs
+from ._store_read import StoreError
 from .store import LayerStore, open_store, write_json_atomic
 
 RESULT_FORMAT = "fastconvex-sweep-task"
@@ -92,27 +95,102 @@ def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: 
     node and GPU ids; provenance only, never part of the reuse key)."""
     store = open_store(task.store_path)  # the labels are verified against the manifest here
     if store.fingerprint != task.fingerprint:
-        raise ValueError(
+        raise StoreError(
             f"store {task.store_name!r} ({task.store_path}) changed while the sweep ran "
             f"(its {store.path / 'store.json'} differs); rerun the sweep"
         )
-    # the layer's bytes against the manifest's sha256 before it is scored: a file
-    # changed in place since the store was written is refused, naming it
-    store.verify_layer(task.layer)
-    if isinstance(plan, EuclideanPlan):
-        result = score_euclidean_task(store, task.layer, plan, device)
-    else:
-        x = check_embeddings(store.layer(task.layer),
-                             name=f"store {task.store_name!r} layer {task.layer} ({store.layer_file(task.layer)})",
-                             convert=False)
-        result = score_layer(x, plan, backend=backend, device=device, engine="local" if shards is None else "ray",
-                             shards=shards)
+    # The layer's bytes are hashed against the manifest's sha256 on a thread of
+    # their own while the layer is scored, and the result is written only once
+    # they verify: a file changed since the store was written is refused, naming
+    # it, and on a GPU the hash (one pass over the file at sha256's speed on one
+    # core) hides behind the scoring instead of adding to it.
+    # The layer's file is opened once (hold_layer): the thread hashes that open
+    # file and the scorer reads its memmap (store.layer and store.sequences
+    # return it), so a file renamed over the path meanwhile is neither hashed
+    # nor scored; what was scored is what was verified.
+    layer = store.hold_layer(task.layer)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastconvex-verify") as pool:
+        verified = pool.submit(store.verify_layer, task.layer)
+        try:
+            if isinstance(plan, EuclideanPlan):
+                result = score_euclidean_task(store, task.layer, plan, device)
+            else:
+                x = check_embeddings(layer, name=f"store {task.store_name!r} layer {task.layer} "
+                                     f"({store.layer_file(task.layer)})", convert=False)
+                result = score_layer(x, plan, backend=backend, device=device,
+                                     engine="local" if shards is None else "ray", shards=shards)
+        except BaseException:
+            if not verified.cancel():
+                verified.result()  # a changed file explains a failed scoring better than its own error
+            raise
+        verified.result()
+    _check_ran_as(task, plan, result, device)
     where = {"engine": "local", "gpu_ids": None, **(ran_on or {}), "host": socket.gethostname(),
              "device": None if device is None else str(device)}
     write_result(task.result_path, {**task.record, "format": RESULT_FORMAT, "version": RESULT_VERSION,
                                     "result": result.to_dict(), "fields": convexity_fields(result),
                                     "ran_on": where})
     return result
+
+
+def _device_type(device: Any) -> str:
+    """"cpu" or "cuda": the kind of device a task scores on (None: the CPU)."""
+    if device is None:
+        return "cpu"
+    import torch
+
+    return torch.device(device).type
+
+
+def _model_device_type(model: Any, device: Any) -> str:
+    """The device type a Euclidean task's classifier runs on: that of an
+    ``hf.predict_from_layer`` callable's model (it runs where it is), else
+    ``device``'s (where a model directory is loaded)."""
+    inner = None if isinstance(model, (str, os.PathLike)) else getattr(model, "model", None)
+    if inner is not None and hasattr(inner, "parameters"):
+        for parameter in inner.parameters():
+            return str(parameter.device.type)
+    return _device_type(device)
+
+
+def ran_as(measure: str, backend: str, device: Any, ray: Any = None, model: Any = None) -> dict[str, str]:
+    """What a task's numbers depend on beyond its settings: for the graph
+    measure the backend that scores it (Triton's float32 kNN tiers and Numba's
+    kernels agree to about 1e-6, not bit for bit: tests/test_triton.py), for the
+    Euclidean one the device type the model runs on (CPU and GPU logits
+    differ, and an argmax can flip). Resolved here, on the driver, as the tasks
+    will resolve it -- for Ray (``ray``: the connected module) from the
+    cluster's resources, as :func:`fastconvex._ray.task_resources` and
+    :func:`fastconvex._ray.task_device` do -- and checked again by each task
+    against what it actually used."""
+    if ray is not None:
+        from ._ray import task_device
+
+        gpu = ray.cluster_resources().get("GPU", 0) >= 1
+        device = task_device(backend, device, [0] if gpu else [])
+    if measure == "euclidean":
+        return {"device": _model_device_type(model, device)}
+    if ray is None:
+        return {"backend": resolve_backend(backend, device=device)}
+    if backend == "auto":  # the workers' choice, as resolve_backend makes it there
+        backend = os.environ.get(ENV_VAR, "").strip() or "auto"
+    if backend == "auto":
+        backend = "triton" if _device_type(device) == "cuda" else "numba"
+    return {"backend": backend}
+
+
+def _check_ran_as(task: LayerTask, plan: Any, result: Convexity, device: Any) -> None:
+    """A task's result is written under its key only if it was made as the key
+    says (a worker that resolved another backend or device than the driver
+    expected, e.g. another FASTCONVEX_BACKEND there, fails instead)."""
+    expected = task.record.get("ran_as")
+    if not expected:
+        return
+    actual = {"device": _model_device_type(plan.model or plan.predictor, device)} if isinstance(plan, EuclideanPlan) \
+        else {"backend": result.backend}
+    if actual != expected:
+        raise RuntimeError(f"store {task.store_name!r} layer {task.layer} was scored with {actual}, but the sweep "
+                           f"resolved {expected} for its results on this engine; set device=/backend= explicitly")
 
 
 def write_result(path: str | os.PathLike[str], content: dict[str, Any]) -> None:
@@ -284,7 +362,7 @@ def sweep(
         same settings, pair draw and store content, and the layer it came from
         still hashes to its manifest's sha256 (else it is recomputed, and the
         log names the file). One sweep at a time writes into ``out_dir``: a
-        second is refused (:class:`~fastconvex._sweep_out.OutputDirectoryBusy`,
+        second is refused (:class:`fastconvex.store.OutputDirectoryBusy`,
         naming the holder's pid and host).
     engine : "local" (this process, one task after another) or "ray" (one remote
         task per (store, layer): ``num_gpus=1`` when the cluster has GPUs, else
@@ -330,24 +408,6 @@ def sweep(
         bit to ``layer_scores([store.layer(i) for i in layers], store.labels, ...)``.
     """
     return run_sweep(**locals())[0]
-
-
-def _check_device_here(device: Any) -> None:
-    """A device the local engine scores on must exist here: checked before any
-    work, not by the first task after the stores are read."""
-    check_device(device)
-    if device is None:
-        return
-    import torch
-
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was requested, but no CUDA device is visible to torch here")
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise RuntimeError(f"device={device!r} was requested, but torch sees {torch.cuda.device_count()} CUDA "
-                           f"device(s) here (cuda:0..cuda:{torch.cuda.device_count() - 1})")
 
 
 def _labels_file(store: LayerStore) -> Path:
@@ -401,7 +461,7 @@ def run_sweep(
         require_ray()
         check_device(device)  # the workers' devices are checked where they run
     else:
-        _check_device_here(device)
+        check_device_here(device)  # a usage error before any work, not the first task's after the stores are read
     if measure not in ("graph", "euclidean"):
         raise ValueError(f'measure must be "graph" or "euclidean", got {measure!r}')
     if measure == "euclidean":
@@ -410,8 +470,10 @@ def run_sweep(
         raise ValueError('model applies to measure="euclidean" only')
     elif label_map is not None:
         raise ValueError('label_map applies to measure="euclidean" only')
-    else:  # the name only (the workers resolve "auto" where they run), before out_dir and any task
+    else:  # the name only on Ray (the workers resolve "auto" where they run), before out_dir and any task
         check_backend_name(backend)
+        if engine == "local":  # Triton missing, or a CPU backend with a CUDA device: before the stores are read
+            resolve_backend(backend, device=device)
     estimator, budget = resolve_estimator(pairs, sources, exact)
     drawn = _check_seed(seed) is None
     if drawn:  # recorded in every result and in sweep.json: this draw is never mixed with another
@@ -471,12 +533,32 @@ def _locked_sweep(out: Path, opened: list[LayerStore], selections: dict[str, lis
     if drawn and verbose:
         print(f"sweep: seed=None drew seed {first.seed}: a new pair draw, never merged with another "
               f"(seed={first.seed} resumes this sweep)", file=sys.stderr, flush=True)
+    with contextlib.ExitStack() as stack:
+        ray = None
+        if engine == "ray":  # connected before the keys are made: they hold what the cluster will run on
+            from ._ray import check_cluster_device, ray_session
+
+            ray = stack.enter_context(ray_session(address, quiet=not verbose))
+            check_cluster_device(ray, device)
+        classifier = getattr(first, "model", None) or getattr(first, "predictor", None)  # Euclidean plans only
+        resolved = ran_as(measure, backend, device, ray, model=classifier)
+        return _run_tasks(out, opened, selections, plans, settings, resolved,
+                          engine=engine, address=address, drawn=drawn, backend=backend, device=device,
+                          shards=shards, retries=retries, progress=progress, verbose=verbose, plot=plot)
+
+
+def _run_tasks(out: Path, opened: list[LayerStore], selections: dict[str, list[int]], plans: dict[str, Any],
+               settings: dict[str, Any], resolved: dict[str, str], *, engine: str, address: str | None, drawn: bool,
+               backend: str, device: Any, shards: int | None, retries: int | None, progress: bool | None,
+               verbose: bool, plot: bool) -> tuple[dict[str, LayerScores], dict[str, Any]]:
+    """Reuse what verifies, compute the rest, write the merged outputs."""
 
     def log(line: str) -> None:
         if verbose:
             print(f"sweep: {line}", file=sys.stderr, flush=True)
 
     results: dict[tuple[str, int], Convexity] = {}
+    reused: list[tuple[LayerStore, int]] = []
     pending: list[LayerTask] = []
     for s in opened:
         folder = out / "tasks" / _safe(s.name)
@@ -484,19 +566,26 @@ def _locked_sweep(out: Path, opened: list[LayerStore], selections: dict[str, lis
         pair_digest = plan_sha256(plans[s.name].pairs)
         for i in selections[s.name]:
             record = {"settings": settings, "store": s.name, "fingerprint": s.fingerprint, "pairs": pair_digest,
-                      "layer": i}
+                      "ran_as": resolved, "layer": i}
             key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
             path = folder / f"layer_{i:03d}.{key}.json"
             # absolute paths: workers elsewhere (another cwd, another node) open them
             task = LayerTask(str(s.path.resolve()), s.name, s.fingerprint, i, str(path.resolve()), record)
             old, why = read_result(path, record, plans[s.name].classes)
             if old is not None:
-                s.verify_layer(i)  # a result is reused only while the layer it came from is unchanged
+                reused.append((s, i))
                 results[(s.name, i)] = old
             else:
                 if why is not None:
                     log(f"{path} {why}: recomputing it")
                 pending.append(task)
+    # a result is reused only while the layer it came from is unchanged: the
+    # layers hashed a few at a time (plain reads; hashlib releases the GIL), the
+    # first changed one refused, naming its file
+    if reused:
+        with ThreadPoolExecutor(max_workers=min(4, len(reused)), thread_name_prefix="fastconvex-verify") as pool:
+            for _ in pool.map(lambda item: item[0].verify_layer(item[1]), reused):
+                pass
     total = len(results) + len(pending)
     log(f"{total} task(s) over {len(opened)} store(s); reusing {len(results)} finished result(s) "
         f"from {out}, computing {len(pending)} on engine {engine!r}")
@@ -520,8 +609,10 @@ def _locked_sweep(out: Path, opened: list[LayerStore], selections: dict[str, lis
         release_predictors()  # a model the local engine loaded is not kept after the sweep
     if failures:
         task, exc = failures[0]
+        # a seed=None rerun draws a new seed: only the drawn one resumes this sweep
+        resume = f"rerun with seed={settings['seed']} to resume" if drawn else "a rerun resumes"
         msg = (f"{len(failures)} of {len(pending)} sweep task(s) failed (finished ones are saved in {out}; "
-               f"a rerun resumes); first: store {task.store_name!r} layer {task.layer}: {exc}")
+               f"{resume}); first: store {task.store_name!r} layer {task.layer}: {exc}")
         raise (type(exc) if isinstance(exc, (ValueError, TypeError)) else RuntimeError)(msg) from exc
 
     merged = {s.name: stack_layers([results[(s.name, i)] for i in selections[s.name]], plans[s.name].classes)

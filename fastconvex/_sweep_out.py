@@ -11,14 +11,13 @@ import contextlib
 import csv
 import io
 import json
-import os
-import socket
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ._atomic import write_text_atomic
+from ._locks import OutputDirectoryBusy
+from ._locks import output_lock as _output_lock
 from ._plotfile import save_figure
 from ._results import Convexity, LayerScores
 from .store import LayerStore, write_json_atomic
@@ -31,45 +30,15 @@ __all__ = ["CSV_COLUMNS", "OUTPUTS", "OutputDirectoryBusy", "Reporter", "check_e
 
 OUTPUTS = ("sweep.json", "sweep.csv", "sweep.png")
 LOCK_FILE = ".sweep.lock"
-HOLDER_FILE = ".sweep.lock.holder"
+HOLDER_FILE = LOCK_FILE + ".holder"
 
 
-class OutputDirectoryBusy(RuntimeError):
-    """Another sweep holds the output directory's lock."""
-
-
-@contextlib.contextmanager
-def output_lock(out: Path) -> Iterator[None]:
+def output_lock(out: Path) -> contextlib.AbstractContextManager[None]:
     """Hold ``out``'s lock for the block: one sweep writes into a directory at a
     time (two would replace each other's merged outputs, and each would report
-    a mix). A second sweep is refused at once, naming the holder (pid and host,
-    which the holder writes beside the lock). The lock is ``filelock``'s (an
-    ``flock`` on Linux): the kernel releases it when its holder dies, even
-    killed, so a stale holder file never blocks a rerun."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(out / LOCK_FILE), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise OutputDirectoryBusy(f"out_dir {str(out)!r} is in use by another sweep ({_holder(out)}); "
-                                  "wait for it to finish, or use another out_dir") from None
-    holder = out / HOLDER_FILE
-    try:
-        write_json_atomic(holder, {"pid": os.getpid(), "host": socket.gethostname(),
-                                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        yield
-    finally:
-        holder.unlink(missing_ok=True)  # before the lock is released: a next holder's file is its own
-        lock.release()
-
-
-def _holder(out: Path) -> str:
-    try:
-        info = json.loads((out / HOLDER_FILE).read_text(encoding="utf-8"))
-        return f"pid {int(info['pid'])} on host {info['host']}, since {info.get('since', '?')}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"holder unknown: {out / HOLDER_FILE} is not written yet or unreadable"
+    a mix); a second is refused at once (:class:`OutputDirectoryBusy`, naming
+    the holder). See :func:`fastconvex._locks.output_lock`."""
+    return _output_lock(out, "another sweep", name=LOCK_FILE, label=f"out_dir {str(out)!r}")
 
 
 def check_earlier_outputs(out: Path, settings: dict[str, Any], selections: dict[str, list[int]],
@@ -161,7 +130,8 @@ def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, lis
                    merged: dict[str, LayerScores], settings: dict[str, Any], *, reused: int, computed: int,
                    seconds: float, plot: bool, verbose: bool) -> dict[str, Any]:
     """sweep.json, then sweep.csv, then sweep.png (results before plots);
-    returns the document written to sweep.json (what the command reports)."""
+    without a plot (``plot=False``, or no matplotlib) an earlier sweep.png is
+    removed, so what ``out`` holds is all this sweep's; returns the document written to sweep.json (what the command reports)."""
     doc = {
         "settings": settings,
         "reused": reused,
@@ -207,6 +177,13 @@ def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, lis
         except ImportError as exc:
             if verbose:
                 print(f"sweep: no plot ({exc})", file=sys.stderr, flush=True)
+    if "sweep.png" not in written and (out / "sweep.png").exists():
+        # an earlier sweep's plot beside these results would show other numbers
+        # (the lock is held: no other sweep's plot is removed)
+        (out / "sweep.png").unlink()
+        if verbose:
+            print(f"sweep: removed {out / 'sweep.png'} of an earlier sweep (no plot written this time)",
+                  file=sys.stderr, flush=True)
     if verbose:
         print(f"sweep: wrote {', '.join(str(out / w) for w in written)}", file=sys.stderr, flush=True)
     return doc

@@ -230,8 +230,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that reports errors
         if args.debug:
             raise
-        if isinstance(exc, (UsageError, DataError)):
-            status = exc.exit_status
+        if isinstance(exc, (UsageError, DataError)) or isinstance(getattr(exc, "exit_status", None), int):
+            status = exc.exit_status  # also the library's StoreError (a store's content): a data error
         elif isinstance(exc, (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
             status = 2  # the arguments ask for something that cannot be done
         elif isinstance(exc, ImportError):  # a missing optional dependency (the message names the extra)

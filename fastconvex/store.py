@@ -36,15 +36,19 @@ file against the manifest (shapes, dtypes, sizes; the labels' and utterance
 index's sha256; no file resolving outside the store) and names the file that
 is missing, truncated, changed or inconsistent; ``LayerStore.verify_layer(i)``
 hashes a layer against its sha256 (every sweep task does before it scores the
-layer, and a sweep before it reuses a result of it).
+layer, and a sweep before it reuses a result of it). A store whose content
+fails these checks raises :class:`StoreError` (a ValueError; the command line's
+exit status 1). A run that finds its output directory held by another run
+(``sweep``'s ``out_dir``, ``embed``'s store) raises :class:`OutputDirectoryBusy`.
 """
 
 from __future__ import annotations
 
 from ._atomic import write_json_atomic
 from ._store_format import FORMAT, LAYER_DTYPES, MANIFEST, VERSION
-from ._store_read import LayerStore, open_store
+from ._locks import OutputDirectoryBusy
+from ._store_read import LayerStore, StoreError, open_store
 from ._store_write import StoreWriter, mark_block_done, save_store
 
-__all__ = ["LayerStore", "StoreWriter", "open_store", "save_store"]
+__all__ = ["LayerStore", "StoreWriter", "open_store", "save_store", "StoreError", "OutputDirectoryBusy"]
 __all__ += ["FORMAT", "LAYER_DTYPES", "MANIFEST", "VERSION", "mark_block_done", "write_json_atomic"]

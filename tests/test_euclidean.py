@@ -237,7 +237,7 @@ def test_bad_predictors_devices_and_known_labels_are_named_before_scoring():
     with pytest.raises(TypeError, match=r"progress must be None, True or False, got str 'no'"):
         fc.euclidean_convexity(x, y, _linear(w), progress="no")  # 'no' is truthy: it showed the bar
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="device='cuda' was requested, but no CUDA device"):
+        with pytest.raises(ValueError, match="device='cuda' was requested, but no CUDA device"):
             fc.euclidean_convexity(x, y, _linear(w), device="cuda")
     with pytest.raises(ValueError, match="device='bogus' is not a device torch knows"):
         fc.euclidean_convexity(x, y, _linear(w), device="bogus")

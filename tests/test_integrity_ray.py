@@ -60,3 +60,74 @@ def test_ray_stopped_when_interrupted_while_starting():
     for how in ("sigint", "sigterm"):
         assert report[how]["started"] > 0  # Ray's processes were running when it was interrupted
         assert report[how]["left"] == [], how  # and none is left once the session has unwound
+
+
+_TERM_DRIVER = textwrap.dedent("""
+    import json, os, signal, sys
+    import psutil
+    from fastconvex._ray import ray_session
+
+    store, out, pids = sys.argv[1:4]
+
+    def mine(signum, frame):
+        pass
+
+    # a program's own SIGTERM handler: in force while fastconvex's Ray runs
+    # (ray.init installs its own) and restored afterwards
+    signal.signal(signal.SIGTERM, mine)
+    with ray_session(None, quiet=True):
+        inside = signal.getsignal(signal.SIGTERM) is mine
+    after = signal.getsignal(signal.SIGTERM) is mine
+    print(json.dumps({"inside": inside, "after": after}), flush=True)
+
+    # no handler of the program's own: SIGTERM while the sweep's tasks run
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    import fastconvex._sweep_out as sweep_out
+
+    def terminated(self, n):
+        with open(pids, "w") as fh:
+            json.dump([p.pid for p in psutil.Process().children(recursive=True)], fh)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sweep_out.Reporter.running = terminated
+    from fastconvex.cli import main
+
+    sys.exit(main(["sweep", store, "--out-dir", out, "--engine", "ray", "--pairs", "30", "--no-plot", "--quiet"]))
+""")
+
+
+def test_sigterm_during_a_ray_sweep_exits_143_in_one_line_and_restores_handlers(tmp_path):
+    import time
+
+    import numpy as np
+    import psutil
+
+    import fastconvex as fc
+
+    rng = np.random.default_rng(0)
+    store = fc.save_store(tmp_path / "store", [rng.standard_normal((30, 4)).astype(np.float32)],
+                          rng.integers(0, 3, 30))
+    pids = tmp_path / "pids.json"
+    proc = subprocess.run([sys.executable, "-c", _TERM_DRIVER, str(store.path), str(tmp_path / "out"), str(pids)],
+                          capture_output=True, text=True, timeout=300)
+    assert json.loads(proc.stdout.strip().splitlines()[0]) == {"inside": True, "after": True}
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr == "fastconvex: terminated (SIGTERM): stopping the Ray it started\n"
+    started = json.loads(pids.read_text())
+    assert started  # Ray's processes were running when SIGTERM came
+
+    def alive():
+        left = []
+        for pid in started:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    left.append(pid)
+            except psutil.Error:
+                pass
+        return left
+
+    for _ in range(100):  # Ray's processes exit as they notice (at most 10 s)
+        if not alive():
+            break
+        time.sleep(0.1)
+    assert alive() == []

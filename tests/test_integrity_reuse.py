@@ -262,7 +262,7 @@ def test_cuda_without_cuda_fails_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     store = make_stores(tmp_path)[0]
     out = tmp_path / "out"
-    assert main(["sweep", str(store.path), "--out-dir", str(out), "--device", "cuda"]) == 1
+    assert main(["sweep", str(store.path), "--out-dir", str(out), "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "device='cuda' was requested, but no CUDA device is visible" in err
     assert not out.exists()
@@ -299,3 +299,203 @@ def test_euclidean_store_errors_name_the_store(euclid, tmp_path, capsys):  # noq
     assert err.count("\n") == 1 and f"STORE {narrow.path}: model: hidden size 32 differs" in err
     with pytest.raises(ValueError, match=rf"store 'narrow' \({narrow.path}\): model: hidden size 32 differs"):
         fc.sweep(narrow, out_dir=tmp_path / "o", measure="euclidean", model=root / "model", verbose=False)
+
+
+# ---- issue 24 review: what a sweep verifies is what it scores, and what it leaves --------------
+
+
+def test_no_plot_removes_an_earlier_sweep_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    store = make_stores(tmp_path)[0]
+    out = tmp_path / "out"
+    fc.sweep(store, out_dir=out, pairs=30, plot=True, verbose=False)
+    assert (out / "sweep.png").is_file()
+    fc.sweep(store, out_dir=out, pairs=30, plot=False, verbose=False, overwrite=True, k=5)  # other numbers
+    assert not (out / "sweep.png").exists()  # no plot of the earlier sweep beside these results
+    assert json.loads((out / "sweep.json").read_text())["settings"]["k"] == 5
+
+
+def test_the_backend_a_result_was_made_with_is_part_of_its_key(tmp_path, monkeypatch):
+    """backend="auto" resolved to another backend (here through FASTCONVEX_BACKEND)
+    is another result: Triton's and Numba's numbers agree to ~1e-6, not bit for bit."""
+    store = make_stores(tmp_path)[0]
+    out = tmp_path / "out"
+    monkeypatch.delenv("FASTCONVEX_BACKEND", raising=False)
+    fc.sweep(store, out_dir=out, verbose=False, **KW)
+    assert json.loads(_task_files(out)[0].read_text())["ran_as"] == {"backend": "numba"}
+    monkeypatch.setenv("FASTCONVEX_BACKEND", "naive")
+    _, doc = __import__("fastconvex._sweep", fromlist=["run_sweep"]).run_sweep(store, out_dir=out, verbose=False,
+                                                                                **KW)
+    assert doc["computed"] == 3 and doc["reused"] == 0  # not the numba results under the same settings
+    assert sorted(json.loads(p.read_text())["ran_as"]["backend"] for p in _task_files(out)) == ["naive"] * 3 + \
+        ["numba"] * 3
+
+
+class _FakeRay:
+    def __init__(self, **resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+def test_ran_as_resolves_the_device_type_of_a_ray_cluster(monkeypatch):
+    from fastconvex._sweep import ran_as
+
+    monkeypatch.delenv("FASTCONVEX_BACKEND", raising=False)
+    gpu, cpu = _FakeRay(CPU=8, GPU=1), _FakeRay(CPU=8)
+    assert ran_as("euclidean", "auto", None, gpu) == {"device": "cuda"}  # task_device: the GPU Ray assigns
+    assert ran_as("euclidean", "auto", None, cpu) == {"device": "cpu"}
+    assert ran_as("euclidean", "auto", "cpu", gpu) == {"device": "cpu"}  # a named device is kept
+    assert ran_as("euclidean", "auto", None) == {"device": "cpu"}  # local, no device: the CPU
+    assert ran_as("graph", "auto", None, gpu) == {"backend": "triton"}
+    assert ran_as("graph", "auto", None, cpu) == {"backend": "numba"}
+    assert ran_as("graph", "numba", None, gpu) == {"backend": "numba"}
+    # an hf.predict_from_layer callable runs where its model is, whatever device= says
+    from types import SimpleNamespace
+
+    on_gpu = SimpleNamespace(model=SimpleNamespace(parameters=lambda: iter([SimpleNamespace(
+        device=SimpleNamespace(type="cuda"))])))
+    assert ran_as("euclidean", "auto", None, model=on_gpu) == {"device": "cuda"}
+    assert ran_as("euclidean", "auto", None, model="a/model/dir") == {"device": "cpu"}
+
+
+def test_a_task_that_ran_otherwise_than_its_key_says_writes_nothing(tmp_path):
+    from fastconvex._core import plan_scoring
+    from fastconvex._sweep import LayerTask, run_layer_task
+
+    store = make_stores(tmp_path)[0]
+    result = tmp_path / "result.json"
+    task = LayerTask(str(store.path), store.name, store.fingerprint, 0, str(result),
+                     {"ran_as": {"backend": "triton"}})
+    with pytest.raises(RuntimeError, match=r"scored with \{'backend': 'numba'\}, but the sweep resolved "
+                                           r"\{'backend': 'triton'\}"):
+        run_layer_task(task, plan_scoring(store.labels, pairs=30, seed=0), backend="numba")
+    assert not result.exists()
+
+
+@pytest.mark.parametrize("dtype,shape", [("float32", (37, 6)), ("float16", (5, 3)), (">f8", (11, 7)),
+                                         ("int8", (13, 1)), ("float64", (0, 4)), ("uint16", (1, 9))])
+def test_plain_read_hash_equals_the_manifest_hash(tmp_path, monkeypatch, dtype, shape):
+    import fastconvex._store_read as sr
+    from fastconvex._store_format import _array_sha256
+
+    monkeypatch.setattr(sr, "_HASH_BLOCK", 7)  # blocks that end inside rows and values
+    x = (np.arange(int(np.prod(shape))) % 251).astype(dtype).reshape(shape)
+    file = tmp_path / "x.npy"
+    np.save(file, x)
+    _, _, offset = sr._npy_header(file)
+    with open(file, "rb") as fh:
+        assert sr._data_sha256(fh.fileno(), offset, x.nbytes, file) == _array_sha256(x)
+    assert sr._data_sha256 is not None and len(sr._buffers.block) == 7
+
+
+def test_a_stores_layers_verify_with_the_plain_read_hash(tmp_path, monkeypatch):
+    import fastconvex._store_read as sr
+
+    monkeypatch.setattr(sr, "_HASH_BLOCK", 1000)  # several blocks per layer
+    store = make_stores(tmp_path)[2]
+    for i in range(store.n_layers):
+        store.verify_layer(i)
+    np.save(store.path / "layer_002.npy", np.load(store.path / "layer_002.npy")[::-1].copy())
+    with pytest.raises(fc.store.StoreError, match=r"layer_002\.npy: content differs"):
+        store.verify_layer(2)
+
+
+def test_a_held_layer_is_verified_and_scored_from_one_open_file(tmp_path):
+    store = make_stores(tmp_path)[0]
+    original = np.array(store.layer(1))
+    held = store.hold_layer(1)
+    other = tmp_path / "other.npy"
+    np.save(other, original[::-1].copy())  # same shape and dtype, other content
+    os.replace(other, store.layer_file(1))  # renamed over the path, as an atomic writer does
+    store.verify_layer(1)  # the held file: unchanged
+    np.testing.assert_array_equal(store.layer(1), original)
+    np.testing.assert_array_equal(held, original)
+    with pytest.raises(ValueError, match="content differs"):
+        fc.open_store(store.path).verify_layer(1)  # the path now names the new file
+
+
+def test_a_layer_renamed_over_while_a_task_runs_is_scored_as_verified(tmp_path, monkeypatch):
+    """The file is replaced between the task's open and its hash: the task must
+    hash and score the same file (before, the hash opened the path again)."""
+    from fastconvex._store_read import LayerStore
+
+    store = make_stores(tmp_path)[0]
+    ref = fc.layer_scores(store.layers, store.labels, pairs=30)
+    real = LayerStore.verify_layer
+    swapped = []
+
+    def replaced_first(self, index):
+        if not swapped:
+            other = tmp_path / "other.npy"
+            np.save(other, np.load(self.layer_file(index))[::-1].copy())
+            os.replace(other, self.layer_file(index))
+            swapped.append(index)
+        return real(self, index)
+
+    monkeypatch.setattr(LayerStore, "verify_layer", replaced_first)
+    got = fc.sweep(store, out_dir=tmp_path / "out", layers=[0], verbose=False, **KW)["store0"]
+    assert swapped == [0]
+    assert got.scores[0] == ref.scores[0]  # the bytes verified are the bytes scored: the original ones
+
+
+@pytest.mark.parametrize("how", ["edited", "linked"])
+def test_a_changed_store_file_is_a_data_error_in_the_command(tmp_path, capsys, how):
+    store = make_stores(tmp_path)[0]
+    layer = store.layer_file(1)
+    if how == "edited":
+        np.save(layer, np.load(layer)[::-1].copy())
+        argv_layers = ["--layers", "1"]
+    else:
+        elsewhere = tmp_path / "elsewhere.npy"
+        os.replace(layer, elsewhere)
+        os.symlink(elsewhere, layer)
+        argv_layers = []
+    assert main(["sweep", str(store.path), "--out-dir", str(tmp_path / "out"), "--pairs", "30", "--no-plot",
+                 "--quiet", *argv_layers]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(layer) in err
+    assert ("content differs" if how == "edited" else "outside the store") in err
+
+
+def test_a_failed_seed_none_sweep_names_the_seed_that_resumes_it(tmp_path, monkeypatch, capsys):
+    import fastconvex._sweep as sw
+
+    store = make_stores(tmp_path)[0]
+    monkeypatch.setattr(sw.secrets, "randbits", lambda bits: 123456789)
+    real = sw.score_layer
+    calls = []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("worker lost")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sw, "score_layer", second_fails)
+    with pytest.raises(RuntimeError, match=r"rerun with seed=123456789 to resume\); first: store 'store0' layer 1: "
+                                           r"worker lost") as info:
+        fc.sweep(store, out_dir=tmp_path / "out", seed=None, verbose=False, **KW)
+    assert "a rerun resumes" not in str(info.value)
+    monkeypatch.setattr(sw, "score_layer", real)
+    _, doc = sw.run_sweep(store, out_dir=tmp_path / "out", seed=123456789, verbose=False, **KW)
+    assert doc["reused"] == 2 and doc["computed"] == 1  # that seed does resume it
+
+
+def test_a_cpu_backend_with_a_cuda_device_fails_before_the_stores_are_read(tmp_path, monkeypatch):
+    import torch
+
+    import fastconvex._sweep as sw
+
+    store = make_stores(tmp_path)[0]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("a store was read before the backend was resolved")
+
+    monkeypatch.setattr(sw, "open_store", not_yet)
+    with pytest.raises(RuntimeError, match=r"backend='numba' runs on the CPU; it cannot use device='cuda'"):
+        fc.sweep(store, out_dir=tmp_path / "out", backend="numba", device="cuda", verbose=False, **KW)
+    assert not (tmp_path / "out").exists()

@@ -78,6 +78,10 @@ def test_tasks_ask_for_a_gpu_when_the_cluster_has_one(tmp_path):
         ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
         result = fc.sweep([store.path], out_dir=out, engine="ray", backend="numba", pairs=300, plot=False,
                           verbose=False)
+        # what the keys hold on this cluster with device=None: the GPU each task is given
+        from fastconvex._sweep import ran_as
+
+        planned = {m: ran_as(m, "auto", None, ray) for m in ("graph", "euclidean")}
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -87,6 +91,9 @@ def test_tasks_ask_for_a_gpu_when_the_cluster_has_one(tmp_path):
     for where in ran_on:
         assert where["engine"] == "ray" and where["gpu_ids"] == [0] and where["node"] == node.node_id
         assert where["device"] is None  # numba: the backend does not take the GPU
+    assert {json.dumps(json.loads(p.read_text())["ran_as"]) for p in out.glob("tasks/*/*.json")} == \
+        {'{"backend": "numba"}'}
+    assert planned == {"graph": {"backend": "triton"}, "euclidean": {"device": "cuda"}}
 
 
 @pytest.mark.parametrize("backend, device, gpu_ids, expected", [

@@ -124,7 +124,10 @@ def _run(args: argparse.Namespace) -> int:
         )
         del pooled
     else:
-        _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_path)
+        from fastconvex._locks import store_lock
+
+        with store_lock(store_path):  # one writer per store (pooled_hidden_states holds it on the local engine)
+            _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_path)
     import fastconvex as fc
 
     store = fc.open_store(store_path)

@@ -144,25 +144,12 @@ def load_feature_extractor(name: str | Path, what: str = "MODEL") -> Any:
 
 
 def check_model_device(device: Any, what: str = "--device") -> None:
-    """``device`` (None, "cpu", "cuda", "cuda:N", a torch.device) must exist
-    here: a ValueError saying so before a model is loaded, not torch's
-    AssertionError ("Torch not compiled with CUDA enabled") after."""
-    if device is None:
-        return
-    import torch
+    """``device`` must exist here: a ValueError saying so before a model is
+    loaded, not torch's AssertionError after (see
+    :func:`fastconvex._backends.check_device_here`)."""
+    from .._backends import check_device_here
 
-    from .._backends import check_device
-
-    check_device(device)
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return
-    if not torch.cuda.is_available():
-        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
-        raise ValueError(f"{what} {str(device)!r}: {why} (torch {torch.__version__}); use --device cpu")
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"{what} {str(device)!r}: there are {torch.cuda.device_count()} CUDA device(s) "
-                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    check_device_here(device, what)
 
 
 #: The weight files ``from_pretrained`` reads from a local folder, in its order of preference.

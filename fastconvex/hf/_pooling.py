@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -67,6 +68,17 @@ class PooledHiddenStates(list):
     labels: np.ndarray | None
     utterance: np.ndarray | None
     paths: list[Path] | None
+
+
+def _store_lock(out_dir: Any) -> Any:
+    """The lock of the store at ``out_dir`` (:func:`fastconvex._locks.store_lock`:
+    a second write into it is refused in one line naming the holder), or no
+    lock without one."""
+    if not isinstance(out_dir, (str, os.PathLike)):
+        return contextlib.nullcontext()  # no store (an invalid out_dir is reported by open_writer)
+    from .._locks import store_lock
+
+    return store_lock(out_dir)
 
 
 def pooled_hidden_states(
@@ -269,154 +281,157 @@ def pooled_hidden_states(
         frame_labels, n_frames, raw_lengths, type(model).__name__)
     n_rows = n_utt if offsets is None else int(offsets[-1])
 
-    writer = None
-    if out_dir is not None or labels is not None or meta is not None or overwrite:  # before any forward pass
-        from ._store_out import open_writer
+    # one writer per store: held from before the partial write is opened (or
+    # resumed) until the store is renamed into place
+    with _store_lock(out_dir):
+        writer = None
+        if out_dir is not None or labels is not None or meta is not None or overwrite:  # before any forward pass
+            from ._store_out import open_writer
 
-        writer = open_writer(
-            out_dir, model=model, feature_extractor=feature_extractor, labels=labels, frame_labels=all_labels, utterance=utt_of_row,
-            ignored_frames=None if all_labels is None else int(n_frames.sum()) - n_rows,
-            raw_lengths=raw_lengths, n_utt=n_utt, meta=meta, overwrite=overwrite, resume=resume,
-            job={"layers": None if layers is None else list(layers), "dtype": out_dtype.name,
-                 "batch_size": batch_size, "mix_lengths": bool(mix_lengths), "final_norm": final_norm,
-                 "sampling_rate": int(sampling_rate)},
-        )
-
-    # ---- batches ------------------------------------------------------------------------------
-    order = np.argsort(-raw_lengths, kind="stable")
-    takes_mask = (not whisper) and _takes_attention_mask(model, feature_extractor)
-    bucket_key: np.ndarray | None = None
-    if not mix_lengths and not whisper:
-        if not takes_mask or generic:
-            bucket_key = raw_lengths
-        elif _pos_conv_sees_padding(model):
-            bucket_key = n_frames
-    batches = _make_batches(order, batch_size, None if bucket_key is None else bucket_key[order])
-
-    def waveform(i: int) -> np.ndarray:
-        w = loaded[i] if loaded is not None else _as_waveform(waveforms[i], i, _waveform_name(waveforms, i))
-        if w.shape[0] != raw_lengths[i]:
-            raise ValueError(
-                f"lengths[{i}] = {int(raw_lengths[i])} but {_waveform_name(waveforms, i)} has {w.shape[0]} samples"
+            writer = open_writer(
+                out_dir, model=model, feature_extractor=feature_extractor, labels=labels, frame_labels=all_labels, utterance=utt_of_row,
+                ignored_frames=None if all_labels is None else int(n_frames.sum()) - n_rows,
+                raw_lengths=raw_lengths, n_utt=n_utt, meta=meta, overwrite=overwrite, resume=resume,
+                job={"layers": None if layers is None else list(layers), "dtype": out_dtype.name,
+                     "batch_size": batch_size, "mix_lengths": bool(mix_lengths), "final_norm": final_norm,
+                     "sampling_rate": int(sampling_rate)},
             )
-        return w
 
-    done_batches: dict[int, Any] = {}
-    if writer is not None:
-        try:  # the audio of the batches an interrupted run finished, unchanged (read again, no forward pass)
-            from ._store_out import check_resumed_audio
+        # ---- batches ------------------------------------------------------------------------------
+        order = np.argsort(-raw_lengths, kind="stable")
+        takes_mask = (not whisper) and _takes_attention_mask(model, feature_extractor)
+        bucket_key: np.ndarray | None = None
+        if not mix_lengths and not whisper:
+            if not takes_mask or generic:
+                bucket_key = raw_lengths
+            elif _pos_conv_sees_padding(model):
+                bucket_key = n_frames
+        batches = _make_batches(order, batch_size, None if bucket_key is None else bucket_key[order])
 
-            done_batches = check_resumed_audio(
-                writer, {b: [int(i) for i in batch] for b, batch in enumerate(batches)}, waveform,
-                lambda i: _waveform_name(waveforms, i), overwrite=overwrite,
-                log=None if progress is False else _log)
-        except BaseException:
-            writer.abort()
-            raise
-    device = model_device(enc)
-    float_dtype = next((p.dtype for p in enc.parameters() if p.is_floating_point()), torch.float32)
-    selected: list[int] | None = None
-    outputs: list[np.ndarray] = []
-    was_training = model.training
-    model.eval()
-    # Whether hidden_states[-1] already went through the final LayerNorm differs
-    # between encoders and transformers versions: seen on the first batch, by
-    # comparing it with what the LayerNorm itself returned.
-    norm_outputs: list[torch.Tensor] = []
-    last_has_norm: bool | None = None
-    norm_hook = None
-    if norm_layer is not None:
-        norm_hook = norm_layer.register_forward_hook(lambda module, args, output: norm_outputs.append(output))
-    bar = _progress(len(batches), progress)
-    bar.__enter__()
-    try:
-        with torch.inference_mode():
-            for batch_index, batch in enumerate(batches):
-                if batch_index in done_batches:  # written by an interrupted run (its audio checked above)
-                    if generic:
-                        n_frames[batch] = done_batches[batch_index]["frames"]
-                    bar.update(1)
-                    continue
-                waves = [waveform(int(i)) for i in batch]
-                inputs, frames = _featurise(model, enc, feature_extractor, waves, sampling_rate, takes_mask, whisper, generic)
-                inputs = {
-                    k: v.to(device=device, dtype=float_dtype) if v.is_floating_point() else v.to(device)
-                    for k, v in inputs.items()
-                }
-                out = enc(**inputs, output_hidden_states=True, return_dict=True)
-                hidden = getattr(out, "hidden_states", None)
-                if hidden is None:
-                    raise TypeError(f"model: {type(model).__name__} returned no hidden_states")
-                if norm_hook is not None:
-                    last_has_norm = any(
-                        o.shape == hidden[-1].shape and torch.equal(o, hidden[-1]) for o in norm_outputs
-                    )
-                    norm_hook.remove()
-                    norm_hook = None
-                    norm_outputs.clear()
-                if selected is None:
-                    selected = _select_layers(layers, len(hidden))
-                    dim = int(hidden[0].shape[-1])
-                    if writer is not None:
-                        outputs = writer.allocate(dim, out_dtype, count=len(selected))
-                        writer.set_info(hidden_states=selected)
-                    else:
-                        outputs = [np.empty((n_rows, dim), dtype=out_dtype) for _ in selected]
-                if generic:
-                    frames = _generic_frames(enc, inputs, frames, hidden[0].shape[1])
-                    n_frames[batch] = frames
-                else:
-                    frames = n_frames[batch]
-                t_out = int(hidden[0].shape[1])
-                if int(frames.max()) > t_out:
-                    raise ValueError(
-                        f"model: {type(model).__name__} returned {t_out} frames, fewer than the {int(frames.max())} "
-                        "valid frames its output-length rule gives"
-                    )
-                frames_t = torch.as_tensor(frames, device=hidden[0].device)
-                mask = torch.arange(t_out, device=hidden[0].device)[None, :] < frames_t[:, None]
-                for slot, li in enumerate(selected):
-                    h = hidden[li]
-                    if norm_layer is not None and not (last_has_norm and li == len(hidden) - 1):
-                        h = norm_layer(h)
-                    h = h.float()
-                    if frame_keep is None:
-                        pooled = (h * mask[..., None]).sum(dim=1) / frames_t[:, None].to(h.dtype)
-                        outputs[slot][batch] = pooled.to("cpu").numpy().astype(out_dtype, copy=False)
-                    else:
-                        assert offsets is not None
-                        for b, i in enumerate(batch):
-                            rows = h[b, : int(frames[b])][torch.as_tensor(frame_keep[i], device=h.device)]
-                            outputs[slot][offsets[i] : offsets[i + 1]] = rows.to("cpu").numpy().astype(out_dtype, copy=False)
-                if writer is not None:
-                    from ._store_out import clip_sha256
+        def waveform(i: int) -> np.ndarray:
+            w = loaded[i] if loaded is not None else _as_waveform(waveforms[i], i, _waveform_name(waveforms, i))
+            if w.shape[0] != raw_lengths[i]:
+                raise ValueError(
+                    f"lengths[{i}] = {int(raw_lengths[i])} but {_waveform_name(waveforms, i)} has {w.shape[0]} samples"
+                )
+            return w
 
-                    writer.mark_done(batch_index, outputs, {"frames": [int(f) for f in frames],
-                                                            "audio_sha256": [clip_sha256(w) for w in waves]})
-                bar.update(1)
-    except BaseException:
+        done_batches: dict[int, Any] = {}
         if writer is not None:
-            writer.abort()  # a resumable (.partial) write stays for the rerun
-        raise
-    finally:
-        if norm_hook is not None:
-            norm_hook.remove()
-        bar.__exit__(None, None, None)
-        if was_training:
-            model.train()
-    paths: list[Path] | None = None
-    if writer is not None:
-        if selected is None:  # every batch was written by an interrupted run
-            selected = writer.reopen_layers()
-        del outputs
-        store = writer.finish()
-        outputs = store.layers
-        paths = [store.path / entry["file"] for entry in store.manifest["layers"]]
+            try:  # the audio of the batches an interrupted run finished, unchanged (read again, no forward pass)
+                from ._store_out import check_resumed_audio
 
-    result = PooledHiddenStates(outputs)
-    result.layers = list(selected or [])
-    result.n_frames = n_frames
-    result.labels = all_labels
-    result.utterance = utt_of_row
-    result.paths = paths
-    return result
+                done_batches = check_resumed_audio(
+                    writer, {b: [int(i) for i in batch] for b, batch in enumerate(batches)}, waveform,
+                    lambda i: _waveform_name(waveforms, i), overwrite=overwrite,
+                    log=None if progress is False else _log)
+            except BaseException:
+                writer.abort()
+                raise
+        device = model_device(enc)
+        float_dtype = next((p.dtype for p in enc.parameters() if p.is_floating_point()), torch.float32)
+        selected: list[int] | None = None
+        outputs: list[np.ndarray] = []
+        was_training = model.training
+        model.eval()
+        # Whether hidden_states[-1] already went through the final LayerNorm differs
+        # between encoders and transformers versions: seen on the first batch, by
+        # comparing it with what the LayerNorm itself returned.
+        norm_outputs: list[torch.Tensor] = []
+        last_has_norm: bool | None = None
+        norm_hook = None
+        if norm_layer is not None:
+            norm_hook = norm_layer.register_forward_hook(lambda module, args, output: norm_outputs.append(output))
+        bar = _progress(len(batches), progress)
+        bar.__enter__()
+        try:
+            with torch.inference_mode():
+                for batch_index, batch in enumerate(batches):
+                    if batch_index in done_batches:  # written by an interrupted run (its audio checked above)
+                        if generic:
+                            n_frames[batch] = done_batches[batch_index]["frames"]
+                        bar.update(1)
+                        continue
+                    waves = [waveform(int(i)) for i in batch]
+                    inputs, frames = _featurise(model, enc, feature_extractor, waves, sampling_rate, takes_mask, whisper, generic)
+                    inputs = {
+                        k: v.to(device=device, dtype=float_dtype) if v.is_floating_point() else v.to(device)
+                        for k, v in inputs.items()
+                    }
+                    out = enc(**inputs, output_hidden_states=True, return_dict=True)
+                    hidden = getattr(out, "hidden_states", None)
+                    if hidden is None:
+                        raise TypeError(f"model: {type(model).__name__} returned no hidden_states")
+                    if norm_hook is not None:
+                        last_has_norm = any(
+                            o.shape == hidden[-1].shape and torch.equal(o, hidden[-1]) for o in norm_outputs
+                        )
+                        norm_hook.remove()
+                        norm_hook = None
+                        norm_outputs.clear()
+                    if selected is None:
+                        selected = _select_layers(layers, len(hidden))
+                        dim = int(hidden[0].shape[-1])
+                        if writer is not None:
+                            outputs = writer.allocate(dim, out_dtype, count=len(selected))
+                            writer.set_info(hidden_states=selected)
+                        else:
+                            outputs = [np.empty((n_rows, dim), dtype=out_dtype) for _ in selected]
+                    if generic:
+                        frames = _generic_frames(enc, inputs, frames, hidden[0].shape[1])
+                        n_frames[batch] = frames
+                    else:
+                        frames = n_frames[batch]
+                    t_out = int(hidden[0].shape[1])
+                    if int(frames.max()) > t_out:
+                        raise ValueError(
+                            f"model: {type(model).__name__} returned {t_out} frames, fewer than the {int(frames.max())} "
+                            "valid frames its output-length rule gives"
+                        )
+                    frames_t = torch.as_tensor(frames, device=hidden[0].device)
+                    mask = torch.arange(t_out, device=hidden[0].device)[None, :] < frames_t[:, None]
+                    for slot, li in enumerate(selected):
+                        h = hidden[li]
+                        if norm_layer is not None and not (last_has_norm and li == len(hidden) - 1):
+                            h = norm_layer(h)
+                        h = h.float()
+                        if frame_keep is None:
+                            pooled = (h * mask[..., None]).sum(dim=1) / frames_t[:, None].to(h.dtype)
+                            outputs[slot][batch] = pooled.to("cpu").numpy().astype(out_dtype, copy=False)
+                        else:
+                            assert offsets is not None
+                            for b, i in enumerate(batch):
+                                rows = h[b, : int(frames[b])][torch.as_tensor(frame_keep[i], device=h.device)]
+                                outputs[slot][offsets[i] : offsets[i + 1]] = rows.to("cpu").numpy().astype(out_dtype, copy=False)
+                    if writer is not None:
+                        from ._store_out import clip_sha256
+
+                        writer.mark_done(batch_index, outputs, {"frames": [int(f) for f in frames],
+                                                                "audio_sha256": [clip_sha256(w) for w in waves]})
+                    bar.update(1)
+        except BaseException:
+            if writer is not None:
+                writer.abort()  # a resumable (.partial) write stays for the rerun
+            raise
+        finally:
+            if norm_hook is not None:
+                norm_hook.remove()
+            bar.__exit__(None, None, None)
+            if was_training:
+                model.train()
+        paths: list[Path] | None = None
+        if writer is not None:
+            if selected is None:  # every batch was written by an interrupted run
+                selected = writer.reopen_layers()
+            del outputs
+            store = writer.finish()
+            outputs = store.layers
+            paths = [store.path / entry["file"] for entry in store.manifest["layers"]]
+
+        result = PooledHiddenStates(outputs)
+        result.layers = list(selected or [])
+        result.n_frames = n_frames
+        result.labels = all_labels
+        result.utterance = utt_of_row
+        result.paths = paths
+        return result

@@ -1,0 +1,100 @@
+"""Issue 24 review: one writer per store for embed (two threads into one
+out_dir), and the lock's holder named in one line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+import fastconvex as fc  # noqa: E402
+from fastconvex import hf  # noqa: E402
+from fastconvex.hf.testing import tiny_model  # noqa: E402
+from fastconvex.store import OutputDirectoryBusy  # noqa: E402
+
+from test_cli_score_prune import speech  # noqa: E402,F401  (the tiny model and labelled audio)
+
+
+class _Held:
+    """Waveforms whose first read waits until the test lets it go: the first
+    embed is then inside its write, holding the store's lock."""
+
+    def __init__(self, waves):
+        self.waves, self.inside, self.go = waves, threading.Event(), threading.Event()
+
+    def __len__(self):
+        return len(self.waves)
+
+    def __getitem__(self, i):
+        self.inside.set()
+        assert self.go.wait(120)
+        return self.waves[i]
+
+
+def test_a_second_embed_into_the_same_store_is_refused_naming_the_holder(tmp_path):
+    model, fe = tiny_model("wav2vec2")
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(n).astype(np.float32) for n in (1600, 2400, 2000, 1800)]
+    labels = ["a", "b", "a", "b"]
+    lengths = [w.shape[0] for w in waves]
+    out = tmp_path / "emb"
+    held = _Held(waves)
+    first: dict = {}
+
+    def embed():
+        try:
+            first["result"] = hf.pooled_hidden_states(model, held, feature_extractor=fe, lengths=lengths,
+                                                      out_dir=out, labels=labels, progress=False)
+        except BaseException as exc:  # reported by the assertion below
+            first["error"] = exc
+
+    thread = threading.Thread(target=embed)
+    thread.start()
+    try:
+        assert held.inside.wait(120), first
+        with pytest.raises(OutputDirectoryBusy) as info:
+            hf.pooled_hidden_states(model, waves, feature_extractor=fe, out_dir=out, labels=labels, progress=False)
+        message = str(info.value)
+        assert message.startswith(f"the store {str(out)!r} is in use by another embed (pid {os.getpid()} on host "
+                                  f"{socket.gethostname()}")
+        assert "\n" not in message
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".emb.lock", ".emb.lock.holder", ".emb.partial"]
+    finally:
+        held.go.set()
+        thread.join(120)
+    assert "error" not in first, first
+    store = fc.open_store(out)
+    ref = hf.pooled_hidden_states(model, waves, feature_extractor=fe, progress=False)
+    for i in range(store.n_layers):
+        np.testing.assert_array_equal(store.layer(i), ref[i])  # the first write, whole and untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]  # the lock and its holder file removed
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_the_embed_command_is_refused_while_another_writes_the_store(speech, capsys, tmp_path, engine):  # noqa: F811
+    """Another embed (here this test, holding the store's lock as an embed
+    does) is writing the store: the command is one line, exit status 1, and
+    neither the partial write nor Ray is touched."""
+    from fastconvex._locks import store_lock
+    from fastconvex.cli import main
+
+    if engine == "ray":
+        pytest.importorskip("ray")
+    root, _, _ = speech
+    out = tmp_path / "s"
+    with store_lock(out):
+        code = main(["embed", str(root / "model"), "--audio", str(root / "audio"), "--out-dir", str(out),
+                     "--engine", engine, "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 1
+        assert err.count("\n") == 1 and f"the store {str(out)!r} is in use by another embed (pid {os.getpid()}" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".s.lock", ".s.lock.holder"]  # no partial write
+    if engine == "ray":
+        import ray
+
+        assert not ray.is_initialized()
