@@ -58,7 +58,7 @@ RESULT_FORMAT = "fastconvex-sweep-task"
 # that they are recomputed rather than merged with new ones.
 RESULT_VERSION = 1
 
-__all__ = ["LayerTask", "run_layer_task", "run_sweep", "sweep", "format_table"]
+__all__ = ["LayerTask", "run_layer_task", "SweepResults", "sweep", "format_table"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,17 @@ class LayerTask:
     layer: int
     result_path: str
     record: dict[str, Any]
+
+
+class SweepResults(dict):
+    """What :func:`sweep` returns: a dict of store name ->
+    :class:`~fastconvex.LayerScores`, with ``document``, the merged result this
+    run wrote to ``sweep.json`` (the command line reports it, so a report is
+    always what this run computed)."""
+
+    def __init__(self, results: dict[str, LayerScores], document: dict[str, Any]) -> None:
+        super().__init__(results)
+        self.document = document
 
 
 def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: str = "auto", device: Any = None,
@@ -322,6 +333,10 @@ def _run_local(tasks: list[LayerTask], plans: dict[str, ScoringPlan], backend: s
     return failures
 
 
+def _labels_file(store: LayerStore) -> Path:
+    return store.path / store.manifest["labels"]["file"]
+
+
 def sweep(
     stores: Any,
     *,
@@ -348,7 +363,7 @@ def sweep(
     progress: bool | None = None,
     verbose: bool = True,
     plot: bool = True,
-) -> dict[str, LayerScores]:
+) -> SweepResults:
     """Score every layer of every store; resumable, on this machine or on Ray.
 
     Parameters
@@ -403,47 +418,13 @@ def sweep(
 
     Returns
     -------
-    dict of store name -> LayerScores
-        Row i of each is the i-th scored layer (``layers`` order); equal bit for
-        bit to ``layer_scores([store.layer(i) for i in layers], store.labels, ...)``.
+    SweepResults
+        A dict of store name -> LayerScores: row i of each is the i-th scored
+        layer (``layers`` order), equal bit for bit to
+        ``layer_scores([store.layer(i) for i in layers], store.labels, ...)``;
+        its ``document`` is what this run wrote to ``sweep.json`` (what it
+        computed and reused, never read back from ``out_dir``).
     """
-    return run_sweep(**locals())[0]
-
-
-def _labels_file(store: LayerStore) -> Path:
-    return store.path / store.manifest["labels"]["file"]
-
-
-def run_sweep(
-    stores: Any,
-    *,
-    out_dir: str | os.PathLike[str],
-    engine: str = "local",
-    address: str | None = None,
-    layers: Sequence[int] | None = None,
-    k: int = 10,
-    pairs: int | None = DEFAULT_PAIRS,
-    sources: int | None = None,
-    exact: bool = False,
-    seed: int | None = 0,
-    min_class_size: int = 2,
-    backend: str = "auto",
-    device: Any = None,
-    shards: int | None = None,
-    measure: str = "graph",
-    model: Any = None,
-    n_sampled: int = 10,
-    batch_size: int = 1024,
-    label_map: Any = None,
-    retries: int | None = None,
-    overwrite: bool = False,
-    progress: bool | None = None,
-    verbose: bool = True,
-    plot: bool = True,
-) -> tuple[dict[str, LayerScores], dict[str, Any]]:
-    """:func:`sweep`, returning also the document it wrote to ``sweep.json``
-    (the command reports it: what this run computed, never what another run
-    may have written there since)."""
     shards = check_engine(engine, shards)
     if address is not None and engine != "ray":
         raise ValueError("address is a Ray cluster address: it needs engine='ray'")
@@ -517,7 +498,7 @@ def _locked_sweep(out: Path, opened: list[LayerStore], selections: dict[str, lis
                   engine: str, address: str | None, k: int, estimator: str, budget: int, drawn: bool,
                   min_class_size: int, backend: str, device: Any, shards: int | None, measure: str,
                   retries: int | None, overwrite: bool, progress: bool | None, verbose: bool,
-                  plot: bool) -> tuple[dict[str, LayerScores], dict[str, Any]]:
+                  plot: bool) -> SweepResults:
     """The sweep proper, while this process holds ``out``'s lock."""
     first = plans[opened[0].name]
     settings = {"k": int(k), "estimator": estimator, "budget": int(budget), "seed": first.seed,
@@ -550,7 +531,7 @@ def _locked_sweep(out: Path, opened: list[LayerStore], selections: dict[str, lis
 def _run_tasks(out: Path, opened: list[LayerStore], selections: dict[str, list[int]], plans: dict[str, Any],
                settings: dict[str, Any], resolved: dict[str, str], *, engine: str, address: str | None, drawn: bool,
                backend: str, device: Any, shards: int | None, retries: int | None, progress: bool | None,
-               verbose: bool, plot: bool) -> tuple[dict[str, LayerScores], dict[str, Any]]:
+               verbose: bool, plot: bool) -> SweepResults:
     """Reuse what verifies, compute the rest, write the merged outputs."""
 
     def log(line: str) -> None:
@@ -619,4 +600,4 @@ def _run_tasks(out: Path, opened: list[LayerStore], selections: dict[str, list[i
               for s in opened}
     doc = write_outputs(out, opened, selections, merged, settings, reused=total - len(pending),
                         computed=len(pending), seconds=time.perf_counter() - start, plot=plot, verbose=verbose)
-    return merged, doc
+    return SweepResults(merged, doc)

@@ -324,8 +324,7 @@ def test_the_backend_a_result_was_made_with_is_part_of_its_key(tmp_path, monkeyp
     fc.sweep(store, out_dir=out, verbose=False, **KW)
     assert json.loads(_task_files(out)[0].read_text())["ran_as"] == {"backend": "numba"}
     monkeypatch.setenv("FASTCONVEX_BACKEND", "naive")
-    _, doc = __import__("fastconvex._sweep", fromlist=["run_sweep"]).run_sweep(store, out_dir=out, verbose=False,
-                                                                                **KW)
+    doc = fc.sweep(store, out_dir=out, verbose=False, **KW).document
     assert doc["computed"] == 3 and doc["reused"] == 0  # not the numba results under the same settings
     assert sorted(json.loads(p.read_text())["ran_as"]["backend"] for p in _task_files(out)) == ["naive"] * 3 + \
         ["numba"] * 3
@@ -479,7 +478,7 @@ def test_a_failed_seed_none_sweep_names_the_seed_that_resumes_it(tmp_path, monke
         fc.sweep(store, out_dir=tmp_path / "out", seed=None, verbose=False, **KW)
     assert "a rerun resumes" not in str(info.value)
     monkeypatch.setattr(sw, "score_layer", real)
-    _, doc = sw.run_sweep(store, out_dir=tmp_path / "out", seed=123456789, verbose=False, **KW)
+    doc = fc.sweep(store, out_dir=tmp_path / "out", seed=123456789, verbose=False, **KW).document
     assert doc["reused"] == 2 and doc["computed"] == 1  # that seed does resume it
 
 

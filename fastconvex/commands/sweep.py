@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep; a table (or JSON) on stdout, logs and progress on stderr."""
-    from fastconvex._sweep import format_table, run_sweep
+    from fastconvex._sweep import SweepResults, format_table, sweep
     from fastconvex.cli import emit_report
 
     from ._output import run_with_hf_quiet
@@ -73,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"STORE {store!r} does not exist")
     if args.measure == "euclidean":
         _check_frame_stores(args)
-    def run_it(args: argparse.Namespace) -> tuple:
-        return run_sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
-                         layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
-                         overwrite=args.overwrite, verbose=not args.quiet, **kwargs)
+
+    def run_it(args: argparse.Namespace) -> SweepResults:
+        return sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
+                     layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
+                     overwrite=args.overwrite, verbose=not args.quiet, **kwargs)
 
     # --measure euclidean loads the model here (local engine): with --quiet, no "Loading weights" bar
     if args.measure == "euclidean":
@@ -85,11 +86,12 @@ def run(args: argparse.Namespace) -> int:
         from ._output import DataError
 
         try:
-            result, doc = run_with_hf_quiet(args, run_it)
+            result = run_with_hf_quiet(args, run_it)
         except ModelFolderError as exc:  # --model's folder is at fault: a data error
             raise DataError(str(exc)) from exc
     else:
-        result, doc = run_it(args)
+        result = run_it(args)
+    doc = result.document  # what this run computed, never read back from --out-dir
     indices = {name: doc["stores"][name]["layer_indices"] for name in result}
     emit_report(args, doc, lambda: format_table(result, indices))
     return 0
