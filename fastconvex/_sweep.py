@@ -26,7 +26,9 @@ import re
 import secrets
 import socket
 import sys
+import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,21 +122,31 @@ def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: 
     # return it), so a file renamed over the path meanwhile is neither hashed
     # nor scored; what was scored is what was verified.
     layer = store.hold_layer(task.layer)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastconvex-verify") as pool:
-        verified = pool.submit(store.verify_layer, task.layer)
-        try:
-            if isinstance(plan, EuclideanPlan):
-                result = score_euclidean_task(store, task.layer, plan, device)
-            else:
-                x = check_embeddings(layer, name=f"store {task.store_name!r} layer {task.layer} "
-                                     f"({store.layer_file(task.layer)})", convert=False)
-                result = score_layer(x, plan, backend=backend, device=device,
-                                     engine="local" if shards is None else "ray", shards=shards)
-        except BaseException:
-            if not verified.cancel():
-                verified.result()  # a changed file explains a failed scoring better than its own error
-            raise
-        verified.result()
+    stop = threading.Event()
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastconvex-verify") as pool:
+            verified = pool.submit(store.verify_layer, task.layer, _stop=stop)
+            try:
+                if isinstance(plan, EuclideanPlan):
+                    result = score_euclidean_task(store, task.layer, plan, device)
+                else:
+                    x = check_embeddings(layer, name=f"store {task.store_name!r} layer {task.layer} "
+                                         f"({store.layer_file(task.layer)})", convert=False)
+                    result = score_layer(x, plan, backend=backend, device=device,
+                                         engine="local" if shards is None else "ray", shards=shards)
+            except Exception:
+                if not verified.cancel():
+                    verified.result()  # a changed file explains a failed scoring better than its own error
+                raise
+            except BaseException:
+                # Ctrl-C or exit: never replaced by the hash's verdict nor
+                # delayed by the rest of the hash (the pool's exit waits for it)
+                verified.cancel()
+                stop.set()
+                raise
+            verified.result()
+    finally:
+        store.release_layers()
     _check_ran_as(task, plan, result, device)
     where = {"engine": "local", "gpu_ids": None, **(ran_on or {}), "host": socket.gethostname(),
              "device": None if device is None else str(device)}
@@ -325,6 +337,9 @@ def _run_local(tasks: list[LayerTask], plans: dict[str, ScoringPlan], backend: s
         try:
             result = run_layer_task(task, plans[task.store_name], backend, device)
         except (ValueError, TypeError, RuntimeError, OSError) as exc:
+            # the frames of a kept traceback would keep each failed task's
+            # arrays (and whatever else its locals hold) alive until the sweep ends
+            traceback.clear_frames(exc.__traceback__)
             failures.append((task, exc))
             report.finished(task, None, exc)
             continue
