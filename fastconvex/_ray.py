@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from ._backends import NumbaEngine, source_sums
+from ._backends import ENV_VAR, NumbaEngine, source_sums
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._core import ScoringPlan
@@ -201,7 +201,11 @@ def ray_layer_task(task: "LayerTask", plan: "ScoringPlan", backend: str, device:
 def task_device(backend: str, device: Any, gpu_ids: list[Any]) -> Any:
     """Where a Ray task scores: the device the caller named, else ``"cuda"``
     (the GPU Ray assigned, the only one the task sees) when Ray gave it one and
-    the backend can use it, else None (the backend's own choice)."""
+    the backend can use it, else None (the backend's own choice). "auto" is
+    resolved through FASTCONVEX_BACKEND first, as ``resolve_backend`` does on
+    the worker (``FASTCONVEX_BACKEND=numba`` scores on the CPU, GPU or not)."""
+    if backend == "auto":
+        backend = os.environ.get(ENV_VAR, "").strip() or "auto"
     if device is None and backend in ("auto", "triton") and gpu_ids:
         return "cuda"
     return device

@@ -124,6 +124,14 @@ def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: 
     layer = store.hold_layer(task.layer)
     stop = threading.Event()
     try:
+        # what the key says the result is made with, checked before any work:
+        # the backend resolved here (and then used as resolved), or the
+        # device type the classifier runs on
+        if isinstance(plan, EuclideanPlan):
+            _check_ran_as(task, {"device": _model_device_type(plan.model or plan.predictor, device)})
+        else:
+            backend = resolve_backend(backend, layer, device)
+            _check_ran_as(task, {"backend": backend})
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastconvex-verify") as pool:
             verified = pool.submit(store.verify_layer, task.layer, _stop=stop)
             try:
@@ -147,7 +155,8 @@ def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: 
             verified.result()
     finally:
         store.release_layers()
-    _check_ran_as(task, plan, result, device)
+    if not isinstance(plan, EuclideanPlan):
+        _check_ran_as(task, {"backend": result.backend})  # what the scorer reports it used
     where = {"engine": "local", "gpu_ids": None, **(ran_on or {}), "host": socket.gethostname(),
              "device": None if device is None else str(device)}
     write_result(task.result_path, {**task.record, "format": RESULT_FORMAT, "version": RESULT_VERSION,
@@ -202,15 +211,13 @@ def ran_as(measure: str, backend: str, device: Any, ray: Any = None, model: Any 
     return {"backend": backend}
 
 
-def _check_ran_as(task: LayerTask, plan: Any, result: Convexity, device: Any) -> None:
-    """A task's result is written under its key only if it was made as the key
-    says (a worker that resolved another backend or device than the driver
+def _check_ran_as(task: LayerTask, actual: dict[str, str]) -> None:
+    """A task's result is written under its key only if it is made as the key
+    says (a worker that resolves another backend or device than the driver
     expected, e.g. another FASTCONVEX_BACKEND there, fails instead)."""
     expected = task.record.get("ran_as")
     if not expected:
         return
-    actual = {"device": _model_device_type(plan.model or plan.predictor, device)} if isinstance(plan, EuclideanPlan) \
-        else {"backend": result.backend}
     if actual != expected:
         raise RuntimeError(f"store {task.store_name!r} layer {task.layer} was scored with {actual}, but the sweep "
                            f"resolved {expected} for its results on this engine; set device=/backend= explicitly")

@@ -131,3 +131,31 @@ def test_sigterm_during_a_ray_sweep_exits_143_in_one_line_and_restores_handlers(
             break
         time.sleep(0.1)
     assert alive() == []
+
+
+@pytest.mark.parametrize("env, backend, device, gpu_ids, expected", [
+    ("numba", "auto", None, [0], None),  # FASTCONVEX_BACKEND=numba on a GPU: CPU scoring
+    ("naive", "auto", None, [0], None),
+    ("triton", "auto", None, [0], "cuda"),
+    ("", "auto", None, [0], "cuda"),  # unset or empty: auto takes the GPU Ray assigned
+    ("numba", "triton", None, [0], "cuda"),  # an explicit backend wins over the variable
+    ("numba", "auto", "cpu", [0], "cpu"),  # as does a named device
+    ("triton", "auto", None, [], None),  # no GPU given
+])
+def test_task_device_honours_fastconvex_backend(monkeypatch, env, backend, device, gpu_ids, expected):
+    from fastconvex._ray import task_device
+
+    monkeypatch.setenv("FASTCONVEX_BACKEND", env)
+    assert task_device(backend, device, gpu_ids) == expected
+
+
+def test_ran_as_on_a_gpu_cluster_honours_fastconvex_backend(monkeypatch):
+    from fastconvex._sweep import ran_as
+
+    class FakeRay:
+        def cluster_resources(self):
+            return {"CPU": 8, "GPU": 1}
+
+    monkeypatch.setenv("FASTCONVEX_BACKEND", "numba")
+    assert ran_as("graph", "auto", None, FakeRay()) == {"backend": "numba"}
+    assert ran_as("euclidean", "auto", None, FakeRay()) == {"device": "cpu"}  # the task's device: None

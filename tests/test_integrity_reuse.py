@@ -653,3 +653,21 @@ def test_layers_hash_through_the_memmap_without_preadv(tmp_path, monkeypatch):
     np.save(store.layer_file(2), np.load(store.layer_file(2))[::-1].copy())
     with pytest.raises(fc.store.StoreError, match=r"layer_002\.npy: content differs"):
         store.verify_layer(2)
+
+
+def test_a_task_whose_key_names_another_backend_fails_before_scoring(tmp_path, monkeypatch):
+    """The backend is resolved and compared with the key before the layer is
+    scored (before, a whole layer was scored and then thrown away)."""
+    import fastconvex._sweep as sw
+    from fastconvex._core import plan_scoring
+
+    store = make_stores(tmp_path)[0]
+    monkeypatch.setattr(sw, "score_layer", lambda *a, **k: pytest.fail("scored before the key was checked"))
+    task = sw.LayerTask(str(store.path), store.name, store.fingerprint, 0, str(tmp_path / "r.json"),
+                        {"ran_as": {"backend": "triton"}})
+    with pytest.raises(RuntimeError, match=r"scored with \{'backend': 'numba'\}, but the sweep resolved"):
+        sw.run_layer_task(task, plan_scoring(store.labels, pairs=30, seed=0), backend="numba")
+    monkeypatch.setenv("FASTCONVEX_BACKEND", "naive")
+    with pytest.raises(RuntimeError, match=r"scored with \{'backend': 'naive'\}"):  # auto, resolved as the key's
+        sw.run_layer_task(task, plan_scoring(store.labels, pairs=30, seed=0), backend="auto")
+    assert not (tmp_path / "r.json").exists()
