@@ -89,7 +89,8 @@ class SweepResults(dict):
     """What :func:`sweep` returns: a dict of store name ->
     :class:`~fastconvex.LayerScores`, with ``document``, the merged result this
     run wrote to ``sweep.json`` (the command line reports it, so a report is
-    always what this run computed)."""
+    always what this run computed). ``dict(r)`` and ``r.copy()`` give a plain
+    dict of the scores, without ``document``."""
 
     def __init__(self, results: dict[str, LayerScores], document: dict[str, Any]) -> None:
         super().__init__(results)
@@ -526,7 +527,7 @@ def _locked_sweep(out: Path, opened: list[LayerStore], selections: dict[str, lis
     settings = {"k": int(k), "estimator": estimator, "budget": int(budget), "seed": first.seed,
                 "min_class_size": int(min_class_size), "backend": backend,
                 "device": None if device is None else str(device)}
-    if measure == "euclidean":  # graph settings stay as they were, so finished graph sweeps stay reusable
+    if measure == "euclidean":
         settings = {"measure": "euclidean", "model": first.fingerprint, "n_sampled": first.n_sampled,
                     "batch_size": first.batch_size, **{key: settings[key] for key in (
                         "estimator", "budget", "seed", "min_class_size", "device")}}

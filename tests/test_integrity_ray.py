@@ -159,3 +159,63 @@ def test_ran_as_on_a_gpu_cluster_honours_fastconvex_backend(monkeypatch):
     monkeypatch.setenv("FASTCONVEX_BACKEND", "numba")
     assert ran_as("graph", "auto", None, FakeRay()) == {"backend": "numba"}
     assert ran_as("euclidean", "auto", None, FakeRay()) == {"device": "cpu"}  # the task's device: None
+
+
+class _FakeRay:
+    """ray.init delivers SIGTERM to whatever handler ray_session installed."""
+
+    def __init__(self):
+        self.shut = False
+
+    def is_initialized(self):
+        return False
+
+    def init(self, address=None, **kwargs):
+        import signal
+
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        handler(signal.SIGTERM, None)
+
+    def shutdown(self):
+        self.shut = True
+
+
+@pytest.mark.parametrize("address, env, line", [
+    (None, "", "stopping the Ray it started"),
+    ("ray://head:10001", "", "disconnecting from the Ray cluster at ray://head:10001"),
+    (None, "auto", "disconnecting from the Ray cluster at auto"),  # RAY_ADDRESS: ray.init joins it
+])
+def test_the_sigterm_line_says_what_happens_to_ray(monkeypatch, capsys, address, env, line):
+    import signal
+
+    import fastconvex._ray as fr
+
+    fake = _FakeRay()
+    monkeypatch.setattr(fr, "require_ray", lambda: fake)
+    monkeypatch.setenv("RAY_ADDRESS", env)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        with fr.ray_session(address):
+            pass
+    assert info.value.code == 143 and fake.shut
+    assert capsys.readouterr().err == f"fastconvex: terminated (SIGTERM): {line}\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_sigterm_handler_installed_from_c_is_left_alone(monkeypatch):
+    import signal
+
+    import fastconvex._ray as fr
+
+    class Quiet(_FakeRay):
+        def init(self, address=None, **kwargs):
+            pass
+
+    installed = []
+    monkeypatch.setattr(fr, "require_ray", lambda: Quiet())
+    monkeypatch.setattr(signal, "getsignal", lambda signum: None)  # what Python reports for a C handler
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: installed.append(handler))
+    with fr.ray_session(None):
+        pass
+    assert installed == []  # before: SIG_DFL put in its place on exit

@@ -671,3 +671,10 @@ def test_a_task_whose_key_names_another_backend_fails_before_scoring(tmp_path, m
     with pytest.raises(RuntimeError, match=r"scored with \{'backend': 'naive'\}"):  # auto, resolved as the key's
         sw.run_layer_task(task, plan_scoring(store.labels, pairs=30, seed=0), backend="auto")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_sweep_results_is_exported_and_copies_are_plain_dicts(tmp_path):
+    r = fc.sweep(make_stores(tmp_path)[0], out_dir=tmp_path / "out", verbose=False, **KW)
+    assert type(r) is fc.SweepResults and "SweepResults" in fc.__all__
+    assert r.document["computed"] == 3
+    assert type(dict(r)) is dict and type(r.copy()) is dict and not hasattr(r.copy(), "document")
