@@ -425,13 +425,13 @@ def test_a_layer_renamed_over_while_a_task_runs_is_scored_as_verified(tmp_path, 
     real = LayerStore.verify_layer
     swapped = []
 
-    def replaced_first(self, index):
+    def replaced_first(self, index, **kwargs):
         if not swapped:
             other = tmp_path / "other.npy"
             np.save(other, np.load(self.layer_file(index))[::-1].copy())
             os.replace(other, self.layer_file(index))
             swapped.append(index)
-        return real(self, index)
+        return real(self, index, **kwargs)
 
     monkeypatch.setattr(LayerStore, "verify_layer", replaced_first)
     got = fc.sweep(store, out_dir=tmp_path / "out", layers=[0], verbose=False, **KW)["store0"]
