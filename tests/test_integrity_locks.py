@@ -12,12 +12,12 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from test_cli_score_prune import speech  # noqa: E402,F401  (the tiny model and labelled audio)
+
 import fastconvex as fc  # noqa: E402
 from fastconvex import hf  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
 from fastconvex.store import OutputDirectoryBusy  # noqa: E402
-
-from test_cli_score_prune import speech  # noqa: E402,F401  (the tiny model and labelled audio)
 
 
 class _Held:
@@ -101,9 +101,9 @@ def test_the_embed_command_is_refused_while_another_writes_the_store(speech, cap
 
 
 def test_the_embed_command_is_refused_before_the_model_is_loaded(speech, capsys, tmp_path, monkeypatch):  # noqa: F811
-    import fastconvex.commands.prune as prune
     from fastconvex._locks import store_lock
     from fastconvex.cli import main
+    from fastconvex.commands import prune
 
     loaded = []
     real = prune.load_model
@@ -125,10 +125,9 @@ def test_pooled_hidden_states_is_refused_before_reading_audio(tmp_path):
     waves = [np.zeros(1600, np.float32)] * 2
     held = _Held(waves)
     held.go.set()
-    with store_lock(tmp_path / "emb"):
-        with pytest.raises(OutputDirectoryBusy):
-            hf.pooled_hidden_states(model, held, feature_extractor=fe, out_dir=tmp_path / "emb", labels=["a", "b"],
-                                    progress=False)
+    with store_lock(tmp_path / "emb"), pytest.raises(OutputDirectoryBusy):
+        hf.pooled_hidden_states(model, held, feature_extractor=fe, out_dir=tmp_path / "emb", labels=["a", "b"],
+                                progress=False)
     assert not held.inside.is_set()  # no waveform was read
 
 
@@ -137,10 +136,9 @@ def test_a_store_named_through_a_symlink_has_the_real_paths_lock(tmp_path):
 
     (tmp_path / "real").mkdir()
     os.symlink(tmp_path / "real" / "emb", tmp_path / "link")  # the store's own name is the link
-    with store_lock(tmp_path / "real" / "emb"):
-        with pytest.raises(OutputDirectoryBusy, match=r"the store '.*/link' is in use"):
-            with store_lock(tmp_path / "link"):
-                pass
+    with store_lock(tmp_path / "real" / "emb"), \
+            pytest.raises(OutputDirectoryBusy, match=r"the store '.*/link' is in use"), store_lock(tmp_path / "link"):
+        pass
 
 
 def test_a_refused_store_write_creates_no_directories(tmp_path):

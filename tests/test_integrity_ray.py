@@ -195,9 +195,8 @@ def test_the_sigterm_line_says_what_happens_to_ray(monkeypatch, capsys, address,
     monkeypatch.setattr(fr, "require_ray", lambda: fake)
     monkeypatch.setenv("RAY_ADDRESS", env)
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit) as info:
-        with fr.ray_session(address):
-            pass
+    with pytest.raises(SystemExit) as info, fr.ray_session(address):
+        pass
     assert info.value.code == 143 and fake.shut
     assert capsys.readouterr().err == f"fastconvex: terminated (SIGTERM): {line}\n"
     assert signal.getsignal(signal.SIGTERM) is before
