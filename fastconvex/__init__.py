@@ -26,6 +26,7 @@ _EXPORTS = {
     "Convexity": "._results",
     "KNNGraph": "._results",
     "LayerScores": "._results",
+    "SweepResults": "._sweep",
     "sweep": "._sweep",
     "LayerStore": ".store",
     "open_store": ".store",
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from ._core import graph_convexity, knn_graph, layer_scores
     from ._euclidean import euclidean_convexity, layer_euclidean_scores
     from ._results import Convexity, KNNGraph, LayerScores
-    from ._sweep import sweep
+    from ._sweep import SweepResults, sweep
     from .store import LayerStore, open_store, save_store
 
 
@@ -73,6 +74,7 @@ __all__ = [
     "KNNGraph",
     "LayerScores",
     "LayerStore",
+    "SweepResults",
     "euclidean_convexity",
     "graph_convexity",
     "knn_graph",

@@ -82,15 +82,40 @@ def _still_named(lock: object, path: Path) -> bool:
         return False
 
 
-def store_lock(path: str | os.PathLike[str], what: str = "another embed") -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def store_lock(path: str | os.PathLike[str], what: str = "another embed", *,
+               overwrite: bool | None = None) -> Iterator[None]:
     """The lock of the store written at ``path`` (``embed``,
     ``pooled_hidden_states(out_dir=...)``): ``<parent>/.<name>.lock``, beside
-    the store and its ``.<name>.partial`` write, removed when done. Creates the
-    parent directory."""
-    store = Path(path)
+    the store and its ``.<name>.partial`` write, removed when done. The path is
+    resolved first (``os.path.realpath``), so a store named through a symlink
+    has the lock of the store it names. With ``overwrite`` given, ``path`` is
+    first checked as the store writer checks it (FileExistsError), before
+    anything is created. The parent directories are created for the lock; the
+    ones created here are removed again (when still empty) if the block fails,
+    so a refused call (e.g. its other arguments checked inside) leaves nothing."""
+    store = Path(os.path.realpath(path))
+    if overwrite is not None:
+        from ._store_write import _check_target
+
+        _check_target(store, overwrite)
+    created = []
+    parent = store.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
     store.parent.mkdir(parents=True, exist_ok=True)
-    return output_lock(store.parent, what, name=f".{store.name}.lock", label=f"the store {str(store)!r}",
-                       remove=True)
+    try:
+        with output_lock(store.parent, what, name=f".{store.name}.lock", label=f"the store {str(path)!r}",
+                         remove=True):
+            yield
+    except BaseException:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the store, or something else put there meanwhile)
+                break
+        raise
 
 
 def _holder(file: Path) -> str:

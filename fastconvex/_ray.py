@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from ._backends import NumbaEngine, source_sums
+from ._backends import ENV_VAR, NumbaEngine, source_sums
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._core import ScoringPlan
@@ -36,14 +36,19 @@ def require_ray() -> Any:
     return ray
 
 
-def _unwind(signum: int, frame: Any) -> None:
-    """SIGTERM while fastconvex's Ray runs: one line, then ``SystemExit(143)``
-    raised in the main thread, so every ``finally`` runs (the one of
-    :func:`ray_session` stops the Ray this process started)."""
-    import sys
+def _unwinder(doing: str) -> Callable[[int, Any], None]:
+    """The SIGTERM handler while fastconvex's Ray runs: one line saying what
+    happens (``doing``), then ``SystemExit(143)`` raised in the main thread,
+    so every ``finally`` runs (the one of :func:`ray_session` stops the Ray
+    this process started, or disconnects from a cluster it joined)."""
 
-    print("fastconvex: terminated (SIGTERM): stopping the Ray it started", file=sys.stderr, flush=True)
-    raise SystemExit(128 + signum)
+    def _unwind(signum: int, frame: Any) -> None:
+        import sys
+
+        print(f"fastconvex: terminated (SIGTERM): {doing}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    return _unwind
 
 
 @contextlib.contextmanager
@@ -64,8 +69,9 @@ def ray_session(address: str | None = None, *, quiet: bool = False) -> Iterator[
     program had is put back -- or, where it had none (Python's default, dying
     on the spot), one that prints one line and raises ``SystemExit(143)`` so
     that ``ray.shutdown`` runs. On exit the program's own handler is
-    restored, whatever Ray installed. What ``kill -9`` of this process leaves
-    is in docs/scale.md."""
+    restored, whatever Ray installed; a handler installed from C (which
+    Python cannot put back) is left alone. What ``kill -9`` of this process
+    leaves is in docs/scale.md."""
     ray = require_ray()
     if ray.is_initialized():
         yield ray
@@ -73,8 +79,13 @@ def ray_session(address: str | None = None, *, quiet: bool = False) -> Iterator[
     import logging
 
     main = threading.current_thread() is threading.main_thread()
+    # getsignal is None for a handler installed from C: it cannot be put back
+    # once replaced, so SIGTERM is then left alone (Ray's own handlers apply)
     previous = signal.getsignal(signal.SIGTERM) if main else None
-    during = _unwind if previous in (signal.SIG_DFL, None) else previous
+    main = main and previous is not None
+    joins = address or os.environ.get("RAY_ADDRESS", "").strip()  # else ray.init starts a local Ray
+    doing = f"disconnecting from the Ray cluster at {joins}" if joins else "stopping the Ray it started"
+    during = _unwinder(doing) if previous == signal.SIG_DFL else previous
     before = _children()
     started = False
     try:
@@ -93,7 +104,7 @@ def ray_session(address: str | None = None, *, quiet: bool = False) -> Iterator[
                 _stop_new_ray_processes(before)
         finally:
             if main:
-                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, previous)
 
 
 def _children() -> set[int]:
@@ -201,7 +212,11 @@ def ray_layer_task(task: "LayerTask", plan: "ScoringPlan", backend: str, device:
 def task_device(backend: str, device: Any, gpu_ids: list[Any]) -> Any:
     """Where a Ray task scores: the device the caller named, else ``"cuda"``
     (the GPU Ray assigned, the only one the task sees) when Ray gave it one and
-    the backend can use it, else None (the backend's own choice)."""
+    the backend can use it, else None (the backend's own choice). "auto" is
+    resolved through FASTCONVEX_BACKEND first, as ``resolve_backend`` does on
+    the worker (``FASTCONVEX_BACKEND=numba`` scores on the CPU, GPU or not)."""
+    if backend == "auto":
+        backend = os.environ.get(ENV_VAR, "").strip() or "auto"
     if device is None and backend in ("auto", "triton") and gpu_ids:
         return "cuda"
     return device

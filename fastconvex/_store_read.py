@@ -110,7 +110,12 @@ _HASH_BLOCK = 16 << 20
 _buffers = threading.local()
 
 
-def _data_sha256(fd: int, offset: int, nbytes: int, file: Path) -> str:
+class _Stopped(Exception):
+    """A hash abandoned because its caller no longer needs it (Ctrl-C)."""
+
+
+def _data_sha256(fd: int, offset: int, nbytes: int, file: Path, array: np.ndarray | None = None,
+                 stop: threading.Event | None = None) -> str:
     """sha256 of ``nbytes`` bytes of the open file ``fd`` from ``offset``, read
     with ``os.preadv`` into this thread's reused buffer: plain reads, so the
     page cache holds the bytes and this process's memory does not grow by the
@@ -118,7 +123,13 @@ def _data_sha256(fd: int, offset: int, nbytes: int, file: Path) -> str:
     offset is never moved (another thread may use the same descriptor). For a
     C-ordered .npy file from its data offset these are the array's C-order
     bytes, so the digest equals ``_store_format._array_sha256`` of the array
-    (the manifest's)."""
+    (the manifest's). Where ``os.preadv`` does not exist (Windows) the bytes
+    are read through ``array``, the memmap of the same open file, block by
+    block. ``stop``, once set, abandons the hash between blocks
+    (:class:`_Stopped`), so an interrupted task does not wait for the rest of
+    a large file."""
+    if not hasattr(os, "preadv"):
+        return _memmap_sha256(array, nbytes, file, stop)
     buf = getattr(_buffers, "block", None)
     if buf is None or len(buf) != _HASH_BLOCK:
         buf = _buffers.block = bytearray(_HASH_BLOCK)
@@ -127,12 +138,31 @@ def _data_sha256(fd: int, offset: int, nbytes: int, file: Path) -> str:
     done = 0
     try:
         while done < nbytes:
+            if stop is not None and stop.is_set():
+                raise _Stopped(str(file))
             want = min(len(buf), nbytes - done)
             got = os.preadv(fd, [view[:want]], offset + done)
             if got <= 0:
                 raise _fail(file, f"ended after {done} of its {nbytes} data bytes (truncated while read)")
             digest.update(view[:got])  # hashlib releases the GIL for large blocks: threads hash in parallel
             done += got
+    except OSError as exc:
+        raise _fail(file, f"cannot be read ({exc.strerror or exc})") from None
+    return digest.hexdigest()
+
+
+def _memmap_sha256(array: np.ndarray | None, nbytes: int, file: Path, stop: threading.Event | None) -> str:
+    """``_data_sha256`` without ``os.preadv``: the held memmap's bytes in
+    ``_HASH_BLOCK`` blocks (one block's pages are mapped at a time)."""
+    digest = hashlib.sha256()
+    if not nbytes:
+        return digest.hexdigest()
+    flat = np.asarray(array).reshape(-1).view(np.uint8)
+    try:
+        for start in range(0, nbytes, _HASH_BLOCK):
+            if stop is not None and stop.is_set():
+                raise _Stopped(str(file))
+            digest.update(memoryview(flat[start : start + _HASH_BLOCK]))
     except OSError as exc:
         raise _fail(file, f"cannot be read ({exc.strerror or exc})") from None
     return digest.hexdigest()
@@ -167,8 +197,8 @@ class _LayerFile:
             self.fh.close()
             raise
 
-    def sha256(self) -> str:
-        return _data_sha256(self.fh.fileno(), self.offset, self.nbytes, self.file)
+    def sha256(self, stop: threading.Event | None = None) -> str:
+        return _data_sha256(self.fh.fileno(), self.offset, self.nbytes, self.file, self.array, stop)
 
 
 @dataclass
@@ -209,14 +239,20 @@ class LayerStore:
     def __len__(self) -> int:
         return self.n_layers
 
-    def layer(self, index: int) -> np.ndarray:
-        """Layer ``index`` as a read-only (N, D) memmap."""
+    def _layer_index(self, index: int) -> int:
+        """``index`` checked against the layers (IndexError naming the store),
+        as a non-negative int; opens nothing."""
         if not isinstance(index, (int, np.integer)) or not -self.n_layers <= index < self.n_layers:
             raise IndexError(f"store {self.name!r} ({self.path}) has {self.n_layers} layers, no layer {index!r}")
-        held = self._held.get(int(index) % self.n_layers)
+        return int(index) % self.n_layers
+
+    def layer(self, index: int) -> np.ndarray:
+        """Layer ``index`` as a read-only (N, D) memmap."""
+        index = self._layer_index(index)
+        held = self._held.get(index)
         if held is not None:
             return held.array
-        entry = self.manifest["layers"][int(index)]
+        entry = self.manifest["layers"][index]
         return np.load(self.path / entry["file"], mmap_mode="r", allow_pickle=False)
 
     def _open_layer_file(self, index: int) -> _LayerFile:
@@ -230,12 +266,20 @@ class LayerStore:
         :meth:`layer`, :meth:`sequences` and :meth:`verify_layer` of this
         LayerStore read that one open file, so the bytes verified are the bytes
         scored even if the path is replaced meanwhile. Returns the layer (a
-        read-only memmap)."""
-        self.layer(index)  # checks the index
-        index = int(index) % self.n_layers
+        read-only memmap). :meth:`release_layers` closes the files."""
+        index = self._layer_index(index)
         if index not in self._held:
             self._held[index] = self._open_layer_file(index)
         return self._held[index].array
+
+    def release_layers(self) -> None:
+        """Close the files :meth:`hold_layer` opened (a sweep task holds one
+        layer at a time, and a failed task's traceback must not keep its file
+        open). Memmaps already returned stay valid: each maps its own
+        duplicate of the descriptor."""
+        held, self._held = self._held, {}
+        for opened in held.values():
+            opened.fh.close()
 
     @property
     def layers(self) -> list[np.ndarray]:
@@ -312,21 +356,21 @@ class LayerStore:
         """The .npy file of layer ``index``."""
         return self.path / self.manifest["layers"][int(index)]["file"]
 
-    def verify_layer(self, index: int) -> None:
+    def verify_layer(self, index: int, *, _stop: threading.Event | None = None) -> None:
         """Hash layer ``index``'s array bytes against the manifest's sha256
         (plain reads in blocks into one reused buffer: the layer is never
         loaded or mapped whole); :class:`StoreError` naming the file when they
         differ. A layer held by :meth:`hold_layer` is hashed from that open
-        file, the one it is scored from."""
-        self.layer(index)  # checks the index
-        index = int(index) % self.n_layers
+        file, the one it is scored from. ``_stop`` (private): an event that,
+        once set, abandons the hash between blocks."""
+        index = self._layer_index(index)
         recorded = self.manifest["layers"][index].get("sha256")
         if not isinstance(recorded, str):
             raise _fail(self.path / MANIFEST, f"layer {index}'s entry has no sha256, so it cannot be verified")
         held = self._held.get(index)
         opened = held or self._open_layer_file(index)
         try:
-            if opened.sha256() != recorded:
+            if opened.sha256(_stop) != recorded:
                 raise _changed(opened.file)
         finally:
             if held is None:

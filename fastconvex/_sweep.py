@@ -26,7 +26,9 @@ import re
 import secrets
 import socket
 import sys
+import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +89,8 @@ class SweepResults(dict):
     """What :func:`sweep` returns: a dict of store name ->
     :class:`~fastconvex.LayerScores`, with ``document``, the merged result this
     run wrote to ``sweep.json`` (the command line reports it, so a report is
-    always what this run computed)."""
+    always what this run computed). ``dict(r)`` and ``r.copy()`` give a plain
+    dict of the scores, without ``document``."""
 
     def __init__(self, results: dict[str, LayerScores], document: dict[str, Any]) -> None:
         super().__init__(results)
@@ -120,22 +123,41 @@ def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: 
     # return it), so a file renamed over the path meanwhile is neither hashed
     # nor scored; what was scored is what was verified.
     layer = store.hold_layer(task.layer)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastconvex-verify") as pool:
-        verified = pool.submit(store.verify_layer, task.layer)
-        try:
-            if isinstance(plan, EuclideanPlan):
-                result = score_euclidean_task(store, task.layer, plan, device)
-            else:
-                x = check_embeddings(layer, name=f"store {task.store_name!r} layer {task.layer} "
-                                     f"({store.layer_file(task.layer)})", convert=False)
-                result = score_layer(x, plan, backend=backend, device=device,
-                                     engine="local" if shards is None else "ray", shards=shards)
-        except BaseException:
-            if not verified.cancel():
-                verified.result()  # a changed file explains a failed scoring better than its own error
-            raise
-        verified.result()
-    _check_ran_as(task, plan, result, device)
+    stop = threading.Event()
+    try:
+        # what the key says the result is made with, checked before any work:
+        # the backend resolved here (and then used as resolved), or the
+        # device type the classifier runs on
+        if isinstance(plan, EuclideanPlan):
+            _check_ran_as(task, {"device": _model_device_type(plan.model or plan.predictor, device)})
+        else:
+            backend = resolve_backend(backend, layer, device)
+            _check_ran_as(task, {"backend": backend})
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastconvex-verify") as pool:
+            verified = pool.submit(store.verify_layer, task.layer, _stop=stop)
+            try:
+                if isinstance(plan, EuclideanPlan):
+                    result = score_euclidean_task(store, task.layer, plan, device)
+                else:
+                    x = check_embeddings(layer, name=f"store {task.store_name!r} layer {task.layer} "
+                                         f"({store.layer_file(task.layer)})", convert=False)
+                    result = score_layer(x, plan, backend=backend, device=device,
+                                         engine="local" if shards is None else "ray", shards=shards)
+            except Exception:
+                if not verified.cancel():
+                    verified.result()  # a changed file explains a failed scoring better than its own error
+                raise
+            except BaseException:
+                # Ctrl-C or exit: never replaced by the hash's verdict nor
+                # delayed by the rest of the hash (the pool's exit waits for it)
+                verified.cancel()
+                stop.set()
+                raise
+            verified.result()
+    finally:
+        store.release_layers()
+    if not isinstance(plan, EuclideanPlan):
+        _check_ran_as(task, {"backend": result.backend})  # what the scorer reports it used
     where = {"engine": "local", "gpu_ids": None, **(ran_on or {}), "host": socket.gethostname(),
              "device": None if device is None else str(device)}
     write_result(task.result_path, {**task.record, "format": RESULT_FORMAT, "version": RESULT_VERSION,
@@ -190,15 +212,13 @@ def ran_as(measure: str, backend: str, device: Any, ray: Any = None, model: Any 
     return {"backend": backend}
 
 
-def _check_ran_as(task: LayerTask, plan: Any, result: Convexity, device: Any) -> None:
-    """A task's result is written under its key only if it was made as the key
-    says (a worker that resolved another backend or device than the driver
+def _check_ran_as(task: LayerTask, actual: dict[str, str]) -> None:
+    """A task's result is written under its key only if it is made as the key
+    says (a worker that resolves another backend or device than the driver
     expected, e.g. another FASTCONVEX_BACKEND there, fails instead)."""
     expected = task.record.get("ran_as")
     if not expected:
         return
-    actual = {"device": _model_device_type(plan.model or plan.predictor, device)} if isinstance(plan, EuclideanPlan) \
-        else {"backend": result.backend}
     if actual != expected:
         raise RuntimeError(f"store {task.store_name!r} layer {task.layer} was scored with {actual}, but the sweep "
                            f"resolved {expected} for its results on this engine; set device=/backend= explicitly")
@@ -325,6 +345,9 @@ def _run_local(tasks: list[LayerTask], plans: dict[str, ScoringPlan], backend: s
         try:
             result = run_layer_task(task, plans[task.store_name], backend, device)
         except (ValueError, TypeError, RuntimeError, OSError) as exc:
+            # the frames of a kept traceback would keep each failed task's
+            # arrays (and whatever else its locals hold) alive until the sweep ends
+            traceback.clear_frames(exc.__traceback__)
             failures.append((task, exc))
             report.finished(task, None, exc)
             continue
@@ -504,7 +527,7 @@ def _locked_sweep(out: Path, opened: list[LayerStore], selections: dict[str, lis
     settings = {"k": int(k), "estimator": estimator, "budget": int(budget), "seed": first.seed,
                 "min_class_size": int(min_class_size), "backend": backend,
                 "device": None if device is None else str(device)}
-    if measure == "euclidean":  # graph settings stay as they were, so finished graph sweeps stay reusable
+    if measure == "euclidean":
         settings = {"measure": "euclidean", "model": first.fingerprint, "n_sampled": first.n_sampled,
                     "batch_size": first.batch_size, **{key: settings[key] for key in (
                         "estimator", "budget", "seed", "min_class_size", "device")}}

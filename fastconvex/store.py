@@ -35,8 +35,9 @@ path is never replaced without ``overwrite=True``. ``open_store`` checks every
 file against the manifest (shapes, dtypes, sizes; the labels' and utterance
 index's sha256; no file resolving outside the store) and names the file that
 is missing, truncated, changed or inconsistent; ``LayerStore.verify_layer(i)``
-hashes a layer against its sha256 (every sweep task does before it scores the
-layer, and a sweep before it reuses a result of it). A store whose content
+hashes a layer against its sha256 (every sweep task hashes its layer while
+scoring it, from the same open file, and writes its result only once the
+hash verifies; a sweep verifies a layer before it reuses a result of it). A store whose content
 fails these checks raises :class:`StoreError` (a ValueError; the command line's
 exit status 1). A run that finds its output directory held by another run
 (``sweep``'s ``out_dir``, ``embed``'s store) raises :class:`OutputDirectoryBusy`.

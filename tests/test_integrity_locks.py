@@ -12,12 +12,12 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from test_cli_score_prune import speech  # noqa: E402,F401  (the tiny model and labelled audio)
+
 import fastconvex as fc  # noqa: E402
 from fastconvex import hf  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
 from fastconvex.store import OutputDirectoryBusy  # noqa: E402
-
-from test_cli_score_prune import speech  # noqa: E402,F401  (the tiny model and labelled audio)
 
 
 class _Held:
@@ -98,3 +98,59 @@ def test_the_embed_command_is_refused_while_another_writes_the_store(speech, cap
         import ray
 
         assert not ray.is_initialized()
+
+
+def test_the_embed_command_is_refused_before_the_model_is_loaded(speech, capsys, tmp_path, monkeypatch):  # noqa: F811
+    from fastconvex._locks import store_lock
+    from fastconvex.cli import main
+    from fastconvex.commands import prune
+
+    loaded = []
+    real = prune.load_model
+    monkeypatch.setattr(prune, "load_model", lambda *a, **k: loaded.append(a) or real(*a, **k))
+    root, _, _ = speech
+    out = tmp_path / "s"
+    with store_lock(out):
+        code = main(["embed", str(root / "model"), "--audio", str(root / "audio"), "--out-dir", str(out), "--quiet"])
+    assert code == 1 and "is in use by another embed" in capsys.readouterr().err
+    assert loaded == []  # refused before minutes of model loading
+    code = main(["embed", str(root / "model"), "--audio", str(root / "audio"), "--out-dir", str(out), "--quiet"])
+    assert code == 0 and len(loaded) == 1
+
+
+def test_pooled_hidden_states_is_refused_before_reading_audio(tmp_path):
+    from fastconvex._locks import store_lock
+
+    model, fe = tiny_model("wav2vec2")
+    waves = [np.zeros(1600, np.float32)] * 2
+    held = _Held(waves)
+    held.go.set()
+    with store_lock(tmp_path / "emb"), pytest.raises(OutputDirectoryBusy):
+        hf.pooled_hidden_states(model, held, feature_extractor=fe, out_dir=tmp_path / "emb", labels=["a", "b"],
+                                progress=False)
+    assert not held.inside.is_set()  # no waveform was read
+
+
+def test_a_store_named_through_a_symlink_has_the_real_paths_lock(tmp_path):
+    from fastconvex._locks import store_lock
+
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real" / "emb", tmp_path / "link")  # the store's own name is the link
+    with store_lock(tmp_path / "real" / "emb"), \
+            pytest.raises(OutputDirectoryBusy, match=r"the store '.*/link' is in use"), store_lock(tmp_path / "link"):
+        pass
+
+
+def test_a_refused_store_write_creates_no_directories(tmp_path):
+    model, fe = tiny_model("wav2vec2")
+    waves = [np.zeros(1600, np.float32)] * 2
+    with pytest.raises(ValueError, match="pass labels="):  # the store needs labels: refused inside the lock
+        hf.pooled_hidden_states(model, waves, feature_extractor=fe, out_dir=tmp_path / "a" / "b" / "emb",
+                                progress=False)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "emb").mkdir()
+    (tmp_path / "emb" / "mine.txt").write_text("not a store")
+    with pytest.raises(FileExistsError, match="not a layer store"):
+        hf.pooled_hidden_states(model, waves, feature_extractor=fe, out_dir=tmp_path / "emb", labels=["a", "b"],
+                                overwrite=True, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]

@@ -131,3 +131,90 @@ def test_sigterm_during_a_ray_sweep_exits_143_in_one_line_and_restores_handlers(
             break
         time.sleep(0.1)
     assert alive() == []
+
+
+@pytest.mark.parametrize("env, backend, device, gpu_ids, expected", [
+    ("numba", "auto", None, [0], None),  # FASTCONVEX_BACKEND=numba on a GPU: CPU scoring
+    ("naive", "auto", None, [0], None),
+    ("triton", "auto", None, [0], "cuda"),
+    ("", "auto", None, [0], "cuda"),  # unset or empty: auto takes the GPU Ray assigned
+    ("numba", "triton", None, [0], "cuda"),  # an explicit backend wins over the variable
+    ("numba", "auto", "cpu", [0], "cpu"),  # as does a named device
+    ("triton", "auto", None, [], None),  # no GPU given
+])
+def test_task_device_honours_fastconvex_backend(monkeypatch, env, backend, device, gpu_ids, expected):
+    from fastconvex._ray import task_device
+
+    monkeypatch.setenv("FASTCONVEX_BACKEND", env)
+    assert task_device(backend, device, gpu_ids) == expected
+
+
+def test_ran_as_on_a_gpu_cluster_honours_fastconvex_backend(monkeypatch):
+    from fastconvex._sweep import ran_as
+
+    class FakeRay:
+        def cluster_resources(self):
+            return {"CPU": 8, "GPU": 1}
+
+    monkeypatch.setenv("FASTCONVEX_BACKEND", "numba")
+    assert ran_as("graph", "auto", None, FakeRay()) == {"backend": "numba"}
+    assert ran_as("euclidean", "auto", None, FakeRay()) == {"device": "cpu"}  # the task's device: None
+
+
+class _FakeRay:
+    """ray.init delivers SIGTERM to whatever handler ray_session installed."""
+
+    def __init__(self):
+        self.shut = False
+
+    def is_initialized(self):
+        return False
+
+    def init(self, address=None, **kwargs):
+        import signal
+
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        handler(signal.SIGTERM, None)
+
+    def shutdown(self):
+        self.shut = True
+
+
+@pytest.mark.parametrize("address, env, line", [
+    (None, "", "stopping the Ray it started"),
+    ("ray://head:10001", "", "disconnecting from the Ray cluster at ray://head:10001"),
+    (None, "auto", "disconnecting from the Ray cluster at auto"),  # RAY_ADDRESS: ray.init joins it
+])
+def test_the_sigterm_line_says_what_happens_to_ray(monkeypatch, capsys, address, env, line):
+    import signal
+
+    import fastconvex._ray as fr
+
+    fake = _FakeRay()
+    monkeypatch.setattr(fr, "require_ray", lambda: fake)
+    monkeypatch.setenv("RAY_ADDRESS", env)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info, fr.ray_session(address):
+        pass
+    assert info.value.code == 143 and fake.shut
+    assert capsys.readouterr().err == f"fastconvex: terminated (SIGTERM): {line}\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_sigterm_handler_installed_from_c_is_left_alone(monkeypatch):
+    import signal
+
+    import fastconvex._ray as fr
+
+    class Quiet(_FakeRay):
+        def init(self, address=None, **kwargs):
+            pass
+
+    installed = []
+    monkeypatch.setattr(fr, "require_ray", lambda: Quiet())
+    monkeypatch.setattr(signal, "getsignal", lambda signum: None)  # what Python reports for a C handler
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: installed.append(handler))
+    with fr.ray_session(None):
+        pass
+    assert installed == []  # before: SIG_DFL put in its place on exit

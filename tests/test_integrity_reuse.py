@@ -425,13 +425,13 @@ def test_a_layer_renamed_over_while_a_task_runs_is_scored_as_verified(tmp_path, 
     real = LayerStore.verify_layer
     swapped = []
 
-    def replaced_first(self, index):
+    def replaced_first(self, index, **kwargs):
         if not swapped:
             other = tmp_path / "other.npy"
             np.save(other, np.load(self.layer_file(index))[::-1].copy())
             os.replace(other, self.layer_file(index))
             swapped.append(index)
-        return real(self, index)
+        return real(self, index, **kwargs)
 
     monkeypatch.setattr(LayerStore, "verify_layer", replaced_first)
     got = fc.sweep(store, out_dir=tmp_path / "out", layers=[0], verbose=False, **KW)["store0"]
@@ -498,3 +498,184 @@ def test_a_cpu_backend_with_a_cuda_device_fails_before_the_stores_are_read(tmp_p
     with pytest.raises(RuntimeError, match=r"backend='numba' runs on the CPU; it cannot use device='cuda'"):
         fc.sweep(store, out_dir=tmp_path / "out", backend="numba", device="cuda", verbose=False, **KW)
     assert not (tmp_path / "out").exists()
+
+
+# ---- open files, interrupts, index checks, hashing without preadv -------------------------------
+
+
+_EMFILE_SCRIPT = textwrap.dedent("""
+    import os, resource, sys
+    import numpy as np
+    import fastconvex as fc
+    import fastconvex._sweep as sw
+
+    errors = []
+    run_layer_task = sw.run_layer_task
+
+    def recorded(*args, **kwargs):  # each task's error, as text (no traceback kept here)
+        try:
+            return run_layer_task(*args, **kwargs)
+        except Exception as exc:
+            errors.append(str(exc))
+            raise
+
+    sw.run_layer_task = recorded
+    root = sys.argv[1]
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 20)
+    warm = fc.save_store(os.path.join(root, "warm"), [rng.standard_normal((20, 4)).astype(np.float32)], labels)
+    fc.sweep(warm, out_dir=os.path.join(root, "warm-out"), pairs=30, plot=False, verbose=False)  # JIT, imports
+    store = fc.save_store(os.path.join(root, "s"),
+                          [rng.standard_normal((20, 4)).astype(np.float32) for _ in range(60)], labels)
+    for i in range(60):  # every layer changed in place: same shape and dtype, other content
+        np.save(store.layer_file(i), rng.standard_normal((20, 4)).astype(np.float32))
+    baseline = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (baseline + 40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    try:
+        fc.sweep(store, out_dir=os.path.join(root, "out"), pairs=30, plot=False, verbose=False)
+    except ValueError as exc:
+        print(str(exc).splitlines()[0])
+    print(sum("content differs" in e for e in errors), "content errors of", len(errors))
+""")
+
+
+def test_failed_tasks_do_not_keep_their_layer_files_open(tmp_path):
+    """60 failed tasks under an fd limit 40 above the baseline: each task's file
+    is closed when it ends (before, a failed task's traceback kept its open file
+    and memmap until the sweep ended, and the sweep ran out of descriptors)."""
+    script = tmp_path / "emfile.py"
+    script.write_text(_EMFILE_SCRIPT)
+    run = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    first, counts = run.stdout.splitlines()[-2:]
+    assert first.startswith("60 of 60 sweep task(s) failed"), run.stdout
+    assert counts == "60 content errors of 60", run.stdout  # none "cannot be opened (Too many open files)"
+
+
+def _fds_into(path: Path) -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with_link = os.path.join("/proc/self/fd", fd)
+        try:
+            n += os.readlink(with_link).startswith(str(path))
+        except OSError:
+            pass
+    return n
+
+
+def test_a_finished_task_leaves_no_open_file_of_its_store(tmp_path, monkeypatch):
+    import fastconvex._sweep as sw
+    from fastconvex._core import plan_scoring
+    from fastconvex._sweep import LayerTask, run_layer_task
+
+    opened = []  # the task's LayerStore, kept alive: its files must be closed, not merely collected
+    monkeypatch.setattr(sw, "open_store", lambda path: opened.append(fc.open_store(path)) or opened[-1])
+    store = make_stores(tmp_path)[0]
+    task = LayerTask(str(store.path), store.name, store.fingerprint, 1, str(tmp_path / "result.json"), {})
+    before = _fds_into(store.path)
+    result = run_layer_task(task, plan_scoring(store.labels, pairs=30, seed=0), backend="numba")
+    assert result is not None and (tmp_path / "result.json").exists() and len(opened) == 1
+    assert _fds_into(store.path) == before
+
+
+def test_release_layers_closes_held_files_and_keeps_memmaps_valid(tmp_path):
+    store = make_stores(tmp_path)[0]
+    original = np.array(np.load(store.layer_file(2)))
+    held = store.hold_layer(2)
+    assert _fds_into(store.path) >= 1
+    store.release_layers()
+    del store._held  # nothing may still reach the file object
+    np.testing.assert_array_equal(held, original)  # the memmap maps its own descriptor
+    del held
+    import gc
+
+    gc.collect()
+    assert _fds_into(tmp_path / "store0") == 0
+
+
+def test_ctrl_c_while_scoring_a_changed_layer_is_not_replaced(tmp_path, monkeypatch):
+    """A KeyboardInterrupt from the scorer propagates as itself, even when the
+    layer's hash also fails (before, the StoreError replaced it and the sweep
+    counted it as one more failed task)."""
+    import fastconvex._sweep as sw
+
+    store = make_stores(tmp_path)[0]
+    for i in range(store.n_layers):  # every layer fails its verification
+        np.save(store.layer_file(i), np.load(store.layer_file(i))[::-1].copy())
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sw, "score_layer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fc.sweep(store, out_dir=tmp_path / "out", verbose=False, **KW)
+
+
+def test_a_stopped_hash_stops_between_blocks(tmp_path, monkeypatch):
+    import threading
+
+    import fastconvex._store_read as sr
+
+    monkeypatch.setattr(sr, "_HASH_BLOCK", 16)
+    store = make_stores(tmp_path)[0]
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(sr._Stopped):
+        store.verify_layer(0, _stop=stop)
+
+
+def test_index_checks_open_nothing(tmp_path, monkeypatch):
+    store = make_stores(tmp_path)[0]
+    opened = []
+    monkeypatch.setattr(np, "load", lambda *a, **k: opened.append(a) or pytest.fail("np.load called"))
+    with pytest.raises(IndexError, match=r"store 'store0' \(.*store0\) has 3 layers, no layer 3"):
+        store.verify_layer(3)
+    store.verify_layer(-1)  # the last layer, hashed from its own open file
+    assert store.hold_layer(np.int64(-2)).shape == (41, 6)
+    assert opened == []
+
+
+def test_layers_hash_through_the_memmap_without_preadv(tmp_path, monkeypatch):
+    import fastconvex._store_read as sr
+    from fastconvex._store_format import _array_sha256
+
+    monkeypatch.setattr(sr, "_HASH_BLOCK", 7)  # blocks that end inside rows and values
+    store = make_stores(tmp_path)[1]
+    with_preadv = [store.verify_layer(i) for i in range(store.n_layers)]
+    monkeypatch.delattr(os, "preadv")
+    assert with_preadv == [store.verify_layer(i) for i in range(store.n_layers)]  # every layer verifies
+    x = np.load(store.layer_file(1))
+    held = sr._LayerFile(store.layer_file(1), x.shape, x.dtype)
+    try:
+        assert held.sha256() == _array_sha256(x)
+    finally:
+        held.fh.close()
+    np.save(store.layer_file(2), np.load(store.layer_file(2))[::-1].copy())
+    with pytest.raises(fc.store.StoreError, match=r"layer_002\.npy: content differs"):
+        store.verify_layer(2)
+
+
+def test_a_task_whose_key_names_another_backend_fails_before_scoring(tmp_path, monkeypatch):
+    """The backend is resolved and compared with the key before the layer is
+    scored (before, a whole layer was scored and then thrown away)."""
+    import fastconvex._sweep as sw
+    from fastconvex._core import plan_scoring
+
+    store = make_stores(tmp_path)[0]
+    monkeypatch.setattr(sw, "score_layer", lambda *a, **k: pytest.fail("scored before the key was checked"))
+    task = sw.LayerTask(str(store.path), store.name, store.fingerprint, 0, str(tmp_path / "r.json"),
+                        {"ran_as": {"backend": "triton"}})
+    with pytest.raises(RuntimeError, match=r"scored with \{'backend': 'numba'\}, but the sweep resolved"):
+        sw.run_layer_task(task, plan_scoring(store.labels, pairs=30, seed=0), backend="numba")
+    monkeypatch.setenv("FASTCONVEX_BACKEND", "naive")
+    with pytest.raises(RuntimeError, match=r"scored with \{'backend': 'naive'\}"):  # auto, resolved as the key's
+        sw.run_layer_task(task, plan_scoring(store.labels, pairs=30, seed=0), backend="auto")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_sweep_results_is_exported_and_copies_are_plain_dicts(tmp_path):
+    r = fc.sweep(make_stores(tmp_path)[0], out_dir=tmp_path / "out", verbose=False, **KW)
+    assert type(r) is fc.SweepResults and "SweepResults" in fc.__all__
+    assert r.document["computed"] == 3
+    assert type(dict(r)) is dict and type(r.copy()) is dict and not hasattr(r.copy(), "document")

@@ -106,34 +106,37 @@ def _run(args: argparse.Namespace) -> int:
     if args.max_per_class is not None:
         idx = _subsample(labels, args.max_per_class, args.seed)
         paths, labels = [paths[i] for i in idx], [labels[i] for i in idx]
-    log(args, f"{len(paths)} audio files in {len(set(labels))} classes from {args.audio}; loading {args.model}")
-    model, fe = load_model(args.model, args.model_class, args.device)
-    rate = args.sampling_rate or int(getattr(fe, "sampling_rate", None) or 16000)
-    audio = hf.AudioFiles(paths, sampling_rate=rate)
-    lengths = audio.lengths()
-    meta = {"model": str(args.model), "audio": str(args.audio), "engine": args.engine}
-    if args.name:
-        meta["name"] = args.name
-    if args.engine == "local":
-        frame_labels = _frame_labels(model, fe, lengths, labels) if args.frames else None
-        pooled = hf.pooled_hidden_states(
-            model, audio, sampling_rate=rate, batch_size=args.batch_size, feature_extractor=fe, layers=args.layers,
-            out_dir=store_path, dtype=args.dtype, lengths=lengths, mix_lengths=args.mix_lengths,
-            progress=False if args.quiet else None, final_norm=args.final_norm,
-            labels=None if args.frames else labels, frame_labels=frame_labels, meta=meta, overwrite=args.overwrite,
-        )
-        del pooled
-    else:
-        from fastconvex._locks import store_lock
+    from fastconvex._locks import store_lock
 
-        with store_lock(store_path):  # one writer per store (pooled_hidden_states holds it on the local engine)
+    # one writer per store, refused before the model is loaded; held until the
+    # report of what this run wrote is built
+    with store_lock(store_path, overwrite=args.overwrite):
+        log(args, f"{len(paths)} audio files in {len(set(labels))} classes from {args.audio}; loading {args.model}")
+        model, fe = load_model(args.model, args.model_class, args.device)
+        rate = args.sampling_rate or int(getattr(fe, "sampling_rate", None) or 16000)
+        audio = hf.AudioFiles(paths, sampling_rate=rate)
+        lengths = audio.lengths()
+        meta = {"model": str(args.model), "audio": str(args.audio), "engine": args.engine}
+        if args.name:
+            meta["name"] = args.name
+        if args.engine == "local":
+            frame_labels = _frame_labels(model, fe, lengths, labels) if args.frames else None
+            pooled = hf.pooled_hidden_states(
+                model, audio, sampling_rate=rate, batch_size=args.batch_size, feature_extractor=fe,
+                layers=args.layers, out_dir=store_path, dtype=args.dtype, lengths=lengths,
+                mix_lengths=args.mix_lengths, progress=False if args.quiet else None, final_norm=args.final_norm,
+                labels=None if args.frames else labels, frame_labels=frame_labels, meta=meta,
+                overwrite=args.overwrite, _store_locked=True,
+            )
+            del pooled
+        else:
             _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_path)
-    import fastconvex as fc
+        import fastconvex as fc
 
-    store = fc.open_store(store_path)
-    summary = {"store": str(store.path), "name": store.name, "n_points": store.n_points, "n_layers": len(store),
-               "dim": int(store.manifest["layers"][0]["shape"][1]), "dtype": store.meta["dtype"],
-               "hidden_states": store.meta.get("hidden_states"), "fingerprint": store.fingerprint}
+        store = fc.open_store(store_path)  # the store this run renamed into place, still under its lock
+        summary = {"store": str(store.path), "name": store.name, "n_points": store.n_points, "n_layers": len(store),
+                   "dim": int(store.manifest["layers"][0]["shape"][1]), "dtype": store.meta["dtype"],
+                   "hidden_states": store.meta.get("hidden_states"), "fingerprint": store.fingerprint}
     rows = "frames" if args.frames else "utterances"
     emit_report(args, summary, lambda: f"wrote {store.path}: {store.n_points} {rows} x {len(store)} layers x "
                 f"{summary['dim']} ({summary['dtype']}), name {store.name!r}")

@@ -70,7 +70,7 @@ class PooledHiddenStates(list):
     paths: list[Path] | None
 
 
-def _store_lock(out_dir: Any) -> Any:
+def _store_lock(out_dir: Any, overwrite: bool) -> Any:
     """The lock of the store at ``out_dir`` (:func:`fastconvex._locks.store_lock`:
     a second write into it is refused in one line naming the holder), or no
     lock without one."""
@@ -78,7 +78,7 @@ def _store_lock(out_dir: Any) -> Any:
         return contextlib.nullcontext()  # no store (an invalid out_dir is reported by open_writer)
     from .._locks import store_lock
 
-    return store_lock(out_dir)
+    return store_lock(out_dir, overwrite=bool(overwrite))
 
 
 def pooled_hidden_states(
@@ -100,6 +100,7 @@ def pooled_hidden_states(
     meta: dict[str, Any] | None = None,
     overwrite: bool = False,
     resume: bool = True,
+    _store_locked: bool = False,
 ) -> PooledHiddenStates:
     """Per-layer embeddings of a speech model: one (N, D) array per hidden state.
 
@@ -239,51 +240,58 @@ def pooled_hidden_states(
     n_utt = len(waveforms)
     if n_utt == 0:
         raise ValueError("waveforms is empty")
-    if lengths is None:
-        loaded: list[np.ndarray] | None = [
-            _as_waveform(waveforms[i], i, _waveform_name(waveforms, i)) for i in range(n_utt)
-        ]
-        raw_lengths = np.array([w.shape[0] for w in loaded], dtype=np.int64)
-    else:
-        loaded = None
-        raw_lengths = check_lengths(lengths, n_utt)
+    # one writer per store: held from here, before the audio is read, until the
+    # store is renamed into place (``_store_locked``, private: the caller, the
+    # command line, took it before loading the model)
+    held = contextlib.ExitStack()
+    if not _store_locked:
+        held.enter_context(_store_lock(out_dir, overwrite))
+    try:
+        if lengths is None:
+            loaded: list[np.ndarray] | None = [
+                _as_waveform(waveforms[i], i, _waveform_name(waveforms, i)) for i in range(n_utt)
+            ]
+            raw_lengths = np.array([w.shape[0] for w in loaded], dtype=np.int64)
+        else:
+            loaded = None
+            raw_lengths = check_lengths(lengths, n_utt)
 
-    whisper = is_whisper(model)
-    norm_layer = pooled_final_norm(model, final_norm)
-    feature_extractor = _feature_extractor_for(model, feature_extractor, sampling_rate)
-    generic = not whisper and not hasattr(enc, "_get_feat_extract_output_lengths")
-    if generic:
-        if frame_labels is not None:
-            raise ValueError(
-                f"frame_labels: frame-level pooling needs the model's output-length rule, "
-                f"which {type(model).__name__} lacks"
-            )
-        n_frames = np.zeros(n_utt, dtype=np.int64)  # filled per batch
-    else:
-        n_frames = valid_frame_counts(model, raw_lengths, feature_extractor=feature_extractor)
-        if np.any(n_frames < 1):
-            bad = int(np.argmin(n_frames))
-            raise ValueError(
-                f"{_waveform_name(waveforms, bad)} has {int(raw_lengths[bad])} samples, too short for one frame of "
-                f"{type(model).__name__}"
-            )
-    if whisper:
-        n_max = whisper_context_samples(model, feature_extractor)  # the model's context, cut or not
-        if np.any(raw_lengths > n_max):
-            warnings.warn(
-                f"{int(np.sum(raw_lengths > n_max))} waveform(s) are longer than the Whisper window "
-                f"({n_max} samples); only the first {n_max} samples are encoded",
-                stacklevel=2,
-            )
+        whisper = is_whisper(model)
+        norm_layer = pooled_final_norm(model, final_norm)
+        feature_extractor = _feature_extractor_for(model, feature_extractor, sampling_rate)
+        generic = not whisper and not hasattr(enc, "_get_feat_extract_output_lengths")
+        if generic:
+            if frame_labels is not None:
+                raise ValueError(
+                    f"frame_labels: frame-level pooling needs the model's output-length rule, "
+                    f"which {type(model).__name__} lacks"
+                )
+            n_frames = np.zeros(n_utt, dtype=np.int64)  # filled per batch
+        else:
+            n_frames = valid_frame_counts(model, raw_lengths, feature_extractor=feature_extractor)
+            if np.any(n_frames < 1):
+                bad = int(np.argmin(n_frames))
+                raise ValueError(
+                    f"{_waveform_name(waveforms, bad)} has {int(raw_lengths[bad])} samples, too short for one frame of "
+                    f"{type(model).__name__}"
+                )
+        if whisper:
+            n_max = whisper_context_samples(model, feature_extractor)  # the model's context, cut or not
+            if np.any(raw_lengths > n_max):
+                warnings.warn(
+                    f"{int(np.sum(raw_lengths > n_max))} waveform(s) are longer than the Whisper window "
+                    f"({n_max} samples); only the first {n_max} samples are encoded",
+                    stacklevel=2,
+                )
 
-    # ---- frame labels -------------------------------------------------------------------------
-    frame_keep, all_labels, utt_of_row, offsets = frame_label_rows(
-        frame_labels, n_frames, raw_lengths, type(model).__name__)
-    n_rows = n_utt if offsets is None else int(offsets[-1])
-
-    # one writer per store: held from before the partial write is opened (or
-    # resumed) until the store is renamed into place
-    with _store_lock(out_dir):
+        # ---- frame labels -------------------------------------------------------------------------
+        frame_keep, all_labels, utt_of_row, offsets = frame_label_rows(
+            frame_labels, n_frames, raw_lengths, type(model).__name__)
+        n_rows = n_utt if offsets is None else int(offsets[-1])
+    except BaseException:
+        held.close()
+        raise
+    with held:
         writer = None
         if out_dir is not None or labels is not None or meta is not None or overwrite:  # before any forward pass
             from ._store_out import open_writer
