@@ -15,6 +15,7 @@ import fastconvex as fc  # noqa: E402
 from fastconvex import hf  # noqa: E402
 from fastconvex.cli import main  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
+from frames import padded_frame_states  # noqa: E402
 
 pytestmark = pytest.mark.hf
 
@@ -32,18 +33,7 @@ def classifier_files(tmp_path_factory):
         model.classifier.weight.mul_(40.0)
     model.save_pretrained(path / "model")
     fe.save_pretrained(path / "model")
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1500, 2600, 12)
-    wav = np.zeros((12, int(lengths.max())), np.float32)
-    am = np.zeros(wav.shape, np.int64)
-    for i, m in enumerate(lengths):
-        wav[i, :m] = np.sin(np.arange(m) * rng.uniform(0.05, 1.5)) + rng.uniform(0.1, 1) * rng.normal(size=m)
-        am[i, :m] = 1
-    with torch.no_grad():
-        out = model(torch.as_tensor(wav), attention_mask=torch.as_tensor(am), output_hidden_states=True)
-    frames = model._get_feature_vector_attention_mask(out.hidden_states[0].shape[1], torch.as_tensor(am))
-    states = torch.stack(out.hidden_states).numpy()
-    n_frames = frames.sum(1).numpy().astype(np.int64)
+    out, states, n_frames = padded_frame_states(model)
     labels = np.array(["yes", "no", "up"])[out.logits.argmax(-1).numpy()]
     labels[:3] = ["yes", "no", "up"]  # every class present, some items "misclassified"
     np.save(path / "states.npy", states)

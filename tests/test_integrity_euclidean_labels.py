@@ -21,6 +21,7 @@ import fastconvex as fc  # noqa: E402
 from fastconvex import hf  # noqa: E402
 from fastconvex.cli import main  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
+from frames import padded_frame_states  # noqa: E402
 from test_sweep import assert_same  # noqa: E402
 
 pytestmark = pytest.mark.hf
@@ -48,18 +49,7 @@ def setup(tmp_path_factory):
     model, fe = tiny_model("wav2vec2", head="sequence", weighted_layer_sum=False, seed=0)
     with torch.no_grad():
         model.classifier.weight.mul_(40.0)
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1500, 2600, 12)
-    wav = np.zeros((12, int(lengths.max())), np.float32)
-    am = np.zeros(wav.shape, np.int64)
-    for i, m in enumerate(lengths):
-        wav[i, :m] = np.sin(np.arange(m) * rng.uniform(0.05, 1.5)) + rng.uniform(0.1, 1) * rng.normal(size=m)
-        am[i, :m] = 1
-    with torch.no_grad():
-        out = model(torch.as_tensor(wav), attention_mask=torch.as_tensor(am), output_hidden_states=True)
-    frames = model._get_feature_vector_attention_mask(out.hidden_states[0].shape[1], torch.as_tensor(am))
-    states = torch.stack(out.hidden_states).numpy()
-    n_frames = frames.sum(1).numpy().astype(np.int64)
+    out, states, n_frames = padded_frame_states(model)
     labels = np.array(NAMES * 4)
     _save(model, fe, root / "named", NAMES)
     _save(model, fe, root / "generic", GENERIC)

@@ -102,6 +102,28 @@ def test_resume_refuses_other_audio_of_the_same_length(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), b)
 
 
+def _interrupted_embed(monkeypatch, capsys, argv) -> None:
+    """``fastconvex ARGV`` (an embed of the 24-clip speech fixture in batches
+    of 4) failing in its fourth batch, as a lost audio disk would: three
+    finished batches stay in the partial write, exit status 1."""
+    from fastconvex import hf
+    from fastconvex.cli import main
+
+    real = hf.AudioFiles.__getitem__
+    calls = []
+
+    def flaky(self, i):
+        calls.append(i)
+        if len(calls) == 13:  # in the fourth of six batches
+            raise OSError("the audio disk went away")
+        return real(self, i)
+
+    with monkeypatch.context() as m:
+        m.setattr(hf.AudioFiles, "__getitem__", flaky)
+        assert main(argv) == 1
+    capsys.readouterr()
+
+
 @pytest.mark.hf
 def test_cli_embed_resume_refuses_a_changed_model_folder_and_audio_file(speech, tmp_path, capsys, monkeypatch):  # noqa: F811
     """``fastconvex embed``: interrupted, then the model folder's weights (or
@@ -120,19 +142,7 @@ def test_cli_embed_resume_refuses_a_changed_model_folder_and_audio_file(speech, 
     argv = ["embed", str(model_dir), "--audio", str(audio_dir), "--out-dir", str(out), "--batch-size", "4", "--quiet"]
 
     def interrupt():
-        real = hf.AudioFiles.__getitem__
-        calls = []
-
-        def flaky(self, i):
-            calls.append(i)
-            if len(calls) == 13:  # in the fourth of six batches
-                raise OSError("the audio disk went away")
-            return real(self, i)
-
-        with monkeypatch.context() as m:
-            m.setattr(hf.AudioFiles, "__getitem__", flaky)
-            assert main(argv) == 1
-        capsys.readouterr()
+        _interrupted_embed(monkeypatch, capsys, argv)
         assert len(list((tmp_path / ".s.partial" / "done").iterdir())) == 3
 
     interrupt()
@@ -584,7 +594,6 @@ def test_cli_embed_says_what_a_resume_checks_and_not_when_it_starts_over(speech,
     again, and that it resumes (silent with --quiet); one that starts over
     an interrupted write of other settings (--overwrite) never says that it
     resumes."""
-    from fastconvex import hf
     from fastconvex.cli import main
 
     root, _, _ = speech
@@ -592,19 +601,7 @@ def test_cli_embed_says_what_a_resume_checks_and_not_when_it_starts_over(speech,
     argv = ["embed", str(root / "model"), "--audio", str(root / "audio"), "--out-dir", str(out), "--batch-size", "4"]
 
     def interrupt():
-        real = hf.AudioFiles.__getitem__
-        calls = []
-
-        def flaky(self, i):
-            calls.append(i)
-            if len(calls) == 13:  # in the fourth of six batches
-                raise OSError("the audio disk went away")
-            return real(self, i)
-
-        with monkeypatch.context() as m:
-            m.setattr(hf.AudioFiles, "__getitem__", flaky)
-            assert main([*argv, "--quiet"]) == 1
-        capsys.readouterr()
+        _interrupted_embed(monkeypatch, capsys, [*argv, "--quiet"])
 
     interrupt()
     assert main([*argv, "--quiet"]) == 0

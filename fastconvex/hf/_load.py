@@ -137,9 +137,7 @@ def load_feature_extractor(name: str | Path, what: str = "MODEL") -> Any:
                         name, what, "its feature extractor", FEATURE_EXTRACTOR_CONFIGS)
     except FolderRefused:
         raise
-    except ValueError:
-        return None
-    except OSError:
+    except (ValueError, OSError):  # no preprocessor_config.json: the caller picks a default
         return None
 
 
