@@ -257,6 +257,10 @@ import os, runpy, signal, sys
 
 how, kind, target = sys.argv[1:4]
 del sys.argv[1:4]
+# Python keeps SIGINT ignored when it starts with SIGINT ignored (a job a shell without
+# job control starts in the background, as a CI runner may): Ctrl-C reaches a command
+# run in the foreground, where SIGINT raises KeyboardInterrupt, so the test runs it so.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def interrupt():
