@@ -102,7 +102,7 @@ def test_resume_refuses_other_audio_of_the_same_length(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), b)
 
 
-def _interrupted_embed(monkeypatch, capsys, argv) -> None:
+def _interrupted_embed_command(monkeypatch, capsys, argv) -> None:
     """``fastconvex ARGV`` (an embed of the 24-clip speech fixture in batches
     of 4) failing in its fourth batch, as a lost audio disk would: three
     finished batches stay in the partial write, exit status 1."""
@@ -142,7 +142,7 @@ def test_cli_embed_resume_refuses_a_changed_model_folder_and_audio_file(speech, 
     argv = ["embed", str(model_dir), "--audio", str(audio_dir), "--out-dir", str(out), "--batch-size", "4", "--quiet"]
 
     def interrupt():
-        _interrupted_embed(monkeypatch, capsys, argv)
+        _interrupted_embed_command(monkeypatch, capsys, argv)
         assert len(list((tmp_path / ".s.partial" / "done").iterdir())) == 3
 
     interrupt()
@@ -601,7 +601,7 @@ def test_cli_embed_says_what_a_resume_checks_and_not_when_it_starts_over(speech,
     argv = ["embed", str(root / "model"), "--audio", str(root / "audio"), "--out-dir", str(out), "--batch-size", "4"]
 
     def interrupt():
-        _interrupted_embed(monkeypatch, capsys, [*argv, "--quiet"])
+        _interrupted_embed_command(monkeypatch, capsys, [*argv, "--quiet"])
 
     interrupt()
     assert main([*argv, "--quiet"]) == 0
