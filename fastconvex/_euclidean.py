@@ -9,13 +9,13 @@ import numpy as np
 
 from ._core import _check_seed, stack_layers
 from ._inputs import check_int, labels_to_array
+from ._backends import check_device_here
 from ._layers import _split_layers
 from ._pairs import DEFAULT_PAIRS, PairPlan, scored_classes
 from ._progress import Progress, show_progress
 from ._results import Convexity, LayerScores
 from ._segments import (
     _takes_mask,
-    check_euclidean_device,
     check_frame_mask,
     check_items,
     check_known_labels,
@@ -71,7 +71,7 @@ def _setup(x: Any, name: str, labels: Any, predict: Any, predict_name: str, n_sa
     if not callable(predict):
         raise TypeError(f"{predict_name} must be callable, got {type(predict).__name__}")
     _takes_mask(predict, name=predict_name, layer=predict_name == "predict_from_layer", mask=mask is not None)
-    check_euclidean_device(device)
+    check_device_here(device)
     check_known_labels(known_labels)
     classes, plan, n_sampled, batch_size, seed = plan_euclidean(
         labels, int(x.shape[0]), n_sampled=n_sampled, pairs=pairs, exact=exact, batch_size=batch_size, seed=seed,

@@ -194,13 +194,6 @@ def check_known_labels(known_labels: Any) -> None:
         )
 
 
-def check_euclidean_device(device: Any) -> None:
-    """``device``: None, a CPU or a CUDA device that torch can use here."""
-    from ._backends import check_device_here
-
-    check_device_here(device)
-
-
 class SegmentScorer:
     """Per-pair scores of one plan on one representation; see the module docstring.
 

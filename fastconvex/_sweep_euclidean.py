@@ -212,11 +212,12 @@ def load_classifier(directory: str | os.PathLike[str], device: Any = None) -> An
     loaded only as it claims to be (:mod:`fastconvex.hf._load`: never its own
     code, weights matching its config exactly); errors name it as "model
     folder", which is ``--model`` on the command line and ``model=`` in the API."""
-    from .hf._load import check_model_device, load_checked, load_config
+    from ._backends import check_device_here
+    from .hf._load import load_checked, load_config
     from .hf._models import resolve_model_class
     from .hf._prune_io import restore_final_norm
 
-    check_model_device(device, "device")
+    check_device_here(device, "device")
     config = load_config(directory, "model folder")
     model = restore_final_norm(load_checked(resolve_model_class(config), directory, what="model folder"))
     if device is not None:

@@ -103,10 +103,11 @@ def load_model(name: str, model_class: str | None = None, device: str | None = N
     """
     import transformers
 
-    from fastconvex.hf._load import check_model_device, load_checked, load_config, load_feature_extractor
+    from fastconvex._backends import check_device_here
+    from fastconvex.hf._load import load_checked, load_config, load_feature_extractor
 
     name = check_model_path(name)
-    check_model_device(device)  # before minutes of loading; a usage error
+    check_device_here(device, "--device")  # before minutes of loading; a usage error
     if model_class is not None:
         cls = getattr(transformers, model_class, None)
         if cls is None:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_model_device", "load_checked", "load_config", "load_feature_extractor", "refuse_custom_code"]
+__all__ = ["load_checked", "load_config", "load_feature_extractor", "refuse_custom_code"]
 
 #: Shown per error: the first few tensor names, then how many in all.
 _SHOWN = 5
@@ -139,15 +139,6 @@ def load_feature_extractor(name: str | Path, what: str = "MODEL") -> Any:
         raise
     except (ValueError, OSError):  # no preprocessor_config.json: the caller picks a default
         return None
-
-
-def check_model_device(device: Any, what: str = "--device") -> None:
-    """``device`` must exist here: a ValueError saying so before a model is
-    loaded, not torch's AssertionError after (see
-    :func:`fastconvex._backends.check_device_here`)."""
-    from .._backends import check_device_here
-
-    check_device_here(device, what)
 
 
 #: The weight files ``from_pretrained`` reads from a local folder, in its order of preference.
