@@ -32,7 +32,7 @@ from _gpu_check_common import (
 )
 
 import fastconvex as fc
-from fastconvex._triton_backend import TritonEngine
+from fastconvex.backends.triton import TritonEngine
 
 
 @stage("device", 0)

@@ -121,7 +121,7 @@ def knn_timing(n: int, configs: list[dict] | None = None):
         rec["triton_config"] = best["config"]
         rec["triton_tflops"] = best["tflops"]
         # what every engine call adds before the kernel: the duplicate-row search
-        from fastconvex._duplicates import duplicate_groups
+        from fastconvex.backends.duplicates import duplicate_groups
 
         groups, t_dup = timed(lambda: duplicate_groups(x))
         rec["duplicate_search"] = {"seconds": t_dup, "vs_knn": t_dup / best["seconds"],

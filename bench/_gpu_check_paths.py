@@ -28,8 +28,8 @@ from _gpu_check_common import (
     timed,
 )
 
-from fastconvex._pairs import aggregate, plan_pairs
-from fastconvex._triton_backend import TritonEngine
+from fastconvex.backends.triton import TritonEngine
+from fastconvex.core.pairs import aggregate, plan_pairs
 
 
 @stage("paths_vs_numba", 30)

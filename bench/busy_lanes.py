@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import torch
-
 from fastconvex.kernels.numba.graph import union_csr
 from fastconvex.kernels.numba.knn import knn
 from fastconvex.kernels.triton.graph import degree_order, rcm_order

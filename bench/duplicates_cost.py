@@ -16,11 +16,11 @@ import argparse
 import time
 
 import numpy as np
+from fastconvex.kernels.numba.duplicates import expand_knn
 
 import fastconvex as fc
-import fastconvex._duplicates as dup
+import fastconvex.backends.duplicates as dup
 from fastconvex.datasets import overlapping_classes
-from fastconvex.kernels.numba.duplicates import expand_knn
 
 
 def best_of(fn, repeat: int) -> float:

@@ -35,12 +35,11 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _gpu_check_common import CUDA, DEV, K, OUT, SMALL, log, sync  # noqa: E402  (sets TRITON_INTERPRET)
-
 import torch  # noqa: E402
+from _gpu_check_common import CUDA, DEV, OUT, SMALL, K, log, sync  # noqa: E402  (sets TRITON_INTERPRET)
 
 import fastconvex as fc  # noqa: E402
-import fastconvex._core as core  # noqa: E402
+import fastconvex.graph.api as core  # noqa: E402
 
 LAYERS = int(os.environ.get("GPU_STUDY_LAYERS", 3 if SMALL else 13))
 N = int(os.environ.get("GPU_STUDY_N", 400 if SMALL else 1_000_000))
@@ -68,7 +67,7 @@ def make_layers(n: int, d: int, n_classes: int, n_layers: int, seed: int = 0):
 
 
 class PhaseRecorder:
-    """Wraps ``fastconvex._core.get_engine`` so every engine ``layer_scores``
+    """Wraps ``fastconvex.graph.api.get_engine`` so every engine ``layer_scores``
     makes records, per ``source_stats`` call, its wall time and ``last_stats``
     (and runs with ``path_options`` and ``knn_options``, if given)."""
 

@@ -24,11 +24,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _gpu_check_common import CUDA, K, OUT, SMALL, log, make_data, sync  # noqa: E402  (sets TRITON_INTERPRET)
-
 import torch  # noqa: E402
+from _gpu_check_common import CUDA, OUT, SMALL, K, log, make_data, sync  # noqa: E402  (sets TRITON_INTERPRET)
 from _gpu_check_knn import knn_floor  # noqa: E402
-
 from fastconvex.kernels.triton.knn import knn  # noqa: E402
 
 D = 24 if SMALL else 768

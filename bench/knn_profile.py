@@ -20,14 +20,13 @@ import json
 import os
 import time
 
+import fastconvex.kernels.triton.knn as knn_mod  # noqa: E402
 import torch
 
 # gpu_check's common module switches the interpreter on before triton is imported
 # when there is no CUDA device; gpu_check's data, timing and floor are reused here
 from _gpu_check_common import CUDA, make_data, sync, timed  # noqa: E402
 from _gpu_check_knn import knn_floor
-
-import fastconvex.kernels.triton.knn as knn_mod  # noqa: E402
 
 N = int(os.environ.get("KNN_PROFILE_N", "1000000" if CUDA else "2000"))
 D = int(os.environ.get("KNN_PROFILE_D", "768" if CUDA else "24"))

@@ -17,14 +17,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _gpu_check_common import CUDA, DEV, K, OUT, SMALL, log, make_data, sync  # noqa: E402
-
 import torch  # noqa: E402
-
-from fastconvex._pairs import plan_pairs  # noqa: E402
+from _gpu_check_common import CUDA, DEV, OUT, SMALL, K, log, make_data, sync  # noqa: E402
 from fastconvex.kernels.triton.graph import reorder_graph, union_csr  # noqa: E402
 from fastconvex.kernels.triton.knn import knn  # noqa: E402
 from fastconvex.kernels.triton.paths import class_sums  # noqa: E402
+
+from fastconvex.core.pairs import plan_pairs  # noqa: E402
 
 N = int(os.environ.get("PATHS_TUNE_N", 400 if SMALL else 1_000_000))
 D, C, S = (24, 5, 4) if SMALL else (768, 40, 64)

@@ -18,15 +18,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-import fastconvex as fc  # noqa: E402
-from fastconvex._bench import machine_info, timed, warm_up  # noqa: E402
-from fastconvex._core import _plan  # noqa: E402
-from fastconvex._duplicates import duplicate_groups  # noqa: E402
-from fastconvex.datasets import overlapping_classes  # noqa: E402
 from fastconvex.kernels.numba.graph import union_csr  # noqa: E402
 from fastconvex.kernels.numba.knn import knn  # noqa: E402
 from fastconvex.kernels.numba.paths import pair_scores  # noqa: E402
 from oracles import scipy_shortest_distances  # noqa: E402
+
+import fastconvex as fc  # noqa: E402
+from fastconvex.backends.duplicates import duplicate_groups  # noqa: E402
+from fastconvex.datasets import overlapping_classes  # noqa: E402
+from fastconvex.graph.benchmark import machine_info, timed, warm_up  # noqa: E402
+from fastconvex.graph.plan import _plan  # noqa: E402
 
 
 def vs_nnconvexity(n: int, results: dict) -> None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import fastconvex as fc
-from fastconvex._bench import warm_up
-from fastconvex.datasets import overlapping_classes
 from fastconvex.kernels.numba.graph import union_csr
 from fastconvex.kernels.numba.knn import knn
 from fastconvex.kernels.numba.paths import class_sums
 from oracles import scipy_shortest_distances
+
+import fastconvex as fc
+from fastconvex.datasets import overlapping_classes
+from fastconvex.graph.benchmark import warm_up
 
 
 @pytest.fixture(scope="module", autouse=True)

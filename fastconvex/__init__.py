@@ -11,36 +11,36 @@ from __future__ import annotations
 import importlib as _importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from fastconvex._version import __version__
 
 # Public names are imported on first use (PEP 562): ``import fastconvex`` costs
 # nothing, so the command line (``fastconvex = fastconvex.cli:main``) is inside
 # its own error handling -- Ctrl-C included -- before numpy, scipy and numba load.
 _EXPORTS = {
-    "BACKENDS": "._backends",
-    "graph_convexity": "._core",
-    "knn_graph": "._core",
-    "layer_scores": "._core",
-    "euclidean_convexity": "._euclidean",
-    "layer_euclidean_scores": "._euclidean",
-    "Convexity": "._results",
-    "KNNGraph": "._results",
-    "LayerScores": "._results",
-    "SweepResults": "._sweep",
-    "sweep": "._sweep",
+    "BACKENDS": ".backends.select",
+    "graph_convexity": ".graph.api",
+    "knn_graph": ".graph.api",
+    "layer_scores": ".graph.api",
+    "euclidean_convexity": ".euclidean.api",
+    "layer_euclidean_scores": ".euclidean.api",
+    "Convexity": ".core.results",
+    "KNNGraph": ".core.results",
+    "LayerScores": ".core.results",
+    "SweepResults": ".sweeps.api",
+    "sweep": ".sweeps.api",
     "LayerStore": ".store",
     "open_store": ".store",
     "save_store": ".store",
 }
 
 if TYPE_CHECKING:
-    from . import naive
-    from ._backends import BACKENDS
-    from ._core import graph_convexity, knn_graph, layer_scores
-    from ._euclidean import euclidean_convexity, layer_euclidean_scores
-    from ._results import Convexity, KNNGraph, LayerScores
-    from ._sweep import SweepResults, sweep
-    from .store import LayerStore, open_store, save_store
+    from fastconvex import naive
+    from fastconvex.backends.select import BACKENDS
+    from fastconvex.core.results import Convexity, KNNGraph, LayerScores
+    from fastconvex.euclidean.api import euclidean_convexity, layer_euclidean_scores
+    from fastconvex.graph.api import graph_convexity, knn_graph, layer_scores
+    from fastconvex.store import LayerStore, open_store, save_store
+    from fastconvex.sweeps.api import SweepResults, sweep
 
 
 # Hidden from type checkers: a module-level __getattr__ would make every unknown

@@ -44,7 +44,7 @@ def emit_json(obj: Any, args: argparse.Namespace, out: Any = _FROM_ARGS) -> None
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        from .commands._output import write_text_atomic
+        from fastconvex.commands._output import write_text_atomic
 
         write_text_atomic(out, text)
         log(args, f"wrote {out}")
@@ -84,7 +84,7 @@ def log(args: argparse.Namespace | None, message: str) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    from .commands._output import non_negative_int
+    from fastconvex.commands._output import non_negative_int
 
     group = parser.add_argument_group("common options")
     group.add_argument("--seed", type=non_negative_int, default=0, help="seed of the pair sampling (default 0)")
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fastconvex",
         description="Graph convexity of layer embeddings, and convexity-guided pruning.",
     )
-    from . import __version__
+    from fastconvex._version import __version__
 
     parser.add_argument("--version", action="version", version=f"fastconvex {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -150,7 +150,7 @@ UNUSED_COMMON = {
 
 def _refuse_unused_common(args: argparse.Namespace) -> None:
     """A common option given to a command that would ignore it: a usage error saying why."""
-    from .commands._output import UsageError
+    from fastconvex.commands._output import UsageError
 
     for option, why in UNUSED_COMMON.get(args.command, {}).items():
         value = getattr(args, option, COMMON_DEFAULTS[option])
@@ -169,7 +169,7 @@ def _check_out_file(args: argparse.Namespace) -> None:
     ``--overwrite``."""
     out = getattr(args, "out", None)
     if args.command != "prune" and out not in (None, "-"):
-        from .commands._output import check_output_file
+        from fastconvex.commands._output import check_output_file
 
         check_output_file(out, "--out", overwrite=getattr(args, "overwrite", False))
 
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from .commands._output import DataError, UsageError
+    from fastconvex.commands._output import DataError, UsageError
 
     parser = build_parser()
     try:
@@ -206,11 +206,11 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"{prefix}: unavailable: {_one_line(args._import_error)}", file=sys.stderr)
         return 2
     if getattr(args, "quiet", False):
-        from ._progress import quiet_compilation_notice
+        from fastconvex.core.progress import quiet_compilation_notice
 
         quiet_compilation_notice()
     try:
-        from .commands._paths import check_outputs_spare_inputs
+        from fastconvex.commands._paths import check_outputs_spare_inputs
 
         _refuse_unused_common(args)
         # an output that would destroy an input before "--out exists: pass --overwrite", which would be bad advice

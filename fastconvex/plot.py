@@ -1,15 +1,27 @@
-"""Plots (extra ``[plot]``: matplotlib, imported lazily). Never calls ``show()``."""
+"""Plots (extra ``[plot]``: matplotlib, imported lazily). Never calls ``show()``.
+
+Duck-typed: anything with per-layer ``scores``, ``stderr`` and ``layers``
+(a :class:`fastconvex.LayerScores`) is plotted, so this module imports nothing
+of fastconvex and ``LayerScores.plot`` can call it.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from ._results import LayerScores
+
+class PerLayerScores(Protocol):
+    """What a plot reads of a :class:`fastconvex.LayerScores`."""
+
+    scores: np.ndarray
+    stderr: np.ndarray
+    layers: Sequence[Any]
 
 
 def _figure() -> Any:
@@ -21,7 +33,7 @@ def _figure() -> Any:
 
 
 def plot_layer_scores(
-    scores: "LayerScores | Sequence[LayerScores]",
+    scores: PerLayerScores | Sequence[PerLayerScores],
     *,
     cut: int | Sequence[int | None] | None = None,
     labels: Sequence[str] | None = None,
@@ -41,9 +53,7 @@ def plot_layer_scores(
     -------
     matplotlib.figure.Figure
     """
-    from ._results import LayerScores
-
-    tasks = [scores] if isinstance(scores, LayerScores) else list(scores)
+    tasks = [scores] if hasattr(scores, "scores") else list(scores)  # type: ignore[arg-type]
     if not tasks:
         raise ValueError("scores is empty: nothing to plot")
     if labels is not None and len(labels) != len(tasks):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import run_cli
 
 import fastconvex as fc
 from fastconvex.cli import main
-from cli_run import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,9 +225,9 @@ def test_out_never_replaces_an_existing_file_without_overwrite(files, capsys, mo
 
 
 def test_bench_out_is_checked_before_the_benchmark(files, capsys, monkeypatch):
-    import fastconvex._bench
+    import fastconvex.graph.benchmark
 
-    monkeypatch.setattr(fastconvex._bench, "compare_to_naive", lambda *a, **k: pytest.fail("benchmark ran"))
+    monkeypatch.setattr(fastconvex.graph.benchmark, "compare_to_naive", lambda *a, **k: pytest.fail("benchmark ran"))
     code, out, err = run_cli(capsys, ["bench", "--sizes", "30", "--out", files / "missing" / "b.json"])
     assert code == 2 and out == ""
     assert "does not exist; create it first" in _one_line(err, "fastconvex bench: error:")

@@ -11,11 +11,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from frames import padded_frame_states  # noqa: E402
+
 import fastconvex as fc  # noqa: E402
 from fastconvex import hf  # noqa: E402
 from fastconvex.cli import main  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
-from frames import padded_frame_states  # noqa: E402
 
 pytestmark = pytest.mark.hf
 

@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 sf = pytest.importorskip("soundfile")
 
 from cli_run import run_cli  # noqa: E402
+
 from fastconvex.hf.testing import tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.hf

@@ -12,14 +12,14 @@ import os
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import fastconvex as fc
-import fastconvex._duplicates as dup
 from fastconvex.kernels.numba.duplicates import expand_knn
 from fastconvex.kernels.numba.knn import knn as numba_knn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from oracles import assert_knn_equal_up_to_ties, bruteforce_knn_f64
+
+import fastconvex as fc
+import fastconvex.backends.duplicates as dup
 
 _GPU = os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
 BACKENDS = ["numba", pytest.param("triton", marks=pytest.mark.triton)]
@@ -190,7 +190,7 @@ def test_property_lists_equal_brute_force(n, d, n_points, data):
 @pytest.mark.triton
 @pytest.mark.parametrize("n_points,distinct_rows,searched", [(1, 1, False), (4, 4, True)])
 def test_triton_engine_reports_distinct_rows(n_points, distinct_rows, searched):
-    from fastconvex._triton_backend import TritonEngine
+    from fastconvex.backends.triton import TritonEngine
 
     x = _grid_with_duplicates(30, 2, n_points, seed=1)
     assert len(np.unique(x, axis=0)) == distinct_rows

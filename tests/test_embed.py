@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from test_cli_score_prune import speech  # noqa: F401  (the tiny model and labelled audio)
 
 import fastconvex as fc
 from fastconvex.cli import main
-
-from test_cli_score_prune import speech  # noqa: F401  (the tiny model and labelled audio)
 
 pytestmark = pytest.mark.hf
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import fastconvex as fc
-from fastconvex._backends import NumbaEngine
-from fastconvex._inputs import encode_labels
-from fastconvex._pairs import SourceStats, aggregate, plan_pairs
+from fastconvex.backends.numba import NumbaEngine
+from fastconvex.core.inputs import encode_labels
+from fastconvex.core.pairs import SourceStats, aggregate, plan_pairs
 from fastconvex.datasets import overlapping_classes
 
 

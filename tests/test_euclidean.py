@@ -12,11 +12,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import euclidean_one_pair_at_a_time, nnconvexity_euclidean_all_pairs
 
 import fastconvex as fc
-from fastconvex import _inputs as fc_inputs
-from fastconvex._segments import plan_segments
-from oracles import euclidean_one_pair_at_a_time, nnconvexity_euclidean_all_pairs
+from fastconvex.core import inputs as fc_inputs
+from fastconvex.euclidean.segments import plan_segments
 
 
 def _linear(w: np.ndarray, names=None):

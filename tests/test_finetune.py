@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from fastconvex import hf  # noqa: E402
-from fastconvex.hf._models import speech_encoder  # noqa: E402
+from fastconvex.hf.models.layout import speech_encoder  # noqa: E402
 from fastconvex.hf.testing import FAMILIES, tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.hf
@@ -122,7 +122,7 @@ def test_groups_are_never_split():
 
 
 def test_split_properties():
-    from fastconvex.hf._splits import split_indices
+    from fastconvex.hf.train.splits import split_indices
 
     rng = np.random.default_rng(1)
     grouped = 0  # trials whose grouped split ran (the refusal below must not hide them all)
@@ -201,7 +201,7 @@ def test_saved_model_reloads_with_equal_logits_and_labels(tmp_path, family, labe
 
 
 def test_out_dir_is_checked_before_training(tmp_path, monkeypatch):
-    from fastconvex.hf import _trainer
+    from fastconvex.hf.train import trainer as _trainer
 
     monkeypatch.setattr(_trainer, "train", lambda *a, **k: pytest.fail("trained despite a bad out_dir"))
     (tmp_path / "taken").mkdir()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from fastconvex.kernels.numba.graph import union_csr
 from fastconvex.kernels.numba.knn import knn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def _reference_edges(indices, distances):

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pytest
 
 import fastconvex as fc
-import fastconvex._core
+import fastconvex.graph.api
 import fastconvex.naive as naive
 from fastconvex.datasets import overlapping_classes
 
@@ -54,7 +53,7 @@ def test_naive_runs_when_memory_suffices(monkeypatch):
 def test_exact_warns_with_the_number_of_searches(monkeypatch):
     x, y = overlapping_classes(90, 4, 3, seed=0)
     y[0] = 99  # a one-member class: skipped, so 89 searches
-    monkeypatch.setattr(fastconvex._core, "EXACT_WARN_SEARCHES", 50)
+    monkeypatch.setattr(fastconvex.graph.api, "EXACT_WARN_SEARCHES", 50)
     with pytest.warns(UserWarning, match=r"exact=True runs 89 single-source shortest-path searches, one per point"):
         fc.graph_convexity(x, y, k=5, exact=True)
     with pytest.warns(UserWarning, match=r"runs 89 single-source .* in each of 3 layers \(267 in all\)"):
@@ -62,5 +61,5 @@ def test_exact_warns_with_the_number_of_searches(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fc.graph_convexity(x, y, k=5, sources=10)  # not exact: no warning
-        monkeypatch.setattr(fastconvex._core, "EXACT_WARN_SEARCHES", 89)
+        monkeypatch.setattr(fastconvex.graph.api, "EXACT_WARN_SEARCHES", 89)
         fc.graph_convexity(x, y, k=5, exact=True)  # at the threshold: none

@@ -468,7 +468,7 @@ def test_final_norm_apply_scores_what_the_pruned_model_outputs(waves, family, kw
     LayerNorm gets random weights so that applying it twice would show."""
     import warnings as _w
 
-    from fastconvex.hf._models import speech_encoder
+    from fastconvex.hf.models.layout import speech_encoder
 
     model, fe = tiny_model(family, **kw)
     norm = model.layer_norm if family == "whisper" else model.encoder.layer_norm

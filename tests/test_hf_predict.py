@@ -10,10 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from oracles import nnconvexity_euclidean_all_pairs  # noqa: E402
+
 import fastconvex as fc  # noqa: E402
 from fastconvex import hf  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
-from oracles import nnconvexity_euclidean_all_pairs  # noqa: E402
 
 pytestmark = pytest.mark.hf
 

@@ -117,7 +117,7 @@ def test_tied_last_hidden_state_without_the_transformers5_decorator(family, monk
     their output (after the final LayerNorm) as the last hidden state: an
     encoder whose ``forward`` carries no such decorator counts as tied; a
     ``config.tie_last_hidden_states`` setting overrides both."""
-    from fastconvex.hf._models import speech_encoder, ties_last_hidden_state
+    from fastconvex.hf.models.layout import speech_encoder, ties_last_hidden_state
 
     model, _ = tiny_model(family, layers=LAYERS, stable_layer_norm=True)
     enc = speech_encoder(model)
@@ -350,7 +350,7 @@ def test_save_pruned_leaves_no_half_written_model(tmp_path, monkeypatch):
 
 
 def test_saved_directories_get_the_umask_permissions(tmp_path):
-    from fastconvex._atomic import staged_directory
+    from fastconvex.core.atomic import staged_directory
 
     old = os.umask(0o022)
     try:
@@ -385,7 +385,7 @@ def test_save_pruned_through_a_link_to_another_file_system(tmp_path):
 
 
 def test_staged_files_move_in_with_the_named_ones_last_and_need_only_the_target_writable(tmp_path, monkeypatch):
-    from fastconvex import _atomic
+    from fastconvex.core import atomic as _atomic
 
     out = tmp_path / "shared" / "mine"
     out.mkdir(parents=True)

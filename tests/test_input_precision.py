@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fastconvex as fc
-from fastconvex._inputs import PrecisionWarning, as_kernel_float
+from fastconvex.core.inputs import PrecisionWarning, as_kernel_float
 
 
 def _data(seed=0):

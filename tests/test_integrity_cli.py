@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import one_error_line, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastconvex._text import TextDecodeError, decode_text
-from cli_run import run_cli, one_error_line
+from fastconvex.core.text import TextDecodeError, decode_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,8 +199,8 @@ def _destroying_cases(r: Path) -> list[tuple[list, str, str]]:
 
 
 def test_every_case_list_covers_every_command_with_inputs():
-    from fastconvex.commands._paths import INPUTS, OUTPUTS
     from fastconvex.cli import COMMANDS
+    from fastconvex.commands._paths import INPUTS, OUTPUTS
 
     assert set(OUTPUTS) == set(INPUTS) == set(COMMANDS)
     # every input of every command (an --audio CSV's listed files count as --audio)
@@ -371,7 +371,7 @@ def test_the_defaults_of_unused_options_are_accepted(capsys):
 
 
 def test_bench_runs_on_the_device_it_is_given(capsys, monkeypatch):
-    import fastconvex._bench as bench
+    import fastconvex.graph.benchmark as bench
 
     devices = []
     real = bench.graph_convexity

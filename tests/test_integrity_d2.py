@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import one_error_line, run_cli
 
-from fastconvex._text import TextDecodeError, decode_text
-from cli_run import run_cli, one_error_line
-
+from fastconvex.core.text import TextDecodeError, decode_text
 
 # ------------------------------------------------------------------ text inputs
 
@@ -138,10 +137,10 @@ def test_what_would_change_an_input_is_still_refused(tmp_path, capsys, argv, mes
 def test_the_names_written_into_directories_are_those_the_writers_use():
     import fnmatch
 
-    from fastconvex import _sweep_out
     from fastconvex.commands import prune
     from fastconvex.commands._paths import WRITTEN
-    from fastconvex.hf import _prune_io
+    from fastconvex.hf.models import save as _prune_io
+    from fastconvex.sweeps import output as _sweep_out
 
     def claimed(key, name):
         return any(fnmatch.fnmatchcase(name, p) for p in WRITTEN[key])

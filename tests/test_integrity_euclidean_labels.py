@@ -17,12 +17,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from frames import padded_frame_states  # noqa: E402
+from test_sweep import assert_same  # noqa: E402
+
 import fastconvex as fc  # noqa: E402
 from fastconvex import hf  # noqa: E402
 from fastconvex.cli import main  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
-from frames import padded_frame_states  # noqa: E402
-from test_sweep import assert_same  # noqa: E402
 
 pytestmark = pytest.mark.hf
 
@@ -236,7 +237,7 @@ def test_sweep_loads_the_model_folder_once_before_its_output(setup, tmp_path, mo
 
     from safetensors.torch import load_file, save_file
 
-    from fastconvex.hf import _load
+    from fastconvex.hf.models import load as _load
 
     root, model, states, n_frames, labels = setup
     store = _frame_store(tmp_path / "store", states, n_frames, labels)
@@ -267,7 +268,7 @@ def test_sweep_loads_the_model_folder_once_before_its_output(setup, tmp_path, mo
     assert main(argv) == 1
     assert not (tmp_path / "cli").exists()
     # a worker (Ray's, where nothing is loaded up front) tries a folder that fails once, then says it again
-    from fastconvex import _sweep_euclidean as se
+    from fastconvex.sweeps import euclidean as se
 
     plan = se.plan_store(store, [0, 1], model=broken, fingerprint=se.model_fingerprint(broken), n_sampled=4,
                          pairs=12, exact=False, batch_size=64, seed=3, min_class_size=2)
@@ -358,7 +359,7 @@ def test_cli_prune_refuses_other_names_before_the_forward_passes(setup, capsys, 
     monkeypatch.setattr(hf, "hidden_state_sequences", no_forward_passes)
     # a bad --label-map file is said before the model is even loaded
     (tmp_path / "bad.json").write_text("[]")
-    monkeypatch.setattr("fastconvex.commands.prune.load_model", no_forward_passes)
+    monkeypatch.setattr("fastconvex.hf.models.load.load_model", no_forward_passes)
     assert main(["prune", str(root / "named"), "--audio", str(tmp_path / "audio"), "--out", str(tmp_path / "cut"),
                  "--measure", "euclidean", "--label-map", str(tmp_path / "bad.json"), "--quiet"]) == 2
     assert "--label-map bad.json: expected a non-empty JSON object" in capsys.readouterr().err

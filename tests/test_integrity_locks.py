@@ -80,8 +80,8 @@ def test_the_embed_command_is_refused_while_another_writes_the_store(speech, cap
     """Another embed (here this test, holding the store's lock as an embed
     does) is writing the store: the command is one line, exit status 1, and
     neither the partial write nor Ray is touched."""
-    from fastconvex._locks import store_lock
     from fastconvex.cli import main
+    from fastconvex.store.write import store_lock
 
     if engine == "ray":
         pytest.importorskip("ray")
@@ -101,9 +101,9 @@ def test_the_embed_command_is_refused_while_another_writes_the_store(speech, cap
 
 
 def test_the_embed_command_is_refused_before_the_model_is_loaded(speech, capsys, tmp_path, monkeypatch):  # noqa: F811
-    from fastconvex._locks import store_lock
     from fastconvex.cli import main
     from fastconvex.commands import prune
+    from fastconvex.store.write import store_lock
 
     loaded = []
     real = prune.load_model
@@ -119,7 +119,7 @@ def test_the_embed_command_is_refused_before_the_model_is_loaded(speech, capsys,
 
 
 def test_pooled_hidden_states_is_refused_before_reading_audio(tmp_path):
-    from fastconvex._locks import store_lock
+    from fastconvex.store.write import store_lock
 
     model, fe = tiny_model("wav2vec2")
     waves = [np.zeros(1600, np.float32)] * 2
@@ -132,7 +132,7 @@ def test_pooled_hidden_states_is_refused_before_reading_audio(tmp_path):
 
 
 def test_a_store_named_through_a_symlink_has_the_real_paths_lock(tmp_path):
-    from fastconvex._locks import store_lock
+    from fastconvex.store.write import store_lock
 
     (tmp_path / "real").mkdir()
     os.symlink(tmp_path / "real" / "emb", tmp_path / "link")  # the store's own name is the link

@@ -1,4 +1,4 @@
-"""Model folders load only what they claim (fastconvex.hf._load): weights that
+"""Model folders load only what they claim (fastconvex.hf.models.load): weights that
 do not match the config, custom code, truncated or pickled weights and a
 missing CUDA device are one clear error, before the model is used.
 
@@ -26,7 +26,7 @@ sf = pytest.importorskip("soundfile")
 
 from fastconvex import hf  # noqa: E402
 from fastconvex.cli import main  # noqa: E402
-from fastconvex.commands.prune import load_model  # noqa: E402
+from fastconvex.hf.models.load import load_model  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.hf

@@ -16,7 +16,7 @@ _DRIVER = textwrap.dedent("""
     import json, os, signal
     import psutil
     import ray._private.node as node
-    from fastconvex._ray import ray_session
+    from fastconvex.runners.ray import ray_session
 
     real = node.Node.__init__
     started = []
@@ -65,7 +65,7 @@ def test_ray_stopped_when_interrupted_while_starting():
 _TERM_DRIVER = textwrap.dedent("""
     import json, os, signal, sys
     import psutil
-    from fastconvex._ray import ray_session
+    from fastconvex.runners.ray import ray_session
 
     store, out, pids = sys.argv[1:4]
 
@@ -82,7 +82,7 @@ _TERM_DRIVER = textwrap.dedent("""
 
     # no handler of the program's own: SIGTERM while the sweep's tasks run
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    import fastconvex._sweep_out as sweep_out
+    import fastconvex.sweeps.output as sweep_out
 
     def terminated(self, n):
         with open(pids, "w") as fh:
@@ -143,14 +143,14 @@ def test_sigterm_during_a_ray_sweep_exits_143_in_one_line_and_restores_handlers(
     ("triton", "auto", None, [], None),  # no GPU given
 ])
 def test_task_device_honours_fastconvex_backend(monkeypatch, env, backend, device, gpu_ids, expected):
-    from fastconvex._ray import task_device
+    from fastconvex.sweeps.task import task_device
 
     monkeypatch.setenv("FASTCONVEX_BACKEND", env)
     assert task_device(backend, device, gpu_ids) == expected
 
 
 def test_ran_as_on_a_gpu_cluster_honours_fastconvex_backend(monkeypatch):
-    from fastconvex._sweep import ran_as
+    from fastconvex.sweeps.task import ran_as
 
     class FakeRay:
         def cluster_resources(self):
@@ -189,7 +189,7 @@ class _FakeRay:
 def test_the_sigterm_line_says_what_happens_to_ray(monkeypatch, capsys, address, env, line):
     import signal
 
-    import fastconvex._ray as fr
+    import fastconvex.runners.ray as fr
 
     fake = _FakeRay()
     monkeypatch.setattr(fr, "require_ray", lambda: fake)
@@ -205,7 +205,7 @@ def test_the_sigterm_line_says_what_happens_to_ray(monkeypatch, capsys, address,
 def test_a_sigterm_handler_installed_from_c_is_left_alone(monkeypatch):
     import signal
 
-    import fastconvex._ray as fr
+    import fastconvex.runners.ray as fr
 
     class Quiet(_FakeRay):
         def init(self, address=None, **kwargs):

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_sweep import assert_same, make_stores
+from test_sweep_euclidean import euclid  # noqa: F401  (tiny classifier and its frame store)
 
 import fastconvex as fc
 from fastconvex.cli import main
-
-from test_sweep import assert_same, make_stores
-from test_sweep_euclidean import euclid  # noqa: F401  (tiny classifier and its frame store)
 
 KW = dict(pairs=30, plot=False)
 
@@ -147,7 +146,7 @@ _HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import fastconvex as fc
-    import fastconvex._sweep as sw
+    import fastconvex.sweeps.api as sw
 
     store, out, started, go = sys.argv[1:5]
     real = sw.run_layer_task
@@ -191,7 +190,7 @@ def test_a_second_sweep_into_a_busy_out_dir_is_refused(tmp_path):
 
 def test_command_reports_its_own_results_not_the_file(tmp_path, capsys, monkeypatch):
     stores = make_stores(tmp_path)[:1]
-    import fastconvex._sweep_out as sweep_out
+    import fastconvex.sweeps.output as sweep_out
 
     real = sweep_out.write_json_atomic
 
@@ -339,7 +338,7 @@ class _FakeRay:
 
 
 def test_ran_as_resolves_the_device_type_of_a_ray_cluster(monkeypatch):
-    from fastconvex._sweep import ran_as
+    from fastconvex.sweeps.task import ran_as
 
     monkeypatch.delenv("FASTCONVEX_BACKEND", raising=False)
     gpu, cpu = _FakeRay(CPU=8, GPU=1), _FakeRay(CPU=8)
@@ -360,8 +359,8 @@ def test_ran_as_resolves_the_device_type_of_a_ray_cluster(monkeypatch):
 
 
 def test_a_task_that_ran_otherwise_than_its_key_says_writes_nothing(tmp_path):
-    from fastconvex._core import plan_scoring
-    from fastconvex._sweep import LayerTask, run_layer_task
+    from fastconvex.graph.plan import plan_scoring
+    from fastconvex.sweeps.task import LayerTask, run_layer_task
 
     store = make_stores(tmp_path)[0]
     result = tmp_path / "result.json"
@@ -376,8 +375,8 @@ def test_a_task_that_ran_otherwise_than_its_key_says_writes_nothing(tmp_path):
 @pytest.mark.parametrize("dtype,shape", [("float32", (37, 6)), ("float16", (5, 3)), (">f8", (11, 7)),
                                          ("int8", (13, 1)), ("float64", (0, 4)), ("uint16", (1, 9))])
 def test_plain_read_hash_equals_the_manifest_hash(tmp_path, monkeypatch, dtype, shape):
-    import fastconvex._store_read as sr
-    from fastconvex._store_format import _array_sha256
+    import fastconvex.store.read as sr
+    from fastconvex.store.format import _array_sha256
 
     monkeypatch.setattr(sr, "_HASH_BLOCK", 7)  # blocks that end inside rows and values
     x = (np.arange(int(np.prod(shape))) % 251).astype(dtype).reshape(shape)
@@ -390,7 +389,7 @@ def test_plain_read_hash_equals_the_manifest_hash(tmp_path, monkeypatch, dtype, 
 
 
 def test_a_stores_layers_verify_with_the_plain_read_hash(tmp_path, monkeypatch):
-    import fastconvex._store_read as sr
+    import fastconvex.store.read as sr
 
     monkeypatch.setattr(sr, "_HASH_BLOCK", 1000)  # several blocks per layer
     store = make_stores(tmp_path)[2]
@@ -418,7 +417,7 @@ def test_a_held_layer_is_verified_and_scored_from_one_open_file(tmp_path):
 def test_a_layer_renamed_over_while_a_task_runs_is_scored_as_verified(tmp_path, monkeypatch):
     """The file is replaced between the task's open and its hash: the task must
     hash and score the same file (before, the hash opened the path again)."""
-    from fastconvex._store_read import LayerStore
+    from fastconvex.store.read import LayerStore
 
     store = make_stores(tmp_path)[0]
     ref = fc.layer_scores(store.layers, store.labels, pairs=30)
@@ -459,7 +458,7 @@ def test_a_changed_store_file_is_a_data_error_in_the_command(tmp_path, capsys, h
 
 
 def test_a_failed_seed_none_sweep_names_the_seed_that_resumes_it(tmp_path, monkeypatch, capsys):
-    import fastconvex._sweep as sw
+    import fastconvex.sweeps.api as sw
 
     store = make_stores(tmp_path)[0]
     monkeypatch.setattr(sw.secrets, "randbits", lambda bits: 123456789)
@@ -485,7 +484,7 @@ def test_a_failed_seed_none_sweep_names_the_seed_that_resumes_it(tmp_path, monke
 def test_a_cpu_backend_with_a_cuda_device_fails_before_the_stores_are_read(tmp_path, monkeypatch):
     import torch
 
-    import fastconvex._sweep as sw
+    import fastconvex.sweeps.api as sw
 
     store = make_stores(tmp_path)[0]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -507,7 +506,7 @@ _EMFILE_SCRIPT = textwrap.dedent("""
     import os, resource, sys
     import numpy as np
     import fastconvex as fc
-    import fastconvex._sweep as sw
+    import fastconvex.sweeps.api as sw
 
     errors = []
     run_layer_task = sw.run_layer_task
@@ -565,9 +564,9 @@ def _fds_into(path: Path) -> int:
 
 
 def test_a_finished_task_leaves_no_open_file_of_its_store(tmp_path, monkeypatch):
-    import fastconvex._sweep as sw
-    from fastconvex._core import plan_scoring
-    from fastconvex._sweep import LayerTask, run_layer_task
+    import fastconvex.sweeps.api as sw
+    from fastconvex.graph.plan import plan_scoring
+    from fastconvex.sweeps.task import LayerTask, run_layer_task
 
     opened = []  # the task's LayerStore, kept alive: its files must be closed, not merely collected
     monkeypatch.setattr(sw, "open_store", lambda path: opened.append(fc.open_store(path)) or opened[-1])
@@ -598,7 +597,7 @@ def test_ctrl_c_while_scoring_a_changed_layer_is_not_replaced(tmp_path, monkeypa
     """A KeyboardInterrupt from the scorer propagates as itself, even when the
     layer's hash also fails (before, the StoreError replaced it and the sweep
     counted it as one more failed task)."""
-    import fastconvex._sweep as sw
+    import fastconvex.sweeps.api as sw
 
     store = make_stores(tmp_path)[0]
     for i in range(store.n_layers):  # every layer fails its verification
@@ -615,7 +614,7 @@ def test_ctrl_c_while_scoring_a_changed_layer_is_not_replaced(tmp_path, monkeypa
 def test_a_stopped_hash_stops_between_blocks(tmp_path, monkeypatch):
     import threading
 
-    import fastconvex._store_read as sr
+    import fastconvex.store.read as sr
 
     monkeypatch.setattr(sr, "_HASH_BLOCK", 16)
     store = make_stores(tmp_path)[0]
@@ -637,8 +636,8 @@ def test_index_checks_open_nothing(tmp_path, monkeypatch):
 
 
 def test_layers_hash_through_the_memmap_without_preadv(tmp_path, monkeypatch):
-    import fastconvex._store_read as sr
-    from fastconvex._store_format import _array_sha256
+    import fastconvex.store.read as sr
+    from fastconvex.store.format import _array_sha256
 
     monkeypatch.setattr(sr, "_HASH_BLOCK", 7)  # blocks that end inside rows and values
     store = make_stores(tmp_path)[1]
@@ -659,8 +658,8 @@ def test_layers_hash_through_the_memmap_without_preadv(tmp_path, monkeypatch):
 def test_a_task_whose_key_names_another_backend_fails_before_scoring(tmp_path, monkeypatch):
     """The backend is resolved and compared with the key before the layer is
     scored (before, a whole layer was scored and then thrown away)."""
-    import fastconvex._sweep as sw
-    from fastconvex._core import plan_scoring
+    import fastconvex.sweeps.api as sw
+    from fastconvex.graph.plan import plan_scoring
 
     store = make_stores(tmp_path)[0]
     monkeypatch.setattr(sw, "score_layer", lambda *a, **k: pytest.fail("scored before the key was checked"))

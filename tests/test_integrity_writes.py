@@ -15,12 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli_score_prune import speech  # noqa: F401  (the tiny model and labelled audio)
 
 import fastconvex as fc
-from fastconvex._atomic import atomic_file, staged_directory, write_json_atomic, write_text_atomic
+from fastconvex.core.atomic import (
+    atomic_file,
+    staged_directory,
+    write_json_atomic,
+    write_text_atomic,
+)
 from fastconvex.store import StoreWriter
-
-from test_cli_score_prune import speech  # noqa: F401  (the tiny model and labelled audio)
 
 LENGTHS = (400, 1000, 777, 1600, 523, 1200, 1601, 1000)
 
@@ -310,7 +314,7 @@ def test_cli_embed_ray_resume_checks_audio_and_the_workers_weights(speech, tmp_p
     pytest.importorskip("ray")
     sf = pytest.importorskip("soundfile")
     torch = pytest.importorskip("torch")
-    import fastconvex._embed as embed_mod
+    import fastconvex.hf.embed.job as embed_mod
     from fastconvex import hf
     from fastconvex.cli import main
 
@@ -403,7 +407,7 @@ def test_weights_hash_covers_the_encoder_not_a_new_head(tmp_path):
     torch = pytest.importorskip("torch")
     import transformers
 
-    from fastconvex.hf._store_out import weights_sha256
+    from fastconvex.hf.embed.store_out import weights_sha256
     from fastconvex.hf.testing import tiny_model
 
     base, _ = tiny_model("wav2vec2", do_stable_layer_norm=True)
@@ -485,8 +489,8 @@ def test_cli_embed_ray_on_a_full_disk_leaves_no_partial_write(speech, tmp_path, 
     pytest.importorskip("ray")
     import errno
 
-    from fastconvex import _store_write
     from fastconvex.cli import main
+    from fastconvex.store import write as _store_write
 
     root, _, _ = speech
 
@@ -504,7 +508,7 @@ def test_cli_embed_ray_on_a_full_disk_leaves_no_partial_write(speech, tmp_path, 
 
 
 def test_atomic_file_errors_name_the_output_not_its_temporary_file(tmp_path):
-    from fastconvex._atomic import WriteError
+    from fastconvex.core.atomic import WriteError
 
     target = tmp_path / "missing" / "x.json"
     with pytest.raises(WriteError) as info, atomic_file(target) as fh:
@@ -520,10 +524,11 @@ def test_atomic_file_errors_name_the_output_not_its_temporary_file(tmp_path):
 
 def _plot_writers(tmp_path, monkeypatch):
     """Each way fastconvex saves a plot, as (path, save()) pairs."""
+    from matplotlib.figure import Figure
+
     import fastconvex.demo.finetune_report as finetune_report
     import fastconvex.demo.report as demo_report
     from fastconvex.commands.score import save_plot
-    from matplotlib.figure import Figure
 
     rng = np.random.default_rng(0)
     layers = [rng.standard_normal((30, 4)).astype(np.float32) for _ in range(2)]
@@ -555,7 +560,7 @@ def test_plots_are_written_atomically_and_a_failure_names_the_file(tmp_path, mon
 
     from matplotlib.figure import Figure
 
-    from fastconvex._atomic import WriteError
+    from fastconvex.core.atomic import WriteError
 
     writers = _plot_writers(tmp_path, monkeypatch)
     for path, save in writers:
@@ -581,7 +586,7 @@ def test_plots_are_written_atomically_and_a_failure_names_the_file(tmp_path, mon
 
 
 def test_chunk_rows_cover_every_utterance_once():
-    from fastconvex._embed import chunk_rows
+    from fastconvex.hf.embed.job import chunk_rows
 
     assert chunk_rows(10, 4) == [range(0, 4), range(4, 8), range(8, 10)]
     assert chunk_rows(8, 4) == [range(0, 4), range(4, 8)]

@@ -7,13 +7,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from fastconvex.kernels.numba.knn import knn as numba_knn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from oracles import assert_knn_equal_up_to_ties, bruteforce_knn_f64
 
 import fastconvex as fc
-from fastconvex.kernels.numba.knn import knn as numba_knn
-from oracles import assert_knn_equal_up_to_ties, bruteforce_knn_f64
 
 CPU_BACKENDS = ["numba", "naive"]
 FAST_BACKENDS = ["numba", pytest.param("triton", marks=pytest.mark.triton)]

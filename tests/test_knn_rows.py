@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fastconvex.kernels.numba.knn import knn
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from fastconvex.kernels.numba.knn import knn
 
 
 @settings(max_examples=30, deadline=None)

@@ -87,7 +87,7 @@ def test_pooling_with_lengths_and_mask_equals_manual_pooling():
     got = fc.layer_scores([torch.from_numpy(a) for a in h], y, k=3, exact=True, progress=False,
                           attention_mask=torch.from_numpy(mask))
     np.testing.assert_allclose(got.scores, ref.scores, rtol=0, atol=1e-12)
-    from fastconvex._layers import prepare_layers
+    from fastconvex.core.layers import prepare_layers
 
     pooled, _ = prepare_layers([torch.from_numpy(a) for a in h], y, attention_mask=torch.from_numpy(mask))
     assert pooled[0].dtype == torch.float64

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from scipy.sparse.csgraph import dijkstra
-
-from fastconvex.datasets import overlapping_classes
 from fastconvex.kernels.numba.graph import union_csr
 from fastconvex.kernels.numba.knn import knn
 from fastconvex.kernels.numba.paths import bucket_plan, class_sums, pair_scores
 from oracles import scipy_shortest_distances
+from scipy.sparse.csgraph import dijkstra
+
+from fastconvex.datasets import overlapping_classes
 
 
 def _graph(x, k):

@@ -10,14 +10,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import fastconvex as fc
-from fastconvex.datasets import overlapping_classes
 from oracles import (
     nnconvexity_all_pairs,
     reference_exact_convexity,
     reference_pair_scores,
 )
+
+import fastconvex as fc
+from fastconvex.datasets import overlapping_classes
 
 ESTIMATORS = [
     pytest.param({"pairs": 5000}, id="pairs-census"),
@@ -184,8 +184,8 @@ def test_pairs_stderr_is_the_finite_population_formula():
     r = fc.graph_convexity(x, y, k=5, pairs=300, seed=3)
     # sampled scores are a subset of the population scores: recompute the
     # stratified standard error from the sampled pairs the plan drew
-    from fastconvex._core import _plan
-    from fastconvex._inputs import encode_labels
+    from fastconvex.core.inputs import encode_labels
+    from fastconvex.graph.plan import _plan
 
     codes, classes = encode_labels(y)
     plan = _plan(codes, 2, 300, None, False, 3, 2)
@@ -209,8 +209,8 @@ def test_pairs_stderr_is_the_finite_population_formula():
 def test_sources_stderr_is_clustered_by_source():
     x, y = overlapping_classes(60, 5, 2, seed=7, dtype=np.float64)
     per_source = {}
-    from fastconvex._core import _plan
-    from fastconvex._inputs import encode_labels
+    from fastconvex.core.inputs import encode_labels
+    from fastconvex.graph.plan import _plan
 
     codes, _ = encode_labels(y)
     plan = _plan(codes, 2, None, 6, False, 0, 2)
@@ -231,7 +231,7 @@ def test_sources_stderr_is_clustered_by_source():
 
 
 def test_same_seed_same_pairs_other_seed_other_pairs():
-    from fastconvex._core import _plan
+    from fastconvex.graph.plan import _plan
 
     codes = np.repeat(np.arange(3), 40)
     a = _plan(codes, 3, 100, None, False, 5, 2)
@@ -263,7 +263,7 @@ def test_sampled_pairs_and_sources_are_uniform():
 
     from scipy.stats import chisquare
 
-    from fastconvex._pairs import plan_pairs
+    from fastconvex.core.pairs import plan_pairs
 
     codes = np.r_[np.zeros(7, np.int64), np.ones(3, np.int64)]  # class 1: 6 pairs, scored whole
     pair_counts, source_counts = Counter(), Counter()
@@ -285,7 +285,7 @@ def test_sampled_pairs_and_sources_are_uniform():
 def test_orientation_keeps_the_drawn_pairs_and_saves_searches():
     from collections import Counter
 
-    from fastconvex._pairs import orient_pairs
+    from fastconvex.core.pairs import orient_pairs
 
     rng = np.random.default_rng(1)
     n = 300

@@ -152,7 +152,7 @@ def test_failing_task_is_reported_and_others_kept(tmp_path):
     bad[2, 1] = np.nan  # same size, so the store still opens; the layer check names it
     bad.flush()
     # recorded in the manifest as the store's content (else the sha256 check refuses it first)
-    from fastconvex._store_format import _array_sha256
+    from fastconvex.store.format import _array_sha256
 
     manifest = json.loads((stores[1].path / "store.json").read_text())
     manifest["layers"][1]["sha256"] = _array_sha256(bad)

@@ -15,12 +15,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 sf = pytest.importorskip("soundfile")
 
+from cli_run import run_cli  # noqa: E402
+from test_sweep import assert_same  # noqa: E402
+
 import fastconvex as fc  # noqa: E402
 from fastconvex import hf  # noqa: E402
 from fastconvex.cli import main  # noqa: E402
-from cli_run import run_cli  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
-from test_sweep import assert_same  # noqa: E402
 
 pytestmark = pytest.mark.hf
 
@@ -237,7 +238,12 @@ def test_cli_errors(euclid, tmp_path, capsys):
 
 
 def test_a_model_that_changes_mid_sweep_is_refused(euclid, tmp_path):
-    from fastconvex._sweep_euclidean import model_fingerprint, plan_store, release_predictors, score_euclidean_task
+    from fastconvex.sweeps.euclidean import (
+        model_fingerprint,
+        plan_store,
+        release_predictors,
+        score_euclidean_task,
+    )
 
     root, model, _ = euclid
     store = fc.open_store(root / "store")

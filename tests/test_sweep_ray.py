@@ -8,15 +8,15 @@ import pytest
 
 ray = pytest.importorskip("ray")  # in the [test] extra; the rest of fastconvex never needs it
 
-import fastconvex as fc  # noqa: E402
-from fastconvex._ray import CRASH_ENV  # noqa: E402
-from fastconvex.cli import main  # noqa: E402
-
 import numpy as np  # noqa: E402
 from test_cli_score_prune import speech  # noqa: E402,F401  (tiny model and labelled audio)
 from test_sweep import ESTIMATORS, assert_same, make_stores  # noqa: E402
 from test_sweep_euclidean import KW, euclid  # noqa: E402,F401  (tiny classifier and its frame store)
 from test_sweep_euclidean import _reference as euclidean_reference  # noqa: E402
+
+import fastconvex as fc  # noqa: E402
+from fastconvex.cli import main  # noqa: E402
+from fastconvex.sweeps.task import CRASH_ENV  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
+from test_sweep import assert_same  # noqa: E402
 
 import fastconvex as fc  # noqa: E402
-from fastconvex._ray import task_device  # noqa: E402
-
-from test_sweep import assert_same  # noqa: E402
+from fastconvex.sweeps.task import task_device  # noqa: E402
 
 N_LAYERS = 8
 
@@ -79,7 +78,7 @@ def test_tasks_ask_for_a_gpu_when_the_cluster_has_one(tmp_path):
         result = fc.sweep([store.path], out_dir=out, engine="ray", backend="numba", pairs=300, plot=False,
                           verbose=False)
         # what the keys hold on this cluster with device=None: the GPU each task is given
-        from fastconvex._sweep import ran_as
+        from fastconvex.sweeps.task import ran_as
 
         planned = {m: ran_as(m, "auto", None, ray) for m in ("graph", "euclidean")}
     finally:

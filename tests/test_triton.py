@@ -9,12 +9,11 @@ import os
 
 import numpy as np
 import pytest
-
 import torch  # noqa: E402
 import triton  # noqa: E402,F401  (the [test] extra installs it)
+from oracles import assert_knn_equal_up_to_ties  # noqa: E402
 
 import fastconvex as fc  # noqa: E402
-from oracles import assert_knn_equal_up_to_ties  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -68,9 +67,8 @@ def test_exact_distances_equal_the_sequential_float64_loop_bit_for_bit(device, d
     and the naive scorer do) on the same values. Equal to the bit, on a CPU
     and on a GPU: no fused multiply-add, no reordered sum. Candidates -1 give
     inf; a strided (non-contiguous) view reads the same values."""
-    from scipy.spatial.distance import cdist
-
     from fastconvex.kernels.triton.knn import _exact_dist
+    from scipy.spatial.distance import cdist
 
     rng = np.random.default_rng(d)
     n, kc = 45, 6
@@ -504,9 +502,9 @@ def test_degree_bins_are_exact_at_powers_of_two_and_at_every_degree(device):
 def test_path_kernels_match_numba_on_the_same_graph(device, state, activity):
     """Disconnected graph (two far clusters), duplicates, one-member classes,
     several source batches and source blocks; both state layouts."""
+    from fastconvex.kernels.numba import paths as cpu
     from fastconvex.kernels.numba.graph import union_csr
     from fastconvex.kernels.numba.knn import knn
-    from fastconvex.kernels.numba import paths as cpu
     from fastconvex.kernels.triton import paths as gpu
 
     rng = np.random.default_rng(11)
@@ -732,9 +730,9 @@ def test_scores_match_numba(device, estimator):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_scores_disconnected_duplicates_and_rcm(device):
-    from fastconvex._pairs import plan_pairs
-    from fastconvex._backends import NumbaEngine
-    from fastconvex._triton_backend import TritonEngine
+    from fastconvex.backends.numba import NumbaEngine
+    from fastconvex.backends.triton import TritonEngine
+    from fastconvex.core.pairs import plan_pairs
 
     rng = np.random.default_rng(21)
     x = np.concatenate([rng.standard_normal((40, 5)), rng.standard_normal((41, 5)) + 40.0])
@@ -762,9 +760,9 @@ def test_scores_disconnected_duplicates_and_rcm(device):
 def test_degree_order_runs_fewer_idle_lanes_for_the_same_scores(device, monkeypatch):
     """On a graph with hubs the default vertex order runs fewer edge-loop slots
     than the input order (the work measure the kernel counts), same scores."""
-    from fastconvex._pairs import plan_pairs
-    from fastconvex._backends import NumbaEngine
-    from fastconvex._triton_backend import TritonEngine
+    from fastconvex.backends.numba import NumbaEngine
+    from fastconvex.backends.triton import TritonEngine
+    from fastconvex.core.pairs import plan_pairs
 
     monkeypatch.delenv("FASTCONVEX_TRITON_REORDER", raising=False)
     x, _ = _hub_graph(n=200, d=64, seed=8)
@@ -785,7 +783,7 @@ def test_degree_order_runs_fewer_idle_lanes_for_the_same_scores(device, monkeypa
 
 
 def test_triton_engine_rejects_an_unknown_vertex_order(monkeypatch):
-    from fastconvex._triton_backend import TritonEngine
+    from fastconvex.backends.triton import TritonEngine
 
     with pytest.raises(ValueError, match="reorder must be one of"):
         TritonEngine("cpu", reorder="random")

@@ -139,7 +139,7 @@ def test_explicit_triton_without_cuda_or_interpreter_says_why(monkeypatch):
     # outside of the scope of a kernel") when this file ran first.
     import triton  # noqa: F401
 
-    from fastconvex import _backends
+    from fastconvex.backends import select as _backends
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

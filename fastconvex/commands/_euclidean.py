@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._output import DataError, UsageError
+from fastconvex.commands._output import DataError, UsageError
 
 __all__ = ["add_measure_arguments", "check_graph_only", "check_prune_euclidean", "euclidean_kwargs",
            "load_sequence_layers", "prune_scores", "run_score"]
@@ -87,7 +87,7 @@ def euclidean_kwargs(args: argparse.Namespace, *, needs_model: bool = True) -> d
         raise ValueError(f"--n-sampled must be positive, got {args.n_sampled}")
     if args.predict_batch < 1:
         raise ValueError(f"--predict-batch must be positive, got {args.predict_batch}")
-    from .score import scoring_kwargs
+    from fastconvex.commands.score import scoring_kwargs
 
     graph_only = ("k", "backend", "device")  # checked above; the model's device serves
     kwargs = {key: v for key, v in scoring_kwargs(args).items() if key not in graph_only}
@@ -140,7 +140,7 @@ def load_label_map(path: str | Path) -> dict[Any, int]:
 def load_sequence_layers(path: str | Path, *, with_names: bool = False) -> Any:
     """Per-layer (N, T, D) arrays (memory-mapped where the format allows), and
     with ``with_names`` where each came from (file name, npz key or ``path[i]``)."""
-    from .score import _load_npy, natural_key, npy_files
+    from fastconvex.commands.score import _load_npy, natural_key, npy_files
 
     p = Path(path)
     if not p.exists():
@@ -178,9 +178,13 @@ def run_score(args: argparse.Namespace, plot_path: Path | None = None) -> int:
     import fastconvex as fc
     from fastconvex import hf
     from fastconvex.cli import log
-
-    from .prune import load_model
-    from .score import _load_npy, check_label_count, emit_result, load_labels
+    from fastconvex.commands.score import (
+        _load_npy,
+        check_label_count,
+        emit_result,
+        load_labels,
+    )
+    from fastconvex.hf.models.load import load_model
 
     kwargs = euclidean_kwargs(args)
     try:
@@ -239,7 +243,7 @@ def prune_scores(args: argparse.Namespace, model: Any, fe: Any, audio: Any, labe
 
     kwargs = check_prune_euclidean(args)  # checked before the model was loaded; here for its result
     predictor = hf.predict_from_layer(model)
-    from fastconvex._euclidean import check_label_classes
+    from fastconvex.euclidean.api import check_label_classes
 
     try:  # the audio's labels must be the classifier's classes: said before the forward passes
         check_label_classes(np.asarray(labels), predictor, min_class_size=kwargs["min_class_size"],

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .._atomic import write_text_atomic
+from fastconvex.core.atomic import write_text_atomic
 
 __all__ = [
     "UsageError",
@@ -43,9 +43,9 @@ class DataError(ValueError):
 
 def check_output_directory(path: str | os.PathLike[str], option: str, *, overwrite: bool, whole: bool,
                            action: str) -> Path:
-    """:func:`fastconvex._atomic.check_output_dir` for a command-line option:
+    """:func:`fastconvex.core.atomic.check_output_dir` for a command-line option:
     a :class:`UsageError` naming ``option`` and ``--overwrite``."""
-    from .._atomic import check_output_dir
+    from fastconvex.core.atomic import check_output_dir
 
     try:
         return check_output_dir(path, option, overwrite, action=action, whole=whole, hint="--overwrite")
@@ -126,7 +126,7 @@ def run_with_hf_quiet(args: Any, body: Callable[[Any], int]) -> int:
     ("Loading weights" ...) are silenced while it runs."""
     if not getattr(args, "quiet", False):
         return body(args)
-    from fastconvex.hf._quiet import quiet_transformers
+    from fastconvex.hf.quiet import quiet_transformers
 
     with quiet_transformers():
         return body(args)

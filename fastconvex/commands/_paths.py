@@ -38,7 +38,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ._output import UsageError
+from fastconvex.commands._output import UsageError
 
 __all__ = ["OUTPUTS", "INPUTS", "WRITTEN", "check_listed_audio", "check_outputs_spare_inputs",
            "check_outputs_spare_files", "output_paths"]
@@ -70,7 +70,7 @@ INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
 
 #: (command, option) -> the names (``fnmatch`` patterns) a command writes into an output directory
 #: it does not replace whole; every other output path is replaced whole. Kept in step with the
-#: writers by tests: sweep's fastconvex._sweep_out (OUTPUTS, LOCK_FILE, HOLDER_FILE) and its
+#: writers by tests: sweep's fastconvex.sweeps.output (OUTPUTS, LOCK_FILE, HOLDER_FILE) and its
 #: ``tasks/`` folder; prune's save_pretrained files, REPORT_FILE, PLOT_FILE and staging folder;
 #: the demo's report, figures, ``finetune/`` results and saved cut models.
 WRITTEN: dict[tuple[str, str], tuple[str, ...]] = {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .._bench import format_row
-from ..cli import emit_report, log
-from ._output import UsageError, non_negative_int, positive_int
+from fastconvex.cli import emit_report, log
+from fastconvex.commands._output import UsageError, non_negative_int, positive_int
+from fastconvex.graph.benchmark import format_row
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._backends import resolve_backend
-    from .._bench import compare_to_naive, machine_info
+    from fastconvex.backends.select import resolve_backend
+    from fastconvex.graph.benchmark import compare_to_naive, machine_info
 
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]

@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ._output import UsageError
+    from fastconvex.commands._output import UsageError
 
     if args.tasks is None:
         args.tasks = "words,asterisk-language-unseen" if args.finetune else "words,speakers"
@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
         if only_words:
             raise UsageError(message)
         print(f"fastconvex demo: {message}; running the other tasks", file=sys.stderr, flush=True)
-    from ..demo import DemoConfig, format_summary, run_demo
-    from ..demo.config import finetune_settings
+    from fastconvex.demo import DemoConfig, format_summary, run_demo
+    from fastconvex.demo.config import finetune_settings
 
     quiet = bool(getattr(args, "quiet", False))
     finetune = None
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         finetune=finetune,
     )
     try:
-        from ..hf._quiet import quiet_transformers
+        from fastconvex.hf.quiet import quiet_transformers
 
         with quiet_transformers():  # the demo logs its own steps; no "Loading weights" bars
             report = run_demo(cfg)
@@ -175,8 +175,8 @@ def run(args: argparse.Namespace) -> int:
 def _check_task_options(args: argparse.Namespace, tasks: tuple[str, ...]) -> None:
     """Options that would be ignored, or a cut that cannot be made, refused before any work
     (the encoder's block count is checked as soon as the model is loaded)."""
-    from ..demo.config import TASKS
-    from ._output import UsageError
+    from fastconvex.commands._output import UsageError
+    from fastconvex.demo.config import TASKS
 
     if args.keep is not None and args.keep < 1:
         raise UsageError(f"--keep must be at least 1 (encoder blocks to keep), got {args.keep}")

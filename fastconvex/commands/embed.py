@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._output import non_negative_int, positive_int
-from .sweep import _layer_list
+from fastconvex.commands._output import non_negative_int, positive_int
+from fastconvex.commands.sweep import _layer_list
 
 __all__ = ["add_arguments", "run"]
 
@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Embed; a one-line summary (or JSON with ``--out``) on stdout."""
-    from ._output import UsageError, run_with_hf_quiet
+    from fastconvex.commands._output import UsageError, run_with_hf_quiet
 
     try:
         return run_with_hf_quiet(args, _run)  # --quiet: no "Loading weights" bar either
@@ -72,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from fastconvex import hf
     from fastconvex.cli import emit_report, log
-
-    from ._output import UsageError
-    from .prune import _subsample, load_model
+    from fastconvex.commands._output import UsageError
+    from fastconvex.commands.prune import _subsample
+    from fastconvex.hf.models.load import load_model
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be positive")
@@ -93,20 +93,20 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--frames keeps the raw hidden states (what the classifier's remaining blocks take); "
                          "drop --final-norm apply")
     if args.engine == "ray":
-        from fastconvex._ray import require_ray
+        from fastconvex.runners.session import require_ray
 
         require_ray()
     store_path = Path(args.out_dir)
     if store_path.exists() and not args.overwrite:
         raise FileExistsError(f"--out-dir {str(store_path)!r} already exists (pass --overwrite to replace it)")
     paths, labels = hf.find_audio(args.audio)
-    from ._paths import check_listed_audio
+    from fastconvex.commands._paths import check_listed_audio
 
     check_listed_audio(args, paths)  # before the model is loaded
     if args.max_per_class is not None:
         idx = _subsample(labels, args.max_per_class, args.seed)
         paths, labels = [paths[i] for i in idx], [labels[i] for i in idx]
-    from fastconvex._locks import store_lock
+    from fastconvex.store.write import store_lock
 
     # one writer per store, refused before the model is loaded; held until the
     # report of what this run wrote is built
@@ -147,9 +147,8 @@ def _frame_labels(model, fe, lengths, labels) -> list:
     """Every valid frame of utterance i labelled with ``labels[i]`` (nothing
     ignored, so each utterance's rows are its whole sequence)."""
     from fastconvex import hf
-    from fastconvex.hf._models import is_whisper
-
-    from ._output import UsageError
+    from fastconvex.commands._output import UsageError
+    from fastconvex.hf.models.layout import is_whisper
 
     if is_whisper(model):
         raise UsageError("--frames: a Whisper classifier attends to and pools its whole 30 s window, padding "
@@ -159,10 +158,14 @@ def _frame_labels(model, fe, lengths, labels) -> list:
 
 
 def _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_path) -> None:
-    from fastconvex._embed import EmbedJob, chunk_rows, embed_on_ray, probe_layers
     from fastconvex.cli import log
-    from fastconvex.hf._featurise import _feature_extractor_for, _waveform_name
-    from fastconvex.hf._store_out import SIGNATURE_KEYS, check_resumed_audio, open_writer
+    from fastconvex.hf.embed.featurise import _feature_extractor_for, _waveform_name
+    from fastconvex.hf.embed.job import EmbedJob, chunk_rows, embed_on_ray, probe_layers
+    from fastconvex.hf.embed.store_out import (
+        SIGNATURE_KEYS,
+        check_resumed_audio,
+        open_writer,
+    )
 
     selected, dim = probe_layers(model, fe, audio[0], sampling_rate=rate, layers=args.layers,
                                  final_norm=args.final_norm)

@@ -34,7 +34,7 @@ def _numba() -> dict[str, Any]:
 
 
 def _triton() -> dict[str, Any]:
-    from fastconvex._backends import triton_unavailable_reason
+    from fastconvex.backends.select import triton_unavailable_reason
 
     reason = triton_unavailable_reason()
     info: dict[str, Any] = {"available": reason is None}
@@ -82,7 +82,7 @@ def environment() -> dict[str, Any]:
         "backends": {"numba": {...}, "triton": {...}, "naive": {...}, "auto": name},
         "devices": {...}, "environment": {FASTCONVEX_BACKEND, TRITON_INTERPRET}}``.
     """
-    from fastconvex._backends import ENV_VAR, resolve_backend
+    from fastconvex.backends.select import ENV_VAR, resolve_backend
 
     backends: dict[str, Any] = {"numba": _numba(), "triton": _triton(), "naive": {"available": True}}
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._output import (
+from fastconvex.commands._output import (
     DataError,
     UsageError,
     check_output_directory,
@@ -81,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from fastconvex import hf
     from fastconvex.cli import emit_report, log
-
-    from .prune import check_model_path, load_model
+    from fastconvex.hf.models.load import check_model_path, load_model
 
     # ---- outputs and options, before any work --------------------------------------------
     # replaced whole by finetune (whole=True): the directory that holds --out-dir must be writable
@@ -101,11 +100,11 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--label-column applies to a CSV (--labels FILE.csv or an --audio CSV)")
     audio_labels = {"label_column": args.label_column} if args.labels is None and args.label_column else {}
     paths, labels = hf.find_audio(args.audio, **audio_labels)
-    from ._paths import check_listed_audio
+    from fastconvex.commands._paths import check_listed_audio
 
     check_listed_audio(args, paths)  # before the model is loaded
     if args.labels is not None:
-        from .score import load_labels
+        from fastconvex.commands.score import load_labels
 
         try:
             labels = list(load_labels(args.labels, column=args.label_column))
@@ -127,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     log(args, f"loading {args.model}")
     # the model's own head, if any, is replaced by a new one: only its encoder must load exactly
     model, fe = load_model(args.model, args.model_class, args.device, new_head=True)
-    from fastconvex.hf._models import is_whisper
+    from fastconvex.hf.models.layout import is_whisper
 
     if args.context_seconds is not None and not is_whisper(model):
         raise UsageError(f"--context-seconds is for Whisper models; {type(model).__name__} takes audio of any length")

@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from ._output import (
-    DataError,
+from fastconvex.commands._output import (
     UsageError,
     check_output_directory,
     positive_int,
     run_with_hf_quiet,
     write_text_atomic,
 )
-from .score import add_scoring_arguments, save_plot, scoring_kwargs
+from fastconvex.commands.score import add_scoring_arguments, save_plot, scoring_kwargs
+from fastconvex.hf.models.load import load_model
 
 __all__ = ["add_arguments", "run", "load_model"]
 
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --embeddings-dir store, and write into a non-empty --out directory")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of --embeddings-dir")
     add_scoring_arguments(parser)
-    from ._euclidean import add_measure_arguments
+    from fastconvex.commands._euclidean import add_measure_arguments
 
     add_measure_arguments(parser, for_files=False)
     cut = parser.add_argument_group("the cut")
@@ -76,59 +76,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model-class", default=None, help="transformers class to load MODEL with (default: from its config)")
     parser.add_argument("--no-plot", action="store_true", help="do not write convexity.png")
-
-
-def check_model_path(name: str) -> str:
-    """A local MODEL path must be a directory (checked before any work); hub ids pass."""
-    local = Path(name)
-    if name.startswith((".", "/", "~")) or local.exists():
-        local = local.expanduser()
-        if not local.is_dir():
-            raise FileNotFoundError(f"MODEL {name!r} is not a model directory")
-        return str(local)
-    return name
-
-
-def load_model(name: str, model_class: str | None = None, device: str | None = None, *,
-               new_head: bool = False) -> tuple[Any, Any]:
-    """Load a model and its feature extractor from a local path or the hub.
-
-    The class is ``model_class`` if given, else the first of ``config.architectures``
-    that transformers knows, else ``AutoModel``.  The feature extractor is the
-    model's own (``AutoFeatureExtractor``), or None when it has none.  The model
-    is loaded only as it claims to be (:mod:`fastconvex.hf._load`): never its own
-    code, and its weights must match it exactly -- ``new_head`` allows the
-    tensors outside the speech encoder to be new or unused (a head that is
-    replaced, as by finetune).  ``device`` is checked before anything is loaded.
-    """
-    import transformers
-
-    from fastconvex._backends import check_device_here
-    from fastconvex.hf._load import load_checked, load_config, load_feature_extractor
-
-    name = check_model_path(name)
-    check_device_here(device, "--device")  # before minutes of loading; a usage error
-    if model_class is not None:
-        cls = getattr(transformers, model_class, None)
-        if cls is None:
-            raise ValueError(f"--model-class {model_class!r} is not a transformers class")
-    from fastconvex.hf._prune_io import restore_final_norm
-
-    try:  # what the model folder holds: data errors (exit status 1)
-        config = load_config(name)
-        if model_class is None:
-            from fastconvex.hf._models import resolve_model_class
-
-            cls = resolve_model_class(config)
-        # a model pruned with final_norm="identity" gets its nn.Identity back
-        model = restore_final_norm(load_checked(cls, name, new_head=new_head))
-        fe = load_feature_extractor(name)
-    except ValueError as exc:
-        raise DataError(str(exc)) from None
-    if device is not None:
-        model = model.to(device)
-    model.eval()
-    return model, fe
 
 
 def _subsample(labels: list[str], per_class: int, seed: int) -> np.ndarray:
@@ -152,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _summary(report: dict, scores: Any) -> str:
     """The readable report: the per-layer table and the cut."""
-    from .score import format_table
+    from fastconvex.commands.score import format_table
 
     return "\n".join([
         f"{report['model_class']} ({report['source']}): {report['measure']} convexity of each hidden state on "
@@ -173,11 +120,11 @@ def _run(args: argparse.Namespace) -> int:
     # written into by save_pruned (whole=False): --out itself, or where it will be made, must be writable
     out_dir = check_output_directory(args.out, "--out", overwrite=args.overwrite, whole=False, action="write into it")
     if args.measure != "euclidean":
-        from ._euclidean import check_graph_only
+        from fastconvex.commands._euclidean import check_graph_only
 
         check_graph_only(args, model_option=False)
     else:  # the Euclidean options, with the --label-map file, before the audio is listed and the model loaded
-        from ._euclidean import check_prune_euclidean
+        from fastconvex.commands._euclidean import check_prune_euclidean
 
         check_prune_euclidean(args)
     plot_problem = None
@@ -202,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--embeddings-dir {str(args.embeddings_dir)!r} already exists (pass --overwrite to replace it)")
 
     paths, labels = hf.find_audio(args.audio)
-    from ._paths import check_listed_audio
+    from fastconvex.commands._paths import check_listed_audio
 
     check_listed_audio(args, paths)  # before the model is loaded
     if args.max_per_class is not None:
@@ -221,18 +168,18 @@ def _run(args: argparse.Namespace) -> int:
     audio = hf.AudioFiles(paths, sampling_rate=rate)
     lengths = audio.lengths()
 
-    from ._output import DataError
+    from fastconvex.commands._output import DataError
 
     try:  # from here on, what fails is the audio or its embeddings: exit status 1
         if args.measure == "euclidean":  # MODEL's own remaining layers label the segments
-            from ._euclidean import prune_scores
+            from fastconvex.commands._euclidean import prune_scores
 
             scores = prune_scores(args, model, fe, audio, labels, rate)
             pooled_norm = "raw"
         else:
             # score what the pruned model will output: with the final LayerNorm kept, hidden
             # state h of a pre-LN encoder is seen through it (docs/pipeline.md, the final LayerNorm)
-            from fastconvex.hf._models import final_layer_norm
+            from fastconvex.hf.models.layout import final_layer_norm
 
             has_norm = final_layer_norm(model) is not None
             pooled_norm = "apply" if has_norm and args.final_norm == "keep" else "raw"
@@ -306,7 +253,7 @@ def _run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "scores": scores.to_dict(),
     }
-    from fastconvex.hf._prune_io import jsonable
+    from fastconvex.hf.models.save import jsonable
 
     report = jsonable(report)
     # the report before the plot: a plot that fails never loses it

@@ -24,7 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from ._output import DataError, UsageError, check_plot_file, positive_int
+from fastconvex.commands._output import (
+    DataError,
+    UsageError,
+    check_plot_file,
+    positive_int,
+)
 
 __all__ = [
     "add_arguments", "run", "load_embeddings", "load_labels", "natural_key", "add_scoring_arguments",
@@ -69,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CSV column holding the labels (default: 'label', or the only column)",
     )
     add_scoring_arguments(parser)
-    from ._euclidean import add_measure_arguments
+    from fastconvex.commands._euclidean import add_measure_arguments
 
     add_measure_arguments(parser)
     parser.add_argument(
@@ -184,8 +189,8 @@ def _has_npy_magic(p: Path) -> bool:
 
 
 def _read_text(p: Path) -> str:
-    """A labels text file, decoded as every text input is (:mod:`fastconvex._text`)."""
-    from fastconvex._text import read_text_input
+    """A labels text file, decoded as every text input is (:mod:`fastconvex.core.text`)."""
+    from fastconvex.core.text import read_text_input
 
     return read_text_input(p, f"LABELS {str(p)!r}")
 
@@ -219,7 +224,7 @@ def load_labels(path: str | Path, *, column: str | None = None) -> np.ndarray:
             raise ValueError(f"LABELS: {p.name} has shape {labels.shape}, expected (N,)")
         if labels.shape[0] == 0:
             raise ValueError(f"LABELS: {p.name} holds no labels (shape {labels.shape})")
-        from fastconvex._inputs import check_finite_labels
+        from fastconvex.core.inputs import check_finite_labels
 
         check_finite_labels(labels, name=f"LABELS: {p.name}")  # here, where the file can be named
         return labels
@@ -298,7 +303,7 @@ def scoring_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def save_plot(scores: Any, path: str | Path, *, cut: int | None, title: str | None = None) -> Path:
     """Save the convexity-per-layer plot (standard-error bars, cut marked) as an image."""
-    from fastconvex._plotfile import save_figure
+    from fastconvex.core.plotfile import save_figure
     from fastconvex.plot import plot_layer_scores
 
     out = Path(path)
@@ -349,9 +354,8 @@ def run(args: argparse.Namespace) -> int:
     with ``--json`` or to ``--out``; outputs are checked before the scoring."""
     import fastconvex as fc
     from fastconvex.cli import log
-
-    from ._euclidean import check_graph_only, run_score
-    from ._output import run_with_hf_quiet
+    from fastconvex.commands._euclidean import check_graph_only, run_score
+    from fastconvex.commands._output import run_with_hf_quiet
 
     # every output path first: a result is never computed only to be lost
     plot_path = check_outputs(args)

@@ -18,8 +18,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._euclidean import add_measure_arguments, check_graph_only, euclidean_kwargs
-from .score import add_scoring_arguments, scoring_kwargs
+from fastconvex.commands._euclidean import (
+    add_measure_arguments,
+    check_graph_only,
+    euclidean_kwargs,
+)
+from fastconvex.commands.score import add_scoring_arguments, scoring_kwargs
 
 __all__ = ["add_arguments", "run"]
 
@@ -55,10 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep; a table (or JSON) on stdout, logs and progress on stderr."""
-    from fastconvex._sweep import SweepResults, format_table, sweep
     from fastconvex.cli import emit_report
-
-    from ._output import run_with_hf_quiet
+    from fastconvex.commands._output import run_with_hf_quiet
+    from fastconvex.sweeps.api import SweepResults, format_table, sweep
 
     if args.measure == "euclidean":
         kwargs = {**euclidean_kwargs(args), "measure": "euclidean", "model": args.model, "device": args.device}
@@ -81,9 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
     # --measure euclidean loads the model here (local engine): with --quiet, no "Loading weights" bar
     if args.measure == "euclidean":
-        from fastconvex._sweep_euclidean import ModelFolderError
-
-        from ._output import DataError
+        from fastconvex.commands._output import DataError
+        from fastconvex.hf.models.load import ModelFolderError
 
         try:
             result = run_with_hf_quiet(args, run_it)
@@ -101,13 +103,12 @@ def _check_frame_stores(args: argparse.Namespace) -> None:
     """``--measure euclidean``: every STORE a frame store that ``--model`` can
     score (data errors, exit status 1, before any work)."""
     import fastconvex as fc
-    from fastconvex._sweep_euclidean import check_labels, check_store
-
-    from ._euclidean import load_label_map
+    from fastconvex.commands._euclidean import load_label_map
+    from fastconvex.sweeps.euclidean import check_labels, check_store
 
     label_map = None if args.label_map is None else load_label_map(args.label_map)
 
-    from ._output import DataError
+    from fastconvex.commands._output import DataError
 
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"--model {args.model!r} is not a model directory")

@@ -35,7 +35,7 @@ one normalised, the others not).
 
 from __future__ import annotations
 
-from .config import (
+from fastconvex.demo.config import (
     MODEL_HINT,
     SAMPLE_RATE,
     TASKS,
@@ -48,7 +48,7 @@ from .config import (
     fetch_debian_packages,
     resample,
 )
-from .data_fillets import (
+from fastconvex.demo.data_fillets import (
     FILLETS_PACKAGES,
     FILLETS_SPEAKERS,
     SPEAKERS_HINT,
@@ -57,7 +57,7 @@ from .data_fillets import (
     find_fillets_files,
     load_speakers,
 )
-from .data_words import (
+from fastconvex.demo.data_words import (
     CLIP_SECONDS,
     ESPEAK_VARIANTS,
     ESPEAK_VOICES,
@@ -67,8 +67,8 @@ from .data_words import (
     WORDS_HINT,
     make_words,
 )
-from .experiment import run_demo
-from .models import (
+from fastconvex.demo.experiment import run_demo
+from fastconvex.demo.models import (
     choose_keep,
     count_params,
     encode_pooled,
@@ -79,8 +79,8 @@ from .models import (
     prune_whisper,
     save_pruned_model,
 )
-from .probe import Probe, fit_probe, probe_accuracy, split_indices
-from .report import format_summary, plot_report, report_figure
+from fastconvex.demo.probe import Probe, fit_probe, probe_accuracy, split_indices
+from fastconvex.demo.report import format_summary, plot_report, report_figure
 
 __all__ = [
     "CLIP_SECONDS",

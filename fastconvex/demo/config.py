@@ -77,7 +77,7 @@ def finetune_settings(quick: bool, **given: Any) -> FinetuneSettings:
         if quick else {"models": ("tiny.en", "base"), "seeds": (0, 1, 2)}
     )
     defaults.update({k: v for k, v in given.items() if v is not None})
-    from ..hf.whisper_models import WHISPER_MODELS
+    from fastconvex.hf.whisper_models import WHISPER_MODELS
 
     models = defaults.get("models", ())
     known = tuple(WHISPER_MODELS)
@@ -146,7 +146,7 @@ class Dataset:
 
 
 def cache_root() -> Path:
-    from ..hf.ct2_whisper import cache_root as _root
+    from fastconvex.hf.ct2_whisper import cache_root as _root
 
     return _root()
 

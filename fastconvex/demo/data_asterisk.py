@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Dataset, cache_root, fetch_debian_packages, resample
+from fastconvex.demo.config import Dataset, cache_root, fetch_debian_packages, resample
 
 __all__ = [
     "ASTERISK_HINT",
@@ -383,7 +383,7 @@ def asterisk_split(ds: Dataset, *, test_fraction: float = 0.3, seed: int = 0) ->
     """``(train_idx, test_idx)`` of an asterisk task: the fixed split in ``meta["split"]``
     when the task has one (``asterisk-language-unseen``), else whole prompt names held
     out (:func:`fastconvex.demo.probe.dataset_split`)."""
-    from .probe import dataset_split
+    from fastconvex.demo.probe import dataset_split
 
     return dataset_split(ds, test_fraction=test_fraction, seed=seed)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Dataset, cache_root, fetch_debian_packages, resample
+from fastconvex.demo.config import Dataset, cache_root, fetch_debian_packages, resample
 
 FILLETS_PACKAGES = {"cs": "fillets-ng-data-cs", "nl": "fillets-ng-data-nl"}
 FILLETS_SPEAKERS = {"m": "small-fish", "v": "big-fish"}

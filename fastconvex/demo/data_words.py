@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SAMPLE_RATE, Dataset
+from fastconvex.demo.config import SAMPLE_RATE, Dataset
 
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 # espeak-ng's own (non-mbrola) English voices

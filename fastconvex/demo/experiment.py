@@ -14,16 +14,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import Dataset, DemoConfig, cache_root
-from .data_asterisk import ASTERISK_TASKS
-from .data_fillets import (
+from fastconvex.demo.config import Dataset, DemoConfig, cache_root
+from fastconvex.demo.data_asterisk import ASTERISK_TASKS
+from fastconvex.demo.data_fillets import (
     SPEAKERS_HINT,
     fetch_fillets,
     find_fillets_files,
     load_speakers,
 )
-from .data_words import make_words
-from .models import (
+from fastconvex.demo.data_words import make_words
+from fastconvex.demo.models import (
     choose_keep,
     count_params,
     encode_pooled,
@@ -32,8 +32,8 @@ from .models import (
     prune_whisper,
     save_pruned_model,
 )
-from .probe import dataset_split, fit_probe, probe_accuracy
-from .report import _json_default, _versions, plot_finetune, plot_report
+from fastconvex.demo.probe import dataset_split, fit_probe, probe_accuracy
+from fastconvex.demo.report import _json_default, _versions, plot_finetune, plot_report
 
 
 def load_task(name: str, cfg: DemoConfig, log) -> Dataset:
@@ -59,7 +59,7 @@ ENCODER_BLOCKS = {"tiny.en": 4, "base": 6}
 def check_finetune_keeps(models: Sequence[str], spec: str) -> None:
     """``--keeps`` block counts beyond a fine-tuned model's encoder raise ValueError naming the
     model (the rules ``auto``, ``all`` and ``spread`` fit every model)."""
-    from .config import parse_keeps
+    from fastconvex.demo.config import parse_keeps
 
     keeps = parse_keeps(spec)
     if not isinstance(keeps, tuple):
@@ -76,8 +76,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     import torch
 
     import fastconvex as fc
-
-    from ..hf.ct2_whisper import find_whisper_ct2_dir, load_ct2_whisper
+    from fastconvex.hf.ct2_whisper import find_whisper_ct2_dir, load_ct2_whisper
 
     t_start = time.perf_counter()
     log = cfg.log or (lambda msg: None if cfg.quiet else print(msg, file=sys.stderr, flush=True))
@@ -113,7 +112,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         timings[f"{name}_data_s"] = time.perf_counter() - t0
         log(f"{name}: {len(datasets[-1])} clips ready in {timings[f'{name}_data_s']:.1f} s")
     if cfg.finetune is not None:  # before any work: every clip must fit the fine-tuning context
-        from .finetune import context_seconds_for
+        from fastconvex.demo.finetune import context_seconds_for
 
         for ds in datasets:
             context_seconds_for(ds, cfg.finetune.context_seconds)
@@ -241,7 +240,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "torch_threads": torch.get_num_threads(),
         "versions": _versions(),
     }
-    from .._atomic import write_text_atomic
+    from fastconvex.core.atomic import write_text_atomic
 
     report["json"] = str(cfg.out_dir / "report.json")
     report["png"] = None
@@ -253,7 +252,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     save_report()  # before the plot: a plot that fails never loses the results
     if cfg.finetune is not None:
-        from .finetune import run_experiment
+        from fastconvex.demo.finetune import run_experiment
 
         t0 = time.perf_counter()
         run_experiment(

@@ -28,8 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from .config import SAMPLE_RATE, Dataset, FinetuneSettings, parse_keeps
-from .models import choose_keep, encode_pooled, encoder_latencies, prune_whisper
+from fastconvex.demo.config import SAMPLE_RATE, Dataset, FinetuneSettings, parse_keeps
+from fastconvex.demo.models import (
+    choose_keep,
+    encode_pooled,
+    encoder_latencies,
+    prune_whisper,
+)
 
 
 def context_seconds_for(ds: Dataset, requested: float | None) -> float:
@@ -70,7 +75,7 @@ def context_model(model: Any, feature_extractor: Any, seconds: float) -> tuple[A
     the feature extractor that pads to it."""
     import copy
 
-    from ..hf import context_feature_extractor, cut_whisper_context
+    from fastconvex.hf import context_feature_extractor, cut_whisper_context
 
     cut = cut_whisper_context(copy.deepcopy(model), seconds)
     return cut, context_feature_extractor(cut, feature_extractor)
@@ -107,7 +112,7 @@ def finetune_cuts(
     ``infer_ms`` is the median latency of the classifier on ``latency_batch``
     inputs of the cut context, measured for all keeps in alternation.
     """
-    from ..hf import finetune
+    from fastconvex.hf import finetune
 
     n_blocks = len(model.model.encoder.layers)
     rows: list[dict] = []
@@ -144,8 +149,7 @@ def both_measures(
     from scipy.stats import spearmanr
 
     import fastconvex as fc
-
-    from ..hf import hidden_state_sequences, predict_from_layer
+    from fastconvex.hf import hidden_state_sequences, predict_from_layer
 
     labels = np.asarray(ds.labels)
     t0 = time.perf_counter()
@@ -275,9 +279,9 @@ def run_experiment(
     import json
     from pathlib import Path
 
-    from .._atomic import write_json_atomic
-    from .finetune_report import summarize
-    from .models import load_whisper
+    from fastconvex.core.atomic import write_json_atomic
+    from fastconvex.demo.finetune_report import summarize
+    from fastconvex.demo.models import load_whisper
 
     unit_dir = Path(out_dir) / "finetune"
     unit_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SAMPLE_RATE, WHISPER_SAMPLES_PER_FRAME, WHISPER_WINDOW
+from fastconvex.demo.config import (
+    SAMPLE_RATE,
+    WHISPER_SAMPLES_PER_FRAME,
+    WHISPER_WINDOW,
+)
 
 
 def n_valid_frames(n_samples: int | np.ndarray, window: int = WHISPER_WINDOW) -> np.ndarray:
@@ -158,7 +162,7 @@ def encoder_latencies(encoders: dict, *, reps: int = 5, batch: int = 1, device=N
 def choose_keep(scores, n_blocks: int, rule: str = "argmax") -> tuple[int, str]:
     """Blocks to keep (1..n_blocks) and a note. The paper's rule via fastconvex.hf.choose_cut."""
     try:
-        from ..hf import choose_cut  # type: ignore[attr-defined]
+        from fastconvex.hf import choose_cut  # type: ignore[attr-defined]
     except ImportError:
         choose_cut = None
     if choose_cut is not None:
@@ -178,7 +182,7 @@ def prune_whisper(model, keep: int):
     """A copy of ``model`` with the first ``keep`` encoder blocks (final LayerNorm kept)."""
     m = copy.deepcopy(model)
     try:
-        from ..hf import prune  # type: ignore[attr-defined]
+        from fastconvex.hf import prune  # type: ignore[attr-defined]
     except ImportError:
         prune = None
     with warnings.catch_warnings():
@@ -200,7 +204,7 @@ def save_pruned_model(model, processor, path: Path, *, scores=None, seed=0, orig
     path.mkdir(parents=True, exist_ok=True)
     m = copy.deepcopy(model).to(torch.float16)
     try:
-        from ..hf import save_pruned  # type: ignore[attr-defined]
+        from fastconvex.hf import save_pruned  # type: ignore[attr-defined]
     except ImportError:
         save_pruned = None
     if save_pruned is not None:
@@ -221,7 +225,7 @@ def load_whisper(name: str, *, device=None):
     CTranslate2 copy (cached) and moved to ``device``."""
     import torch
 
-    from ..hf.whisper_models import load_whisper as _load
+    from fastconvex.hf.whisper_models import load_whisper as _load
 
     model, processor = _load(name)
     model.to(torch.device(device) if device else torch.device("cpu"))

@@ -58,7 +58,7 @@ def format_summary(report: dict) -> str:
                 f"{t} {100 * c['probe_pruned']:.1f}% (full {100 * c['probe_full']:.1f}%)"
             )
     if any(report["tasks"][t].get("finetune_models") for t in report["tasks"]):
-        from .finetune_report import format_finetune
+        from fastconvex.demo.finetune_report import format_finetune
 
         lines.append("")
         lines.append(format_finetune(report))
@@ -76,7 +76,7 @@ def plot_report(report: dict, path: Path) -> Path | None:
     fig = report_figure(report)
     if fig is None:
         return None
-    from .._plotfile import save_figure
+    from fastconvex.core.plotfile import save_figure
 
     save_figure(fig, path, dpi=110)
     return path
@@ -84,12 +84,12 @@ def plot_report(report: dict, path: Path) -> Path | None:
 
 def plot_finetune(report: dict, path: Path) -> str | None:
     """Save the fine-tuning experiment's figure to ``path``; None without matplotlib or results."""
-    from .finetune_report import finetune_figure
+    from fastconvex.demo.finetune_report import finetune_figure
 
     fig = finetune_figure(report)
     if fig is None:
         return None
-    from .._plotfile import save_figure
+    from fastconvex.core.plotfile import save_figure
 
     save_figure(fig, path, dpi=110)
     return str(path)

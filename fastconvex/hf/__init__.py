@@ -47,39 +47,46 @@ __all__ = [
 ]
 
 _WHERE = {
-    "FinetuneResult": "_finetune",
-    "finetune": "_finetune",
-    "classification_model": "_head",
-    "context_feature_extractor": "_context",
-    "cut_whisper_context": "_context",
-    "PooledHiddenStates": "_pooling",
-    "pooled_hidden_states": "_pooling",
-    "valid_frame_counts": "_pooling",
-    "choose_cut": "_prune",
-    "prune": "_prune",
-    "save_pruned": "_prune_io",
-    "load_pruned": "_prune_io",
-    "package_versions": "_prune_io",
-    "num_blocks": "_models",
-    "AudioFiles": "_audio",
-    "hidden_state_sequences": "_sequences",
-    "LayerPredictor": "_predict",
-    "predict_from_layer": "_predict",
-    "find_audio": "_audio",
-    "load_audio": "_audio",
+    "FinetuneResult": "train.finetune",
+    "finetune": "train.finetune",
+    "classification_model": "models.heads",
+    "context_feature_extractor": "whisper.context",
+    "cut_whisper_context": "whisper.context",
+    "PooledHiddenStates": "embed.pooling",
+    "pooled_hidden_states": "embed.pooling",
+    "valid_frame_counts": "embed.pooling",
+    "choose_cut": "models.prune",
+    "prune": "models.prune",
+    "save_pruned": "models.save",
+    "load_pruned": "models.save",
+    "package_versions": "models.save",
+    "num_blocks": "models.layout",
+    "AudioFiles": "embed.audio",
+    "hidden_state_sequences": "embed.sequences",
+    "LayerPredictor": "models.predict",
+    "predict_from_layer": "models.predict",
+    "find_audio": "embed.audio",
+    "load_audio": "embed.audio",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._audio import AudioFiles, find_audio, load_audio
-    from ._context import context_feature_extractor, cut_whisper_context
-    from ._finetune import FinetuneResult, finetune
-    from ._head import classification_model
-    from ._models import num_blocks
-    from ._pooling import PooledHiddenStates, pooled_hidden_states, valid_frame_counts
-    from ._predict import LayerPredictor, predict_from_layer
-    from ._prune import choose_cut, prune
-    from ._prune_io import load_pruned, package_versions, save_pruned
-    from ._sequences import hidden_state_sequences
+    from fastconvex.hf.embed.audio import AudioFiles, find_audio, load_audio
+    from fastconvex.hf.embed.pooling import (
+        PooledHiddenStates,
+        pooled_hidden_states,
+        valid_frame_counts,
+    )
+    from fastconvex.hf.embed.sequences import hidden_state_sequences
+    from fastconvex.hf.models.heads import classification_model
+    from fastconvex.hf.models.layout import num_blocks
+    from fastconvex.hf.models.predict import LayerPredictor, predict_from_layer
+    from fastconvex.hf.models.prune import choose_cut, prune
+    from fastconvex.hf.models.save import load_pruned, package_versions, save_pruned
+    from fastconvex.hf.train.finetune import FinetuneResult, finetune
+    from fastconvex.hf.whisper.context import (
+        context_feature_extractor,
+        cut_whisper_context,
+    )
 
 
 def __getattr__(name: str) -> Any:

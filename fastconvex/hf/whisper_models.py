@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .._atomic import new_dir
-from .ct2_whisper import (
+from fastconvex.core.atomic import new_dir
+from fastconvex.hf.ct2_whisper import (
     cache_root,
     ct2_dir_from_env,
     find_whisper_ct2_dir,
