@@ -21,10 +21,13 @@ def _type_checking_imports() -> dict[str, str]:
     for node in ast.walk(ast.parse(INIT.read_text(encoding="utf-8"))):
         if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
             for stmt in node.body:
-                assert isinstance(stmt, ast.ImportFrom) and stmt.level == 1, ast.dump(stmt)
+                # absolute (``from fastconvex.x import y``) or relative (``from .x import y``)
+                assert isinstance(stmt, ast.ImportFrom) and stmt.level in (0, 1), ast.dump(stmt)
+                module = (stmt.module or "") if stmt.level == 0 else "fastconvex" + (f".{stmt.module}" if stmt.module else "")
+                assert module == "fastconvex" or module.startswith("fastconvex."), ast.dump(stmt)
                 for alias in stmt.names:
                     assert alias.asname is None
-                    names[alias.name] = "fastconvex" + (f".{stmt.module}" if stmt.module else "")
+                    names[alias.name] = module
     return names
 
 
