@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The CPU engine: the Numba kernels (``fastconvex.kernels.numba``) behind
+``backend="numba"``: exact kNN, the union graph, and the per-source path sums."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The Ray-sharded engine (``engine="ray"``): the Numba engine with its two
+heavy steps of one layer split over Ray tasks. Chosen by
+:func:`fastconvex.backends.select.get_engine` like every other engine."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["WriteError", "as_output_error", "atomic_file", "check_output_dir", "new_dir", "staged_directory",
+__all__ = ["WriteError", "as_output_error", "atomic_file", "check_output_dir", "new_dir", "staged_directory", "swap_directory",
            "write_json_atomic", "write_text_atomic", "writing"]
 
 
@@ -196,14 +196,10 @@ def staged_directory(out: str | os.PathLike[str], *, replace: bool, last: Sequen
     else:
         out.mkdir(parents=True, exist_ok=True)
         tmp = new_dir(out, ".fastconvex-staging-")
-    old: Path | None = None
     try:
         yield tmp
         if replace:
-            if out.exists():
-                old = new_dir(out.parent, f".{out.name}.old.")
-                os.replace(out, old / out.name)
-            os.replace(tmp, out)
+            swap_directory(tmp, out)
         else:
             order = sorted(tmp.iterdir(), key=lambda p: (last.index(p.name) if p.name in last else -1, p.name))
             for item in order:
@@ -211,9 +207,27 @@ def staged_directory(out: str | os.PathLike[str], *, replace: bool, last: Sequen
             tmp.rmdir()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists():
-            os.replace(old / out.name, out)
         raise
+
+
+def swap_directory(tmp: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Rename the complete directory ``tmp`` onto ``out`` (a sibling on the
+    same file system): the one implementation of the atomic directory write.
+    An existing ``out`` is first moved aside and removed only once ``tmp`` has
+    taken its place -- a directory cannot be renamed over a non-empty one --
+    so a reader sees the old directory or the new one, and a failed rename
+    puts the old one back."""
+    tmp, out = Path(tmp), Path(out)
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = new_dir(out.parent, f".{out.name}.old.")
+    try:
+        os.replace(out, old / out.name)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old / out.name, out)
+            raise
     finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Checks of a ``device`` argument: a device torch knows, and one this
+machine has (checked before any work, with a message naming the argument)."""
 
 from __future__ import annotations
 

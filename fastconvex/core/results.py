@@ -264,11 +264,12 @@ class LayerScores:
         return plot_layer_scores(self, cut=cut, ax=ax)
 
     def __str__(self) -> str:
-        rows = [f"{'layer':>5}  {'convexity %':>11}  {'± s.e.':>7}"]
-        for i, (s, e) in enumerate(zip(self.scores, self.stderr)):
-            mark = "  <- best" if i == self.best_layer else ""
-            rows.append(f"{i:>5}  {100 * s:>11.2f}  {100 * e:>7.2f}{mark}")
-        return "\n".join(rows)
+        from fastconvex.core.table import Column, layer_table, percent
+
+        columns = [Column("layer", ">5", lambda i: i),
+                   Column("convexity %", ">11", percent(lambda i: self.scores[i]), ".2f"),
+                   Column("± s.e.", ">7", percent(lambda i: self.stderr[i]), ".2f")]
+        return "\n".join(layer_table(columns, range(len(self.scores)), best=lambda i: i == self.best_layer))
 
 
 def stack_layers(results: Sequence[Convexity], classes: list[Hashable]) -> LayerScores:

