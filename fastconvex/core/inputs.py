@@ -358,7 +358,8 @@ def check_labels_length(labels: np.ndarray, n: int, *, where: str | None = None)
         )
 
 
-def _check_seed(seed: Any) -> int | None:
+def check_seed(seed: Any) -> int | None:
+    """``seed``: None (drawn by the caller) or an integer >= 0."""
     if seed is None:
         return None
     return check_int("seed", seed, minimum=0)

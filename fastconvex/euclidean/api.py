@@ -8,7 +8,7 @@ from typing import Any, Callable, Hashable, Iterable, Mapping
 import numpy as np
 
 from fastconvex.core.devices import check_device_here
-from fastconvex.core.inputs import _check_seed, check_int, labels_to_array
+from fastconvex.core.inputs import check_seed, check_int, labels_to_array
 from fastconvex.core.layers import _split_layers
 from fastconvex.core.pairs import DEFAULT_PAIRS, PairPlan, scored_classes
 from fastconvex.core.progress import Progress, show_progress
@@ -35,7 +35,7 @@ def plan_euclidean(labels: Any, n: int, *, n_sampled: Any, pairs: Any, exact: An
     ``layer_euclidean_scores`` and of Euclidean sweeps."""
     codes, classes = encode_item_labels(labels, n)
     n_sampled, budget, exact, batch_size = check_settings(n_sampled, pairs, exact, batch_size)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     min_class_size = check_int("min_class_size", min_class_size, minimum=1)
     plan = plan_segments(codes, len(classes), exact=exact, budget=budget, seed=seed, min_class_size=min_class_size)
     return classes, plan, n_sampled, batch_size, seed
@@ -65,7 +65,7 @@ def _setup(x: Any, name: str, labels: Any, predict: Any, predict_name: str, n_sa
     here, so a mismatch is an error before any forward pass."""
     encode_item_labels(labels, int(x.shape[0]))  # label errors before settings errors, as always
     check_settings(n_sampled, pairs, exact, batch_size)
-    _check_seed(seed)
+    check_seed(seed)
     mask = check_frame_mask(x, attention_mask, lengths, name=name)
     if not callable(predict):
         raise TypeError(f"{predict_name} must be callable, got {type(predict).__name__}")

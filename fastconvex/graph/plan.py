@@ -12,7 +12,7 @@ from typing import Any, Hashable
 import numpy as np
 
 from fastconvex.core.inputs import (
-    _check_seed,
+    check_seed,
     check_int,
     check_k,
     encode_labels,
@@ -85,7 +85,7 @@ def plan_scoring(
         raise ValueError(f"labels must be 1-D (N,), got shape {label_array.shape}")
     k = check_k(k, int(label_array.shape[0]))
     codes, classes = encode_labels(label_array)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     plan = _plan(codes, len(classes), pairs, sources, exact, seed, min_class_size, n_layers)
     return ScoringPlan(codes, classes, plan, k, seed)
 

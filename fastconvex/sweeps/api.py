@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from fastconvex.backends.select import check_backend_name, resolve_backend
 from fastconvex.core.devices import check_device, check_device_here
-from fastconvex.core.inputs import _check_seed
+from fastconvex.core.inputs import check_seed
 from fastconvex.core.pairs import DEFAULT_PAIRS, resolve_estimator
 from fastconvex.core.results import Convexity, LayerScores, stack_layers
 from fastconvex.graph.plan import check_engine, plan_scoring
@@ -212,6 +212,38 @@ def sweep(
         its ``document`` is what this run wrote to ``sweep.json`` (what it
         computed and reused, never read back from ``out_dir``).
     """
+    shards = _check_options(engine=engine, address=address, retries=retries, overwrite=overwrite, device=device,
+                            measure=measure, model=model, label_map=label_map, backend=backend, k=k,
+                            sources=sources, shards=shards)
+    estimator, budget = resolve_estimator(pairs, sources, exact)
+    drawn = check_seed(seed) is None
+    if drawn:  # recorded in every result and in sweep.json: this draw is never mixed with another
+        seed = secrets.randbits(63)
+    opened = _open_stores(stores)
+    selections = {s.name: _layer_indices(layers, s) for s in opened}
+    plans = _plan_stores(opened, selections, measure=measure, model=model, k=k, pairs=pairs, sources=sources,
+                         exact=exact, seed=seed, min_class_size=min_class_size, n_sampled=n_sampled,
+                         batch_size=batch_size, label_map=label_map)
+    if measure == "euclidean" and engine == "local":
+        # the model folder loaded once, into the cache its tasks use, before out_dir is touched: a folder
+        # that cannot be used (weights not matching its config, its own code) is one error, not one per
+        # task. On Ray the driver may have no GPU (nor the workers' paths): each worker loads it, once.
+        preload_model(plans[opened[0].name], device)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir {str(out)!r} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        return _locked_sweep(out, opened, selections, plans, engine=engine, address=address, k=k,
+                             estimator=estimator, budget=budget, drawn=drawn, min_class_size=min_class_size,
+                             backend=backend, device=device, shards=shards, measure=measure, retries=retries,
+                             overwrite=overwrite, progress=progress, verbose=verbose, plot=plot)
+
+
+def _check_options(*, engine: str, address: Any, retries: Any, overwrite: Any, device: Any, measure: Any,
+                   model: Any, label_map: Any, backend: Any, k: Any, sources: Any, shards: Any) -> int | None:
+    """Every option checked before a store is read or ``out_dir`` touched;
+    returns ``shards`` checked."""
     shards = check_engine(engine, shards)
     if address is not None and engine != "ray":
         raise ValueError("address is a Ray cluster address: it needs engine='ray'")
@@ -242,12 +274,14 @@ def sweep(
         check_backend_name(backend)
         if engine == "local":  # Triton missing, or a CPU backend with a CUDA device: before the stores are read
             resolve_backend(backend, device=device)
-    estimator, budget = resolve_estimator(pairs, sources, exact)
-    drawn = _check_seed(seed) is None
-    if drawn:  # recorded in every result and in sweep.json: this draw is never mixed with another
-        seed = secrets.randbits(63)
-    opened = _open_stores(stores)
-    selections = {s.name: _layer_indices(layers, s) for s in opened}
+    return shards
+
+
+def _plan_stores(opened: list[LayerStore], selections: dict[str, list[int]], *, measure: str, model: Any, k: int,
+                 pairs: Any, sources: Any, exact: bool, seed: int, min_class_size: int, n_sampled: Any,
+                 batch_size: Any, label_map: Any) -> dict[str, Any]:
+    """Each store's plan (its pairs drawn once from its labels and the seed);
+    an error names the file it is about: the labels, or the store."""
     plans: dict[str, Any] = {}
     fingerprint = model_fingerprint(model) if measure == "euclidean" else None
     for s in opened:
@@ -265,20 +299,7 @@ def sweep(
                 raise
             where = s.path if measure == "euclidean" else _labels_file(s)
             raise type(exc)(f"store {s.name!r} ({where}): {text}") from exc
-    if measure == "euclidean" and engine == "local":
-        # the model folder loaded once, into the cache its tasks use, before out_dir is touched: a folder
-        # that cannot be used (weights not matching its config, its own code) is one error, not one per
-        # task. On Ray the driver may have no GPU (nor the workers' paths): each worker loads it, once.
-        preload_model(plans[opened[0].name], device)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"out_dir {str(out)!r} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out):
-        return _locked_sweep(out, opened, selections, plans, engine=engine, address=address, k=k,
-                             estimator=estimator, budget=budget, drawn=drawn, min_class_size=min_class_size,
-                             backend=backend, device=device, shards=shards, measure=measure, retries=retries,
-                             overwrite=overwrite, progress=progress, verbose=verbose, plot=plot)
+    return plans
 
 
 def _locked_sweep(out: Path, opened: list[LayerStore], selections: dict[str, list[int]], plans: dict[str, Any], *,
@@ -313,12 +334,12 @@ def _locked_sweep(out: Path, opened: list[LayerStore], selections: dict[str, lis
         runner: Runner = LocalRunner() if ray is None else RayRunner(ray, retries=3 if retries is None else retries)
         return _run_tasks(out, opened, selections, plans, settings, resolved,
                           runner=runner, drawn=drawn, backend=backend, device=device,
-                          shards=shards, retries=retries, progress=progress, verbose=verbose, plot=plot)
+                          shards=shards, progress=progress, verbose=verbose, plot=plot)
 
 
 def _run_tasks(out: Path, opened: list[LayerStore], selections: dict[str, list[int]], plans: dict[str, Any],
                settings: dict[str, Any], resolved: dict[str, str], *, runner: Runner, drawn: bool,
-               backend: str, device: Any, shards: int | None, retries: int | None, progress: bool | None,
+               backend: str, device: Any, shards: int | None, progress: bool | None,
                verbose: bool, plot: bool) -> SweepResults:
     """Reuse what verifies, compute the rest, write the merged outputs."""
 

@@ -237,7 +237,7 @@ def _predictor(plan: EuclideanPlan, device: Any) -> Callable[..., Any]:
     key = (plan.model, None if device is None else str(device))
     cached = _PREDICTORS.get(key)
     if cached is None or cached[0] != plan.fingerprint:
-        from fastconvex import hf
+        from fastconvex.hf.models.predict import predict_from_layer
 
         _PREDICTORS.clear()  # one model per worker process
         if model_fingerprint(plan.model) != plan.fingerprint:
@@ -248,7 +248,7 @@ def _predictor(plan: EuclideanPlan, device: Any) -> Callable[..., Any]:
         except (ValueError, OSError) as exc:
             _PREDICTORS[key] = (plan.fingerprint, exc)
             raise
-        _PREDICTORS[key] = cached = (plan.fingerprint, hf.predict_from_layer(model))
+        _PREDICTORS[key] = cached = (plan.fingerprint, predict_from_layer(model))
     if isinstance(cached[1], BaseException):
         failed = cached[1]
         raise type(failed)(*failed.args)

@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fastconvex.hf.embed.audio import AudioFiles
+from fastconvex.hf.embed.pooling import pooled_hidden_states, valid_frame_counts
 from fastconvex.runners.base import LOCAL, Placement
 
 _MODELS: dict[tuple[str, str | None, str | None], tuple[Any, Any, dict[str, str] | None]] = {}
@@ -93,19 +95,18 @@ def embed_chunk(job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequenc
     it when the job names no device."""
     if job.device is None and placement.gpu_ids:
         job = dataclasses.replace(job, device="cuda")
-    from fastconvex import hf
     from fastconvex.core.atomic import writing
     from fastconvex.hf.embed.store_out import HashedWaveforms
 
     model, fe = _model(job)
-    audio = HashedWaveforms(hf.AudioFiles([job.paths[i] for i in rows], sampling_rate=job.sampling_rate))
+    audio = HashedWaveforms(AudioFiles([job.paths[i] for i in rows], sampling_rate=job.sampling_rate))
     start, stop, frame_labels = rows[0], rows[-1] + 1, None
     if job.frames:  # every valid frame kept (any label but -100 keeps it; the store holds the real ones)
         assert job.row_offsets is not None
         start, stop = job.row_offsets[start], job.row_offsets[stop]
-        counts = hf.valid_frame_counts(model, list(lengths), feature_extractor=fe)
+        counts = valid_frame_counts(model, list(lengths), feature_extractor=fe)
         frame_labels = [np.zeros(int(c), np.int64) for c in counts]
-    pooled = hf.pooled_hidden_states(
+    pooled = pooled_hidden_states(
         model, audio, sampling_rate=job.sampling_rate, batch_size=job.batch_size, feature_extractor=fe,
         layers=job.layers, dtype=job.dtype, lengths=list(lengths), mix_lengths=job.mix_lengths,
         progress=False, final_norm=job.final_norm, frame_labels=frame_labels,
@@ -128,9 +129,8 @@ def embed_chunk(job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequenc
 def probe_layers(model: Any, fe: Any, wave: np.ndarray, *, sampling_rate: int, layers: Sequence[int] | None,
                  final_norm: str) -> tuple[list[int], int]:
     """(hidden-state indices, D) that the job will write, from one utterance."""
-    from fastconvex import hf
 
-    pooled = hf.pooled_hidden_states(model, [wave], sampling_rate=sampling_rate, feature_extractor=fe,
+    pooled = pooled_hidden_states(model, [wave], sampling_rate=sampling_rate, feature_extractor=fe,
                                      layers=layers, progress=False, final_norm=final_norm)
     return list(pooled.layers), int(pooled[0].shape[1])
 
