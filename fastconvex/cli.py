@@ -2,7 +2,14 @@
 
 Results go to stdout (or to ``--out``); logs and progress go to stderr.
 Each subcommand lives in ``fastconvex.commands.<name>`` with
-``add_arguments(parser)`` and ``run(args) -> int``.
+``add_arguments(parser)`` and ``run(args) -> int``; this module only builds
+the parser, dispatches, and turns what a command raises into one line and an
+exit status. What the commands share (the options, reading input files,
+printing results) is in the private helper modules of
+:mod:`fastconvex.commands`, which never import this one. The commands are
+imported when :func:`main` builds the parser, never at the top: ``import
+fastconvex.cli`` loads nothing heavy, so a Ctrl-C during start-up is handled
+too.
 
 Errors are one line on stderr, never a traceback (``--debug`` shows it):
 exit status 2 for usage errors (bad options, output paths, missing input
@@ -15,10 +22,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import warnings
-from typing import Any, Callable, NoReturn, Sequence
+from typing import NoReturn, Sequence
 
 COMMANDS = {
     "score": "score per-layer embeddings from files (.npy/.npz/directory)",
@@ -32,59 +38,8 @@ COMMANDS = {
 }
 
 
-_FROM_ARGS: Any = object()
-
-
-def emit_json(obj: Any, args: argparse.Namespace, out: Any = _FROM_ARGS) -> None:
-    """Write ``obj`` as JSON to ``out`` (default ``args.out``: a path, or
-    None / "-" for stdout); a file is written atomically."""
-    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
-    out = getattr(args, "out", None) if out is _FROM_ARGS else out
-    if out in (None, "-"):
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        from fastconvex.commands._output import write_text_atomic
-
-        write_text_atomic(out, text)
-        log(args, f"wrote {out}")
-
-
-def emit_report(args: argparse.Namespace, obj: Any, table: Callable[[], str], *, out: Any = _FROM_ARGS) -> None:
-    """What every command prints: the readable ``table()`` on stdout, or with
-    ``--json`` (or ``--out -``) the JSON of ``obj`` instead. ``--out FILE``
-    (``out``, default ``args.out``; None where ``--out`` is not a report
-    file) also gets the JSON, written first, so a later step (a plot) that
-    fails never loses it."""
-    out = getattr(args, "out", None) if out is _FROM_ARGS else out
-    if out not in (None, "-"):
-        emit_json(obj, args, out)
-    if getattr(args, "json", False) or out == "-":
-        emit_json(obj, args, None)
-    else:
-        text = table()
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        sys.stdout.flush()
-
-
-def _json_default(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def log(args: argparse.Namespace | None, message: str) -> None:
-    """A log line on stderr (silent with ``--quiet``)."""
-    if args is None or not getattr(args, "quiet", False):
-        print(message, file=sys.stderr, flush=True)
-
-
 def _common(parser: argparse.ArgumentParser) -> None:
-    from fastconvex.commands._output import non_negative_int
+    from fastconvex.commands._args import non_negative_int
 
     group = parser.add_argument_group("common options")
     group.add_argument("--seed", type=non_negative_int, default=0, help="seed of the pair sampling (default 0)")

@@ -163,7 +163,7 @@ def test_label_map_keys_that_are_no_data_label_are_not_checked_against_the_class
     with pytest.raises(ValueError, match=r"label_map\['left'\] = -1 is no class index"):
         fc.layer_euclidean_scores(list(states), labels, predictor, label_map={**MAP, "left": -1}, **run)
     # the command line's digit keys: an integer only when the whole key is one
-    from fastconvex.commands._euclidean import load_label_map
+    from fastconvex.commands._files import load_label_map
 
     (tmp_path / "map.json").write_text(json.dumps({"--3": 0, "-4": 1, " 05 ": 2, "x1": 0}))
     assert load_label_map(tmp_path / "map.json") == {"--3": 0, "-4": 1, -4: 1, " 05 ": 2, 5: 2, "x1": 0}

@@ -101,13 +101,13 @@ def test_the_embed_command_is_refused_while_another_writes_the_store(speech, cap
 
 
 def test_the_embed_command_is_refused_before_the_model_is_loaded(speech, capsys, tmp_path, monkeypatch):  # noqa: F811
+    import fastconvex.hf.models.load as model_load  # embed imports load_model from here when it runs
     from fastconvex.cli import main
-    from fastconvex.commands import prune
     from fastconvex.store.write import store_lock
 
     loaded = []
-    real = prune.load_model
-    monkeypatch.setattr(prune, "load_model", lambda *a, **k: loaded.append(a) or real(*a, **k))
+    real = model_load.load_model
+    monkeypatch.setattr(model_load, "load_model", lambda *a, **k: loaded.append(a) or real(*a, **k))
     root, _, _ = speech
     out = tmp_path / "s"
     with store_lock(out):

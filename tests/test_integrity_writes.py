@@ -528,7 +528,7 @@ def _plot_writers(tmp_path, monkeypatch):
 
     import fastconvex.demo.finetune_report as finetune_report
     import fastconvex.demo.report as demo_report
-    from fastconvex.commands.score import save_plot
+    from fastconvex.commands._report import save_plot
 
     rng = np.random.default_rng(0)
     layers = [rng.standard_normal((30, 4)).astype(np.float32) for _ in range(2)]

@@ -1,7 +1,10 @@
-"""``--measure euclidean --model DIR``: Euclidean convexity per layer from the
-command line (``score``), through the classifier's own remaining layers.
+"""The Euclidean parts of ``score`` and ``prune`` (``--measure euclidean``):
+Euclidean convexity per layer through the classifier's own remaining layers,
+from files (``score --model DIR``) or from labelled audio (``prune``, whose
+MODEL is the classifier). The options themselves are read in
+:mod:`fastconvex.commands._args`.
 
-EMBEDDINGS then hold every hidden state of MODEL as frame sequences, in order
+For ``score``, EMBEDDINGS then hold every hidden state of MODEL as frame sequences, in order
 (0 = the transformer's input): a ``.npy`` (L, N, T, D), a ``.npz`` with one
 (L, N, T, D) array or one (N, T, D) array per layer (keys in natural order), or
 a directory of per-layer (N, T, D) ``.npy`` files (natural order). ``--lengths``
@@ -16,139 +19,24 @@ from typing import Any
 
 import numpy as np
 
-from fastconvex.commands._output import DataError, UsageError
+from fastconvex.commands._args import euclidean_kwargs
+from fastconvex.commands._files import check_label_count, load_labels, load_npy, natural_key, npy_files
+from fastconvex.commands._output import DataError, UsageError, log
+from fastconvex.commands._report import emit_result
 
-__all__ = ["add_measure_arguments", "check_graph_only", "check_prune_euclidean", "euclidean_kwargs",
-           "load_sequence_layers", "prune_scores", "run_score"]
-
-
-def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = True,
-                          lengths: bool | None = None) -> None:
-    """``--measure`` and the Euclidean options. ``score`` (``for_files``) also
-    takes ``--model`` (the classifier) and ``--lengths`` (its EMBEDDINGS come
-    padded); in ``prune`` MODEL is the classifier and the audio gives the frames;
-    ``sweep`` takes ``--model`` but no ``--lengths`` (``lengths=False``: frame
-    stores hold them)."""
-    lengths = for_files if lengths is None else lengths
-    group = parser.add_argument_group("measure")
-    group.add_argument(
-        "--measure", default="graph", choices=["graph", "euclidean"],
-        help="graph convexity (default) or Euclidean convexity through the classifier's remaining layers"
-        + ("" if for_files else " (MODEL must be a *ForSequenceClassification or WhisperForAudioClassification)"),
-    )
-    if for_files:
-        group.add_argument(
-            "--model", default=None, metavar="DIR",
-            help="euclidean: the audio classifier (a *ForSequenceClassification or WhisperForAudioClassification "
-            + ("directory or hub id" if lengths else "directory every worker can read")
-            + ") whose blocks after each layer, and head, label the sampled points",
-        )
-    group.add_argument("--n-sampled", type=int, default=None, help="euclidean: points per segment (default 10)")
-    group.add_argument(
-        "--predict-batch", type=int, default=None, metavar="B",
-        help="euclidean: sampled points per forward pass (default 256)",
-    )
-    group.add_argument(
-        "--label-map", default=None, metavar="FILE.json",
-        help="euclidean: a JSON object {data label: class index} when the labels are not the classifier's "
-        "config.id2label names (keys are labels as text; a key of digits also matches an integer label)",
-    )
-    if lengths:
-        group.add_argument(
-            "--lengths", default=None, metavar="FILE.npy",
-            help="euclidean: real frames of each item (N,) when sequences are padded",
-        )
-
-
-def check_graph_only(args: argparse.Namespace, *, model_option: bool = True) -> None:
-    """Graph measure: the Euclidean-only options must not be given (``prune``'s
-    MODEL is its positional argument, not the ``--model`` option)."""
-    given = (("--model", getattr(args, "model", None) if model_option else None),
-             ("--lengths", getattr(args, "lengths", None)),
-             ("--n-sampled", args.n_sampled), ("--predict-batch", args.predict_batch),
-             ("--label-map", getattr(args, "label_map", None)))
-    for flag, value in given:
-        if value is not None:
-            raise ValueError(f"{flag} applies to --measure euclidean only")
-
-
-def euclidean_kwargs(args: argparse.Namespace, *, needs_model: bool = True) -> dict[str, Any]:
-    if needs_model and args.model is None:
-        raise ValueError("--measure euclidean needs --model DIR, the classifier that labels the sampled points")
-    if args.sources is not None:
-        raise ValueError("--sources applies to graph convexity; Euclidean convexity samples --pairs per class")
-    if args.k != 10:
-        raise ValueError("--k applies to graph convexity (the kNN graph); Euclidean convexity builds no graph")
-    if args.backend != "auto":
-        raise ValueError("--backend chooses the graph kernels; Euclidean convexity runs on --model's device")
-    args.n_sampled = 10 if args.n_sampled is None else args.n_sampled
-    args.predict_batch = 256 if args.predict_batch is None else args.predict_batch
-    if args.n_sampled < 1:
-        raise ValueError(f"--n-sampled must be positive, got {args.n_sampled}")
-    if args.predict_batch < 1:
-        raise ValueError(f"--predict-batch must be positive, got {args.predict_batch}")
-    from fastconvex.commands.score import scoring_kwargs
-
-    graph_only = ("k", "backend", "device")  # checked above; the model's device serves
-    kwargs = {key: v for key, v in scoring_kwargs(args).items() if key not in graph_only}
-    kwargs.update(n_sampled=args.n_sampled, batch_size=args.predict_batch)
-    if getattr(args, "label_map", None) is not None:
-        kwargs["label_map"] = load_label_map(args.label_map)
-    return kwargs
-
-
-def load_label_map(path: str | Path) -> dict[Any, int]:
-    """``--label-map FILE.json``: a JSON object {data label: class index}.
-
-    JSON keys are text, so a key that is an integer written in digits ("3",
-    "-1", " 07 ") is also entered as that integer: it then matches integer
-    labels (a ``.npy`` or a store) as well as text ones. Two keys meaning the
-    same integer with different indices ("1" and "01") are refused, naming
-    both; a key that matches no data label is never used."""
-    import json
-    import re
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--label-map {str(p)!r} is not a file")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"--label-map {p.name}: not a readable JSON file ({' '.join(str(exc).split())})") from None
-    if not isinstance(data, dict) or not data:
-        raise UsageError(f"--label-map {p.name}: expected a non-empty JSON object {{data label: class index}}, "
-                         f"got {type(data).__name__}")
-    out: dict[Any, int] = {}
-    integer_key: dict[int, str] = {}
-    for key, index in data.items():
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise UsageError(f"--label-map {p.name}: the class index of {key!r} must be an integer >= 0, "
-                             f"got {index!r}")
-        out[key] = index
-        text = key.strip()
-        if re.fullmatch(r"-?[0-9]+", text):
-            value = int(text)
-            if value in integer_key and data[integer_key[value]] != index:
-                first = integer_key[value]
-                raise UsageError(f"--label-map {p.name}: keys {first!r} and {key!r} both mean the integer label "
-                                 f"{value} but give it class indices {data[first]} and {index}")
-            integer_key.setdefault(value, key)
-            out.setdefault(value, index)
-    return out
+__all__ = ["check_prune_euclidean", "load_sequence_layers", "prune_scores", "run_score"]
 
 
 def load_sequence_layers(path: str | Path, *, with_names: bool = False) -> Any:
     """Per-layer (N, T, D) arrays (memory-mapped where the format allows), and
     with ``with_names`` where each came from (file name, npz key or ``path[i]``)."""
-    from fastconvex.commands.score import _load_npy, natural_key, npy_files
-
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"EMBEDDINGS {str(p)!r} does not exist")
     if p.is_dir():
-        layers = [(_load_npy(f), f.name) for f in npy_files(p)]
+        layers = [(load_npy(f), f.name) for f in npy_files(p)]
     elif p.suffix.lower() == ".npy":
-        arr = _load_npy(p)
+        arr = load_npy(p)
         if arr.ndim != 4:
             raise ValueError(
                 f"EMBEDDINGS: {p.name} has shape {arr.shape}; --measure euclidean needs every hidden state "
@@ -174,16 +62,10 @@ def load_sequence_layers(path: str | Path, *, with_names: bool = False) -> Any:
 
 def run_score(args: argparse.Namespace, plot_path: Path | None = None) -> int:
     """``score --measure euclidean``: per-layer Euclidean convexity, output as
-    for graph convexity (``score.emit_result``; the paths checked before)."""
+    for graph convexity (:func:`~fastconvex.commands._report.emit_result`; the
+    paths checked before)."""
     import fastconvex as fc
     from fastconvex import hf
-    from fastconvex.cli import log
-    from fastconvex.commands.score import (
-        _load_npy,
-        check_label_count,
-        emit_result,
-        load_labels,
-    )
     from fastconvex.hf.models.load import load_model
 
     kwargs = euclidean_kwargs(args)
@@ -194,7 +76,7 @@ def run_score(args: argparse.Namespace, plot_path: Path | None = None) -> int:
         if args.lengths is not None:
             if not Path(args.lengths).is_file():
                 raise FileNotFoundError(f"--lengths {str(args.lengths)!r} does not exist")
-            lengths = _load_npy(Path(args.lengths), "--lengths", mmap=False)
+            lengths = load_npy(Path(args.lengths), "--lengths", mmap=False)
             if lengths.ndim != 1:
                 raise ValueError(f"--lengths: {str(args.lengths)!r} has shape {lengths.shape}, expected (N,) "
                                  "frame counts")
@@ -239,7 +121,6 @@ def prune_scores(args: argparse.Namespace, model: Any, fe: Any, audio: Any, labe
     (``hf.hidden_state_sequences``) sent through its own remaining layers."""
     import fastconvex as fc
     from fastconvex import hf
-    from fastconvex.cli import log
 
     kwargs = check_prune_euclidean(args)  # checked before the model was loaded; here for its result
     predictor = hf.predict_from_layer(model)

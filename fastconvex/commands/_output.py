@@ -1,17 +1,26 @@
-"""What every subcommand shares about errors and output files.
+"""What every command shares about errors and output: the two error kinds,
+the output paths checked before any work, and how a result is printed.
 
 * :class:`UsageError` (exit status 2) and :class:`DataError` (exit status 1):
   :func:`fastconvex.cli.main` prints either as one line on stderr.
 * Output paths are checked *before* any work (:func:`check_output_file`,
-  :func:`check_plot_file`), results are written atomically
-  (:func:`write_text_atomic`: a temporary file in the same directory, then a
-  rename, so an interrupted run never leaves half a file), and the JSON is
-  written before the plot.
+  :func:`check_plot_file`, :func:`check_output_directory`), results are
+  written atomically (:func:`write_text_atomic`: a temporary file in the same
+  directory, then a rename, so an interrupted run never leaves half a file),
+  and the JSON is written before the plot.
+* Results go to stdout (:func:`emit_report`: the table, or the JSON), logs to
+  stderr (:func:`log`, silent with ``--quiet``).
+
+Imported by :mod:`fastconvex.cli` before the command is known, so it loads
+nothing heavy (numpy only inside :func:`_json_default`).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,9 +31,11 @@ __all__ = [
     "DataError",
     "check_output_file",
     "check_plot_file",
+    "check_output_directory",
     "write_text_atomic",
-    "positive_int",
-    "non_negative_int",
+    "log",
+    "emit_json",
+    "emit_report",
     "run_with_hf_quiet",
 ]
 
@@ -99,28 +110,6 @@ def check_plot_file(path: str | os.PathLike[str], option: str = "--plot", *, ove
     return check_output_file(out, option, overwrite=overwrite)
 
 
-def _int_at_least(text: str, minimum: int) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse ``type=``: an integer >= 1 (else a one-line usage error)."""
-    return _int_at_least(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    """argparse ``type=``: an integer >= 0."""
-    return _int_at_least(text, 0)
-
-
 def run_with_hf_quiet(args: Any, body: Callable[[Any], int]) -> int:
     """``body(args)``; with ``--quiet``, transformers' logging and progress bars
     ("Loading weights" ...) are silenced while it runs."""
@@ -130,3 +119,53 @@ def run_with_hf_quiet(args: Any, body: Callable[[Any], int]) -> int:
 
     with quiet_transformers():
         return body(args)
+
+
+# "out not given": None already means stdout, so the default ``args.out`` needs a sentinel of its own
+_FROM_ARGS: Any = object()
+
+
+def log(args: argparse.Namespace | None, message: str) -> None:
+    """A log line on stderr (silent with ``--quiet``)."""
+    if args is None or not getattr(args, "quiet", False):
+        print(message, file=sys.stderr, flush=True)
+
+
+def emit_json(obj: Any, args: argparse.Namespace, out: Any = _FROM_ARGS) -> None:
+    """Write ``obj`` as JSON to ``out`` (default ``args.out``: a path, or
+    None / "-" for stdout); a file is written atomically."""
+    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+    out = getattr(args, "out", None) if out is _FROM_ARGS else out
+    if out in (None, "-"):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_text_atomic(out, text)
+        log(args, f"wrote {out}")
+
+
+def emit_report(args: argparse.Namespace, obj: Any, table: Callable[[], str], *, out: Any = _FROM_ARGS) -> None:
+    """What every command prints: the readable ``table()`` on stdout, or with
+    ``--json`` (or ``--out -``) the JSON of ``obj`` instead. ``--out FILE``
+    (``out``, default ``args.out``; None where ``--out`` is not a report
+    file) also gets the JSON, written first, so a later step (a plot) that
+    fails never loses it."""
+    out = getattr(args, "out", None) if out is _FROM_ARGS else out
+    if out not in (None, "-"):
+        emit_json(obj, args, out)
+    if getattr(args, "json", False) or out == "-":
+        emit_json(obj, args, None)
+    else:
+        text = table()
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np  # here: the module stays light for the command line's start-up
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

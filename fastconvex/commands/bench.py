@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from fastconvex.cli import emit_report, log
-from fastconvex.commands._output import UsageError, non_negative_int, positive_int
+from fastconvex.commands._args import non_negative_int, positive_int
+from fastconvex.commands._output import UsageError, emit_report, log
 from fastconvex.graph.benchmark import format_row
 
 

@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # no task could run
         print(f"fastconvex demo: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2  # the setup is missing a piece: the message says which
-    from fastconvex.cli import emit_report
+    from fastconvex.commands._output import emit_report
 
     emit_report(args, report, lambda: format_summary(report))
     for task, why in report.get("skipped", {}).items():

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fastconvex.commands._output import non_negative_int, positive_int
-from fastconvex.commands.sweep import _layer_list
+from fastconvex.commands._args import layer_list, non_negative_int, positive_int
+from fastconvex.commands._files import subsample_per_class
+from fastconvex.commands._output import UsageError, emit_report, log, run_with_hf_quiet
+from fastconvex.commands._paths import check_listed_audio
 
 __all__ = ["add_arguments", "run"]
 
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "an interrupted write made with other settings, another model or other audio")
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default 8)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of the stored layers")
-    parser.add_argument("--layers", type=_layer_list, default=None, metavar="I,J,...",
+    parser.add_argument("--layers", type=layer_list, default=None, metavar="I,J,...",
                         help="hidden-state indices to keep (default all)")
     parser.add_argument("--final-norm", default="raw", choices=["raw", "apply"],
                         help="pre-LN models: store raw hidden states or pass them through the final LayerNorm")
@@ -61,8 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Embed; a one-line summary (or JSON with ``--out``) on stdout."""
-    from fastconvex.commands._output import UsageError, run_with_hf_quiet
-
     try:
         return run_with_hf_quiet(args, _run)  # --quiet: no "Loading weights" bar either
     except FileExistsError as exc:  # an output path: a usage error
@@ -71,9 +71,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from fastconvex import hf
-    from fastconvex.cli import emit_report, log
-    from fastconvex.commands._output import UsageError
-    from fastconvex.commands.prune import _subsample
     from fastconvex.hf.models.load import load_model
 
     if args.batch_size < 1:
@@ -100,11 +97,9 @@ def _run(args: argparse.Namespace) -> int:
     if store_path.exists() and not args.overwrite:
         raise FileExistsError(f"--out-dir {str(store_path)!r} already exists (pass --overwrite to replace it)")
     paths, labels = hf.find_audio(args.audio)
-    from fastconvex.commands._paths import check_listed_audio
-
     check_listed_audio(args, paths)  # before the model is loaded
     if args.max_per_class is not None:
-        idx = _subsample(labels, args.max_per_class, args.seed)
+        idx = subsample_per_class(labels, args.max_per_class, args.seed)
         paths, labels = [paths[i] for i in idx], [labels[i] for i in idx]
     from fastconvex.store.write import store_lock
 
@@ -147,7 +142,6 @@ def _frame_labels(model, fe, lengths, labels) -> list:
     """Every valid frame of utterance i labelled with ``labels[i]`` (nothing
     ignored, so each utterance's rows are its whole sequence)."""
     from fastconvex import hf
-    from fastconvex.commands._output import UsageError
     from fastconvex.hf.models.layout import is_whisper
 
     if is_whisper(model):
@@ -158,7 +152,6 @@ def _frame_labels(model, fe, lengths, labels) -> list:
 
 
 def _run_ray(args, model, fe, audio, paths, labels, lengths, rate, meta, store_path) -> None:
-    from fastconvex.cli import log
     from fastconvex.hf.embed.featurise import _feature_extractor_for, _waveform_name
     from fastconvex.hf.embed.job import EmbedJob, chunk_rows, embed_on_ray, probe_layers
     from fastconvex.hf.embed.store_out import (

@@ -122,7 +122,7 @@ def format_environment(env: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print :func:`environment`: readable, or as JSON (``--json``, ``--out``)."""
-    from fastconvex.cli import emit_report
+    from fastconvex.commands._output import emit_report
 
     env = environment()
     emit_report(args, env, lambda: format_environment(env))

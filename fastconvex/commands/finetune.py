@@ -20,13 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
+from fastconvex.commands._args import positive_int
+from fastconvex.commands._files import load_labels
 from fastconvex.commands._output import (
     DataError,
     UsageError,
     check_output_directory,
-    positive_int,
+    emit_report,
+    log,
     run_with_hf_quiet,
 )
+from fastconvex.commands._paths import check_listed_audio
 
 __all__ = ["add_arguments", "run"]
 
@@ -80,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from fastconvex import hf
-    from fastconvex.cli import emit_report, log
     from fastconvex.hf.models.load import check_model_path, load_model
 
     # ---- outputs and options, before any work --------------------------------------------
@@ -100,12 +103,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--label-column applies to a CSV (--labels FILE.csv or an --audio CSV)")
     audio_labels = {"label_column": args.label_column} if args.labels is None and args.label_column else {}
     paths, labels = hf.find_audio(args.audio, **audio_labels)
-    from fastconvex.commands._paths import check_listed_audio
-
     check_listed_audio(args, paths)  # before the model is loaded
     if args.labels is not None:
-        from fastconvex.commands.score import load_labels
-
         try:
             labels = list(load_labels(args.labels, column=args.label_column))
         except (FileNotFoundError, UsageError):

@@ -19,14 +19,26 @@ from typing import Any
 
 import numpy as np
 
+from fastconvex.commands._args import (
+    add_measure_arguments,
+    add_scoring_arguments,
+    check_graph_only,
+    positive_int,
+    scoring_kwargs,
+)
+from fastconvex.commands._euclidean import check_prune_euclidean, prune_scores
+from fastconvex.commands._files import subsample_per_class
 from fastconvex.commands._output import (
+    DataError,
     UsageError,
     check_output_directory,
-    positive_int,
+    emit_report,
+    log,
     run_with_hf_quiet,
     write_text_atomic,
 )
-from fastconvex.commands.score import add_scoring_arguments, save_plot, scoring_kwargs
+from fastconvex.commands._paths import check_listed_audio
+from fastconvex.commands._report import format_table, save_plot
 from fastconvex.hf.models.load import load_model
 
 __all__ = ["add_arguments", "run", "load_model"]
@@ -62,8 +74,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --embeddings-dir store, and write into a non-empty --out directory")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of --embeddings-dir")
     add_scoring_arguments(parser)
-    from fastconvex.commands._euclidean import add_measure_arguments
-
     add_measure_arguments(parser, for_files=False)
     cut = parser.add_argument_group("the cut")
     cut.add_argument("--rule", default="argmax", choices=["argmax", "1se"], help="how to choose the cut (default argmax)")
@@ -78,20 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plot", action="store_true", help="do not write convexity.png")
 
 
-def _subsample(labels: list[str], per_class: int, seed: int) -> np.ndarray:
-    if per_class < 1:
-        raise ValueError(f"--max-per-class must be positive, got {per_class}")
-    rng = np.random.default_rng(seed)
-    lab = np.asarray(labels)
-    keep = []
-    for cls in dict.fromkeys(labels):
-        idx = np.flatnonzero(lab == cls)
-        if idx.shape[0] > per_class:
-            idx = np.sort(rng.choice(idx, size=per_class, replace=False))
-        keep.append(idx)
-    return np.sort(np.concatenate(keep))
-
-
 def run(args: argparse.Namespace) -> int:
     """Score, cut, prune and save; the report goes to ``--out``/report.json and stdout."""
     return run_with_hf_quiet(args, _run)
@@ -99,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _summary(report: dict, scores: Any) -> str:
     """The readable report: the per-layer table and the cut."""
-    from fastconvex.commands.score import format_table
-
     return "\n".join([
         f"{report['model_class']} ({report['source']}): {report['measure']} convexity of each hidden state on "
         f"{report['n_utterances']} utterances, {report['n_classes']} classes",
@@ -113,19 +107,14 @@ def _summary(report: dict, scores: Any) -> str:
 def _run(args: argparse.Namespace) -> int:
     import fastconvex as fc
     from fastconvex import hf
-    from fastconvex.cli import emit_report, log
 
     if args.out is None:
         raise ValueError("prune needs --out DIR, the directory for the pruned model and its report")
     # written into by save_pruned (whole=False): --out itself, or where it will be made, must be writable
     out_dir = check_output_directory(args.out, "--out", overwrite=args.overwrite, whole=False, action="write into it")
     if args.measure != "euclidean":
-        from fastconvex.commands._euclidean import check_graph_only
-
         check_graph_only(args, model_option=False)
     else:  # the Euclidean options, with the --label-map file, before the audio is listed and the model loaded
-        from fastconvex.commands._euclidean import check_prune_euclidean
-
         check_prune_euclidean(args)
     plot_problem = None
     if not args.no_plot:
@@ -149,11 +138,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--embeddings-dir {str(args.embeddings_dir)!r} already exists (pass --overwrite to replace it)")
 
     paths, labels = hf.find_audio(args.audio)
-    from fastconvex.commands._paths import check_listed_audio
-
     check_listed_audio(args, paths)  # before the model is loaded
     if args.max_per_class is not None:
-        idx = _subsample(labels, args.max_per_class, args.seed)
+        idx = subsample_per_class(labels, args.max_per_class, args.seed)
         paths = [paths[i] for i in idx]
         labels = [labels[i] for i in idx]
     n_classes = len(set(labels))
@@ -168,12 +155,8 @@ def _run(args: argparse.Namespace) -> int:
     audio = hf.AudioFiles(paths, sampling_rate=rate)
     lengths = audio.lengths()
 
-    from fastconvex.commands._output import DataError
-
     try:  # from here on, what fails is the audio or its embeddings: exit status 1
         if args.measure == "euclidean":  # MODEL's own remaining layers label the segments
-            from fastconvex.commands._euclidean import prune_scores
-
             scores = prune_scores(args, model, fe, audio, labels, rate)
             pooled_norm = "raw"
         else:

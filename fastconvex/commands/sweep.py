@@ -18,21 +18,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fastconvex.commands._euclidean import (
+from fastconvex.commands._args import (
     add_measure_arguments,
+    add_scoring_arguments,
     check_graph_only,
     euclidean_kwargs,
+    layer_list,
+    scoring_kwargs,
 )
-from fastconvex.commands.score import add_scoring_arguments, scoring_kwargs
+from fastconvex.commands._files import load_label_map
+from fastconvex.commands._output import DataError, emit_report, run_with_hf_quiet
 
 __all__ = ["add_arguments", "run"]
-
-
-def _layer_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--layers must be comma-separated integers, got {text!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="local", choices=["local", "ray"], help="where tasks run (default local)")
     parser.add_argument("--address", default=None, metavar="ADDR",
                         help="Ray cluster address (default: RAY_ADDRESS or a new local Ray); with --engine ray")
-    parser.add_argument("--layers", type=_layer_list, default=None, metavar="I,J,...",
+    parser.add_argument("--layers", type=layer_list, default=None, metavar="I,J,...",
                         help="only these layer indices of every store")
     parser.add_argument("--shards", type=int, default=None,
                         help="split each layer's kNN and shortest paths over this many Ray tasks (with --engine ray)")
@@ -59,8 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep; a table (or JSON) on stdout, logs and progress on stderr."""
-    from fastconvex.cli import emit_report
-    from fastconvex.commands._output import run_with_hf_quiet
     from fastconvex.sweeps.api import SweepResults, format_table, sweep
 
     if args.measure == "euclidean":
@@ -84,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
 
     # --measure euclidean loads the model here (local engine): with --quiet, no "Loading weights" bar
     if args.measure == "euclidean":
-        from fastconvex.commands._output import DataError
         from fastconvex.hf.models.load import ModelFolderError
 
         try:
@@ -103,12 +97,9 @@ def _check_frame_stores(args: argparse.Namespace) -> None:
     """``--measure euclidean``: every STORE a frame store that ``--model`` can
     score (data errors, exit status 1, before any work)."""
     import fastconvex as fc
-    from fastconvex.commands._euclidean import load_label_map
     from fastconvex.sweeps.euclidean import check_labels, check_store
 
     label_map = None if args.label_map is None else load_label_map(args.label_map)
-
-    from fastconvex.commands._output import DataError
 
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"--model {args.model!r} is not a model directory")
