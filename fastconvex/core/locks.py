@@ -14,7 +14,7 @@ from typing import Iterator
 
 from fastconvex.core.atomic import write_json_atomic
 
-__all__ = ["OutputDirectoryBusy", "output_lock", "store_lock"]
+__all__ = ["OutputDirectoryBusy", "output_lock"]
 
 
 class OutputDirectoryBusy(RuntimeError):
