@@ -8,7 +8,7 @@ of fastconvex and ``LayerScores.plot`` can call it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
@@ -19,9 +19,12 @@ if TYPE_CHECKING:  # pragma: no cover
 class PerLayerScores(Protocol):
     """What a plot reads of a :class:`fastconvex.LayerScores`."""
 
-    scores: np.ndarray
-    stderr: np.ndarray
-    layers: Sequence[Any]
+    @property
+    def scores(self) -> np.ndarray: ...
+    @property
+    def stderr(self) -> np.ndarray: ...
+    @property
+    def layers(self) -> Sequence[Any]: ...
 
 
 def _figure() -> Any:
@@ -53,7 +56,8 @@ def plot_layer_scores(
     -------
     matplotlib.figure.Figure
     """
-    tasks = [scores] if hasattr(scores, "scores") else list(scores)  # type: ignore[arg-type]
+    tasks = ([cast(PerLayerScores, scores)] if hasattr(scores, "scores")
+             else list(scores))
     if not tasks:
         raise ValueError("scores is empty: nothing to plot")
     if labels is not None and len(labels) != len(tasks):

@@ -12,7 +12,7 @@ if "TRITON_INTERPRET" not in os.environ:
         import torch
 
         _has_cuda = torch.cuda.is_available()
-    except Exception:  # pragma: no cover - torch is a core dependency
+    except Exception:  # noqa: BLE001  # pragma: no cover - torch is a core dependency
         _has_cuda = False
     if not _has_cuda:
         os.environ["TRITON_INTERPRET"] = "1"

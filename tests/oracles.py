@@ -169,7 +169,7 @@ def euclidean_one_pair_at_a_time(x, labels, predict, n_sampled: int = 10) -> tup
             for i in range(1, n_sampled + 1):
                 lam = i * (1.0 / (n_sampled + 1))
                 point = lam * x[a] + (1 - lam) * x[b]
-                hits += int(list(predict(point[None]))[0] == c)
+                hits += int(next(iter(predict(point[None]))) == c)
             scores.append(hits / n_sampled)
         if scores:
             per_class[c] = float(np.mean(scores))

@@ -120,7 +120,7 @@ def test_bad_input_is_one_line(data, capsys, tmp_path, extra, status, message):
     extra = [subst.get(a, a) for a in extra]
     argv = ["finetune", data / "w2v", "--audio", data / "audio", "--out-dir", tmp_path / "out", "--epochs", "1", "--quiet",
             *extra]
-    code, stdout, err = run_cli(capsys, argv)
+    code, _stdout, err = run_cli(capsys, argv)
     assert code == status, err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()

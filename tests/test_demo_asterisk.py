@@ -135,7 +135,7 @@ def test_speaker_task_balanced_resampled_and_deterministic(tree):
     other = [da.load_asterisk_speaker(4, seed=s, roots=[tree]).groups for s in (1, 2, 3)]
     assert any(g != ds.groups for g in other)
     # every voice takes its prompts in one seeded order, so single-voice classes share prompts
-    single = [set(g for g, lab in zip(ds.groups, ds.labels) if lab == s) for s in ("june-wallack", "carlo-flora")]
+    single = [{g for g, lab in zip(ds.groups, ds.labels) if lab == s} for s in ("june-wallack", "carlo-flora")]
     assert single[0] == single[1]
 
 
@@ -208,7 +208,7 @@ def test_unseen_speaker_language_task_holds_out_voices_and_prompts(tree, tmp_pat
     # the other direction: the community voices train, the core voices test
     rev = da.load_asterisk_language_unseen(10, seed=0, roots=[root], train_voices=[
         "asterisk-prompt-es-co", "asterisk-prompt-fr-armelle", "asterisk-prompt-it-menardi-wav"])
-    tr2, te2 = da.asterisk_split(rev)
+    _tr2, te2 = da.asterisk_split(rev)
     assert set(np.array([m["speaker"] for m in rev.meta])[te2]) == {"allison-smith", "june-wallack", "carlo-flora"}
     with pytest.raises(ValueError, match="es-wav has 14 train clips, fewer than the 21 asked"):
         da.load_asterisk_language_unseen(30, roots=[root])  # 14 of 20 prompt names are train-only

@@ -60,5 +60,5 @@ def test_demo_plot_legend_does_not_cover_the_cut_line():
         frame = ax.get_window_extent(renderer)
         assert not legend.overlaps(frame), (legend, frame)  # nothing inside the plot area is hidden
         assert legend.y0 >= 0  # and it is on the figure
-        cut = [line for line in ax.get_lines() if line.get_label().startswith("cut:")][0]
+        cut = next(line for line in ax.get_lines() if line.get_label().startswith("cut:"))
         assert np.allclose(cut.get_xdata(), [task["cut"]["keep"]] * 2) or cut.get_xdata()[0] == 2

@@ -45,7 +45,7 @@ def manual_encoder(model, input_features, frames):
 
 
 def test_cut_slices_positions_and_sets_the_config():
-    model, fe = whisper3s()
+    model, _fe = whisper3s()
     full = model.embed_positions.weight.detach().clone()
     other = {k: v.clone() for k, v in model.state_dict().items() if "embed_positions" not in k}
     assert hf.cut_whisper_context(model, 1) is model

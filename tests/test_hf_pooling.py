@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-import fastconvex as fc
+import fastconvex as fc  # noqa: E402
 from fastconvex import hf  # noqa: E402
 from fastconvex.hf.testing import tiny_model  # noqa: E402
 

@@ -293,7 +293,7 @@ def test_prune_rejects_non_models():
 
 
 def test_provenance_is_strict_json(tmp_path):
-    model, fe = tiny_model("hubert", layers=LAYERS)
+    model, _fe = tiny_model("hubert", layers=LAYERS)
     hf.prune(model, 1)
     prov = hf.save_pruned(
         model, tmp_path / "out", scores=np.array([0.5, np.nan, 0.25, 0.1]), extra={"n": np.int64(3)}

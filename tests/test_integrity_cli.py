@@ -240,7 +240,7 @@ def test_a_link_to_an_input_is_the_input(inputs, capsys):
 
 
 def test_outputs_beside_the_inputs_are_fine(inputs, capsys):
-    code, out, err = run_cli(capsys, ["score", inputs / "emb.npy", "--labels", inputs / "y.npy", "--out",
+    code, _out, err = run_cli(capsys, ["score", inputs / "emb.npy", "--labels", inputs / "y.npy", "--out",
                                    inputs / "emb.json", "--quiet"])
     assert code == 0, err
     assert json.loads((inputs / "emb.json").read_text())["best_layer"] in (0, 1)

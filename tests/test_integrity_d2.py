@@ -74,7 +74,7 @@ def test_sweep_into_the_directory_holding_its_store_runs_and_spares_the_store(tm
     _store(stores / "s2")
     before = {p: p.read_bytes() for p in (stores / "s2").rglob("*") if p.is_file()}
     monkeypatch.chdir(stores)  # cd stores; fastconvex sweep s2 --out-dir .
-    code, out, err = run_cli(capsys, ["sweep", "s2", "--out-dir", ".", "--k", "4", "--pairs", "100", "--quiet"])
+    code, _out, err = run_cli(capsys, ["sweep", "s2", "--out-dir", ".", "--k", "4", "--pairs", "100", "--quiet"])
     assert code == 0, err
     assert json.loads((stores / "sweep.json").read_text())["stores"]
     assert {p: p.read_bytes() for p in (stores / "s2").rglob("*") if p.is_file()} == before

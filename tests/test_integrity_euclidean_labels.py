@@ -50,7 +50,7 @@ def setup(tmp_path_factory):
     model, fe = tiny_model("wav2vec2", head="sequence", weighted_layer_sum=False, seed=0)
     with torch.no_grad():
         model.classifier.weight.mul_(40.0)
-    out, states, n_frames = padded_frame_states(model)
+    _out, states, n_frames = padded_frame_states(model)
     labels = np.array(NAMES * 4)
     _save(model, fe, root / "named", NAMES)
     _save(model, fe, root / "generic", GENERIC)
@@ -239,7 +239,7 @@ def test_sweep_loads_the_model_folder_once_before_its_output(setup, tmp_path, mo
 
     from fastconvex.hf.models import load as _load
 
-    root, model, states, n_frames, labels = setup
+    root, _model, states, n_frames, labels = setup
     store = _frame_store(tmp_path / "store", states, n_frames, labels)
     kw = dict(measure="euclidean", pairs=12, n_sampled=4, seed=3, verbose=False, plot=False)
     loads = []
@@ -292,7 +292,7 @@ def _score(root, model_dir, *extra):
 
 
 def test_cli_score_refuses_other_names_and_takes_a_label_map(setup, capsys, tmp_path):
-    root, model, states, n_frames, labels = setup
+    root, _model, _states, _n_frames, labels = setup
     assert main(_score(root, "generic")) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "'LABEL_0'" in err and "'yes'" in err and "label_map" in err
@@ -313,8 +313,8 @@ def test_cli_score_refuses_other_names_and_takes_a_label_map(setup, capsys, tmp_
     ("{not json", "--label-map map.json: not a readable JSON file"),
     ('["yes", "no"]', "expected a non-empty JSON object {data label: class index}, got list"),
     ('{"yes": "LABEL_0"}', "the class index of 'yes' must be an integer >= 0, got 'LABEL_0'"),
-    ('{"yes": 0, "1": 0, "01": 2}', "keys '1' and '01' both mean the integer label 1 but give it class indices 0 "
-                                    "and 2"),
+    ('{"yes": 0, "1": 0, "01": 2}', ("keys '1' and '01' both mean the integer label 1 but give it class indices 0 "
+                                     "and 2")),
 ])
 def test_cli_bad_label_map_files_are_one_line(setup, capsys, tmp_path, content, message):
     root = setup[0]
@@ -328,7 +328,7 @@ def test_cli_bad_label_map_files_are_one_line(setup, capsys, tmp_path, content, 
 
 
 def test_cli_sweep_refuses_other_names_and_takes_a_label_map(setup, capsys, tmp_path):
-    root, model, states, n_frames, labels = setup
+    root, _model, states, n_frames, labels = setup
     _frame_store(tmp_path / "store", states, n_frames, labels)
     base = ["sweep", str(tmp_path / "store"), "--measure", "euclidean", "--pairs", "12", "--seed", "3",
             "--n-sampled", "4", "--no-plot", "--quiet", "--json"]

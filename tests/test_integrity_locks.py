@@ -50,7 +50,7 @@ def test_a_second_embed_into_the_same_store_is_refused_naming_the_holder(tmp_pat
         try:
             first["result"] = hf.pooled_hidden_states(model, held, feature_extractor=fe, lengths=lengths,
                                                       out_dir=out, labels=labels, progress=False)
-        except BaseException as exc:  # reported by the assertion below
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             first["error"] = exc
 
     thread = threading.Thread(target=embed)

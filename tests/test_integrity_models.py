@@ -191,8 +191,8 @@ def test_custom_code_is_refused_without_a_prompt(tmp_path, audio):
     assert "custom code?" not in done.stdout + done.stderr
     assert done.returncode == 1, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "needs its own Python code (config.json has auto_map for AutoConfig, AutoFeatureExtractor, " \
-           "AutoModel; code: evil.py)" in done.stderr
+    assert ("needs its own Python code (config.json has auto_map for AutoConfig, AutoFeatureExtractor, "
+            "AutoModel; code: evil.py)") in done.stderr
     with pytest.raises(ValueError, match="needs its own Python code"):
         hf.load_pruned(path)
     assert not marker.exists()

@@ -5,6 +5,7 @@ and the store and sweep errors name their files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -556,10 +557,8 @@ def _fds_into(path: Path) -> int:
     n = 0
     for fd in os.listdir("/proc/self/fd"):
         with_link = os.path.join("/proc/self/fd", fd)
-        try:
+        with contextlib.suppress(OSError):
             n += os.readlink(with_link).startswith(str(path))
-        except OSError:
-            pass
     return n
 
 

@@ -138,7 +138,7 @@ def test_cli_embed_resume_refuses_a_changed_model_folder_and_audio_file(speech, 
     from fastconvex import hf
     from fastconvex.cli import main
 
-    root, model, fe = speech
+    root, model, _fe = speech
     model_dir, audio_dir = tmp_path / "model", tmp_path / "audio"
     shutil.copytree(root / "model", model_dir)
     shutil.copytree(root / "audio", audio_dir)

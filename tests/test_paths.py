@@ -78,7 +78,10 @@ def test_class_sums_equal_explicit_pairs(make, k, buckets):
     sources = np.arange(0, len(x), 7, dtype=np.int64)
     sizes = np.bincount(codes).astype(np.int64)
     sums, sumsq, unreach = class_sums(indptr, nbr, w, codes, sources, sizes, buckets=buckets)
-    targets_of = lambda s: np.flatnonzero((codes == codes[s]) & (np.arange(len(x)) != s))
+
+    def targets_of(s):
+        return np.flatnonzero((codes == codes[s]) & (np.arange(len(x)) != s))
+
     ref, ref_reach = _oracle_scores(indptr, nbr, w, codes, sources, targets_of)
     counts = sizes[codes[sources]] - 1
     seg = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -290,7 +293,7 @@ def test_tie_rule_matches_a_plain_reference_on_tie_heavy_graphs(make, k, buckets
     for s in sources:
         state = _tie_rule_reference(indptr, nbr, w, codes, s)
         for t in np.delete(np.arange(n), s):
-            d, h, c = state[t]
+            _d, h, c = state[t]
             expected_reach.append(h is not None)
             expected.append(0.0 if h is None else 1.0 if h == 1 else c / (h - 1))
     np.testing.assert_array_equal(reach, expected_reach)

@@ -248,5 +248,5 @@ def test_manifest_documents_the_files(tmp_path):
     # the layer files alone still load as a directory of .npy layers (fastconvex score DIR)
     from fastconvex.commands.score import load_embeddings
 
-    layers, names = load_embeddings(tmp_path / "s")
+    _, names = load_embeddings(tmp_path / "s")
     assert names == ["layer_000.npy", "layer_001.npy"]

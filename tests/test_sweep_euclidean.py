@@ -47,7 +47,7 @@ def euclid(tmp_path_factory):
     model.save_pretrained(root / "model")
     fe.save_pretrained(root / "model")
     rng = np.random.default_rng(0)
-    for c, name in enumerate(NAMES):
+    for name in NAMES:
         (root / "audio" / name).mkdir(parents=True)
         for j in range(4):
             m = int(rng.integers(1500, 2600))
@@ -153,7 +153,7 @@ def test_resume_never_mixes_measures_or_models(euclid, tmp_path, capsys):
     assert "reusing 0 finished" in capsys.readouterr().err
     assert {c.measure for c in graph[store.name].layers} == {"graph"}
     # another model (other weights, same shapes), other n_sampled: recomputed
-    other, fe = _classifier(seed=3)
+    other, _fe = _classifier(seed=3)
     other.save_pretrained(tmp_path / "other")
     changed = fc.sweep(store, out_dir=out, measure="euclidean", model=tmp_path / "other", plot=False,
                        overwrite=True, **KW)

@@ -40,7 +40,7 @@ def test_node_removed_mid_sweep(tmp_path):
             try:
                 box["result"] = fc.sweep([store.path], out_dir=out, engine="ray", pairs=2000, plot=False,
                                          verbose=False)
-            except BaseException as exc:  # reported below
+            except BaseException as exc:  # noqa: BLE001 - reported below
                 box["error"] = exc
 
         thread = threading.Thread(target=run)

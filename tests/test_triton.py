@@ -151,7 +151,7 @@ def test_symmetric_candidates_hold_both_sides(device):
     xs = torch.zeros((96, 16), dtype=torch.float32, device=device)
     xs[:n, :d] = torch.from_numpy(x / 8.0).to(device)
     sq = (xs.double() ** 2).sum(1).float()
-    cd, ci = _candidates_symmetric(xs, sq, kp, "ieee", 16, 32, 16, 4, 2, n, kp)
+    _cd, ci = _candidates_symmetric(xs, sq, kp, "ieee", 16, 32, 16, 4, 2, n, kp)
     x64 = x.astype(np.float64)
     dist = ((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1)
     np.fill_diagonal(dist, np.inf)
@@ -183,7 +183,7 @@ def test_knn_duplicates_ties_and_fallback(device):
     idx, dist = idx.cpu().numpy(), dist.cpu().numpy()
     assert n_fb > 0 and stats["brute_force_rows"] > 0
     assert_knn_equal_up_to_ties(x, idx, dist, k)
-    ref_i, ref_d, _ = __import__("fastconvex.kernels.numba.knn", fromlist=["knn"]).knn(x, k)
+    ref_i, _ref_d, _ = __import__("fastconvex.kernels.numba.knn", fromlist=["knn"]).knn(x, k)
     np.testing.assert_array_equal(idx[10:50], ref_i[10:50])  # exact zero ties: smaller index
     np.testing.assert_array_equal(dist[10:50], 0.0)
     assert idx[60, 0] == 61 and dist[60, 0] == 0.0

@@ -260,7 +260,7 @@ def real_model(tmp_path_factory):
 
 
 def test_real_model_structure(real_model):
-    src, cache, model, processor = real_model
+    src, cache, model, _processor = real_model
     cfg = model.config
     assert (cfg.encoder_layers, cfg.decoder_layers, cfg.d_model, cfg.vocab_size) == (4, 4, 384, 51864)
     assert model.generation_config.is_multilingual is False

@@ -4,6 +4,7 @@ heavy steps of one layer split over Ray tasks. Chosen by
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,7 +26,7 @@ def knn_block(x: np.ndarray, k: int, q0: int, q1: int) -> tuple[np.ndarray, np.n
 
 def _blocks(n: int, shards: int) -> list[tuple[int, int]]:
     bounds = np.linspace(0, n, min(shards, n) + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 class ShardedEngine(NumbaEngine):

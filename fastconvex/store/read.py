@@ -167,7 +167,7 @@ def _memmap_sha256(array: np.ndarray | None, nbytes: int, file: Path, stop: thre
         for start in range(0, nbytes, _HASH_BLOCK):
             if stop is not None and stop.is_set():
                 raise _Stopped(str(file))
-            digest.update(memoryview(flat[start : start + _HASH_BLOCK]))
+            digest.update(flat[start : start + _HASH_BLOCK].data)
     except OSError as exc:
         raise _fail(file, f"cannot be read ({exc.strerror or exc})") from None
     return digest.hexdigest()
@@ -181,7 +181,7 @@ class _LayerFile:
     def __init__(self, file: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.file = file
         try:
-            self.fh = open(file, "rb")
+            self.fh = open(file, "rb")  # noqa: SIM115 - held open for the store's lifetime, closed by close()
         except OSError as exc:
             raise _fail(file, f"cannot be opened ({exc.strerror or exc})") from None
         try:
@@ -324,6 +324,7 @@ class LayerStore:
         utterance carry different labels, and for a store without an
         utterance index."""
         starts, counts = self._utterance_runs()
+        assert self.utterance is not None  # _utterance_runs raised for a store without one
         labels = self.labels
         first = np.repeat(labels[starts], counts)
         same = np.array([a == b for a, b in zip(labels, first)], bool) if labels.dtype.kind == "O" \

@@ -287,6 +287,7 @@ def _plan_stores(opened: list[LayerStore], selections: dict[str, list[int]], *, 
     for s in opened:
         try:
             if measure == "euclidean":
+                assert fingerprint is not None  # measure == "euclidean"
                 plans[s.name] = plan_store(s, selections[s.name], model=model, fingerprint=fingerprint,
                                            n_sampled=n_sampled, pairs=pairs, exact=exact, batch_size=batch_size,
                                            seed=seed, min_class_size=min_class_size, label_map=label_map)

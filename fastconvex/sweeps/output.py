@@ -164,9 +164,9 @@ def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, lis
             names = [s.name for s in stores]
             fig = plot_layer_scores([merged[n] for n in names], labels=names if len(names) > 1 else None)
             sel = selections[names[0]]
-            if any(selections[n] != list(range(len(sel))) for n in names):
-                if all(selections[n] == sel for n in names):
-                    fig.axes[0].set_xticks(range(len(sel)), [str(i) for i in sel])
+            if any(selections[n] != list(range(len(sel))) for n in names) and all(
+                    selections[n] == sel for n in names):
+                fig.axes[0].set_xticks(range(len(sel)), [str(i) for i in sel])
             if settings.get("measure") == "euclidean":
                 title = f"Euclidean convexity per layer (n_sampled={settings['n_sampled']}, {settings['estimator']})"
             else:

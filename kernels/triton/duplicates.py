@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..numba.duplicates import hash_coefficients
+from fastconvex.kernels.numba.duplicates import hash_coefficients
 
 # elements per chunk (int64 temporaries of this size)
 _CHUNK_ELEMENTS = 1 << 24

@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .memory import free_bytes
+from fastconvex.kernels.triton.memory import free_bytes
 
 _U32 = 2.0**-24
 # Bound on the relative error of one product a_t * b_t (inputs rounded to the

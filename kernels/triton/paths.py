@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .memory import free_bytes
+from fastconvex.kernels.triton.memory import free_bytes
 
 _NO_HOPS = 1 << 30  # "unreached" hop count (never overflows when incremented)
 

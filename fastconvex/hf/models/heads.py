@@ -55,7 +55,7 @@ def classification_model(model: nn.Module, classes: Sequence[Any], *, seed: int 
 
     enc = speech_encoder(model)
     config = copy.deepcopy(enc.config if is_whisper(model) else model.config)
-    config.id2label = {k: c for k, c in enumerate(classes)}
+    config.id2label = dict(enumerate(classes))
     config.label2id = {c: k for k, c in enumerate(classes)}
     config.num_labels = len(classes)
     config.use_weighted_layer_sum = False

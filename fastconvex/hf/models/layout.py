@@ -238,6 +238,7 @@ def resolve_model_class(config: Any) -> Any:
     Also finds classes that transformers does not export at the top level, such
     as ``WhisperEncoder`` (looked up in ``transformers.models.<type>.modeling_<type>``).
     """
+    import contextlib
     import importlib
 
     import transformers
@@ -245,10 +246,8 @@ def resolve_model_class(config: Any) -> Any:
     model_type = str(getattr(config, "model_type", "") or "").replace("-", "_")
     places: list[Any] = [transformers]
     for name in (f"transformers.models.{model_type}.modeling_{model_type}",):
-        try:
+        with contextlib.suppress(ImportError):
             places.append(importlib.import_module(name))
-        except ImportError:
-            pass
     for arch in getattr(config, "architectures", None) or []:
         for place in places:
             cls = getattr(place, arch, None)

@@ -24,13 +24,13 @@ def _keep_global_rngs() -> Iterator[None]:
     caller's states back afterwards."""
     import torch
 
-    py_state, np_state = random.getstate(), np.random.get_state()
+    py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002 - the global state Trainer reseeds
     with torch.random.fork_rng(devices=[]):
         try:
             yield
         finally:
             random.setstate(py_state)
-            np.random.set_state(np_state)
+            np.random.set_state(np_state)  # noqa: NPY002
 
 
 def _trainer(model: nn.Module, dataset: Any, collate: Callable[..., Any], output_dir: str, **settings: Any) -> Any:
