@@ -21,11 +21,25 @@ def format_table(result: Any, names: list[str] | None = None) -> str:
     """The per-layer table ``fastconvex score`` prints: convexity, standard
     error, 95 % interval and macro score in percent (rounded for display only;
     the JSON keeps every digit)."""
+    from fastconvex.core.table import Column, layer_table, percent
+
     first = result.layers[0]
     names = names if names is not None else [str(i) for i in range(len(result))]
     width = max([5] + [len(n) for n in names])
-    head = (f"{'layer':>5}  {'source':<{width}}  {'convexity %':>11}  {'± s.e.':>6}  "
-            f"{'95% interval':>15}  {'macro %':>7}")
+    intervals = result.intervals(0.95)
+
+    def interval(i: int) -> str:
+        lo, hi = intervals[i]
+        return "-" if np.isnan(lo) else f"{100 * lo:6.2f}-{100 * hi:6.2f}"
+
+    columns = [Column("layer", ">5", lambda i: i),
+               Column("source", f"<{width}", lambda i: names[i]),
+               Column("convexity %", ">11", percent(lambda i: result.layers[i].score), ".2f"),
+               Column("± s.e.", ">6", percent(lambda i: result.layers[i].stderr), ".2f"),
+               Column("95% interval", ">15", interval),
+               Column("macro %", ">7", percent(lambda i: result.layers[i].macro), ".2f")]
+    head, *rows = layer_table(columns, range(min(len(result.layers), len(names))),
+                              best=lambda i: i == result.best_layer)
     graph = first.measure == "graph"
     lines = [
         f"{first.measure} convexity of {len(result)} layer(s): N={first.n_points}, "
@@ -34,16 +48,8 @@ def format_table(result: Any, names: list[str] | None = None) -> str:
         + (f", backend {first.backend}" if graph else ""),
         head,
         "-" * len(head),
+        *rows,
     ]
-    best = result.best_layer
-    intervals = result.intervals(0.95)
-    for i, (layer, name) in enumerate(zip(result.layers, names)):
-        lo, hi = intervals[i]
-        ci = "-" if np.isnan(lo) else f"{100 * lo:6.2f}-{100 * hi:6.2f}"
-        lines.append(
-            f"{i:>5}  {name:<{width}}  {100 * layer.score:>11.2f}  {100 * layer.stderr:>6.2f}  "
-            f"{ci:>15}  {100 * layer.macro:>7.2f}" + ("  <- best" if i == best else "")
-        )
     if np.isfinite(result.df).any():
         lines.append(f"(interval: Student's t, {first.df:g} degrees of freedom in layer 0; see docs/score.md)")
     return "\n".join(lines)
