@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import shutil
@@ -249,7 +250,7 @@ def test_wavlm_keeps_relative_position_bias(stable, tmp_path):
     loaded = hf.load_pruned(tmp_path).eval()
     assert torch.equal(loaded.encoder.layers[0].attention.rel_attn_embed.weight, bias)
     assert torch.equal(_run(loaded, inputs).last_hidden_state, original[1])
-    assert json.loads((tmp_path / hf._prune_io.PROVENANCE_FILE).read_text())["original_layers"] == LAYERS
+    assert json.loads((tmp_path / importlib.import_module("fastconvex.hf.models.save").PROVENANCE_FILE).read_text())["original_layers"] == LAYERS
 
 
 def test_whisper_seq2seq_prunes_the_encoder_only(tmp_path):

@@ -5,6 +5,7 @@ behind."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import stat
@@ -81,7 +82,7 @@ def test_resume_refuses_other_model_weights(tmp_path):
     ref = hf.pooled_hidden_states(model, waves, feature_extractor=fe, batch_size=2, progress=False)
     for a, b in zip(res, ref):
         np.testing.assert_array_equal(np.asarray(a), b)
-    assert fc.open_store(tmp_path / "emb").meta["weights_sha256"] == hf._store_out.weights_sha256(model)
+    assert fc.open_store(tmp_path / "emb").meta["weights_sha256"] == importlib.import_module("fastconvex.hf.embed.store_out").weights_sha256(model)
 
 
 @pytest.mark.hf
@@ -354,7 +355,7 @@ def test_cli_embed_ray_resume_checks_audio_and_the_workers_weights(speech, tmp_p
         model=str(model_dir), model_class=None, device=None, paths=[str(p) for p in paths], sampling_rate=16000,
         batch_size=8, dtype="float32", layers=None, final_norm="raw", mix_lengths=False,
         partial_dir=str(tmp_path / ".s.partial"), layer_files=["layer_000.npy"],
-        signature={k: v for k, v in fc.open_store(fresh).meta.items() if k in hf._store_out.SIGNATURE_KEYS})
+        signature={k: v for k, v in fc.open_store(fresh).meta.items() if k in importlib.import_module("fastconvex.hf.embed.store_out").SIGNATURE_KEYS})
     changed = type(model).from_pretrained(model_dir)
     with torch.no_grad():
         changed.encoder.layers[0].attention.k_proj.bias[0] += 0.25
