@@ -164,13 +164,14 @@ def knn_timings(skip_knn: bool) -> None:
     tuning configurations at the second (its fastest correct one becomes
     BEST_CFG), and variants of BEST_CFG above."""
     configs_small = [{}]
-    # kNN configurations timed at N = 1e5 (keep bench/triton_compile_check.py's
+    # kNN configurations timed at N = 1e5 (keep bench/studies/triton_compile_check.py's
     # CONFIGS in sync). {} = the launcher's defaults: 128 x 256 x 32 tiles for
     # the fp16 tier at k <= 16, 8 warps, 3 stages, segments only to fill the
     # GPU (one at N >= 1e5), exclusion masks only on the tiles that need them,
-    # and the default tiers (fp16, then tf32x3): the fastest of run 6. Beside
-    # it, in the same run: run 6's split (8 segments at N = 1e6), run 5's (128 x 128,
-    # masks on every tile), and the variants run 6 found slower.
+    # and the default tiers (fp16, then tf32x3). Beside it, in the same run: the
+    # former defaults (8 segments; 128 x 128 with masks on every tile) and the
+    # variants that were slower, so that a card or Triton version on which a
+    # choice no longer holds shows it.
     configs_tune = [
         {},
         {"mask_every_tile": True},
@@ -186,7 +187,7 @@ def knn_timings(skip_knn: bool) -> None:
 
     def at_scale(cfg):
         """N = 1e6: the best N = 1e5 configuration, the same with the other
-        epilogue (masks on every tile or not), and with run 1-4's tiers."""
+        epilogue (masks on every tile or not), and with the TF32-first tiers."""
         base = {k: v for k, v in cfg.items() if k != "precisions"}
         other = {**base, "mask_every_tile": not base.get("mask_every_tile", False)}
         if not other["mask_every_tile"]:

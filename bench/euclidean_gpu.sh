@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call for Euclidean convexity (issue 14): the CUDA tests of the
+# One device call for Euclidean convexity: the CUDA tests of the
 # Euclidean and Hugging Face predictor modules, then bench/bench_euclidean.py
 # on the GPU (a wav2vec2 classifier of hidden size 256, fastconvex vs
 # nnconvexity on the same pairs, same run). Writes $OUT/*.json and logs.

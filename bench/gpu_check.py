@@ -51,7 +51,7 @@ from _gpu_check_paths import st_exact, st_layer, st_paths
 
 
 def targets(s: dict) -> list[str]:
-    """The issue's four targets, each judged from this run's figures only."""
+    """The four GPU targets (docs/benchmarks.md), each judged from this run's figures only."""
     def verdict(ok):
         if SMALL:
             return "tiny run"  # interpreter sizes: the figures say nothing of the targets

@@ -7,15 +7,16 @@
 #                                                # exact and GPU_CHECK_PROFILE_S=0 shorten it)
 #   GPU_CHECK_SMALL=1 bash bench/gpu_check.sh    # tiny sizes; CPU via TRITON_INTERPRET=1
 # GPU_CHECK_NO_INSTALL=1: never pip install (use the symlink tree on PYTHONPATH).
-# Issues 15 and 18 in one device command (under its 600 s; carry [".whl"]):
+# The A/B stages, the 13-layer study and the Ray sweep in one device command
+# (under its 600 s; carry [".whl"]):
 #   export PYTHON=python3 PYTHONUNBUFFERED=1 GPU_CHECK_SKIP_KNN_TIMING=1 GPU_CHECK_SKIP=exact,layer \
 #     GPU_CHECK_PROFILE_S=0 GPU_CHECK_BUDGET=90 GPU_CHECK_KNN_AB_S=110 GPU_CHECK_PATHS_TUNE_S=50 \
 #     GPU_CHECK_STUDY_S=190 GPU_CHECK_SWEEP_S=120 GPU_CHECK_PYTEST_S=0; bash bench/gpu_check.sh
 #   then, while the machine is warm, the device tests: GPU_CHECK_PYTEST_S=120 with
 #   GPU_CHECK_BUDGET=0 and GPU_CHECK_{KNN_AB,PATHS_TUNE,STUDY,SWEEP,PROFILE}_S=0.
 # GPU_CHECK_KNN_AB_S=120, GPU_CHECK_PATHS_TUNE_S=60 (defaults): the A/B stages.
-# GPU_CHECK_SWEEP_S=150: also a Ray sweep with num_gpus=1 tasks (bench/gpu_sweep.sh,
-#   issue 18; Ray travels in .whl/, built here by bench/prepare_device_ray.sh; call
+# GPU_CHECK_SWEEP_S=150: also a Ray sweep with num_gpus=1 tasks (bench/gpu_sweep.sh;
+#   Ray travels in .whl/, built here by bench/prepare_device_ray.sh; call
 #   the device with carry [".whl"]). Off by default.
 # Writes $OUT/gpu_check.json and $OUT/gpu_check.log (OUT default ./gpu_check_out).
 set -u
@@ -36,7 +37,7 @@ fi
 ensure_fastconvex gpu_check
 "$PY" -u bench/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log"
 rc="${PIPESTATUS[0]}"
-# The A/B stages of issue 15 before the study (which reruns itself with what they
+# The A/B stages before the study (which reruns itself with what they
 # find faster and identical): the symmetric kNN against the one-sided kernel at
 # N = 1e5 and 1e6 (bench/knn_ab.py; GPU_CHECK_KNN_AB_S=0 skips it; a hang of
 # its spin locks ends at the timeout) and the path kernel's "vertex" activity rule
@@ -47,14 +48,16 @@ fi
 if [ "${TRITON_INTERPRET:-0}" != "1" ] && [ "${GPU_CHECK_PATHS_TUNE_S:-60}" != "0" ]; then
   PATHS_TUNE_GRID=activity timeout "${GPU_CHECK_PATHS_TUNE_S:-60}" "$PY" -u bench/paths_tune.py 2>&1 | tail -n 12
 fi
-# The 13-layer study at N = 1e6 (issue 15): layer_scores timed end to end and per
-# phase, checked against Numba on a subsample; GPU_CHECK_STUDY_S=0 skips it.
+# The 13-layer study at N = 1e6 (the whole-study target of docs/benchmarks.md):
+# layer_scores timed end to end and per phase, checked against Numba on a
+# subsample; GPU_CHECK_STUDY_S=0 skips it.
 if [ "${GPU_CHECK_STUDY_S:-300}" != "0" ]; then
   timeout "${GPU_CHECK_STUDY_S:-300}" "$PY" -u bench/gpu_study.py 2>&1 | tee "$OUT/gpu_study.log"
   study_rc="${PIPESTATUS[0]}"
   [ "$study_rc" = 0 ] || rc="$study_rc"
 fi
-# A sweep on Ray with num_gpus=1 tasks against layer_scores in one process (issue 18)
+# A sweep on Ray with num_gpus=1 tasks against layer_scores in one process (what the
+# Ray tasks cost on a GPU)
 if [ "${TRITON_INTERPRET:-0}" != "1" ] && [ "${GPU_CHECK_SWEEP_S:-0}" != "0" ]; then
   timeout "${GPU_CHECK_SWEEP_S}" bash bench/gpu_sweep.sh
   sweep_rc=$?

@@ -1,6 +1,6 @@
 """A whole study on the device: ``fc.layer_scores`` over the hidden states of a
 13-layer model, N = 10⁶ rows, D = 768, 40 overlapping classes, ``sources=64``,
-float32 on the device (the setting of issue 15), timed end to end and per phase,
+float32 on the device (the setting of the whole-study GPU target), timed end to end and per phase,
 with the scores checked against the Numba backend on a row subsample.
 
 Run by ``bench/gpu_check.sh`` after ``gpu_check.py`` (or alone:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the device (issue 18): a sweep with num_gpus=1 Ray tasks against
+# On the device: a sweep with num_gpus=1 Ray tasks against
 # layer_scores(..., device="cuda") in one process (bench/bench_sweep.py --gpu):
 # per-layer times and bit-for-bit equality. Needs the carried .whl/ built here by
 # bench/prepare_device_ray.sh (Ray is not on the device image).

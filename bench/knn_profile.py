@@ -5,8 +5,8 @@ wrapped with a device sync) and the CUDA kernels' own time (torch.profiler).
     KNN_PROFILE_N=2000 KNN_PROFILE_D=24 TRITON_INTERPRET=1 python bench/knn_profile.py
 
 On a GPU it also times, in the same run, the defaults twice, 8 database
-segments (run 6's split) and the same-shape float16 matmul of
-``bench/gpu_check.py`` (the kNN target's floor).
+segments (the former split, to check that one segment still wins) and the
+same-shape float16 matmul of ``bench/gpu_check.py`` (the kNN target's floor).
 
 Writes $OUT/knn_profile.json (OUT default ./gpu_check_out). Phases: the
 candidate kernel with its segment merge (``_candidates``), the exact float64
@@ -71,7 +71,7 @@ def main() -> None:
            "k": K, "total_s": total, "phases_s": spent,
            "rest_s": total - sum(spent.values()), "stats": stats}
     if CUDA:
-        # in the same run: run 6's split of the database (8 segments), and the
+        # in the same run: the former split of the database (8 segments), and the
         # floor of bench/gpu_check.py (same-shape float16 matmul, 4096-row chunks)
         knn_mod.knn(x, K, segments=8)
         for label, kw in (("defaults", {}), ("segments=8", {"segments": 8}), ("defaults again", {})):

@@ -1,5 +1,5 @@
 """Launch settings of the path kernel at N = 10⁶ (one layer's graph, the
-issue-15 setting: D = 768, 40 overlapping classes, ``sources=64``), timed in one
+whole-study setting: D = 768, 40 overlapping classes, ``sources=64``), timed in one
 run against the defaults, each checked bit for bit against the defaults' sums.
 
 ``python bench/paths_tune.py`` on a CUDA machine (``GPU_CHECK_SMALL=1``: tiny,

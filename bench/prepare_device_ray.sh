@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run HERE (a machine with PyPI access), once, before a device session that
-# should run a Ray sweep on the GPU (bench/gpu_sweep.sh, issue 18).
+# should run a Ray sweep on the GPU (bench/gpu_sweep.sh).
 #
 # The device has no network and no Ray; the Ray wheel (79 MB) is over the 64 MiB
 # a device call may carry. This builds, under the git-ignored .whl/:

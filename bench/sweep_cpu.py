@@ -1,4 +1,4 @@
-"""The CPU figures quoted in the README (issue 2's targets), measured in one run.
+"""The CPU figures quoted in the README and docs/benchmarks.md (the CPU targets), measured in one run.
 
     python bench/sweep_cpu.py [--quick] [--out bench/results/cpu.json]
 

@@ -177,8 +177,8 @@ def _float64_tier(x, mean, scale, rows, k, kc, block_rows, block_cols, out_i, ou
     far from each other (and from the global mean) it exceeds the gaps between
     a row's k-th and k'-th distances, so no row certifies, and the exact scan
     of every such row against all N points (O(N D) scalar float64 work per
-    row) took over the run (20 000 points, 20 clusters 1000 sigma apart: every
-    row; 11 s instead of 1 s). In float64 the bound is 2**29 times smaller.
+    row) would take over the run, since on such data it is every row. In
+    float64 the bound is 2**29 times smaller.
     Rows are then certified exactly as in the first pass, so the lists and
     distances are those of the exact scan, bit for bit.
     """

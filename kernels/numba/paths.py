@@ -65,7 +65,8 @@ def _push(hk, hv, size, key, v):
 @njit(cache=True, inline="always")
 def _pop_into_root(hk, hv, size):
     """Remove the root of a 4-ary heap of ``size`` entries (returns the new size).
-    A 4-ary heap is shallower than a binary one; measured ~1.5x faster here."""
+    A 4-ary heap: half the levels of a binary one to sift through per pop, and
+    a node's four children are adjacent in memory."""
     size -= 1
     if size == 0:
         return 0
@@ -130,8 +131,8 @@ def _search(
     shared by other queued entries, all of them move to the tie heap, and while
     it is not empty every offer of that same distance goes there too. So the
     distance heap keeps its plain float keys: one heap keyed by the tuple (a
-    parallel array of tie keys, compared on equal distances) made the heap
-    searches ~1.5x slower here (class_sums, N=2000, D=256, 2-core machine),
+    parallel array of tie keys, compared on equal distances) makes every sift
+    read a second array and slows the searches down,
     while the tie heap costs one comparison per pop when no distances tie.
 
     Distance heap: a vertex is pushed only on a strict decrease, so a popped
@@ -257,9 +258,8 @@ def _search_buckets(
             settled[u] = stamp
             found, hu, su = _settle(u, src, cs, class_mode, stamp, codes, tstamp, hops,
                                     same, out_v, out_s, found)
-            # (the relaxation is written out in both searches on purpose: moving
-            # it into an inlined helper made `fastconvex bench --sizes 2000`
-            # 0.65 s instead of 0.46 s on the 2-core machine)
+            # (the relaxation is written out in both searches on purpose: Numba
+            # compiles an inlined helper here into a markedly slower inner loop)
             for q in range(indptr[u], indptr[u + 1]):
                 v = nbr[q]
                 nd = du + w[q]

@@ -169,7 +169,7 @@ def _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
     # Keys past the segment (the last tile) and a query row's own key (the
     # tile that holds it) are excluded. Most tiles hold neither: the (BLOCK_M,
     # BLOCK_N) masks then cost nothing, only this (BLOCK_M,) test per tile.
-    if MASK_EVERY_TILE:  # the epilogue of runs 1-5, kept for bench/gpu_check.py
+    if MASK_EVERY_TILE:  # the simpler epilogue, kept so bench/gpu_check.py can time both
         needs_mask = True
     else:
         own = tl.max(((q >= n0) & (q < n0 + BLOCK_N)).to(tl.int32), axis=0)
@@ -201,7 +201,7 @@ def _knn_candidates_kernel(
     KP: tl.constexpr,
     PRECISION: tl.constexpr,
     FLAT: tl.constexpr = False,  # one loop over (tile, K step) instead of two nested
-    MASK_EVERY_TILE: tl.constexpr = False,  # exclusion masks on every tile (runs 1-5)
+    MASK_EVERY_TILE: tl.constexpr = False,  # exclusion masks on every tile (the simpler epilogue)
 ):
     # Integer arguments are not specialized (do_not_specialize): every launch of
     # one (DP, block, KP, precision) configuration reuses one compiled kernel
@@ -294,11 +294,10 @@ def _auto_segments(n, m, block_m, block_n, n_programs, device):
     """Database segments per query block (the grid's first axis): just enough
     programs to fill the GPU (``n_programs``, default 4 x SMs).
 
-    Splitting further, for L2 locality (up to 8 segments of >= 64 tiles, the
-    default of runs 1-6), made the kernel slower on an H200 (D = 768, k = 10):
-    one segment took 0.042 s at N = 1e5 against 0.052 s for the automatic 6
-    (run 6), and 3.21 s at N = 1e6 against 3.64 s for 8 (run 7, same
-    process); every extra segment also adds a candidate list to merge."""
+    Splitting further, for L2 locality (up to 8 segments of >= 64 tiles), does
+    not pay: on Hopper (D = 768, k = 10) one segment is faster at N = 1e5 and
+    1e6 (``knn(..., segments=8)`` keeps the split for comparison), and every
+    extra segment adds a candidate list to merge."""
     n_tiles = triton.cdiv(n, block_n)
     grid_m = triton.cdiv(m, block_m)
     target = n_programs or _n_programs_target(device)
@@ -712,12 +711,12 @@ def knn(
         nested in a tile loop. Compiled for sm_90 (Triton 3.6), the flat loop
         keeps the operand pipeline full across tiles: the next tile's first K
         slices are loaded while this tile is merged, where the nested loop
-        drains its stages and refills them at every tile. It also holds more
-        registers (215 against 210 per thread, still one 8-warp program per
-        SM). Same results; which is faster is measured by ``bench/gpu_check.py``.
+        drains its stages and refills them at every tile. It also holds a few
+        more registers per thread (still one 8-warp program per SM). Same
+        results; which is faster is measured by ``bench/gpu_check.py``.
     mask_every_tile : apply the exclusion masks (keys past the segment, the
-        query row itself) to every tile, as runs 1-5 did, instead of only to
-        the tiles that can hold such keys. Same results; kept so that
+        query row itself) to every tile (the simpler epilogue) instead of only
+        to the tiles that can hold such keys. Same results; kept so that
         ``bench/gpu_check.py`` times both epilogues in one run.
     symmetric : the first tier computes every pair of rows once
         (``_knn_candidates_sym_kernel``: a tile's distances feed its rows'
@@ -752,8 +751,8 @@ def knn(
     kp = candidate_slots(k)
     # Defaults for Hopper-class GPUs at large N: 128 x 256 tiles for the fp16
     # tier where the candidate lists are short (KP <= 32, k <= 16: 85 flop per
-    # byte of float16 operands against 64 for 128 x 128; on an H200, run 5,
-    # 1.24x the rate of 128 x 128 at N = 1e5, run 6 1.38x), else 128 x 128
+    # byte of float16 operands against 64 for 128 x 128, so the tensor cores
+    # wait less on memory), else 128 x 128
     # (registers; and the float32 tiers' operand stages, 160 KiB of shared
     # memory at 128 x 256, would not fit GPUs with 100 KiB); K step 32,
     # 8 warps, 3 stages.

@@ -332,9 +332,9 @@ def shortest_path_batches(
     (vertex block, source block) tile one of whose vertices has a neighbour
     that changed in the previous sweep; "vertex": only those vertices (one flag
     per vertex and source block instead of per tile; the others keep their
-    state). The same sweeps and results; "vertex" relaxes fewer edges
-    (``bench/paths_schedule_sim.py``: 13 % fewer at N = 1e5, D = 768) for N
-    flag bytes per source block instead of N / block_v.
+    state). The same sweeps and results; "vertex" relaxes fewer edges (a
+    tile's unflagged vertices gather nothing; ``bench/studies/paths_schedule_sim.py``
+    counts them) for N flag bytes per source block instead of N / block_v.
     """
     if state not in STATES:
         raise ValueError(f"state must be one of {STATES}, got {state!r}")
@@ -358,8 +358,10 @@ def shortest_path_batches(
     interp = _interpreting()
     if block_v is None:
         # 8 x 32 tiles, 4 warps on CUDA: the fastest of bench/paths_tune.py's grid
-        # (block_v 8/16/32 x block_b 16/32/64 x 2/4 warps) at N = 1e6 on an
-        # H200, run 9: 1.36 s against 2.13 s for the former 32 x 32
+        # (block_v 8/16/32 x block_b 16/32/64 x 2/4 warps) at N = 1e6. Narrow
+        # tiles hold fewer registers, so more programs per SM hide the gathers'
+        # latency, and are woken less often for one entry's sake. The
+        # interpreter keeps 64 x 64: fewer programs to interpret.
         block_v = 64 if interp else 8
     if block_b is None:
         block_b = 64 if interp else 32

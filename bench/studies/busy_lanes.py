@@ -8,7 +8,7 @@ k = 10, as in ``bench/gpu_check.py``), built on the CPU by the Numba backend,
 for the input order, the degree order (the default), an exact sort by degree
 (for comparison) and RCM. No GPU needed.
 
-    python bench/busy_lanes.py 20000 60000
+    python bench/studies/busy_lanes.py 20000 60000
 """
 
 from __future__ import annotations

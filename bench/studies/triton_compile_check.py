@@ -2,7 +2,7 @@
 
 Compiles ``kernels/triton/knn.py``'s ``_knn_candidates_kernel`` with the triton
 found first on ``sys.path`` (e.g. ``PYTHONPATH=/tmp/t36 python
-bench/triton_compile_check.py`` for Triton 3.6, plain ``python`` for the local
+bench/studies/triton_compile_check.py`` for Triton 3.6, plain ``python`` for the local
 install) over
 
 * every combination of ``tt.divisibility = 16`` on the integer arguments
@@ -19,10 +19,10 @@ The full divisibility cross product is run for the k = 10 fp16 and TF32 cases
 divisible.
 It also compiles ``kernels/triton/paths.py``'s ``_relax_kernel`` (the path
 sweep) for every divisibility of its integer arguments (N, B, NBB), the tile
-shapes 8 x 32 (the launcher's default on CUDA since run 9), 16 x 32, 32 x 32
-(the default before), 64 x 32 and 32 x 64, num_warps 4
-and 8, and both state layouts (packed, wide): Triton 3.6 once failed to compile
-an earlier version of it.
+shapes 8 x 32 (the launcher's default on CUDA), 16 x 32, 32 x 32
+(the former default), 64 x 32 and 32 x 64, num_warps 4
+and 8, and both state layouts (packed, wide): Triton 3.6's layout passes can
+fail on this kernel (see the comment on its 2-D layout).
 
 It compiles the symmetric candidate kernel (``_knn_candidates_sym_kernel``,
 ``knn(..., symmetric=True)``) for its tile shapes and the fp16 and TF32x3 tiers,
@@ -51,7 +51,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench/studies/ -> checkout
 
 # keep in sync with configs_tune in bench/_gpu_check_knn.py knn_timings() (CUDA branch) and
 # the defaults of kernels/triton/knn.py's knn()

@@ -23,8 +23,8 @@ edge for every source is 1. Vertex orders: ``degree`` (the default), ``rcm``,
 and degree bins with the RCM position inside each bin. Source orders: as the
 pair plan groups them (by class), or sorted by vertex.
 
-    python bench/paths_schedule_sim.py --n 20000 --d 256
-    TRITON_INTERPRET=1 python bench/paths_schedule_sim.py --check   # simulator == kernel
+    python bench/studies/paths_schedule_sim.py --n 20000 --d 256
+    TRITON_INTERPRET=1 python bench/studies/paths_schedule_sim.py --check   # simulator == kernel
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the exact-duplicate search costs, measured in one run on this machine.
 
-    python bench/duplicates_cost.py [--n-expand 1000000]
+    python bench/studies/duplicates_cost.py [--n-expand 1000000]
 
 1. Data without duplicates (the common case): ``graph_convexity`` at N = 2000,
    D = 256 with the duplicate search and with it switched off, interleaved,
