@@ -9,7 +9,8 @@ import warnings
 import pytest
 
 import fastconvex as fc
-import fastconvex.graph.api
+import fastconvex.backends.naive as naive_engine
+import fastconvex.graph.plan
 import fastconvex.naive as naive
 from fastconvex.datasets import overlapping_classes
 
@@ -24,7 +25,7 @@ def test_naive_memory_estimate_is_quadratic():
 def test_naive_refuses_what_would_exhaust_memory(monkeypatch, call):
     x, y = overlapping_classes(300, 4, 3, seed=0)
     # 300 points need 1.44 MB of dense matrices: pretend 1 MB is available
-    monkeypatch.setattr(naive, "available_memory_bytes", lambda: 1_000_000)
+    monkeypatch.setattr(naive_engine, "available_memory_bytes", lambda: 1_000_000)
     run = {
         "graph_convexity": lambda: fc.graph_convexity(x, y, k=5, backend="naive"),
         "knn_graph": lambda: fc.knn_graph(x, 5, backend="naive"),
@@ -42,18 +43,18 @@ def test_naive_refuses_what_would_exhaust_memory(monkeypatch, call):
 
 def test_naive_runs_when_memory_suffices(monkeypatch):
     x, y = overlapping_classes(120, 4, 3, seed=0)
-    monkeypatch.setattr(naive, "available_memory_bytes", lambda: 10**9)
+    monkeypatch.setattr(naive_engine, "available_memory_bytes", lambda: 10**9)
     a = fc.graph_convexity(x, y, k=5, backend="naive")
     b = fc.graph_convexity(x, y, k=5, backend="numba")
     assert abs(a.score - b.score) <= 1e-9
-    monkeypatch.setattr(naive, "available_memory_bytes", lambda: None)  # unknown: no guard
+    monkeypatch.setattr(naive_engine, "available_memory_bytes", lambda: None)  # unknown: no guard
     assert fc.graph_convexity(x, y, k=5, backend="naive").score == a.score
 
 
 def test_exact_warns_with_the_number_of_searches(monkeypatch):
     x, y = overlapping_classes(90, 4, 3, seed=0)
     y[0] = 99  # a one-member class: skipped, so 89 searches
-    monkeypatch.setattr(fastconvex.graph.api, "EXACT_WARN_SEARCHES", 50)
+    monkeypatch.setattr(fastconvex.graph.plan, "EXACT_WARN_SEARCHES", 50)
     with pytest.warns(UserWarning, match=r"exact=True runs 89 single-source shortest-path searches, one per point"):
         fc.graph_convexity(x, y, k=5, exact=True)
     with pytest.warns(UserWarning, match=r"runs 89 single-source .* in each of 3 layers \(267 in all\)"):
@@ -61,5 +62,5 @@ def test_exact_warns_with_the_number_of_searches(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fc.graph_convexity(x, y, k=5, sources=10)  # not exact: no warning
-        monkeypatch.setattr(fastconvex.graph.api, "EXACT_WARN_SEARCHES", 89)
+        monkeypatch.setattr(fastconvex.graph.plan, "EXACT_WARN_SEARCHES", 89)
         fc.graph_convexity(x, y, k=5, exact=True)  # at the threshold: none

@@ -16,7 +16,7 @@ _DRIVER = textwrap.dedent("""
     import json, os, signal
     import psutil
     import ray._private.node as node
-    from fastconvex.runners.ray import ray_session
+    from fastconvex.runners.session import ray_session
 
     real = node.Node.__init__
     started = []
@@ -65,7 +65,7 @@ def test_ray_stopped_when_interrupted_while_starting():
 _TERM_DRIVER = textwrap.dedent("""
     import json, os, signal, sys
     import psutil
-    from fastconvex.runners.ray import ray_session
+    from fastconvex.runners.session import ray_session
 
     store, out, pids = sys.argv[1:4]
 
@@ -189,7 +189,7 @@ class _FakeRay:
 def test_the_sigterm_line_says_what_happens_to_ray(monkeypatch, capsys, address, env, line):
     import signal
 
-    import fastconvex.runners.ray as fr
+    import fastconvex.runners.session as fr
 
     fake = _FakeRay()
     monkeypatch.setattr(fr, "require_ray", lambda: fake)
@@ -205,7 +205,7 @@ def test_the_sigterm_line_says_what_happens_to_ray(monkeypatch, capsys, address,
 def test_a_sigterm_handler_installed_from_c_is_left_alone(monkeypatch):
     import signal
 
-    import fastconvex.runners.ray as fr
+    import fastconvex.runners.session as fr
 
     class Quiet(_FakeRay):
         def init(self, address=None, **kwargs):

@@ -148,6 +148,7 @@ _HOLDER = textwrap.dedent("""
     from pathlib import Path
     import fastconvex as fc
     import fastconvex.sweeps.api as sw
+    import fastconvex.sweeps.task as task_mod
 
     store, out, started, go = sys.argv[1:5]
     real = sw.run_layer_task
@@ -460,10 +461,11 @@ def test_a_changed_store_file_is_a_data_error_in_the_command(tmp_path, capsys, h
 
 def test_a_failed_seed_none_sweep_names_the_seed_that_resumes_it(tmp_path, monkeypatch, capsys):
     import fastconvex.sweeps.api as sw
+    import fastconvex.sweeps.task as task_mod
 
     store = make_stores(tmp_path)[0]
     monkeypatch.setattr(sw.secrets, "randbits", lambda bits: 123456789)
-    real = sw.score_layer
+    real = task_mod.score_layer
     calls = []
 
     def second_fails(*args, **kwargs):
@@ -472,12 +474,12 @@ def test_a_failed_seed_none_sweep_names_the_seed_that_resumes_it(tmp_path, monke
             raise RuntimeError("worker lost")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sw, "score_layer", second_fails)
+    monkeypatch.setattr(task_mod, "score_layer", second_fails)
     with pytest.raises(RuntimeError, match=r"rerun with seed=123456789 to resume\); first: store 'store0' layer 1: "
                                            r"worker lost") as info:
         fc.sweep(store, out_dir=tmp_path / "out", seed=None, verbose=False, **KW)
     assert "a rerun resumes" not in str(info.value)
-    monkeypatch.setattr(sw, "score_layer", real)
+    monkeypatch.setattr(task_mod, "score_layer", real)
     doc = fc.sweep(store, out_dir=tmp_path / "out", seed=123456789, verbose=False, **KW).document
     assert doc["reused"] == 2 and doc["computed"] == 1  # that seed does resume it
 
@@ -485,7 +487,7 @@ def test_a_failed_seed_none_sweep_names_the_seed_that_resumes_it(tmp_path, monke
 def test_a_cpu_backend_with_a_cuda_device_fails_before_the_stores_are_read(tmp_path, monkeypatch):
     import torch
 
-    import fastconvex.sweeps.api as sw
+    import fastconvex.sweeps.task as task_mod
 
     store = make_stores(tmp_path)[0]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -494,7 +496,7 @@ def test_a_cpu_backend_with_a_cuda_device_fails_before_the_stores_are_read(tmp_p
     def not_yet(*args, **kwargs):
         raise AssertionError("a store was read before the backend was resolved")
 
-    monkeypatch.setattr(sw, "open_store", not_yet)
+    monkeypatch.setattr(task_mod, "open_store", not_yet)
     with pytest.raises(RuntimeError, match=r"backend='numba' runs on the CPU; it cannot use device='cuda'"):
         fc.sweep(store, out_dir=tmp_path / "out", backend="numba", device="cuda", verbose=False, **KW)
     assert not (tmp_path / "out").exists()
@@ -508,6 +510,7 @@ _EMFILE_SCRIPT = textwrap.dedent("""
     import numpy as np
     import fastconvex as fc
     import fastconvex.sweeps.api as sw
+    import fastconvex.sweeps.task as task_mod
 
     errors = []
     run_layer_task = sw.run_layer_task
@@ -563,12 +566,12 @@ def _fds_into(path: Path) -> int:
 
 
 def test_a_finished_task_leaves_no_open_file_of_its_store(tmp_path, monkeypatch):
-    import fastconvex.sweeps.api as sw
+    import fastconvex.sweeps.task as task_mod
     from fastconvex.graph.plan import plan_scoring
     from fastconvex.sweeps.task import LayerTask, run_layer_task
 
     opened = []  # the task's LayerStore, kept alive: its files must be closed, not merely collected
-    monkeypatch.setattr(sw, "open_store", lambda path: opened.append(fc.open_store(path)) or opened[-1])
+    monkeypatch.setattr(task_mod, "open_store", lambda path: opened.append(fc.open_store(path)) or opened[-1])
     store = make_stores(tmp_path)[0]
     task = LayerTask(str(store.path), store.name, store.fingerprint, 1, str(tmp_path / "result.json"), {})
     before = _fds_into(store.path)
@@ -596,7 +599,7 @@ def test_ctrl_c_while_scoring_a_changed_layer_is_not_replaced(tmp_path, monkeypa
     """A KeyboardInterrupt from the scorer propagates as itself, even when the
     layer's hash also fails (before, the StoreError replaced it and the sweep
     counted it as one more failed task)."""
-    import fastconvex.sweeps.api as sw
+    import fastconvex.sweeps.task as task_mod
 
     store = make_stores(tmp_path)[0]
     for i in range(store.n_layers):  # every layer fails its verification
@@ -605,7 +608,7 @@ def test_ctrl_c_while_scoring_a_changed_layer_is_not_replaced(tmp_path, monkeypa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sw, "score_layer", interrupted)
+    monkeypatch.setattr(task_mod, "score_layer", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fc.sweep(store, out_dir=tmp_path / "out", verbose=False, **KW)
 
@@ -658,10 +661,11 @@ def test_a_task_whose_key_names_another_backend_fails_before_scoring(tmp_path, m
     """The backend is resolved and compared with the key before the layer is
     scored (before, a whole layer was scored and then thrown away)."""
     import fastconvex.sweeps.api as sw
+    import fastconvex.sweeps.task as task_mod
     from fastconvex.graph.plan import plan_scoring
 
     store = make_stores(tmp_path)[0]
-    monkeypatch.setattr(sw, "score_layer", lambda *a, **k: pytest.fail("scored before the key was checked"))
+    monkeypatch.setattr(task_mod, "score_layer", lambda *a, **k: pytest.fail("scored before the key was checked"))
     task = sw.LayerTask(str(store.path), store.name, store.fingerprint, 0, str(tmp_path / "r.json"),
                         {"ran_as": {"backend": "triton"}})
     with pytest.raises(RuntimeError, match=r"scored with \{'backend': 'numba'\}, but the sweep resolved"):

@@ -435,7 +435,7 @@ def test_a_kill_while_a_layer_file_is_allocated_leaves_a_resumable_write(tmp_pat
     script = textwrap.dedent(f"""
         import os, signal
         import numpy as np
-        from fastconvex import _store_write
+        from fastconvex.store import write as _store_write
         from fastconvex.store import StoreWriter
 
         def killed(fd, size, *, new):

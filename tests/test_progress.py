@@ -15,7 +15,7 @@ from fastconvex.kernels.numba.knn import knn
 from fastconvex.kernels.numba.paths import class_sums, pair_scores
 
 import fastconvex as fc
-import fastconvex.backends.select as backends
+import fastconvex.backends.numba as backends
 import fastconvex.core.progress as progress_mod
 from fastconvex.datasets import overlapping_classes
 
