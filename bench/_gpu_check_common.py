@@ -120,7 +120,6 @@ def make_data(n: int, d: int, n_classes: int, seed: int = 0):
     return x.float().contiguous(), labels
 
 
-
 def exact_kth_f64(x: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
     """float64 brute force: the k-th smallest distance of each row (self excluded)."""
     out = []
@@ -147,9 +146,7 @@ def tie_aware_recall(x, idx, rows, k, kth=None) -> float:
     got = idx[rows]
     d = (x[got].double() - x[rows].double()[:, None, :]).norm(dim=-1)
     ok = d <= kth[:, None] * (1 + 1e-6) + 1e-12
-    distinct = torch.tensor(
-        [len(set(r)) == k for r in got.cpu().tolist()], device=x.device
-    )
+    distinct = torch.tensor([len(set(r)) == k for r in got.cpu().tolist()], device=x.device)
     not_self = (got != rows[:, None]).all(1)
     ok = ok & distinct[:, None] & not_self[:, None]
     return float(ok.double().mean())

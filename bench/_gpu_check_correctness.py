@@ -41,16 +41,26 @@ def st_device(rec):
     import triton
 
     rec.update(
-        python=platform.python_version(), torch=torch.__version__, triton=triton.__version__,
-        numba=numba.__version__, cuda=CUDA, interpreter=os.environ.get("TRITON_INTERPRET") == "1",
-        cpu_count=os.cpu_count(), numba_threads=numba.get_num_threads(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        numba=numba.__version__,
+        cuda=CUDA,
+        interpreter=os.environ.get("TRITON_INTERPRET") == "1",
+        cpu_count=os.cpu_count(),
+        numba_threads=numba.get_num_threads(),
     )
     if CUDA:
         p = torch.cuda.get_device_properties(0)
         free, total = torch.cuda.mem_get_info()
-        rec.update(name=p.name, sms=p.multi_processor_count, capability=f"{p.major}.{p.minor}",
-                   mem_total_gb=round(total / 2**30, 1), mem_free_gb=round(free / 2**30, 1),
-                   torch_cuda=torch.version.cuda)
+        rec.update(
+            name=p.name,
+            sms=p.multi_processor_count,
+            capability=f"{p.major}.{p.minor}",
+            mem_total_gb=round(total / 2**30, 1),
+            mem_free_gb=round(free / 2**30, 1),
+            torch_cuda=torch.version.cuda,
+        )
     log(json.dumps(rec))
 
 
@@ -79,7 +89,7 @@ def st_correctness(rec):
     labels[5] = labels[6]
     x[100:104] = x[99]
     labels[100:104] = labels[99]
-    (idx, dist, n_fb, kstats), t = timed(lambda: knn(x, K, return_stats=True))
+    (idx, dist, _n_fb, kstats), t = timed(lambda: knn(x, K, return_stats=True))
     rec["knn_seconds"] = t
     rec["knn_tiers"] = kstats
     rows = torch.arange(n, device=DEV) if n <= 20_000 else sample_rows(n, 4096)
@@ -89,7 +99,7 @@ def st_correctness(rec):
     xh = x.cpu().numpy()
     from fastconvex.kernels.numba.knn import knn as cpu_knn
 
-    (ci, cd, cfb), t = timed(lambda: cpu_knn(xh, K))
+    (ci, cd, _cfb), t = timed(lambda: cpu_knn(xh, K))
     rec["numba_knn_seconds"] = t
     same_sets = np.mean([set(a) == set(b) for a, b in zip(idx.cpu().numpy().tolist(), ci.tolist())])
     rec["rows_same_set_as_numba"] = float(same_sets)
@@ -97,7 +107,8 @@ def st_correctness(rec):
     # the float64 re-rank sums in the CPU loop's order without fused
     # multiply-adds: lists and distances equal Numba's to the bit
     rec["lists_and_distances_equal_numba_bitwise"] = bool(
-        np.array_equal(idx.cpu().numpy(), ci) and np.array_equal(dist.cpu().numpy(), cd))
+        np.array_equal(idx.cpu().numpy(), ci) and np.array_equal(dist.cpu().numpy(), cd)
+    )
     # scores on the same pairs
     lab = labels.cpu().numpy()
     diffs = {}
@@ -106,10 +117,13 @@ def st_correctness(rec):
         b, tb = timed(lambda: fc.graph_convexity(xh, lab, k=K, backend="numba", **est))
         key = next(iter(est))
         diffs[key] = {
-            "triton_score": a.score, "numba_score": b.score, "abs_diff": abs(a.score - b.score),
+            "triton_score": a.score,
+            "numba_score": b.score,
+            "abs_diff": abs(a.score - b.score),
             "max_class_diff": max(abs(a.per_class[c] - b.per_class[c]) for c in a.per_class),
             "unreachable": [a.n_unreachable, b.n_unreachable],
-            "triton_s": ta, "numba_s": tb,
+            "triton_s": ta,
+            "numba_s": tb,
         }
     rec["scores"] = diffs
     ok_scores = all(v["max_class_diff"] <= SCORE_TOL and v["abs_diff"] <= SCORE_TOL for v in diffs.values())

@@ -105,10 +105,9 @@ def knn_timing(n: int, configs: list[dict] | None = None):
             except Exception as e:  # noqa: BLE001
                 rec.setdefault("config_errors", []).append(f"{cfg}: {type(e).__name__}: {e}")
                 continue
-            idx, _, n_fb, st = res
+            idx, _, _n_fb, st = res
             rc = tie_aware_recall(x, idx, rows, K, kth)
-            entry = {"config": cfg, "seconds": t, "recall_sampled": rc, "tiers": st,
-                     "tflops": flops / t / 1e12}
+            entry = {"config": cfg, "seconds": t, "recall_sampled": rc, "tiers": st, "tflops": flops / t / 1e12}
             rec.setdefault("triton_runs", []).append(entry)
             log(f"{name} triton {cfg} {t:.3f}s recall {rc:.6f} tiers {st}")
             if rc >= RECALL_MIN and (best is None or t < best["seconds"]):
@@ -124,20 +123,21 @@ def knn_timing(n: int, configs: list[dict] | None = None):
         from fastconvex.backends.duplicates import duplicate_groups
 
         groups, t_dup = timed(lambda: duplicate_groups(x))
-        rec["duplicate_search"] = {"seconds": t_dup, "vs_knn": t_dup / best["seconds"],
-                                   "distinct_rows": n if groups is None else int(groups[1].shape[0])}
+        rec["duplicate_search"] = {
+            "seconds": t_dup,
+            "vs_knn": t_dup / best["seconds"],
+            "distinct_rows": n if groups is None else int(groups[1].shape[0]),
+        }
         log(f"{name} duplicate-row search {t_dup:.4f}s ({t_dup / best['seconds']:.1%} of the kNN)")
         if CUDA:
             cap = min(15.0, max(2.0, left() / 8))
             for dt, label in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "tf32")):
                 done, t = knn_floor(x, dt, 4096 if n > 100_000 else 8192, cap)
-                rec[f"matmul_{label}"] = {"rows": done, "seconds": t,
-                                          "tflops": 2.0 * done * n * D_BENCH / t / 1e12}
+                rec[f"matmul_{label}"] = {"rows": done, "seconds": t, "tflops": 2.0 * done * n * D_BENCH / t / 1e12}
             idx, done, t = cdist_topk(x, K, 4096 if n > 100_000 else 8192, cap)
             sub = rows[rows < done]
             rc = tie_aware_recall(x, idx, sub, K, kth[rows < done]) if sub.numel() else float("nan")
-            rec["cdist_topk"] = {"rows": done, "seconds": t, "recall_sampled": rc,
-                                 "rows_per_s": done / t}
+            rec["cdist_topk"] = {"rows": done, "seconds": t, "recall_sampled": rc, "rows_per_s": done / t}
             # ratios on the rows actually timed
             t_per_row = best["seconds"] / n
             fl = rec["matmul_bf16"]
@@ -151,8 +151,10 @@ def knn_timing(n: int, configs: list[dict] | None = None):
             rec["floor"] = floor_of(best["tiers"])
             rec["ratio_vs_floor"] = rec[f"ratio_vs_{rec['floor']}_matmul"]
             rec["speedup_vs_cdist_topk"] = (t / done) / t_per_row
-            rec["note"] = ("matmul / cdist baselines timed on the first 'rows' query rows "
-                           "(all rows unless the time cap hit); ratios are per query row")
+            rec["note"] = (
+                "matmul / cdist baselines timed on the first 'rows' query rows "
+                "(all rows unless the time cap hit); ratios are per query row"
+            )
         log(json.dumps({k: v for k, v in rec.items() if k != "triton_runs"}, default=str))
         return x
 
@@ -172,18 +174,26 @@ def knn_timings(skip_knn: bool) -> None:
     # former defaults (8 segments; 128 x 128 with masks on every tile) and the
     # variants that were slower, so that a card or Triton version on which a
     # choice no longer holds shows it.
-    configs_tune = [
-        {},
-        {"mask_every_tile": True},
-        {"block_n": 128},
-        {"block_n": 128, "mask_every_tile": True},
-        {"num_stages": 4},
-        {"block_k": 64},
-        {"flat_loop": True},
-        {"segments": 8},
-        dict(TF32_FIRST),
-    ] if CUDA else [{}, {"block_m": 16, "block_n": 64, "block_k": 16}, dict(TF32_FIRST),
-                    {"block_m": 16, "block_n": 64, "block_k": 16, "flat_loop": True}]
+    configs_tune = (
+        [
+            {},
+            {"mask_every_tile": True},
+            {"block_n": 128},
+            {"block_n": 128, "mask_every_tile": True},
+            {"num_stages": 4},
+            {"block_k": 64},
+            {"flat_loop": True},
+            {"segments": 8},
+            dict(TF32_FIRST),
+        ]
+        if CUDA
+        else [
+            {},
+            {"block_m": 16, "block_n": 64, "block_k": 16},
+            dict(TF32_FIRST),
+            {"block_m": 16, "block_n": 64, "block_k": 16, "flat_loop": True},
+        ]
+    )
 
     def at_scale(cfg):
         """N = 1e6: the best N = 1e5 configuration, the same with the other

@@ -61,11 +61,14 @@ def st_paths(rec):
     # each vertex order with the default kernel settings, then kernel variants
     # on the default order: the wide state, and register caps (more programs per SM)
     variants = [(o, {}) for o in VERTEX_ORDERS] + [
-        ("none", {"state": "wide", "block_v": 32}), ("degree", {"state": "wide"}),
+        ("none", {"state": "wide", "block_v": 32}),
+        ("degree", {"state": "wide"}),
         # register caps (more programs per SM)
-        ("degree", {"max_registers": 96}), ("degree", {"max_registers": 64}),
+        ("degree", {"max_registers": 96}),
+        ("degree", {"max_registers": 64}),
         # wider tiles (32 x 32: the former default), to show that the narrow default still wins
-        ("degree", {"block_v": 16}), ("degree", {"block_v": 32}),
+        ("degree", {"block_v": 16}),
+        ("degree", {"block_v": 32}),
     ]
     graphs = {}
     for reorder, opts in variants:
@@ -86,9 +89,14 @@ def st_paths(rec):
         err = max(float(np.abs(g_.cpu().numpy() - r).max()) for g_, r in zip(got, ref))
         ok = err <= 1e-9 * max(1.0, float(np.abs(ref[0]).max()))
         rec[name] = {
-            "seconds": best, "reorder_seconds": t_re, "max_abs_diff_vs_numba": err, "correct": ok,
-            "sweeps": st.get("sweeps"), "batches": st.get("batches"),
-            "relaxations": st.get("relaxations"), "edge_slots": st.get("edge_slots"),
+            "seconds": best,
+            "reorder_seconds": t_re,
+            "max_abs_diff_vs_numba": err,
+            "correct": ok,
+            "sweeps": st.get("sweeps"),
+            "batches": st.get("batches"),
+            "relaxations": st.get("relaxations"),
+            "edge_slots": st.get("edge_slots"),
             "busy_lanes": st.get("relaxations", 0) / max(1, st.get("edge_slots", 0)),
             "relaxations_per_s": st.get("relaxations", 0) / best if ok else None,
             "speedup_vs_numba": t_cpu / best if ok else None,
@@ -128,15 +136,17 @@ def st_layer(rec):
             rec[name] = {"status": "skipped: budget"}
             continue
         try:
-            t, res, eng = score_layer(x, codes, plan, reorder=reorder,
-                                      path_options={"time_limit": max(10.0, left() - 45), **opts})
+            t, res, eng = score_layer(
+                x, codes, plan, reorder=reorder, path_options={"time_limit": max(10.0, left() - 45), **opts}
+            )
         except TimeoutError as e:
             if i == 0:
                 raise
             rec[name] = {"status": f"timeout: {e}"}  # the defaults' figures stand
             continue
-        run = dict(seconds=t, score=res.score, stderr=res.stderr, n_unreachable=res.n_unreachable,
-                   breakdown=eng.last_stats)
+        run = dict(
+            seconds=t, score=res.score, stderr=res.stderr, n_unreachable=res.n_unreachable, breakdown=eng.last_stats
+        )
         p = eng.last_stats.get("paths", {})
         if p.get("seconds"):
             run["relaxations_per_s"] = p["relaxations"] / p["seconds"]
@@ -147,7 +157,8 @@ def st_layer(rec):
             run["same_score_as_first"] = abs(res.score - rec["score"]) <= 1e-9
             run["bitwise_same_score_as_first"] = res.score == rec["score"] and res.stderr == rec["stderr"]
             run["paths_speedup_of_first"] = (
-                p["seconds"] / rec["breakdown"]["paths"]["seconds"] if p.get("seconds") else None)
+                p["seconds"] / rec["breakdown"]["paths"]["seconds"] if p.get("seconds") else None
+            )
             rec[name] = run
     # sanity: recall of the layer's kNN on sampled rows is checked in knn_N1e6
     log(json.dumps(rec, default=str))
@@ -160,7 +171,13 @@ def st_exact(rec):
     codes = labels.cpu().numpy().astype(np.int64)
     plan = plan_pairs(codes, N_CLASSES, estimator="exact", budget=0, seed=0, min_class_size=2)
     t, res, eng = score_layer(x, codes, plan, path_options={"time_limit": max(10.0, left() - 20)})
-    rec.update(N=n, classes=N_CLASSES, seconds=t, score=res.score,
-               pairs=int(sum(res.n_pairs.values())), n_unreachable=res.n_unreachable,
-               breakdown=eng.last_stats)
+    rec.update(
+        N=n,
+        classes=N_CLASSES,
+        seconds=t,
+        score=res.score,
+        pairs=int(sum(res.n_pairs.values())),
+        n_unreachable=res.n_unreachable,
+        breakdown=eng.last_stats,
+    )
     log(json.dumps(rec, default=str))

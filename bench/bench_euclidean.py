@@ -41,7 +41,11 @@ from fastconvex.hf.testing import tiny_model
 def build(args: argparse.Namespace):
     """(predictor, hidden states (L, N, T, D) numpy, labels (N,) names)."""
     model, _ = tiny_model(
-        "wav2vec2", head="sequence", weighted_layer_sum=False, seed=args.seed, layers=args.layers,
+        "wav2vec2",
+        head="sequence",
+        weighted_layer_sum=False,
+        seed=args.seed,
+        layers=args.layers,
         hidden_size=args.hidden,
     )
     model.config.id2label = {i: f"class{i}" for i in range(3)}
@@ -51,8 +55,9 @@ def build(args: argparse.Namespace):
     rng = np.random.default_rng(args.seed)
     samples = int(args.seconds * 16000)
     t = np.arange(samples)
-    wav = np.stack([np.sin(t * rng.uniform(0.05, 1.5)) + rng.uniform(0.1, 1) * rng.normal(size=samples)
-                    for _ in range(args.n)]).astype(np.float32)
+    wav = np.stack(
+        [np.sin(t * rng.uniform(0.05, 1.5)) + rng.uniform(0.1, 1) * rng.normal(size=samples) for _ in range(args.n)]
+    ).astype(np.float32)
     with torch.no_grad():
         out = model(torch.as_tensor(wav, device=args.device), output_hidden_states=True)
     states = torch.stack(out.hidden_states).cpu().numpy()
@@ -76,7 +81,11 @@ def run_nnconvexity(predictor, states, labels):
     out = []
     for layer in range(states.shape[0]):
         mean, per_class = compute_euclidean_convexity(
-            states[layer], labels, lambda feats, lay: predictor(lay, feats), layer, n_pairs=budget,
+            states[layer],
+            labels,
+            lambda feats, lay: predictor(lay, feats),
+            layer,
+            n_pairs=budget,
         )
         out.append((mean, {str(k): v for k, v in per_class.items()}))
     return out
@@ -112,15 +121,20 @@ def main(argv=None) -> int:
         fast_t.append(t)
         t, slow = timed(lambda: run_nnconvexity(predictor, states, labels))
         slow_t.append(t)
-    same = all(f[0] == s[0] and all(f[1][k] == v for k, v in s[1].items() if not np.isnan(v))
-               for f, s in zip(fast, slow))
+    same = all(
+        f[0] == s[0] and all(f[1][k] == v for k, v in s[1].items() if not np.isnan(v)) for f, s in zip(fast, slow)
+    )
     classes, counts = np.unique(labels, return_counts=True)
     result = {
         "what": "per-layer Euclidean convexity, every same-class pair, 10 points per segment",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": str(args.device),
-                    "gpu": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else None},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": str(args.device),
+            "gpu": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else None,
+        },
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
         "hidden_states": list(states.shape),
         "class_sizes": {str(c): int(n) for c, n in zip(classes, counts)},

@@ -70,13 +70,20 @@ def child(args: argparse.Namespace) -> None:
         import ray
 
         ray.shutdown()
-    (name, scores), = result.items()
-    print(json.dumps({
-        "engine": args.engine, "layers": len(scores), "wall_s": wall,
-        "driver_rss_before_mib": rss_before,
-        "driver_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "scores": scores.scores.tolist(), "stderr": scores.stderr.tolist(),
-    }))
+    ((_name, scores),) = result.items()
+    print(
+        json.dumps(
+            {
+                "engine": args.engine,
+                "layers": len(scores),
+                "wall_s": wall,
+                "driver_rss_before_mib": rss_before,
+                "driver_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "scores": scores.scores.tolist(),
+                "stderr": scores.stderr.tolist(),
+            }
+        )
+    )
 
 
 def _rss_mib() -> float:
@@ -89,8 +96,19 @@ def _rss_mib() -> float:
 
 
 def run_child(store: Path, out_dir: Path, engine: str, workers: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--store", str(store), "--out-dir", str(out_dir),
-           "--engine", engine, "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--store",
+        str(store),
+        "--out-dir",
+        str(out_dir),
+        "--engine",
+        engine,
+        "--workers",
+        str(workers),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"bench child failed ({engine}):\n{proc.stderr[-3000:]}")
@@ -158,8 +176,10 @@ def gpu_bench(args: argparse.Namespace, root: Path) -> dict:
     ran_on = [json.loads(p.read_text())["ran_on"] for p in sorted((root / "out").glob("tasks/*/*.json"))]
     return {
         "tasks_ran_on": sorted({json.dumps({k: w[k] for k in ("gpu_ids", "device")}) for w in ran_on}),
-        "gpu": torch.cuda.get_device_name(0), "ray_resources": {k: resources[k] for k in ("CPU", "GPU")},
-        "layer_scores_cuda_s": direct_s, "sweep_ray_num_gpus_1_s": sweep_s,
+        "gpu": torch.cuda.get_device_name(0),
+        "ray_resources": {k: resources[k] for k in ("CPU", "GPU")},
+        "layer_scores_cuda_s": direct_s,
+        "sweep_ray_num_gpus_1_s": sweep_s,
         "per_layer_s": {"layer_scores": direct_s / args.layers, "sweep": sweep_s / args.layers},
         "backends": sorted({c.backend for c in swept.layers}),
         "sweep_equals_layer_scores_bit_for_bit": swept.to_dict() == direct.to_dict(),
@@ -186,8 +206,13 @@ def shard_bench(args: argparse.Namespace) -> dict:
     sharded = fc.graph_convexity(x, labels, engine="ray", shards=args.workers)
     sharded_s = time.perf_counter() - t0
     ray.shutdown()
-    return {"one_process_s": one_s, "sharded_s": sharded_s, "shards": args.workers,
-            "ratio_sharded_over_one": sharded_s / one_s, "identical": sharded.to_dict() == one.to_dict()}
+    return {
+        "one_process_s": one_s,
+        "sharded_s": sharded_s,
+        "shards": args.workers,
+        "ratio_sharded_over_one": sharded_s / one_s,
+        "identical": sharded.to_dict() == one.to_dict(),
+    }
 
 
 def verify_bench(args: argparse.Namespace, root: Path) -> dict:
@@ -217,12 +242,17 @@ def verify_bench(args: argparse.Namespace, root: Path) -> dict:
     finally:
         LayerStore.verify_layer = checked  # type: ignore[method-assign]
     layer_mib = store.layer(0).nbytes / 2**20
-    return {"layer_file_mib": layer_mib, "verify_s": verify_s, "sweep_s": sweep_s,
-            "sweep_without_layer_check_s": unchecked_s, "rerun_reusing_all_s": reuse_s,
-            "verify_share_of_sweep": verify_s / sweep_s,
-            "sweep_over_unchecked_sweep": sweep_s / unchecked_s,
-            "verify_mib_per_s": layer_mib * args.layers / verify_s,
-            "same_numbers": all(a.to_dict() == b.to_dict() for a, b in zip(swept.values(), unchecked.values()))}
+    return {
+        "layer_file_mib": layer_mib,
+        "verify_s": verify_s,
+        "sweep_s": sweep_s,
+        "sweep_without_layer_check_s": unchecked_s,
+        "rerun_reusing_all_s": reuse_s,
+        "verify_share_of_sweep": verify_s / sweep_s,
+        "sweep_over_unchecked_sweep": sweep_s / unchecked_s,
+        "verify_mib_per_s": layer_mib * args.layers / verify_s,
+        "same_numbers": all(a.to_dict() == b.to_dict() for a, b in zip(swept.values(), unchecked.values())),
+    }
 
 
 def main() -> None:
@@ -248,10 +278,18 @@ def main() -> None:
         import fastconvex as fc
 
         report = {
-            "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "platform": platform.platform(),
-                        "python": platform.python_version(),
-                        "fastconvex": fc.__version__},
-            "n": args.n, "d": args.d, "layers": args.layers, "workers": args.workers, "estimator": "pairs=5000, k=10",
+            "machine": {
+                "cpus": os.cpu_count(),
+                "cpu": _cpu_model(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "fastconvex": fc.__version__,
+            },
+            "n": args.n,
+            "d": args.d,
+            "layers": args.layers,
+            "workers": args.workers,
+            "estimator": "pairs=5000, k=10",
         }
         if args.shard_bench:
             report.update(shard_bench(args))

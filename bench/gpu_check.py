@@ -52,6 +52,7 @@ from _gpu_check_paths import st_exact, st_layer, st_paths
 
 def targets(s: dict) -> list[str]:
     """The four GPU targets (docs/benchmarks.md), each judged from this run's figures only."""
+
     def verdict(ok):
         if SMALL:
             return "tiny run"  # interpreter sizes: the figures say nothing of the targets
@@ -68,14 +69,26 @@ def targets(s: dict) -> list[str]:
         return None if not isinstance(v, (int, float)) else (v <= lim if below else v >= lim)
 
     rows = [
-        (f"kNN N={N_BENCH[-1]}: <= 1.5x the {big.get('floor', '?')} matmul of the same shape "
-         "(operands of the tier that certified most rows)", ratio, num(ratio, 1.5)),
+        (
+            (
+                f"kNN N={N_BENCH[-1]}: <= 1.5x the {big.get('floor', '?')} matmul of the same shape "
+                "(operands of the tier that certified most rows)"
+            ),
+            ratio,
+            num(ratio, 1.5),
+        ),
         (f"kNN N={N_BENCH[-1]}: >= 3x faster than chunked cdist+topk", speed, num(speed, 3.0, below=False)),
-        (f"layer N={N_LAYER}, {N_CLASSES} classes, sources={SRC_LAYER}: < 15 s",
-         lay.get("seconds"), num(lay.get("seconds"), 15.0)),
+        (
+            f"layer N={N_LAYER}, {N_CLASSES} classes, sources={SRC_LAYER}: < 15 s",
+            lay.get("seconds"),
+            num(lay.get("seconds"), 15.0),
+        ),
         (f"exact N={N_EXACT}: < 60 s", ex.get("seconds"), num(ex.get("seconds"), 60.0)),
-        ("recall vs float64 brute force >= 0.9999 (correctness stage and largest kNN)",
-         min(recalls) if recalls else None, num(min(recalls), RECALL_MIN, below=False) if recalls else None),
+        (
+            "recall vs float64 brute force >= 0.9999 (correctness stage and largest kNN)",
+            min(recalls) if recalls else None,
+            num(min(recalls), RECALL_MIN, below=False) if recalls else None,
+        ),
     ]
     out = ["-" * 78, "TARGETS (this run's figures only" + (", at tiny sizes: no verdicts)" if SMALL else ")")]
     RESULT["targets"] = [{"target": t, "value": v, "verdict": verdict(ok)} for t, v, ok in rows]
@@ -87,54 +100,69 @@ def targets(s: dict) -> list[str]:
 
 def summary() -> None:
     s = RESULT["stages"]
-    lines = ["", "=" * 78, "SUMMARY (device: %s)" % s.get("device", {}).get("name", str(DEV)), "-" * 78]
+    lines = ["", "=" * 78, f"SUMMARY (device: {s.get('device', {}).get('name', str(DEV))})", "-" * 78]
 
     def f(v, fmt="{:.3f}"):
         return fmt.format(v) if isinstance(v, (int, float)) and v == v else str(v)
 
     c = s.get("correctness", {})
-    lines.append(f"correctness N={N_CHECK}: {c.get('status')} passed={c.get('passed')} "
-                 f"recall={f(c.get('recall_vs_f64_bruteforce'), '{:.6f}')} "
-                 f"scores={ {k: f(v.get('abs_diff'), '{:.2e}') for k, v in c.get('scores', {}).items()} } "
-                 f"bitwise=numba: {c.get('lists_and_distances_equal_numba_bitwise')}")
-    lines.append(f"{'kNN':<14}{'triton s':>10}{'TFLOP/s':>9}{'recall':>10}{'x bf16mm':>10}"
-                 f"{'x fp16mm':>10}{'x tf32mm':>10}{'vs cdist':>10}  floor  status")
+    lines.append(
+        f"correctness N={N_CHECK}: {c.get('status')} passed={c.get('passed')} "
+        f"recall={f(c.get('recall_vs_f64_bruteforce'), '{:.6f}')} "
+        f"scores={ {k: f(v.get('abs_diff'), '{:.2e}') for k, v in c.get('scores', {}).items()} } "
+        f"bitwise=numba: {c.get('lists_and_distances_equal_numba_bitwise')}"
+    )
+    lines.append(
+        f"{'kNN':<14}{'triton s':>10}{'TFLOP/s':>9}{'recall':>10}{'x bf16mm':>10}"
+        f"{'x fp16mm':>10}{'x tf32mm':>10}{'vs cdist':>10}  floor  status"
+    )
     for n in N_BENCH:
         r = s.get(f"knn_N{n}", {})
         rc = None
         for e in r.get("triton_runs", []):
             if e["config"] == r.get("triton_config"):
                 rc = e["recall_sampled"]
-        lines.append(f"{'N=%d' % n:<14}{f(r.get('triton_seconds')):>10}{f(r.get('triton_tflops'), '{:.1f}'):>9}"
-                     f"{f(rc, '{:.6f}'):>10}{f(r.get('ratio_vs_bf16_matmul'), '{:.2f}'):>10}"
-                     f"{f(r.get('ratio_vs_fp16_matmul'), '{:.2f}'):>10}"
-                     f"{f(r.get('ratio_vs_tf32_matmul'), '{:.2f}'):>10}"
-                     f"{f(r.get('speedup_vs_cdist_topk'), '{:.2f}'):>10}  {str(r.get('floor')):<6} "
-                     f"{r.get('status')}")
+        lines.append(
+            f"{f'N={n:d}':<14}{f(r.get('triton_seconds')):>10}{f(r.get('triton_tflops'), '{:.1f}'):>9}"
+            f"{f(rc, '{:.6f}'):>10}{f(r.get('ratio_vs_bf16_matmul'), '{:.2f}'):>10}"
+            f"{f(r.get('ratio_vs_fp16_matmul'), '{:.2f}'):>10}"
+            f"{f(r.get('ratio_vs_tf32_matmul'), '{:.2f}'):>10}"
+            f"{f(r.get('speedup_vs_cdist_topk'), '{:.2f}'):>10}  {r.get('floor')!s:<6} "
+            f"{r.get('status')}"
+        )
     p = s.get("paths_vs_numba", {})
     for key in [k for k, v in p.items() if isinstance(v, dict) and "seconds" in v]:
         q = p.get(key, {})
-        lines.append(f"paths N={N_PATHS} S={p.get('sources')} order={key}: triton {f(q.get('seconds'))}s "
-                     f"numba {f(p.get('numba_seconds'))}s speedup {f(q.get('speedup_vs_numba'), '{:.2f}')} "
-                     f"relax/s {f(q.get('relaxations_per_s'), '{:.3g}')} "
-                     f"busy lanes {f(q.get('busy_lanes'), '{:.2f}')} correct={q.get('correct')} "
-                     f"[{p.get('status')}]")
+        lines.append(
+            f"paths N={N_PATHS} S={p.get('sources')} order={key}: triton {f(q.get('seconds'))}s "
+            f"numba {f(p.get('numba_seconds'))}s speedup {f(q.get('speedup_vs_numba'), '{:.2f}')} "
+            f"relax/s {f(q.get('relaxations_per_s'), '{:.3g}')} "
+            f"busy lanes {f(q.get('busy_lanes'), '{:.2f}')} correct={q.get('correct')} "
+            f"[{p.get('status')}]"
+        )
     timed_ok = {k: v for k, v in p.items() if isinstance(v, dict) and v.get("correct") and v.get("seconds")}
     if timed_ok and "none+state=wide+block_v=32" in timed_ok:
         fastest = min(timed_ok, key=lambda k: timed_ok[k]["seconds"])
-        lines.append(f"  fastest correct path variant: {fastest}, "
-                     f"{timed_ok['none+state=wide+block_v=32']['seconds'] / timed_ok[fastest]['seconds']:.2f}x "
-                     "the run-4 settings (input order, wide state, 32 x 32 tiles) in this run")
+        lines.append(
+            f"  fastest correct path variant: {fastest}, "
+            f"{timed_ok['none+state=wide+block_v=32']['seconds'] / timed_ok[fastest]['seconds']:.2f}x "
+            "the run-4 settings (input order, wide state, 32 x 32 tiles) in this run"
+        )
     lay = s.get("layer_N1e6_sources64", {})
-    lines.append(f"layer N={N_LAYER} C={N_CLASSES} sources={SRC_LAYER} order={lay.get('order')}: "
-                 f"{f(lay.get('seconds'))}s busy lanes {f(lay.get('busy_lanes'), '{:.2f}')} "
-                 f"[{lay.get('status')}]")
-    for key in [k for k, v in lay.items() if isinstance(v, dict) and ("seconds" in v or "status" in v)
-                and k != "breakdown"]:
+    lines.append(
+        f"layer N={N_LAYER} C={N_CLASSES} sources={SRC_LAYER} order={lay.get('order')}: "
+        f"{f(lay.get('seconds'))}s busy lanes {f(lay.get('busy_lanes'), '{:.2f}')} "
+        f"[{lay.get('status')}]"
+    )
+    for key in [
+        k for k, v in lay.items() if isinstance(v, dict) and ("seconds" in v or "status" in v) and k != "breakdown"
+    ]:
         q = lay[key]
-        lines.append(f"  same layer, {key}: {f(q.get('seconds'))}s busy lanes "
-                     f"{f(q.get('busy_lanes'), '{:.2f}')}; defaults' paths "
-                     f"{f(q.get('paths_speedup_of_first'), '{:.2f}')}x faster {q.get('status', '')}")
+        lines.append(
+            f"  same layer, {key}: {f(q.get('seconds'))}s busy lanes "
+            f"{f(q.get('busy_lanes'), '{:.2f}')}; defaults' paths "
+            f"{f(q.get('paths_speedup_of_first'), '{:.2f}')}x faster {q.get('status', '')}"
+        )
     ex = s.get("exact_N1e5", {})
     lines.append(f"exact N={N_EXACT}: {f(ex.get('seconds'))}s pairs={ex.get('pairs')} [{ex.get('status')}]")
     lines += targets(s)
@@ -157,8 +185,11 @@ def main() -> int:
     # GPU_CHECK_SKIP=paths,exact skips those stages (layer, paths, exact)
     skip = set(filter(None, os.environ.get("GPU_CHECK_SKIP", "").split(",")))
     knn_timings(skip_knn)
-    for name, key, fn in (("paths", "paths_vs_numba", st_paths), ("layer", "layer_N1e6_sources64", st_layer),
-                          ("exact", "exact_N1e5", st_exact)):
+    for name, key, fn in (
+        ("paths", "paths_vs_numba", st_paths),
+        ("layer", "layer_N1e6_sources64", st_layer),
+        ("exact", "exact_N1e5", st_exact),
+    ):
         if name in skip:
             RESULT["stages"][key] = {"status": "skipped: GPU_CHECK_SKIP"}
             continue

@@ -90,8 +90,9 @@ class PhaseRecorder:
                 out = inner(*a, **kw)
                 sync()
                 wall = time.perf_counter() - t0
-                self.calls.append({"wall_s": wall, **json.loads(json.dumps(
-                    getattr(eng, "last_stats", {}), default=str))})
+                self.calls.append(
+                    {"wall_s": wall, **json.loads(json.dumps(getattr(eng, "last_stats", {}), default=str))}
+                )
                 return out
 
             eng.source_stats = source_stats
@@ -111,12 +112,19 @@ def phase_table(calls: list[dict]) -> list[dict]:
         graph = c.get("graph", {}).get("seconds")
         paths = c.get("paths", {})
         known = sum(v for v in (knn, graph, paths.get("seconds")) if v)
-        rows.append({
-            "layer": i, "wall_s": c["wall_s"], "knn_s": knn, "graph_s": graph,
-            "paths_s": paths.get("seconds"), "host_stats_s": c["wall_s"] - known,
-            "sweeps": paths.get("sweeps"), "batches": paths.get("batches"),
-            "relaxations": paths.get("relaxations"),
-        })
+        rows.append(
+            {
+                "layer": i,
+                "wall_s": c["wall_s"],
+                "knn_s": knn,
+                "graph_s": graph,
+                "paths_s": paths.get("seconds"),
+                "host_stats_s": c["wall_s"] - known,
+                "sweeps": paths.get("sweeps"),
+                "batches": paths.get("batches"),
+                "relaxations": paths.get("relaxations"),
+            }
+        )
     return rows
 
 
@@ -129,15 +137,21 @@ def check_against_numba(layers, labels) -> dict:
     a = fc.layer_scores(sub, lab, k=K, sources=SOURCES, backend="triton", progress=False)
     t_triton = time.perf_counter() - t0
     t0 = time.perf_counter()
-    b = fc.layer_scores([x.cpu().numpy() for x in sub], lab, k=K, sources=SOURCES,
-                        backend="numba", progress=False)
+    b = fc.layer_scores([x.cpu().numpy() for x in sub], lab, k=K, sources=SOURCES, backend="numba", progress=False)
     t_numba = time.perf_counter() - t0
     diff = float(np.abs(a.scores - b.scores).max())
     class_diff = float(np.nanmax(np.abs(a.per_class - b.per_class)))
-    return {"rows": CHECK_ROWS, "layers": len(sub), "max_score_diff": diff,
-            "max_class_diff": class_diff, "triton_scores": a.scores.tolist(),
-            "numba_scores": b.scores.tolist(), "triton_s": t_triton, "numba_s": t_numba,
-            "passed": bool(diff <= SCORE_TOL and class_diff <= SCORE_TOL)}
+    return {
+        "rows": CHECK_ROWS,
+        "layers": len(sub),
+        "max_score_diff": diff,
+        "max_class_diff": class_diff,
+        "triton_scores": a.scores.tolist(),
+        "numba_scores": b.scores.tolist(),
+        "triton_s": t_triton,
+        "numba_s": t_numba,
+        "passed": bool(diff <= SCORE_TOL and class_diff <= SCORE_TOL),
+    }
 
 
 def _option(text: str):
@@ -161,10 +175,14 @@ def faster_path_option() -> dict | None:
         if not (name.startswith("degree+") and isinstance(run, dict)):
             continue
         paths = run.get("breakdown", {}).get("paths", {}).get("seconds")
-        if paths and run.get("bitwise_same_score_as_first") and paths <= 0.97 * base:
-            if best is None or paths < best[1]:
-                opts = dict(kv.split("=", 1) for kv in name.split("+")[1:])
-                best = ({k: _option(v) for k, v in opts.items()}, paths)
+        if (
+            paths
+            and run.get("bitwise_same_score_as_first")
+            and paths <= 0.97 * base
+            and (best is None or paths < best[1])
+        ):
+            opts = dict(kv.split("=", 1) for kv in name.split("+")[1:])
+            best = ({k: _option(v) for k, v in opts.items()}, paths)
     return None if best is None else best[0]
 
 
@@ -186,8 +204,13 @@ def faster_kernel_options() -> tuple[dict, dict]:
         with open(os.path.join(OUT, "paths_tune.json")) as f:
             runs = json.load(f)["runs"]
         base = _median_seconds(runs, {})
-        cands = [(t, r["options"]) for r in runs if r.get("options", {}).get("activity") == "vertex"
-                 for t in [_median_seconds(runs, r["options"])] if t]
+        cands = [
+            (t, r["options"])
+            for r in runs
+            if r.get("options", {}).get("activity") == "vertex"
+            for t in [_median_seconds(runs, r["options"])]
+            if t
+        ]
         if base and cands and min(cands, key=lambda c: c[0])[0] <= 0.97 * base:
             path_opts = {k: v for k, v in min(cands, key=lambda c: c[0])[1].items() if k != "num_warps"}
     except (OSError, KeyError, ValueError, TypeError):
@@ -196,8 +219,11 @@ def faster_kernel_options() -> tuple[dict, dict]:
         with open(os.path.join(OUT, "knn_ab.json")) as f:
             sizes = json.load(f)["sizes"]
         top = sizes[max(sizes, key=int)]["summary"]
-        best = max((v["speedup_vs_defaults"], name) for name, v in top.items()
-                   if name.startswith("symmetric") and v.get("identical") and v.get("speedup_vs_defaults"))
+        best = max(
+            (v["speedup_vs_defaults"], name)
+            for name, v in top.items()
+            if name.startswith("symmetric") and v.get("identical") and v.get("speedup_vs_defaults")
+        )
         if best[0] >= 1.03:
             knn_opts = {"symmetric": True}
             for kv in best[1].split("+")[1:]:
@@ -218,12 +244,17 @@ def run_study(layers, labels, path_options: dict | None = None, knn_options: dic
     phases = phase_table(rec.calls)
     engine_s = sum(p["wall_s"] for p in phases)
     return {
-        "path_options": dict(path_options or {}), "knn_options": dict(knn_options or {}),
-        "seconds": total, "seconds_per_layer": total / LAYERS,
-        "scores": scores.scores.tolist(), "stderr": scores.stderr.tolist(),
-        "best_layer": scores.best_layer, "phases": phases,
-        "sum": {key: sum(p[key] or 0.0 for p in phases)
-                for key in ("wall_s", "knn_s", "graph_s", "paths_s", "host_stats_s")},
+        "path_options": dict(path_options or {}),
+        "knn_options": dict(knn_options or {}),
+        "seconds": total,
+        "seconds_per_layer": total / LAYERS,
+        "scores": scores.scores.tolist(),
+        "stderr": scores.stderr.tolist(),
+        "best_layer": scores.best_layer,
+        "phases": phases,
+        "sum": {
+            key: sum(p[key] or 0.0 for p in phases) for key in ("wall_s", "knn_s", "graph_s", "paths_s", "host_stats_s")
+        },
         "outside_engine_s": total - engine_s,
     }
 
@@ -231,15 +262,27 @@ def run_study(layers, labels, path_options: dict | None = None, knn_options: dic
 def study_line(study: dict) -> str:
     s = study["sum"]
     opts = {**study["path_options"], **study.get("knn_options", {})}
-    return (f"  layer_scores {opts or 'defaults'}: {study['seconds']:.2f} s "
-            f"({study['seconds_per_layer']:.2f} s a layer); kNN {s['knn_s']:.2f} s, graph "
-            f"{s['graph_s']:.2f} s, paths {s['paths_s']:.2f} s, engine host stats "
-            f"{s['host_stats_s']:.2f} s, outside the engine {study['outside_engine_s']:.2f} s")
+    return (
+        f"  layer_scores {opts or 'defaults'}: {study['seconds']:.2f} s "
+        f"({study['seconds_per_layer']:.2f} s a layer); kNN {s['knn_s']:.2f} s, graph "
+        f"{s['graph_s']:.2f} s, paths {s['paths_s']:.2f} s, engine host stats "
+        f"{s['host_stats_s']:.2f} s, outside the engine {study['outside_engine_s']:.2f} s"
+    )
 
 
 def main() -> int:
-    result: dict = {"setting": {"layers": LAYERS, "N": N, "D": D, "classes": CLASSES,
-                                "sources": SOURCES, "k": K, "dtype": "float32", "device": str(DEV)}}
+    result: dict = {
+        "setting": {
+            "layers": LAYERS,
+            "N": N,
+            "D": D,
+            "classes": CLASSES,
+            "sources": SOURCES,
+            "k": K,
+            "dtype": "float32",
+            "device": str(DEV),
+        }
+    }
     if CUDA:
         result["device"] = torch.cuda.get_device_name(0)
     path = os.path.join(OUT, "gpu_study.json")
@@ -259,12 +302,16 @@ def main() -> int:
     check = check_against_numba(layers, labels)
     result["check_vs_numba"] = check
     save()
-    log(f"check vs numba ({CHECK_LAYERS} layers x {CHECK_ROWS} rows): passed={check['passed']} "
-        f"max diff {check['max_score_diff']:.2e}")
+    log(
+        f"check vs numba ({CHECK_LAYERS} layers x {CHECK_ROWS} rows): passed={check['passed']} "
+        f"max diff {check['max_score_diff']:.2e}"
+    )
 
-    lines = ["=" * 78, f"STUDY ({result.get('device', DEV)}): {LAYERS} layers, N={N}, D={D}, "
-             f"{CLASSES} classes, sources={SOURCES}",
-             f"  check vs numba: passed={check['passed']} max diff {check['max_score_diff']:.2e}"]
+    lines = [
+        "=" * 78,
+        f"STUDY ({result.get('device', DEV)}): {LAYERS} layers, N={N}, D={D}, {CLASSES} classes, sources={SOURCES}",
+        f"  check vs numba: passed={check['passed']} max diff {check['max_score_diff']:.2e}",
+    ]
     if not check["passed"]:
         result["study"] = {"seconds": None, "note": "not timed: the check against Numba failed"}
         save()
@@ -279,15 +326,16 @@ def main() -> int:
     if option or knn_opts:
         log(f"second study with paths {option}, kNN {knn_opts} (faster in this run's A/B stages)")
         other = run_study(layers, labels, option, knn_opts)
-        other["same_scores_as_defaults"] = other["scores"] == study["scores"] and \
-            other["stderr"] == study["stderr"]
+        other["same_scores_as_defaults"] = other["scores"] == study["scores"] and other["stderr"] == study["stderr"]
         other["speedup_vs_defaults"] = study["seconds"] / other["seconds"]
         result["study_" + "_".join(f"{k}={v}" for k, v in {**option, **knn_opts}.items())] = other
         save()
         lines.append(study_line(other) + f"; same scores: {other['same_scores_as_defaults']}")
     best = min(v["seconds"] for k, v in result.items() if k.startswith("study") and v.get("seconds"))
-    lines.append(f"  target < 45 s for 13 layers at N=1e6: "
-                 f"{'tiny run' if SMALL or LAYERS != 13 or N != 1_000_000 else ('MET' if best < 45 else 'not met')}")
+    lines.append(
+        f"  target < 45 s for 13 layers at N=1e6: "
+        f"{'tiny run' if SMALL or LAYERS != 13 or N != 1_000_000 else ('MET' if best < 45 else 'not met')}"
+    )
     lines.append("=" * 78)
     print("\n".join(lines), flush=True)
     return 0

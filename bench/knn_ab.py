@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 from _gpu_check_common import CUDA, OUT, SMALL, K, log, make_data, sync  # noqa: E402  (sets TRITON_INTERPRET)
 from _gpu_check_knn import knn_floor  # noqa: E402
+
 from fastconvex.kernels.triton.knn import knn  # noqa: E402
 
 D = 24 if SMALL else 768
@@ -45,8 +46,13 @@ def timed_knn(x, opts):
 
 
 def main() -> int:
-    result = {"D": D, "k": K, "repeats": REPEATS, "device": torch.cuda.get_device_name(0) if CUDA else "cpu",
-              "sizes": {}}
+    result = {
+        "D": D,
+        "k": K,
+        "repeats": REPEATS,
+        "device": torch.cuda.get_device_name(0) if CUDA else "cpu",
+        "sizes": {},
+    }
     path = os.path.join(OUT, "knn_ab.json")
     os.makedirs(OUT, exist_ok=True)
     ok_all = True
@@ -59,7 +65,7 @@ def main() -> int:
             variants[name] = {**base_opts, **cfg, "symmetric": True}
         rec: dict = {"runs": {name: [] for name in variants}}
         ref = None
-        for name, opts in variants.items():  # compile outside the timing
+        for opts in variants.values():  # compile outside the timing
             knn(x[: min(n, 4096)], K, **opts)
         for _ in range(REPEATS):
             for name, opts in variants.items():
@@ -71,16 +77,24 @@ def main() -> int:
                 if ref is None:
                     ref = (idx, dist)
                 same = torch.equal(idx, ref[0]) and torch.equal(dist, ref[1])
-                rec["runs"][name].append({"seconds": t if same else None, "identical_to_defaults": same,
-                                          "tiers": st["tiers"], "brute_force_rows": st["brute_force_rows"]})
+                rec["runs"][name].append(
+                    {
+                        "seconds": t if same else None,
+                        "identical_to_defaults": same,
+                        "tiers": st["tiers"],
+                        "brute_force_rows": st["brute_force_rows"],
+                    }
+                )
                 log(f"N={n} {name}: {t:.3f}s identical={same} tiers={st['tiers']}")
                 del idx, dist
         summary = {}
         for name, runs in rec["runs"].items():
             times = [r["seconds"] for r in runs if r.get("seconds") is not None]
             identical = bool(runs) and all(r.get("identical_to_defaults") for r in runs)
-            summary[name] = {"median_s": statistics.median(times) if times and identical else None,
-                             "identical": identical}
+            summary[name] = {
+                "median_s": statistics.median(times) if times and identical else None,
+                "identical": identical,
+            }
             ok_all &= identical
         base = summary["defaults"]["median_s"]
         for s in summary.values():
@@ -104,10 +118,12 @@ def main() -> int:
     for n, rec in result["sizes"].items():
         for name, s in rec["summary"].items():
             sp = s.get("speedup_vs_defaults")
-            print(f"  N={n} {name}: median {s['median_s']} s, identical={s['identical']}"
-                  + (f", {sp:.2f}x the defaults" if sp else "")
-                  + (f", {s['vs_fp16_matmul']:.2f}x the fp16 matmul" if s.get("vs_fp16_matmul") else ""),
-                  flush=True)
+            print(
+                f"  N={n} {name}: median {s['median_s']} s, identical={s['identical']}"
+                + (f", {sp:.2f}x the defaults" if sp else "")
+                + (f", {s['vs_fp16_matmul']:.2f}x the fp16 matmul" if s.get("vs_fp16_matmul") else ""),
+                flush=True,
+            )
     return 0 if ok_all else 1
 
 

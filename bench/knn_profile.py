@@ -20,13 +20,14 @@ import json
 import os
 import time
 
-import fastconvex.kernels.triton.knn as knn_mod  # noqa: E402
 import torch
 
 # gpu_check's common module switches the interpreter on before triton is imported
 # when there is no CUDA device; gpu_check's data, timing and floor are reused here
 from _gpu_check_common import CUDA, make_data, sync, timed  # noqa: E402
 from _gpu_check_knn import knn_floor
+
+import fastconvex.kernels.triton.knn as knn_mod  # noqa: E402
 
 N = int(os.environ.get("KNN_PROFILE_N", "1000000" if CUDA else "2000"))
 D = int(os.environ.get("KNN_PROFILE_D", "768" if CUDA else "24"))
@@ -38,7 +39,7 @@ PHASES = ("_candidates", "_exact_dist", "_sort_by_dist_then_index", "_brute_forc
 def main() -> None:
     x, _ = make_data(N, D, 40, seed=N % 1000 + 5)  # the data of gpu_check's kNN timings
     knn_mod.knn(x, K)  # compile every tier this data needs, warm the caches
-    spent = {p: 0.0 for p in PHASES}
+    spent = dict.fromkeys(PHASES, 0.0)
     originals = {p: getattr(knn_mod, p) for p in PHASES}
     active: list[str] = []
 
@@ -67,9 +68,16 @@ def main() -> None:
     finally:
         for p in PHASES:
             setattr(knn_mod, p, originals[p])
-    rec = {"device": torch.cuda.get_device_name() if CUDA else "cpu (interpreter)", "N": N, "D": D,
-           "k": K, "total_s": total, "phases_s": spent,
-           "rest_s": total - sum(spent.values()), "stats": stats}
+    rec = {
+        "device": torch.cuda.get_device_name() if CUDA else "cpu (interpreter)",
+        "N": N,
+        "D": D,
+        "k": K,
+        "total_s": total,
+        "phases_s": spent,
+        "rest_s": total - sum(spent.values()),
+        "stats": stats,
+    }
     if CUDA:
         # in the same run: the former split of the database (8 segments), and the
         # floor of bench/gpu_check.py (same-shape float16 matmul, 4096-row chunks)

@@ -19,11 +19,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 from _gpu_check_common import CUDA, DEV, OUT, SMALL, K, log, make_data, sync  # noqa: E402
+
+from fastconvex.core.pairs import plan_pairs  # noqa: E402
 from fastconvex.kernels.triton.graph import reorder_graph, union_csr  # noqa: E402
 from fastconvex.kernels.triton.knn import knn  # noqa: E402
 from fastconvex.kernels.triton.paths import class_sums  # noqa: E402
-
-from fastconvex.core.pairs import plan_pairs  # noqa: E402
 
 N = int(os.environ.get("PATHS_TUNE_N", 400 if SMALL else 1_000_000))
 D, C, S = (24, 5, 4) if SMALL else (768, 40, 64)
@@ -39,8 +39,10 @@ def main() -> int:
     codes = torch.as_tensor(codes_np, device=DEV)[order]
     src = inv[torch.as_tensor(plan.sources, device=DEV)]
     sizes = torch.as_tensor(plan.class_sizes, device=DEV)
-    grid = [dict(block_v=bv, block_b=bb, num_warps=nw)
-            for bv, bb, nw in itertools.product((8, 16, 32), (16, 32, 64), (2, 4))]
+    grid = [
+        dict(block_v=bv, block_b=bb, num_warps=nw)
+        for bv, bb, nw in itertools.product((8, 16, 32), (16, 32, 64), (2, 4))
+    ]
     grid += [dict(block_v=16, block_b=32, num_warps=4, check_every=ce) for ce in (4, 6)]
     # the "vertex" activity rule (only vertices with a changed neighbour are
     # recomputed): the defaults and it alternately, three times each, then
@@ -51,8 +53,14 @@ def main() -> int:
     if SMALL:
         grid = [dict(block_v=bv, block_b=bb) for bv, bb in ((16, 16), (32, 16))]
         grid += [dict(block_v=bv, block_b=16, activity="vertex") for bv in (16, 32)]
-    result = {"N": N, "D": D, "classes": C, "sources": int(src.numel()),
-              "device": torch.cuda.get_device_name(0) if CUDA else "cpu", "runs": []}
+    result = {
+        "N": N,
+        "D": D,
+        "classes": C,
+        "sources": int(src.numel()),
+        "device": torch.cuda.get_device_name(0) if CUDA else "cpu",
+        "runs": [],
+    }
     ref = None
     for opts in [{}] + grid:
         try:
@@ -69,9 +77,15 @@ def main() -> int:
         if ref is None:
             ref = got
         same = all(torch.equal(a, b) for a, b in zip(got, ref))
-        run = {"options": opts, "seconds": t if same else None, "bitwise_same_as_defaults": same,
-               "sweeps": st.get("sweeps"), "batches": st.get("batches"),
-               "relaxations": st.get("relaxations"), "edge_slots": st.get("edge_slots")}
+        run = {
+            "options": opts,
+            "seconds": t if same else None,
+            "bitwise_same_as_defaults": same,
+            "sweeps": st.get("sweeps"),
+            "batches": st.get("batches"),
+            "relaxations": st.get("relaxations"),
+            "edge_slots": st.get("edge_slots"),
+        }
         result["runs"].append(run)
         log(json.dumps(run))
     os.makedirs(OUT, exist_ok=True)

@@ -18,9 +18,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from fastconvex.kernels.numba.graph import union_csr  # noqa: E402
-from fastconvex.kernels.numba.knn import knn  # noqa: E402
-from fastconvex.kernels.numba.paths import pair_scores  # noqa: E402
 from oracles import scipy_shortest_distances  # noqa: E402
 
 import fastconvex as fc  # noqa: E402
@@ -28,6 +25,9 @@ from fastconvex.backends.duplicates import duplicate_groups  # noqa: E402
 from fastconvex.datasets import overlapping_classes  # noqa: E402
 from fastconvex.graph.benchmark import machine_info, timed, warm_up  # noqa: E402
 from fastconvex.graph.plan import _plan  # noqa: E402
+from fastconvex.kernels.numba.graph import union_csr  # noqa: E402
+from fastconvex.kernels.numba.knn import knn  # noqa: E402
+from fastconvex.kernels.numba.paths import pair_scores  # noqa: E402
 
 
 def vs_nnconvexity(n: int, results: dict) -> None:
@@ -37,13 +37,22 @@ def vs_nnconvexity(n: int, results: dict) -> None:
     t_fast, fast = timed(lambda: fc.graph_convexity(x, y), repeat=3)
     t_naive, naive = timed(lambda: fc.naive.graph_convexity(x, y))
     assert abs(fast.score - naive.score) <= 1e-9, "refusing to time a wrong answer"
-    np.random.seed(0)
+    np.random.seed(0)  # noqa: NPY002 - nnconvexity draws its pairs from numpy's global random state
     t_nn, (nn_score, _) = timed(lambda: compute_graph_convexity(x.astype(np.float64), y, 10, 5000, 1))
     results["n2000"] = {
-        "n": n, "dim": 256, "classes": 10, "k": 10, "pairs": 5000,
-        "numba_s": t_fast, "naive_s": t_naive, "nnconvexity_s": t_nn,
-        "score": fast.score, "stderr": fast.stderr, "nnconvexity_score_percent": nn_score,
-        "speedup_vs_naive": t_naive / t_fast, "speedup_vs_nnconvexity": t_nn / t_fast,
+        "n": n,
+        "dim": 256,
+        "classes": 10,
+        "k": 10,
+        "pairs": 5000,
+        "numba_s": t_fast,
+        "naive_s": t_naive,
+        "nnconvexity_s": t_nn,
+        "score": fast.score,
+        "stderr": fast.stderr,
+        "nnconvexity_score_percent": nn_score,
+        "speedup_vs_naive": t_naive / t_fast,
+        "speedup_vs_nnconvexity": t_nn / t_fast,
     }
 
 
@@ -51,19 +60,32 @@ def knn_and_paths(n: int, n_sources: int, results: dict) -> None:
     x, y = overlapping_classes(n, 768, 10)
     t_mm, _ = timed(lambda: x @ x.T, repeat=2)
     t_knn, (idx, dist, n_fallback) = timed(lambda: knn(x, 10), repeat=2)
-    results["knn"] = {"n": n, "dim": 768, "k": 10, "knn_s": t_knn, "matmul_f32_s": t_mm,
-                      "ratio_to_matmul": t_knn / t_mm, "fallback_rows": n_fallback}
+    results["knn"] = {
+        "n": n,
+        "dim": 768,
+        "k": 10,
+        "knn_s": t_knn,
+        "matmul_f32_s": t_mm,
+        "ratio_to_matmul": t_knn / t_mm,
+        "fallback_rows": n_fallback,
+    }
     indptr, nbr, w = union_csr(idx, dist)
     plan = _plan(y, 10, 5000, None, False, 0, 2)
     s = min(n_sources, plan.n_sources)
     ptr = plan.target_ptr[: s + 1]
     targets = plan.targets[: ptr[-1]]
     sources = plan.sources[:s]
-    t_ours, (scores, _) = timed(lambda: pair_scores(indptr, nbr, w, y, sources, ptr, targets), repeat=2)
-    t_scipy, dist_sp = timed(lambda: scipy_shortest_distances(indptr, nbr, w, sources))
-    results["paths"] = {"n": n, "edges": int(indptr[-1]), "sources": int(s), "pairs": int(ptr[-1]),
-                        "numba_s": t_ours, "scipy_dijkstra_s": t_scipy,
-                        "speedup_vs_scipy": t_scipy / t_ours}
+    t_ours, (_scores, _) = timed(lambda: pair_scores(indptr, nbr, w, y, sources, ptr, targets), repeat=2)
+    t_scipy, _dist_sp = timed(lambda: scipy_shortest_distances(indptr, nbr, w, sources))
+    results["paths"] = {
+        "n": n,
+        "edges": int(indptr[-1]),
+        "sources": int(s),
+        "pairs": int(ptr[-1]),
+        "numba_s": t_ours,
+        "scipy_dijkstra_s": t_scipy,
+        "speedup_vs_scipy": t_scipy / t_ours,
+    }
 
 
 def duplicates(n: int, n_copies: int, results: dict) -> None:
@@ -80,11 +102,19 @@ def duplicates(n: int, n_copies: int, results: dict) -> None:
     assert np.array_equal(graph.indices, idx), "refusing to time a wrong answer"
     _, first = duplicate_groups(dup)
     _, _, distinct_fallback = knn(dup[first], 10)
-    results["duplicates"] = {"n": n, "dim": 256, "k": 10, "copies_of_mean": n_copies,
-                             "distinct_rows": int(first.shape[0]), "distinct_fallback_rows": distinct_fallback,
-                             "knn_graph_s": t_dedup, "kernel_all_rows_s": t_all_rows,
-                             "kernel_fallback_rows": n_fallback, "knn_graph_distinct_data_s": t_distinct,
-                             "speedup_vs_all_rows": t_all_rows / t_dedup}
+    results["duplicates"] = {
+        "n": n,
+        "dim": 256,
+        "k": 10,
+        "copies_of_mean": n_copies,
+        "distinct_rows": int(first.shape[0]),
+        "distinct_fallback_rows": distinct_fallback,
+        "knn_graph_s": t_dedup,
+        "kernel_all_rows_s": t_all_rows,
+        "kernel_fallback_rows": n_fallback,
+        "knn_graph_distinct_data_s": t_distinct,
+        "speedup_vs_all_rows": t_all_rows / t_dedup,
+    }
 
 
 MEMORY_SNIPPET = """
@@ -106,10 +136,10 @@ def peak_memory(n: int, results: dict) -> None:
     runs = []
     for _ in range(1):
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", MEMORY_SNIPPET.format(n=n)], check=True,
-                             capture_output=True, text=True).stdout.split()
-        runs.append({"peak_rss_mb": float(out[0]), "score": float(out[1]),
-                     "wall_s": time.perf_counter() - t0})
+        out = subprocess.run(
+            [sys.executable, "-c", MEMORY_SNIPPET.format(n=n)], check=True, capture_output=True, text=True
+        ).stdout.split()
+        runs.append({"peak_rss_mb": float(out[0]), "score": float(out[1]), "wall_s": time.perf_counter() - t0})
     results["memory"] = {"n": n, "dim": 256, **runs[0]}
 
 
@@ -130,16 +160,24 @@ def main() -> None:
         json.dump(results, fh, indent=2)
     a, b, c, m = results["n2000"], results["knn"], results["paths"], results["memory"]
     e = results["duplicates"]
-    print(f"| N={a['n']}, D=256, pairs=5000 | fastconvex {a['numba_s']:.2f} s | naive {a['naive_s']:.2f} s "
-          f"({a['speedup_vs_naive']:.1f}x) | nnconvexity 0.1.1 {a['nnconvexity_s']:.1f} s "
-          f"({a['speedup_vs_nnconvexity']:.0f}x) |")
-    print(f"| kNN N={b['n']}, D=768 | {b['knn_s']:.2f} s | float32 matmul {b['matmul_f32_s']:.2f} s "
-          f"| ratio {b['ratio_to_matmul']:.2f} |")
-    print(f"| paths N={c['n']}, {c['sources']} sources | {c['numba_s']:.2f} s | scipy dijkstra "
-          f"{c['scipy_dijkstra_s']:.2f} s | {c['speedup_vs_scipy']:.1f}x |")
-    print(f"| kNN N={e['n']}, D=256, {e['copies_of_mean']} copies of the mean | {e['knn_graph_s']:.2f} s "
-          f"| kernel over all rows {e['kernel_all_rows_s']:.2f} s ({e['kernel_fallback_rows']} rows brute-forced) "
-          f"| {e['speedup_vs_all_rows']:.1f}x | (distinct data: {e['knn_graph_distinct_data_s']:.2f} s)")
+    print(
+        f"| N={a['n']}, D=256, pairs=5000 | fastconvex {a['numba_s']:.2f} s | naive {a['naive_s']:.2f} s "
+        f"({a['speedup_vs_naive']:.1f}x) | nnconvexity 0.1.1 {a['nnconvexity_s']:.1f} s "
+        f"({a['speedup_vs_nnconvexity']:.0f}x) |"
+    )
+    print(
+        f"| kNN N={b['n']}, D=768 | {b['knn_s']:.2f} s | float32 matmul {b['matmul_f32_s']:.2f} s "
+        f"| ratio {b['ratio_to_matmul']:.2f} |"
+    )
+    print(
+        f"| paths N={c['n']}, {c['sources']} sources | {c['numba_s']:.2f} s | scipy dijkstra "
+        f"{c['scipy_dijkstra_s']:.2f} s | {c['speedup_vs_scipy']:.1f}x |"
+    )
+    print(
+        f"| kNN N={e['n']}, D=256, {e['copies_of_mean']} copies of the mean | {e['knn_graph_s']:.2f} s "
+        f"| kernel over all rows {e['kernel_all_rows_s']:.2f} s ({e['kernel_fallback_rows']} rows brute-forced) "
+        f"| {e['speedup_vs_all_rows']:.1f}x | (distinct data: {e['knn_graph_distinct_data_s']:.2f} s)"
+    )
     print(f"| peak memory N={m['n']}, D=256 | {m['peak_rss_mb']:.0f} MB |")
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastconvex.kernels.numba.graph import union_csr
-from fastconvex.kernels.numba.knn import knn
-from fastconvex.kernels.numba.paths import class_sums
 from oracles import scipy_shortest_distances
 
 import fastconvex as fc
 from fastconvex.datasets import overlapping_classes
 from fastconvex.graph.benchmark import warm_up
+from fastconvex.kernels.numba.graph import union_csr
+from fastconvex.kernels.numba.knn import knn
+from fastconvex.kernels.numba.paths import class_sums
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,7 +45,7 @@ def test_knn_vs_matmul_n20000(benchmark, what):
 
 @pytest.mark.parametrize("what", ["numba", "scipy"])
 def test_paths_vs_scipy_n20000(benchmark, what):
-    x, y = overlapping_classes(20000, 768, 10)
+    x, _y = overlapping_classes(20000, 768, 10)
     idx, dist, _ = knn(x, 10)
     indptr, nbr, w = union_csr(idx, dist)
     sources = np.random.default_rng(0).choice(20000, 500, replace=False).astype(np.int64)

@@ -75,6 +75,7 @@ __all__ = [
     "LayerScores",
     "LayerStore",
     "SweepResults",
+    "__version__",
     "euclidean_convexity",
     "graph_convexity",
     "knn_graph",
@@ -84,5 +85,4 @@ __all__ = [
     "open_store",
     "save_store",
     "sweep",
-    "__version__",
 ]

@@ -24,7 +24,8 @@ import argparse
 import importlib
 import sys
 import warnings
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 COMMANDS = {
     "score": "score per-layer embeddings from files (.npy/.npz/directory)",
@@ -45,13 +46,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=non_negative_int, default=0, help="seed of the pair sampling (default 0)")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
     group.add_argument(
-        "--backend", default="auto", choices=["auto", "triton", "numba", "naive"],
+        "--backend",
+        default="auto",
+        choices=["auto", "triton", "numba", "naive"],
         help="compute backend (default auto; env FASTCONVEX_BACKEND overrides auto)",
     )
     if "--json" not in parser._option_string_actions:  # score, sweep, finetune word their own
         group.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the table")
     if "--out" not in parser._option_string_actions:  # prune's --out is its output directory
-        group.add_argument("--out", default=None, help="also write the JSON report to this file ('-': stdout, as --json)")
+        group.add_argument(
+            "--out", default=None, help="also write the JSON report to this file ('-': stdout, as --json)"
+        )
     if "--overwrite" not in parser._option_string_actions:  # prune, embed, finetune have their own
         group.add_argument("--overwrite", action="store_true", help="replace an existing --out (or --plot) file")
     group.add_argument("--quiet", action="store_true", help="no logs or progress on stderr")
@@ -62,7 +67,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit status 2): the usage text is one
     ``--help`` away, not repeated above every mistake."""
 
-    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -175,7 +180,8 @@ def _main(argv: Sequence[str] | None) -> int:
         with warnings.catch_warnings():
             if not args.debug:  # a warning is one line too, not a file:line and source echo
                 warnings.showwarning = lambda message, category, *rest, **kw: print(
-                    f"{prefix}: warning: {_one_line(message)}", file=sys.stderr, flush=True)
+                    f"{prefix}: warning: {_one_line(message)}", file=sys.stderr, flush=True
+                )
             return int(module.run(args) or 0)
     except KeyboardInterrupt:
         if args.debug:
@@ -194,8 +200,11 @@ def _main(argv: Sequence[str] | None) -> int:
         elif isinstance(exc, (RuntimeError, OSError, MemoryError)):
             status = 1
         else:  # a bug: still one line, and how to see more
-            print(f"{prefix}: internal error: {type(exc).__name__}: {_one_line(exc)} "
-                  "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+            print(
+                f"{prefix}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+                "(rerun with --debug for the traceback, and please report it)",
+                file=sys.stderr,
+            )
             return 1
         print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
         return status

@@ -14,7 +14,7 @@ from typing import Any
 from fastconvex.backends.naive import NaiveEngine, naive_memory_bytes
 from fastconvex.core.results import Convexity, KNNGraph
 
-__all__ = ["graph_convexity", "knn_graph", "NaiveEngine", "naive_memory_bytes"]
+__all__ = ["NaiveEngine", "graph_convexity", "knn_graph", "naive_memory_bytes"]
 
 
 def graph_convexity(x: Any, labels: Any, **keywords: Any) -> Convexity:

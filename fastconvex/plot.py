@@ -41,7 +41,7 @@ def plot_layer_scores(
     cut: int | Sequence[int | None] | None = None,
     labels: Sequence[str] | None = None,
     ax: Any = None,
-) -> "Figure":
+) -> Figure:
     """Convexity (%) per layer with standard-error bars, one line per task.
 
     Parameters
@@ -56,8 +56,7 @@ def plot_layer_scores(
     -------
     matplotlib.figure.Figure
     """
-    tasks = ([cast(PerLayerScores, scores)] if hasattr(scores, "scores")
-             else list(scores))
+    tasks = [cast(PerLayerScores, scores)] if hasattr(scores, "scores") else list(scores)
     if not tasks:
         raise ValueError("scores is empty: nothing to plot")
     if labels is not None and len(labels) != len(tasks):
@@ -73,11 +72,15 @@ def plot_layer_scores(
     for i, task in enumerate(tasks):
         layers = np.arange(len(task.scores))
         name = labels[i] if labels is not None else (None if len(tasks) == 1 else f"task {i}")
-        line = ax.errorbar(layers, 100 * task.scores, yerr=100 * task.stderr, marker="o",
-                           ms=4, capsize=3, label=name)
+        line = ax.errorbar(layers, 100 * task.scores, yerr=100 * task.stderr, marker="o", ms=4, capsize=3, label=name)
         if cuts[i] is not None:
-            ax.axvline(cuts[i], ls="--", color=line[0].get_color(), alpha=0.7,
-                       label=f"cut at {cuts[i]}" + (f" ({name})" if name else ""))
+            ax.axvline(
+                cuts[i],
+                ls="--",
+                color=line[0].get_color(),
+                alpha=0.7,
+                label=f"cut at {cuts[i]}" + (f" ({name})" if name else ""),
+            )
     ax.set_xlabel("hidden state (0 = transformer input, i = output of block i)")
     measures = {getattr(layer, "measure", "graph") for task in tasks for layer in task.layers[:1]}
     ax.set_ylabel(f"{measures.pop()} convexity (%)" if len(measures) == 1 else "convexity (%)")

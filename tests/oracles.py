@@ -115,8 +115,7 @@ def reference_exact_convexity(x, labels, k: int, min_class_size: int = 2) -> dic
     return {
         "score": float(np.mean(pooled)),
         "macro": float(np.mean([np.mean([v for _, v, _ in per[c]]) for c in per])),
-        "per_class": {c: float(np.mean([v for _, v, _ in per[c]])) if c in per else math.nan
-                      for c in classes},
+        "per_class": {c: float(np.mean([v for _, v, _ in per[c]])) if c in per else math.nan for c in classes},
         "n_pairs": {c: len(per.get(c, [])) for c in classes},
         "n_unreachable": sum(not r for c in per for _, _, r in per[c]),
     }
@@ -187,6 +186,10 @@ def nnconvexity_euclidean_all_pairs(x, labels, predict, n_sampled: int = 10) -> 
     labels = np.asarray(labels)
     budget = len(labels) * len(labels)
     return compute_euclidean_convexity(
-        np.asarray(x), labels, lambda feats, layer: predict(feats.numpy()), 0,
-        n_pairs=budget, n_sampled=n_sampled,
+        np.asarray(x),
+        labels,
+        lambda feats, layer: predict(feats.numpy()),
+        0,
+        n_pairs=budget,
+        n_sampled=n_sampled,
     )

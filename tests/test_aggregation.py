@@ -71,6 +71,7 @@ def test_pooled_score_is_the_plain_mean_when_every_pair_is_scored():
 
 def _strict_json(path):
     """Parse as strict JSON: NaN / Infinity are not JSON and fail here."""
+
     def refuse(token):
         raise ValueError(f"not JSON: {token}")
 

@@ -11,8 +11,9 @@ from fastconvex.cli import main
 
 def test_bench_writes_json_with_agreeing_scores(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--sizes", "60,81", "--dim", "8", "--classes", "3", "--k", "5",
-                 "--pairs", "40", "--out", str(out)])
+    code = main(
+        ["bench", "--sizes", "60,81", "--dim", "8", "--classes", "3", "--k", "5", "--pairs", "40", "--out", str(out)]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert report["backend"] == "numba"
@@ -28,10 +29,15 @@ def test_bench_writes_json_with_agreeing_scores(tmp_path, capsys):
     # stdout: one readable line per size (the JSON went to --out); --json prints the JSON instead
     lines = captured.out.splitlines()
     assert len(lines) == 2 and lines[0].startswith("N=      60") and lines[1].startswith("N=      81")
-    assert all("agree True" in line and f"score {100 * r['score']:.2f}%" in line
-               for line, r in zip(lines, report["rows"]))
-    assert main(["bench", "--sizes", "60", "--dim", "8", "--classes", "3", "--k", "5", "--pairs", "40",
-                 "--json", "--quiet"]) == 0
+    assert all(
+        "agree True" in line and f"score {100 * r['score']:.2f}%" in line for line, r in zip(lines, report["rows"])
+    )
+    assert (
+        main(
+            ["bench", "--sizes", "60", "--dim", "8", "--classes", "3", "--k", "5", "--pairs", "40", "--json", "--quiet"]
+        )
+        == 0
+    )
     again = json.loads(capsys.readouterr().out)
     assert again["rows"][0]["score"] == report["rows"][0]["score"]  # same data, same pairs
 
@@ -56,6 +62,5 @@ def test_bench_rejects_bad_sizes(capsys):
 
 
 def test_module_entry_point_runs():
-    done = subprocess.run([sys.executable, "-m", "fastconvex", "--version"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-m", "fastconvex", "--version"], capture_output=True, text=True, check=True)
     assert done.stdout.startswith("fastconvex ")

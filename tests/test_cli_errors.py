@@ -44,6 +44,7 @@ def _score(path, *extra):
 
 # ------------------------------------------------------------------ data errors (1)
 
+
 def test_empty_layer_stack_is_a_data_error(files, capsys):
     np.save(files / "empty.npy", np.zeros((0, 60, 4), np.float32))
     code, out, err = run_cli(capsys, ["score", files / "empty.npy", "--labels", files / "y.npy"])
@@ -80,7 +81,9 @@ def test_non_utf8_label_text(files, capsys):
     (files / "latin.txt").write_bytes(("a\n" * 30 + "caf\xe9\n" * 30).encode("latin-1"))
     code, _, err = run_cli(capsys, ["score", files / "emb.npy", "--labels", files / "latin.txt"])
     assert code == 1
-    assert "latin.txt': byte 0xe9 at offset 63 (line 31) is not valid UTF-8" in _one_line(err, "fastconvex score: error:")
+    assert "latin.txt': byte 0xe9 at offset 63 (line 31) is not valid UTF-8" in _one_line(
+        err, "fastconvex score: error:"
+    )
     (files / "latin.csv").write_bytes(("label\n" + "caf\xe9\n" * 60).encode("latin-1"))
     code, _, err = run_cli(capsys, ["score", files / "emb.npy", "--labels", files / "latin.csv"])
     assert code == 1 and "latin.csv': byte 0xe9 at offset 9 (line 2) is not valid UTF-8" in err
@@ -105,22 +108,30 @@ def test_k_too_large_for_the_data(files, capsys):
 
 # ------------------------------------------------------------------ usage errors (2)
 
+
 @pytest.mark.parametrize(
     "argv,message",
     [
         (["bench", "--classes", "0"], "argument --classes: must be at least 1, got 0"),
         (["bench", "--repeat", "0"], "argument --repeat: must be at least 1, got 0"),
-        (["bench", "--sizes", "20", "--classes", "15", "--k", "3"], "--classes 15 leaves fewer than 2 points per class"),
+        (
+            ["bench", "--sizes", "20", "--classes", "15", "--k", "3"],
+            "--classes 15 leaves fewer than 2 points per class",
+        ),
         (["score", "x.npy"], "the following arguments are required: --labels"),
         (["score", "x.npy", "--labels", "y.npy", "--k", "zero"], "argument --k: expected an integer, got 'zero'"),
         (["score", "x.npy", "--labels", "y.npy", "--sources", "0"], "argument --sources: must be at least 1, got 0"),
         (["score", "x.npy", "--labels", "y.npy", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
         (["sweep", "s", "--out-dir", "o", "--seed", "-3"], "argument --seed: must be at least 0, got -3"),
         # --sampling-rate 0 was taken as "the model's rate" (ignored); -5 failed on "lengths" after loading
-        (["embed", "m", "--audio", "a", "--out-dir", "s", "--sampling-rate", "0"],
-         "argument --sampling-rate: must be at least 1, got 0"),
-        (["prune", "m", "--audio", "a", "--out", "o", "--sampling-rate", "-5"],
-         "argument --sampling-rate: must be at least 1, got -5"),
+        (
+            ["embed", "m", "--audio", "a", "--out-dir", "s", "--sampling-rate", "0"],
+            "argument --sampling-rate: must be at least 1, got 0",
+        ),
+        (
+            ["prune", "m", "--audio", "a", "--out", "o", "--sampling-rate", "-5"],
+            "argument --sampling-rate: must be at least 1, got -5",
+        ),
     ],
 )
 def test_usage_errors_are_one_line_with_status_2(capsys, argv, message):
@@ -138,6 +149,7 @@ def test_label_column_with_npy_labels_is_not_ignored(files, capsys):
 
 # ------------------------------------------------------------------ outputs checked first
 
+
 def _no_scoring(err):
     assert "scoring" not in err  # the check came before the work
 
@@ -148,7 +160,9 @@ def test_out_an_existing_directory_fails_before_scoring(files, capsys, monkeypat
     (files / "results").mkdir()  # not the directory of the inputs: that one is refused as holding them
     code, out, err = run_cli(capsys, _score(files, "--out", files / "results"))
     assert code == 2 and out == "" and not called
-    assert f"--out {str(files / 'results')!r} is a directory; give a file name" in _one_line(err, "fastconvex score: error:")
+    assert f"--out {str(files / 'results')!r} is a directory; give a file name" in _one_line(
+        err, "fastconvex score: error:"
+    )
     _no_scoring(err)
     code, _, err = run_cli(capsys, _score(files, "--out", files / "missing" / "r.json"))
     assert code == 2 and "does not exist; create it first" in err and not called
@@ -168,7 +182,8 @@ def test_plot_without_matplotlib_fails_before_scoring(files, capsys, monkeypatch
     code, _, err = run_cli(capsys, _score(files, "--plot", files / "p.png"))
     assert code == 2
     assert "--plot needs matplotlib, which is not installed: pip install 'fastconvex[plot]'" in _one_line(
-        err, "fastconvex score: error:")
+        err, "fastconvex score: error:"
+    )
     _no_scoring(err)
 
 
@@ -183,7 +198,9 @@ def test_a_plot_that_fails_keeps_the_json_and_says_why(files, capsys, monkeypatc
     assert code == 1
     line = _one_line(err, "fastconvex score: error: --plot")
     assert "the renderer ran out of ink" in line and f"the scores are in {files / 'r.json'}" in line
-    expected = json.loads(json.dumps(fc.layer_scores(list(np.load(files / "emb.npy")), np.load(files / "y.npy")).to_dict()))
+    expected = json.loads(
+        json.dumps(fc.layer_scores(list(np.load(files / "emb.npy")), np.load(files / "y.npy")).to_dict())
+    )
     assert json.loads((files / "r.json").read_text()) == expected
     assert "layer" in out  # the table was printed too
     assert not (files / "p.png").exists()
@@ -203,8 +220,10 @@ def test_out_never_replaces_an_existing_file_without_overwrite(files, capsys, mo
     labels_before = (files / "y.npy").read_bytes()
     (files / "p.png").write_bytes(b"an earlier plot")
     # --out naming an input file (or any existing file): refused before the work, the file intact
-    for target, option, why in ((files / "y.npy", "--out", "is the input LABELS"),
-                                (files / "p.png", "--plot", "already exists")):
+    for target, option, why in (
+        (files / "y.npy", "--out", "is the input LABELS"),
+        (files / "p.png", "--plot", "already exists"),
+    ):
         code, out, err = run_cli(capsys, _score(files, option, target))
         assert code == 2 and out == "" and not called
         line = _one_line(err, "fastconvex score: error:")
@@ -212,8 +231,10 @@ def test_out_never_replaces_an_existing_file_without_overwrite(files, capsys, mo
     assert (files / "y.npy").read_bytes() == labels_before
     assert (files / "p.png").read_bytes() == b"an earlier plot"
     (files / "r.json").write_text("precious")
-    for argv in (["env", "--out", files / "r.json"],
-                 ["bench", "--sizes", "30", "--dim", "2", "--classes", "2", "--out", files / "r.json"]):
+    for argv in (
+        ["env", "--out", files / "r.json"],
+        ["bench", "--sizes", "30", "--dim", "2", "--classes", "2", "--out", files / "r.json"],
+    ):
         code, out, err = run_cli(capsys, argv)
         assert code == 2 and out == ""
         assert f"--out {str(files / 'r.json')!r} already exists" in _one_line(err, f"fastconvex {argv[0]}: error:")
@@ -250,6 +271,7 @@ def test_prune_refuses_a_non_empty_out_directory_before_the_model(tmp_path, caps
 
 # ------------------------------------------------------------------ tracebacks
 
+
 def test_internal_errors_are_one_line_and_debug_shows_the_traceback(files, capsys, monkeypatch):
     def bug(*args, **kwargs):
         raise KeyError("unexpected")
@@ -285,7 +307,11 @@ def test_subprocess_exit_status_and_no_traceback(files, argv, status, message):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
         [sys.executable, "-m", "fastconvex", *[a.format(tmp=files) for a in argv]],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == status, proc.stderr
     assert proc.stdout == "" and "Traceback" not in proc.stderr
@@ -293,6 +319,7 @@ def test_subprocess_exit_status_and_no_traceback(files, argv, status, message):
 
 
 # ------------------------------------------------------------------ prune: audio before the model
+
 
 @pytest.fixture()
 def clips(tmp_path):
@@ -329,7 +356,9 @@ def test_audio_errors_name_the_file(clips):
     audio = hf.AudioFiles([clips / "clips" / n for n in ("a.wav", "b.wav", "tiny.wav")])
     with pytest.raises(ValueError) as info:
         hf.pooled_hidden_states(model, audio, sampling_rate=16000, feature_extractor=fe, progress=False)
-    assert f"audio file {str(clips / 'clips' / 'tiny.wav')!r} (waveforms[2]) has 10 samples, too short" in str(info.value)
+    assert f"audio file {str(clips / 'clips' / 'tiny.wav')!r} (waveforms[2]) has 10 samples, too short" in str(
+        info.value
+    )
 
 
 def test_warnings_are_one_line_too(files, capsys):

@@ -45,13 +45,40 @@ def classifier_files(tmp_path_factory):
 
 def test_score_euclidean_matches_the_library(classifier_files, capsys, tmp_path):
     path, model, states, n_frames, labels = classifier_files
-    argv = ["score", path / "states.npy", "--labels", path / "labels.txt", "--measure", "euclidean",
-            "--model", path / "model", "--lengths", path / "lengths.npy", "--pairs", "20", "--seed", "4",
-            "--n-sampled", "5", "--predict-batch", "37", "--out", tmp_path / "e.json"]
+    argv = [
+        "score",
+        path / "states.npy",
+        "--labels",
+        path / "labels.txt",
+        "--measure",
+        "euclidean",
+        "--model",
+        path / "model",
+        "--lengths",
+        path / "lengths.npy",
+        "--pairs",
+        "20",
+        "--seed",
+        "4",
+        "--n-sampled",
+        "5",
+        "--predict-batch",
+        "37",
+        "--out",
+        tmp_path / "e.json",
+    ]
     assert main([str(a) for a in argv]) == 0
     got = json.loads((tmp_path / "e.json").read_text())
-    want = fc.layer_euclidean_scores(list(states), labels, hf.predict_from_layer(model), lengths=n_frames,
-                                     pairs=20, seed=4, n_sampled=5, progress=False)
+    want = fc.layer_euclidean_scores(
+        list(states),
+        labels,
+        hf.predict_from_layer(model),
+        lengths=n_frames,
+        pairs=20,
+        seed=4,
+        n_sampled=5,
+        progress=False,
+    )
     assert got == json.loads(json.dumps(want.to_dict()))
     assert got["layers"][0]["measure"] == "euclidean" and got["layers"][0]["n_sampled"] == 5
     # a directory of per-layer (N, T, D) files is the same input
@@ -79,8 +106,7 @@ def test_score_euclidean_matches_the_library(classifier_files, capsys, tmp_path)
 def test_score_euclidean_usage_errors(classifier_files, capsys, extra, message):
     path = classifier_files[0]
     extra = [e.format(model=path / "model") for e in extra]
-    code = main([
-        "score", str(path / "states.npy"), "--labels", str(path / "labels.txt"), *extra])
+    code = main(["score", str(path / "states.npy"), "--labels", str(path / "labels.txt"), *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
@@ -92,7 +118,9 @@ def test_score_euclidean_needs_every_hidden_state_as_sequences(classifier_files,
     base = ["--labels", str(path / "labels.txt"), "--measure", "euclidean", "--model", str(path / "model")]
     # the data do not fit the request: data errors, exit status 1
     assert main(["score", str(tmp_path / "three.npy"), *base]) == 1
-    assert "EMBEDDINGS has 3 layers but Wav2Vec2ForSequenceClassification has 4 hidden states" in capsys.readouterr().err
+    assert (
+        "EMBEDDINGS has 3 layers but Wav2Vec2ForSequenceClassification has 4 hidden states" in capsys.readouterr().err
+    )
     assert main(["score", str(tmp_path / "pooled.npy"), *base]) == 1
     assert "needs every hidden state as frame sequences, (L, N, T, D)" in capsys.readouterr().err
 
@@ -124,17 +152,43 @@ def classifier_audio(tmp_path_factory):
 def test_prune_euclidean_matches_the_library(classifier_audio, capsys, tmp_path):
     root, model, fe = classifier_audio
     out_dir = tmp_path / "cut"
-    code = main(["prune", str(root / "model"), "--audio", str(root / "audio"), "--out", str(out_dir),
-                 "--measure", "euclidean", "--pairs", "10", "--n-sampled", "4", "--batch-size", "4",
-                 "--keep", "2", "--quiet", "--json"])
+    code = main(
+        [
+            "prune",
+            str(root / "model"),
+            "--audio",
+            str(root / "audio"),
+            "--out",
+            str(out_dir),
+            "--measure",
+            "euclidean",
+            "--pairs",
+            "10",
+            "--n-sampled",
+            "4",
+            "--batch-size",
+            "4",
+            "--keep",
+            "2",
+            "--quiet",
+            "--json",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     report = json.loads(out)
     paths, labels = hf.find_audio(root / "audio")
     waves = [hf.load_audio(p) for p in paths]
     states, n_frames = hf.hidden_state_sequences(model, waves, feature_extractor=fe, progress=False)
-    want = fc.layer_euclidean_scores(states, np.asarray(labels), hf.predict_from_layer(model), lengths=n_frames,
-                                     pairs=10, n_sampled=4, progress=False)
+    want = fc.layer_euclidean_scores(
+        states,
+        np.asarray(labels),
+        hf.predict_from_layer(model),
+        lengths=n_frames,
+        pairs=10,
+        n_sampled=4,
+        progress=False,
+    )
     assert report["scores"] == json.loads(json.dumps(want.to_dict()))
     assert report["measure"] == "euclidean" and report["keep"] == 2 and report["best_layer"] == want.best_layer
     pruned = type(model).from_pretrained(out_dir)
@@ -146,11 +200,35 @@ def test_prune_euclidean_needs_a_classifier(classifier_audio, capsys, tmp_path):
     base, fe = tiny_model("wav2vec2")
     base.save_pretrained(tmp_path / "base")
     fe.save_pretrained(tmp_path / "base")
-    code = main(["prune", str(tmp_path / "base"), "--audio", str(root / "audio"), "--out", str(tmp_path / "o"),
-                 "--measure", "euclidean", "--quiet"])
+    code = main(
+        [
+            "prune",
+            str(tmp_path / "base"),
+            "--audio",
+            str(root / "audio"),
+            "--out",
+            str(tmp_path / "o"),
+            "--measure",
+            "euclidean",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Wav2Vec2Model is not a supported audio classifier" in err
     assert not (tmp_path / "o").exists()  # nothing written
-    code = main(["prune", str(root / "model"), "--audio", str(root / "audio"), "--out", str(tmp_path / "o"),
-                 "--measure", "euclidean", "--embeddings-dir", str(tmp_path / "e"), "--quiet"])
+    code = main(
+        [
+            "prune",
+            str(root / "model"),
+            "--audio",
+            str(root / "audio"),
+            "--out",
+            str(tmp_path / "o"),
+            "--measure",
+            "euclidean",
+            "--embeddings-dir",
+            str(tmp_path / "e"),
+            "--quiet",
+        ]
+    )
     assert code == 2 and "--embeddings-dir and --mix-lengths apply to graph" in capsys.readouterr().err

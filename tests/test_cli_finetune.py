@@ -55,9 +55,26 @@ def data(tmp_path_factory):
 
 def test_finetune_writes_the_model_and_json(data, capsys, tmp_path):
     out = tmp_path / "ft"
-    code, stdout, err = run_cli(capsys, ["finetune", data / "w2v", "--audio", data / "audio", "--out-dir", out,
-                                      "--epochs", "5", "--lr", "3e-3", "--batch-size", "8", "--json",
-                                      "--out", tmp_path / "result.json"])
+    code, stdout, err = run_cli(
+        capsys,
+        [
+            "finetune",
+            data / "w2v",
+            "--audio",
+            data / "audio",
+            "--out-dir",
+            out,
+            "--epochs",
+            "5",
+            "--lr",
+            "3e-3",
+            "--batch-size",
+            "8",
+            "--json",
+            "--out",
+            tmp_path / "result.json",
+        ],
+    )
     assert code == 0, err
     report = json.loads(stdout)
     assert report == json.loads((tmp_path / "result.json").read_text())
@@ -75,9 +92,26 @@ def test_finetune_writes_the_model_and_json(data, capsys, tmp_path):
 
 def test_finetune_whisper_context_and_groups(data, capsys, tmp_path):
     out = tmp_path / "ft"
-    code, stdout, err = run_cli(capsys, ["finetune", data / "whisper", "--audio", data / "clips.csv",
-                                      "--groups-column", "speaker", "--eval-split", "0.25",
-                                      "--context-seconds", "1", "--out-dir", out, "--epochs", "1", "--quiet"])
+    code, stdout, err = run_cli(
+        capsys,
+        [
+            "finetune",
+            data / "whisper",
+            "--audio",
+            data / "clips.csv",
+            "--groups-column",
+            "speaker",
+            "--eval-split",
+            "0.25",
+            "--context-seconds",
+            "1",
+            "--out-dir",
+            out,
+            "--epochs",
+            "1",
+            "--quiet",
+        ],
+    )
     assert code == 0, err
     assert err == "" and "held-out accuracy" in stdout
     report = json.loads((out / "fastconvex_finetune.json").read_text())
@@ -90,8 +124,22 @@ def test_finetune_whisper_context_and_groups(data, capsys, tmp_path):
 def test_finetune_with_a_labels_file(data, capsys, tmp_path):
     labels = ["even" if i % 4 < 2 else "odd" for i in range(32)]
     (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
-    code, _, err = run_cli(capsys, ["finetune", data / "w2v", "--audio", data / "audio", "--labels",
-                                 tmp_path / "labels.txt", "--out-dir", tmp_path / "ft", "--epochs", "1", "--quiet"])
+    code, _, err = run_cli(
+        capsys,
+        [
+            "finetune",
+            data / "w2v",
+            "--audio",
+            data / "audio",
+            "--labels",
+            tmp_path / "labels.txt",
+            "--out-dir",
+            tmp_path / "ft",
+            "--epochs",
+            "1",
+            "--quiet",
+        ],
+    )
     assert code == 0, err
     assert transformers.AutoConfig.from_pretrained(tmp_path / "ft").id2label == {0: "even", 1: "odd"}
 
@@ -114,12 +162,25 @@ def test_bad_input_is_one_line(data, capsys, tmp_path, extra, status, message):
     (tmp_path / "labels3.txt").write_text("a\nb\na\n")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("keep")
-    subst = {"LABELS3": tmp_path / "labels3.txt", "TAKEN": tmp_path / "taken",
-             "NODIR/result.json": tmp_path / "nodir" / "result.json",
-             "missing_dir": tmp_path / "missing_dir"}
+    subst = {
+        "LABELS3": tmp_path / "labels3.txt",
+        "TAKEN": tmp_path / "taken",
+        "NODIR/result.json": tmp_path / "nodir" / "result.json",
+        "missing_dir": tmp_path / "missing_dir",
+    }
     extra = [subst.get(a, a) for a in extra]
-    argv = ["finetune", data / "w2v", "--audio", data / "audio", "--out-dir", tmp_path / "out", "--epochs", "1", "--quiet",
-            *extra]
+    argv = [
+        "finetune",
+        data / "w2v",
+        "--audio",
+        data / "audio",
+        "--out-dir",
+        tmp_path / "out",
+        "--epochs",
+        "1",
+        "--quiet",
+        *extra,
+    ]
     code, _stdout, err = run_cli(capsys, argv)
     assert code == status, err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -129,7 +190,9 @@ def test_bad_input_is_one_line(data, capsys, tmp_path, extra, status, message):
 
 def test_a_missing_model_directory_is_refused_before_reading_audio(data, capsys, tmp_path):
     """Not quiet: the error is the only line, before any audio is listed."""
-    code, _, err = run_cli(capsys, ["finetune", tmp_path / "no_model", "--audio", data / "audio",
-                                 "--out-dir", tmp_path / "out"])
+    code, _, err = run_cli(
+        capsys, ["finetune", tmp_path / "no_model", "--audio", data / "audio", "--out-dir", tmp_path / "out"]
+    )
     assert code == 2 and err.strip().splitlines() == [
-        f"fastconvex finetune: error: MODEL {str(tmp_path / 'no_model')!r} is not a model directory"]
+        f"fastconvex finetune: error: MODEL {str(tmp_path / 'no_model')!r} is not a model directory"
+    ]

@@ -62,7 +62,9 @@ def test_score_npy_matches_the_library(data, capsys):
 )
 def test_score_estimator_options(data, capsys, options, kw):
     path, layers, labels = data
-    code, out, _ = run_cli(capsys, ["score", path / "emb.npy", "--labels", path / "labels.npy", *options, "--quiet", "--json"])
+    code, out, _ = run_cli(
+        capsys, ["score", path / "emb.npy", "--labels", path / "labels.npy", *options, "--quiet", "--json"]
+    )
     assert code == 0
     assert json.loads(out) == _expected(layers, labels, **kw)
 
@@ -77,7 +79,9 @@ def test_score_label_files_txt_and_csv(data, capsys):
         assert json.loads(out) == expected
         assert json.loads(out)["classes"] == ["c0", "c1", "c2"]
     (path / "other.csv").write_text("tag,y\n" + "".join(f"t,c{v}\n" for v in labels))
-    code, out, _ = run_cli(capsys, ["score", path / "emb.npy", "--labels", path / "other.csv", "--label-column", "y", "--json"])
+    code, out, _ = run_cli(
+        capsys, ["score", path / "emb.npy", "--labels", path / "other.csv", "--label-column", "y", "--json"]
+    )
     assert code == 0 and json.loads(out) == expected
 
 
@@ -86,7 +90,7 @@ def test_score_npz_and_directory_in_natural_order(data, capsys):
     # names that sort wrongly as strings: layer_10 must come after layer_2
     names = ["layer_2", "layer_10", "layer_1"]
     order = [1, 2, 0]  # layers[i] stored under names[...] so that natural order is 0, 1, 2
-    np.savez(path / "emb.npz", **{"layer_1": layers[0], "layer_2": layers[1], "layer_10": layers[2]})
+    np.savez(path / "emb.npz", layer_1=layers[0], layer_2=layers[1], layer_10=layers[2])
     (path / "dir").mkdir()
     for name, i in zip(names, order):
         np.save(path / "dir" / f"{name}.npy", layers[i])
@@ -105,7 +109,16 @@ def test_score_out_and_plot(data, capsys):
     path, layers, labels = data
     code, out, err = run_cli(
         capsys,
-        ["score", path / "emb.npy", "--labels", path / "labels.npy", "--out", path / "r.json", "--plot", path / "p.png"],
+        [
+            "score",
+            path / "emb.npy",
+            "--labels",
+            path / "labels.npy",
+            "--out",
+            path / "r.json",
+            "--plot",
+            path / "p.png",
+        ],
     )
     assert code == 0
     assert out.splitlines()[1].split()[:3] == ["layer", "source", "convexity"]  # the table
@@ -168,14 +181,31 @@ def test_score_via_python_dash_m(data):
     path, layers, labels = data
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
-        [sys.executable, "-m", "fastconvex", "score", str(path / "emb.npy"), "--labels", str(path / "labels.npy"), "--json"],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "fastconvex",
+            "score",
+            str(path / "emb.npy"),
+            "--labels",
+            str(path / "labels.npy"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == _expected(layers, labels)
     bad = subprocess.run(
         [sys.executable, "-m", "fastconvex", "score", str(path / "nope"), "--labels", str(path / "labels.npy")],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
     )
     assert bad.returncode == 2 and bad.stdout == ""
     assert "does not exist" in bad.stderr
@@ -208,7 +238,6 @@ def test_env(capsys, tmp_path):
     assert json.loads((tmp_path / "env.json").read_text())["packages"] == info["packages"]
 
 
-
 def test_env_says_why_auto_has_no_backend(capsys, monkeypatch):
     monkeypatch.setenv("FASTCONVEX_BACKEND", "bogus")
     code, out, _ = run_cli(capsys, ["env"])
@@ -237,7 +266,9 @@ def speech(tmp_path_factory):
             n = int(rng.integers(1600, 3200))
             t = np.arange(n) / 16000
             x = 0.3 * np.sin(2 * np.pi * freq * (1 + 0.1 * rng.standard_normal()) * t) + 0.3 * rng.standard_normal(n)
-            sf.write(root / "audio" / f"class{c}" / f"u{j}.{('wav', 'flac', 'ogg')[j % 3]}", x.astype(np.float32), 16000)
+            sf.write(
+                root / "audio" / f"class{c}" / f"u{j}.{('wav', 'flac', 'ogg')[j % 3]}", x.astype(np.float32), 16000
+            )
     (root / "audio" / "_background_noise_").mkdir()
     sf.write(root / "audio" / "_background_noise_" / "noise.wav", rng.standard_normal(8000).astype(np.float32), 16000)
     return root, model, fe
@@ -305,8 +336,22 @@ def test_prune_pre_ln_model_scores_what_the_pruned_model_outputs(speech, capsys,
             capsys,
             # --keep: the cut rule is not under test here (on another transformers
             # version's random init the most convex state can be the input, which it refuses)
-            ["prune", tmp_path / "model", "--audio", root / "audio", "--out", tmp_path / "m", "--k", "3",
-             "--no-plot", "--final-norm", final_norm, "--keep", "2", "--json"],
+            [
+                "prune",
+                tmp_path / "model",
+                "--audio",
+                root / "audio",
+                "--out",
+                tmp_path / "m",
+                "--k",
+                "3",
+                "--no-plot",
+                "--final-norm",
+                final_norm,
+                "--keep",
+                "2",
+                "--json",
+            ],
         )
     assert code == 0, err
     report = json.loads(out)
@@ -334,8 +379,22 @@ def test_prune_with_csv_keep_and_embeddings_dir(speech, capsys, tmp_path):
     code, out, err = run_cli(
         capsys,
         [
-            "prune", root / "model", "--audio", tmp_path / "list.csv", "--out", tmp_path / "m", "--keep", "2",
-            "--k", "3", "--embeddings-dir", tmp_path / "emb", "--no-plot", "--final-norm", "identity", "--quiet",
+            "prune",
+            root / "model",
+            "--audio",
+            tmp_path / "list.csv",
+            "--out",
+            tmp_path / "m",
+            "--keep",
+            "2",
+            "--k",
+            "3",
+            "--embeddings-dir",
+            tmp_path / "emb",
+            "--no-plot",
+            "--final-norm",
+            "identity",
+            "--quiet",
             "--json",
         ],
     )
@@ -345,13 +404,18 @@ def test_prune_with_csv_keep_and_embeddings_dir(speech, capsys, tmp_path):
     assert report["keep"] == 2 and report["rule"] == "given" and report["plot"] is None
     assert not (tmp_path / "m" / "convexity.png").exists()
     assert sorted(p.name for p in (tmp_path / "emb").iterdir()) == [
-        "labels", *(f"layer_00{i}.npy" for i in range(4)), "store.json"]
+        "labels",
+        *(f"layer_00{i}.npy" for i in range(4)),
+        "store.json",
+    ]
     store = fc.open_store(tmp_path / "emb")  # a layer store, labels included
     assert store.labels.tolist() == [r.split(",")[1] for r in rows[1:]] and len(store) == 4
     # the streamed embeddings score the same through `fastconvex score`
     labels = [r.split(",")[1] for r in rows[1:]]
     (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
-    code, out2, _ = run_cli(capsys, ["score", tmp_path / "emb", "--labels", tmp_path / "labels.txt", "--k", "3", "--json"])
+    code, out2, _ = run_cli(
+        capsys, ["score", tmp_path / "emb", "--labels", tmp_path / "labels.txt", "--k", "3", "--json"]
+    )
     assert code == 0
     assert json.loads(out2) == report["scores"]
 
@@ -360,11 +424,23 @@ def test_prune_with_csv_keep_and_embeddings_dir(speech, capsys, tmp_path):
 def test_prune_bad_inputs_exit_2(speech, capsys, tmp_path):
     root, _, _ = speech
     cases = [
-        (["prune", root / "model", "--audio", tmp_path / "no_audio", "--out", tmp_path / "o"], "audio source .* does not exist"),
-        (["prune", tmp_path / "no_model", "--audio", root / "audio", "--out", tmp_path / "o"], "MODEL .* is not a model directory"),
+        (
+            ["prune", root / "model", "--audio", tmp_path / "no_audio", "--out", tmp_path / "o"],
+            "audio source .* does not exist",
+        ),
+        (
+            ["prune", tmp_path / "no_model", "--audio", root / "audio", "--out", tmp_path / "o"],
+            "MODEL .* is not a model directory",
+        ),
         (["prune", root / "model", "--audio", root / "audio"], "prune needs --out DIR"),
-        (["prune", root / "model", "--audio", root / "audio", "--out", tmp_path / "o", "--keep", "4"], "--keep 4 exceeds the model's 3"),
-        (["prune", root / "model", "--audio", root / "audio", "--out", tmp_path / "o", "--keep", "0"], "--keep must be at least 1"),
+        (
+            ["prune", root / "model", "--audio", root / "audio", "--out", tmp_path / "o", "--keep", "4"],
+            "--keep 4 exceeds the model's 3",
+        ),
+        (
+            ["prune", root / "model", "--audio", root / "audio", "--out", tmp_path / "o", "--keep", "0"],
+            "--keep must be at least 1",
+        ),
         (["prune", root / "model", "--audio", root / "model", "--out", tmp_path / "o"], "no .wav/.flac/.ogg files"),
     ]
     import re
@@ -386,8 +462,9 @@ def test_prune_when_no_cut_is_possible_is_a_data_error(speech, capsys, tmp_path,
     real = hf.choose_cut
     monkeypatch.setattr(hf, "choose_cut", lambda scores, rule: real(np.array([0.9, 0.5, 0.4, 0.3]), rule))
     root, _, _ = speech
-    code, out, err = run_cli(capsys, ["prune", root / "model", "--audio", root / "audio", "--out", tmp_path / "m",
-                                   "--k", "3", "--quiet"])
+    code, out, err = run_cli(
+        capsys, ["prune", root / "model", "--audio", root / "audio", "--out", tmp_path / "m", "--k", "3", "--quiet"]
+    )
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "most convex layer is 0" in err and "Traceback" not in err
     assert not (tmp_path / "m" / "config.json").exists()

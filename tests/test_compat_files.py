@@ -29,8 +29,9 @@ def test_an_old_sweep_is_reused_whole_and_its_numbers_are_those_of_layer_scores(
     shutil.copytree(DATA, tmp_path / "v010")
     old_tasks = sorted((tmp_path / "v010" / "sweep" / "tasks").rglob("*.json"))
     before = {p: p.read_bytes() for p in old_tasks}
-    result = fc.sweep([tmp_path / "v010" / "store"], out_dir=tmp_path / "v010" / "sweep", pairs=20, seed=3,
-                      plot=False, verbose=False)
+    result = fc.sweep(
+        [tmp_path / "v010" / "store"], out_dir=tmp_path / "v010" / "sweep", pairs=20, seed=3, plot=False, verbose=False
+    )
     doc = result.document
     assert (doc["reused"], doc["computed"]) == (2, 0)
     assert {p: p.read_bytes() for p in sorted((tmp_path / "v010" / "sweep" / "tasks").rglob("*.json"))} == before

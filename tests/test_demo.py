@@ -59,9 +59,16 @@ def test_probe_learns_separable_and_not_noise():
 @pytest.fixture(scope="module")
 def tiny_model():
     cfg = transformers.WhisperConfig(
-        vocab_size=51864, d_model=32, encoder_layers=3, decoder_layers=1,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48,
-        max_source_positions=1500, max_target_positions=64,
+        vocab_size=51864,
+        d_model=32,
+        encoder_layers=3,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=48,
+        decoder_ffn_dim=48,
+        max_source_positions=1500,
+        max_target_positions=64,
     )
     torch.manual_seed(0)
     model = transformers.WhisperForConditionalGeneration(cfg).eval()
@@ -85,7 +92,9 @@ def test_pooled_states_are_the_pruned_encoders_output(tiny_model):
         hs = enc(feats, output_hidden_states=True).hidden_states
     n = 52  # ceil(16321 / 320)
     np.testing.assert_allclose(raw[1, 2], hs[1][0, :n].mean(0).numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(states[1, 2], enc.layer_norm(hs[1][0, :n]).mean(0).detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        states[1, 2], enc.layer_norm(hs[1][0, :n]).mean(0).detach().numpy(), rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_allclose(states[3], raw[3], rtol=1e-6, atol=1e-6)  # the last one is already normalised
     # layer h of the scored states == the output of the encoder cut to h blocks
     for keep in (1, 2):
@@ -122,8 +131,12 @@ def _fake_fillets(root: Path, n: int = 4) -> Path:
             for i in range(n):
                 f0 = base * mult * (1 + 0.03 * rng.standard_normal())
                 x = 0.3 * np.sin(2 * np.pi * f0 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
-                sf.write(str(d / f"lvl-{code}-line{i}.ogg"), x.astype(np.float32), 22050, format="OGG", subtype="VORBIS")
-            sf.write(str(d / f"lvl-x-other{lang}.ogg"), np.zeros(30000, np.float32), 22050, format="OGG", subtype="VORBIS")
+                sf.write(
+                    str(d / f"lvl-{code}-line{i}.ogg"), x.astype(np.float32), 22050, format="OGG", subtype="VORBIS"
+                )
+            sf.write(
+                str(d / f"lvl-x-other{lang}.ogg"), np.zeros(30000, np.float32), 22050, format="OGG", subtype="VORBIS"
+            )
     return root
 
 
@@ -173,8 +186,23 @@ def test_end_to_end_on_tiny_data(tmp_path, monkeypatch, capsys):
     from fastconvex.cli import main
 
     out = tmp_path / "out"
-    argv = ["demo", "--out-dir", str(out), "--clips", "4", "--pairs", "200",
-            "-k", "3", "--no-fetch", "--quiet", "--keep", "2", "--latency-reps", "1"]
+    argv = [
+        "demo",
+        "--out-dir",
+        str(out),
+        "--clips",
+        "4",
+        "--pairs",
+        "200",
+        "-k",
+        "3",
+        "--no-fetch",
+        "--quiet",
+        "--keep",
+        "2",
+        "--latency-reps",
+        "1",
+    ]
     if HAVE_TTS:
         argv += ["--voices", "2"]
     else:  # --voices would be refused: it applies to the words task only
@@ -222,9 +250,18 @@ def test_finetune_experiment_end_to_end_and_resume(tmp_path, monkeypatch):
     from fastconvex.demo.config import DemoConfig, finetune_settings
 
     def run(messages):
-        cfg = DemoConfig(out_dir=tmp_path / "out", tasks=("speakers",), speaker_clips=4, pairs=200, k=3,
-                         fetch=False, save_models=False, latency_reps=1, log=messages.append,
-                         finetune=finetune_settings(True, epochs=1.0, keeps="1", latency_reps=1))
+        cfg = DemoConfig(
+            out_dir=tmp_path / "out",
+            tasks=("speakers",),
+            speaker_clips=4,
+            pairs=200,
+            k=3,
+            fetch=False,
+            save_models=False,
+            latency_reps=1,
+            log=messages.append,
+            finetune=finetune_settings(True, epochs=1.0, keeps="1", latency_reps=1),
+        )
         return demo.run_demo(cfg)
 
     first: list[str] = []

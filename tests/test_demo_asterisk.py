@@ -95,10 +95,18 @@ def tree(tmp_path_factory) -> Path:
 
 def test_credits_name_each_speaker(tree, tmp_path):
     by_pkg = {v.package: v for v in da.ASTERISK_VOICES}
-    assert "Allison Smith" in da.credited_speaker(tree / "asterisk-core-sounds-es-wav", by_pkg["asterisk-core-sounds-es-wav"])
-    assert "June Wallack" in da.credited_speaker(tree / "asterisk-core-sounds-fr-wav", by_pkg["asterisk-core-sounds-fr-wav"])
-    assert "July E. Jim" in da.credited_speaker(tree / "asterisk-prompt-es-co", by_pkg["asterisk-prompt-es-co"])  # Latin-1
-    assert "Maxim Topal" in da.credited_speaker(tree / "asterisk-core-sounds-ru-wav", by_pkg["asterisk-core-sounds-ru-wav"])
+    assert "Allison Smith" in da.credited_speaker(
+        tree / "asterisk-core-sounds-es-wav", by_pkg["asterisk-core-sounds-es-wav"]
+    )
+    assert "June Wallack" in da.credited_speaker(
+        tree / "asterisk-core-sounds-fr-wav", by_pkg["asterisk-core-sounds-fr-wav"]
+    )
+    assert "July E. Jim" in da.credited_speaker(
+        tree / "asterisk-prompt-es-co", by_pkg["asterisk-prompt-es-co"]
+    )  # Latin-1
+    assert "Maxim Topal" in da.credited_speaker(
+        tree / "asterisk-core-sounds-ru-wav", by_pkg["asterisk-core-sounds-ru-wav"]
+    )
     # a copyright file whose fr-* stanza credits someone else is refused, so is a missing one
     fr = by_pkg["asterisk-core-sounds-fr-wav"]
     bad = tmp_path / "bad"
@@ -157,9 +165,11 @@ def test_class_caps(tree):
     with pytest.raises(ValueError, match=r"class 'armelle-desjardins' has 8 clips .* fewer than n_per_class=9"):
         da.load_asterisk_speaker(9, roots=[tree])
     # Allison has two voices: 16 clips, so 12 per class only fails on the one-voice classes
-    assert Counter(da.load_asterisk_speaker(
-        12, roots=[tree], voices=[v for v in da.ASTERISK_VOICES if v.speaker == "allison-smith"]).labels) == {
-        "allison-smith": 12}
+    assert Counter(
+        da.load_asterisk_speaker(
+            12, roots=[tree], voices=[v for v in da.ASTERISK_VOICES if v.speaker == "allison-smith"]
+        ).labels
+    ) == {"allison-smith": 12}
     with pytest.raises(ValueError, match="n_per_class must be >= 1"):
         da.load_asterisk_speaker(0, roots=[tree])
     with pytest.raises(ValueError, match="unknown asterisk task 'asterisk-words'"):
@@ -206,8 +216,12 @@ def test_unseen_speaker_language_task_holds_out_voices_and_prompts(tree, tmp_pat
     g = np.asarray(ds.groups)
     assert set(g[train]).isdisjoint(g[test])
     # the other direction: the community voices train, the core voices test
-    rev = da.load_asterisk_language_unseen(10, seed=0, roots=[root], train_voices=[
-        "asterisk-prompt-es-co", "asterisk-prompt-fr-armelle", "asterisk-prompt-it-menardi-wav"])
+    rev = da.load_asterisk_language_unseen(
+        10,
+        seed=0,
+        roots=[root],
+        train_voices=["asterisk-prompt-es-co", "asterisk-prompt-fr-armelle", "asterisk-prompt-it-menardi-wav"],
+    )
     _tr2, te2 = da.asterisk_split(rev)
     assert set(np.array([m["speaker"] for m in rev.meta])[te2]) == {"allison-smith", "june-wallack", "carlo-flora"}
     with pytest.raises(ValueError, match="es-wav has 14 train clips, fewer than the 21 asked"):

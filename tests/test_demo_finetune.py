@@ -14,18 +14,36 @@ from fastconvex.demo.finetune_report import format_finetune, per_keep, summarize
 
 def _rows(acc: dict[int, list[float]], params: dict[int, int], infer: dict[int, float]) -> list[dict]:
     return [
-        {"model": "m", "keep": k, "seed": s, "accuracy": a, "train_seconds": 10.0 * k + s, "infer_ms": infer[k],
-         "params": params[k], "n_train": 8, "n_eval": 4}
-        for k, accs in acc.items() for s, a in enumerate(accs)
+        {
+            "model": "m",
+            "keep": k,
+            "seed": s,
+            "accuracy": a,
+            "train_seconds": 10.0 * k + s,
+            "infer_ms": infer[k],
+            "params": params[k],
+            "n_train": 8,
+            "n_eval": 4,
+        }
+        for k, accs in acc.items()
+        for s, a in enumerate(accs)
     ]
 
 
 def _entry(scores, acc, rule_keep=2, n_blocks=4):
     params = {k: 1000 * (k + 1) for k in range(1, n_blocks + 1)}
     infer = {k: 2.0 * k for k in range(1, n_blocks + 1)}
-    return {"model": "m", "n_blocks": n_blocks, "context_seconds": 2.0, "scores": scores, "stderr": [0.0] * len(scores),
-            "rule_keep": rule_keep, "keeps": sorted(acc), "rows": _rows(acc, params, infer),
-            "settings": {"epochs": 1, "lr": 1e-3, "seeds": [0, 1]}}
+    return {
+        "model": "m",
+        "n_blocks": n_blocks,
+        "context_seconds": 2.0,
+        "scores": scores,
+        "stderr": [0.0] * len(scores),
+        "rule_keep": rule_keep,
+        "keeps": sorted(acc),
+        "rows": _rows(acc, params, infer),
+        "settings": {"epochs": 1, "lr": 1e-3, "seeds": [0, 1]},
+    }
 
 
 def test_keeps_always_hold_the_full_model_and_the_rule_cut():
@@ -132,5 +150,9 @@ def test_cli_refuses_no_task_before_loading_anything(capsys):
 
     assert main(["demo", "--tasks", " , ", "--no-fetch"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [("fastconvex demo: error: tasks: give at least one of words, speakers, asterisk-speaker, "
-                    "asterisk-language, asterisk-language-unseen")]
+    assert err == [
+        (
+            "fastconvex demo: error: tasks: give at least one of words, speakers, asterisk-speaker, "
+            "asterisk-language, asterisk-language-unseen"
+        )
+    ]

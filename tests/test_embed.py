@@ -25,8 +25,18 @@ def test_embed_writes_the_store_pooled_hidden_states_gives(speech, capsys, tmp_p
     from fastconvex import hf
 
     root, model, fe = speech
-    code, out, err = embed(capsys, root / "model", "--audio", root / "audio", "--out-dir", tmp_path / "s",
-                           "--batch-size", "4", "--name", "tiny-w2v2")
+    code, out, err = embed(
+        capsys,
+        root / "model",
+        "--audio",
+        root / "audio",
+        "--out-dir",
+        tmp_path / "s",
+        "--batch-size",
+        "4",
+        "--name",
+        "tiny-w2v2",
+    )
     assert code == 0, err
     assert out.startswith(f"wrote {tmp_path / 's'}: 24 utterances x 4 layers x 32")
     store = fc.open_store(tmp_path / "s")
@@ -42,8 +52,21 @@ def test_embed_writes_the_store_pooled_hidden_states_gives(speech, capsys, tmp_p
     # never overwritten without asking; replaced with --overwrite
     code, out, err = embed(capsys, root / "model", "--audio", root / "audio", "--out-dir", tmp_path / "s")
     assert code == 2 and out == "" and err.count("\n") == 1 and "--overwrite" in err
-    code, out, err = embed(capsys, root / "model", "--audio", root / "audio", "--out-dir", tmp_path / "s",
-                           "--overwrite", "--layers", "1,3", "--dtype", "float16", "--out", tmp_path / "sum.json")
+    code, out, err = embed(
+        capsys,
+        root / "model",
+        "--audio",
+        root / "audio",
+        "--out-dir",
+        tmp_path / "s",
+        "--overwrite",
+        "--layers",
+        "1,3",
+        "--dtype",
+        "float16",
+        "--out",
+        tmp_path / "sum.json",
+    )
     assert code == 0, err
     summary = json.loads((tmp_path / "sum.json").read_text())
     assert summary["n_layers"] == 2 and summary["dtype"] == "float16" and summary["hidden_states"] == [1, 3]
@@ -54,13 +77,24 @@ def test_embed_bad_inputs(speech, capsys, tmp_path):  # noqa: F811
     root, _, _ = speech
     code, _, err = embed(capsys, root / "model", "--audio", tmp_path / "none", "--out-dir", tmp_path / "s")
     assert code == 2 and "does not exist" in err
-    code, _, err = embed(capsys, root / "model", "--audio", root / "audio", "--out-dir", tmp_path / "s",
-                         "--address", "auto")
+    code, _, err = embed(
+        capsys, root / "model", "--audio", root / "audio", "--out-dir", tmp_path / "s", "--address", "auto"
+    )
     assert code == 2 and "--address applies to --engine ray only" in err
     assert not (tmp_path / "s").exists()
     (tmp_path / "emb").mkdir()
-    code = main(["prune", str(root / "model"), "--audio", str(root / "audio"), "--out", str(tmp_path / "m"),
-                 "--embeddings-dir", str(tmp_path / "emb")])
+    code = main(
+        [
+            "prune",
+            str(root / "model"),
+            "--audio",
+            str(root / "audio"),
+            "--out",
+            str(tmp_path / "m"),
+            "--embeddings-dir",
+            str(tmp_path / "emb"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--embeddings-dir" in err and "--overwrite" in err and not (tmp_path / "m").exists()
 

@@ -243,6 +243,7 @@ def test_bad_predictors_devices_and_known_labels_are_named_before_scoring():
         fc.euclidean_convexity(x, y, _linear(w), device="bogus")
     with pytest.raises(TypeError, match="device must be None, a string"):
         fc.euclidean_convexity(x, y, _linear(w), device=3)
+
     def always_7(*a):
         return np.full(len(a[-1]), 7)
 
@@ -259,7 +260,9 @@ def test_integers_beyond_2_53_warn_and_exact_ones_do_not():
     y = np.array([0, 0, 1, 1])
     always_zero = lambda b: np.zeros(len(b), dtype=int)  # noqa: E731
     big = np.array([[2**60 + 1, 0], [2**60, 1], [0, 2], [1, 1]], dtype=np.int64)
-    with pytest.warns(fc_inputs.PrecisionWarning, match=r"2 value\(s\) \(integers beyond 2\*\*53, the first in row 0\)"):
+    with pytest.warns(
+        fc_inputs.PrecisionWarning, match=r"2 value\(s\) \(integers beyond 2\*\*53, the first in row 0\)"
+    ):
         fc.euclidean_convexity(big, y, always_zero, exact=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

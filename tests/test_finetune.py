@@ -35,8 +35,10 @@ def tones(n=40, seconds=0.25, seed=0, freqs=(300.0, 3000.0), labels=("low", "hig
     t = np.arange(int(RATE * seconds)) / RATE
     lab = [labels[i % 2] for i in range(n)]
     waves = [
-        (rng.uniform(0.3, 1.0) * np.sin(2 * np.pi * freqs[i % 2] * t + rng.uniform(0, 2 * np.pi))
-         + 0.05 * rng.normal(size=t.size)).astype(np.float32)
+        (
+            rng.uniform(0.3, 1.0) * np.sin(2 * np.pi * freqs[i % 2] * t + rng.uniform(0, 2 * np.pi))
+            + 0.05 * rng.normal(size=t.size)
+        ).astype(np.float32)
         for i in range(n)
     ]
     return waves, lab
@@ -112,8 +114,18 @@ def test_groups_are_never_split():
     waves, labels = tones(n=48)
     groups = [f"speaker{i % 6}" for i in range(48)]  # each speaker says both tones
     model, fe = tiny_model("hubert")
-    result = hf.finetune(model, waves, labels, groups=groups, eval_split=0.34, feature_extractor=fe,
-                         epochs=1, lr=1e-3, batch_size=16, progress=False)
+    result = hf.finetune(
+        model,
+        waves,
+        labels,
+        groups=groups,
+        eval_split=0.34,
+        feature_extractor=fe,
+        epochs=1,
+        lr=1e-3,
+        batch_size=16,
+        progress=False,
+    )
     train_groups = {groups[i] for i in result.train_index}
     eval_groups = {groups[i] for i in result.eval_index}
     assert not train_groups & eval_groups
@@ -151,8 +163,11 @@ def test_deterministic_for_a_seed():
     runs = []
     for seed in (5, 5, 6):
         model, fe = tiny_model("wav2vec2")
-        runs.append(hf.finetune(model, waves, labels, feature_extractor=fe, seed=seed, epochs=2, lr=1e-3,
-                                batch_size=4, progress=False))
+        runs.append(
+            hf.finetune(
+                model, waves, labels, feature_extractor=fe, seed=seed, epochs=2, lr=1e-3, batch_size=4, progress=False
+            )
+        )
     a, b, c = runs
     assert a.accuracy == b.accuracy and np.array_equal(a.eval_index, b.eval_index)
     assert_same_state(state(a.model), state(b.model))
@@ -163,8 +178,11 @@ def test_deterministic_for_a_seed():
 
 
 def _logits(model, fe, waves):
-    feats = fe(waves, sampling_rate=RATE, return_tensors="pt", padding=True) if "input_values" in \
-        fe.model_input_names else fe(waves, sampling_rate=RATE, return_tensors="pt")
+    feats = (
+        fe(waves, sampling_rate=RATE, return_tensors="pt", padding=True)
+        if "input_values" in fe.model_input_names
+        else fe(waves, sampling_rate=RATE, return_tensors="pt")
+    )
     with torch.no_grad():
         return model(**{k: v for k, v in feats.items() if k in ("input_values", "input_features")}).logits
 
@@ -180,8 +198,18 @@ def test_saved_model_reloads_with_equal_logits_and_labels(tmp_path, family, labe
     if family == "whisper":
         fe = transformers.WhisperFeatureExtractor(feature_size=8, hop_length=160, chunk_length=2)
     out = tmp_path / "model"
-    result = hf.finetune(model, waves, labels, feature_extractor=fe, out_dir=out, epochs=1, lr=1e-3,
-                         batch_size=8, progress=False, **({"context_seconds": 1} if family == "whisper" else {}))
+    result = hf.finetune(
+        model,
+        waves,
+        labels,
+        feature_extractor=fe,
+        out_dir=out,
+        epochs=1,
+        lr=1e-3,
+        batch_size=8,
+        progress=False,
+        **({"context_seconds": 1} if family == "whisper" else {}),
+    )
     assert result.out_dir == out and (out / "fastconvex_finetune.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
     back = transformers.AutoModelForAudioClassification.from_pretrained(out).eval()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from fastconvex.kernels.numba.graph import union_csr
-from fastconvex.kernels.numba.knn import knn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from fastconvex.kernels.numba.graph import union_csr
+from fastconvex.kernels.numba.knn import knn
 
 
 def _reference_edges(indices, distances):
@@ -29,9 +30,9 @@ def test_union_csr_is_the_symmetric_union(n, d, seed):
     indptr, nbr, w = union_csr(idx, dist)
     got = {}
     for i in range(n):
-        row = nbr[indptr[i]:indptr[i + 1]]
+        row = nbr[indptr[i] : indptr[i + 1]]
         assert np.all(np.diff(row) > 0), "rows sorted, no repeated neighbour"
-        for j, wij in zip(row, w[indptr[i]:indptr[i + 1]]):
+        for j, wij in zip(row, w[indptr[i] : indptr[i + 1]]):
             got[(i, int(j))] = wij
     ref = _reference_edges(idx, dist)
     assert got.keys() == ref.keys()

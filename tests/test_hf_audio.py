@@ -83,7 +83,9 @@ def test_unreadable_audio(tmp_path):
         load_audio(tmp_path / "missing.wav")
 
 
-@pytest.mark.parametrize("rate,error", [(0, ValueError), (-8000, ValueError), (16000.5, TypeError), ("16000", TypeError)])
+@pytest.mark.parametrize(
+    "rate,error", [(0, ValueError), (-8000, ValueError), (16000.5, TypeError), ("16000", TypeError)]
+)
 def test_bad_sampling_rates_are_refused_not_truncated(tmp_path, rate, error):
     """0 and negative rates failed inside scipy (or gave lengths 0 and -400); 16000.5
     was truncated to 16000 and "16000" accepted."""

@@ -37,8 +37,11 @@ def manual_encoder(model, input_features, frames):
     h = h + enc.embed_positions.weight[:frames]
     states = [h]
     for layer in enc.layers:
-        out = layer(h, None, layer_head_mask=None) if "layer_head_mask" in layer.forward.__code__.co_varnames \
+        out = (
+            layer(h, None, layer_head_mask=None)
+            if "layer_head_mask" in layer.forward.__code__.co_varnames
             else layer(h, None)
+        )
         h = out[0] if isinstance(out, tuple) else out
         states.append(h)
     return states, enc.layer_norm(h)
@@ -140,8 +143,17 @@ def test_finetune_refuses_clips_longer_than_the_context_unless_truncating():
     labels = ["a", "b"] * 4
     with pytest.raises(ValueError, match=r"4 clip\(s\) are longer than the Whisper context of 16000 samples"):
         hf.finetune(model, waves, labels, feature_extractor=fe, context_seconds=1, epochs=1, progress=False)
-    result = hf.finetune(model, waves, labels, feature_extractor=fe, context_seconds=1, truncate=True,
-                         epochs=1, eval_split=0.25, progress=False)
+    result = hf.finetune(
+        model,
+        waves,
+        labels,
+        feature_extractor=fe,
+        context_seconds=1,
+        truncate=True,
+        epochs=1,
+        eval_split=0.25,
+        progress=False,
+    )
     assert result.settings["context_samples"] == 16000 and result.settings["truncate"]
     assert result.model.config.max_source_positions == 50
     assert model.config.max_source_positions == 150  # the given model keeps its context

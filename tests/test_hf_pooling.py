@@ -141,11 +141,14 @@ def test_whisper_pools_only_frames_that_cover_audio(waves):
             np.testing.assert_allclose(res[layer][i], h.mean(axis=0), rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize("family,kw,warns", [
-    ("whisper", {}, True),
-    ("wav2vec2", {"stable_layer_norm": True}, True),
-    ("wav2vec2", {}, False),
-])
+@pytest.mark.parametrize(
+    "family,kw,warns",
+    [
+        ("whisper", {}, True),
+        ("wav2vec2", {"stable_layer_norm": True}, True),
+        ("wav2vec2", {}, False),
+    ],
+)
 def test_pre_ln_encoders_warn_about_the_final_layer_norm(family, kw, warns):
     import warnings as _w
 
@@ -197,11 +200,20 @@ def test_out_dir_streams_layers_into_a_layer_store(waves, tmp_path, dtype):
     ref = hf.pooled_hidden_states(model, waves, feature_extractor=fe, batch_size=3, progress=False)
     labels = ["a", "b"] * (len(waves) // 2) + ["a"] * (len(waves) % 2)
     res = hf.pooled_hidden_states(
-        model, waves, feature_extractor=fe, batch_size=3, out_dir=tmp_path / "emb", dtype=dtype, progress=False,
-        labels=labels, meta={"checkpoint": "step-0"},
+        model,
+        waves,
+        feature_extractor=fe,
+        batch_size=3,
+        out_dir=tmp_path / "emb",
+        dtype=dtype,
+        progress=False,
+        labels=labels,
+        meta={"checkpoint": "step-0"},
     )
     assert [p.name for p in res.paths] == ["layer_000.npy", "layer_001.npy", "layer_002.npy", "layer_003.npy"]
-    assert sorted(p.name for p in (tmp_path / "emb").iterdir()) == sorted([p.name for p in res.paths] + ["labels", "store.json"])
+    assert sorted(p.name for p in (tmp_path / "emb").iterdir()) == sorted(
+        [p.name for p in res.paths] + ["labels", "store.json"]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]  # no temporary directory left
     store = fc.open_store(tmp_path / "emb")
     assert store.labels.tolist() == labels and store.meta["checkpoint"] == "step-0"
@@ -214,8 +226,9 @@ def test_out_dir_streams_layers_into_a_layer_store(waves, tmp_path, dtype):
         assert on_disk.dtype == np.dtype(dtype) and on_disk.shape == (len(waves), 32)
         np.testing.assert_allclose(on_disk.astype(np.float32), expected, rtol=0, atol=tol)
     with pytest.raises(FileExistsError, match="overwrite"):
-        hf.pooled_hidden_states(model, waves, feature_extractor=fe, out_dir=tmp_path / "emb", labels=labels,
-                                progress=False)
+        hf.pooled_hidden_states(
+            model, waves, feature_extractor=fe, out_dir=tmp_path / "emb", labels=labels, progress=False
+        )
     with pytest.raises(ValueError, match="pass labels="):
         hf.pooled_hidden_states(model, waves, feature_extractor=fe, out_dir=tmp_path / "e2", progress=False)
     assert not (tmp_path / "e2").exists()
@@ -350,8 +363,9 @@ def test_progress_is_checked_before_a_store_is_opened(waves, tmp_path):
     store is made (it used to be left behind)."""
     model, fe = tiny_model("wav2vec2")
     with pytest.raises(TypeError, match=r"progress must be None, True or False, got str 'no'"):
-        hf.pooled_hidden_states(model, waves[:2], feature_extractor=fe, out_dir=tmp_path / "st",
-                                labels=["a", "b"], progress="no")
+        hf.pooled_hidden_states(
+            model, waves[:2], feature_extractor=fe, out_dir=tmp_path / "st", labels=["a", "b"], progress="no"
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -384,8 +398,11 @@ def test_hostile_audio_and_arguments_are_refused(waves):
         call(model, waves[:2], feature_extractor=fe, overwrite=True)
     import transformers
 
-    bert = transformers.BertModel(transformers.BertConfig(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=50))
+    bert = transformers.BertModel(
+        transformers.BertConfig(
+            hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=50
+        )
+    )
     with pytest.raises(TypeError, match="BertModel takes 'input_ids'.*not a speech model"):
         call(bert, waves[:2])
     # bfloat16 tensors (which numpy lacks) are widened exactly, not refused
@@ -455,11 +472,14 @@ def _append_output_as_last_state(module, args, output):
     return output
 
 
-@pytest.mark.parametrize("family,kw", [
-    ("whisper", {}),
-    ("wav2vec2", {"stable_layer_norm": True}),
-    ("wavlm", {"stable_layer_norm": True}),
-])
+@pytest.mark.parametrize(
+    "family,kw",
+    [
+        ("whisper", {}),
+        ("wav2vec2", {"stable_layer_norm": True}),
+        ("wavlm", {"stable_layer_norm": True}),
+    ],
+)
 @pytest.mark.parametrize("last_state", ["as_returned", "normalised"])
 def test_final_norm_apply_scores_what_the_pruned_model_outputs(waves, family, kw, last_state):
     """Whatever the encoder returns as its last hidden state (transformers 5
@@ -481,16 +501,16 @@ def test_final_norm_apply_scores_what_the_pruned_model_outputs(waves, family, kw
     data = waves[:3]
     with _w.catch_warnings(record=True) as caught:
         _w.simplefilter("always")
-        res = hf.pooled_hidden_states(model, data, feature_extractor=fe, batch_size=2,
-                                      final_norm="apply", progress=False)
+        res = hf.pooled_hidden_states(
+            model, data, feature_extractor=fe, batch_size=2, final_norm="apply", progress=False
+        )
     assert not [c for c in caught if "pre-LN encoder" in str(c.message)]  # handled, not warned
     raw = hf.pooled_hidden_states(model, data, feature_extractor=fe, batch_size=2, progress=False)
     n_blocks = hf.num_blocks(model)
     assert len(res) == n_blocks + 1
     for i, w in enumerate(data):
         for keep in range(1, n_blocks + 1):
-            np.testing.assert_allclose(res[keep][i], _pruned_output_mean(model, fe, w, keep, family),
-                                       rtol=0, atol=ATOL)
+            np.testing.assert_allclose(res[keep][i], _pruned_output_mean(model, fe, w, keep, family), rtol=0, atol=ATOL)
         # state 0 (no block run): the LayerNorm of the input frames, then the mean
         states, _ = _one_by_one(model, fe, w, family=family)
         with torch.inference_mode():

@@ -51,8 +51,10 @@ def _run(model, fe, family, n=6, seed=0, masked=True):
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1200, 3000, n)
     waves = [  # tones of different pitch in noise: inputs that differ
-        (np.sin(np.arange(int(m)) * rng.uniform(0.05, 1.5)) + rng.uniform(0.05, 1) * rng.normal(size=int(m)))
-        .astype(np.float32) for m in lengths
+        (np.sin(np.arange(int(m)) * rng.uniform(0.05, 1.5)) + rng.uniform(0.05, 1) * rng.normal(size=int(m))).astype(
+            np.float32
+        )
+        for m in lengths
     ]
     if family == "whisper":
         feats = fe(waves, sampling_rate=16000, return_tensors="pt").input_features
@@ -171,8 +173,11 @@ def test_layer_euclidean_scores_of_a_classifier_match_nnconvexity():
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-@pytest.mark.parametrize("family,kw", [("wavlm", {}), ("wav2vec2", {"stable_layer_norm": True}), ("whisper", {})],
-                         ids=["wavlm", "wav2vec2-large", "whisper"])
+@pytest.mark.parametrize(
+    "family,kw",
+    [("wavlm", {}), ("wav2vec2", {"stable_layer_norm": True}), ("whisper", {})],
+    ids=["wavlm", "wav2vec2-large", "whisper"],
+)
 def test_classifier_runs_where_the_model_lives(family, kw, device):
     """The predictor runs where the model lives; numpy batches go there (CPU;
     CUDA when present)."""
@@ -187,16 +192,20 @@ def test_classifier_runs_where_the_model_lives(family, kw, device):
         torch.testing.assert_close(logits.cpu(), out.logits, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("family,kw", [("wav2vec2", {}), ("wav2vec2", {"feat_extract_norm": "group"}),
-                                       ("data2vec-audio", {}), ("whisper", {})],
-                         ids=["wav2vec2", "wav2vec2-group", "data2vec-audio", "whisper"])
+@pytest.mark.parametrize(
+    "family,kw",
+    [("wav2vec2", {}), ("wav2vec2", {"feat_extract_norm": "group"}), ("data2vec-audio", {}), ("whisper", {})],
+    ids=["wav2vec2", "wav2vec2-group", "data2vec-audio", "whisper"],
+)
 def test_hidden_state_sequences_are_each_utterance_alone(family, kw):
     """Batched and padded, every utterance's frames equal its own forward pass;
     through the predictor they give the model's own prediction for it alone."""
     model, fe = _classifier(family, **kw)
     rng = np.random.default_rng(4)
-    waves = [(np.sin(np.arange(m) * rng.uniform(0.05, 1.5)) + rng.normal(size=m)).astype(np.float32)
-             for m in (2400, 1500, 2400, 1999, 3100)]
+    waves = [
+        (np.sin(np.arange(m) * rng.uniform(0.05, 1.5)) + rng.normal(size=m)).astype(np.float32)
+        for m in (2400, 1500, 2400, 1999, 3100)
+    ]
     states, n_frames = hf.hidden_state_sequences(model, waves, batch_size=3, feature_extractor=fe, progress=False)
     assert len(states) == 4 and all(s.shape[:2] == states[0].shape[:2] for s in states)
     predictor = hf.predict_from_layer(model)

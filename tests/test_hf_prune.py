@@ -131,9 +131,7 @@ def test_tied_last_hidden_state_without_the_transformers5_decorator(family, monk
     assert not ties_last_hidden_state(model)
 
 
-@pytest.mark.parametrize(
-    "family,kw", POST_LN + PRE_LN, ids=_ids(POST_LN + PRE_LN)
-)
+@pytest.mark.parametrize("family,kw", POST_LN + PRE_LN, ids=_ids(POST_LN + PRE_LN))
 def test_save_then_from_pretrained_gives_identical_outputs(family, kw, tmp_path):
     model, fe = tiny_model(family, layers=LAYERS, **kw)
     inputs = _inputs(family, fe)
@@ -250,7 +248,12 @@ def test_wavlm_keeps_relative_position_bias(stable, tmp_path):
     loaded = hf.load_pruned(tmp_path).eval()
     assert torch.equal(loaded.encoder.layers[0].attention.rel_attn_embed.weight, bias)
     assert torch.equal(_run(loaded, inputs).last_hidden_state, original[1])
-    assert json.loads((tmp_path / importlib.import_module("fastconvex.hf.models.save").PROVENANCE_FILE).read_text())["original_layers"] == LAYERS
+    assert (
+        json.loads((tmp_path / importlib.import_module("fastconvex.hf.models.save").PROVENANCE_FILE).read_text())[
+            "original_layers"
+        ]
+        == LAYERS
+    )
 
 
 def test_whisper_seq2seq_prunes_the_encoder_only(tmp_path):
@@ -296,9 +299,7 @@ def test_prune_rejects_non_models():
 def test_provenance_is_strict_json(tmp_path):
     model, _fe = tiny_model("hubert", layers=LAYERS)
     hf.prune(model, 1)
-    prov = hf.save_pruned(
-        model, tmp_path / "out", scores=np.array([0.5, np.nan, 0.25, 0.1]), extra={"n": np.int64(3)}
-    )
+    prov = hf.save_pruned(model, tmp_path / "out", scores=np.array([0.5, np.nan, 0.25, 0.1]), extra={"n": np.int64(3)})
     text = prov.read_text()
     assert "NaN" not in text
     record = json.loads(text)
@@ -377,7 +378,9 @@ def test_save_pruned_through_a_link_to_another_file_system(tmp_path):
         link = tmp_path / "link"
         link.symlink_to(elsewhere, target_is_directory=True)
         hf.save_pruned(hf.prune(model, 2), link, feature_extractor=fe)
-        assert {"config.json", "preprocessor_config.json", "fastconvex_pruning.json"} <= {p.name for p in elsewhere.iterdir()}
+        assert {"config.json", "preprocessor_config.json", "fastconvex_pruning.json"} <= {
+            p.name for p in elsewhere.iterdir()
+        }
         assert not [p for p in elsewhere.iterdir() if p.name.startswith(".")]
         assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
         assert transformers.AutoConfig.from_pretrained(link).num_hidden_layers == 2

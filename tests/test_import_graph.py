@@ -63,8 +63,10 @@ def imported_modules(module: str, is_package: bool, source: str, known: set[str]
 def import_graph(package: Path) -> dict[str, set[str]]:
     modules = module_files(package)
     known = set(modules)
-    return {name: imported_modules(name, is_pkg, file.read_text(encoding="utf-8"), known)
-            for name, (file, is_pkg) in modules.items()}
+    return {
+        name: imported_modules(name, is_pkg, file.read_text(encoding="utf-8"), known)
+        for name, (file, is_pkg) in modules.items()
+    }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -77,7 +79,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -100,8 +102,9 @@ def _in_command_line(module: str) -> bool:
 
 def command_line_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
     """(importer, imported) where a module outside the command line imports it."""
-    return sorted((m, t) for m, targets in graph.items() if not _in_command_line(m)
-                  for t in targets if _in_command_line(t))
+    return sorted(
+        (m, t) for m, targets in graph.items() if not _in_command_line(m) for t in targets if _in_command_line(t)
+    )
 
 
 def test_the_package_has_no_import_circle():
@@ -138,35 +141,44 @@ def test_a_deliberately_added_circle_is_found(tmp_path, where):
         "type_checking": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from fastconvex.core.pairs import X\n",
         "relative": "from .pairs import plan\n",
     }[where]
-    package = _write(tmp_path, {
-        "fastconvex/__init__.py": "",
-        "fastconvex/core/__init__.py": "",
-        "fastconvex/core/pairs.py": "from fastconvex.core.results import Convexity\n",
-        "fastconvex/core/results.py": back,
-        "fastconvex/plot.py": "import numpy\n",
-    })
+    package = _write(
+        tmp_path,
+        {
+            "fastconvex/__init__.py": "",
+            "fastconvex/core/__init__.py": "",
+            "fastconvex/core/pairs.py": "from fastconvex.core.results import Convexity\n",
+            "fastconvex/core/results.py": back,
+            "fastconvex/plot.py": "import numpy\n",
+        },
+    )
     cycle = find_cycle(import_graph(package))
     assert cycle is not None and set(cycle) == {"fastconvex.core.pairs", "fastconvex.core.results"}
 
 
 def test_a_package_without_a_circle_passes(tmp_path):
-    package = _write(tmp_path, {
-        "fastconvex/__init__.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from fastconvex.api import f\n",
-        "fastconvex/api.py": "from fastconvex.core import pairs\nfrom fastconvex.core.pairs import plan\n",
-        "fastconvex/core/__init__.py": "",
-        "fastconvex/core/pairs.py": "import os\nfrom numpy import zeros\n",
-    })
+    package = _write(
+        tmp_path,
+        {
+            "fastconvex/__init__.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from fastconvex.api import f\n",
+            "fastconvex/api.py": "from fastconvex.core import pairs\nfrom fastconvex.core.pairs import plan\n",
+            "fastconvex/core/__init__.py": "",
+            "fastconvex/core/pairs.py": "import os\nfrom numpy import zeros\n",
+        },
+    )
     graph = import_graph(package)
     assert graph["fastconvex.api"] == {"fastconvex.core.pairs"}
     assert find_cycle(graph) is None
 
 
 def test_an_import_of_the_command_line_from_the_library_is_found(tmp_path):
-    package = _write(tmp_path, {
-        "fastconvex/__init__.py": "",
-        "fastconvex/cli.py": "from fastconvex.commands import score\n",
-        "fastconvex/commands/__init__.py": "",
-        "fastconvex/commands/score.py": "from fastconvex import sweeps\n",
-        "fastconvex/sweeps.py": "def f():\n    from fastconvex.commands.score import load_labels\n",
-    })
+    package = _write(
+        tmp_path,
+        {
+            "fastconvex/__init__.py": "",
+            "fastconvex/cli.py": "from fastconvex.commands import score\n",
+            "fastconvex/commands/__init__.py": "",
+            "fastconvex/commands/score.py": "from fastconvex import sweeps\n",
+            "fastconvex/sweeps.py": "def f():\n    from fastconvex.commands.score import load_labels\n",
+        },
+    )
     assert command_line_imports(import_graph(package)) == [("fastconvex.sweeps", "fastconvex.commands.score")]

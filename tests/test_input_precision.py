@@ -34,7 +34,9 @@ def test_long_double_that_rounds_warns_with_the_count_and_row():
     x, y = _data()
     xl = x.astype(np.longdouble)
     xl[7, 2] += np.longdouble(2.0) ** -60  # below float64's resolution at |x| ~ 1
-    with pytest.warns(PrecisionWarning, match=r"x has dtype float128: 1 value\(s\) \(long double values, the first in row 7\)"):
+    with pytest.warns(
+        PrecisionWarning, match=r"x has dtype float128: 1 value\(s\) \(long double values, the first in row 7\)"
+    ):
         r = fc.graph_convexity(xl, y, k=3, exact=True)
     # computed on the float64-rounded values (not float32's)
     assert r.score == fc.graph_convexity(xl.astype(np.float64), y, k=3, exact=True).score
@@ -56,7 +58,9 @@ def test_int64_beyond_2_53_warns(to_torch):
     big[9, 0] = -(2**55) - 3
     arg = torch.from_numpy(big) if to_torch else big
     dtype = "torch.int64" if to_torch else "int64"
-    with pytest.warns(PrecisionWarning, match=rf"x has dtype {dtype}: 2 value\(s\) \(integers beyond 2\*\*53, the first in row 5\)"):
+    with pytest.warns(
+        PrecisionWarning, match=rf"x has dtype {dtype}: 2 value\(s\) \(integers beyond 2\*\*53, the first in row 5\)"
+    ):
         fc.graph_convexity(arg, y, k=3, exact=True)
 
 

@@ -55,8 +55,9 @@ def test_labels_in_every_accepted_encoding_score_as_the_plain_file(emb, capsys, 
     (emb / f"other{suffix}").write_bytes(_encode(lines, encoding, newline))
     results = []
     for name in ("plain", "other"):
-        code, out, err = run_cli(capsys, ["score", emb / "emb.npy", "--labels", emb / f"{name}{suffix}", "--json",
-                                       "--quiet"])
+        code, out, err = run_cli(
+            capsys, ["score", emb / "emb.npy", "--labels", emb / f"{name}{suffix}", "--json", "--quiet"]
+        )
         assert code == 0, err
         results.append(json.loads(out))
     assert results[1] == results[0]
@@ -64,22 +65,29 @@ def test_labels_in_every_accepted_encoding_score_as_the_plain_file(emb, capsys, 
 
 
 _label_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"), min_size=1, max_size=8)
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"), min_size=1, max_size=8
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(lines=st.lists(_label_text, min_size=1, max_size=6), encoding=st.sampled_from(list(ENCODINGS)),
-       newline=st.sampled_from(["\n", "\r\n", "\r"]))
+@given(
+    lines=st.lists(_label_text, min_size=1, max_size=6),
+    encoding=st.sampled_from(list(ENCODINGS)),
+    newline=st.sampled_from(["\n", "\r\n", "\r"]),
+)
 def test_decode_text_reads_the_same_lines_in_every_accepted_encoding(lines, encoding, newline):
     text = decode_text(_encode(lines, encoding, newline), "LABELS 'x.txt'")
     assert text.split("\n") == [*lines, ""]
 
 
-@pytest.mark.parametrize("data, offset, byte", [
-    ("a\nb\ncaf\xe9\n".encode("latin-1"), 7, 0xE9),  # Latin-1
-    ("a\nb\n".encode("utf-16-le"), 1, 0x00),  # UTF-16 without a mark: valid UTF-8, but NULs
-    (codecs.BOM_UTF16_LE + "ab".encode("utf-16-le") + b"\x00\xdc", 6, 0x00),  # a lone low surrogate
-])
+@pytest.mark.parametrize(
+    "data, offset, byte",
+    [
+        ("a\nb\ncaf\xe9\n".encode("latin-1"), 7, 0xE9),  # Latin-1
+        ("a\nb\n".encode("utf-16-le"), 1, 0x00),  # UTF-16 without a mark: valid UTF-8, but NULs
+        (codecs.BOM_UTF16_LE + "ab".encode("utf-16-le") + b"\x00\xdc", 6, 0x00),  # a lone low surrogate
+    ],
+)
 def test_other_encodings_are_one_line_naming_the_file_and_byte(emb, capsys, data, offset, byte):
     (emb / "bad.txt").write_bytes(data)
     code, out, err = run_cli(capsys, ["score", emb / "emb.npy", "--labels", emb / "bad.txt"])
@@ -108,6 +116,7 @@ def test_audio_csv_manifest_in_every_accepted_encoding(tmp_path, encoding):
 
 
 # ------------------------------------------------------------------ outputs never destroy inputs
+
 
 @pytest.fixture()
 def inputs(tmp_path):
@@ -148,53 +157,182 @@ def _destroying_cases(r: Path) -> list[tuple[list, str, str]]:
         ([*score, "--out", r / "emb.npy", "--overwrite"], f"--out {str(r / 'emb.npy')!r} is", "EMBEDDINGS"),
         ([*score, "--out", r / "y.npy", "--overwrite"], f"--out {str(r / 'y.npy')!r} is", "LABELS"),
         ([*score, "--plot", r / "emb.npy", "--overwrite"], f"--plot {str(r / 'emb.npy')!r} is", "EMBEDDINGS"),
-        (["score", r / "embdir", "--labels", r / "y.npy", "--out", r / "embdir" / "r.json"],
-         f"--out {str(r / 'embdir' / 'r.json')!r} lies inside", "EMBEDDINGS"),
+        (
+            ["score", r / "embdir", "--labels", r / "y.npy", "--out", r / "embdir" / "r.json"],
+            f"--out {str(r / 'embdir' / 'r.json')!r} lies inside",
+            "EMBEDDINGS",
+        ),
         ([*score, "--out", r, "--overwrite"], f"--out {str(r)!r} contains", "EMBEDDINGS"),
-        ([*score, "--measure", "euclidean", "--model", model, "--out", model / "r.json"],
-         f"--out {str(model / 'r.json')!r} lies inside", "--model"),
-        ([*score, "--measure", "euclidean", "--model", model, "--lengths", r / "len.npy", "--out", r / "len.npy",
-          "--overwrite"], f"--out {str(r / 'len.npy')!r} is", "--lengths"),
-        ([*score, "--measure", "euclidean", "--model", model, "--label-map", r / "map.json", "--plot",
-          r / "map.json", "--overwrite"], f"--plot {str(r / 'map.json')!r} is", "--label-map"),
+        (
+            [*score, "--measure", "euclidean", "--model", model, "--out", model / "r.json"],
+            f"--out {str(model / 'r.json')!r} lies inside",
+            "--model",
+        ),
+        (
+            [
+                *score,
+                "--measure",
+                "euclidean",
+                "--model",
+                model,
+                "--lengths",
+                r / "len.npy",
+                "--out",
+                r / "len.npy",
+                "--overwrite",
+            ],
+            f"--out {str(r / 'len.npy')!r} is",
+            "--lengths",
+        ),
+        (
+            [
+                *score,
+                "--measure",
+                "euclidean",
+                "--model",
+                model,
+                "--label-map",
+                r / "map.json",
+                "--plot",
+                r / "map.json",
+                "--overwrite",
+            ],
+            f"--plot {str(r / 'map.json')!r} is",
+            "--label-map",
+        ),
         (["prune", model, "--audio", audio, "--out", model, "--overwrite"], f"--out {str(model)!r} is", "MODEL"),
-        (["prune", model, "--audio", audio, "--out", model / "cut"], f"--out {str(model / 'cut')!r} lies inside",
-         "MODEL"),
-        (["prune", model, "--audio", audio, "--measure", "euclidean", "--label-map", r / "map.json", "--out", r,
-          "--overwrite"], f"--out {str(r)!r} writes {str(r / 'map.json')!r}, which is", "--label-map"),
-        (["prune", model, "--audio", audio, "--out", r.parent / "cut", "--embeddings-dir", audio / "yes",
-          "--overwrite"], f"--embeddings-dir {str(audio / 'yes')!r} lies inside", "--audio"),
+        (
+            ["prune", model, "--audio", audio, "--out", model / "cut"],
+            f"--out {str(model / 'cut')!r} lies inside",
+            "MODEL",
+        ),
+        (
+            [
+                "prune",
+                model,
+                "--audio",
+                audio,
+                "--measure",
+                "euclidean",
+                "--label-map",
+                r / "map.json",
+                "--out",
+                r,
+                "--overwrite",
+            ],
+            f"--out {str(r)!r} writes {str(r / 'map.json')!r}, which is",
+            "--label-map",
+        ),
+        (
+            [
+                "prune",
+                model,
+                "--audio",
+                audio,
+                "--out",
+                r.parent / "cut",
+                "--embeddings-dir",
+                audio / "yes",
+                "--overwrite",
+            ],
+            f"--embeddings-dir {str(audio / 'yes')!r} lies inside",
+            "--audio",
+        ),
         (["sweep", r / "store", "--out-dir", r / "store"], f"--out-dir {str(r / 'store')!r} is", "STORE"),
-        (["sweep", r / "store", "--out-dir", r / "store" / "s"], f"--out-dir {str(r / 'store' / 's')!r} lies inside",
-         "STORE"),
-        (["sweep", r / "runs" / "tasks" / "s1", "--out-dir", r / "runs"],
-         f"--out-dir {str(r / 'runs')!r} writes {str(r / 'runs' / 'tasks')!r}, which contains", "STORE"),
-        (["sweep", r / "runs" / "tasks", "--out-dir", r / "runs"],
-         f"--out-dir {str(r / 'runs')!r} writes {str(r / 'runs' / 'tasks')!r}, which is", "STORE"),
-        (["sweep", r / "store", "--measure", "euclidean", "--model", model, "--label-map", r / "runs" / "sweep.json",
-          "--out-dir", r / "runs"],
-         f"--out-dir {str(r / 'runs')!r} writes {str(r / 'runs' / 'sweep.json')!r}, which is", "--label-map"),
-        (["sweep", r / "store", "--measure", "euclidean", "--model", model, "--out-dir", model / "s"],
-         f"--out-dir {str(model / 's')!r} lies inside", "--model"),
-        (["embed", model, "--audio", audio, "--out-dir", audio, "--overwrite"], f"--out-dir {str(audio)!r} is",
-         "--audio"),
-        (["embed", model, "--audio", audio, "--out-dir", model / "store"],
-         f"--out-dir {str(model / 'store')!r} lies inside", "MODEL"),
-        (["embed", model, "--audio", csv_, "--out-dir", r / "clips", "--overwrite"],
-         f"--out-dir {str(r / 'clips')!r} contains", "file"),
-        (["finetune", model, "--audio", audio, "--out-dir", model, "--overwrite"], f"--out-dir {str(model)!r} is",
-         "MODEL_DIR"),
-        (["finetune", model, "--audio", audio, "--out-dir", audio / "yes" / "m"],
-         f"--out-dir {str(audio / 'yes' / 'm')!r} lies inside", "--audio"),
-        (["finetune", model, "--audio", audio, "--out-dir", r, "--overwrite"], f"--out-dir {str(r)!r} contains",
-         "MODEL_DIR"),
-        (["finetune", model, "--audio", csv_, "--out-dir", r.parent / "ft", "--labels", r / "y.npy", "--out",
-          r / "y.npy", "--overwrite"], f"--out {str(r / 'y.npy')!r} is", "--labels"),
+        (
+            ["sweep", r / "store", "--out-dir", r / "store" / "s"],
+            f"--out-dir {str(r / 'store' / 's')!r} lies inside",
+            "STORE",
+        ),
+        (
+            ["sweep", r / "runs" / "tasks" / "s1", "--out-dir", r / "runs"],
+            f"--out-dir {str(r / 'runs')!r} writes {str(r / 'runs' / 'tasks')!r}, which contains",
+            "STORE",
+        ),
+        (
+            ["sweep", r / "runs" / "tasks", "--out-dir", r / "runs"],
+            f"--out-dir {str(r / 'runs')!r} writes {str(r / 'runs' / 'tasks')!r}, which is",
+            "STORE",
+        ),
+        (
+            [
+                "sweep",
+                r / "store",
+                "--measure",
+                "euclidean",
+                "--model",
+                model,
+                "--label-map",
+                r / "runs" / "sweep.json",
+                "--out-dir",
+                r / "runs",
+            ],
+            f"--out-dir {str(r / 'runs')!r} writes {str(r / 'runs' / 'sweep.json')!r}, which is",
+            "--label-map",
+        ),
+        (
+            ["sweep", r / "store", "--measure", "euclidean", "--model", model, "--out-dir", model / "s"],
+            f"--out-dir {str(model / 's')!r} lies inside",
+            "--model",
+        ),
+        (
+            ["embed", model, "--audio", audio, "--out-dir", audio, "--overwrite"],
+            f"--out-dir {str(audio)!r} is",
+            "--audio",
+        ),
+        (
+            ["embed", model, "--audio", audio, "--out-dir", model / "store"],
+            f"--out-dir {str(model / 'store')!r} lies inside",
+            "MODEL",
+        ),
+        (
+            ["embed", model, "--audio", csv_, "--out-dir", r / "clips", "--overwrite"],
+            f"--out-dir {str(r / 'clips')!r} contains",
+            "file",
+        ),
+        (
+            ["finetune", model, "--audio", audio, "--out-dir", model, "--overwrite"],
+            f"--out-dir {str(model)!r} is",
+            "MODEL_DIR",
+        ),
+        (
+            ["finetune", model, "--audio", audio, "--out-dir", audio / "yes" / "m"],
+            f"--out-dir {str(audio / 'yes' / 'm')!r} lies inside",
+            "--audio",
+        ),
+        (
+            ["finetune", model, "--audio", audio, "--out-dir", r, "--overwrite"],
+            f"--out-dir {str(r)!r} contains",
+            "MODEL_DIR",
+        ),
+        (
+            [
+                "finetune",
+                model,
+                "--audio",
+                csv_,
+                "--out-dir",
+                r.parent / "ft",
+                "--labels",
+                r / "y.npy",
+                "--out",
+                r / "y.npy",
+                "--overwrite",
+            ],
+            f"--out {str(r / 'y.npy')!r} is",
+            "--labels",
+        ),
         (["demo", "--model-dir", model, "--out-dir", model], f"--out-dir {str(model)!r} is", "--model-dir"),
-        (["demo", "--model-dir", model, "--out-dir", model / "d"], f"--out-dir {str(model / 'd')!r} lies inside",
-         "--model-dir"),
-        (["demo", "--model-dir", r / "whisper-ct2", "--out-dir", r],
-         f"--out-dir {str(r)!r} writes {str(r / 'whisper-ct2')!r}, which is", "--model-dir"),
+        (
+            ["demo", "--model-dir", model, "--out-dir", model / "d"],
+            f"--out-dir {str(model / 'd')!r} lies inside",
+            "--model-dir",
+        ),
+        (
+            ["demo", "--model-dir", r / "whisper-ct2", "--out-dir", r],
+            f"--out-dir {str(r)!r} writes {str(r / 'whisper-ct2')!r}, which is",
+            "--model-dir",
+        ),
     ]
 
 
@@ -204,8 +342,9 @@ def test_every_case_list_covers_every_command_with_inputs():
 
     assert set(OUTPUTS) == set(INPUTS) == set(COMMANDS)
     # every input of every command (an --audio CSV's listed files count as --audio)
-    covered = {(argv[0], "--audio" if named.startswith("file") else named)
-               for argv, _, named in _destroying_cases(Path("/r"))}
+    covered = {
+        (argv[0], "--audio" if named.startswith("file") else named) for argv, _, named in _destroying_cases(Path("/r"))
+    }
     assert covered == {(c, name) for c, names in INPUTS.items() for _, name in names}
 
 
@@ -227,12 +366,34 @@ def test_a_link_to_an_input_is_the_input(inputs, capsys):
     (inputs.parent / "dirlink").symlink_to(inputs / "model", target_is_directory=True)
     before = _snapshot(inputs)
     for argv, named in (
-        (["score", inputs / "emb.npy", "--labels", inputs / "y.npy", "--out", inputs.parent / "link.npy",
-          "--overwrite"], "LABELS"),
-        (["score", inputs / "emb.npy", "--labels", inputs / "y.npy", "--out", inputs.parent / "hard.npy",
-          "--overwrite"], "EMBEDDINGS"),
-        (["finetune", inputs / "model", "--audio", inputs / "audio", "--out-dir", inputs.parent / "dirlink" / "x"],
-         "MODEL_DIR"),
+        (
+            [
+                "score",
+                inputs / "emb.npy",
+                "--labels",
+                inputs / "y.npy",
+                "--out",
+                inputs.parent / "link.npy",
+                "--overwrite",
+            ],
+            "LABELS",
+        ),
+        (
+            [
+                "score",
+                inputs / "emb.npy",
+                "--labels",
+                inputs / "y.npy",
+                "--out",
+                inputs.parent / "hard.npy",
+                "--overwrite",
+            ],
+            "EMBEDDINGS",
+        ),
+        (
+            ["finetune", inputs / "model", "--audio", inputs / "audio", "--out-dir", inputs.parent / "dirlink" / "x"],
+            "MODEL_DIR",
+        ),
     ):
         code, _, err = run_cli(capsys, argv)
         assert code == 2 and f"the input {named} " in one_error_line(err), err
@@ -240,8 +401,9 @@ def test_a_link_to_an_input_is_the_input(inputs, capsys):
 
 
 def test_outputs_beside_the_inputs_are_fine(inputs, capsys):
-    code, _out, err = run_cli(capsys, ["score", inputs / "emb.npy", "--labels", inputs / "y.npy", "--out",
-                                   inputs / "emb.json", "--quiet"])
+    code, _out, err = run_cli(
+        capsys, ["score", inputs / "emb.npy", "--labels", inputs / "y.npy", "--out", inputs / "emb.json", "--quiet"]
+    )
     assert code == 0, err
     assert json.loads((inputs / "emb.json").read_text())["best_layer"] in (0, 1)
 
@@ -293,15 +455,18 @@ runpy.run_module("fastconvex", run_name="__main__", alter_sys=True)
 
 
 @pytest.mark.parametrize("how", ["script", "module"])
-@pytest.mark.parametrize("kind, target, line", [
-    ("import", "numpy", "fastconvex: interrupted"),  # start-up: the parser's imports
-    ("import", "numba", "fastconvex score: interrupted"),  # the kernels, once the command runs
-    ("import", "fastconvex.commands.prune", "fastconvex: interrupted"),
-    ("call", "parse_args", "fastconvex: interrupted"),
-    ("call", "load_labels", "fastconvex score: interrupted"),  # the work
-    ("call", "layer_scores", "fastconvex score: interrupted"),
-    ("call", "emit_report", "fastconvex score: interrupted"),
-])
+@pytest.mark.parametrize(
+    "kind, target, line",
+    [
+        ("import", "numpy", "fastconvex: interrupted"),  # start-up: the parser's imports
+        ("import", "numba", "fastconvex score: interrupted"),  # the kernels, once the command runs
+        ("import", "fastconvex.commands.prune", "fastconvex: interrupted"),
+        ("call", "parse_args", "fastconvex: interrupted"),
+        ("call", "load_labels", "fastconvex score: interrupted"),  # the work
+        ("call", "layer_scores", "fastconvex score: interrupted"),
+        ("call", "emit_report", "fastconvex score: interrupted"),
+    ],
+)
 def test_ctrl_c_at_any_moment_is_one_line_and_status_130(emb, how, kind, target, line):
     import os
     import subprocess
@@ -310,9 +475,23 @@ def test_ctrl_c_at_any_moment_is_one_line_and_status_130(emb, how, kind, target,
     (emb / "y.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
-        [sys.executable, "-c", _SIGINT_AT, how, kind, target, "score", str(emb / "emb.npy"), "--labels",
-         str(emb / "y.txt"), "--quiet"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            _SIGINT_AT,
+            how,
+            kind,
+            target,
+            "score",
+            str(emb / "emb.npy"),
+            "--labels",
+            str(emb / "y.txt"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.stderr.splitlines() == [line], proc.stderr
     assert proc.returncode == 130
@@ -320,35 +499,59 @@ def test_ctrl_c_at_any_moment_is_one_line_and_status_130(emb, how, kind, target,
 
 # ------------------------------------------------------------------ options never silently ignored
 
-@pytest.mark.parametrize("argv, message", [
-    (["env", "--seed", "3"], "--seed 3 has no effect on env (env draws nothing at random)"),
-    (["env", "--device", "cpu"], "--device cpu has no effect on env"),
-    (["env", "--backend", "numba"], "--backend numba has no effect on env"),
-    (["finetune", "M", "--audio", "A", "--out-dir", "O", "--backend", "numba"],
-     "--backend numba has no effect on finetune (finetune computes no convexity"),
-    (["embed", "M", "--audio", "A", "--out-dir", "O", "--backend", "triton"],
-     "--backend triton has no effect on embed (embed computes no convexity"),
-    (["embed", "M", "--audio", "A", "--out-dir", "O", "--seed", "4"],
-     "--seed draws the --max-per-class subsample"),
-    (["embed", "M", "--audio", "A", "--out-dir", "O", "--retries", "1"], "--retries applies to --engine ray only"),
-    (["embed", "M", "--audio", "A", "--out-dir", "O", "--chunk-size", "9", "--address", "auto"],
-     "--address, --chunk-size applies to --engine ray only"),
-    (["prune", "M", "--audio", "A", "--out", "O", "--keep", "2", "--rule", "1se"],
-     "--keep 2 sets the cut, so --rule 1se (how fastconvex chooses it) would be ignored"),
-    (["prune", "M", "--audio", "A", "--out", "O", "--dtype", "float16"],
-     "--dtype float16 is the dtype of the --embeddings-dir store"),
-    (["prune", "M", "--audio", "A", "--out", "O", "--measure", "euclidean", "--k", "5"],
-     "--k applies to graph convexity"),  # was checked after the model was loaded
-    (["prune", "M", "--audio", "A", "--out", "O", "--measure", "euclidean", "--mix-lengths"],
-     "--embeddings-dir and --mix-lengths apply to graph convexity's pooled states"),
-    (["demo", "--out-dir", "O", "--keep", "2", "--rule", "1se"], "--keep 2 sets the cut, so --rule 1se"),
-    (["demo", "--out-dir", "O", "--keep", "0"], "--keep must be at least 1"),
-    (["demo", "--out-dir", "O", "--tasks", "speakers", "--voices", "3"],
-     "--voices applies to the words task, which --tasks speakers does not run"),
-    (["demo", "--out-dir", "O", "--tasks", "words", "--asterisk-clips", "3"],
-     "--asterisk-clips applies to the asterisk tasks"),
-    (["demo", "--out-dir", "O", "--tasks", "words", "--no-fetch"], "--no-fetch applies to the speakers and asterisk"),
-])
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["env", "--seed", "3"], "--seed 3 has no effect on env (env draws nothing at random)"),
+        (["env", "--device", "cpu"], "--device cpu has no effect on env"),
+        (["env", "--backend", "numba"], "--backend numba has no effect on env"),
+        (
+            ["finetune", "M", "--audio", "A", "--out-dir", "O", "--backend", "numba"],
+            "--backend numba has no effect on finetune (finetune computes no convexity",
+        ),
+        (
+            ["embed", "M", "--audio", "A", "--out-dir", "O", "--backend", "triton"],
+            "--backend triton has no effect on embed (embed computes no convexity",
+        ),
+        (["embed", "M", "--audio", "A", "--out-dir", "O", "--seed", "4"], "--seed draws the --max-per-class subsample"),
+        (["embed", "M", "--audio", "A", "--out-dir", "O", "--retries", "1"], "--retries applies to --engine ray only"),
+        (
+            ["embed", "M", "--audio", "A", "--out-dir", "O", "--chunk-size", "9", "--address", "auto"],
+            "--address, --chunk-size applies to --engine ray only",
+        ),
+        (
+            ["prune", "M", "--audio", "A", "--out", "O", "--keep", "2", "--rule", "1se"],
+            "--keep 2 sets the cut, so --rule 1se (how fastconvex chooses it) would be ignored",
+        ),
+        (
+            ["prune", "M", "--audio", "A", "--out", "O", "--dtype", "float16"],
+            "--dtype float16 is the dtype of the --embeddings-dir store",
+        ),
+        (
+            ["prune", "M", "--audio", "A", "--out", "O", "--measure", "euclidean", "--k", "5"],
+            "--k applies to graph convexity",
+        ),  # was checked after the model was loaded
+        (
+            ["prune", "M", "--audio", "A", "--out", "O", "--measure", "euclidean", "--mix-lengths"],
+            "--embeddings-dir and --mix-lengths apply to graph convexity's pooled states",
+        ),
+        (["demo", "--out-dir", "O", "--keep", "2", "--rule", "1se"], "--keep 2 sets the cut, so --rule 1se"),
+        (["demo", "--out-dir", "O", "--keep", "0"], "--keep must be at least 1"),
+        (
+            ["demo", "--out-dir", "O", "--tasks", "speakers", "--voices", "3"],
+            "--voices applies to the words task, which --tasks speakers does not run",
+        ),
+        (
+            ["demo", "--out-dir", "O", "--tasks", "words", "--asterisk-clips", "3"],
+            "--asterisk-clips applies to the asterisk tasks",
+        ),
+        (
+            ["demo", "--out-dir", "O", "--tasks", "words", "--no-fetch"],
+            "--no-fetch applies to the speakers and asterisk",
+        ),
+    ],
+)
 def test_an_option_that_would_be_ignored_is_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
     import fastconvex.demo
 
@@ -382,14 +585,34 @@ def test_bench_runs_on_the_device_it_is_given(capsys, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(bench, "graph_convexity", recording)
-    code, out, err = run_cli(capsys, ["bench", "--sizes", "40", "--dim", "3", "--classes", "2", "--k", "3",
-                                   "--pairs", "50", "--backend", "numba", "--device", "cpu", "--json"])
+    code, out, err = run_cli(
+        capsys,
+        [
+            "bench",
+            "--sizes",
+            "40",
+            "--dim",
+            "3",
+            "--classes",
+            "2",
+            "--k",
+            "3",
+            "--pairs",
+            "50",
+            "--backend",
+            "numba",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert code == 0, err
     assert devices and set(devices) == {"cpu"}
     assert json.loads(out)["device"] == "cpu"
 
 
 # ------------------------------------------------------------------ checks before minutes of work
+
 
 def test_demo_keep_beyond_the_encoder_is_refused_before_any_data(tmp_path, capsys, monkeypatch):
     """Whisper tiny.en has 4 encoder blocks: --keep 99 is refused once the model is loaded (seconds),
@@ -400,8 +623,9 @@ def test_demo_keep_beyond_the_encoder_is_refused_before_any_data(tmp_path, capsy
         raise AssertionError("the data was made before --keep was checked")
 
     monkeypatch.setattr(experiment, "load_task", no_data)
-    code, out, err = run_cli(capsys, ["demo", "--out-dir", tmp_path / "o", "--keep", "99", "--tasks", "speakers",
-                                   "--quiet", "--no-fetch"])
+    code, out, err = run_cli(
+        capsys, ["demo", "--out-dir", tmp_path / "o", "--keep", "99", "--tasks", "speakers", "--quiet", "--no-fetch"]
+    )
     assert code == 2 and out == ""
     assert one_error_line(err) == "fastconvex demo: error: --keep must be in 1..4 (the encoder's blocks), got 99"
 
@@ -432,13 +656,21 @@ def test_integer_labels_beyond_int64_score_as_the_same_labels_remapped_to_small_
 
 # ------------------------------------------------------------------ label-file errors name the file
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: (d / "L.txt").write_text("a\nb\na\nb\na\n"),
-     "LABELS {L!r} has 5 labels but EMBEDDINGS {E!r} has N = 60 rows per layer"),
-    (lambda d: np.save(d / "L.npy", np.zeros(0, np.int64)), "LABELS: L.npy holds no labels (shape (0,))"),
-    (lambda d: np.save(d / "L.npy", np.where(np.arange(60) == 7, np.nan, np.arange(60) % 3)),
-     "LABELS: L.npy has a non-finite label in row 7"),
-])
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda d: (d / "L.txt").write_text("a\nb\na\nb\na\n"),
+            "LABELS {L!r} has 5 labels but EMBEDDINGS {E!r} has N = 60 rows per layer",
+        ),
+        (lambda d: np.save(d / "L.npy", np.zeros(0, np.int64)), "LABELS: L.npy holds no labels (shape (0,))"),
+        (
+            lambda d: np.save(d / "L.npy", np.where(np.arange(60) == 7, np.nan, np.arange(60) % 3)),
+            "LABELS: L.npy has a non-finite label in row 7",
+        ),
+    ],
+)
 def test_label_file_errors_name_the_file(tmp_path, capsys, make, message):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "E.npy", rng.normal(size=(2, 60, 4)).astype(np.float32))
@@ -458,16 +690,19 @@ def test_euclidean_label_and_lengths_counts_name_their_files_before_the_model(tm
     code, _, err = run_cli(capsys, [*base, "--labels", tmp_path / "short.txt"])
     assert code == 1 and one_error_line(err) == (
         f"fastconvex score: error: LABELS {str(tmp_path / 'short.txt')!r} has 2 labels but EMBEDDINGS "
-        f"{str(tmp_path / 'E.npy')!r} has N = 6 items per layer")
+        f"{str(tmp_path / 'E.npy')!r} has N = 6 items per layer"
+    )
     code, _, err = run_cli(capsys, [*base, "--labels", tmp_path / "L.txt", "--lengths", tmp_path / "len.npy"])
     assert code == 1 and one_error_line(err) == (
         f"fastconvex score: error: --lengths {str(tmp_path / 'len.npy')!r} has 5 frame counts but EMBEDDINGS "
-        f"{str(tmp_path / 'E.npy')!r} has N = 6 items per layer")
+        f"{str(tmp_path / 'E.npy')!r} has N = 6 items per layer"
+    )
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
     code, _, err = run_cli(capsys, [*base, "--labels", tmp_path / "L.txt", "--lengths", tmp_path / "junk.npy"])
     assert code == 1 and one_error_line(err) == (
         f"fastconvex score: error: --lengths: {str(tmp_path / 'junk.npy')!r} is not a .npy file (it lacks the "
-        "NumPy header)")
+        "NumPy header)"
+    )
 
 
 def test_demo_finetune_keeps_beyond_tiny_en_are_refused_before_any_data(tmp_path, capsys, monkeypatch):
@@ -477,7 +712,21 @@ def test_demo_finetune_keeps_beyond_tiny_en_are_refused_before_any_data(tmp_path
         raise AssertionError("the data was made before --keeps was checked")
 
     monkeypatch.setattr(experiment, "load_task", no_data)
-    code, out, err = run_cli(capsys, ["demo", "--out-dir", tmp_path / "o", "--finetune", "--quick", "--keeps", "1,9",
-                                   "--tasks", "speakers", "--quiet", "--no-fetch"])
+    code, out, err = run_cli(
+        capsys,
+        [
+            "demo",
+            "--out-dir",
+            tmp_path / "o",
+            "--finetune",
+            "--quick",
+            "--keeps",
+            "1,9",
+            "--tasks",
+            "speakers",
+            "--quiet",
+            "--no-fetch",
+        ],
+    )
     assert code == 2 and out == ""
     assert one_error_line(err) == "fastconvex demo: error: --keeps: [9] not in 1..4 (Whisper tiny.en's encoder blocks)"

@@ -15,6 +15,7 @@ from fastconvex.core.text import TextDecodeError, decode_text
 
 # ------------------------------------------------------------------ text inputs
 
+
 @pytest.mark.parametrize("codec, bom", [("utf-8", codecs.BOM_UTF8), ("utf-16-le", codecs.BOM_UTF16_LE)])
 def test_two_marked_label_files_joined_with_cat_are_refused_naming_the_line(tmp_path, capsys, codec, bom):
     rng = np.random.default_rng(0)
@@ -52,6 +53,7 @@ def test_utf16_decode_errors_get_a_utf16_hint_not_latin1():
 
 # ------------------------------------------------------------------ directories written into
 
+
 def _path_check(argv):
     """The command line's output-path check (cli.main runs it before any work)."""
     from fastconvex.cli import build_parser
@@ -80,13 +82,26 @@ def test_sweep_into_the_directory_holding_its_store_runs_and_spares_the_store(tm
     assert {p: p.read_bytes() for p in (stores / "s2").rglob("*") if p.is_file()} == before
 
 
-@pytest.mark.parametrize("layout", [
-    lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs"],
-    lambda r: ["sweep", r / "runs" / "s1", "--measure", "euclidean", "--model", r / "runs" / "clf", "--label-map",
-               r / "runs" / "map.json", "--out-dir", r / "runs"],
-    lambda r: ["prune", r / "runs" / "clf", "--audio", r / "runs" / "audio", "--out", r / "runs"],
-    lambda r: ["demo", "--model-dir", r / "runs" / "tiny-ct2", "--out-dir", r / "runs"],
-])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs"],
+        lambda r: [
+            "sweep",
+            r / "runs" / "s1",
+            "--measure",
+            "euclidean",
+            "--model",
+            r / "runs" / "clf",
+            "--label-map",
+            r / "runs" / "map.json",
+            "--out-dir",
+            r / "runs",
+        ],
+        lambda r: ["prune", r / "runs" / "clf", "--audio", r / "runs" / "audio", "--out", r / "runs"],
+        lambda r: ["demo", "--model-dir", r / "runs" / "tiny-ct2", "--out-dir", r / "runs"],
+    ],
+)
 def test_an_input_beside_what_a_directory_command_writes_is_accepted(tmp_path, layout):
     for d in ("s1", "clf", "audio", "tiny-ct2"):
         (tmp_path / "runs" / d).mkdir(parents=True)
@@ -100,26 +115,75 @@ def test_prune_spares_listed_audio_inside_its_out_dir(tmp_path):
 
     (tmp_path / "runs" / "clips").mkdir(parents=True)
     (tmp_path / "runs" / "audio.csv").write_text("path,label\nclips/a.wav,x\n")
-    args = build_parser().parse_args(["prune", str(tmp_path / "m"), "--audio", str(tmp_path / "runs" / "audio.csv"),
-                                      "--out", str(tmp_path / "runs")])
+    args = build_parser().parse_args(
+        ["prune", str(tmp_path / "m"), "--audio", str(tmp_path / "runs" / "audio.csv"), "--out", str(tmp_path / "runs")]
+    )
     check_listed_audio(args, [tmp_path / "runs" / "clips" / "a.wav"])  # no UsageError
 
 
-@pytest.mark.parametrize("argv, message", [
-    (lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs" / "s1"],
-     "--out-dir '{runs}/s1' is the input STORE"),
-    (lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs" / "s1" / "o"], "/o' lies inside the input STORE"),
-    (lambda r: ["score", r / "runs" / "s1", "--labels", r / "runs" / "y.npy", "--out", r / "runs" / "s1" / "r.json"],
-     "/r.json' lies inside the input EMBEDDINGS"),
-    (lambda r: ["prune", r / "runs" / "clf", "--audio", r / "runs" / "audio", "--out", r / "runs" / "clf" / "cut"],
-     "/cut' lies inside the input MODEL"),
-    (lambda r: ["finetune", r / "runs" / "clf", "--audio", r / "runs" / "audio", "--out-dir", r / "runs",
-                "--overwrite"], "--out-dir '{runs}' contains the input MODEL_DIR"),  # replaced whole
-    (lambda r: ["embed", r / "runs" / "clf", "--audio", r / "runs" / "audio", "--out-dir", r / "runs",
-                "--overwrite"], "--out-dir '{runs}' contains the input MODEL"),  # replaced whole
-    (lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs" / "linked"],
-     "writes '{runs}/linked/tasks', a link to '{runs}/s1', which is the input STORE"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs" / "s1"],
+            "--out-dir '{runs}/s1' is the input STORE",
+        ),
+        (
+            lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs" / "s1" / "o"],
+            "/o' lies inside the input STORE",
+        ),
+        (
+            lambda r: [
+                "score",
+                r / "runs" / "s1",
+                "--labels",
+                r / "runs" / "y.npy",
+                "--out",
+                r / "runs" / "s1" / "r.json",
+            ],
+            "/r.json' lies inside the input EMBEDDINGS",
+        ),
+        (
+            lambda r: [
+                "prune",
+                r / "runs" / "clf",
+                "--audio",
+                r / "runs" / "audio",
+                "--out",
+                r / "runs" / "clf" / "cut",
+            ],
+            "/cut' lies inside the input MODEL",
+        ),
+        (
+            lambda r: [
+                "finetune",
+                r / "runs" / "clf",
+                "--audio",
+                r / "runs" / "audio",
+                "--out-dir",
+                r / "runs",
+                "--overwrite",
+            ],
+            "--out-dir '{runs}' contains the input MODEL_DIR",
+        ),  # replaced whole
+        (
+            lambda r: [
+                "embed",
+                r / "runs" / "clf",
+                "--audio",
+                r / "runs" / "audio",
+                "--out-dir",
+                r / "runs",
+                "--overwrite",
+            ],
+            "--out-dir '{runs}' contains the input MODEL",
+        ),  # replaced whole
+        (
+            lambda r: ["sweep", r / "runs" / "s1", "--out-dir", r / "runs" / "linked"],
+            "writes '{runs}/linked/tasks', a link to '{runs}/s1', which is the input STORE",
+        ),
+    ],
+)
 def test_what_would_change_an_input_is_still_refused(tmp_path, capsys, argv, message):
     runs = tmp_path / "runs"
     for d in ("s1", "clf", "audio", "linked"):
@@ -147,9 +211,19 @@ def test_the_names_written_into_directories_are_those_the_writers_use():
 
     for name in (*_sweep_out.OUTPUTS, _sweep_out.LOCK_FILE, _sweep_out.HOLDER_FILE, "tasks"):
         assert claimed(("sweep", "--out-dir"), name), name
-    for name in (prune.REPORT_FILE, prune.PLOT_FILE, _prune_io.PROVENANCE_FILE, "config.json", "model.safetensors",
-                 "model-00001-of-00002.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "preprocessor_config.json", "generation_config.json", ".fastconvex-staging-1a2b3c4d"):
+    for name in (
+        prune.REPORT_FILE,
+        prune.PLOT_FILE,
+        _prune_io.PROVENANCE_FILE,
+        "config.json",
+        "model.safetensors",
+        "model-00001-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "preprocessor_config.json",
+        "generation_config.json",
+        ".fastconvex-staging-1a2b3c4d",
+    ):
         assert claimed(("prune", "--out"), name), name
     for name in ("report.json", "demo.png", "finetune.png", "finetune", "whisper-tiny.en-words-keep2"):
         assert claimed(("demo", "--out-dir"), name), name
@@ -157,12 +231,17 @@ def test_the_names_written_into_directories_are_those_the_writers_use():
 
 # ------------------------------------------------------------------ demo --finetune --keeps
 
-@pytest.mark.parametrize("models, keeps, message", [
-    ("base", "7", "--keeps: [7] not in 1..6 (Whisper base's encoder blocks)"),
-    ("tiny.en,base", "2,5", "--keeps: [5] not in 1..4 (Whisper tiny.en's encoder blocks)"),
-])
+
+@pytest.mark.parametrize(
+    "models, keeps, message",
+    [
+        ("base", "7", "--keeps: [7] not in 1..6 (Whisper base's encoder blocks)"),
+        ("tiny.en,base", "2,5", "--keeps: [5] not in 1..4 (Whisper tiny.en's encoder blocks)"),
+    ],
+)
 def test_demo_finetune_keeps_beyond_any_models_blocks_are_refused_before_the_model_loads(
-        tmp_path, capsys, monkeypatch, models, keeps, message):
+    tmp_path, capsys, monkeypatch, models, keeps, message
+):
     import fastconvex.demo.experiment as experiment
     import fastconvex.hf.ct2_whisper as ct2
     import fastconvex.hf.whisper_models  # noqa: F401  (imported now, it binds the real loader, not the patch)
@@ -172,8 +251,24 @@ def test_demo_finetune_keeps_beyond_any_models_blocks_are_refused_before_the_mod
 
     monkeypatch.setattr(ct2, "load_ct2_whisper", no_model)
     monkeypatch.setattr(experiment, "load_task", no_model)
-    code, out, err = run_cli(capsys, ["demo", "--out-dir", tmp_path / "o", "--finetune", "--quick", "--models", models,
-                                   "--keeps", keeps, "--tasks", "speakers", "--quiet", "--no-fetch"])
+    code, out, err = run_cli(
+        capsys,
+        [
+            "demo",
+            "--out-dir",
+            tmp_path / "o",
+            "--finetune",
+            "--quick",
+            "--models",
+            models,
+            "--keeps",
+            keeps,
+            "--tasks",
+            "speakers",
+            "--quiet",
+            "--no-fetch",
+        ],
+    )
     assert code == 2 and out == ""
     assert one_error_line(err) == f"fastconvex demo: error: {message}"
     assert not (tmp_path / "o").exists()

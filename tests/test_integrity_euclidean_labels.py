@@ -108,21 +108,25 @@ def test_label_map_gives_the_numbers_of_matching_names(setup):
     _, model, states, n_frames, labels = setup
     by_name = fc.layer_euclidean_scores(list(states), labels, _predictor(model, NAMES), lengths=n_frames, **KW)
     assert len(set(by_name.per_class[0].tolist())) == 3  # not a trivial classifier
-    mapped = fc.layer_euclidean_scores(list(states), labels, _predictor(model, GENERIC), lengths=n_frames,
-                                       label_map=MAP, **KW)
+    mapped = fc.layer_euclidean_scores(
+        list(states), labels, _predictor(model, GENERIC), lengths=n_frames, label_map=MAP, **KW
+    )
     assert mapped.to_dict() == by_name.to_dict()
     # ids returned by the predictor (id2label=False), mapped from names
-    ids = fc.layer_euclidean_scores(list(states), labels, _predictor(model, GENERIC, id2label=False),
-                                    lengths=n_frames, label_map=MAP, **KW)
+    ids = fc.layer_euclidean_scores(
+        list(states), labels, _predictor(model, GENERIC, id2label=False), lengths=n_frames, label_map=MAP, **KW
+    )
     assert ids.to_dict() == by_name.to_dict()
     # a plain callable that returns class indices and declares nothing
     inner = _predictor(model, GENERIC, id2label=False)
-    plain = fc.euclidean_convexity(states[1], labels, lambda b, m: inner(1, b, m), lengths=n_frames,
-                                   label_map=MAP, **KW)
+    plain = fc.euclidean_convexity(
+        states[1], labels, lambda b, m: inner(1, b, m), lengths=n_frames, label_map=MAP, **KW
+    )
     assert {**plain.to_dict(), "backend": None} == {**by_name.layers[1].to_dict(), "backend": None}
     # a permuted map is another question: other numbers
-    other = fc.layer_euclidean_scores(list(states), labels, _predictor(model, GENERIC), lengths=n_frames,
-                                      label_map={"yes": 1, "no": 2, "up": 0}, **KW)
+    other = fc.layer_euclidean_scores(
+        list(states), labels, _predictor(model, GENERIC), lengths=n_frames, label_map={"yes": 1, "no": 2, "up": 0}, **KW
+    )
     assert not np.array_equal(other.per_class, by_name.per_class)
 
 
@@ -131,13 +135,15 @@ def test_bad_label_maps_are_named(setup):
     predictor, calls = _counting(_predictor(model, GENERIC))
 
     def run(label_map):
-        return fc.layer_euclidean_scores(list(states), labels, predictor, lengths=n_frames, label_map=label_map,
-                                         **KW)
+        return fc.layer_euclidean_scores(list(states), labels, predictor, lengths=n_frames, label_map=label_map, **KW)
 
     with pytest.raises(ValueError, match=r"label_map has no class index for the data's labels \['up'\]"):
         run({"yes": 0, "no": 1})
-    with pytest.raises(ValueError, match=r"maps the data's labels 'no' and 'yes' onto the same predictor output "
-                                         r"'LABEL_0'"):
+    with pytest.raises(
+        ValueError,
+        match=r"maps the data's labels 'no' and 'yes' onto the same predictor output "
+        r"'LABEL_0'",
+    ):
         run({"yes": 0, "no": 0, "up": 2})
     with pytest.raises(ValueError, match=r"label_map\['up'\] = 3 is no class index \(0 <= index < 3"):
         run({"yes": 0, "no": 1, "up": 3})
@@ -158,8 +164,10 @@ def test_label_map_keys_that_are_no_data_label_are_not_checked_against_the_class
     predictor = _predictor(model, GENERIC)
     run = dict(lengths=n_frames, **KW)
     reference = fc.layer_euclidean_scores(list(states), labels, predictor, label_map=MAP, **run)
-    assert fc.layer_euclidean_scores(list(states), labels, predictor, label_map={**MAP, "left": 99},
-                                     **run).to_dict() == reference.to_dict()
+    assert (
+        fc.layer_euclidean_scores(list(states), labels, predictor, label_map={**MAP, "left": 99}, **run).to_dict()
+        == reference.to_dict()
+    )
     with pytest.raises(ValueError, match=r"label_map\['left'\] = -1 is no class index"):
         fc.layer_euclidean_scores(list(states), labels, predictor, label_map={**MAP, "left": -1}, **run)
     # the command line's digit keys: an integer only when the whole key is one
@@ -206,8 +214,11 @@ def test_sweep_refuses_other_names_and_follows_label_map(setup, tmp_path):
     root, model, states, n_frames, labels = setup
     store = _frame_store(tmp_path / "store", states, n_frames, labels)
     kw = dict(measure="euclidean", pairs=12, n_sampled=4, seed=3, verbose=False, plot=False)
-    with pytest.raises(ValueError, match=r"store 'store': labels: the data's classes \['no', 'up', 'yes'\] do not "
-                                         r"match the predictor's classes \['LABEL_0', 'LABEL_1', 'LABEL_2'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"store 'store': labels: the data's classes \['no', 'up', 'yes'\] do not "
+        r"match the predictor's classes \['LABEL_0', 'LABEL_1', 'LABEL_2'\]",
+    ):
         fc.sweep(store, out_dir=tmp_path / "bad", model=root / "generic", **kw)
     assert not list((tmp_path / "bad").rglob("*.json"))  # refused before any task
     named = fc.sweep(store, out_dir=tmp_path / "named", model=root / "named", **kw)["store"]
@@ -216,12 +227,26 @@ def test_sweep_refuses_other_names_and_follows_label_map(setup, tmp_path):
     # the map is part of each result's settings: another map in the same directory is refused
     # unless overwrite=True, and then recomputed
     with pytest.raises(ValueError, match="written by a sweep with other settings"):
-        fc.sweep(store, out_dir=tmp_path / "mapped", model=root / "generic",
-                 label_map={"yes": 1, "no": 2, "up": 0}, **kw)
-    permuted = fc.sweep(store, out_dir=tmp_path / "mapped", model=root / "generic",
-                        label_map={"yes": 1, "no": 2, "up": 0}, overwrite=True, **kw)["store"]
-    reference = fc.layer_euclidean_scores(list(states), labels, _predictor(model, GENERIC), lengths=n_frames,
-                                          label_map={"yes": 1, "no": 2, "up": 0}, batch_size=1024, **KW)
+        fc.sweep(
+            store, out_dir=tmp_path / "mapped", model=root / "generic", label_map={"yes": 1, "no": 2, "up": 0}, **kw
+        )
+    permuted = fc.sweep(
+        store,
+        out_dir=tmp_path / "mapped",
+        model=root / "generic",
+        label_map={"yes": 1, "no": 2, "up": 0},
+        overwrite=True,
+        **kw,
+    )["store"]
+    reference = fc.layer_euclidean_scores(
+        list(states),
+        labels,
+        _predictor(model, GENERIC),
+        lengths=n_frames,
+        label_map={"yes": 1, "no": 2, "up": 0},
+        batch_size=1024,
+        **KW,
+    )
     assert_same(permuted, reference)
     assert not np.array_equal(permuted.per_class, named.per_class)
     with pytest.raises(ValueError, match='label_map applies to measure="euclidean" only'):
@@ -263,15 +288,39 @@ def test_sweep_loads_the_model_folder_once_before_its_output(setup, tmp_path, mo
     assert str(err.value).startswith(f"model folder {str(broken)!r}: its weights lack 1 tensor (classifier.weight)")
     assert "task" not in str(err.value)
     assert len(loads) == 1 and not (tmp_path / "out").exists()
-    argv = ["sweep", str(tmp_path / "store"), "--measure", "euclidean", "--model", str(broken), "--out-dir",
-            str(tmp_path / "cli"), "--pairs", "12", "--n-sampled", "4", "--no-plot", "--quiet"]
+    argv = [
+        "sweep",
+        str(tmp_path / "store"),
+        "--measure",
+        "euclidean",
+        "--model",
+        str(broken),
+        "--out-dir",
+        str(tmp_path / "cli"),
+        "--pairs",
+        "12",
+        "--n-sampled",
+        "4",
+        "--no-plot",
+        "--quiet",
+    ]
     assert main(argv) == 1
     assert not (tmp_path / "cli").exists()
     # a worker (Ray's, where nothing is loaded up front) tries a folder that fails once, then says it again
     from fastconvex.sweeps import euclidean as se
 
-    plan = se.plan_store(store, [0, 1], model=broken, fingerprint=se.model_fingerprint(broken), n_sampled=4,
-                         pairs=12, exact=False, batch_size=64, seed=3, min_class_size=2)
+    plan = se.plan_store(
+        store,
+        [0, 1],
+        model=broken,
+        fingerprint=se.model_fingerprint(broken),
+        n_sampled=4,
+        pairs=12,
+        exact=False,
+        batch_size=64,
+        seed=3,
+        min_class_size=2,
+    )
     loads.clear()
     try:
         for _ in range(3):
@@ -286,9 +335,26 @@ def test_sweep_loads_the_model_folder_once_before_its_output(setup, tmp_path, mo
 
 
 def _score(root, model_dir, *extra):
-    return ["score", str(root / "states.npy"), "--labels", str(root / "labels.txt"), "--measure", "euclidean",
-            "--model", str(root / model_dir), "--lengths", str(root / "lengths.npy"), "--pairs", "12",
-            "--seed", "3", "--n-sampled", "4", "--quiet", *map(str, extra)]
+    return [
+        "score",
+        str(root / "states.npy"),
+        "--labels",
+        str(root / "labels.txt"),
+        "--measure",
+        "euclidean",
+        "--model",
+        str(root / model_dir),
+        "--lengths",
+        str(root / "lengths.npy"),
+        "--pairs",
+        "12",
+        "--seed",
+        "3",
+        "--n-sampled",
+        "4",
+        "--quiet",
+        *map(str, extra),
+    ]
 
 
 def test_cli_score_refuses_other_names_and_takes_a_label_map(setup, capsys, tmp_path):
@@ -309,34 +375,75 @@ def test_cli_score_refuses_other_names_and_takes_a_label_map(setup, capsys, tmp_
     assert json.loads((tmp_path / "i.json").read_text())["scores"] == want["scores"]
 
 
-@pytest.mark.parametrize("content,message", [
-    ("{not json", "--label-map map.json: not a readable JSON file"),
-    ('["yes", "no"]', "expected a non-empty JSON object {data label: class index}, got list"),
-    ('{"yes": "LABEL_0"}', "the class index of 'yes' must be an integer >= 0, got 'LABEL_0'"),
-    ('{"yes": 0, "1": 0, "01": 2}', ("keys '1' and '01' both mean the integer label 1 but give it class indices 0 "
-                                     "and 2")),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("{not json", "--label-map map.json: not a readable JSON file"),
+        ('["yes", "no"]', "expected a non-empty JSON object {data label: class index}, got list"),
+        ('{"yes": "LABEL_0"}', "the class index of 'yes' must be an integer >= 0, got 'LABEL_0'"),
+        (
+            '{"yes": 0, "1": 0, "01": 2}',
+            ("keys '1' and '01' both mean the integer label 1 but give it class indices 0 and 2"),
+        ),
+    ],
+)
 def test_cli_bad_label_map_files_are_one_line(setup, capsys, tmp_path, content, message):
     root = setup[0]
     (tmp_path / "map.json").write_text(content)
     assert main(_score(root, "generic", "--label-map", tmp_path / "map.json")) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
-    assert main(["score", str(root / "states.npy"), "--labels", str(root / "labels.txt"),
-                 "--label-map", str(tmp_path / "map.json")]) == 2
+    assert (
+        main(
+            [
+                "score",
+                str(root / "states.npy"),
+                "--labels",
+                str(root / "labels.txt"),
+                "--label-map",
+                str(tmp_path / "map.json"),
+            ]
+        )
+        == 2
+    )
     assert "--label-map applies to --measure euclidean only" in capsys.readouterr().err
 
 
 def test_cli_sweep_refuses_other_names_and_takes_a_label_map(setup, capsys, tmp_path):
     root, _model, states, n_frames, labels = setup
     _frame_store(tmp_path / "store", states, n_frames, labels)
-    base = ["sweep", str(tmp_path / "store"), "--measure", "euclidean", "--pairs", "12", "--seed", "3",
-            "--n-sampled", "4", "--no-plot", "--quiet", "--json"]
+    base = [
+        "sweep",
+        str(tmp_path / "store"),
+        "--measure",
+        "euclidean",
+        "--pairs",
+        "12",
+        "--seed",
+        "3",
+        "--n-sampled",
+        "4",
+        "--no-plot",
+        "--quiet",
+        "--json",
+    ]
     assert main([*base, "--model", str(root / "generic"), "--out-dir", str(tmp_path / "bad")]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "store 'store'" in err and "'LABEL_0'" in err
-    assert main([*base, "--model", str(root / "generic"), "--out-dir", str(tmp_path / "m"),
-                 "--label-map", str(root / "map.json")]) == 0
+    assert (
+        main(
+            [
+                *base,
+                "--model",
+                str(root / "generic"),
+                "--out-dir",
+                str(tmp_path / "m"),
+                "--label-map",
+                str(root / "map.json"),
+            ]
+        )
+        == 0
+    )
     mapped = json.loads(capsys.readouterr().out)
     assert main([*base, "--model", str(root / "named"), "--out-dir", str(tmp_path / "n")]) == 0
     named = json.loads(capsys.readouterr().out)
@@ -350,8 +457,7 @@ def test_cli_prune_refuses_other_names_before_the_forward_passes(setup, capsys, 
     for name in ("down", "left"):
         (tmp_path / "audio" / name).mkdir(parents=True)
         for j in range(3):
-            sf.write(tmp_path / "audio" / name / f"u{j}.wav", (0.3 * rng.normal(size=2000)).astype(np.float32),
-                     16000)
+            sf.write(tmp_path / "audio" / name / f"u{j}.wav", (0.3 * rng.normal(size=2000)).astype(np.float32), 16000)
 
     def no_forward_passes(*args, **kwargs):
         raise AssertionError("hidden states were computed before the labels were checked")
@@ -360,13 +466,42 @@ def test_cli_prune_refuses_other_names_before_the_forward_passes(setup, capsys, 
     # a bad --label-map file is said before the model is even loaded
     (tmp_path / "bad.json").write_text("[]")
     monkeypatch.setattr("fastconvex.hf.models.load.load_model", no_forward_passes)
-    assert main(["prune", str(root / "named"), "--audio", str(tmp_path / "audio"), "--out", str(tmp_path / "cut"),
-                 "--measure", "euclidean", "--label-map", str(tmp_path / "bad.json"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                str(root / "named"),
+                "--audio",
+                str(tmp_path / "audio"),
+                "--out",
+                str(tmp_path / "cut"),
+                "--measure",
+                "euclidean",
+                "--label-map",
+                str(tmp_path / "bad.json"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "--label-map bad.json: expected a non-empty JSON object" in capsys.readouterr().err
     monkeypatch.undo()
     monkeypatch.setattr(hf, "hidden_state_sequences", no_forward_passes)
-    code = main(["prune", str(root / "named"), "--audio", str(tmp_path / "audio"), "--out", str(tmp_path / "cut"),
-                 "--measure", "euclidean", "--keep", "1", "--quiet"])
+    code = main(
+        [
+            "prune",
+            str(root / "named"),
+            "--audio",
+            str(tmp_path / "audio"),
+            "--out",
+            str(tmp_path / "cut"),
+            "--measure",
+            "euclidean",
+            "--keep",
+            "1",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "the data's classes ['down', 'left'] do not match the predictor's classes ['yes', 'no', 'up']" in err
@@ -380,8 +515,30 @@ def test_cli_prune_refuses_other_names_before_the_forward_passes(setup, capsys, 
     reports = []
     for folder, extra in (("dl", []), ("generic", ["--label-map", str(tmp_path / "map.json")])):
         capsys.readouterr()
-        assert main(["prune", str(tmp_path / folder), "--audio", str(tmp_path / "audio"), "--out",
-                     str(tmp_path / f"cut-{folder}"), "--measure", "euclidean", "--keep", "1", "--pairs", "3",
-                     "--n-sampled", "3", "--no-plot", "--quiet", "--json", *extra]) == 0
+        assert (
+            main(
+                [
+                    "prune",
+                    str(tmp_path / folder),
+                    "--audio",
+                    str(tmp_path / "audio"),
+                    "--out",
+                    str(tmp_path / f"cut-{folder}"),
+                    "--measure",
+                    "euclidean",
+                    "--keep",
+                    "1",
+                    "--pairs",
+                    "3",
+                    "--n-sampled",
+                    "3",
+                    "--no-plot",
+                    "--quiet",
+                    "--json",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         reports.append(json.loads(capsys.readouterr().out)["scores"])
     assert reports[0] == reports[1]

@@ -48,8 +48,9 @@ def test_a_second_embed_into_the_same_store_is_refused_naming_the_holder(tmp_pat
 
     def embed():
         try:
-            first["result"] = hf.pooled_hidden_states(model, held, feature_extractor=fe, lengths=lengths,
-                                                      out_dir=out, labels=labels, progress=False)
+            first["result"] = hf.pooled_hidden_states(
+                model, held, feature_extractor=fe, lengths=lengths, out_dir=out, labels=labels, progress=False
+            )
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             first["error"] = exc
 
@@ -60,8 +61,9 @@ def test_a_second_embed_into_the_same_store_is_refused_naming_the_holder(tmp_pat
         with pytest.raises(OutputDirectoryBusy) as info:
             hf.pooled_hidden_states(model, waves, feature_extractor=fe, out_dir=out, labels=labels, progress=False)
         message = str(info.value)
-        assert message.startswith(f"the store {str(out)!r} is in use by another embed (pid {os.getpid()} on host "
-                                  f"{socket.gethostname()}")
+        assert message.startswith(
+            f"the store {str(out)!r} is in use by another embed (pid {os.getpid()} on host {socket.gethostname()}"
+        )
         assert "\n" not in message
         assert sorted(p.name for p in tmp_path.iterdir()) == [".emb.lock", ".emb.lock.holder", ".emb.partial"]
     finally:
@@ -88,8 +90,19 @@ def test_the_embed_command_is_refused_while_another_writes_the_store(speech, cap
     root, _, _ = speech
     out = tmp_path / "s"
     with store_lock(out):
-        code = main(["embed", str(root / "model"), "--audio", str(root / "audio"), "--out-dir", str(out),
-                     "--engine", engine, "--quiet"])
+        code = main(
+            [
+                "embed",
+                str(root / "model"),
+                "--audio",
+                str(root / "audio"),
+                "--out-dir",
+                str(out),
+                "--engine",
+                engine,
+                "--quiet",
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 1
         assert err.count("\n") == 1 and f"the store {str(out)!r} is in use by another embed (pid {os.getpid()}" in err
@@ -126,8 +139,9 @@ def test_pooled_hidden_states_is_refused_before_reading_audio(tmp_path):
     held = _Held(waves)
     held.go.set()
     with store_lock(tmp_path / "emb"), pytest.raises(OutputDirectoryBusy):
-        hf.pooled_hidden_states(model, held, feature_extractor=fe, out_dir=tmp_path / "emb", labels=["a", "b"],
-                                progress=False)
+        hf.pooled_hidden_states(
+            model, held, feature_extractor=fe, out_dir=tmp_path / "emb", labels=["a", "b"], progress=False
+        )
     assert not held.inside.is_set()  # no waveform was read
 
 
@@ -136,8 +150,11 @@ def test_a_store_named_through_a_symlink_has_the_real_paths_lock(tmp_path):
 
     (tmp_path / "real").mkdir()
     os.symlink(tmp_path / "real" / "emb", tmp_path / "link")  # the store's own name is the link
-    with store_lock(tmp_path / "real" / "emb"), \
-            pytest.raises(OutputDirectoryBusy, match=r"the store '.*/link' is in use"), store_lock(tmp_path / "link"):
+    with (
+        store_lock(tmp_path / "real" / "emb"),
+        pytest.raises(OutputDirectoryBusy, match=r"the store '.*/link' is in use"),
+        store_lock(tmp_path / "link"),
+    ):
         pass
 
 
@@ -145,12 +162,20 @@ def test_a_refused_store_write_creates_no_directories(tmp_path):
     model, fe = tiny_model("wav2vec2")
     waves = [np.zeros(1600, np.float32)] * 2
     with pytest.raises(ValueError, match="pass labels="):  # the store needs labels: refused inside the lock
-        hf.pooled_hidden_states(model, waves, feature_extractor=fe, out_dir=tmp_path / "a" / "b" / "emb",
-                                progress=False)
+        hf.pooled_hidden_states(
+            model, waves, feature_extractor=fe, out_dir=tmp_path / "a" / "b" / "emb", progress=False
+        )
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "emb").mkdir()
     (tmp_path / "emb" / "mine.txt").write_text("not a store")
     with pytest.raises(FileExistsError, match="not a layer store"):
-        hf.pooled_hidden_states(model, waves, feature_extractor=fe, out_dir=tmp_path / "emb", labels=["a", "b"],
-                                overwrite=True, progress=False)
+        hf.pooled_hidden_states(
+            model,
+            waves,
+            feature_extractor=fe,
+            out_dir=tmp_path / "emb",
+            labels=["a", "b"],
+            overwrite=True,
+            progress=False,
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]

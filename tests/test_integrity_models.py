@@ -104,20 +104,25 @@ def test_missing_encoder_tensors_are_an_error_naming_them(tmp_path, audio, capsy
     assert hasattr(back, "masked_spec_embed")
     wave = torch.randn(1, 1600)
     with torch.no_grad():
-        torch.testing.assert_close(back(wave).last_hidden_state, model.eval()(wave).last_hidden_state,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(back(wave).last_hidden_state, model.eval()(wave).last_hidden_state, rtol=0, atol=0)
 
 
 def test_unused_and_reshaped_tensors_are_errors(tmp_path):
     model, fe = tiny_model("wav2vec2", layers=3)
     path = _save(tmp_path / "m", model, fe)
     _edit_config(path, num_hidden_layers=2)  # the weights hold a block the config does not
-    with pytest.raises(ValueError, match=r"its weights hold 16 tensors \(encoder\.layers\.2\..*that Wav2Vec2Model "
-                                         r"does not use"):
+    with pytest.raises(
+        ValueError,
+        match=r"its weights hold 16 tensors \(encoder\.layers\.2\..*that Wav2Vec2Model "
+        r"does not use",
+    ):
         load_model(str(path))
     _edit_config(path, num_hidden_layers=3, intermediate_size=40)
-    with pytest.raises(ValueError, match=r"9 tensors \(encoder\.layers\.0\.feed_forward\.intermediate_dense\.bias, "
-                                         r".*\) have other shapes in the weights than in its config"):
+    with pytest.raises(
+        ValueError,
+        match=r"9 tensors \(encoder\.layers\.0\.feed_forward\.intermediate_dense\.bias, "
+        r".*\) have other shapes in the weights than in its config",
+    ):
         load_model(str(path))
 
 
@@ -131,8 +136,10 @@ def test_a_new_head_only_where_one_is_made(tmp_path, audio, capsys, monkeypatch)
     capsys.readouterr()
     assert main(_prune(path, audio, tmp_path / "out")) == 1
     err = _one_line(capsys)
-    assert ("its weights lack 4 tensors (classifier.bias, classifier.weight, projector.bias, projector.weight) of "
-            "Wav2Vec2ForSequenceClassification") in err
+    assert (
+        "its weights lack 4 tensors (classifier.bias, classifier.weight, projector.bias, projector.weight) of "
+        "Wav2Vec2ForSequenceClassification"
+    ) in err
     assert "a new classification head is allowed only where one is made, as by finetune" in err
     # the intended class loads it as it is
     capsys.readouterr()
@@ -161,8 +168,11 @@ def _custom_code_folder(path, marker, *, config_file="config.json"):
     model, fe = tiny_model("wav2vec2", layers=2)
     _save(path, model, fe)
     data = json.loads((path / config_file).read_text())
-    data["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel",
-                        "AutoFeatureExtractor": "evil.EvilFeatureExtractor"}
+    data["auto_map"] = {
+        "AutoConfig": "evil.EvilConfig",
+        "AutoModel": "evil.EvilModel",
+        "AutoFeatureExtractor": "evil.EvilFeatureExtractor",
+    }
     if config_file == "config.json":
         data["model_type"] = "evil"
         data["architectures"] = ["EvilModel"]
@@ -182,17 +192,28 @@ def test_custom_code_is_refused_without_a_prompt(tmp_path, audio):
     fails with one line naming the config with ``auto_map`` and the code."""
     marker = tmp_path / "MARKER"
     path = _custom_code_folder(tmp_path / "evil", marker)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                          os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "fastconvex", *_prune(path, audio, tmp_path / "out")],
-                          input="y\n", capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "fastconvex", *_prune(path, audio, tmp_path / "out")],
+        input="y\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert not marker.exists()  # the "y" on stdin was never read as consent: the folder's code did not run
     assert "custom code?" not in done.stdout + done.stderr
     assert done.returncode == 1, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert ("needs its own Python code (config.json has auto_map for AutoConfig, AutoFeatureExtractor, "
-            "AutoModel; code: evil.py)") in done.stderr
+    assert (
+        "needs its own Python code (config.json has auto_map for AutoConfig, AutoFeatureExtractor, "
+        "AutoModel; code: evil.py)"
+    ) in done.stderr
     with pytest.raises(ValueError, match="needs its own Python code"):
         hf.load_pruned(path)
     assert not marker.exists()
@@ -226,8 +247,12 @@ def test_trust_remote_code_is_false_on_every_load(tmp_path, monkeypatch):
     loaded, _ = load_model(str(path))
     hf.load_pruned(path)
     hf.classification_model(loaded, ["a", "b"])  # the new head of finetune
-    assert {name for name, _ in calls} == {"AutoConfig", "AutoFeatureExtractor", "Wav2Vec2Model",
-                                           "AutoModelForAudioClassification"}
+    assert {name for name, _ in calls} == {
+        "AutoConfig",
+        "AutoFeatureExtractor",
+        "Wav2Vec2Model",
+        "AutoModelForAudioClassification",
+    }
     assert all(value is False for _, value in calls), calls
 
 
@@ -292,9 +317,20 @@ def test_an_absent_cuda_device_is_a_usage_error_before_loading(tmp_path, audio, 
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_loading)
     with pytest.raises(ValueError, match=message):
         load_model(str(path), device=device)
-    for argv in (_prune(path, audio, tmp_path / "out", "--device", device),
-                 ["embed", str(path), "--audio", str(audio), "--out-dir", str(tmp_path / "store"), "--quiet",
-                  "--device", device]):
+    for argv in (
+        _prune(path, audio, tmp_path / "out", "--device", device),
+        [
+            "embed",
+            str(path),
+            "--audio",
+            str(audio),
+            "--out-dir",
+            str(tmp_path / "store"),
+            "--quiet",
+            "--device",
+            device,
+        ],
+    ):
         capsys.readouterr()
         assert main(argv) == 2
         err = _one_line(capsys)
@@ -362,6 +398,8 @@ def test_only_the_files_transformers_reads_are_checked(tmp_path):
     (path / "model.safetensors").unlink()
     with pytest.raises(ValueError) as err:
         load_model(str(path))
-    assert ("has no weight files (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin, "
-            "pytorch_model.bin.index.json)") in str(err.value)
+    assert (
+        "has no weight files (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin, "
+        "pytorch_model.bin.index.json)"
+    ) in str(err.value)
     assert "corrupt" not in str(err.value)

@@ -105,11 +105,14 @@ def test_sigterm_during_a_ray_sweep_exits_143_in_one_line_and_restores_handlers(
     import fastconvex as fc
 
     rng = np.random.default_rng(0)
-    store = fc.save_store(tmp_path / "store", [rng.standard_normal((30, 4)).astype(np.float32)],
-                          rng.integers(0, 3, 30))
+    store = fc.save_store(tmp_path / "store", [rng.standard_normal((30, 4)).astype(np.float32)], rng.integers(0, 3, 30))
     pids = tmp_path / "pids.json"
-    proc = subprocess.run([sys.executable, "-c", _TERM_DRIVER, str(store.path), str(tmp_path / "out"), str(pids)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _TERM_DRIVER, str(store.path), str(tmp_path / "out"), str(pids)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert json.loads(proc.stdout.strip().splitlines()[0]) == {"inside": True, "after": True}
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert proc.stderr == "fastconvex: terminated (SIGTERM): stopping the Ray it started\n"
@@ -133,15 +136,18 @@ def test_sigterm_during_a_ray_sweep_exits_143_in_one_line_and_restores_handlers(
     assert alive() == []
 
 
-@pytest.mark.parametrize("env, backend, device, gpu_ids, expected", [
-    ("numba", "auto", None, [0], None),  # FASTCONVEX_BACKEND=numba on a GPU: CPU scoring
-    ("naive", "auto", None, [0], None),
-    ("triton", "auto", None, [0], "cuda"),
-    ("", "auto", None, [0], "cuda"),  # unset or empty: auto takes the GPU Ray assigned
-    ("numba", "triton", None, [0], "cuda"),  # an explicit backend wins over the variable
-    ("numba", "auto", "cpu", [0], "cpu"),  # as does a named device
-    ("triton", "auto", None, [], None),  # no GPU given
-])
+@pytest.mark.parametrize(
+    "env, backend, device, gpu_ids, expected",
+    [
+        ("numba", "auto", None, [0], None),  # FASTCONVEX_BACKEND=numba on a GPU: CPU scoring
+        ("naive", "auto", None, [0], None),
+        ("triton", "auto", None, [0], "cuda"),
+        ("", "auto", None, [0], "cuda"),  # unset or empty: auto takes the GPU Ray assigned
+        ("numba", "triton", None, [0], "cuda"),  # an explicit backend wins over the variable
+        ("numba", "auto", "cpu", [0], "cpu"),  # as does a named device
+        ("triton", "auto", None, [], None),  # no GPU given
+    ],
+)
 def test_task_device_honours_fastconvex_backend(monkeypatch, env, backend, device, gpu_ids, expected):
     from fastconvex.sweeps.task import task_device
 
@@ -181,11 +187,14 @@ class _FakeRay:
         self.shut = True
 
 
-@pytest.mark.parametrize("address, env, line", [
-    (None, "", "stopping the Ray it started"),
-    ("ray://head:10001", "", "disconnecting from the Ray cluster at ray://head:10001"),
-    (None, "auto", "disconnecting from the Ray cluster at auto"),  # RAY_ADDRESS: ray.init joins it
-])
+@pytest.mark.parametrize(
+    "address, env, line",
+    [
+        (None, "", "stopping the Ray it started"),
+        ("ray://head:10001", "", "disconnecting from the Ray cluster at ray://head:10001"),
+        (None, "auto", "disconnecting from the Ray cluster at auto"),  # RAY_ADDRESS: ray.init joins it
+    ],
+)
 def test_the_sigterm_line_says_what_happens_to_ray(monkeypatch, capsys, address, env, line):
     import signal
 

@@ -174,9 +174,25 @@ def test_a_second_sweep_into_a_busy_out_dir_is_refused(tmp_path):
                 break
             time.sleep(0.1)
         assert started.exists(), "the first sweep never started"
-        second = subprocess.run([sys.executable, "-m", "fastconvex", "sweep", str(store.path), "--out-dir", str(out),
-                                 "--pairs", "30", "--no-plot", "--layers", "0"], capture_output=True, text=True,
-                                timeout=120)
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fastconvex",
+                "sweep",
+                str(store.path),
+                "--out-dir",
+                str(out),
+                "--pairs",
+                "30",
+                "--no-plot",
+                "--layers",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 1
         assert second.stderr.count("\n") == 1 and second.stdout == ""
         assert f"out_dir {str(out)!r} is in use by another sweep (pid {holder.pid} on host" in second.stderr
@@ -199,12 +215,32 @@ def test_command_reports_its_own_results_not_the_file(tmp_path, capsys, monkeypa
     def then_another_run_writes(path, obj):  # another writer replaces sweep.json right after this run
         real(path, obj)
         if Path(path).name == "sweep.json":
-            real(path, {**obj, "computed": -1, "stores": {"store0": {**obj["stores"]["store0"], "scores": [0.5] * 3,
-                                                                     "layer_indices": [0, 1, 2]}}})
+            real(
+                path,
+                {
+                    **obj,
+                    "computed": -1,
+                    "stores": {"store0": {**obj["stores"]["store0"], "scores": [0.5] * 3, "layer_indices": [0, 1, 2]}},
+                },
+            )
 
     monkeypatch.setattr(sweep_out, "write_json_atomic", then_another_run_writes)
-    assert main(["sweep", str(stores[0].path), "--out-dir", str(tmp_path / "out"), "--pairs", "30", "--no-plot",
-                 "--json", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                str(stores[0].path),
+                "--out-dir",
+                str(tmp_path / "out"),
+                "--pairs",
+                "30",
+                "--no-plot",
+                "--json",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     ref = fc.layer_scores(stores[0].layers, stores[0].labels, pairs=30)
     assert doc["computed"] == 3 and doc["stores"]["store0"]["scores"] == ref.scores.tolist()
@@ -240,8 +276,11 @@ def test_outputs_of_other_settings_need_overwrite(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sweep", *paths, "--pairs", "31"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "sweep.json was written by a sweep with other settings (budget 30 there, 31 now)" \
-        in err and "--overwrite" in err
+    assert (
+        err.count("\n") == 1
+        and "sweep.json was written by a sweep with other settings (budget 30 there, 31 now)" in err
+        and "--overwrite" in err
+    )
     assert (out / "sweep.json").read_bytes() == before and len(_task_files(out)) == 3  # nothing computed
     # fewer layers than the earlier sweep would drop its merged rows
     with pytest.raises(ValueError, match=r"also holds store 'store0' layer\(s\) \[2\]"):
@@ -294,8 +333,21 @@ def test_errors_name_the_files(tmp_path):
 def test_euclidean_store_errors_name_the_store(euclid, tmp_path, capsys):  # noqa: F811
     root, _, _ = euclid
     narrow = fc.save_store(tmp_path / "narrow", [np.zeros((4, 5), np.float32)], [1, 1, 2, 2], utterance=[0, 0, 1, 1])
-    assert main(["sweep", str(narrow.path), "--out-dir", str(tmp_path / "o"), "--measure", "euclidean",
-                 "--model", str(root / "model")]) == 1
+    assert (
+        main(
+            [
+                "sweep",
+                str(narrow.path),
+                "--out-dir",
+                str(tmp_path / "o"),
+                "--measure",
+                "euclidean",
+                "--model",
+                str(root / "model"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"STORE {narrow.path}: model: hidden size 32 differs" in err
     with pytest.raises(ValueError, match=rf"store 'narrow' \({narrow.path}\): model: hidden size 32 differs"):
@@ -327,8 +379,10 @@ def test_the_backend_a_result_was_made_with_is_part_of_its_key(tmp_path, monkeyp
     monkeypatch.setenv("FASTCONVEX_BACKEND", "naive")
     doc = fc.sweep(store, out_dir=out, verbose=False, **KW).document
     assert doc["computed"] == 3 and doc["reused"] == 0  # not the numba results under the same settings
-    assert sorted(json.loads(p.read_text())["ran_as"]["backend"] for p in _task_files(out)) == ["naive"] * 3 + \
-        ["numba"] * 3
+    assert (
+        sorted(json.loads(p.read_text())["ran_as"]["backend"] for p in _task_files(out))
+        == ["naive"] * 3 + ["numba"] * 3
+    )
 
 
 class _FakeRay:
@@ -354,8 +408,9 @@ def test_ran_as_resolves_the_device_type_of_a_ray_cluster(monkeypatch):
     # an hf.predict_from_layer callable runs where its model is, whatever device= says
     from types import SimpleNamespace
 
-    on_gpu = SimpleNamespace(model=SimpleNamespace(parameters=lambda: iter([SimpleNamespace(
-        device=SimpleNamespace(type="cuda"))])))
+    on_gpu = SimpleNamespace(
+        model=SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=SimpleNamespace(type="cuda"))]))
+    )
     assert ran_as("euclidean", "auto", None, model=on_gpu) == {"device": "cuda"}
     assert ran_as("euclidean", "auto", None, model="a/model/dir") == {"device": "cpu"}
 
@@ -366,16 +421,27 @@ def test_a_task_that_ran_otherwise_than_its_key_says_writes_nothing(tmp_path):
 
     store = make_stores(tmp_path)[0]
     result = tmp_path / "result.json"
-    task = LayerTask(str(store.path), store.name, store.fingerprint, 0, str(result),
-                     {"ran_as": {"backend": "triton"}})
-    with pytest.raises(RuntimeError, match=r"scored with \{'backend': 'numba'\}, but the sweep resolved "
-                                           r"\{'backend': 'triton'\}"):
+    task = LayerTask(str(store.path), store.name, store.fingerprint, 0, str(result), {"ran_as": {"backend": "triton"}})
+    with pytest.raises(
+        RuntimeError,
+        match=r"scored with \{'backend': 'numba'\}, but the sweep resolved "
+        r"\{'backend': 'triton'\}",
+    ):
         run_layer_task(task, plan_scoring(store.labels, pairs=30, seed=0), backend="numba")
     assert not result.exists()
 
 
-@pytest.mark.parametrize("dtype,shape", [("float32", (37, 6)), ("float16", (5, 3)), (">f8", (11, 7)),
-                                         ("int8", (13, 1)), ("float64", (0, 4)), ("uint16", (1, 9))])
+@pytest.mark.parametrize(
+    "dtype,shape",
+    [
+        ("float32", (37, 6)),
+        ("float16", (5, 3)),
+        (">f8", (11, 7)),
+        ("int8", (13, 1)),
+        ("float64", (0, 4)),
+        ("uint16", (1, 9)),
+    ],
+)
 def test_plain_read_hash_equals_the_manifest_hash(tmp_path, monkeypatch, dtype, shape):
     import fastconvex.store.read as sr
     from fastconvex.store.format import _array_sha256
@@ -452,8 +518,22 @@ def test_a_changed_store_file_is_a_data_error_in_the_command(tmp_path, capsys, h
         os.replace(layer, elsewhere)
         os.symlink(elsewhere, layer)
         argv_layers = []
-    assert main(["sweep", str(store.path), "--out-dir", str(tmp_path / "out"), "--pairs", "30", "--no-plot",
-                 "--quiet", *argv_layers]) == 1
+    assert (
+        main(
+            [
+                "sweep",
+                str(store.path),
+                "--out-dir",
+                str(tmp_path / "out"),
+                "--pairs",
+                "30",
+                "--no-plot",
+                "--quiet",
+                *argv_layers,
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(layer) in err
     assert ("content differs" if how == "edited" else "outside the store") in err
@@ -475,8 +555,11 @@ def test_a_failed_seed_none_sweep_names_the_seed_that_resumes_it(tmp_path, monke
         return real(*args, **kwargs)
 
     monkeypatch.setattr(task_mod, "score_layer", second_fails)
-    with pytest.raises(RuntimeError, match=r"rerun with seed=123456789 to resume\); first: store 'store0' layer 1: "
-                                           r"worker lost") as info:
+    with pytest.raises(
+        RuntimeError,
+        match=r"rerun with seed=123456789 to resume\); first: store 'store0' layer 1: "
+        r"worker lost",
+    ) as info:
         fc.sweep(store, out_dir=tmp_path / "out", seed=None, verbose=False, **KW)
     assert "a rerun resumes" not in str(info.value)
     monkeypatch.setattr(task_mod, "score_layer", real)
@@ -548,8 +631,9 @@ def test_failed_tasks_do_not_keep_their_layer_files_open(tmp_path):
     and memmap until the sweep ended, and the sweep ran out of descriptors)."""
     script = tmp_path / "emfile.py"
     script.write_text(_EMFILE_SCRIPT)
-    run = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
-                         check=False)
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, check=False
+    )
     assert run.returncode == 0, run.stderr
     first, counts = run.stdout.splitlines()[-2:]
     assert first.startswith("60 of 60 sweep task(s) failed"), run.stdout
@@ -666,8 +750,9 @@ def test_a_task_whose_key_names_another_backend_fails_before_scoring(tmp_path, m
 
     store = make_stores(tmp_path)[0]
     monkeypatch.setattr(task_mod, "score_layer", lambda *a, **k: pytest.fail("scored before the key was checked"))
-    task = sw.LayerTask(str(store.path), store.name, store.fingerprint, 0, str(tmp_path / "r.json"),
-                        {"ran_as": {"backend": "triton"}})
+    task = sw.LayerTask(
+        str(store.path), store.name, store.fingerprint, 0, str(tmp_path / "r.json"), {"ran_as": {"backend": "triton"}}
+    )
     with pytest.raises(RuntimeError, match=r"scored with \{'backend': 'numba'\}, but the sweep resolved"):
         sw.run_layer_task(task, plan_scoring(store.labels, pairs=30, seed=0), backend="numba")
     monkeypatch.setenv("FASTCONVEX_BACKEND", "naive")

@@ -82,7 +82,9 @@ def test_resume_refuses_other_model_weights(tmp_path):
     ref = hf.pooled_hidden_states(model, waves, feature_extractor=fe, batch_size=2, progress=False)
     for a, b in zip(res, ref):
         np.testing.assert_array_equal(np.asarray(a), b)
-    assert fc.open_store(tmp_path / "emb").meta["weights_sha256"] == importlib.import_module("fastconvex.hf.embed.store_out").weights_sha256(model)
+    assert fc.open_store(tmp_path / "emb").meta["weights_sha256"] == importlib.import_module(
+        "fastconvex.hf.embed.store_out"
+    ).weights_sha256(model)
 
 
 @pytest.mark.hf
@@ -173,8 +175,22 @@ def test_cli_embed_resume_refuses_a_changed_model_folder_and_audio_file(speech, 
 
     assert main([*argv, "--overwrite"]) == 0
     capsys.readouterr()
-    assert main(["embed", str(model_dir), "--audio", str(audio_dir), "--out-dir", str(tmp_path / "fresh"),
-                 "--batch-size", "4", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(model_dir),
+                "--audio",
+                str(audio_dir),
+                "--out-dir",
+                str(tmp_path / "fresh"),
+                "--batch-size",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     for a, b in zip(fc.open_store(out).layers, fc.open_store(tmp_path / "fresh").layers):
         np.testing.assert_array_equal(a, b)
 
@@ -206,11 +222,14 @@ def test_written_files_honour_the_umask(tmp_path, umask, file_mode, dir_mode):
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     dirs = [p for p in tmp_path.rglob("*") if p.is_dir()]
     assert {"store.json", "layer_000.npy", "labels.npy", "result.json", "x.json", "x.txt", "sweep.json"} <= {
-        p.name for p in files}
+        p.name for p in files
+    }
     assert {p.relative_to(tmp_path).as_posix(): oct(_mode(p)) for p in files} == {
-        p.relative_to(tmp_path).as_posix(): oct(file_mode) for p in files}
+        p.relative_to(tmp_path).as_posix(): oct(file_mode) for p in files
+    }
     assert {p.relative_to(tmp_path).as_posix(): oct(_mode(p)) for p in dirs} == {
-        p.relative_to(tmp_path).as_posix(): oct(dir_mode) for p in dirs}
+        p.relative_to(tmp_path).as_posix(): oct(dir_mode) for p in dirs
+    }
 
 
 # ---- a full disk ---------------------------------------------------------------------------------------
@@ -224,9 +243,14 @@ def small_disk(tmp_path):
     with an OSError in the kernel (ENOSPC, or EFBIG), as a full disk does."""
     where = tmp_path / "small"
     where.mkdir()
-    mounted = os.name == "posix" and shutil.which("mount") is not None and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0777", "tmpfs", str(where)],
-        capture_output=True).returncode == 0
+    mounted = (
+        os.name == "posix"
+        and shutil.which("mount") is not None
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0777", "tmpfs", str(where)], capture_output=True
+        ).returncode
+        == 0
+    )
     yield where, mounted
     if mounted:
         subprocess.run(["umount", str(where)], check=True)
@@ -234,6 +258,7 @@ def small_disk(tmp_path):
 
 def _run_limited(argv, mounted, **kw):
     """Run ``argv`` in a child process (a SIGBUS kills the child, not the tests)."""
+
     def limit():
         import resource
         import signal
@@ -241,8 +266,9 @@ def _run_limited(argv, mounted, **kw):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
 
-    return subprocess.run(argv, capture_output=True, text=True, timeout=600,
-                          preexec_fn=None if mounted else limit, **kw)
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=600, preexec_fn=None if mounted else limit, **kw
+    )
 
 
 def test_save_store_on_a_full_disk_is_one_line_naming_the_file(small_disk):
@@ -270,8 +296,22 @@ def test_cli_embed_on_a_full_disk_is_one_line_exit_1(speech, small_disk):  # noq
     one line naming the file, exit status 1, nothing left behind."""
     root, _, _ = speech
     where, mounted = small_disk
-    proc = _run_limited([sys.executable, "-m", "fastconvex", "embed", str(root / "model"), "--audio",
-                         str(root / "audio"), "--out-dir", str(where / "s"), "--frames", "--quiet"], mounted)
+    proc = _run_limited(
+        [
+            sys.executable,
+            "-m",
+            "fastconvex",
+            "embed",
+            str(root / "model"),
+            "--audio",
+            str(root / "audio"),
+            "--out-dir",
+            str(where / "s"),
+            "--frames",
+            "--quiet",
+        ],
+        mounted,
+    )
     # a memory-mapped write into a full disk would kill the child with SIGBUS (returncode -7)
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     assert proc.stdout == "" and proc.stderr.count("\n") == 1
@@ -334,8 +374,19 @@ def test_cli_embed_ray_resume_checks_audio_and_the_workers_weights(speech, tmp_p
         raise RuntimeError("the cluster went away")
 
     monkeypatch.setattr(embed_mod, "embed_on_ray", two_chunks_then_lost)
-    argv = ["embed", str(model_dir), "--audio", str(audio_dir), "--out-dir", str(tmp_path / "s"), "--quiet",
-            "--engine", "ray", "--chunk-size", "4"]
+    argv = [
+        "embed",
+        str(model_dir),
+        "--audio",
+        str(audio_dir),
+        "--out-dir",
+        str(tmp_path / "s"),
+        "--quiet",
+        "--engine",
+        "ray",
+        "--chunk-size",
+        "4",
+    ]
     assert main(argv) == 1 and ran == [0, 1]
     capsys.readouterr()
     paths, _ = hf.find_audio(audio_dir)
@@ -352,10 +403,24 @@ def test_cli_embed_ray_resume_checks_audio_and_the_workers_weights(speech, tmp_p
     fresh = tmp_path / "fresh"
     assert main(["embed", str(model_dir), "--audio", str(audio_dir), "--out-dir", str(fresh), "--quiet"]) == 0
     job = embed_mod.EmbedJob(
-        model=str(model_dir), model_class=None, device=None, paths=[str(p) for p in paths], sampling_rate=16000,
-        batch_size=8, dtype="float32", layers=None, final_norm="raw", mix_lengths=False,
-        partial_dir=str(tmp_path / ".s.partial"), layer_files=["layer_000.npy"],
-        signature={k: v for k, v in fc.open_store(fresh).meta.items() if k in importlib.import_module("fastconvex.hf.embed.store_out").SIGNATURE_KEYS})
+        model=str(model_dir),
+        model_class=None,
+        device=None,
+        paths=[str(p) for p in paths],
+        sampling_rate=16000,
+        batch_size=8,
+        dtype="float32",
+        layers=None,
+        final_norm="raw",
+        mix_lengths=False,
+        partial_dir=str(tmp_path / ".s.partial"),
+        layer_files=["layer_000.npy"],
+        signature={
+            k: v
+            for k, v in fc.open_store(fresh).meta.items()
+            if k in importlib.import_module("fastconvex.hf.embed.store_out").SIGNATURE_KEYS
+        },
+    )
     changed = type(model).from_pretrained(model_dir)
     with torch.no_grad():
         changed.encoder.layers[0].attention.k_proj.bias[0] += 0.25
@@ -390,8 +455,7 @@ def test_resume_refuses_another_feature_extractor(tmp_path):
     _interrupted_embed(hf, model, normalising, waves, tmp_path / "emb", feature_extractor=normalising, **kw)
     with pytest.raises(ValueError, match=r"different job \(it differs in the feature extractor;.*overwrite"):
         hf.pooled_hidden_states(model, waves, out_dir=tmp_path / "emb", feature_extractor=plain, **kw)
-    res = hf.pooled_hidden_states(model, waves, out_dir=tmp_path / "emb", feature_extractor=plain, overwrite=True,
-                                  **kw)
+    res = hf.pooled_hidden_states(model, waves, out_dir=tmp_path / "emb", feature_extractor=plain, overwrite=True, **kw)
     ref = hf.pooled_hidden_states(model, waves, feature_extractor=plain, batch_size=2, progress=False)
     other = hf.pooled_hidden_states(model, waves, feature_extractor=normalising, batch_size=2, progress=False)
     for a, b, c in zip(res, ref, other):
@@ -499,12 +563,25 @@ def test_cli_embed_ray_on_a_full_disk_leaves_no_partial_write(speech, tmp_path, 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(_store_write, "_reserve", full)
-    argv = ["embed", str(root / "model"), "--audio", str(root / "audio"), "--out-dir", str(tmp_path / "s"),
-            "--quiet", "--engine", "ray", "--chunk-size", "4"]
+    argv = [
+        "embed",
+        str(root / "model"),
+        "--audio",
+        str(root / "audio"),
+        "--out-dir",
+        str(tmp_path / "s"),
+        "--quiet",
+        "--engine",
+        "ray",
+        "--chunk-size",
+        "4",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert err == (f"fastconvex embed: error: cannot write {str(tmp_path / '.s.partial' / 'layer_000.npy')!r}: "
-                   "No space left on device\n")
+    assert err == (
+        f"fastconvex embed: error: cannot write {str(tmp_path / '.s.partial' / 'layer_000.npy')!r}: "
+        "No space left on device\n"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -589,9 +666,9 @@ def test_plots_are_written_atomically_and_a_failure_names_the_file(tmp_path, mon
 def test_chunk_rows_cover_every_utterance_once():
     from fastconvex.hf.embed.job import chunk_rows
 
-    assert chunk_rows(10, 4) == [range(0, 4), range(4, 8), range(8, 10)]
-    assert chunk_rows(8, 4) == [range(0, 4), range(4, 8)]
-    assert chunk_rows(3, 256) == [range(0, 3)]
+    assert chunk_rows(10, 4) == [range(4), range(4, 8), range(8, 10)]
+    assert chunk_rows(8, 4) == [range(4), range(4, 8)]
+    assert chunk_rows(3, 256) == [range(3)]
 
 
 @pytest.mark.hf

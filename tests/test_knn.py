@@ -7,13 +7,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from fastconvex.kernels.numba.knn import knn as numba_knn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from oracles import assert_knn_equal_up_to_ties, bruteforce_knn_f64
 
 import fastconvex as fc
+from fastconvex.kernels.numba.knn import knn as numba_knn
 
 CPU_BACKENDS = ["numba", "naive"]
 FAST_BACKENDS = ["numba", pytest.param("triton", marks=pytest.mark.triton)]
@@ -68,8 +68,12 @@ def test_the_tie_aware_oracle_rejects_wrong_lists():
     swapped[0] = [2, 1]  # tied at distance 1: either order
     assert_knn_equal_up_to_ties(x, swapped, good_d, 2)
     bad = []
-    for row, idx, dist in [(0, [1, 1], [1.0, 1.0]), (1, [0, 3], [1.0, 4.0]), (2, [2, 0], [0.0, 1.0]),
-                           (3, [1, 0], [4.0, 4.0])]:
+    for row, idx, dist in [
+        (0, [1, 1], [1.0, 1.0]),
+        (1, [0, 3], [1.0, 4.0]),
+        (2, [2, 0], [0.0, 1.0]),
+        (3, [1, 0], [4.0, 4.0]),
+    ]:
         i, d = good_i.copy(), good_d.copy()
         i[row], d[row] = idx, dist
         bad.append((i, d))
@@ -123,8 +127,17 @@ def test_float32_and_torch_inputs_agree_with_float64():
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("scale,dtype", [(1e-310, np.float64), (1e-300, np.float64), (1e-30, np.float64),
-                                         (1e-25, np.float32), (1e170, np.float64), (1e300, np.float64)])
+@pytest.mark.parametrize(
+    "scale,dtype",
+    [
+        (1e-310, np.float64),
+        (1e-300, np.float64),
+        (1e-30, np.float64),
+        (1e-25, np.float32),
+        (1e170, np.float64),
+        (1e300, np.float64),
+    ],
+)
 def test_knn_and_scores_do_not_depend_on_the_scale(backend, scale, dtype):
     """Oracle: the same data at scale 1 (a power of two apart would be exact;
     here the data are rounded once by the multiplication). Float32 products of
@@ -149,8 +162,7 @@ def test_certificate_fallback_on_clustered_near_ties():
     # 60 copies of one point and 60 near it: more tied candidates than the
     # float32 pass keeps, so rows must fall back to the exact scan, and be right.
     rng = np.random.default_rng(5)
-    x = np.concatenate([np.ones((60, 32)), 1 + rng.normal(size=(60, 32)) * 1e-5,
-                        rng.normal(size=(60, 32))])
+    x = np.concatenate([np.ones((60, 32)), 1 + rng.normal(size=(60, 32)) * 1e-5, rng.normal(size=(60, 32))])
     idx, dist, n_fallback = numba_knn(x, 5)
     assert n_fallback > 0
     assert_knn_equal_up_to_ties(x, idx, dist, 5)
@@ -174,8 +186,11 @@ def test_knn_tiles_smaller_than_data():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    arrays(np.float64, st.tuples(st.integers(2, 40), st.integers(1, 6)),
-           elements=st.floats(-100, 100, allow_nan=False, width=32)),
+    arrays(
+        np.float64,
+        st.tuples(st.integers(2, 40), st.integers(1, 6)),
+        elements=st.floats(-100, 100, allow_nan=False, width=32),
+    ),
     st.data(),
 )
 def test_knn_properties(x, data):
@@ -185,8 +200,7 @@ def test_knn_properties(x, data):
     rows = np.arange(n)[:, None]
     # rows ascending, distances recomputable from indices, never self
     assert np.all(np.diff(g.distances, axis=1) >= 0)
-    np.testing.assert_allclose(g.distances, np.linalg.norm(x[rows] - x[g.indices], axis=-1),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g.distances, np.linalg.norm(x[rows] - x[g.indices], axis=-1), rtol=1e-12, atol=1e-12)
     assert not np.any(g.indices == rows)
     assert all(len(set(r)) == k for r in g.indices.tolist())
     assert_knn_equal_up_to_ties(x, g.indices, g.distances, k)

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastconvex.kernels.numba.knn import knn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastconvex.kernels.numba.knn import knn
+
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(3, 60), d=st.integers(1, 5), k_frac=st.floats(0, 1), seed=st.integers(0, 10**6),
-       grid=st.booleans(), cut=st.tuples(st.floats(0, 1), st.floats(0, 1)))
+@given(
+    n=st.integers(3, 60),
+    d=st.integers(1, 5),
+    k_frac=st.floats(0, 1),
+    seed=st.integers(0, 10**6),
+    grid=st.booleans(),
+    cut=st.tuples(st.floats(0, 1), st.floats(0, 1)),
+)
 def test_query_block_equals_rows_of_the_full_result(n, d, k_frac, seed, grid, cut):
     rng = np.random.default_rng(seed)
     # integer grids give many exact ties and duplicate rows

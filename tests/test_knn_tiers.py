@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastconvex.kernels.numba import knn as numba_knn_module
-from fastconvex.kernels.numba.knn import knn
 from oracles import bruteforce_knn_f64
 
 import fastconvex as fc
+from fastconvex.kernels.numba import knn as numba_knn_module
+from fastconvex.kernels.numba.knn import knn
 
 
 def _far_clusters(n=1500, d=16, spread=1000.0, seed=0, dtype=np.float32):

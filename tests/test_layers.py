@@ -24,8 +24,7 @@ def test_forms_agree_with_per_layer_graph_convexity():
     layers, y = _layers()
     expected = [fc.graph_convexity(h, y, k=4, pairs=50, seed=1) for h in layers]
     stacked = np.stack(layers)
-    for form in (layers, tuple(layers), stacked, torch.from_numpy(stacked),
-                 [torch.from_numpy(h) for h in layers]):
+    for form in (layers, tuple(layers), stacked, torch.from_numpy(stacked), [torch.from_numpy(h) for h in layers]):
         r = fc.layer_scores(form, y, k=4, pairs=50, seed=1, progress=False)
         assert len(r) == 3 and r.scores.shape == (3,) and r.stderr.shape == (3,)
         for got, exp in zip(r.layers, expected):
@@ -84,16 +83,23 @@ def test_pooling_with_lengths_and_mask_equals_manual_pooling():
         np.testing.assert_allclose(got.scores, ref.scores, rtol=0, atol=1e-12)
     # list of per-layer (B, T, D) torch tensors, pooled in torch: float64 in
     # float64 (the same pooled vectors to rounding), float32 in float32
-    got = fc.layer_scores([torch.from_numpy(a) for a in h], y, k=3, exact=True, progress=False,
-                          attention_mask=torch.from_numpy(mask))
+    got = fc.layer_scores(
+        [torch.from_numpy(a) for a in h], y, k=3, exact=True, progress=False, attention_mask=torch.from_numpy(mask)
+    )
     np.testing.assert_allclose(got.scores, ref.scores, rtol=0, atol=1e-12)
     from fastconvex.core.layers import prepare_layers
 
     pooled, _ = prepare_layers([torch.from_numpy(a) for a in h], y, attention_mask=torch.from_numpy(mask))
     assert pooled[0].dtype == torch.float64
     np.testing.assert_allclose(pooled[0].numpy(), manual[0], rtol=1e-15, atol=1e-15)
-    got = fc.layer_scores([torch.from_numpy(a).float() for a in h], y, k=3, exact=True, progress=False,
-                          attention_mask=torch.from_numpy(mask))
+    got = fc.layer_scores(
+        [torch.from_numpy(a).float() for a in h],
+        y,
+        k=3,
+        exact=True,
+        progress=False,
+        attention_mask=torch.from_numpy(mask),
+    )
     np.testing.assert_allclose(got.scores, ref.scores, atol=1e-6)
     # no mask, no lengths: every frame counts
     allframes = fc.layer_scores(h, y, k=3, exact=True, progress=False)

@@ -103,9 +103,21 @@ def _build_isolation_flags() -> list[str]:
 def test_wheel_ships_kernels_only_as_fastconvex_kernels(tmp_path):
     wheel_dir = tmp_path / "wheel"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", *_build_isolation_flags(),
-         "-q", "-w", str(wheel_dir), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            *_build_isolation_flags(),
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     (wheel,) = wheel_dir.glob("fastconvex-*.whl")
@@ -120,9 +132,10 @@ def test_wheel_ships_kernels_only_as_fastconvex_kernels(tmp_path):
     # installed from the wheel, the kernels import from it, not from the checkout
     site = tmp_path / "site"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
-         "--target", str(site), str(wheel)],
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = _run_in(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from fastconvex.kernels.numba.graph import union_csr
-from fastconvex.kernels.numba.knn import knn
-from fastconvex.kernels.numba.paths import bucket_plan, class_sums, pair_scores
 from oracles import scipy_shortest_distances
 from scipy.sparse.csgraph import dijkstra
 
 from fastconvex.datasets import overlapping_classes
+from fastconvex.kernels.numba.graph import union_csr
+from fastconvex.kernels.numba.knn import knn
+from fastconvex.kernels.numba.paths import bucket_plan, class_sums, pair_scores
 
 
 def _graph(x, k):
@@ -41,9 +41,15 @@ DATA = [
     pytest.param(lambda: overlapping_classes(300, 64, 4, seed=1, dtype=np.float64), 10, id="high-dim"),
     pytest.param(lambda: overlapping_classes(257, 3, 5, seed=2, dtype=np.float64), 4, id="low-dim"),
     pytest.param(
-        lambda: (np.concatenate([np.random.default_rng(3).normal(size=(60, 4)),
-                                 500 + np.random.default_rng(4).normal(size=(61, 4))]),
-                 np.random.default_rng(5).integers(0, 3, 121)), 3, id="disconnected"),
+        lambda: (
+            np.concatenate(
+                [np.random.default_rng(3).normal(size=(60, 4)), 500 + np.random.default_rng(4).normal(size=(61, 4))]
+            ),
+            np.random.default_rng(5).integers(0, 3, 121),
+        ),
+        3,
+        id="disconnected",
+    ),
 ]
 
 
@@ -107,10 +113,12 @@ def test_a_target_listed_twice_gets_its_score_twice(buckets):
     codes = codes.astype(np.int64)
     indptr, nbr, w = _graph(x, 5)
     sources = np.array([0, 7], dtype=np.int64)
-    single = pair_scores(indptr, nbr, w, codes, sources, np.array([0, 3, 5]),
-                         np.array([9, 40, 77, 3, 50]), buckets=buckets)
-    double = pair_scores(indptr, nbr, w, codes, sources, np.array([0, 5, 8]),
-                         np.array([9, 40, 9, 77, 40, 3, 50, 3]), buckets=buckets)
+    single = pair_scores(
+        indptr, nbr, w, codes, sources, np.array([0, 3, 5]), np.array([9, 40, 77, 3, 50]), buckets=buckets
+    )
+    double = pair_scores(
+        indptr, nbr, w, codes, sources, np.array([0, 5, 8]), np.array([9, 40, 9, 77, 40, 3, 50, 3]), buckets=buckets
+    )
     np.testing.assert_array_equal(double[0], single[0][[0, 1, 0, 2, 1, 3, 4, 3]])
     np.testing.assert_array_equal(double[1], single[1][[0, 1, 0, 2, 1, 3, 4, 3]])
 
@@ -142,8 +150,16 @@ def _relabel(perm, edges, codes):
 
 def _one_pair(edges, codes, s, t, buckets):
     indptr, nbr, w = _csr(len(codes), edges)
-    got, reach = pair_scores(indptr, nbr, w, codes, np.array([s], np.int64),
-                             np.array([0, 1], np.int64), np.array([t], np.int64), buckets=buckets)
+    got, reach = pair_scores(
+        indptr,
+        nbr,
+        w,
+        codes,
+        np.array([s], np.int64),
+        np.array([0, 1], np.int64),
+        np.array([t], np.int64),
+        buckets=buckets,
+    )
     assert reach[0]
     return got[0]
 
@@ -186,8 +202,7 @@ def test_zero_length_edges_fewest_hops_then_most_same_label():
     # is queued before 5's (2 is settled before 4), so a search keeping the
     # first path settled takes 3's. To 3: 0-1-2-3 and 0-4-5-3, 3 hops each:
     # through [1, 2] (A, A) -> 1. (Zero-length edges: heap search only.)
-    edges = [(0, 1, 0.5), (1, 2, 0.5), (2, 3, 1), (0, 4, 1.5), (4, 5, 0.5),
-             (3, 5, 0), (3, 6, 0), (5, 6, 0)]
+    edges = [(0, 1, 0.5), (1, 2, 0.5), (2, 3, 1), (0, 4, 1.5), (4, 5, 0.5), (3, 5, 0), (3, 6, 0), (5, 6, 0)]
     codes = np.array([0, 0, 0, 0, 1, 1, 0], np.int64)
     rng = np.random.default_rng(0)
     perms = [np.arange(7)] + [rng.permutation(7) for _ in range(40)]
@@ -272,8 +287,11 @@ TIE_HEAVY = [
     pytest.param(lambda r: r.integers(0, 12, (30, 1)).astype(float), 3, id="int-1d-duplicates"),
     pytest.param(lambda r: r.permutation(30)[:, None] * 0.1, 3, id="1d-tenths"),
     pytest.param(lambda r: r.normal(size=(30, 1)), 3, id="1d-normal"),
-    pytest.param(lambda r: np.stack(np.meshgrid(np.arange(5), np.arange(6)), -1).reshape(-1, 2)
-                 .astype(float), 8, id="grid-diagonals"),
+    pytest.param(
+        lambda r: np.stack(np.meshgrid(np.arange(5), np.arange(6)), -1).reshape(-1, 2).astype(float),
+        8,
+        id="grid-diagonals",
+    ),
 ]
 
 

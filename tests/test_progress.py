@@ -10,14 +10,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from fastconvex.kernels.numba.graph import union_csr
-from fastconvex.kernels.numba.knn import knn
-from fastconvex.kernels.numba.paths import class_sums, pair_scores
 
 import fastconvex as fc
 import fastconvex.backends.numba as backends
 import fastconvex.core.progress as progress_mod
 from fastconvex.datasets import overlapping_classes
+from fastconvex.kernels.numba.graph import union_csr
+from fastconvex.kernels.numba.knn import knn
+from fastconvex.kernels.numba.paths import class_sums, pair_scores
 
 
 def test_bars_inside_a_layer_when_it_is_large(monkeypatch, capsys):

@@ -23,7 +23,11 @@ def _type_checking_imports() -> dict[str, str]:
             for stmt in node.body:
                 # absolute (``from fastconvex.x import y``) or relative (``from .x import y``)
                 assert isinstance(stmt, ast.ImportFrom) and stmt.level in (0, 1), ast.dump(stmt)
-                module = (stmt.module or "") if stmt.level == 0 else "fastconvex" + (f".{stmt.module}" if stmt.module else "")
+                module = (
+                    (stmt.module or "")
+                    if stmt.level == 0
+                    else "fastconvex" + (f".{stmt.module}" if stmt.module else "")
+                )
                 assert module == "fastconvex" or module.startswith("fastconvex."), ast.dump(stmt)
                 for alias in stmt.names:
                     assert alias.asname is None
@@ -69,8 +73,14 @@ def test_lazy_getattr_is_hidden_from_type_checkers():
     tree = ast.parse(INIT.read_text(encoding="utf-8"))
     top = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert not top & {"__getattr__", "__dir__"}
-    guarded = [n for n in tree.body if isinstance(n, ast.If) and isinstance(n.test, ast.UnaryOp)
-               and isinstance(n.test.op, ast.Not) and getattr(n.test.operand, "id", None) == "TYPE_CHECKING"]
+    guarded = [
+        n
+        for n in tree.body
+        if isinstance(n, ast.If)
+        and isinstance(n.test, ast.UnaryOp)
+        and isinstance(n.test.op, ast.Not)
+        and getattr(n.test.operand, "id", None) == "TYPE_CHECKING"
+    ]
     assert {f.name for g in guarded for f in g.body if isinstance(f, ast.FunctionDef)} == {"__getattr__", "__dir__"}
 
 
@@ -84,7 +94,9 @@ def test_an_unknown_name_is_an_attribute_error():
 
 
 def test_import_fastconvex_loads_no_numerical_library():
-    code = ("import sys, fastconvex; heavy = sorted(m for m in ('numpy', 'scipy', 'numba', 'torch', 'transformers') "
-            "if m in sys.modules); print(','.join(heavy))")
+    code = (
+        "import sys, fastconvex; heavy = sorted(m for m in ('numpy', 'scipy', 'numba', 'torch', 'transformers') "
+        "if m in sys.modules); print(','.join(heavy))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""

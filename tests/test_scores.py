@@ -294,8 +294,7 @@ def test_orientation_keeps_the_drawn_pairs_and_saves_searches():
     r = flat % (n - 1)
     b = r + (r >= a)
     s, t = orient_pairs(a, b, n)
-    assert Counter(map(frozenset, zip(s.tolist(), t.tolist()))) == Counter(
-        map(frozenset, zip(a.tolist(), b.tolist())))
+    assert Counter(map(frozenset, zip(s.tolist(), t.tolist()))) == Counter(map(frozenset, zip(a.tolist(), b.tolist())))
     assert len(np.unique(s)) < 0.9 * len(np.unique(a))
 
 
@@ -311,8 +310,13 @@ def test_a_pair_drawn_in_both_orders_scores_like_two_pairs():
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(4, 40), st.integers(1, 4), st.integers(1, 4), st.integers(0, 2**16),
-       st.sampled_from(["pairs", "sources", "exact"]))
+@given(
+    st.integers(4, 40),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.integers(0, 2**16),
+    st.sampled_from(["pairs", "sources", "exact"]),
+)
 def test_scores_in_unit_interval_and_backends_agree(n, d, n_classes, seed, estimator):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d))
@@ -423,12 +427,10 @@ TIE_KNOWN = [
     pytest.param(np.array([[0.0], [0.0], [1.0]]), ["A", "B", "A"], 2, 1.0, id="duplicate-chord"),
     # unit square (k=2: the four sides): the corner-to-corner pair has two 2-hop
     # paths, through B at (1, 0) and through A at (0, 1); A wins -> every A pair 1
-    pytest.param(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]),
-                 ["A", "B", "A", "A"], 2, 1.0, id="square"),
+    pytest.param(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), ["A", "B", "A", "A"], 2, 1.0, id="square"),
     # 0, 1 (B), 1 (A duplicate), 2 (k=2): 0 -> 2 through either copy of 1 (2 hops,
     # length 2; the 3-hop paths over the zero-length edge lose): through A -> 1
-    pytest.param(np.array([[0.0], [1.0], [1.0], [2.0]]), ["A", "B", "A", "A"], 2, 1.0,
-                 id="duplicates-mixed-labels"),
+    pytest.param(np.array([[0.0], [1.0], [1.0], [2.0]]), ["A", "B", "A", "A"], 2, 1.0, id="duplicates-mixed-labels"),
 ]
 
 

@@ -40,8 +40,8 @@ def test_round_trip_memmapped(tmp_path, dtype):
 @pytest.mark.parametrize(
     "labels",
     [
-        ["yes", "no", "up"] * 10,                                    # strings stay strings
-        [3, -1, 7] * 10,                                             # ints stay ints
+        ["yes", "no", "up"] * 10,  # strings stay strings
+        [3, -1, 7] * 10,  # ints stay ints
         [1, "1", None, (2, "x"), b"\x00b", 2.5, True, frozenset({1})] * 3 + ["a"] * 6,  # mixed
     ],
     ids=["str", "int", "mixed"],
@@ -60,8 +60,19 @@ def test_labels_round_trip_exactly_without_pickle(tmp_path, labels):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.one_of(st.integers(-5, 5), st.text(max_size=3), st.none(), st.booleans(),
-                          st.tuples(st.integers(0, 2), st.text(max_size=2))), min_size=4, max_size=12))
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(-5, 5),
+            st.text(max_size=3),
+            st.none(),
+            st.booleans(),
+            st.tuples(st.integers(0, 2), st.text(max_size=2)),
+        ),
+        min_size=4,
+        max_size=12,
+    )
+)
 def test_any_hashable_labels_round_trip(tmp_path_factory, labels):
     path = tmp_path_factory.mktemp("h") / "s"
     x = np.random.default_rng(1).standard_normal((len(labels), 3)).astype(np.float32)
@@ -77,11 +88,14 @@ def test_unstorable_label_names_the_row(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the temporary directory is gone too
 
 
-@pytest.mark.parametrize("labels", [
-    np.array([0.0, 1.0, np.nan, 1.0]),  # float array
-    [1, "a", float("nan"), 2],  # mixed, as an object array
-    np.array([1, "a", np.float64(np.inf), 2], dtype=object),
-])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array([0.0, 1.0, np.nan, 1.0]),  # float array
+        [1, "a", float("nan"), 2],  # mixed, as an object array
+        np.array([1, "a", np.float64(np.inf), 2], dtype=object),
+    ],
+)
 def test_non_finite_label_refused_before_anything_is_written(tmp_path, labels):
     """NaN != NaN would make each NaN a class of its own: refused when the
     store is written (naming the row), not when it is scored."""
@@ -138,12 +152,15 @@ def test_no_overwrite_without_asking(tmp_path):
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
 
 
-@pytest.mark.parametrize("bad, match", [
-    (lambda: [np.ones((30, 2), np.int64)], "dtype int64"),
-    (lambda: [np.ones((30, 2), np.float32), np.ones((29, 2), np.float32)], r"layers\[1\] has N=29"),
-    (lambda: [np.ones(30, np.float32)], "2-D"),
-    (lambda: [], "no layer"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda: [np.ones((30, 2), np.int64)], "dtype int64"),
+        (lambda: [np.ones((30, 2), np.float32), np.ones((29, 2), np.float32)], r"layers\[1\] has N=29"),
+        (lambda: [np.ones(30, np.float32)], "2-D"),
+        (list, "no layer"),
+    ],
+)
 def test_bad_layers_refused(tmp_path, bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
         fc.save_store(tmp_path / "s", bad(), np.arange(30) % 2)
@@ -176,8 +193,18 @@ def _corrupt(path, how):
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["truncated layer", "missing labels", "wrong N", "missing manifest",
-                                 "garbled manifest", "pickled labels", "wrong dtype"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "truncated layer",
+        "missing labels",
+        "wrong N",
+        "missing manifest",
+        "garbled manifest",
+        "pickled labels",
+        "wrong dtype",
+    ],
+)
 def test_corrupt_store_refused_naming_the_file(tmp_path, how):
     fc.save_store(tmp_path / "s", _layers(), np.arange(30) % 2)
     name = _corrupt(tmp_path / "s", how)
@@ -195,19 +222,26 @@ def _edit(manifest, path, value):
         manifest[last] = value
 
 
-@pytest.mark.parametrize("path, value, match", [
-    (["layers"], "layer_000.npy", r"has a malformed field \('layers' must be a JSON list, got str\)"),
-    (["layers"], ["layer_000.npy"], r"has a malformed field \('layers' must list JSON objects\)"),
-    (["meta"], 5, r"has a malformed field \('meta' must be a JSON object, got int\)"),
-    (["labels"], KeyError, r"lacks the field 'labels'"),
-    (["layers", 0, "dtype"], KeyError, r"layer 0's entry is malformed \(KeyError: 'dtype'\)"),
-    (["layers", 1, "dtype"], "float99", r"layer 1's entry is malformed \(TypeError: data type 'float99'"),
-    (["layers", 1, "shape"], ["x", 5], r"layer 1's entry is malformed \(ValueError"),
-    (["layers", 0, "file"], "/etc/passwd", r"layer 0's entry is malformed .*'/etc/passwd' is not a path inside"),
-    (["layers", 2, "file"], "../t/layer_000.npy", r"layer 2's entry .*'\.\./t/layer_000\.npy' is not a path inside"),
-    (["labels", "file"], None, r"the labels or utterance entry is malformed \(TypeError"),
-    (["labels", "kind"], KeyError, r"the labels or utterance entry is malformed \(KeyError: 'kind'\)"),
-])
+@pytest.mark.parametrize(
+    "path, value, match",
+    [
+        (["layers"], "layer_000.npy", r"has a malformed field \('layers' must be a JSON list, got str\)"),
+        (["layers"], ["layer_000.npy"], r"has a malformed field \('layers' must list JSON objects\)"),
+        (["meta"], 5, r"has a malformed field \('meta' must be a JSON object, got int\)"),
+        (["labels"], KeyError, r"lacks the field 'labels'"),
+        (["layers", 0, "dtype"], KeyError, r"layer 0's entry is malformed \(KeyError: 'dtype'\)"),
+        (["layers", 1, "dtype"], "float99", r"layer 1's entry is malformed \(TypeError: data type 'float99'"),
+        (["layers", 1, "shape"], ["x", 5], r"layer 1's entry is malformed \(ValueError"),
+        (["layers", 0, "file"], "/etc/passwd", r"layer 0's entry is malformed .*'/etc/passwd' is not a path inside"),
+        (
+            ["layers", 2, "file"],
+            "../t/layer_000.npy",
+            r"layer 2's entry .*'\.\./t/layer_000\.npy' is not a path inside",
+        ),
+        (["labels", "file"], None, r"the labels or utterance entry is malformed \(TypeError"),
+        (["labels", "kind"], KeyError, r"the labels or utterance entry is malformed \(KeyError: 'kind'\)"),
+    ],
+)
 def test_malformed_manifest_entries_are_named(tmp_path, path, value, match):
     # a hand-edited or damaged store.json: a ValueError naming the manifest and
     # the entry, never a bare KeyError/TypeError, and no file outside the store read

@@ -54,8 +54,10 @@ def test_sweep_equals_layer_scores(tmp_path, estimator):
 
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "out" / "tasks").glob("*/*.json"))]
     assert len(records) == 9
-    assert all(r["ran_on"] == {"engine": "local", "gpu_ids": None, "host": socket.gethostname(), "device": None}
-               for r in records)
+    assert all(
+        r["ran_on"] == {"engine": "local", "gpu_ids": None, "host": socket.gethostname(), "device": None}
+        for r in records
+    )
 
 
 def test_outputs_json_csv_plot(tmp_path, capsys):
@@ -117,8 +119,12 @@ def test_other_settings_or_content_are_never_reused(tmp_path, capsys):
         assert "reusing 0 finished result(s)" in capsys.readouterr().err, change
     # same name, new content: recomputed, and the numbers follow the new content
     rng = np.random.default_rng(9)
-    new = fc.save_store(stores[0].path, [rng.standard_normal((41, 6)).astype(np.float32) for _ in range(3)],
-                        stores[0].labels, overwrite=True)
+    new = fc.save_store(
+        stores[0].path,
+        [rng.standard_normal((41, 6)).astype(np.float32) for _ in range(3)],
+        stores[0].labels,
+        overwrite=True,
+    )
     capsys.readouterr()
     result = fc.sweep(stores[:1] and [new.path], out_dir=tmp_path / "out", pairs=30, plot=False, overwrite=True)
     assert "reusing 0 finished result(s)" in capsys.readouterr().err
@@ -172,8 +178,23 @@ def test_cli_sweep(tmp_path, capsys, monkeypatch):
     assert lines[0].split()[:3] == ["store", "layer", "convexity"] and len(lines) == 7
     ref = fc.layer_scores(stores[2].layers[:2], stores[2].labels, pairs=30)
     assert f"{100 * ref.scores[1]:.2f}" in lines[6]
-    assert main(["sweep", *paths, "--out-dir", str(tmp_path / "out"), "--pairs", "30", "--layers", "0,1",
-                 "--json", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                *paths,
+                "--out-dir",
+                str(tmp_path / "out"),
+                "--pairs",
+                "30",
+                "--layers",
+                "0,1",
+                "--json",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["reused"] == 6 and doc["stores"]["store2"]["scores"] == ref.scores.tolist()
     assert main(["sweep", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "o")]) == 2
@@ -196,8 +217,22 @@ def test_cli_sweep_logs_a_line_per_task_when_stderr_is_no_terminal(tmp_path, cap
     # docs/scale.md: a tqdm bar when stderr is a terminal, else one log line per
     # finished task (the command used to force the bar into logs)
     stores = make_stores(tmp_path)
-    assert main(["sweep", *[str(s.path) for s in stores], "--out-dir", str(tmp_path / "out"), "--pairs", "30",
-                 "--layers", "1", "--no-plot"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                *[str(s.path) for s in stores],
+                "--out-dir",
+                str(tmp_path / "out"),
+                "--pairs",
+                "30",
+                "--layers",
+                "1",
+                "--no-plot",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "store1 layer 1: score" in err and "[3/3]" in err
     assert "\r" not in err and "sweep: 100%" not in err

@@ -53,16 +53,32 @@ def euclid(tmp_path_factory):
             m = int(rng.integers(1500, 2600))
             x = np.sin(np.arange(m) * rng.uniform(0.05, 1.5)) + rng.uniform(0.1, 1) * rng.normal(size=m)
             sf.write(root / "audio" / name / f"u{j}.wav", (0.3 * x).astype(np.float32), 16000)
-    assert main(["embed", str(root / "model"), "--audio", str(root / "audio"), "--out-dir", str(root / "store"),
-                 "--frames", "--batch-size", "3", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(root / "model"),
+                "--audio",
+                str(root / "audio"),
+                "--out-dir",
+                str(root / "store"),
+                "--frames",
+                "--batch-size",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return root, model, fe
 
 
 def _reference(store, model, **kw):
     seqs = [store.sequences(i)[0] for i in range(store.n_layers)]
     lengths = store.sequences(0)[1]
-    return fc.layer_euclidean_scores(seqs, store.utterance_labels(), hf.predict_from_layer(model),
-                                     lengths=lengths, **{**KW, **kw})
+    return fc.layer_euclidean_scores(
+        seqs, store.utterance_labels(), hf.predict_from_layer(model), lengths=lengths, **{**KW, **kw}
+    )
 
 
 # ---- frame stores --------------------------------------------------------------------------------
@@ -109,8 +125,7 @@ def test_bad_frame_stores_are_refused_naming_the_file(tmp_path):
     pooled = fc.save_store(tmp_path / "pooled", [rows], [1, 1, 2, 2])
     with pytest.raises(ValueError, match="--frames"):
         pooled.sequences(0)
-    holes = fc.save_store(tmp_path / "holes", [rows], [1, 1, 2, 2], utterance=[0, 0, 1, 1],
-                          meta={"ignored_frames": 3})
+    holes = fc.save_store(tmp_path / "holes", [rows], [1, 1, 2, 2], utterance=[0, 0, 1, 1], meta={"ignored_frames": 3})
     with pytest.raises(ValueError, match="dropped 3 ignored frame"):
         holes.utterance_labels()
 
@@ -122,17 +137,36 @@ def test_sweep_equals_layer_euclidean_scores(euclid, tmp_path):
     root, model, _ = euclid
     store = fc.open_store(root / "store")
     reference = _reference(store, model)
-    by_dir = fc.sweep(store, out_dir=tmp_path / "a", measure="euclidean", model=root / "model", verbose=False,
-                      plot=False, **KW)
+    by_dir = fc.sweep(
+        store, out_dir=tmp_path / "a", measure="euclidean", model=root / "model", verbose=False, plot=False, **KW
+    )
     assert_same(by_dir[store.name], reference)
     assert {c.measure for c in by_dir[store.name].layers} == {"euclidean"}
-    by_callable = fc.sweep(store, out_dir=tmp_path / "b", measure="euclidean", model=hf.predict_from_layer(model),
-                           layers=[3, 1], verbose=False, plot=False, **KW)
+    by_callable = fc.sweep(
+        store,
+        out_dir=tmp_path / "b",
+        measure="euclidean",
+        model=hf.predict_from_layer(model),
+        layers=[3, 1],
+        verbose=False,
+        plot=False,
+        **KW,
+    )
     assert by_callable[store.name].layers == [reference.layers[3], reference.layers[1]]
-    exact = fc.sweep(store, out_dir=tmp_path / "c", measure="euclidean", model=root / "model", exact=True,
-                     pairs=None, n_sampled=2, verbose=False, plot=False)
-    assert_same(exact[store.name], _reference(store, model, exact=True, pairs=None, n_sampled=2, batch_size=1024,
-                                              seed=0))
+    exact = fc.sweep(
+        store,
+        out_dir=tmp_path / "c",
+        measure="euclidean",
+        model=root / "model",
+        exact=True,
+        pairs=None,
+        n_sampled=2,
+        verbose=False,
+        plot=False,
+    )
+    assert_same(
+        exact[store.name], _reference(store, model, exact=True, pairs=None, n_sampled=2, batch_size=1024, seed=0)
+    )
 
 
 def test_resume_never_mixes_measures_or_models(euclid, tmp_path, capsys):
@@ -145,8 +179,9 @@ def test_resume_never_mixes_measures_or_models(euclid, tmp_path, capsys):
     assert "reusing 4 finished result(s)" in capsys.readouterr().err
     assert_same(again[store.name], first[store.name])
     # the same model in memory has another fingerprint kind: recomputed, same numbers
-    fc.sweep(store, out_dir=out, measure="euclidean", model=hf.predict_from_layer(model), plot=False,
-             overwrite=True, **KW)  # overwrite: replaces the merged outputs of another sweep
+    fc.sweep(
+        store, out_dir=out, measure="euclidean", model=hf.predict_from_layer(model), plot=False, overwrite=True, **KW
+    )  # overwrite: replaces the merged outputs of another sweep
     assert "reusing 0 finished" in capsys.readouterr().err
     # graph convexity of the same rows never reuses a Euclidean result, nor the reverse
     graph = fc.sweep(store, out_dir=out, pairs=KW["pairs"], seed=KW["seed"], plot=False, overwrite=True)
@@ -155,12 +190,20 @@ def test_resume_never_mixes_measures_or_models(euclid, tmp_path, capsys):
     # another model (other weights, same shapes), other n_sampled: recomputed
     other, _fe = _classifier(seed=3)
     other.save_pretrained(tmp_path / "other")
-    changed = fc.sweep(store, out_dir=out, measure="euclidean", model=tmp_path / "other", plot=False,
-                       overwrite=True, **KW)
+    changed = fc.sweep(
+        store, out_dir=out, measure="euclidean", model=tmp_path / "other", plot=False, overwrite=True, **KW
+    )
     assert "reusing 0 finished" in capsys.readouterr().err
     assert_same(changed[store.name], _reference(store, other))
-    fc.sweep(store, out_dir=out, measure="euclidean", model=root / "model", plot=False, overwrite=True,
-             **{**KW, "n_sampled": 2})
+    fc.sweep(
+        store,
+        out_dir=out,
+        measure="euclidean",
+        model=root / "model",
+        plot=False,
+        overwrite=True,
+        **{**KW, "n_sampled": 2},
+    )
     assert "reusing 0 finished" in capsys.readouterr().err
     doc = json.loads((out / "sweep.json").read_text())
     assert doc["settings"]["measure"] == "euclidean" and doc["settings"]["n_sampled"] == 2
@@ -194,9 +237,27 @@ def _run(capsys, *argv):
 def test_cli_sweep_euclidean_end_to_end(euclid, tmp_path, capsys):
     root, model, _ = euclid
     out = tmp_path / "out"
-    code, stdout, err = _run(capsys, "sweep", root / "store", "--out-dir", out, "--measure", "euclidean",
-                             "--model", root / "model", "--pairs", KW["pairs"], "--n-sampled", KW["n_sampled"],
-                             "--predict-batch", KW["batch_size"], "--seed", KW["seed"], "--no-plot", "--quiet")
+    code, stdout, err = _run(
+        capsys,
+        "sweep",
+        root / "store",
+        "--out-dir",
+        out,
+        "--measure",
+        "euclidean",
+        "--model",
+        root / "model",
+        "--pairs",
+        KW["pairs"],
+        "--n-sampled",
+        KW["n_sampled"],
+        "--predict-batch",
+        KW["batch_size"],
+        "--seed",
+        KW["seed"],
+        "--no-plot",
+        "--quiet",
+    )
     assert code == 0, err
     reference = _reference(fc.open_store(root / "store"), model)
     assert "<- best" in stdout and f"{100 * reference.scores[0]:.2f}" in stdout
@@ -213,22 +274,81 @@ def test_cli_errors(euclid, tmp_path, capsys):
     fc.save_store(tmp_path / "pooled", [np.zeros((4, 32), np.float32)], [1, 1, 2, 2])
     fc.save_store(tmp_path / "narrow", [np.zeros((4, 5), np.float32)], [1, 1, 2, 2], utterance=[0, 0, 1, 1])
     cases = [
-        (1, "--frames", ["sweep", tmp_path / "pooled", "--out-dir", tmp_path / "o", "--measure", "euclidean",
-                         "--model", root / "model"]),
-        (1, "hidden size 32 differs", ["sweep", tmp_path / "narrow", "--out-dir", tmp_path / "o", "--measure",
-                                       "euclidean", "--model", root / "model"]),
+        (
+            1,
+            "--frames",
+            [
+                "sweep",
+                tmp_path / "pooled",
+                "--out-dir",
+                tmp_path / "o",
+                "--measure",
+                "euclidean",
+                "--model",
+                root / "model",
+            ],
+        ),
+        (
+            1,
+            "hidden size 32 differs",
+            [
+                "sweep",
+                tmp_path / "narrow",
+                "--out-dir",
+                tmp_path / "o",
+                "--measure",
+                "euclidean",
+                "--model",
+                root / "model",
+            ],
+        ),
         (2, "needs --model", ["sweep", root / "store", "--out-dir", tmp_path / "o", "--measure", "euclidean"]),
-        (2, "--k applies to graph", ["sweep", root / "store", "--out-dir", tmp_path / "o", "--measure", "euclidean",
-                                     "--model", root / "model", "--k", "4"]),
-        (2, "--model applies to --measure euclidean", ["sweep", root / "store", "--out-dir", tmp_path / "o",
-                                                       "--model", root / "model"]),
-        (2, "--n-sampled applies to --measure euclidean", ["sweep", root / "store", "--out-dir", tmp_path / "o",
-                                                           "--n-sampled", "3"]),
-        (2, "--n-sampled applies to --measure euclidean", ["prune", root / "model", "--audio", root / "audio",
-                                                           "--out", tmp_path / "p", "--n-sampled", "3"]),
-        (2, "--frames keeps the raw hidden states", ["embed", root / "model", "--audio", root / "audio",
-                                                     "--out-dir", tmp_path / "f", "--frames", "--final-norm",
-                                                     "apply"]),
+        (
+            2,
+            "--k applies to graph",
+            [
+                "sweep",
+                root / "store",
+                "--out-dir",
+                tmp_path / "o",
+                "--measure",
+                "euclidean",
+                "--model",
+                root / "model",
+                "--k",
+                "4",
+            ],
+        ),
+        (
+            2,
+            "--model applies to --measure euclidean",
+            ["sweep", root / "store", "--out-dir", tmp_path / "o", "--model", root / "model"],
+        ),
+        (
+            2,
+            "--n-sampled applies to --measure euclidean",
+            ["sweep", root / "store", "--out-dir", tmp_path / "o", "--n-sampled", "3"],
+        ),
+        (
+            2,
+            "--n-sampled applies to --measure euclidean",
+            ["prune", root / "model", "--audio", root / "audio", "--out", tmp_path / "p", "--n-sampled", "3"],
+        ),
+        (
+            2,
+            "--frames keeps the raw hidden states",
+            [
+                "embed",
+                root / "model",
+                "--audio",
+                root / "audio",
+                "--out-dir",
+                tmp_path / "f",
+                "--frames",
+                "--final-norm",
+                "apply",
+            ],
+        ),
     ]
     for status, message, argv in cases:
         code, _, err = _run(capsys, *argv)
@@ -250,8 +370,18 @@ def test_a_model_that_changes_mid_sweep_is_refused(euclid, tmp_path):
     copy = tmp_path / "model"
     model.save_pretrained(copy)
     assert model_fingerprint(copy) == model_fingerprint(root / "model")  # the content, not the path or mtime
-    plan = plan_store(store, [0], model=copy, fingerprint=model_fingerprint(copy), n_sampled=2, pairs=4,
-                      exact=False, batch_size=16, seed=0, min_class_size=2)
+    plan = plan_store(
+        store,
+        [0],
+        model=copy,
+        fingerprint=model_fingerprint(copy),
+        n_sampled=2,
+        pairs=4,
+        exact=False,
+        batch_size=16,
+        seed=0,
+        min_class_size=2,
+    )
     other, _ = _classifier(seed=3)
     other.save_pretrained(copy)  # retrained weights written over it before a worker loads it
     release_predictors()

@@ -24,8 +24,9 @@ def local_ray(tmp_path_factory):
     crash_dir = tmp_path_factory.mktemp("crash")
     if ray.is_initialized():  # pragma: no cover - another module left one running
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {CRASH_ENV: str(crash_dir)}})
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {CRASH_ENV: str(crash_dir)}}
+    )
     yield crash_dir
     ray.shutdown()
 
@@ -48,17 +49,43 @@ def test_ray_euclidean_sweep_equals_layer_euclidean_scores(local_ray, euclid, tm
     root, model, _ = euclid
     store = fc.open_store(root / "store")  # embed --frames, one process
     # embed --frames on Ray: the same frame store (rows, utterance index, labels; values to batching's rounding)
-    assert main(["embed", str(root / "model"), "--audio", str(root / "audio"), "--out-dir", str(tmp_path / "r"),
-                 "--frames", "--engine", "ray", "--chunk-size", "5", "--batch-size", "3", "--quiet"]) == 0, \
-        capsys.readouterr().err
+    assert (
+        main(
+            [
+                "embed",
+                str(root / "model"),
+                "--audio",
+                str(root / "audio"),
+                "--out-dir",
+                str(tmp_path / "r"),
+                "--frames",
+                "--engine",
+                "ray",
+                "--chunk-size",
+                "5",
+                "--batch-size",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     on_ray = fc.open_store(tmp_path / "r")
     assert on_ray.meta["pooling"] == "frames" and on_ray.meta["ignored_frames"] == 0
     np.testing.assert_array_equal(on_ray.utterance, store.utterance)
     np.testing.assert_array_equal(on_ray.labels, store.labels)
     for i in range(store.n_layers):
         np.testing.assert_allclose(on_ray.layer(i), store.layer(i), rtol=1e-5, atol=1e-6)
-    result = fc.sweep(store, out_dir=tmp_path / "out", engine="ray", measure="euclidean", model=root / "model",
-                      verbose=False, plot=False, **KW)  # each worker loads the model from its directory
+    result = fc.sweep(
+        store,
+        out_dir=tmp_path / "out",
+        engine="ray",
+        measure="euclidean",
+        model=root / "model",
+        verbose=False,
+        plot=False,
+        **KW,
+    )  # each worker loads the model from its directory
     assert_same(result[store.name], euclidean_reference(store, model))
 
 
@@ -78,15 +105,13 @@ def test_worker_that_exits_is_retried(local_ray, stores, tmp_path, capsys):
 def test_worker_exit_without_retries_fails_the_sweep_clearly(local_ray, stores, tmp_path):
     (local_ray / "crash_store0_1").write_text("no retry allowed")
     with pytest.raises(RuntimeError, match=r"1 of 3 sweep task.*a rerun resumes.*store0.*layer 1: The worker died"):
-        fc.sweep(stores[:1], out_dir=tmp_path / "out", engine="ray", pairs=30, retries=0, plot=False,
-                 verbose=False)
+        fc.sweep(stores[:1], out_dir=tmp_path / "out", engine="ray", pairs=30, retries=0, plot=False, verbose=False)
 
 
 def test_cuda_on_a_cluster_without_gpus_fails_before_any_task(local_ray, stores, tmp_path):
     no_gpu = r"device='cuda' was requested, but the Ray cluster has no GPU \(resources: CPU 2"
     with pytest.raises(RuntimeError, match=no_gpu):
-        fc.sweep(stores[:1], out_dir=tmp_path / "out", engine="ray", pairs=30, device="cuda", plot=False,
-                 verbose=False)
+        fc.sweep(stores[:1], out_dir=tmp_path / "out", engine="ray", pairs=30, device="cuda", plot=False, verbose=False)
     assert not list((tmp_path / "out").rglob("*.json"))
 
 
@@ -126,7 +151,10 @@ def test_embed_on_ray_resumes_after_its_driver_is_killed(local_ray, speech, tmp_
     done = tmp_path / ".ray.partial" / "done"
     driver = subprocess.Popen(
         [sys.executable, "-m", "fastconvex", "embed", *common, "--quiet", "--out-dir", str(out), *ray_args],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 240
     while not (done.is_dir() and any(done.iterdir())):
@@ -161,13 +189,13 @@ def test_sharded_equals_one_process(local_ray, estimator):
     if estimator == "pairs":  # more shards than CPUs, and the layer_scores path
         assert fc.graph_convexity(x, labels, engine="ray", shards=7, **kw).to_dict() == one.to_dict()
         layers = [x, rng.standard_normal((157, 4))]
-        assert_same(fc.layer_scores(layers, labels, engine="ray", shards=2, **kw),
-                    fc.layer_scores(layers, labels, **kw))
+        assert_same(
+            fc.layer_scores(layers, labels, engine="ray", shards=2, **kw), fc.layer_scores(layers, labels, **kw)
+        )
 
 
 def test_sharded_sweep(local_ray, stores, tmp_path):
-    result = fc.sweep(stores[:2], out_dir=tmp_path / "out", engine="ray", shards=2, pairs=30, verbose=False,
-                      plot=False)
+    result = fc.sweep(stores[:2], out_dir=tmp_path / "out", engine="ray", shards=2, pairs=30, verbose=False, plot=False)
     for s in stores[:2]:
         assert_same(result[s.name], fc.layer_scores(s.layers, s.labels, pairs=30))
     with pytest.raises(ValueError, match="needs engine='ray'"):

@@ -23,8 +23,9 @@ N_LAYERS = 8
 def test_node_removed_mid_sweep(tmp_path):
     rng = np.random.default_rng(4)
     labels = np.array(["a", "b", "c", "d", "e"])[rng.integers(0, 5, 1500)]
-    store = fc.save_store(tmp_path / "big", (rng.standard_normal((1500, 16)).astype(np.float32)
-                                             for _ in range(N_LAYERS)), labels)
+    store = fc.save_store(
+        tmp_path / "big", (rng.standard_normal((1500, 16)).astype(np.float32) for _ in range(N_LAYERS)), labels
+    )
     if ray.is_initialized():  # pragma: no cover
         ray.shutdown()
     # the head schedules nothing; two worker nodes of one CPU each run the tasks
@@ -38,8 +39,7 @@ def test_node_removed_mid_sweep(tmp_path):
 
         def run():
             try:
-                box["result"] = fc.sweep([store.path], out_dir=out, engine="ray", pairs=2000, plot=False,
-                                         verbose=False)
+                box["result"] = fc.sweep([store.path], out_dir=out, engine="ray", pairs=2000, plot=False, verbose=False)
             except BaseException as exc:  # noqa: BLE001 - reported below
                 box["error"] = exc
 
@@ -66,8 +66,7 @@ def test_tasks_ask_for_a_gpu_when_the_cluster_has_one(tmp_path):
     and scores (numba) exactly as one process does."""
     rng = np.random.default_rng(5)
     labels = np.array(["x", "y", "z"])[rng.integers(0, 3, 90)]
-    store = fc.save_store(tmp_path / "s", [rng.standard_normal((90, 8)).astype(np.float32) for _ in range(3)],
-                          labels)
+    store = fc.save_store(tmp_path / "s", [rng.standard_normal((90, 8)).astype(np.float32) for _ in range(3)], labels)
     if ray.is_initialized():  # pragma: no cover
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -75,8 +74,9 @@ def test_tasks_ask_for_a_gpu_when_the_cluster_has_one(tmp_path):
     out = tmp_path / "out"
     try:
         ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
-        result = fc.sweep([store.path], out_dir=out, engine="ray", backend="numba", pairs=300, plot=False,
-                          verbose=False)
+        result = fc.sweep(
+            [store.path], out_dir=out, engine="ray", backend="numba", pairs=300, plot=False, verbose=False
+        )
         # what the keys hold on this cluster with device=None: the GPU each task is given
         from fastconvex.sweeps.task import ran_as
 
@@ -90,18 +90,22 @@ def test_tasks_ask_for_a_gpu_when_the_cluster_has_one(tmp_path):
     for where in ran_on:
         assert where["engine"] == "ray" and where["gpu_ids"] == [0] and where["node"] == node.node_id
         assert where["device"] is None  # numba: the backend does not take the GPU
-    assert {json.dumps(json.loads(p.read_text())["ran_as"]) for p in out.glob("tasks/*/*.json")} == \
-        {'{"backend": "numba"}'}
+    assert {json.dumps(json.loads(p.read_text())["ran_as"]) for p in out.glob("tasks/*/*.json")} == {
+        '{"backend": "numba"}'
+    }
     assert planned == {"graph": {"backend": "triton"}, "euclidean": {"device": "cuda"}}
 
 
-@pytest.mark.parametrize("backend, device, gpu_ids, expected", [
-    ("auto", None, [0], "cuda"),  # the GPU Ray assigned is the only one the task sees
-    ("triton", None, [3], "cuda"),
-    ("numba", None, [0], None),  # a CPU backend keeps its own device
-    ("auto", "cpu", [0], "cpu"),  # a device the caller named is kept
-    ("auto", None, [], None),  # no GPU given: the backend chooses
-])
+@pytest.mark.parametrize(
+    "backend, device, gpu_ids, expected",
+    [
+        ("auto", None, [0], "cuda"),  # the GPU Ray assigned is the only one the task sees
+        ("triton", None, [3], "cuda"),
+        ("numba", None, [0], None),  # a CPU backend keeps its own device
+        ("auto", "cpu", [0], "cpu"),  # a device the caller named is kept
+        ("auto", None, [], None),  # no GPU given: the backend chooses
+    ],
+)
 def test_task_device(backend, device, gpu_ids, expected):
     assert task_device(backend, device, gpu_ids) == expected
 
@@ -113,11 +117,30 @@ def test_quiet_sweep_on_a_ray_it_starts_prints_nothing_on_stderr(tmp_path):
     import sys
 
     rng = np.random.default_rng(6)
-    store = fc.save_store(tmp_path / "q", [rng.standard_normal((60, 5)).astype(np.float32) for _ in range(2)],
-                          rng.integers(0, 3, 60))
-    run = subprocess.run([sys.executable, "-m", "fastconvex", "sweep", str(store.path), "--out-dir", str(tmp_path / "o"),
-                          "--engine", "ray", "--quiet", "--no-plot", "--pairs", "200", "--json"],
-                         capture_output=True, text=True, timeout=300)
+    store = fc.save_store(
+        tmp_path / "q", [rng.standard_normal((60, 5)).astype(np.float32) for _ in range(2)], rng.integers(0, 3, 60)
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastconvex",
+            "sweep",
+            str(store.path),
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--engine",
+            "ray",
+            "--quiet",
+            "--no-plot",
+            "--pairs",
+            "200",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0 and run.stderr == "", run.stderr
     got = json.loads(run.stdout)["stores"]["q"]["scores"]
     assert got == fc.layer_scores(store.layers, store.labels, pairs=200).scores.tolist()

@@ -67,8 +67,9 @@ def test_exact_distances_equal_the_sequential_float64_loop_bit_for_bit(device, d
     and the naive scorer do) on the same values. Equal to the bit, on a CPU
     and on a GPU: no fused multiply-add, no reordered sum. Candidates -1 give
     inf; a strided (non-contiguous) view reads the same values."""
-    from fastconvex.kernels.triton.knn import _exact_dist
     from scipy.spatial.distance import cdist
+
+    from fastconvex.kernels.triton.knn import _exact_dist
 
     rng = np.random.default_rng(d)
     n, kc = 45, 6
@@ -207,8 +208,16 @@ def test_knn_tiers_chunks_and_segments(device):
     xt = torch.from_numpy(x).to(device)
     for precisions in (("tf32", "ieee"), ("fp16", "ieee")):
         idx, dist, _, stats = knn(
-            xt, 6, precisions=precisions, block_m=16, block_n=32, block_k=16,
-            query_chunk=40, n_programs=8, segments=3, return_stats=True,
+            xt,
+            6,
+            precisions=precisions,
+            block_m=16,
+            block_n=32,
+            block_k=16,
+            query_chunk=40,
+            n_programs=8,
+            segments=3,
+            return_stats=True,
         )
         assert_knn_equal_up_to_ties(x, idx.cpu().numpy(), dist.cpu().numpy(), 6)
         assert stats["tiers"][0]["precision"] == precisions[0]
@@ -240,8 +249,17 @@ def test_knn_loop_variants_give_the_same_candidates(device, precision, variant):
     sq = torch.zeros(n_pad, dtype=torch.float32, device=device)
     sq[:101] = (xs[:101].double() ** 2).sum(1).float()
     qidx = torch.arange(3, 101, 2, device=device)  # 49 queries: a partial last block
-    common = dict(block_m=16, block_n=32, block_k=16, num_warps=4, num_stages=2, query_chunk=32,
-                  n_programs=1, segments=2, n_real=101)
+    common = dict(
+        block_m=16,
+        block_n=32,
+        block_k=16,
+        num_warps=4,
+        num_stages=2,
+        query_chunk=32,
+        n_programs=1,
+        segments=2,
+        n_real=101,
+    )
     nd, ni = _candidates(xs.to(dtype), sq, qidx, 16, precision, **common)
     fd, fi = _candidates(xs.to(dtype), sq, qidx, 16, precision, **variant, **common)
     assert torch.equal(ni, fi) and torch.equal(nd, fd)
@@ -262,7 +280,7 @@ def test_query_chunk_size_balances_launches_within_the_grid_limit():
     c = query_chunk_size(1_000_000, 128, 100, 300_000 * 100)  # 300 000 queries fit
     assert c == 250_112 and -(-1_000_000 // c) == 4 and 1_000_000 - 3 * c == 249_664
     c = query_chunk_size(10**7, 64, 1, 10**12)  # memory for all, but 156 250 blocks > 65 535
-    assert c == 3_333_376 and c // 64 <= 65535 and -(-10**7 // c) == 3
+    assert c == 3_333_376 and c // 64 <= 65535 and -(-(10**7) // c) == 3
     assert query_chunk_size(101, 16, 1, 0, query_chunk=48) == 48  # 48 + 48 + 5
     assert query_chunk_size(101, 16, 1, 0, query_chunk=1) == 16  # at least one block
 
@@ -312,8 +330,9 @@ def test_knn_fp16_tier_with_subnormal_coordinates(device):
     x = rng.standard_normal((70, 24))
     x[:, 12:] *= 1e-7  # after scaling ~1e-8: float16 subnormals / zero
     x[40:] *= 1e-6  # a cluster that lives mostly in the subnormal range
-    idx, dist, _, stats = knn(torch.from_numpy(x).to(device), 5, precisions=("fp16",),
-                              block_m=16, block_n=32, block_k=16, return_stats=True)
+    idx, dist, _, stats = knn(
+        torch.from_numpy(x).to(device), 5, precisions=("fp16",), block_m=16, block_n=32, block_k=16, return_stats=True
+    )
     assert_knn_equal_up_to_ties(x, idx.cpu().numpy(), dist.cpu().numpy(), 5)
     assert 0 < stats["tiers"][0]["certified"] < 70  # some rows certified, the tiny cluster not
     assert stats["brute_force_rows"] == 70 - stats["tiers"][0]["certified"]
@@ -364,6 +383,7 @@ def _tensor_core_dot(a, b, block=8):
     products, each block of ``block`` products aligned with the float32
     accumulator to the largest exponent among them and truncated to 24 bits
     below it (no guard bits), summed, and the sum truncated to float32."""
+
     def trunc(v, e):
         return np.trunc(v / 2.0 ** (e - 23)) * 2.0 ** (e - 23)
 
@@ -470,8 +490,9 @@ def test_degree_order_groups_degrees_and_keeps_input_order_in_a_bin(device):
         assert np.all(np.diff(order[bins == b]) > 0)  # ... input order inside a bin
     # the same graph, renamed: every old edge (a, b, w) is new edge (inv a, inv b, w)
     ip, nb, ww = ip.cpu().numpy(), nb.cpu().numpy(), ww.cpu().numpy()
-    old = {(int(inv[a]), int(inv[nbr[e]]), float(w[e]))
-           for a in range(deg.size) for e in range(indptr[a], indptr[a + 1])}
+    old = {
+        (int(inv[a]), int(inv[nbr[e]]), float(w[e])) for a in range(deg.size) for e in range(indptr[a], indptr[a + 1])
+    }
     new = {(a, int(nb[e]), float(ww[e])) for a in range(deg.size) for e in range(ip[a], ip[a + 1])}
     assert old == new
     assert np.array_equal(np.diff(ip), deg[order])
@@ -498,7 +519,9 @@ def test_degree_bins_are_exact_at_powers_of_two_and_at_every_degree(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("state,activity", [("packed", "tile"), ("wide", "tile"), ("packed", "vertex"), ("wide", "vertex")])
+@pytest.mark.parametrize(
+    "state,activity", [("packed", "tile"), ("wide", "tile"), ("packed", "vertex"), ("wide", "vertex")]
+)
 def test_path_kernels_match_numba_on_the_same_graph(device, state, activity):
     """Disconnected graph (two far clusters), duplicates, one-member classes,
     several source batches and source blocks; both state layouts."""
@@ -520,8 +543,19 @@ def test_path_kernels_match_numba_on_the_same_graph(device, state, activity):
     T = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
     stats: dict = {}
     got = gpu.class_sums(
-        T(indptr), T(nbr), T(w), T(codes), T(sources), T(sizes),
-        block_v=32, block_b=4, max_batch=8, check_every=3, stats=stats, state=state, activity=activity,
+        T(indptr),
+        T(nbr),
+        T(w),
+        T(codes),
+        T(sources),
+        T(sizes),
+        block_v=32,
+        block_b=4,
+        max_batch=8,
+        check_every=3,
+        stats=stats,
+        state=state,
+        activity=activity,
     )
     assert stats["batches"] == 2 and stats["relaxations"] > 0 and stats["wide_reruns"] == 0
     for g, r in zip(got, ref):
@@ -533,8 +567,18 @@ def test_path_kernels_match_numba_on_the_same_graph(device, state, activity):
     targets = np.where(targets == np.repeat(sources, np.diff(tgt_ptr)), (targets + 1) % x.shape[0], targets)
     ref_s, ref_r = cpu.pair_scores(indptr, nbr, w, codes, sources, tgt_ptr, targets)
     got_s, got_r = gpu.pair_scores(
-        T(indptr), T(nbr), T(w), T(codes), T(sources), T(tgt_ptr), T(targets),
-        block_v=32, block_b=8, max_batch=8, state=state, activity=activity,
+        T(indptr),
+        T(nbr),
+        T(w),
+        T(codes),
+        T(sources),
+        T(tgt_ptr),
+        T(targets),
+        block_v=32,
+        block_b=8,
+        max_batch=8,
+        state=state,
+        activity=activity,
     )
     np.testing.assert_allclose(got_s.cpu().numpy(), ref_s, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(got_r.cpu().numpy(), ref_r)
@@ -601,11 +645,10 @@ def _chain_relaxations(n, sources, block_v):
     deg = np.array([1] + [2] * (n - 2) + [1])
     tile_count = vertex_count = 0
     for t in range(1, n + 1):
-        dirty = {u + du for s in sources for u in range(n) if abs(u - s) == t - 1
-                 for du in (-1, 1) if 0 <= u + du < n}
+        dirty = {u + du for s in sources for u in range(n) if abs(u - s) == t - 1 for du in (-1, 1) if 0 <= u + du < n}
         vertex_count += sum(deg[v] for v in dirty) * len(sources)
         tiles = {v // block_v for v in dirty}
-        tile_count += sum(deg[b * block_v:(b + 1) * block_v].sum() for b in tiles) * len(sources)
+        tile_count += sum(deg[b * block_v : (b + 1) * block_v].sum() for b in tiles) * len(sources)
     return tile_count, vertex_count
 
 
@@ -628,9 +671,19 @@ def test_vertex_activity_recomputes_fewer_vertices_to_the_same_state(device, sta
     out = {}
     for activity in ("tile", "vertex"):
         stats: dict = {}
-        ((_, _, d, h, s),) = shortest_path_batches(T(indptr), T(nbr), T(w), T(codes), T(sources), block_v=8,
-                                                   block_b=2, check_every=4, stats=stats, state=state,
-                                                   activity=activity)
+        ((_, _, d, h, s),) = shortest_path_batches(
+            T(indptr),
+            T(nbr),
+            T(w),
+            T(codes),
+            T(sources),
+            block_v=8,
+            block_b=2,
+            check_every=4,
+            stats=stats,
+            state=state,
+            activity=activity,
+        )
         assert stats["relaxations"] == want[activity]
         out[activity] = (d.cpu().numpy(), h.cpu().numpy(), s.cpu().numpy())
     for a, b in zip(out["tile"], out["vertex"]):
@@ -649,9 +702,23 @@ def test_vertex_activity_recomputes_fewer_vertices_to_the_same_state(device, sta
     runs = {}
     for activity in ("tile", "vertex"):
         stats = {}
-        runs[activity] = [tuple(a.cpu().numpy() for a in batch[2:]) for batch in shortest_path_batches(
-            T(indptr), T(nbr), T(w), T(codes), T(sources), block_v=16, block_b=4, max_batch=4,
-            check_every=2, stats=stats, state=state, activity=activity)]
+        runs[activity] = [
+            tuple(a.cpu().numpy() for a in batch[2:])
+            for batch in shortest_path_batches(
+                T(indptr),
+                T(nbr),
+                T(w),
+                T(codes),
+                T(sources),
+                block_v=16,
+                block_b=4,
+                max_batch=4,
+                check_every=2,
+                stats=stats,
+                state=state,
+                activity=activity,
+            )
+        ]
         runs[activity + "_relaxations"] = stats["relaxations"]
     assert runs["vertex_relaxations"] < runs["tile_relaxations"]
     for bt, bv in zip(runs["tile"], runs["vertex"], strict=True):
@@ -681,8 +748,16 @@ def test_packed_state_redoes_a_batch_wide_when_hops_could_overflow(device):
     for limit, reruns in ((8, 1), (22, 1), (23, 0), (64, 0)):
         stats: dict = {}
         ((_, _, d, h, s),) = shortest_path_batches(
-            T(indptr), T(nbr), T(w), T(codes), T(sources), block_v=8, block_b=2,
-            check_every=4, stats=stats, packed_sweep_limit=limit,
+            T(indptr),
+            T(nbr),
+            T(w),
+            T(codes),
+            T(sources),
+            block_v=8,
+            block_b=2,
+            check_every=4,
+            stats=stats,
+            packed_sweep_limit=limit,
         )
         assert stats["wide_reruns"] == reruns
         for col, src in enumerate(sources):
@@ -697,8 +772,9 @@ def test_packed_state_redoes_a_batch_wide_when_hops_could_overflow(device):
     ref = cpu.class_sums(indptr, nbr, w, codes, sources, sizes)
     from fastconvex.kernels.triton.paths import class_sums
 
-    got = class_sums(T(indptr), T(nbr), T(w), T(codes), T(sources), T(sizes), block_v=8,
-                     block_b=2, packed_sweep_limit=8)
+    got = class_sums(
+        T(indptr), T(nbr), T(w), T(codes), T(sources), T(sizes), block_v=8, block_b=2, packed_sweep_limit=8
+    )
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g.cpu().numpy(), r, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="state must be one of"):
@@ -746,8 +822,14 @@ def test_scores_disconnected_duplicates_and_rcm(device):
     engines = [TritonEngine(device, reorder=reorder) for reorder in ("none", "degree", "rcm")]
     # the options that wait for a GPU timing: the symmetric kNN (staggered too)
     # and the vertex activity rule, through the whole engine
-    engines += [TritonEngine(device, knn_options={"symmetric": True, "block_m": 16, "block_n": 32, "stagger": st},
-                             path_options={"activity": "vertex"}) for st in (False, True)]
+    engines += [
+        TritonEngine(
+            device,
+            knn_options={"symmetric": True, "block_m": 16, "block_n": 32, "stagger": st},
+            path_options={"activity": "vertex"},
+        )
+        for st in (False, True)
+    ]
     for engine in engines:
         got = engine.source_stats(x, codes, plan, 4)
         np.testing.assert_array_equal(got.n_unreachable, ref.n_unreachable)

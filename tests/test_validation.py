@@ -30,10 +30,20 @@ Y = np.arange(20) % 2
         (X, Y, {"pairs": -1, "sources": 3}, ValueError, r"pairs must be >= 1"),
         (X, Y, {"pairs": -1, "exact": True}, ValueError, r"pairs must be >= 1"),
         (X, Y, {"pairs": 2.5, "sources": 3}, TypeError, r"pairs must be an integer"),
-        (X, [float("nan") if i == 5 else i % 2 for i in range(20)], {}, ValueError,
-         r"labels has a non-finite label in row 5"),
-        (X, np.array([0, "a", np.nan] + [1] * 17, dtype=object), {}, ValueError,
-         r"labels has a non-finite label in row 2"),
+        (
+            X,
+            [float("nan") if i == 5 else i % 2 for i in range(20)],
+            {},
+            ValueError,
+            r"labels has a non-finite label in row 5",
+        ),
+        (
+            X,
+            np.array([0, "a", np.nan] + [1] * 17, dtype=object),
+            {},
+            ValueError,
+            r"labels has a non-finite label in row 2",
+        ),
         (X, Y, {"exact": True, "sources": 3}, ValueError, r"exact=True or sources"),
         (X, Y, {"exact": "yes"}, TypeError, r"exact must be True or False"),
         (X, Y, {"seed": -1}, ValueError, r"seed must be >= 0"),
@@ -154,11 +164,14 @@ def test_explicit_triton_without_cuda_or_interpreter_says_why(monkeypatch):
         _backends.resolve_backend("auto", X, "cuda:1")
 
 
-@pytest.mark.parametrize("device,exc,match", [
-    ("gpu", ValueError, r"device='gpu' is not a device torch knows"),
-    ("mps", ValueError, r"device='mps': fastconvex runs on 'cpu' or 'cuda'"),
-    (5, TypeError, r"device must be None, a string"),
-])
+@pytest.mark.parametrize(
+    "device,exc,match",
+    [
+        ("gpu", ValueError, r"device='gpu' is not a device torch knows"),
+        ("mps", ValueError, r"device='mps': fastconvex runs on 'cpu' or 'cuda'"),
+        (5, TypeError, r"device must be None, a string"),
+    ],
+)
 def test_unknown_devices_are_refused(device, exc, match):
     with pytest.raises(exc, match=match):
         fc.graph_convexity(X, Y, k=3, device=device)

@@ -112,7 +112,13 @@ def _ct2_variables(model, *, dtype=np.float16, quantize=False):
     return v
 
 
-_CODES = {np.dtype("float32"): 0, np.dtype("int8"): 1, np.dtype("int16"): 2, np.dtype("int32"): 3, np.dtype("float16"): 4}
+_CODES = {
+    np.dtype("float32"): 0,
+    np.dtype("int8"): 1,
+    np.dtype("int16"): 2,
+    np.dtype("int32"): 3,
+    np.dtype("float16"): 4,
+}
 
 
 def write_ct2(path: Path, variables: dict, *, version: int = 6, aliases=None) -> None:
@@ -143,9 +149,17 @@ def write_ct2(path: Path, variables: dict, *, version: int = 6, aliases=None) ->
 @pytest.fixture(scope="module")
 def tiny_whisper():
     cfg = transformers.WhisperConfig(
-        vocab_size=51864, d_model=32, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48,
-        max_source_positions=1500, max_target_positions=64, num_mel_bins=80,
+        vocab_size=51864,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=48,
+        decoder_ffn_dim=48,
+        max_source_positions=1500,
+        max_target_positions=64,
+        num_mel_bins=80,
     )
     torch.manual_seed(0)
     model = transformers.WhisperForConditionalGeneration(cfg).eval()
@@ -160,8 +174,12 @@ def _roundtrip(tmp_path, model, **kw):
     version = kw.pop("version", 6)
     d = tmp_path / f"ct2-{version}-{kw.get('quantize', False)}-{np.dtype(kw.get('dtype', np.float16)).name}"
     d.mkdir()
-    write_ct2(d / "model.bin", _ct2_variables(model, **kw), version=version,
-              aliases={"decoder/projection/weight": "decoder/embeddings/weight"} if version >= 3 else None)
+    write_ct2(
+        d / "model.bin",
+        _ct2_variables(model, **kw),
+        version=version,
+        aliases={"decoder/projection/weight": "decoder/embeddings/weight"} if version >= 3 else None,
+    )
     (d / "config.json").write_text('{"suppress_ids": [1, 2], "suppress_ids_begin": [220, 50256]}')
     return cw.convert_ct2_whisper(d)
 

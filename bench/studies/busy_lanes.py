@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import torch
+
 from fastconvex.kernels.numba.graph import union_csr
 from fastconvex.kernels.numba.knn import knn
 from fastconvex.kernels.triton.graph import degree_order, rcm_order
@@ -48,8 +49,11 @@ def main(sizes: list[int]) -> None:
             "rcm": rcm_order(torch.from_numpy(indptr), torch.from_numpy(nbr)),
         }
         shares = ", ".join(f"{k} {busy_share(deg, o):.1%}" for k, o in orders.items())
-        print(f"N={n}: degree mean {deg.mean():.1f}, max {deg.max()}; busy lanes: {shares} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"N={n}: degree mean {deg.mean():.1f}, max {deg.max()}; busy lanes: {shares} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

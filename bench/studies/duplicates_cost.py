@@ -16,11 +16,11 @@ import argparse
 import time
 
 import numpy as np
-from fastconvex.kernels.numba.duplicates import expand_knn
 
 import fastconvex as fc
 import fastconvex.backends.duplicates as dup
 from fastconvex.datasets import overlapping_classes
+from fastconvex.kernels.numba.duplicates import expand_knn
 
 
 def best_of(fn, repeat: int) -> float:
@@ -44,9 +44,11 @@ def search_overhead(repeat: int = 9) -> None:
         without.append(best_of(lambda: fc.graph_convexity(x, y), 1))
     dup.duplicate_groups = search
     alone = best_of(lambda: search(x), 10)
-    print(f"N=2000, D=256, pairs=5000: score {min(with_search):.3f} s with the duplicate search, "
-          f"{min(without):.3f} s without (ratio {min(with_search) / min(without):.3f}); "
-          f"the search alone {alone * 1e3:.2f} ms")
+    print(
+        f"N=2000, D=256, pairs=5000: score {min(with_search):.3f} s with the duplicate search, "
+        f"{min(without):.3f} s without (ratio {min(with_search) / min(without):.3f}); "
+        f"the search alone {alone * 1e3:.2f} ms"
+    )
 
 
 def expansion(n: int, k: int = 10) -> None:

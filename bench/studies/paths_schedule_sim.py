@@ -150,10 +150,10 @@ def relaxations(indptr, nbr, masks, block_v, block_b, max_sweeps):
 
 def build_graph(n: int, d: int, n_classes: int, seed: int):
     import torch
-    from fastconvex.kernels.triton.graph import union_csr
 
     import fastconvex as fc
     import fastconvex.datasets
+    from fastconvex.kernels.triton.graph import union_csr
 
     x, labels = fastconvex.datasets.overlapping_classes(n, d, n_classes, seed=seed)
     g = fc.knn_graph(x, 10, backend="numba")
@@ -163,6 +163,7 @@ def build_graph(n: int, d: int, n_classes: int, seed: int):
 
 def vertex_orders(ip, nbr) -> dict:
     import torch
+
     from fastconvex.kernels.triton.graph import degree_bins, degree_order, rcm_order
 
     n = ip.shape[0] - 1
@@ -170,8 +171,7 @@ def vertex_orders(ip, nbr) -> dict:
     pos = np.empty(n, np.int64)
     pos[rcm.numpy()] = np.arange(n)
     bins = degree_bins(ip).numpy()
-    return {"degree": degree_order(ip), "rcm": rcm,
-            "degree+rcm": torch.as_tensor(np.lexsort((pos, bins)))}
+    return {"degree": degree_order(ip), "rcm": rcm, "degree+rcm": torch.as_tensor(np.lexsort((pos, bins)))}
 
 
 def simulate(args) -> dict:
@@ -181,10 +181,19 @@ def simulate(args) -> dict:
     ip, nbr, w, labels = build_graph(args.n, args.d, args.classes, args.seed)
     rng = np.random.default_rng(args.seed)
     per_class = -(-args.batch // args.classes)
-    src_all = np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
-                              for c in range(args.classes)])[: args.batch]
-    out = {"n": args.n, "d": args.d, "classes": args.classes, "sources": int(src_all.size),
-           "block_v": args.block_v, "block_b": args.block_b, "edges": int(ip[-1]), "results": []}
+    src_all = np.concatenate(
+        [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(args.classes)]
+    )[: args.batch]
+    out = {
+        "n": args.n,
+        "d": args.d,
+        "classes": args.classes,
+        "sources": int(src_all.size),
+        "block_v": args.block_v,
+        "block_b": args.block_b,
+        "edges": int(ip[-1]),
+        "results": [],
+    }
     for name, order in vertex_orders(ip, nbr).items():
         ipo, nbo, wo, inv = permute_csr(ip, nbr, w, order.long())
         ipo, nbo, wo, inv = ipo.numpy(), nbo.numpy(), wo.numpy(), inv.numpy()
@@ -195,15 +204,24 @@ def simulate(args) -> dict:
             raise SystemExit(f"a source needed {MAX_SWEEPS} sweeps or more: the uint64 masks cannot hold it")
         full = float(ipo[-1]) * src.size
         for src_order, perm in (("plan", np.arange(src.size)), ("by_vertex", np.argsort(src, kind="stable"))):
-            tile, vertex, entry = relaxations(ipo, nbo, np.ascontiguousarray(masks[:, perm]),
-                                              args.block_v, args.block_b, MAX_SWEEPS)
-            row = {"vertex_order": name, "source_order": src_order, "sweeps_max": int(sweeps.max()),
-                   "sweeps_mean": float(sweeps.mean()), "tile": tile / full, "vertex": vertex / full,
-                   "entry": entry / full}
+            tile, vertex, entry = relaxations(
+                ipo, nbo, np.ascontiguousarray(masks[:, perm]), args.block_v, args.block_b, MAX_SWEEPS
+            )
+            row = {
+                "vertex_order": name,
+                "source_order": src_order,
+                "sweeps_max": int(sweeps.max()),
+                "sweeps_mean": float(sweeps.mean()),
+                "tile": tile / full,
+                "vertex": vertex / full,
+                "entry": entry / full,
+            }
             out["results"].append(row)
-            print(f"{name:11s} sources {src_order:9s}  per edge and source: tile {row['tile']:.3f}  "
-                  f"vertex {row['vertex']:.3f}  entry {row['entry']:.3f}  (sweeps max {row['sweeps_max']})",
-                  flush=True)
+            print(
+                f"{name:11s} sources {src_order:9s}  per edge and source: tile {row['tile']:.3f}  "
+                f"vertex {row['vertex']:.3f}  entry {row['entry']:.3f}  (sweeps max {row['sweeps_max']})",
+                flush=True,
+            )
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -212,6 +230,7 @@ def check(args) -> dict:
     """The simulator's tile count against the Triton kernel's own counter
     (interpreter on the CPU, or CUDA), same graph, sources and tiles."""
     import torch
+
     from fastconvex.kernels.triton.graph import degree_order, permute_csr
     from fastconvex.kernels.triton.paths import shortest_path_batches
 
@@ -227,9 +246,18 @@ def check(args) -> dict:
     result = {"simulated": {"tile": int(tile), "vertex": int(vertex)}, "kernel": {}}
     for activity in ("tile", "vertex"):
         stats: dict = {}
-        for _ in shortest_path_batches(ip.to(dev), nbr.to(dev), w.to(dev), torch.as_tensor(codes, device=dev),
-                                       torch.as_tensor(src, device=dev), block_v=args.block_v,
-                                       block_b=args.block_b, max_batch=args.batch, stats=stats, activity=activity):
+        for _ in shortest_path_batches(
+            ip.to(dev),
+            nbr.to(dev),
+            w.to(dev),
+            torch.as_tensor(codes, device=dev),
+            torch.as_tensor(src, device=dev),
+            block_v=args.block_v,
+            block_b=args.block_b,
+            max_batch=args.batch,
+            stats=stats,
+            activity=activity,
+        ):
             pass
         if stats["batches"] != 1:
             raise SystemExit("--check needs one batch: lower --batch")

@@ -66,8 +66,14 @@ CONFIGS = [
     dict(DEFAULT, flat_loop=True),
 ]
 INTS = ["M", "N", "keys_per_split", "n_split"]
-PTRS = {"xq_ptr": "*fp32", "xk_ptr": "*fp32", "sq_ptr": "*fp32", "qidx_ptr": "*i64",
-        "out_d_ptr": "*fp32", "out_i_ptr": "*i32"}
+PTRS = {
+    "xq_ptr": "*fp32",
+    "xk_ptr": "*fp32",
+    "sq_ptr": "*fp32",
+    "qidx_ptr": "*i64",
+    "out_d_ptr": "*fp32",
+    "out_i_ptr": "*i32",
+}
 
 
 def load_module(name):
@@ -77,7 +83,8 @@ def load_module(name):
     if pkg not in sys.modules:
         where = os.path.join(ROOT, "kernels", "triton")
         spec = importlib.util.spec_from_file_location(
-            pkg, os.path.join(where, "__init__.py"), submodule_search_locations=[where])
+            pkg, os.path.join(where, "__init__.py"), submodule_search_locations=[where]
+        )
         mod = importlib.util.module_from_spec(spec)
         sys.modules[pkg] = mod
         spec.loader.exec_module(mod)
@@ -97,8 +104,9 @@ def resource_usage(kernel) -> str:
         f.write(kernel.asm["cubin"])
         f.flush()
         try:
-            out = subprocess.run([tool, "--dump-resource-usage", f.name],
-                                 capture_output=True, text=True, timeout=60).stdout
+            out = subprocess.run(
+                [tool, "--dump-resource-usage", f.name], capture_output=True, text=True, timeout=60
+            ).stdout
         except (OSError, subprocess.SubprocessError) as e:
             return f"(cuobjdump unavailable: {e})"
     m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", out)
@@ -113,10 +121,23 @@ def resource_usage(kernel) -> str:
 
 PATH_INTS = ["N", "B", "NBB"]
 PATH_PTRS = {
-    "indptr_ptr": "*i64", "nbr_ptr": "*i64", "w_ptr": "*fp64", "codes_ptr": "*i64",
-    "scode_ptr": "*i64", "svert_ptr": "*i64",
-    "d_in": "*fp64", "h_in": "*i32", "s_in": "*i32", "d_out": "*fp64", "h_out": "*i32", "s_out": "*i32",
-    "act_in": "*i8", "chg_in": "*i8", "act_out": "*i8", "chg_out": "*i8", "count_ptr": "*i64",
+    "indptr_ptr": "*i64",
+    "nbr_ptr": "*i64",
+    "w_ptr": "*fp64",
+    "codes_ptr": "*i64",
+    "scode_ptr": "*i64",
+    "svert_ptr": "*i64",
+    "d_in": "*fp64",
+    "h_in": "*i32",
+    "s_in": "*i32",
+    "d_out": "*fp64",
+    "h_out": "*i32",
+    "s_out": "*i32",
+    "act_in": "*i8",
+    "chg_in": "*i8",
+    "act_out": "*i8",
+    "chg_out": "*i8",
+    "count_ptr": "*i64",
 }
 
 
@@ -151,18 +172,24 @@ def compile_relax(fn, bv, bb, div, nw, packed=True, maxnreg=None, vertex_act=Fal
     if maxnreg is not None:
         options["maxnreg"] = maxnreg
     no_hops = load_module("paths")._NO_HOPS
-    return compile_for_sm90(fn, PATH_PTRS, PATH_INTS, div,
-                            {"BV": bv, "BB": bb, "PACKED": packed, "NO_HOPS": no_hops,
-                             "VERTEX_ACT": vertex_act}, options)
+    return compile_for_sm90(
+        fn,
+        PATH_PTRS,
+        PATH_INTS,
+        div,
+        {"BV": bv, "BB": bb, "PACKED": packed, "NO_HOPS": no_hops, "VERTEX_ACT": vertex_act},
+        options,
+    )
 
 
 def check_paths(quick: bool) -> tuple[int, int]:
     fn = load_module("paths")._relax_kernel
     all_div = list(itertools.product([False, True], repeat=len(PATH_INTS)))
     shapes = [(8, 32)] if quick else [(8, 32), (16, 32), (32, 32), (64, 32), (32, 64)]
-    jobs = [(bv, bb, div, nw, packed, None, va)
-            for (bv, bb), div, nw, packed, va in itertools.product(shapes, all_div, (4, 8), (True, False),
-                                                                   (False, True))]
+    jobs = [
+        (bv, bb, div, nw, packed, None, va)
+        for (bv, bb), div, nw, packed, va in itertools.product(shapes, all_div, (4, 8), (True, False), (False, True))
+    ]
     # the register caps gpu_check times (max_registers=), default tile and warps
     jobs += [(8, 32, all_div[-1], 4, True, cap, False) for cap in (96, 64)]
     ok = bad = 0
@@ -172,8 +199,7 @@ def check_paths(quick: bool) -> tuple[int, int]:
             k = compile_relax(fn, bv, bb, div, nw, packed, cap, va)
             ok += 1
             if all(div):
-                print(f"  ok {name} nw={nw}{'' if cap is None else f' maxnreg={cap}'}: "
-                      f"{resource_usage(k)}", flush=True)
+                print(f"  ok {name} nw={nw}{'' if cap is None else f' maxnreg={cap}'}: {resource_usage(k)}", flush=True)
         except Exception as e:  # noqa: BLE001
             bad += 1
             print(f"FAIL {name} div={div} nw={nw} maxnreg={cap}: {failure(e)}", flush=True)
@@ -185,14 +211,40 @@ def check_class_sums() -> tuple[int, int]:
     """The fused class-sum kernels of ``kernels/triton/paths.py`` (both state layouts)."""
     mod = load_module("paths")
     ok = bad = 0
-    jobs = [(mod._class_sums_kernel, {"d_ptr": "*fp64", "h_ptr": "*i32", "s_ptr": "*i32", "codes_ptr": "*i64",
-                                      "scode_ptr": "*i64", "svert_ptr": "*i64", "psum_ptr": "*fp64",
-                                      "psq_ptr": "*fp64", "punr_ptr": "*i64"}, ["N", "B"],
-             {"CHUNK": mod._SUM_CHUNK, "RB": mod._SUM_ROWS, "BB": mod._SUM_COLS, "PACKED": packed})
-            for packed in (True, False)]
-    jobs.append((mod._sum_chunks_kernel, {"psum_ptr": "*fp64", "psq_ptr": "*fp64", "punr_ptr": "*i64",
-                                          "sum_ptr": "*fp64", "sq_ptr": "*fp64", "unr_ptr": "*i64"},
-                 ["n_chunks", "B"], {"BB": mod._SUM_COLS}))
+    jobs = [
+        (
+            mod._class_sums_kernel,
+            {
+                "d_ptr": "*fp64",
+                "h_ptr": "*i32",
+                "s_ptr": "*i32",
+                "codes_ptr": "*i64",
+                "scode_ptr": "*i64",
+                "svert_ptr": "*i64",
+                "psum_ptr": "*fp64",
+                "psq_ptr": "*fp64",
+                "punr_ptr": "*i64",
+            },
+            ["N", "B"],
+            {"CHUNK": mod._SUM_CHUNK, "RB": mod._SUM_ROWS, "BB": mod._SUM_COLS, "PACKED": packed},
+        )
+        for packed in (True, False)
+    ]
+    jobs.append(
+        (
+            mod._sum_chunks_kernel,
+            {
+                "psum_ptr": "*fp64",
+                "psq_ptr": "*fp64",
+                "punr_ptr": "*i64",
+                "sum_ptr": "*fp64",
+                "sq_ptr": "*fp64",
+                "unr_ptr": "*i64",
+            },
+            ["n_chunks", "B"],
+            {"BB": mod._SUM_COLS},
+        )
+    )
     for fn, ptrs, ints, const in jobs:
         # the integer arguments are do_not_specialize: one compiled layout, so
         # one summation order, whatever the batch width (a B divisible by 16
@@ -216,8 +268,16 @@ def check_class_sums() -> tuple[int, int]:
     return ok, bad
 
 
-SYM_PTRS = {"xs_ptr": "*fp32", "sq_ptr": "*fp32", "row_d_ptr": "*fp32", "row_i_ptr": "*i32",
-            "col_key_ptr": "*i32", "col_i_ptr": "*i32", "col_thr_ptr": "*i32", "lock_ptr": "*i32"}
+SYM_PTRS = {
+    "xs_ptr": "*fp32",
+    "sq_ptr": "*fp32",
+    "row_d_ptr": "*fp32",
+    "row_i_ptr": "*i32",
+    "col_key_ptr": "*i32",
+    "col_i_ptr": "*i32",
+    "col_thr_ptr": "*i32",
+    "lock_ptr": "*i32",
+}
 
 
 def check_symmetric(quick: bool) -> tuple[int, int]:
@@ -233,15 +293,25 @@ def check_symmetric(quick: bool) -> tuple[int, int]:
         if bn == 256 and prec != "fp16":
             continue  # the launcher's float32 tiers use 128-wide tiles
         name = f"symmetric BLOCK_M={bm} BLOCK_N={bn}{' staggered' if stagger else ''} {prec} nw={nw}"
-        const = {"DP": 768, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 32, "KP": 32, "PRECISION": prec,
-                 "STAGGER": stagger}
+        const = {
+            "DP": 768,
+            "BLOCK_M": bm,
+            "BLOCK_N": bn,
+            "BLOCK_K": 32,
+            "KP": 32,
+            "PRECISION": prec,
+            "STAGGER": stagger,
+        }
         ptrs = dict(SYM_PTRS, **({"xs_ptr": "*fp16"} if prec == "fp16" else {}))
         try:
             k = compile_for_sm90(fn, ptrs, ["N"], div, const, {"num_warps": nw, "num_stages": 3})
             ok += 1
             if not div[0]:
-                print(f"  ok {name}: shared memory {getattr(k.metadata, 'shared', '?')} B, "
-                      f"wgmma {'wgmma' in k.asm.get('ptx', '')}, {resource_usage(k)}", flush=True)
+                print(
+                    f"  ok {name}: shared memory {getattr(k.metadata, 'shared', '?')} B, "
+                    f"wgmma {'wgmma' in k.asm.get('ptx', '')}, {resource_usage(k)}",
+                    flush=True,
+                )
         except Exception as e:  # noqa: BLE001
             bad += 1
             print(f"FAIL {name} div={div}: {failure(e)}", flush=True)
@@ -254,11 +324,19 @@ def check_exact_dist() -> tuple[int, int]:
     fn = load_module("knn")._exact_sq_dist_kernel
     ints = ["n_pairs", "KC", "D", "stride_row", "stride_col"]
     ok = bad = 0
-    for dtype, div in itertools.product(("*fp32", "*fp64", "*fp16", "*bf16"), ([False] * 5, [True, True, True, True, False])):
+    for dtype, div in itertools.product(
+        ("*fp32", "*fp64", "*fp16", "*bf16"), ([False] * 5, [True, True, True, True, False])
+    ):
         name = f"exact_sq_dist x={dtype} divisible={div}"
         try:
-            k = compile_for_sm90(fn, {"x_ptr": dtype, "rows_ptr": "*i64", "cand_ptr": "*i64", "out_ptr": "*fp64"},
-                                 ints, div, {"BLOCK_P": 128}, {"num_warps": 4, "enable_fp_fusion": False})
+            k = compile_for_sm90(
+                fn,
+                {"x_ptr": dtype, "rows_ptr": "*i64", "cand_ptr": "*i64", "out_ptr": "*fp64"},
+                ints,
+                div,
+                {"BLOCK_P": 128},
+                {"num_warps": 4, "enable_fp_fusion": False},
+            )
             fused = len(re.findall(r"\bfma\.rn\.f64", k.asm["ptx"]))
             if fused:
                 raise RuntimeError(f"{fused} fma.rn.f64 in the PTX (the sums would round differently)")
@@ -273,13 +351,18 @@ def check_exact_dist() -> tuple[int, int]:
 
 
 def compile_one(fn, cfg, kp, prec, div, nw, dp=768):
-    const = {"DP": dp, "BLOCK_M": cfg["block_m"], "BLOCK_N": cfg["block_n"],
-             "BLOCK_K": cfg["block_k"], "KP": kp, "PRECISION": prec,
-             "FLAT": bool(cfg.get("flat_loop", False)),
-             "MASK_EVERY_TILE": bool(cfg.get("mask_every_tile", False))}
+    const = {
+        "DP": dp,
+        "BLOCK_M": cfg["block_m"],
+        "BLOCK_N": cfg["block_n"],
+        "BLOCK_K": cfg["block_k"],
+        "KP": kp,
+        "PRECISION": prec,
+        "FLAT": bool(cfg.get("flat_loop", False)),
+        "MASK_EVERY_TILE": bool(cfg.get("mask_every_tile", False)),
+    }
     pointers = dict(PTRS, **({"xq_ptr": "*fp16", "xk_ptr": "*fp16"} if prec == "fp16" else {}))
-    return compile_for_sm90(fn, pointers, INTS, div, const,
-                            {"num_warps": nw, "num_stages": cfg["num_stages"]})
+    return compile_for_sm90(fn, pointers, INTS, div, const, {"num_warps": nw, "num_stages": cfg["num_stages"]})
 
 
 def main() -> int:
@@ -288,7 +371,7 @@ def main() -> int:
     print(f"triton {triton.__version__} from {os.path.dirname(triton.__file__)}", flush=True)
     all_div = list(itertools.product([False, True], repeat=len(INTS)))
     jobs = []
-    for cfg in ([DEFAULT] if quick else CONFIGS):
+    for cfg in [DEFAULT] if quick else CONFIGS:
         for kp, prec in itertools.product((32, 64, 128), ("fp16", "tf32", "tf32x3", "ieee")):
             hot = kp == 32 and prec in ("fp16", "tf32")  # the default tiers at k = 10
             if quick and not hot:
@@ -316,10 +399,13 @@ def main() -> int:
             k = compile_one(fn, cfg, kp, prec, div, nw)
             ok += 1
             md = k.metadata
-            if (div == all_div[0] and nw == cfg["num_warps"] and prec in ("fp16", "tf32")):
-                print(f"  ok {cfg} KP={kp} {prec} nw={nw}: shared memory "
-                      f"{getattr(md, 'shared', '?')} B, wgmma {'wgmma' in k.asm.get('ptx', '')}, "
-                      f"{resource_usage(k)}", flush=True)
+            if div == all_div[0] and nw == cfg["num_warps"] and prec in ("fp16", "tf32"):
+                print(
+                    f"  ok {cfg} KP={kp} {prec} nw={nw}: shared memory "
+                    f"{getattr(md, 'shared', '?')} B, wgmma {'wgmma' in k.asm.get('ptx', '')}, "
+                    f"{resource_usage(k)}",
+                    flush=True,
+                )
         except Exception as e:  # noqa: BLE001
             bad += 1
             print(f"FAIL {cfg} KP={kp} {prec} div={div} nw={nw}: {failure(e)}", flush=True)

@@ -17,7 +17,8 @@ different rows together.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -88,9 +89,7 @@ def duplicate_groups(x: Any) -> tuple[np.ndarray, np.ndarray] | None:
     return group_rows(row_hashes(x), lambda a, b: rows_equal(x, a, b))
 
 
-def knn_over_distinct_rows(
-    x: Any, k: int, knn: Callable[[Any, int], tuple[Any, Any]]
-) -> tuple[Any, Any, int]:
+def knn_over_distinct_rows(x: Any, k: int, knn: Callable[[Any, int], tuple[Any, Any]]) -> tuple[Any, Any, int]:
     """``knn(x, k)`` run on the distinct rows of ``x`` only, expanded to every row.
 
     Parameters

@@ -112,8 +112,9 @@ def _union_graph(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
     return graph  # explicit zeros (duplicates) stay as stored entries
 
 
-def _tie_predecessors(dist_row: np.ndarray, source: int, tail: np.ndarray, head: np.ndarray,
-                      w: np.ndarray, codes: np.ndarray) -> np.ndarray:
+def _tie_predecessors(
+    dist_row: np.ndarray, source: int, tail: np.ndarray, head: np.ndarray, w: np.ndarray, codes: np.ndarray
+) -> np.ndarray:
     """Predecessor row of the shortest paths from ``source`` under the tie rule
     (fewest hops, then most same-label interior vertices, among the exactly
     equal-length paths); -9999 where there is none, as scipy writes it.
@@ -174,8 +175,7 @@ class NaiveEngine:
         dist = dijkstra(adjacency, directed=False, indices=sources)
         coo = adjacency.tocoo()  # symmetric: both directions of every edge
         tail, head = coo.row.astype(np.intp), coo.col.astype(np.intp)  # no per-use casts
-        pred = {int(s): _tie_predecessors(dist[r], int(s), tail, head, coo.data, codes)
-                for r, s in enumerate(sources)}
+        pred = {int(s): _tie_predecessors(dist[r], int(s), tail, head, coo.data, codes) for r, s in enumerate(sources)}
         scores = np.zeros(src.shape[0])
         reachable = np.zeros(src.shape[0], dtype=bool)
         for p, (s, t) in enumerate(zip(src, tgt)):
@@ -187,8 +187,15 @@ class NaiveEngine:
         counts = plan.class_sizes[plan.source_class] - 1 if plan.class_mode else np.diff(plan.target_ptr)
         ptr = np.zeros(plan.n_sources + 1, np.int64)
         np.cumsum(counts, out=ptr[1:])
-        grouped = PairPlan(plan.estimator, False, plan.sources, plan.source_class, ptr, tgt,
-                           plan.class_sizes, plan.scored, plan.population)
+        grouped = PairPlan(
+            plan.estimator,
+            False,
+            plan.sources,
+            plan.source_class,
+            ptr,
+            tgt,
+            plan.class_sizes,
+            plan.scored,
+            plan.population,
+        )
         return stats_from_pair_scores(grouped, scores, reachable)
-
-

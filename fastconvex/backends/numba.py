@@ -26,8 +26,9 @@ def _announce_numba_compilation() -> None:
     from fastconvex.core.progress import announce_compilation
     from fastconvex.kernels.numba import cover, graph, knn, paths
 
-    announce_compilation([knn._update_topk_from_gram, knn._rerank_exact, graph.union_csr,
-                          paths._run, cover.greedy_pair_cover])
+    announce_compilation(
+        [knn._update_topk_from_gram, knn._rerank_exact, graph.union_csr, paths._run, cover.greedy_pair_cover]
+    )
 
 
 class NumbaEngine:
@@ -67,15 +68,16 @@ class NumbaEngine:
         from fastconvex.core.progress import Progress
 
         host = self._host(x)
-        with Progress(host.shape[0], "rows", desc="kNN", leave=False,
-                      enabled=self._inner(host.shape[0])) as bar:
+        with Progress(host.shape[0], "rows", desc="kNN", leave=False, enabled=self._inner(host.shape[0])) as bar:
             report = bar.set if bar.enabled else None
             indices, distances, _ = knn_over_distinct_rows(
-                host, k, lambda rows, kd: self.distinct_knn(rows, kd, report))
+                host, k, lambda rows, kd: self.distinct_knn(rows, kd, report)
+            )
         return KNNGraph(indices, distances, self.name)
 
-    def source_parts(self, csr: tuple[np.ndarray, np.ndarray, np.ndarray], codes: np.ndarray,
-                     plan: PairPlan, progress: Any = None) -> list[tuple[np.ndarray, ...]]:
+    def source_parts(
+        self, csr: tuple[np.ndarray, np.ndarray, np.ndarray], codes: np.ndarray, plan: PairPlan, progress: Any = None
+    ) -> list[tuple[np.ndarray, ...]]:
         """Path sums of every source, as one part (see :func:`source_sums`)."""
         return [source_sums(csr, codes, plan, 0, plan.n_sources, progress)]
 
@@ -85,14 +87,19 @@ class NumbaEngine:
 
         graph = self.knn(x, k)
         csr = union_csr(graph.indices, graph.distances)
-        with Progress(plan.n_sources, "sources", desc="paths", leave=False,
-                      enabled=self._inner(graph.n_points)) as bar:
+        with Progress(plan.n_sources, "sources", desc="paths", leave=False, enabled=self._inner(graph.n_points)) as bar:
             parts = self.source_parts(csr, codes, plan, bar.update if bar.enabled else None)
         return stats_from_parts(plan, parts)
 
 
-def source_sums(csr: tuple[np.ndarray, np.ndarray, np.ndarray], codes: np.ndarray, plan: PairPlan,
-                s0: int, s1: int, progress: Any = None) -> tuple[np.ndarray, ...]:
+def source_sums(
+    csr: tuple[np.ndarray, np.ndarray, np.ndarray],
+    codes: np.ndarray,
+    plan: PairPlan,
+    s0: int,
+    s1: int,
+    progress: Any = None,
+) -> tuple[np.ndarray, ...]:
     """Shortest-path sums of sources ``plan.sources[s0:s1]`` on the union graph
     ``csr`` (indptr, neighbours, weights). Each source is independent, so parts
     over consecutive source ranges concatenate to the whole.
@@ -107,8 +114,9 @@ def source_sums(csr: tuple[np.ndarray, np.ndarray, np.ndarray], codes: np.ndarra
     indptr, nbr, w = csr
     sources = plan.sources[s0:s1]
     if plan.class_mode:
-        return tuple(np.asarray(a) for a in class_sums(indptr, nbr, w, codes, sources, plan.class_sizes,
-                                                       progress=progress))
+        return tuple(
+            np.asarray(a) for a in class_sums(indptr, nbr, w, codes, sources, plan.class_sizes, progress=progress)
+        )
     t0, t1 = int(plan.target_ptr[s0]), int(plan.target_ptr[s1])
     ptr = plan.target_ptr[s0 : s1 + 1] - t0
     scores, reachable = pair_scores(indptr, nbr, w, codes, sources, ptr, plan.targets[t0:t1], progress=progress)

@@ -53,5 +53,6 @@ class ShardedEngine(NumbaEngine):
         ray = self.ray
         csr_ref, codes_ref, plan_ref = ray.put(csr), ray.put(codes), ray.put(plan)
         task = ray.remote(source_sums).options(**self.opts)
-        return ray.get([task.remote(csr_ref, codes_ref, plan_ref, a, b)
-                        for a, b in _blocks(plan.n_sources, self.shards)])
+        return ray.get(
+            [task.remote(csr_ref, codes_ref, plan_ref, a, b) for a, b in _blocks(plan.n_sources, self.shards)]
+        )

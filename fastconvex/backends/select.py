@@ -95,8 +95,15 @@ def resolve_backend(backend: str, x: Any = None, device: Any = None) -> str:
     return backend
 
 
-def get_engine(name: str, device: Any = None, *, progress: bool = False, ray: Any = None,
-               shards: int | None = None, requested: str | None = None) -> Engine:
+def get_engine(
+    name: str,
+    device: Any = None,
+    *,
+    progress: bool = False,
+    ray: Any = None,
+    shards: int | None = None,
+    requested: str | None = None,
+) -> Engine:
     """The engine of backend ``name``; ``progress``: bars inside a layer (Numba).
 
     With ``ray`` (a connected Ray, ``engine="ray"``) the Numba engine's two
@@ -107,8 +114,10 @@ def get_engine(name: str, device: Any = None, *, progress: bool = False, ray: An
     """
     if ray is not None:
         if name != "numba":
-            raise ValueError(f"engine='ray' shards the Numba kernels: backend={requested or name!r} resolved to "
-                             f"{name!r}; use backend='numba' (or 'auto' on CPU data)")
+            raise ValueError(
+                f"engine='ray' shards the Numba kernels: backend={requested or name!r} resolved to "
+                f"{name!r}; use backend='numba' (or 'auto' on CPU data)"
+            )
         from fastconvex.backends.ray import ShardedEngine
 
         return ShardedEngine(ray, shards or max(1, int(ray.cluster_resources().get("CPU", 1))))

@@ -73,8 +73,14 @@ class TritonEngine:
 
     name = "triton"
 
-    def __init__(self, device: Any = None, *, knn_options: dict | None = None,
-                 path_options: dict | None = None, reorder: str | None = None):
+    def __init__(
+        self,
+        device: Any = None,
+        *,
+        knn_options: dict | None = None,
+        path_options: dict | None = None,
+        reorder: str | None = None,
+    ):
         self._device_arg = device
         self.knn_options = dict(knn_options or {})
         self.path_options = dict(path_options or {})
@@ -94,9 +100,7 @@ class TritonEngine:
             return x.device
         dev = _resolve_device(self._device_arg)
         if dev.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError(
-                "backend='triton' on the CPU needs TRITON_INTERPRET=1 set before triton is imported"
-            )
+            raise RuntimeError("backend='triton' on the CPU needs TRITON_INTERPRET=1 set before triton is imported")
         return dev
 
     def _to_device(self, x: Any):
@@ -163,8 +167,7 @@ class TritonEngine:
             if targets is not None:
                 targets = inv[targets]
         _sync(dev)
-        self.last_stats["graph"] = {"seconds": _now() - t0, "edges": int(nbr.shape[0]),
-                                    "reorder": self.reorder}
+        self.last_stats["graph"] = {"seconds": _now() - t0, "edges": int(nbr.shape[0]), "reorder": self.reorder}
         t0 = _now()
         path_stats: dict = {}
         opts = dict(self.path_options)
@@ -174,9 +177,7 @@ class TritonEngine:
             sums, sumsq, unreach = class_sums(indptr, nbr, w, codes_t, sources, sizes, **opts)
             path_stats["seconds"] = _now() - t0
             self.last_stats["paths"] = path_stats
-            return stats_from_class_sums(
-                plan, sums.cpu().numpy(), sumsq.cpu().numpy(), unreach.cpu().numpy()
-            )
+            return stats_from_class_sums(plan, sums.cpu().numpy(), sumsq.cpu().numpy(), unreach.cpu().numpy())
         ptr = torch.as_tensor(plan.target_ptr, device=dev)
         scores, reachable = pair_scores(indptr, nbr, w, codes_t, sources, ptr, targets, **opts)
         path_stats["seconds"] = _now() - t0

@@ -14,8 +14,16 @@ from typing import Any
 
 from fastconvex.commands._output import UsageError
 
-__all__ = ["positive_int", "non_negative_int", "layer_list", "add_scoring_arguments", "scoring_kwargs",
-           "add_measure_arguments", "check_graph_only", "euclidean_kwargs"]
+__all__ = [
+    "add_measure_arguments",
+    "add_scoring_arguments",
+    "check_graph_only",
+    "euclidean_kwargs",
+    "layer_list",
+    "non_negative_int",
+    "positive_int",
+    "scoring_kwargs",
+]
 
 
 def _int_at_least(text: str, minimum: int) -> int:
@@ -54,7 +62,9 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         "--pairs", type=positive_int, default=None, help="same-class ordered pairs sampled per class (default 5000)"
     )
     group.add_argument(
-        "--sources", type=positive_int, default=None,
+        "--sources",
+        type=positive_int,
+        default=None,
         help="instead of --pairs: sources per class, each scored against all its class (cheaper at large N)",
     )
     group.add_argument("--exact", action="store_true", help="score every same-class ordered pair")
@@ -87,8 +97,9 @@ def scoring_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
-def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = True,
-                          lengths: bool | None = None) -> None:
+def add_measure_arguments(
+    parser: argparse.ArgumentParser, *, for_files: bool = True, lengths: bool | None = None
+) -> None:
     """``--measure`` and the Euclidean options. ``score`` (``for_files``) also
     takes ``--model`` (the classifier) and ``--lengths`` (its EMBEDDINGS come
     padded); in ``prune`` MODEL is the classifier and the audio gives the frames;
@@ -97,30 +108,41 @@ def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = 
     lengths = for_files if lengths is None else lengths
     group = parser.add_argument_group("measure")
     group.add_argument(
-        "--measure", default="graph", choices=["graph", "euclidean"],
+        "--measure",
+        default="graph",
+        choices=["graph", "euclidean"],
         help="graph convexity (default) or Euclidean convexity through the classifier's remaining layers"
         + ("" if for_files else " (MODEL must be a *ForSequenceClassification or WhisperForAudioClassification)"),
     )
     if for_files:
         group.add_argument(
-            "--model", default=None, metavar="DIR",
+            "--model",
+            default=None,
+            metavar="DIR",
             help="euclidean: the audio classifier (a *ForSequenceClassification or WhisperForAudioClassification "
             + ("directory or hub id" if lengths else "directory every worker can read")
             + ") whose blocks after each layer, and head, label the sampled points",
         )
     group.add_argument("--n-sampled", type=int, default=None, help="euclidean: points per segment (default 10)")
     group.add_argument(
-        "--predict-batch", type=int, default=None, metavar="B",
+        "--predict-batch",
+        type=int,
+        default=None,
+        metavar="B",
         help="euclidean: sampled points per forward pass (default 256)",
     )
     group.add_argument(
-        "--label-map", default=None, metavar="FILE.json",
+        "--label-map",
+        default=None,
+        metavar="FILE.json",
         help="euclidean: a JSON object {data label: class index} when the labels are not the classifier's "
         "config.id2label names (keys are labels as text; a key of digits also matches an integer label)",
     )
     if lengths:
         group.add_argument(
-            "--lengths", default=None, metavar="FILE.npy",
+            "--lengths",
+            default=None,
+            metavar="FILE.npy",
             help="euclidean: real frames of each item (N,) when sequences are padded",
         )
 
@@ -128,10 +150,13 @@ def add_measure_arguments(parser: argparse.ArgumentParser, *, for_files: bool = 
 def check_graph_only(args: argparse.Namespace, *, model_option: bool = True) -> None:
     """Graph measure: the Euclidean-only options must not be given (``prune``'s
     MODEL is its positional argument, not the ``--model`` option)."""
-    given = (("--model", getattr(args, "model", None) if model_option else None),
-             ("--lengths", getattr(args, "lengths", None)),
-             ("--n-sampled", args.n_sampled), ("--predict-batch", args.predict_batch),
-             ("--label-map", getattr(args, "label_map", None)))
+    given = (
+        ("--model", getattr(args, "model", None) if model_option else None),
+        ("--lengths", getattr(args, "lengths", None)),
+        ("--n-sampled", args.n_sampled),
+        ("--predict-batch", args.predict_batch),
+        ("--label-map", getattr(args, "label_map", None)),
+    )
     for flag, value in given:
         if value is not None:
             raise ValueError(f"{flag} applies to --measure euclidean only")

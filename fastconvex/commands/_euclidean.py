@@ -78,8 +78,9 @@ def run_score(args: argparse.Namespace, plot_path: Path | None = None) -> int:
                 raise FileNotFoundError(f"--lengths {str(args.lengths)!r} does not exist")
             lengths = load_npy(Path(args.lengths), "--lengths", mmap=False)
             if lengths.ndim != 1:
-                raise ValueError(f"--lengths: {str(args.lengths)!r} has shape {lengths.shape}, expected (N,) "
-                                 "frame counts")
+                raise ValueError(
+                    f"--lengths: {str(args.lengths)!r} has shape {lengths.shape}, expected (N,) frame counts"
+                )
     except (FileNotFoundError, UsageError):
         raise
     except (OSError, ValueError) as exc:
@@ -87,8 +88,10 @@ def run_score(args: argparse.Namespace, plot_path: Path | None = None) -> int:
     n = int(layers[0].shape[0])
     check_label_count(labels, n, args.labels, f"EMBEDDINGS {str(args.embeddings)!r} has N = {n} items per layer")
     if lengths is not None and lengths.shape[0] != n:
-        raise DataError(f"--lengths {str(args.lengths)!r} has {lengths.shape[0]} frame counts but EMBEDDINGS "
-                        f"{str(args.embeddings)!r} has N = {n} items per layer")
+        raise DataError(
+            f"--lengths {str(args.lengths)!r} has {lengths.shape[0]} frame counts but EMBEDDINGS "
+            f"{str(args.embeddings)!r} has N = {n} items per layer"
+        )
     log(args, f"loading {args.model}")  # after every file is checked: loading takes a while
     model, _ = load_model(args.model, None, args.device)
     predictor = hf.predict_from_layer(model)
@@ -97,8 +100,11 @@ def run_score(args: argparse.Namespace, plot_path: Path | None = None) -> int:
             f"EMBEDDINGS has {len(layers)} layers but {type(model).__name__} has {predictor.num_layers} hidden "
             "states: give every hidden state, in order (0 = the transformer's input)"
         )
-    log(args, f"Euclidean convexity of {len(layers)} layer(s) of {layers[0].shape[0]} items "
-        f"({layers[0].shape[1]} frames, dimension {layers[0].shape[2]}) through {type(model).__name__}")
+    log(
+        args,
+        f"Euclidean convexity of {len(layers)} layer(s) of {layers[0].shape[0]} items "
+        f"({layers[0].shape[1]} frames, dimension {layers[0].shape[2]}) through {type(model).__name__}",
+    )
     try:
         result = fc.layer_euclidean_scores(layers, labels, predictor, lengths=lengths, **kwargs)
     except (ValueError, TypeError) as exc:  # the data cannot be scored as asked
@@ -127,13 +133,18 @@ def prune_scores(args: argparse.Namespace, model: Any, fe: Any, audio: Any, labe
     from fastconvex.euclidean.api import check_label_classes
 
     try:  # the audio's labels must be the classifier's classes: said before the forward passes
-        check_label_classes(np.asarray(labels), predictor, min_class_size=kwargs["min_class_size"],
-                            label_map=kwargs.get("label_map"))
+        check_label_classes(
+            np.asarray(labels), predictor, min_class_size=kwargs["min_class_size"], label_map=kwargs.get("label_map")
+        )
     except ValueError as exc:
         raise DataError(str(exc)) from exc
     log(args, f"frame sequences of {predictor.num_layers} hidden states of {type(model).__name__}")
     states, n_frames = hf.hidden_state_sequences(
-        model, audio, sampling_rate=rate, batch_size=args.batch_size, feature_extractor=fe,
+        model,
+        audio,
+        sampling_rate=rate,
+        batch_size=args.batch_size,
+        feature_extractor=fe,
         progress=not args.quiet,
     )
     log(args, "Euclidean convexity of the layers")

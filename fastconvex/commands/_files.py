@@ -18,8 +18,15 @@ import numpy as np
 
 from fastconvex.commands._output import DataError, UsageError
 
-__all__ = ["natural_key", "npy_files", "load_npy", "load_labels", "check_label_count", "load_label_map",
-           "subsample_per_class"]
+__all__ = [
+    "check_label_count",
+    "load_label_map",
+    "load_labels",
+    "load_npy",
+    "natural_key",
+    "npy_files",
+    "subsample_per_class",
+]
 
 
 def natural_key(text: str) -> list[Any]:
@@ -167,22 +174,25 @@ def load_label_map(path: str | Path) -> dict[Any, int]:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UsageError(f"--label-map {p.name}: not a readable JSON file ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict) or not data:
-        raise UsageError(f"--label-map {p.name}: expected a non-empty JSON object {{data label: class index}}, "
-                         f"got {type(data).__name__}")
+        raise UsageError(
+            f"--label-map {p.name}: expected a non-empty JSON object {{data label: class index}}, "
+            f"got {type(data).__name__}"
+        )
     out: dict[Any, int] = {}
     integer_key: dict[int, str] = {}
     for key, index in data.items():
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise UsageError(f"--label-map {p.name}: the class index of {key!r} must be an integer >= 0, "
-                             f"got {index!r}")
+            raise UsageError(f"--label-map {p.name}: the class index of {key!r} must be an integer >= 0, got {index!r}")
         out[key] = index
         text = key.strip()
         if re.fullmatch(r"-?[0-9]+", text):
             value = int(text)
             if value in integer_key and data[integer_key[value]] != index:
                 first = integer_key[value]
-                raise UsageError(f"--label-map {p.name}: keys {first!r} and {key!r} both mean the integer label "
-                                 f"{value} but give it class indices {data[first]} and {index}")
+                raise UsageError(
+                    f"--label-map {p.name}: keys {first!r} and {key!r} both mean the integer label "
+                    f"{value} but give it class indices {data[first]} and {index}"
+                )
             integer_key.setdefault(value, key)
             out.setdefault(value, index)
     return out

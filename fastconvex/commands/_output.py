@@ -21,22 +21,23 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fastconvex.core.atomic import write_text_atomic
 
 __all__ = [
-    "UsageError",
     "DataError",
+    "UsageError",
+    "check_output_directory",
     "check_output_file",
     "check_plot_file",
-    "check_output_directory",
-    "write_text_atomic",
-    "log",
     "emit_json",
     "emit_report",
+    "log",
     "run_with_hf_quiet",
+    "write_text_atomic",
 ]
 
 
@@ -52,8 +53,9 @@ class DataError(ValueError):
     exit_status = 1
 
 
-def check_output_directory(path: str | os.PathLike[str], option: str, *, overwrite: bool, whole: bool,
-                           action: str) -> Path:
+def check_output_directory(
+    path: str | os.PathLike[str], option: str, *, overwrite: bool, whole: bool, action: str
+) -> Path:
     """:func:`fastconvex.core.atomic.check_output_dir` for a command-line option:
     a :class:`UsageError` naming ``option`` and ``--overwrite``."""
     from fastconvex.core.atomic import check_output_dir
@@ -70,7 +72,9 @@ def check_output_file(path: str | os.PathLike[str], option: str, *, overwrite: b
     (``--overwrite``). Raises :class:`UsageError` naming ``option`` otherwise."""
     out = Path(path)
     if out.is_dir():
-        raise UsageError(f"{option} {str(out)!r} is a directory; give a file name, such as {str(out / 'result.json')!r}")
+        raise UsageError(
+            f"{option} {str(out)!r} is a directory; give a file name, such as {str(out / 'result.json')!r}"
+        )
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"{option} {str(out)!r}: directory {str(parent)!r} does not exist; create it first")
@@ -97,8 +101,7 @@ def check_plot_file(path: str | os.PathLike[str], option: str = "--plot", *, ove
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
         raise UsageError(
-            f"{option} needs matplotlib, which is not installed: pip install 'fastconvex[plot]' "
-            f"(or leave out {option})"
+            f"{option} needs matplotlib, which is not installed: pip install 'fastconvex[plot]' (or leave out {option})"
         ) from None
     formats = FigureCanvasBase.get_supported_filetypes()
     fmt = out.suffix[1:].lower()

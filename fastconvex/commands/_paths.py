@@ -40,8 +40,15 @@ from pathlib import Path
 
 from fastconvex.commands._output import UsageError
 
-__all__ = ["OUTPUTS", "INPUTS", "WRITTEN", "check_listed_audio", "check_outputs_spare_inputs",
-           "check_outputs_spare_files", "output_paths"]
+__all__ = [
+    "INPUTS",
+    "OUTPUTS",
+    "WRITTEN",
+    "check_listed_audio",
+    "check_outputs_spare_files",
+    "check_outputs_spare_inputs",
+    "output_paths",
+]
 
 #: command -> (attribute of the parsed arguments, how the error names it) of every output path
 OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -57,8 +64,13 @@ OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
 
 #: command -> the same for every input path (files or directories; a value may be a list)
 INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "score": (("embeddings", "EMBEDDINGS"), ("labels", "LABELS"), ("model", "--model"), ("lengths", "--lengths"),
-              ("label_map", "--label-map")),
+    "score": (
+        ("embeddings", "EMBEDDINGS"),
+        ("labels", "LABELS"),
+        ("model", "--model"),
+        ("lengths", "--lengths"),
+        ("label_map", "--label-map"),
+    ),
     "prune": (("model", "MODEL"), ("audio", "--audio"), ("label_map", "--label-map")),
     "sweep": (("stores", "STORE"), ("model", "--model"), ("label_map", "--label-map")),
     "embed": (("model", "MODEL"), ("audio", "--audio")),
@@ -128,7 +140,7 @@ def _input_paths(args: argparse.Namespace) -> list[tuple[str, str]]:
 def _written(real_input: str, out: str, patterns: tuple[str, ...]) -> str | None:
     """The name directly inside ``out`` on the way to ``real_input`` (which lies inside ``out``)
     when the command writes that name (``patterns``), else None."""
-    top = real_input[len(out.rstrip(os.sep)) + 1:].split(os.sep, 1)[0]
+    top = real_input[len(out.rstrip(os.sep)) + 1 :].split(os.sep, 1)[0]
     return top if any(fnmatch.fnmatchcase(top, p) for p in patterns) else None
 
 
@@ -137,8 +149,9 @@ def _linked_written(path: str, patterns: tuple[str, ...]) -> list[str]:
     symbolic links: writing through one writes where it leads, which may be an input."""
     try:
         with os.scandir(os.path.expanduser(path)) as entries:
-            return sorted(e.name for e in entries
-                          if e.is_symlink() and any(fnmatch.fnmatchcase(e.name, p) for p in patterns))
+            return sorted(
+                e.name for e in entries if e.is_symlink() and any(fnmatch.fnmatchcase(e.name, p) for p in patterns)
+            )
     except OSError:  # not made yet, or not a directory (which the command's own check names)
         return []
 
@@ -153,8 +166,15 @@ def _check(command: str, outputs: Sequence[tuple[str, str]], inputs: Iterable[tu
         resolved.append((f"{option} {path!r}", option, path, _real(path), patterns))
         for name in _linked_written(path, patterns) if patterns is not None else ():
             written = os.path.join(path, name)
-            resolved.append((f"{option} {path!r} writes {written!r}, a link to {_real(written)!r}, which", option,
-                             written, _real(written), None))
+            resolved.append(
+                (
+                    f"{option} {path!r} writes {written!r}, a link to {_real(written)!r}, which",
+                    option,
+                    written,
+                    _real(written),
+                    None,
+                )
+            )
     for what, real in inputs:
         for named, option, path, out, patterns in resolved:
             if _same(out, real):

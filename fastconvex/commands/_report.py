@@ -14,7 +14,7 @@ import numpy as np
 
 from fastconvex.commands._output import DataError, emit_report, log
 
-__all__ = ["format_table", "save_plot", "emit_result"]
+__all__ = ["emit_result", "format_table", "save_plot"]
 
 
 def format_table(result: Any, names: list[str] | None = None) -> str:
@@ -32,14 +32,17 @@ def format_table(result: Any, names: list[str] | None = None) -> str:
         lo, hi = intervals[i]
         return "-" if np.isnan(lo) else f"{100 * lo:6.2f}-{100 * hi:6.2f}"
 
-    columns = [Column("layer", ">5", lambda i: i),
-               Column("source", f"<{width}", lambda i: names[i]),
-               Column("convexity %", ">11", percent(lambda i: result.layers[i].score), ".2f"),
-               Column("± s.e.", ">6", percent(lambda i: result.layers[i].stderr), ".2f"),
-               Column("95% interval", ">15", interval),
-               Column("macro %", ">7", percent(lambda i: result.layers[i].macro), ".2f")]
-    head, *rows = layer_table(columns, range(min(len(result.layers), len(names))),
-                              best=lambda i: i == result.best_layer)
+    columns = [
+        Column("layer", ">5", lambda i: i),
+        Column("source", f"<{width}", lambda i: names[i]),
+        Column("convexity %", ">11", percent(lambda i: result.layers[i].score), ".2f"),
+        Column("± s.e.", ">6", percent(lambda i: result.layers[i].stderr), ".2f"),
+        Column("95% interval", ">15", interval),
+        Column("macro %", ">7", percent(lambda i: result.layers[i].macro), ".2f"),
+    ]
+    head, *rows = layer_table(
+        columns, range(min(len(result.layers), len(names))), best=lambda i: i == result.best_layer
+    )
     graph = first.measure == "graph"
     lines = [
         f"{first.measure} convexity of {len(result)} layer(s): N={first.n_points}, "

@@ -10,14 +10,19 @@ from fastconvex.graph.benchmark import format_row
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", default="1000,2000,5000",
-                        help="comma-separated numbers of points (default 1000,2000,5000)")
+    parser.add_argument(
+        "--sizes", default="1000,2000,5000", help="comma-separated numbers of points (default 1000,2000,5000)"
+    )
     parser.add_argument("--dim", type=positive_int, default=256, help="embedding dimension (default 256)")
     parser.add_argument("--classes", type=positive_int, default=10, help="number of classes (default 10)")
     parser.add_argument("--k", type=positive_int, default=10, help="neighbours (default 10)")
     parser.add_argument("--pairs", type=positive_int, default=5000, help="pairs per class (default 5000)")
-    parser.add_argument("--naive-max", type=non_negative_int, default=20000,
-                        help="largest N the naive scorer is run at (O(N^2) memory; default 20000)")
+    parser.add_argument(
+        "--naive-max",
+        type=non_negative_int,
+        default=20000,
+        help="largest N the naive scorer is run at (O(N^2) memory; default 20000)",
+    )
     parser.add_argument("--repeat", type=positive_int, default=1, help="best of this many runs (default 1)")
 
 
@@ -41,8 +46,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--backend naive is the baseline itself; choose numba, triton or auto")
     log(args, f"fastconvex bench: {backend} vs naive, overlapping classes, same pairs")
     rows = compare_to_naive(
-        sizes, dim=args.dim, n_classes=args.classes, k=args.k, pairs=args.pairs,
-        seed=args.seed, backend=backend, device=args.device, naive_max=args.naive_max, repeat=args.repeat,
+        sizes,
+        dim=args.dim,
+        n_classes=args.classes,
+        k=args.k,
+        pairs=args.pairs,
+        seed=args.seed,
+        backend=backend,
+        device=args.device,
+        naive_max=args.naive_max,
+        repeat=args.repeat,
         log=lambda s: log(args, s),
     )
     report = {"machine": machine_info(), "backend": backend, "device": args.device, "rows": rows}

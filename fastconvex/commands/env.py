@@ -9,7 +9,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-__all__ = ["add_arguments", "run", "environment", "format_environment"]
+__all__ = ["add_arguments", "environment", "format_environment", "run"]
 
 PACKAGES = ("fastconvex", "numpy", "scipy", "numba", "torch", "triton", "transformers", "soundfile", "matplotlib")
 
@@ -113,9 +113,16 @@ def format_environment(env: dict[str, Any]) -> str:
     auto, why = env["backends"]["auto"], env["backends"].get("auto_error")
     lines.append(f"backend auto   -> {auto}" + (f" ({why})" if auto is None and why else ""))
     devices = env["devices"]
-    gpus = "; ".join(f"cuda:{d['index']} {d['name']} ({d['memory_gib']} GiB, sm {d['capability']})"
-                     for d in devices.get("cuda") or []) or "none"
-    lines.append(f"devices   {devices.get('cpu_count')} CPUs ({devices.get('torch_threads')} torch threads); CUDA: {gpus}")
+    gpus = (
+        "; ".join(
+            f"cuda:{d['index']} {d['name']} ({d['memory_gib']} GiB, sm {d['capability']})"
+            for d in devices.get("cuda") or []
+        )
+        or "none"
+    )
+    lines.append(
+        f"devices   {devices.get('cpu_count')} CPUs ({devices.get('torch_threads')} torch threads); CUDA: {gpus}"
+    )
     lines += [f"env {name}={value if value is not None else '(unset)'}" for name, value in env["environment"].items()]
     return "\n".join(lines)
 

@@ -41,7 +41,7 @@ from fastconvex.commands._paths import check_listed_audio
 from fastconvex.commands._report import format_table, save_plot
 from fastconvex.hf.models.load import load_model
 
-__all__ = ["add_arguments", "run", "load_model"]
+__all__ = ["add_arguments", "load_model", "run"]
 
 REPORT_FILE = "report.json"
 PLOT_FILE = "convexity.png"
@@ -50,41 +50,61 @@ PLOT_FILE = "convexity.png"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``fastconvex prune`` (``--out DIR`` is the output directory here)."""
     parser.add_argument("model", metavar="MODEL", help="local model directory or Hugging Face hub id")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="directory for the pruned model, report.json and the plot (required)")
     parser.add_argument(
-        "--audio", required=True, metavar="DIR|CSV",
+        "--out", default=None, metavar="DIR", help="directory for the pruned model, report.json and the plot (required)"
+    )
+    parser.add_argument(
+        "--audio",
+        required=True,
+        metavar="DIR|CSV",
         help="DIR/<label>/*.wav|flac|ogg (Speech Commands layout; _* dirs skipped) or a CSV of path,label",
     )
-    parser.add_argument("--sampling-rate", type=positive_int, default=None, help="Hz (default: the feature extractor's, else 16000)")
+    parser.add_argument(
+        "--sampling-rate", type=positive_int, default=None, help="Hz (default: the feature extractor's, else 16000)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default 8)")
     parser.add_argument(
-        "--max-per-class", type=int, default=None,
+        "--max-per-class",
+        type=int,
+        default=None,
         help="use at most this many files per label (drawn with --seed)",
     )
     parser.add_argument(
-        "--mix-lengths", action="store_true",
+        "--mix-lengths",
+        action="store_true",
         help="batch utterances of different lengths even for padding-sensitive models (faster, inexact)",
     )
     parser.add_argument(
-        "--embeddings-dir", default=None, metavar="DIR",
+        "--embeddings-dir",
+        default=None,
+        metavar="DIR",
         help="stream pooled hidden states into a layer store at DIR (for data larger than RAM; "
         "reusable by 'sweep' and 'score'; an interrupted run resumes)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --embeddings-dir store, and write into a non-empty --out directory")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --embeddings-dir store, and write into a non-empty --out directory",
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="of --embeddings-dir")
     add_scoring_arguments(parser)
     add_measure_arguments(parser, for_files=False)
     cut = parser.add_argument_group("the cut")
-    cut.add_argument("--rule", default="argmax", choices=["argmax", "1se"], help="how to choose the cut (default argmax)")
+    cut.add_argument(
+        "--rule", default="argmax", choices=["argmax", "1se"], help="how to choose the cut (default argmax)"
+    )
     cut.add_argument("--keep", type=int, default=None, help="keep this many blocks instead of choosing")
     cut.add_argument(
-        "--final-norm", default="keep", choices=["keep", "identity"],
+        "--final-norm",
+        default="keep",
+        choices=["keep", "identity"],
         help="pre-LN models (stable-layer-norm, Whisper): keep the final LayerNorm or drop it (default keep). "
         "The hidden states are scored as the pruned model will output them: through the final LayerNorm "
         "with 'keep', raw with 'identity'",
     )
-    parser.add_argument("--model-class", default=None, help="transformers class to load MODEL with (default: from its config)")
+    parser.add_argument(
+        "--model-class", default=None, help="transformers class to load MODEL with (default: from its config)"
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not write convexity.png")
 
 
@@ -95,13 +115,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _summary(report: dict, scores: Any) -> str:
     """The readable report: the per-layer table and the cut."""
-    return "\n".join([
-        f"{report['model_class']} ({report['source']}): {report['measure']} convexity of each hidden state on "
-        f"{report['n_utterances']} utterances, {report['n_classes']} classes",
-        format_table(scores),
-        f"kept {report['keep']} of {report['original_layers']} blocks (rule {report['rule']}, best layer "
-        f"{report['best_layer']}); the pruned model and {REPORT_FILE} are in {report['model_dir']}",
-    ])
+    return "\n".join(
+        [
+            (
+                f"{report['model_class']} ({report['source']}): {report['measure']} convexity of each hidden state on "
+                f"{report['n_utterances']} utterances, {report['n_classes']} classes"
+            ),
+            format_table(scores),
+            (
+                f"kept {report['keep']} of {report['original_layers']} blocks (rule {report['rule']}, best layer "
+                f"{report['best_layer']}); the pruned model and {REPORT_FILE} are in {report['model_dir']}"
+            ),
+        ]
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -128,14 +154,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.keep is not None and args.keep < 1:
         raise ValueError(f"--keep must be at least 1, got {args.keep}")
     if args.keep is not None and args.rule != "argmax":
-        raise UsageError(f"--keep {args.keep} sets the cut, so --rule {args.rule} (how fastconvex chooses it) "
-                         "would be ignored; give one of them")
+        raise UsageError(
+            f"--keep {args.keep} sets the cut, so --rule {args.rule} (how fastconvex chooses it) "
+            "would be ignored; give one of them"
+        )
     if args.dtype != "float32" and args.embeddings_dir is None:
-        raise UsageError(f"--dtype {args.dtype} is the dtype of the --embeddings-dir store; without "
-                         "--embeddings-dir the states are scored in memory as float32")
+        raise UsageError(
+            f"--dtype {args.dtype} is the dtype of the --embeddings-dir store; without "
+            "--embeddings-dir the states are scored in memory as float32"
+        )
     score_kwargs = scoring_kwargs(args)
     if args.embeddings_dir is not None and Path(args.embeddings_dir).exists() and not args.overwrite:
-        raise ValueError(f"--embeddings-dir {str(args.embeddings_dir)!r} already exists (pass --overwrite to replace it)")
+        raise ValueError(
+            f"--embeddings-dir {str(args.embeddings_dir)!r} already exists (pass --overwrite to replace it)"
+        )
 
     paths, labels = hf.find_audio(args.audio)
     check_listed_audio(args, paths)  # before the model is loaded
@@ -166,8 +198,11 @@ def _run(args: argparse.Namespace) -> int:
 
             has_norm = final_layer_norm(model) is not None
             pooled_norm = "apply" if has_norm and args.final_norm == "keep" else "raw"
-            log(args, f"pooling {n_blocks + 1} hidden states of {type(model).__name__}"
-                + (" through its final LayerNorm" if pooled_norm == "apply" else ""))
+            log(
+                args,
+                f"pooling {n_blocks + 1} hidden states of {type(model).__name__}"
+                + (" through its final LayerNorm" if pooled_norm == "apply" else ""),
+            )
             states = hf.pooled_hidden_states(
                 model,
                 audio,
@@ -229,8 +264,11 @@ def _run(args: argparse.Namespace) -> int:
         "keep": keep,
         "final_norm": model.fastconvex_pruning["final_norm"],
         "measure": args.measure,
-        "scored_states": "frame sequences through MODEL's remaining layers" if args.measure == "euclidean"
-        else "through the final LayerNorm" if pooled_norm == "apply" else "raw hidden states",
+        "scored_states": "frame sequences through MODEL's remaining layers"
+        if args.measure == "euclidean"
+        else "through the final LayerNorm"
+        if pooled_norm == "apply"
+        else "raw hidden states",
         "model_dir": str(out_dir),
         "plot": None if planned_plot is None else str(planned_plot),
         "seed": args.seed,

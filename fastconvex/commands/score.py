@@ -28,31 +28,39 @@ from fastconvex.commands._files import check_label_count, load_labels, load_npy,
 from fastconvex.commands._output import DataError, UsageError, check_plot_file, log, run_with_hf_quiet
 from fastconvex.commands._report import emit_result
 
-__all__ = ["add_arguments", "run", "load_embeddings", "check_outputs"]
+__all__ = ["add_arguments", "check_outputs", "load_embeddings", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``fastconvex score``."""
     parser.add_argument(
-        "embeddings", metavar="EMBEDDINGS",
+        "embeddings",
+        metavar="EMBEDDINGS",
         help=".npy (L,N,D) or (N,D); .npz; or a directory of per-layer .npy files",
     )
     parser.add_argument(
-        "--labels", required=True, metavar="LABELS",
+        "--labels",
+        required=True,
+        metavar="LABELS",
         help="labels: .npy (N,), .txt (one per line) or .csv (see --label-column)",
     )
     parser.add_argument(
-        "--label-column", default=None, metavar="NAME",
+        "--label-column",
+        default=None,
+        metavar="NAME",
         help="CSV column holding the labels (default: 'label', or the only column)",
     )
     add_scoring_arguments(parser)
     add_measure_arguments(parser)
     parser.add_argument(
-        "--plot", default=None, metavar="FILE.png",
+        "--plot",
+        default=None,
+        metavar="FILE.png",
         help="also save the per-layer plot here (.png if no suffix; any format matplotlib writes)",
     )
     parser.add_argument(
-        "--json", action="store_true",
+        "--json",
+        action="store_true",
         help="print the result as JSON on stdout instead of the table (--out FILE writes the JSON to a file)",
     )
 

@@ -34,21 +34,36 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``fastconvex sweep``."""
-    parser.add_argument("stores", nargs="+", metavar="STORE", help="layer store directories (fastconvex embed, save_store)")
+    parser.add_argument(
+        "stores", nargs="+", metavar="STORE", help="layer store directories (fastconvex embed, save_store)"
+    )
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="per-task results and merged outputs")
     parser.add_argument("--engine", default="local", choices=["local", "ray"], help="where tasks run (default local)")
-    parser.add_argument("--address", default=None, metavar="ADDR",
-                        help="Ray cluster address (default: RAY_ADDRESS or a new local Ray); with --engine ray")
-    parser.add_argument("--layers", type=layer_list, default=None, metavar="I,J,...",
-                        help="only these layer indices of every store")
-    parser.add_argument("--shards", type=int, default=None,
-                        help="split each layer's kNN and shortest paths over this many Ray tasks (with --engine ray)")
-    parser.add_argument("--retries", type=int, default=None,
-                        help="with --engine ray: reruns of a task whose worker died (default 3)")
+    parser.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster address (default: RAY_ADDRESS or a new local Ray); with --engine ray",
+    )
+    parser.add_argument(
+        "--layers", type=layer_list, default=None, metavar="I,J,...", help="only these layer indices of every store"
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="split each layer's kNN and shortest paths over this many Ray tasks (with --engine ray)",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=None, help="with --engine ray: reruns of a task whose worker died (default 3)"
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not write sweep.png")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --out file, and sweep.json/csv/png in --out-dir written by a sweep "
-                             "with other settings")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file, and sweep.json/csv/png in --out-dir written by a sweep "
+        "with other settings",
+    )
     parser.add_argument("--json", action="store_true", help="print the merged JSON on stdout instead of a table")
     add_scoring_arguments(parser)
     add_measure_arguments(parser, lengths=False)
@@ -73,9 +88,19 @@ def run(args: argparse.Namespace) -> int:
         _check_frame_stores(args)
 
     def run_it(args: argparse.Namespace) -> SweepResults:
-        return sweep(args.stores, out_dir=args.out_dir, engine=args.engine, address=args.address,
-                     layers=args.layers, shards=args.shards, retries=args.retries, plot=not args.no_plot,
-                     overwrite=args.overwrite, verbose=not args.quiet, **kwargs)
+        return sweep(
+            args.stores,
+            out_dir=args.out_dir,
+            engine=args.engine,
+            address=args.address,
+            layers=args.layers,
+            shards=args.shards,
+            retries=args.retries,
+            plot=not args.no_plot,
+            overwrite=args.overwrite,
+            verbose=not args.quiet,
+            **kwargs,
+        )
 
     # --measure euclidean loads the model here (local engine): with --quiet, no "Loading weights" bar
     if args.measure == "euclidean":
@@ -106,8 +131,11 @@ def _check_frame_stores(args: argparse.Namespace) -> None:
     for path in args.stores:
         try:
             store = fc.open_store(path)
-            layers = None if args.layers is None else [i % store.n_layers for i in args.layers
-                                                       if -store.n_layers <= i < store.n_layers]
+            layers = (
+                None
+                if args.layers is None
+                else [i % store.n_layers for i in args.layers if -store.n_layers <= i < store.n_layers]
+            )
             check_store(store, layers, args.model)
             check_labels(store, args.model, label_map=label_map, min_class_size=args.min_class_size)
         except ValueError as exc:  # named by the store it is about

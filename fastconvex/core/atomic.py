@@ -24,8 +24,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["WriteError", "as_output_error", "atomic_file", "check_output_dir", "new_dir", "staged_directory", "swap_directory",
-           "write_json_atomic", "write_text_atomic", "writing"]
+__all__ = [
+    "WriteError",
+    "as_output_error",
+    "atomic_file",
+    "check_output_dir",
+    "new_dir",
+    "staged_directory",
+    "swap_directory",
+    "write_json_atomic",
+    "write_text_atomic",
+    "writing",
+]
 
 
 class WriteError(OSError):
@@ -77,8 +87,9 @@ def _new_file(parent: Path, prefix: str, suffix: str) -> tuple[int, Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str | None = None,
-                newline: str | None = None) -> Iterator[IO[Any]]:
+def atomic_file(
+    path: str | os.PathLike[str], mode: str = "wb", *, encoding: str | None = None, newline: str | None = None
+) -> Iterator[IO[Any]]:
     """An open file (``mode`` ``"wb"`` or ``"w"``) whose contents become
     ``path`` when the block ends without an error: written to a temporary
     file beside ``path``, flushed to disk, then renamed over it. On any
@@ -118,8 +129,11 @@ def as_output_error(exc: OSError, out: Path, tmp: Path | None) -> OSError:
         return exc
     named = None if exc.filename is None else Path(exc.filename)
     temporary = tmp if tmp is not None else out.parent / f".{out.name}."  # the name _new_file tried
-    own = named is None or named in (out, temporary) or (tmp is None and named.parent == out.parent
-                                                          and named.name.startswith(temporary.name))
+    own = (
+        named is None
+        or named in (out, temporary)
+        or (tmp is None and named.parent == out.parent and named.name.startswith(temporary.name))
+    )
     if not own:
         return as_write_error(exc, out)
     return WriteError(exc.errno, exc.strerror or os.strerror(exc.errno), str(out))
@@ -139,8 +153,15 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
 
 
-def check_output_dir(path: str | os.PathLike[str], name: str, overwrite: bool, *,
-                     action: str = "replace it", whole: bool = True, hint: str = "overwrite=True") -> Path:
+def check_output_dir(
+    path: str | os.PathLike[str],
+    name: str,
+    overwrite: bool,
+    *,
+    action: str = "replace it",
+    whole: bool = True,
+    hint: str = "overwrite=True",
+) -> Path:
     """``path`` as an output directory, checked before any work: not a file,
     not a non-empty directory unless ``overwrite`` (the message says
     ``pass overwrite=True to {action}``), and writable where the writer needs

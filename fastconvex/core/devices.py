@@ -12,7 +12,7 @@ def check_device(device: Any) -> None:
     """``device``: None, "cpu", "cuda", "cuda:N" or a torch.device of those types."""
     if device is None:
         return
-    if is_torch_tensor(device) or not isinstance(device, str) and type(device).__name__ != "device":
+    if is_torch_tensor(device) or (not isinstance(device, str) and type(device).__name__ != "device"):
         raise TypeError(f"device must be None, a string such as 'cuda:0', or a torch.device; got {device!r}")
     import torch
 
@@ -44,5 +44,7 @@ def check_device_here(device: Any, what: str = "device") -> None:
         cpu = f"{what} cpu" if what.startswith("--") else f"{what}='cpu'"
         raise ValueError(f"{asked} was requested, but no CUDA device is visible to torch here{why}; use {cpu}")
     if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"{asked} was requested, but torch sees {torch.cuda.device_count()} CUDA device(s) "
-                         f"here (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        raise ValueError(
+            f"{asked} was requested, but torch sees {torch.cuda.device_count()} CUDA device(s) "
+            f"here (cuda:0..cuda:{torch.cuda.device_count() - 1})"
+        )

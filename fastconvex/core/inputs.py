@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,7 @@ def _float64_losses(x: Any, chunk_rows: int = 65536) -> tuple[int, int | None]:
         count = int(((x > EXACT_INT_LIMIT) | (x < -EXACT_INT_LIMIT)).sum())
         return count, (int(np.flatnonzero(bad)[0]) if count else None)
     kind, size = x.dtype.kind, x.dtype.itemsize
-    if not (kind in "iu" and size >= 8 or kind == "f" and size > 8):
+    if not ((kind in "iu" and size >= 8) or (kind == "f" and size > 8)):
         return 0, None
     count, first = 0, None
     for start in range(0, x.shape[0], chunk_rows):
@@ -189,18 +190,14 @@ def check_frame_dtype(x: Any, *, name: str) -> None:
     _check_real_numeric(x, name)
 
 
-def check_embeddings(
-    x: Any, *, name: str = "x", where: str | None = None, convert: bool = True
-) -> Any:
+def check_embeddings(x: Any, *, name: str = "x", where: str | None = None, convert: bool = True) -> Any:
     """Validate a (N, D) embedding matrix; returns it unchanged in kind (numpy
     array or torch tensor). With ``convert``, float16/integer arrays become
     float32/float64 (``convert=False`` leaves that to :func:`as_kernel_float`,
     so memory-mapped float16 layers are converted one at a time)."""
     if is_torch_tensor(x):
         if x.ndim != 2:
-            raise ValueError(
-                f"{name}{describe(where)} must be 2-D (N, D), got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"{name}{describe(where)} must be 2-D (N, D), got shape {tuple(x.shape)}")
         if x.dtype.is_complex:
             raise TypeError(f"{name}{describe(where)} must be real, got {x.dtype}")
         if not x.dtype.is_floating_point:
@@ -213,17 +210,11 @@ def check_embeddings(
         finite = x.isfinite().all(dim=1)
         if not bool(finite.all()):
             row = int((~finite).nonzero()[0, 0])
-            raise ValueError(
-                f"{name}{describe(where)} has a non-finite value (NaN or inf) in row {row}"
-            )
+            raise ValueError(f"{name}{describe(where)} has a non-finite value (NaN or inf) in row {row}")
         return x
     if not isinstance(x, np.ndarray):
-        if isinstance(x, (str, bytes)) or not hasattr(x, "__len__") and not hasattr(
-            x, "__array__"
-        ):
-            raise TypeError(
-                f"{name}{describe(where)} must be an array or tensor, got {type(x).__name__}"
-            )
+        if isinstance(x, (str, bytes)) or (not hasattr(x, "__len__") and not hasattr(x, "__array__")):
+            raise TypeError(f"{name}{describe(where)} must be an array or tensor, got {type(x).__name__}")
         x = as_rectangular(x, f"{name}{describe(where)}")
     if x.ndim != 2:
         raise ValueError(f"{name}{describe(where)} must be 2-D (N, D), got shape {x.shape}")
@@ -232,9 +223,7 @@ def check_embeddings(
         raise ValueError(f"{name}{describe(where)} is empty (shape {x.shape})")
     row = _first_non_finite_row(x)
     if row is not None:
-        raise ValueError(
-            f"{name}{describe(where)} has a non-finite value (NaN or inf) in row {row}"
-        )
+        raise ValueError(f"{name}{describe(where)} has a non-finite value (NaN or inf) in row {row}")
     warn_float64_losses(x, f"{name}{describe(where)}")
     if convert and x.dtype not in (np.float32, np.float64):
         x = as_kernel_float(x)
@@ -255,9 +244,7 @@ def check_k(k: Any, n: int, *, where: str | None = None) -> int:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if k >= n:
-        raise ValueError(
-            f"k must be < the number of points N={n}{describe(where)}, got k={k}"
-        )
+        raise ValueError(f"k must be < the number of points N={n}{describe(where)}, got k={k}")
     return k
 
 
@@ -279,17 +266,16 @@ def labels_to_array(labels: Any, *, name: str = "labels") -> np.ndarray:
     try:
         seq = list(labels)
     except TypeError:
-        raise TypeError(
-            f"{name} must be a sequence with one label per row, got {type(labels).__name__}"
-        ) from None
+        raise TypeError(f"{name} must be a sequence with one label per row, got {type(labels).__name__}") from None
     if seq and all(isinstance(v, list) for v in seq):
         # nested lists: frame labels (B, T) (lists are never labels themselves;
         # tuples are, so a list of tuples stays 1-D)
         lengths = {len(v) for v in seq}
         if len(lengths) != 1:
             raise ValueError(f"{name} as nested lists must be rectangular (B, T), got row lengths {sorted(lengths)}")
-        return labels_to_array(np.asarray(seq, dtype=object).reshape(len(seq), -1).ravel().tolist(),
-                               name=name).reshape(len(seq), -1)
+        return labels_to_array(np.asarray(seq, dtype=object).reshape(len(seq), -1).ravel().tolist(), name=name).reshape(
+            len(seq), -1
+        )
     arr = np.empty(len(seq), dtype=object)
     arr[:] = seq
     # homogeneous ints / strings become a typed array (faster unique, sortable)
@@ -310,8 +296,7 @@ def check_finite_labels(labels: np.ndarray, *, name: str = "labels") -> None:
     if labels.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(labels))
     elif labels.dtype == object:
-        bad = [row for row, v in enumerate(labels)
-               if isinstance(v, (float, np.floating)) and not math.isfinite(v)]
+        bad = [row for row, v in enumerate(labels) if isinstance(v, (float, np.floating)) and not math.isfinite(v)]
     else:
         return
     if len(bad):
@@ -337,9 +322,7 @@ def encode_labels(labels: np.ndarray, *, name: str = "labels") -> tuple[np.ndarr
         try:
             hash(v)
         except TypeError:
-            raise TypeError(
-                f"{name}[{row}] is not hashable ({type(v).__name__}); labels must be hashable"
-            ) from None
+            raise TypeError(f"{name}[{row}] is not hashable ({type(v).__name__}); labels must be hashable") from None
     plain = [v.item() if isinstance(v, np.generic) else v for v in labels]
     try:
         classes = sorted(set(plain))
@@ -352,10 +335,7 @@ def encode_labels(labels: np.ndarray, *, name: str = "labels") -> tuple[np.ndarr
 
 def check_labels_length(labels: np.ndarray, n: int, *, where: str | None = None) -> None:
     if labels.shape[0] != n:
-        raise ValueError(
-            f"labels has {labels.shape[0]} entries but the embeddings{describe(where)} "
-            f"have N={n} rows"
-        )
+        raise ValueError(f"labels has {labels.shape[0]} entries but the embeddings{describe(where)} have N={n} rows")
 
 
 def check_seed(seed: Any) -> int | None:

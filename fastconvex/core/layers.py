@@ -49,9 +49,7 @@ def _valid_frames(batch: int, frames: int, attention_mask: Any, lengths: Any) ->
     if attention_mask is not None:
         mask = to_numpy(attention_mask)
         if mask.shape != (batch, frames):
-            raise ValueError(
-                f"attention_mask must have shape (B, T) = {(batch, frames)}, got {mask.shape}"
-            )
+            raise ValueError(f"attention_mask must have shape (B, T) = {(batch, frames)}, got {mask.shape}")
         if mask.dtype.kind not in "biu" or (mask.dtype.kind in "iu" and not np.isin(mask, (0, 1)).all()):
             raise ValueError("attention_mask must hold only 0/1 (or booleans)")
         return mask.astype(bool)
@@ -77,8 +75,9 @@ def _ignored(labels: np.ndarray) -> np.ndarray:
         return labels == IGNORE_INDEX
     if labels.dtype == object:
         return np.vectorize(
-            lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            and v == IGNORE_INDEX,
+            lambda v: (
+                isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and v == IGNORE_INDEX
+            ),
             otypes=[bool],
         )(labels)
     return np.zeros(labels.shape, dtype=bool)
@@ -101,9 +100,7 @@ def _non_finite_frame(layer: Any, mask: np.ndarray, name: str) -> None:
                 break
     if bad.any():
         b, t = np.argwhere(bad)[0]
-        raise ValueError(
-            f"{name} has a non-finite value (NaN or inf) in utterance {int(b)}, frame {int(t)}"
-        )
+        raise ValueError(f"{name} has a non-finite value (NaN or inf) in utterance {int(b)}, frame {int(t)}")
 
 
 def _pool(layer: Any, mask: np.ndarray, name: str) -> Any:
@@ -163,22 +160,18 @@ def prepare_layers(
         if attention_mask is not None or lengths is not None:
             raise ValueError("attention_mask/lengths apply to (B, T, D) hidden states only")
         if label_array.ndim != 1 or label_array.shape[0] != lead[0]:
-            raise ValueError(
-                f"labels must have shape (N,) = ({lead[0]},) for (N, D) layers, "
-                f"got {label_array.shape}"
-            )
+            raise ValueError(f"labels must have shape (N,) = ({lead[0]},) for (N, D) layers, got {label_array.shape}")
         # validated here, converted to a kernel float type one layer at a time
         # by the engines (memory-mapped float16 layers never all load at once)
-        return [check_embeddings(x, name=f"hidden_states[{i}]", convert=False)
-                for i, x in enumerate(layers)], label_array
+        return [
+            check_embeddings(x, name=f"hidden_states[{i}]", convert=False) for i, x in enumerate(layers)
+        ], label_array
 
     batch, frames = lead
     mask = _valid_frames(batch, frames, attention_mask, lengths)
     if label_array.ndim == 1:  # utterance-level: pool
         if label_array.shape[0] != batch:
-            raise ValueError(
-                f"labels has {label_array.shape[0]} entries but hidden states have B={batch} utterances"
-            )
+            raise ValueError(f"labels has {label_array.shape[0]} entries but hidden states have B={batch} utterances")
         empty = ~mask.any(axis=1)
         if empty.any():
             raise ValueError(f"utterance {int(np.flatnonzero(empty)[0])} has no valid frames")
@@ -188,9 +181,7 @@ def prepare_layers(
             out.append(_pool(layer, mask, f"hidden_states[{i}]"))
         return out, label_array
     if label_array.shape != (batch, frames):
-        raise ValueError(
-            f"frame labels must have shape (B, T) = {(batch, frames)}, got {label_array.shape}"
-        )
+        raise ValueError(f"frame labels must have shape (B, T) = {(batch, frames)}, got {label_array.shape}")
     keep = mask & ~_ignored(label_array)
     if not keep.any():
         raise ValueError("no frame is left to score: every frame is padding or labelled -100")

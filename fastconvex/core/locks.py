@@ -9,8 +9,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from fastconvex.core.atomic import write_json_atomic
 
@@ -24,8 +24,14 @@ class OutputDirectoryBusy(RuntimeError):
 
 
 @contextlib.contextmanager
-def output_lock(directory: str | os.PathLike[str], what: str, *, name: str = ".fastconvex.lock",
-                label: str | None = None, remove: bool = False) -> Iterator[None]:
+def output_lock(
+    directory: str | os.PathLike[str],
+    what: str,
+    *,
+    name: str = ".fastconvex.lock",
+    label: str | None = None,
+    remove: bool = False,
+) -> Iterator[None]:
     """Hold ``directory``'s lock for the block: one run writes into it at a
     time (two would replace or mix each other's files). A second is refused at
     once with :class:`OutputDirectoryBusy`, naming ``directory`` (as ``label``,
@@ -60,8 +66,14 @@ def output_lock(directory: str | os.PathLike[str], what: str, *, name: str = ".f
         lock.release()
         raise OutputDirectoryBusy(busy.format("it finished just now; rerun"))
     try:
-        write_json_atomic(holder, {"pid": os.getpid(), "host": socket.gethostname(),
-                                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        write_json_atomic(
+            holder,
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
         yield
     finally:
         holder.unlink(missing_ok=True)  # before the lock is released: a next holder's file is its own

@@ -9,8 +9,8 @@ pairs, and :func:`fastconvex.layer_scores` reuses one plan for all layers.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Hashable
 
 import numpy as np
 
@@ -111,15 +111,12 @@ def resolve_estimator(pairs: int | None, sources: int | None, exact: bool) -> tu
         if sources is not None:
             raise ValueError("give either exact=True or sources=S, not both")
         if explicit_pairs:
-            raise ValueError(
-                f"give either exact=True (every pair) or pairs={pairs} (sampled pairs), not both"
-            )
+            raise ValueError(f"give either exact=True (every pair) or pairs={pairs} (sampled pairs), not both")
         return "exact", 0
     if sources is not None:
         if explicit_pairs:
             raise ValueError(
-                f"give either pairs={pairs} or sources={sources!r}, not both: they are two "
-                "estimators of the same score"
+                f"give either pairs={pairs} or sources={sources!r}, not both: they are two estimators of the same score"
             )
         return "sources", check_int("sources", sources, minimum=1)
     if pairs is None:
@@ -184,9 +181,7 @@ def plan_pairs(
     order = np.argsort(codes, kind="stable")
     starts = np.concatenate([[0], np.cumsum(class_sizes)])
 
-    whole = estimator == "exact" or (
-        estimator == "pairs" and bool(np.all(population[scored] <= budget))
-    )
+    whole = estimator == "exact" or (estimator == "pairs" and bool(np.all(population[scored] <= budget)))
     src_parts: list[np.ndarray] = []
     tgt_parts: list[np.ndarray] = []
     cnt_parts: list[np.ndarray] = []
@@ -195,7 +190,7 @@ def plan_pairs(
             continue
         members = order[starts[c] : starts[c + 1]]  # ascending vertex indices
         n_c = members.shape[0]
-        if whole or estimator == "sources" and budget >= n_c:
+        if whole or (estimator == "sources" and budget >= n_c):
             src_parts.append(members)
             continue
         if estimator == "sources":
@@ -227,13 +222,20 @@ def plan_pairs(
         )
     sources = np.concatenate(src_parts).astype(np.int64)
     if whole or estimator == "sources":
-        return PairPlan(estimator, True, sources, codes[sources], None, None,
-                        class_sizes, scored, population)
+        return PairPlan(estimator, True, sources, codes[sources], None, None, class_sizes, scored, population)
     target_ptr = np.zeros(sources.shape[0] + 1, np.int64)
     np.cumsum(np.concatenate(cnt_parts), out=target_ptr[1:])
-    return PairPlan(estimator, False, sources, codes[sources], target_ptr,
-                    np.concatenate(tgt_parts).astype(np.int64), class_sizes, scored,
-                    population)
+    return PairPlan(
+        estimator,
+        False,
+        sources,
+        codes[sources],
+        target_ptr,
+        np.concatenate(tgt_parts).astype(np.int64),
+        class_sizes,
+        scored,
+        population,
+    )
 
 
 @dataclass(frozen=True)
@@ -260,8 +262,12 @@ def stats_from_pair_scores(plan: PairPlan, scores: np.ndarray, reachable: np.nda
 
 def stats_from_class_sums(plan: PairPlan, sums, sumsq, n_unreachable) -> SourceStats:
     n_targets = plan.class_sizes[plan.source_class] - 1
-    return SourceStats(np.asarray(sums, np.float64), np.asarray(sumsq, np.float64),
-                       n_targets.astype(np.int64), np.asarray(n_unreachable, np.int64))
+    return SourceStats(
+        np.asarray(sums, np.float64),
+        np.asarray(sumsq, np.float64),
+        n_targets.astype(np.int64),
+        np.asarray(n_unreachable, np.int64),
+    )
 
 
 def aggregate(

@@ -23,8 +23,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Progress", "progress_bar", "show_progress", "announce_compilation",
-           "quiet_compilation_notice", "LOG_EVERY_S"]
+__all__ = [
+    "LOG_EVERY_S",
+    "Progress",
+    "announce_compilation",
+    "progress_bar",
+    "quiet_compilation_notice",
+    "show_progress",
+]
 
 # seconds between log lines when stderr is not a terminal
 LOG_EVERY_S = 30.0
@@ -92,33 +98,57 @@ def progress_bar(
     isatty = getattr(stream, "isatty", None)
     terminal = bool(isatty and isatty())
     if terminal or not enabled:
-        return tqdm(total=total, unit=f" {unit}", desc=desc, leave=leave, position=position,
-                    disable=not enabled, file=stream, dynamic_ncols=True, bar_format=_FORMAT)
+        return tqdm(
+            total=total,
+            unit=f" {unit}",
+            desc=desc,
+            leave=leave,
+            position=position,
+            disable=not enabled,
+            file=stream,
+            dynamic_ncols=True,
+            bar_format=_FORMAT,
+        )
     # not a terminal: one line per interval, and the final one
     from tqdm import tqdm as plain_tqdm
 
-    return plain_tqdm(total=total, unit=f" {unit}", desc=desc, leave=True, file=_LogLines(stream),
-                bar_format=_FORMAT,
-                mininterval=LOG_EVERY_S if log_every is None else log_every, maxinterval=float("inf"),
-                ncols=100, ascii=True)
+    return plain_tqdm(
+        total=total,
+        unit=f" {unit}",
+        desc=desc,
+        leave=True,
+        file=_LogLines(stream),
+        bar_format=_FORMAT,
+        mininterval=LOG_EVERY_S if log_every is None else log_every,
+        maxinterval=float("inf"),
+        ncols=100,
+        ascii=True,
+    )
 
 
 class Progress:
     """``with Progress(total, "layers", enabled=True) as bar: bar.update()``."""
 
-    def __init__(self, total: int, unit: str, *, enabled: bool = True, desc: str | None = None,
-                 leave: bool = True, position: int | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        unit: str,
+        *,
+        enabled: bool = True,
+        desc: str | None = None,
+        leave: bool = True,
+        position: int | None = None,
+    ) -> None:
         self.total = max(int(total), 0)
         self.unit = unit
         self.enabled = enabled and self.total > 0
-        self._bar = progress_bar(self.total, unit, enabled=self.enabled, desc=desc, leave=leave,
-                                 position=position)
+        self._bar = progress_bar(self.total, unit, enabled=self.enabled, desc=desc, leave=leave, position=position)
 
     @property
     def done(self) -> int:
         return int(self._bar.n)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def update(self, n: int = 1) -> None:
@@ -168,6 +198,5 @@ def announce_compilation(dispatchers: list[Any], *, enabled: bool = True) -> boo
             break
     if cold:
         _ANNOUNCED = True
-        print("fastconvex: compiling CPU kernels, once per install (about 10-30 s)...",
-              file=sys.stderr, flush=True)
+        print("fastconvex: compiling CPU kernels, once per install (about 10-30 s)...", file=sys.stderr, flush=True)
     return cold

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Hashable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -145,8 +145,9 @@ class Convexity:
         with Student's t quantile at :attr:`df` degrees of freedom, clipped to
         [0, 1]. ``(score, score)`` when nothing was sampled; NaN ends where the
         standard error is NaN. See docs/score.md, "Uncertainty"."""
-        return t_interval(self.macro if macro else self.score,
-                          self.macro_stderr if macro else self.stderr, self.df, level)
+        return t_interval(
+            self.macro if macro else self.score, self.macro_stderr if macro else self.stderr, self.df, level
+        )
 
     @property
     def total_pairs(self) -> int:
@@ -238,10 +239,7 @@ class LayerScores:
             "scores": [_json_float(s) for s in self.scores],
             "stderr": [_json_float(s) for s in self.stderr],
             "best_layer": self.best_layer,
-            "classes": [
-                c if isinstance(c, (str, int, float, bool)) else str(c)
-                for c in map(_plain, self.classes)
-            ],
+            "classes": [c if isinstance(c, (str, int, float, bool)) else str(c) for c in map(_plain, self.classes)],
             "class_keys": label_keys(list(self.classes)),
             "per_class": [[_json_float(float(v)) for v in row] for row in self.per_class],
             "layers": [c.to_dict() for c in self.layers],
@@ -254,7 +252,7 @@ class LayerScores:
 
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
 
-    def plot(self, *, cut: int | None = None, ax: Any = None) -> "Figure":
+    def plot(self, *, cut: int | None = None, ax: Any = None) -> Figure:
         """Convexity per layer with standard-error bars (needs ``[plot]``).
 
         Returns a matplotlib Figure; never calls ``show()``.
@@ -266,9 +264,11 @@ class LayerScores:
     def __str__(self) -> str:
         from fastconvex.core.table import Column, layer_table, percent
 
-        columns = [Column("layer", ">5", lambda i: i),
-                   Column("convexity %", ">11", percent(lambda i: self.scores[i]), ".2f"),
-                   Column("± s.e.", ">7", percent(lambda i: self.stderr[i]), ".2f")]
+        columns = [
+            Column("layer", ">5", lambda i: i),
+            Column("convexity %", ">11", percent(lambda i: self.scores[i]), ".2f"),
+            Column("± s.e.", ">7", percent(lambda i: self.stderr[i]), ".2f"),
+        ]
         return "\n".join(layer_table(columns, range(len(self.scores)), best=lambda i: i == self.best_layer))
 
 

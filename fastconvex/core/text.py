@@ -64,8 +64,9 @@ def decode_text(data: bytes, what: str) -> str:
     for bom, name in _BOMS:
         if data.startswith(bom):
             if name is None:
-                raise TextDecodeError(f"{what} is UTF-32 text (it starts with a UTF-32 byte-order mark); "
-                                      f"save it as {_ACCEPTED}")
+                raise TextDecodeError(
+                    f"{what} is UTF-32 text (it starts with a UTF-32 byte-order mark); save it as {_ACCEPTED}"
+                )
             encoding, start = name, len(bom)
             break
     try:

@@ -74,7 +74,8 @@ def finetune_settings(quick: bool, **given: Any) -> FinetuneSettings:
     base, three seeds); any setting given (not None) replaces the default."""
     defaults: dict[str, Any] = (
         {"models": ("tiny.en",), "seeds": (0,), "latency_reps": 3}
-        if quick else {"models": ("tiny.en", "base"), "seeds": (0, 1, 2)}
+        if quick
+        else {"models": ("tiny.en", "base"), "seeds": (0, 1, 2)}
     )
     defaults.update({k: v for k, v in given.items() if v is not None})
     from fastconvex.hf.whisper_models import WHISPER_MODELS
@@ -144,7 +145,6 @@ class Dataset:
         return len(self.audio)
 
 
-
 def cache_root() -> Path:
     from fastconvex.hf.ct2_whisper import cache_root as _root
 
@@ -154,7 +154,6 @@ def cache_root() -> Path:
 def check_tools() -> dict[str, str | None]:
     """Paths of the external programs the demo can use (None when missing)."""
     return {name: shutil.which(name) for name in ("espeak-ng", "sox", "apt-get", "dpkg-deb")}
-
 
 
 def fetch_debian_packages(packages: Mapping[str, str], dest: Path, log: Callable[[str], None] = print) -> None:
@@ -170,8 +169,7 @@ def fetch_debian_packages(packages: Mapping[str, str], dest: Path, log: Callable
         r = subprocess.run(["apt-get", "download", *pkgs], cwd=tmp, capture_output=True, text=True, check=False)
         if r.returncode != 0:
             raise RuntimeError(
-                f"apt-get download {' '.join(pkgs)} failed: {r.stderr.strip()[-300:]} "
-                "(run `apt-get update` first?)"
+                f"apt-get download {' '.join(pkgs)} failed: {r.stderr.strip()[-300:]} (run `apt-get update` first?)"
             )
         for deb in sorted(Path(tmp).glob("*.deb")):
             key = next((k for k, v in packages.items() if deb.name.startswith(v + "_")), deb.stem)

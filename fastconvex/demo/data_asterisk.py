@@ -88,22 +88,78 @@ class AsteriskVoice:
 
 _CORE = "usr/share/doc/{}/copyright"
 ASTERISK_VOICES: tuple[AsteriskVoice, ...] = (
-    AsteriskVoice("asterisk-core-sounds-en-wav", "en_US_f_Allison", "wav", "en", "allison-smith",
-                  _CORE.format("asterisk-core-sounds-en-wav"), r"Files: \*\n(?:.*\n){1,3}\s*Allison Smith"),
-    AsteriskVoice("asterisk-core-sounds-es-wav", "es_MX_f_Allison", "wav", "es", "allison-smith",
-                  _CORE.format("asterisk-core-sounds-es-wav"), r"Files: \*\n(?:.*\n){1,3}\s*Allison Smith"),
-    AsteriskVoice("asterisk-core-sounds-fr-wav", "fr_CA_f_June", "wav", "fr", "june-wallack",
-                  _CORE.format("asterisk-core-sounds-fr-wav"), r"Files: fr-\*\n(?:.*\n){1,4}\s*June Wallack"),
-    AsteriskVoice("asterisk-core-sounds-it-wav", "it_IT_m_Carlo", "wav", "it", "carlo-flora",
-                  _CORE.format("asterisk-core-sounds-it-wav"), r"Files: it-\*\n(?:.*\n){1,4}\s*Carlo Flora"),
-    AsteriskVoice("asterisk-core-sounds-ru-wav", "ru_RU_f_IvrvoiceRU", "wav", "ru", "ivrvoice-ru",
-                  _CORE.format("asterisk-core-sounds-ru-wav"), r"Files: ru-\*\n(?:.*\n){1,3}\s*Provided by: Maxim Topal"),
-    AsteriskVoice("asterisk-prompt-it-menardi-wav", "it_IT_f_Menardi", "wav", "it", "menardi",
-                  _CORE.format("asterisk-prompt-it-menardi-wav"), r"Copyright:.*Marco Menardi.*Paola Dal Zot"),
-    AsteriskVoice("asterisk-prompt-es-co", "es", "gsm", "es", "july-jimenez",
-                  "usr/share/doc/asterisk-prompt-es-co/LEEME", r"con la voz de July E\. Jim"),
-    AsteriskVoice("asterisk-prompt-fr-armelle", "fr", "gsm", "fr", "armelle-desjardins",
-                  _CORE.format("asterisk-prompt-fr-armelle"), r"Voice actor: Armelle Desjardins"),
+    AsteriskVoice(
+        "asterisk-core-sounds-en-wav",
+        "en_US_f_Allison",
+        "wav",
+        "en",
+        "allison-smith",
+        _CORE.format("asterisk-core-sounds-en-wav"),
+        r"Files: \*\n(?:.*\n){1,3}\s*Allison Smith",
+    ),
+    AsteriskVoice(
+        "asterisk-core-sounds-es-wav",
+        "es_MX_f_Allison",
+        "wav",
+        "es",
+        "allison-smith",
+        _CORE.format("asterisk-core-sounds-es-wav"),
+        r"Files: \*\n(?:.*\n){1,3}\s*Allison Smith",
+    ),
+    AsteriskVoice(
+        "asterisk-core-sounds-fr-wav",
+        "fr_CA_f_June",
+        "wav",
+        "fr",
+        "june-wallack",
+        _CORE.format("asterisk-core-sounds-fr-wav"),
+        r"Files: fr-\*\n(?:.*\n){1,4}\s*June Wallack",
+    ),
+    AsteriskVoice(
+        "asterisk-core-sounds-it-wav",
+        "it_IT_m_Carlo",
+        "wav",
+        "it",
+        "carlo-flora",
+        _CORE.format("asterisk-core-sounds-it-wav"),
+        r"Files: it-\*\n(?:.*\n){1,4}\s*Carlo Flora",
+    ),
+    AsteriskVoice(
+        "asterisk-core-sounds-ru-wav",
+        "ru_RU_f_IvrvoiceRU",
+        "wav",
+        "ru",
+        "ivrvoice-ru",
+        _CORE.format("asterisk-core-sounds-ru-wav"),
+        r"Files: ru-\*\n(?:.*\n){1,3}\s*Provided by: Maxim Topal",
+    ),
+    AsteriskVoice(
+        "asterisk-prompt-it-menardi-wav",
+        "it_IT_f_Menardi",
+        "wav",
+        "it",
+        "menardi",
+        _CORE.format("asterisk-prompt-it-menardi-wav"),
+        r"Copyright:.*Marco Menardi.*Paola Dal Zot",
+    ),
+    AsteriskVoice(
+        "asterisk-prompt-es-co",
+        "es",
+        "gsm",
+        "es",
+        "july-jimenez",
+        "usr/share/doc/asterisk-prompt-es-co/LEEME",
+        r"con la voz de July E\. Jim",
+    ),
+    AsteriskVoice(
+        "asterisk-prompt-fr-armelle",
+        "fr",
+        "gsm",
+        "fr",
+        "armelle-desjardins",
+        _CORE.format("asterisk-prompt-fr-armelle"),
+        r"Voice actor: Armelle Desjardins",
+    ),
 )
 
 ASTERISK_HINT = (
@@ -210,8 +266,9 @@ def find_asterisk_clips(
     return clips
 
 
-def fetch_asterisk(dest: Path | None = None, voices: Sequence[AsteriskVoice] = ASTERISK_VOICES,
-                   log: Callable[[str], None] = print) -> Path:
+def fetch_asterisk(
+    dest: Path | None = None, voices: Sequence[AsteriskVoice] = ASTERISK_VOICES, log: Callable[[str], None] = print
+) -> Path:
     """``apt-get download`` + ``dpkg-deb -x`` the packages of ``voices`` into
     ``dest/<package>`` (default ``cache_root()/asterisk``); nothing is installed."""
     dest = Path(dest) if dest is not None else cache_root() / "asterisk"
@@ -221,8 +278,14 @@ def fetch_asterisk(dest: Path | None = None, voices: Sequence[AsteriskVoice] = A
     return dest
 
 
-def _clips(voices: Sequence[AsteriskVoice], roots: Sequence[Path] | None, fetch: bool,
-           min_seconds: float, max_seconds: float, log: Callable[[str], None]) -> list[AsteriskClip]:
+def _clips(
+    voices: Sequence[AsteriskVoice],
+    roots: Sequence[Path] | None,
+    fetch: bool,
+    min_seconds: float,
+    max_seconds: float,
+    log: Callable[[str], None],
+) -> list[AsteriskClip]:
     try:
         return find_asterisk_clips(voices, roots, min_seconds=min_seconds, max_seconds=max_seconds)
     except RuntimeError:
@@ -268,8 +331,10 @@ def load_asterisk(
     classes: dict[str, list[AsteriskVoice]] = {}
     for v in voices:
         classes.setdefault(label_of(v), []).append(v)
-    n = n_per_class if n_per_class is not None else min(
-        sum(len(by_voice.get(v, {})) for v in vs) for vs in classes.values()
+    n = (
+        n_per_class
+        if n_per_class is not None
+        else min(sum(len(by_voice.get(v, {})) for v in vs) for vs in classes.values())
     )
     if n < 1:
         raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
@@ -280,10 +345,9 @@ def load_asterisk(
         have = sum(len(r) for r in ranked.values())
         if have < n:
             raise ValueError(
-                f"{task}: class {label!r} has {have} clips of {min_seconds}-{max_seconds} s, "
-                f"fewer than n_per_class={n}"
+                f"{task}: class {label!r} has {have} clips of {min_seconds}-{max_seconds} s, fewer than n_per_class={n}"
             )
-        take = {v: 0 for v in vs}
+        take = dict.fromkeys(vs, 0)
         while sum(take.values()) < n:
             for v in vs:
                 if sum(take.values()) < n and take[v] < len(ranked[v]):
@@ -292,23 +356,38 @@ def load_asterisk(
     return _dataset(task, picked, voices, min_seconds, max_seconds)
 
 
-def _dataset(task: str, picked: Sequence[tuple[str, AsteriskClip, str]], voices: Sequence[AsteriskVoice],
-             min_seconds: float, max_seconds: float) -> Dataset:
+def _dataset(
+    task: str,
+    picked: Sequence[tuple[str, AsteriskClip, str]],
+    voices: Sequence[AsteriskVoice],
+    min_seconds: float,
+    max_seconds: float,
+) -> Dataset:
     audio, labels, groups, meta = [], [], [], []
     for label, c, split in picked:
         x, sr = _read(c.path)
         audio.append(resample(x, sr))
         labels.append(label)
         groups.append(c.prompt)
-        row = {"package": c.voice.package, "speaker": c.voice.speaker, "language": c.voice.language,
-               "prompt": c.prompt, "seconds": round(c.seconds, 3)}
+        row = {
+            "package": c.voice.package,
+            "speaker": c.voice.speaker,
+            "language": c.voice.language,
+            "prompt": c.prompt,
+            "seconds": round(c.seconds, 3),
+        }
         if split:
             row["split"] = split
         meta.append(row)
     return Dataset(
-        name=task, audio=audio, labels=labels, groups=groups, meta=meta,
+        name=task,
+        audio=audio,
+        labels=labels,
+        groups=groups,
+        meta=meta,
         split_by="speaker and prompt name" if any(split for *_, split in picked) else "prompt name",
-        source="Asterisk telephone prompts (Debian " + ", ".join(sorted({v.package for v in voices}))
+        source="Asterisk telephone prompts (Debian "
+        + ", ".join(sorted({v.package for v in voices}))
         + f"), 8 kHz resampled to 16 kHz, clips {min_seconds}-{max_seconds} s",
     )
 
@@ -370,11 +449,13 @@ def load_asterisk_language_unseen(
     picked: list[tuple[str, AsteriskClip, str]] = []
     for train_v, test_v in pairs:
         for v, split, want, held in ((train_v, "train", n_train, False), (test_v, "test", n_test, True)):
-            mine = sorted((c for c in clips if c.voice == v and (c.prompt in test_prompts) == held),
-                          key=lambda c: rank[c.prompt])
+            mine = sorted(
+                (c for c in clips if c.voice == v and (c.prompt in test_prompts) == held), key=lambda c: rank[c.prompt]
+            )
             if len(mine) < want:
-                raise ValueError(f"asterisk-language-unseen: {v.package} has {len(mine)} {split} clips, "
-                                 f"fewer than the {want} asked")
+                raise ValueError(
+                    f"asterisk-language-unseen: {v.package} has {len(mine)} {split} clips, fewer than the {want} asked"
+                )
             picked += [(v.language, c, split) for c in mine[:want]]
     return _dataset("asterisk-language-unseen", picked, voices, min_seconds, max_seconds)
 

@@ -44,7 +44,6 @@ def find_fillets_files(lang: str, roots: Sequence[Path] | None = None) -> list[P
     return sorted(out)
 
 
-
 def fetch_fillets(dest: Path, langs: Sequence[str] = ("cs", "nl"), log: Callable[[str], None] = print) -> None:
     """``apt-get download`` + ``dpkg-deb -x`` the fillets voice packages into ``dest`` (no install)."""
     fetch_debian_packages({lang: FILLETS_PACKAGES[lang] for lang in langs}, dest, log)
@@ -95,7 +94,11 @@ def load_speakers(
             if taken < 2:
                 raise RuntimeError(f"too few usable {lang} files for speaker {code!r}")
     return Dataset(
-        name="speakers", audio=audio, labels=labels, groups=groups, meta=meta, split_by="line",
+        name="speakers",
+        audio=audio,
+        labels=labels,
+        groups=groups,
+        meta=meta,
+        split_by="line",
         source="Fish Fillets NG voice acting (Debian fillets-ng-data-cs/-nl), 2 speakers per language",
     )
-

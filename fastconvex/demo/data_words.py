@@ -15,16 +15,66 @@ from fastconvex.demo.config import SAMPLE_RATE, Dataset
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 # espeak-ng's own (non-mbrola) English voices
 ESPEAK_VOICES = (
-    "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
-    "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
 )
 # voice variants shipped with espeak-ng (``espeak-ng --voices=variant``)
 ESPEAK_VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5",
-    "klatt", "klatt2", "klatt3", "klatt4", "croak", "adam", "Alex", "Alicia", "Andy",
-    "Annie", "aunty", "belinda", "benjamin", "david", "ed", "edward", "Gene", "Hugo",
-    "iven", "john", "linda", "max", "Michael", "paul", "quincy", "rob", "robert",
-    "steph", "grandpa", "grandma", "norbert", "sandro", "shelby", "travis", "victor", "zac",
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "m8",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "klatt4",
+    "croak",
+    "adam",
+    "Alex",
+    "Alicia",
+    "Andy",
+    "Annie",
+    "aunty",
+    "belinda",
+    "benjamin",
+    "david",
+    "ed",
+    "edward",
+    "Gene",
+    "Hugo",
+    "iven",
+    "john",
+    "linda",
+    "max",
+    "Michael",
+    "paul",
+    "quincy",
+    "rob",
+    "robert",
+    "steph",
+    "grandpa",
+    "grandma",
+    "norbert",
+    "sandro",
+    "shelby",
+    "travis",
+    "victor",
+    "zac",
 )
 NOISES = ("whitenoise", "pinknoise", "brownnoise")
 SNRS_DB = (20.0, 10.0, 5.0, 0.0)
@@ -40,9 +90,24 @@ def _sox_noise_files(workdir: Path, seconds: float = 30.0) -> dict[str, tuple[Pa
     for kind in NOISES:
         p = workdir / f"{kind}.wav"
         subprocess.run(
-            ["sox", "-R", "-D", "-n", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(p),
-             "synth", f"{seconds}", kind],
-            check=True, capture_output=True,
+            [
+                "sox",
+                "-R",
+                "-D",
+                "-n",
+                "-r",
+                str(SAMPLE_RATE),
+                "-c",
+                "1",
+                "-b",
+                "16",
+                str(p),
+                "synth",
+                f"{seconds}",
+                kind,
+            ],
+            check=True,
+            capture_output=True,
         )
         x, _ = sf.read(str(p), dtype="float32")
         out[kind] = (p, float(np.sqrt(np.mean(x.astype(np.float64) ** 2))))
@@ -53,25 +118,29 @@ def _words_plan(n_voices: int, seed: int) -> list[dict]:
     voices = []
     for v in range(n_voices):
         rng = np.random.default_rng([seed, 1, v])  # one stream per voice: a prefix of voices is stable
-        voices.append({
-            "voice_id": f"v{v:03d}",
-            "voice": ESPEAK_VOICES[int(rng.integers(len(ESPEAK_VOICES)))],
-            "variant": ESPEAK_VARIANTS[int(rng.integers(len(ESPEAK_VARIANTS)))],
-            "speed": int(rng.integers(110, 221)),
-            "pitch": int(rng.integers(15, 86)),
-        })
+        voices.append(
+            {
+                "voice_id": f"v{v:03d}",
+                "voice": ESPEAK_VOICES[int(rng.integers(len(ESPEAK_VOICES)))],
+                "variant": ESPEAK_VARIANTS[int(rng.integers(len(ESPEAK_VARIANTS)))],
+                "speed": int(rng.integers(110, 221)),
+                "pitch": int(rng.integers(15, 86)),
+            }
+        )
     plan = []
     for i, v in enumerate(voices):
         rng = np.random.default_rng([seed, 2, i])
         for w in WORDS:
-            plan.append({
-                **v,
-                "word": w,
-                "noise": NOISES[int(rng.integers(len(NOISES)))],
-                "snr_db": float(SNRS_DB[int(rng.integers(len(SNRS_DB)))]),
-                "offset": float(rng.uniform(0.0, 1.0)),  # fraction of the free room
-                "noise_start": float(rng.uniform(0.0, 28.0)),
-            })
+            plan.append(
+                {
+                    **v,
+                    "word": w,
+                    "noise": NOISES[int(rng.integers(len(NOISES)))],
+                    "snr_db": float(SNRS_DB[int(rng.integers(len(SNRS_DB)))]),
+                    "offset": float(rng.uniform(0.0, 1.0)),  # fraction of the free room
+                    "noise_start": float(rng.uniform(0.0, 28.0)),
+                }
+            )
     return plan
 
 
@@ -82,13 +151,27 @@ def _make_word_clip(item: dict, workdir: Path, noises: dict[str, tuple[Path, flo
     speech = workdir / f"sp{idx}.wav"
     mixed = workdir / f"mix{idx}.wav"
     subprocess.run(
-        ["espeak-ng", "-v", f"{item['voice']}+{item['variant']}", "-s", str(item["speed"]),
-         "-p", str(item["pitch"]), "-w", str(raw), item["word"]],
-        check=True, capture_output=True,
+        [
+            "espeak-ng",
+            "-v",
+            f"{item['voice']}+{item['variant']}",
+            "-s",
+            str(item["speed"]),
+            "-p",
+            str(item["pitch"]),
+            "-w",
+            str(raw),
+            item["word"],
+        ],
+        check=True,
+        capture_output=True,
     )
     # resample to 16 kHz with sox, place at a random offset in a 1.5 s clip
-    subprocess.run(["sox", "-R", "-D", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(speech)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["sox", "-R", "-D", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(speech)],
+        check=True,
+        capture_output=True,
+    )
     x, _ = sf.read(str(speech), dtype="float32")
     if x.ndim > 1:
         x = x.mean(axis=1)
@@ -108,10 +191,30 @@ def _make_word_clip(item: dict, workdir: Path, noises: dict[str, tuple[Path, flo
     npath, nrms = noises[item["noise"]]
     gain = speech_rms / (10 ** (item["snr_db"] / 20.0)) / max(nrms, 1e-9)
     subprocess.run(
-        ["sox", "-R", "-D", "-m", "-v", "1", str(speech), "-v", f"{gain:.6f}",
-         f"|sox -R -D {npath} -p trim {item['noise_start']:.4f} {CLIP_SECONDS}",
-         "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(mixed), "trim", "0", f"{CLIP_SECONDS}"],
-        check=True, capture_output=True,
+        [
+            "sox",
+            "-R",
+            "-D",
+            "-m",
+            "-v",
+            "1",
+            str(speech),
+            "-v",
+            f"{gain:.6f}",
+            f"|sox -R -D {npath} -p trim {item['noise_start']:.4f} {CLIP_SECONDS}",
+            "-r",
+            str(SAMPLE_RATE),
+            "-c",
+            "1",
+            "-b",
+            "16",
+            str(mixed),
+            "trim",
+            "0",
+            f"{CLIP_SECONDS}",
+        ],
+        check=True,
+        capture_output=True,
     )
     y, _ = sf.read(str(mixed), dtype="float32")
     for p in (raw, speech, mixed):
@@ -141,4 +244,3 @@ def make_words(n_voices: int, seed: int = 0, *, log: Callable[[str], None] = pri
         split_by="voice",
         source=f"espeak-ng {len(WORDS)} words x {n_voices} voices, sox noise at {list(SNRS_DB)} dB SNR",
     )
-

@@ -8,9 +8,10 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,6 @@ def load_task(name: str, cfg: DemoConfig, log) -> Dataset:
             fetch_fillets(cache_root() / "fillets-ng", log=log)
         return load_speakers(cfg.speaker_clips, cfg.seed)
     return ASTERISK_TASKS[name](cfg.asterisk_clips, cfg.seed, fetch=cfg.fetch, log=log)
-
 
 
 #: encoder blocks of the Whisper models the fine-tuning experiment knows (OpenAI's published
@@ -129,9 +129,15 @@ def run_demo(cfg: DemoConfig) -> dict:
             "hidden_size": int(model.config.d_model),
         },
         "settings": {
-            "quick": cfg.quick, "seed": cfg.seed, "k": cfg.k, "pairs": cfg.pairs,
-            "backend": cfg.backend, "device": str(device), "final_norm": cfg.final_norm,
-            "cut_rule": cfg.cut_rule, "pooling": "mean over the first ceil(n_samples/320) encoder frames",
+            "quick": cfg.quick,
+            "seed": cfg.seed,
+            "k": cfg.k,
+            "pairs": cfg.pairs,
+            "backend": cfg.backend,
+            "device": str(device),
+            "final_norm": cfg.final_norm,
+            "cut_rule": cfg.cut_rule,
+            "pooling": "mean over the first ceil(n_samples/320) encoder frames",
         },
         "full_model": {
             "params_total": count_params(model),
@@ -155,13 +161,22 @@ def run_demo(cfg: DemoConfig) -> dict:
                 last[0] = now
                 log(f"{name}: encoded {i}/{n}")
 
-        states = encode_pooled(encoder, processor.feature_extractor, ds.audio, final_norm=cfg.final_norm,
-                               device=device, progress=progress)
+        states = encode_pooled(
+            encoder, processor.feature_extractor, ds.audio, final_norm=cfg.final_norm, device=device, progress=progress
+        )
         t_enc = time.perf_counter() - t0
         labels = np.asarray(ds.labels)
         t0 = time.perf_counter()
-        scores = fc.layer_scores(states, labels, k=cfg.k, pairs=cfg.pairs, seed=cfg.seed,
-                                 backend=cfg.backend, device=cfg.device, progress=False)
+        scores = fc.layer_scores(
+            states,
+            labels,
+            k=cfg.k,
+            pairs=cfg.pairs,
+            seed=cfg.seed,
+            backend=cfg.backend,
+            device=cfg.device,
+            progress=False,
+        )
         t_score = time.perf_counter() - t0
         train_idx, test_idx = dataset_split(ds, seed=cfg.seed)
         splits[ds.name] = (train_idx, test_idx)
@@ -172,8 +187,11 @@ def run_demo(cfg: DemoConfig) -> dict:
             keep, note = int(cfg.keep), "set by --keep"  # checked against n_blocks when the model loaded
         else:
             keep, note = choose_keep(scores, n_blocks, cfg.cut_rule)
-        log(f"{ds.name}: convexity per layer " + " ".join(f"{100 * s:.1f}" for s in scores.scores)
-            + f"; cut: keep {keep} of {n_blocks} blocks")
+        log(
+            f"{ds.name}: convexity per layer "
+            + " ".join(f"{100 * s:.1f}" for s in scores.scores)
+            + f"; cut: keep {keep} of {n_blocks} blocks"
+        )
 
         # ---- prune, save, measure
         pruned = prune_whisper(model, keep)
@@ -193,11 +211,22 @@ def run_demo(cfg: DemoConfig) -> dict:
             final_probe = fit_probe(pooled_pruned[train_idx], labels[train_idx])
             saved = cfg.out_dir / f"whisper-tiny.en-{ds.name}-keep{keep}"
             save_pruned_model(
-                pruned, processor, saved, scores=scores, seed=cfg.seed, original_layers=n_blocks,
+                pruned,
+                processor,
+                saved,
+                scores=scores,
+                seed=cfg.seed,
+                original_layers=n_blocks,
                 extra={"task": ds.name, "probe_accuracy": acc_pruned},
             )
-            np.savez(saved / "probe.npz", classes=np.asarray(final_probe.classes), mean=final_probe.mean,
-                     scale=final_probe.scale, weight=final_probe.weight, bias=final_probe.bias)
+            np.savez(
+                saved / "probe.npz",
+                classes=np.asarray(final_probe.classes),
+                mean=final_probe.mean,
+                scale=final_probe.scale,
+                weight=final_probe.weight,
+                bias=final_probe.bias,
+            )
         report["tasks"][ds.name] = {
             "source": ds.source,
             "n": len(ds),
@@ -247,8 +276,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     def save_report() -> None:
         report["timings"]["total_s"] = time.perf_counter() - t_start
-        write_text_atomic(cfg.out_dir / "report.json",
-                          json.dumps(report, indent=2, default=_json_default) + "\n")
+        write_text_atomic(cfg.out_dir / "report.json", json.dumps(report, indent=2, default=_json_default) + "\n")
 
     save_report()  # before the plot: a plot that fails never loses the results
     if cfg.finetune is not None:
@@ -256,10 +284,17 @@ def run_demo(cfg: DemoConfig) -> dict:
 
         t0 = time.perf_counter()
         run_experiment(
-            cfg.finetune, datasets, splits, report, out_dir=cfg.out_dir,
+            cfg.finetune,
+            datasets,
+            splits,
+            report,
+            out_dir=cfg.out_dir,
             scoring={"k": cfg.k, "pairs": cfg.pairs, "seed": cfg.seed, "backend": cfg.backend, "rule": cfg.cut_rule},
-            loaded={"tiny.en": (model, processor)}, full_context_scores=full_context_scores, device=device,
-            log=log, save=save_report,
+            loaded={"tiny.en": (model, processor)},
+            full_context_scores=full_context_scores,
+            device=device,
+            log=log,
+            save=save_report,
         )
         report["timings"]["finetune_s"] = time.perf_counter() - t0
         report["settings"]["finetune"] = asdict(cfg.finetune)
@@ -280,4 +315,3 @@ def run_demo(cfg: DemoConfig) -> dict:
     report["png"] = str(png) if png else None
     save_report()
     return report
-

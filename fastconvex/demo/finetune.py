@@ -82,15 +82,24 @@ def context_model(model: Any, feature_extractor: Any, seconds: float) -> tuple[A
 
 
 def score_pretrained(
-    model: Any, feature_extractor: Any, ds: Dataset, *, k: int, pairs: int, seed: int, backend: str,
-    device: Any, final_norm: str = "apply",
+    model: Any,
+    feature_extractor: Any,
+    ds: Dataset,
+    *,
+    k: int,
+    pairs: int,
+    seed: int,
+    backend: str,
+    device: Any,
+    final_norm: str = "apply",
 ) -> Any:
     """Graph convexity of every hidden state of ``model``'s encoder on ``ds`` (LayerScores)."""
     import fastconvex as fc
 
     states = encode_pooled(model.model.encoder, feature_extractor, ds.audio, final_norm=final_norm, device=device)
-    return fc.layer_scores(states, np.asarray(ds.labels), k=k, pairs=pairs, seed=seed, backend=backend,
-                           device=device, progress=False)
+    return fc.layer_scores(
+        states, np.asarray(ds.labels), k=k, pairs=pairs, seed=seed, backend=backend, device=device, progress=False
+    )
 
 
 def finetune_cuts(
@@ -121,28 +130,58 @@ def finetune_cuts(
         base = prune_whisper(model, keep) if keep < n_blocks else model
         for seed in settings.seeds:
             res = finetune(
-                base, ds.audio, ds.labels, eval_split=split, epochs=settings.epochs, lr=settings.lr,
-                batch_size=settings.batch_size, seed=seed, feature_extractor=feature_extractor, progress=False,
+                base,
+                ds.audio,
+                ds.labels,
+                eval_split=split,
+                epochs=settings.epochs,
+                lr=settings.lr,
+                batch_size=settings.batch_size,
+                seed=seed,
+                feature_extractor=feature_extractor,
+                progress=False,
             )
-            rows.append({
-                "model": model_name, "keep": int(keep), "seed": int(seed), "accuracy": float(res.accuracy),
-                "train_seconds": float(res.train_seconds), "infer_ms": None, "params": int(res.params),
-                "n_train": int(res.n_train), "n_eval": int(res.n_eval),
-            })
-            log(f"{model_name} {ds.name}: keep {keep}/{n_blocks} seed {seed}: accuracy "
-                f"{100 * res.accuracy:.1f}% in {res.train_seconds:.0f} s")
+            rows.append(
+                {
+                    "model": model_name,
+                    "keep": int(keep),
+                    "seed": int(seed),
+                    "accuracy": float(res.accuracy),
+                    "train_seconds": float(res.train_seconds),
+                    "infer_ms": None,
+                    "params": int(res.params),
+                    "n_train": int(res.n_train),
+                    "n_eval": int(res.n_eval),
+                }
+            )
+            log(
+                f"{model_name} {ds.name}: keep {keep}/{n_blocks} seed {seed}: accuracy "
+                f"{100 * res.accuracy:.1f}% in {res.train_seconds:.0f} s"
+            )
             if keep not in classifiers:
                 classifiers[keep] = res.model
-    lat = encoder_latencies(dict(sorted(classifiers.items(), reverse=True)), reps=settings.latency_reps,
-                            batch=settings.latency_batch, device=device)
+    lat = encoder_latencies(
+        dict(sorted(classifiers.items(), reverse=True)),
+        reps=settings.latency_reps,
+        batch=settings.latency_batch,
+        device=device,
+    )
     for r in rows:
         r["infer_ms"] = lat[r["keep"]]["median_ms"]
     return rows, classifiers
 
 
 def both_measures(
-    classifier: Any, feature_extractor: Any, ds: Dataset, settings: FinetuneSettings, *, k: int, pairs: int,
-    seed: int, backend: str, device: Any = None,
+    classifier: Any,
+    feature_extractor: Any,
+    ds: Dataset,
+    settings: FinetuneSettings,
+    *,
+    k: int,
+    pairs: int,
+    seed: int,
+    backend: str,
+    device: Any = None,
 ) -> dict:
     """Graph and Euclidean convexity per layer of a fine-tuned Whisper classifier,
     on the same data, with their rank agreement across layers."""
@@ -154,14 +193,19 @@ def both_measures(
     labels = np.asarray(ds.labels)
     t0 = time.perf_counter()
     pooled = encode_pooled(classifier.encoder, feature_extractor, ds.audio, final_norm="raw", device=device)
-    graph = fc.layer_scores(pooled, labels, k=k, pairs=pairs, seed=seed, backend=backend, device=device,
-                            progress=False)
+    graph = fc.layer_scores(pooled, labels, k=k, pairs=pairs, seed=seed, backend=backend, device=device, progress=False)
     t_graph = time.perf_counter() - t0
     t0 = time.perf_counter()
     seqs, lengths = hidden_state_sequences(classifier, ds.audio, feature_extractor=feature_extractor, progress=False)
     euclid = fc.layer_euclidean_scores(
-        seqs, labels, predict_from_layer(classifier), n_sampled=settings.n_sampled,
-        pairs=settings.euclidean_pairs, seed=seed, lengths=lengths, progress=False,
+        seqs,
+        labels,
+        predict_from_layer(classifier),
+        n_sampled=settings.n_sampled,
+        pairs=settings.euclidean_pairs,
+        seed=seed,
+        lengths=lengths,
+        progress=False,
     )
     t_euclid = time.perf_counter() - t0
     rho = spearmanr(graph.scores, euclid.scores)
@@ -207,11 +251,15 @@ def run_finetune_task(
     t_score = time.perf_counter() - t0
     rule_keep, note = choose_keep(scores, n_blocks, rule)
     keeps = keeps_for(settings.keeps, n_blocks, rule_keep)
-    log(f"{model_name} {ds.name}: convexity at {seconds:g} s context "
-        + " ".join(f"{100 * s:.1f}" for s in scores.scores) + f"; cut: keep {rule_keep} of {n_blocks}; "
-        f"fine-tuning keeps {keeps} x seeds {list(settings.seeds)}")
-    rows, classifiers = finetune_cuts(ctx_model, ctx_fe, ds, split, keeps, settings, model_name=model_name,
-                                      device=device, log=log)
+    log(
+        f"{model_name} {ds.name}: convexity at {seconds:g} s context "
+        + " ".join(f"{100 * s:.1f}" for s in scores.scores)
+        + f"; cut: keep {rule_keep} of {n_blocks}; "
+        f"fine-tuning keeps {keeps} x seeds {list(settings.seeds)}"
+    )
+    rows, classifiers = finetune_cuts(
+        ctx_model, ctx_fe, ds, split, keeps, settings, model_name=model_name, device=device, log=log
+    )
     entry: dict[str, Any] = {
         "model": model_name,
         "n_blocks": n_blocks,
@@ -223,8 +271,11 @@ def run_finetune_task(
         "keeps": [int(x) for x in keeps],
         "rows": rows,
         "settings": {
-            "epochs": settings.epochs, "lr": settings.lr, "batch_size": settings.batch_size,
-            "seeds": list(settings.seeds), "latency_batch": settings.latency_batch,
+            "epochs": settings.epochs,
+            "lr": settings.lr,
+            "batch_size": settings.batch_size,
+            "seeds": list(settings.seeds),
+            "latency_batch": settings.latency_batch,
         },
         "timings": {"score_s": t_score},
     }
@@ -234,15 +285,23 @@ def run_finetune_task(
     if settings.euclidean and model_name == settings.models[0]:
         log(f"{model_name} {ds.name}: graph and Euclidean convexity of the fine-tuned full classifier")
         entry["finetuned_measures"] = both_measures(
-            classifiers[n_blocks], ctx_fe, ds, settings, k=k, pairs=pairs, seed=seed, backend=backend,
+            classifiers[n_blocks],
+            ctx_fe,
+            ds,
+            settings,
+            k=k,
+            pairs=pairs,
+            seed=seed,
+            backend=backend,
             device=device,
         )
     entry["timings"]["total_s"] = time.perf_counter() - t_start
     return entry
 
 
-def unit_key(model_name: str, ds: Dataset, split: tuple[np.ndarray, np.ndarray], settings: FinetuneSettings,
-             scoring: dict) -> str:
+def unit_key(
+    model_name: str, ds: Dataset, split: tuple[np.ndarray, np.ndarray], settings: FinetuneSettings, scoring: dict
+) -> str:
     """A fingerprint of everything one model x task result depends on: the data
     (audio bytes, labels, split), the settings and the scoring options."""
     import hashlib
@@ -250,8 +309,14 @@ def unit_key(model_name: str, ds: Dataset, split: tuple[np.ndarray, np.ndarray],
     from dataclasses import asdict
 
     h = hashlib.sha256()
-    payload = {"model": model_name, "task": ds.name, "labels": list(map(str, ds.labels)),
-               "split": [np.asarray(s).tolist() for s in split], "settings": asdict(settings), "scoring": scoring}
+    payload = {
+        "model": model_name,
+        "task": ds.name,
+        "labels": list(map(str, ds.labels)),
+        "split": [np.asarray(s).tolist() for s in split],
+        "settings": asdict(settings),
+        "scoring": scoring,
+    }
     h.update(json.dumps(payload, sort_keys=True, default=str).encode())
     for a in ds.audio:
         h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
@@ -303,8 +368,15 @@ def run_experiment(
                     loaded[name] = load_whisper(name, device=device)
                 model, processor = loaded[name]
                 entry = run_finetune_task(
-                    model, processor.feature_extractor, ds, splits[ds.name], settings, model_name=name,
-                    device=device, full_context_scores=full_context_scores.get((name, ds.name)), log=log,
+                    model,
+                    processor.feature_extractor,
+                    ds,
+                    splits[ds.name],
+                    settings,
+                    model_name=name,
+                    device=device,
+                    full_context_scores=full_context_scores.get((name, ds.name)),
+                    log=log,
                     **scoring,
                 )
                 entry["summary"] = summarize(entry)

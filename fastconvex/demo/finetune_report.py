@@ -97,12 +97,20 @@ def format_finetune(report: dict) -> str:
                 if st is None:
                     row += f" | {'-':>14} | {'':>8} | {'':>7} | {'':>8}"
                 else:
-                    row += (f" | {_pm(st['accuracy_mean'], st['accuracy_sd'], st['seeds']):>14} | "
-                            f"{st['params'] / 1e6:>6.2f} M | {st['train_seconds']:>7.0f} | {st['infer_ms']:>8.1f}")
-                marks = ("  <- convexity cut" if k == entry["rule_keep"] else "") + ("  (full)" if k == entry["n_blocks"] else "")
+                    row += (
+                        f" | {_pm(st['accuracy_mean'], st['accuracy_sd'], st['seeds']):>14} | "
+                        f"{st['params'] / 1e6:>6.2f} M | {st['train_seconds']:>7.0f} | {st['infer_ms']:>8.1f}"
+                    )
+                marks = ("  <- convexity cut" if k == entry["rule_keep"] else "") + (
+                    "  (full)" if k == entry["n_blocks"] else ""
+                )
                 lines.append(row + marks)
             f = s["full_vs_cut"]
-            rho = "n/a" if s["spearman"] is None else f"{s['spearman']:+.2f} (p={s['spearman_p']:.2f}, {s['n_cuts']} cuts)"
+            rho = (
+                "n/a"
+                if s["spearman"] is None
+                else f"{s['spearman']:+.2f} (p={s['spearman_p']:.2f}, {s['n_cuts']} cuts)"
+            )
             lines.append(
                 f"convexity cut keeps {f['keep']} of {entry['n_blocks']} blocks: accuracy {100 * f['accuracy_diff']:+.1f} "
                 f"points vs full, {_pct(f['params_saved'])} fewer parameters, {_pct(f['latency_saved'])} lower latency, "
@@ -111,8 +119,10 @@ def format_finetune(report: dict) -> str:
             m = entry.get("finetuned_measures")
             if m:
                 lines.append(
-                    "fine-tuned full classifier, per layer: graph " + " ".join(f"{100 * v:.1f}" for v in m["graph"])
-                    + " | Euclidean " + " ".join(f"{100 * v:.1f}" for v in m["euclidean"])
+                    "fine-tuned full classifier, per layer: graph "
+                    + " ".join(f"{100 * v:.1f}" for v in m["graph"])
+                    + " | Euclidean "
+                    + " ".join(f"{100 * v:.1f}" for v in m["euclidean"])
                     + (f" | Spearman {m['spearman']:+.2f}" if m["spearman"] is not None else "")
                 )
             lines.append("")
@@ -146,8 +156,14 @@ def finetune_figure(report: dict) -> Any:
             line = ax.errorbar(x, y, yerr=e, marker="o", ls=":", capsize=3, label=f"{entry['model']}{rho}")
             for k, xi, yi in zip(keeps, x, y):
                 star = "*" if k == entry["rule_keep"] else ""
-                ax.annotate(f"{k}{star}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8,
-                            color=line[0].get_color())
+                ax.annotate(
+                    f"{k}{star}",
+                    (xi, yi),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=8,
+                    color=line[0].get_color(),
+                )
         ax.set_xlabel("pretrained convexity of layer h (%)")
         ax.set_ylabel("held-out accuracy, fine-tuned model cut at h (%)")
         ax.set_title(f"{task} (labels: blocks kept; * convexity cut)", fontsize=9)

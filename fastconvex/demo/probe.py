@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def split_indices(labels: Sequence, groups: Sequence, *, test_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    labels: Sequence, groups: Sequence, *, test_fraction: float = 0.3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Held-out split. Distinct groups shared by several labels (voices) are held out
     whole; otherwise (one group per item) a stratified split per label."""
     labels = np.asarray(labels)
@@ -71,8 +73,15 @@ def fit_probe(x: np.ndarray, y: Sequence, *, l2: float = 1e-3, max_iter: int = 2
     z = torch.as_tensor((x - mean) / scale)
     w = torch.zeros(x.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
     b = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-9, tolerance_change=1e-12)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+    )
 
     def closure():
         opt.zero_grad()
@@ -88,4 +97,3 @@ def fit_probe(x: np.ndarray, y: Sequence, *, l2: float = 1e-3, max_iter: int = 2
 def probe_accuracy(x: np.ndarray, y: Sequence, train_idx: np.ndarray, test_idx: np.ndarray) -> float:
     y = np.asarray(y)
     return fit_probe(x[train_idx], y[train_idx]).accuracy(x[test_idx], y[test_idx])
-

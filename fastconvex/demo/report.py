@@ -39,7 +39,9 @@ def format_summary(report: dict) -> str:
         lines.append("(* most convex layer; <cut = blocks kept: layer h is the output of the encoder cut to h blocks)")
         exact = [t for t in tasks if not any(report["tasks"][t]["stderr"])]
         if exact:
-            lines.append(f"(s.e. 0: every same-class pair was scored for {', '.join(exact)}, at most --pairs per class)")
+            lines.append(
+                f"(s.e. 0: every same-class pair was scored for {', '.join(exact)}, at most --pairs per class)"
+            )
         lines.append("")
         lines.append(
             f"{'model':<16} {'blocks':>6} {'encoder params':>15} {'all params':>11} {'encoder latency':>16}  probe accuracy (held out)"
@@ -65,8 +67,10 @@ def format_summary(report: dict) -> str:
     for t, why in report.get("skipped", {}).items():
         lines.append(f"skipped {t}: {why}")
     if report.get("png"):
-        lines.append(f"report: {report['json']}  plot: {report['png']}"
-                     + (f"  fine-tuning: {report['finetune_png']}" if report.get("finetune_png") else ""))
+        lines.append(
+            f"report: {report['json']}  plot: {report['png']}"
+            + (f"  fine-tuning: {report['finetune_png']}" if report.get("finetune_png") else "")
+        )
     lines.append(f"total {report['timings']['total_s']:.0f} s")
     return "\n".join(lines)
 
@@ -112,13 +116,33 @@ def report_figure(report: dict) -> Any:
         layers = np.arange(len(r["scores"]))
         keep = r["cut"]["keep"]
         ax.axvline(keep, color="tab:red", ls=":", lw=1.5, label=f"cut: keep {keep} of {len(layers) - 1} blocks")
-        ax.errorbar(layers, 100 * np.asarray(r["scores"]), yerr=100 * np.asarray(r["stderr"]), marker="o",
-                    color="tab:blue", capsize=3, label="graph convexity")
-        ax.plot(layers, 100 * np.asarray(r["probe_accuracy"]), marker="s", ls="--", color="tab:orange",
-                label="linear probe, held out")
+        ax.errorbar(
+            layers,
+            100 * np.asarray(r["scores"]),
+            yerr=100 * np.asarray(r["stderr"]),
+            marker="o",
+            color="tab:blue",
+            capsize=3,
+            label="graph convexity",
+        )
+        ax.plot(
+            layers,
+            100 * np.asarray(r["probe_accuracy"]),
+            marker="s",
+            ls="--",
+            color="tab:orange",
+            label="linear probe, held out",
+        )
         ax.axhline(100.0 / len(r["classes"]), color="0.6", lw=1, ls="-.", label="chance")
-        ax.plot([keep], [100 * r["cut"]["probe_pruned"]], marker="*", ms=13, ls="none", color="tab:red",
-                label="pruned model's probe")
+        ax.plot(
+            [keep],
+            [100 * r["cut"]["probe_pruned"]],
+            marker="*",
+            ms=13,
+            ls="none",
+            color="tab:red",
+            label="pruned model's probe",
+        )
         ax.set_ylim(0, 104)
         ax.set_xticks(layers)
         ax.set_xlabel("layer (0 = encoder input, h = output of block h)")
@@ -130,7 +154,6 @@ def report_figure(report: dict) -> Any:
     fig.suptitle(f"{report['model']['name']}: convexity vs probe accuracy per encoder layer", fontsize=10)
     fig.tight_layout()
     return fig
-
 
 
 def _versions() -> dict:

@@ -3,12 +3,13 @@ representation) and ``layer_euclidean_scores`` (every layer, the same pairs)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
 from fastconvex.core.devices import check_device_here
-from fastconvex.core.inputs import check_seed, check_int, labels_to_array
+from fastconvex.core.inputs import check_int, check_seed, labels_to_array
 from fastconvex.core.layers import _split_layers
 from fastconvex.core.pairs import DEFAULT_PAIRS, PairPlan, scored_classes
 from fastconvex.core.progress import Progress, show_progress
@@ -28,8 +29,9 @@ from fastconvex.euclidean.segments import (
 __all__ = ["euclidean_convexity", "layer_euclidean_scores"]
 
 
-def plan_euclidean(labels: Any, n: int, *, n_sampled: Any, pairs: Any, exact: Any, batch_size: Any, seed: Any,
-                   min_class_size: Any) -> tuple[list[Hashable], PairPlan, int, int, int | None]:
+def plan_euclidean(
+    labels: Any, n: int, *, n_sampled: Any, pairs: Any, exact: Any, batch_size: Any, seed: Any, min_class_size: Any
+) -> tuple[list[Hashable], PairPlan, int, int, int | None]:
     """Validate the settings and draw the pairs of ``n`` items once: (classes,
     plan, n_sampled, batch_size, seed). The one planning step of
     ``layer_euclidean_scores`` and of Euclidean sweeps."""
@@ -41,8 +43,9 @@ def plan_euclidean(labels: Any, n: int, *, n_sampled: Any, pairs: Any, exact: An
     return classes, plan, n_sampled, batch_size, seed
 
 
-def check_label_classes(labels: Any, predict: Any, *, min_class_size: Any = 2, label_map: Any = None,
-                        known_labels: Any = None) -> None:
+def check_label_classes(
+    labels: Any, predict: Any, *, min_class_size: Any = 2, label_map: Any = None, known_labels: Any = None
+) -> None:
     """That ``labels`` map onto ``predict``'s classes (see ``label_map`` in
     :func:`euclidean_convexity`), without drawing pairs: for callers that run
     forward passes of their own before scoring (``prune``'s hidden states),
@@ -54,10 +57,24 @@ def check_label_classes(labels: Any, predict: Any, *, min_class_size: Any = 2, l
     label_matcher(classes, scored, predict, known_labels=known_labels, label_map=label_map)
 
 
-def _setup(x: Any, name: str, labels: Any, predict: Any, predict_name: str, n_sampled: Any, pairs: Any,
-           exact: Any, batch_size: Any, seed: Any, min_class_size: Any, attention_mask: Any,
-           lengths: Any, device: Any, known_labels: Any, label_map: Any) -> tuple[list[Hashable], PairPlan, np.ndarray | None, int,
-                                                                  int, int | None, list[Hashable] | None]:
+def _setup(
+    x: Any,
+    name: str,
+    labels: Any,
+    predict: Any,
+    predict_name: str,
+    n_sampled: Any,
+    pairs: Any,
+    exact: Any,
+    batch_size: Any,
+    seed: Any,
+    min_class_size: Any,
+    attention_mask: Any,
+    lengths: Any,
+    device: Any,
+    known_labels: Any,
+    label_map: Any,
+) -> tuple[list[Hashable], PairPlan, np.ndarray | None, int, int, int | None, list[Hashable] | None]:
     """Validate the settings shared by both entry points (``predict`` called with
     ``(layer, batch[, mask])`` when ``predict_name`` is predict_from_layer) and
     draw the pairs. ``known_labels`` comes back as a list (a generator would be
@@ -73,8 +90,15 @@ def _setup(x: Any, name: str, labels: Any, predict: Any, predict_name: str, n_sa
     check_device_here(device)
     check_known_labels(known_labels)
     classes, plan, n_sampled, batch_size, seed = plan_euclidean(
-        labels, int(x.shape[0]), n_sampled=n_sampled, pairs=pairs, exact=exact, batch_size=batch_size, seed=seed,
-        min_class_size=min_class_size)
+        labels,
+        int(x.shape[0]),
+        n_sampled=n_sampled,
+        pairs=pairs,
+        exact=exact,
+        batch_size=batch_size,
+        seed=seed,
+        min_class_size=min_class_size,
+    )
     known_labels = None if known_labels is None else list(known_labels)
     label_matcher(classes, plan.scored, predict, known_labels=known_labels, label_map=label_map)
     return classes, plan, mask, n_sampled, batch_size, seed, known_labels
@@ -168,12 +192,36 @@ def euclidean_convexity(
     """
     x = check_items(x)
     classes, plan, mask, n_sampled, batch_size, seed, known_labels = _setup(
-        x, "x", labels, predict, "predict", n_sampled, pairs, exact, batch_size, seed, min_class_size,
-        attention_mask, lengths, device, known_labels, label_map,
+        x,
+        "x",
+        labels,
+        predict,
+        "predict",
+        n_sampled,
+        pairs,
+        exact,
+        batch_size,
+        seed,
+        min_class_size,
+        attention_mask,
+        lengths,
+        device,
+        known_labels,
+        label_map,
     )
     return euclidean_from_plan(
-        x, mask, plan, classes, predict, n_sampled=n_sampled, batch_size=batch_size, device=device,
-        known_labels=known_labels, seed=seed, progress=show_progress(progress), label_map=label_map,
+        x,
+        mask,
+        plan,
+        classes,
+        predict,
+        n_sampled=n_sampled,
+        batch_size=batch_size,
+        device=device,
+        known_labels=known_labels,
+        seed=seed,
+        progress=show_progress(progress),
+        label_map=label_map,
     )
 
 
@@ -248,25 +296,72 @@ def layer_euclidean_scores(
                 f"{tuple(layers[0].shape)}: every layer must hold the same items (and frames)"
             )
     classes, plan, mask, n_sampled, batch_size, seed, known_labels = _setup(
-        layers[0], "hidden_states[0]", labels, predict_from_layer, "predict_from_layer", n_sampled, pairs, exact,
-        batch_size, seed, min_class_size, attention_mask, lengths, device, known_labels, label_map,
+        layers[0],
+        "hidden_states[0]",
+        labels,
+        predict_from_layer,
+        "predict_from_layer",
+        n_sampled,
+        pairs,
+        exact,
+        batch_size,
+        seed,
+        min_class_size,
+        attention_mask,
+        lengths,
+        device,
+        known_labels,
+        label_map,
     )
     results: list[Convexity] = []
     with Progress(len(layers), "layers", enabled=show_progress(progress)) as bar:
         for i, h in enumerate(layers):
-            results.append(euclidean_layer(h, mask, plan, classes, _AtLayer(predict_from_layer, i),
-                                           n_sampled=n_sampled, batch_size=batch_size, seed=seed, device=device,
-                                           known_labels=known_labels, label_map=label_map))
+            results.append(
+                euclidean_layer(
+                    h,
+                    mask,
+                    plan,
+                    classes,
+                    _AtLayer(predict_from_layer, i),
+                    n_sampled=n_sampled,
+                    batch_size=batch_size,
+                    seed=seed,
+                    device=device,
+                    known_labels=known_labels,
+                    label_map=label_map,
+                )
+            )
             bar.update()
     return stack_layers(results, classes)
 
 
-def euclidean_layer(h: Any, mask: np.ndarray | None, plan: PairPlan, classes: list[Hashable],
-                    predict: Callable[..., Any], *, n_sampled: int, batch_size: int, seed: int | None,
-                    device: Any = None, known_labels: Iterable[Hashable] | None = None,
-                    label_map: Mapping[Hashable, int] | None = None) -> Convexity:
+def euclidean_layer(
+    h: Any,
+    mask: np.ndarray | None,
+    plan: PairPlan,
+    classes: list[Hashable],
+    predict: Callable[..., Any],
+    *,
+    n_sampled: int,
+    batch_size: int,
+    seed: int | None,
+    device: Any = None,
+    known_labels: Iterable[Hashable] | None = None,
+    label_map: Mapping[Hashable, int] | None = None,
+) -> Convexity:
     """One layer of ``layer_euclidean_scores`` (and one Euclidean sweep task):
     ``h`` checked items, the plan drawn by :func:`plan_euclidean`."""
-    return euclidean_from_plan(h, mask, plan, classes, predict, n_sampled=n_sampled, batch_size=batch_size,
-                               device=device, known_labels=known_labels, seed=seed, progress=False,
-                               label_map=label_map)
+    return euclidean_from_plan(
+        h,
+        mask,
+        plan,
+        classes,
+        predict,
+        n_sampled=n_sampled,
+        batch_size=batch_size,
+        device=device,
+        known_labels=known_labels,
+        seed=seed,
+        progress=False,
+        label_map=label_map,
+    )

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Iterable, Mapping
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +47,7 @@ from fastconvex.core.pairs import (
 from fastconvex.core.progress import Progress
 from fastconvex.core.results import Convexity
 
-__all__ = ["plan_segments", "SegmentScorer", "LabelMatcher", "label_matcher", "score_plan", "euclidean_from_plan"]
+__all__ = ["LabelMatcher", "SegmentScorer", "euclidean_from_plan", "label_matcher", "plan_segments", "score_plan"]
 
 
 def plan_segments(
@@ -103,8 +103,17 @@ def plan_segments(
     sources = np.concatenate(src_parts).astype(np.int64)
     target_ptr = np.zeros(sources.shape[0] + 1, np.int64)
     np.cumsum(np.concatenate(cnt_parts), out=target_ptr[1:])
-    return PairPlan("exact" if exact else "pairs", False, sources, codes[sources], target_ptr,
-                    np.concatenate(tgt_parts).astype(np.int64), class_sizes, scored, population)
+    return PairPlan(
+        "exact" if exact else "pairs",
+        False,
+        sources,
+        codes[sources],
+        target_ptr,
+        np.concatenate(tgt_parts).astype(np.int64),
+        class_sizes,
+        scored,
+        population,
+    )
 
 
 def _torch():
@@ -162,8 +171,7 @@ def check_frame_mask(x: Any, attention_mask: Any, lengths: Any, *, name: str = "
     return mask
 
 
-def _takes_mask(predict: Callable[..., Any], *, name: str = "predict", layer: bool = False,
-                mask: bool = True) -> None:
+def _takes_mask(predict: Callable[..., Any], *, name: str = "predict", layer: bool = False, mask: bool = True) -> None:
     """Fail early when ``predict`` cannot take its arguments: ``(batch)``, with
     ``mask`` ``(batch, mask)``, with ``layer`` ``(layer, batch[, mask])``."""
     try:
@@ -190,7 +198,8 @@ def check_known_labels(known_labels: Any) -> None:
     if isinstance(known_labels, (str, bytes)) or not isinstance(known_labels, Iterable):
         raise TypeError(
             f"known_labels must be an iterable of labels (a list, array, set), got {type(known_labels).__name__} "
-            f"{known_labels!r}" + (f"; for one label pass [{known_labels!r}]" if isinstance(known_labels, (str, int)) else "")
+            f"{known_labels!r}"
+            + (f"; for one label pass [{known_labels!r}]" if isinstance(known_labels, (str, int)) else "")
         )
 
 
@@ -250,8 +259,14 @@ class LabelMatcher:
     (default: every class by its own value, the labels matched by name).
     """
 
-    def __init__(self, classes: list[Hashable], known_labels: Iterable[Hashable] | None,
-                 lookup: dict[Hashable, int] | None = None, *, mapped: bool = False) -> None:
+    def __init__(
+        self,
+        classes: list[Hashable],
+        known_labels: Iterable[Hashable] | None,
+        lookup: dict[Hashable, int] | None = None,
+        *,
+        mapped: bool = False,
+    ) -> None:
         self.classes = classes
         self.lookup = {c: i for i, c in enumerate(classes)} if lookup is None else lookup
         self.mapped = mapped
@@ -267,7 +282,11 @@ class LabelMatcher:
                 )
             arr = labels_to_array(list(out), name="predict output")
         if arr.ndim != 1 or arr.shape[0] != n:
-            hint = " (scores per class? return the predicted labels, e.g. argmax)" if arr.ndim == 2 and arr.shape[0] == n else ""
+            hint = (
+                " (scores per class? return the predicted labels, e.g. argmax)"
+                if arr.ndim == 2 and arr.shape[0] == n
+                else ""
+            )
             raise ValueError(
                 f"predict returned shape {arr.shape} for a batch of {n} points: it must return "
                 f"{n} labels, one per point{hint}"
@@ -287,8 +306,11 @@ class LabelMatcher:
                 raise TypeError(f"predict returned an unhashable label {v!r}") from None
             if code is None:
                 if self.known is None or v not in self.known:
-                    what = ("which label_map does not map to a class of labels" if self.mapped
-                            else f"which is no class of labels (classes: {_preview(self.classes)})")
+                    what = (
+                        "which label_map does not map to a class of labels"
+                        if self.mapped
+                        else f"which is no class of labels (classes: {_preview(self.classes)})"
+                    )
                     raise ValueError(
                         f"predict returned label {v!r}, {what}; predictions must be comparable with labels "
                         "(the same kind: ids or names). If the model can predict classes absent from the data, "
@@ -320,13 +342,16 @@ def predictor_classes(predict: Any) -> list[Hashable] | None:
     if labels is None:
         return None
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
-        raise TypeError(f"predict.labels must be a sequence of the labels predict can return, got "
-                        f"{type(labels).__name__} {labels!r}")
+        raise TypeError(
+            f"predict.labels must be a sequence of the labels predict can return, got "
+            f"{type(labels).__name__} {labels!r}"
+        )
     return [_plain(v) for v in labels]
 
 
-def check_label_map(label_map: Any, n_classes: int | None,
-                    used: Iterable[Hashable] | None = None) -> dict[Hashable, int]:
+def check_label_map(
+    label_map: Any, n_classes: int | None, used: Iterable[Hashable] | None = None
+) -> dict[Hashable, int]:
     """``label_map`` {data label: class index} as a dict of plain values;
     TypeError/ValueError naming the entry that is not one. Every entry must
     be an integer >= 0; only the keys in ``used`` (the data's labels: the
@@ -348,8 +373,14 @@ def check_label_map(label_map: Any, n_classes: int | None,
     return out
 
 
-def label_matcher(classes: list[Hashable], scored: np.ndarray, predict: Any, *,
-                  known_labels: Iterable[Hashable] | None, label_map: Any) -> LabelMatcher:
+def label_matcher(
+    classes: list[Hashable],
+    scored: np.ndarray,
+    predict: Any,
+    *,
+    known_labels: Iterable[Hashable] | None,
+    label_map: Any,
+) -> LabelMatcher:
     """How ``predict``'s output is matched to the data's classes, checked
     before any forward pass.
 
@@ -375,8 +406,7 @@ def label_matcher(classes: list[Hashable], scored: np.ndarray, predict: Any, *,
                     f"labels: the data's classes {_preview(wanted)} do not match the predictor's classes "
                     f"{_preview(declared)} (no class for {_preview(missing)}), so those segments could never score; "
                     "name the data's labels as the predictor does, or pass label_map={data label: class index}"
-                    + (" (or predict_from_layer(model, id2label=False) when the labels are class ids)" if ints
-                       else "")
+                    + (" (or predict_from_layer(model, id2label=False) when the labels are class ids)" if ints else "")
                 )
         return LabelMatcher(classes, known)
     mapping = check_label_map(label_map, None if declared is None else len(declared), used=classes)
@@ -385,7 +415,8 @@ def label_matcher(classes: list[Hashable], scored: np.ndarray, predict: Any, *,
         raise ValueError(
             f"label_map has no class index for the data's labels {_preview(missing)} (the data's classes: "
             f"{_preview(wanted)}; label_map maps {_preview(list(mapping))}"
-            + ("" if declared is None else f"; the predictor's classes: {_preview(declared)}") + ")"
+            + ("" if declared is None else f"; the predictor's classes: {_preview(declared)}")
+            + ")"
         )
     lookup: dict[Hashable, int] = {}
     owner: dict[Hashable, Hashable] = {}

@@ -88,8 +88,7 @@ def score_layer(
     with _session(engine, address) as ray:
         kernels = get_engine(name, device, progress=progress, ray=ray, shards=shards, requested=backend)
         stats = kernels.source_stats(rescaled_for_range(x)[0], plan.codes, plan.pairs, plan.k)
-    return aggregate(plan.pairs, stats, plan.classes, k=plan.k, n_points=plan.n_points,
-                     backend=name, seed=plan.seed)
+    return aggregate(plan.pairs, stats, plan.classes, k=plan.k, n_points=plan.n_points, backend=name, seed=plan.seed)
 
 
 def graph_convexity(
@@ -154,8 +153,9 @@ def graph_convexity(
     if label_array.ndim != 1:
         raise ValueError(f"labels must be 1-D (N,), got shape {label_array.shape}")
     check_labels_length(label_array, n)
-    plan = plan_scoring(label_array, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
-                        min_class_size=min_class_size)
+    plan = plan_scoring(
+        label_array, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed, min_class_size=min_class_size
+    )
     return score_layer(x, plan, backend=backend, device=device, engine=engine, shards=shards, address=address)
 
 
@@ -212,21 +212,26 @@ def layer_scores(
         ``.scores`` (L,), ``.stderr`` (L,), ``.per_class`` (L, C),
         ``.best_layer``, ``.layers``.
     """
-    layers, label_array = prepare_layers(
-        hidden_states, labels, attention_mask=attention_mask, lengths=lengths
-    )
+    layers, label_array = prepare_layers(hidden_states, labels, attention_mask=attention_mask, lengths=lengths)
     k = check_k(k, int(layers[0].shape[0]))
-    plan = plan_scoring(label_array, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
-                        min_class_size=min_class_size, n_layers=len(layers))
+    plan = plan_scoring(
+        label_array,
+        k=k,
+        pairs=pairs,
+        sources=sources,
+        exact=exact,
+        seed=seed,
+        min_class_size=min_class_size,
+        n_layers=len(layers),
+    )
     name = resolve_backend(backend, layers[0], device)
     show = show_progress(progress)
     shards = check_engine(engine, shards)
     results: list[Convexity] = []
     with _session(engine, address), Progress(len(layers), "layers", desc="layers", enabled=show) as bar:
         for layer in layers:
-            results.append(score_layer(layer, plan, backend=name, device=device, engine=engine, shards=shards,
-                                       progress=show))
+            results.append(
+                score_layer(layer, plan, backend=name, device=device, engine=engine, shards=shards, progress=show)
+            )
             bar.update()
     return stack_layers(results, plan.classes)
-
-

@@ -11,7 +11,8 @@ import functools
 import os
 import platform
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -96,14 +97,22 @@ def compare_to_naive(
     for n in sizes:
         x, y = overlapping_classes(n, dim, n_classes, seed=seed)
         row: dict[str, Any] = {"n": n, "dim": dim, "classes": n_classes, "k": k, "pairs": pairs}
-        t_fast, fast = timed(functools.partial(graph_convexity, x, y, k=k, pairs=pairs, seed=seed, backend=backend,
-                                               device=device), repeat)
+        t_fast, fast = timed(
+            functools.partial(graph_convexity, x, y, k=k, pairs=pairs, seed=seed, backend=backend, device=device),
+            repeat,
+        )
         row.update({f"{backend}_s": t_fast, "score": fast.score, "stderr": fast.stderr})
         if n <= naive_max:
             t_naive, ref = timed(functools.partial(graph_convexity, x, y, k=k, pairs=pairs, seed=seed, backend="naive"))
             agree = abs(ref.score - fast.score) <= 1e-9
-            row.update({"naive_s": t_naive, "naive_score": ref.score, "agree": bool(agree),
-                        "speedup": t_naive / t_fast if agree else None})
+            row.update(
+                {
+                    "naive_s": t_naive,
+                    "naive_score": ref.score,
+                    "agree": bool(agree),
+                    "speedup": t_naive / t_fast if agree else None,
+                }
+            )
             if not agree:
                 row[f"{backend}_s"] = None  # never report the time of a wrong answer
         log(format_row(row, backend))
@@ -121,5 +130,3 @@ def format_row(row: dict[str, Any], backend: str) -> str:
         f"speed-up {'-' if speed is None else f'{speed:6.1f}x'}  "
         f"score {100 * row['score']:.2f}%  agree {row.get('agree', '-')}"
     )
-
-

@@ -6,15 +6,16 @@ layers are scored on the same pairs -- and the check of the engine options."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 
 from fastconvex.core.inputs import (
-    check_seed,
     check_int,
     check_k,
+    check_seed,
     encode_labels,
     labels_to_array,
 )
@@ -29,12 +30,17 @@ from fastconvex.core.pairs import (
 EXACT_WARN_SEARCHES = 20_000
 
 
-def _plan(codes: np.ndarray, n_classes: int, pairs, sources, exact, seed, min_class_size,
-          n_layers: int = 1) -> PairPlan:
+def _plan(
+    codes: np.ndarray, n_classes: int, pairs, sources, exact, seed, min_class_size, n_layers: int = 1
+) -> PairPlan:
     estimator, budget = resolve_estimator(pairs, sources, exact)
     min_class_size = check_int("min_class_size", min_class_size, minimum=1)
     plan = plan_pairs(
-        codes, n_classes, estimator=estimator, budget=budget, seed=seed,
+        codes,
+        n_classes,
+        estimator=estimator,
+        budget=budget,
+        seed=seed,
         min_class_size=min_class_size,
     )
     if estimator == "exact" and plan.n_sources > EXACT_WARN_SEARCHES:

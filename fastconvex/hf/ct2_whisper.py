@@ -62,8 +62,8 @@ from fastconvex.hf.whisper.ct2_format import CT2Model, read_ct2_model_bin
 
 __all__ = [
     "CONVERTER_VERSION",
-    "CT2Model",
     "MODEL_WHEEL",
+    "CT2Model",
     "cache_root",
     "convert_ct2_whisper",
     "ct2_dir_from_env",
@@ -246,7 +246,9 @@ def transcribe(
     ).input_features.to(model.dtype)
     with torch.inference_mode():
         ids = model.generate(
-            feats, generation_config=model.generation_config, max_new_tokens=max_new_tokens,
+            feats,
+            generation_config=model.generation_config,
+            max_new_tokens=max_new_tokens,
             **_language_kwargs(model, language),
         )
     return [t.strip() for t in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]

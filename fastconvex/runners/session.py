@@ -8,7 +8,8 @@ import contextlib
 import os
 import signal
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 INSTALL_HINT = 'engine="ray" needs Ray: pip install "fastconvex[ray]" (or pip install ray)'
 
@@ -77,8 +78,12 @@ def ray_session(address: str | None = None, *, quiet: bool = False) -> Iterator[
     try:
         if main:
             signal.signal(signal.SIGTERM, during)  # until ray.init replaces it
-        ray.init(address=address, log_to_driver=False, include_dashboard=False,
-                 logging_level=logging.ERROR if quiet else logging.INFO)
+        ray.init(
+            address=address,
+            log_to_driver=False,
+            include_dashboard=False,
+            logging_level=logging.ERROR if quiet else logging.INFO,
+        )
         started = True
         if main:
             signal.signal(signal.SIGTERM, during)  # Ray's would exit 1 or 15 without a word
@@ -142,8 +147,10 @@ def task_resources(ray: Any, gpu: bool = True) -> dict[str, Any]:
 def check_cluster_device(ray: Any, device: Any) -> None:
     """A CUDA ``device`` needs a cluster with a GPU (RuntimeError otherwise)."""
     if device is not None and str(device).startswith("cuda") and ray.cluster_resources().get("GPU", 0) < 1:
-        raise RuntimeError(f"device={str(device)!r} was requested, but the Ray cluster has no GPU "
-                           f"(resources: {_resources(ray)}); leave device unset to score on its CPUs")
+        raise RuntimeError(
+            f"device={str(device)!r} was requested, but the Ray cluster has no GPU "
+            f"(resources: {_resources(ray)}); leave device unset to score on its CPUs"
+        )
 
 
 def _resources(ray: Any) -> str:

@@ -51,5 +51,5 @@ from fastconvex.store.format import FORMAT, LAYER_DTYPES, MANIFEST, VERSION
 from fastconvex.store.read import LayerStore, StoreError, open_store
 from fastconvex.store.write import StoreWriter, mark_block_done, save_store
 
-__all__ = ["LayerStore", "StoreWriter", "open_store", "save_store", "StoreError", "OutputDirectoryBusy"]
+__all__ = ["LayerStore", "OutputDirectoryBusy", "StoreError", "StoreWriter", "open_store", "save_store"]
 __all__ += ["FORMAT", "LAYER_DTYPES", "MANIFEST", "VERSION", "mark_block_done", "write_json_atomic"]

@@ -144,4 +144,3 @@ def _check_meta(meta: Any) -> dict[str, Any]:
         except (TypeError, ValueError) as exc:
             raise TypeError(f"meta[{key!r}] is not JSON-serialisable: {exc}") from None
     return dict(meta)
-

@@ -50,8 +50,11 @@ def _fail(file: Path, why: str) -> StoreError:
 
 
 def _changed(file: Path) -> StoreError:
-    return _fail(file, f"content differs from {MANIFEST}'s sha256 (the file changed after the store was "
-                       "written); rerun embed/save_store to rewrite the store")
+    return _fail(
+        file,
+        f"content differs from {MANIFEST}'s sha256 (the file changed after the store was "
+        "written); rerun embed/save_store to rewrite the store",
+    )
 
 
 def _check_inside(root: Path, file: Path) -> None:
@@ -62,8 +65,11 @@ def _check_inside(root: Path, file: Path) -> None:
     except (OSError, RuntimeError) as exc:  # a link loop
         raise _fail(file, f"cannot be resolved ({exc})") from None
     if not target.is_relative_to(base):
-        raise _fail(file, f"resolves to {target}, outside the store {base} (a symbolic link?): a store's "
-                          "files must lie inside its directory")
+        raise _fail(
+            file,
+            f"resolves to {target}, outside the store {base} (a symbolic link?): a store's "
+            "files must lie inside its directory",
+        )
 
 
 def _npy_header(file: Path, fh: Any = None) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -119,8 +125,9 @@ class _Stopped(Exception):
     """A hash abandoned because its caller no longer needs it (Ctrl-C)."""
 
 
-def _data_sha256(fd: int, offset: int, nbytes: int, file: Path, array: np.ndarray | None = None,
-                 stop: threading.Event | None = None) -> str:
+def _data_sha256(
+    fd: int, offset: int, nbytes: int, file: Path, array: np.ndarray | None = None, stop: threading.Event | None = None
+) -> str:
     """sha256 of ``nbytes`` bytes of the open file ``fd`` from ``offset``, read
     with ``os.preadv`` into this thread's reused buffer: plain reads, so the
     page cache holds the bytes and this process's memory does not grow by the
@@ -187,17 +194,22 @@ class _LayerFile:
         try:
             got_shape, got_dtype, self.offset = _npy_header(file, self.fh)
             if got_shape != shape or got_dtype != dtype:  # replaced since the store was opened
-                raise _fail(file, f"holds a {got_dtype} array of shape {got_shape}; the manifest says {dtype} "
-                                  f"{shape} (the file changed after the store was opened)")
+                raise _fail(
+                    file,
+                    f"holds a {got_dtype} array of shape {got_shape}; the manifest says {dtype} "
+                    f"{shape} (the file changed after the store was opened)",
+                )
             self.nbytes = int(np.prod(shape)) * dtype.itemsize
             size = os.fstat(self.fh.fileno()).st_size
             if size != self.offset + self.nbytes:
-                raise _fail(file, f"is {size} bytes, expected {self.offset + self.nbytes} (truncated or "
-                                  "half-written)")
+                raise _fail(file, f"is {size} bytes, expected {self.offset + self.nbytes} (truncated or half-written)")
             # np.memmap of the open file object: it maps this very file (its own
             # duplicate of the descriptor), whatever the path names later
-            self.array = np.memmap(self.fh, dtype=dtype, mode="r", offset=self.offset, shape=shape, order="C") \
-                if self.nbytes else np.empty(shape, dtype)
+            self.array = (
+                np.memmap(self.fh, dtype=dtype, mode="r", offset=self.offset, shape=shape, order="C")
+                if self.nbytes
+                else np.empty(shape, dtype)
+            )
         except BaseException:
             self.fh.close()
             raise
@@ -312,9 +324,11 @@ class LayerStore:
         values, runs = np.unique(ids, return_counts=True)
         if (runs > 1).any():
             bad = int(values[runs > 1][0])
-            raise _fail(self.path / "labels" / "utterance.npy",
-                        f"the rows of utterance {bad} are not contiguous (a frame store keeps each "
-                        "utterance's frames together, in time order)")
+            raise _fail(
+                self.path / "labels" / "utterance.npy",
+                f"the rows of utterance {bad} are not contiguous (a frame store keeps each "
+                "utterance's frames together, in time order)",
+            )
         return starts, np.diff(np.append(starts, u.shape[0]))
 
     def utterance_labels(self) -> np.ndarray:
@@ -327,14 +341,15 @@ class LayerStore:
         assert self.utterance is not None  # _utterance_runs raised for a store without one
         labels = self.labels
         first = np.repeat(labels[starts], counts)
-        same = np.array([a == b for a, b in zip(labels, first)], bool) if labels.dtype.kind == "O" \
-            else labels == first
+        same = np.array([a == b for a, b in zip(labels, first)], bool) if labels.dtype.kind == "O" else labels == first
         if not same.all():
             row = int(np.flatnonzero(~same)[0])
-            raise _fail(self.path / self.manifest["labels"]["file"],
-                        f"the rows of utterance {int(self.utterance[row])} carry different labels "
-                        f"({first[row]!r}, and {labels[row]!r} at row {row}): sequence-level scores need "
-                        "one label per utterance")
+            raise _fail(
+                self.path / self.manifest["labels"]["file"],
+                f"the rows of utterance {int(self.utterance[row])} carry different labels "
+                f"({first[row]!r}, and {labels[row]!r} at row {row}): sequence-level scores need "
+                "one label per utterance",
+            )
         return labels[starts]
 
     def sequences(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -446,8 +461,9 @@ def open_store(path: str | os.PathLike[str]) -> LayerStore:
         entries, label_entry, meta = manifest["layers"], manifest["labels"], manifest.get("meta") or {}
         for key, value, kind in (("layers", entries, list), ("labels", label_entry, dict), ("meta", meta, dict)):
             if not isinstance(value, kind):
-                raise TypeError(f"{key!r} must be a JSON {'list' if kind is list else 'object'}, "
-                                f"got {type(value).__name__}")
+                raise TypeError(
+                    f"{key!r} must be a JSON {'list' if kind is list else 'object'}, got {type(value).__name__}"
+                )
         if not all(isinstance(entry, dict) for entry in entries):
             raise TypeError("'layers' must list JSON objects")
         meta = dict(meta)
@@ -508,9 +524,17 @@ def open_store(path: str | os.PathLike[str]) -> LayerStore:
             raise _changed(ufile)
         utterance = np.load(io.BytesIO(raw_utterance), allow_pickle=False)
     name = str(meta.get("name") or root.resolve().name)
-    full_meta = {**meta, "dtype": sorted(dtypes)[0] if len(dtypes) == 1 else sorted(dtypes),
-                 "versions": manifest.get("versions", {})}
+    full_meta = {
+        **meta,
+        "dtype": sorted(dtypes)[0] if len(dtypes) == 1 else sorted(dtypes),
+        "versions": manifest.get("versions", {}),
+    }
     return LayerStore(
-        path=root, name=name, labels=labels, utterance=utterance, meta=full_meta,
-        fingerprint=_fingerprint(manifest), manifest=manifest,
+        path=root,
+        name=name,
+        labels=labels,
+        utterance=utterance,
+        meta=full_meta,
+        fingerprint=_fingerprint(manifest),
+        manifest=manifest,
     )

@@ -11,8 +11,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -59,12 +60,12 @@ def _layer_array(layer: Any, index: int) -> np.ndarray:
     return array
 
 
-
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     """The ``.npy`` header ``np.save`` and ``open_memmap`` write for a C-order array."""
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    )
     return buf.getvalue()
 
 
@@ -130,12 +131,15 @@ def _open_allocated(file: Path, shape: tuple[int, int], dtype: np.dtype) -> np.m
     if file.exists():
         why = _layer_file_error(file)
         if why is not None:
-            raise ValueError(f"{file}: {why}; remove {file.parent} (or pass overwrite=True / --overwrite) "
-                             "to start over")
+            raise ValueError(
+                f"{file}: {why}; remove {file.parent} (or pass overwrite=True / --overwrite) to start over"
+            )
         arr = np.load(file, mmap_mode="r", allow_pickle=False)
         if arr.shape != shape or arr.dtype != dtype:
-            raise ValueError(f"{file}: shape {arr.shape} {arr.dtype} differs from {shape} {dtype}; "
-                             f"remove {file.parent} (or pass overwrite=True / --overwrite) to start over")
+            raise ValueError(
+                f"{file}: shape {arr.shape} {arr.dtype} differs from {shape} {dtype}; "
+                f"remove {file.parent} (or pass overwrite=True / --overwrite) to start over"
+            )
         del arr
         with writing(file):
             fd = os.open(file, os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
@@ -148,8 +152,11 @@ def _open_allocated(file: Path, shape: tuple[int, int], dtype: np.dtype) -> np.m
     size = len(header) + int(np.prod(shape)) * dtype.itemsize
     staging = file.with_name(file.name + ".alloc")  # one left by a killed run is started again
     try:
-        fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-                     | getattr(os, "O_BINARY", 0), 0o666)
+        fd = os.open(
+            staging,
+            os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0),
+            0o666,
+        )
         try:
             os.write(fd, header)
             _reserve(fd, size, new=True)
@@ -170,10 +177,16 @@ def _changed(old: Any, new: dict[str, Any]) -> str:
     from its job.json) and this job's, in words."""
     if not isinstance(old, dict):
         return "its job.json is missing or unreadable"
-    names = {"weights_sha256": "the model's weights", "feature_extractor_sha256": "the feature extractor",
-             "config_sha256": "the model's configuration",
-             "model_class": "the model's class", "lengths_sha256": "the audio lengths", "labels": "the labels",
-             "utterance": "the utterance index", "n_points": "the number of rows"}
+    names = {
+        "weights_sha256": "the model's weights",
+        "feature_extractor_sha256": "the feature extractor",
+        "config_sha256": "the model's configuration",
+        "model_class": "the model's class",
+        "lengths_sha256": "the audio lengths",
+        "labels": "the labels",
+        "utterance": "the utterance index",
+        "n_points": "the number of rows",
+    }
     old_job, new_job = old.get("job") or {}, new.get("job") or {}
     if isinstance(old_job, dict) and isinstance(new_job, dict):
         for key in ("weights_sha256", "feature_extractor_sha256"):
@@ -194,9 +207,7 @@ def _check_target(path: Path, overwrite: bool) -> None:
     if not path.is_dir():
         raise FileExistsError(f"{str(path)!r} exists and is not a directory; not replacing it")
     if not (path / MANIFEST).is_file() and any(path.iterdir()):
-        raise FileExistsError(
-            f"{str(path)!r} is a non-empty directory that is not a layer store; not replacing it"
-        )
+        raise FileExistsError(f"{str(path)!r} is a non-empty directory that is not a layer store; not replacing it")
 
 
 def mark_block_done(partial_dir: str | os.PathLike[str], block: int, payload: Any = None) -> None:
@@ -250,9 +261,7 @@ class StoreWriter:
         if utterance is not None:
             u = to_numpy(utterance) if is_torch_tensor(utterance) else np.asarray(utterance)
             if u.shape != (self.n_points,) or u.dtype.kind not in "iu":
-                raise ValueError(
-                    f"utterance must be ({self.n_points},) integers, got shape {u.shape} dtype {u.dtype}"
-                )
+                raise ValueError(f"utterance must be ({self.n_points},) integers, got shape {u.shape} dtype {u.dtype}")
             self.utterance = u.astype(np.int64, copy=False)
         suffix = "partial" if resume else f"tmp-{uuid.uuid4().hex[:8]}"
         self.tmp = self.path.parent / f".{self.path.name}.{suffix}"
@@ -260,9 +269,17 @@ class StoreWriter:
         self.layers: list[dict[str, Any]] = []
         self.created = False  # this writer made self.tmp (not a resumed partial write)
         job_file = self.tmp / "job.json"
-        signature = json.loads(json.dumps(
-            {"job": job, "n_points": self.n_points, "labels": _labels_digest(self.labels),
-             "utterance": None if self.utterance is None else _array_sha256(self.utterance)}, default=str))
+        signature = json.loads(
+            json.dumps(
+                {
+                    "job": job,
+                    "n_points": self.n_points,
+                    "labels": _labels_digest(self.labels),
+                    "utterance": None if self.utterance is None else _array_sha256(self.utterance),
+                },
+                default=str,
+            )
+        )
         if self.tmp.exists():
             try:
                 with open(job_file, encoding="utf-8") as fh:
@@ -301,8 +318,10 @@ class StoreWriter:
             if self.overwrite:
                 shutil.rmtree(self.tmp)
                 return
-            raise ValueError(f"{file}: {why}, so the interrupted write in {self.tmp} cannot be resumed; "
-                             "pass overwrite=True / --overwrite to start over, or remove it")
+            raise ValueError(
+                f"{file}: {why}, so the interrupted write in {self.tmp} cannot be resumed; "
+                "pass overwrite=True / --overwrite to start over, or remove it"
+            )
 
     def _create(self) -> None:
         with writing(self.tmp):
@@ -329,9 +348,7 @@ class StoreWriter:
         index = len(self.layers)
         array = _layer_array(layer, index)
         if array.shape[0] != self.n_points:
-            raise ValueError(
-                f"layers[{index}] has N={array.shape[0]} rows but labels has {self.n_points} entries"
-            )
+            raise ValueError(f"layers[{index}] has N={array.shape[0]} rows but labels has {self.n_points} entries")
         name = f"layer_{index:03d}.npy"
         _write_npy(self.tmp / name, array)
         self.layers.append({"file": name, "shape": list(array.shape), "dtype": array.dtype.name})
@@ -388,7 +405,7 @@ class StoreWriter:
         return list(self.meta.get("hidden_states", range(len(self.layers))))
 
     # -- the end
-    def finish(self) -> "LayerStore":
+    def finish(self) -> LayerStore:
         """Hash, write labels and manifest, and move the store into place."""
         if not self.layers:
             raise ValueError("no layer was written: a store needs at least one layer")
@@ -410,8 +427,7 @@ class StoreWriter:
             "version": VERSION,
             "n_points": self.n_points,
             "layers": [],
-            "labels": {"file": f"labels/{label_file.name}", "kind": kind,
-                       "sha256": _file_sha256(label_file)},
+            "labels": {"file": f"labels/{label_file.name}", "kind": kind, "sha256": _file_sha256(label_file)},
             "utterance": None,
             "meta": self.meta,
             "versions": _versions(),
@@ -463,7 +479,7 @@ def save_store(
     meta: dict[str, Any] | None = None,
     utterance: Any = None,
     overwrite: bool = False,
-) -> "LayerStore":
+) -> LayerStore:
     """Write a layer store (see the module docstring for the format).
 
     Parameters
@@ -507,8 +523,9 @@ def save_store(
 
 
 @contextlib.contextmanager
-def store_lock(path: str | os.PathLike[str], what: str = "another embed", *,
-               overwrite: bool | None = None) -> Iterator[None]:
+def store_lock(
+    path: str | os.PathLike[str], what: str = "another embed", *, overwrite: bool | None = None
+) -> Iterator[None]:
     """The lock of the store written at ``path`` (``embed``,
     ``pooled_hidden_states(out_dir=...)``): ``<parent>/.<name>.lock``, beside
     the store and its ``.<name>.partial`` write, removed when done. The path is
@@ -530,8 +547,7 @@ def store_lock(path: str | os.PathLike[str], what: str = "another embed", *,
         parent = parent.parent
     store.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with output_lock(store.parent, what, name=f".{store.name}.lock", label=f"the store {str(path)!r}",
-                         remove=True):
+        with output_lock(store.parent, what, name=f".{store.name}.lock", label=f"the store {str(path)!r}", remove=True):
             yield
     except BaseException:
         for folder in created:  # deepest first

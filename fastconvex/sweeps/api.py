@@ -25,9 +25,10 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fastconvex.backends.select import check_backend_name, resolve_backend
 from fastconvex.core.devices import check_device, check_device_here
@@ -57,7 +58,7 @@ from fastconvex.sweeps.output import (
 )
 from fastconvex.sweeps.task import LayerTask, ran_as, read_result, run_layer_task
 
-__all__ = ["LayerTask", "run_layer_task", "SweepResults", "sweep", "format_table"]
+__all__ = ["LayerTask", "SweepResults", "format_table", "run_layer_task", "sweep"]
 
 
 class SweepResults(dict):
@@ -78,7 +79,9 @@ def _open_stores(stores: Any) -> list[LayerStore]:
     try:
         items = list(stores)
     except TypeError:
-        raise TypeError(f"stores must be a store path, a LayerStore, or a list of them; got {type(stores).__name__}") from None
+        raise TypeError(
+            f"stores must be a store path, a LayerStore, or a list of them; got {type(stores).__name__}"
+        ) from None
     if not items:
         raise ValueError("stores is empty: nothing to sweep")
     # an opened LayerStore is opened again: its labels verified now, not when it was opened
@@ -87,8 +90,10 @@ def _open_stores(stores: Any) -> list[LayerStore]:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         paths = [str(s.path) for s in opened if s.name in dup]
-        raise ValueError(f"stores share the name(s) {dup} ({', '.join(paths)}): give each store a distinct name "
-                         "(meta['name'] or directory)")
+        raise ValueError(
+            f"stores share the name(s) {dup} ({', '.join(paths)}): give each store a distinct name "
+            "(meta['name'] or directory)"
+        )
     return opened
 
 
@@ -99,12 +104,14 @@ def _layer_indices(layers: Any, store: LayerStore) -> list[int]:
         raise TypeError(f"layers must be None or a sequence of layer indices, got {layers!r}")
     out = []
     for i in layers:
-        if isinstance(i, bool) or not isinstance(i, (int,)) and not hasattr(i, "__index__"):
+        if isinstance(i, bool) or (not isinstance(i, (int,)) and not hasattr(i, "__index__")):
             raise TypeError(f"layers must hold integers, got {i!r}")
         i = int(i)
         if not -store.n_layers <= i < store.n_layers:
-            raise ValueError(f"layers: store {store.name!r} ({store.path}) has {store.n_layers} layers "
-                             f"(0..{store.n_layers - 1}), no layer {i}")
+            raise ValueError(
+                f"layers: store {store.name!r} ({store.path}) has {store.n_layers} layers "
+                f"(0..{store.n_layers - 1}), no layer {i}"
+            )
         out.append(i % store.n_layers)
     if not out:
         raise ValueError("layers is empty: nothing to sweep")
@@ -212,18 +219,41 @@ def sweep(
         its ``document`` is what this run wrote to ``sweep.json`` (what it
         computed and reused, never read back from ``out_dir``).
     """
-    shards = _check_options(engine=engine, address=address, retries=retries, overwrite=overwrite, device=device,
-                            measure=measure, model=model, label_map=label_map, backend=backend, k=k,
-                            sources=sources, shards=shards)
+    shards = _check_options(
+        engine=engine,
+        address=address,
+        retries=retries,
+        overwrite=overwrite,
+        device=device,
+        measure=measure,
+        model=model,
+        label_map=label_map,
+        backend=backend,
+        k=k,
+        sources=sources,
+        shards=shards,
+    )
     estimator, budget = resolve_estimator(pairs, sources, exact)
     drawn = check_seed(seed) is None
     if drawn:  # recorded in every result and in sweep.json: this draw is never mixed with another
         seed = secrets.randbits(63)
     opened = _open_stores(stores)
     selections = {s.name: _layer_indices(layers, s) for s in opened}
-    plans = _plan_stores(opened, selections, measure=measure, model=model, k=k, pairs=pairs, sources=sources,
-                         exact=exact, seed=seed, min_class_size=min_class_size, n_sampled=n_sampled,
-                         batch_size=batch_size, label_map=label_map)
+    plans = _plan_stores(
+        opened,
+        selections,
+        measure=measure,
+        model=model,
+        k=k,
+        pairs=pairs,
+        sources=sources,
+        exact=exact,
+        seed=seed,
+        min_class_size=min_class_size,
+        n_sampled=n_sampled,
+        batch_size=batch_size,
+        label_map=label_map,
+    )
     if measure == "euclidean" and engine == "local":
         # the model folder loaded once, into the cache its tasks use, before out_dir is touched: a folder
         # that cannot be used (weights not matching its config, its own code) is one error, not one per
@@ -234,14 +264,45 @@ def sweep(
         raise NotADirectoryError(f"out_dir {str(out)!r} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
-        return _locked_sweep(out, opened, selections, plans, engine=engine, address=address, k=k,
-                             estimator=estimator, budget=budget, drawn=drawn, min_class_size=min_class_size,
-                             backend=backend, device=device, shards=shards, measure=measure, retries=retries,
-                             overwrite=overwrite, progress=progress, verbose=verbose, plot=plot)
+        return _locked_sweep(
+            out,
+            opened,
+            selections,
+            plans,
+            engine=engine,
+            address=address,
+            k=k,
+            estimator=estimator,
+            budget=budget,
+            drawn=drawn,
+            min_class_size=min_class_size,
+            backend=backend,
+            device=device,
+            shards=shards,
+            measure=measure,
+            retries=retries,
+            overwrite=overwrite,
+            progress=progress,
+            verbose=verbose,
+            plot=plot,
+        )
 
 
-def _check_options(*, engine: str, address: Any, retries: Any, overwrite: Any, device: Any, measure: Any,
-                   model: Any, label_map: Any, backend: Any, k: Any, sources: Any, shards: Any) -> int | None:
+def _check_options(
+    *,
+    engine: str,
+    address: Any,
+    retries: Any,
+    overwrite: Any,
+    device: Any,
+    measure: Any,
+    model: Any,
+    label_map: Any,
+    backend: Any,
+    k: Any,
+    sources: Any,
+    shards: Any,
+) -> int | None:
     """Every option checked before a store is read or ``out_dir`` touched;
     returns ``shards`` checked."""
     shards = check_engine(engine, shards)
@@ -249,8 +310,10 @@ def _check_options(*, engine: str, address: Any, retries: Any, overwrite: Any, d
         raise ValueError("address is a Ray cluster address: it needs engine='ray'")
     if retries is not None:
         if engine != "ray":
-            raise ValueError("retries applies to engine='ray' (Ray reruns a task whose worker or node died); "
-                             "the local engine runs each task once, and a rerun resumes")
+            raise ValueError(
+                "retries applies to engine='ray' (Ray reruns a task whose worker or node died); "
+                "the local engine runs each task once, and a rerun resumes"
+            )
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
     if not isinstance(overwrite, bool):
@@ -277,9 +340,22 @@ def _check_options(*, engine: str, address: Any, retries: Any, overwrite: Any, d
     return shards
 
 
-def _plan_stores(opened: list[LayerStore], selections: dict[str, list[int]], *, measure: str, model: Any, k: int,
-                 pairs: Any, sources: Any, exact: bool, seed: int, min_class_size: int, n_sampled: Any,
-                 batch_size: Any, label_map: Any) -> dict[str, Any]:
+def _plan_stores(
+    opened: list[LayerStore],
+    selections: dict[str, list[int]],
+    *,
+    measure: str,
+    model: Any,
+    k: int,
+    pairs: Any,
+    sources: Any,
+    exact: bool,
+    seed: int | None,
+    min_class_size: int,
+    n_sampled: Any,
+    batch_size: Any,
+    label_map: Any,
+) -> dict[str, Any]:
     """Each store's plan (its pairs drawn once from its labels and the seed);
     an error names the file it is about: the labels, or the store."""
     plans: dict[str, Any] = {}
@@ -288,12 +364,23 @@ def _plan_stores(opened: list[LayerStore], selections: dict[str, list[int]], *, 
         try:
             if measure == "euclidean":
                 assert fingerprint is not None  # measure == "euclidean"
-                plans[s.name] = plan_store(s, selections[s.name], model=model, fingerprint=fingerprint,
-                                           n_sampled=n_sampled, pairs=pairs, exact=exact, batch_size=batch_size,
-                                           seed=seed, min_class_size=min_class_size, label_map=label_map)
+                plans[s.name] = plan_store(
+                    s,
+                    selections[s.name],
+                    model=model,
+                    fingerprint=fingerprint,
+                    n_sampled=n_sampled,
+                    pairs=pairs,
+                    exact=exact,
+                    batch_size=batch_size,
+                    seed=seed,
+                    min_class_size=min_class_size,
+                    label_map=label_map,
+                )
             else:
-                plans[s.name] = plan_scoring(s.labels, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed,
-                                             min_class_size=min_class_size)
+                plans[s.name] = plan_scoring(
+                    s.labels, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed, min_class_size=min_class_size
+                )
         except (ValueError, TypeError) as exc:  # named by the file it is about: the labels, or the store
             text = str(exc)
             if str(s.path) in text:
@@ -303,26 +390,58 @@ def _plan_stores(opened: list[LayerStore], selections: dict[str, list[int]], *, 
     return plans
 
 
-def _locked_sweep(out: Path, opened: list[LayerStore], selections: dict[str, list[int]], plans: dict[str, Any], *,
-                  engine: str, address: str | None, k: int, estimator: str, budget: int, drawn: bool,
-                  min_class_size: int, backend: str, device: Any, shards: int | None, measure: str,
-                  retries: int | None, overwrite: bool, progress: bool | None, verbose: bool,
-                  plot: bool) -> SweepResults:
+def _locked_sweep(
+    out: Path,
+    opened: list[LayerStore],
+    selections: dict[str, list[int]],
+    plans: dict[str, Any],
+    *,
+    engine: str,
+    address: str | None,
+    k: int,
+    estimator: str,
+    budget: int,
+    drawn: bool,
+    min_class_size: int,
+    backend: str,
+    device: Any,
+    shards: int | None,
+    measure: str,
+    retries: int | None,
+    overwrite: bool,
+    progress: bool | None,
+    verbose: bool,
+    plot: bool,
+) -> SweepResults:
     """The sweep proper, while this process holds ``out``'s lock."""
     first = plans[opened[0].name]
-    settings = {"k": int(k), "estimator": estimator, "budget": int(budget), "seed": first.seed,
-                "min_class_size": int(min_class_size), "backend": backend,
-                "device": None if device is None else str(device)}
+    settings = {
+        "k": int(k),
+        "estimator": estimator,
+        "budget": int(budget),
+        "seed": first.seed,
+        "min_class_size": int(min_class_size),
+        "backend": backend,
+        "device": None if device is None else str(device),
+    }
     if measure == "euclidean":
-        settings = {"measure": "euclidean", "model": first.fingerprint, "n_sampled": first.n_sampled,
-                    "batch_size": first.batch_size, **{key: settings[key] for key in (
-                        "estimator", "budget", "seed", "min_class_size", "device")}}
+        settings = {
+            "measure": "euclidean",
+            "model": first.fingerprint,
+            "n_sampled": first.n_sampled,
+            "batch_size": first.batch_size,
+            **{key: settings[key] for key in ("estimator", "budget", "seed", "min_class_size", "device")},
+        }
         if first.label_map is not None:  # absent otherwise, so finished sweeps without one stay reusable
             settings["label_map"] = label_map_setting(first.label_map)
     check_earlier_outputs(out, settings, selections, overwrite, drawn=drawn)
     if drawn and verbose:
-        print(f"sweep: seed=None drew seed {first.seed}: a new pair draw, never merged with another "
-              f"(seed={first.seed} resumes this sweep)", file=sys.stderr, flush=True)
+        print(
+            f"sweep: seed=None drew seed {first.seed}: a new pair draw, never merged with another "
+            f"(seed={first.seed} resumes this sweep)",
+            file=sys.stderr,
+            flush=True,
+        )
     with contextlib.ExitStack() as stack:
         ray = None
         if engine == "ray":  # connected before the keys are made: they hold what the cluster will run on
@@ -333,15 +452,41 @@ def _locked_sweep(out: Path, opened: list[LayerStore], selections: dict[str, lis
         classifier = getattr(first, "model", None) or getattr(first, "predictor", None)  # Euclidean plans only
         resolved = ran_as(measure, backend, device, ray, model=classifier)
         runner: Runner = LocalRunner() if ray is None else RayRunner(ray, retries=3 if retries is None else retries)
-        return _run_tasks(out, opened, selections, plans, settings, resolved,
-                          runner=runner, drawn=drawn, backend=backend, device=device,
-                          shards=shards, progress=progress, verbose=verbose, plot=plot)
+        return _run_tasks(
+            out,
+            opened,
+            selections,
+            plans,
+            settings,
+            resolved,
+            runner=runner,
+            drawn=drawn,
+            backend=backend,
+            device=device,
+            shards=shards,
+            progress=progress,
+            verbose=verbose,
+            plot=plot,
+        )
 
 
-def _run_tasks(out: Path, opened: list[LayerStore], selections: dict[str, list[int]], plans: dict[str, Any],
-               settings: dict[str, Any], resolved: dict[str, str], *, runner: Runner, drawn: bool,
-               backend: str, device: Any, shards: int | None, progress: bool | None,
-               verbose: bool, plot: bool) -> SweepResults:
+def _run_tasks(
+    out: Path,
+    opened: list[LayerStore],
+    selections: dict[str, list[int]],
+    plans: dict[str, Any],
+    settings: dict[str, Any],
+    resolved: dict[str, str],
+    *,
+    runner: Runner,
+    drawn: bool,
+    backend: str,
+    device: Any,
+    shards: int | None,
+    progress: bool | None,
+    verbose: bool,
+    plot: bool,
+) -> SweepResults:
     """Reuse what verifies, compute the rest, write the merged outputs."""
 
     def log(line: str) -> None:
@@ -356,8 +501,14 @@ def _run_tasks(out: Path, opened: list[LayerStore], selections: dict[str, list[i
         folder.mkdir(parents=True, exist_ok=True)
         pair_digest = plan_sha256(plans[s.name].pairs)
         for i in selections[s.name]:
-            record = {"settings": settings, "store": s.name, "fingerprint": s.fingerprint, "pairs": pair_digest,
-                      "ran_as": resolved, "layer": i}
+            record = {
+                "settings": settings,
+                "store": s.name,
+                "fingerprint": s.fingerprint,
+                "pairs": pair_digest,
+                "ran_as": resolved,
+                "layer": i,
+            }
             key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
             path = folder / f"layer_{i:03d}.{key}.json"
             # absolute paths: workers elsewhere (another cwd, another node) open them
@@ -378,8 +529,10 @@ def _run_tasks(out: Path, opened: list[LayerStore], selections: dict[str, list[i
             for _ in pool.map(lambda item: item[0].verify_layer(item[1]), reused):
                 pass
     total = len(results) + len(pending)
-    log(f"{total} task(s) over {len(opened)} store(s); reusing {len(results)} finished result(s) "
-        f"from {out}, computing {len(pending)} on engine {runner.name!r}")
+    log(
+        f"{total} task(s) over {len(opened)} store(s); reusing {len(results)} finished result(s) "
+        f"from {out}, computing {len(pending)} on engine {runner.name!r}"
+    )
 
     def on_done(task: LayerTask, result: Convexity) -> None:
         results[(task.store_name, task.layer)] = result
@@ -390,8 +543,13 @@ def _run_tasks(out: Path, opened: list[LayerStore], selections: dict[str, list[i
     try:
         shared = {name: runner.share(plan) for name, plan in plans.items()}  # once per store
         calls = [(task, (task, shared[task.store_name], backend, device, shards)) for task in pending]
-        failures = runner.run(run_layer_task, calls, on_done=on_done, running=report.running,
-                              on_failed=lambda task, exc: report.finished(task, None, exc))
+        failures = runner.run(
+            run_layer_task,
+            calls,
+            on_done=on_done,
+            running=report.running,
+            on_failed=lambda task, exc: report.finished(task, None, exc),
+        )
     finally:
         report.close()
         release_predictors()  # a model the local engine loaded is not kept after the sweep
@@ -399,12 +557,25 @@ def _run_tasks(out: Path, opened: list[LayerStore], selections: dict[str, list[i
         task, exc = failures[0]
         # a seed=None rerun draws a new seed: only the drawn one resumes this sweep
         resume = f"rerun with seed={settings['seed']} to resume" if drawn else "a rerun resumes"
-        msg = (f"{len(failures)} of {len(pending)} sweep task(s) failed (finished ones are saved in {out}; "
-               f"{resume}); first: store {task.store_name!r} layer {task.layer}: {exc}")
+        msg = (
+            f"{len(failures)} of {len(pending)} sweep task(s) failed (finished ones are saved in {out}; "
+            f"{resume}); first: store {task.store_name!r} layer {task.layer}: {exc}"
+        )
         raise (type(exc) if isinstance(exc, (ValueError, TypeError)) else RuntimeError)(msg) from exc
 
-    merged = {s.name: stack_layers([results[(s.name, i)] for i in selections[s.name]], plans[s.name].classes)
-              for s in opened}
-    doc = write_outputs(out, opened, selections, merged, settings, reused=total - len(pending),
-                        computed=len(pending), seconds=time.perf_counter() - start, plot=plot, verbose=verbose)
+    merged = {
+        s.name: stack_layers([results[(s.name, i)] for i in selections[s.name]], plans[s.name].classes) for s in opened
+    }
+    doc = write_outputs(
+        out,
+        opened,
+        selections,
+        merged,
+        settings,
+        reused=total - len(pending),
+        computed=len(pending),
+        seconds=time.perf_counter() - start,
+        plot=plot,
+        verbose=verbose,
+    )
     return SweepResults(merged, doc)

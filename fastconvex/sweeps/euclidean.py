@@ -29,9 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import Any
 
 from fastconvex.core.pairs import PairPlan
 from fastconvex.core.results import Convexity
@@ -41,8 +42,16 @@ from fastconvex.store.format import _file_sha256
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
-__all__ = ["EuclideanPlan", "ModelFolderError", "check_store", "load_classifier", "model_fingerprint", "plan_store",
-           "preload_model", "score_euclidean_task"]
+__all__ = [
+    "EuclideanPlan",
+    "ModelFolderError",
+    "check_store",
+    "load_classifier",
+    "model_fingerprint",
+    "plan_store",
+    "preload_model",
+    "score_euclidean_task",
+]
 
 _PREDICTORS: dict[tuple[str, str | None], tuple[str, Any]] = {}
 
@@ -81,10 +90,10 @@ def model_fingerprint(model: Any) -> str:
         if not root.is_dir():
             raise FileNotFoundError(f"model folder {str(model)!r} is not a directory")
         if not (root / "config.json").is_file():
-            raise FileNotFoundError(f"model folder {str(model)!r} has no config.json: not a Hugging Face model "
-                                    "folder")
-        files = sorted(f for f in root.iterdir()
-                       if f.is_file() and (f.name == "config.json" or f.suffix in WEIGHT_SUFFIXES))
+            raise FileNotFoundError(f"model folder {str(model)!r} has no config.json: not a Hugging Face model folder")
+        files = sorted(
+            f for f in root.iterdir() if f.is_file() and (f.name == "config.json" or f.suffix in WEIGHT_SUFFIXES)
+        )
         digest = hashlib.sha256()
         for f in files:
             digest.update(f"{f.name}\0{_file_sha256(f)}\n".encode())
@@ -124,8 +133,10 @@ def _model_shape(model: Any) -> tuple[int | None, int | None]:
 
         arch = config.get("architectures") or []
         if arch and not any(is_audio_classifier(str(a)) for a in arch):
-            raise ValueError(f"model folder {str(model)!r}: {path.name} names a {arch[0]}, not an audio classifier "
-                             "(*ForSequenceClassification or WhisperForAudioClassification)")
+            raise ValueError(
+                f"model folder {str(model)!r}: {path.name} names a {arch[0]}, not an audio classifier "
+                "(*ForSequenceClassification or WhisperForAudioClassification)"
+            )
         blocks = config.get("encoder_layers", config.get("num_hidden_layers"))  # Whisper: its encoder's
         return config.get("hidden_size", config.get("d_model")), None if blocks is None else int(blocks) + 1
     inner = getattr(model, "model", None)
@@ -142,17 +153,23 @@ def check_store(store: LayerStore, layers: list[int] | None, model: Any) -> tupl
     labels = store.utterance_labels()  # refuses a pooled store or mixed labels, naming the file
     dim = int(store.manifest["layers"][0]["shape"][1])
     hidden = store.meta.get("hidden_states")
-    hidden = [int(h) for h in hidden] if isinstance(hidden, list) and len(hidden) == store.n_layers \
+    hidden = (
+        [int(h) for h in hidden]
+        if isinstance(hidden, list) and len(hidden) == store.n_layers
         else list(range(store.n_layers))
+    )
     size, n_states = _model_shape(model)
     if size is not None and int(size) != dim:
-        raise ValueError(f"model: hidden size {size} differs from store {store.name!r}'s dimension D={dim} "
-                         "(the store must hold this classifier's own hidden states)")
+        raise ValueError(
+            f"model: hidden size {size} differs from store {store.name!r}'s dimension D={dim} "
+            "(the store must hold this classifier's own hidden states)"
+        )
     if n_states is not None:
         bad = [hidden[i] for i in layers if not -n_states <= hidden[i] < n_states]
         if bad:
-            raise ValueError(f"store {store.name!r} holds hidden state {bad[0]}, but the model has {n_states} "
-                             f"(0..{n_states - 1})")
+            raise ValueError(
+                f"store {store.name!r} holds hidden state {bad[0]}, but the model has {n_states} (0..{n_states - 1})"
+            )
     return labels, hidden
 
 
@@ -171,8 +188,9 @@ def model_classes(model: Any) -> Any:
     return model
 
 
-def check_labels(store: LayerStore, model: Any, *, label_map: Any = None, min_class_size: Any = 2,
-                 labels: Any = None) -> dict[Hashable, int] | None:
+def check_labels(
+    store: LayerStore, model: Any, *, label_map: Any = None, min_class_size: Any = 2, labels: Any = None
+) -> dict[Hashable, int] | None:
     """The store's utterance labels (``labels``, else read) must map onto the
     classifier's classes (by name, or through ``label_map``): a ValueError
     naming the store before any task runs. Returns ``label_map`` checked, as
@@ -181,27 +199,59 @@ def check_labels(store: LayerStore, model: Any, *, label_map: Any = None, min_cl
     from fastconvex.euclidean.segments import check_label_map
 
     try:
-        check_label_classes(store.utterance_labels() if labels is None else labels, model_classes(model),
-                            min_class_size=min_class_size, label_map=label_map)
+        check_label_classes(
+            store.utterance_labels() if labels is None else labels,
+            model_classes(model),
+            min_class_size=min_class_size,
+            label_map=label_map,
+        )
     except ValueError as exc:
         raise ValueError(f"store {store.name!r}: {exc}") from None
     return None if label_map is None else check_label_map(label_map, None)
 
 
-def plan_store(store: LayerStore, layers: list[int], *, model: Any, fingerprint: str, n_sampled: Any,
-               pairs: Any, exact: Any, batch_size: Any, seed: Any, min_class_size: Any,
-               label_map: Any = None) -> EuclideanPlan:
+def plan_store(
+    store: LayerStore,
+    layers: list[int],
+    *,
+    model: Any,
+    fingerprint: str,
+    n_sampled: Any,
+    pairs: Any,
+    exact: Any,
+    batch_size: Any,
+    seed: Any,
+    min_class_size: Any,
+    label_map: Any = None,
+) -> EuclideanPlan:
     """Check ``store`` against the model and draw its pairs (once per store)."""
     from fastconvex.euclidean.api import plan_euclidean
 
     labels, hidden = check_store(store, layers, model)
     classes, plan, n_sampled, batch_size, seed = plan_euclidean(
-        labels, int(labels.shape[0]), n_sampled=n_sampled, pairs=pairs, exact=exact, batch_size=batch_size,
-        seed=seed, min_class_size=min_class_size)
+        labels,
+        int(labels.shape[0]),
+        n_sampled=n_sampled,
+        pairs=pairs,
+        exact=exact,
+        batch_size=batch_size,
+        seed=seed,
+        min_class_size=min_class_size,
+    )
     label_map = check_labels(store, model, label_map=label_map, min_class_size=min_class_size, labels=labels)
     directory = str(Path(model).resolve()) if isinstance(model, (str, os.PathLike)) else None
-    return EuclideanPlan(classes, plan, n_sampled, batch_size, seed, directory, fingerprint, hidden,
-                         None if directory is not None else model, label_map)
+    return EuclideanPlan(
+        classes,
+        plan,
+        n_sampled,
+        batch_size,
+        seed,
+        directory,
+        fingerprint,
+        hidden,
+        None if directory is not None else model,
+        label_map,
+    )
 
 
 def label_map_setting(label_map: dict[Hashable, int] | None) -> list[list[Any]]:
@@ -241,8 +291,9 @@ def _predictor(plan: EuclideanPlan, device: Any) -> Callable[..., Any]:
 
         _PREDICTORS.clear()  # one model per worker process
         if model_fingerprint(plan.model) != plan.fingerprint:
-            raise ValueError(f"model folder {plan.model!r} changed while the sweep ran (its fingerprint differs); "
-                             "rerun the sweep")
+            raise ValueError(
+                f"model folder {plan.model!r} changed while the sweep ran (its fingerprint differs); rerun the sweep"
+            )
         try:
             model = load_classifier(plan.model, None if device is None else str(device))
         except (ValueError, OSError) as exc:
@@ -287,20 +338,37 @@ def score_euclidean_task(store: LayerStore, layer: int, plan: EuclideanPlan, dev
     mask = check_frame_mask(x, None, lengths, name=name)
     del lengths
     predict = _AtLayer(_predictor(plan, device), plan.hidden_states[layer])
-    return euclidean_layer(x, mask, plan.pairs, plan.classes, predict, n_sampled=plan.n_sampled,
-                           batch_size=plan.batch_size, seed=plan.seed, label_map=plan.label_map)
+    return euclidean_layer(
+        x,
+        mask,
+        plan.pairs,
+        plan.classes,
+        predict,
+        n_sampled=plan.n_sampled,
+        batch_size=plan.batch_size,
+        seed=plan.seed,
+        label_map=plan.label_map,
+    )
 
 
 def check_euclidean_options(*, k: int, sources: Any, backend: str, shards: Any, model: Any, engine: str) -> None:
     """Graph-only options are errors with ``measure="euclidean"``; so is a
     callable model on Ray (workers load the model from its directory)."""
     if model is None:
-        raise ValueError('measure="euclidean" needs model=, the classifier directory (or a predict_from_layer '
-                         "callable) that labels the sampled points")
-    for what, given in (("k", k != 10), ("sources", sources is not None), ("backend", backend != "auto"),
-                        ("shards", shards is not None)):
+        raise ValueError(
+            'measure="euclidean" needs model=, the classifier directory (or a predict_from_layer '
+            "callable) that labels the sampled points"
+        )
+    for what, given in (
+        ("k", k != 10),
+        ("sources", sources is not None),
+        ("backend", backend != "auto"),
+        ("shards", shards is not None),
+    ):
         if given:
             raise ValueError(f'{what} applies to graph convexity; measure="euclidean" builds no graph')
     if engine == "ray" and not isinstance(model, (str, os.PathLike)):
-        raise ValueError('engine="ray" needs model= as a model directory that every worker can read '
-                         "(the driver never ships the model)")
+        raise ValueError(
+            'engine="ray" needs model= as a model directory that every worker can read '
+            "(the driver never ships the model)"
+        )

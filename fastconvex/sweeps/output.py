@@ -25,8 +25,16 @@ from fastconvex.store import LayerStore, write_json_atomic
 if TYPE_CHECKING:  # pragma: no cover
     from fastconvex.sweeps.task import LayerTask
 
-__all__ = ["CSV_COLUMNS", "OUTPUTS", "OutputDirectoryBusy", "Reporter", "check_earlier_outputs", "format_table",
-           "output_lock", "write_outputs"]
+__all__ = [
+    "CSV_COLUMNS",
+    "OUTPUTS",
+    "OutputDirectoryBusy",
+    "Reporter",
+    "check_earlier_outputs",
+    "format_table",
+    "output_lock",
+    "write_outputs",
+]
 
 OUTPUTS = ("sweep.json", "sweep.csv", "sweep.png")
 LOCK_FILE = ".sweep.lock"
@@ -41,8 +49,9 @@ def output_lock(out: Path) -> contextlib.AbstractContextManager[None]:
     return _output_lock(out, "another sweep", name=LOCK_FILE, label=f"out_dir {str(out)!r}")
 
 
-def check_earlier_outputs(out: Path, settings: dict[str, Any], selections: dict[str, list[int]],
-                          overwrite: bool, *, drawn: bool = False) -> None:
+def check_earlier_outputs(
+    out: Path, settings: dict[str, Any], selections: dict[str, list[int]], overwrite: bool, *, drawn: bool = False
+) -> None:
     """Refuse (ValueError, one line) to replace the merged outputs of another
     sweep in ``out`` without ``overwrite``: a ``sweep.json`` made with other
     settings (a seed=None sweep draws a new seed, so its settings differ), or
@@ -58,8 +67,10 @@ def check_earlier_outputs(out: Path, settings: dict[str, Any], selections: dict[
     if not earlier.exists():
         present = [name for name in OUTPUTS[1:] if (out / name).exists()]
         if present:
-            raise ValueError(f"out_dir {str(out)!r} holds {' and '.join(present)} but no sweep.json, so which "
-                             f"sweep wrote them is unknown; {hint}")
+            raise ValueError(
+                f"out_dir {str(out)!r} holds {' and '.join(present)} but no sweep.json, so which "
+                f"sweep wrote them is unknown; {hint}"
+            )
         return
     try:
         doc = json.loads(earlier.read_text(encoding="utf-8"))
@@ -70,18 +81,21 @@ def check_earlier_outputs(out: Path, settings: dict[str, Any], selections: dict[
     new_settings = json.loads(json.dumps(settings))
     if old_settings != new_settings:
         keys = sorted(set(old_settings) | set(new_settings), key=str)
-        diff = [f"{key} {old_settings.get(key)!r} there, {new_settings.get(key)!r} now" for key in keys
-                if old_settings.get(key) != new_settings.get(key)]
+        diff = [
+            f"{key} {old_settings.get(key)!r} there, {new_settings.get(key)!r} now"
+            for key in keys
+            if old_settings.get(key) != new_settings.get(key)
+        ]
         why = "; ".join(diff) or "the settings differ"
         if drawn and old_settings.get("seed") != new_settings.get("seed"):
-            why += (f"; seed=None drew a new seed, and seed={old_settings.get('seed')!r} resumes the earlier "
-                    "sweep")
+            why += f"; seed=None drew a new seed, and seed={old_settings.get('seed')!r} resumes the earlier sweep"
         raise ValueError(f"{earlier} was written by a sweep with other settings ({why}); {hint}")
     for name, indices in old_layers.items():
         missing = sorted(set(indices) - set(selections.get(name, [])))
         if missing:
-            raise ValueError(f"{earlier} also holds store {name!r} layer(s) {missing}, which this sweep does not "
-                             f"score; {hint}")
+            raise ValueError(
+                f"{earlier} also holds store {name!r} layer(s) {missing}, which this sweep does not score; {hint}"
+            )
 
 
 class Reporter:
@@ -106,7 +120,7 @@ class Reporter:
         if self.bar is not None:
             self.bar.set_postfix(running=n, failed=self.failed, refresh=True)
 
-    def finished(self, task: "LayerTask", result: Convexity | None, error: BaseException | None = None) -> None:
+    def finished(self, task: LayerTask, result: Convexity | None, error: BaseException | None = None) -> None:
         self.done += 1
         if error is not None:
             self.failed += 1
@@ -114,21 +128,48 @@ class Reporter:
             self.bar.update(1)
         elif self.verbose and not self.tty:
             what = f"FAILED: {error}" if error is not None else f"score {result.score:.6f} ± {result.stderr:.6f}"
-            print(f"sweep: [{self.done}/{self.total}] {task.store_name} layer {task.layer}: {what}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"sweep: [{self.done}/{self.total}] {task.store_name} layer {task.layer}: {what}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-CSV_COLUMNS = ("store", "layer", "score", "stderr", "macro", "macro_stderr", "n_pairs", "n_unreachable",
-               "n_points", "estimator", "k", "seed", "backend", "best")
+CSV_COLUMNS = (
+    "store",
+    "layer",
+    "score",
+    "stderr",
+    "macro",
+    "macro_stderr",
+    "n_pairs",
+    "n_unreachable",
+    "n_points",
+    "estimator",
+    "k",
+    "seed",
+    "backend",
+    "best",
+)
 
 
-def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, list[int]],
-                   merged: dict[str, LayerScores], settings: dict[str, Any], *, reused: int, computed: int,
-                   seconds: float, plot: bool, verbose: bool) -> dict[str, Any]:
+def write_outputs(
+    out: Path,
+    stores: list[LayerStore],
+    selections: dict[str, list[int]],
+    merged: dict[str, LayerScores],
+    settings: dict[str, Any],
+    *,
+    reused: int,
+    computed: int,
+    seconds: float,
+    plot: bool,
+    verbose: bool,
+) -> dict[str, Any]:
     """sweep.json, then sweep.csv, then sweep.png (results before plots);
     without a plot (``plot=False``, or no matplotlib) an earlier sweep.png is
     removed, so what ``out`` holds is all this sweep's; returns the document written to sweep.json (what the command reports)."""
@@ -138,9 +179,14 @@ def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, lis
         "computed": computed,
         "seconds": seconds,
         "stores": {
-            s.name: {"path": str(s.path), "fingerprint": s.fingerprint, "meta": s.meta,
-                     "layer_indices": selections[s.name], **merged[s.name].to_dict(),
-                     "best_layer_index": selections[s.name][merged[s.name].best_layer]}
+            s.name: {
+                "path": str(s.path),
+                "fingerprint": s.fingerprint,
+                "meta": s.meta,
+                "layer_indices": selections[s.name],
+                **merged[s.name].to_dict(),
+                "best_layer_index": selections[s.name][merged[s.name].best_layer],
+            }
             for s in stores
         },
     }
@@ -152,9 +198,24 @@ def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, lis
     for s in stores:
         res = merged[s.name]
         for row, (i, c) in enumerate(zip(selections[s.name], res.layers)):
-            writer.writerow([s.name, i, repr(c.score), repr(c.stderr), repr(c.macro), repr(c.macro_stderr),
-                             c.total_pairs, c.n_unreachable, c.n_points, c.estimator, c.k, c.seed,
-                             c.backend, int(row == res.best_layer)])
+            writer.writerow(
+                [
+                    s.name,
+                    i,
+                    repr(c.score),
+                    repr(c.stderr),
+                    repr(c.macro),
+                    repr(c.macro_stderr),
+                    c.total_pairs,
+                    c.n_unreachable,
+                    c.n_points,
+                    c.estimator,
+                    c.k,
+                    c.seed,
+                    c.backend,
+                    int(row == res.best_layer),
+                ]
+            )
     write_text_atomic(out / "sweep.csv", table.getvalue())
     written = ["sweep.json", "sweep.csv"]
     if plot:
@@ -164,8 +225,7 @@ def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, lis
             names = [s.name for s in stores]
             fig = plot_layer_scores([merged[n] for n in names], labels=names if len(names) > 1 else None)
             sel = selections[names[0]]
-            if any(selections[n] != list(range(len(sel))) for n in names) and all(
-                    selections[n] == sel for n in names):
+            if any(selections[n] != list(range(len(sel))) for n in names) and all(selections[n] == sel for n in names):
                 fig.axes[0].set_xticks(range(len(sel)), [str(i) for i in sel])
             if settings.get("measure") == "euclidean":
                 title = f"Euclidean convexity per layer (n_sampled={settings['n_sampled']}, {settings['estimator']})"
@@ -182,8 +242,11 @@ def write_outputs(out: Path, stores: list[LayerStore], selections: dict[str, lis
         # (the lock is held: no other sweep's plot is removed)
         (out / "sweep.png").unlink()
         if verbose:
-            print(f"sweep: removed {out / 'sweep.png'} of an earlier sweep (no plot written this time)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"sweep: removed {out / 'sweep.png'} of an earlier sweep (no plot written this time)",
+                file=sys.stderr,
+                flush=True,
+            )
     if verbose:
         print(f"sweep: wrote {', '.join(str(out / w) for w in written)}", file=sys.stderr, flush=True)
     return doc
@@ -194,11 +257,13 @@ def format_table(merged: dict[str, LayerScores], layer_indices: dict[str, list[i
     from fastconvex.core.table import Column, layer_table, percent
 
     # a row: (store name, layer index, its Convexity, is it the store's best layer)
-    columns = [Column("store", "<24", lambda r: r[0][:24]),
-               Column("layer", ">5", lambda r: r[1], gap=" "),
-               Column("convexity %", ">11", percent(lambda r: r[2].score), ".2f"),
-               Column("± s.e.", ">7", percent(lambda r: r[2].stderr), ".2f"),
-               Column("macro %", ">8", percent(lambda r: r[2].macro), ".2f")]
+    columns = [
+        Column("store", "<24", lambda r: r[0][:24]),
+        Column("layer", ">5", lambda r: r[1], gap=" "),
+        Column("convexity %", ">11", percent(lambda r: r[2].score), ".2f"),
+        Column("± s.e.", ">7", percent(lambda r: r[2].stderr), ".2f"),
+        Column("macro %", ">8", percent(lambda r: r[2].macro), ".2f"),
+    ]
     rows = []
     for name, res in merged.items():
         idx = layer_indices[name] if layer_indices else list(range(len(res)))

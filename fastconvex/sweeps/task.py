@@ -9,10 +9,11 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 from fastconvex.backends.select import ENV_VAR, resolve_backend
 from fastconvex.core.inputs import check_embeddings
@@ -59,8 +60,15 @@ class LayerTask:
     record: dict[str, Any]
 
 
-def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: str = "auto", device: Any = None,
-                   shards: int | None = None, *, placement: Placement = LOCAL) -> Convexity:
+def run_layer_task(
+    task: LayerTask,
+    plan: ScoringPlan | EuclideanPlan,
+    backend: str = "auto",
+    device: Any = None,
+    shards: int | None = None,
+    *,
+    placement: Placement = LOCAL,
+) -> Convexity:
     """Score one layer of one store and write the result (the body of every
     sweep task, local or remote): open the store, read the layer (a memmap),
     check it as ``layer_scores`` does, score it with :func:`score_layer` (split
@@ -106,10 +114,19 @@ def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: 
                 if isinstance(plan, EuclideanPlan):
                     result = score_euclidean_task(store, task.layer, plan, device)
                 else:
-                    x = check_embeddings(layer, name=f"store {task.store_name!r} layer {task.layer} "
-                                         f"({store.layer_file(task.layer)})", convert=False)
-                    result = score_layer(x, plan, backend=backend, device=device,
-                                         engine="local" if shards is None else "ray", shards=shards)
+                    x = check_embeddings(
+                        layer,
+                        name=f"store {task.store_name!r} layer {task.layer} ({store.layer_file(task.layer)})",
+                        convert=False,
+                    )
+                    result = score_layer(
+                        x,
+                        plan,
+                        backend=backend,
+                        device=device,
+                        engine="local" if shards is None else "ray",
+                        shards=shards,
+                    )
             except Exception:
                 if not verified.cancel():
                     verified.result()  # a changed file explains a failed scoring better than its own error
@@ -125,16 +142,23 @@ def run_layer_task(task: LayerTask, plan: ScoringPlan | EuclideanPlan, backend: 
         store.release_layers()
     if not isinstance(plan, EuclideanPlan):
         _check_ran_as(task, {"backend": result.backend})  # what the scorer reports it used
-    where = {**placement.provenance(), "host": socket.gethostname(),
-             "device": None if device is None else str(device)}
-    write_result(task.result_path, {**task.record, "format": RESULT_FORMAT, "version": RESULT_VERSION,
-                                    "result": result.to_dict(), "fields": convexity_fields(result),
-                                    "ran_on": where})
+    where = {**placement.provenance(), "host": socket.gethostname(), "device": None if device is None else str(device)}
+    write_result(
+        task.result_path,
+        {
+            **task.record,
+            "format": RESULT_FORMAT,
+            "version": RESULT_VERSION,
+            "result": result.to_dict(),
+            "fields": convexity_fields(result),
+            "ran_on": where,
+        },
+    )
     return result
 
 
 def _device_type(device: Any) -> str:
-    """"cpu" or "cuda": the kind of device a task scores on (None: the CPU)."""
+    """ "cpu" or "cuda": the kind of device a task scores on (None: the CPU)."""
     if device is None:
         return "cpu"
     import torch
@@ -187,8 +211,10 @@ def _check_ran_as(task: LayerTask, actual: dict[str, str]) -> None:
     if not expected:
         return
     if actual != expected:
-        raise RuntimeError(f"store {task.store_name!r} layer {task.layer} was scored with {actual}, but the sweep "
-                           f"resolved {expected} for its results on this engine; set device=/backend= explicitly")
+        raise RuntimeError(
+            f"store {task.store_name!r} layer {task.layer} was scored with {actual}, but the sweep "
+            f"resolved {expected} for its results on this engine; set device=/backend= explicitly"
+        )
 
 
 def write_result(path: str | os.PathLike[str], content: dict[str, Any]) -> None:
@@ -199,8 +225,7 @@ def write_result(path: str | os.PathLike[str], content: dict[str, Any]) -> None:
     write_json_atomic(path, doc)
 
 
-def read_result(path: Path, record: dict[str, Any],
-                classes: Sequence[Hashable]) -> tuple[Convexity | None, str | None]:
+def read_result(path: Path, record: dict[str, Any], classes: Sequence[Hashable]) -> tuple[Convexity | None, str | None]:
     """(the result at ``path``, None) if it verifies and was made with exactly
     ``record`` by this result format; else (None, why not), or (None, None)
     when there is no file."""
@@ -222,8 +247,10 @@ def read_result(path: Path, record: dict[str, Any],
     if given != json_sha256(data):
         return None, "does not match its sha256 checksum (edited or damaged)"
     if data.get("format") != RESULT_FORMAT or data.get("version") != RESULT_VERSION:
-        return None, (f"has result format {data.get('format')!r} version {data.get('version')!r}; this fastconvex "
-                      f"writes {RESULT_FORMAT!r} version {RESULT_VERSION}")
+        return None, (
+            f"has result format {data.get('format')!r} version {data.get('version')!r}; this fastconvex "
+            f"writes {RESULT_FORMAT!r} version {RESULT_VERSION}"
+        )
     if any(data.get(key) != value for key, value in record.items()):
         return None, "was made with other settings, pairs or store content"
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -131,8 +130,7 @@ def _expand(unique_idx, unique_dist, inverse, group_ptr, group_rows, k, out_i, o
                 groups[n_groups] = unique_idx[g, t]
                 n_groups += 1
                 t += 1
-            count = _take_block(groups, n_groups, group_ptr, group_rows, row, k - count, dist,
-                                out_i, out_d, row, count)
+            count = _take_block(groups, n_groups, group_ptr, group_rows, row, k - count, dist, out_i, out_d, row, count)
             if count >= k or t >= ku:
                 break
             dist = unique_dist[g, t]
@@ -174,6 +172,11 @@ def expand_knn(
     _expand(
         np.ascontiguousarray(unique_idx, dtype=np.int64),
         np.ascontiguousarray(unique_dist, dtype=np.float64),
-        inverse, group_ptr, group_rows, k, out_i, out_d,
+        inverse,
+        group_ptr,
+        group_rows,
+        k,
+        out_i,
+        out_d,
     )
     return out_i, out_d

@@ -66,9 +66,7 @@ def _compact(indptr_raw, nbr_raw, w_raw, indptr, nbr, w):
                 out += 1
 
 
-def union_csr(
-    indices: np.ndarray, distances: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def union_csr(indices: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Undirected kNN graph in CSR form.
 
     Parameters

@@ -11,7 +11,7 @@ Public entry point: :func:`knn`.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit, prange
@@ -280,9 +280,7 @@ def knn(
     # largest norm).
     u = _UNIT_ROUNDOFF_F32
     gamma = dim * u / (1.0 - dim * u) if dim * u < 0.5 else np.inf
-    bound = 1.01 * (
-        2.0 * gamma * norms * max_norm + 4.0 * u * (norms + max_norm) ** 2
-    ) + 4.0 * dim * 2.0**-149 + 1e-300
+    bound = 1.01 * (2.0 * gamma * norms * max_norm + 4.0 * u * (norms + max_norm) ** 2) + 4.0 * dim * 2.0**-149 + 1e-300
 
     q0, q1 = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
     if not 0 <= q0 < q1 <= n:
@@ -297,8 +295,7 @@ def knn(
         for c0 in range(0, n, block_cols):
             c1 = min(n, c0 + block_cols)
             gram = xr @ xf[c0:c1].T
-            _update_topk_from_gram(gram, sq[r0:r1], sq[c0:c1], r0 - q0, query[r0 - q0 : r1 - q0], c0,
-                                   heap_d, heap_i)
+            _update_topk_from_gram(gram, sq[r0:r1], sq[c0:c1], r0 - q0, query[r0 - q0 : r1 - q0], c0, heap_d, heap_i)
         if progress is not None:
             progress(r1 - q0, m)
 

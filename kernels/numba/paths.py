@@ -32,7 +32,7 @@ Public entry points: :func:`pair_scores` (explicit targets per source) and
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -113,8 +113,25 @@ def _settle(u, src, cs, class_mode, stamp, codes, tstamp, hops, same, out_v, out
 
 @njit(cache=True)
 def _search(
-    src, class_mode, n_targets, stamp, codes, indptr, nbr, w,
-    dist, hops, same, hk, hv, tk, tv, touched, tstamp, out_v, out_s,
+    src,
+    class_mode,
+    n_targets,
+    stamp,
+    codes,
+    indptr,
+    nbr,
+    w,
+    dist,
+    hops,
+    same,
+    hk,
+    hv,
+    tk,
+    tv,
+    touched,
+    tstamp,
+    out_v,
+    out_s,
 ):
     """One Dijkstra search (4-ary heap with lazy deletion, capacity E + 1);
     returns how many targets were settled (written to out_v / out_s as vertex,
@@ -183,8 +200,7 @@ def _search(
                         _push(tk, tv, n_tied, _tie_key(hops[v], same[v]), v)
                         n_tied += 1
                 continue
-        found, hu, su = _settle(u, src, cs, class_mode, stamp, codes, tstamp, hops, same,
-                                out_v, out_s, found)
+        found, hu, su = _settle(u, src, cs, class_mode, stamp, codes, tstamp, hops, same, out_v, out_s, found)
         for e in range(indptr[u], indptr[u + 1]):
             v = nbr[e]
             nd = du + w[e]
@@ -211,8 +227,27 @@ def _search(
 
 @njit(cache=True)
 def _search_buckets(
-    src, class_mode, n_targets, stamp, codes, indptr, nbr, w, inv_delta, n_slots,
-    dist, hops, same, head, nxt, pv, settled, touched, tstamp, out_v, out_s,
+    src,
+    class_mode,
+    n_targets,
+    stamp,
+    codes,
+    indptr,
+    nbr,
+    w,
+    inv_delta,
+    n_slots,
+    dist,
+    hops,
+    same,
+    head,
+    nxt,
+    pv,
+    settled,
+    touched,
+    tstamp,
+    out_v,
+    out_s,
 ):
     """One search with Dinitz's buckets (Dial's algorithm with bucket width
     delta <= the smallest edge weight): a vertex in the current bucket cannot
@@ -256,8 +291,7 @@ def _search_buckets(
             if np.int64(du * inv_delta) != cur:
                 continue  # stale: u was improved into an earlier bucket since
             settled[u] = stamp
-            found, hu, su = _settle(u, src, cs, class_mode, stamp, codes, tstamp, hops,
-                                    same, out_v, out_s, found)
+            found, hu, su = _settle(u, src, cs, class_mode, stamp, codes, tstamp, hops, same, out_v, out_s, found)
             # (the relaxation is written out in both searches on purpose: Numba
             # compiles an inlined helper here into a markedly slower inner loop)
             for q in range(indptr[u], indptr[u + 1]):
@@ -288,8 +322,23 @@ def _search_buckets(
 
 @njit(parallel=True, cache=True)
 def _run(
-    class_mode, n_chunks, codes, indptr, nbr, w, sources, tgt_ptr, tgt_idx,
-    class_sizes, inv_delta, n_slots, pair_out, reach_out, sums, sumsq, unreach,
+    class_mode,
+    n_chunks,
+    codes,
+    indptr,
+    nbr,
+    w,
+    sources,
+    tgt_ptr,
+    tgt_idx,
+    class_sizes,
+    inv_delta,
+    n_slots,
+    pair_out,
+    reach_out,
+    sums,
+    sumsq,
+    unreach,
 ):
     n = codes.shape[0]
     n_src = sources.shape[0]
@@ -331,14 +380,49 @@ def _run(
                         n_t += 1
             if n_slots > 0:
                 found = _search_buckets(
-                    src, class_mode, n_t, stamp, codes, indptr, nbr, w, inv_delta,
-                    n_slots, dist, hops, same, head, nxt, hv, settled, touched,
-                    tstamp, out_v, out_s,
+                    src,
+                    class_mode,
+                    n_t,
+                    stamp,
+                    codes,
+                    indptr,
+                    nbr,
+                    w,
+                    inv_delta,
+                    n_slots,
+                    dist,
+                    hops,
+                    same,
+                    head,
+                    nxt,
+                    hv,
+                    settled,
+                    touched,
+                    tstamp,
+                    out_v,
+                    out_s,
                 )
             else:
                 found = _search(
-                    src, class_mode, n_t, stamp, codes, indptr, nbr, w,
-                    dist, hops, same, hk, hv, tk, tv, touched, tstamp, out_v, out_s,
+                    src,
+                    class_mode,
+                    n_t,
+                    stamp,
+                    codes,
+                    indptr,
+                    nbr,
+                    w,
+                    dist,
+                    hops,
+                    same,
+                    hk,
+                    hv,
+                    tk,
+                    tv,
+                    touched,
+                    tstamp,
+                    out_v,
+                    out_s,
                 )
             if class_mode:
                 acc = 0.0
@@ -434,9 +518,23 @@ def pair_scores(
     for lo, hi in _batches(len(sources), progress):
         # target_ptr holds absolute offsets into targets / scores: slice it, not them
         _run(
-            False, _chunks(hi - lo), codes, indptr, neighbours, weights, sources[lo:hi],
-            target_ptr[lo : hi + 1], targets, np.empty(0, np.int64), inv_delta, n_slots, scores,
-            reachable, empty_f, empty_f, np.empty(0, np.int64),
+            False,
+            _chunks(hi - lo),
+            codes,
+            indptr,
+            neighbours,
+            weights,
+            sources[lo:hi],
+            target_ptr[lo : hi + 1],
+            targets,
+            np.empty(0, np.int64),
+            inv_delta,
+            n_slots,
+            scores,
+            reachable,
+            empty_f,
+            empty_f,
+            np.empty(0, np.int64),
         )
         if progress is not None:
             progress(hi - lo)
@@ -477,9 +575,22 @@ def class_sums(
     inv_delta, n_slots = bucket_plan(weights) if buckets else (0.0, 0)
     for lo, hi in _batches(n_src, progress):
         _run(
-            True, _chunks(hi - lo), codes, indptr, neighbours, weights, sources[lo:hi],
-            np.zeros(1, np.int64), np.empty(0, np.int64), class_sizes, inv_delta, n_slots,
-            np.empty(0, np.float64), np.empty(0, np.bool_), sums[lo:hi], sumsq[lo:hi],
+            True,
+            _chunks(hi - lo),
+            codes,
+            indptr,
+            neighbours,
+            weights,
+            sources[lo:hi],
+            np.zeros(1, np.int64),
+            np.empty(0, np.int64),
+            class_sizes,
+            inv_delta,
+            n_slots,
+            np.empty(0, np.float64),
+            np.empty(0, np.bool_),
+            sums[lo:hi],
+            sumsq[lo:hi],
             unreach[lo:hi],
         )
         if progress is not None:

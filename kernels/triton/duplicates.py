@@ -31,11 +31,11 @@ def row_hashes(x: torch.Tensor) -> torch.Tensor:
     step = _row_step(dim)
     for r0 in range(0, n, step):
         # + 0.0 turns -0.0 into 0.0
-        b = (x[r0:r0 + step] + 0.0).view(bits_dtype).to(torch.int64)
+        b = (x[r0 : r0 + step] + 0.0).view(bits_dtype).to(torch.int64)
         b *= _MIX
         b ^= b >> 29
         b *= coeffs
-        out[r0:r0 + step] = b.sum(dim=1)
+        out[r0 : r0 + step] = b.sum(dim=1)
     return out
 
 
@@ -44,5 +44,5 @@ def rows_equal(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     out = torch.empty(a.shape[0], dtype=torch.bool, device=x.device)
     step = _row_step(x.shape[1])
     for r0 in range(0, a.shape[0], step):
-        out[r0:r0 + step] = (x[a[r0:r0 + step]] == x[b[r0:r0 + step]]).all(dim=1)
+        out[r0 : r0 + step] = (x[a[r0 : r0 + step]] == x[b[r0 : r0 + step]]).all(dim=1)
     return out

@@ -101,8 +101,7 @@ def degree_bins(indptr: torch.Tensor) -> torch.Tensor:
     return key
 
 
-def permute_csr(indptr: torch.Tensor, neighbours: torch.Tensor, weights: torch.Tensor,
-                order: torch.Tensor):
+def permute_csr(indptr: torch.Tensor, neighbours: torch.Tensor, weights: torch.Tensor, order: torch.Tensor):
     """The same graph with vertex ``order[new]`` renamed ``new`` (rows re-sorted)."""
     n = indptr.shape[0] - 1
     device = indptr.device
@@ -123,8 +122,7 @@ def permute_csr(indptr: torch.Tensor, neighbours: torch.Tensor, weights: torch.T
 VERTEX_ORDERS = ("none", "degree", "rcm")
 
 
-def reorder_graph(indptr: torch.Tensor, neighbours: torch.Tensor, weights: torch.Tensor,
-                  how: str):
+def reorder_graph(indptr: torch.Tensor, neighbours: torch.Tensor, weights: torch.Tensor, how: str):
     """Renumber the graph's vertices by ``how`` (one of :data:`VERTEX_ORDERS`).
 
     Returns ``(indptr, neighbours, weights, order, inverse)``: ``order[new] = old``,

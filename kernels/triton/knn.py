@@ -88,10 +88,14 @@ def certificate_bound(precision: str, dim: int, norms, big: float):
     gamma = dim * u_acc / (1.0 - dim * u_acc) if dim * u_acc < 0.5 else math.inf
     e_abs = _INPUT_ABS_ERROR.get(precision, 0.0)
     dot_abs = e_abs * (1.0 + 2.0**-11) * math.sqrt(dim) * (norms + big) + dim * e_abs * e_abs
-    return 1.01 * (
-        2.0 * ((gamma + _PRODUCT_ERROR[precision] * (1 + 2 * u)) * norms * big + dot_abs)
-        + 7.0 * u * (norms + big) ** 2
-    ) + 1e-300
+    return (
+        1.01
+        * (
+            2.0 * ((gamma + _PRODUCT_ERROR[precision] * (1 + 2 * u)) * norms * big + dot_abs)
+            + 7.0 * u * (norms + big) ** 2
+        )
+        + 1e-300
+    )
 
 
 def _interpreting() -> bool:
@@ -113,8 +117,17 @@ def _dot(a, b, acc, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _tile_dot(a_base, a_offs, b_base, b_offs, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+def _tile_dot(
+    a_base,
+    a_offs,
+    b_base,
+    b_offs,
+    DP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """(BLOCK_M, BLOCK_N) dot products of a query tile and a database tile,
     K step by K step (zero-padded rows and columns: no masks)."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -161,8 +174,20 @@ def _merge_rows(key, run_key, run_i, thr, n0, BLOCK_N: tl.constexpr, KP: tl.cons
 
 
 @triton.jit
-def _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
-                BLOCK_N: tl.constexpr, KP: tl.constexpr, MASK_EVERY_TILE: tl.constexpr):
+def _merge_tile(
+    acc,
+    run_key,
+    run_i,
+    thr,
+    sq_q,
+    sq_ptr,
+    q,
+    n0,
+    key_hi,
+    BLOCK_N: tl.constexpr,
+    KP: tl.constexpr,
+    MASK_EVERY_TILE: tl.constexpr,
+):
     """Fold one (BLOCK_M, BLOCK_N) tile of dot products (database rows n0 ...)
     into the rows' running top-KP keys; returns (run_key, run_i, thr)."""
     keys, key = _tile_keys(acc, sq_q, sq_ptr, n0, BLOCK_N)
@@ -242,7 +267,7 @@ def _knn_candidates_kernel(
         KS: tl.constexpr = DP // BLOCK_K
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         n_steps = tl.cdiv(key_hi - key_lo, BLOCK_N) * KS
-        for t in range(0, n_steps):
+        for t in range(n_steps):
             tile = t // KS
             k0 = (t - tile * KS) * BLOCK_K
             n0 = key_lo + tile * BLOCK_N
@@ -250,16 +275,18 @@ def _knn_candidates_kernel(
             b = tl.load(xk_ptr + n0.to(tl.int64) * DP + (b_offs + k0))
             acc = _dot(a, b, acc, PRECISION)
             if k0 == DP - BLOCK_K:
-                run_key, run_i, thr = _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
-                                                  BLOCK_N, KP, MASK_EVERY_TILE)
+                run_key, run_i, thr = _merge_tile(
+                    acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi, BLOCK_N, KP, MASK_EVERY_TILE
+                )
                 acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     else:
         b_base = xk_ptr + key_lo.to(tl.int64) * DP
         for n0 in range(key_lo, key_hi, BLOCK_N):
             acc = _tile_dot(a_base, a_offs, b_base, b_offs, DP, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
             b_base += BLOCK_N * DP
-            run_key, run_i, thr = _merge_tile(acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi,
-                                              BLOCK_N, KP, MASK_EVERY_TILE)
+            run_key, run_i, thr = _merge_tile(
+                acc, run_key, run_i, thr, sq_q, sq_ptr, q, n0, key_hi, BLOCK_N, KP, MASK_EVERY_TILE
+            )
 
     out_d = (run_key & (-BLOCK_N)).to(tl.float32, bitcast=True)
     out_d = tl.where(run_key == 0x7FFFFFFF, float("inf"), out_d)
@@ -306,9 +333,24 @@ def _auto_segments(n, m, block_m, block_n, n_programs, device):
 
 
 def _candidates(
-    xs, sq32, qidx, kp, precision, block_m, block_n, block_k, num_warps, num_stages,
-    query_chunk, n_programs=None, segments=None, contiguous=False, n_real=None, flat_loop=False,
-    keep=None, mask_every_tile=False,
+    xs,
+    sq32,
+    qidx,
+    kp,
+    precision,
+    block_m,
+    block_n,
+    block_k,
+    num_warps,
+    num_stages,
+    query_chunk,
+    n_programs=None,
+    segments=None,
+    contiguous=False,
+    n_real=None,
+    flat_loop=False,
+    keep=None,
+    mask_every_tile=False,
 ):
     """Approximate top-``keep`` candidates for the queries ``qidx`` (one launch
     per chunk of ``query_chunk`` queries, a multiple of ``block_m``).
@@ -347,9 +389,25 @@ def _candidates(
         out_i = torch.empty((m, n_split, kp), dtype=torch.int32, device=device)
         extra = {} if _interpreting() else {"num_warps": num_warps, "num_stages": num_stages}
         _knn_candidates_kernel[(n_split, grid_m)](
-            xq, xs, sq32, q, out_d, out_i, m, n, per, n_split,
-            DP=dim_p, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, KP=kp,
-            PRECISION=precision, FLAT=bool(flat_loop), MASK_EVERY_TILE=bool(mask_every_tile), **extra,
+            xq,
+            xs,
+            sq32,
+            q,
+            out_d,
+            out_i,
+            m,
+            n,
+            per,
+            n_split,
+            DP=dim_p,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            KP=kp,
+            PRECISION=precision,
+            FLAT=bool(flat_loop),
+            MASK_EVERY_TILE=bool(mask_every_tile),
+            **extra,
         )
         cd = out_d.reshape(m, n_split * kp)
         ci = out_i.reshape(m, n_split * kp)
@@ -418,7 +476,7 @@ def _knn_candidates_sym_kernel(
     # sharing of database tiles in L2. Which wins is for bench/knn_ab.py.
     n_tiles = tl.cdiv(N - t_lo, BLOCK_N)
     shift = (pid % (BLOCK_N // BLOCK_M)) * (n_tiles // (BLOCK_N // BLOCK_M)) if STAGGER else 0
-    for i in range(0, n_tiles):
+    for i in range(n_tiles):
         if STAGGER:
             j = i + shift
             j = tl.where(j >= n_tiles, j - n_tiles, j)
@@ -480,8 +538,9 @@ def _knn_candidates_sym_kernel(
     tl.store(row_i_ptr + base, run_i, mask=row_ok[:, None])
 
 
-def _candidates_symmetric(xs, sq32, kp, precision, block_m, block_n, block_k, num_warps, num_stages,
-                          n_real, keep, stagger=False):
+def _candidates_symmetric(
+    xs, sq32, kp, precision, block_m, block_n, block_k, num_warps, num_stages, n_real, keep, stagger=False
+):
     """The candidates of every row (queries = the whole database, ``xs`` padded
     as for :func:`_candidates`) from one launch of the symmetric kernel: each
     row's list among its own and later blocks and its list among earlier
@@ -506,9 +565,23 @@ def _candidates_symmetric(xs, sq32, kp, precision, block_m, block_n, block_k, nu
     locks = torch.zeros(triton.cdiv(n_pad, block_n), dtype=torch.int32, device=device)
     extra = {} if _interpreting() else {"num_warps": num_warps, "num_stages": num_stages}
     _knn_candidates_sym_kernel[(triton.cdiv(n, block_m),)](
-        xs, sq32, row_d, row_i, col_key, col_i, col_thr, locks, n,
-        DP=xs.shape[1], BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, KP=kp, PRECISION=precision,
-        STAGGER=bool(stagger), **extra,
+        xs,
+        sq32,
+        row_d,
+        row_i,
+        col_key,
+        col_i,
+        col_thr,
+        locks,
+        n,
+        DP=xs.shape[1],
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        KP=kp,
+        PRECISION=precision,
+        STAGGER=bool(stagger),
+        **extra,
     )
     col_key = col_key[:n]
     col_d = (col_key & -block_n).view(torch.float32)
@@ -520,8 +593,7 @@ def _candidates_symmetric(xs, sq32, kp, precision, block_m, block_n, block_k, nu
     return cd, torch.gather(ci, 1, sel).to(torch.int64)
 
 
-def query_chunk_size(n: int, block_m: int, per_query_bytes: int, budget: int,
-                     query_chunk: int | None = None) -> int:
+def query_chunk_size(n: int, block_m: int, per_query_bytes: int, budget: int, query_chunk: int | None = None) -> int:
     """Queries per launch: as many as ``budget`` allows (or ``query_chunk``), at
     most 65 535 query blocks (CUDA's limit on the grid's second axis), balanced
     over the launches and rounded up to whole ``block_m`` blocks, so no launch
@@ -618,8 +690,18 @@ def _exact_dist(x: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor):
         block_p = 64 if _interpreting() else 128
         extra = {} if _interpreting() else {"num_warps": 4}
         _exact_sq_dist_kernel[(triton.cdiv(n_pairs, block_p),)](
-            x, rows.to(torch.int64).contiguous(), cand.to(torch.int64).contiguous(), out, n_pairs, kc,
-            x.shape[1], x.stride(0), x.stride(1), BLOCK_P=block_p, enable_fp_fusion=False, **extra,
+            x,
+            rows.to(torch.int64).contiguous(),
+            cand.to(torch.int64).contiguous(),
+            out,
+            n_pairs,
+            kc,
+            x.shape[1],
+            x.stride(0),
+            x.stride(1),
+            BLOCK_P=block_p,
+            enable_fp_fusion=False,
+            **extra,
         )
     return _sqrt_rn(out)
 
@@ -758,9 +840,11 @@ def knn(
     # 8 warps, 3 stages.
     if block_m is None:
         block_m = 32 if interp else 128
-    given = block_n if isinstance(block_n, Mapping) else {p: block_n for p in precisions}
-    tier_block_n = {p: given[p] if given.get(p) is not None else
-                    (256 if not interp and kp <= 32 and p == "fp16" else 128) for p in precisions}
+    given = block_n if isinstance(block_n, Mapping) else dict.fromkeys(precisions, block_n)
+    tier_block_n = {
+        p: given[p] if given.get(p) is not None else (256 if not interp and kp <= 32 and p == "fp16" else 128)
+        for p in precisions
+    }
     block_n = max(tier_block_n.values())  # rows are padded to whole tiles of every tier
     if block_k is None:
         block_k = 32
@@ -805,19 +889,47 @@ def knn(
     if stagger and not symmetric:
         raise ValueError("stagger=True applies to the symmetric kernel only: pass symmetric=True too")
     if symmetric and tier_block_n[precisions[0]] % block_m:
-        raise ValueError(f"symmetric=True needs block_n a multiple of block_m, got {block_m} and "
-                         f"{tier_block_n[precisions[0]]}")
+        raise ValueError(
+            f"symmetric=True needs block_n a multiple of block_m, got {block_m} and {tier_block_n[precisions[0]]}"
+        )
     for t, prec in enumerate(precisions):
         if pending.numel() == 0:
             break
         if t == 0 and symmetric:
-            cd, ci = _candidates_symmetric(xs16 if prec == "fp16" else xs, sq32, kp, prec, block_m,
-                                           tier_block_n[prec], block_k, num_warps, num_stages, n, kc, stagger)
+            cd, ci = _candidates_symmetric(
+                xs16 if prec == "fp16" else xs,
+                sq32,
+                kp,
+                prec,
+                block_m,
+                tier_block_n[prec],
+                block_k,
+                num_warps,
+                num_stages,
+                n,
+                kc,
+                stagger,
+            )
         else:
             cd, ci = _candidates(
-                xs16 if prec == "fp16" else xs, sq32, pending, kp, prec, block_m, tier_block_n[prec], block_k,
-                num_warps, num_stages, query_chunk, n_programs, segments, contiguous=(t == 0), n_real=n,
-                flat_loop=flat_loop, keep=kc, mask_every_tile=mask_every_tile,
+                xs16 if prec == "fp16" else xs,
+                sq32,
+                pending,
+                kp,
+                prec,
+                block_m,
+                tier_block_n[prec],
+                block_k,
+                num_warps,
+                num_stages,
+                query_chunk,
+                n_programs,
+                segments,
+                contiguous=(t == 0),
+                n_real=n,
+                flat_loop=flat_loop,
+                keep=kc,
+                mask_every_tile=mask_every_tile,
             )
         # smallest approximate distance any non-candidate can have (>= the kc-th
         # kept; the kernel's distances are clamped at 0 and rounded down, so this

@@ -46,14 +46,28 @@ def _interpreting() -> bool:
 
 @triton.jit
 def _relax_kernel(
-    indptr_ptr, nbr_ptr, w_ptr, codes_ptr,
-    scode_ptr, svert_ptr,  # (B,) class code and vertex of each source column
-    d_in, h_in, s_in, d_out, h_out, s_out,  # (N, B) state buffers (PACKED: h = key, s unused)
-    act_in, chg_in, act_out, chg_out,  # int8 flags: act (n_vblocks * NBB,) per tile, or
+    indptr_ptr,
+    nbr_ptr,
+    w_ptr,
+    codes_ptr,
+    scode_ptr,
+    svert_ptr,  # (B,) class code and vertex of each source column
+    d_in,
+    h_in,
+    s_in,
+    d_out,
+    h_out,
+    s_out,  # (N, B) state buffers (PACKED: h = key, s unused)
+    act_in,
+    chg_in,
+    act_out,
+    chg_out,  # int8 flags: act (n_vblocks * NBB,) per tile, or
     # (N * NBB,) per vertex and source block (VERTEX_ACT); chg (n_vblocks * NBB,) per tile
     count_ptr,  # (128,) int64: [0:64] edge relaxations performed (edges x columns),
     # [64:128] edge-loop slots run (block's max degree x BV x columns); spread
-    N, B, NBB,
+    N,
+    B,
+    NBB,
     BV: tl.constexpr,
     BB: tl.constexpr,
     PACKED: tl.constexpr,
@@ -100,8 +114,7 @@ def _relax_kernel(
         # at most t, so the key cannot overflow while the host keeps the sweep
         # count under 2**15 (it redoes the batch with the wide state past that).
         is_src = v == svert  # (BV, BB)
-        cur_d = tl.where(is_src, tl.zeros((BV, BB), tl.float64),
-                         tl.full((BV, BB), float("inf"), tl.float64))
+        cur_d = tl.where(is_src, tl.zeros((BV, BB), tl.float64), tl.full((BV, BB), float("inf"), tl.float64))
         if PACKED:
             cur_h = tl.where(is_src, 0xFFFF, 0x7FFFFFFF)  # hops 0, same 0 / none
         else:
@@ -114,7 +127,7 @@ def _relax_kernel(
         eidx = tl.where(vm & (deg > 0), start, 0)
         u = tl.load(nbr_ptr + eidx)
         wu = tl.load(w_ptr + eidx)
-        for e in range(0, max_deg):
+        for e in range(max_deg):
             em = vdirty & (e < deg)  # (BV, 1)
             um = em & bm  # (BV, BB)
             uoffs = u * B + b
@@ -133,9 +146,7 @@ def _relax_kernel(
                 su = tl.load(s_in + uoffs, mask=um, other=0)
                 ch = hu + 1
                 cs = su + add
-                better = (cd < cur_d) | (
-                    (cd == cur_d) & ((ch < cur_h) | ((ch == cur_h) & (cs > cur_s)))
-                )
+                better = (cd < cur_d) | ((cd == cur_d) & ((ch < cur_h) | ((ch == cur_h) & (cs > cur_s))))
             better = better & um & (du < float("inf")) & ~is_src
             if not PACKED:
                 cur_s = tl.where(better, cs, cur_s)
@@ -169,7 +180,7 @@ def _relax_kernel(
         any_chg = tl.sum(tl.sum(vchg.to(tl.int32), axis=1), axis=0) > 0
         if any_chg:
             tl.store(chg_out + tile, 1)
-            for e in range(0, max_deg):
+            for e in range(max_deg):
                 em = vm & (e < deg) & vchg
                 eidx = tl.where(em, start + e, 0)
                 u = tl.load(nbr_ptr + eidx)
@@ -191,8 +202,14 @@ ACTIVITY_RULES = ("tile", "vertex")
 PACKED_SWEEP_LIMIT = (1 << 15) - 1
 
 
-def batch_width(n: int, device: torch.device, block_b: int, max_batch: int | None = None,
-                entry_bytes: int = 16, extra_bytes: int = 8 + 3 * 8) -> int:
+def batch_width(
+    n: int,
+    device: torch.device,
+    block_b: int,
+    max_batch: int | None = None,
+    entry_bytes: int = 16,
+    extra_bytes: int = 8 + 3 * 8,
+) -> int:
     """Sources per batch from free device memory: two (N, B) state buffers of
     ``entry_bytes`` per entry (12 packed, 16 wide) and ``extra_bytes`` per entry
     for what the caller builds from them (default: the decoded hop and
@@ -207,8 +224,25 @@ def batch_width(n: int, device: torch.device, block_b: int, max_batch: int | Non
     return b
 
 
-def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, deg, block_v,
-              block_b, check_every, counter, extra, time_check, activity="tile", decode=True):
+def _converge(
+    indptr,
+    neighbours,
+    weights,
+    codes,
+    src,
+    packed,
+    sweep_limit,
+    *,
+    deg,
+    block_v,
+    block_b,
+    check_every,
+    counter,
+    extra,
+    time_check,
+    activity="tile",
+    decode=True,
+):
     """Bellman-Ford for the sources ``src`` (one batch) to convergence.
 
     Returns ``(dist, hops, same, sweeps)``, or None when the packed state would
@@ -255,10 +289,32 @@ def _converge(indptr, neighbours, weights, codes, src, packed, sweep_limit, *, d
         d_in, h_in, s_in = bufs[cur]
         d_out, h_out, s_out = bufs[nxt]
         _relax_kernel[(nvb, nbb)](
-            indptr, neighbours, weights, codes, scode, src,
-            d_in, h_in, s_in, d_out, h_out, s_out,
-            act, chg, act_next, chg_next, counter,
-            n, bsz, nbb, BV=block_v, BB=block_b, PACKED=packed, NO_HOPS=_NO_HOPS, VERTEX_ACT=per_vertex, **extra,
+            indptr,
+            neighbours,
+            weights,
+            codes,
+            scode,
+            src,
+            d_in,
+            h_in,
+            s_in,
+            d_out,
+            h_out,
+            s_out,
+            act,
+            chg,
+            act_next,
+            chg_next,
+            counter,
+            n,
+            bsz,
+            nbb,
+            BV=block_v,
+            BB=block_b,
+            PACKED=packed,
+            NO_HOPS=_NO_HOPS,
+            VERTEX_ACT=per_vertex,
+            **extra,
         )
         act, act_next = act_next, act
         chg, chg_next = chg_next, chg
@@ -385,8 +441,16 @@ def shortest_path_batches(
                 )
 
         args = (indptr, neighbours, weights, codes, sources[s0:s1])
-        kw = dict(deg=deg, block_v=block_v, block_b=block_b, check_every=check_every, counter=counter,
-                  extra=extra, time_check=time_check, activity=activity)
+        kw = dict(
+            deg=deg,
+            block_v=block_v,
+            block_b=block_b,
+            check_every=check_every,
+            counter=counter,
+            extra=extra,
+            time_check=time_check,
+            activity=activity,
+        )
         out = _converge(*args, state == "packed", packed_sweep_limit, decode=decode, **kw)
         if out is not None:
             d, h, s, sweeps = out
@@ -401,8 +465,9 @@ def shortest_path_batches(
         wide = batch_width(n, device, block_b, max_batch, 16, **extra_bytes)
         for r0 in range(s0, s1, wide):
             r1 = min(s1, r0 + wide)
-            d, h, s, sweeps = _converge(indptr, neighbours, weights, codes, sources[r0:r1], False,
-                                        packed_sweep_limit, **kw)
+            d, h, s, sweeps = _converge(
+                indptr, neighbours, weights, codes, sources[r0:r1], False, packed_sweep_limit, **kw
+            )
             totals["sweeps"] += sweeps
             totals["batches"] += 1
             yield r0, r1, d, h, s
@@ -451,11 +516,21 @@ _SUM_COLS = 32
 
 @triton.jit(do_not_specialize=["N", "B"])  # one compiled layout, so one summation order, for every B
 def _class_sums_kernel(
-    d_ptr, h_ptr, s_ptr,  # (N, B) converged state (PACKED: h holds the packed keys, s unused)
-    codes_ptr, scode_ptr, svert_ptr,  # (N,) class codes; (B,) class code and vertex of each source
-    psum_ptr, psq_ptr, punr_ptr,  # (n_chunks, B) per-chunk sum, sum of squares (float64), unreachable (int64)
-    N, B,
-    CHUNK: tl.constexpr, RB: tl.constexpr, BB: tl.constexpr, PACKED: tl.constexpr,
+    d_ptr,
+    h_ptr,
+    s_ptr,  # (N, B) converged state (PACKED: h holds the packed keys, s unused)
+    codes_ptr,
+    scode_ptr,
+    svert_ptr,  # (N,) class codes; (B,) class code and vertex of each source
+    psum_ptr,
+    psq_ptr,
+    punr_ptr,  # (n_chunks, B) per-chunk sum, sum of squares (float64), unreachable (int64)
+    N,
+    B,
+    CHUNK: tl.constexpr,
+    RB: tl.constexpr,
+    BB: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     # One program: CHUNK vertices x BB sources. A vertex is a target of a source
     # when it shares the source's class and is not the source. Its score is 1
@@ -504,7 +579,7 @@ def _sum_chunks_kernel(psum_ptr, psq_ptr, punr_ptr, sum_ptr, sq_ptr, unr_ptr, n_
     acc = tl.zeros((BB,), tl.float64)
     acc2 = tl.zeros((BB,), tl.float64)
     unr = tl.zeros((BB,), tl.int64)
-    for c in range(0, n_chunks):
+    for c in range(n_chunks):
         acc += tl.load(psum_ptr + c * B + b, mask=bm, other=0.0)
         acc2 += tl.load(psq_ptr + c * B + b, mask=bm, other=0.0)
         unr += tl.load(punr_ptr + c * B + b, mask=bm, other=0)
@@ -522,14 +597,24 @@ def _class_sums_of_batch(d, h, s, codes, src):
     n, bsz = d.shape
     device = d.device
     n_chunks = triton.cdiv(n, _SUM_CHUNK)
-    part = [torch.empty((n_chunks, bsz), dtype=dt, device=device)
-            for dt in (torch.float64, torch.float64, torch.int64)]
+    part = [torch.empty((n_chunks, bsz), dtype=dt, device=device) for dt in (torch.float64, torch.float64, torch.int64)]
     out = [torch.empty(bsz, dtype=dt, device=device) for dt in (torch.float64, torch.float64, torch.int64)]
     scode = codes[src].contiguous()
     packed = s is None
     _class_sums_kernel[(n_chunks, triton.cdiv(bsz, _SUM_COLS))](
-        d, h, h if packed else s, codes, scode, src, *part, n, bsz,
-        CHUNK=_SUM_CHUNK, RB=_SUM_ROWS, BB=_SUM_COLS, PACKED=packed,
+        d,
+        h,
+        h if packed else s,
+        codes,
+        scode,
+        src,
+        *part,
+        n,
+        bsz,
+        CHUNK=_SUM_CHUNK,
+        RB=_SUM_ROWS,
+        BB=_SUM_COLS,
+        PACKED=packed,
     )
     _sum_chunks_kernel[(triton.cdiv(bsz, _SUM_COLS),)](*part, *out, n_chunks, bsz, BB=_SUM_COLS)
     return out
@@ -546,6 +631,7 @@ def class_sums(indptr, neighbours, weights, codes, sources, class_sizes, **kw):
     unreach = torch.zeros(n_src, dtype=torch.int64, device=device)
     codes = codes.long().contiguous()
     for s0, s1, d, h, s in shortest_path_batches(indptr, neighbours, weights, codes, sources, decode=False, **kw):
-        sums[s0:s1], sumsq[s0:s1], unreach[s0:s1] = _class_sums_of_batch(d, h, s, codes,
-                                                                         sources[s0:s1].long().contiguous())
+        sums[s0:s1], sumsq[s0:s1], unreach[s0:s1] = _class_sums_of_batch(
+            d, h, s, codes, sources[s0:s1].long().contiguous()
+        )
     return sums, sumsq, unreach

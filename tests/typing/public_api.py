@@ -21,6 +21,7 @@ def scores_of_a_model() -> None:
 
     graph: fc.KNNGraph = fc.knn_graph(layers[0], k=5)
     print(graph)
+
     def predict(points: np.ndarray) -> np.ndarray:
         return np.zeros(len(points), dtype=int)
 

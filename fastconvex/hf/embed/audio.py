@@ -126,7 +126,9 @@ def _natural_key(text: str) -> list[object]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
-def find_audio(source: str | os.PathLike[str], *, label_column: str = "label", path_column: str = "path") -> tuple[list[Path], list[str]]:
+def find_audio(
+    source: str | os.PathLike[str], *, label_column: str = "label", path_column: str = "path"
+) -> tuple[list[Path], list[str]]:
     """Audio files and labels of a dataset.
 
     Parameters
@@ -211,9 +213,7 @@ def find_audio(source: str | os.PathLike[str], *, label_column: str = "label", p
                     f"row but does not name the columns {path_column!r} and {label_column!r}: "
                     "rename them so (or remove the header row)"
                 )
-            raise FileNotFoundError(
-                f"audio source {str(src)!r}: line {n} lists {str(p)!r}, which does not exist"
-            )
+            raise FileNotFoundError(f"audio source {str(src)!r}: line {n} lists {str(p)!r}, which does not exist")
         label = row[li].strip()
         if not label:
             raise ValueError(f"audio source {str(src)!r}: line {n} has an empty label")

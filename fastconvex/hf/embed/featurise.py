@@ -4,8 +4,8 @@ feature extractors, valid frame counts, featurising a batch, batching rules."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -49,9 +49,7 @@ def _as_waveform(x: Any, i: int, name: str | None = None) -> np.ndarray:
         raise TypeError(f"{name} must be a 1-D array of real float samples, got dtype {arr.dtype}")
     arr = arr.astype(np.float32, copy=False)
     if arr.ndim != 1:
-        raise ValueError(
-            f"{name} must be 1-D (mono samples), got shape {arr.shape}; downmix multi-channel audio first"
-        )
+        raise ValueError(f"{name} must be 1-D (mono samples), got shape {arr.shape}; downmix multi-channel audio first")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty")
     if not np.all(np.isfinite(arr)):
@@ -74,7 +72,9 @@ def check_lengths(lengths: Any, n_utt: int) -> np.ndarray:
 
 
 def _output_lengths(enc: nn.Module, lengths: np.ndarray) -> np.ndarray:
-    fn = getattr(enc, "_get_feat_extract_output_lengths")
+    fn = cast(
+        Callable[..., Any], enc._get_feat_extract_output_lengths
+    )  # a method; nn.Module's typing says Tensor | Module
     t = torch.as_tensor(lengths, dtype=torch.long)
     try:
         out = fn(t, add_adapter=False)  # hidden_states come from the encoder, before any adapter
@@ -214,8 +214,14 @@ def _featurise(
     """Model inputs for one batch (+ per-utterance feature lengths on the generic path)."""
     if whisper:  # padded (and truncated) to the model's context, which may be cut (hf.cut_whisper_context)
         n_context = whisper_context_samples(model, fe)
-        feats = fe(waves, sampling_rate=sampling_rate, padding="max_length", max_length=n_context,
-                   truncation=True, return_tensors="np")
+        feats = fe(
+            waves,
+            sampling_rate=sampling_rate,
+            padding="max_length",
+            max_length=n_context,
+            truncation=True,
+            return_tensors="np",
+        )
         return {"input_features": torch.as_tensor(np.asarray(feats["input_features"], dtype=np.float32))}, None
     if generic:
         feats = fe(waves, sampling_rate=sampling_rate, padding=True, return_attention_mask=True, return_tensors="pt")
@@ -247,7 +253,9 @@ def _featurise(
 _warned_generic = False
 
 
-def _generic_frames(enc: nn.Module, inputs: dict[str, torch.Tensor], feat_lengths: np.ndarray | None, t_out: int) -> np.ndarray:
+def _generic_frames(
+    enc: nn.Module, inputs: dict[str, torch.Tensor], feat_lengths: np.ndarray | None, t_out: int
+) -> np.ndarray:
     global _warned_generic
     batch = next(iter(inputs.values())).shape[0]
     if feat_lengths is None or batch == 1:
@@ -265,7 +273,10 @@ def _generic_frames(enc: nn.Module, inputs: dict[str, torch.Tensor], feat_length
 
 
 def frame_label_rows(
-    frame_labels: Sequence[Any] | None, n_frames: np.ndarray, raw_lengths: np.ndarray, model_name: str,
+    frame_labels: Sequence[Any] | None,
+    n_frames: np.ndarray,
+    raw_lengths: np.ndarray,
+    model_name: str,
 ) -> tuple[list[np.ndarray] | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Per-frame labels checked against each utterance's valid frames.
 

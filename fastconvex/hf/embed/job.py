@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,15 +82,18 @@ def _model(job: EmbedJob) -> tuple[Any, Any]:
             mine = model_signature(model, _feature_extractor_for(model, fe, job.sampling_rate))
             changed = [SIGNATURE_NAMES[k] for k in job.signature if mine.get(k) != job.signature[k]]
             if changed:
-                raise ValueError(f"model {job.model!r}: {' and '.join(changed)} changed since the embedding run "
-                                 "started (the store's rows would mix two models); rerun with --overwrite to "
-                                 "start over")
+                raise ValueError(
+                    f"model {job.model!r}: {' and '.join(changed)} changed since the embedding run "
+                    "started (the store's rows would mix two models); rerun with --overwrite to "
+                    "start over"
+                )
         _MODELS[key] = (model, fe, job.signature)
     return _MODELS[key][0], _MODELS[key][1]
 
 
-def embed_chunk(job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequence[int], *,
-                placement: Placement = LOCAL) -> int:
+def embed_chunk(
+    job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequence[int], *, placement: Placement = LOCAL
+) -> int:
     """Pool utterances ``rows`` and write them into the partial store; returns
     the number of rows written. A Ray task given a GPU (``placement``) embeds on
     it when the job names no device."""
@@ -107,9 +111,18 @@ def embed_chunk(job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequenc
         counts = valid_frame_counts(model, list(lengths), feature_extractor=fe)
         frame_labels = [np.zeros(int(c), np.int64) for c in counts]
     pooled = pooled_hidden_states(
-        model, audio, sampling_rate=job.sampling_rate, batch_size=job.batch_size, feature_extractor=fe,
-        layers=job.layers, dtype=job.dtype, lengths=list(lengths), mix_lengths=job.mix_lengths,
-        progress=False, final_norm=job.final_norm, frame_labels=frame_labels,
+        model,
+        audio,
+        sampling_rate=job.sampling_rate,
+        batch_size=job.batch_size,
+        feature_extractor=fe,
+        layers=job.layers,
+        dtype=job.dtype,
+        lengths=list(lengths),
+        mix_lengths=job.mix_lengths,
+        progress=False,
+        final_norm=job.final_norm,
+        frame_labels=frame_labels,
     )
     part = Path(job.partial_dir)
     for file, values in zip(job.layer_files, pooled):
@@ -126,17 +139,33 @@ def embed_chunk(job: EmbedJob, chunk: int, rows: Sequence[int], lengths: Sequenc
     return len(rows)
 
 
-def probe_layers(model: Any, fe: Any, wave: np.ndarray, *, sampling_rate: int, layers: Sequence[int] | None,
-                 final_norm: str) -> tuple[list[int], int]:
+def probe_layers(
+    model: Any, fe: Any, wave: np.ndarray, *, sampling_rate: int, layers: Sequence[int] | None, final_norm: str
+) -> tuple[list[int], int]:
     """(hidden-state indices, D) that the job will write, from one utterance."""
 
-    pooled = pooled_hidden_states(model, [wave], sampling_rate=sampling_rate, feature_extractor=fe,
-                                     layers=layers, progress=False, final_norm=final_norm)
+    pooled = pooled_hidden_states(
+        model,
+        [wave],
+        sampling_rate=sampling_rate,
+        feature_extractor=fe,
+        layers=layers,
+        progress=False,
+        final_norm=final_norm,
+    )
     return list(pooled.layers), int(pooled[0].shape[1])
 
 
-def embed_on_ray(job: EmbedJob, writer: Any, lengths: np.ndarray, *, chunk_size: int, address: str | None,
-                 retries: int, verbose: bool) -> tuple[int, int]:
+def embed_on_ray(
+    job: EmbedJob,
+    writer: Any,
+    lengths: np.ndarray,
+    *,
+    chunk_size: int,
+    address: str | None,
+    retries: int,
+    verbose: bool,
+) -> tuple[int, int]:
     """Run the chunks not yet done as Ray tasks; returns (chunks run, chunks
     reused). A chunk that failed on every retry is raised once the others have
     ended: the chunks done stay done, and a rerun resumes."""

@@ -238,7 +238,11 @@ def pooled_hidden_states(
                 "pass a list of 1-D arrays for utterances of different lengths"
             )
         waveforms = list(waveforms)
-    if isinstance(waveforms, (str, bytes)) or not hasattr(waveforms, "__len__") or not hasattr(waveforms, "__getitem__"):
+    if (
+        isinstance(waveforms, (str, bytes))
+        or not hasattr(waveforms, "__len__")
+        or not hasattr(waveforms, "__getitem__")
+    ):
         raise TypeError(f"waveforms must be a sequence of 1-D arrays, got {type(waveforms).__name__}")
     n_utt = len(waveforms)
     if n_utt == 0:
@@ -289,7 +293,8 @@ def pooled_hidden_states(
 
         # ---- frame labels -------------------------------------------------------------------------
         frame_keep, all_labels, utt_of_row, offsets = frame_label_rows(
-            frame_labels, n_frames, raw_lengths, type(model).__name__)
+            frame_labels, n_frames, raw_lengths, type(model).__name__
+        )
         n_rows = n_utt if offsets is None else int(offsets[-1])
     except BaseException:
         held.close()
@@ -300,12 +305,26 @@ def pooled_hidden_states(
             from fastconvex.hf.embed.store_out import open_writer
 
             writer = open_writer(
-                out_dir, model=model, feature_extractor=feature_extractor, labels=labels, frame_labels=all_labels, utterance=utt_of_row,
+                out_dir,
+                model=model,
+                feature_extractor=feature_extractor,
+                labels=labels,
+                frame_labels=all_labels,
+                utterance=utt_of_row,
                 ignored_frames=None if all_labels is None else int(n_frames.sum()) - n_rows,
-                raw_lengths=raw_lengths, n_utt=n_utt, meta=meta, overwrite=overwrite, resume=resume,
-                job={"layers": None if layers is None else list(layers), "dtype": out_dtype.name,
-                     "batch_size": batch_size, "mix_lengths": bool(mix_lengths), "final_norm": final_norm,
-                     "sampling_rate": int(sampling_rate)},
+                raw_lengths=raw_lengths,
+                n_utt=n_utt,
+                meta=meta,
+                overwrite=overwrite,
+                resume=resume,
+                job={
+                    "layers": None if layers is None else list(layers),
+                    "dtype": out_dtype.name,
+                    "batch_size": batch_size,
+                    "mix_lengths": bool(mix_lengths),
+                    "final_norm": final_norm,
+                    "sampling_rate": int(sampling_rate),
+                },
             )
 
         # ---- batches ------------------------------------------------------------------------------
@@ -333,9 +352,13 @@ def pooled_hidden_states(
                 from fastconvex.hf.embed.store_out import check_resumed_audio
 
                 done_batches = check_resumed_audio(
-                    writer, {b: [int(i) for i in batch] for b, batch in enumerate(batches)}, waveform,
-                    lambda i: _waveform_name(waveforms, i), overwrite=overwrite,
-                    log=None if progress is False else _log)
+                    writer,
+                    {b: [int(i) for i in batch] for b, batch in enumerate(batches)},
+                    waveform,
+                    lambda i: _waveform_name(waveforms, i),
+                    overwrite=overwrite,
+                    log=None if progress is False else _log,
+                )
             except BaseException:
                 writer.abort()
                 raise
@@ -364,7 +387,9 @@ def pooled_hidden_states(
                         bar.update(1)
                         continue
                     waves = [waveform(int(i)) for i in batch]
-                    inputs, frames = _featurise(model, enc, feature_extractor, waves, sampling_rate, takes_mask, whisper, generic)
+                    inputs, frames = _featurise(
+                        model, enc, feature_extractor, waves, sampling_rate, takes_mask, whisper, generic
+                    )
                     inputs = {
                         k: v.to(device=device, dtype=float_dtype) if v.is_floating_point() else v.to(device)
                         for k, v in inputs.items()
@@ -413,12 +438,17 @@ def pooled_hidden_states(
                             assert offsets is not None
                             for b, i in enumerate(batch):
                                 rows = h[b, : int(frames[b])][torch.as_tensor(frame_keep[i], device=h.device)]
-                                outputs[slot][offsets[i] : offsets[i + 1]] = rows.to("cpu").numpy().astype(out_dtype, copy=False)
+                                outputs[slot][offsets[i] : offsets[i + 1]] = (
+                                    rows.to("cpu").numpy().astype(out_dtype, copy=False)
+                                )
                     if writer is not None:
                         from fastconvex.hf.embed.store_out import clip_sha256
 
-                        writer.mark_done(batch_index, outputs, {"frames": [int(f) for f in frames],
-                                                                "audio_sha256": [clip_sha256(w) for w in waves]})
+                        writer.mark_done(
+                            batch_index,
+                            outputs,
+                            {"frames": [int(f) for f in frames], "audio_sha256": [clip_sha256(w) for w in waves]},
+                        )
                     bar.update(1)
         except BaseException:
             if writer is not None:

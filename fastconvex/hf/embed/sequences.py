@@ -75,7 +75,9 @@ def hidden_state_sequences(
     n_frames = None if whisper else valid_frame_counts(model, raw)
     if n_frames is not None and np.any(n_frames < 1):
         bad = int(np.argmin(n_frames))
-        raise ValueError(f"waveforms[{bad}] has {int(raw[bad])} samples, too short for one frame of {type(model).__name__}")
+        raise ValueError(
+            f"waveforms[{bad}] has {int(raw[bad])} samples, too short for one frame of {type(model).__name__}"
+        )
     takes_mask = (not whisper) and _takes_attention_mask(model, feature_extractor)
     key = None
     if not whisper and (not takes_mask or _pos_conv_sees_padding(model)):
@@ -92,10 +94,13 @@ def hidden_state_sequences(
     try:
         with torch.inference_mode():
             for batch in batches:
-                inputs, _ = _featurise(model, enc, feature_extractor, [waves[i] for i in batch], sampling_rate,
-                                       takes_mask, whisper, False)
-                inputs = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
-                          for k, v in inputs.items()}
+                inputs, _ = _featurise(
+                    model, enc, feature_extractor, [waves[i] for i in batch], sampling_rate, takes_mask, whisper, False
+                )
+                inputs = {
+                    k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
+                    for k, v in inputs.items()
+                }
                 hidden = enc(**inputs, output_hidden_states=True, return_dict=True).hidden_states
                 if not states:
                     t = int(hidden[0].shape[1]) if whisper else int(n_frames.max())

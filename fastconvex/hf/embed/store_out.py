@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,8 +58,12 @@ def feature_extractor_sha256(feature_extractor: Any) -> str:
 # What a worker of the Ray engine checks against the driver's job (the
 # "model" name is left out: the driver and a worker may name one folder differently).
 SIGNATURE_KEYS = ("model_class", "config_sha256", "weights_sha256", "feature_extractor_sha256")
-SIGNATURE_NAMES = {"model_class": "its class", "config_sha256": "its configuration",
-                   "weights_sha256": "its weights", "feature_extractor_sha256": "its feature extractor"}
+SIGNATURE_NAMES = {
+    "model_class": "its class",
+    "config_sha256": "its configuration",
+    "weights_sha256": "its weights",
+    "feature_extractor_sha256": "its feature extractor",
+}
 
 
 def clip_sha256(wave: np.ndarray) -> str:
@@ -104,9 +109,15 @@ class HashedWaveforms:
         return wave
 
 
-def check_resumed_audio(writer: StoreWriter, blocks: dict[int, Sequence[int]], waveform: Callable[[int], np.ndarray],
-                        name: Callable[[int], str], *, overwrite: bool,
-                        log: Callable[[str], None] | None = None) -> dict[int, Any]:
+def check_resumed_audio(
+    writer: StoreWriter,
+    blocks: dict[int, Sequence[int]],
+    waveform: Callable[[int], np.ndarray],
+    name: Callable[[int], str],
+    *,
+    overwrite: bool,
+    log: Callable[[str], None] | None = None,
+) -> dict[int, Any]:
     """Before a resume reuses the finished blocks of ``writer``'s partial
     write: each block's utterances (``blocks[b]``, in the order they were
     recorded) read again with ``waveform(i)`` and compared with the
@@ -174,8 +185,9 @@ def open_writer(
     ``out_dir=None`` with ``labels``/``meta``/``overwrite=True`` is refused:
     they only concern the store, and would otherwise be ignored."""
     if out_dir is None:
-        given = " and ".join(n for n, v in (("labels", labels), ("meta", meta), ("overwrite", overwrite or None))
-                             if v is not None)
+        given = " and ".join(
+            n for n, v in (("labels", labels), ("meta", meta), ("overwrite", overwrite or None)) if v is not None
+        )
         raise ValueError(
             f"{given}: only for out_dir's layer store, and no out_dir was given (they would be "
             "ignored); pass out_dir=, or leave them out (the returned rows follow waveforms' order)"
@@ -187,9 +199,7 @@ def open_writer(
         pooling = "frames"
     else:
         if labels is None:
-            raise ValueError(
-                "out_dir writes a layer store, which holds the labels: pass labels= (one per utterance)"
-            )
+            raise ValueError("out_dir writes a layer store, which holds the labels: pass labels= (one per utterance)")
         row_labels = labels
         pooling = "mean over valid frames"
         if len(row_labels) != n_utt:
@@ -198,8 +208,12 @@ def open_writer(
     full_meta = {**signature, "pooling": pooling, **(meta or {})}
     if ignored_frames is not None:
         full_meta["ignored_frames"] = int(ignored_frames)
-    job = {**job, **signature,
-           "lengths_sha256": hashlib.sha256(np.ascontiguousarray(raw_lengths, np.int64).tobytes()).hexdigest()}
+    job = {
+        **job,
+        **signature,
+        "lengths_sha256": hashlib.sha256(np.ascontiguousarray(raw_lengths, np.int64).tobytes()).hexdigest(),
+    }
     json.dumps(job)  # plain values only
-    return StoreWriter(out_dir, row_labels, meta=full_meta, utterance=utterance, overwrite=overwrite,
-                       resume=resume, job=job)
+    return StoreWriter(
+        out_dir, row_labels, meta=full_meta, utterance=utterance, overwrite=overwrite, resume=resume, job=job
+    )

@@ -16,7 +16,7 @@ from fastconvex.hf.models.layout import (
     speech_encoder,
 )
 
-__all__ = ["classification_model", "freeze_front_end", "count_parameters"]
+__all__ = ["classification_model", "count_parameters", "freeze_front_end"]
 
 
 def classification_model(model: nn.Module, classes: Sequence[Any], *, seed: int = 0) -> nn.Module:

@@ -17,17 +17,17 @@ import torch
 from torch import nn
 
 __all__ = [
-    "speech_encoder",
-    "encoder_blocks",
-    "num_blocks",
-    "is_whisper",
-    "final_norm_module",
-    "final_layer_norm",
-    "pooled_final_norm",
-    "ties_last_hidden_state",
-    "distinct_configs",
-    "layer_count_key",
     "class_labels",
+    "distinct_configs",
+    "encoder_blocks",
+    "final_layer_norm",
+    "final_norm_module",
+    "is_whisper",
+    "layer_count_key",
+    "num_blocks",
+    "pooled_final_norm",
+    "speech_encoder",
+    "ties_last_hidden_state",
 ]
 
 
@@ -156,7 +156,7 @@ def pooled_final_norm(model: nn.Module, final_norm: str) -> nn.Module | None:
         warnings.warn(
             f"{type(model).__name__} is a pre-LN encoder: it applies a final LayerNorm after its "
             "last block, which the hidden states below the last lack (see docs/pipeline.md, "
-            "\"Large\" models and Whisper: the final LayerNorm). "
+            '"Large" models and Whisper: the final LayerNorm). '
             "Hidden state h equals the output of the model cut to h blocks only with "
             "prune(model, h, final_norm='identity'); with the default final_norm='keep' the "
             "pruned model outputs LayerNorm(hidden state h), which pooled_hidden_states(..., "

@@ -108,8 +108,10 @@ def _guarded(load: Callable[[], Any], name: str | Path, what: str, part: str, co
         return load()
     except ValueError as exc:
         if "trust_remote_code" in str(exc) or "custom code" in str(exc):
-            raise FolderRefused(f"{what} {str(name)!r}: {part} needs its own Python code, and fastconvex never "
-                                "runs a model's code (trust_remote_code=False)") from None
+            raise FolderRefused(
+                f"{what} {str(name)!r}: {part} needs its own Python code, and fastconvex never "
+                "runs a model's code (trust_remote_code=False)"
+            ) from None
         raise
 
 
@@ -118,8 +120,13 @@ def load_config(name: str | Path, what: str = "MODEL") -> Any:
     import transformers
 
     try:
-        return _guarded(lambda: transformers.AutoConfig.from_pretrained(str(name), trust_remote_code=False),
-                        name, what, "its config", MODEL_CONFIGS)
+        return _guarded(
+            lambda: transformers.AutoConfig.from_pretrained(str(name), trust_remote_code=False),
+            name,
+            what,
+            "its config",
+            MODEL_CONFIGS,
+        )
     except FolderRefused:
         raise
     except ValueError as exc:
@@ -133,8 +140,13 @@ def load_feature_extractor(name: str | Path, what: str = "MODEL") -> Any:
     import transformers
 
     try:
-        return _guarded(lambda: transformers.AutoFeatureExtractor.from_pretrained(str(name), trust_remote_code=False),
-                        name, what, "its feature extractor", FEATURE_EXTRACTOR_CONFIGS)
+        return _guarded(
+            lambda: transformers.AutoFeatureExtractor.from_pretrained(str(name), trust_remote_code=False),
+            name,
+            what,
+            "its feature extractor",
+            FEATURE_EXTRACTOR_CONFIGS,
+        )
     except FolderRefused:
         raise
     except (ValueError, OSError):  # no preprocessor_config.json: the caller picks a default
@@ -142,8 +154,12 @@ def load_feature_extractor(name: str | Path, what: str = "MODEL") -> Any:
 
 
 #: The weight files ``from_pretrained`` reads from a local folder, in its order of preference.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def _check_weight_files(root: Path, what: str) -> None:
@@ -166,12 +182,15 @@ def _check_weight_files(root: Path, what: str) -> None:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             files = [root / name for name in sorted(set(weight_map.values()))]
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"{what} {str(root)!r}: {index.name} is not a readable shard index "
-                             f"({type(exc).__name__}: {exc})") from None
+            raise ValueError(
+                f"{what} {str(root)!r}: {index.name} is not a readable shard index ({type(exc).__name__}: {exc})"
+            ) from None
         absent = [f.name for f in files if not f.is_file()]
         if absent:
-            raise ValueError(f"{what} {str(root)!r}: {index.name} names shard(s) the folder lacks: "
-                             f"{', '.join(absent[:_SHOWN])}{', ...' if len(absent) > _SHOWN else ''}")
+            raise ValueError(
+                f"{what} {str(root)!r}: {index.name} names shard(s) the folder lacks: "
+                f"{', '.join(absent[:_SHOWN])}{', ...' if len(absent) > _SHOWN else ''}"
+            )
     else:
         return  # pickle weights: read with weights_only=True, their errors named in load_checked
     for f in files:
@@ -179,8 +198,10 @@ def _check_weight_files(root: Path, what: str) -> None:
             with safe_open(str(f), framework="pt") as handle:
                 handle.keys()
         except Exception as exc:  # noqa: BLE001 - SafetensorError is no public class; any failure is the file
-            raise ValueError(f"{what} {str(root)!r}: {f.name} is not a complete safetensors file "
-                             f"({' '.join(str(exc).split())}); the weights are truncated or corrupt") from None
+            raise ValueError(
+                f"{what} {str(root)!r}: {f.name} is not a complete safetensors file "
+                f"({' '.join(str(exc).split())}); the weights are truncated or corrupt"
+            ) from None
 
 
 def _takes_weights_only(cls: Any) -> bool:
@@ -244,8 +265,7 @@ def _identity_norm_keys(model: Any) -> set[str]:
     return {f"{prefix}.{name}" for name in norm.state_dict()}
 
 
-def load_checked(cls: Any, name: str | Path, *, new_head: bool = False, what: str = "MODEL",
-                 **kwargs: Any) -> Any:
+def load_checked(cls: Any, name: str | Path, *, new_head: bool = False, what: str = "MODEL", **kwargs: Any) -> Any:
     """``cls.from_pretrained(name)`` that loads only what the folder claims.
 
     Parameters
@@ -273,8 +293,9 @@ def load_checked(cls: Any, name: str | Path, *, new_head: bool = False, what: st
         refuse_custom_code(name, what)  # before the weight files, which are large
         if not {"variant", "subfolder", "gguf_file", "use_safetensors", "state_dict"} & kwargs.keys():
             _check_weight_files(root, what)  # (other file names then: transformers' own errors apply)
-    options = dict(trust_remote_code=False, output_loading_info=True,
-                   ignore_mismatched_sizes=True)  # mismatches are reported by name below, never re-initialised
+    options = dict(
+        trust_remote_code=False, output_loading_info=True, ignore_mismatched_sizes=True
+    )  # mismatches are reported by name below, never re-initialised
     options.update(kwargs)
     options.update(output_loading_info=True, trust_remote_code=False)
     if _takes_weights_only(cls):
@@ -303,8 +324,10 @@ def load_checked(cls: Any, name: str | Path, *, new_head: bool = False, what: st
         text = " ".join(str(exc).split())
         if isinstance(exc, OSError) and not local:
             raise FileNotFoundError(f"{what} {str(name)!r}: cannot load its weights: {text}") from None
-        raise ValueError(f"{what} {str(name)!r}: cannot load its weights ({type(exc).__name__}: {text}); "
-                         "are the weight files truncated or corrupt?") from None
+        raise ValueError(
+            f"{what} {str(name)!r}: cannot load its weights ({type(exc).__name__}: {text}); "
+            "are the weight files truncated or corrupt?"
+        ) from None
     missing, unexpected = set(info.get("missing_keys") or ()), set(info.get("unexpected_keys") or ())
     missing -= _identity_norm_keys(model)
     # SpecAugment's mask vector: used only while training with mask_time_prob > 0, where a fresh one is
@@ -331,9 +354,14 @@ def load_checked(cls: Any, name: str | Path, *, new_head: bool = False, what: st
         problems.append(f"loading reported: {errors[0]}")
     if problems:
         raise ValueError(
-            f"{what} {str(name)!r}: " + "; ".join(problems) + ". The folder's weights do not match its config"
-            + (" (a new classification head is allowed only where one is made, as by finetune)"
-               if head_at_fault and not new_head else "")
+            f"{what} {str(name)!r}: "
+            + "; ".join(problems)
+            + ". The folder's weights do not match its config"
+            + (
+                " (a new classification head is allowed only where one is made, as by finetune)"
+                if head_at_fault and not new_head
+                else ""
+            )
         )
     return model
 
@@ -357,8 +385,9 @@ def check_model_path(name: str) -> str:
     return name
 
 
-def load_model(name: str, model_class: str | None = None, device: str | None = None, *,
-               new_head: bool = False) -> tuple[Any, Any]:
+def load_model(
+    name: str, model_class: str | None = None, device: str | None = None, *, new_head: bool = False
+) -> tuple[Any, Any]:
     """Load a model and its feature extractor from a local path or the hub.
 
     The class is ``model_class`` if given, else the first of ``config.architectures``

@@ -82,9 +82,7 @@ class LayerPredictor:
             raise TypeError(f"layer must be an integer hidden-state index, got {type(layer).__name__}")
         layer = int(layer)
         if not 0 <= layer < self.num_layers:
-            raise ValueError(
-                f"layer {layer} is out of range: the model has hidden states 0..{self.num_layers - 1}"
-            )
+            raise ValueError(f"layer {layer} is out of range: the model has hidden states 0..{self.num_layers - 1}")
         return layer
 
     def _as_tensor(self, batch: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor | None]:

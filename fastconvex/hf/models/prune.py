@@ -30,7 +30,9 @@ def _scores_and_stderr(scores: Any, stderr: Any) -> tuple[np.ndarray, np.ndarray
         try:
             values = np.asarray(scores, dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"scores must be a LayerScores or a 1-D array of per-layer scores, got {type(scores).__name__}") from exc
+            raise TypeError(
+                f"scores must be a LayerScores or a 1-D array of per-layer scores, got {type(scores).__name__}"
+            ) from exc
         se = None if stderr is None else np.asarray(stderr, dtype=np.float64)
     if values.ndim != 1 or values.shape[0] < 2:
         raise ValueError(
@@ -185,8 +187,11 @@ def prune(model: nn.Module, keep: int, *, final_norm: Literal["keep", "identity"
     for cfg in distinct_configs(model):
         if is_whisper(model) or hasattr(cfg, count_key):
             setattr(cfg, count_key, keep)
-        if is_whisper(model) and "num_hidden_layers" not in getattr(cfg, "attribute_map", {}) \
-                and hasattr(cfg, "num_hidden_layers"):
+        if (
+            is_whisper(model)
+            and "num_hidden_layers" not in getattr(cfg, "attribute_map", {})
+            and hasattr(cfg, "num_hidden_layers")
+        ):
             # transformers 4's WhisperConfig keeps num_hidden_layers apart from
             # encoder_layers (5 aliases the two); its classification head reads it
             cfg.num_hidden_layers = keep

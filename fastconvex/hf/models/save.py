@@ -137,8 +137,9 @@ def save_pruned(
         model.save_pretrained(tmp)
         if feature_extractor is not None:
             feature_extractor.save_pretrained(tmp)
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n",
-                                           encoding="utf-8")
+        (tmp / PROVENANCE_FILE).write_text(
+            json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
     return out / PROVENANCE_FILE
 
 

@@ -36,7 +36,7 @@ from fastconvex.hf.whisper.context import (
     whisper_context_samples,
 )
 
-__all__ = ["FinetuneResult", "finetune", "RESULT_FILE"]
+__all__ = ["RESULT_FILE", "FinetuneResult", "finetune"]
 
 #: written into ``out_dir`` next to the model: :meth:`FinetuneResult.to_dict`
 RESULT_FILE = "fastconvex_finetune.json"
@@ -103,14 +103,23 @@ class FinetuneResult:
                 versions[name] = metadata.version(name)
             except Exception:  # noqa: BLE001 - a version we cannot read is reported as None
                 versions[name] = None
-        return jsonable({
-            "accuracy": self.accuracy, "n_train": self.n_train, "n_eval": self.n_eval,
-            "train_seconds": self.train_seconds, "epochs": self.epochs, "steps": self.steps,
-            "classes": self.classes, "params": self.params, "trainable_params": self.trainable_params,
-            "model_class": type(self.model).__name__,
-            "out_dir": None if self.out_dir is None else str(self.out_dir),
-            "settings": self.settings, "versions": versions,
-        })
+        return jsonable(
+            {
+                "accuracy": self.accuracy,
+                "n_train": self.n_train,
+                "n_eval": self.n_eval,
+                "train_seconds": self.train_seconds,
+                "epochs": self.epochs,
+                "steps": self.steps,
+                "classes": self.classes,
+                "params": self.params,
+                "trainable_params": self.trainable_params,
+                "model_class": type(self.model).__name__,
+                "out_dir": None if self.out_dir is None else str(self.out_dir),
+                "settings": self.settings,
+                "versions": versions,
+            }
+        )
 
 
 class _Clips(torch.utils.data.Dataset):
@@ -129,14 +138,29 @@ class _Collator:
     attention masks where the model takes them; Whisper padded to its context)."""
 
     def __init__(self, model: nn.Module, fe: Any, waves: list[np.ndarray], ids: np.ndarray, rate: int) -> None:
-        self.model, self.enc, self.fe, self.waves, self.ids, self.rate = model, speech_encoder(model), fe, waves, ids, rate
+        self.model, self.enc, self.fe, self.waves, self.ids, self.rate = (
+            model,
+            speech_encoder(model),
+            fe,
+            waves,
+            ids,
+            rate,
+        )
         self.whisper = is_whisper(model)
         self.takes_mask = (not self.whisper) and _takes_attention_mask(model, fe)
 
     def __call__(self, features: list[dict[str, int]]) -> dict[str, torch.Tensor]:
         clips = [f["clip"] for f in features]
-        inputs, _ = _featurise(self.model, self.enc, self.fe, [self.waves[i] for i in clips], self.rate,
-                               self.takes_mask, self.whisper, False)
+        inputs, _ = _featurise(
+            self.model,
+            self.enc,
+            self.fe,
+            [self.waves[i] for i in clips],
+            self.rate,
+            self.takes_mask,
+            self.whisper,
+            False,
+        )
         inputs["labels"] = torch.as_tensor(self.ids[clips], dtype=torch.long)
         return inputs
 
@@ -314,7 +338,9 @@ def finetune(
         frames = valid_frame_counts(clf, lengths)
         if np.any(frames < 1):
             bad = int(np.argmin(frames))
-            raise ValueError(f"{_waveform_name(audio, bad, 'audio')} has {int(lengths[bad])} samples, too short for one frame")
+            raise ValueError(
+                f"{_waveform_name(audio, bad, 'audio')} has {int(lengths[bad])} samples, too short for one frame"
+            )
     frozen = freeze_front_end(clf, freeze_feature_encoder)
     if layerdrop is not None:
         for cfg_key in ("layerdrop", "encoder_layerdrop"):
@@ -325,13 +351,22 @@ def finetune(
                 module.layerdrop = float(layerdrop)
     params, trainable = count_parameters(clf)
     settings = {
-        "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": int(seed),
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": int(seed),
         "eval_split": float(eval_split) if np.isscalar(eval_split) else "explicit",
-        "groups": groups is not None, "context_seconds": context_seconds,
-        "context_samples": n_context if whisper else None, "truncate": bool(truncate),
-        "freeze_feature_encoder": frozen, "layerdrop": layerdrop, "warmup_ratio": float(warmup_ratio),
-        "weight_decay": float(weight_decay), "sampling_rate": int(sampling_rate),
-        "source_class": type(model).__name__, "n_blocks": num_blocks(clf),
+        "groups": groups is not None,
+        "context_seconds": context_seconds,
+        "context_samples": n_context if whisper else None,
+        "truncate": bool(truncate),
+        "freeze_feature_encoder": frozen,
+        "layerdrop": layerdrop,
+        "warmup_ratio": float(warmup_ratio),
+        "weight_decay": float(weight_decay),
+        "sampling_rate": int(sampling_rate),
+        "source_class": type(model).__name__,
+        "n_blocks": num_blocks(clf),
     }
 
     # ---- training --------------------------------------------------------------------------
@@ -341,8 +376,16 @@ def finetune(
     steps_per_epoch = math.ceil(train_idx.size / batch_size)
     warmup_steps = int(round(warmup_ratio * math.ceil(epochs * steps_per_epoch)))
     train_seconds, steps = train(
-        clf, _Clips(train_idx), collate, epochs=epochs, lr=lr, batch_size=batch_size, seed=int(seed),
-        warmup_steps=warmup_steps, weight_decay=float(weight_decay), progress=progress,
+        clf,
+        _Clips(train_idx),
+        collate,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=int(seed),
+        warmup_steps=warmup_steps,
+        weight_decay=float(weight_decay),
+        progress=progress,
     )
     logits = predict_logits(clf, _Clips(eval_idx), collate, batch_size=eval_batch_size, seed=int(seed))
     clf.eval()
@@ -350,11 +393,22 @@ def finetune(
     accuracy = float(np.mean(predicted == ids[eval_idx]))
     as_labels = np.asarray(classes)  # int64 or str: the original label values
     result = FinetuneResult(
-        accuracy=accuracy, n_train=int(train_idx.size), n_eval=int(eval_idx.size),
-        train_seconds=train_seconds, epochs=epochs, steps=steps, classes=list(classes),
-        train_index=train_idx, eval_index=eval_idx, eval_labels=as_labels[ids[eval_idx]],
-        eval_predictions=as_labels[predicted], params=params, trainable_params=trainable,
-        model=clf, out_dir=out, settings=settings,
+        accuracy=accuracy,
+        n_train=int(train_idx.size),
+        n_eval=int(eval_idx.size),
+        train_seconds=train_seconds,
+        epochs=epochs,
+        steps=steps,
+        classes=list(classes),
+        train_index=train_idx,
+        eval_index=eval_idx,
+        eval_labels=as_labels[ids[eval_idx]],
+        eval_predictions=as_labels[predicted],
+        params=params,
+        trainable_params=trainable,
+        model=clf,
+        out_dir=out,
+        settings=settings,
     )
     if out is not None:
         import json
@@ -364,6 +418,7 @@ def finetune(
         with quiet_transformers(), staged_directory(out, replace=True) as tmp:  # no "Writing model shards" bar
             clf.save_pretrained(tmp)
             fe.save_pretrained(tmp)
-            (tmp / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n",
-                                           encoding="utf-8")
+            (tmp / RESULT_FILE).write_text(
+                json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+            )
     return result

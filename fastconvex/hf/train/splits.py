@@ -121,8 +121,14 @@ def _by_group(ids: np.ndarray, groups: Sequence[Any], fraction: float, rng: np.r
     return np.sort(np.concatenate(held))
 
 
-def split_indices(ids: np.ndarray, eval_split: Any, *, groups: Sequence[Any] | None = None,
-                  seed: int = 0, classes: Sequence[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    ids: np.ndarray,
+    eval_split: Any,
+    *,
+    groups: Sequence[Any] | None = None,
+    seed: int = 0,
+    classes: Sequence[Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(train_idx, eval_idx)``, sorted, from a fraction (stratified by class, or by whole
     ``groups``) or from explicit indices; every class keeps a training clip.
 

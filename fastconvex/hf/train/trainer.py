@@ -15,7 +15,7 @@ from torch import nn
 
 from fastconvex.hf.quiet import quiet_transformers
 
-__all__ = ["train", "predict_logits"]
+__all__ = ["predict_logits", "train"]
 
 
 @contextlib.contextmanager
@@ -79,16 +79,37 @@ def _progress_callback(enabled: bool | None) -> Any:
     return _Bar()
 
 
-def train(model: nn.Module, dataset: Any, collate: Callable[..., Any], *, epochs: float, lr: float,
-          batch_size: int, seed: int, warmup_steps: int, weight_decay: float,
-          progress: bool | None) -> tuple[float, int]:
+def train(
+    model: nn.Module,
+    dataset: Any,
+    collate: Callable[..., Any],
+    *,
+    epochs: float,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    warmup_steps: int,
+    weight_decay: float,
+    progress: bool | None,
+) -> tuple[float, int]:
     """Train ``model`` in place; returns (wall seconds of ``Trainer.train()``, optimiser steps)."""
-    with tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp, \
-            quiet_transformers(progress_bars=True), _keep_global_rngs():
+    with (
+        tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp,
+        quiet_transformers(progress_bars=True),
+        _keep_global_rngs(),
+    ):
         trainer = _trainer(
-            model, dataset, collate, tmp,
-            num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch_size,
-            seed=seed, data_seed=seed, warmup_steps=warmup_steps, weight_decay=weight_decay,
+            model,
+            dataset,
+            collate,
+            tmp,
+            num_train_epochs=epochs,
+            learning_rate=lr,
+            per_device_train_batch_size=batch_size,
+            seed=seed,
+            data_seed=seed,
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
             lr_scheduler_type="linear",
         )
         bar = _progress_callback(progress)
@@ -103,11 +124,15 @@ def train(model: nn.Module, dataset: Any, collate: Callable[..., Any], *, epochs
         return seconds, int(trainer.state.global_step)
 
 
-def predict_logits(model: nn.Module, dataset: Any, collate: Callable[..., Any], *, batch_size: int,
-                   seed: int) -> np.ndarray:
+def predict_logits(
+    model: nn.Module, dataset: Any, collate: Callable[..., Any], *, batch_size: int, seed: int
+) -> np.ndarray:
     """Logits (N, C) of ``dataset``, in its order (``Trainer.predict``)."""
-    with tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp, \
-            quiet_transformers(progress_bars=True), _keep_global_rngs():
+    with (
+        tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp,
+        quiet_transformers(progress_bars=True),
+        _keep_global_rngs(),
+    ):
         trainer = _trainer(model, None, collate, tmp, per_device_eval_batch_size=batch_size, seed=seed)
         out = trainer.predict(dataset)
     logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions

@@ -27,7 +27,7 @@ from torch import nn
 
 from fastconvex.hf.models.layout import distinct_configs, is_whisper, speech_encoder
 
-__all__ = ["cut_whisper_context", "context_feature_extractor", "whisper_frame_stride", "whisper_context_samples"]
+__all__ = ["context_feature_extractor", "cut_whisper_context", "whisper_context_samples", "whisper_frame_stride"]
 
 #: Whisper's front end: 16 kHz audio, 160-sample mel hop
 _WHISPER_RATE = 16000
@@ -166,7 +166,8 @@ def context_feature_extractor(model: nn.Module, feature_extractor: Any = None, *
 
         mel = int(getattr(speech_encoder(model).config, "num_mel_bins", 80))
         feature_extractor = transformers.WhisperFeatureExtractor(
-            feature_size=mel, sampling_rate=sampling_rate, hop_length=_WHISPER_HOP)
+            feature_size=mel, sampling_rate=sampling_rate, hop_length=_WHISPER_HOP
+        )
     for attr in ("chunk_length", "n_samples", "sampling_rate"):
         if not hasattr(feature_extractor, attr):
             raise TypeError(

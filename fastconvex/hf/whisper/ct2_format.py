@@ -84,9 +84,7 @@ def read_ct2_model_bin(path: str | os.PathLike) -> CT2Model:
 
     version = take("I")
     if not 1 <= version <= 6:
-        raise ValueError(
-            f"{path}: unsupported CTranslate2 binary version {version} (this reader knows 1-6)"
-        )
+        raise ValueError(f"{path}: unsupported CTranslate2 binary version {version} (this reader knows 1-6)")
     spec, revision = "", 1
     if version >= 2:
         spec = take_str()
@@ -118,9 +116,7 @@ def read_ct2_model_bin(path: str | os.PathLike) -> CT2Model:
             arr = np.frombuffer(raw, dtype=dtype).copy()
         expected = int(np.prod(shape)) if shape else 1
         if arr.size != expected:
-            raise ValueError(
-                f"{path}: variable {name!r} holds {arr.size} values, its shape {shape} needs {expected}"
-            )
+            raise ValueError(f"{path}: variable {name!r} holds {arr.size} values, its shape {shape} needs {expected}")
         model.variables[name] = arr.reshape(shape)
     if version >= 3 and off < len(buf):
         for _ in range(take("I")):
