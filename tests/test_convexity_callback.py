@@ -185,6 +185,19 @@ def test_scoring_keeps_mode_device_gradients_and_random_state():
     assert torch.equal(torch.rand(3), expected_torch) and np.array_equal(np.random.rand(3), expected_np)  # noqa: NPY002
 
 
+def test_seed_none_draws_one_seed_for_every_point():
+    model, fe = classifier()
+    cb = hf.ConvexityCallback(*PROBE, feature_extractor=fe, k=3, pairs=40, seed=None)
+    seed = cb.scoring["seed"]
+    assert isinstance(seed, int) and seed >= 0
+    first, again = cb.score(model)[0], cb.score(model)[0]
+    np.testing.assert_array_equal(first.scores, again.scores)
+    pooled = hf.pooled_hidden_states(model, PROBE[0], feature_extractor=fe, progress=False)
+    np.testing.assert_array_equal(
+        first.scores, fc.layer_scores(list(pooled), PROBE[1], k=3, pairs=40, seed=seed).scores
+    )
+
+
 def test_points_reach_the_trainers_log_and_its_integrations(tmp_path):
     model, fe = classifier()
     cb = hf.ConvexityCallback(*PROBE, feature_extractor=fe, **SCORING)

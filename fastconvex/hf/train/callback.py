@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import json
 import random
+import secrets
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastconvex.core.atomic import write_text_atomic
-from fastconvex.core.inputs import check_bool, check_int, encode_labels, labels_to_array
+from fastconvex.core.inputs import check_bool, check_int, check_seed, encode_labels, labels_to_array
 from fastconvex.core.pairs import DEFAULT_PAIRS
 from fastconvex.core.results import LayerScores, convexity_fields, convexity_from_fields, label_keys, stack_layers
+from fastconvex.euclidean.api import plan_euclidean
 from fastconvex.graph.plan import plan_scoring
 from fastconvex.store.format import plan_sha256
 
@@ -170,7 +172,8 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
         evaluation, or every ``every`` optimizer steps.
     k, pairs, sources, exact, seed
         As in :func:`fastconvex.layer_scores`; the pairs are drawn once from
-        ``labels`` and ``seed`` and are the same at every point.
+        ``labels`` and ``seed`` and are the same at every point (``seed=None``:
+        a seed drawn once, when the callback is made, and kept).
     measure : "graph" | "euclidean" | "both"
         "euclidean": Euclidean convexity through the model's own remaining
         blocks and head (:func:`fastconvex.hf.predict_from_layer`; classifiers
@@ -227,6 +230,7 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
             raise ValueError(f'sources=S is a graph estimator; the Euclidean measure (measure="{measure}") draws pairs')
         if measure == "euclidean" and k != 10:
             raise ValueError('k is the graph measure\'s neighbour count; measure="euclidean" has no graph')
+        # (the Euclidean measure's own settings, n_sampled and batch_size, stay at their defaults)
         if layers is not None:
             layers = [check_int("layers", h, minimum=0) for h in layers]
             if not layers:
@@ -234,8 +238,28 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
         self.every = _check_every(every)
         self.sampling_rate = check_int("sampling_rate", sampling_rate, minimum=1)
         exact = check_bool("exact", exact)
-        # the pairs drawn here, as layer_scores will draw them at every point: bad settings fail now
-        self._plan = plan_scoring(label_array, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed)
+        if check_seed(seed) is None:  # drawn once: every point must score the same pairs
+            seed = secrets.randbits(63)
+        # the pairs drawn here as layer_scores (layer_euclidean_scores) will draw them at every
+        # point: bad settings fail now, and the draw's digest identifies the history file
+        drawn = []
+        if measure in ("graph", "both"):
+            drawn.append(
+                plan_sha256(plan_scoring(label_array, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed).pairs)
+            )
+        if measure in ("euclidean", "both"):
+            _, plan, _, _, _ = plan_euclidean(
+                label_array,
+                len(audio),
+                n_sampled=10,
+                pairs=pairs,
+                exact=exact,
+                batch_size=1024,
+                seed=seed,
+                min_class_size=2,
+            )
+            drawn.append(plan_sha256(plan))
+        self._pairs_drawn = _digest(drawn)
         self.audio = audio
         self.labels = label_array
         self.classes = classes
@@ -245,7 +269,6 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
         self.measure = measure
         self.scoring = {"k": k, "pairs": pairs, "sources": sources, "exact": exact, "seed": seed}
         self.history: list[ConvexityPoint] = []
-        self._checked_model: int | None = None
 
     # ---- what the probe is, for the history file ------------------------------------------
     def _settings(self) -> dict[str, Any]:
@@ -256,7 +279,7 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
             "n_clips": len(self.audio),
             "classes": label_keys(self.classes),
             "labels": _digest(self._codes.tolist()),
-            "pairs_drawn": plan_sha256(self._plan.pairs)[:16],
+            "pairs_drawn": self._pairs_drawn,
             **{
                 key: (value if not isinstance(value, np.integer) else int(value)) for key, value in self.scoring.items()
             },
@@ -291,7 +314,6 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
             with _training_state_kept(model):  # the predictor runs the model in eval mode
                 model.eval()
                 check_label_classes(self.labels, predict_from_layer(model))
-        self._checked_model = id(model)
 
     # ---- the history file ---------------------------------------------------------------------
     def _history_file(self, args: Any) -> Path | None:
