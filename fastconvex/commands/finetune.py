@@ -40,9 +40,11 @@ from fastconvex.commands._paths import check_listed_audio
 
 __all__ = ["add_arguments", "run"]
 
-# held-out clips scored at each point of --track-convexity: the demo's probe set size,
-# a few seconds of scoring per point for a small model on a CPU
-PROBE_SIZE = 200
+# held-out clips scored at each point of --track-convexity. A point costs about one forward
+# pass of the probe, a third of a training step's work per clip: at 100 clips and one point
+# per epoch the tracking stays near a tenth of the training time for training sets of a few
+# hundred clips or more (bench/callback_cost.py measures it)
+PROBE_SIZE = 100
 
 
 def _positive_float(text: str) -> float:
