@@ -88,3 +88,42 @@ def plot_layer_scores(
     if len(tasks) > 1 or any(c is not None for c in cuts):
         ax.legend(fontsize="small")
     return fig
+
+
+def plot_convexity_history(points: Sequence[Any], *, ax: Any = None) -> Figure:
+    """Convexity (%) of each layer against the optimizer step, one line per
+    layer: a :class:`fastconvex.hf.ConvexityCallback`'s ``history`` (points
+    with ``step``, ``layers`` and per-layer ``scores``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    points = sorted(points, key=lambda p: p.step)
+    if not points:
+        raise ValueError("the history is empty: nothing to plot (no point was scored yet)")
+    if ax is None:
+        fig = _figure()
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    steps = np.array([p.step for p in points])
+    layers = list(points[0].layers)
+    values = np.array([[100 * s for s in p.scores.scores] for p in points])  # (points, layers)
+    colours = _layer_colours(len(layers))
+    for j, h in enumerate(layers):
+        ax.plot(steps, values[:, j], marker="o", ms=3, color=colours[j], label=f"layer {h}")
+    measures = {getattr(layer, "measure", "graph") for layer in points[0].scores.layers[:1]}
+    ax.set_xlabel("optimizer step (0 = before training)")
+    ax.set_ylabel(f"{measures.pop()} convexity (%)" if len(measures) == 1 else "convexity (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2 if len(layers) > 6 else 1)
+    return fig
+
+
+def _layer_colours(n: int) -> list[Any]:
+    """One colour per layer, shallow to deep along a sequential colour map."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(0.9 * i / max(1, n - 1)) for i in range(n)]

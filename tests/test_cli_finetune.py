@@ -196,3 +196,85 @@ def test_a_missing_model_directory_is_refused_before_reading_audio(data, capsys,
     assert code == 2 and err.strip().splitlines() == [
         f"fastconvex finetune: error: MODEL {str(tmp_path / 'no_model')!r} is not a model directory"
     ]
+
+
+def test_track_convexity_writes_the_history_beside_the_model(data, capsys, tmp_path):
+    """--track-convexity: a held-out probe scored before training and at each epoch
+    end; convexity.jsonl, convexity.png and the report's points agree, and the
+    first point is layer_scores of the loaded model on the probe (the oracle)."""
+    import fastconvex as fc
+    from fastconvex import hf
+
+    out = tmp_path / "ft"
+    argv = [
+        "finetune",
+        data / "w2v",
+        "--audio",
+        data / "audio",
+        "--out-dir",
+        out,
+        "--epochs",
+        "2",
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        "8",
+        "--eval-split",
+        "0.5",
+        "--track-convexity",
+        "--probe-size",
+        "16",
+    ]
+    code, stdout, err = run_cli(capsys, [*argv, "--json"])
+    assert code == 0, err
+    report = json.loads(stdout)
+    points = report["convexity"]
+    assert [p["step"] for p in points] == [0, 2, 4] and [p["epoch"] for p in points] == [0.0, 1.0, 2.0]
+    lines = [json.loads(line) for line in (out / "convexity.jsonl").read_text().splitlines()]
+    assert [line["scores"] for line in lines] == [p["scores"] for p in points]
+    assert (out / "convexity.png").stat().st_size > 0
+    # the probe: 8 held-out clips of each class (the split hf.finetune draws), none of them trained on
+    from fastconvex.commands._files import subsample_per_class
+    from fastconvex.hf.train.splits import encode_labels, split_indices
+
+    paths, labels = hf.find_audio(data / "audio")
+    ids, classes = encode_labels(labels, len(labels))
+    train_idx, eval_idx = split_indices(ids, 0.5, seed=0, classes=classes)
+    probe = eval_idx[subsample_per_class([labels[i] for i in eval_idx], 8, 0)]
+    assert report["convexity_probe"] == [str(paths[i]) for i in probe]
+    assert not set(probe) & set(train_idx) and lines[0]["settings"]["n_clips"] == 16
+    # the first point is the loaded model's layer_scores on the probe clips (the oracle)
+    model = transformers.Wav2Vec2ForCTC.from_pretrained(data / "w2v")
+    fe = transformers.Wav2Vec2FeatureExtractor.from_pretrained(data / "w2v")
+    pooled = hf.pooled_hidden_states(
+        model, hf.AudioFiles([paths[i] for i in probe]), feature_extractor=fe, progress=False
+    )
+    expected = fc.layer_scores(list(pooled), [labels[i] for i in probe])
+    np.testing.assert_allclose(points[0]["scores"], expected.scores, rtol=0, atol=1e-12)
+    # the readable output has the before/after table
+    code, stdout, err = run_cli(capsys, [*argv, "--overwrite"])
+    assert code == 0, err
+    assert "graph convexity % of the held-out probe, before and after (16 clips):" in stdout
+    assert stdout.count("\n") >= 3 + len(points[0]["scores"])
+
+
+def test_probe_size_without_tracking_and_a_probe_class_of_one_are_refused(data, capsys, tmp_path):
+    from cli_run import one_error_line
+
+    base = [
+        "finetune",
+        data / "w2v",
+        "--audio",
+        data / "audio",
+        "--out-dir",
+        tmp_path / "ft",
+        "--epochs",
+        "1",
+        "--quiet",
+    ]
+    code, _, err = run_cli(capsys, [*base, "--probe-size", "10"])
+    assert code == 2 and "add --track-convexity" in one_error_line(err)
+    # 32 clips, a held-out fraction of 0.05: one held-out clip per class cannot be scored
+    code, _, err = run_cli(capsys, [*base, "--track-convexity", "--eval-split", "0.05"])
+    assert code == 1 and "--track-convexity: the held-out probe cannot be scored" in one_error_line(err)
+    assert not (tmp_path / "ft").exists()

@@ -11,12 +11,18 @@
 4. write the model, feature extractor and ``fastconvex_finetune.json`` to ``--out-dir``
    (atomically); the result also goes to stdout (a summary, or JSON with ``--json``) and
    to ``--out FILE``.
+
+``--track-convexity`` follows the graph convexity of every layer through the training
+(:class:`fastconvex.hf.ConvexityCallback`) on a probe drawn from the held-out clips
+(``--probe-size``, stratified): before training and at every epoch end. The history
+(``convexity.jsonl``) and its plot (``convexity.png``) are written beside the model.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +39,12 @@ from fastconvex.commands._output import (
 from fastconvex.commands._paths import check_listed_audio
 
 __all__ = ["add_arguments", "run"]
+
+# held-out clips scored at each point of --track-convexity. A point costs about one forward
+# pass of the probe, a third of a training step's work per clip: at 100 clips and one point
+# per epoch the tracking stays near a tenth of the training time for training sets of a few
+# hundred clips or more (bench/callback_cost.py measures it)
+PROBE_SIZE = 100
 
 
 def _positive_float(text: str) -> float:
@@ -100,6 +112,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sampling-rate", type=positive_int, default=None, help="Hz (default: the feature extractor's, else 16000)"
     )
     parser.add_argument("--model-class", default=None, help="transformers class to load MODEL_DIR with")
+    parser.add_argument(
+        "--track-convexity",
+        action="store_true",
+        help="score every layer's graph convexity on a held-out probe before training and at each epoch end; "
+        "writes convexity.jsonl and convexity.png beside the model",
+    )
+    parser.add_argument(
+        "--probe-size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"--track-convexity: at most N held-out clips, stratified by label (default {PROBE_SIZE})",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
@@ -120,6 +145,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.eval_split < 1:
         raise UsageError(f"--eval-split must be a fraction below 1, got {args.eval_split}")
 
+    if args.probe_size is not None and not args.track_convexity:
+        raise UsageError("--probe-size sets the probe of --track-convexity; add --track-convexity")
     check_model_path(args.model)
 
     # ---- data -------------------------------------------------------------------------------
@@ -170,6 +197,10 @@ def _run(args: argparse.Namespace) -> int:
     audio = hf.AudioFiles(paths, sampling_rate=rate)
 
     # ---- fine-tune --------------------------------------------------------------------------
+    callbacks, probe = [], None
+    if args.track_convexity:
+        tracker, probe = _tracker(args, audio, labels, groups, fe, rate)
+        callbacks.append(tracker)
     log(args, f"fine-tuning {type(model).__name__} ({hf.num_blocks(model)} blocks) for {args.epochs:g} epochs")
     try:
         result = hf.finetune(
@@ -189,6 +220,7 @@ def _run(args: argparse.Namespace) -> int:
             context_seconds=args.context_seconds,
             truncate=args.truncate,
             progress=not args.quiet,
+            callbacks=callbacks,
         )
     except (UsageError, DataError):
         raise
@@ -201,6 +233,12 @@ def _run(args: argparse.Namespace) -> int:
         "labels": None if args.labels is None else str(args.labels),
     }
     log(args, f"wrote the fine-tuned model to {out_dir}")
+    history = ""
+    if probe is not None:
+        if not set(probe.tolist()) <= set(result.eval_index.tolist()):  # the split is drawn twice: same draw
+            raise RuntimeError("--track-convexity: the probe is not among the held-out clips (a fastconvex bug)")
+        report["convexity"], history = _write_history(args, callbacks[0], out_dir)
+        report["convexity_probe"] = [str(paths[i]) for i in probe.tolist()]
     emit_report(
         args,
         report,
@@ -209,7 +247,69 @@ def _run(args: argparse.Namespace) -> int:
             f"on {result.n_train} clips, {len(result.classes)} classes\n"
             f"held-out accuracy {100 * result.accuracy:.2f} % on {result.n_eval} clips; "
             f"training {result.train_seconds:.1f} s, {result.steps} steps\n"
-            f"model: {out_dir}"
+            f"model: {out_dir}" + history
         ),
     )
     return 0
+
+
+def _tracker(
+    args: argparse.Namespace, audio: Any, labels: list[Any], groups: Any, fe: Any, rate: int
+) -> tuple[Any, np.ndarray]:
+    """The callback scoring a stratified probe of the held-out clips: the split
+    drawn here exactly as hf.finetune draws it (the same function, labels,
+    fraction, groups and seed), so no probe clip is trained on."""
+    from fastconvex import hf
+    from fastconvex.commands._files import subsample_per_class
+    from fastconvex.hf.train.splits import encode_labels, split_indices
+
+    try:
+        ids, classes = encode_labels(labels, len(labels))
+        _, eval_idx = split_indices(ids, args.eval_split, groups=groups, seed=args.seed, classes=classes)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+    size = args.probe_size or PROBE_SIZE
+    held_out = [labels[i] for i in eval_idx]
+    per_class = max(2, size // len(set(held_out)))
+    probe = eval_idx[subsample_per_class(held_out, per_class, args.seed)]
+    try:
+        tracker = hf.ConvexityCallback(
+            [audio[i] for i in probe],
+            [labels[i] for i in probe],
+            feature_extractor=fe,
+            sampling_rate=rate,
+            seed=args.seed,
+        )
+    except ValueError as exc:  # e.g. a class with one held-out clip
+        raise DataError(f"--track-convexity: the held-out probe cannot be scored: {exc}") from exc
+    log(args, f"tracking convexity on a probe of {len(probe)} held-out clips")
+    return tracker, probe
+
+
+def _write_history(args: argparse.Namespace, tracker: Any, out_dir: Path) -> tuple[list[dict[str, Any]], str]:
+    """``convexity.jsonl`` and ``convexity.png`` beside the model; the history
+    for the report, and the table of the first and last points."""
+    from fastconvex.core.plotfile import save_figure
+    from fastconvex.hf.train.callback import HISTORY_FILE
+
+    tracker.save_history(out_dir / HISTORY_FILE)
+    written = [str(out_dir / HISTORY_FILE)]
+    try:
+        fig = tracker.plot()
+    except ImportError:  # matplotlib is the [plot] extra: the history is written without its plot
+        log(args, "matplotlib is not installed: no convexity.png (pip install 'fastconvex[plot]')")
+    else:
+        written.append(str(save_figure(fig, out_dir / "convexity.png")))
+    log(args, "wrote " + ", ".join(written))
+    points = [
+        {"step": p.step, "epoch": p.epoch, "layers": p.layers, "scores": p.scores.scores.tolist()}
+        for p in tracker.history
+    ]
+    first, last = tracker.history[0], tracker.history[-1]
+    rows = [
+        f"\ngraph convexity % of the held-out probe, before and after ({len(tracker.audio)} clips):",
+        f"{'layer':>5}  {'before':>7}  {'after':>7}  {'change':>7}",
+    ]
+    for h, a, b in zip(first.layers, first.scores.scores, last.scores.scores):
+        rows.append(f"{h:>5}  {100 * a:>7.2f}  {100 * b:>7.2f}  {100 * (b - a):>+7.2f}")
+    return points, "\n".join(rows)

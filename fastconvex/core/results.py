@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -281,3 +282,27 @@ def stack_layers(results: Sequence[Convexity], classes: list[Hashable]) -> Layer
         per_class=np.array([[r.per_class[c] for c in classes] for r in results]),
         layers=list(results),
     )
+
+
+_PER_CLASS = ("per_class", "per_class_stderr", "n_pairs")
+
+
+def convexity_fields(result: Convexity) -> dict[str, Any]:
+    """Every field of ``result`` as JSON-ready values (per-class dicts as lists
+    in class order; NaN and inf kept, as Python's json writes and reads them),
+    so :func:`convexity_from_fields` rebuilds it exactly."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(Convexity):
+        value = getattr(result, f.name)
+        out[f.name] = list(value.values()) if f.name in _PER_CLASS else value
+    return json.loads(json.dumps(out, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+def convexity_from_fields(fields: dict[str, Any], classes: Sequence[Hashable]) -> Convexity:
+    """Inverse of :func:`convexity_fields` given the class list."""
+    values = dict(fields)
+    for name in _PER_CLASS:
+        if len(values[name]) != len(classes):
+            raise ValueError(f"{name} has {len(values[name])} classes, expected {len(classes)}")
+        values[name] = dict(zip(classes, values[name]))
+    return Convexity(**values)

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "AudioFiles",
+    "ConvexityCallback",
+    "ConvexityPoint",
     "FinetuneResult",
     "LayerPredictor",
     "PooledHiddenStates",
@@ -47,6 +49,8 @@ __all__ = [
 ]
 
 _WHERE = {
+    "ConvexityCallback": "train.callback",
+    "ConvexityPoint": "train.callback",
     "FinetuneResult": "train.finetune",
     "finetune": "train.finetune",
     "classification_model": "models.heads",
@@ -82,6 +86,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from fastconvex.hf.models.predict import LayerPredictor, predict_from_layer
     from fastconvex.hf.models.prune import choose_cut, prune
     from fastconvex.hf.models.save import load_pruned, package_versions, save_pruned
+    from fastconvex.hf.train.callback import ConvexityCallback, ConvexityPoint
     from fastconvex.hf.train.finetune import FinetuneResult, finetune
     from fastconvex.hf.whisper.context import (
         context_feature_extractor,

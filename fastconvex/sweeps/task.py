@@ -4,7 +4,6 @@ result is recognised and read back (its record, its checksum, what it ran as).""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
@@ -17,7 +16,7 @@ from typing import Any
 
 from fastconvex.backends.select import ENV_VAR, resolve_backend
 from fastconvex.core.inputs import check_embeddings
-from fastconvex.core.results import Convexity
+from fastconvex.core.results import Convexity, convexity_fields, convexity_from_fields
 from fastconvex.graph.api import score_layer
 from fastconvex.graph.plan import ScoringPlan
 from fastconvex.runners.base import LOCAL, Placement
@@ -257,30 +256,6 @@ def read_result(path: Path, record: dict[str, Any], classes: Sequence[Hashable])
         return convexity_from_fields(data["fields"], classes), None
     except (KeyError, TypeError, ValueError) as exc:
         return None, f"has malformed fields ({type(exc).__name__}: {exc})"
-
-
-_PER_CLASS = ("per_class", "per_class_stderr", "n_pairs")
-
-
-def convexity_fields(result: Convexity) -> dict[str, Any]:
-    """Every field of ``result`` as JSON-ready values (per-class dicts as lists
-    in class order; NaN and inf kept, as Python's json writes and reads them),
-    so :func:`convexity_from_fields` rebuilds it exactly."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(Convexity):
-        value = getattr(result, f.name)
-        out[f.name] = list(value.values()) if f.name in _PER_CLASS else value
-    return json.loads(json.dumps(out, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
-
-
-def convexity_from_fields(fields: dict[str, Any], classes: Sequence[Hashable]) -> Convexity:
-    """Inverse of :func:`convexity_fields` given the class list."""
-    values = dict(fields)
-    for name in _PER_CLASS:
-        if len(values[name]) != len(classes):
-            raise ValueError(f"{name} has {len(values[name])} classes, expected {len(classes)}")
-        values[name] = dict(zip(classes, values[name]))
-    return Convexity(**values)
 
 
 # Fault injection for the test suite only: "DIR" makes each task's worker exit

@@ -172,6 +172,20 @@ def _positive(value: Any, name: str, integer: bool = False) -> Any:
     return int(value) if integer else float(value)
 
 
+def _check_callbacks(callbacks: Sequence[Any] | None) -> list[Any]:
+    """``callbacks``: None or a sequence of ``transformers.TrainerCallback`` instances."""
+    if callbacks is None:
+        return []
+    from transformers import TrainerCallback
+
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Sequence):
+        raise TypeError(f"callbacks must be a list of transformers.TrainerCallback, got {type(callbacks).__name__}")
+    for i, callback in enumerate(callbacks):
+        if not isinstance(callback, TrainerCallback):
+            raise TypeError(f"callbacks[{i}] is a {type(callback).__name__}, not a transformers.TrainerCallback")
+    return list(callbacks)
+
+
 def finetune(
     model: nn.Module,
     audio: Sequence[Any] | np.ndarray,
@@ -195,6 +209,7 @@ def finetune(
     weight_decay: float = 0.0,
     eval_batch_size: int | None = None,
     progress: bool | None = None,
+    callbacks: Sequence[Any] | None = None,
 ) -> FinetuneResult:
     """Put a classification head on a speech encoder and fine-tune it on labelled audio.
 
@@ -266,6 +281,10 @@ def finetune(
         Default ``batch_size``.
     progress : bool or None
         A progress bar over steps on stderr (None: when stderr is a terminal).
+    callbacks : sequence of transformers.TrainerCallback, optional
+        Given to the ``Trainer`` (e.g. :class:`fastconvex.hf.ConvexityCallback`
+        to follow convexity through the training; the Trainer's ``output_dir`` is
+        temporary, so read its ``history``).
 
     Returns
     -------
@@ -301,6 +320,7 @@ def finetune(
     if not 0.0 <= float(weight_decay) < math.inf:  # NaN trained to NaN weights without a word
         raise ValueError(f"weight_decay must be >= 0 and finite, got {weight_decay!r}")
     out = None if out_dir is None else check_output_dir(out_dir, "out_dir", check_bool("overwrite", overwrite))
+    callbacks = _check_callbacks(callbacks)
 
     # ---- audio, labels, split (all checked before training) --------------------------------
     if isinstance(audio, (np.ndarray, torch.Tensor)):
@@ -386,6 +406,7 @@ def finetune(
         warmup_steps=warmup_steps,
         weight_decay=float(weight_decay),
         progress=progress,
+        callbacks=callbacks,
     )
     logits = predict_logits(clf, _Clips(eval_idx), collate, batch_size=eval_batch_size, seed=int(seed))
     clf.eval()

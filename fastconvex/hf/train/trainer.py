@@ -7,7 +7,7 @@ import contextlib
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -91,8 +91,10 @@ def train(
     warmup_steps: int,
     weight_decay: float,
     progress: bool | None,
+    callbacks: Sequence[Any] = (),
 ) -> tuple[float, int]:
-    """Train ``model`` in place; returns (wall seconds of ``Trainer.train()``, optimiser steps)."""
+    """Train ``model`` in place; returns (wall seconds of ``Trainer.train()``, optimiser steps).
+    ``callbacks``: the caller's, added to the Trainer after fastconvex's own."""
     with (
         tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp,
         quiet_transformers(progress_bars=True),
@@ -114,6 +116,8 @@ def train(
         )
         bar = _progress_callback(progress)
         trainer.add_callback(bar)
+        for callback in callbacks:
+            trainer.add_callback(callback)
         try:
             start = time.perf_counter()
             trainer.train()
