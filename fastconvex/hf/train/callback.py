@@ -153,7 +153,7 @@ def _callback_base() -> type:
         from transformers import TrainerCallback
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError("ConvexityCallback needs transformers: pip install 'fastconvex[hf]'") from exc
-    return TrainerCallback  # type: ignore[no-any-return]
+    return TrainerCallback
 
 
 class ConvexityCallback(_callback_base()):  # type: ignore[misc]
@@ -267,7 +267,7 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
         self.feature_extractor = feature_extractor
         self.layers = None if layers is None else list(layers)
         self.measure = measure
-        self.scoring = {"k": k, "pairs": pairs, "sources": sources, "exact": exact, "seed": seed}
+        self.scoring: dict[str, Any] = {"k": k, "pairs": pairs, "sources": sources, "exact": exact, "seed": seed}
         self.history: list[ConvexityPoint] = []
 
     # ---- what the probe is, for the history file ------------------------------------------
