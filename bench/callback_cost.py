@@ -33,12 +33,12 @@ def main() -> int:
     args = parser.parse_args()
 
     from fastconvex import hf
-    from fastconvex.commands._files import subsample_per_class
     from fastconvex.demo.config import DemoConfig, FinetuneSettings
     from fastconvex.demo.experiment import load_task
     from fastconvex.demo.finetune import context_model, context_seconds_for
     from fastconvex.demo.models import load_whisper
     from fastconvex.demo.probe import dataset_split
+    from fastconvex.hf.train.splits import probe_of
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -48,9 +48,7 @@ def main() -> int:
     model, processor = load_whisper("tiny.en")
     ctx_model, ctx_fe = context_model(model, processor.feature_extractor, context_seconds_for(ds, None))
     split = dataset_split(ds, seed=cfg.seed)
-    held_out = [ds.labels[i] for i in split[1]]
-    per_class = max(2, args.probe_size // len(set(held_out)))
-    probe = split[1][subsample_per_class(held_out, per_class, cfg.seed)]
+    probe = probe_of(ds.labels, split[1], args.probe_size, cfg.seed)
 
     def finetune(callbacks: list) -> tuple[float, object]:
         result = hf.finetune(

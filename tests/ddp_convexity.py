@@ -19,14 +19,28 @@ from test_convexity_callback import PROBE, SCORING, classifier, trainer_for  # n
 from fastconvex import hf  # noqa: E402
 
 out = Path(sys.argv[1])
+fail = len(sys.argv) > 2 and sys.argv[2] == "fail"  # the first process's second scoring raises
 model, fe = classifier()
 cb = hf.ConvexityCallback(*PROBE, feature_extractor=fe, **SCORING)
 scored = []
 real_score = cb.score
-cb.score = lambda m: scored.append(1) or real_score(m)
+
+
+def score(m):
+    scored.append(1)
+    if fail and len(scored) == 2:
+        raise OSError("a probe clip could not be read")
+    return real_score(m)
+
+
+cb.score = score
 trainer = trainer_for(model, fe, out / "run", [cb], epochs=2, ddp_backend="gloo")
-trainer.train()
 rank = int(os.environ["RANK"])
+try:
+    trainer.train()
+except Exception as exc:
+    (out / f"rank{rank}.error").write_text(f"{type(exc).__name__}: {exc}")
+    raise
 logged = [e for e in trainer.state.log_history if "convexity/layer_0" in e]
 (out / f"rank{rank}.json").write_text(
     json.dumps(

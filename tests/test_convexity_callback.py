@@ -329,7 +329,7 @@ def test_the_plot_has_one_line_per_layer(tmp_path):
         (lambda: hf.ConvexityCallback(*PROBE, every=0), "every must be"),
         (lambda: hf.ConvexityCallback(*PROBE, every="step"), "every must be"),
         (lambda: hf.ConvexityCallback(*PROBE, measure="frames"), "measure must be one of"),
-        (lambda: hf.ConvexityCallback(*PROBE, k=12), "k"),
+        (lambda: hf.ConvexityCallback(*PROBE, k=12), "k must be < the number of points N=12, got k=12"),
         (lambda: hf.ConvexityCallback(*PROBE, measure="euclidean", sources=3), "sources=S is a graph estimator"),
     ],
 )
@@ -375,10 +375,9 @@ def test_every_eval_without_evaluation_is_refused_before_training(tmp_path):
     _refused_before_any_step(tmp_path, model, fe, cb, ValueError, 'eval_strategy is "no"')
 
 
-@pytest.mark.slow
-def test_two_processes_score_once_and_keep_the_same_history(tmp_path):
-    """torchrun --nproc_per_node 2 (DDP over gloo on the CPU): the first process
-    scores, the other receives each point; both logs and histories agree."""
+def _torchrun(tmp_path, *extra):
+    """tests/ddp_convexity.py under torchrun --nproc_per_node 2 (gloo, CPU)."""
+    import os
     import shutil
     import socket
     import subprocess
@@ -389,25 +388,17 @@ def test_two_processes_score_once_and_keep_the_same_history(tmp_path):
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     script = Path(__file__).with_name("ddp_convexity.py")
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.run(
-        [
-            torchrun,
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-            str(script),
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    argv = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    return subprocess.run(
+        [*argv, str(script), str(tmp_path), *extra], capture_output=True, text=True, env=env, timeout=300, check=False
     )
+
+
+@pytest.mark.slow
+def test_two_processes_score_once_and_keep_the_same_history(tmp_path):
+    """The first process scores, the other receives each point; both logs and histories agree."""
+    proc = _torchrun(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
@@ -416,3 +407,83 @@ def test_two_processes_score_once_and_keep_the_same_history(tmp_path):
     assert ranks[0]["scores"] == ranks[1]["scores"]
     lines = (tmp_path / "run" / "convexity.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == ranks[0]["steps"]
+
+
+@pytest.mark.slow
+def test_a_failure_on_the_first_process_stops_every_process_with_its_reason(tmp_path):
+    """No process waits for a point that never comes: rank 1 raises rank 0's error."""
+    proc = _torchrun(tmp_path, "fail")
+    assert proc.returncode != 0
+    assert "a probe clip could not be read" in (tmp_path / "rank0.error").read_text()
+    other = (tmp_path / "rank1.error").read_text()
+    assert other.startswith("RuntimeError: ConvexityCallback: scoring the probe failed on the first process: OSError")
+
+
+def test_a_resumed_seed_none_run_adopts_its_drawn_seed(tmp_path):
+    model, fe = classifier()
+    first = hf.ConvexityCallback(*PROBE, feature_extractor=fe, k=3, pairs=40, seed=None)
+    trainer_for(copy.deepcopy(model), fe, tmp_path, [first], epochs=2, save_strategy="epoch").train()
+    again = hf.ConvexityCallback(*PROBE, feature_extractor=fe, k=3, pairs=40, seed=None)
+    assert again.scoring["seed"] != first.scoring["seed"]
+    trainer = trainer_for(copy.deepcopy(model), fe, tmp_path, [again], epochs=2, save_strategy="epoch")
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert again.scoring["seed"] == first.scoring["seed"]
+    np.testing.assert_array_equal(again.history[-1].scores.scores, first.history[-1].scores.scores)
+    steps = [e["step"] for e in trainer.state.log_history if "convexity/layer_0" in e]
+    assert steps == [0, 2, 4]  # each point logged once, the resumed ones included
+
+
+def test_another_probe_with_the_same_labels_is_refused_on_resume(tmp_path):
+    model, fe = classifier()
+    cb = hf.ConvexityCallback(*PROBE, feature_extractor=fe, **SCORING)
+    trainer_for(copy.deepcopy(model), fe, tmp_path, [cb], epochs=2, save_strategy="epoch").train()
+    other_audio = tones(12, seed=6, noise=1.5)[0]  # other clips, the same labels in the same order
+    other = hf.ConvexityCallback(other_audio, PROBE[1], feature_extractor=fe, **SCORING)
+    trainer = trainer_for(copy.deepcopy(model), fe, tmp_path, [other], epochs=2, save_strategy="epoch")
+    with pytest.raises(ValueError, match="another probe or other settings"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+
+
+def test_a_history_of_another_run_in_the_output_dir_is_refused_on_resume(tmp_path):
+    """Same probe and settings, but the file's points are not those the checkpoint logged."""
+    model, fe = classifier()
+    cb = hf.ConvexityCallback(*PROBE, feature_extractor=fe, **SCORING)
+    trainer_for(copy.deepcopy(model), fe, tmp_path / "a", [cb], epochs=2, save_strategy="epoch").train()
+    faster = hf.ConvexityCallback(*PROBE, feature_extractor=fe, **SCORING)
+    trainer_for(copy.deepcopy(model), fe, tmp_path / "b", [faster], epochs=2, learning_rate=3e-2).train()
+    (tmp_path / "b" / "convexity.jsonl").replace(tmp_path / "a" / "convexity.jsonl")
+    resumed = hf.ConvexityCallback(*PROBE, feature_extractor=fe, **SCORING)
+    trainer = trainer_for(copy.deepcopy(model), fe, tmp_path / "a", [resumed], epochs=2, save_strategy="epoch")
+    with pytest.raises(ValueError, match="is not the one the checkpoint logged"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+
+
+def test_a_new_run_keeps_an_earlier_history_beside_its_own(tmp_path):
+    model, fe = classifier()
+    first = hf.ConvexityCallback(*PROBE, feature_extractor=fe, **SCORING)
+    trainer_for(copy.deepcopy(model), fe, tmp_path, [first], epochs=1).train()
+    before = (tmp_path / "convexity.jsonl").read_text()
+    second = hf.ConvexityCallback(*PROBE, feature_extractor=fe, **SCORING)
+    with pytest.warns(UserWarning, match="held an earlier run's points: moved to"):
+        trainer_for(copy.deepcopy(model), fe, tmp_path, [second], epochs=1).train()
+    kept = list(tmp_path.glob("convexity.*.jsonl"))
+    assert len(kept) == 1 and kept[0].read_text() == before
+
+
+def test_layers_out_of_range_and_a_text_model_fail_before_any_step(tmp_path):
+    model, fe = classifier()
+    cb = hf.ConvexityCallback(*PROBE, feature_extractor=fe, measure="euclidean", layers=[9], pairs=40)
+    _refused_before_any_step(tmp_path / "a", model, fe, cb, ValueError, r"layers: 9 is out of range for 4 hidden")
+    config = transformers.BertConfig(
+        vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+    )
+    text = transformers.BertForSequenceClassification(config)
+    _refused_before_any_step(tmp_path / "b", text, fe, hf.ConvexityCallback(*PROBE, **SCORING), TypeError, "not audio")
+
+
+def test_finetune_refuses_a_callback_waiting_for_evaluations():
+    base, fe = tiny_model("wav2vec2", seed=0)
+    waves, labels = tones(16, seed=1)
+    cb = hf.ConvexityCallback(*PROBE, feature_extractor=fe, every="eval", **SCORING)
+    with pytest.raises(ValueError, match='every="eval"'):
+        hf.finetune(base, waves, labels, epochs=1, progress=False, callbacks=[cb])

@@ -271,7 +271,20 @@ def test_finetune_experiment_end_to_end_and_resume(tmp_path, monkeypatch):
     assert entry["context_seconds"] == 2.0  # 1.3 s clips, whole seconds
     assert len(entry["scores"]) == 5 and len(entry["scores_full_context"]) == 5
     keeps = sorted({r["keep"] for r in t["finetune"]})
-    assert keeps == sorted({1, 4, entry["rule_keep"]})
+    # the cuts asked for, the full model, and the cut of each rule
+    assert (
+        set(entry["cut_rules"]) == {"argmax", "1se", "plateau"} and entry["cut_rules"]["argmax"] == entry["rule_keep"]
+    )
+    assert keeps == sorted({1, 4, *entry["cut_rules"].values()})
+    rules = entry["summary"]["cut_rules"]
+    assert all(rules[r]["keep"] in keeps and rules[r]["accuracy"] is not None for r in rules)
+    # the full model's fine-tuning followed on the held-out clips, or the reason it could not be
+    assert ("trajectory" in entry) != ("trajectory_skipped" in entry)
+    if "trajectory" in entry:
+        tr = entry["trajectory"]
+        assert tr["steps"][0] == 0 and len(tr["scores"]) == len(tr["steps"]) == 2  # before, after 1 epoch
+        assert len(tr["scores"][0]) == 5 and (tmp_path / "out" / "trajectory.png").stat().st_size > 10_000
+        assert isinstance(entry["summary"]["trajectory"]["rose_in_last_layers"], bool)
     for r in t["finetune"]:
         assert set(r) >= {"model", "keep", "accuracy", "train_seconds", "infer_ms", "params", "seed"}
         assert r["model"] == "tiny.en" and r["seed"] == 0 and 0.0 <= r["accuracy"] <= 1.0

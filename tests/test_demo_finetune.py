@@ -156,3 +156,75 @@ def test_cli_refuses_no_task_before_loading_anything(capsys):
             "asterisk-language, asterisk-language-unseen"
         )
     ]
+
+
+def test_the_three_cut_rules_against_hand_computed_cuts():
+    import fastconvex as fc
+    from fastconvex.demo.finetune import PLATEAU_RATIO, plateau_keep, rule_keeps
+
+    assert PLATEAU_RATIO == 0.95  # fixed before any result was seen; docs/demo.md says so
+    #            h: 0     1     2     3     4
+    scores = [0.20, 0.50, 0.79, 0.80, 0.70]
+    assert plateau_keep(scores, 4) == 2  # 0.79 >= 0.95 * 0.80 = 0.76; 0.50 is not
+    assert plateau_keep(scores, 4, ratio=1.0) == 3  # the argmax
+    assert plateau_keep([0.9, 0.1, 0.2], 2) == 1  # no block near the input's: one block, as argmax keeps
+    assert plateau_keep([0.5, 0.1, 0.49, 0.48], 3) == 2  # the first block reaching 0.475
+    ls = fc.LayerScores(
+        scores=np.array(scores),
+        stderr=np.array([0.0, 0.01, 0.02, 0.02, 0.01]),
+        classes=[],
+        per_class=np.zeros((5, 0)),
+        layers=[],
+    )
+    # 1se: the shallowest layer within one s.e. (0.02) of the best (0.80): 0.79 at h = 2
+    assert rule_keeps(ls, 4) == {"argmax": 3, "1se": 2, "plateau": 2}
+
+
+def test_summary_reports_each_rules_cut_and_the_trajectory():
+    entry = _entry([0.1, 0.3, 0.6, 0.5, 0.4], {4: [0.80, 0.82], 3: [0.78, 0.80], 2: [0.81, 0.81], 1: [0.5, 0.6]})
+    entry["cut_rules"] = {"argmax": 2, "1se": 2, "plateau": 3}
+    entry["plateau_ratio"] = 0.95
+    entry["trajectory"] = {
+        "probe_clips": 20,
+        "layers": [0, 1, 2, 3, 4],
+        "steps": [0, 5, 10],
+        "epochs": [0.0, 1.0, 2.0],
+        "scores": [[0.1, 0.3, 0.6, 0.5, 0.4], [0.1, 0.3, 0.5, 0.6, 0.6], [0.1, 0.2, 0.5, 0.7, 0.9]],
+        "stderr": [[0.0] * 5] * 3,
+    }
+    s = summarize(entry)
+    full = np.mean([0.80, 0.82])
+    assert s["cut_rules"]["plateau"]["keep"] == 3
+    assert s["cut_rules"]["plateau"]["accuracy"] == pytest.approx(0.79)
+    assert s["cut_rules"]["plateau"]["accuracy_diff"] == pytest.approx(0.79 - full)
+    assert s["cut_rules"]["argmax"]["params_saved"] == pytest.approx(1 - 3000 / 5000)
+    t = s["trajectory"]
+    assert t["last_layers"] == [3, 4]  # the deeper half of hidden states 0..4
+    assert t["change"] == pytest.approx([0.0, -0.1, -0.1, 0.2, 0.5])
+    assert t["last_layers_change"] == pytest.approx(0.35) and t["rose_in_last_layers"] is True
+    entry["summary"] = s
+    text = format_finetune({"tasks": {"words": {"finetune_models": {"m": entry}}}})
+    assert "cut rules (pretrained convexity; plateau: the shallowest cut reaching 95% of the best): " in text
+    assert "argmax keeps 2 (81.0%, 0.00 M params); 1se keeps 2 (81.0%, 0.00 M params); plateau keeps 3 (79.0%" in text
+    assert "4:40.0->90.0; rose in the last layers (3, 4): yes (+35.0 points)" in text
+    fell = dict(entry["trajectory"], scores=[[0.1, 0.3, 0.6, 0.5, 0.4], [0.1, 0.3, 0.6, 0.4, 0.3]])
+    assert summarize({**entry, "trajectory": fell})["trajectory"]["rose_in_last_layers"] is False
+
+
+def test_the_trajectory_figure_has_a_panel_per_tracked_run():
+    pytest.importorskip("matplotlib")
+    from fastconvex.demo.finetune_report import trajectory_figure
+
+    entry = _entry([0.1, 0.3, 0.6], {2: [0.8], 1: [0.7]}, rule_keep=2, n_blocks=2)
+    assert trajectory_figure({"tasks": {"words": {"finetune_models": {"m": entry}}}}) is None
+    entry["trajectory"] = {
+        "probe_clips": 4,
+        "layers": [0, 1, 2],
+        "steps": [0, 3],
+        "epochs": [0.0, 1.0],
+        "scores": [[0.1, 0.3, 0.6], [0.2, 0.4, 0.9]],
+        "stderr": [[0.0] * 3] * 2,
+    }
+    fig = trajectory_figure({"tasks": {"words": {"finetune_models": {"m": entry}}}})
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 3 and list(lines[2].get_ydata()) == pytest.approx([60.0, 90.0])

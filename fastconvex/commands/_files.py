@@ -201,14 +201,8 @@ def load_label_map(path: str | Path) -> dict[Any, int]:
 def subsample_per_class(labels: list[str], per_class: int, seed: int) -> np.ndarray:
     """``--max-per-class``: the sorted indices of at most ``per_class`` items
     of each label, drawn with ``seed`` (a label with fewer keeps them all)."""
+    from fastconvex.hf.train.splits import per_class_subset
+
     if per_class < 1:
         raise ValueError(f"--max-per-class must be positive, got {per_class}")
-    rng = np.random.default_rng(seed)
-    lab = np.asarray(labels)
-    keep = []
-    for cls in dict.fromkeys(labels):
-        idx = np.flatnonzero(lab == cls)
-        if idx.shape[0] > per_class:
-            idx = np.sort(rng.choice(idx, size=per_class, replace=False))
-        keep.append(idx)
-    return np.sort(np.concatenate(keep))
+    return per_class_subset(labels, per_class, seed)

@@ -123,7 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help=f"--track-convexity: at most N held-out clips, stratified by label (default {PROBE_SIZE})",
+        help=f"--track-convexity: about N held-out clips, the same number of each label and at least 2 "
+        f"(default {PROBE_SIZE})",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
@@ -260,18 +261,14 @@ def _tracker(
     drawn here exactly as hf.finetune draws it (the same function, labels,
     fraction, groups and seed), so no probe clip is trained on."""
     from fastconvex import hf
-    from fastconvex.commands._files import subsample_per_class
-    from fastconvex.hf.train.splits import encode_labels, split_indices
+    from fastconvex.hf.train.splits import encode_labels, probe_of, split_indices
 
     try:
         ids, classes = encode_labels(labels, len(labels))
         _, eval_idx = split_indices(ids, args.eval_split, groups=groups, seed=args.seed, classes=classes)
     except ValueError as exc:
         raise DataError(str(exc)) from exc
-    size = args.probe_size or PROBE_SIZE
-    held_out = [labels[i] for i in eval_idx]
-    per_class = max(2, size // len(set(held_out)))
-    probe = eval_idx[subsample_per_class(held_out, per_class, args.seed)]
+    probe = probe_of(labels, eval_idx, args.probe_size or PROBE_SIZE, args.seed)
     try:
         tracker = hf.ConvexityCallback(
             [audio[i] for i in probe],
@@ -281,7 +278,10 @@ def _tracker(
             seed=args.seed,
         )
     except ValueError as exc:  # e.g. a class with one held-out clip
-        raise DataError(f"--track-convexity: the held-out probe cannot be scored: {exc}") from exc
+        raise DataError(
+            f"--track-convexity: the held-out probe cannot be scored ({exc}); a larger --eval-split holds out "
+            "more clips of each class"
+        ) from exc
     log(args, f"tracking convexity on a probe of {len(probe)} held-out clips")
     return tracker, probe
 
@@ -295,11 +295,11 @@ def _write_history(args: argparse.Namespace, tracker: Any, out_dir: Path) -> tup
     tracker.save_history(out_dir / HISTORY_FILE)
     written = [str(out_dir / HISTORY_FILE)]
     try:
-        fig = tracker.plot()
+        written.append(str(save_figure(tracker.plot(), out_dir / "convexity.png")))
     except ImportError:  # matplotlib is the [plot] extra: the history is written without its plot
         log(args, "matplotlib is not installed: no convexity.png (pip install 'fastconvex[plot]')")
-    else:
-        written.append(str(save_figure(fig, out_dir / "convexity.png")))
+    except Exception as exc:  # noqa: BLE001 - the model and the history are written; say why there is no plot
+        log(args, f"no convexity.png: {exc}")
     log(args, "wrote " + ", ".join(written))
     points = [
         {"step": p.step, "epoch": p.epoch, "layers": p.layers, "scores": p.scores.scores.tolist()}

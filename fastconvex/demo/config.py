@@ -58,6 +58,9 @@ class FinetuneSettings:
     n_sampled: int = 10
     latency_reps: int = 5
     latency_batch: int = 8
+    # held-out clips whose convexity is followed through the full model's fine-tuning (the
+    # first seed), before training and at each epoch end; 0: not followed
+    track_probe: int = 100
 
     def __post_init__(self) -> None:
         if not self.seeds:

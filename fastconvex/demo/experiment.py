@@ -34,7 +34,7 @@ from fastconvex.demo.models import (
     save_pruned_model,
 )
 from fastconvex.demo.probe import dataset_split, fit_probe, probe_accuracy
-from fastconvex.demo.report import _json_default, _versions, plot_finetune, plot_report
+from fastconvex.demo.report import _json_default, _versions, plot_finetune, plot_report, plot_trajectory
 
 
 def load_task(name: str, cfg: DemoConfig, log) -> Dataset:
@@ -304,12 +304,16 @@ def run_demo(cfg: DemoConfig) -> dict:
     except Exception as exc:  # noqa: BLE001 - keep the report; say why there is no plot
         log(f"no demo.png: {exc}; the results are in {report['json']}")
         png = None
-    report["finetune_png"] = None
+    report["finetune_png"] = report["trajectory_png"] = None
     if cfg.finetune is not None:
-        try:
-            report["finetune_png"] = plot_finetune(report, cfg.out_dir / "finetune.png")
-        except Exception as exc:  # noqa: BLE001 - keep the report; say why there is no plot
-            log(f"no finetune.png: {exc}; the results are in {report['json']}")
+        for key, plot, name in (
+            ("finetune_png", plot_finetune, "finetune.png"),
+            ("trajectory_png", plot_trajectory, "trajectory.png"),
+        ):
+            try:
+                report[key] = plot(report, cfg.out_dir / name)
+            except Exception as exc:  # noqa: BLE001 - keep the report; say why there is no plot
+                log(f"no {name}: {exc}; the results are in {report['json']}")
     if png is None and "matplotlib" not in sys.modules:
         log("no demo.png: matplotlib is not installed (pip install 'fastconvex[demo]')")
     report["png"] = str(png) if png else None

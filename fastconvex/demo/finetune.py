@@ -36,6 +36,35 @@ from fastconvex.demo.models import (
     prune_whisper,
 )
 
+#: The plateau rule's tolerance: the shallowest cut whose convexity reaches this fraction of
+#: the best layer's. Fixed before any fine-tuning result was seen, by convention (as a 95 %
+#: share of explained variance picks a number of components), not tuned on the results.
+PLATEAU_RATIO = 0.95
+CUT_RULES = ("argmax", "1se", "plateau")
+
+
+def plateau_keep(scores: Sequence[float], n_blocks: int, ratio: float = PLATEAU_RATIO) -> int:
+    """The shallowest cut h >= 1 (blocks kept) whose hidden state's convexity is at
+    least ``ratio`` times the best hidden state's; 1 when no block reaches it (the
+    input, h = 0, far the most convex: the argmax rule keeps one block then too)."""
+    values = np.asarray(scores, dtype=np.float64)[: n_blocks + 1]
+    best = float(values.max())
+    for h in range(1, n_blocks + 1):
+        if values[h] >= ratio * best:
+            return h
+    return 1
+
+
+def rule_keeps(scores: Any, n_blocks: int) -> dict[str, int]:
+    """The cut each rule chooses from the pretrained layers' convexity: the paper's
+    argmax, the one-standard-error rule (the shallowest layer within one standard
+    error of the best) and the plateau rule (:func:`plateau_keep`)."""
+    return {
+        "argmax": choose_keep(scores, n_blocks, "argmax")[0],
+        "1se": choose_keep(scores, n_blocks, "1se")[0],
+        "plateau": plateau_keep(scores.scores, n_blocks),
+    }
+
 
 def context_seconds_for(ds: Dataset, requested: float | None) -> float:
     """The encoder context for a task: ``requested``, or the longest clip rounded
@@ -113,8 +142,11 @@ def finetune_cuts(
     model_name: str,
     device: Any = None,
     log: Callable[[str], None] = print,
+    tracker: Any = None,
 ) -> tuple[list[dict], dict[int, Any]]:
     """Fine-tune ``model`` cut to each of ``keeps`` blocks, once per seed.
+    ``tracker`` (a :class:`fastconvex.hf.ConvexityCallback`) follows the full
+    model's fine-tuning with the first seed.
 
     Returns the rows (``model, keep, seed, accuracy, train_seconds, infer_ms,
     params, n_train, n_eval``) and, per keep, the classifier of the first seed.
@@ -140,6 +172,7 @@ def finetune_cuts(
                 seed=seed,
                 feature_extractor=feature_extractor,
                 progress=False,
+                callbacks=[tracker] if tracker is not None and keep == n_blocks and seed == settings.seeds[0] else None,
             )
             rows.append(
                 {
@@ -250,15 +283,34 @@ def run_finetune_task(
     scores = score_pretrained(ctx_model, ctx_fe, ds, k=k, pairs=pairs, seed=seed, backend=backend, device=device)
     t_score = time.perf_counter() - t0
     rule_keep, note = choose_keep(scores, n_blocks, rule)
-    keeps = keeps_for(settings.keeps, n_blocks, rule_keep)
+    rules = rule_keeps(scores, n_blocks)
+    keeps = sorted(set(keeps_for(settings.keeps, n_blocks, rule_keep)) | set(rules.values()), reverse=True)
     log(
         f"{model_name} {ds.name}: convexity at {seconds:g} s context "
         + " ".join(f"{100 * s:.1f}" for s in scores.scores)
         + f"; cut: keep {rule_keep} of {n_blocks}; "
         f"fine-tuning keeps {keeps} x seeds {list(settings.seeds)}"
     )
+    tracker, tracking_skipped = None, None
+    if settings.track_probe:
+        from fastconvex.hf import ConvexityCallback
+        from fastconvex.hf.train.splits import probe_of
+
+        probe = probe_of(ds.labels, split[1], settings.track_probe, seed)
+        try:
+            tracker = ConvexityCallback(
+                [ds.audio[i] for i in probe],
+                [ds.labels[i] for i in probe],
+                feature_extractor=ctx_fe,
+                k=k,
+                pairs=pairs,
+                seed=seed,
+            )
+        except ValueError as exc:  # a held-out split too small to score (said, and recorded in the report)
+            tracking_skipped = f"the held-out clips cannot be scored: {exc}"
+            log(f"{model_name} {ds.name}: the fine-tuning is not tracked: {tracking_skipped}")
     rows, classifiers = finetune_cuts(
-        ctx_model, ctx_fe, ds, split, keeps, settings, model_name=model_name, device=device, log=log
+        ctx_model, ctx_fe, ds, split, keeps, settings, model_name=model_name, device=device, log=log, tracker=tracker
     )
     entry: dict[str, Any] = {
         "model": model_name,
@@ -268,6 +320,8 @@ def run_finetune_task(
         "stderr": [float(s) for s in scores.stderr],
         "rule_keep": int(rule_keep),
         "rule_note": note,
+        "cut_rules": {name: int(keep) for name, keep in rules.items()},
+        "plateau_ratio": PLATEAU_RATIO,
         "keeps": [int(x) for x in keeps],
         "rows": rows,
         "settings": {
@@ -279,6 +333,17 @@ def run_finetune_task(
         },
         "timings": {"score_s": t_score},
     }
+    if tracking_skipped is not None:
+        entry["trajectory_skipped"] = tracking_skipped
+    if tracker is not None:
+        entry["trajectory"] = {
+            "probe_clips": len(tracker.audio),
+            "layers": tracker.history[0].layers,
+            "steps": [p.step for p in tracker.history],
+            "epochs": [p.epoch for p in tracker.history],
+            "scores": [[float(v) for v in p.scores.scores] for p in tracker.history],
+            "stderr": [[float(v) for v in p.scores.stderr] for p in tracker.history],
+        }
     if full_context_scores is not None:
         entry["scores_full_context"] = [float(s) for s in full_context_scores.scores]
         entry["stderr_full_context"] = [float(s) for s in full_context_scores.stderr]

@@ -51,7 +51,7 @@ def summarize(entry: dict) -> dict:
         return None if a is None or b is None or a == 0 else 1.0 - b / a
 
     best_keep = max(keeps, key=lambda k: (stats[k]["accuracy_mean"], -k))
-    return {
+    out = {
         "per_keep": {str(k): v for k, v in stats.items()},
         "spearman": rho,
         "spearman_p": p,
@@ -66,6 +66,41 @@ def summarize(entry: dict) -> dict:
             "latency_saved": saved(full["infer_ms"], cut["infer_ms"]),
         },
         "best_keep": best_keep,
+    }
+    if "cut_rules" in entry:
+        out["cut_rules"] = {
+            rule: {
+                "keep": keep,
+                "accuracy": stats[keep]["accuracy_mean"] if keep in stats else None,
+                "accuracy_diff": stats[keep]["accuracy_mean"] - full["accuracy_mean"] if keep in stats else None,
+                "params": stats[keep]["params"] if keep in stats else None,
+                "params_saved": saved(full["params"], stats[keep]["params"]) if keep in stats else None,
+            }
+            for rule, keep in entry["cut_rules"].items()
+        }
+    if "trajectory" in entry:
+        out["trajectory"] = trajectory_summary(entry["trajectory"])
+    return out
+
+
+def trajectory_summary(trajectory: dict) -> dict:
+    """Before and after fine-tuning, per hidden state, of the tracked full model,
+    and whether convexity rose in the last layers (the papers' finding): the
+    mean change over the deeper half of the hidden states (h > n / 2, the last
+    always among them) is positive."""
+    before = np.asarray(trajectory["scores"][0], dtype=np.float64)
+    after = np.asarray(trajectory["scores"][-1], dtype=np.float64)
+    layers = list(trajectory["layers"])
+    last = [i for i, h in enumerate(layers) if h > max(layers) / 2]
+    change = after - before
+    return {
+        "layers": layers,
+        "before": before.tolist(),
+        "after": after.tolist(),
+        "change": change.tolist(),
+        "last_layers": [layers[i] for i in last],
+        "last_layers_change": float(change[last].mean()),
+        "rose_in_last_layers": bool(change[last].mean() > 0),
     }
 
 
@@ -116,6 +151,33 @@ def format_finetune(report: dict) -> str:
                 f"points vs full, {_pct(f['params_saved'])} fewer parameters, {_pct(f['latency_saved'])} lower latency, "
                 f"{_pct(f['train_time_saved'])} less training time; Spearman(convexity, accuracy) {rho}"
             )
+            rules = s.get("cut_rules")
+            if rules:
+                lines.append(
+                    "cut rules (pretrained convexity; plateau: the shallowest cut reaching "
+                    f"{100 * entry.get('plateau_ratio', 0.95):.0f}% of the best): "
+                    + "; ".join(
+                        f"{name} keeps {r['keep']}"
+                        + (
+                            ""
+                            if r["accuracy"] is None
+                            else f" ({100 * r['accuracy']:.1f}%, {r['params'] / 1e6:.2f} M params)"
+                        )
+                        for name, r in rules.items()
+                    )
+                )
+            t = s.get("trajectory")
+            if t:
+                lines.append(
+                    f"full model through fine-tuning ({entry['trajectory']['probe_clips']} held-out clips), "
+                    "convexity % per hidden state before -> after: "
+                    + " ".join(
+                        f"{h}:{100 * a:.1f}->{100 * b:.1f}" for h, a, b in zip(t["layers"], t["before"], t["after"])
+                    )
+                    + f"; rose in the last layers ({', '.join(map(str, t['last_layers']))}): "
+                    + ("yes" if t["rose_in_last_layers"] else "no")
+                    + f" ({100 * t['last_layers_change']:+.1f} points)"
+                )
             m = entry.get("finetuned_measures")
             if m:
                 lines.append(
@@ -170,4 +232,38 @@ def finetune_figure(report: dict) -> Any:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def trajectory_figure(report: dict) -> Any:
+    """Per model x task: the convexity of each hidden state of the full model
+    against the optimizer step of its fine-tuning (None without a tracked run)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    from types import SimpleNamespace
+
+    from fastconvex.plot import plot_convexity_history
+
+    panels = [
+        (task, entry)
+        for task, t in report["tasks"].items()
+        for entry in t.get("finetune_models", {}).values()
+        if "trajectory" in entry
+    ]
+    if not panels:
+        return None
+    fig = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (task, entry) in zip(axes, panels):
+        tr = entry["trajectory"]
+        points = [
+            SimpleNamespace(
+                step=step, layers=tr["layers"], scores=SimpleNamespace(scores=np.asarray(scores), layers=[])
+            )
+            for step, scores in zip(tr["steps"], tr["scores"])
+        ]
+        plot_convexity_history(points, ax=ax)
+        ax.set_title(f"{entry['model']} / {task}: fine-tuning the full model", fontsize="medium")
     return fig

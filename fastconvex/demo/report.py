@@ -70,6 +70,7 @@ def format_summary(report: dict) -> str:
         lines.append(
             f"report: {report['json']}  plot: {report['png']}"
             + (f"  fine-tuning: {report['finetune_png']}" if report.get("finetune_png") else "")
+            + (f"  trajectories: {report['trajectory_png']}" if report.get("trajectory_png") else "")
         )
     lines.append(f"total {report['timings']['total_s']:.0f} s")
     return "\n".join(lines)
@@ -90,7 +91,18 @@ def plot_finetune(report: dict, path: Path) -> str | None:
     """Save the fine-tuning experiment's figure to ``path``; None without matplotlib or results."""
     from fastconvex.demo.finetune_report import finetune_figure
 
-    fig = finetune_figure(report)
+    return _saved(finetune_figure(report), path)
+
+
+def plot_trajectory(report: dict, path: Path) -> str | None:
+    """Save the tracked fine-tunings' convexity trajectories to ``path``; None
+    without matplotlib or a tracked run."""
+    from fastconvex.demo.finetune_report import trajectory_figure
+
+    return _saved(trajectory_figure(report), path)
+
+
+def _saved(fig: Any, path: Path) -> str | None:
     if fig is None:
         return None
     from fastconvex.core.plotfile import save_figure

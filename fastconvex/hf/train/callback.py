@@ -17,8 +17,11 @@ import contextlib
 import hashlib
 import inspect
 import json
+import os
 import random
 import secrets
+import time
+import warnings
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +98,23 @@ def _check_every(every: Any) -> str | int:
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _audio_digest(audio: Sequence[Any]) -> str:
+    """A sha256 of the probe's samples (each clip as float32, with its length):
+    the history file records which probe its points are of."""
+    h = hashlib.sha256()
+    for i in range(len(audio)):
+        clip = np.ascontiguousarray(np.asarray(audio[i], dtype=np.float32).reshape(-1))
+        h.update(str(clip.shape[0]).encode())
+        h.update(clip.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _config_of(feature_extractor: Any) -> Any:
+    to_dict = getattr(feature_extractor, "to_dict", None)
+    return None if to_dict is None else {k: v for k, v in to_dict().items() if not k.startswith("_")}
 
 
 @contextlib.contextmanager
@@ -238,7 +257,8 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
         self.every = _check_every(every)
         self.sampling_rate = check_int("sampling_rate", sampling_rate, minimum=1)
         exact = check_bool("exact", exact)
-        if check_seed(seed) is None:  # drawn once: every point must score the same pairs
+        self._seed_drawn = check_seed(seed) is None
+        if self._seed_drawn:  # drawn once: every point must score the same pairs
             seed = secrets.randbits(63)
         # the pairs drawn here as layer_scores (layer_euclidean_scores) will draw them at every
         # point: bad settings fail now, and the draw's digest identifies the history file
@@ -260,6 +280,11 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
             )
             drawn.append(plan_sha256(plan))
         self._pairs_drawn = _digest(drawn)
+        self._plan_args = {"label_array": label_array, "k": k, "pairs": pairs, "sources": sources, "exact": exact}
+        rate = getattr(audio, "sampling_rate", None)
+        if rate is not None and int(rate) != self.sampling_rate:
+            raise ValueError(f"audio is loaded at {rate} Hz but sampling_rate={self.sampling_rate}")
+        self._audio_digest = _audio_digest(audio)
         self.audio = audio
         self.labels = label_array
         self.classes = classes
@@ -280,6 +305,8 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
             "classes": label_keys(self.classes),
             "labels": _digest(self._codes.tolist()),
             "pairs_drawn": self._pairs_drawn,
+            "audio": self._audio_digest,
+            "feature_extractor": _digest(_config_of(self.feature_extractor)),
             **{
                 key: (value if not isinstance(value, np.integer) else int(value)) for key, value in self.scoring.items()
             },
@@ -295,6 +322,13 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
         if model is None:
             raise ValueError("ConvexityCallback needs the model being trained (the Trainer passes it)")
         speech_encoder(model)  # a transformers model, or a TypeError naming what it is
+        from fastconvex.hf.models.layout import num_blocks
+
+        n_states = num_blocks(model) + 1
+        if self.layers is not None and max(self.layers) >= n_states:
+            raise ValueError(
+                f"layers: {max(self.layers)} is out of range for {n_states} hidden states (0..{n_states - 1})"
+            )
         main_input = getattr(model, "main_input_name", None)
         if main_input not in ("input_values", "input_features"):
             raise TypeError(
@@ -353,7 +387,8 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
         settings or another probe is refused before training."""
         points = []
         settings = self._settings()
-        for number, text in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        lines = file.read_text(encoding="utf-8").splitlines()
+        for number, text in enumerate(lines, 1):
             if not text.strip():
                 continue
             try:
@@ -363,6 +398,10 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
                 ok = False
             if not ok:
                 raise ValueError(f"{file} line {number} is not a fastconvex convexity history line")
+            if self._seed_drawn and line["settings"].get("seed") != self.scoring["seed"]:
+                # seed=None: the run being resumed drew its seed; its points are scored on that draw
+                self._redraw(int(line["settings"]["seed"]))
+                settings = self._settings()
             if line["settings"] != settings:
                 raise ValueError(
                     f"{file} holds points of another probe or other settings ({line['settings']}, now {settings}): "
@@ -372,6 +411,49 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
                 points.append(self._point(line))
         points.sort(key=lambda p: p.step)
         return points
+
+    def _redraw(self, seed: int) -> None:
+        """The pairs of ``seed`` (a resumed ``seed=None`` run's drawn seed)."""
+        a = self._plan_args
+        drawn = []
+        if self.measure in ("graph", "both"):
+            plan = plan_scoring(
+                a["label_array"], k=a["k"], pairs=a["pairs"], sources=a["sources"], exact=a["exact"], seed=seed
+            )
+            drawn.append(plan_sha256(plan.pairs))
+        if self.measure in ("euclidean", "both"):
+            _, eplan, _, _, _ = plan_euclidean(
+                a["label_array"],
+                len(self.audio),
+                n_sampled=10,
+                pairs=a["pairs"],
+                exact=a["exact"],
+                batch_size=1024,
+                seed=seed,
+                min_class_size=2,
+            )
+            drawn.append(plan_sha256(eplan))
+        self._pairs_drawn = _digest(drawn)
+        self.scoring["seed"] = seed
+
+    def _check_against_log(self, file: Path, state: Any) -> None:
+        """The kept points must be those the checkpoint logged (its ``log_history``,
+        restored by the Trainer): a file another run wrote into this ``output_dir``
+        is refused, not mixed in."""
+        logged = {}
+        for entry in state.log_history:
+            if "step" in entry and self.history:
+                keys = [f"convexity/layer_{h}" for h in self.history[0].layers]
+                if all(key in entry for key in keys):
+                    logged[int(entry["step"])] = [entry[key] for key in keys]
+        for point in self.history:
+            if point.step not in logged or not np.array_equal(
+                np.asarray(logged[point.step], dtype=np.float64), np.asarray(point.scores.scores, dtype=np.float64)
+            ):
+                raise ValueError(
+                    f"{file}: the point at step {point.step} is not the one the checkpoint logged (its "
+                    "trainer_state.json): the file is of another run in this output_dir; move it away to resume"
+                )
 
     def save_history(self, path: str | Path) -> Path:
         """Write ``history`` to ``path`` as JSON lines, one point a line (the
@@ -438,15 +520,22 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
         step = int(state.global_step)
         if any(p.step == step for p in self.history):
             return  # already scored at this step (an evaluation right after an epoch end)
-        point = None
-        if state.is_world_process_zero:
-            scores, layers, euclidean = self.score(model)
-            point = ConvexityPoint(step, float(state.epoch or 0.0), scores, layers, euclidean)
+        point, error = None, None
         dist = _distributed()
+        if state.is_world_process_zero:
+            try:
+                scores, layers, euclidean = self.score(model)
+                point = ConvexityPoint(step, float(state.epoch or 0.0), scores, layers, euclidean)
+            except Exception as exc:
+                if dist is None:
+                    raise
+                error = f"{type(exc).__name__}: {exc}"  # sent on: no process waits for a point that never comes
         if dist is not None:  # one process scored; every process keeps the same point
-            box = [point]
+            box = [(point, error)]
             dist.broadcast_object_list(box, src=0)
-            point = box[0]
+            point, error = box[0]
+            if error is not None:
+                raise RuntimeError(f"ConvexityCallback: scoring the probe failed on the first process: {error}")
         assert point is not None
         self.history.append(point)
         if state.is_world_process_zero:
@@ -460,6 +549,17 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
     # ---- the Trainer's events ----------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self.check_model(model)
+        if getattr(args, "fsdp", None) or getattr(args, "deepspeed", None):
+            raise ValueError(
+                "ConvexityCallback scores the probe in the first process alone, which a model sharded over "
+                "processes (FSDP, DeepSpeed) cannot do; train with DDP, or score saved checkpoints instead"
+            )
+        dist = _distributed()
+        if dist is not None and self._seed_drawn:  # seed=None: every process scores with the first one's draw
+            box = [self.scoring["seed"]]
+            dist.broadcast_object_list(box, src=0)
+            if box[0] != self.scoring["seed"]:
+                self._redraw(int(box[0]))
         if self.every == "eval" and getattr(args, "eval_strategy", getattr(args, "evaluation_strategy", "no")) in (
             "no",
             None,
@@ -470,12 +570,18 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
         self.history = []
         if step > 0 and file is not None and file.is_file():  # resumed from a checkpoint
             self.history = self._read_history(file, step)
+            self._check_against_log(file, state)
         if not any(p.step == 0 for p in self.history):
             if step > 0:
                 raise ValueError(
-                    f"the run resumes at step {step} but {file} holds no point before training: the "
-                    "trajectory would have no start; resume with the output_dir the run started in"
+                    f"the run resumes at step {step} but {file or 'the output_dir'} holds no point before training "
+                    "(another output_dir, or a first run without the callback): the trajectory would have no start"
                 )
+            if file is not None and file.is_file() and state.is_world_process_zero:
+                # a new run in an output_dir that holds an earlier run's history: kept beside it
+                kept = file.with_name(f"{file.stem}.{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+                os.replace(file, kept)
+                warnings.warn(f"{file} held an earlier run's points: moved to {kept}", UserWarning, stacklevel=2)
             self._score_point(args, state, model)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
@@ -490,9 +596,14 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
         if self.every == "eval":
             self._score_point(args, state, model)
 
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        # the trained model always has a point (every=N or "eval" need not end on one)
+        self._score_point(args, state, model)
+
     # ---- looking at it ------------------------------------------------------------------------
     def plot(self) -> Figure:
-        """A figure: the convexity of each layer against the optimizer step."""
+        """A figure: the convexity of each layer against the optimizer step (with
+        ``measure="both"``, the graph scores; the Euclidean ones are in ``history``)."""
         from fastconvex.plot import plot_convexity_history
 
         return plot_convexity_history(self.history)

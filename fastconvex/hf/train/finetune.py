@@ -183,6 +183,11 @@ def _check_callbacks(callbacks: Sequence[Any] | None) -> list[Any]:
     for i, callback in enumerate(callbacks):
         if not isinstance(callback, TrainerCallback):
             raise TypeError(f"callbacks[{i}] is a {type(callback).__name__}, not a transformers.TrainerCallback")
+        if getattr(callback, "every", None) == "eval":  # a ConvexityCallback waiting for evaluations
+            raise ValueError(
+                f'callbacks[{i}] scores at each evaluation (every="eval"), but finetune evaluates once, after '
+                'training; use every="epoch" or every=N steps'
+            )
     return list(callbacks)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["encode_labels", "split_indices"]
+__all__ = ["encode_labels", "per_class_subset", "probe_of", "split_indices"]
 
 
 def _plain(value: Any, i: int, name: str) -> Any:
@@ -174,3 +174,29 @@ def split_indices(
     if held.size == 0:
         raise ValueError("eval_split leaves no clip to evaluate on")
     return np.sort(train), np.sort(held)
+
+
+def per_class_subset(labels: Sequence[Any], per_class: int, seed: int) -> np.ndarray:
+    """The sorted indices of at most ``per_class`` items of each label, drawn with
+    ``seed`` (a label with fewer keeps them all)."""
+    if per_class < 1:
+        raise ValueError(f"per_class must be positive, got {per_class}")
+    rng = np.random.default_rng(seed)
+    lab = np.asarray(labels)
+    keep = []
+    for cls in dict.fromkeys(labels):
+        idx = np.flatnonzero(lab == cls)
+        if idx.shape[0] > per_class:
+            idx = np.sort(rng.choice(idx, size=per_class, replace=False))
+        keep.append(idx)
+    return np.sort(np.concatenate(keep))
+
+
+def probe_of(labels: Sequence[Any], held_out: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A probe of about ``size`` of the ``held_out`` clips (indices into ``labels``):
+    the same number of each class, ``size // classes`` and at least two (a class
+    with fewer keeps all), drawn with ``seed``; sorted. The probe that
+    ``fastconvex finetune --track-convexity`` and the demo follow through training."""
+    held = [labels[i] for i in held_out]
+    per_class = max(2, size // len(set(held)))
+    return np.asarray(held_out)[per_class_subset(held, per_class, seed)]
