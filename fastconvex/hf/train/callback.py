@@ -280,7 +280,13 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
             )
             drawn.append(plan_sha256(plan))
         self._pairs_drawn = _digest(drawn)
-        self._plan_args = {"label_array": label_array, "k": k, "pairs": pairs, "sources": sources, "exact": exact}
+        self._plan_args: dict[str, Any] = {
+            "label_array": label_array,
+            "k": k,
+            "pairs": pairs,
+            "sources": sources,
+            "exact": exact,
+        }
         rate = getattr(audio, "sampling_rate", None)
         if rate is not None and int(rate) != self.sampling_rate:
             raise ValueError(f"audio is loaded at {rate} Hz but sampling_rate={self.sampling_rate}")
