@@ -18,7 +18,6 @@ import hashlib
 import inspect
 import json
 import os
-import random
 import secrets
 import time
 import warnings
@@ -122,17 +121,13 @@ def _training_state_kept(model: Any) -> Iterator[None]:
     """Leave the training run as it was: the model's train/eval mode and every
     random generator the run draws from (Python's, NumPy's global, torch's CPU
     and CUDA ones), so training with and without the callback is the same."""
-    import torch
+    from fastconvex.hf.train.trainer import keep_global_rngs
 
     mode = model.training
-    py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002 - the global state Trainer draws from
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with keep_global_rngs(cuda=True):
             yield
     finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)  # noqa: NPY002
         model.train(mode)
 
 
@@ -260,26 +255,6 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
         self._seed_drawn = check_seed(seed) is None
         if self._seed_drawn:  # drawn once: every point must score the same pairs
             seed = secrets.randbits(63)
-        # the pairs drawn here as layer_scores (layer_euclidean_scores) will draw them at every
-        # point: bad settings fail now, and the draw's digest identifies the history file
-        drawn = []
-        if measure in ("graph", "both"):
-            drawn.append(
-                plan_sha256(plan_scoring(label_array, k=k, pairs=pairs, sources=sources, exact=exact, seed=seed).pairs)
-            )
-        if measure in ("euclidean", "both"):
-            _, plan, _, _, _ = plan_euclidean(
-                label_array,
-                len(audio),
-                n_sampled=10,
-                pairs=pairs,
-                exact=exact,
-                batch_size=1024,
-                seed=seed,
-                min_class_size=2,
-            )
-            drawn.append(plan_sha256(plan))
-        self._pairs_drawn = _digest(drawn)
         self._plan_args: dict[str, Any] = {
             "label_array": label_array,
             "k": k,
@@ -299,6 +274,10 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
         self.layers = None if layers is None else list(layers)
         self.measure = measure
         self.scoring: dict[str, Any] = {"k": k, "pairs": pairs, "sources": sources, "exact": exact, "seed": seed}
+        # the pairs drawn here as layer_scores (layer_euclidean_scores) will draw them at every
+        # point: bad settings fail now, and the draw's digest identifies the history file
+        assert seed is not None  # drawn above when None
+        self._draw_pairs(int(seed))
         self.history: list[ConvexityPoint] = []
 
     # ---- what the probe is, for the history file ------------------------------------------
@@ -406,7 +385,7 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
                 raise ValueError(f"{file} line {number} is not a fastconvex convexity history line")
             if self._seed_drawn and line["settings"].get("seed") != self.scoring["seed"]:
                 # seed=None: the run being resumed drew its seed; its points are scored on that draw
-                self._redraw(int(line["settings"]["seed"]))
+                self._draw_pairs(int(line["settings"]["seed"]))
                 settings = self._settings()
             if line["settings"] != settings:
                 raise ValueError(
@@ -418,8 +397,9 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
         points.sort(key=lambda p: p.step)
         return points
 
-    def _redraw(self, seed: int) -> None:
-        """The pairs of ``seed`` (a resumed ``seed=None`` run's drawn seed)."""
+    def _draw_pairs(self, seed: int) -> None:
+        """Draw the pairs of ``seed`` and keep the draw's digest: when the callback is
+        made, and again with a resumed ``seed=None`` run's drawn seed."""
         a = self._plan_args
         drawn = []
         if self.measure in ("graph", "both"):
@@ -565,7 +545,7 @@ class ConvexityCallback(_callback_base()):  # type: ignore[misc]
             box = [self.scoring["seed"]]
             dist.broadcast_object_list(box, src=0)
             if box[0] != self.scoring["seed"]:
-                self._redraw(int(box[0]))
+                self._draw_pairs(int(box[0]))
         if self.every == "eval" and getattr(args, "eval_strategy", getattr(args, "evaluation_strategy", "no")) in (
             "no",
             None,

@@ -19,13 +19,15 @@ __all__ = ["predict_logits", "train"]
 
 
 @contextlib.contextmanager
-def _keep_global_rngs() -> Iterator[None]:
-    """``Trainer`` seeds Python's, NumPy's and torch's global generators; give the
-    caller's states back afterwards."""
+def keep_global_rngs(*, cuda: bool = False) -> Iterator[None]:
+    """Give the caller's random states back afterwards: Python's, NumPy's global and
+    torch's CPU generator (``Trainer`` reseeds them), and with ``cuda`` every CUDA
+    device's too."""
     import torch
 
     py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002 - the global state Trainer reseeds
-    with torch.random.fork_rng(devices=[]):
+    devices = list(range(torch.cuda.device_count())) if cuda and torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
         try:
             yield
         finally:
@@ -61,7 +63,7 @@ def _progress_callback(enabled: bool | None) -> Any:
 
     from fastconvex.core.progress import progress_bar, show_progress
 
-    class _Bar(TrainerCallback):  # type: ignore[misc]
+    class _Bar(TrainerCallback):
         bar: Any = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -98,7 +100,7 @@ def train(
     with (
         tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp,
         quiet_transformers(progress_bars=True),
-        _keep_global_rngs(),
+        keep_global_rngs(),
     ):
         trainer = _trainer(
             model,
@@ -135,7 +137,7 @@ def predict_logits(
     with (
         tempfile.TemporaryDirectory(prefix="fastconvex-finetune-") as tmp,
         quiet_transformers(progress_bars=True),
-        _keep_global_rngs(),
+        keep_global_rngs(),
     ):
         trainer = _trainer(model, None, collate, tmp, per_device_eval_batch_size=batch_size, seed=seed)
         out = trainer.predict(dataset)
