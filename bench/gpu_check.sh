@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: install fastconvex (offline), then bench/gpu_check.py.
 #   bash bench/gpu_check.sh                      # on a CUDA machine (420 s of checks,
-#                                                # up to 300 s of 13-layer study, 60 s of
+#                                                # up to 300 s of 13-layer study, 90 s of
+#                                                # CPU kNN (bench/knn_cpu.py), 60 s of
 #                                                # kNN profile, then up to 120 s of tests;
 #                                                # GPU_CHECK_SKIP_KNN_TIMING=1, GPU_CHECK_SKIP=
 #                                                # exact and GPU_CHECK_PROFILE_S=0 shorten it)
@@ -62,6 +63,17 @@ if [ "${TRITON_INTERPRET:-0}" != "1" ] && [ "${GPU_CHECK_SWEEP_S:-0}" != "0" ]; 
   timeout "${GPU_CHECK_SWEEP_S}" bash bench/gpu_sweep.sh
   sweep_rc=$?
   [ "$sweep_rc" = 0 ] || { echo "gpu_check: gpu_sweep.sh exited $sweep_rc" >&2; rc="$sweep_rc"; }
+fi
+# The CPU kNN on the device host's CPU (server CPUs there may multiply bfloat16
+# in hardware, AMX or AVX512-BF16, which this project's CI machines lack): its
+# time against the torch float32 / bfloat16 products, rows per tier
+# (bench/knn_cpu.py; GPU_CHECK_CPU_KNN_S=0 skips it).
+if [ "${GPU_CHECK_CPU_KNN_S:-90}" != "0" ]; then
+  if [ "${GPU_CHECK_SMALL:-0}" = "1" ]; then cpu_knn_size="--n 3000 --dim 64 --repeat 1"; else cpu_knn_size="--n 20000 --repeat 3"; fi
+  # shellcheck disable=SC2086
+  timeout "${GPU_CHECK_CPU_KNN_S:-90}" "$PY" -u bench/knn_cpu.py $cpu_knn_size --out "$OUT/knn_cpu.json" 2>&1 | tail -n 8 | tee "$OUT/knn_cpu.log"
+  cpu_knn_rc="${PIPESTATUS[0]}"
+  [ "$cpu_knn_rc" = 0 ] || { echo "gpu_check: knn_cpu.py exited $cpu_knn_rc" >&2; rc="$cpu_knn_rc"; }
 fi
 # Where the kNN's time goes at N = 1e6 (phases, CUDA kernels): bench/knn_profile.py
 if [ "${TRITON_INTERPRET:-0}" != "1" ] && [ "${GPU_CHECK_PROFILE_S:-60}" != "0" ]; then

@@ -24,10 +24,10 @@ INNER_PROGRESS_MIN_POINTS = 20_000
 def _announce_numba_compilation() -> None:
     """On a cold Numba cache (a fresh install), say once that the kernels compile."""
     from fastconvex.core.progress import announce_compilation
-    from fastconvex.kernels.numba import cover, graph, knn, paths
+    from fastconvex.kernels.numba import candidates, cover, graph, knn, paths
 
     announce_compilation(
-        [knn._update_topk_from_gram, knn._rerank_exact, graph.union_csr, paths._run, cover.greedy_pair_cover]
+        [knn._update_topk_from_gram, candidates.rerank_exact, graph.union_csr, paths._run, cover.greedy_pair_cover]
     )
 
 

@@ -1,7 +1,13 @@
-"""Exact k-nearest neighbours on the CPU: blocked float32 matrix products (BLAS),
-a running top-k' per row kept as array heaps, then an exact float64 re-rank with a
-rounding-error certificate; rows the certificate cannot vouch for are recomputed
-exactly against every point.
+"""Exact k-nearest neighbours on the CPU, in tiers: blocked matrix products
+give each row a running top-k' (array heaps), an exact float64 re-rank with a
+rounding-error certificate makes the row final, and the rows a tier cannot
+certify go on to the next, more precise one:
+
+1. bfloat16 products (:mod:`knn_bf16`), where the CPU multiplies bfloat16 in
+   hardware and a probe of rows shows it certifies most of them;
+2. float32 products (BLAS), the first tier everywhere else;
+3. float64 products, for the rows float32 rounding cannot separate;
+4. the exact scan of each row left (exact ties) against every point.
 
 No N x N array ever exists: peak memory is O(N * k' + block_rows * block_cols).
 
@@ -16,31 +22,12 @@ from collections.abc import Callable
 import numpy as np
 from numba import njit, prange
 
+from fastconvex.kernels.numba import knn_bf16
+from fastconvex.kernels.numba.candidates import _sift_down, exact_rows, limit_from_squared, rerank_exact
+
 _UNIT_ROUNDOFF_F32 = 2.0**-24
-
-
-@njit(cache=True, inline="always")
-def _sift_down(heap_d, heap_i, pos, size):
-    """Restore the max-heap property (root = worst candidate) from ``pos``."""
-    d = heap_d[pos]
-    idx = heap_i[pos]
-    while True:
-        child = 2 * pos + 1
-        if child >= size:
-            break
-        if child + 1 < size and (
-            heap_d[child + 1] > heap_d[child]
-            or (heap_d[child + 1] == heap_d[child] and heap_i[child + 1] > heap_i[child])
-        ):
-            child += 1
-        if heap_d[child] > d or (heap_d[child] == d and heap_i[child] > idx):
-            heap_d[pos] = heap_d[child]
-            heap_i[pos] = heap_i[child]
-            pos = child
-        else:
-            break
-    heap_d[pos] = d
-    heap_i[pos] = idx
+# columns screened at once for candidates before the heap is touched
+_SCREEN = 256
 
 
 @njit(parallel=True, cache=True)
@@ -62,107 +49,28 @@ def _update_topk_from_gram(gram, sq_rows, sq_cols, row0, self_idx, col0, heap_d,
         i = self_idx[r]
         hd = heap_d[row0 + r]
         hi = heap_i[row0 + r]
-        worst = hd[0]
         sr = sq_rows[r]
-        for c in range(bc):
-            d = sr + sq_cols[c] - 2.0 * gram[r, c]
-            if d < worst:
-                j = col0 + c
-                if j == i:
-                    continue
-                hd[0] = d
-                hi[0] = j
-                _sift_down(hd, hi, 0, kc)
-                worst = hd[0]
-
-
-@njit(cache=True, inline="always")
-def _dist_f64(x, i, j, scale):
-    """Distance of rows i and j in float64 (the correctly rounded root of the
-    sequential sum of squares), in units scaled by the power of two ``scale``
-    (exact: the order of distances, and the distances once unscaled, are those
-    of the unscaled computation where it neither over- nor underflows; scaled,
-    it does neither for any finite data)."""
-    s = 0.0
-    for t in range(x.shape[1]):
-        diff = (np.float64(x[i, t]) - np.float64(x[j, t])) * scale
-        s += diff * diff
-    return math.sqrt(s)
-
-
-@njit(cache=True, inline="always")
-def _sort_by_dist_then_index(d, idx, n):
-    """Insertion sort of the first n entries by (distance, index)."""
-    for a in range(1, n):
-        dv = d[a]
-        iv = idx[a]
-        b = a - 1
-        while b >= 0 and (d[b] > dv or (d[b] == dv and idx[b] > iv)):
-            d[b + 1] = d[b]
-            idx[b + 1] = idx[b]
-            b -= 1
-        d[b + 1] = dv
-        idx[b + 1] = iv
-
-
-@njit(parallel=True, cache=True)
-def _rerank_exact(x, scale, rows, heap_d, heap_i, bound, k, out_i, out_d, certified):
-    """Exact float64 distances for the candidates, sorted by (distance, index).
-
-    The order is that of the distances as returned (square roots, correctly
-    rounded): two squared distances one ulp apart may share a square root, and
-    then the smaller index comes first, as in the float64 brute force. A row is
-    certified when the k-th distance lies strictly below the square root of
-    the smallest squared distance a non-candidate can have (its approximate
-    squared distance, at least the heap root, minus the rounding bound; all in
-    the units scaled by ``scale``). Heap row h holds the candidates of data
-    row ``rows[h]``, whose bound is ``bound[h]``; ``certified[h]`` says whether
-    ``out_i[rows[h]]`` is final.
-    """
-    n = x.shape[0]
-    kc = heap_i.shape[1]
-    all_candidates = kc >= n - 1
-    for h in prange(rows.shape[0]):
-        i = rows[h]
-        cd = np.empty(kc, np.float64)
-        ci = np.empty(kc, np.int64)
-        for t in range(kc):
-            j = heap_i[h, t]
-            ci[t] = j
-            cd[t] = _dist_f64(x, i, j, scale) if j >= 0 else np.inf
-        _sort_by_dist_then_index(cd, ci, kc)
-        for t in range(k):
-            out_i[i, t] = ci[t]
-            out_d[i, t] = cd[t] / scale
-        if all_candidates:
-            certified[h] = True
-        else:
-            # heap root = largest approximate distance kept; every non-candidate's
-            # approximate distance is >= it.
-            lower = heap_d[h, 0] - bound[h]
-            certified[h] = lower > 0.0 and cd[k - 1] < math.sqrt(lower)
-
-
-@njit(parallel=True, cache=True)
-def _exact_rows(x, scale, rows, k, out_i, out_d):
-    """Brute-force float64 kNN for the given rows (the certificate's fallback)."""
-    n = x.shape[0]
-    for r in prange(rows.shape[0]):
-        i = rows[r]
-        hd = np.full(k, np.inf)
-        hi = np.full(k, -1, np.int64)
-        for j in range(n):
-            if j == i:
+        for c0 in range(0, bc, _SCREEN):
+            c1 = min(bc, c0 + _SCREEN)
+            worst = hd[0]
+            # Most chunks hold no candidate once the heap is full: count them
+            # first in a loop without stores (it vectorizes), with the very
+            # same arithmetic as below, so no candidate is ever skipped.
+            hits = 0
+            for c in range(c0, c1):
+                hits += (sr + sq_cols[c] - 2.0 * gram[r, c]) < worst
+            if hits == 0:
                 continue
-            d = _dist_f64(x, i, j, scale)
-            if d < hd[0] or (d == hd[0] and (j < hi[0] or hi[0] < 0)):
-                hd[0] = d
-                hi[0] = j
-                _sift_down(hd, hi, 0, k)
-        _sort_by_dist_then_index(hd, hi, k)
-        for t in range(k):
-            out_i[i, t] = hi[t]
-            out_d[i, t] = hd[t] / scale
+            for c in range(c0, c1):
+                d = sr + sq_cols[c] - 2.0 * gram[r, c]
+                if d < worst:
+                    j = col0 + c
+                    if j == i:
+                        continue
+                    hd[0] = d
+                    hi[0] = j
+                    _sift_down(hd, hi, 0, kc)
+                    worst = hd[0]
 
 
 # uncertified rows from which the float64 tier runs before the exact scan
@@ -209,13 +117,65 @@ def _float64_tier(x, mean, scale, rows, k, kc, block_rows, block_cols, out_i, ou
     reach = (np.sqrt(sq_r) + col_norm_max) ** 2
     bound = 2.0 * (gamma + 4.0 * u) * reach + 1e-300
     certified = np.empty(m, np.bool_)
-    _rerank_exact(x, scale, rows, heap_d, heap_i, bound, k, out_i, out_d, certified)
+    rerank_exact(x, scale, rows, heap_i, limit_from_squared(heap_d[:, 0], bound), k, out_i, out_d, certified)
     return rows[~certified]
 
 
 def candidate_count(k: int, n: int) -> int:
     """Number of approximate candidates kept per row before the exact re-rank."""
     return min(n - 1, k + max(k, 16))
+
+
+def _float32_tier(x, xf, sq, bound, scale, rows, k, kc, block_rows, block_cols, out_i, out_d, report):
+    """Candidates of ``rows`` from float32 products of the centred, scaled data
+    ``xf`` (squared norms ``sq``, rounding bound ``bound`` per data row),
+    re-ranked and certified; returns the rows left uncertified."""
+    n = xf.shape[0]
+    m = rows.shape[0]
+    heap_d = np.full((m, kc), np.inf)
+    heap_i = np.full((m, kc), -1, np.int64)
+    # a whole query block (no earlier tier) is read in place, not gathered
+    contiguous = m > 0 and int(rows[-1]) - int(rows[0]) == m - 1
+    for r0 in range(0, m, block_rows):
+        r1 = min(m, r0 + block_rows)
+        if contiguous:
+            xr = xf[rows[0] + r0 : rows[0] + r1]
+            sq_r = sq[rows[0] + r0 : rows[0] + r1]
+        else:
+            xr = xf[rows[r0:r1]]
+            sq_r = sq[rows[r0:r1]]
+        for c0 in range(0, n, block_cols):
+            c1 = min(n, c0 + block_cols)
+            gram = xr @ xf[c0:c1].T
+            _update_topk_from_gram(gram, sq_r, sq[c0:c1], r0, rows[r0:r1], c0, heap_d, heap_i)
+        if report is not None:
+            report(r1)
+    certified = np.empty(m, np.bool_)
+    limit = limit_from_squared(heap_d[:, 0], bound[rows])
+    rerank_exact(x, scale, rows, heap_i, limit, k, out_i, out_d, certified)
+    return rows[~certified]
+
+
+class _Progress:
+    """``progress(done, total)`` over the passes: the total starts at the query
+    rows, and a pass over rows an earlier pass already counted (float32 after
+    bfloat16, the exact scan) adds them to it once they are known."""
+
+    def __init__(self, callback: Callable[[int, int], None] | None, m: int) -> None:
+        self.callback = callback
+        self.done = 0
+        self.total = m
+
+    def part(self, rows: int, recounted: int) -> Callable[[int], None] | None:
+        """Reporter of a pass over ``rows`` rows, ``recounted`` of them already
+        counted by an earlier pass; it takes the rows done in this pass."""
+        self.total += recounted
+        start = self.done
+        self.done += rows
+        callback = self.callback
+        if callback is None:
+            return None
+        return lambda done: callback(start + done, self.total)
 
 
 def knn(
@@ -226,6 +186,8 @@ def knn(
     block_cols: int = 16384,
     progress: Callable[[int, int], None] | None = None,
     rows: tuple[int, int] | None = None,
+    bf16: bool | None = None,
+    tiers: dict[str, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Exact k nearest other points of every row of ``x`` (Euclidean).
 
@@ -233,7 +195,7 @@ def knn(
     ----------
     x : (N, D) float32 or float64 array
     k : int, 1 <= k <= N - 1
-    block_rows, block_cols : tile shape of the float32 matrix products.
+    block_rows, block_cols : tile shape of the matrix products.
     progress : optional ``progress(done, total)``, called after every block of
         rows, and of rows recomputed exactly (``total`` grows by those rows
         once the certificate has named them). The results are the same with
@@ -242,14 +204,24 @@ def knn(
         Only the neighbours of query rows q0..q1-1 (against every row of ``x``):
         exactly rows q0..q1-1 of the full result, so query blocks can be
         computed apart (by different workers) and stacked.
+    bf16 : bool, optional
+        Force the bfloat16 first tier on (exact everywhere, slow where the CPU
+        lacks bfloat16 units) or off; None (the default) reads
+        ``FASTCONVEX_KNN_BF16`` ("on" / "off"), else tries the tier where the
+        CPU multiplies bfloat16 in hardware and the problem is large, and keeps
+        it when a probe of rows shows it certifies most rows. The results are
+        the same either way.
+    tiers : dict, optional
+        Filled with the rows each tier certified: ``bf16``, ``float32``,
+        ``float64``, ``exact`` (for benchmarks).
 
     Returns
     -------
     indices : (M, k) int64 (M = N, or q1 - q0), ascending by distance, ties by
         the smaller index (ties of the distances as returned)
     distances : (M, k) float64 Euclidean distances, computed exactly in float64
-    n_fallback : int, rows recomputed by brute force because the float32
-        candidate pass could not certify them (near-ties, duplicates).
+    n_fallback : int, rows recomputed by brute force because no tier of
+        matrix products could certify them (exact ties, duplicates).
     """
     x = np.ascontiguousarray(x)
     if x.dtype not in (np.float32, np.float64):
@@ -285,39 +257,77 @@ def knn(
     q0, q1 = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
     if not 0 <= q0 < q1 <= n:
         raise ValueError(f"rows must be (q0, q1) with 0 <= q0 < q1 <= N={n}, got {rows!r}")
-    m = q1 - q0  # query rows: heap row h holds data row q0 + h
-    heap_d = np.full((m, kc), np.inf)
-    heap_i = np.full((m, kc), -1, np.int64)
+    m = q1 - q0
     query = np.arange(q0, q1, dtype=np.int64)
-    for r0 in range(q0, q1, block_rows):
-        r1 = min(q1, r0 + block_rows)
-        xr = xf[r0:r1]
-        for c0 in range(0, n, block_cols):
-            c1 = min(n, c0 + block_cols)
-            gram = xr @ xf[c0:c1].T
-            _update_topk_from_gram(gram, sq[r0:r1], sq[c0:c1], r0 - q0, query[r0 - q0 : r1 - q0], c0, heap_d, heap_i)
-        if progress is not None:
-            progress(r1 - q0, m)
-
     # indexed by data row; with a query block only its rows are written (the
-    # pages of the others are never touched, so cost no memory)
+    # pages of the others are never touched, so cost no memory). Exact
+    # distances read x in its own dtype and accumulate in float64 (no float64
+    # copy of the data).
     out_i = np.empty((n, k), np.int64)
     out_d = np.empty((n, k), np.float64)
-    certified = np.empty(m, np.bool_)
-    # exact distances read x in its own dtype and accumulate in float64
-    # (no float64 copy of the data)
-    _rerank_exact(x, scale, query, heap_d, heap_i, bound[q0:q1], k, out_i, out_d, certified)
-    left = query[~certified]
-    del heap_d, heap_i
+    passes = _Progress(progress, m)
+    count = {"bf16": 0, "float32": 0, "float64": 0, "exact": 0}
+
+    left = query
+    use_bf16 = knn_bf16.mode(bf16)
+    if use_bf16 is None:
+        use_bf16 = (
+            knn_bf16.cpu_has_fast_bf16() and m * n * dim >= knn_bf16.MIN_WORK and knn_bf16.candidate_count(k, n) < n - 1
+        )
+        probe = True
+    else:
+        probe = False
+    if use_bf16:
+        ops = knn_bf16.Bf16Operands(xf)
+        bf16_rows = query
+        if probe and m > 2 * knn_bf16.PROBE_ROWS:
+            # evenly spread rows first; the rest only if enough of them certify
+            sample = np.linspace(0, m - 1, knn_bf16.PROBE_ROWS).astype(np.int64)
+            picked = np.zeros(m, np.bool_)
+            picked[sample] = True
+            report = passes.part(sample.size, 0)
+            probe_left = knn_bf16.bf16_tier(
+                ops, x, scale, query[picked], k, block_rows, block_cols, out_i, out_d, report
+            )
+            count["bf16"] += sample.size - probe_left.size
+            if count["bf16"] >= knn_bf16.MIN_CERTIFIED * sample.size:
+                bf16_rows = query[~picked]
+                left = probe_left
+            else:
+                bf16_rows = query[:0]
+                left = np.sort(np.concatenate([probe_left, query[~picked]]))
+        else:
+            left = query[:0]
+        if bf16_rows.size:
+            report = passes.part(bf16_rows.size, 0)
+            rest_left = knn_bf16.bf16_tier(ops, x, scale, bf16_rows, k, block_rows, block_cols, out_i, out_d, report)
+            count["bf16"] += bf16_rows.size - rest_left.size
+            left = np.sort(np.concatenate([left, rest_left]))
+        del ops
+
+    if left.size:
+        # rows the bfloat16 tier already took: all but those of a probe it failed
+        report = passes.part(left.size, left.size - (m - passes.done))
+        before = left.size
+        left = _float32_tier(x, xf, sq, bound, scale, left, k, kc, block_rows, block_cols, out_i, out_d, report)
+        count["float32"] = before - left.size
+    del xf
     if left.size >= SECOND_TIER_MIN_ROWS:
+        before = left.size
         left = _float64_tier(x, mean, scale, left, k, kc, block_rows, block_cols, out_i, out_d)
-    if left.size and progress is None:
-        _exact_rows(x, scale, left, k, out_i, out_d)
-    elif left.size:  # in batches, to report them (each row is computed alone)
-        step = max(4096, -(-left.size // 20))
-        for b0 in range(0, left.size, step):
-            _exact_rows(x, scale, left[b0 : b0 + step], k, out_i, out_d)
-            progress(m + min(left.size, b0 + step), m + left.size)
+        count["float64"] = before - left.size
+    if left.size:
+        report = passes.part(left.size, left.size)
+        if report is None:
+            exact_rows(x, scale, left, k, out_i, out_d)
+        else:  # in batches, to report them (each row is computed alone)
+            step = max(4096, -(-left.size // 20))
+            for b0 in range(0, left.size, step):
+                exact_rows(x, scale, left[b0 : b0 + step], k, out_i, out_d)
+                report(min(left.size, b0 + step))
+        count["exact"] = int(left.size)
+    if tiers is not None:
+        tiers.update(count)
     if rows is None:
         return out_i, out_d, int(left.size)
     return out_i[q0:q1].copy(), out_d[q0:q1].copy(), int(left.size)
