@@ -136,7 +136,7 @@ def test_the_bound_holds_for_every_pair(case, dtype):
 
 @settings(max_examples=25, deadline=None)
 @given(
-    n=st.integers(20, 160),
+    n=st.integers(60, 160),  # more points than the tier keeps candidates: the bound decides
     d=st.integers(1, 24),
     k=st.integers(1, 12),
     spread=st.sampled_from([0.0, 1e-3, 1.0, 30.0, 1e4]),
@@ -165,6 +165,100 @@ def test_query_blocks_and_progress_with_the_tier():
     assert all(a[0] <= b[0] for a, b in itertools.pairwise(calls))
 
 
+TINY = 2.0**-126
+
+
+def _round_down_f32_ftz(v):
+    """float64 -> float32 rounded toward -inf, results below float32's normal
+    range flushed to zero (the most hostile accumulator the bound allows)."""
+    f = v.astype(np.float32)
+    f = np.where(f.astype(np.float64) > v, np.nextafter(f, np.float32(-np.inf)), f)
+    return np.where(np.abs(f) < TINY, np.float32(0), f)
+
+
+def _to_bf16(v, up=False):
+    """float32 values to bfloat16 (as float64): to nearest even, or rounded up."""
+    t = torch.from_numpy(v.astype(np.float32)).bfloat16()
+    if up:
+        bits = t.view(torch.int16).numpy().astype(np.int32)
+        below = t.double().numpy() < v
+        bumped = np.where(v >= 0, bits + 1, bits - 1).astype(np.int16)
+        t = torch.from_numpy(np.where(below, bumped, bits.astype(np.int16))).view(torch.bfloat16)
+    return t.double().numpy()
+
+
+def _violations_under_emulated_hardware(x, output_up):
+    """Pairs whose limit exceeds their exact distance when the product is
+    computed by an emulated accumulator: inputs and results below float32's
+    normal range flushed to zero, every addition rounded toward -inf, the
+    result rounded to bfloat16 to nearest (or, as a control, up)."""
+    xf, scale = _scaled(x)
+    ops = knn_bf16.Bf16Operands(xf)
+    n = x.shape[0]
+    a = ops.row_block(torch.arange(n)).double().numpy()
+    c = ops.cols.double().numpy()
+    a = np.where(np.abs(a) < TINY, 0.0, a)
+    c = np.where(np.abs(c) < TINY, 0.0, c)
+    x64 = x.astype(np.float64) * scale
+    bad = 0
+    for i in range(n):
+        acc = np.zeros(n, np.float32)
+        for t in range(a.shape[1]):  # products are exact in float64
+            acc = _round_down_f32_ftz(acc.astype(np.float64) + a[i, t] * c[:, t])
+        out = _to_bf16(acc, up=output_up)
+        keys = np.maximum(
+            torch.from_numpy(out.astype(np.float32)).bfloat16().view(torch.int16).numpy().astype(np.int32), 0
+        )
+        limit = np.delete(ops.limit(np.full(n, i), keys), i)
+        exact = np.delete(np.sqrt(((x64[i] - x64) ** 2).sum(axis=1)), i)
+        bad += int(np.sum(limit > exact))
+    return bad
+
+
+@pytest.mark.parametrize("case", ["gaussian", "offset", "tiny", "mixed magnitudes"])
+def test_the_bound_holds_on_the_most_hostile_accumulator_it_allows(case):
+    x = ADVERSARIAL[case](np.random.default_rng(11))[:100, :20]
+    assert _violations_under_emulated_hardware(x, output_up=False) == 0
+
+
+def test_the_emulation_catches_a_result_rounded_up():
+    """Control: the emulation is sharp enough to see the one rounding the bound
+    does not allow (the result rounded up to bfloat16)."""
+    x = ADVERSARIAL["gaussian"](np.random.default_rng(11))[:100, :20]
+    assert _violations_under_emulated_hardware(x, output_up=True) > 0
+
+
+def _mm_rounding_up(a, b):
+    exact = (a.double() @ b.double()).numpy()
+    return torch.from_numpy(_to_bf16(exact.astype(np.float32), up=True)).to(torch.bfloat16)
+
+
+def _mm_bf16_accumulator(a, b):
+    acc = torch.zeros(a.shape[0], b.shape[1], dtype=torch.bfloat16)
+    for t in range(a.shape[1]):
+        acc = (acc.float() + a[:, t : t + 1].float() * b[t : t + 1, :].float()).bfloat16()
+    return acc
+
+
+@pytest.mark.parametrize("bad_mm", [_mm_rounding_up, _mm_bf16_accumulator])
+def test_a_product_the_bound_does_not_cover_turns_the_tier_off(monkeypatch, bad_mm):
+    width = knn_bf16.operand_width(24)
+    assert knn_bf16.products_are_sound(width)
+    knn_bf16.products_are_sound.cache_clear()
+    monkeypatch.setattr(torch, "mm", bad_mm)
+    try:
+        assert not knn_bf16.products_are_sound(width)
+        x = _gaussian_classes(n=200, d=24)
+        tiers: dict[str, int] = {}
+        with pytest.warns(RuntimeWarning, match="bfloat16 kNN tier is off"):
+            got = knn(x, 5, bf16=True, tiers=tiers)
+        assert tiers["bf16"] == 0
+    finally:
+        monkeypatch.undo()
+        knn_bf16.products_are_sound.cache_clear()
+    _assert_same(got, knn(x, 5, bf16=False), x, 5)
+
+
 @pytest.fixture
 def fast_bf16_cpu(monkeypatch):
     """Pretend the CPU has bfloat16 units and make small problems count as large."""
@@ -190,6 +284,31 @@ def test_automatic_skips_the_tier_after_a_failed_probe(fast_bf16_cpu):
     assert tiers["bf16"] == 0  # only the probe's 64 rows took a bfloat16 pass
     assert calls[-1][0] == calls[-1][1] == x.shape[0] + 64
     _assert_same(got, knn(x, 10, bf16=False), x, 10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("tight_share", "kept"), [(0.25, True), (0.8, False)])
+def test_automatic_with_some_rows_failing(fast_bf16_cpu, dtype, tight_share, kept):
+    """A probe kept although some of its rows fail, and a probe turned down
+    although some certify; float64 input; a query block through the probe."""
+    rng = np.random.default_rng(9)
+    n_tight = int(900 * tight_share)
+    x = np.concatenate(
+        [_gaussian_classes(n=900 - n_tight, seed=3), _tight_clusters(n=n_tight, clusters=2, seed=4, noise=3e-2)]
+    )
+    x = x[rng.permutation(900)].astype(dtype)
+    tiers: dict[str, int] = {}
+    got = knn(x, 8, tiers=tiers)
+    off = knn(x, 8, bf16=False)
+    _assert_same(got, off, x, 8)
+    assert sum(tiers.values()) == 900
+    if kept:
+        assert 0 < tiers["float32"] < tiers["bf16"]
+    else:
+        assert 0 < tiers["bf16"] < 64 and tiers["float32"] > 0
+    block = knn(x, 8, rows=(101, 777), block_rows=90)
+    np.testing.assert_array_equal(block[0], off[0][101:777])
+    np.testing.assert_array_equal(block[1], off[1][101:777])
 
 
 def test_automatic_never_tries_it_without_bfloat16_units(monkeypatch):

@@ -17,6 +17,7 @@ Public entry point: :func:`knn`.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -135,7 +136,7 @@ def _float32_tier(x, xf, sq, bound, scale, rows, k, kc, block_rows, block_cols, 
     heap_d = np.full((m, kc), np.inf)
     heap_i = np.full((m, kc), -1, np.int64)
     # a whole query block (no earlier tier) is read in place, not gathered
-    contiguous = m > 0 and int(rows[-1]) - int(rows[0]) == m - 1
+    contiguous = m > 0 and bool(np.all(np.diff(rows) == 1))
     for r0 in range(0, m, block_rows):
         r1 = min(m, r0 + block_rows)
         if contiguous:
@@ -270,19 +271,26 @@ def knn(
 
     left = query
     use_bf16 = knn_bf16.mode(bf16)
+    probe = use_bf16 is None
     if use_bf16 is None:
         use_bf16 = (
             knn_bf16.cpu_has_fast_bf16() and m * n * dim >= knn_bf16.MIN_WORK and knn_bf16.candidate_count(k, n) < n - 1
         )
-        probe = True
-    else:
-        probe = False
+    if use_bf16 and not knn_bf16.products_are_sound(knn_bf16.operand_width(dim)):
+        if not probe:
+            warnings.warn(
+                "the bfloat16 kNN tier is off: this torch's bfloat16 matrix product rounds in a way "
+                "its certificate does not cover (see kernels/numba/knn_bf16.py)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        use_bf16 = False
     if use_bf16:
         ops = knn_bf16.Bf16Operands(xf)
         bf16_rows = query
-        if probe and m > 2 * knn_bf16.PROBE_ROWS:
+        if probe:
             # evenly spread rows first; the rest only if enough of them certify
-            sample = np.linspace(0, m - 1, knn_bf16.PROBE_ROWS).astype(np.int64)
+            sample = np.unique(np.linspace(0, m - 1, min(m, knn_bf16.PROBE_ROWS)).astype(np.int64))
             picked = np.zeros(m, np.bool_)
             picked[sample] = True
             report = passes.part(sample.size, 0)

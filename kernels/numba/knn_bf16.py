@@ -14,14 +14,15 @@ norms: that is what lets a format with an 8-bit significand certify rows at
 all. The bound, term by term (scaled units, |x_t| < 1, norms < 1):
 
 1. float32 accumulation of K = D + 6 exact products, any order:
-   ``gamma_K (1 + 2**-7) (|x~_i| + |x~_j|)**2`` with ``gamma_K`` taken at twice
+   ``gamma_K (1 + 2**-6) (|x~_i| + |x~_j|)**2`` with ``gamma_K`` taken at twice
    float32's unit roundoff (hardware may accumulate blocks of products in an
    order and rounding we do not control), plus ``4 K 2**-126`` for bfloat16 and
    float32 values flushed to zero (the instructions run with DAZ/FTZ);
 2. the squared norms' three-part split and their float64 sums: ``sigma_i``;
 3. the result's rounding to bfloat16: ``s >= out / (1 + 2**-8)``;
 4. the bfloat16 rounding of the data, in distances: ``| |x~_i - x~_j| - |x_i - x_j| |
-   <= rho_i + rho_j`` with ``rho = |x - x~|`` computed per row (float64, 1e-12 up);
+   <= rho_i + rho_j`` with ``rho = |x - x~|`` computed per row (float64, rounded
+   up by the sum's relative error, (D + 2) 2**-52);
 5. the float32 rounding of the centred data (as in the float32 tier):
    ``delta = (1 + 1e-6) 2**-24 |x| + sqrt(D) 2**-149`` per row.
 
@@ -92,6 +93,42 @@ def cpu_has_fast_bf16() -> bool:
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
+def operand_width(dim: int) -> int:
+    """Columns of the bfloat16 operands: D + 6, padded to whole 64-byte lines."""
+    return -(-(dim + 6) // _PAD) * _PAD
+
+
+@functools.lru_cache(maxsize=8)
+def products_are_sound(width: int) -> bool:
+    """Whether torch's bfloat16 matrix product here keeps the two properties
+    the bound rests on, checked at the tier's operand width and in a matrix
+    shape (not a vector product, which may take another kernel):
+
+    - partial sums are float32, not rounded to bfloat16 as they grow (a
+      bfloat16 accumulator would drop every 2**-9 added to 1): 1 + (K - 1) 2**-9
+      must come out as that sum rounded once, to nearest or toward zero;
+    - the result is rounded to nearest or toward zero, never up: 1 + 2**-10
+      must come out as 1.
+
+    Rounding the result up would let a computed squared distance exceed the
+    exact one by more than the bound's ``2**-8`` share."""
+    import torch
+
+    a = torch.zeros(64, width, dtype=torch.float32)
+    a[:, 0] = 1.0
+    a[0::2, 1:] = 2.0**-9
+    a[1::2, 1] = 2.0**-10
+    b = torch.ones(96, width, dtype=torch.bfloat16)
+    out = torch.mm(a.to(torch.bfloat16), b.T).double()
+    total = 1.0 + (width - 1) * 2.0**-9
+    nearest = float(torch.tensor(total, dtype=torch.float64).to(torch.float32).to(torch.bfloat16).double())
+    spacing = 2.0 ** (math.frexp(total)[1] - 8)  # bfloat16's spacing at total
+    toward_zero = math.floor(total / spacing) * spacing
+    even = out[0::2]
+    sums_ok = bool(((even == nearest) | (even == toward_zero)).all())
+    return sums_ok and bool((out[1::2] == 1.0).all())
+
+
 def mode(requested: bool | None) -> bool | None:
     """True / False when the caller or ``FASTCONVEX_KNN_BF16`` forces the tier,
     None to decide from the CPU and the probe."""
@@ -139,7 +176,7 @@ class Bf16Operands:
         import torch
 
         n, dim = xf.shape
-        width = -(-(dim + 6) // _PAD) * _PAD
+        width = operand_width(dim)
         self.k_terms = dim + 6
         xb = torch.from_numpy(xf).to(torch.bfloat16)  # round to nearest even
         xbd = xb.double().numpy()
@@ -155,9 +192,11 @@ class Bf16Operands:
         # the remainder, plus the float64 sums' own error (D products and
         # additions of non-negative terms)
         self.sigma = np.abs(rest) + 2.0 * dim * 2.0**-53 * norm_sq
-        self.norm = np.sqrt(norm_sq) * (1.0 + 1e-12)
+        # the float64 sums' relative error (D terms) on the norms, rounded up
+        up = 1.0 + (dim + 2) * 2.0**-52
+        self.norm = np.sqrt(norm_sq) * up
         resid = xf.astype(np.float64) - xbd  # exact: both are float32 values
-        self.rho = np.sqrt(np.einsum("ij,ij->i", resid, resid)) * (1.0 + 1e-12)
+        self.rho = np.sqrt(np.einsum("ij,ij->i", resid, resid)) * up
         xf_norm = np.sqrt(np.einsum("ij,ij->i", xf, xf, dtype=np.float64))
         self.delta = (1.0 + 1e-6) * _U_F32 * xf_norm + math.sqrt(dim) * 2.0**-149
         one = torch.ones(n, 3, dtype=torch.bfloat16)
@@ -186,7 +225,9 @@ class Bf16Operands:
         decoded = (root_key.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
         root = np.where(root_key == _EMPTY_KEY, np.inf, decoded)
         big = float(self.norm.max())
-        accumulation = gamma * (1.0 + 2.0**-7) * (self.norm[rows] + big) ** 2 + 4.0 * k_terms * 2.0**-126
+        # sum |products| <= |parts of n_i| + |parts of n_j| + 2 |x~_i||x~_j|, and
+        # |n1| + |n2| + |n3| <= (1 + 2u + 2u^2 + u^3) n with u = 2**-8
+        accumulation = gamma * (1.0 + 2.0**-6) * (self.norm[rows] + big) ** 2 + 4.0 * k_terms * 2.0**-126
         lower_sq = root / (1.0 + _U_BF16) - accumulation - self.sigma[rows] - float(self.sigma.max())
         lower = np.sqrt(np.maximum(lower_sq, 0.0))
         lower -= self.rho[rows] + float(self.rho.max()) + self.delta[rows] + float(self.delta.max())
