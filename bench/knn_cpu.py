@@ -98,10 +98,9 @@ def gemm_seconds(x: np.ndarray, dtype: torch.dtype) -> float:
 
 
 def brute_rows(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 brute force of the given rows: (rows, K) indices and distances."""
     x64 = x.astype(np.float64)
-    d = np.sqrt(((x64[rows, None, :] - x64[None, :, :]) ** 2).sum(-1)) if x.shape[0] * rows.size < 5e6 else None
-    if d is None:
-        d = np.stack([np.sqrt(((x64[r] - x64) ** 2).sum(-1)) for r in rows])
+    d = np.stack([np.sqrt(((x64[r] - x64) ** 2).sum(-1)) for r in rows])
     d[np.arange(rows.size), rows] = np.inf
     order = np.argsort(d, axis=1, kind="stable")[:, :K]
     return order, np.take_along_axis(d, order, axis=1)

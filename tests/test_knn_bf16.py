@@ -118,7 +118,7 @@ def test_the_bound_holds_for_every_pair(case, dtype):
     every pair, not only the non-candidates of one row."""
     x = ADVERSARIAL[case](np.random.default_rng(7)).astype(dtype)
     xf, scale = _scaled(x)
-    ops = knn_bf16.Bf16Operands(xf)
+    ops = knn_bf16.Bf16Operands(xf, np.sqrt(np.einsum("ij,ij->i", xf, xf, dtype=np.float64)))
     bits = torch.mm(ops.row_block(torch.arange(x.shape[0])), ops.cols.T).view(torch.int16).numpy()
     keys = np.maximum(bits.astype(np.int32), 0)
     x64 = x.astype(np.float64) * scale
@@ -193,7 +193,7 @@ def _violations_under_emulated_hardware(x, output_up):
     normal range flushed to zero, every addition rounded toward -inf, the
     result rounded to bfloat16 to nearest (or, as a control, up)."""
     xf, scale = _scaled(x)
-    ops = knn_bf16.Bf16Operands(xf)
+    ops = knn_bf16.Bf16Operands(xf, np.sqrt(np.einsum("ij,ij->i", xf, xf, dtype=np.float64)))
     n = x.shape[0]
     a = ops.row_block(torch.arange(n)).double().numpy()
     c = ops.cols.double().numpy()

@@ -42,6 +42,15 @@ def _sift_down(heap_d, heap_i, pos, size):
 
 
 @njit(cache=True, inline="always")
+def _replace_root(heap_d, heap_i, d, j, size):
+    """Put (d, j) in place of the heap's worst entry; returns the new worst."""
+    heap_d[0] = d
+    heap_i[0] = j
+    _sift_down(heap_d, heap_i, 0, size)
+    return heap_d[0]
+
+
+@njit(cache=True, inline="always")
 def _dist_f64(x, i, j, scale):
     """Distance of rows i and j in float64 (the correctly rounded root of the
     sequential sum of squares), in units scaled by the power of two ``scale``
@@ -140,13 +149,19 @@ def exact_rows(x, scale, rows, k, out_i, out_d):
                 continue
             d = _dist_f64(x, i, j, scale)
             if d < hd[0] or (d == hd[0] and (j < hi[0] or hi[0] < 0)):
-                hd[0] = d
-                hi[0] = j
-                _sift_down(hd, hi, 0, k)
+                _replace_root(hd, hi, d, j, k)
         _sort_by_dist_then_index(hd, hi, k)
         for t in range(k):
             out_i[i, t] = hi[t]
             out_d[i, t] = hd[t] / scale
+
+
+def certify(x, scale, rows, heap_i, limit, k, out_i, out_d) -> np.ndarray:
+    """:func:`rerank_exact` of a tier's candidates; returns the rows it could
+    not certify (for the next tier)."""
+    certified = np.empty(rows.shape[0], np.bool_)
+    rerank_exact(x, scale, rows, heap_i, limit, k, out_i, out_d, certified)
+    return rows[~certified]
 
 
 def limit_from_squared(root: np.ndarray, bound: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastconvex.kernels.numba import knn_bf16
-from fastconvex.kernels.numba.candidates import _sift_down, exact_rows, limit_from_squared, rerank_exact
+from fastconvex.kernels.numba.candidates import _replace_root, certify, exact_rows, limit_from_squared
 
 _UNIT_ROUNDOFF_F32 = 2.0**-24
 # columns screened at once for candidates before the heap is touched
@@ -68,10 +68,7 @@ def _update_topk_from_gram(gram, sq_rows, sq_cols, row0, self_idx, col0, heap_d,
                     j = col0 + c
                     if j == i:
                         continue
-                    hd[0] = d
-                    hi[0] = j
-                    _sift_down(hd, hi, 0, kc)
-                    worst = hd[0]
+                    worst = _replace_root(hd, hi, d, j, kc)
 
 
 # uncertified rows from which the float64 tier runs before the exact scan
@@ -117,9 +114,7 @@ def _float64_tier(x, mean, scale, rows, k, kc, block_rows, block_cols, out_i, ou
     # float64's scale); float64 subnormals lie far below the 1e-300 floor
     reach = (np.sqrt(sq_r) + col_norm_max) ** 2
     bound = 2.0 * (gamma + 4.0 * u) * reach + 1e-300
-    certified = np.empty(m, np.bool_)
-    rerank_exact(x, scale, rows, heap_i, limit_from_squared(heap_d[:, 0], bound), k, out_i, out_d, certified)
-    return rows[~certified]
+    return certify(x, scale, rows, heap_i, limit_from_squared(heap_d[:, 0], bound), k, out_i, out_d)
 
 
 def candidate_count(k: int, n: int) -> int:
@@ -151,10 +146,7 @@ def _float32_tier(x, xf, sq, bound, scale, rows, k, kc, block_rows, block_cols, 
             _update_topk_from_gram(gram, sq_r, sq[c0:c1], r0, rows[r0:r1], c0, heap_d, heap_i)
         if report is not None:
             report(r1)
-    certified = np.empty(m, np.bool_)
-    limit = limit_from_squared(heap_d[:, 0], bound[rows])
-    rerank_exact(x, scale, rows, heap_i, limit, k, out_i, out_d, certified)
-    return rows[~certified]
+    return certify(x, scale, rows, heap_i, limit_from_squared(heap_d[:, 0], bound[rows]), k, out_i, out_d)
 
 
 class _Progress:
@@ -286,7 +278,7 @@ def knn(
             )
         use_bf16 = False
     if use_bf16:
-        ops = knn_bf16.Bf16Operands(xf)
+        ops = knn_bf16.Bf16Operands(xf, norms)
         bf16_rows = query
         if probe:
             # evenly spread rows first; the rest only if enough of them certify

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numba import njit, prange
 
-from fastconvex.kernels.numba.candidates import _sift_down, rerank_exact
+from fastconvex.kernels.numba.candidates import _replace_root, certify
 
 if TYPE_CHECKING:  # torch is imported on first use: importing the kNN stays cheap
     import torch
@@ -163,16 +163,17 @@ def _fold_bf16_tile(tile, row0, self_idx, col0, heap_k, heap_i):
                 j = col0 + c
                 if j == i:
                     continue
-                hk[0] = v
-                hi[0] = j
-                _sift_down(hk, hi, 0, kc)
-                worst = hk[0]
+                worst = _replace_root(hk, hi, v, j, kc)
 
 
 class Bf16Operands:
-    """The bfloat16 operands of every row and what the bound needs of them."""
+    """The bfloat16 operands of every row and what the bound needs of them.
 
-    def __init__(self, xf: np.ndarray) -> None:
+    xf : (N, D) float32, the centred, scaled data the float32 tier multiplies
+    xf_norm : (N,) float64, its rows' norms (the kNN has them already)
+    """
+
+    def __init__(self, xf: np.ndarray, xf_norm: np.ndarray) -> None:
         import torch
 
         n, dim = xf.shape
@@ -197,7 +198,6 @@ class Bf16Operands:
         self.norm = np.sqrt(norm_sq) * up
         resid = xf.astype(np.float64) - xbd  # exact: both are float32 values
         self.rho = np.sqrt(np.einsum("ij,ij->i", resid, resid)) * up
-        xf_norm = np.sqrt(np.einsum("ij,ij->i", xf, xf, dtype=np.float64))
         self.delta = (1.0 + 1e-6) * _U_F32 * xf_norm + math.sqrt(dim) * 2.0**-149
         one = torch.ones(n, 3, dtype=torch.bfloat16)
         norm_parts = torch.stack(parts, dim=1)
@@ -267,7 +267,4 @@ def bf16_tier(
             _fold_bf16_tile(tile.view(torch.int16).numpy(), r0, rows[r0:r1], c0, heap_k, heap_i)
         if report is not None:
             report(r1)
-    limit = ops.limit(rows, heap_k[:, 0])
-    certified = np.empty(m, np.bool_)
-    rerank_exact(x, scale, rows, heap_i, limit, k, out_i, out_d, certified)
-    return rows[~certified]
+    return certify(x, scale, rows, heap_i, ops.limit(rows, heap_k[:, 0]), k, out_i, out_d)
