@@ -364,3 +364,9 @@ def test_layer_scores_with_the_tier_forced_equal_the_naive_scorer(monkeypatch):
     forced = fc.graph_convexity(x, y, k=6, exact=True, backend="numba")
     naive = fc.graph_convexity(x, y, k=6, exact=True, backend="naive")
     assert abs(forced.score - naive.score) <= 1e-12
+
+
+@pytest.mark.parametrize("value", ["off", 1, 0.0])
+def test_a_bf16_argument_that_is_not_a_bool_is_refused(value):
+    with pytest.raises(TypeError, match="bf16 must be True, False or None"):
+        knn(_gaussian_classes(n=50, d=4), 3, bf16=value)

@@ -133,6 +133,8 @@ def mode(requested: bool | None) -> bool | None:
     """True / False when the caller or ``FASTCONVEX_KNN_BF16`` forces the tier,
     None to decide from the CPU and the probe."""
     if requested is not None:
+        if not isinstance(requested, (bool, np.bool_)):
+            raise TypeError(f"bf16 must be True, False or None, got {requested!r}")
         return bool(requested)
     value = os.environ.get(ENV_VAR, "").strip().lower()
     if value in ("on", "1", "true"):
