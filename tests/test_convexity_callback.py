@@ -487,3 +487,39 @@ def test_finetune_refuses_a_callback_waiting_for_evaluations():
     cb = hf.ConvexityCallback(*PROBE, feature_extractor=fe, every="eval", **SCORING)
     with pytest.raises(ValueError, match='every="eval"'):
         hf.finetune(base, waves, labels, epochs=1, progress=False, callbacks=[cb])
+
+
+def test_a_tracked_whisper_finetune_leaves_later_runs_as_they_were():
+    """hf.finetune of a Whisper classifier untracked, tracked, then untracked
+    again in one process, at the one thread this module sets: all three end with
+    the same weights (nothing the callback does outlives its run; scoring once
+    switched torch to Numba's thread count, see kernels/numba/threads.py)."""
+    rng = np.random.default_rng(0)
+    labels = [f"w{i % 3}" for i in range(36)]
+    audio = [
+        np.sin(np.arange(16000) * (0.01 + 0.004 * (i % 3))).astype(np.float32)
+        + 0.3 * rng.standard_normal(16000).astype(np.float32)
+        for i in range(36)
+    ]
+    model, fe = tiny_model("whisper", head="sequence")
+
+    def run(callbacks):
+        res = hf.finetune(
+            model, audio, labels, epochs=2, batch_size=8, seed=0, feature_extractor=fe,
+            context_seconds=1, progress=False, callbacks=callbacks,
+        )  # fmt: skip
+        return {key: value.clone() for key, value in res.model.state_dict().items()}
+
+    before = run(None)
+    probe = list(range(0, 36, 2))
+    tracker = hf.ConvexityCallback(
+        [audio[i] for i in probe], [labels[i] for i in probe], feature_extractor=fe, k=3, pairs=200, seed=0
+    )
+    tracked = run([tracker])
+    after = run(None)
+    assert len(tracker.history) == 3  # before training and after each epoch
+    differ = {
+        name: [key for key in before if not torch.equal(before[key], other[key])]
+        for name, other in (("tracked", tracked), ("after", after))
+    }
+    assert differ == {"tracked": [], "after": []}

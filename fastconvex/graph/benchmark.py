@@ -25,12 +25,14 @@ def machine_info() -> dict[str, Any]:
     import numba
     import scipy
 
+    from fastconvex.kernels.numba.threads import start as start_numba_threads
+
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "numba_threads": numba.get_num_threads(),
+        "numba_threads": start_numba_threads(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "numba": numba.__version__,
