@@ -2,7 +2,11 @@
 revision, interleaved in one process, with the torch float32 product of the
 same shape as the yardstick (float32 path only: the bfloat16 tier is off).
 
-    python bench/studies/knn_cpu_before_after.py [--rev 7faf6d8] [--n 20000] [--dim 768] [--repeat 3]
+    python bench/studies/knn_cpu_before_after.py [--rev 7faf6d8] [--data gaussian|tight] [--n 20000]
+        [--dim 768] [--repeat 3] [--block-cols 16384 4096 ...]
+
+``--block-cols`` times this tree's kernel at each tile width (the first is
+``after``; the others ``after_cols<W>``), all in the same interleaved run.
 
 The earlier kernel is read with ``git show REV:kernels/numba/knn.py`` (and,
 where that revision had it, ``kernels/numba/candidates.py``) into a scratch
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from knn_cpu import K, cpu_model, gaussian_classes, gemm_seconds  # noqa: E402
+from knn_cpu import K, cpu_model, gaussian_classes, gemm_seconds, tight_clusters  # noqa: E402
 
 from fastconvex.kernels.numba.knn import knn  # noqa: E402
 
@@ -54,10 +58,13 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--data", choices=("gaussian", "tight"), default="gaussian")
+    parser.add_argument("--block-cols", type=int, nargs="+", default=[16384])
     args = parser.parse_args()
+    data = {"gaussian": gaussian_classes, "tight": tight_clusters}[args.data]
     with tempfile.TemporaryDirectory() as tmp:
         before = kernel_at(args.rev, Path(tmp))
-        x = gaussian_classes(args.n, args.dim)
+        x = data(args.n, args.dim)
         small = gaussian_classes(2000, 32)
         before(small, K)  # compile both
         knn(small, K, bf16=False)
@@ -65,10 +72,18 @@ def main() -> int:
         b = knn(x, K, bf16=False)
         if not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])):
             raise SystemExit("the two kernels disagree; nothing timed")
-        times: dict[str, list[float]] = {"before": [], "after": [], "gemm_float32": []}
+        runs = {"before": before}
+        for i, cols in enumerate(args.block_cols):
+            runs["after" if i == 0 else f"after_cols{cols}"] = lambda x, k, c=cols: knn(x, k, bf16=False, block_cols=c)
+        for name, fn in runs.items():
+            got = fn(x, K)
+            if not (np.array_equal(got[0], b[0]) and np.array_equal(got[1], b[1])):
+                raise SystemExit(f"{name} disagrees; nothing timed")
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        times["gemm_float32"] = []
         for _ in range(args.repeat):
             times["gemm_float32"].append(gemm_seconds(x, torch.float32))
-            for name, fn in (("before", before), ("after", lambda x, k: knn(x, k, bf16=False))):
+            for name, fn in runs.items():
                 t0 = time.perf_counter()
                 fn(x, K)
                 times[name].append(time.perf_counter() - t0)
@@ -78,6 +93,8 @@ def main() -> int:
             {
                 "cpu": cpu_model(),
                 "rev_before": args.rev,
+                "data": args.data,
+                "block_cols": args.block_cols,
                 "n": args.n,
                 "dim": args.dim,
                 "median_seconds": med,

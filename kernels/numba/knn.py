@@ -71,6 +71,20 @@ def _update_topk_from_gram(gram, sq_rows, sq_cols, row0, self_idx, col0, heap_d,
                     worst = _replace_root(hd, hi, d, j, kc)
 
 
+class _TileBuffer:
+    """One array for every tile's matrix product. A new array per tile (tens of
+    MB) is fresh memory from the system each time, whose pages are faulted in and
+    zeroed before the product can write them: that cost rivals the fold's."""
+
+    def __init__(self, rows: int, cols: int, dtype: type) -> None:
+        self.flat = np.empty(rows * cols, dtype)
+
+    def product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``a @ b.T`` (the same BLAS call, so the same bits) in the buffer."""
+        out = self.flat[: a.shape[0] * b.shape[0]].reshape(a.shape[0], b.shape[0])
+        return np.matmul(a, b.T, out=out)
+
+
 # uncertified rows from which the float64 tier runs before the exact scan
 SECOND_TIER_MIN_ROWS = 256
 
@@ -98,6 +112,7 @@ def _float64_tier(x, mean, scale, rows, k, kc, block_rows, block_cols, out_i, ou
     col_norm_max = 0.0
     heap_d = np.full((m, kc), np.inf)
     heap_i = np.full((m, kc), -1, np.int64)
+    tile = _TileBuffer(min(block_rows, m), min(block_cols, n), np.float64)
     for c0 in range(0, n, block_cols):
         c1 = min(n, c0 + block_cols)
         xc = (np.asarray(x[c0:c1], np.float64) - mean) * scale
@@ -105,7 +120,7 @@ def _float64_tier(x, mean, scale, rows, k, kc, block_rows, block_cols, out_i, ou
         col_norm_max = max(col_norm_max, float(np.sqrt(sq_c.max())))
         for r0 in range(0, m, block_rows):
             r1 = min(m, r0 + block_rows)
-            gram = xr[r0:r1] @ xc.T
+            gram = tile.product(xr[r0:r1], xc)
             _update_topk_from_gram(gram, sq_r[r0:r1], sq_c, r0, rows[r0:r1], c0, heap_d, heap_i)
     # |approx - exact| squared distance, with |a| the row's and |b| the largest
     # column norm: the float64 norms and products, gamma (|a| + |b|)^2; the sum
@@ -132,6 +147,7 @@ def _float32_tier(x, xf, sq, bound, scale, rows, k, kc, block_rows, block_cols, 
     heap_i = np.full((m, kc), -1, np.int64)
     # a whole query block (no earlier tier) is read in place, not gathered
     contiguous = m > 0 and bool(np.all(np.diff(rows) == 1))
+    tile = _TileBuffer(min(block_rows, m), min(block_cols, n), np.float32)
     for r0 in range(0, m, block_rows):
         r1 = min(m, r0 + block_rows)
         if contiguous:
@@ -142,7 +158,7 @@ def _float32_tier(x, xf, sq, bound, scale, rows, k, kc, block_rows, block_cols, 
             sq_r = sq[rows[r0:r1]]
         for c0 in range(0, n, block_cols):
             c1 = min(n, c0 + block_cols)
-            gram = xr @ xf[c0:c1].T
+            gram = tile.product(xr, xf[c0:c1])
             _update_topk_from_gram(gram, sq_r, sq[c0:c1], r0, rows[r0:r1], c0, heap_d, heap_i)
         if report is not None:
             report(r1)
