@@ -26,9 +26,10 @@ import sys
 
 import numba
 
-# The OpenMP runtime that Numba's ``omp`` layer links. Loading it by this name gives
-# the copy already in the process when there is one (the dynamic loader matches
-# loaded libraries by their soname), else the one Numba's layer would load itself.
+# The OpenMP runtime that Numba's ``omp`` layer links: loading it by this name gives
+# a copy already loaded under it, else the system's, which Numba's layer would load
+# itself. A process can hold two copies (torch bundles its own): which one torch
+# reads is checked below, through torch, whatever this one was.
 OPENMP_RUNTIME = "libgomp.so.1"
 
 
@@ -63,6 +64,6 @@ def start() -> int:
         runtime.omp_set_num_threads(openmp_before)
     torch = sys.modules.get("torch")
     if torch is not None and torch_before is not None and torch.get_num_threads() != torch_before:
-        # An OpenMP runtime under another name (Numba built against LLVM's or Intel's).
+        # torch reads another copy or another runtime (LLVM's, Intel's) than the one set back above
         torch.set_num_threads(torch_before)
     return threads
