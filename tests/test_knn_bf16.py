@@ -92,6 +92,12 @@ def _scaled(x):
     return np.ascontiguousarray((centred * scale).astype(np.float32)), scale
 
 
+def _operands(x):
+    """The tier's operands of ``x`` as the kNN builds them, and the scale."""
+    xf, scale = _scaled(x)
+    return knn_bf16.Bf16Operands(xf, np.sqrt(np.einsum("ij,ij->i", xf, xf, dtype=np.float64))), scale
+
+
 ADVERSARIAL = {
     "gaussian": lambda rng: rng.normal(size=(160, 40)),
     # two clusters far from the mean: norms large against the distances
@@ -117,8 +123,7 @@ def test_the_bound_holds_for_every_pair(case, dtype):
     if that pair were the heap root, never exceeds the pair's exact distance:
     every pair, not only the non-candidates of one row."""
     x = ADVERSARIAL[case](np.random.default_rng(7)).astype(dtype)
-    xf, scale = _scaled(x)
-    ops = knn_bf16.Bf16Operands(xf, np.sqrt(np.einsum("ij,ij->i", xf, xf, dtype=np.float64)))
+    ops, scale = _operands(x)
     bits = torch.mm(ops.row_block(torch.arange(x.shape[0])), ops.cols.T).view(torch.int16).numpy()
     keys = np.maximum(bits.astype(np.int32), 0)
     x64 = x.astype(np.float64) * scale
@@ -192,8 +197,7 @@ def _violations_under_emulated_hardware(x, output_up):
     computed by an emulated accumulator: inputs and results below float32's
     normal range flushed to zero, every addition rounded toward -inf, the
     result rounded to bfloat16 to nearest (or, as a control, up)."""
-    xf, scale = _scaled(x)
-    ops = knn_bf16.Bf16Operands(xf, np.sqrt(np.einsum("ij,ij->i", xf, xf, dtype=np.float64)))
+    ops, scale = _operands(x)
     n = x.shape[0]
     a = ops.row_block(torch.arange(n)).double().numpy()
     c = ops.cols.double().numpy()

@@ -146,10 +146,10 @@ def _float32_tier(x, xf, sq, bound, scale, rows, k, kc, block_rows, block_cols, 
 
     The tiles are computed one ahead: the next tile's product runs in a worker
     thread, into the other of two buffers, while this one is folded. Folded
-    right after its product, a tile took up to 2.5x longer: the BLAS's threads
-    spin-wait for more work once a product ends, on the cores the fold's
-    threads need; now they are working on the next product meanwhile. Every
-    tile is folded in the same order as before, so the results are the same.
+    right after its product, a tile took much longer (docs/benchmarks.md): the
+    BLAS's threads spin-wait for more work once a product ends, on the cores the
+    fold's threads need; now they are working on the next product meanwhile.
+    Every tile is folded in the same order as before, so the results are the same.
     """
     n = xf.shape[0]
     m = rows.shape[0]
@@ -172,10 +172,11 @@ def _float32_tier(x, xf, sq, bound, scale, rows, k, kc, block_rows, block_cols, 
         return buffers[t % 2].product(of_rows(xf, r0, r1), xf[c0:c1])
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastconvex-knn-product") as ahead:
-        pending = ahead.submit(product, 0) if tiles else None
+        pending = ahead.submit(product, 0)  # rows and columns are never empty here
         for t, (r0, r1, c0, c1) in enumerate(tiles):
-            gram = pending.result()  # type: ignore[union-attr]
-            pending = ahead.submit(product, t + 1) if t + 1 < len(tiles) else None
+            gram = pending.result()
+            if t + 1 < len(tiles):
+                pending = ahead.submit(product, t + 1)
             _update_topk_from_gram(gram, of_rows(sq, r0, r1), sq[c0:c1], r0, rows[r0:r1], c0, heap_d, heap_i)
             if report is not None and c1 == n:
                 report(r1)

@@ -40,11 +40,6 @@ def _openmp_runtime() -> ctypes.CDLL | None:
         return None
 
 
-def _torch_threads() -> int | None:
-    torch = sys.modules.get("torch")  # never imported here: only a torch already in use matters
-    return int(torch.get_num_threads()) if torch is not None else None
-
-
 def start() -> int:
     """Start Numba's thread pool if it has not started, keeping the OpenMP runtime's
     thread count (and so torch's intra-op thread count) as it was.
@@ -54,16 +49,17 @@ def start() -> int:
     int
         Numba's number of threads.
     """
-    torch_before = _torch_threads()  # first: torch sets the runtime's count when it first reads it
+    torch = sys.modules.get("torch")  # never imported here: only a torch already in use matters
+    # read first: torch sets the runtime's count when it first reads it
+    torch_before = int(torch.get_num_threads()) if torch is not None else None
     runtime = _openmp_runtime()
     openmp_before = int(runtime.omp_get_max_threads()) if runtime is not None else None
     threads = int(numba.get_num_threads())  # starts the pool (once per process)
     if numba.threading_layer() != "omp":
         return threads
-    if runtime is not None and openmp_before is not None:
+    if runtime is not None:
         runtime.omp_set_num_threads(openmp_before)
-    torch = sys.modules.get("torch")
-    if torch is not None and torch_before is not None and torch.get_num_threads() != torch_before:
+    if torch is not None and torch.get_num_threads() != torch_before:
         # torch reads another copy or another runtime (LLVM's, Intel's) than the one set back above
         torch.set_num_threads(torch_before)
     return threads
